@@ -1,0 +1,30 @@
+"""Clocks injected into engines. Engines never read ambient time.
+
+``EventClock`` is advanced by the records being processed (event time); it is
+what backtests, replays and audits use, and what makes their output
+reproducible. The wall clock lives at the edge (``ops.runtime.WallClock``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now_ns(self) -> int: ...
+
+
+class EventClock:
+    """Monotone clock driven by event time; never goes backwards."""
+
+    __slots__ = ("_now",)
+
+    def __init__(self, start_ns: int = 0) -> None:
+        self._now = start_ns
+
+    def advance(self, ts_ns: int) -> None:
+        if ts_ns > self._now:
+            self._now = ts_ns
+
+    def now_ns(self) -> int:
+        return self._now

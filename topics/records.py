@@ -1,0 +1,540 @@
+"""One frozen record class per event type. Schema changes are deliberate:
+bump the class's ``SCHEMA_VERSION`` and add a line to the changelog below.
+
+Schema changelog
+----------------
+- v1 (all records): initial schemas.
+
+Units: timestamps are int nanoseconds since the epoch (UTC); prices in quote
+currency; quantities in base currency; basis points are 1e-4.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Annotated, ClassVar
+
+from topics.schema import (
+    ErrorReason,
+    JsonScalar,
+    NonNegative,
+    Price,
+    Quantity,
+    Record,
+    RecordError,
+    Symbol,
+    Timestamp,
+)
+
+# ---------------------------------------------------------------------------
+# Enumerations
+# ---------------------------------------------------------------------------
+
+
+class Side(enum.StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class AggressorSide(enum.StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+    UNKNOWN = "unknown"
+
+
+class Timeframe(enum.StrEnum):
+    M1 = "1m"
+    M5 = "5m"
+    M15 = "15m"
+    M30 = "30m"
+    H1 = "1h"
+    H4 = "4h"
+    D1 = "1d"
+
+    @property
+    def nanos(self) -> int:
+        unit = self.value[-1]
+        n = int(self.value[:-1])
+        return n * {"m": 60, "h": 3600, "d": 86400}[unit] * 1_000_000_000
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class OrderType(enum.StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class RiskVerdict(enum.StrEnum):
+    APPROVED = "approved"
+    REDUCED = "reduced"
+    REJECTED = "rejected"
+
+
+class OrderStatus(enum.StrEnum):
+    NEW = "new"
+    ACKNOWLEDGED = "acknowledged"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class Liquidity(enum.StrEnum):
+    MAKER = "maker"
+    TAKER = "taker"
+
+
+class GateStatus(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    INSUFFICIENT_OBSERVATION = "insufficient_observation"
+
+
+class ControlCommand(enum.StrEnum):
+    KILL_SWITCH_ON = "kill_switch_on"
+    KILL_SWITCH_OFF = "kill_switch_off"
+    SET_LIMIT = "set_limit"
+    ROLLOUT_PROMOTE = "rollout_promote"
+    ROLLOUT_ROLLBACK = "rollout_rollback"
+
+
+class ModelStage(enum.StrEnum):
+    REGISTERED = "registered"
+    SHADOW = "shadow"
+    CANARY_10 = "canary_10"
+    CANARY_30 = "canary_30"
+    ACTIVE = "active"
+    RETIRED = "retired"
+    ROLLED_BACK = "rolled_back"
+
+
+class JobType(enum.StrEnum):
+    TRAIN = "train"
+    INFERENCE = "inference"
+    BACKTEST = "backtest"
+    TUNE = "tune"
+
+
+class JobStatus(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+
+
+# ---------------------------------------------------------------------------
+# Market data
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick(Record):
+    """One public trade from a venue. Keyed by symbol."""
+
+    KIND: ClassVar[str] = "tick"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("venue", "symbol", "trade_id")
+
+    venue: str
+    symbol: Symbol
+    trade_id: str
+    price: Price
+    quantity: Quantity
+    aggressor: AggressorSide
+
+    def key(self) -> bytes:
+        return self.symbol.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bar(Record):
+    """An OHLCV time bar. ``ts_event`` is the bar's close time.
+
+    Revisions (a late tick, a re-download) share (venue, symbol, timeframe,
+    open_time) and carry a higher ``revision``: readers keep the highest.
+    """
+
+    KIND: ClassVar[str] = "bar"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("venue", "symbol", "timeframe", "open_time", "revision")
+
+    venue: str
+    symbol: Symbol
+    timeframe: Timeframe
+    open_time: Timestamp
+    open: Price
+    high: Price
+    low: Price
+    close: Price
+    volume: Quantity
+    trade_count: Annotated[int, NonNegative()]
+    is_closed: bool
+    revision: Annotated[int, NonNegative()]
+    source: str
+
+    def key(self) -> bytes:
+        return f"{self.symbol}|{self.timeframe.value}".encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataQualityEvent(Record):
+    """A data-quality finding on a bar or a symbol stream."""
+
+    KIND: ClassVar[str] = "data_quality"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("venue", "symbol", "timeframe", "check", "ref_time")
+
+    venue: str
+    symbol: Symbol
+    timeframe: Timeframe
+    check: str
+    severity: Severity
+    ref_time: Timestamp
+    value: float | None
+    detail: str
+    blocking: bool
+
+    def key(self) -> bytes:
+        return self.symbol.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeatureVector(Record):
+    """Features of one symbol at one bar close; ``names`` and ``values`` align."""
+
+    KIND: ClassVar[str] = "features"
+    IDENTITY: ClassVar[tuple[str, ...]] = (
+        "symbol",
+        "timeframe",
+        "bar_open_time",
+        "feature_set_version",
+        "data_version",
+    )
+
+    venue: str
+    symbol: Symbol
+    timeframe: Timeframe
+    bar_open_time: Timestamp
+    feature_set_version: str
+    data_version: str
+    lineage_id: str
+    names: tuple[str, ...]
+    values: tuple[float, ...]
+
+    def key(self) -> bytes:
+        return self.symbol.encode()
+
+    def validate(self) -> None:
+        if len(self.names) != len(self.values):
+            raise RecordError(
+                ErrorReason.INVALID_VALUE,
+                f"{len(self.names)} names but {len(self.values)} values",
+            )
+
+
+# ---------------------------------------------------------------------------
+# Signals and trading
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Signal(Record):
+    """A model's view of one symbol's next-horizon return. Public contract."""
+
+    KIND: ClassVar[str] = "signal"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("model_id", "model_version", "symbol", "feature_event_id")
+
+    symbol: Symbol
+    model_id: str
+    model_version: str
+    horizon: str
+    p_up: Annotated[float, NonNegative()]
+    p_flat: Annotated[float, NonNegative()]
+    p_down: Annotated[float, NonNegative()]
+    expected_return: float
+    score: float
+    shadow: bool
+    feature_event_id: str
+    lineage_id: str
+
+    def key(self) -> bytes:
+        return self.symbol.encode()
+
+    def validate(self) -> None:
+        total = self.p_up + self.p_flat + self.p_down
+        if abs(total - 1.0) > 1e-6:
+            raise RecordError(ErrorReason.INVALID_VALUE, f"probabilities sum to {total}, not 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderIntent(Record):
+    """What the strategy wants to trade; every intent gets a risk decision."""
+
+    KIND: ClassVar[str] = "order_intent"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("strategy_id", "symbol", "signal_event_id")
+
+    strategy_id: str
+    track: str
+    symbol: Symbol
+    side: Side
+    quantity: Quantity
+    order_type: OrderType
+    limit_price: Price | None
+    reduce_only: bool
+    target_position: float
+    signal_event_id: str
+
+    def key(self) -> bytes:
+        return self.symbol.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskDecision(Record):
+    """The risk engine's verdict on one intent, with every reason."""
+
+    KIND: ClassVar[str] = "risk_decision"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("intent_event_id",)
+
+    intent_event_id: str
+    strategy_id: str
+    symbol: Symbol
+    verdict: RiskVerdict
+    requested_quantity: Quantity
+    approved_quantity: Quantity
+    reasons: tuple[str, ...]
+
+    def key(self) -> bytes:
+        return self.symbol.encode()
+
+    def validate(self) -> None:
+        if self.approved_quantity > self.requested_quantity:
+            raise RecordError(ErrorReason.INVALID_VALUE, "approved_quantity exceeds requested")
+        if self.verdict is RiskVerdict.REJECTED and self.approved_quantity != 0:
+            raise RecordError(ErrorReason.INVALID_VALUE, "rejected decision approves quantity")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderUpdate(Record):
+    """One order lifecycle transition; ``client_order_id`` is deterministic."""
+
+    KIND: ClassVar[str] = "order_update"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("client_order_id", "status", "filled_quantity")
+
+    client_order_id: str
+    venue_order_id: str | None
+    adapter: str
+    symbol: Symbol
+    side: Side
+    order_type: OrderType
+    quantity: Quantity
+    filled_quantity: Quantity
+    avg_fill_price: Price | None
+    status: OrderStatus
+    reason: str | None
+
+    def key(self) -> bytes:
+        return self.client_order_id.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fill(Record):
+    KIND: ClassVar[str] = "fill"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("adapter", "client_order_id", "fill_id")
+
+    client_order_id: str
+    fill_id: str
+    adapter: str
+    symbol: Symbol
+    side: Side
+    price: Price
+    quantity: Quantity
+    fee: float
+    fee_currency: str
+    liquidity: Liquidity
+    slippage_bps: float
+    impact_bps: float
+
+    def key(self) -> bytes:
+        return self.symbol.encode()
+
+
+# ---------------------------------------------------------------------------
+# Gates, control, models, jobs
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateResult(Record):
+    """A gate's verdict. ``value`` None means *not observed*, never zero."""
+
+    KIND: ClassVar[str] = "gate_result"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("gate", "track", "metric", "window_start", "window_end", "config_hash")
+
+    gate: str
+    track: str
+    metric: str
+    status: GateStatus
+    value: float | None
+    threshold: float
+    comparator: str
+    window_start: Timestamp
+    window_end: Timestamp
+    observations: Annotated[int, NonNegative()]
+    blockers: tuple[str, ...]
+    config_hash: str
+
+    def key(self) -> bytes:
+        return f"{self.gate}|{self.track}|{self.metric}".encode()
+
+    def validate(self) -> None:
+        if self.comparator not in ("<", "<=", ">", ">="):
+            raise RecordError(ErrorReason.INVALID_VALUE, f"comparator {self.comparator!r}")
+        if self.status is not GateStatus.INSUFFICIENT_OBSERVATION and self.value is None:
+            raise RecordError(ErrorReason.INVALID_VALUE, "a decided gate needs a value")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlEvent(Record):
+    """A signed operator command. ``signature`` covers every other field."""
+
+    KIND: ClassVar[str] = "control"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("key_id", "nonce")
+
+    command: ControlCommand
+    scope: str
+    target: str
+    params: dict[str, JsonScalar]
+    reason: str
+    operator: str
+    key_id: str
+    nonce: str
+    expires_at: Timestamp | None
+    signature: str
+
+    def key(self) -> bytes:
+        return f"{self.scope}|{self.target}".encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelRegistryEvent(Record):
+    KIND: ClassVar[str] = "model_registry"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("model_id", "version", "stage")
+
+    model_id: str
+    version: str
+    stage: ModelStage
+    feature_set_version: str
+    config: dict[str, JsonScalar]
+    data_start: Timestamp
+    data_end: Timestamp
+    seed: int
+    metrics: dict[str, float]
+    checkpoint_path: str
+    checkpoint_sha256: str
+
+    def key(self) -> bytes:
+        return f"{self.model_id}|{self.version}".encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainJob(Record):
+    KIND: ClassVar[str] = "train_job"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("job_id",)
+
+    job_id: str
+    model_family: str
+    symbols: tuple[str, ...]
+    timeframe: Timeframe
+    data_start: Timestamp
+    data_end: Timestamp
+    feature_set_version: str
+    seed: int
+    hyperparams: dict[str, JsonScalar]
+
+    def key(self) -> bytes:
+        return self.job_id.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceJob(Record):
+    KIND: ClassVar[str] = "inference_job"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("job_id",)
+
+    job_id: str
+    model_id: str
+    version: str
+    symbols: tuple[str, ...]
+    data_start: Timestamp
+    data_end: Timestamp
+
+    def key(self) -> bytes:
+        return self.job_id.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobResult(Record):
+    KIND: ClassVar[str] = "job_result"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("job_id", "status")
+
+    job_id: str
+    job_type: JobType
+    status: JobStatus
+    reason: str | None
+    metrics: dict[str, float]
+    artifacts: dict[str, str]
+
+    def key(self) -> bytes:
+        return self.job_id.encode()
+
+    def validate(self) -> None:
+        if self.status is JobStatus.FAILED and not self.reason:
+            raise RecordError(ErrorReason.INVALID_VALUE, "a failed job needs a reason")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter(Record):
+    """A message that could not be processed, with the reason and its bytes.
+
+    ``original_b64`` is the original value, base64; nothing is lost.
+    """
+
+    KIND: ClassVar[str] = "dead_letter"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("consumer", "source_topic", "source_partition", "source_offset")
+
+    consumer: str
+    source_topic: str
+    source_partition: Annotated[int, NonNegative()]
+    source_offset: Annotated[int, NonNegative()]
+    reason: str
+    detail: str
+    original_key_b64: str | None
+    original_b64: str
+    original_size: Annotated[int, NonNegative()]
+
+    def key(self) -> bytes:
+        return self.source_topic.encode()
+
+
+ALL_RECORDS: tuple[type[Record], ...] = (
+    Tick,
+    Bar,
+    DataQualityEvent,
+    FeatureVector,
+    Signal,
+    OrderIntent,
+    RiskDecision,
+    OrderUpdate,
+    Fill,
+    GateResult,
+    ControlEvent,
+    ModelRegistryEvent,
+    TrainJob,
+    InferenceJob,
+    JobResult,
+    DeadLetter,
+)

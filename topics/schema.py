@@ -1,0 +1,505 @@
+"""Record machinery: the envelope every record carries, field types with
+their validation rules, deterministic event ids, and the strict codec.
+
+Wire format (version 1 of the envelope): one UTF-8 JSON object per Kafka
+message, the record's fields at top level, no extra keys. Timestamps are
+integer nanoseconds since the Unix epoch (UTC). Enums are lower-case strings.
+
+Decoding is strict: unknown or missing keys, wrong JSON types, NaN/inf,
+non-positive prices, negative quantities, unknown enum values, timestamps
+outside [2009-01-01, 2100-01-01) and a schema_version other than the class's
+all raise :class:`RecordError` with a stable ``reason`` code, which the agents
+turn into a dead-letter record. Nothing here does I/O or reads a clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import math
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin
+
+import orjson
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "TS_MAX_NS",
+    "TS_MIN_NS",
+    "Codec",
+    "ErrorReason",
+    "JsonScalar",
+    "NonNegative",
+    "Positive",
+    "Price",
+    "Quantity",
+    "Record",
+    "RecordError",
+    "Symbol",
+    "Timestamp",
+    "codec_for",
+    "event_id_for",
+]
+
+#: Hard upper bound on one encoded record; larger payloads are dead-lettered.
+MAX_RECORD_BYTES = 256 * 1024
+#: Sane event-time window: 2009-01-01 (first bitcoin block) .. 2100-01-01.
+TS_MIN_NS = 1_230_768_000_000_000_000
+TS_MAX_NS = 4_102_444_800_000_000_000
+
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}(:[A-Z0-9]{1,20})?$")
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+class ErrorReason(enum.StrEnum):
+    """Why a message could not become a record. Stable: used as a metric label."""
+
+    OVERSIZE = "oversize"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    UNKNOWN_FIELD = "unknown_field"
+    WRONG_TYPE = "wrong_type"
+    NOT_FINITE = "not_finite"
+    OUT_OF_RANGE = "out_of_range"
+    UNKNOWN_ENUM = "unknown_enum"
+    BAD_TIMESTAMP = "bad_timestamp"
+    BAD_SYMBOL = "bad_symbol"
+    SCHEMA_VERSION = "schema_version"
+    INVALID_VALUE = "invalid_value"
+    EVENT_ID_MISMATCH = "event_id_mismatch"
+
+
+class RecordError(ValueError):
+    """A message that is not a valid record. Not retriable: dead-letter it."""
+
+    def __init__(self, reason: ErrorReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------
+# Field constraints (used through typing.Annotated)
+# ---------------------------------------------------------------------------
+
+
+class _Constraint:
+    name = "constraint"
+
+    def check(self, field: str, value: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Positive(_Constraint):
+    name = "positive"
+
+    def check(self, field: str, value: Any) -> None:
+        if not value > 0:
+            raise RecordError(ErrorReason.OUT_OF_RANGE, f"{field} must be > 0, got {value!r}")
+
+
+class NonNegative(_Constraint):
+    name = "non_negative"
+
+    def check(self, field: str, value: Any) -> None:
+        if not value >= 0:
+            raise RecordError(ErrorReason.OUT_OF_RANGE, f"{field} must be >= 0, got {value!r}")
+
+
+class _Timestamp(_Constraint):
+    name = "timestamp_ns"
+
+    def check(self, field: str, value: Any) -> None:
+        if not TS_MIN_NS <= value < TS_MAX_NS:
+            raise RecordError(
+                ErrorReason.BAD_TIMESTAMP,
+                f"{field}={value!r} is not nanoseconds within [2009-01-01, 2100-01-01)",
+            )
+
+
+class _Symbol(_Constraint):
+    name = "symbol"
+
+    def check(self, field: str, value: Any) -> None:
+        if not _SYMBOL_RE.match(value):
+            raise RecordError(
+                ErrorReason.BAD_SYMBOL, f"{field}={value!r} is not a unified symbol like BTC/USDT"
+            )
+
+
+class _MaxLen(_Constraint):
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.name = f"max_len_{n}"
+
+    def check(self, field: str, value: Any) -> None:
+        if len(value) > self.n:
+            raise RecordError(ErrorReason.OUT_OF_RANGE, f"{field} longer than {self.n}")
+
+
+Price = Annotated[float, Positive()]
+Quantity = Annotated[float, NonNegative()]
+Timestamp = Annotated[int, _Timestamp()]
+Symbol = Annotated[str, _Symbol()]
+JsonScalar = Union[str, int, float, bool]
+
+
+# ---------------------------------------------------------------------------
+# Event ids
+# ---------------------------------------------------------------------------
+
+
+def event_id_for(kind: str, *identity: object) -> str:
+    """Deterministic event id: sha256 over the record kind and its identity.
+
+    The same logical event (e.g. a bar of BTC/USDT 1h opening at t, revision r)
+    always gets the same id, so a redelivered or re-derived record dedupes.
+    """
+    h = hashlib.sha256(kind.encode())
+    for part in identity:
+        h.update(b"\x1f")
+        h.update(str(part).encode())
+    return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------
+# Base record
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """Envelope shared by every record.
+
+    ``event_id`` is deterministic (see :func:`event_id_for`) wherever the
+    record has a natural identity; ``correlation_id`` ties a chain of records
+    to the event that started it, ``causation_id`` names the direct parent.
+    """
+
+    KIND: ClassVar[str] = "record"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: Annotated[str, _MaxLen(128)]
+    schema_version: int
+    ts_event: Timestamp
+    ts_init: Timestamp
+    correlation_id: Annotated[str, _MaxLen(128)]
+    causation_id: Annotated[str, _MaxLen(128)] | None
+
+    #: Fields whose values identify the event; hashed into ``event_id``.
+    IDENTITY: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def new(
+        cls: type[R],
+        *,
+        ts_init: int,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        event_id: str | None = None,
+        **fields: Any,
+    ) -> R:
+        """Build a record with its deterministic id and current schema version.
+
+        ``ts_init`` is passed in by the caller (engines get it from their
+        injected clock); ``correlation_id`` defaults to the event's own id,
+        i.e. the record starts a new chain.
+        """
+        if event_id is None:
+            if not cls.IDENTITY:
+                raise TypeError(f"{cls.__name__} has no IDENTITY: pass event_id explicitly")
+            event_id = event_id_for(cls.KIND, *(fields[f] for f in cls.IDENTITY))
+        return cls(
+            event_id=event_id,
+            schema_version=cls.SCHEMA_VERSION,
+            ts_init=ts_init,
+            correlation_id=correlation_id if correlation_id is not None else event_id,
+            causation_id=causation_id,
+            **fields,
+        )
+
+    def validate(self) -> None:
+        """Cross-field rules; subclasses extend. Raise RecordError."""
+
+    def key(self) -> bytes:
+        """Kafka message key. Subclasses key by symbol (or their entity)."""
+        return self.event_id.encode()
+
+
+R = TypeVar("R", bound=Record)
+
+
+# ---------------------------------------------------------------------------
+# Codec
+# ---------------------------------------------------------------------------
+
+_Check = Callable[[str, Any], Any]
+
+
+def _build_check(tp: Any) -> _Check:  # noqa: C901 - one branch per supported type
+    """Compile a type annotation into a function(field, value) -> value."""
+    constraints: tuple[_Constraint, ...] = ()
+    if get_origin(tp) is Annotated:
+        base, *meta = get_args(tp)
+        constraints = tuple(m for m in meta if isinstance(m, _Constraint))
+        inner = _build_check(base)
+
+        def check_annotated(field: str, value: Any) -> Any:
+            value = inner(field, value)
+            for c in constraints:
+                c.check(field, value)
+            return value
+
+        return check_annotated
+
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) < len(args) and len(non_none) == 1:
+            inner = _build_check(non_none[0])
+
+            def check_optional(field: str, value: Any) -> Any:
+                return None if value is None else inner(field, value)
+
+            return check_optional
+        if set(non_none) == {str, int, float, bool}:
+            return _check_scalar
+        raise TypeError(f"unsupported union {tp!r}")
+
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"only tuple[T, ...] is supported, got {tp!r}")
+        item = _build_check(args[0])
+
+        def check_tuple(field: str, value: Any) -> Any:
+            if not isinstance(value, (list, tuple)):
+                raise RecordError(ErrorReason.WRONG_TYPE, f"{field} must be an array")
+            return tuple(item(f"{field}[{i}]", v) for i, v in enumerate(value))
+
+        return check_tuple
+
+    if origin is dict:
+        kt, vt = get_args(tp)
+        if kt is not str:
+            raise TypeError("dict keys must be str")
+        val = _build_check(vt)
+
+        def check_dict(field: str, value: Any) -> Any:
+            if not isinstance(value, dict):
+                raise RecordError(ErrorReason.WRONG_TYPE, f"{field} must be an object")
+            return {k: val(f"{field}.{k}", v) for k, v in value.items()}
+
+        return check_dict
+
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        enum_tp = tp
+
+        def check_enum(field: str, value: Any) -> Any:
+            if isinstance(value, enum_tp):
+                return value
+            try:
+                return enum_tp(value)
+            except ValueError:
+                raise RecordError(
+                    ErrorReason.UNKNOWN_ENUM,
+                    f"{field}={value!r} not in {[m.value for m in enum_tp]}",
+                ) from None
+
+        return check_enum
+    if tp is bool:
+        return _check_bool
+    if tp is int:
+        return _check_int
+    if tp is float:
+        return _check_float
+    if tp is str:
+        return _check_str
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+def _check_bool(field: str, value: Any) -> Any:
+    if value is True or value is False:
+        return value
+    raise RecordError(ErrorReason.WRONG_TYPE, f"{field} must be a boolean")
+
+
+def _check_int(field: str, value: Any) -> Any:
+    if type(value) is int:
+        return value
+    raise RecordError(ErrorReason.WRONG_TYPE, f"{field} must be an integer")
+
+
+def _check_float(field: str, value: Any) -> Any:
+    t = type(value)
+    if t is float:
+        if math.isfinite(value):
+            return value
+        raise RecordError(ErrorReason.NOT_FINITE, f"{field} must be finite, got {value!r}")
+    if t is int:
+        return float(value)
+    raise RecordError(ErrorReason.WRONG_TYPE, f"{field} must be a number")
+
+
+def _check_str(field: str, value: Any) -> Any:
+    if type(value) is str:
+        return value
+    raise RecordError(ErrorReason.WRONG_TYPE, f"{field} must be a string")
+
+
+def _check_scalar(field: str, value: Any) -> Any:
+    t = type(value)
+    if t is float:
+        return _check_float(field, value)
+    if t in (str, int, bool):
+        return value
+    raise RecordError(ErrorReason.WRONG_TYPE, f"{field} must be a string, number or boolean")
+
+
+class Codec(typing.Generic[R]):
+    """Strict encoder/decoder for one record class.
+
+    The decoder is compiled once per class into straight-line Python (scalar
+    checks inlined, containers through the checker functions above): the
+    sink validates every message it persists, so this is a hot path.
+    """
+
+    def __init__(self, cls: type[R], max_bytes: int = MAX_RECORD_BYTES) -> None:
+        self.cls = cls
+        self.max_bytes = max_bytes
+        hints = typing.get_type_hints(cls, include_extras=True)
+        self.fields: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(cls))
+        self._field_set = frozenset(self.fields)
+        self._from_obj = _compile_decoder(cls, self.fields, hints)
+
+    # -- encode -------------------------------------------------------------
+    def encode(self, record: R) -> bytes:
+        return orjson.dumps(record)
+
+    # -- decode -------------------------------------------------------------
+    def decode(self, data: bytes | bytearray | memoryview | str) -> R:
+        if len(data) > self.max_bytes:
+            raise RecordError(
+                ErrorReason.OVERSIZE, f"{len(data)} bytes exceeds the {self.max_bytes} byte limit"
+            )
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(ErrorReason.INVALID_JSON, str(exc)[:200]) from None
+        return self.from_dict(obj)
+
+    def from_dict(self, obj: Any) -> R:
+        if type(obj) is not dict:
+            raise RecordError(
+                ErrorReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+            )
+        if obj.keys() != self._field_set:
+            missing = sorted(self._field_set - obj.keys())
+            if missing:
+                raise RecordError(ErrorReason.MISSING_FIELD, f"missing {missing}")
+            unknown = sorted(obj.keys() - self._field_set)
+            raise RecordError(ErrorReason.UNKNOWN_FIELD, f"unknown {unknown[:5]}")
+        sv = obj["schema_version"]
+        if type(sv) is not int or sv != self.cls.SCHEMA_VERSION:
+            raise RecordError(
+                ErrorReason.SCHEMA_VERSION,
+                f"{self.cls.KIND} schema_version={sv!r}, this reader speaks {self.cls.SCHEMA_VERSION}",
+            )
+        record: R = self._from_obj(obj)
+        record.validate()
+        return record
+
+    def to_dict(self, record: R) -> dict[str, Any]:
+        out: dict[str, Any] = orjson.loads(orjson.dumps(record))
+        return out
+
+
+def _compile_decoder(
+    cls: type[Record], fields: tuple[str, ...], hints: dict[str, Any]
+) -> Callable[[dict[str, Any]], Any]:
+    """Generate ``obj -> cls(**checked fields)`` as one function."""
+    env: dict[str, Any] = {
+        "cls": cls,
+        "RecordError": RecordError,
+        "ER": ErrorReason,
+        "isfinite": math.isfinite,
+        "TS_MIN": TS_MIN_NS,
+        "TS_MAX": TS_MAX_NS,
+    }
+    lines = ["def decode(obj):"]
+    for i, name in enumerate(fields):
+        tp = hints[name]
+        var = f"v{i}"
+        lines.append(f"    {var} = obj[{name!r}]")
+        base, constraints = tp, ()
+        if get_origin(tp) is Annotated:
+            base, *meta = get_args(tp)
+            constraints = tuple(m for m in meta if isinstance(m, _Constraint))
+        inline = _inline_check(var, name, base, constraints)
+        if inline is None:
+            env[f"check{i}"] = _build_check(tp)
+            lines.append(f"    {var} = check{i}({name!r}, {var})")
+        else:
+            lines.extend("    " + ln for ln in inline)
+    args = ", ".join(f"{name}=v{i}" for i, name in enumerate(fields))
+    lines.append(f"    return cls({args})")
+    exec("\n".join(lines), env)  # noqa: S102 - generated from type hints only
+    fn: Callable[[dict[str, Any]], Any] = env["decode"]
+    return fn
+
+
+def _inline_check(
+    var: str, name: str, base: Any, constraints: tuple[_Constraint, ...]
+) -> list[str] | None:
+    """Source lines validating a scalar field in place, or None if not inlinable."""
+    lines: list[str]
+    if base is str and not constraints:
+        return [f"if type({var}) is not str: raise RecordError(ER.WRONG_TYPE, '{name} must be a string')"]
+    if base is bool and not constraints:
+        return [f"if {var} is not True and {var} is not False: raise RecordError(ER.WRONG_TYPE, '{name} must be a boolean')"]
+    if base is int:
+        lines = [f"if type({var}) is not int: raise RecordError(ER.WRONG_TYPE, '{name} must be an integer')"]
+    elif base is float:
+        lines = [
+            f"if type({var}) is float:",
+            f"    if not isfinite({var}): raise RecordError(ER.NOT_FINITE, '{name} must be finite, got ' + repr({var}))",
+            f"elif type({var}) is int: {var} = float({var})",
+            f"else: raise RecordError(ER.WRONG_TYPE, '{name} must be a number')",
+        ]
+    else:
+        return None
+    for c in constraints:
+        if isinstance(c, Positive):
+            lines.append(f"if not {var} > 0: raise RecordError(ER.OUT_OF_RANGE, '{name} must be > 0, got ' + repr({var}))")
+        elif isinstance(c, NonNegative):
+            lines.append(f"if not {var} >= 0: raise RecordError(ER.OUT_OF_RANGE, '{name} must be >= 0, got ' + repr({var}))")
+        elif isinstance(c, _Timestamp):
+            lines.append(
+                f"if not TS_MIN <= {var} < TS_MAX: raise RecordError(ER.BAD_TIMESTAMP, "
+                f"'{name}=' + repr({var}) + ' is not nanoseconds within [2009-01-01, 2100-01-01)')"
+            )
+        else:
+            return None
+    return lines
+
+
+_CODECS: dict[type[Record], Codec[Any]] = {}
+
+
+def codec_for(cls: type[R]) -> Codec[R]:
+    """The shared codec of a record class (compiled once)."""
+    codec = _CODECS.get(cls)
+    if codec is None:
+        codec = _CODECS[cls] = Codec(cls)
+    return codec
