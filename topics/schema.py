@@ -151,7 +151,7 @@ Price = Annotated[float, Positive()]
 Quantity = Annotated[float, NonNegative()]
 Timestamp = Annotated[int, _Timestamp()]
 Symbol = Annotated[str, _Symbol()]
-JsonScalar = Union[str, int, float, bool]
+JsonScalar = str | int | float | bool
 
 
 # ---------------------------------------------------------------------------
@@ -246,7 +246,7 @@ R = TypeVar("R", bound=Record)
 _Check = Callable[[str, Any], Any]
 
 
-def _build_check(tp: Any) -> _Check:  # noqa: C901 - one branch per supported type
+def _build_check(tp: Any) -> _Check:
     """Compile a type annotation into a function(field, value) -> value."""
     constraints: tuple[_Constraint, ...] = ()
     if get_origin(tp) is Annotated:
@@ -431,7 +431,7 @@ def _compile_decoder(
     """Generate ``obj -> cls(**checked fields)`` as one function."""
     env: dict[str, Any] = {
         "cls": cls,
-        "RecordError": RecordError,
+        "RE": RecordError,
         "ER": ErrorReason,
         "isfinite": math.isfinite,
         "TS_MIN": TS_MIN_NS,
@@ -442,7 +442,8 @@ def _compile_decoder(
         tp = hints[name]
         var = f"v{i}"
         lines.append(f"    {var} = obj[{name!r}]")
-        base, constraints = tp, ()
+        base: Any = tp
+        constraints: tuple[_Constraint, ...] = ()
         if get_origin(tp) is Annotated:
             base, *meta = get_args(tp)
             constraints = tuple(m for m in meta if isinstance(m, _Constraint))
@@ -465,28 +466,28 @@ def _inline_check(
     """Source lines validating a scalar field in place, or None if not inlinable."""
     lines: list[str]
     if base is str and not constraints:
-        return [f"if type({var}) is not str: raise RecordError(ER.WRONG_TYPE, '{name} must be a string')"]
+        return [f"if type({var}) is not str: raise RE(ER.WRONG_TYPE, '{name} must be a string')"]
     if base is bool and not constraints:
-        return [f"if {var} is not True and {var} is not False: raise RecordError(ER.WRONG_TYPE, '{name} must be a boolean')"]
+        return [f"if {var} is not True and {var} is not False: raise RE(ER.WRONG_TYPE, '{name} must be a boolean')"]
     if base is int:
-        lines = [f"if type({var}) is not int: raise RecordError(ER.WRONG_TYPE, '{name} must be an integer')"]
+        lines = [f"if type({var}) is not int: raise RE(ER.WRONG_TYPE, '{name} must be an integer')"]
     elif base is float:
         lines = [
             f"if type({var}) is float:",
-            f"    if not isfinite({var}): raise RecordError(ER.NOT_FINITE, '{name} must be finite, got ' + repr({var}))",
+            f"    if not isfinite({var}): raise RE(ER.NOT_FINITE, '{name} must be finite, got ' + repr({var}))",
             f"elif type({var}) is int: {var} = float({var})",
-            f"else: raise RecordError(ER.WRONG_TYPE, '{name} must be a number')",
+            f"else: raise RE(ER.WRONG_TYPE, '{name} must be a number')",
         ]
     else:
         return None
     for c in constraints:
         if isinstance(c, Positive):
-            lines.append(f"if not {var} > 0: raise RecordError(ER.OUT_OF_RANGE, '{name} must be > 0, got ' + repr({var}))")
+            lines.append(f"if not {var} > 0: raise RE(ER.OUT_OF_RANGE, '{name} must be > 0, got ' + repr({var}))")
         elif isinstance(c, NonNegative):
-            lines.append(f"if not {var} >= 0: raise RecordError(ER.OUT_OF_RANGE, '{name} must be >= 0, got ' + repr({var}))")
+            lines.append(f"if not {var} >= 0: raise RE(ER.OUT_OF_RANGE, '{name} must be >= 0, got ' + repr({var}))")
         elif isinstance(c, _Timestamp):
             lines.append(
-                f"if not TS_MIN <= {var} < TS_MAX: raise RecordError(ER.BAD_TIMESTAMP, "
+                f"if not TS_MIN <= {var} < TS_MAX: raise RE(ER.BAD_TIMESTAMP, "
                 f"'{name}=' + repr({var}) + ' is not nanoseconds within [2009-01-01, 2100-01-01)')"
             )
         else:
