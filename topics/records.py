@@ -504,6 +504,8 @@ class DeadLetter(Record):
     """
 
     KIND: ClassVar[str] = "dead_letter"
+    #: Room for a base64 copy of an oversize original (producers allow 8 MiB).
+    MAX_BYTES: ClassVar[int] = 8 * 1024 * 1024
     IDENTITY: ClassVar[tuple[str, ...]] = ("consumer", "source_topic", "source_partition", "source_offset")
 
     consumer: str

@@ -188,6 +188,8 @@ class Record:
 
     KIND: ClassVar[str] = "record"
     SCHEMA_VERSION: ClassVar[int] = 1
+    #: Largest accepted encoded size; bigger messages are dead-lettered.
+    MAX_BYTES: ClassVar[int] = MAX_RECORD_BYTES
 
     event_id: Annotated[str, _MaxLen(128)]
     schema_version: int
@@ -375,9 +377,9 @@ class Codec(typing.Generic[R]):
     sink validates every message it persists, so this is a hot path.
     """
 
-    def __init__(self, cls: type[R], max_bytes: int = MAX_RECORD_BYTES) -> None:
+    def __init__(self, cls: type[R], max_bytes: int | None = None) -> None:
         self.cls = cls
-        self.max_bytes = max_bytes
+        self.max_bytes = cls.MAX_BYTES if max_bytes is None else max_bytes
         hints = typing.get_type_hints(cls, include_extras=True)
         self.fields: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(cls))
         self._field_set = frozenset(self.fields)

@@ -1,0 +1,39 @@
+"""Bar checker agent: ``market.bars.raw`` -> ``market.bars``.
+
+Thin: decode + validate (strict codec), dead-letter what fails, forward the
+original bytes of good bars unchanged. The data-quality engine hooks in here
+(``agents.market.quality``) so that the checked topic only carries bars that
+passed decode; findings go to ``market.data_quality``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from agents.runtime import AgentContext, decode_or_dead_letter
+from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
+from topics.records import Bar
+
+log = structlog.get_logger("agents.market.checker")
+
+NAME = "bars-checker"
+
+
+def register(app: Any, ctx: AgentContext) -> Any:
+    src = app.topic(ctx.topic("market.bars.raw"))
+    dst = app.topic(ctx.topic("market.bars"))
+
+    @app.agent(src, name=NAME)  # type: ignore[untyped-decorator]
+    async def check_bars(stream: Any) -> None:
+        async for event in stream.events():
+            t0 = time.perf_counter()
+            bar = await decode_or_dead_letter(ctx, NAME, "market.bars.raw", Bar, event)
+            if bar is not None:
+                await dst.send(key=bar.key(), value=event.value)
+                RECORDS_OUT.labels(NAME, "market.bars").inc()
+            PROCESS_LATENCY.labels(NAME).observe(time.perf_counter() - t0)
+
+    return check_bars

