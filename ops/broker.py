@@ -90,10 +90,15 @@ class EmbeddedBroker:
             "--storage-engine",
             "memory://tansu/",
         ]
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        if self.log_path is not None:
+            with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
+                self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
+                    cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        else:
+            self.proc = subprocess.Popen(  # noqa: S603
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

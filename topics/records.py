@@ -98,6 +98,15 @@ class GateStatus(enum.StrEnum):
     INSUFFICIENT_OBSERVATION = "insufficient_observation"
 
 
+class Comparator(enum.StrEnum):
+    """How a gate compares its value with its threshold (value <op> threshold passes)."""
+
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+
+
 class ControlCommand(enum.StrEnum):
     KILL_SWITCH_ON = "kill_switch_on"
     KILL_SWITCH_OFF = "kill_switch_off"
@@ -381,7 +390,7 @@ class GateResult(Record):
     status: GateStatus
     value: float | None
     threshold: float
-    comparator: str
+    comparator: Comparator
     window_start: Timestamp
     window_end: Timestamp
     observations: Annotated[int, NonNegative()]
@@ -392,8 +401,6 @@ class GateResult(Record):
         return f"{self.gate}|{self.track}|{self.metric}".encode()
 
     def validate(self) -> None:
-        if self.comparator not in ("<", "<=", ">", ">="):
-            raise RecordError(ErrorReason.INVALID_VALUE, f"comparator {self.comparator!r}")
         if self.status is not GateStatus.INSUFFICIENT_OBSERVATION and self.value is None:
             raise RecordError(ErrorReason.INVALID_VALUE, "a decided gate needs a value")
 

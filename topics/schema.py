@@ -52,6 +52,7 @@ MAX_RECORD_BYTES = 256 * 1024
 TS_MIN_NS = 1_230_768_000_000_000_000
 TS_MAX_NS = 4_102_444_800_000_000_000
 
+_NON_FINITE_TOKEN = re.compile(rb"[:\[,]\s*-?(NaN|Infinity)\b")
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}(:[A-Z0-9]{1,20})?$")
 
 
@@ -398,7 +399,13 @@ class Codec(typing.Generic[R]):
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise RecordError(ErrorReason.INVALID_JSON, str(exc)[:200]) from None
+            # Python's json emits NaN/Infinity tokens; orjson refuses them and
+            # overflowing literals. Name that precisely: it is a numeric fault.
+            msg = str(exc)
+            raw = data.encode() if isinstance(data, str) else bytes(data)
+            if "infinity" in msg or _NON_FINITE_TOKEN.search(raw):
+                raise RecordError(ErrorReason.NOT_FINITE, f"non-finite number in JSON: {msg[:160]}") from None
+            raise RecordError(ErrorReason.INVALID_JSON, msg[:200]) from None
         return self.from_dict(obj)
 
     def from_dict(self, obj: Any) -> R:

@@ -1,0 +1,148 @@
+"""Shared fixtures: one real broker and one real PostgreSQL server per session.
+
+Isolation per test: a fresh database (migrated) and a fresh topic namespace,
+so tests share the expensive servers without sharing state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ops.broker import EmbeddedBroker, ensure_topics, free_port
+from ops.postgres import EmbeddedPostgres
+from storage.migrate import migrate_dsn
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts" / "tests"
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker(log_path=ARTIFACTS / "tansu.log") as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    with EmbeddedPostgres(persistent=False) as pg:
+        yield pg
+
+
+@pytest.fixture
+async def dsn(pg_server: EmbeddedPostgres) -> AsyncIterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server.dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = pg_server.dsn.rsplit("/", 1)[0] + "/" + name
+    await migrate_dsn(url)
+    yield url
+    admin = await asyncpg.connect(pg_server.dsn)
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture
+async def namespace(broker: EmbeddedBroker) -> str:
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    await ensure_topics(broker.bootstrap, namespace=ns)
+    return ns
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> Proc:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as out:
+            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # noqa: S603
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        if self.alive:
+            assert self.popen is not None
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        return self.popen.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Procs:
+    """Spawns `tradeflow` subprocesses and guarantees they are stopped."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.all: list[Proc] = []
+
+    def cli(self, name: str, *args: str) -> Proc:
+        p = Proc(name, [sys.executable, "-m", "ops.cli", *args], self.tmp / f"{name}-{len(self.all)}.log")
+        self.all.append(p)
+        return p.start()
+
+    def worker(self, bootstrap: str, namespace: str, *agents: str) -> Proc:
+        port = free_port()
+        p = self.cli("worker", "worker", "--bootstrap", bootstrap, "--namespace", namespace, "--web-port", str(port),
+                     "--agents", *agents)  # fmt: skip
+        p.extra["web_port"] = port
+        return p
+
+    def sink(self, bootstrap: str, namespace: str, dsn: str, *extra: str) -> Proc:
+        return self.cli("sink", "sink", "--bootstrap", bootstrap, "--namespace", namespace, "--dsn", dsn, *extra)
+
+    def stop_all(self) -> None:
+        for p in self.all:
+            p.stop(timeout=10)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    ps = Procs(tmp_path)
+    yield ps
+    ps.stop_all()
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.25) -> None:
+    """Poll an async condition; fail with ``what`` if it does not hold in time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if await check():
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+        await asyncio.sleep(every)
