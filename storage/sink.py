@@ -101,6 +101,7 @@ class _Decoded:
     bars: list[tuple[Any, ...]]
     dead: list[DeadLetter]
     offsets: dict[TopicPartition, int]
+    n: int
 
 
 class _TopicDecoder:
@@ -184,11 +185,27 @@ class TopicSink:
                 await self.pool.close()
 
     async def run(self) -> None:
+        """Fetch/decode batch N+1 while batch N is being written (one write in flight,
+        so offsets are still committed in order)."""
         assert self.consumer is not None
-        while not self._stopping.is_set():
-            batch = await self.consumer.getmany(timeout_ms=200, max_records=self.cfg.max_batch)
-            if batch:
-                await self.process(batch)
+        in_flight: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.cfg.max_batch)
+                if not batch:
+                    if in_flight is not None:
+                        await in_flight
+                        in_flight = None
+                    continue
+                decoded = self.decode(batch)
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.create_task(self.persist(decoded))
+            if in_flight is not None:
+                await in_flight
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
 
     # -- one batch ------------------------------------------------------------
     def decode(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> _Decoded:
@@ -225,13 +242,16 @@ class TopicSink:
                 if dec.is_bar:
                     bars.append(_bar_row(rec))  # type: ignore[arg-type]
             offsets[tp] = msgs[-1].offset + 1
-        return _Decoded(rows=rows, bars=bars, dead=dead, offsets=offsets)
+        return _Decoded(rows=rows, bars=bars, dead=dead, offsets=offsets, n=sum(len(v) for v in batch.values()))
 
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Decode and persist one batch (no pipelining)."""
+        await self.persist(self.decode(batch))
+
+    async def persist(self, d: _Decoded) -> None:
+        """DB transaction, then dead letters acknowledged, then offsets committed."""
         assert self.consumer is not None and self.producer is not None
-        d = self.decode(batch)
-        n = sum(len(v) for v in batch.values())
-        SINK_BATCH.observe(n)
+        SINK_BATCH.observe(d.n)
         await self._write_with_retry(d)
         if d.dead:
             futs = [
@@ -259,22 +279,38 @@ class TopicSink:
         assert self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
             for table, rows in d.rows.items():
-                if not rows:
-                    continue
-                stage = f"_stage_{table}"
-                await conn.execute(
-                    f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-                await conn.copy_records_to_table(stage, records=rows, columns=EVENT_COLUMNS)
-                cols = ", ".join(EVENT_COLUMNS)
-                status = await conn.execute(
-                    f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT (event_id) DO NOTHING"  # noqa: S608 - names from the catalogue
-                )
-                inserted = int(status.rsplit(" ", 1)[-1])
-                SINK_ROWS.labels(table).inc(inserted)
-                self.rows_written += inserted
+                if rows:
+                    inserted = await self._insert_events(conn, table, rows)
+                    SINK_ROWS.labels(table).inc(inserted)
+                    self.rows_written += inserted
             if d.bars:
                 await self._upsert_bars(conn, d.bars)
+
+    @staticmethod
+    async def _insert_events(conn: asyncpg.Connection, table: str, rows: list[tuple[Any, ...]]) -> int:
+        """COPY straight into the table; on a duplicate event id fall back to a deduping insert.
+
+        Duplicates only occur after a redelivery (crash before the offset
+        commit) or a producer retry, so the fast path is the common one; the
+        savepoint keeps the batch's transaction usable when it fails.
+        """
+        try:
+            async with conn.transaction():  # savepoint
+                await conn.copy_records_to_table(table, records=rows, columns=EVENT_COLUMNS)
+            return len(rows)
+        except asyncpg.UniqueViolationError:
+            pass
+        stage = f"_stage_{table}"
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        await conn.copy_records_to_table(stage, records=rows, columns=EVENT_COLUMNS)
+        cols = ", ".join(EVENT_COLUMNS)
+        status = await conn.execute(
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "  # noqa: S608 - names from the catalogue
+            "ON CONFLICT (event_id) DO NOTHING"
+        )
+        return int(status.rsplit(" ", 1)[-1])
 
     @staticmethod
     async def _upsert_bars(conn: asyncpg.Connection, bars: Sequence[tuple[Any, ...]]) -> None:
@@ -286,6 +322,13 @@ class TopicSink:
             cur = best.get(k)
             if cur is None or b[12] >= cur[12]:
                 best[k] = b
+        # Fast path: brand-new bars (history import, live closes) COPY straight in.
+        try:
+            async with conn.transaction():  # savepoint
+                await conn.copy_records_to_table("bars", records=list(best.values()), columns=BAR_COLUMNS)
+            return
+        except asyncpg.UniqueViolationError:
+            pass
         await conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS _stage_bars (LIKE bars) ON COMMIT DELETE ROWS"
         )

@@ -19,16 +19,19 @@ def dead_letter_for(
     error: RecordError | Exception,
     ts_event: int,
     ts_init: int,
+    reason: str | None = None,
 ) -> DeadLetter:
     """A DeadLetter carrying the reason and the original bytes, unmodified.
 
-    ``ts_event`` is the broker timestamp of the original message (clamped to
+    ``reason`` overrides the error's reason code (e.g. a file importer's own
+    codes). ``ts_event`` is the broker timestamp of the original message (clamped to
     the sane window so the dead letter itself always validates).
     """
     if isinstance(error, RecordError):
-        reason, detail = error.reason.value, error.detail
+        default_reason, detail = error.reason.value, error.detail
     else:
-        reason, detail = ErrorReason.INVALID_VALUE.value, f"{type(error).__name__}: {error}"
+        default_reason, detail = ErrorReason.INVALID_VALUE.value, f"{type(error).__name__}: {error}"
+    reason = reason or default_reason
     raw = value or b""
     ts_event = min(max(ts_event, TS_MIN_NS), TS_MAX_NS - 1)
     return DeadLetter.new(

@@ -129,12 +129,17 @@ def _synthetic_trade_id(trade: Mapping[str, Any]) -> str:
     return "syn:" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def ccxt_trade_to_tick(trade: Mapping[str, Any], venue: str, ts_init: int) -> Tick:
+def ccxt_trade_to_tick(trade: Mapping[str, Any], venue: str, ts_init: int, contract_size: float = 1.0) -> Tick:
     """A ccxt unified trade (``fetch_trades`` / ``watch_trades`` item) as a Tick.
 
     ``ts_event`` is the venue's trade time; the aggressor is ccxt's ``side``
-    (the taker's side), ``unknown`` when the venue does not say.
+    (the taker's side), ``unknown`` when the venue does not say. ccxt gives
+    a contract market's ``amount`` in contracts (OKX BTC-USDT-SWAP: 0.01 BTC
+    each); ``contract_size`` (the market's ``contractSize``) turns it into
+    the base-currency quantity the Tick carries.
     """
+    if not (math.isfinite(contract_size) and contract_size > 0):
+        raise ValueError(f"contract_size must be a positive number, got {contract_size!r}")
     if not isinstance(trade, Mapping):
         raise ExchangeDataError(ErrorReason.NOT_AN_OBJECT, f"trade is a {type(trade).__name__}", trade)
     symbol = trade.get("symbol")
@@ -155,7 +160,7 @@ def ccxt_trade_to_tick(trade: Mapping[str, Any], venue: str, ts_init: int) -> Ti
         symbol=symbol,
         trade_id=trade_id,
         price=price,
-        quantity=amount,
+        quantity=amount * contract_size,
         aggressor=_AGGRESSOR[side],
     )
     return _validated(tick, trade)
@@ -184,9 +189,7 @@ def ccxt_ohlcv_to_bar(
         raise ExchangeDataError(ErrorReason.MISSING_FIELD, "volume is null", row)
     volume = _number(row, "volume", row[5])
     if not (low <= min(o, c) and max(o, c) <= h):
-        raise ExchangeDataError(
-            ErrorReason.INVALID_VALUE, f"inconsistent OHLC o={o} h={h} l={low} c={c}", row
-        )
+        raise ExchangeDataError(ErrorReason.INVALID_VALUE, f"inconsistent OHLC o={o} h={h} l={low} c={c}", row)
     revision = bar_revision(open_ms, timeframe, ts_init, is_closed)
     bar = Bar.new(
         ts_init=ts_init,

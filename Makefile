@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine:
+#   make run   - set up, start the embedded default (tansu + PostgreSQL + workers), run the main job
+#   make test  - set up, run the whole test suite (real broker, real PostgreSQL)
+# Other targets: make lint, make bench, make deps, make clean.
+
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench deps clean
+
+$(STAMP): pyproject.toml ops/bootstrap.sh
+	bash ops/bootstrap.sh $(VENV)
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m ops.cli run
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check topics
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m ops.cli bench --out artifacts/bench.json
+	$(PY) -m ops.bench_features
+
+clean:
+	rm -rf $(VENV) var artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,745 @@
+"""Incremental feature engine: one closed bar in, one feature vector out.
+
+Pure and deterministic: no I/O, no clock (``ts_init`` comes from the caller),
+no randomness. State is per (venue, symbol, timeframe) stream, in a
+:class:`SymbolState` that round-trips through a dict of plain JSON types so an
+agent can keep it in a faust table. Each bar costs O(1) amortized work.
+
+Features (default :class:`~agents.features.spec.FeatureSpec`, in output order)
+-------------------------------------------------------------------------------
+Notation: bar ``t`` is the newest; ``c`` close, ``h`` high, ``l`` low, ``v``
+base volume, ``r_i = ln c_i - ln c_{i-1}``; std is the population std (ddof 0).
+
+``ret_{h}`` (h = 1, 3, 6, 12, 24, 72)
+    log return ``ln c_t - ln c_{t-h}``.
+``vol_{n}`` (n = 12, 24, 72)
+    realized volatility: std of the last n one-bar log returns.
+``zclose_{n}`` (n = 24, 72)
+    ``(c_t - mean) / std`` of the last n closes; 0 when they are all equal.
+``rsi_14``
+    Wilder RSI on close-to-close price changes: ``100 * G / (G + L)`` with G, L
+    the Wilder averages (alpha = 1/14) of gains and losses; 50 when both are 0.
+``atr_14``
+    Wilder average true range (``max(h, c_prev) - min(l, c_prev)``) / ``c_t``.
+``volz_24``
+    ``(v_t - mean) / std`` of the last 24 volumes; 0 when they are all equal.
+``logvolratio_24``
+    ``ln((v_t + eps) / (mean_24(v) + eps))``, eps = ``volume_epsilon`` (1e-8).
+``range``
+    ``(h_t - l_t) / c_t``.
+``clv``
+    close location value ``(c_t - l_t) / (h_t - l_t)``; 0.5 when ``h_t <= l_t``.
+``momvol_24``
+    ``ret_24 / max(vol_24, vol_floor)``, vol_floor = 1e-4.
+``hour_sin``, ``hour_cos``, ``dow_sin``, ``dow_cos``
+    sin/cos of ``2 pi * (time of day / 1 day)`` and ``2 pi * weekday / 7``
+    (Monday = 0) of the bar's open time, UTC.
+``drawdown_72``
+    ``c_t / max(last 72 closes) - 1`` (<= 0).
+``macd_12_26``
+    ``(EMA_12 - EMA_26) / c_t`` of closes, EMA alpha = 2 / (n + 1).
+
+Finite windows. Every feature is a function of the last ``spec.window`` bars
+(73 by default) and nothing older. The exponential averages (RSI, ATR, EMAs)
+are the textbook recursions *run over that window*: seeded with the simple
+mean of the window's first ``period`` inputs, then updated for every later
+input (exactly what a charting tool shows when given only those bars). This
+costs a little fidelity against a since-inception average (the seed keeps a
+weight of (1 - alpha)^(inputs - period), 1-3 % by default) and buys three
+things: the lineage id names every bar a value depends on, a replay started
+anywhere ``window`` bars early reproduces the stream's vectors, and a revised
+bar invalidates exactly the next ``window`` vectors.
+
+Warm-up. The first ``window - 1`` bars of a stream produce no vector
+(``None``); the ``window``-th bar produces the first one.
+
+Numerics. Rolling sums never subtract the value leaving the window: each
+window aggregate is a suffix sum over the previous block of the window's length
+(computed once per block from the ring) plus a running sum over the current
+block (the two-stack sliding-window technique). Running add/subtract sums keep
+the rounding residue of values long gone, which after a large move swamps a
+quiet window (a z-score or RSI of ticks after a crash); here each aggregate is
+a fresh sum of the values now in the window. Variance sums are taken around a
+shift, the first value of the current block, which is always inside the
+window, so cancellation is bounded by the window length and a flat window
+gives exactly zero variance. Results still differ from a from-scratch
+computation by rounding (~1e-13 relative), which is why the tests compare
+with a tolerance. Divisions that can meet zero use the documented rules above
+(0 / 0.5 / 50 for flat windows, ``eps``, ``vol_floor``); with inputs inside
+:data:`PRICE_RANGE` and :data:`VOLUME_MAX` every value is finite.
+
+Ordering, revisions, gaps. A stream accepts only bars strictly after its last
+open time. Anything else raises :class:`BarRejected` and leaves the state
+untouched, with a reason saying what the agent should do: the latest bar
+redelivered (same event id) is not an error, ``update`` returns the same
+vector again so at-least-once delivery loses nothing; an older redelivered bar
+is ``duplicate`` (skip); a different bar for an open time already seen
+(typically a higher ``revision``) is ``revised`` and an older unknown bar is
+``out_of_order``: both need a recompute, i.e. :meth:`FeatureEngine.reset` and a
+replay of the stream from ``window - 1`` bars before the bar. In-progress bars
+(``is_closed`` false) are ``not_closed``. Consecutive bars are treated as
+consecutive whatever the time between them: gap detection and blocking belong
+to the data-quality layer upstream.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from itertools import accumulate, repeat
+from operator import mul, sub
+from typing import Any
+
+from agents.features.spec import DEFAULT_SPEC, FeatureSpec, format_lineage_id, lineage_element
+from topics.records import Bar, FeatureVector, Timeframe
+from topics.schema import event_id_for
+
+__all__ = [
+    "PRICE_RANGE",
+    "STATE_FORMAT",
+    "VOLUME_MAX",
+    "BarRejected",
+    "FeatureEngine",
+    "RejectReason",
+    "SymbolState",
+]
+
+#: Accepted price range (quote currency) for high, low and close. Wide enough
+#: for any listed market, narrow enough that squares and ratios of prices
+#: cannot overflow, so every feature is finite.
+PRICE_RANGE = (1e-12, 1e15)
+#: Accepted volume upper bound (base currency).
+VOLUME_MAX = 1e18
+#: Version of the :meth:`SymbolState.to_state` layout.
+STATE_FORMAT = 1
+
+_PRICE_MIN, _PRICE_MAX = PRICE_RANGE
+_DAY_NS = 86_400 * 1_000_000_000
+_TAU = 2.0 * math.pi
+_DIGEST_MASK = (1 << 128) - 1
+#: Bound on the time-of-day (sin, cos) cache: one entry per distinct open
+#: time of day, i.e. 24 for hourly bars, 1440 for minute bars.
+_DAY_CACHE_MAX = 4096
+#: (sin, cos) of each weekday's angle, Monday = 0.
+_WEEKDAY_TRIG = tuple((math.sin(_TAU * d / 7.0), math.cos(_TAU * d / 7.0)) for d in range(7))
+
+
+# ---------------------------------------------------------------------------
+# Rejections
+# ---------------------------------------------------------------------------
+
+
+class RejectReason(enum.StrEnum):
+    """Why a bar was not applied. Stable: used as a metric label."""
+
+    DUPLICATE = "duplicate"
+    REVISED = "revised"
+    OUT_OF_ORDER = "out_of_order"
+    NOT_CLOSED = "not_closed"
+    OUT_OF_RANGE = "out_of_range"
+
+
+class BarRejected(Exception):
+    """A bar the stream cannot apply; the state is unchanged.
+
+    ``needs_recompute`` tells the agent what to do: True means the vectors
+    already published for this stream no longer match the bar history (reset
+    the stream and replay it), False means skip (duplicate, in-progress bar)
+    or dead-letter (out of range).
+    """
+
+    def __init__(self, reason: RejectReason, bar: Bar, detail: str) -> None:
+        super().__init__(f"{reason.value}: {bar.symbol} {bar.timeframe.value} open_time={bar.open_time}: {detail}")
+        self.reason = reason
+        self.bar = bar
+        self.detail = detail
+
+    @property
+    def needs_recompute(self) -> bool:
+        return self.reason in (RejectReason.REVISED, RejectReason.OUT_OF_ORDER)
+
+
+# ---------------------------------------------------------------------------
+# Sliding-window aggregates
+#
+# Two-stack scheme: time is cut into blocks as long as the window; the window
+# ending at bar t is a suffix of the previous block plus the current block so
+# far. Suffix sums of the previous block are computed once, when a block
+# starts (``restart``, C-level itertools over the ring: the amortized O(1)
+# part); the current block is a running sum. The per-bar part is inlined in
+# ``_step`` for speed. ``j = t % n`` is the bar's position in its block, and
+# ``suffix[j + 1]`` covers the previous block's values still in the window
+# (``suffix[n] = 0``: at the block's last bar the window is the block itself).
+# ---------------------------------------------------------------------------
+
+
+def _suffix_sums(values: list[float]) -> list[float]:
+    """``out[k] = sum(values[k:])`` for k = 0..len, ``out[len] = 0``."""
+    out = list(accumulate(reversed(values)))
+    out.reverse()
+    out.append(0.0)
+    return out
+
+
+class _Moments:
+    """Mean and variance of the last ``n`` values of ``ring``.
+
+    Sums are of ``x - shift`` and its square, the shift being the first value
+    of the current block: it is always inside the window, so a flat window
+    sums exact zeros and cancellation is bounded by ``n``.
+    """
+
+    __slots__ = ("back1", "back2", "n", "ring", "shift", "suf1", "suf2")
+
+    def __init__(self, n: int, ring: list[float]) -> None:
+        self.n = n
+        self.ring = ring
+        self.shift = 0.0
+        self.back1 = 0.0
+        self.back2 = 0.0
+        self.suf1 = [0.0] * (n + 1)
+        self.suf2 = [0.0] * (n + 1)
+
+    def restart(self) -> None:
+        """Start a block at the ring's last value."""
+        n = self.n
+        ring = self.ring
+        x = ring[-1]
+        devs = list(map(sub, ring[-n - 1 : -1], repeat(x, n)))
+        self.suf1 = _suffix_sums(devs)
+        self.suf2 = _suffix_sums(list(map(mul, devs, devs)))
+        self.shift = x
+        self.back1 = 0.0
+        self.back2 = 0.0
+
+    def dump(self) -> list[Any]:
+        return [self.shift, self.back1, self.back2, self.suf1, self.suf2]
+
+    def load(self, data: Any) -> None:
+        self.shift, self.back1, self.back2, self.suf1, self.suf2 = _load_floats(data, 3, (self.n + 1, self.n + 1))
+
+
+class _Max:
+    """Maximum of the last ``n`` values of ``ring``, a positive series."""
+
+    __slots__ = ("back", "n", "ring", "suf")
+
+    def __init__(self, n: int, ring: list[float]) -> None:
+        self.n = n
+        self.ring = ring
+        self.back = 0.0
+        self.suf = [0.0] * (n + 1)
+
+    def restart(self) -> None:
+        ring = self.ring
+        suf = list(accumulate(reversed(ring[-self.n - 1 : -1]), max))
+        suf.reverse()
+        suf.append(0.0)  # identity of max over a positive series
+        self.suf = suf
+        self.back = ring[-1]
+
+    def dump(self) -> list[Any]:
+        return [self.back, self.suf]
+
+    def load(self, data: Any) -> None:
+        self.back, self.suf = _load_floats(data, 1, (self.n + 1,))
+
+
+class _SeededAverage:
+    """A seeded exponential average of ``ring`` run over its last ``inputs`` values.
+
+    Equal to the textbook recursion over the window: start at the mean of the
+    window's first ``period`` inputs, then ``avg = decay * avg + alpha * x``
+    for each of the remaining ``span = inputs - period`` inputs. Unrolled,
+    ``decay^span / period * sum(seed inputs) + alpha * sum(decay^(t-i) * x_i)``
+    over the span: the seed is a sliding sum of the series lagged by ``span``
+    (blocks of ``period``), the rest a sliding exponentially weighted sum
+    (blocks of ``span``), both two-stack aggregates.
+    """
+
+    __slots__ = (
+        "alpha",
+        "decay",
+        "exp_back",
+        "exp_suf",
+        "exp_weights",
+        "period",
+        "powers",
+        "ring",
+        "seed_back",
+        "seed_suf",
+        "seed_weight",
+        "span",
+    )
+
+    def __init__(self, period: int, alpha: float, inputs: int, ring: list[float]) -> None:
+        self.period = period
+        self.alpha = alpha
+        self.decay = decay = 1.0 - alpha
+        self.span = span = inputs - period
+        self.ring = ring
+        self.seed_weight = decay**span / period
+        #: decay^(span-1-k): weight of a block's k-th value, seen from the block's end.
+        self.exp_weights = [decay ** (span - 1 - k) for k in range(span)]
+        #: decay^p: ages the previous block's suffix by the p values since it closed.
+        self.powers = [decay**p for p in range(span + 1)]
+        self.seed_back = 0.0
+        self.seed_suf = [0.0] * (period + 1)
+        self.exp_back = 0.0
+        self.exp_suf = [0.0] * (span + 1)
+
+    def restart_seed(self) -> None:
+        span = self.span
+        ring = self.ring
+        self.seed_suf = _suffix_sums(ring[-span - self.period - 1 : -span - 1])
+        self.seed_back = ring[-1 - span]
+
+    def restart_exp(self) -> None:
+        ring = self.ring
+        self.exp_suf = _suffix_sums(list(map(mul, ring[-self.span - 1 : -1], self.exp_weights)))
+        self.exp_back = ring[-1]
+
+    def dump(self) -> list[Any]:
+        return [self.seed_back, self.exp_back, self.seed_suf, self.exp_suf]
+
+    def load(self, data: Any) -> None:
+        loaded = _load_floats(data, 2, (self.period + 1, self.span + 1))
+        self.seed_back, self.exp_back, self.seed_suf, self.exp_suf = loaded
+
+
+def _load_floats(data: Any, n_scalars: int, list_lens: tuple[int, ...]) -> list[Any]:
+    """Check a dumped aggregate (``n_scalars`` floats, then float lists of ``list_lens``)."""
+    if not isinstance(data, list) or len(data) != n_scalars + len(list_lens):
+        raise ValueError("malformed aggregate state")
+    out: list[Any] = [float(v) for v in data[:n_scalars]]
+    for arr, n in zip(data[n_scalars:], list_lens, strict=True):
+        if not isinstance(arr, list) or len(arr) != n:
+            raise ValueError("aggregate state does not match the feature spec")
+        out.append([float(v) for v in arr])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Per-stream state
+# ---------------------------------------------------------------------------
+
+#: Float rings of a stream, in to_state order. Every ring holds at least the
+#: last window + 1 values; it starts as zeros, a padding that the warm-up
+#: keeps out of every emitted value.
+_FLOAT_RINGS = ("close", "log_close", "ret", "volume", "change", "abs_change", "true_range")
+
+
+class SymbolState:
+    """Everything one (venue, symbol, timeframe) stream remembers.
+
+    Plain data: rings of recent inputs, the sliding aggregates over them, the
+    running lineage digest and the last vector's values (returned again when
+    the latest bar is redelivered). :meth:`to_state` / :meth:`from_state`
+    convert to and from JSON types exactly (a float round-trips through its
+    repr).
+    """
+
+    __slots__ = (
+        "abs_change",
+        "averages",
+        "change",
+        "close",
+        "close_max",
+        "count",
+        "digest",
+        "event_ids",
+        "last_open_time",
+        "last_values",
+        "log_close",
+        "moments",
+        "open_times",
+        "ret",
+        "spec",
+        "symbol",
+        "timeframe",
+        "true_range",
+        "venue",
+        "volume",
+    )
+
+    def __init__(self, venue: str, symbol: str, timeframe: Timeframe, spec: FeatureSpec = DEFAULT_SPEC) -> None:
+        w = spec.window
+        self.spec = spec
+        self.venue = venue
+        self.symbol = symbol
+        self.timeframe = timeframe
+        #: Bars applied so far; also the index of the next bar.
+        self.count = 0
+        self.last_open_time = 0
+        #: Lineage digest of the last ``window`` bars (see agents.features.spec).
+        self.digest = 0
+        self.last_values: tuple[float, ...] | None = None
+        pad = w + 1
+        self.close = [0.0] * pad
+        self.log_close = [0.0] * pad
+        self.ret = [0.0] * pad
+        self.volume = [0.0] * pad
+        self.change = [0.0] * pad
+        self.abs_change = [0.0] * pad
+        self.true_range = [0.0] * pad
+        self.open_times = [0] * pad
+        self.event_ids = [0] * pad
+        #: Volatility windows, then z-score windows, then the volume window.
+        self.moments = [
+            *(_Moments(n, self.ret) for n in spec.vol_windows),
+            *(_Moments(n, self.close) for n in spec.zscore_windows),
+            _Moments(spec.volume_window, self.volume),
+        ]
+        self.close_max = _Max(spec.drawdown_window, self.close)
+        rsi_alpha = 1.0 / spec.rsi_period
+        #: RSI net and absolute, ATR, fast and slow EMA. RSI = 100 G / (G + L)
+        #: = 50 (1 + avg(change) / avg(|change|)): G - L and G + L are the
+        #: Wilder averages of the signed and absolute changes, so two averages
+        #: do the work of gains and losses.
+        self.averages = [
+            _SeededAverage(spec.rsi_period, rsi_alpha, w - 1, self.change),
+            _SeededAverage(spec.rsi_period, rsi_alpha, w - 1, self.abs_change),
+            _SeededAverage(spec.atr_period, 1.0 / spec.atr_period, w - 1, self.true_range),
+            _SeededAverage(spec.macd_fast, 2.0 / (spec.macd_fast + 1), w, self.close),
+            _SeededAverage(spec.macd_slow, 2.0 / (spec.macd_slow + 1), w, self.close),
+        ]
+
+    def _aggregates(self) -> list[_Moments | _Max | _SeededAverage]:
+        return [*self.moments, self.close_max, *self.averages]
+
+    def _rings(self) -> list[list[float] | list[int]]:
+        return [*(getattr(self, name) for name in _FLOAT_RINGS), self.open_times, self.event_ids]
+
+    def trim(self, keep: int) -> None:
+        """Keep the last ``keep`` ring items (in place: aggregates hold the rings)."""
+        for ring in self._rings():
+            del ring[:-keep]
+
+    def lineage_id(self) -> str:
+        """Lineage id of the window ending at the latest bar (see agents.features.spec)."""
+        w = self.spec.window
+        return format_lineage_id(self.open_times[-w], self.last_open_time, w, self.digest)
+
+    def to_state(self) -> dict[str, Any]:
+        """The state as JSON types; 128-bit integers as hex strings (64-bit JSON readers)."""
+        keep = self.spec.window + 1
+        return {
+            "format": STATE_FORMAT,
+            "feature_set_version": self.spec.version,
+            "venue": self.venue,
+            "symbol": self.symbol,
+            "timeframe": self.timeframe.value,
+            "count": self.count,
+            "last_open_time": self.last_open_time,
+            "digest": f"{self.digest:x}",
+            "last_values": None if self.last_values is None else list(self.last_values),
+            "rings": {name: getattr(self, name)[-keep:] for name in _FLOAT_RINGS},
+            "open_times": self.open_times[-keep:],
+            "event_ids": [f"{e:x}" for e in self.event_ids[-keep:]],
+            "aggregates": [a.dump() for a in self._aggregates()],
+        }
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any], spec: FeatureSpec = DEFAULT_SPEC) -> SymbolState:
+        """Rebuild from :meth:`to_state` output; ``ValueError`` if it is not a state for ``spec``."""
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError(f"state format {data.get('format')!r}, expected {STATE_FORMAT}")
+        if data.get("feature_set_version") != spec.version:
+            raise ValueError(f"state is for {data.get('feature_set_version')!r}, engine runs {spec.version}")
+        st = cls(data["venue"], data["symbol"], Timeframe(data["timeframe"]), spec)
+        st.count = int(data["count"])
+        st.last_open_time = int(data["last_open_time"])
+        st.digest = int(data["digest"], 16)
+        values = data["last_values"]
+        st.last_values = None if values is None else tuple(float(v) for v in values)
+        for name in _FLOAT_RINGS:
+            getattr(st, name)[:] = [float(v) for v in data["rings"][name]]
+        st.open_times[:] = [int(v) for v in data["open_times"]]
+        st.event_ids[:] = [int(v, 16) for v in data["event_ids"]]
+        if any(len(ring) != spec.window + 1 for ring in st._rings()):
+            raise ValueError(f"rings must hold {spec.window + 1} items")
+        aggregates = st._aggregates()
+        if not isinstance(data["aggregates"], list) or len(data["aggregates"]) != len(aggregates):
+            raise ValueError("aggregate count does not match the feature spec")
+        for agg, dumped in zip(aggregates, data["aggregates"], strict=True):
+            agg.load(dumped)
+        return st
+
+
+# ---------------------------------------------------------------------------
+# The update rule for one bar
+# ---------------------------------------------------------------------------
+
+
+class _Plan:
+    """Constants derived once from a spec, so the per-bar code only reads them."""
+
+    __slots__ = (
+        "day_trig",
+        "horizons",
+        "mom_ret_index",
+        "mom_vol_index",
+        "n_vol",
+        "n_z",
+        "vol_floor",
+        "volume_epsilon",
+        "window",
+    )
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.window = spec.window
+        self.horizons = spec.return_horizons
+        self.n_vol = len(spec.vol_windows)
+        self.n_z = len(spec.zscore_windows)
+        self.mom_ret_index = spec.return_horizons.index(spec.momentum_window)
+        self.mom_vol_index = spec.vol_windows.index(spec.momentum_window)
+        self.vol_floor = spec.vol_floor
+        self.volume_epsilon = spec.volume_epsilon
+        #: (sin, cos) of the time of day, per open time of day; bounded by _DAY_CACHE_MAX.
+        self.day_trig: dict[int, tuple[float, float]] = {}
+
+
+def _reject(st: SymbolState, bar: Bar) -> BarRejected:
+    """Why ``bar`` failed the fast-path checks in :meth:`FeatureEngine.advance`."""
+    ot = bar.open_time
+    if ot <= st.last_open_time:
+        element = lineage_element(bar.event_id)
+        for seen_ot, seen_id in zip(st.open_times, st.event_ids, strict=True):
+            if seen_ot == ot:
+                if seen_id == element:
+                    return BarRejected(RejectReason.DUPLICATE, bar, "already applied")
+                return BarRejected(RejectReason.REVISED, bar, "another bar with this open time was applied")
+        return BarRejected(RejectReason.OUT_OF_ORDER, bar, f"stream is at open_time={st.last_open_time}")
+    if not bar.is_closed:
+        return BarRejected(RejectReason.NOT_CLOSED, bar, "features are computed on closed bars only")
+    return BarRejected(
+        RejectReason.OUT_OF_RANGE, bar, f"high/low/close outside {PRICE_RANGE} or volume outside [0, {VOLUME_MAX}]"
+    )
+
+
+def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, ...] | None:
+    """Apply a checked bar to ``st``; the feature values once warm, else None.
+
+    One long function on purpose: locals and inlined aggregate updates are
+    what make CPython fast here (see ops/bench_features.py).
+    """
+    window = plan.window
+    t = st.count
+    c = bar.close
+    h = bar.high
+    lo = bar.low
+    v = bar.volume
+    ot = bar.open_time
+    sqrt = math.sqrt
+
+    # -- inputs into the rings -------------------------------------------
+    closes = st.close
+    log_closes = st.log_close
+    prev_c = closes[-1]
+    log_c = math.log(c)
+    dc = c - prev_c
+    closes.append(c)
+    st.ret.append(log_c - log_closes[-1])
+    log_closes.append(log_c)
+    st.volume.append(v)
+    st.change.append(dc)
+    st.abs_change.append(dc if dc >= 0.0 else -dc)
+    st.true_range.append((h if h > prev_c else prev_c) - (lo if lo < prev_c else prev_c))
+    event_ids = st.event_ids
+    st.digest = (st.digest + element - event_ids[-window]) & _DIGEST_MASK
+    event_ids.append(element)
+    st.open_times.append(ot)
+
+    # -- sliding aggregates --------------------------------------------------
+    # Moments give (variance, deviation of the newest value from the mean);
+    # (x - shift) - mean_offset avoids rounding the deviation through the mean.
+    variances = []
+    deviations = []
+    for m in st.moments:
+        n = m.n
+        j = t % n
+        if j:
+            d = m.ring[-1] - m.shift
+            b1 = m.back1 = m.back1 + d
+            b2 = m.back2 = m.back2 + d * d
+        else:
+            m.restart()
+            d = b1 = b2 = 0.0
+        mu = (m.suf1[j + 1] + b1) / n
+        variances.append((m.suf2[j + 1] + b2) / n - mu * mu)
+        deviations.append(d - mu)
+    mx = st.close_max
+    j = t % mx.n
+    if j:
+        if c > mx.back:
+            mx.back = c
+    else:
+        mx.restart()
+    c_max = mx.suf[j + 1]
+    if mx.back > c_max:
+        c_max = mx.back
+    averages = []
+    for a in st.averages:
+        j = t % a.period
+        if j:
+            a.seed_back += a.ring[-1 - a.span]
+        else:
+            a.restart_seed()
+        k = t % a.span
+        if k:
+            a.exp_back = a.decay * a.exp_back + a.ring[-1]
+        else:
+            a.restart_exp()
+        averages.append(
+            a.seed_weight * (a.seed_suf[j + 1] + a.seed_back)
+            + a.alpha * (a.powers[k + 1] * a.exp_suf[k + 1] + a.exp_back)
+        )
+
+    t += 1
+    st.count = t
+    st.last_open_time = ot
+    if len(closes) > 2 * window:
+        st.trim(window + 1)
+    if t < window:
+        return None
+
+    # -- features ----------------------------------------------------------
+    ret = [log_c - log_closes[-1 - k] for k in plan.horizons]
+    n_vol = plan.n_vol
+    n_vz = n_vol + plan.n_z
+    vols = [sqrt(var) if var > 0.0 else 0.0 for var in variances[:n_vol]]
+    zs = [
+        dev / sqrt(var) if var > 0.0 else 0.0
+        for var, dev in zip(variances[n_vol:n_vz], deviations[n_vol:n_vz], strict=True)
+    ]
+    v_var = variances[n_vz]
+    v_dev = deviations[n_vz]
+    net, absolute, atr, ema_fast, ema_slow = averages
+    mom_vol = vols[plan.mom_vol_index]
+    floor = plan.vol_floor
+    eps = plan.volume_epsilon
+    day_trig = plan.day_trig
+    tod = ot % _DAY_NS
+    trig = day_trig.get(tod)
+    if trig is None:
+        angle = _TAU * tod / _DAY_NS
+        trig = (math.sin(angle), math.cos(angle))
+        if len(day_trig) < _DAY_CACHE_MAX:
+            day_trig[tod] = trig
+    values = (
+        *ret,
+        *vols,
+        *zs,
+        50.0 + 50.0 * net / absolute if absolute > 0.0 else 50.0,
+        atr / c,
+        v_dev / sqrt(v_var) if v_var > 0.0 else 0.0,
+        math.log((v + eps) / (v - v_dev + eps)),
+        (h - lo) / c,
+        (c - lo) / (h - lo) if h > lo else 0.5,
+        ret[plan.mom_ret_index] / (mom_vol if mom_vol > floor else floor),
+        *trig,
+        *_WEEKDAY_TRIG[(ot // _DAY_NS + 3) % 7],  # 1970-01-01 was a Thursday
+        c / c_max - 1.0,
+        (ema_fast - ema_slow) / c,
+    )
+    st.last_values = values
+    return values
+
+
+# ---------------------------------------------------------------------------
+# Engine
+# ---------------------------------------------------------------------------
+
+_StreamKey = tuple[str, str, Timeframe]
+
+
+class FeatureEngine:
+    """Feature vectors for any number of streams, one closed bar at a time.
+
+    ``data_version`` describes the bar source (e.g. a hash of the importer and
+    file, or ``"live:binance"``); it is copied into every vector and into its
+    event id, so vectors of different data never dedupe into each other.
+    """
+
+    def __init__(self, *, data_version: str, spec: FeatureSpec = DEFAULT_SPEC) -> None:
+        self.spec = spec
+        self.data_version = data_version
+        self.names = spec.names
+        self.feature_set_version = spec.version
+        self._states: dict[_StreamKey, SymbolState] = {}
+        self._plan = _Plan(spec)
+
+    # -- state -------------------------------------------------------------
+    def state(self, venue: str, symbol: str, timeframe: Timeframe) -> SymbolState | None:
+        """The live state of a stream (not a copy); None if it has seen no bar."""
+        return self._states.get((venue, symbol, timeframe))
+
+    def restore(self, state: SymbolState) -> None:
+        """Install a stream's state, e.g. from ``SymbolState.from_state`` on recovery."""
+        if state.spec != self.spec:
+            raise ValueError(f"state is for {state.spec.version}, engine runs {self.feature_set_version}")
+        self._states[(state.venue, state.symbol, state.timeframe)] = state
+
+    def reset(self, venue: str, symbol: str, timeframe: Timeframe) -> None:
+        """Forget a stream: the next bar starts a new warm-up (the recompute path)."""
+        self._states.pop((venue, symbol, timeframe), None)
+
+    # -- updates -------------------------------------------------------------
+    def advance(self, bar: Bar) -> tuple[float, ...] | None:
+        """Apply ``bar``; its feature values (aligned with ``names``), None in warm-up.
+
+        The engine-only path, no record built (backtests, research, the
+        benchmark). Raises :class:`BarRejected`, state unchanged, for a bar
+        that cannot be applied; the latest bar redelivered returns its values
+        again.
+        """
+        key = (bar.venue, bar.symbol, bar.timeframe)
+        st = self._states.get(key)
+        if st is None:
+            st = self._states[key] = SymbolState(bar.venue, bar.symbol, bar.timeframe, self.spec)
+        if (
+            bar.open_time > st.last_open_time
+            and bar.is_closed
+            and _PRICE_MIN <= bar.close <= _PRICE_MAX
+            and _PRICE_MIN <= bar.low <= _PRICE_MAX
+            and _PRICE_MIN <= bar.high <= _PRICE_MAX
+            and 0.0 <= bar.volume <= VOLUME_MAX
+        ):
+            try:
+                element = int(bar.event_id, 16)
+            except ValueError:
+                element = lineage_element(bar.event_id)
+            return _step(st, self._plan, bar, element & _DIGEST_MASK)
+        if bar.open_time == st.last_open_time and lineage_element(bar.event_id) == st.event_ids[-1]:
+            return st.last_values
+        raise _reject(st, bar)
+
+    def update(self, bar: Bar, ts_init: int) -> FeatureVector | None:
+        """Apply ``bar``; the :class:`FeatureVector` at its close once warm, else None.
+
+        Raises :class:`BarRejected` (state unchanged) for a bar that cannot be
+        applied; the latest bar redelivered yields the identical vector again.
+        """
+        values = self.advance(bar)
+        if values is None:
+            return None
+        st = self._states[(bar.venue, bar.symbol, bar.timeframe)]
+        fsv = self.feature_set_version
+        dv = self.data_version
+        return FeatureVector(
+            event_id=event_id_for(FeatureVector.KIND, bar.symbol, bar.timeframe, bar.open_time, fsv, dv),
+            schema_version=FeatureVector.SCHEMA_VERSION,
+            ts_event=bar.ts_event,
+            ts_init=ts_init,
+            correlation_id=bar.correlation_id,
+            causation_id=bar.event_id,
+            venue=bar.venue,
+            symbol=bar.symbol,
+            timeframe=bar.timeframe,
+            bar_open_time=bar.open_time,
+            feature_set_version=fsv,
+            data_version=dv,
+            lineage_id=st.lineage_id(),
+            names=self.names,
+            values=values,
+        )

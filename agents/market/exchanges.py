@@ -1,0 +1,410 @@
+"""Exchange access for the market-data collectors: configuration as data, the
+ccxt factory, error classification, backoff, and the two outbound interfaces
+(:class:`Publisher`, :class:`CheckpointStore`) with their simple implementations.
+
+Error tree (what the caller should do, not where it came from)
+--------------------------------------------------------------
+- :func:`classify_error` maps any exception raised by ccxt to a
+  :class:`FailureReason` and a ``retriable`` flag. Retriable: rate limits,
+  network errors, an exchange that is down or answered garbage. Fatal: bad
+  credentials, unknown symbol, unsupported call, rejected request.
+- :class:`CollectorError` is the base of what the collectors raise:
+
+  - :class:`UnsupportedExchangeError` (also a ``ValueError``): the config names
+    an exchange or market type this module does not build;
+  - :class:`ExchangeUnreachable`: start-up could not reach the exchange within
+    a bounded time; live mode refuses to start instead of retrying forever;
+  - :class:`FatalExchangeError`: the exchange said no in a way retrying cannot
+    fix (needs a human: fix the symbol, the keys, the config);
+  - :class:`RetriesExhausted`: a retriable failure outlived its attempts.
+
+- :class:`~agents.market.ccxt_parse.ExchangeDataError` (a ``RecordError``):
+  one bad row; dead-letter it and carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import os
+import random
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import ccxt
+import ccxt.async_support as ccxt_async
+import ccxt.pro as ccxt_pro
+
+from agents.market.ccxt_parse import ExchangeDataError, ccxt_ohlcv_to_bar, ccxt_trade_to_tick
+from topics.records import Timeframe
+from topics.schema import Record
+
+__all__ = [
+    "SUPPORTED_EXCHANGES",
+    "BackoffPolicy",
+    "CheckpointStore",
+    "CollectorError",
+    "ErrorClassification",
+    "ExchangeConfig",
+    "ExchangeDataError",
+    "ExchangeUnreachable",
+    "FailureReason",
+    "FatalExchangeError",
+    "FileCheckpointStore",
+    "MarketType",
+    "MemoryCheckpointStore",
+    "OhlcvSource",
+    "Publisher",
+    "RetriesExhausted",
+    "UnsupportedExchangeError",
+    "ccxt_ohlcv_to_bar",
+    "ccxt_trade_to_tick",
+    "classify_error",
+    "make_exchange",
+]
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+class MarketType(enum.StrEnum):
+    SPOT = "spot"
+    #: Perpetual swaps; for the exchanges here, USDT-margined (linear) ones.
+    SWAP = "swap"
+
+
+#: exchange id -> market type -> the ccxt ``fetchMarkets`` types to load.
+#: Loading only the configured market type keeps start-up to one or two
+#: requests (binance would otherwise also load coin-margined futures, okx
+#: options, ...). ``None``: leave ccxt's default (coinbase has one product list).
+_MARKET_LOADING: dict[str, dict[MarketType, list[str] | None]] = {
+    "binance": {MarketType.SPOT: ["spot"], MarketType.SWAP: ["linear"]},
+    "bitget": {MarketType.SPOT: ["spot"], MarketType.SWAP: ["swap"]},
+    "okx": {MarketType.SPOT: ["spot"], MarketType.SWAP: ["swap"]},
+    "coinbase": {MarketType.SPOT: None},
+}
+
+SUPPORTED_EXCHANGES: frozenset[str] = frozenset(_MARKET_LOADING)
+
+_CREDENTIAL_KEYS = frozenset({"apiKey", "secret", "password", "uid"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExchangeConfig:
+    """One exchange connection as data: which venue, which market type, which
+    symbols and timeframes to collect. Validated on construction so a typo
+    fails at start-up with the list of what is supported.
+
+    ``options`` are extra ccxt options merged over ours (escape hatch for
+    venue quirks); ``load_currencies`` is off because market data needs none
+    and some venues serve currencies only to signed requests.
+    """
+
+    exchange_id: str
+    market_type: MarketType
+    symbols: tuple[str, ...]
+    timeframes: tuple[Timeframe, ...] = ()
+    request_timeout_ms: int = 10_000
+    load_currencies: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.exchange_id not in SUPPORTED_EXCHANGES:
+            raise UnsupportedExchangeError(
+                f"exchange {self.exchange_id!r} is not supported; supported: {sorted(SUPPORTED_EXCHANGES)}"
+            )
+        market_type = MarketType(self.market_type)
+        object.__setattr__(self, "market_type", market_type)
+        if market_type not in _MARKET_LOADING[self.exchange_id]:
+            supported = [m.value for m in _MARKET_LOADING[self.exchange_id]]
+            raise UnsupportedExchangeError(
+                f"{self.exchange_id} supports market types {supported}, not {market_type.value!r}"
+            )
+        if not self.symbols:
+            raise ValueError(f"{self.exchange_id}: at least one symbol is required")
+        for symbol in self.symbols:
+            is_swap_symbol = ":" in symbol
+            if is_swap_symbol != (market_type is MarketType.SWAP):
+                example = "BTC/USDT:USDT" if market_type is MarketType.SWAP else "BTC/USDT"
+                raise ValueError(
+                    f"{self.exchange_id} {market_type.value}: symbol {symbol!r} is not a "
+                    f"{market_type.value} symbol (ccxt unified, like {example})"
+                )
+        object.__setattr__(self, "symbols", tuple(self.symbols))
+        object.__setattr__(self, "timeframes", tuple(Timeframe(tf) for tf in self.timeframes))
+        if self.request_timeout_ms <= 0:
+            raise ValueError("request_timeout_ms must be > 0")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ExchangeConfig:
+        """Build from plain data (a YAML/JSON/CLI config section)."""
+        if isinstance(data.get("symbols"), str) or isinstance(data.get("timeframes"), str):
+            raise ValueError("symbols and timeframes must be lists, not a single string")
+        return cls(
+            exchange_id=str(data["exchange_id"]),
+            market_type=MarketType(data.get("market_type", MarketType.SPOT)),
+            symbols=tuple(data["symbols"]),
+            timeframes=tuple(Timeframe(tf) for tf in data.get("timeframes", ())),
+            request_timeout_ms=int(data.get("request_timeout_ms", 10_000)),
+            load_currencies=bool(data.get("load_currencies", False)),
+            options=dict(data.get("options", {})),
+        )
+
+
+def make_exchange(cfg: ExchangeConfig, pro: bool = False, credentials: Mapping[str, str] | None = None) -> Any:
+    """Build the ccxt async exchange (``ccxt.pro`` when ``pro``) for a config.
+
+    Rate limiting is always on (ccxt's token-bucket throttler spaces requests
+    by the venue's documented weight), ``defaultType`` selects spot or swap,
+    and only the configured market type is loaded. The caller owns the
+    instance and must ``await exchange.close()``.
+    """
+    if credentials is not None:
+        unknown = set(credentials) - _CREDENTIAL_KEYS
+        if unknown:
+            raise ValueError(f"unknown credential keys {sorted(unknown)}; expected some of {sorted(_CREDENTIAL_KEYS)}")
+    module = ccxt_pro if pro else ccxt_async
+    options: dict[str, Any] = {"defaultType": cfg.market_type.value}
+    types = _MARKET_LOADING[cfg.exchange_id][cfg.market_type]
+    if types is not None:
+        options["fetchMarkets"] = {"types": types}
+    options.update(cfg.options)
+    config: dict[str, Any] = {
+        "enableRateLimit": True,
+        "timeout": cfg.request_timeout_ms,
+        "options": options,
+    }
+    if not cfg.load_currencies:
+        config["has"] = {"fetchCurrencies": False}
+    if credentials:
+        config.update(credentials)
+    return getattr(module, cfg.exchange_id)(config)
+
+
+# ---------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------
+
+
+class FailureReason(enum.StrEnum):
+    """Why an exchange call failed. Stable: used as a metric label."""
+
+    RATE_LIMITED = "rate_limited"
+    NETWORK_ERROR = "network_error"
+    EXCHANGE_UNAVAILABLE = "exchange_unavailable"
+    BAD_RESPONSE = "bad_response"
+    AUTH_FAILED = "auth_failed"
+    BAD_SYMBOL = "bad_symbol"
+    BAD_REQUEST = "bad_request"
+    NOT_SUPPORTED = "not_supported"
+    EXCHANGE_ERROR = "exchange_error"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorClassification:
+    reason: FailureReason
+    retriable: bool
+
+
+# Order matters: ccxt's tree nests the specific classes under broader ones
+# (RateLimitExceeded, DDoSProtection and ExchangeNotAvailable are NetworkError
+# subclasses; BadSymbol is a BadRequest; PermissionDenied an
+# AuthenticationError; all of the fatal ones are ExchangeError), so the most
+# specific class must be tested first.
+_CLASSIFICATION: tuple[tuple[type[BaseException], ErrorClassification], ...] = (
+    (ccxt.RateLimitExceeded, ErrorClassification(FailureReason.RATE_LIMITED, True)),
+    (ccxt.DDoSProtection, ErrorClassification(FailureReason.RATE_LIMITED, True)),
+    (ccxt.ExchangeNotAvailable, ErrorClassification(FailureReason.EXCHANGE_UNAVAILABLE, True)),
+    (ccxt.NetworkError, ErrorClassification(FailureReason.NETWORK_ERROR, True)),
+    # An HTML maintenance page or a truncated body: usually transient.
+    (ccxt.BadResponse, ErrorClassification(FailureReason.BAD_RESPONSE, True)),
+    (ccxt.AuthenticationError, ErrorClassification(FailureReason.AUTH_FAILED, False)),
+    (ccxt.BadSymbol, ErrorClassification(FailureReason.BAD_SYMBOL, False)),
+    (ccxt.NotSupported, ErrorClassification(FailureReason.NOT_SUPPORTED, False)),
+    (ccxt.BadRequest, ErrorClassification(FailureReason.BAD_REQUEST, False)),
+    (ccxt.ArgumentsRequired, ErrorClassification(FailureReason.BAD_REQUEST, False)),
+    (ccxt.ExchangeError, ErrorClassification(FailureReason.EXCHANGE_ERROR, False)),
+    # Raw transport errors that escape ccxt's wrapping (websocket layer).
+    (TimeoutError, ErrorClassification(FailureReason.NETWORK_ERROR, True)),
+    (ConnectionError, ErrorClassification(FailureReason.NETWORK_ERROR, True)),
+)
+
+_UNKNOWN = ErrorClassification(FailureReason.UNKNOWN, False)
+
+
+def classify_error(exc: BaseException) -> ErrorClassification:
+    """What the caller should do about an exception from an exchange call.
+
+    Anything unrecognised is fatal: retrying a failure we cannot name hides
+    bugs, and a stopped collector is loud where a spinning one is not.
+    """
+    for exc_type, classification in _CLASSIFICATION:
+        if isinstance(exc, exc_type):
+            return classification
+    return _UNKNOWN
+
+
+class CollectorError(Exception):
+    """Base of the errors the market-data collectors raise."""
+
+
+class UnsupportedExchangeError(CollectorError, ValueError):
+    """The configuration names an exchange or market type not built here."""
+
+
+class ExchangeUnreachable(CollectorError):
+    """Start-up could not reach the exchange within a bounded time."""
+
+
+class FatalExchangeError(CollectorError):
+    """The exchange refused in a way that retrying cannot fix."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+
+
+class RetriesExhausted(CollectorError):
+    """A retriable failure persisted through every allowed attempt."""
+
+    def __init__(self, reason: FailureReason, attempts: int, message: str) -> None:
+        super().__init__(f"{reason.value} after {attempts} attempts: {message}")
+        self.reason = reason
+        self.attempts = attempts
+
+
+# ---------------------------------------------------------------------------
+# Backoff
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackoffPolicy:
+    """Capped exponential backoff with "equal jitter" from a seeded RNG.
+
+    The n-th consecutive failure waits ``d/2 + U(0, d/2)`` with
+    ``d = min(cap_s, base_s * 2**(n-1))``: never less than half the
+    exponential step (so a rate limit really backs off), jittered so many
+    collectors restarting together do not stampede the venue. A rate limit
+    waits at least ``rate_limited_min_s``. ``max_attempts`` counts every try,
+    the first included; live streams ignore it and retry indefinitely.
+    """
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    max_attempts: int = 6
+    rate_limited_min_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.base_s <= 0 or self.cap_s < self.base_s or self.max_attempts < 1:
+            raise ValueError(f"invalid backoff policy {self!r}")
+
+    def delay_s(self, failures: int, rng: random.Random, reason: FailureReason | None = None) -> float:
+        step = min(self.cap_s, self.base_s * 2.0 ** max(failures - 1, 0))
+        delay = step / 2 + rng.uniform(0.0, step / 2)
+        if reason is FailureReason.RATE_LIMITED:
+            delay = max(delay, self.rate_limited_min_s)
+        return delay
+
+
+# ---------------------------------------------------------------------------
+# Outbound interfaces
+# ---------------------------------------------------------------------------
+
+
+class Publisher(Protocol):
+    """Where collectors send records (the lead wires it to Kafka)."""
+
+    async def publish(self, records: Sequence[Record]) -> None: ...
+
+
+class CheckpointStore(Protocol):
+    """Progress of resumable downloads: the last open time (ns) fully done."""
+
+    async def load(self, key: str) -> int | None: ...
+
+    async def save(self, key: str, last_open_time_ns: int) -> None: ...
+
+
+class OhlcvSource(Protocol):
+    """The part of a ccxt exchange the history download uses."""
+
+    id: str
+
+    async def fetch_ohlcv(
+        self,
+        symbol: str,
+        timeframe: str = ...,
+        since: int | None = ...,
+        limit: int | None = ...,
+        params: dict[str, Any] = ...,
+    ) -> list[list[Any]]: ...
+
+
+class MemoryCheckpointStore:
+    """In-process checkpoints, for tests and one-shot runs."""
+
+    def __init__(self, initial: Mapping[str, int] | None = None) -> None:
+        self.values: dict[str, int] = dict(initial or {})
+        self.saves: list[tuple[str, int]] = []
+
+    async def load(self, key: str) -> int | None:
+        return self.values.get(key)
+
+    async def save(self, key: str, last_open_time_ns: int) -> None:
+        self.values[key] = last_open_time_ns
+        self.saves.append((key, last_open_time_ns))
+
+
+class FileCheckpointStore:
+    """Checkpoints in one JSON file ``{key: last_open_time_ns}``.
+
+    Every save rewrites the file atomically (temp file in the same directory,
+    fsync, rename), so a crash leaves either the old or the new content,
+    never a torn file. Saves within one process are serialised by a lock;
+    separate processes must use separate files.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = asyncio.Lock()
+
+    async def load(self, key: str) -> int | None:
+        data = await asyncio.to_thread(self._read)
+        return data.get(key)
+
+    async def save(self, key: str, last_open_time_ns: int) -> None:
+        async with self._lock:
+            data = await asyncio.to_thread(self._read)
+            data[key] = last_open_time_ns
+            await asyncio.to_thread(self._write, data)
+
+    def _read(self) -> dict[str, int]:
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        data = json.loads(raw)
+        if not isinstance(data, dict) or not all(isinstance(k, str) and type(v) is int for k, v in data.items()):
+            raise ValueError(f"{self.path}: not a checkpoint file (expected {{key: int}})")
+        return data
+
+    def _write(self, data: Mapping[str, int]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set-up from a fresh clone: system packages the project needs, then the virtualenv.
+# Idempotent; `make` runs it when pyproject.toml changes.
+set -euo pipefail
+VENV="${1:-.venv}"
+
+need_apt=()
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need_apt+=(postgresql); fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=""; fi
+  echo "bootstrap: installing ${need_apt[*]} (Debian packages)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# Debian starts a default cluster on install; the project runs its own clusters.
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# torch==2.13.0 is pinned in pyproject: on these machines it resolves to the local CPU wheel.
+"$VENV/bin/python" -m pip install -q -e '.[dev]'
+echo "bootstrap: ready ($("$VENV/bin/python" --version))"
