@@ -52,7 +52,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
     ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace)
     for name in a.agents:
         registry[name](app, ctx)
-    worker = faust.Worker(app, loglevel=a.log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(app, loglevel=a.log_level.lower(), quiet=True, redirect_stdouts=False,
+                          logging_config=logs.stdlib_config(a.log_level))  # fmt: skip
     worker.execute_from_commandline()  # exits the process; non-zero on crash (e.g. BrokerLost)
     return EXIT_OK
 

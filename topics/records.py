@@ -168,10 +168,13 @@ class Bar(Record):
 
     Revisions (a late tick, a re-download) share (venue, symbol, timeframe,
     open_time) and carry a higher ``revision``: readers keep the highest.
+    ``source`` (``csv:<file>``, ``ccxt:<exchange>``, ``ticks``) is part of the
+    identity: two sources observing the same bar are two events.
+    ``trade_count`` is null when the source does not report it (never a fake 0).
     """
 
     KIND: ClassVar[str] = "bar"
-    IDENTITY: ClassVar[tuple[str, ...]] = ("venue", "symbol", "timeframe", "open_time", "revision")
+    IDENTITY: ClassVar[tuple[str, ...]] = ("venue", "symbol", "timeframe", "open_time", "revision", "source")
 
     venue: str
     symbol: Symbol
@@ -182,7 +185,7 @@ class Bar(Record):
     low: Price
     close: Price
     volume: Quantity
-    trade_count: Annotated[int, NonNegative()]
+    trade_count: Annotated[int, NonNegative()] | None
     is_closed: bool
     revision: Annotated[int, NonNegative()]
     source: str

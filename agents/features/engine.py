@@ -164,21 +164,14 @@ class BarRejected(Exception):
 #
 # Two-stack scheme: time is cut into blocks as long as the window; the window
 # ending at bar t is a suffix of the previous block plus the current block so
-# far. Suffix sums of the previous block are computed once, when a block
-# starts (``restart``, C-level itertools over the ring: the amortized O(1)
-# part); the current block is a running sum. The per-bar part is inlined in
-# ``_step`` for speed. ``j = t % n`` is the bar's position in its block, and
-# ``suffix[j + 1]`` covers the previous block's values still in the window
-# (``suffix[n] = 0``: at the block's last bar the window is the block itself).
+# far. ``restart`` runs when a block starts (``j = t % n == 0``): it sums the
+# previous block once, newest value first, with C-level itertools over the
+# ring (the amortized O(1) part), so ``acc[i]`` is the sum of that block's
+# newest ``i`` values and ``acc[-2 - j]`` the part still inside the window at
+# position ``j`` (``acc[0] = 0``: at the block's last bar the window is the
+# block itself). The current block is a running sum, updated inline in
+# ``_step`` for speed.
 # ---------------------------------------------------------------------------
-
-
-def _suffix_sums(values: list[float]) -> list[float]:
-    """``out[k] = sum(values[k:])`` for k = 0..len, ``out[len] = 0``."""
-    out = list(accumulate(reversed(values)))
-    out.reverse()
-    out.append(0.0)
-    return out
 
 
 class _Moments:
@@ -189,7 +182,7 @@ class _Moments:
     sums exact zeros and cancellation is bounded by ``n``.
     """
 
-    __slots__ = ("back1", "back2", "n", "ring", "shift", "suf1", "suf2")
+    __slots__ = ("acc1", "acc2", "back1", "back2", "n", "ring", "shift")
 
     def __init__(self, n: int, ring: list[float]) -> None:
         self.n = n
@@ -197,52 +190,50 @@ class _Moments:
         self.shift = 0.0
         self.back1 = 0.0
         self.back2 = 0.0
-        self.suf1 = [0.0] * (n + 1)
-        self.suf2 = [0.0] * (n + 1)
+        self.acc1 = [0.0] * (n + 1)
+        self.acc2 = [0.0] * (n + 1)
 
     def restart(self) -> None:
         """Start a block at the ring's last value."""
         n = self.n
         ring = self.ring
         x = ring[-1]
-        devs = list(map(sub, ring[-n - 1 : -1], repeat(x, n)))
-        self.suf1 = _suffix_sums(devs)
-        self.suf2 = _suffix_sums(list(map(mul, devs, devs)))
+        devs = list(map(sub, ring[-2 : -n - 2 : -1], repeat(x, n)))
+        self.acc1 = [0.0, *accumulate(devs)]
+        self.acc2 = [0.0, *accumulate(map(mul, devs, devs))]
         self.shift = x
         self.back1 = 0.0
         self.back2 = 0.0
 
     def dump(self) -> list[Any]:
-        return [self.shift, self.back1, self.back2, self.suf1, self.suf2]
+        return [self.shift, self.back1, self.back2, self.acc1, self.acc2]
 
     def load(self, data: Any) -> None:
-        self.shift, self.back1, self.back2, self.suf1, self.suf2 = _load_floats(data, 3, (self.n + 1, self.n + 1))
+        self.shift, self.back1, self.back2, self.acc1, self.acc2 = _load_floats(data, 3, (self.n + 1, self.n + 1))
 
 
 class _Max:
     """Maximum of the last ``n`` values of ``ring``, a positive series."""
 
-    __slots__ = ("back", "n", "ring", "suf")
+    __slots__ = ("acc", "back", "n", "ring")
 
     def __init__(self, n: int, ring: list[float]) -> None:
         self.n = n
         self.ring = ring
         self.back = 0.0
-        self.suf = [0.0] * (n + 1)
+        self.acc = [0.0] * (n + 1)
 
     def restart(self) -> None:
         ring = self.ring
-        suf = list(accumulate(reversed(ring[-self.n - 1 : -1]), max))
-        suf.reverse()
-        suf.append(0.0)  # identity of max over a positive series
-        self.suf = suf
+        # 0 is the identity of max over a positive series.
+        self.acc = [0.0, *accumulate(ring[-2 : -self.n - 2 : -1], max)]
         self.back = ring[-1]
 
     def dump(self) -> list[Any]:
-        return [self.back, self.suf]
+        return [self.back, self.acc]
 
     def load(self, data: Any) -> None:
-        self.back, self.suf = _load_floats(data, 1, (self.n + 1,))
+        self.back, self.acc = _load_floats(data, 1, (self.n + 1,))
 
 
 class _SeededAverage:
@@ -260,14 +251,14 @@ class _SeededAverage:
     __slots__ = (
         "alpha",
         "decay",
+        "exp_acc",
         "exp_back",
-        "exp_suf",
-        "exp_weights",
+        "lag",
         "period",
         "powers",
         "ring",
+        "seed_acc",
         "seed_back",
-        "seed_suf",
         "seed_weight",
         "span",
     )
@@ -277,34 +268,35 @@ class _SeededAverage:
         self.alpha = alpha
         self.decay = decay = 1.0 - alpha
         self.span = span = inputs - period
+        #: Ring offset of the value entering the seed (the series lagged by span).
+        self.lag = -1 - span
         self.ring = ring
         self.seed_weight = decay**span / period
-        #: decay^(span-1-k): weight of a block's k-th value, seen from the block's end.
-        self.exp_weights = [decay ** (span - 1 - k) for k in range(span)]
-        #: decay^p: ages the previous block's suffix by the p values since it closed.
-        self.powers = [decay**p for p in range(span + 1)]
+        #: decay^(j + 1): ages the previous block's sums by the j + 1 values since it closed.
+        self.powers = [decay ** (j + 1) for j in range(span)]
         self.seed_back = 0.0
-        self.seed_suf = [0.0] * (period + 1)
+        self.seed_acc = [0.0] * (period + 1)
         self.exp_back = 0.0
-        self.exp_suf = [0.0] * (span + 1)
+        self.exp_acc = [0.0] * (span + 1)
 
     def restart_seed(self) -> None:
-        span = self.span
         ring = self.ring
-        self.seed_suf = _suffix_sums(ring[-span - self.period - 1 : -span - 1])
-        self.seed_back = ring[-1 - span]
+        lag = self.lag
+        self.seed_acc = [0.0, *accumulate(ring[lag - 1 : lag - 1 - self.period : -1])]
+        self.seed_back = ring[lag]
 
     def restart_exp(self) -> None:
+        """Previous block newest first, value k (0-based) weighted decay^k."""
         ring = self.ring
-        self.exp_suf = _suffix_sums(list(map(mul, ring[-self.span - 1 : -1], self.exp_weights)))
+        self.exp_acc = [0.0, *accumulate(map(mul, ring[-2 : -self.span - 2 : -1], self.powers_from_zero))]
         self.exp_back = ring[-1]
 
     def dump(self) -> list[Any]:
-        return [self.seed_back, self.exp_back, self.seed_suf, self.exp_suf]
+        return [self.seed_back, self.exp_back, self.seed_acc, self.exp_acc]
 
     def load(self, data: Any) -> None:
         loaded = _load_floats(data, 2, (self.period + 1, self.span + 1))
-        self.seed_back, self.exp_back, self.seed_suf, self.exp_suf = loaded
+        self.seed_back, self.exp_back, self.seed_acc, self.exp_acc = loaded
 
 
 def _load_floats(data: Any, n_scalars: int, list_lens: tuple[int, ...]) -> list[Any]:
@@ -351,7 +343,6 @@ class SymbolState:
         "last_open_time",
         "last_values",
         "log_close",
-        "moments",
         "open_times",
         "ret",
         "spec",
@@ -360,6 +351,8 @@ class SymbolState:
         "true_range",
         "venue",
         "volume",
+        "vol_moments",
+        "z_moments",
     )
 
     def __init__(self, venue: str, symbol: str, timeframe: Timeframe, spec: FeatureSpec = DEFAULT_SPEC) -> None:
@@ -384,9 +377,9 @@ class SymbolState:
         self.true_range = [0.0] * pad
         self.open_times = [0] * pad
         self.event_ids = [0] * pad
-        #: Volatility windows, then z-score windows, then the volume window.
-        self.moments = [
-            *(_Moments(n, self.ret) for n in spec.vol_windows),
+        self.vol_moments = [_Moments(n, self.ret) for n in spec.vol_windows]
+        #: The close z-score windows, then the volume window (also a z-score).
+        self.z_moments = [
             *(_Moments(n, self.close) for n in spec.zscore_windows),
             _Moments(spec.volume_window, self.volume),
         ]
@@ -405,7 +398,7 @@ class SymbolState:
         ]
 
     def _aggregates(self) -> list[_Moments | _Max | _SeededAverage]:
-        return [*self.moments, self.close_max, *self.averages]
+        return [*self.vol_moments, *self.z_moments, self.close_max, *self.averages]
 
     def _rings(self) -> list[list[float] | list[int]]:
         return [*(getattr(self, name) for name in _FLOAT_RINGS), self.open_times, self.event_ids]
@@ -476,11 +469,9 @@ class _Plan:
 
     __slots__ = (
         "day_trig",
-        "horizons",
         "mom_ret_index",
         "mom_vol_index",
-        "n_vol",
-        "n_z",
+        "return_offsets",
         "vol_floor",
         "volume_epsilon",
         "window",
@@ -488,11 +479,11 @@ class _Plan:
 
     def __init__(self, spec: FeatureSpec) -> None:
         self.window = spec.window
-        self.horizons = spec.return_horizons
-        self.n_vol = len(spec.vol_windows)
-        self.n_z = len(spec.zscore_windows)
+        #: Ring offsets of the closes the returns look back to.
+        self.return_offsets = tuple(-1 - h for h in spec.return_horizons)
+        #: Positions in the output of the momentum's return and volatility.
         self.mom_ret_index = spec.return_horizons.index(spec.momentum_window)
-        self.mom_vol_index = spec.vol_windows.index(spec.momentum_window)
+        self.mom_vol_index = len(spec.return_horizons) + spec.vol_windows.index(spec.momentum_window)
         self.vol_floor = spec.vol_floor
         self.volume_epsilon = spec.volume_epsilon
         #: (sin, cos) of the time of day, per open time of day; bounded by _DAY_CACHE_MAX.
@@ -520,8 +511,10 @@ def _reject(st: SymbolState, bar: Bar) -> BarRejected:
 def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, ...] | None:
     """Apply a checked bar to ``st``; the feature values once warm, else None.
 
-    One long function on purpose: locals and inlined aggregate updates are
-    what make CPython fast here (see ops/bench_features.py).
+    One long function with explicit loops on purpose: locals, bound methods
+    and inlined aggregate updates are what make CPython fast here (a method
+    call or a comprehension per aggregate costs more than the arithmetic;
+    see ops/bench_features.py).
     """
     window = plan.window
     t = st.count
@@ -550,50 +543,72 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
     event_ids.append(element)
     st.open_times.append(ot)
 
-    # -- sliding aggregates --------------------------------------------------
-    # Moments give (variance, deviation of the newest value from the mean);
-    # (x - shift) - mean_offset avoids rounding the deviation through the mean.
-    variances = []
-    deviations = []
-    for m in st.moments:
+    # -- returns -------------------------------------------------------------
+    # Computed (cheaply) during warm-up too; only the aggregates must run then.
+    out: list[float] = []
+    put = out.append
+    for k in plan.return_offsets:
+        put(log_c - log_closes[k])
+
+    # -- moments: volatility, close z-scores, volume -------------------------
+    # (x - shift) - mean_offset is the deviation of the newest value without
+    # rounding it through the mean.
+    for m in st.vol_moments:
         n = m.n
-        j = t % n
-        if j:
+        j = t % n + 1
+        if j == 1:
+            m.restart()
+            b1 = b2 = 0.0
+        else:
             d = m.ring[-1] - m.shift
             b1 = m.back1 = m.back1 + d
             b2 = m.back2 = m.back2 + d * d
-        else:
+        mu = (m.suf1[j] + b1) / n
+        var = (m.suf2[j] + b2) / n - mu * mu
+        put(sqrt(var) if var > 0.0 else 0.0)
+    for m in st.z_moments:
+        n = m.n
+        j = t % n + 1
+        if j == 1:
             m.restart()
             d = b1 = b2 = 0.0
-        mu = (m.suf1[j + 1] + b1) / n
-        variances.append((m.suf2[j + 1] + b2) / n - mu * mu)
-        deviations.append(d - mu)
+        else:
+            d = m.ring[-1] - m.shift
+            b1 = m.back1 = m.back1 + d
+            b2 = m.back2 = m.back2 + d * d
+        mu = (m.suf1[j] + b1) / n
+        var = (m.suf2[j] + b2) / n - mu * mu
+        put((d - mu) / sqrt(var) if var > 0.0 else 0.0)
+    # The volume window is the last moment: its z-score is in ``out``, its
+    # mean is the newest volume minus that deviation.
+    v_mean = v - (d - mu)
+
+    # -- rolling max of closes -------------------------------------------
     mx = st.close_max
-    j = t % mx.n
-    if j:
-        if c > mx.back:
-            mx.back = c
-    else:
+    j = t % mx.n + 1
+    if j == 1:
         mx.restart()
-    c_max = mx.suf[j + 1]
+    elif c > mx.back:
+        mx.back = c
+    c_max = mx.suf[j]
     if mx.back > c_max:
         c_max = mx.back
+
+    # -- seeded exponential averages: RSI net/abs, ATR, EMA fast/slow -----
     averages = []
+    avg = averages.append
     for a in st.averages:
-        j = t % a.period
-        if j:
-            a.seed_back += a.ring[-1 - a.span]
-        else:
+        j = t % a.period + 1
+        if j == 1:
             a.restart_seed()
-        k = t % a.span
-        if k:
-            a.exp_back = a.decay * a.exp_back + a.ring[-1]
         else:
+            a.seed_back += a.ring[a.lag]
+        k = t % a.span + 1
+        if k == 1:
             a.restart_exp()
-        averages.append(
-            a.seed_weight * (a.seed_suf[j + 1] + a.seed_back)
-            + a.alpha * (a.powers[k + 1] * a.exp_suf[k + 1] + a.exp_back)
-        )
+        else:
+            a.exp_back = a.decay * a.exp_back + a.ring[-1]
+        avg(a.seed_weight * (a.seed_suf[j] + a.seed_back) + a.alpha * (a.powers[k] * a.exp_suf[k] + a.exp_back))
 
     t += 1
     st.count = t
@@ -603,19 +618,10 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
     if t < window:
         return None
 
-    # -- features ----------------------------------------------------------
-    ret = [log_c - log_closes[-1 - k] for k in plan.horizons]
-    n_vol = plan.n_vol
-    n_vz = n_vol + plan.n_z
-    vols = [sqrt(var) if var > 0.0 else 0.0 for var in variances[:n_vol]]
-    zs = [
-        dev / sqrt(var) if var > 0.0 else 0.0
-        for var, dev in zip(variances[n_vol:n_vz], deviations[n_vol:n_vz], strict=True)
-    ]
-    v_var = variances[n_vz]
-    v_dev = deviations[n_vz]
+    # -- the remaining features ----------------------------------------------
     net, absolute, atr, ema_fast, ema_slow = averages
-    mom_vol = vols[plan.mom_vol_index]
+    v_z = out.pop()
+    mom_vol = out[plan.mom_vol_index]
     floor = plan.vol_floor
     eps = plan.volume_epsilon
     day_trig = plan.day_trig
@@ -627,16 +633,14 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
         if len(day_trig) < _DAY_CACHE_MAX:
             day_trig[tod] = trig
     values = (
-        *ret,
-        *vols,
-        *zs,
+        *out,
         50.0 + 50.0 * net / absolute if absolute > 0.0 else 50.0,
         atr / c,
-        v_dev / sqrt(v_var) if v_var > 0.0 else 0.0,
-        math.log((v + eps) / (v - v_dev + eps)),
+        v_z,
+        math.log((v + eps) / (v_mean + eps)),
         (h - lo) / c,
         (c - lo) / (h - lo) if h > lo else 0.5,
-        ret[plan.mom_ret_index] / (mom_vol if mom_vol > floor else floor),
+        out[plan.mom_ret_index] / (mom_vol if mom_vol > floor else floor),
         *trig,
         *_WEEKDAY_TRIG[(ot // _DAY_NS + 3) % 7],  # 1970-01-01 was a Thursday
         c / c_max - 1.0,

@@ -177,9 +177,8 @@ def ccxt_ohlcv_to_bar(
 ) -> Bar:
     """A ccxt OHLCV row ``[open_ms, open, high, low, close, volume]`` as a Bar.
 
-    ccxt's unified row carries no trade count, so ``trade_count`` is 0 here:
-    consumers must read it as *not reported* for ``source`` values starting
-    with ``ccxt`` (the Bar schema has no null for it).
+    ccxt's unified row carries no trade count, so ``trade_count`` is null
+    (not reported), never a made-up 0.
     """
     if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or len(row) < 6:
         raise ExchangeDataError(ErrorReason.WRONG_TYPE, "OHLCV row is not [ts, o, h, l, c, v]", row)
@@ -203,7 +202,7 @@ def ccxt_ohlcv_to_bar(
         low=low,
         close=c,
         volume=volume,
-        trade_count=0,
+        trade_count=None,
         is_closed=is_closed,
         revision=revision,
         source=source,

@@ -14,7 +14,7 @@ CREATE TABLE bars (
     low         double precision NOT NULL,
     close       double precision NOT NULL,
     volume      double precision NOT NULL,
-    trade_count bigint NOT NULL,
+    trade_count bigint,
     is_closed   boolean NOT NULL,
     revision    integer NOT NULL,
     source      text NOT NULL,
