@@ -134,7 +134,11 @@ class EmbeddedBroker:
 
 
 async def ensure_topics(
-    bootstrap: str, specs: Iterable[TopicSpec] = TOPICS, namespace: str = "", timeout_s: float = 20.0
+    bootstrap: str,
+    specs: Iterable[TopicSpec] = TOPICS,
+    namespace: str = "",
+    timeout_s: float = 20.0,
+    replication_factor: int = 1,
 ) -> list[str]:
     """Create every catalogued topic (idempotent). Returns the physical names.
 
@@ -148,7 +152,12 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         wanted = {physical_name(s.name, namespace): s for s in specs}
         new = [
-            NewTopic(name=name, num_partitions=s.partitions, replication_factor=1, topic_configs=s.config())
+            NewTopic(
+                name=name,
+                num_partitions=s.partitions,
+                replication_factor=replication_factor,
+                topic_configs=s.config(),
+            )
             for name, s in wanted.items()
             if name not in existing
         ]

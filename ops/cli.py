@@ -48,7 +48,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
         print(f"unknown agents {unknown}; known: {sorted(registry)}", file=sys.stderr)
         return EXIT_USAGE
     app_id = a.app_id or "tradeflow-" + "-".join(sorted(a.agents)) + (f"-{a.namespace}" if a.namespace else "")
-    app = create_app(WorkerSettings(app_id=app_id, bootstrap=a.bootstrap, namespace=a.namespace, web_port=a.web_port))
+    app = create_app(WorkerSettings(app_id=app_id, bootstrap=a.bootstrap, namespace=a.namespace, web_port=a.web_port,
+                                        web_host=a.web_host))  # fmt: skip
     ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace)
     for name in a.agents:
         registry[name](app, ctx)
@@ -103,7 +104,7 @@ def cmd_topics(a: argparse.Namespace) -> int:
     if a.create:
         from ops.broker import ensure_topics
 
-        names = asyncio.run(ensure_topics(a.bootstrap, namespace=a.namespace))
+        names = asyncio.run(ensure_topics(a.bootstrap, namespace=a.namespace, replication_factor=a.replication_factor))
         print("\n".join(names))
         return EXIT_OK
     print(catalogue_markdown())
@@ -161,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     infra(sp)
     sp.add_argument("--agents", nargs="+", required=True, help="agent names")
     sp.add_argument("--app-id", default="")
-    sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port (127.0.0.1)")
+    sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port")
+    sp.add_argument("--web-host", default=os.environ.get("TRADEFLOW_WEB_HOST", "127.0.0.1"),
+                    help="bind address of the worker's web server (default loopback only)")  # fmt: skip
     sp.set_defaults(fn=cmd_worker)
 
     sp = sub.add_parser("sink", help="persist catalogued topics into Postgres (consumer group)")
@@ -173,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)
-    sp.add_argument("--create", action="store_true")
+    sp.add_argument("--create", action="store_true", help="create every catalogued topic (idempotent)")
+    sp.add_argument("--replication-factor", type=int, default=1)
     sp.set_defaults(fn=cmd_topics)
 
     sp = sub.add_parser("migrate", help="apply SQL migrations")

@@ -11,6 +11,7 @@ one call. It is meant to be obviously correct, not fast.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ def _check_stream(bars: Sequence[Bar]) -> None:
     if not bars:
         return
     first = bars[0]
-    for prev, bar in zip(bars, bars[1:], strict=False):
+    for prev, bar in itertools.pairwise(bars):
         if bar.open_time <= prev.open_time:
             raise ValueError(f"bars must have strictly increasing open_time (at {bar.open_time})")
     for bar in bars:

@@ -253,6 +253,7 @@ class _SeededAverage:
         "decay",
         "exp_acc",
         "exp_back",
+        "exp_weights",
         "lag",
         "period",
         "powers",
@@ -272,7 +273,9 @@ class _SeededAverage:
         self.lag = -1 - span
         self.ring = ring
         self.seed_weight = decay**span / period
-        #: decay^(j + 1): ages the previous block's sums by the j + 1 values since it closed.
+        #: decay^k: weight of the k-th newest value of a block when the block closes.
+        self.exp_weights = [decay**k for k in range(span)]
+        #: decay^(j + 1): ages the previous block's sum by the j + 1 values since it closed.
         self.powers = [decay ** (j + 1) for j in range(span)]
         self.seed_back = 0.0
         self.seed_acc = [0.0] * (period + 1)
@@ -288,7 +291,7 @@ class _SeededAverage:
     def restart_exp(self) -> None:
         """Previous block newest first, value k (0-based) weighted decay^k."""
         ring = self.ring
-        self.exp_acc = [0.0, *accumulate(map(mul, ring[-2 : -self.span - 2 : -1], self.powers_from_zero))]
+        self.exp_acc = [0.0, *accumulate(map(mul, ring[-2 : -self.span - 2 : -1], self.exp_weights))]
         self.exp_back = ring[-1]
 
     def dump(self) -> list[Any]:
@@ -350,8 +353,8 @@ class SymbolState:
         "timeframe",
         "true_range",
         "venue",
-        "volume",
         "vol_moments",
+        "volume",
         "z_moments",
     )
 
@@ -434,7 +437,18 @@ class SymbolState:
 
     @classmethod
     def from_state(cls, data: dict[str, Any], spec: FeatureSpec = DEFAULT_SPEC) -> SymbolState:
-        """Rebuild from :meth:`to_state` output; ``ValueError`` if it is not a state for ``spec``."""
+        """Rebuild from :meth:`to_state` output.
+
+        ``ValueError`` if ``data`` is malformed or a state of another feature
+        set: the agent then drops it and replays the stream's recent bars.
+        """
+        try:
+            return cls._from_state(data, spec)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed feature state: {exc!r}") from exc
+
+    @classmethod
+    def _from_state(cls, data: dict[str, Any], spec: FeatureSpec) -> SymbolState:
         if data.get("format") != STATE_FORMAT:
             raise ValueError(f"state format {data.get('format')!r}, expected {STATE_FORMAT}")
         if data.get("feature_set_version") != spec.version:
@@ -531,8 +545,9 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
     prev_c = closes[-1]
     log_c = math.log(c)
     dc = c - prev_c
+    r = log_c - log_closes[-1]
     closes.append(c)
-    st.ret.append(log_c - log_closes[-1])
+    st.ret.append(r)
     log_closes.append(log_c)
     st.volume.append(v)
     st.change.append(dc)
@@ -555,60 +570,63 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
     # rounding it through the mean.
     for m in st.vol_moments:
         n = m.n
-        j = t % n + 1
-        if j == 1:
-            m.restart()
-            b1 = b2 = 0.0
-        else:
-            d = m.ring[-1] - m.shift
+        j = t % n
+        if j:
+            d = r - m.shift
             b1 = m.back1 = m.back1 + d
             b2 = m.back2 = m.back2 + d * d
-        mu = (m.suf1[j] + b1) / n
-        var = (m.suf2[j] + b2) / n - mu * mu
+        else:
+            m.restart()
+            b1 = b2 = 0.0
+        mu = (m.acc1[-2 - j] + b1) / n
+        var = (m.acc2[-2 - j] + b2) / n - mu * mu
         put(sqrt(var) if var > 0.0 else 0.0)
     for m in st.z_moments:
         n = m.n
-        j = t % n + 1
-        if j == 1:
-            m.restart()
-            d = b1 = b2 = 0.0
-        else:
+        j = t % n
+        if j:
             d = m.ring[-1] - m.shift
             b1 = m.back1 = m.back1 + d
             b2 = m.back2 = m.back2 + d * d
-        mu = (m.suf1[j] + b1) / n
-        var = (m.suf2[j] + b2) / n - mu * mu
+        else:
+            m.restart()
+            d = b1 = b2 = 0.0
+        mu = (m.acc1[-2 - j] + b1) / n
+        var = (m.acc2[-2 - j] + b2) / n - mu * mu
         put((d - mu) / sqrt(var) if var > 0.0 else 0.0)
-    # The volume window is the last moment: its z-score is in ``out``, its
-    # mean is the newest volume minus that deviation.
+    # The volume window is the last z-score: its mean is the newest volume
+    # minus the deviation.
     v_mean = v - (d - mu)
 
     # -- rolling max of closes -------------------------------------------
     mx = st.close_max
-    j = t % mx.n + 1
-    if j == 1:
+    j = t % mx.n
+    if not j:
         mx.restart()
     elif c > mx.back:
         mx.back = c
-    c_max = mx.suf[j]
+    c_max = mx.acc[-2 - j]
     if mx.back > c_max:
         c_max = mx.back
 
     # -- seeded exponential averages: RSI net/abs, ATR, EMA fast/slow -----
-    averages = []
+    averages: list[float] = []
     avg = averages.append
     for a in st.averages:
-        j = t % a.period + 1
-        if j == 1:
-            a.restart_seed()
-        else:
+        j = t % a.period
+        if j:
             a.seed_back += a.ring[a.lag]
-        k = t % a.span + 1
-        if k == 1:
-            a.restart_exp()
         else:
+            a.restart_seed()
+        k = t % a.span
+        if k:
             a.exp_back = a.decay * a.exp_back + a.ring[-1]
-        avg(a.seed_weight * (a.seed_suf[j] + a.seed_back) + a.alpha * (a.powers[k] * a.exp_suf[k] + a.exp_back))
+        else:
+            a.restart_exp()
+        avg(
+            a.seed_weight * (a.seed_acc[-2 - j] + a.seed_back)
+            + a.alpha * (a.powers[k] * a.exp_acc[-2 - k] + a.exp_back)
+        )
 
     t += 1
     st.count = t
