@@ -98,6 +98,54 @@ def cmd_sink(a: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def cmd_ingest_csv(a: argparse.Namespace) -> int:
+    from ops.ingest import import_file
+    from ops.publish import RecordPublisher
+    from topics.records import Timeframe
+
+    async def main() -> int:
+        async with RecordPublisher(a.bootstrap, a.namespace, name="csv-import") as pub:
+            total = 0
+            for f in a.files:
+                rep = await import_file(Path(f), venue=a.venue, symbol=a.symbol, timeframe=Timeframe(a.timeframe),
+                                        publisher=pub)  # fmt: skip
+                total += rep.bars
+                print(f"{rep.file}: {rep.bars} bars -> market.bars.raw, {rep.rejects} rows dead-lettered, "
+                      f"{rep.duplicates} duplicate rows reported ({rep.bars / max(rep.seconds, 1e-9):,.0f} bars/s)")  # fmt: skip
+        return EXIT_OK if total else EXIT_FAIL
+
+    return asyncio.run(main())
+
+
+def cmd_ingest_history(a: argparse.Namespace) -> int:
+    from agents.market.exchanges import CollectorError
+    from ops.collect import history
+
+    try:
+        rep = asyncio.run(history(
+            exchange_id=a.exchange, market_type=a.market_type, symbol=a.symbol, timeframe=a.timeframe, start=a.start,
+            end=a.end, bootstrap=a.bootstrap, namespace=a.namespace, dsn=a.dsn,
+        ))  # fmt: skip
+    except CollectorError as exc:
+        print(f"history download failed: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(rep)
+    return EXIT_OK
+
+
+def cmd_collect(a: argparse.Namespace) -> int:
+    from agents.market.exchanges import CollectorError
+    from ops.collect import live
+
+    try:
+        asyncio.run(live(exchange_id=a.exchange, market_type=a.market_type, symbols=a.symbols,
+                         timeframes=a.timeframes, bootstrap=a.bootstrap, namespace=a.namespace))  # fmt: skip
+    except CollectorError as exc:
+        print(f"live collection stopped: {exc}", file=sys.stderr)
+        return EXIT_INFRA
+    return EXIT_OK
+
+
 def cmd_topics(a: argparse.Namespace) -> int:
     from ops.schema_docs import catalogue_markdown
 
@@ -174,6 +222,33 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics-port", type=int, default=0)
     sp.set_defaults(fn=cmd_sink)
 
+    sp = sub.add_parser("ingest", help="load market data: a CSV file or an exchange's history")
+    isub = sp.add_subparsers(dest="source", required=True)
+    ip = isub.add_parser("csv", help="import candle CSVs (shared format or CryptoDataDownload export)")
+    infra(ip)
+    ip.add_argument("files", nargs="+")
+    ip.add_argument("--venue", required=True)
+    ip.add_argument("--symbol", required=True, help="unified symbol, e.g. BTC/USDT")
+    ip.add_argument("--timeframe", required=True, help="1m 5m 15m 30m 1h 4h 1d")
+    ip.set_defaults(fn=cmd_ingest_csv)
+    ip = isub.add_parser("history", help="paginated, resumable fetch_ohlcv download into market.bars.raw")
+    infra(ip, dsn=True)
+    ip.add_argument("--exchange", required=True, help="binance | bitget | coinbase | okx")
+    ip.add_argument("--market-type", default="spot", choices=["spot", "swap"])
+    ip.add_argument("--symbol", required=True)
+    ip.add_argument("--timeframe", required=True)
+    ip.add_argument("--start", required=True, help="ISO date/time, UTC")
+    ip.add_argument("--end", required=True, help="ISO date/time, UTC (exclusive)")
+    ip.set_defaults(fn=cmd_ingest_history)
+
+    sp = sub.add_parser("collect", help="live collection: ccxt.pro websockets with REST fallback")
+    infra(sp)
+    sp.add_argument("--exchange", required=True)
+    sp.add_argument("--market-type", default="spot", choices=["spot", "swap"])
+    sp.add_argument("--symbols", nargs="+", required=True)
+    sp.add_argument("--timeframes", nargs="*", default=["1m"])
+    sp.set_defaults(fn=cmd_collect)
+
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)
     sp.add_argument("--create", action="store_true", help="create every catalogued topic (idempotent)")
@@ -195,10 +270,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     logs.configure(a.log_level)
+    from aiokafka.errors import KafkaConnectionError
+
     try:
         rc: int = a.fn(a)
     except KeyboardInterrupt:
         return 130
+    except KafkaConnectionError as exc:
+        print(f"tradeflow: broker unreachable ({exc}); is it running? (--bootstrap / TRADEFLOW_BOOTSTRAP)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INFRA
+    except OSError as exc:  # asyncpg connection refused and friends
+        print(f"tradeflow: infrastructure unreachable: {exc}", file=sys.stderr)
+        return EXIT_INFRA
     return rc
 
 

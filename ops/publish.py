@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 
 from ops.metrics import RECORDS_OUT
-from topics.catalogue import BY_NAME, physical_name
+from topics.catalogue import DEFAULT_TOPIC, physical_name
 from topics.schema import Record, codec_for
 
 
@@ -20,22 +20,39 @@ class RecordPublisher:
     """
 
     def __init__(self, bootstrap: str, namespace: str = "", name: str = "publisher", linger_ms: int = 5) -> None:
+        self.bootstrap = bootstrap
         self.namespace = namespace
         self.name = name
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+        self.linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("RecordPublisher not started")
+        return self._producer
+
+    async def start(self) -> RecordPublisher:
+        # Created here, not in __init__: an unstarted publisher holds no client to leak.
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
             acks="all",
-            linger_ms=linger_ms,
+            linger_ms=self.linger_ms,
             max_batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
         )
-
-    async def start(self) -> RecordPublisher:
-        await self.producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()
+            self._producer = None
+            raise
         return self
 
     async def stop(self) -> None:
-        await self.producer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
 
     async def __aenter__(self) -> RecordPublisher:
         return await self.start()
@@ -46,7 +63,7 @@ class RecordPublisher:
     async def publish(self, records: Sequence[Record], topic: str | None = None) -> None:
         if not records:
             return
-        name = topic or _default_topic(type(records[0]))
+        name = topic or DEFAULT_TOPIC[type(records[0])]
         physical = physical_name(name, self.namespace)
         codec = codec_for(type(records[0]))
         send = self.producer.send
@@ -57,10 +74,3 @@ class RecordPublisher:
     async def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
         """Send bytes as they are (tests and tools that inject arbitrary input)."""
         await (await self.producer.send(physical_name(topic, self.namespace), value, key=key))
-
-
-def _default_topic(cls: type[Record]) -> str:
-    candidates = [t.name for t in BY_NAME.values() if t.record is cls]
-    if len(candidates) != 1:
-        raise ValueError(f"{cls.__name__} goes to several topics {candidates}: pass topic=")
-    return candidates[0]

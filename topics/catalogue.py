@@ -124,6 +124,13 @@ TOPICS: tuple[TopicSpec, ...] = (
 
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
 
+#: Where a producer's record goes when it names no topic. Bars from any source
+#: enter unchecked; only the checker agent writes ``market.bars``.
+DEFAULT_TOPIC: dict[type[Record], str] = {
+    **{t.record: t.name for t in TOPICS if sum(1 for u in TOPICS if u.record is t.record) == 1},
+    Bar: "market.bars.raw",
+}
+
 
 def spec(name: str) -> TopicSpec:
     try:

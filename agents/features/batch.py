@@ -52,12 +52,17 @@ def _seeded_average(x: Array, period: int, alpha: float) -> Array:
 
 
 def _zscore_of_last(w: Array) -> Array:
-    """(last - mean) / std of each row; 0 where the row is flat."""
-    mean = w.mean(axis=1)
-    std = w.std(axis=1)
+    """(last - mean) / std of each row; 0 where the row is flat.
+
+    Taken on deviations from the last value (a z-score does not move with a
+    shift): subtracting nearby prices is exact, so a quiet window of a
+    high-priced market is not swamped by rounding at the price level.
+    """
+    dev = w - w[:, -1:]
+    std = dev.std(axis=1)
     flat = w.max(axis=1) == w.min(axis=1)
     out: Array = np.zeros(w.shape[0])
-    np.divide(w[:, -1] - mean, std, out=out, where=~flat)
+    np.divide(-dev.mean(axis=1), std, out=out, where=~flat)
     return out
 
 

@@ -21,6 +21,14 @@ def test_every_record_type_when_catalogued_then_has_a_topic_and_a_table() -> Non
         assert f"CREATE TABLE {t.table} (" in sql, t.table
 
 
+def test_every_record_type_when_published_without_topic_then_has_one_default() -> None:
+    from topics.catalogue import DEFAULT_TOPIC
+    from topics.records import Bar
+
+    assert set(DEFAULT_TOPIC) == set(ALL_RECORDS)
+    assert DEFAULT_TOPIC[Bar] == "market.bars.raw"
+
+
 def test_latest_state_topics_when_catalogued_then_compacted_and_streams_have_retention() -> None:
     by = {t.name: t for t in TOPICS}
     for name in ("control", "models.registry", "gates.results", "market.bars"):
