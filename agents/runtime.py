@@ -57,17 +57,17 @@ async def decode_or_dead_letter(ctx: AgentContext, consumer: str, topic: str, cl
         if msg.value is None:
             raise RecordError(ErrorReason.INVALID_VALUE, "empty message value (tombstone)")
         return codec_for(cls).decode(msg.value)
-    except Exception as exc:  # noqa: BLE001 - RecordError, or a decoder bug: neither may kill the stream
+    except Exception as exc:
         err = exc
     reason = err.reason.value if isinstance(err, RecordError) else ErrorReason.INVALID_VALUE.value
     DEAD_LETTERS.labels(consumer, topic, reason).inc()
     log.warning("dead_letter", consumer=consumer, topic=topic, partition=msg.partition, offset=msg.offset,
-                reason=reason, detail=str(err)[:200])  # fmt: skip
+                reason=reason, detail=str(err)[:200])
     await ctx.dead_letter(
         dead_letter_for(
             consumer=consumer, topic=topic, partition=msg.partition, offset=msg.offset, key=msg.key,
             value=msg.value, error=err, ts_event=int(msg.timestamp * 1e9) if msg.timestamp else 0,
             ts_init=ctx.wall_clock(),
-        )  # fmt: skip
+        )
     )
     return None

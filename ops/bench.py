@@ -52,7 +52,7 @@ def _bars(n: int, offset: int = 0, ts_init: int | None = None) -> list[Bar]:
                 ts_init=ts_init or T0, ts_event=T0 + (i + 1) * H, venue="bench", symbol="BTC/USDT",
                 timeframe=Timeframe.H1, open_time=T0 + i * H, open=px, high=px + 1, low=px - 1, close=px + 0.5,
                 volume=1.0 + i % 3, trade_count=i % 50, is_closed=True, revision=0, source="bench",
-            )  # fmt: skip
+            )
         )
     return out
 
@@ -121,7 +121,7 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
             for i in range(0, n, 20_000):
                 await pub.publish(bars[i : i + 20_000], topic=topic)
         sink = TopicSink(SinkConfig(bootstrap=bootstrap, dsn=dsn, namespace=ns, topics=(topic,),
-                                    group_id=f"bench-{ns}"))  # fmt: skip
+                                    group_id=f"bench-{ns}"))
         await sink.start()
         t = time.perf_counter()
         runner = asyncio.create_task(sink.run())
@@ -143,8 +143,9 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         rates.append(n_measured / elapsed)
         batch_sizes += sizes
         # baseline: bare COPY of identical rows into an identical empty table
-        rows = [(b.event_id, 1, b.ts_event, b.ts_init, b.correlation_id, None, 0, i, "k", codec_for(Bar).encode(b).decode())
-                for i, b in enumerate(bars)]  # fmt: skip
+        enc = codec_for(Bar).encode
+        rows = [(b.event_id, 1, b.ts_event, b.ts_init, b.correlation_id, None, 0, i, "k", enc(b).decode())
+                for i, b in enumerate(bars)]
         conn = await asyncpg.connect(dsn)
         await conn.execute("CREATE TABLE copy_baseline (LIKE ev_market_bars INCLUDING ALL)")
         t = time.perf_counter()
@@ -154,7 +155,7 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         copy_rates.append(n / (time.perf_counter() - t))
         await conn.close()
         print(f"  sink run {r + 1}: {rates[-1]:,.0f} records/s (bare COPY {copy_rates[-1]:,.0f}/s), "
-              f"{len(sizes)} batches", flush=True)  # fmt: skip
+              f"{len(sizes)} batches", flush=True)
     m, mc = statistics.median(rates), statistics.median(copy_rates)
     return {
         "records": n,
@@ -182,7 +183,7 @@ async def _paced_latency(bootstrap: str, src: str, dst: str, rate: int, seconds:
     # Only records stamped after this run started count (seek_to_end is unreliable on tansu).
     run_started = time.time_ns()
     cons = AIOKafkaConsumer(dst, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=10,
-                            group_id=None, enable_auto_commit=False)  # fmt: skip
+                            group_id=None, enable_auto_commit=False)
     await cons.start()
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await prod.start()
@@ -196,7 +197,7 @@ async def _paced_latency(bootstrap: str, src: str, dst: str, rate: int, seconds:
             now = time.time_ns()
             for msgs in batch.values():
                 for m in msgs:
-                    ts_init = codec.decode(m.value).ts_init  # type: ignore[arg-type]
+                    ts_init = codec.decode(m.value).ts_init
                     if ts_init >= run_started:
                         lat.append((now - ts_init) / 1e6)
         done.set()
@@ -227,7 +228,7 @@ async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_di
     worker = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", bootstrap, "--namespace", ns, "--web-port",
          str(free_port()), "--agents", "bars-checker"], stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    )
     try:
         # wait until the agent forwards (group joined, partitions assigned)
         await _wait_forwarding(bootstrap, ns)
@@ -235,7 +236,7 @@ async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_di
         for rate in rates:
             lat = await _paced_latency(bootstrap, src, dst, rate, seconds)
             base = await _paced_latency(bootstrap, physical_name("market.ticks", ns), physical_name("market.ticks", ns),
-                                        rate, seconds)  # fmt: skip
+                                        rate, seconds)
             out[f"{rate}_per_s"] = {
                 "agent_hop_p50_ms": round(_pct(lat, 0.5), 2),
                 "agent_hop_p99_ms": round(_pct(lat, 0.99), 2),
@@ -255,7 +256,7 @@ async def _wait_forwarding(bootstrap: str, ns: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         lat = await _paced_latency(bootstrap, physical_name("market.bars.raw", ns), physical_name("market.bars", ns),
-                                   20, 1.0)  # fmt: skip
+                                   20, 1.0)
         if lat:
             return
     raise RuntimeError("bars-checker did not start forwarding within 60 s")
@@ -270,7 +271,7 @@ def main(out_path: str, quick: bool = False) -> int:
     n_produce, n_sink, repeats, secs = (20_000, 20_000, 1, 5.0) if quick else (200_000, 300_000, 3, 20.0)
     results: dict[str, Any] = {"machine": _machine()}
     with EmbeddedBroker(log_path=out.parent / "bench-tansu.log") as b, EmbeddedPostgres(persistent=True,
-                                                                                      data_dir=None) as pg:  # fmt: skip
+                                                                                      data_dir=None) as pg:
         print("produce ...", flush=True)
         results["produce"] = asyncio.run(bench_produce(b.bootstrap, n_produce, repeats))
         print("sink ...", flush=True)

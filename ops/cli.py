@@ -49,12 +49,12 @@ def cmd_worker(a: argparse.Namespace) -> int:
         return EXIT_USAGE
     app_id = a.app_id or "tradeflow-" + "-".join(sorted(a.agents)) + (f"-{a.namespace}" if a.namespace else "")
     app = create_app(WorkerSettings(app_id=app_id, bootstrap=a.bootstrap, namespace=a.namespace, web_port=a.web_port,
-                                        web_host=a.web_host))  # fmt: skip
+                                        web_host=a.web_host))
     ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace)
     for name in a.agents:
         registry[name](app, ctx)
     worker = faust.Worker(app, loglevel=a.log_level.lower(), quiet=True, redirect_stdouts=False,
-                          logging_config=logs.stdlib_config(a.log_level))  # fmt: skip
+                          logging_config=logs.stdlib_config(a.log_level))
     worker.execute_from_commandline()  # exits the process; non-zero on crash (e.g. BrokerLost)
     return EXIT_OK
 
@@ -108,10 +108,10 @@ def cmd_ingest_csv(a: argparse.Namespace) -> int:
             total = 0
             for f in a.files:
                 rep = await import_file(Path(f), venue=a.venue, symbol=a.symbol, timeframe=Timeframe(a.timeframe),
-                                        publisher=pub)  # fmt: skip
+                                        publisher=pub)
                 total += rep.bars
                 print(f"{rep.file}: {rep.bars} bars -> market.bars.raw, {rep.rejects} rows dead-lettered, "
-                      f"{rep.duplicates} duplicate rows reported ({rep.bars / max(rep.seconds, 1e-9):,.0f} bars/s)")  # fmt: skip
+                      f"{rep.duplicates} duplicate rows reported ({rep.bars / max(rep.seconds, 1e-9):,.0f} bars/s)")
         return EXIT_OK if total else EXIT_FAIL
 
     return asyncio.run(main())
@@ -125,7 +125,7 @@ def cmd_ingest_history(a: argparse.Namespace) -> int:
         rep = asyncio.run(history(
             exchange_id=a.exchange, market_type=a.market_type, symbol=a.symbol, timeframe=a.timeframe, start=a.start,
             end=a.end, bootstrap=a.bootstrap, namespace=a.namespace, dsn=a.dsn,
-        ))  # fmt: skip
+        ))
     except CollectorError as exc:
         print(f"history download failed: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -139,7 +139,7 @@ def cmd_collect(a: argparse.Namespace) -> int:
 
     try:
         asyncio.run(live(exchange_id=a.exchange, market_type=a.market_type, symbols=a.symbols,
-                         timeframes=a.timeframes, bootstrap=a.bootstrap, namespace=a.namespace))  # fmt: skip
+                         timeframes=a.timeframes, bootstrap=a.bootstrap, namespace=a.namespace))
     except CollectorError as exc:
         print(f"live collection stopped: {exc}", file=sys.stderr)
         return EXIT_INFRA
@@ -186,22 +186,24 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tradeflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tradeflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--log-level", default=os.environ.get("TRADEFLOW_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="command", required=True)
 
     def infra(sp: argparse.ArgumentParser, dsn: bool = False) -> None:
         sp.add_argument("--bootstrap", default=os.environ.get("TRADEFLOW_BOOTSTRAP", "127.0.0.1:9092"),
-                        help="Kafka bootstrap servers (env TRADEFLOW_BOOTSTRAP)")  # fmt: skip
+                        help="Kafka bootstrap servers (env TRADEFLOW_BOOTSTRAP)")
         sp.add_argument("--namespace", default=os.environ.get("TRADEFLOW_NAMESPACE", ""),
-                        help="topic name prefix isolating a deployment or test run")  # fmt: skip
+                        help="topic name prefix isolating a deployment or test run")
         if dsn:
             sp.add_argument("--dsn", default=os.environ.get("TRADEFLOW_DSN", "postgresql://postgres@127.0.0.1/tradeflow"),
-                            help="PostgreSQL DSN (env TRADEFLOW_DSN)")  # fmt: skip
+                            help="PostgreSQL DSN (env TRADEFLOW_DSN)")
 
     sp = sub.add_parser("run", help="start the embedded default (broker, Postgres, workers) and run the main job")
     sp.add_argument("--data-dir", default=os.environ.get("TRADEFLOW_DATA_DIR", "var"),
-                    help="where the persistent Postgres cluster and logs live")  # fmt: skip
+                    help="where the persistent Postgres cluster and logs live")
     sp.add_argument("--file", dest="files", action="append", help="CSV to import (default: bundled sample data)")
     sp.add_argument("--fresh-db", action="store_true", help="drop and recreate the database before the run")
     sp.set_defaults(fn=cmd_run)
@@ -212,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--app-id", default="")
     sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port")
     sp.add_argument("--web-host", default=os.environ.get("TRADEFLOW_WEB_HOST", "127.0.0.1"),
-                    help="bind address of the worker's web server (default loopback only)")  # fmt: skip
+                    help="bind address of the worker's web server (default loopback only)")
     sp.set_defaults(fn=cmd_worker)
 
     sp = sub.add_parser("sink", help="persist catalogued topics into Postgres (consumer group)")
@@ -278,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except KafkaConnectionError as exc:
         print(f"tradeflow: broker unreachable ({exc}); is it running? (--bootstrap / TRADEFLOW_BOOTSTRAP)",
-              file=sys.stderr)  # fmt: skip
+              file=sys.stderr)
         return EXIT_INFRA
     except OSError as exc:  # asyncpg connection refused and friends
         print(f"tradeflow: infrastructure unreachable: {exc}", file=sys.stderr)

@@ -49,7 +49,7 @@ class PostgresCheckpointStore:
                 "ON CONFLICT (key) DO UPDATE SET last_open_time_ns = GREATEST(ingest_checkpoints.last_open_time_ns,"
                 " EXCLUDED.last_open_time_ns), updated_at = now()",
                 key, last_open_time_ns,
-            )  # fmt: skip
+            )
         finally:
             await conn.close()
 
@@ -64,7 +64,7 @@ def reject_to_dead_letter(publisher: RecordPublisher, consumer: str, source: str
         now = time.time_ns()
         raw = json.dumps(err.raw, default=str).encode()
         dl = dead_letter_for(consumer=consumer, topic=source, partition=0, offset=seq, key=None, value=raw,
-                             error=err, ts_event=now, ts_init=now)  # fmt: skip
+                             error=err, ts_event=now, ts_init=now)
         await publisher.publish([dl], topic="deadletter")
 
     return on_reject
@@ -81,7 +81,7 @@ def parse_when(text: str) -> int:
 async def history(
     *, exchange_id: str, market_type: str, symbol: str, timeframe: str, start: str, end: str, bootstrap: str,
     namespace: str, dsn: str,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     cfg = ExchangeConfig(exchange_id=exchange_id, market_type=MarketType(market_type), symbols=(symbol,))
     ex = make_exchange(cfg, pro=False)
     try:
@@ -90,27 +90,27 @@ async def history(
                 ex, symbol, Timeframe(timeframe), parse_when(start), parse_when(end), pub,
                 PostgresCheckpointStore(dsn), wall_clock=time.time_ns,
                 on_reject=reject_to_dead_letter(pub, f"history:{exchange_id}", f"exchange:{exchange_id}:{symbol}"),
-            )  # fmt: skip
+            )
         return asdict(rep)
     finally:
         await ex.close()
 
 
 async def live(*, exchange_id: str, market_type: str, symbols: list[str], timeframes: list[str], bootstrap: str,
-               namespace: str) -> None:  # fmt: skip
+               namespace: str) -> None:
     from agents.market.live import LiveCollector
 
     cfg = ExchangeConfig(
         exchange_id=exchange_id, market_type=MarketType(market_type), symbols=tuple(symbols),
         timeframes=tuple(Timeframe(t) for t in timeframes),
-    )  # fmt: skip
+    )
     ex = make_exchange(cfg, pro=True)
     pub = RecordPublisher(bootstrap, namespace, name=f"live:{exchange_id}")
     try:
         collector = LiveCollector(
             ex, cfg, pub, wall_clock=time.time_ns,
             on_reject=reject_to_dead_letter(pub, f"live:{exchange_id}", f"exchange:{exchange_id}"),
-        )  # fmt: skip
+        )
         await collector.preflight()  # the exchange first: fails fast with ExchangeUnreachable when offline
         await pub.start()
         try:

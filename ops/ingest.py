@@ -83,7 +83,7 @@ async def import_file(
             dead.append(
                 dead_letter_for(consumer="csv-import", topic=f"file:{path.name}", partition=0, offset=item.line_no,
                                 key=None, value=item.raw.encode(), error=err, ts_event=now, ts_init=now,
-                                reason=item.reason.value)  # fmt: skip
+                                reason=item.reason.value)
             )
         elif isinstance(item, DuplicateRow):
             rep.duplicates += 1
@@ -94,7 +94,7 @@ async def import_file(
                     else Severity.ERROR, ref_time=item.open_time, value=float(item.line_no),
                     detail=f"{path.name} line {item.line_no} repeats line {item.first_line_no}"
                     + ("" if item.identical else " with different values"), blocking=not item.identical,
-                )  # fmt: skip
+                )
             )
     await publisher.publish(pending, topic=topic)
     await publisher.publish(dead, topic="deadletter")

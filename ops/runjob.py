@@ -100,7 +100,7 @@ def run_main_job(opts: RunOptions) -> int:
         asyncio.run(ensure_topics(broker.bootstrap))
         cli = [sys.executable, "-m", "ops.cli"]
         children.append(Child("worker", [*cli, "worker", "--bootstrap", broker.bootstrap, "--web-port",
-                                         str(free_port()), "--agents", *PIPELINE_AGENTS], log_dir))  # fmt: skip
+                                         str(free_port()), "--agents", *PIPELINE_AGENTS], log_dir))
         children.append(Child("sink", [*cli, "sink", "--bootstrap", broker.bootstrap, "--dsn", pg.dsn], log_dir))
         summary = asyncio.run(_main(opts, pg.dsn, broker.bootstrap, children))
     finally:
@@ -134,14 +134,13 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
     conn = await asyncpg.connect(dsn)
     before = await _table_counts(conn)
     reports: list[ImportReport] = []
-    event_ids: list[str] = []
     t0 = time.perf_counter()
     async with RecordPublisher(bootstrap, name="csv-import") as pub:
         for path, s in _samples(opts):
             rep = await import_file(path, venue=s.venue, symbol=s.symbol, timeframe=s.timeframe, publisher=pub)
             reports.append(rep)
             log.info("imported", file=rep.file, bars=rep.bars, rejects=rep.rejects, duplicates=rep.duplicates,
-                     seconds=round(rep.seconds, 2))  # fmt: skip
+                     seconds=round(rep.seconds, 2))
     import_s = time.perf_counter() - t0
     expected = sum(r.bars for r in reports)
     # Every imported bar must arrive in the checked-bars table: the pipeline is done
@@ -157,7 +156,7 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
                     "SELECT count(*) FROM bars b JOIN ev_market_bars e ON e.event_id = b.event_id "
                     "WHERE b.venue=$1 AND b.symbol=$2 AND b.timeframe=$3",
                     venue, symbol, tf,
-                )  # fmt: skip
+                )
             )
         if done >= expected:
             break
@@ -192,9 +191,9 @@ def _print_summary(s: dict[str, object]) -> None:
     print("\n=== tradeflow run: summary ===")
     for r in s["imports"]:  # type: ignore[attr-defined]
         print(f"imported {r['file']}: {r['bars']} bars, {r['rejects']} rejected rows, "
-              f"{r['duplicates']} duplicate rows ({r['seconds']:.2f}s)")  # fmt: skip
+              f"{r['duplicates']} duplicate rows ({r['seconds']:.2f}s)")
     print(f"import {s['import_seconds']}s; pipeline drained in {s['pipeline_seconds']}s "
-          f"({s['bars_per_second_end_to_end']} bars/s end to end)")  # fmt: skip
+          f"({s['bars_per_second_end_to_end']} bars/s end to end)")
     print("\nPostgres rows per table (new this run):")
     for table, v in s["tables"].items():  # type: ignore[attr-defined]
         print(f"  {table:<24} {v['rows']:>9}  (+{v['new_this_run']})")

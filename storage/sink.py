@@ -67,7 +67,9 @@ EVENT_COLUMNS = (
 BAR_COLUMNS = (
     "venue", "symbol", "timeframe", "open_time", "close_time", "open", "high", "low", "close",
     "volume", "trade_count", "is_closed", "revision", "source", "event_id",
-)  # fmt: skip
+)
+
+_Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 _RETRIABLE_DB = (
     asyncpg.PostgresConnectionError,
@@ -117,15 +119,15 @@ class _TopicDecoder:
         key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
         return (
             rec.event_id, rec.schema_version, rec.ts_event, rec.ts_init, rec.correlation_id,
-            rec.causation_id, msg.partition, msg.offset, key, msg.value.decode("utf-8"),  # type: ignore[union-attr]
-        )  # fmt: skip
+            rec.causation_id, msg.partition, msg.offset, key, msg.value.decode("utf-8"),
+        )
 
 
 def _bar_row(b: Bar) -> tuple[Any, ...]:
     return (
         b.venue, b.symbol, b.timeframe.value, b.open_time, b.open_time + b.timeframe.nanos, b.open, b.high,
         b.low, b.close, b.volume, b.trade_count, b.is_closed, b.revision, b.source, b.event_id,
-    )  # fmt: skip
+    )
 
 
 class TopicSink:
@@ -151,7 +153,9 @@ class TopicSink:
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
-        self.pool = await asyncpg.create_pool(self.cfg.dsn, min_size=1, max_size=2, command_timeout=self.cfg.db_timeout_s)
+        self.pool = await asyncpg.create_pool(
+            self.cfg.dsn, min_size=1, max_size=2, command_timeout=self.cfg.db_timeout_s
+        )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.cfg.bootstrap, acks="all", max_request_size=8 * 1024 * 1024, linger_ms=5
         )
@@ -231,12 +235,12 @@ class TopicSink:
                             consumer=self.consumer_name, topic=dec.spec.name, partition=msg.partition,
                             offset=msg.offset, key=msg.key, value=msg.value, error=exc,
                             ts_event=msg.timestamp * 1_000_000, ts_init=now,
-                        )  # fmt: skip
+                        )
                     )
                     log.warning(
                         "dead_letter", topic=dec.spec.name, partition=msg.partition, offset=msg.offset,
                         reason=exc.reason.value, detail=exc.detail[:200],
-                    )  # fmt: skip
+                    )
                     continue
                 table_rows.append(dec.row(msg, rec))
                 if dec.is_bar:
@@ -287,7 +291,7 @@ class TopicSink:
                 await self._upsert_bars(conn, d.bars)
 
     @staticmethod
-    async def _insert_events(conn: asyncpg.Connection, table: str, rows: list[tuple[Any, ...]]) -> int:
+    async def _insert_events(conn: _Conn, table: str, rows: list[tuple[Any, ...]]) -> int:
         """COPY straight into the table; on a duplicate event id fall back to a deduping insert.
 
         Duplicates only occur after a redelivery (crash before the offset
@@ -313,7 +317,7 @@ class TopicSink:
         return int(status.rsplit(" ", 1)[-1])
 
     @staticmethod
-    async def _upsert_bars(conn: asyncpg.Connection, bars: Sequence[tuple[Any, ...]]) -> None:
+    async def _upsert_bars(conn: _Conn, bars: Sequence[tuple[Any, ...]]) -> None:
         # Highest revision per key within the batch first (ON CONFLICT cannot
         # touch the same row twice in one statement), then against the table.
         best: dict[tuple[Any, ...], tuple[Any, ...]] = {}

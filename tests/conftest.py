@@ -73,7 +73,7 @@ class Proc:
     def start(self) -> Proc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log, "ab") as out:
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)  # noqa: S603
+            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         return self
 
     @property
@@ -117,7 +117,7 @@ class Procs:
     def worker(self, bootstrap: str, namespace: str, *agents: str) -> Proc:
         port = free_port()
         p = self.cli("worker", "worker", "--bootstrap", bootstrap, "--namespace", namespace, "--web-port", str(port),
-                     "--agents", *agents)  # fmt: skip
+                     "--agents", *agents)
         p.extra["web_port"] = port
         return p
 

@@ -34,7 +34,7 @@ def make_bars(n: int, symbol: str = "BTC/USDT", start: int = T0, revision: int =
                 ts_init=start, ts_event=start + (i + 1) * H, venue="binance", symbol=symbol, timeframe=Timeframe.H1,
                 open_time=start + i * H, open=px, high=px + 1.0, low=px - 1.0, close=px + 0.25, volume=float(i % 7),
                 trade_count=i, is_closed=True, revision=revision, source="test",
-            )  # fmt: skip
+            )
         )
     return out
 
@@ -66,7 +66,7 @@ async def test_records_of_every_topic_when_sunk_then_rows_equal_what_was_produce
     conn = await asyncpg.connect(dsn)
     try:
         for t in TOPICS:
-            rows = await conn.fetch(f"SELECT event_id, payload::text AS p FROM {t.table}")  # noqa: S608
+            rows = await conn.fetch(f"SELECT event_id, payload::text AS p FROM {t.table}")
             got = {r["event_id"]: codec_for(t.record).decode(r["p"]) for r in rows}
             assert got == {r.event_id: r for r in produced[t.name]}, t.name
         assert await conn.fetchval("SELECT count(*) FROM bars") == 25  # projection of market.bars
@@ -202,7 +202,7 @@ async def test_malformed_corpus_when_consumed_then_dead_lettered_counted_and_goo
     finally:
         await conn.close()
     assert worker.alive and sink.alive, "bad input must never crash a worker"
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{worker.extra['web_port']}/metrics", timeout=5).read().decode()  # noqa: S310
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{worker.extra['web_port']}/metrics", timeout=5).read().decode()
     for reason in {r for r, _ in MALFORMED}:
         line = f'tradeflow_dead_letters_total{{consumer="bars-checker",reason="{reason}",topic="market.bars.raw"}}'
         assert line in metrics, reason

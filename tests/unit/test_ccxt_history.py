@@ -234,7 +234,7 @@ async def test_forming_candle_then_next_run_publishes_it_closed(replayed: Exchan
         ("coinbase", "spot", "BTC/USD", "coinbase_spot_candles_btcusd_30m.json", Timeframe.M30, COINBASE_CSV,
          "2019-06-01 00:00", 6),
     ],
-)  # fmt: skip
+)
 async def test_recorded_candles_of_each_venue_then_bars_match_source_data(
     replayed: ExchangeFactory,
     exchange_id: str,
@@ -415,7 +415,7 @@ def test_good_ohlcv_row_then_bar_with_deterministic_id() -> None:
         ({"id": "1", "symbol": "btc-usdt", "timestamp": T0_MS, "price": 1.0, "amount": 1.0, "side": "buy"},
          ErrorReason.BAD_SYMBOL),
     ],
-)  # fmt: skip
+)
 def test_bad_trade_then_exchange_data_error_with_reason(trade: dict[str, Any], reason: ErrorReason) -> None:
     with pytest.raises(ExchangeDataError) as raised:
         ccxt_trade_to_tick(trade, "binance", WALL_0930_NS)
@@ -572,7 +572,7 @@ async def test_config_per_supported_exchange_then_configured_ccxt_instances() ->
             cfg = ExchangeConfig.from_mapping(
                 {"exchange_id": exchange_id, "market_type": market_type, "symbols": [symbols[market_type]],
                  "timeframes": ["1m", "1h"]}
-            )  # fmt: skip
+            )
             for pro in (False, True):
                 exchange = make_exchange(cfg, pro=pro, credentials={"apiKey": "k", "secret": "s"})
                 built.append(exchange)

@@ -255,7 +255,7 @@ def test_flat_series_with_zero_volume_then_flat_defaults() -> None:
     # to rounding); every other flat-window rule is exact by construction.
     assert abs(got.pop("macd_12_26")) < 1e-12
     flat = {name: v for name, v in got.items() if not name.startswith(("hour_", "dow_"))}
-    assert flat == {**{name: 0.0 for name in flat}, "rsi_14": 50.0, "clv": 0.5}
+    assert flat == {**dict.fromkeys(flat, 0.0), "rsi_14": 50.0, "clv": 0.5}
 
 
 # ---------------------------------------------------------------------------
