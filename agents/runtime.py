@@ -5,7 +5,9 @@ Kept tiny on purpose: an agent decodes, calls its engine, and sends.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -43,6 +45,33 @@ class AgentContext:
 
     async def dead_letter(self, dl: DeadLetter) -> None:
         await self._dlq.send(key=dl.key(), value=codec_for(DeadLetter).encode(dl))
+
+
+def crash_worker_on_bug(app: Any, name: str) -> Callable[[Callable[[Any], Awaitable[None]]], Callable[[Any], Awaitable[None]]]:
+    """Turn an unexpected exception in an agent body into a loud worker crash.
+
+    Bad *input* never gets here (it is dead-lettered); an exception here is a
+    bug or a lost dependency. faust would otherwise log the actor as crashed
+    and leave the process up, consuming nothing: a silent stall. Crashing the
+    worker exits non-zero, the supervisor restarts it, and the uncommitted
+    events are redelivered.
+    """
+
+    def wrap(body: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        @functools.wraps(body)
+        async def guarded(stream: Any) -> None:
+            try:
+                await body(stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.critical("agent_crashed", agent=name, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+                await app.crash(exc)
+                raise
+
+        return guarded
+
+    return wrap
 
 
 async def decode_or_dead_letter(ctx: AgentContext, consumer: str, topic: str, cls: type[R], event: Any) -> R | None:

@@ -26,9 +26,10 @@ log = structlog.get_logger("ops.cli")
 
 
 def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
+    from agents.features import agent as features
     from agents.market import checker
 
-    return {checker.NAME: checker.register}
+    return {checker.NAME: checker.register, features.NAME: features.register}
 
 
 # ---------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from topics.catalogue import TOPICS
 
 log = structlog.get_logger("ops.runjob")
 
-PIPELINE_AGENTS = ("bars-checker",)
+PIPELINE_AGENTS = ("bars-checker", "features")
 
 
 @dataclass(frozen=True)

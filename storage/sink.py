@@ -47,7 +47,7 @@ from ops.metrics import (
 )
 from topics.catalogue import TOPICS, TopicSpec, physical_name, spec
 from topics.deadletter import dead_letter_for
-from topics.records import Bar, DeadLetter
+from topics.records import Bar, DeadLetter, FeatureVector
 from topics.schema import Codec, ErrorReason, Record, RecordError, codec_for
 
 log = structlog.get_logger("storage.sink")
@@ -101,6 +101,7 @@ class SinkConfig:
 class _Decoded:
     rows: dict[str, list[tuple[Any, ...]]]
     bars: list[tuple[Any, ...]]
+    features: list[tuple[Any, ...]]
     dead: list[DeadLetter]
     offsets: dict[TopicPartition, int]
     n: int
@@ -114,6 +115,7 @@ class _TopicDecoder:
         self.physical = physical
         self.codec: Codec[Record] = codec_for(topic_spec.record)
         self.is_bar = topic_spec.record is Bar and topic_spec.name == "market.bars"
+        self.is_features = topic_spec.name == "features"
 
     def row(self, msg: ConsumerRecord[bytes, bytes], rec: Record) -> tuple[Any, ...]:
         key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
@@ -121,6 +123,19 @@ class _TopicDecoder:
             rec.event_id, rec.schema_version, rec.ts_event, rec.ts_init, rec.correlation_id,
             rec.causation_id, msg.partition, msg.offset, key, msg.value.decode("utf-8"),
         )
+
+
+FEATURE_COLUMNS = (
+    "event_id", "venue", "symbol", "timeframe", "bar_open_time", "feature_set_version", "data_version",
+    "lineage_id", "bar_event_id", "names", "vals",
+)
+
+
+def _feature_row(f: FeatureVector) -> tuple[Any, ...]:
+    return (
+        f.event_id, f.venue, f.symbol, f.timeframe.value, f.bar_open_time, f.feature_set_version, f.data_version,
+        f.lineage_id, f.causation_id, list(f.names), list(f.values),
+    )
 
 
 def _bar_row(b: Bar) -> tuple[Any, ...]:
@@ -215,6 +230,7 @@ class TopicSink:
     def decode(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> _Decoded:
         rows: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         bars: list[tuple[Any, ...]] = []
+        features: list[tuple[Any, ...]] = []
         dead: list[DeadLetter] = []
         offsets: dict[TopicPartition, int] = {}
         now = self._wall_ns()
@@ -245,8 +261,11 @@ class TopicSink:
                 table_rows.append(dec.row(msg, rec))
                 if dec.is_bar:
                     bars.append(_bar_row(rec))  # type: ignore[arg-type]
+                elif dec.is_features:
+                    features.append(_feature_row(rec))  # type: ignore[arg-type]
             offsets[tp] = msgs[-1].offset + 1
-        return _Decoded(rows=rows, bars=bars, dead=dead, offsets=offsets, n=sum(len(v) for v in batch.values()))
+        return _Decoded(rows=rows, bars=bars, features=features, dead=dead, offsets=offsets,
+                        n=sum(len(v) for v in batch.values()))
 
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Decode and persist one batch (no pipelining)."""
@@ -289,9 +308,15 @@ class TopicSink:
                     self.rows_written += inserted
             if d.bars:
                 await self._upsert_bars(conn, d.bars)
+            if d.features:
+                await self._insert_rows(conn, "feature_snapshots", FEATURE_COLUMNS, d.features)
 
     @staticmethod
     async def _insert_events(conn: _Conn, table: str, rows: list[tuple[Any, ...]]) -> int:
+        return await TopicSink._insert_rows(conn, table, EVENT_COLUMNS, rows)
+
+    @staticmethod
+    async def _insert_rows(conn: _Conn, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> int:
         """COPY straight into the table; on a duplicate event id fall back to a deduping insert.
 
         Duplicates only occur after a redelivery (crash before the offset
@@ -300,7 +325,7 @@ class TopicSink:
         """
         try:
             async with conn.transaction():  # savepoint
-                await conn.copy_records_to_table(table, records=rows, columns=EVENT_COLUMNS)
+                await conn.copy_records_to_table(table, records=rows, columns=columns)
             return len(rows)
         except asyncpg.UniqueViolationError:
             pass
@@ -308,8 +333,8 @@ class TopicSink:
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        await conn.copy_records_to_table(stage, records=rows, columns=EVENT_COLUMNS)
-        cols = ", ".join(EVENT_COLUMNS)
+        await conn.copy_records_to_table(stage, records=rows, columns=columns)
+        cols = ", ".join(columns)
         status = await conn.execute(
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "  # noqa: S608 - names from the catalogue
             "ON CONFLICT (event_id) DO NOTHING"

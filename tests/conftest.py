@@ -136,13 +136,22 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
     ps.stop_all()
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.25) -> None:
-    """Poll an async condition; fail with ``what`` if it does not hold in time."""
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.25, watch: Procs | None = None
+) -> None:
+    """Poll an async condition; fail with ``what`` if it does not hold in time.
+
+    With ``watch``, fail at once (with the log tail) when one of its processes died.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         if await check():
             return
+        for p in watch.all if watch else ():
+            if p.popen is not None and p.popen.poll() is not None and p.popen.returncode not in (0, -9, -15):
+                raise AssertionError(f"{p.name} exited {p.popen.returncode} while waiting for {what}:\n"
+                                     + p.output()[-3000:])
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
         await asyncio.sleep(every)

@@ -6,7 +6,9 @@ window alone, with numpy, vectorised across bars (each row of a
 ``sliding_window_view`` is one bar's window). It shares no code with the
 incremental engine, only the contract in :mod:`agents.features.spec`, so the
 tests can hold the engine to it; researchers use it to build training sets in
-one call. It is meant to be obviously correct, not fast.
+one call. It is written to be obviously correct (textbook formulas, the RSI
+from separate gain and loss averages); its speed, numpy over all bars at
+once, is incidental.
 """
 
 from __future__ import annotations

@@ -46,12 +46,22 @@ mean of the window's first ``period`` inputs, then updated for every later
 input (exactly what a charting tool shows when given only those bars). This
 costs a little fidelity against a since-inception average (the seed keeps a
 weight of (1 - alpha)^(inputs - period), 1-3 % by default) and buys three
-things: the lineage id names every bar a value depends on, a replay started
-anywhere ``window`` bars early reproduces the stream's vectors, and a revised
-bar invalidates exactly the next ``window`` vectors.
+things: the lineage id names every bar a value depends on; training features
+from the batch equal live features whenever either started (so does a replay
+begun ``window - 1`` bars early, to rounding, ~1e-13; a restored
+:class:`SymbolState` continues bit for bit); a revised bar invalidates exactly
+the next ``window`` vectors.
 
 Warm-up. The first ``window - 1`` bars of a stream produce no vector
 (``None``); the ``window``-th bar produces the first one.
+
+Records. A :class:`~topics.records.FeatureVector` has the bar's ``ts_event``
+(its close), ``causation_id`` = the bar's event id, ``correlation_id`` = the
+bar's, ``data_version`` from the engine's config, ``feature_set_version`` from
+the spec, and ``lineage_id`` naming its window (format and verification in
+:mod:`agents.features.spec`); its event id hashes (symbol, timeframe,
+bar_open_time, feature_set_version, data_version), so a recomputed vector
+replaces the old one in idempotent sinks.
 
 Numerics. Rolling sums never subtract the value leaving the window: each
 window aggregate is a suffix sum over the previous block of the window's length
@@ -355,11 +365,12 @@ class SymbolState:
         "venue",
         "vol_moments",
         "volume",
+        "window",
         "z_moments",
     )
 
     def __init__(self, venue: str, symbol: str, timeframe: Timeframe, spec: FeatureSpec = DEFAULT_SPEC) -> None:
-        w = spec.window
+        self.window = w = spec.window
         self.spec = spec
         self.venue = venue
         self.symbol = symbol
@@ -413,12 +424,12 @@ class SymbolState:
 
     def lineage_id(self) -> str:
         """Lineage id of the window ending at the latest bar (see agents.features.spec)."""
-        w = self.spec.window
+        w = self.window
         return format_lineage_id(self.open_times[-w], self.last_open_time, w, self.digest)
 
     def to_state(self) -> dict[str, Any]:
         """The state as JSON types; 128-bit integers as hex strings (64-bit JSON readers)."""
-        keep = self.spec.window + 1
+        keep = self.window + 1
         return {
             "format": STATE_FORMAT,
             "feature_set_version": self.spec.version,

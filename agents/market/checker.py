@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from agents.runtime import AgentContext, decode_or_dead_letter
+from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
 from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.records import Bar
 
@@ -32,6 +32,7 @@ def register(app: Any, ctx: AgentContext) -> Any:
     latency = PROCESS_LATENCY.labels(NAME)
 
     @app.agent(src, name=NAME)  # type: ignore[untyped-decorator]
+    @crash_worker_on_bug(app, NAME)
     async def check_bars(stream: Any) -> None:
         # Micro-batches bounded by size and time: faust acks the whole batch after
         # this loop body, i.e. after every forward was handed to the producer

@@ -1,0 +1,421 @@
+"""Signed control events: canonical form, HMAC-SHA256 signing, verification,
+the keyring, and the audit outcome every consumer emits per command.
+
+Canonical form (version 1)
+--------------------------
+The signed bytes are ``b"tradeflow.control.v1\\n"`` followed by the record's
+wire JSON (the strict codec's field set, every field except ``signature``)
+serialised by orjson with sorted keys and no whitespace. The domain prefix
+keeps a control signature from ever being valid for another message type
+signed with the same key. ``signature`` is ``"hmac-sha256:" + hex digest``;
+the scheme prefix leaves room for Ed25519 without ambiguity.
+
+Verification (:class:`ControlVerifier`)
+---------------------------------------
+Checks, in this order, the first failure deciding the reason:
+
+1. ``unsigned``: empty signature;
+2. ``malformed_signature``: not ``hmac-sha256:<64 hex>``;
+3. ``unknown_key``: key id not in the keyring;
+4. ``bad_signature``: HMAC mismatch (forged or altered), compared in
+   constant time;
+5. ``expired``: ``expires_at`` is set and ``expires_at < now``;
+6. ``stale``: ``ts_event`` older than ``max_age_ns`` before now;
+7. ``not_yet_valid``: ``ts_event`` more than ``max_future_skew_ns`` ahead;
+8. ``replayed``: the ``(key_id, nonce)`` pair was accepted before;
+9. ``nonce_cache_full``: too many live nonces (fail closed: never evict a
+   nonce that could still be replayed).
+
+The nonce cache is bounded by time: a nonce older than
+``max_age_ns + max_future_skew_ns`` can be forgotten because a replay of it is
+already rejected as stale. The signature is checked before the time rules so
+that an attacker cannot probe the clock window with unsigned messages, and
+nonces are only remembered for authentic messages, so forged traffic cannot
+fill the cache. Verification never raises on bad input: anything malformed is
+a ``malformed`` verdict.
+
+Redelivery of a command (at-least-once) looks exactly like a replay and is
+rejected as ``replayed`` without changing anything; that is harmless because
+the first delivery was applied.
+
+Keyring
+-------
+Secrets come from the environment or files, never from the command line or a
+record. ``TRADEFLOW_CONTROL_KEY_<ID>=<secret>`` or
+``TRADEFLOW_CONTROL_KEY_<ID>_FILE=<path>`` defines key id ``<id>`` (lower
+case). A secret is the UTF-8 bytes of the value, or hex when written
+``hex:<hex>``; at least 32 bytes. The keyring's ``repr`` lists key ids only,
+and no error message includes a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import hmac
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from topics.records import ControlCommand, ControlEvent
+from topics.schema import JsonScalar, codec_for, event_id_for
+
+__all__ = [
+    "DEFAULT_ENV_PREFIX",
+    "MIN_SECRET_BYTES",
+    "SIGNATURE_SCHEME",
+    "AuditOutcome",
+    "ControlAudit",
+    "ControlVerifier",
+    "Keyring",
+    "Verdict",
+    "VerifierConfig",
+    "VerifyReason",
+    "audit_for",
+    "canonical_payload",
+    "compute_signature",
+    "load_keyring",
+    "new_control_event",
+    "sign_control_event",
+]
+
+SIGNATURE_SCHEME = "hmac-sha256"
+DEFAULT_ENV_PREFIX = "TRADEFLOW_CONTROL_KEY_"
+MIN_SECRET_BYTES = 32
+_DOMAIN = b"tradeflow.control.v1\n"
+_HEX = frozenset("0123456789abcdef")
+
+
+# ---------------------------------------------------------------------------
+# Keyring
+# ---------------------------------------------------------------------------
+
+
+class Keyring:
+    """key id -> secret. Never shows a secret: not in repr, str or errors."""
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self, secrets: Mapping[str, bytes]) -> None:
+        checked: dict[str, bytes] = {}
+        for key_id, secret in secrets.items():
+            if not key_id or not isinstance(key_id, str):
+                raise ValueError("key ids must be non-empty strings")
+            if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(f"secret of key {key_id!r} must be at least {MIN_SECRET_BYTES} bytes")
+            checked[key_id] = secret
+        self._secrets = checked
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(sorted(self._secrets))
+
+    def secret(self, key_id: str) -> bytes | None:
+        return self._secrets.get(key_id)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._secrets
+
+    def __repr__(self) -> str:
+        return f"Keyring(key_ids={list(self.key_ids)!r})"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        # Refuse pickling: a pickled keyring is a secret written somewhere.
+        raise TypeError("Keyring is not serialisable")
+
+
+def _decode_secret(raw: str, origin: str) -> bytes:
+    text = raw.strip()
+    if text.startswith("hex:"):
+        try:
+            return bytes.fromhex(text[4:])
+        except ValueError:
+            raise ValueError(f"{origin}: value after 'hex:' is not hex") from None
+    return text.encode()
+
+
+def load_keyring(environ: Mapping[str, str], *, prefix: str = DEFAULT_ENV_PREFIX) -> Keyring:
+    """Build the keyring from ``<prefix><ID>`` / ``<prefix><ID>_FILE`` variables.
+
+    ``environ`` is passed in (``os.environ`` at the edge, a dict in tests).
+    Both forms for one id is a configuration error, as is an empty keyring.
+    """
+    secrets: dict[str, bytes] = {}
+    for name in sorted(environ):
+        if not name.startswith(prefix) or name == prefix:
+            continue
+        suffix = name[len(prefix) :]
+        if suffix.endswith("_FILE"):
+            key_id = suffix[: -len("_FILE")].lower()
+            path = Path(environ[name])
+            try:
+                raw = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"{name}: cannot read key file {str(path)!r}: {exc.strerror}") from None
+            secret = _decode_secret(raw, name)
+        else:
+            key_id = suffix.lower()
+            secret = _decode_secret(environ[name], name)
+        if not key_id:
+            continue
+        if key_id in secrets:
+            raise ValueError(f"control key {key_id!r} is defined twice (value and _FILE)")
+        secrets[key_id] = secret
+    if not secrets:
+        raise ValueError(f"no control keys: set {prefix}<ID> or {prefix}<ID>_FILE")
+    return Keyring(secrets)
+
+
+# ---------------------------------------------------------------------------
+# Canonical form and signing
+# ---------------------------------------------------------------------------
+
+
+def canonical_payload(event: ControlEvent) -> bytes:
+    """The exact bytes a signature covers (see the module docstring)."""
+    fields = codec_for(ControlEvent).to_dict(event)
+    del fields["signature"]
+    return _DOMAIN + orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+
+
+def compute_signature(event: ControlEvent, secret: bytes) -> str:
+    digest = hmac.new(secret, canonical_payload(event), hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_SCHEME}:{digest}"
+
+
+def sign_control_event(event: ControlEvent, keyring: Keyring) -> ControlEvent:
+    """The same event with ``signature`` set, using the key its ``key_id`` names."""
+    secret = keyring.secret(event.key_id)
+    if secret is None:
+        raise KeyError(f"no secret for key id {event.key_id!r}")
+    return dataclasses.replace(event, signature=compute_signature(event, secret))
+
+
+def new_control_event(
+    *,
+    command: ControlCommand,
+    scope: str,
+    target: str,
+    params: Mapping[str, JsonScalar],
+    reason: str,
+    operator: str,
+    key_id: str,
+    nonce: str,
+    ts_event: int,
+    ts_init: int,
+    expires_at: int | None,
+    keyring: Keyring,
+    correlation_id: str | None = None,
+) -> ControlEvent:
+    """Build and sign a control event (what the CLI publishes).
+
+    ``nonce`` is supplied by the caller (the CLI draws it from ``secrets``);
+    this function stays deterministic for tests.
+    """
+    unsigned = ControlEvent.new(
+        ts_init=ts_init,
+        correlation_id=correlation_id,
+        ts_event=ts_event,
+        command=ControlCommand(command),
+        scope=scope,
+        target=target,
+        params=dict(params),
+        reason=reason,
+        operator=operator,
+        key_id=key_id,
+        nonce=nonce,
+        expires_at=expires_at,
+        signature="",
+    )
+    return sign_control_event(unsigned, keyring)
+
+
+# ---------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------
+
+
+class VerifyReason(enum.StrEnum):
+    """Why a control event was (not) authentic. Stable: metric label and audit code."""
+
+    OK = "ok"
+    MALFORMED = "malformed"
+    UNSIGNED = "unsigned"
+    MALFORMED_SIGNATURE = "malformed_signature"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    STALE = "stale"
+    NOT_YET_VALID = "not_yet_valid"
+    REPLAYED = "replayed"
+    NONCE_CACHE_FULL = "nonce_cache_full"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    reason: VerifyReason
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifierConfig:
+    """Time rules of verification. 5 minutes: long enough for a CLI over a
+    slow VPN, short enough that a captured command is soon useless."""
+
+    max_age_ns: int = 300 * 1_000_000_000
+    max_future_skew_ns: int = 30 * 1_000_000_000
+    max_nonces: int = 100_000
+
+
+class ControlVerifier:
+    """Stateful verifier: the state is the bounded cache of accepted nonces."""
+
+    __slots__ = ("_config", "_keyring", "_nonces")
+
+    def __init__(self, keyring: Keyring, config: VerifierConfig | None = None) -> None:
+        self._keyring = keyring
+        self._config = config or VerifierConfig()
+        #: (key_id, nonce) -> ts_event, in acceptance order.
+        self._nonces: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    @property
+    def nonce_count(self) -> int:
+        return len(self._nonces)
+
+    def verify(self, event: ControlEvent, now_ns: int) -> Verdict:
+        """Authenticate ``event`` at ``now_ns``; on success its nonce is consumed."""
+        try:
+            return self._verify(event, now_ns)
+        except Exception as exc:  # never raise on bad input: it is a verdict
+            return Verdict(False, VerifyReason.MALFORMED, type(exc).__name__)
+
+    def _verify(self, event: ControlEvent, now_ns: int) -> Verdict:
+        cfg = self._config
+        signature = event.signature
+        if not isinstance(signature, str) or not signature:
+            return Verdict(False, VerifyReason.UNSIGNED)
+        scheme, _, digest = signature.partition(":")
+        if scheme != SIGNATURE_SCHEME or len(digest) != 64 or not set(digest) <= _HEX:
+            return Verdict(False, VerifyReason.MALFORMED_SIGNATURE, f"expected {SIGNATURE_SCHEME}:<64 hex>")
+        secret = self._keyring.secret(event.key_id) if isinstance(event.key_id, str) else None
+        if secret is None:
+            return Verdict(False, VerifyReason.UNKNOWN_KEY, f"key id {event.key_id!r}")
+        if not hmac.compare_digest(compute_signature(event, secret), signature):
+            return Verdict(False, VerifyReason.BAD_SIGNATURE)
+        if event.expires_at is not None and event.expires_at < now_ns:
+            return Verdict(False, VerifyReason.EXPIRED, f"expires_at {event.expires_at} < now {now_ns}")
+        if event.ts_event < now_ns - cfg.max_age_ns:
+            return Verdict(False, VerifyReason.STALE, f"ts_event {event.ts_event} older than {cfg.max_age_ns} ns")
+        if event.ts_event > now_ns + cfg.max_future_skew_ns:
+            return Verdict(False, VerifyReason.NOT_YET_VALID, f"ts_event {event.ts_event} ahead of now {now_ns}")
+        self._prune(now_ns)
+        key = (event.key_id, event.nonce)
+        if key in self._nonces:
+            return Verdict(False, VerifyReason.REPLAYED, f"nonce {event.nonce!r} already used")
+        if len(self._nonces) >= cfg.max_nonces:
+            return Verdict(False, VerifyReason.NONCE_CACHE_FULL)
+        self._nonces[key] = event.ts_event
+        return Verdict(True, VerifyReason.OK)
+
+    def _prune(self, now_ns: int) -> None:
+        horizon = now_ns - self._config.max_age_ns - self._config.max_future_skew_ns
+        stale = [k for k, ts in self._nonces.items() if ts < horizon]
+        for k in stale:
+            del self._nonces[k]
+
+    def remembered(self) -> Iterator[tuple[str, str]]:
+        """Accepted (key_id, nonce) pairs still in the window (for state snapshots)."""
+        return iter(tuple(self._nonces))
+
+
+# ---------------------------------------------------------------------------
+# Audit outcome
+# ---------------------------------------------------------------------------
+
+
+class AuditOutcome(enum.StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    #: Authentic but not addressed to this component (e.g. rollout at risk).
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlAudit:
+    """What one component did with one control event. One per (command, component).
+
+    ``audit_id`` hashes the component, the control event id, the outcome and
+    the reason: a redelivered command dedupes onto its audit row, while a
+    replay after acceptance is its own (rejected, ``replayed``) row. Fields
+    copied from a rejected event are unauthenticated: they say what the
+    message *claimed*. ``alert`` is set for security-relevant rejections
+    (anything failing verification).
+    """
+
+    audit_id: str
+    component: str
+    control_event_id: str
+    command: str
+    scope: str
+    target: str
+    operator: str
+    key_id: str
+    nonce: str
+    outcome: AuditOutcome
+    reason: str
+    detail: str
+    alert: bool
+    changes: tuple[str, ...]
+    config_hash_before: str
+    config_hash_after: str
+    #: The command's own event time, and when this component processed it.
+    ts_event: int
+    ts_init: int
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def audit_for(
+    event: ControlEvent,
+    *,
+    component: str,
+    outcome: AuditOutcome,
+    reason: str,
+    detail: str,
+    alert: bool,
+    changes: tuple[str, ...],
+    config_hash_before: str,
+    config_hash_after: str,
+    ts_init: int,
+) -> ControlAudit:
+    control_event_id = _text(event.event_id)
+    return ControlAudit(
+        audit_id=event_id_for("control_audit", component, control_event_id, outcome.value, reason),
+        component=component,
+        control_event_id=control_event_id,
+        command=_text(getattr(event.command, "value", event.command)),
+        scope=_text(event.scope),
+        target=_text(event.target),
+        operator=_text(event.operator),
+        key_id=_text(event.key_id),
+        nonce=_text(event.nonce),
+        outcome=outcome,
+        reason=reason,
+        detail=detail,
+        alert=alert,
+        changes=changes,
+        config_hash_before=config_hash_before,
+        config_hash_after=config_hash_after,
+        ts_event=event.ts_event if type(event.ts_event) is int else 0,
+        ts_init=ts_init,
+    )

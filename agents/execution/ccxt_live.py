@@ -1,0 +1,588 @@
+"""Live execution through ccxt: Bitget spot and USDT perpetuals, Binance spot
+and USDT-M perpetuals, Coinbase spot.
+
+This module is an I/O edge (async), not a pure engine: it talks to a ccxt
+``async_support`` exchange instance and turns the answers into order-update
+and fill records. Everything that decides (the risk verdict, the sizing)
+happened upstream; this layer only validates against the venue's rules,
+sends, and classifies what came back.
+
+Idempotency
+-----------
+The client order id is :func:`~agents.execution.interface.client_order_id_for`
+of the intent, passed in the venue's own parameter (``clientOid`` on Bitget,
+``newClientOrderId`` on Binance, ``client_order_id`` on Coinbase, whose ccxt
+wrapper would otherwise replace the unified ``clientOrderId`` with a random
+uuid). Consequences:
+
+- a retry after a network error or a timeout (the order may have landed)
+  reuses the same id, so the venue refuses a second order;
+- the venue's "duplicate client order id" answer means *already placed*: it
+  becomes an ``acknowledged`` update with reason ``already_placed``, never a
+  second order nor a reject;
+- the adapter also remembers the ids it submitted (bounded) and ignores a
+  redelivered intent before any network call.
+
+After the last retriable failure the order's fate is unknown at the venue;
+it is reported ``rejected`` with the failure reason, and a later redelivery
+of the same intent is safe (same id).
+
+Error classification (ccxt exception and venue message -> reason, retriable)
+-----------------------------------------------------------------------------
+``credentials_missing`` (no key configured; checked before sending),
+``auth_failed`` (signature, key, permission), ``rate_limited`` (retriable),
+``venue_timeout`` (retriable), ``network_error`` (retriable),
+``symbol_not_supported``, ``precision_invalid``, ``min_amount``,
+``min_notional``, ``position_rule`` (reduce-only, position/margin mode),
+``insufficient_funds``, else ``venue_error``. Venues map many rules to the
+same ccxt class (``InvalidOrder``), so the venue message decides between
+precision, minimum notional and position rules.
+
+Dry run
+-------
+With ``dry_run`` (the default) nothing is sent: the order is validated
+against the loaded market (amount precision via ``amount_to_precision``,
+``limits.amount.min``, ``limits.cost.min`` at the reference price, market
+type) and reported as ``new`` then ``cancelled`` with reason ``dry_run``, or
+``rejected`` with the rule it broke. Live mode additionally needs credentials,
+configures leverage, margin mode and position mode once per perpetual
+symbol, and sends. :meth:`CcxtExecutionAdapter.connect` loads markets within a
+bounded time and raises :class:`ExecutionUnavailable` when the venue cannot
+be reached: offline, live mode fails at start-up, loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ccxt
+import ccxt.async_support as ccxt_async
+
+from agents.clock import Clock
+from agents.execution.interface import (
+    ExecReason,
+    ExecutionRecord,
+    MarketContext,
+    build_update,
+    client_order_id_for,
+)
+from topics.records import Fill, Liquidity, OrderIntent, OrderStatus, OrderType, RiskDecision, RiskVerdict, Side
+
+__all__ = [
+    "SUPPORTED_VENUES",
+    "CcxtExecutionAdapter",
+    "ErrorVerdict",
+    "ExecutionUnavailable",
+    "LiveExecutionConfig",
+    "MarginMode",
+    "PositionMode",
+    "Validation",
+    "VenueMarket",
+    "classify_execution_error",
+    "make_execution_exchange",
+]
+
+
+class VenueMarket(enum.StrEnum):
+    SPOT = "spot"
+    SWAP = "swap"
+
+
+class MarginMode(enum.StrEnum):
+    CROSS = "cross"
+    ISOLATED = "isolated"
+
+
+class PositionMode(enum.StrEnum):
+    ONE_WAY = "one_way"
+    HEDGE = "hedge"
+
+
+#: exchange id -> market types this adapter trades there.
+SUPPORTED_VENUES: Mapping[str, frozenset[VenueMarket]] = {
+    "bitget": frozenset({VenueMarket.SPOT, VenueMarket.SWAP}),
+    "binance": frozenset({VenueMarket.SPOT, VenueMarket.SWAP}),
+    "coinbase": frozenset({VenueMarket.SPOT}),
+}
+
+#: The venue's own client-order-id parameter (see the module docstring).
+_CLIENT_ID_PARAM = {"bitget": "clientOid", "binance": "newClientOrderId", "coinbase": "client_order_id"}
+#: Spot venues whose market buys are sized in quote: ccxt converts amount x price.
+_QUOTE_SIZED_BUYS = frozenset({"bitget", "coinbase"})
+_MARKET_LOADING = {
+    ("bitget", VenueMarket.SPOT): ["spot"],
+    ("bitget", VenueMarket.SWAP): ["swap"],
+    ("binance", VenueMarket.SPOT): ["spot"],
+    ("binance", VenueMarket.SWAP): ["linear"],
+}
+
+
+class ExecutionUnavailable(RuntimeError):
+    """The venue cannot be reached or used at start-up (needs a human or a network)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveExecutionConfig:
+    exchange_id: str
+    market_type: VenueMarket = VenueMarket.SPOT
+    #: Validate only, never send. On by default: sending is an explicit choice.
+    dry_run: bool = True
+    #: Perpetuals only: leverage set once per symbol before its first order (None: leave as is).
+    leverage: int | None = None
+    margin_mode: MarginMode = MarginMode.CROSS
+    position_mode: PositionMode = PositionMode.ONE_WAY
+    #: Tries of one order (first included) on retriable failures; same client order id each time.
+    max_attempts: int = 3
+    retry_base_delay_s: float = 0.5
+    max_remembered_orders: int = 100_000
+    connect_timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        market_type = VenueMarket(self.market_type)
+        object.__setattr__(self, "market_type", market_type)
+        object.__setattr__(self, "margin_mode", MarginMode(self.margin_mode))
+        object.__setattr__(self, "position_mode", PositionMode(self.position_mode))
+        venues = SUPPORTED_VENUES.get(self.exchange_id)
+        if venues is None or market_type not in venues:
+            supported = {k: sorted(v) for k, v in SUPPORTED_VENUES.items()}
+            raise ValueError(f"{self.exchange_id} {market_type.value} is not supported; supported: {supported}")
+        if self.leverage is not None and (market_type is VenueMarket.SPOT or not 1 <= self.leverage <= 125):
+            raise ValueError("leverage applies to perpetuals only, within 1..125")
+        if self.max_attempts < 1 or self.retry_base_delay_s < 0:
+            raise ValueError("max_attempts must be >= 1 and retry_base_delay_s >= 0")
+
+    @property
+    def adapter(self) -> str:
+        return f"ccxt:{self.exchange_id}:{self.market_type.value}"
+
+
+def make_execution_exchange(
+    config: LiveExecutionConfig, credentials: Mapping[str, str] | None = None, timeout_ms: int = 10_000
+) -> Any:
+    """A ccxt async exchange for trading: rate limiting on, only the traded market type loaded."""
+    options: dict[str, Any] = {"defaultType": config.market_type.value}
+    types = _MARKET_LOADING.get((config.exchange_id, config.market_type))
+    if types is not None:
+        options["fetchMarkets"] = {"types": types}
+    if config.exchange_id == "binance":
+        options["fetchMargins"] = False  # margin pairs are a signed extra call we never trade
+    # Currencies are not needed to trade (precision and limits come with the
+    # markets) and some venues serve them only to signed requests: skip them.
+    params: dict[str, Any] = {
+        "enableRateLimit": True,
+        "timeout": timeout_ms,
+        "options": options,
+        "has": {"fetchCurrencies": False},
+    }
+    if credentials:
+        unknown = set(credentials) - {"apiKey", "secret", "password", "uid"}
+        if unknown:
+            raise ValueError(f"unknown credential keys {sorted(unknown)}")
+        params.update(credentials)
+    return getattr(ccxt_async, config.exchange_id)(params)
+
+
+# ---------------------------------------------------------------------------
+# Error classification
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorVerdict:
+    reason: ExecReason
+    retriable: bool
+    #: The venue already holds an order with this client order id.
+    duplicate: bool = False
+
+
+_DUPLICATE_HINTS = ("duplicate order", "duplicate clientoid", "duplicate client", "duplicated_client_order_id",
+                    "clientoid is duplicate", "client order id already", "duplicated client")  # fmt: skip
+_MIN_NOTIONAL_HINTS = ("notional", "less than the minimum amount", "minimum order value", "min_notional",
+                       "minimum amount", "quote_min_size", "too small", "minimum size")  # fmt: skip
+_PRECISION_HINTS = ("precision", "lot_size", "checkbdscale", "price_filter", "decimal", "scale error",
+                    "step size", "increment")  # fmt: skip
+_POSITION_HINTS = ("reduceonly", "reduce only", "reduce-only", "position side", "unilateral", "hedge mode",
+                   "one-way", "one way", "position mode", "margin mode", "no position", "position is not enough",
+                   "leverage")  # fmt: skip
+
+
+def _has(message: str, hints: tuple[str, ...]) -> bool:
+    return any(h in message for h in hints)
+
+
+def classify_execution_error(exc: BaseException) -> ErrorVerdict:
+    """What an exception from an order call means for the order (see module docstring)."""
+    message = str(exc).lower()
+    if isinstance(exc, ccxt.DuplicateOrderId) or _has(message, _DUPLICATE_HINTS):
+        return ErrorVerdict(ExecReason.ALREADY_PLACED, retriable=False, duplicate=True)
+    if isinstance(exc, ccxt.AuthenticationError):
+        if "credential" in message and "requires" in message:
+            return ErrorVerdict(ExecReason.CREDENTIALS_MISSING, retriable=False)
+        return ErrorVerdict(ExecReason.AUTH_FAILED, retriable=False)
+    if isinstance(exc, (ccxt.RateLimitExceeded, ccxt.DDoSProtection)):
+        return ErrorVerdict(ExecReason.RATE_LIMITED, retriable=True)
+    if isinstance(exc, (ccxt.RequestTimeout, TimeoutError)):
+        return ErrorVerdict(ExecReason.VENUE_TIMEOUT, retriable=True)
+    if isinstance(exc, (ccxt.NetworkError, ConnectionError)):
+        return ErrorVerdict(ExecReason.NETWORK_ERROR, retriable=True)
+    if isinstance(exc, ccxt.BadSymbol):
+        return ErrorVerdict(ExecReason.SYMBOL_NOT_SUPPORTED, retriable=False)
+    if isinstance(exc, ccxt.InsufficientFunds):
+        return ErrorVerdict(ExecReason.INSUFFICIENT_FUNDS, retriable=False)
+    if isinstance(exc, ccxt.ExchangeError):
+        if _has(message, _POSITION_HINTS):
+            return ErrorVerdict(ExecReason.POSITION_RULE, retriable=False)
+        if _has(message, _PRECISION_HINTS):
+            return ErrorVerdict(ExecReason.PRECISION_INVALID, retriable=False)
+        if _has(message, _MIN_NOTIONAL_HINTS):
+            return ErrorVerdict(ExecReason.MIN_NOTIONAL, retriable=False)
+        if "invalid symbol" in message or "symbol not" in message:
+            return ErrorVerdict(ExecReason.SYMBOL_NOT_SUPPORTED, retriable=False)
+    return ErrorVerdict(ExecReason.VENUE_ERROR, retriable=False)
+
+
+# ---------------------------------------------------------------------------
+# Validation against the venue's market rules
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Validation:
+    ok: bool
+    reason: ExecReason | None
+    detail: str
+    #: Amount after the venue's precision (base units, or contracts).
+    amount: float
+    #: Reference price used for the notional check (limit price or arrival price).
+    price: float | None
+    cost: float | None
+
+
+_CCXT_STATUS = {
+    "open": OrderStatus.ACKNOWLEDGED,
+    "closed": OrderStatus.FILLED,
+    "canceled": OrderStatus.CANCELLED,
+    "cancelled": OrderStatus.CANCELLED,
+    "expired": OrderStatus.EXPIRED,
+    "rejected": OrderStatus.REJECTED,
+}
+
+
+def _num(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+class CcxtExecutionAdapter:
+    """Sends risk-approved intents to one venue account through ccxt."""
+
+    def __init__(
+        self,
+        exchange: Any,
+        config: LiveExecutionConfig,
+        clock: Clock,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        exchange_id = getattr(exchange, "id", None)
+        if exchange_id != config.exchange_id:
+            raise ValueError(f"exchange instance is {exchange_id!r}, config says {config.exchange_id}")
+        self.exchange = exchange
+        self.config = config
+        self.clock = clock
+        self.name = config.adapter
+        self._sleep = sleep
+        self._submitted: OrderedDict[str, None] = OrderedDict()
+        self._configured: set[str] = set()
+        #: Client order ids sent to the venue, in order (what a duplicate-safety check inspects).
+        self.sent_client_order_ids: list[str] = []
+
+    # ------------------------------------------------------------------
+    # Start-up
+    # ------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Load markets within ``connect_timeout_s`` or raise :class:`ExecutionUnavailable`."""
+        try:
+            await asyncio.wait_for(self.exchange.load_markets(), self.config.connect_timeout_s)
+        except (TimeoutError, ccxt.BaseError, OSError) as exc:
+            raise ExecutionUnavailable(
+                f"{self.config.exchange_id}: cannot load markets ({type(exc).__name__}: {str(exc)[:200]}); "
+                "live execution refuses to start offline"
+            ) from exc
+
+    # ------------------------------------------------------------------
+    # Validation
+    # ------------------------------------------------------------------
+
+    def validate(self, intent: OrderIntent, quantity: float, market: MarketContext | None) -> Validation:
+        """Check an order against the loaded market's rules (no network)."""
+
+        def bad(reason: ExecReason, detail: str, amount: float = 0.0) -> Validation:
+            return Validation(ok=False, reason=reason, detail=detail, amount=amount, price=None, cost=None)
+
+        if not (math.isfinite(quantity) and quantity > 0):
+            return bad(ExecReason.INVALID_QUANTITY, f"quantity {quantity!r}")
+        markets = self.exchange.markets or {}
+        info = markets.get(intent.symbol)
+        if info is None:
+            return bad(ExecReason.SYMBOL_NOT_SUPPORTED, f"{intent.symbol} not listed on {self.config.exchange_id}")
+        is_swap = bool(info.get("swap"))
+        if is_swap != (self.config.market_type is VenueMarket.SWAP) or info.get("active") is False:
+            return bad(ExecReason.SYMBOL_NOT_SUPPORTED, f"{intent.symbol} is not an active {self.config.market_type}")
+        try:
+            amount = float(self.exchange.amount_to_precision(intent.symbol, quantity))
+        except (ccxt.BaseError, ValueError, TypeError) as exc:
+            return bad(ExecReason.PRECISION_INVALID, str(exc)[:200])
+        if not amount > 0:
+            return bad(ExecReason.PRECISION_INVALID, f"{quantity} rounds to 0 at the market's precision")
+        limits = info.get("limits") or {}
+        min_amount = _num((limits.get("amount") or {}).get("min"))
+        if min_amount is not None and amount < min_amount:
+            return bad(ExecReason.MIN_AMOUNT, f"amount {amount} < min {min_amount}", amount)
+        price = intent.limit_price
+        if price is None and market is not None and market.symbol == intent.symbol:
+            price = market.last_price
+        if price is None or not price > 0:
+            return bad(ExecReason.MIN_NOTIONAL, "no reference price to check the minimum notional", amount)
+        contract_size = _num(info.get("contractSize")) or 1.0
+        cost = amount * contract_size * price
+        min_cost = _num((limits.get("cost") or {}).get("min"))
+        if min_cost is not None and cost < min_cost:
+            return bad(ExecReason.MIN_NOTIONAL, f"notional {cost:.8g} < min {min_cost}", amount)
+        if intent.order_type is OrderType.LIMIT:
+            try:
+                price = float(self.exchange.price_to_precision(intent.symbol, price))
+            except (ccxt.BaseError, ValueError, TypeError) as exc:
+                return bad(ExecReason.PRECISION_INVALID, str(exc)[:200], amount)
+        return Validation(ok=True, reason=None, detail="", amount=amount, price=price, cost=cost)
+
+    # ------------------------------------------------------------------
+    # Submission
+    # ------------------------------------------------------------------
+
+    async def submit(
+        self, intent: OrderIntent, decision: RiskDecision, market: MarketContext | None
+    ) -> list[ExecutionRecord]:
+        coid = client_order_id_for(intent.event_id)
+        if coid in self._submitted:
+            return []
+        self._submitted[coid] = None
+        while len(self._submitted) > self.config.max_remembered_orders:
+            self._submitted.popitem(last=False)
+        now = self.clock.now_ns()
+
+        def update(status: OrderStatus, qty: float, reason: str | None, venue_id: str | None = None) -> ExecutionRecord:
+            return build_update(adapter=self.name, client_order_id=coid, intent=intent, status=status, quantity=qty,
+                                filled_quantity=0.0, avg_fill_price=None, reason=reason, venue_order_id=venue_id,
+                                ts_event=decision.ts_event, ts_init=now, causation_id=decision.event_id)  # fmt: skip
+
+        requested = intent.quantity if math.isfinite(intent.quantity) and intent.quantity >= 0 else 0.0
+        if decision.intent_event_id != intent.event_id:
+            return [update(OrderStatus.REJECTED, requested, ExecReason.DECISION_MISMATCH.value)]
+        if decision.verdict is RiskVerdict.REJECTED:
+            return [update(OrderStatus.REJECTED, requested, ExecReason.RISK_BLOCKED.value)]
+        check = self.validate(intent, decision.approved_quantity, market)
+        if not check.ok:
+            assert check.reason is not None
+            qty = decision.approved_quantity if math.isfinite(decision.approved_quantity) else 0.0
+            return [update(OrderStatus.REJECTED, max(qty, 0.0), check.reason.value)]
+        if self.config.dry_run:
+            return [
+                update(OrderStatus.NEW, check.amount, ExecReason.DRY_RUN.value),
+                update(OrderStatus.CANCELLED, check.amount, ExecReason.DRY_RUN.value),
+            ]
+        if not self.exchange.check_required_credentials(False):
+            return [update(OrderStatus.REJECTED, check.amount, ExecReason.CREDENTIALS_MISSING.value)]
+        setup_error = await self._configure_symbol(intent.symbol)
+        if setup_error is not None:
+            return [update(OrderStatus.REJECTED, check.amount, setup_error.value)]
+        return await self._send(intent, decision, check, coid, update)
+
+    async def _send(
+        self,
+        intent: OrderIntent,
+        decision: RiskDecision,
+        check: Validation,
+        coid: str,
+        update: Callable[..., ExecutionRecord],
+    ) -> list[ExecutionRecord]:
+        cfg = self.config
+        params: dict[str, Any] = {_CLIENT_ID_PARAM[cfg.exchange_id]: coid}
+        if cfg.market_type is VenueMarket.SWAP:
+            if intent.reduce_only:
+                params["reduceOnly"] = True
+            if cfg.exchange_id == "bitget":
+                params["marginMode"] = cfg.margin_mode.value
+                params["hedged"] = cfg.position_mode is PositionMode.HEDGE
+        order_type = intent.order_type.value
+        price: float | None = check.price
+        if intent.order_type is OrderType.MARKET and not (
+            intent.side is Side.BUY and cfg.market_type is VenueMarket.SPOT and cfg.exchange_id in _QUOTE_SIZED_BUYS
+        ):
+            price = None  # a price on a market order would make Binance size it in quote (quoteOrderQty)
+        last: ErrorVerdict | None = None
+        for attempt in range(cfg.max_attempts):
+            if attempt:
+                await self._sleep(cfg.retry_base_delay_s * 2 ** (attempt - 1))
+            self.sent_client_order_ids.append(coid)
+            try:
+                order = await self.exchange.create_order(
+                    intent.symbol, order_type, intent.side.value, check.amount, price, dict(params)
+                )
+            except Exception as exc:  # classified below; anything unknown is a venue error
+                last = classify_execution_error(exc)
+                if last.duplicate:
+                    return [
+                        update(OrderStatus.NEW, check.amount, None),
+                        update(OrderStatus.ACKNOWLEDGED, check.amount, ExecReason.ALREADY_PLACED.value),
+                    ]
+                if last.retriable and attempt + 1 < cfg.max_attempts:
+                    continue
+                return [update(OrderStatus.REJECTED, check.amount, last.reason.value)]
+            return [update(OrderStatus.NEW, check.amount, None),
+                    *self.records_from_order(intent, decision, order, check.amount, check.price)]  # fmt: skip
+        raise AssertionError("unreachable: the loop returns")  # pragma: no cover
+
+    async def _configure_symbol(self, symbol: str) -> ExecReason | None:
+        """Margin mode, position mode and leverage once per perpetual symbol."""
+        cfg = self.config
+        if cfg.market_type is not VenueMarket.SWAP or symbol in self._configured:
+            return None
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            lambda: self.exchange.set_margin_mode(cfg.margin_mode.value, symbol),
+            lambda: self.exchange.set_position_mode(cfg.position_mode is PositionMode.HEDGE, symbol),
+        ]
+        if cfg.leverage is not None:
+            leverage = cfg.leverage
+            calls.append(lambda: self.exchange.set_leverage(leverage, symbol))
+        for call in calls:
+            try:
+                await call()
+            except ccxt.NoChange:
+                continue  # already in that mode (MarginModeAlreadySet and kin)
+            except Exception as exc:  # classified: a setup failure rejects the order
+                verdict = classify_execution_error(exc)
+                return ExecReason.POSITION_RULE if verdict.reason is ExecReason.VENUE_ERROR else verdict.reason
+        self._configured.add(symbol)
+        return None
+
+    # ------------------------------------------------------------------
+    # Parsing venue answers
+    # ------------------------------------------------------------------
+
+    def records_from_order(
+        self,
+        intent: OrderIntent,
+        decision: RiskDecision,
+        order: Mapping[str, Any],
+        quantity: float,
+        arrival_price: float | None,
+    ) -> list[ExecutionRecord]:
+        """Lifecycle updates and fills from a ccxt order structure (create or fetch)."""
+        coid = client_order_id_for(intent.event_id)
+        now = self.clock.now_ns()
+        venue_id = order.get("id")
+        venue_id = str(venue_id) if venue_id is not None else None
+        ts_ms = order.get("timestamp")
+        ts = int(ts_ms) * 1_000_000 if isinstance(ts_ms, (int, float)) and ts_ms > 0 else decision.ts_event
+        filled = _num(order.get("filled")) or 0.0
+        average = _num(order.get("average"))
+        status = _CCXT_STATUS.get(str(order.get("status")), OrderStatus.ACKNOWLEDGED)
+
+        def upd(st: OrderStatus, filled_qty: float, avg: float | None, reason: str | None = None) -> ExecutionRecord:
+            return build_update(adapter=self.name, client_order_id=coid, intent=intent, status=st, quantity=quantity,
+                                filled_quantity=filled_qty, avg_fill_price=avg, reason=reason,
+                                venue_order_id=venue_id, ts_event=ts, ts_init=now,
+                                causation_id=decision.event_id)  # fmt: skip
+
+        out: list[ExecutionRecord] = [upd(OrderStatus.ACKNOWLEDGED, 0.0, None)]
+        fills = self._fills(intent, decision, order, coid, ts, now, arrival_price)
+        out.extend(fills)
+        if filled > 0 and average is None:
+            total = sum(f.quantity for f in fills)
+            average = sum(f.price * f.quantity for f in fills) / total if total > 0 else None
+        if status is OrderStatus.FILLED or (filled > 0 and filled >= quantity):
+            out.append(upd(OrderStatus.FILLED, filled, average))
+        elif filled > 0:
+            out.append(upd(OrderStatus.PARTIALLY_FILLED, filled, average))
+            if status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED):
+                out.append(upd(status, filled, average, "venue_" + status.value))
+        elif status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.REJECTED):
+            out.append(upd(status, 0.0, None, "venue_" + status.value))
+        return out
+
+    def _fills(
+        self,
+        intent: OrderIntent,
+        decision: RiskDecision,
+        order: Mapping[str, Any],
+        coid: str,
+        ts: int,
+        now: int,
+        arrival_price: float | None,
+    ) -> list[Fill]:
+        """Fills from the order's trades; else one aggregate fill of ``filled`` at ``average``.
+
+        ``slippage_bps`` is measured against the arrival price, positive when
+        worse for us; ``impact_bps`` is 0: live fills do not separate impact.
+        """
+        quote = intent.symbol.partition("/")[2].split(":", 1)[0]
+        rows: list[tuple[str, float, float, float, str, int, Liquidity]] = []
+        trades = order.get("trades") or []
+        for i, trade in enumerate(trades):
+            price, amount = _num(trade.get("price")), _num(trade.get("amount"))
+            if price is None or amount is None or not (price > 0 and amount > 0):
+                continue
+            fee = trade.get("fee") or {}
+            trade_ts = trade.get("timestamp")
+            rows.append((
+                str(trade.get("id") or f"{order.get('id')}-{i}"),
+                price,
+                amount,
+                _num(fee.get("cost")) or 0.0,
+                str(fee.get("currency") or quote),
+                int(trade_ts) * 1_000_000 if isinstance(trade_ts, (int, float)) and trade_ts > 0 else ts,
+                Liquidity.MAKER if trade.get("takerOrMaker") == "maker" else Liquidity.TAKER,
+            ))  # fmt: skip
+        filled, average = _num(order.get("filled")) or 0.0, _num(order.get("average"))
+        if not rows and filled > 0 and average is not None and average > 0:
+            fee = order.get("fee") or {}
+            rows.append((f"{order.get('id')}-agg-{filled}", average, filled, _num(fee.get("cost")) or 0.0,
+                         str(fee.get("currency") or quote), ts, Liquidity.TAKER))  # fmt: skip
+        out: list[Fill] = []
+        for fill_id, price, amount, fee_cost, fee_ccy, fill_ts, liquidity in rows:
+            slip = 0.0
+            if arrival_price is not None and arrival_price > 0:
+                sign = 1.0 if intent.side is Side.BUY else -1.0
+                slip = sign * (price / arrival_price - 1.0) * 10_000
+            out.append(
+                Fill.new(
+                    ts_init=now,
+                    correlation_id=intent.correlation_id,
+                    causation_id=decision.event_id,
+                    ts_event=fill_ts,
+                    client_order_id=coid,
+                    fill_id=fill_id,
+                    adapter=self.name,
+                    symbol=intent.symbol,
+                    side=intent.side,
+                    price=price,
+                    quantity=amount,
+                    fee=fee_cost,
+                    fee_currency=fee_ccy,
+                    liquidity=liquidity,
+                    slippage_bps=slip,
+                    impact_bps=0.0,
+                )
+            )
+        return out

@@ -1,0 +1,134 @@
+"""The execution boundary: one adapter interface, deterministic client order
+ids, the shared reason codes, and the order-update builder.
+
+Every adapter (paper, ccxt live, dry-run) turns an approved intent into
+:class:`~topics.records.OrderUpdate` and :class:`~topics.records.Fill`
+records. Order lifecycle, as statuses on ``OrderUpdate``::
+
+    new -> acknowledged -> partially_filled* -> filled
+                       \\-> cancelled | expired | rejected (terminal)
+    new -> rejected (refused before reaching the venue)
+
+Idempotency rests on :func:`client_order_id_for`: the id is a pure function of
+the intent's event id, so a redelivered or retried intent carries the same id
+to the venue (which refuses a second order with it) and to the adapter's own
+seen-set (which ignores it before any venue call).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from topics.records import Fill, OrderIntent, OrderStatus, OrderType, OrderUpdate, RiskDecision, Side
+
+__all__ = [
+    "CLIENT_ORDER_ID_LENGTH",
+    "CLIENT_ORDER_ID_PREFIX",
+    "ExecReason",
+    "ExecutionAdapter",
+    "ExecutionRecord",
+    "MarketContext",
+    "build_update",
+    "client_order_id_for",
+]
+
+#: 32 characters of [a-z0-9]: within Binance's 36, Bitget's 40 and Coinbase's
+#: free-form limit, and free of characters any of them reject.
+CLIENT_ORDER_ID_LENGTH = 32
+CLIENT_ORDER_ID_PREFIX = "tf"
+
+ExecutionRecord = OrderUpdate | Fill
+
+
+def client_order_id_for(intent_event_id: str) -> str:
+    """Deterministic client order id of an intent: ``tf`` + 30 hex of sha256."""
+    digest = hashlib.sha256(b"tradeflow.coid.v1|" + intent_event_id.encode()).hexdigest()
+    return CLIENT_ORDER_ID_PREFIX + digest[: CLIENT_ORDER_ID_LENGTH - len(CLIENT_ORDER_ID_PREFIX)]
+
+
+class ExecReason(enum.StrEnum):
+    """Why an order was refused, cancelled or expired. Stable: metric label."""
+
+    # -- both adapters ------------------------------------------------------
+    INVALID_QUANTITY = "invalid_quantity"
+    RISK_BLOCKED = "risk_blocked"
+    DECISION_MISMATCH = "decision_mismatch"
+    VENUE_ERROR = "venue_error"
+    VENUE_TIMEOUT = "venue_timeout"
+    CANCEL_REQUESTED = "cancel_requested"
+    # -- paper fill model ---------------------------------------------------------
+    SLIPPAGE_TOO_WIDE = "slippage_too_wide"
+    NO_FILL_AFTER_RETRIES = "no_fill_after_retries"
+    # -- live venues ----------------------------------------------------------------
+    CREDENTIALS_MISSING = "credentials_missing"
+    AUTH_FAILED = "auth_failed"
+    RATE_LIMITED = "rate_limited"
+    NETWORK_ERROR = "network_error"
+    SYMBOL_NOT_SUPPORTED = "symbol_not_supported"
+    PRECISION_INVALID = "precision_invalid"
+    MIN_AMOUNT = "min_amount"
+    MIN_NOTIONAL = "min_notional"
+    POSITION_RULE = "position_rule"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    #: Informational: the venue already had this client order id (idempotent retry).
+    ALREADY_PLACED = "already_placed"
+    #: Informational: validated in dry-run mode, not sent.
+    DRY_RUN = "dry_run"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketContext:
+    """What the caller knows of the market when submitting (the arrival price)."""
+
+    symbol: str
+    last_price: float
+    ts_ns: int
+
+
+class ExecutionAdapter(Protocol):
+    """Submit one risk-checked intent; get the lifecycle records it caused."""
+
+    name: str
+
+    async def submit(
+        self, intent: OrderIntent, decision: RiskDecision, market: MarketContext | None
+    ) -> list[ExecutionRecord]: ...
+
+
+def build_update(
+    *,
+    adapter: str,
+    client_order_id: str,
+    intent: OrderIntent,
+    status: OrderStatus,
+    quantity: float,
+    filled_quantity: float,
+    avg_fill_price: float | None,
+    reason: str | None,
+    venue_order_id: str | None,
+    ts_event: int,
+    ts_init: int,
+    causation_id: str | None = None,
+) -> OrderUpdate:
+    """One ``OrderUpdate``; its id is deterministic in (coid, status, filled)."""
+    return OrderUpdate.new(
+        ts_init=ts_init,
+        correlation_id=intent.correlation_id,
+        causation_id=causation_id if causation_id is not None else intent.event_id,
+        ts_event=ts_event,
+        client_order_id=client_order_id,
+        venue_order_id=venue_order_id,
+        adapter=adapter,
+        symbol=intent.symbol,
+        side=Side(intent.side),
+        order_type=OrderType(intent.order_type),
+        quantity=quantity,
+        filled_quantity=filled_quantity,
+        avg_fill_price=avg_fill_price,
+        status=status,
+        reason=reason,
+    )
+

@@ -1,0 +1,383 @@
+"""Portfolio engine: fills and marks in, positions, PnL, equity and drawdown out.
+
+Pure and deterministic: ``state + event -> state``; no clock is read (event
+time comes from the records), no I/O. The snapshot it returns,
+:class:`PortfolioState`, is what the strategy and the risk engine size and
+gate against.
+
+Accounting (one quote currency, cash-based, long and short alike)
+------------------------------------------------------------------
+A fill of signed quantity ``s`` (+ buy, - sell) at price ``p`` with fee ``f``:
+
+- ``cash -= s * p + f``;
+- if it opens or increases the position (flat, or same sign): the average
+  price becomes the quantity-weighted mean of the old average and ``p``;
+- if it reduces, closes or flips: the closing part ``c = min(|s|, |q|)``
+  realizes ``c * (p - avg) * sign(q)``; a flip opens the remainder at ``p``;
+  the average price of what is left is unchanged;
+- ``equity = cash + sum(q * mark)``, so that always
+  ``equity = initial_cash + realized - fees + sum(q * (mark - avg))``.
+
+Perpetual swaps use the same linear accounting (USDT-margined PnL); funding
+is not modelled here. Fees are in the quote currency; a fee charged in the
+base currency is converted at the fill price; any other fee currency is
+counted in ``foreign_fee_fills`` and taken at face value, so a reader can see
+that equity is approximate rather than trusting it silently.
+
+Marks are bar closes. A mark older than the one held (late bar) is ignored; a
+symbol with no bar yet is marked at its first fill price.
+
+Risk state
+----------
+- ``drawdown = (peak_equity - equity) / peak_equity`` with the peak over all
+  states since the start;
+- the UTC day of the latest event time splits days: at the first event of a
+  new day, ``day_start_equity`` and ``day_peak_equity`` reset to the equity
+  carried over; ``intraday_drawdown`` is from the day's peak, ``daily_pnl``
+  from its start (``daily_return = daily_pnl / day_start_equity``);
+- a *round trip* is a position from flat (or a flip) back to flat (or the
+  next flip); its PnL is realized PnL minus the fees of both legs, the fee of
+  a flip's fill split pro rata between the closing and the opening part.
+  ``consecutive_losses`` counts losing round trips in a row (a loss is PnL
+  < 0), reset to 0 by any non-losing one.
+
+Duplicate fills (at-least-once delivery) are recognised by ``event_id`` over a
+bounded window (``max_seen_fills``) and change nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from agents.risk.config import stable_config_hash
+from topics.records import Bar, Fill, Side
+
+__all__ = ["NS_PER_DAY", "PortfolioConfig", "PortfolioEngine", "PortfolioState", "Position"]
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortfolioConfig:
+    version: str = "portfolio-v1"
+    #: Starting cash in the quote currency (USDT).
+    initial_cash: float = 100_000.0
+    quote_currency: str = "USDT"
+    #: How many fill ids are remembered to drop redeliveries.
+    max_seen_fills: int = 200_000
+    #: |quantity| at or below this after a fill is flat (float residue of partial closes).
+    qty_epsilon: float = 1e-12
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.initial_cash) and self.initial_cash > 0):
+            raise ValueError("initial_cash must be positive")
+        if self.max_seen_fills < 1 or not self.qty_epsilon >= 0:
+            raise ValueError("max_seen_fills must be >= 1 and qty_epsilon >= 0")
+
+    def config_hash(self) -> str:
+        return stable_config_hash(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Position:
+    """One symbol's position. ``quantity`` is signed (short < 0)."""
+
+    symbol: str
+    quantity: float
+    #: Average entry price of the open quantity; 0.0 when flat.
+    avg_price: float
+    mark_price: float
+    mark_ts_ns: int
+    realized_pnl: float
+    fees: float
+    #: Event time the current round trip opened; None when flat.
+    opened_at_ns: int | None
+
+    @property
+    def unrealized_pnl(self) -> float:
+        return self.quantity * (self.mark_price - self.avg_price) if self.quantity else 0.0
+
+    @property
+    def market_value(self) -> float:
+        return self.quantity * self.mark_price
+
+    @property
+    def notional(self) -> float:
+        return abs(self.quantity) * self.mark_price
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortfolioState:
+    """Snapshot consumed by strategy and risk. Amounts in the quote currency."""
+
+    as_of_ns: int
+    cash: float
+    equity: float
+    peak_equity: float
+    drawdown: float
+    day_start_ns: int
+    day_start_equity: float
+    day_peak_equity: float
+    intraday_drawdown: float
+    daily_pnl: float
+    daily_return: float
+    realized_pnl: float
+    unrealized_pnl: float
+    fees_paid: float
+    consecutive_losses: int
+    closed_trades: int
+    losing_trades: int
+    fills_applied: int
+    foreign_fee_fills: int
+    positions: Mapping[str, Position]
+
+    def position(self, symbol: str) -> Position | None:
+        return self.positions.get(symbol)
+
+    def quantity(self, symbol: str) -> float:
+        pos = self.positions.get(symbol)
+        return pos.quantity if pos is not None else 0.0
+
+    @classmethod
+    def initial(cls, initial_cash: float, as_of_ns: int = 0) -> PortfolioState:
+        """A flat book (what strategy and risk assume before any state arrives)."""
+        return cls(
+            as_of_ns=as_of_ns,
+            cash=initial_cash,
+            equity=initial_cash,
+            peak_equity=initial_cash,
+            drawdown=0.0,
+            day_start_ns=as_of_ns - as_of_ns % NS_PER_DAY,
+            day_start_equity=initial_cash,
+            day_peak_equity=initial_cash,
+            intraday_drawdown=0.0,
+            daily_pnl=0.0,
+            daily_return=0.0,
+            realized_pnl=0.0,
+            unrealized_pnl=0.0,
+            fees_paid=0.0,
+            consecutive_losses=0,
+            closed_trades=0,
+            losing_trades=0,
+            fills_applied=0,
+            foreign_fee_fills=0,
+            positions=MappingProxyType({}),
+        )
+
+
+class _Book:
+    """Mutable per-symbol book entry (internal)."""
+
+    __slots__ = ("avg", "fees", "mark", "mark_ts", "opened_at", "qty", "realized", "trip_pnl")
+
+    def __init__(self) -> None:
+        self.qty = 0.0
+        self.avg = 0.0
+        self.mark = 0.0
+        self.mark_ts = -1
+        self.realized = 0.0
+        self.fees = 0.0
+        self.trip_pnl = 0.0
+        self.opened_at: int | None = None
+
+
+def _split_currencies(symbol: str) -> tuple[str, str]:
+    base, _, rest = symbol.partition("/")
+    quote = rest.split(":", 1)[0]
+    return base, quote
+
+
+class PortfolioEngine:
+    """Positions and risk state of one account (one quote currency)."""
+
+    def __init__(self, config: PortfolioConfig | None = None) -> None:
+        self.config = config or PortfolioConfig()
+        self._cash = self.config.initial_cash
+        self._books: dict[str, _Book] = {}
+        self._realized = 0.0
+        self._fees = 0.0
+        self._peak = self.config.initial_cash
+        self._as_of = 0
+        self._day = -1
+        self._day_start_equity = self.config.initial_cash
+        self._day_peak = self.config.initial_cash
+        self._consecutive_losses = 0
+        self._closed_trades = 0
+        self._losing_trades = 0
+        self._fills_applied = 0
+        self._foreign_fee_fills = 0
+        self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque()
+        self._state = PortfolioState.initial(self.config.initial_cash)
+
+    # ------------------------------------------------------------------
+    # Events
+    # ------------------------------------------------------------------
+
+    def on_fill(self, fill: Fill) -> PortfolioState:
+        """Apply one fill (duplicates by event id are ignored)."""
+        if fill.event_id in self._seen:
+            return self._state
+        self._remember(fill.event_id)
+        self._advance(fill.ts_event)
+        book = self._books.get(fill.symbol)
+        if book is None:
+            book = self._books[fill.symbol] = _Book()
+        if book.mark_ts < 0:
+            book.mark, book.mark_ts = fill.price, fill.ts_event
+        fee = self._fee_in_quote(fill)
+        signed = fill.quantity if fill.side is Side.BUY else -fill.quantity
+        self._apply(book, signed, fill.price, fee, fill.ts_event)
+        self._cash -= signed * fill.price + fee
+        self._fees += fee
+        book.fees += fee
+        self._fills_applied += 1
+        return self._snapshot()
+
+    def on_bar(self, bar: Bar) -> PortfolioState:
+        """Mark ``bar.symbol`` at the bar's close (event time = its close time)."""
+        self._advance(bar.ts_event)
+        book = self._books.get(bar.symbol)
+        if book is None:
+            book = self._books[bar.symbol] = _Book()
+        if bar.ts_event >= book.mark_ts:
+            book.mark, book.mark_ts = bar.close, bar.ts_event
+        return self._snapshot()
+
+    def state(self) -> PortfolioState:
+        return self._state
+
+    # ------------------------------------------------------------------
+    # Accounting
+    # ------------------------------------------------------------------
+
+    def _apply(self, book: _Book, signed: float, price: float, fee: float, ts: int) -> None:
+        qty = book.qty
+        size = abs(signed)
+        if size == 0.0:
+            book.trip_pnl -= fee
+            return
+        if qty == 0.0 or (qty > 0) == (signed > 0):
+            # Open or increase: weighted average entry.
+            new_qty = qty + signed
+            book.avg = (abs(qty) * book.avg + size * price) / abs(new_qty)
+            if qty == 0.0:
+                book.opened_at = ts
+                book.trip_pnl = 0.0
+            book.qty = new_qty
+            book.trip_pnl -= fee
+            return
+        # Reduce, close or flip.
+        closing = min(size, abs(qty))
+        opening = size - closing
+        pnl = closing * (price - book.avg) * (1.0 if qty > 0 else -1.0)
+        fee_close = fee * closing / size
+        book.realized += pnl
+        self._realized += pnl
+        book.trip_pnl += pnl - fee_close
+        new_qty = qty + signed
+        eps = self.config.qty_epsilon
+        if opening <= eps:
+            if abs(new_qty) <= eps:
+                # Closed (a residue below epsilon is flat, not a dust position).
+                self._close_trip(book)
+                book.qty, book.avg, book.opened_at = 0.0, 0.0, None
+            else:
+                book.qty = new_qty  # partial close: the average entry is unchanged
+            return
+        # Flip: close the trip, open the remainder at the fill price.
+        self._close_trip(book)
+        book.qty = new_qty
+        book.avg = price
+        book.opened_at = ts
+        book.trip_pnl = -(fee - fee_close)
+
+    def _close_trip(self, book: _Book) -> None:
+        self._closed_trades += 1
+        if book.trip_pnl < 0:
+            self._consecutive_losses += 1
+            self._losing_trades += 1
+        else:
+            self._consecutive_losses = 0
+        book.trip_pnl = 0.0
+
+    def _fee_in_quote(self, fill: Fill) -> float:
+        base, quote = _split_currencies(fill.symbol)
+        if fill.fee_currency == quote or fill.fee == 0.0:
+            return fill.fee
+        if fill.fee_currency == base:
+            return fill.fee * fill.price
+        self._foreign_fee_fills += 1
+        return fill.fee
+
+    # ------------------------------------------------------------------
+    # Time, days, snapshot
+    # ------------------------------------------------------------------
+
+    def _equity(self) -> float:
+        return self._cash + sum(b.qty * b.mark for b in self._books.values())
+
+    def _advance(self, ts: int) -> None:
+        """Move event time forward (never back); roll the UTC day before applying."""
+        if ts > self._as_of:
+            self._as_of = ts
+        day = self._as_of // NS_PER_DAY
+        if day > self._day:
+            equity = self._equity()
+            self._day = day
+            self._day_start_equity = equity
+            self._day_peak = equity
+
+    def _remember(self, event_id: str) -> None:
+        self._seen.add(event_id)
+        self._seen_order.append(event_id)
+        if len(self._seen_order) > self.config.max_seen_fills:
+            self._seen.discard(self._seen_order.popleft())
+
+    def _snapshot(self) -> PortfolioState:
+        equity = self._equity()
+        self._peak = max(self._peak, equity)
+        self._day_peak = max(self._day_peak, equity)
+        positions = {
+            symbol: Position(
+                symbol=symbol,
+                quantity=b.qty,
+                avg_price=b.avg,
+                mark_price=b.mark,
+                mark_ts_ns=b.mark_ts,
+                realized_pnl=b.realized,
+                fees=b.fees,
+                opened_at_ns=b.opened_at,
+            )
+            for symbol, b in sorted(self._books.items())
+            if b.qty != 0.0 or b.realized != 0.0 or b.fees != 0.0
+        }
+        unrealized = sum(p.unrealized_pnl for p in positions.values())
+        daily_pnl = equity - self._day_start_equity
+        self._state = PortfolioState(
+            as_of_ns=self._as_of,
+            cash=self._cash,
+            equity=equity,
+            peak_equity=self._peak,
+            drawdown=max(0.0, (self._peak - equity) / self._peak),
+            day_start_ns=self._day * NS_PER_DAY,
+            day_start_equity=self._day_start_equity,
+            day_peak_equity=self._day_peak,
+            intraday_drawdown=max(0.0, (self._day_peak - equity) / self._day_peak) if self._day_peak > 0 else 1.0,
+            daily_pnl=daily_pnl,
+            daily_return=daily_pnl / self._day_start_equity if self._day_start_equity > 0 else -1.0,
+            realized_pnl=self._realized,
+            unrealized_pnl=unrealized,
+            fees_paid=self._fees,
+            consecutive_losses=self._consecutive_losses,
+            closed_trades=self._closed_trades,
+            losing_trades=self._losing_trades,
+            fills_applied=self._fills_applied,
+            foreign_fee_fills=self._foreign_fee_fills,
+            positions=MappingProxyType(positions),
+        )
+        return self._state

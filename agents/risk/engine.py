@@ -1,0 +1,577 @@
+"""Pre-trade risk engine: every order intent gets exactly one decision.
+
+Pure and deterministic. Inputs: order intents, marks (bars), the portfolio
+state, and signed control events; outputs: :class:`~topics.records.RiskDecision`
+records, protective exit intents, kill-switch changes and control audits.
+Time is the injected clock's; no I/O, no randomness. A denial is a decision
+with reason codes, never an exception.
+
+Decision procedure (``on_intent``)
+----------------------------------
+An intent's quantity is split against the current position into a *closing*
+part (reduces the position, at most its size) and an *opening* part (the
+rest: new or increased exposure, or the far side of a flip). Rules then act:
+
+- hard rejects (everything refused): ``invalid_quantity``, ``unknown_symbol``,
+  ``no_market_price``, ``stale_market_price``, ``price_far_from_market``,
+  ``order_rate_limit``, and a kill switch (``kill_switch_<scope>``) unless
+  ``kill_switch_allows_reduce_only`` (then only the opening part is blocked);
+- opening blocked (exits still pass): ``max_drawdown``,
+  ``drawdown_near_limit``, ``daily_loss_limit``, ``consecutive_loss_limit``,
+  ``intraday_drawdown_halt``, ``reduce_only_violation`` (an intent flagged
+  reduce-only that would open), ``max_symbol_notional`` once at the cap;
+- opening shrunk: ``drawdown_warn`` (x ``warn_size_scale``),
+  ``max_symbol_notional`` (to what fits under the cap);
+- whole order shrunk: ``max_order_notional`` (opening part cut first).
+
+The verdict is ``rejected`` (approved 0) after a hard reject or when nothing
+is left, ``reduced`` when less than requested is left, else ``approved``.
+``reasons`` lists every rule that changed the outcome, in the fixed order of
+:class:`RiskReason`, so equal inputs give byte-equal records. A protective
+exit the engine emitted itself carries its trigger (``stop_loss`` /
+``take_profit``) in its decision's reasons even when approved.
+
+A redelivered intent (same event id) gets the cached decision back: the
+decision is a function of the intent, not of how often it arrived, and the
+order-rate window counts it once.
+
+Exposure is measured against the latest portfolio state (``on_portfolio``);
+orders approved but not yet filled are not in it. With bar-driven signals
+the fill of one decision lands before the next signal, which is the regime
+these engines are built for; a faster strategy must wait for its fills.
+
+Marks and protective exits (``on_mark``)
+----------------------------------------
+Each bar updates the symbol's mark (its close, newest event time wins) and:
+
+- volatility breaker: the bar's range ``(high - low) / open`` above
+  ``RiskConfig.vol_threshold_for(symbol, UTC hour of the open, timeframe)``
+  engages a *global* kill switch set by ``risk:volatility_breaker`` until
+  ``now + vol_halt_ns`` (re-trips extend it);
+- stop-loss / take-profit: with a position open, its return at the bar close
+  ``sign(q) * (close / avg_price - 1)`` at or below ``-stop_loss`` or at or
+  above ``take_profit`` produces one reduce-only market exit intent for the
+  whole position (strategy ``protective_strategy_id``, identity the bar's
+  event id). It is evaluated at the close because an exit decided on a bar
+  executes at the next bar's open anyway; intrabar touches are not claimed.
+  One exit is emitted per (symbol, round trip, size); the exit goes out on the
+  intents topic and comes back through ``on_intent`` like any other, so the
+  kill-switch policy applies to it too.
+
+Control (``on_control``)
+------------------------
+Only verified commands act (see :mod:`agents.control.signing`): kill switch
+on/off for any scope, and ``set_limit`` for :data:`~agents.risk.config.SETTABLE_LIMITS`
+on scope ``global``. Every command, accepted or not, yields one
+:class:`~agents.control.signing.ControlAudit`.
+
+Loss-streak cool-down: when ``consecutive_losses`` first reaches the limit
+(or grows past the count already served), opening is paused for
+``consecutive_loss_cooldown_ns``; afterwards trading resumes until the
+streak grows again. Without it a streak could never end: no new trade, no win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from agents.clock import Clock
+from agents.control.signing import AuditOutcome, ControlAudit, ControlVerifier, audit_for
+from agents.portfolio.engine import PortfolioState
+from agents.risk.config import NS_PER_HOUR, NS_PER_SECOND, SETTABLE_LIMITS, RiskConfig
+from agents.risk.killswitch import KillScope, KillSwitch, KillSwitchBoard, OpeningStatus
+from topics.records import (
+    Bar,
+    ControlCommand,
+    ControlEvent,
+    OrderIntent,
+    OrderType,
+    RiskDecision,
+    RiskVerdict,
+    Side,
+)
+
+__all__ = [
+    "COMPONENT",
+    "VOLATILITY_BREAKER_SETTER",
+    "ControlReason",
+    "MarkOutcome",
+    "ProtectiveExit",
+    "RiskEngine",
+    "RiskReason",
+]
+
+COMPONENT = "risk"
+VOLATILITY_BREAKER_SETTER = "risk:volatility_breaker"
+_NS_PER_DAY = 24 * NS_PER_HOUR
+#: Quantities at or below this are nothing (float residue of the splits).
+_QTY_EPS = 1e-12
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class RiskReason(enum.StrEnum):
+    """Stable reason codes on risk decisions; the order is the output order."""
+
+    INVALID_QUANTITY = "invalid_quantity"
+    UNKNOWN_SYMBOL = "unknown_symbol"
+    NO_MARKET_PRICE = "no_market_price"
+    STALE_MARKET_PRICE = "stale_market_price"
+    PRICE_FAR_FROM_MARKET = "price_far_from_market"
+    KILL_SWITCH_GLOBAL = "kill_switch_global"
+    KILL_SWITCH_TRACK = "kill_switch_track"
+    KILL_SWITCH_STRATEGY = "kill_switch_strategy"
+    KILL_SWITCH_SYMBOL = "kill_switch_symbol"
+    ORDER_RATE_LIMIT = "order_rate_limit"
+    REDUCE_ONLY_VIOLATION = "reduce_only_violation"
+    MAX_DRAWDOWN = "max_drawdown"
+    DRAWDOWN_NEAR_LIMIT = "drawdown_near_limit"
+    DRAWDOWN_WARN = "drawdown_warn"
+    INTRADAY_DRAWDOWN_HALT = "intraday_drawdown_halt"
+    DAILY_LOSS_LIMIT = "daily_loss_limit"
+    CONSECUTIVE_LOSS_LIMIT = "consecutive_loss_limit"
+    MAX_SYMBOL_NOTIONAL = "max_symbol_notional"
+    MAX_ORDER_NOTIONAL = "max_order_notional"
+    #: Informational on protective exits the engine emitted.
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    #: Reason of the kill switch the breaker engages.
+    VOLATILITY_BREAKER = "volatility_breaker"
+
+
+_REASON_ORDER = {r: i for i, r in enumerate(RiskReason)}
+
+_KILL_REASON = {
+    KillScope.GLOBAL: RiskReason.KILL_SWITCH_GLOBAL,
+    KillScope.TRACK: RiskReason.KILL_SWITCH_TRACK,
+    KillScope.STRATEGY: RiskReason.KILL_SWITCH_STRATEGY,
+    KillScope.SYMBOL: RiskReason.KILL_SWITCH_SYMBOL,
+}
+
+
+class ControlReason(enum.StrEnum):
+    """Audit reason codes for authentic commands (failed verification uses
+    :class:`~agents.control.signing.VerifyReason`)."""
+
+    APPLIED = "applied"
+    NO_CHANGE = "no_change"
+    NOT_FOR_RISK = "not_for_risk"
+    UNKNOWN_SCOPE = "unknown_scope"
+    MISSING_TARGET = "missing_target"
+    INVALID_PARAMS = "invalid_params"
+    UNKNOWN_LIMIT = "unknown_limit"
+    INVALID_VALUE = "invalid_value"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectiveExit:
+    intent: OrderIntent
+    reason: RiskReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkOutcome:
+    """What one bar caused: exits to publish and kill switches engaged."""
+
+    exits: tuple[ProtectiveExit, ...] = ()
+    engaged: tuple[KillSwitch, ...] = ()
+
+
+@dataclass(slots=True)
+class _Mark:
+    price: float
+    ts_ns: int
+
+
+class RiskEngine:
+    """Pre-trade rules, kill switches and verified control for one account."""
+
+    def __init__(
+        self,
+        config: RiskConfig,
+        clock: Clock,
+        verifier: ControlVerifier,
+        *,
+        max_cached_decisions: int = 100_000,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.verifier = verifier
+        self.kill_switches = KillSwitchBoard()
+        self._portfolio: PortfolioState | None = None
+        self._marks: dict[str, _Mark] = {}
+        self._order_times: deque[int] = deque()
+        self._decisions: OrderedDict[str, RiskDecision] = OrderedDict()
+        self._max_cached = max_cached_decisions
+        #: intent event id -> trigger, for exits this engine emitted.
+        self._protective: OrderedDict[str, RiskReason] = OrderedDict()
+        #: (symbol, opened_at_ns, quantity) of positions an exit was emitted for.
+        self._exited: OrderedDict[tuple[str, int | None, float], None] = OrderedDict()
+        self._loss_streak_served = 0
+        self._loss_cooldown_until: int | None = None
+
+    # ------------------------------------------------------------------
+    # Inputs other than intents
+    # ------------------------------------------------------------------
+
+    def on_portfolio(self, state: PortfolioState) -> None:
+        """Latest portfolio/risk state; older snapshots (event time) are ignored."""
+        if self._portfolio is None or state.as_of_ns >= self._portfolio.as_of_ns:
+            self._portfolio = state
+
+    def portfolio(self) -> PortfolioState:
+        return self._portfolio or PortfolioState.initial(1.0)
+
+    def opening_status(self, strategy_id: str, track: str, symbol: str) -> OpeningStatus:
+        return self.kill_switches.opening_status(strategy_id, track, symbol, self.clock.now_ns())
+
+    def on_mark(self, bar: Bar) -> MarkOutcome:
+        """Update the mark; run the volatility breaker and stop-loss / take-profit."""
+        now = self.clock.now_ns()
+        mark = self._marks.get(bar.symbol)
+        if mark is None or bar.ts_event >= mark.ts_ns:
+            self._marks[bar.symbol] = _Mark(bar.close, bar.ts_event)
+        engaged: list[KillSwitch] = []
+        # -- volatility breaker ------------------------------------------------
+        hour = (bar.open_time % _NS_PER_DAY) // NS_PER_HOUR
+        threshold = self.config.vol_threshold_for(bar.symbol, hour, bar.timeframe.nanos)
+        bar_range = (bar.high - bar.low) / bar.open
+        if bar_range > threshold:
+            engaged.append(
+                self.kill_switches.engage(
+                    KillScope.GLOBAL,
+                    "*",
+                    reason=f"{RiskReason.VOLATILITY_BREAKER.value}: {bar.symbol} {bar.timeframe.value} "
+                    f"range {bar_range:.4f} > {threshold:.4f} at hour {hour:02d} UTC",
+                    set_by=VOLATILITY_BREAKER_SETTER,
+                    now_ns=now,
+                    expires_at_ns=now + self.config.vol_halt_ns,
+                )
+            )
+        # -- stop-loss / take-profit --------------------------------------------
+        exits: list[ProtectiveExit] = []
+        exit_ = self._protective_exit(bar, now)
+        if exit_ is not None:
+            exits.append(exit_)
+        return MarkOutcome(exits=tuple(exits), engaged=tuple(engaged))
+
+    def _protective_exit(self, bar: Bar, now: int) -> ProtectiveExit | None:
+        state = self._portfolio
+        pos = state.position(bar.symbol) if state is not None else None
+        if pos is None or pos.quantity == 0.0 or pos.avg_price <= 0.0:
+            return None
+        direction = 1.0 if pos.quantity > 0 else -1.0
+        ret = direction * (bar.close / pos.avg_price - 1.0)
+        if ret <= -self.config.stop_loss:
+            reason = RiskReason.STOP_LOSS
+        elif ret >= self.config.take_profit:
+            reason = RiskReason.TAKE_PROFIT
+        else:
+            return None
+        key = (bar.symbol, pos.opened_at_ns, pos.quantity)
+        if key in self._exited:
+            return None
+        _bounded_put(self._exited, key, None, self._max_cached)
+        intent = OrderIntent.new(
+            ts_init=now,
+            correlation_id=bar.correlation_id,
+            causation_id=bar.event_id,
+            ts_event=bar.ts_event,
+            strategy_id=self.config.protective_strategy_id,
+            track=self.config.track,
+            symbol=bar.symbol,
+            side=Side.SELL if pos.quantity > 0 else Side.BUY,
+            quantity=abs(pos.quantity),
+            order_type=OrderType.MARKET,
+            limit_price=None,
+            reduce_only=True,
+            target_position=0.0,
+            signal_event_id=bar.event_id,
+        )
+        _bounded_put(self._protective, intent.event_id, reason, self._max_cached)
+        detail = f"{reason.value}: return {ret:.4f} at close {bar.close} vs avg {pos.avg_price}"
+        return ProtectiveExit(intent=intent, reason=reason, detail=detail)
+
+    # ------------------------------------------------------------------
+    # Intents
+    # ------------------------------------------------------------------
+
+    def on_intent(self, intent: OrderIntent) -> RiskDecision:
+        """Decide one intent (see the module docstring for the rules)."""
+        cached = self._decisions.get(intent.event_id)
+        if cached is not None:
+            return cached
+        now = self.clock.now_ns()
+        cfg = self.config
+        reasons: set[RiskReason] = set()
+        hard = False
+
+        qty = intent.quantity
+        valid_qty = isinstance(qty, (int, float)) and math.isfinite(qty) and qty > 0
+        if not valid_qty:
+            reasons.add(RiskReason.INVALID_QUANTITY)
+            hard = True
+            qty = 0.0
+        if intent.symbol not in cfg.allowed_symbols:
+            reasons.add(RiskReason.UNKNOWN_SYMBOL)
+            hard = True
+        mark = self._marks.get(intent.symbol)
+        if mark is None:
+            reasons.add(RiskReason.NO_MARKET_PRICE)
+            hard = True
+        elif now - mark.ts_ns > cfg.max_mark_age_ns:
+            reasons.add(RiskReason.STALE_MARKET_PRICE)
+            hard = True
+        if intent.limit_price is not None and mark is not None:
+            lp = intent.limit_price
+            if not (math.isfinite(lp) and lp > 0) or abs(lp / mark.price - 1.0) > cfg.max_price_deviation:
+                reasons.add(RiskReason.PRICE_FAR_FROM_MARKET)
+                hard = True
+
+        # -- split into closing and opening parts -----------------------------
+        state = self._portfolio or PortfolioState.initial(1.0)
+        current = state.quantity(intent.symbol)
+        buying = intent.side is Side.BUY
+        reduces = current != 0.0 and (current > 0) != buying
+        closing = min(qty, abs(current)) if reduces else 0.0
+        opening = qty - closing
+        if opening <= _QTY_EPS:
+            opening = 0.0
+
+        # -- kill switches ---------------------------------------------------------
+        status = self.kill_switches.opening_status(intent.strategy_id, intent.track, intent.symbol, now)
+        if not status.allowed:
+            kill_reasons = {_KILL_REASON[s.scope] for s in status.switches}
+            if cfg.kill_switch_allows_reduce_only:
+                if opening > 0:
+                    reasons |= kill_reasons
+                    opening = 0.0
+            else:
+                reasons |= kill_reasons
+                hard = True
+
+        # -- order rate (event time, rolling window) -------------------------------
+        horizon = now - cfg.order_rate_window_ns
+        while self._order_times and self._order_times[0] <= horizon:
+            self._order_times.popleft()
+        if len(self._order_times) >= cfg.max_orders_per_window:
+            reasons.add(RiskReason.ORDER_RATE_LIMIT)
+            hard = True
+
+        # -- rules that block opening exposure ---------------------------------------
+        if opening > 0:
+            blockers = self._opening_blockers(intent, state, now)
+            if blockers:
+                reasons |= blockers
+                opening = 0.0
+        if opening > 0 and state.drawdown >= cfg.drawdown_warn:
+            reasons.add(RiskReason.DRAWDOWN_WARN)
+            opening *= cfg.warn_size_scale
+
+        # -- notional caps ----------------------------------------------------------------
+        if mark is not None and mark.price > 0:
+            price = mark.price
+            if opening > 0:
+                cap_qty = cfg.symbol_notional_cap(intent.symbol) / price
+                held_after_close = abs(current) - closing  # 0 on a flip
+                room = max(0.0, cap_qty - held_after_close)
+                if opening > room:
+                    reasons.add(RiskReason.MAX_SYMBOL_NOTIONAL)
+                    opening = room if room > _QTY_EPS else 0.0
+            max_qty = cfg.max_order_notional / price
+            if closing + opening > max_qty:
+                reasons.add(RiskReason.MAX_ORDER_NOTIONAL)
+                opening = min(opening, max_qty)
+                closing = min(closing, max_qty - opening)
+
+        # -- verdict --------------------------------------------------------------------------
+        approved = 0.0 if hard else closing + opening
+        approved = min(approved, qty)
+        if hard or approved <= _QTY_EPS:
+            verdict, approved = RiskVerdict.REJECTED, 0.0
+        elif approved < qty:
+            verdict = RiskVerdict.REDUCED
+        else:
+            verdict = RiskVerdict.APPROVED
+        trigger = self._protective.get(intent.event_id)
+        if trigger is not None:
+            reasons.add(trigger)
+        if verdict is not RiskVerdict.REJECTED:
+            self._order_times.append(now)
+        decision = RiskDecision.new(
+            ts_init=now,
+            correlation_id=intent.correlation_id,
+            causation_id=intent.event_id,
+            ts_event=intent.ts_event,
+            intent_event_id=intent.event_id,
+            strategy_id=intent.strategy_id,
+            symbol=intent.symbol,
+            verdict=verdict,
+            requested_quantity=qty,
+            approved_quantity=approved,
+            reasons=tuple(r.value for r in sorted(reasons, key=_REASON_ORDER.__getitem__)),
+        )
+        _bounded_put(self._decisions, intent.event_id, decision, self._max_cached)
+        return decision
+
+    def _opening_blockers(self, intent: OrderIntent, state: PortfolioState, now: int) -> set[RiskReason]:
+        cfg = self.config
+        out: set[RiskReason] = set()
+        if intent.reduce_only:
+            out.add(RiskReason.REDUCE_ONLY_VIOLATION)
+        if state.drawdown >= cfg.max_drawdown:
+            out.add(RiskReason.MAX_DRAWDOWN)
+        elif state.drawdown >= cfg.drawdown_near_limit:
+            out.add(RiskReason.DRAWDOWN_NEAR_LIMIT)
+        if state.intraday_drawdown >= cfg.intraday_drawdown_halt:
+            out.add(RiskReason.INTRADAY_DRAWDOWN_HALT)
+        if state.daily_return <= -cfg.daily_loss_limit:
+            out.add(RiskReason.DAILY_LOSS_LIMIT)
+        if self._loss_streak_blocks(state, now):
+            out.add(RiskReason.CONSECUTIVE_LOSS_LIMIT)
+        return out
+
+    def _loss_streak_blocks(self, state: PortfolioState, now: int) -> bool:
+        streak = state.consecutive_losses
+        if streak < self._loss_streak_served:
+            self._loss_streak_served = 0  # a win reset the streak: start counting afresh
+        if streak >= self.config.consecutive_loss_limit and streak > self._loss_streak_served:
+            self._loss_streak_served = streak
+            self._loss_cooldown_until = now + self.config.consecutive_loss_cooldown_ns
+        return self._loss_cooldown_until is not None and now < self._loss_cooldown_until
+
+    # ------------------------------------------------------------------
+    # Control
+    # ------------------------------------------------------------------
+
+    def on_control(self, event: ControlEvent) -> ControlAudit:
+        """Verify and apply one control command; always one audit, never an exception."""
+        now = self.clock.now_ns()
+        before = self.config.config_hash()
+        verdict = self.verifier.verify(event, now)
+        if not verdict.ok:
+            return self._audit(event, AuditOutcome.REJECTED, verdict.reason.value, verdict.detail, (), before, now,
+                               alert=True)  # fmt: skip
+        try:
+            outcome, reason, detail, changes = self._apply(event, now)
+        except Exception as exc:  # an authentic but malformed command is still only a rejection
+            outcome, reason, detail, changes = (
+                AuditOutcome.REJECTED, ControlReason.INVALID_PARAMS, type(exc).__name__, ()
+            )  # fmt: skip
+        return self._audit(event, outcome, reason.value, detail, changes, before, now, alert=False)
+
+    def _audit(
+        self,
+        event: ControlEvent,
+        outcome: AuditOutcome,
+        reason: str,
+        detail: str,
+        changes: tuple[str, ...],
+        before: str,
+        now: int,
+        *,
+        alert: bool,
+    ) -> ControlAudit:
+        return audit_for(
+            event,
+            component=COMPONENT,
+            outcome=outcome,
+            reason=reason,
+            detail=detail,
+            alert=alert,
+            changes=changes,
+            config_hash_before=before,
+            config_hash_after=self.config.config_hash(),
+            ts_init=now,
+        )
+
+    def _apply(self, event: ControlEvent, now: int) -> tuple[AuditOutcome, ControlReason, str, tuple[str, ...]]:
+        command = event.command
+        if command in (ControlCommand.ROLLOUT_PROMOTE, ControlCommand.ROLLOUT_ROLLBACK):
+            return AuditOutcome.IGNORED, ControlReason.NOT_FOR_RISK, "handled by governance", ()
+        if command is ControlCommand.SET_LIMIT:
+            return self._set_limit(event)
+        try:
+            scope = KillScope(event.scope)
+        except ValueError:
+            return AuditOutcome.REJECTED, ControlReason.UNKNOWN_SCOPE, f"scope {event.scope!r}", ()
+        if scope is not KillScope.GLOBAL and not event.target:
+            return AuditOutcome.REJECTED, ControlReason.MISSING_TARGET, f"scope {scope.value} needs a target", ()
+        if command is ControlCommand.KILL_SWITCH_OFF:
+            released = self.kill_switches.release(scope, event.target, now)
+            if not released:
+                return AuditOutcome.ACCEPTED, ControlReason.NO_CHANGE, "nothing engaged", ()
+            return AuditOutcome.ACCEPTED, ControlReason.APPLIED, "", tuple(f"released {s.describe()}" for s in released)
+        # KILL_SWITCH_ON
+        expires = _expiry_from_params(event, now)
+        if isinstance(expires, str):
+            return AuditOutcome.REJECTED, ControlReason.INVALID_PARAMS, expires, ()
+        switch = self.kill_switches.engage(
+            scope,
+            event.target,
+            reason=event.reason or "operator kill switch",
+            set_by=f"operator:{event.operator}",
+            now_ns=now,
+            expires_at_ns=expires,
+        )
+        return AuditOutcome.ACCEPTED, ControlReason.APPLIED, "", (f"engaged {switch.describe()}",)
+
+    def _set_limit(self, event: ControlEvent) -> tuple[AuditOutcome, ControlReason, str, tuple[str, ...]]:
+        if event.scope != KillScope.GLOBAL.value:
+            return AuditOutcome.REJECTED, ControlReason.UNKNOWN_SCOPE, "set_limit applies to scope 'global'", ()
+        name = event.params.get("name")
+        value = event.params.get("value")
+        if not isinstance(name, str) or set(event.params) != {"name", "value"}:
+            return AuditOutcome.REJECTED, ControlReason.INVALID_PARAMS, "params must be {name, value}", ()
+        spec = SETTABLE_LIMITS.get(name)
+        if spec is None:
+            return AuditOutcome.REJECTED, ControlReason.UNKNOWN_LIMIT, f"{name!r} is not settable", ()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return AuditOutcome.REJECTED, ControlReason.INVALID_VALUE, f"{name} needs a number", ()
+        if spec.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                return AuditOutcome.REJECTED, ControlReason.INVALID_VALUE, f"{name} needs an integer", ()
+            new_value: int | float = int(value)
+        else:
+            new_value = float(value)
+        old_value = getattr(self.config, name)
+        try:
+            update: dict[str, Any] = {name: new_value}
+            new_config = dataclasses.replace(self.config, **update)
+        except ValueError as exc:
+            return AuditOutcome.REJECTED, ControlReason.INVALID_VALUE, str(exc), ()
+        if new_config == self.config:
+            return AuditOutcome.ACCEPTED, ControlReason.NO_CHANGE, f"{name} already {old_value!r}", ()
+        self.config = new_config
+        return AuditOutcome.ACCEPTED, ControlReason.APPLIED, "", (f"{name}: {old_value!r} -> {new_value!r}",)
+
+
+def _expiry_from_params(event: ControlEvent, now: int) -> int | str | None:
+    """Kill-switch expiry from ``duration_s`` or ``until_ns``; a string is an error."""
+    params = event.params
+    unknown = set(params) - {"duration_s", "until_ns"}
+    if unknown or len(params) > 1:
+        return f"kill switch params are one of duration_s / until_ns, got {sorted(params)}"
+    if "duration_s" in params:
+        d = params["duration_s"]
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0:
+            return "duration_s must be a positive number"
+        return now + int(d * NS_PER_SECOND)
+    if "until_ns" in params:
+        u = params["until_ns"]
+        if type(u) is not int or u <= now:
+            return "until_ns must be an integer in the future"
+        return u
+    return None
+
+
+def _bounded_put(cache: OrderedDict[_K, _V], key: _K, value: _V, limit: int) -> None:
+    cache[key] = value
+    while len(cache) > limit:
+        cache.popitem(last=False)

@@ -1,0 +1,259 @@
+"""Sizing engine: a model signal becomes a target position and, when the
+position must change, one order intent.
+
+Pure and deterministic: the clock is injected (``ts_init``), state is the
+last portfolio snapshot, the last price per symbol and the ids of signals
+already handled; no I/O, no randomness. Every signal yields a
+:class:`SizingDecision` saying what was done and why, with the intent (if any).
+
+From signal to target (parameters in :class:`~agents.strategy.config.StrategyConfig`)
+----------------------------------------------------------------------------------------
+1. Skipped outright: duplicates (event id seen), ``shadow`` signals (a shadow
+   model is observed, never traded), stale signals (older than
+   ``max_signal_age_ns``), no price yet, no portfolio state yet.
+2. Direction with hysteresis on the score ``s``: from flat, open only when
+   ``|s| >= entry_threshold``; while holding direction ``d``, keep it while
+   ``s * d >= exit_threshold``, flip when ``s * d <= -entry_threshold``,
+   otherwise go flat. The gap between the thresholds stops a score hovering
+   near one line from churning the position.
+3. Size: ``size(s)`` (tanh curve) x ``max_position_fraction`` x equity x
+   ``bucket_scale[bucket(asset)]`` x ``hour_scale[UTC hour of the signal]``,
+   capped at the symbol's ``cap_notional``.
+4. Drawdown-aware caps on the portfolio's peak drawdown: at ``drawdown_warn``
+   (0.08) the target shrinks by ``drawdown_warn_scale``; at
+   ``drawdown_reduce_only`` (0.10) it may only move toward flat; at
+   ``drawdown_flat`` (0.12) it is flat. The risk engine enforces the same tiers
+   independently (defence in depth; the tiers come from one constant).
+5. Cost penalty: a change that adds exposure (grows the position or flips
+   it) needs a directional edge ``expected_return * sign(target)`` of at
+   least ``round_trip_cost`` = ``cost_multiple x 2 x (fee_bps + slippage_bps)``
+   (entry and exit). Otherwise the position is left as is, or, for a flip,
+   only closed. Reducing risk is never cost-penalised.
+6. Order: ``delta = target - current``. Skipped when zero, when it is a
+   same-direction resize smaller than ``rebalance_band x cap`` (churn guard),
+   or below ``min_order_notional``. Otherwise one market intent: identity
+   (strategy_id, symbol, signal event id), causation the signal,
+   ``reduce_only`` when it only shrinks the position toward flat.
+
+The current position is the latest portfolio snapshot's: with bar-driven
+signals the previous intent has filled before the next signal arrives.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from agents.clock import Clock
+from agents.portfolio.engine import PortfolioState
+from agents.strategy.config import StrategyConfig
+from topics.records import Bar, OrderIntent, OrderType, Side, Signal
+
+__all__ = ["SizingAdjustment", "SizingDecision", "SizingReason", "StrategyEngine"]
+
+_NS_PER_HOUR = 3_600_000_000_000
+_QTY_EPS = 1e-12
+
+
+class SizingReason(enum.StrEnum):
+    """What became of a signal. Stable: metric label."""
+
+    ORDER = "order"
+    DUPLICATE_SIGNAL = "duplicate_signal"
+    SHADOW = "shadow"
+    STALE_SIGNAL = "stale_signal"
+    NO_PRICE = "no_price"
+    NO_PORTFOLIO_STATE = "no_portfolio_state"
+    BELOW_ENTRY_THRESHOLD = "below_entry_threshold"
+    HOLD = "hold"
+    EDGE_BELOW_COST = "edge_below_cost"
+    WITHIN_REBALANCE_BAND = "within_rebalance_band"
+    BELOW_MIN_ORDER = "below_min_order"
+
+
+class SizingAdjustment(enum.StrEnum):
+    """Modifiers that shaped the target (several may apply)."""
+
+    POSITION_CAP = "position_cap"
+    DRAWDOWN_WARN = "drawdown_warn"
+    DRAWDOWN_REDUCE_ONLY = "drawdown_reduce_only"
+    DRAWDOWN_FLAT = "drawdown_flat"
+    COST_PENALTY = "cost_penalty"
+    EXIT_HYSTERESIS = "exit_hysteresis"
+    FLIP = "flip"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SizingDecision:
+    signal_event_id: str
+    symbol: str
+    reason: SizingReason
+    #: Target position (signed base quantity); the current one when nothing is traded.
+    target_position: float
+    current_position: float
+    adjustments: tuple[SizingAdjustment, ...]
+    intent: OrderIntent | None
+
+
+class StrategyEngine:
+    """Signals -> target positions -> order intents, for one strategy id."""
+
+    def __init__(self, config: StrategyConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self._portfolio: PortfolioState | None = None
+        self._prices: dict[str, tuple[int, float]] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    # ------------------------------------------------------------------
+    # State inputs
+    # ------------------------------------------------------------------
+
+    def on_portfolio(self, state: PortfolioState) -> None:
+        """Latest portfolio snapshot (older ones by event time are ignored)."""
+        if self._portfolio is None or state.as_of_ns >= self._portfolio.as_of_ns:
+            self._portfolio = state
+
+    def on_bar(self, bar: Bar) -> None:
+        """Last close per symbol: the price targets are converted at."""
+        seen = self._prices.get(bar.symbol)
+        if seen is None or bar.ts_event >= seen[0]:
+            self._prices[bar.symbol] = (bar.ts_event, bar.close)
+
+    # ------------------------------------------------------------------
+    # Signals
+    # ------------------------------------------------------------------
+
+    def on_signal(self, signal: Signal) -> SizingDecision:
+        cfg = self.config
+        now = self.clock.now_ns()
+        state = self._portfolio
+        current = state.quantity(signal.symbol) if state is not None else 0.0
+
+        def skip(reason: SizingReason, adjustments: tuple[SizingAdjustment, ...] = ()) -> SizingDecision:
+            return SizingDecision(
+                signal_event_id=signal.event_id,
+                symbol=signal.symbol,
+                reason=reason,
+                target_position=current,
+                current_position=current,
+                adjustments=adjustments,
+                intent=None,
+            )
+
+        # -- 1. skip outright -------------------------------------------------
+        if signal.event_id in self._seen:
+            return skip(SizingReason.DUPLICATE_SIGNAL)
+        self._seen[signal.event_id] = None
+        while len(self._seen) > cfg.max_seen_signals:
+            self._seen.popitem(last=False)
+        if signal.shadow:
+            return skip(SizingReason.SHADOW)
+        if now - signal.ts_event > cfg.max_signal_age_ns:
+            return skip(SizingReason.STALE_SIGNAL)
+        if state is None:
+            return skip(SizingReason.NO_PORTFOLIO_STATE)
+        price = self._price(signal.symbol, state)
+        if price is None:
+            return skip(SizingReason.NO_PRICE)
+
+        # -- 2. direction with hysteresis -------------------------------------------
+        adjustments: list[SizingAdjustment] = []
+        score = signal.score if math.isfinite(signal.score) else 0.0
+        held = 0 if current == 0.0 else (1 if current > 0 else -1)
+        if held == 0:
+            direction = 0 if abs(score) < cfg.entry_threshold else (1 if score > 0 else -1)
+            if direction == 0:
+                return skip(SizingReason.BELOW_ENTRY_THRESHOLD)
+        elif score * held >= cfg.exit_threshold:
+            direction = held
+        elif score * held <= -cfg.entry_threshold:
+            direction = -held
+            adjustments.append(SizingAdjustment.FLIP)
+        else:
+            direction = 0
+            adjustments.append(SizingAdjustment.EXIT_HYSTERESIS)
+
+        # -- 3. size -----------------------------------------------------------------------
+        target_notional = 0.0
+        if direction != 0:
+            hour = (signal.ts_event // _NS_PER_HOUR) % 24
+            magnitude = abs(cfg.size(score)) * cfg.max_position_fraction * max(state.equity, 0.0)
+            magnitude *= cfg.vol_scale(signal.symbol, hour)
+            cap = cfg.cap_notional(signal.symbol)
+            if magnitude > cap:
+                magnitude = cap
+                adjustments.append(SizingAdjustment.POSITION_CAP)
+            target_notional = direction * magnitude
+        target = target_notional / price
+
+        # -- 4. drawdown-aware caps ----------------------------------------------------------
+        dd = state.drawdown
+        if dd >= cfg.drawdown_flat:
+            target = 0.0
+            adjustments.append(SizingAdjustment.DRAWDOWN_FLAT)
+        elif dd >= cfg.drawdown_reduce_only:
+            target = 0.0 if target * current <= 0 else math.copysign(min(abs(target), abs(current)), current)
+            adjustments.append(SizingAdjustment.DRAWDOWN_REDUCE_ONLY)
+        elif dd >= cfg.drawdown_warn:
+            target *= cfg.drawdown_warn_scale
+            adjustments.append(SizingAdjustment.DRAWDOWN_WARN)
+
+        # -- 5. cost penalty on added exposure ----------------------------------------------------
+        flips = target * current < 0
+        grows = flips or abs(target) > abs(current) + _QTY_EPS
+        if grows and target != 0.0:
+            edge = signal.expected_return * (1.0 if target > 0 else -1.0)
+            if not (math.isfinite(edge) and edge >= cfg.round_trip_cost):
+                adjustments.append(SizingAdjustment.COST_PENALTY)
+                if not flips:
+                    return skip(SizingReason.EDGE_BELOW_COST, tuple(adjustments))
+                target = 0.0  # close the old side, do not pay to open the new one
+
+        # -- 6. order ---------------------------------------------------------------------------------
+        delta = round(target - current, cfg.quantity_decimals)
+        if abs(delta) <= _QTY_EPS:
+            return skip(SizingReason.HOLD, tuple(adjustments))
+        resize = target != 0.0 and target * current > 0
+        if resize and abs(delta) * price < cfg.rebalance_band * cfg.cap_notional(signal.symbol):
+            return skip(SizingReason.WITHIN_REBALANCE_BAND, tuple(adjustments))
+        if abs(delta) * price < cfg.min_order_notional:
+            return skip(SizingReason.BELOW_MIN_ORDER, tuple(adjustments))
+        reduce_only = target * current >= 0 and abs(target) < abs(current)
+        target = round(target, cfg.quantity_decimals)
+        intent = OrderIntent.new(
+            ts_init=now,
+            correlation_id=signal.correlation_id,
+            causation_id=signal.event_id,
+            ts_event=signal.ts_event,
+            strategy_id=cfg.strategy_id,
+            track=cfg.track,
+            symbol=signal.symbol,
+            side=Side.BUY if delta > 0 else Side.SELL,
+            quantity=abs(delta),
+            order_type=OrderType.MARKET,
+            limit_price=None,
+            reduce_only=reduce_only,
+            target_position=target,
+            signal_event_id=signal.event_id,
+        )
+        return SizingDecision(
+            signal_event_id=signal.event_id,
+            symbol=signal.symbol,
+            reason=SizingReason.ORDER,
+            target_position=target,
+            current_position=current,
+            adjustments=tuple(adjustments),
+            intent=intent,
+        )
+
+    def _price(self, symbol: str, state: PortfolioState) -> float | None:
+        seen = self._prices.get(symbol)
+        if seen is not None:
+            return seen[1]
+        pos = state.position(symbol)
+        if pos is not None and pos.mark_price > 0:
+            return pos.mark_price
+        return None

@@ -1,0 +1,243 @@
+"""Batch and streaming inference from a verified checkpoint.
+
+One function, :func:`predict_windows`, turns raw windows into probabilities,
+an expected return and a score. Training metrics, offline batch inference and
+the streaming worker all call it, so a model is scored exactly the way it is
+served.
+
+Batch-composition invariance
+----------------------------
+On CPU, a float32 matmul over B rows does not promise the same bits for a row
+as a matmul over 1 row: BLAS picks different kernels (gemv vs gemm) and
+blockings by shape, and a row's result moves by ~1e-7. A streaming worker
+that micro-batches whatever arrived would then publish signals that depend on
+which other symbols happened to share its batch, and a replay would not
+reproduce them. So the model always runs on fixed-shape chunks of
+``chunk_rows`` rows, the last one zero-padded: every row is computed by the
+same kernel with the same shapes, and its outputs are bit-identical however
+the caller batches (tested: one by one == in a batch of 64, exactly). The
+post-processing (softmax, score) is per-row float64 numpy. The price is that a
+single row costs one ``chunk_rows`` forward pass; for these small models that
+is a few tens of microseconds (see ``ops/bench_models.py``). Bit-identity
+holds for one ``chunk_rows`` on one machine/library build; CUDA kernels give
+no such promise, so on GPU the outputs agree to float32 rounding only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from models.checkpoint import LoadedCheckpoint, load_checkpoint
+from models.config import ModelConfig
+from models.nets import ForecastModel
+from topics.records import FeatureVector, Signal
+
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "FeatureMismatch",
+    "Prediction",
+    "Predictor",
+    "predict_windows",
+    "to_signals",
+]
+
+DEFAULT_CHUNK_ROWS: Final = 64
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class FeatureMismatch(ValueError):
+    """Inputs that do not fit the model (feature set, names, window length,
+    non-consecutive bars). Not retriable: the model cannot score them."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Prediction:
+    """Per-row outputs (float64 arrays of equal length).
+
+    ``score = p_up - p_down`` in [-1, 1]: the signed conviction the strategy
+    sizes on and the evaluation trades on.
+    """
+
+    p_down: FloatArray
+    p_flat: FloatArray
+    p_up: FloatArray
+    expected_return: FloatArray
+    score: FloatArray
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    @property
+    def probs(self) -> FloatArray:
+        """``[N, 3]`` in class order down, flat, up."""
+        return np.stack([self.p_down, self.p_flat, self.p_up], axis=1)
+
+
+def predict_windows(
+    model: ForecastModel,
+    windows: FloatArray,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    device: torch.device | None = None,
+) -> Prediction:
+    """Run ``model`` on raw windows ``[N, W, F]`` in fixed, padded chunks."""
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be >= 1")
+    x = np.asarray(windows, dtype=np.float64)
+    if x.ndim != 3 or x.shape[1:] != (model.window, model.n_features):
+        raise FeatureMismatch(f"expected windows [N, {model.window}, {model.n_features}], got {list(x.shape)}")
+    n = x.shape[0]
+    device = device or torch.device("cpu")
+    dtype = model.input_mean.dtype
+    logits_out = np.empty((n, 3), dtype=np.float64)
+    returns_out = np.empty(n, dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            chunk = torch.zeros((chunk_rows, model.window, model.n_features), dtype=dtype, device=device)
+            for start in range(0, n, chunk_rows):
+                stop = min(start + chunk_rows, n)
+                chunk.zero_()
+                chunk[: stop - start] = torch.from_numpy(x[start:stop]).to(dtype=dtype, device=device)
+                logits, expected = model(chunk)
+                logits_out[start:stop] = logits[: stop - start].to("cpu", torch.float64).numpy()
+                returns_out[start:stop] = expected[: stop - start].to("cpu", torch.float64).numpy()
+    finally:
+        model.train(was_training)
+    shifted = logits_out - logits_out.max(axis=1, keepdims=True)
+    expd = np.exp(shifted)
+    probs = expd / expd.sum(axis=1, keepdims=True)
+    return Prediction(
+        p_down=probs[:, 0].copy(),
+        p_flat=probs[:, 1].copy(),
+        p_up=probs[:, 2].copy(),
+        expected_return=returns_out,
+        score=probs[:, 2] - probs[:, 0],
+    )
+
+
+class Predictor:
+    """A verified checkpoint ready to score windows or feature-vector sequences.
+
+    Deterministic on CPU: the same checkpoint and inputs give bit-identical
+    outputs, independent of how rows are batched (module docstring).
+    """
+
+    def __init__(
+        self, loaded: LoadedCheckpoint, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, device: str | torch.device = "cpu"
+    ) -> None:
+        self._loaded = loaded
+        self._device = torch.device(device)
+        self._model = loaded.model.to(self._device).eval()
+        self.chunk_rows = chunk_rows
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: Path,
+        expected_sha256: str,
+        *,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        device: str | torch.device = "cpu",
+    ) -> Predictor:
+        """Load (hash-verified, weights only) and wrap; see :func:`load_checkpoint`."""
+        return cls(load_checkpoint(path, expected_sha256), chunk_rows=chunk_rows, device=device)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._loaded.meta.config
+
+    @property
+    def sha256(self) -> str:
+        return self._loaded.sha256
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self._loaded.meta.feature_names
+
+    @property
+    def feature_set_version(self) -> str:
+        return self._loaded.meta.feature_set_version
+
+    @property
+    def window(self) -> int:
+        return self.config.window
+
+    def predict_batch(self, inputs: FloatArray | Sequence[Sequence[FeatureVector]]) -> Prediction:
+        """Score raw windows ``[N, W, F]`` or N sequences of W feature vectors."""
+        windows = inputs if isinstance(inputs, np.ndarray) else self.windows_from_vectors(inputs)
+        return predict_windows(self._model, windows, chunk_rows=self.chunk_rows, device=self._device)
+
+    def windows_from_vectors(self, sequences: Sequence[Sequence[FeatureVector]]) -> FloatArray:
+        """Stack vector sequences into ``[N, W, F]``, refusing anything the
+        model was not trained on: another feature set, other names or order,
+        a wrong window length, or bars that are not consecutive."""
+        out = np.empty((len(sequences), self.window, len(self.feature_names)), dtype=np.float64)
+        for i, seq in enumerate(sequences):
+            if len(seq) != self.window:
+                raise FeatureMismatch(f"sequence {i}: {len(seq)} vectors, the model needs {self.window}")
+            step = seq[0].timeframe.nanos
+            for j, v in enumerate(seq):
+                if v.feature_set_version != self.feature_set_version:
+                    raise FeatureMismatch(
+                        f"sequence {i}: feature set {v.feature_set_version!r}, "
+                        f"the model was trained on {self.feature_set_version!r}"
+                    )
+                if v.names != self.feature_names:
+                    raise FeatureMismatch(f"sequence {i}: feature names differ from the model's")
+                if j and (v.symbol != seq[0].symbol or v.bar_open_time - seq[j - 1].bar_open_time != step):
+                    raise FeatureMismatch(f"sequence {i}: vectors are not consecutive bars of one symbol")
+                out[i, j] = v.values
+        return out
+
+
+def to_signals(
+    prediction: Prediction,
+    newest: Sequence[FeatureVector],
+    *,
+    model_id: str,
+    model_version: str,
+    horizon: str,
+    shadow: bool,
+    ts_init: int,
+) -> list[Signal]:
+    """One ``Signal`` per row, caused by the row's newest feature vector.
+
+    ``ts_event`` is the vector's event time (the bar close the forecast is
+    made at); the id is deterministic (model, version, symbol, vector), so a
+    redelivered vector yields the same signal id.
+    """
+    if len(newest) != len(prediction):
+        raise ValueError(f"{len(newest)} vectors for {len(prediction)} predictions")
+    signals: list[Signal] = []
+    for i, v in enumerate(newest):
+        signals.append(
+            Signal.new(
+                ts_init=ts_init,
+                ts_event=v.ts_event,
+                correlation_id=v.correlation_id,
+                causation_id=v.event_id,
+                symbol=v.symbol,
+                model_id=model_id,
+                model_version=model_version,
+                horizon=horizon,
+                p_up=float(prediction.p_up[i]),
+                p_flat=float(prediction.p_flat[i]),
+                p_down=float(prediction.p_down[i]),
+                expected_return=float(prediction.expected_return[i]),
+                score=float(prediction.score[i]),
+                shadow=shadow,
+                feature_event_id=v.event_id,
+                lineage_id=v.lineage_id,
+            )
+        )
+    return signals

@@ -1,0 +1,150 @@
+"""Torch modules: a window of raw feature vectors -> direction logits and an
+expected return.
+
+Every model is a :class:`ForecastModel`: a fixed input standardiser (the
+train-only mean/std, stored as buffers so it travels inside the state dict and
+the checkpoint) around a *core* that sees standardised, clipped inputs and
+returns ``(logits [B, 3], unit_return [B])``. The wrapper multiplies the unit
+return by ``return_scale`` (the train-set std of the label return) so the
+return head trains on an O(1) target, which keeps ``return_loss_weight``
+meaningful next to the cross-entropy, and reports the forecast in log-return
+units. Training and inference call the same ``forward``, so there is one
+normalisation code path.
+
+Class order everywhere: 0 = down, 1 = flat, 2 = up.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.baseline import LinearBaselineCore
+from models.config import ModelConfig
+
+__all__ = [
+    "CLASS_NAMES",
+    "N_CLASSES",
+    "ForecastModel",
+    "GRUCore",
+    "MLPCore",
+    "build_model",
+]
+
+N_CLASSES = 3
+CLASS_NAMES = ("down", "flat", "up")
+
+
+class MLPCore(nn.Module):
+    """MLP over the flattened window: ``[B, W, F] -> [B, W*F] -> hidden -> heads``."""
+
+    def __init__(self, window: int, n_features: int, hidden_sizes: tuple[int, ...], dropout: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = window * n_features
+        for h in hidden_sizes:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.class_head = nn.Linear(width, N_CLASSES)
+        self.return_head = nn.Linear(width, 1)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.body(z.flatten(start_dim=1))
+        return self.class_head(hidden), self.return_head(hidden).squeeze(-1)
+
+
+class GRUCore(nn.Module):
+    """One GRU layer over the window; its last state feeds an MLP head.
+
+    ``hidden_sizes[0]`` is the recurrent state size, the remaining entries are
+    the head's hidden layers. A single recurrent layer is deliberate: hourly
+    crypto windows are short and noisy, depth buys variance, not signal.
+    """
+
+    def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], dropout: float) -> None:
+        super().__init__()
+        self.gru = nn.GRU(n_features, hidden_sizes[0], batch_first=True)
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        width = hidden_sizes[0]
+        for h in hidden_sizes[1:]:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.head = nn.Sequential(*layers)
+        self.class_head = nn.Linear(width, N_CLASSES)
+        self.return_head = nn.Linear(width, 1)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        _, last = self.gru(z)
+        hidden = self.head(last[-1])
+        return self.class_head(hidden), self.return_head(hidden).squeeze(-1)
+
+
+class ForecastModel(nn.Module):
+    """Raw window ``[B, W, F]`` -> ``(logits [B, 3], expected_return [B])``.
+
+    Buffers: ``input_mean``/``input_std`` ``[F]`` (fitted on training rows
+    only) and ``return_scale`` (scalar). Inputs are cast to the buffers' dtype
+    (float32 for the nets, float64 for the linear baseline).
+    """
+
+    input_mean: Tensor
+    input_std: Tensor
+    return_scale: Tensor
+
+    def __init__(self, core: nn.Module, *, window: int, n_features: int, input_clip: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.core = core
+        self.window = window
+        self.n_features = n_features
+        self.input_clip = input_clip
+        self.register_buffer("input_mean", torch.zeros(n_features, dtype=dtype))
+        self.register_buffer("input_std", torch.ones(n_features, dtype=dtype))
+        self.register_buffer("return_scale", torch.ones((), dtype=dtype))
+
+    def set_normalization(self, mean: Tensor, std: Tensor, return_scale: float) -> None:
+        """Install the train-set statistics (before training starts)."""
+        if mean.shape != (self.n_features,) or std.shape != (self.n_features,):
+            raise ValueError(f"normalisation stats must have shape ({self.n_features},)")
+        if not bool(torch.all(std > 0)) or not return_scale > 0:
+            raise ValueError("standard deviations and return_scale must be > 0")
+        with torch.no_grad():
+            self.input_mean.copy_(mean)
+            self.input_std.copy_(std)
+            self.return_scale.fill_(return_scale)
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """``clip((x - mean) / std, +-input_clip)`` in the model's dtype."""
+        x = x.to(self.input_mean.dtype)
+        z = (x - self.input_mean) / self.input_std
+        return z.clamp(-self.input_clip, self.input_clip)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dim() != 3 or x.shape[1] != self.window or x.shape[2] != self.n_features:
+            raise ValueError(f"expected windows [B, {self.window}, {self.n_features}], got {list(x.shape)}")
+        logits, unit_return = self.core(self.standardize(x))
+        return logits, unit_return * self.return_scale
+
+    def unit_outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits, expected_return / return_scale)``: what the loss compares."""
+        logits, unit_return = self.core(self.standardize(x))
+        return logits, unit_return
+
+
+def build_model(config: ModelConfig, n_features: int) -> ForecastModel:
+    """A freshly initialised model of ``config.family`` (weights from the
+    current torch RNG; callers seed first). The linear baseline comes back
+    with zero coefficients: :func:`models.baseline.fit_linear_baseline` fills
+    them, or a checkpoint does."""
+    if n_features < 1:
+        raise ValueError(f"n_features must be >= 1, got {n_features}")
+    core: nn.Module
+    dtype = torch.float32
+    if config.family == "mlp":
+        core = MLPCore(config.window, n_features, config.hidden_sizes, config.dropout)
+    elif config.family == "gru":
+        core = GRUCore(n_features, config.hidden_sizes, config.dropout)
+    else:
+        core = LinearBaselineCore(config.window, n_features)
+        dtype = torch.float64
+    return ForecastModel(core, window=config.window, n_features=n_features, input_clip=config.input_clip, dtype=dtype)
