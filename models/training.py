@@ -14,8 +14,8 @@ restored at the end. Validation therefore selects the epoch: its metrics are
 slightly optimistic, which is what ``Split.test`` is for.
 
 Reproducibility: ``torch.manual_seed(seed)`` before the weights are built,
-deterministic algorithms on, ``num_threads`` intra-op threads (the previous
-global settings are restored afterwards). On CPU two runs with the same
+deterministic algorithms on, ``num_threads`` intra-op threads; the caller's
+global settings and RNG state are restored afterwards. On CPU two runs with the same
 config and data give bit-identical weights and metrics.
 
 Device: ``config.resolve_device()`` (CUDA when ``auto`` and available), or the
@@ -136,8 +136,9 @@ class _RowCount(Dataset[int]):
 
 @contextlib.contextmanager
 def _determinism(num_threads: int, device: torch.device) -> Iterator[None]:
-    """Deterministic kernels and a fixed thread count for the run; restores the
-    caller's global torch settings afterwards (they are process-wide)."""
+    """Deterministic kernels, a fixed thread count and a forked RNG for the
+    run; restores the caller's global torch settings and RNG state afterwards
+    (they are process-wide, and training should not reseed its caller)."""
     previous = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -152,8 +153,10 @@ def _determinism(num_threads: int, device: torch.device) -> Iterator[None]:
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     torch.backends.cudnn.benchmark = False
     torch.set_num_threads(num_threads)
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        yield
+        with torch.random.fork_rng(devices=cuda_devices):
+            yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.set_num_threads(previous[2])

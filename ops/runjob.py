@@ -14,23 +14,33 @@ counts do not grow (the summary says how many rows were new).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import struct
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import structlog
 
+from agents.clock import EventClock
+from agents.features.pipeline import FeaturePipeline
+from agents.market.csv_import import import_csv_file
 from ops.broker import EmbeddedBroker, ensure_topics, free_port
 from ops.ingest import SAMPLE_DIR, SAMPLE_FILES, ImportReport, SampleFile, import_file
 from ops.postgres import EmbeddedPostgres
 from ops.publish import RecordPublisher
 from storage.migrate import migrate_dsn
 from topics.catalogue import TOPICS
+from topics.records import FeatureVector
+from topics.schema import TS_MIN_NS
 
 log = structlog.get_logger("ops.runjob")
 
@@ -99,8 +109,9 @@ def run_main_job(opts: RunOptions) -> int:
         asyncio.run(migrate_dsn(pg.dsn))
         asyncio.run(ensure_topics(broker.bootstrap))
         cli = [sys.executable, "-m", "ops.cli"]
-        children.append(Child("worker", [*cli, "worker", "--bootstrap", broker.bootstrap, "--web-port",
-                                         str(free_port()), "--agents", *PIPELINE_AGENTS], log_dir))
+        for agent in PIPELINE_AGENTS:  # one process per agent: they use separate cores
+            children.append(Child(f"worker-{agent}", [*cli, "worker", "--bootstrap", broker.bootstrap, "--web-port",
+                                                      str(free_port()), "--agents", agent], log_dir))
         children.append(Child("sink", [*cli, "sink", "--bootstrap", broker.bootstrap, "--dsn", pg.dsn], log_dir))
         summary = asyncio.run(_main(opts, pg.dsn, broker.bootstrap, children))
     finally:
@@ -127,10 +138,11 @@ async def _table_counts(conn: asyncpg.Connection) -> dict[str, int]:
     for t in TOPICS:
         out[t.table] = int(await conn.fetchval(f"SELECT count(*) FROM {t.table}"))  # noqa: S608 - catalogue names
     out["bars"] = int(await conn.fetchval("SELECT count(*) FROM bars"))
+    out["feature_snapshots"] = int(await conn.fetchval("SELECT count(*) FROM feature_snapshots"))
     return out
 
 
-async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child]) -> dict[str, object]:
+async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child]) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     before = await _table_counts(conn)
     reports: list[ImportReport] = []
@@ -143,6 +155,7 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
                      seconds=round(rep.seconds, 2))
     import_s = time.perf_counter() - t0
     expected = sum(r.bars for r in reports)
+    replay = _replay_features(opts)
     # Every imported bar must arrive in the checked-bars table: the pipeline is done
     # when the projection holds one row per imported (venue, symbol, timeframe, open_time).
     keys = [(s.venue, s.symbol, s.timeframe.value) for _, s in _samples(opts)]
@@ -168,11 +181,32 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
             log.info("waiting_for_pipeline", stored=done, expected=expected)
             last_report = time.monotonic()
         await asyncio.sleep(0.5)
+    # ... and every feature vector the same engines produce when replayed in-process.
+    want = sorted(replay.vectors)
+    while True:
+        got = await conn.fetchval("SELECT count(*) FROM feature_snapshots WHERE event_id = ANY($1::text[])", want)
+        if got >= len(want):
+            break
+        for c in children:
+            c.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"features did not arrive within {opts.timeout_s}s: {got}/{len(want)}")
+        if time.monotonic() - last_report > 5:
+            log.info("waiting_for_features", stored=got, expected=len(want))
+            last_report = time.monotonic()
+        await asyncio.sleep(0.5)
     pipeline_s = time.perf_counter() - t0
+    rows = await conn.fetch("SELECT event_id, vals FROM feature_snapshots WHERE event_id = ANY($1::text[])", want)
+    live_digest = _digest((r["event_id"], tuple(r["vals"])) for r in rows)
+    replay_digest = _digest((eid, fv.values) for eid, fv in replay.vectors.items())
     await asyncio.sleep(1.0)  # let the sink flush the last dead letters / findings
     after = await _table_counts(conn)
     dl = await conn.fetch(
         "SELECT consumer, source_topic, reason, count(*) AS n FROM dead_letters GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    )
+    dq = await conn.fetch(
+        "SELECT venue, symbol, timeframe, check_name, severity, count(*) AS n, min(ref_time) AS first "
+        "FROM data_quality GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
     )
     await conn.close()
     return {
@@ -182,23 +216,75 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
         "bars_per_second_end_to_end": round(expected / pipeline_s, 1),
         "tables": {k: {"rows": v, "new_this_run": v - before.get(k, 0)} for k, v in after.items()},
         "dead_letters": [dict(r) for r in dl],
+        "data_quality": [dict(r) for r in dq],
+        "features": {
+            "via_agents": len(rows),
+            "via_in_process_replay": len(replay.vectors),
+            "withheld_by_quality_block": replay.blocked,
+            "warm_up_bars": replay.warm_up,
+            "identical": live_digest == replay_digest,
+            "digest": live_digest,
+        },
         "data_dir": str(opts.data_dir),
         "pid": os.getpid(),
     }
 
 
-def _print_summary(s: dict[str, object]) -> None:
+@dataclass
+class _Replay:
+    vectors: dict[str, FeatureVector]
+    blocked: int
+    warm_up: int
+
+
+def _replay_features(opts: RunOptions) -> _Replay:
+    """The same feature pipeline, in-process over the same files, event time as the clock."""
+    out = _Replay({}, 0, 0)
+    for path, s in _samples(opts):
+        clock = EventClock()
+        pipe = FeaturePipeline(clock)
+        for bar in import_csv_file(path, venue=s.venue, symbol=s.symbol, timeframe=s.timeframe,
+                                   ts_init=TS_MIN_NS).bars:
+            clock.advance(bar.ts_event)
+            o = pipe.on_bar(bar)
+            if o.features is not None:
+                out.vectors[o.features.event_id] = o.features
+            elif o.blocked_by:
+                out.blocked += 1
+            elif o.rejected is None:
+                out.warm_up += 1
+    return out
+
+
+def _digest(items: Iterable[tuple[str, tuple[float, ...]]]) -> str:
+    h = hashlib.sha256()
+    for eid, vals in sorted(items):
+        h.update(eid.encode())
+        h.update(struct.pack(f"<{len(vals)}d", *vals))
+    return h.hexdigest()
+
+
+def _print_summary(s: dict[str, Any]) -> None:
     print("\n=== tradeflow run: summary ===")
-    for r in s["imports"]:  # type: ignore[attr-defined]
+    for r in s["imports"]:
         print(f"imported {r['file']}: {r['bars']} bars, {r['rejects']} rejected rows, "
               f"{r['duplicates']} duplicate rows ({r['seconds']:.2f}s)")
     print(f"import {s['import_seconds']}s; pipeline drained in {s['pipeline_seconds']}s "
           f"({s['bars_per_second_end_to_end']} bars/s end to end)")
     print("\nPostgres rows per table (new this run):")
-    for table, v in s["tables"].items():  # type: ignore[attr-defined]
+    for table, v in s["tables"].items():
         print(f"  {table:<24} {v['rows']:>9}  (+{v['new_this_run']})")
+    f = s["features"]
+    print(f"\nfeatures: {f['via_agents']} via the agents, {f['via_in_process_replay']} via in-process replay of the "
+          f"same engines; identical: {f['identical']} (sha256 {f['digest'][:16]}); "
+          f"{f['withheld_by_quality_block']} withheld by quality blocks, {f['warm_up_bars']} warm-up bars")
+    print("\ndata-quality findings (venue symbol timeframe check severity: count, first at):")
+    for d in s["data_quality"]:
+        first = datetime.fromtimestamp(d["first"] / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M")
+        print(f"  {d['venue']:<10} {d['symbol']:<9} {d['timeframe']:<4} {d['check_name']:<20} {d['severity']:<8} "
+              f"{d['n']:>5}  {first}")
     print("\ndead letters by consumer/source/reason:")
-    for d in s["dead_letters"] or []:  # type: ignore[attr-defined]
+    for d in s["dead_letters"] or []:
         print(f"  {d['consumer']:<14} {d['source_topic']:<40} {d['reason']:<20} {d['n']}")
     if not s["dead_letters"]:
         print("  none")

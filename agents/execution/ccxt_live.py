@@ -154,6 +154,9 @@ class LiveExecutionConfig:
             raise ValueError(f"{self.exchange_id} {market_type.value} is not supported; supported: {supported}")
         if self.leverage is not None and (market_type is VenueMarket.SPOT or not 1 <= self.leverage <= 125):
             raise ValueError("leverage applies to perpetuals only, within 1..125")
+        if self.exchange_id == "binance" and self.position_mode is PositionMode.HEDGE:
+            # Hedge mode needs a positionSide per order, which intents do not carry.
+            raise ValueError("binance hedge position mode is not supported; use one_way")
         if self.max_attempts < 1 or self.retry_base_delay_s < 0:
             raise ValueError("max_attempts must be >= 1 and retry_base_delay_s >= 0")
 
@@ -201,15 +204,50 @@ class ErrorVerdict:
     duplicate: bool = False
 
 
-_DUPLICATE_HINTS = ("duplicate order", "duplicate clientoid", "duplicate client", "duplicated_client_order_id",
-                    "clientoid is duplicate", "client order id already", "duplicated client")  # fmt: skip
-_MIN_NOTIONAL_HINTS = ("notional", "less than the minimum amount", "minimum order value", "min_notional",
-                       "minimum amount", "quote_min_size", "too small", "minimum size")  # fmt: skip
-_PRECISION_HINTS = ("precision", "lot_size", "checkbdscale", "price_filter", "decimal", "scale error",
-                    "step size", "increment")  # fmt: skip
-_POSITION_HINTS = ("reduceonly", "reduce only", "reduce-only", "position side", "unilateral", "hedge mode",
-                   "one-way", "one way", "position mode", "margin mode", "no position", "position is not enough",
-                   "leverage")  # fmt: skip
+_DUPLICATE_HINTS = (
+    "duplicate order",
+    "duplicate clientoid",
+    "duplicate client",
+    "duplicated_client_order_id",
+    "clientoid is duplicate",
+    "client order id already",
+    "duplicated client",
+)
+_MIN_NOTIONAL_HINTS = (
+    "notional",
+    "less than the minimum amount",
+    "minimum order value",
+    "min_notional",
+    "minimum amount",
+    "quote_min_size",
+    "too small",
+    "minimum size",
+)
+_PRECISION_HINTS = (
+    "precision",
+    "lot_size",
+    "checkbdscale",
+    "price_filter",
+    "decimal",
+    "scale error",
+    "step size",
+    "increment",
+)
+_POSITION_HINTS = (
+    "reduceonly",
+    "reduce only",
+    "reduce-only",
+    "position side",
+    "unilateral",
+    "hedge mode",
+    "one-way",
+    "one way",
+    "position mode",
+    "margin mode",
+    "no position",
+    "position is not enough",
+    "leverage",
+)
 
 
 def _has(message: str, hints: tuple[str, ...]) -> bool:
@@ -257,8 +295,10 @@ class Validation:
     ok: bool
     reason: ExecReason | None
     detail: str
-    #: Amount after the venue's precision (base units, or contracts).
+    #: Amount in the venue's unit after its precision (base units; contracts on perpetuals).
     amount: float
+    #: ``amount`` in base units (x contract size): what the records report.
+    base_quantity: float
     #: Reference price used for the notional check (limit price or arrival price).
     price: float | None
     cost: float | None
@@ -327,8 +367,10 @@ class CcxtExecutionAdapter:
     def validate(self, intent: OrderIntent, quantity: float, market: MarketContext | None) -> Validation:
         """Check an order against the loaded market's rules (no network)."""
 
-        def bad(reason: ExecReason, detail: str, amount: float = 0.0) -> Validation:
-            return Validation(ok=False, reason=reason, detail=detail, amount=amount, price=None, cost=None)
+        def bad(reason: ExecReason, detail: str) -> Validation:
+            return Validation(
+                ok=False, reason=reason, detail=detail, amount=0.0, base_quantity=quantity, price=None, cost=None
+            )
 
         if not (math.isfinite(quantity) and quantity > 0):
             return bad(ExecReason.INVALID_QUANTITY, f"quantity {quantity!r}")
@@ -339,8 +381,9 @@ class CcxtExecutionAdapter:
         is_swap = bool(info.get("swap"))
         if is_swap != (self.config.market_type is VenueMarket.SWAP) or info.get("active") is False:
             return bad(ExecReason.SYMBOL_NOT_SUPPORTED, f"{intent.symbol} is not an active {self.config.market_type}")
+        contract_size = _num(info.get("contractSize")) or 1.0
         try:
-            amount = float(self.exchange.amount_to_precision(intent.symbol, quantity))
+            amount = float(self.exchange.amount_to_precision(intent.symbol, quantity / contract_size))
         except (ccxt.BaseError, ValueError, TypeError) as exc:
             return bad(ExecReason.PRECISION_INVALID, str(exc)[:200])
         if not amount > 0:
@@ -348,23 +391,24 @@ class CcxtExecutionAdapter:
         limits = info.get("limits") or {}
         min_amount = _num((limits.get("amount") or {}).get("min"))
         if min_amount is not None and amount < min_amount:
-            return bad(ExecReason.MIN_AMOUNT, f"amount {amount} < min {min_amount}", amount)
+            return bad(ExecReason.MIN_AMOUNT, f"amount {amount} < min {min_amount}")
         price = intent.limit_price
         if price is None and market is not None and market.symbol == intent.symbol:
             price = market.last_price
         if price is None or not price > 0:
-            return bad(ExecReason.MIN_NOTIONAL, "no reference price to check the minimum notional", amount)
-        contract_size = _num(info.get("contractSize")) or 1.0
+            return bad(ExecReason.MIN_NOTIONAL, "no reference price to check the minimum notional")
         cost = amount * contract_size * price
         min_cost = _num((limits.get("cost") or {}).get("min"))
         if min_cost is not None and cost < min_cost:
-            return bad(ExecReason.MIN_NOTIONAL, f"notional {cost:.8g} < min {min_cost}", amount)
+            return bad(ExecReason.MIN_NOTIONAL, f"notional {cost:.8g} < min {min_cost}")
         if intent.order_type is OrderType.LIMIT:
             try:
                 price = float(self.exchange.price_to_precision(intent.symbol, price))
             except (ccxt.BaseError, ValueError, TypeError) as exc:
-                return bad(ExecReason.PRECISION_INVALID, str(exc)[:200], amount)
-        return Validation(ok=True, reason=None, detail="", amount=amount, price=price, cost=cost)
+                return bad(ExecReason.PRECISION_INVALID, str(exc)[:200])
+        return Validation(
+            ok=True, reason=None, detail="", amount=amount, base_quantity=amount * contract_size, price=price, cost=cost
+        )
 
     # ------------------------------------------------------------------
     # Submission
@@ -382,9 +426,20 @@ class CcxtExecutionAdapter:
         now = self.clock.now_ns()
 
         def update(status: OrderStatus, qty: float, reason: str | None, venue_id: str | None = None) -> ExecutionRecord:
-            return build_update(adapter=self.name, client_order_id=coid, intent=intent, status=status, quantity=qty,
-                                filled_quantity=0.0, avg_fill_price=None, reason=reason, venue_order_id=venue_id,
-                                ts_event=decision.ts_event, ts_init=now, causation_id=decision.event_id)  # fmt: skip
+            return build_update(
+                adapter=self.name,
+                client_order_id=coid,
+                intent=intent,
+                status=status,
+                quantity=qty,
+                filled_quantity=0.0,
+                avg_fill_price=None,
+                reason=reason,
+                venue_order_id=venue_id,
+                ts_event=decision.ts_event,
+                ts_init=now,
+                causation_id=decision.event_id,
+            )
 
         requested = intent.quantity if math.isfinite(intent.quantity) and intent.quantity >= 0 else 0.0
         if decision.intent_event_id != intent.event_id:
@@ -398,14 +453,14 @@ class CcxtExecutionAdapter:
             return [update(OrderStatus.REJECTED, max(qty, 0.0), check.reason.value)]
         if self.config.dry_run:
             return [
-                update(OrderStatus.NEW, check.amount, ExecReason.DRY_RUN.value),
-                update(OrderStatus.CANCELLED, check.amount, ExecReason.DRY_RUN.value),
+                update(OrderStatus.NEW, check.base_quantity, ExecReason.DRY_RUN.value),
+                update(OrderStatus.CANCELLED, check.base_quantity, ExecReason.DRY_RUN.value),
             ]
         if not self.exchange.check_required_credentials(False):
-            return [update(OrderStatus.REJECTED, check.amount, ExecReason.CREDENTIALS_MISSING.value)]
+            return [update(OrderStatus.REJECTED, check.base_quantity, ExecReason.CREDENTIALS_MISSING.value)]
         setup_error = await self._configure_symbol(intent.symbol)
         if setup_error is not None:
-            return [update(OrderStatus.REJECTED, check.amount, setup_error.value)]
+            return [update(OrderStatus.REJECTED, check.base_quantity, setup_error.value)]
         return await self._send(intent, decision, check, coid, update)
 
     async def _send(
@@ -443,14 +498,16 @@ class CcxtExecutionAdapter:
                 last = classify_execution_error(exc)
                 if last.duplicate:
                     return [
-                        update(OrderStatus.NEW, check.amount, None),
-                        update(OrderStatus.ACKNOWLEDGED, check.amount, ExecReason.ALREADY_PLACED.value),
+                        update(OrderStatus.NEW, check.base_quantity, None),
+                        update(OrderStatus.ACKNOWLEDGED, check.base_quantity, ExecReason.ALREADY_PLACED.value),
                     ]
                 if last.retriable and attempt + 1 < cfg.max_attempts:
                     continue
-                return [update(OrderStatus.REJECTED, check.amount, last.reason.value)]
-            return [update(OrderStatus.NEW, check.amount, None),
-                    *self.records_from_order(intent, decision, order, check.amount, check.price)]  # fmt: skip
+                return [update(OrderStatus.REJECTED, check.base_quantity, last.reason.value)]
+            return [
+                update(OrderStatus.NEW, check.base_quantity, None),
+                *self.records_from_order(intent, decision, order, check.base_quantity, check.price),
+            ]
         raise AssertionError("unreachable: the loop returns")  # pragma: no cover
 
     async def _configure_symbol(self, symbol: str) -> ExecReason | None:
@@ -480,6 +537,10 @@ class CcxtExecutionAdapter:
     # Parsing venue answers
     # ------------------------------------------------------------------
 
+    def _contract_size(self, symbol: str) -> float:
+        info = (self.exchange.markets or {}).get(symbol) or {}
+        return _num(info.get("contractSize")) or 1.0
+
     def records_from_order(
         self,
         intent: OrderIntent,
@@ -488,25 +549,39 @@ class CcxtExecutionAdapter:
         quantity: float,
         arrival_price: float | None,
     ) -> list[ExecutionRecord]:
-        """Lifecycle updates and fills from a ccxt order structure (create or fetch)."""
+        """Lifecycle updates and fills from a ccxt order structure (create or fetch).
+
+        Venue amounts (contracts on perpetuals) are converted to base units.
+        """
         coid = client_order_id_for(intent.event_id)
+        size = self._contract_size(intent.symbol)
         now = self.clock.now_ns()
         venue_id = order.get("id")
         venue_id = str(venue_id) if venue_id is not None else None
         ts_ms = order.get("timestamp")
         ts = int(ts_ms) * 1_000_000 if isinstance(ts_ms, (int, float)) and ts_ms > 0 else decision.ts_event
-        filled = _num(order.get("filled")) or 0.0
+        filled = (_num(order.get("filled")) or 0.0) * size
         average = _num(order.get("average"))
         status = _CCXT_STATUS.get(str(order.get("status")), OrderStatus.ACKNOWLEDGED)
 
         def upd(st: OrderStatus, filled_qty: float, avg: float | None, reason: str | None = None) -> ExecutionRecord:
-            return build_update(adapter=self.name, client_order_id=coid, intent=intent, status=st, quantity=quantity,
-                                filled_quantity=filled_qty, avg_fill_price=avg, reason=reason,
-                                venue_order_id=venue_id, ts_event=ts, ts_init=now,
-                                causation_id=decision.event_id)  # fmt: skip
+            return build_update(
+                adapter=self.name,
+                client_order_id=coid,
+                intent=intent,
+                status=st,
+                quantity=quantity,
+                filled_quantity=filled_qty,
+                avg_fill_price=avg,
+                reason=reason,
+                venue_order_id=venue_id,
+                ts_event=ts,
+                ts_init=now,
+                causation_id=decision.event_id,
+            )
 
         out: list[ExecutionRecord] = [upd(OrderStatus.ACKNOWLEDGED, 0.0, None)]
-        fills = self._fills(intent, decision, order, coid, ts, now, arrival_price)
+        fills = self._fills(intent, decision, order, coid, ts, now, arrival_price, size)
         out.extend(fills)
         if filled > 0 and average is None:
             total = sum(f.quantity for f in fills)
@@ -530,6 +605,7 @@ class CcxtExecutionAdapter:
         ts: int,
         now: int,
         arrival_price: float | None,
+        size: float,
     ) -> list[Fill]:
         """Fills from the order's trades; else one aggregate fill of ``filled`` at ``average``.
 
@@ -543,22 +619,34 @@ class CcxtExecutionAdapter:
             price, amount = _num(trade.get("price")), _num(trade.get("amount"))
             if price is None or amount is None or not (price > 0 and amount > 0):
                 continue
+            amount *= size
             fee = trade.get("fee") or {}
             trade_ts = trade.get("timestamp")
-            rows.append((
-                str(trade.get("id") or f"{order.get('id')}-{i}"),
-                price,
-                amount,
-                _num(fee.get("cost")) or 0.0,
-                str(fee.get("currency") or quote),
-                int(trade_ts) * 1_000_000 if isinstance(trade_ts, (int, float)) and trade_ts > 0 else ts,
-                Liquidity.MAKER if trade.get("takerOrMaker") == "maker" else Liquidity.TAKER,
-            ))  # fmt: skip
-        filled, average = _num(order.get("filled")) or 0.0, _num(order.get("average"))
+            rows.append(
+                (
+                    str(trade.get("id") or f"{order.get('id')}-{i}"),
+                    price,
+                    amount,
+                    _num(fee.get("cost")) or 0.0,
+                    str(fee.get("currency") or quote),
+                    int(trade_ts) * 1_000_000 if isinstance(trade_ts, (int, float)) and trade_ts > 0 else ts,
+                    Liquidity.MAKER if trade.get("takerOrMaker") == "maker" else Liquidity.TAKER,
+                )
+            )
+        filled, average = (_num(order.get("filled")) or 0.0) * size, _num(order.get("average"))
         if not rows and filled > 0 and average is not None and average > 0:
             fee = order.get("fee") or {}
-            rows.append((f"{order.get('id')}-agg-{filled}", average, filled, _num(fee.get("cost")) or 0.0,
-                         str(fee.get("currency") or quote), ts, Liquidity.TAKER))  # fmt: skip
+            rows.append(
+                (
+                    f"{order.get('id')}-agg-{filled}",
+                    average,
+                    filled,
+                    _num(fee.get("cost")) or 0.0,
+                    str(fee.get("currency") or quote),
+                    ts,
+                    Liquidity.TAKER,
+                )
+            )
         out: list[Fill] = []
         for fill_id, price, amount, fee_cost, fee_ccy, fill_ts, liquidity in rows:
             slip = 0.0

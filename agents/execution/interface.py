@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from topics.records import Fill, OrderIntent, OrderStatus, OrderType, OrderUpdate, RiskDecision, Side
@@ -30,6 +30,7 @@ __all__ = [
     "ExecReason",
     "ExecutionAdapter",
     "ExecutionRecord",
+    "InFlightOrders",
     "MarketContext",
     "build_update",
     "client_order_id_for",
@@ -132,3 +133,56 @@ def build_update(
         reason=reason,
     )
 
+
+_TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED})
+
+
+@dataclass(slots=True)
+class _Pending:
+    symbol: str
+    sign: float
+    quantity: float
+    filled: float
+    since_ns: int
+
+
+@dataclass(slots=True)
+class InFlightOrders:
+    """Orders sent but not yet ended, from the execution stream (pure state).
+
+    Strategy and risk both measure the next order against ``portfolio
+    position + net()``: without it two exits decided before the first one
+    fills would both go out. An order is added when decided; each
+    non-terminal ``OrderUpdate`` sets what is left (``quantity -
+    filled_quantity``, so a reduced approval or a partial fill is exact, and
+    a redelivered or out-of-order older update never grows it back); a
+    terminal one removes it. ``Fill`` records are not needed: the update
+    sent with each fill carries the cumulative filled quantity. An order no
+    update ever ends stops counting after ``ttl_ns``.
+    """
+
+    ttl_ns: int
+    _orders: dict[str, _Pending] = field(default_factory=dict)
+
+    def add(self, client_order_id: str, symbol: str, side: Side, quantity: float, now_ns: int) -> None:
+        self._orders[client_order_id] = _Pending(symbol, 1.0 if side is Side.BUY else -1.0, quantity, 0.0, now_ns)
+
+    def on_execution(self, record: OrderUpdate | Fill) -> None:
+        pending = self._orders.get(record.client_order_id)
+        if pending is None or not isinstance(record, OrderUpdate):
+            return
+        if record.status in _TERMINAL:
+            del self._orders[record.client_order_id]
+        elif record.filled_quantity >= pending.filled:
+            pending.filled = record.filled_quantity
+            pending.quantity = record.quantity
+
+    def net(self, symbol: str, now_ns: int) -> float:
+        """Signed quantity still to fill for ``symbol`` (+ buys, - sells)."""
+        expired = [k for k, p in self._orders.items() if now_ns - p.since_ns > self.ttl_ns]
+        for k in expired:
+            del self._orders[k]
+        return sum(p.sign * max(0.0, p.quantity - p.filled) for p in self._orders.values() if p.symbol == symbol)
+
+    def __len__(self) -> int:
+        return len(self._orders)

@@ -174,8 +174,20 @@ class PaperExecutionEngine:
         now = self.clock.now_ns()
 
         def refuse(reason: ExecReason, quantity: float) -> list[ExecutionRecord]:
-            return [self._update(coid, intent, OrderStatus.REJECTED, quantity, 0.0, None, reason.value,
-                                 decision.ts_event, now, decision.event_id)]  # fmt: skip
+            return [
+                self._update(
+                    coid,
+                    intent,
+                    OrderStatus.REJECTED,
+                    quantity,
+                    0.0,
+                    None,
+                    reason.value,
+                    decision.ts_event,
+                    now,
+                    decision.event_id,
+                )
+            ]
 
         if decision.intent_event_id != intent.event_id:
             return refuse(ExecReason.DECISION_MISMATCH, _safe_qty(intent.quantity))
@@ -194,11 +206,13 @@ class PaperExecutionEngine:
             arrival_price=arrival,
         )
         return [
-            self._update(coid, intent, OrderStatus.NEW, qty, 0.0, None, None, decision.ts_event, now,
-                         decision.event_id),
-            self._update(coid, intent, OrderStatus.ACKNOWLEDGED, qty, 0.0, None, None, decision.ts_event, now,
-                         decision.event_id),
-        ]  # fmt: skip
+            self._update(
+                coid, intent, OrderStatus.NEW, qty, 0.0, None, None, decision.ts_event, now, decision.event_id
+            ),
+            self._update(
+                coid, intent, OrderStatus.ACKNOWLEDGED, qty, 0.0, None, None, decision.ts_event, now, decision.event_id
+            ),
+        ]
 
     def cancel(self, client_order_id: str, reason: str = ExecReason.CANCEL_REQUESTED.value) -> list[ExecutionRecord]:
         """Cancel a working order (kill switch, operator); unknown ids return nothing."""
@@ -249,8 +263,11 @@ class PaperExecutionEngine:
                 del self._working[coid]
             elif order.bars_tried > cfg.max_retries:
                 del self._working[coid]
-                out.append(self._terminal(order, OrderStatus.EXPIRED, ExecReason.NO_FILL_AFTER_RETRIES.value,
-                                          bar.open_time, now))  # fmt: skip
+                out.append(
+                    self._terminal(
+                        order, OrderStatus.EXPIRED, ExecReason.NO_FILL_AFTER_RETRIES.value, bar.open_time, now
+                    )
+                )
         return out
 
     def _fill(
@@ -282,8 +299,18 @@ class PaperExecutionEngine:
         )
         done = order.filled >= order.quantity
         status = OrderStatus.FILLED if done else OrderStatus.PARTIALLY_FILLED
-        update = self._update(order.client_order_id, order.intent, status, order.quantity, order.filled,
-                              order.avg_price, None, bar.open_time, now, fill.event_id)  # fmt: skip
+        update = self._update(
+            order.client_order_id,
+            order.intent,
+            status,
+            order.quantity,
+            order.filled,
+            order.avg_price,
+            None,
+            bar.open_time,
+            now,
+            fill.event_id,
+        )
         return [fill, update]
 
     # ------------------------------------------------------------------
@@ -295,8 +322,18 @@ class PaperExecutionEngine:
         return self._terminal(order, status, reason.value, ts_event, now)
 
     def _terminal(self, order: _Working, status: OrderStatus, reason: str, ts_event: int, now: int) -> ExecutionRecord:
-        return self._update(order.client_order_id, order.intent, status, order.quantity, order.filled,
-                            order.avg_price, reason, ts_event, now, order.decision.event_id)  # fmt: skip
+        return self._update(
+            order.client_order_id,
+            order.intent,
+            status,
+            order.quantity,
+            order.filled,
+            order.avg_price,
+            reason,
+            ts_event,
+            now,
+            order.decision.event_id,
+        )
 
     def _update(
         self,

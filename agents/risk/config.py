@@ -89,9 +89,7 @@ def stable_config_hash(config: Any) -> str:
     The one config hash every trading engine uses, so a decision record,
     a gate result and a backtest report name a configuration the same way.
     """
-    payload = orjson.dumps(
-        {"type": type(config).__name__, "fields": _plain(config)}, option=orjson.OPT_SORT_KEYS
-    )
+    payload = orjson.dumps({"type": type(config).__name__, "fields": _plain(config)}, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
@@ -162,9 +160,7 @@ class RiskConfig:
     # -- abnormal-volatility circuit breaker ------------------------------------
     #: Bar range ``(high - low) / open`` that trips the breaker, per base asset
     #: (or exact symbol), for a bar of ``vol_reference_timeframe_ns``.
-    vol_thresholds: Mapping[str, float] = field(
-        default_factory=lambda: _frozen_map({"BTC": 0.05, "ETH": 0.06})
-    )
+    vol_thresholds: Mapping[str, float] = field(default_factory=lambda: _frozen_map({"BTC": 0.05, "ETH": 0.06}))
     vol_threshold_default: float = 0.08
     vol_hour_multipliers: tuple[float, ...] = DEFAULT_VOL_HOUR_MULTIPLIERS
     #: Thresholds are for 1h bars; other timeframes scale by sqrt(tf / 1h).
@@ -182,6 +178,9 @@ class RiskConfig:
     #: Orders approved per rolling window of event time (venue and fat-finger guard).
     max_orders_per_window: int = 30
     order_rate_window_ns: int = 60 * NS_PER_SECOND
+    #: An approved order that no fill or terminal update has ended after this
+    #: long stops counting as in-flight exposure (a lost update must not block forever).
+    pending_order_ttl_ns: int = 6 * NS_PER_HOUR
 
     # -- input sanity ------------------------------------------------------------------
     allowed_symbols: tuple[str, ...] = DEFAULT_ALLOWED_SYMBOLS
@@ -223,8 +222,14 @@ class RiskConfig:
                 out.append(f"{name}={value!r} outside ({spec.low}, {spec.high}]")
         if not out and not self.drawdown_warn < self.drawdown_near_limit <= self.max_drawdown:
             out.append("drawdown tiers must satisfy warn < near_limit <= max")
-        for name in ("consecutive_loss_cooldown_ns", "vol_reference_timeframe_ns", "vol_halt_ns",
-                     "order_rate_window_ns", "max_mark_age_ns"):  # fmt: skip
+        for name in (
+            "consecutive_loss_cooldown_ns",
+            "vol_reference_timeframe_ns",
+            "vol_halt_ns",
+            "order_rate_window_ns",
+            "max_mark_age_ns",
+            "pending_order_ttl_ns",
+        ):
             if type(getattr(self, name)) is not int or getattr(self, name) <= 0:
                 out.append(f"{name} must be a positive integer (ns)")
         if len(self.vol_hour_multipliers) != 24 or not all(

@@ -35,10 +35,16 @@ A redelivered intent (same event id) gets the cached decision back: the
 decision is a function of the intent, not of how often it arrived, and the
 order-rate window counts it once.
 
-Exposure is measured against the latest portfolio state (``on_portfolio``);
-orders approved but not yet filled are not in it. With bar-driven signals
-the fill of one decision lands before the next signal, which is the regime
-these engines are built for; a faster strategy must wait for its fills.
+Exposure is the latest portfolio position (``on_portfolio``) plus the
+*in-flight* quantity: orders this engine approved whose fills have not yet
+been seen. ``on_execution`` (order updates and fills of the execution
+stream) keeps :class:`~agents.execution.interface.InFlightOrders` current;
+an order no update ever ends is dropped after ``pending_order_ttl_ns``.
+Without this, a stop-loss exit and a strategy exit decided on the same bar
+would both be approved against the same long and turn it into a short. The
+driver must feed a fill to the portfolio and to ``on_execution`` together
+(the replay does; the agents do within one message's handling), otherwise
+exposure is briefly off by that fill.
 
 Marks and protective exits (``on_mark``)
 ----------------------------------------
@@ -82,6 +88,7 @@ from typing import Any, TypeVar
 
 from agents.clock import Clock
 from agents.control.signing import AuditOutcome, ControlAudit, ControlVerifier, audit_for
+from agents.execution.interface import InFlightOrders, client_order_id_for
 from agents.portfolio.engine import PortfolioState
 from agents.risk.config import NS_PER_HOUR, NS_PER_SECOND, SETTABLE_LIMITS, RiskConfig
 from agents.risk.killswitch import KillScope, KillSwitch, KillSwitchBoard, OpeningStatus
@@ -89,8 +96,10 @@ from topics.records import (
     Bar,
     ControlCommand,
     ControlEvent,
+    Fill,
     OrderIntent,
     OrderType,
+    OrderUpdate,
     RiskDecision,
     RiskVerdict,
     Side,
@@ -215,6 +224,7 @@ class RiskEngine:
         self._exited: OrderedDict[tuple[str, int | None, float], None] = OrderedDict()
         self._loss_streak_served = 0
         self._loss_cooldown_until: int | None = None
+        self._in_flight = InFlightOrders(ttl_ns=config.pending_order_ttl_ns)
 
     # ------------------------------------------------------------------
     # Inputs other than intents
@@ -227,6 +237,15 @@ class RiskEngine:
 
     def portfolio(self) -> PortfolioState:
         return self._portfolio or PortfolioState.initial(1.0)
+
+    def on_execution(self, record: OrderUpdate | Fill) -> None:
+        """Track in-flight orders from the execution stream (see the module docstring)."""
+        self._in_flight.on_execution(record)
+
+    def exposure(self, symbol: str) -> float:
+        """Signed position the next order is measured against: portfolio + in flight."""
+        held = self._portfolio.quantity(symbol) if self._portfolio is not None else 0.0
+        return held + self._in_flight.net(symbol, self.clock.now_ns())
 
     def opening_status(self, strategy_id: str, track: str, symbol: str) -> OpeningStatus:
         return self.kill_switches.opening_status(strategy_id, track, symbol, self.clock.now_ns())
@@ -266,6 +285,9 @@ class RiskEngine:
         pos = state.position(bar.symbol) if state is not None else None
         if pos is None or pos.quantity == 0.0 or pos.avg_price <= 0.0:
             return None
+        exposure = self.exposure(bar.symbol)
+        if exposure * pos.quantity <= 0.0 or abs(exposure) <= _QTY_EPS:
+            return None  # an exit is already in flight
         direction = 1.0 if pos.quantity > 0 else -1.0
         ret = direction * (bar.close / pos.avg_price - 1.0)
         if ret <= -self.config.stop_loss:
@@ -274,7 +296,7 @@ class RiskEngine:
             reason = RiskReason.TAKE_PROFIT
         else:
             return None
-        key = (bar.symbol, pos.opened_at_ns, pos.quantity)
+        key = (bar.symbol, pos.opened_at_ns, exposure)
         if key in self._exited:
             return None
         _bounded_put(self._exited, key, None, self._max_cached)
@@ -286,8 +308,8 @@ class RiskEngine:
             strategy_id=self.config.protective_strategy_id,
             track=self.config.track,
             symbol=bar.symbol,
-            side=Side.SELL if pos.quantity > 0 else Side.BUY,
-            quantity=abs(pos.quantity),
+            side=Side.SELL if exposure > 0 else Side.BUY,
+            quantity=abs(exposure),
             order_type=OrderType.MARKET,
             limit_price=None,
             reduce_only=True,
@@ -336,7 +358,7 @@ class RiskEngine:
 
         # -- split into closing and opening parts -----------------------------
         state = self._portfolio or PortfolioState.initial(1.0)
-        current = state.quantity(intent.symbol)
+        current = self.exposure(intent.symbol)
         buying = intent.side is Side.BUY
         reduces = current != 0.0 and (current > 0) != buying
         closing = min(qty, abs(current)) if reduces else 0.0
@@ -392,6 +414,8 @@ class RiskEngine:
 
         # -- verdict --------------------------------------------------------------------------
         approved = 0.0 if hard else closing + opening
+        if not hard and not reasons:
+            approved = qty  # nothing cut: do not let the split's float residue read as a reduction
         approved = min(approved, qty)
         if hard or approved <= _QTY_EPS:
             verdict, approved = RiskVerdict.REJECTED, 0.0
@@ -404,6 +428,7 @@ class RiskEngine:
             reasons.add(trigger)
         if verdict is not RiskVerdict.REJECTED:
             self._order_times.append(now)
+            self._in_flight.add(client_order_id_for(intent.event_id), intent.symbol, intent.side, approved, now)
         decision = RiskDecision.new(
             ts_init=now,
             correlation_id=intent.correlation_id,
@@ -456,14 +481,18 @@ class RiskEngine:
         before = self.config.config_hash()
         verdict = self.verifier.verify(event, now)
         if not verdict.ok:
-            return self._audit(event, AuditOutcome.REJECTED, verdict.reason.value, verdict.detail, (), before, now,
-                               alert=True)  # fmt: skip
+            return self._audit(
+                event, AuditOutcome.REJECTED, verdict.reason.value, verdict.detail, (), before, now, alert=True
+            )
         try:
             outcome, reason, detail, changes = self._apply(event, now)
         except Exception as exc:  # an authentic but malformed command is still only a rejection
             outcome, reason, detail, changes = (
-                AuditOutcome.REJECTED, ControlReason.INVALID_PARAMS, type(exc).__name__, ()
-            )  # fmt: skip
+                AuditOutcome.REJECTED,
+                ControlReason.INVALID_PARAMS,
+                type(exc).__name__,
+                (),
+            )
         return self._audit(event, outcome, reason.value, detail, changes, before, now, alert=False)
 
     def _audit(

@@ -78,13 +78,9 @@ class StrategyConfig:
 
     # -- volatility buckets --------------------------------------------------------
     #: Asset (or exact symbol) -> bucket; anything else is ``default_vol_bucket``.
-    symbol_vol_bucket: Mapping[str, str] = field(
-        default_factory=lambda: _frozen({"BTC": "low", "ETH": "mid"})
-    )
+    symbol_vol_bucket: Mapping[str, str] = field(default_factory=lambda: _frozen({"BTC": "low", "ETH": "mid"}))
     default_vol_bucket: str = "high"
-    bucket_scale: Mapping[str, float] = field(
-        default_factory=lambda: _frozen({"low": 1.0, "mid": 0.8, "high": 0.5})
-    )
+    bucket_scale: Mapping[str, float] = field(default_factory=lambda: _frozen({"low": 1.0, "mid": 0.8, "high": 0.5}))
     hour_scale: tuple[float, ...] = DEFAULT_HOUR_SCALE
 
     # -- costs -------------------------------------------------------------------------
@@ -107,6 +103,8 @@ class StrategyConfig:
     #: the execution adapter's job; this only removes float dust).
     quantity_decimals: int = 8
     max_seen_signals: int = 100_000
+    #: An order of ours no update has ended after this long stops counting as in flight.
+    pending_order_ttl_ns: int = 6 * NS_PER_HOUR
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "position_cap_notional", _frozen(self.position_cap_notional))

@@ -35,8 +35,11 @@ From signal to target (parameters in :class:`~agents.strategy.config.StrategyCon
    (strategy_id, symbol, signal event id), causation the signal,
    ``reduce_only`` when it only shrinks the position toward flat.
 
-The current position is the latest portfolio snapshot's: with bar-driven
-signals the previous intent has filled before the next signal arrives.
+The current position is the latest portfolio snapshot's plus the orders
+still in flight (:class:`~agents.execution.interface.InFlightOrders`, fed by
+``on_execution``), so a signal arriving before the previous order filled
+does not order the same change twice; a rejected or reduced order corrects
+itself through its terminal or acknowledged update.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from agents.clock import Clock
+from agents.execution.interface import ExecutionRecord, InFlightOrders, client_order_id_for
 from agents.portfolio.engine import PortfolioState
 from agents.strategy.config import StrategyConfig
 from topics.records import Bar, OrderIntent, OrderType, Side, Signal
@@ -106,6 +110,7 @@ class StrategyEngine:
         self._portfolio: PortfolioState | None = None
         self._prices: dict[str, tuple[int, float]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._in_flight = InFlightOrders(ttl_ns=config.pending_order_ttl_ns)
 
     # ------------------------------------------------------------------
     # State inputs
@@ -122,6 +127,15 @@ class StrategyEngine:
         if seen is None or bar.ts_event >= seen[0]:
             self._prices[bar.symbol] = (bar.ts_event, bar.close)
 
+    def on_execution(self, record: ExecutionRecord) -> None:
+        """Order updates of this strategy's intents: what is still in flight."""
+        self._in_flight.on_execution(record)
+
+    def position(self, symbol: str) -> float:
+        """Portfolio position plus this strategy's orders in flight."""
+        held = self._portfolio.quantity(symbol) if self._portfolio is not None else 0.0
+        return held + self._in_flight.net(symbol, self.clock.now_ns())
+
     # ------------------------------------------------------------------
     # Signals
     # ------------------------------------------------------------------
@@ -130,7 +144,7 @@ class StrategyEngine:
         cfg = self.config
         now = self.clock.now_ns()
         state = self._portfolio
-        current = state.quantity(signal.symbol) if state is not None else 0.0
+        current = self.position(signal.symbol)
 
         def skip(reason: SizingReason, adjustments: tuple[SizingAdjustment, ...] = ()) -> SizingDecision:
             return SizingDecision(
@@ -239,6 +253,7 @@ class StrategyEngine:
             target_position=target,
             signal_event_id=signal.event_id,
         )
+        self._in_flight.add(client_order_id_for(intent.event_id), intent.symbol, intent.side, intent.quantity, now)
         return SizingDecision(
             signal_event_id=signal.event_id,
             symbol=signal.symbol,

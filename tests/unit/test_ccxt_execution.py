@@ -19,6 +19,7 @@ from agents.execution.ccxt_live import (
     CcxtExecutionAdapter,
     ExecutionUnavailable,
     LiveExecutionConfig,
+    VenueMarket,
     classify_execution_error,
     make_execution_exchange,
 )
@@ -47,10 +48,18 @@ KEYS = {"apiKey": "test-key", "secret": "test-secret-0123456789abcdef0123456789"
 # ---------------------------------------------------------------------------
 
 
-def reply(method: str, path: str, body: Any = None, *, status: int = 200, raise_: str | None = None,
-          repeat: bool = False) -> Interaction:  # fmt: skip
-    return Interaction(method=method, path=path, query={}, response=None if raise_ else {"status": status, "body": body},
-                       raise_=raise_, repeat=repeat, source="inline")  # fmt: skip
+def reply(
+    method: str, path: str, body: Any = None, *, status: int = 200, raise_: str | None = None, repeat: bool = False
+) -> Interaction:
+    return Interaction(
+        method=method,
+        path=path,
+        query={},
+        response=None if raise_ else {"status": status, "body": body},
+        raise_=raise_,
+        repeat=repeat,
+        source="inline",
+    )
 
 
 class Venue:
@@ -79,10 +88,16 @@ def binance_coid(body: str) -> str:
     return dict(parse_qsl(body))["newClientOrderId"]
 
 
-async def venue(exchange_id: str, market_type: str, fixture: str | None, *interactions: Interaction,
-                credentials: dict[str, str] | None = None, dry_run: bool = False,
-                **cfg: Any) -> tuple[CcxtExecutionAdapter, Venue, list[float]]:  # fmt: skip
-    config = LiveExecutionConfig(exchange_id=exchange_id, market_type=market_type, dry_run=dry_run, **cfg)  # type: ignore[arg-type]
+async def venue(
+    exchange_id: str,
+    market_type: str,
+    fixture: str | None,
+    *interactions: Interaction,
+    credentials: dict[str, str] | None = None,
+    dry_run: bool = False,
+    **cfg: Any,
+) -> tuple[CcxtExecutionAdapter, Venue, list[float]]:
+    config = LiveExecutionConfig(exchange_id=exchange_id, market_type=VenueMarket(market_type), dry_run=dry_run, **cfg)
     exchange = make_execution_exchange(config, credentials if credentials is not None else KEYS)
     v = Venue(exchange, fixture, *interactions)
     delays: list[float] = []
@@ -110,20 +125,44 @@ async def _close_exchanges() -> AsyncIterator[None]:
 _seq = 0
 
 
-def order(symbol: str = "BTC/USDT", side: Side = Side.BUY, qty: float = 0.01, *, reduce_only: bool = False,
-          limit: float | None = None, verdict: RiskVerdict = RiskVerdict.APPROVED) -> tuple[OrderIntent, RiskDecision]:  # fmt: skip
+def order(
+    symbol: str = "BTC/USDT",
+    side: Side = Side.BUY,
+    qty: float = 0.01,
+    *,
+    reduce_only: bool = False,
+    limit: float | None = None,
+    verdict: RiskVerdict = RiskVerdict.APPROVED,
+) -> tuple[OrderIntent, RiskDecision]:
     global _seq
     _seq += 1
     it = OrderIntent.new(
-        ts_init=NOW, ts_event=NOW, strategy_id="s1", track="live", symbol=symbol, side=side, quantity=qty,
-        order_type=OrderType.LIMIT if limit else OrderType.MARKET, limit_price=limit, reduce_only=reduce_only,
-        target_position=0.0, signal_event_id=f"sig-{_seq}",
-    )  # fmt: skip
+        ts_init=NOW,
+        ts_event=NOW,
+        strategy_id="s1",
+        track="live",
+        symbol=symbol,
+        side=side,
+        quantity=qty,
+        order_type=OrderType.LIMIT if limit else OrderType.MARKET,
+        limit_price=limit,
+        reduce_only=reduce_only,
+        target_position=0.0,
+        signal_event_id=f"sig-{_seq}",
+    )
     ok = verdict is not RiskVerdict.REJECTED
     dec = RiskDecision.new(
-        ts_init=NOW, ts_event=NOW, causation_id=it.event_id, intent_event_id=it.event_id, strategy_id="s1",
-        symbol=symbol, verdict=verdict, requested_quantity=qty, approved_quantity=qty if ok else 0.0, reasons=(),
-    )  # fmt: skip
+        ts_init=NOW,
+        ts_event=NOW,
+        causation_id=it.event_id,
+        intent_event_id=it.event_id,
+        strategy_id="s1",
+        symbol=symbol,
+        verdict=verdict,
+        requested_quantity=qty,
+        approved_quantity=qty if ok else 0.0,
+        reasons=(),
+    )
     return it, dec
 
 
@@ -140,18 +179,38 @@ BINANCE_ORDER = "/api/v3/order"
 
 def binance_filled(coid: str) -> dict[str, Any]:
     return {
-        "symbol": "BTCUSDT", "orderId": 28, "orderListId": -1, "clientOrderId": coid,
-        "transactTime": 1609495200123, "price": "0.00000000", "origQty": "0.01000000",
-        "executedQty": "0.01000000", "cummulativeQuoteQty": "290.12000000", "status": "FILLED",
-        "timeInForce": "GTC", "type": "MARKET", "side": "BUY", "workingTime": 1609495200123,
+        "symbol": "BTCUSDT",
+        "orderId": 28,
+        "orderListId": -1,
+        "clientOrderId": coid,
+        "transactTime": 1609495200123,
+        "price": "0.00000000",
+        "origQty": "0.01000000",
+        "executedQty": "0.01000000",
+        "cummulativeQuoteQty": "290.12000000",
+        "status": "FILLED",
+        "timeInForce": "GTC",
+        "type": "MARKET",
+        "side": "BUY",
+        "workingTime": 1609495200123,
         "fills": [
-            {"price": "29010.00000000", "qty": "0.00600000", "commission": "0.00000600",
-             "commissionAsset": "BTC", "tradeId": 12},
-            {"price": "29015.00000000", "qty": "0.00400000", "commission": "0.00000400",
-             "commissionAsset": "BTC", "tradeId": 13},
+            {
+                "price": "29010.00000000",
+                "qty": "0.00600000",
+                "commission": "0.00000600",
+                "commissionAsset": "BTC",
+                "tradeId": 12,
+            },
+            {
+                "price": "29015.00000000",
+                "qty": "0.00400000",
+                "commission": "0.00000400",
+                "commissionAsset": "BTC",
+                "tradeId": 13,
+            },
         ],
         "selfTradePreventionMode": "NONE",
-    }  # fmt: skip
+    }
 
 
 def binance_error(code: int, msg: str, status: int = 400) -> Interaction:
@@ -192,18 +251,51 @@ async def test_dry_run_breaking_a_market_rule_then_rejected_with_that_rule(
 
 
 BITGET_SPOT_BTC = {
-    "id": "BTCUSDT", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT", "settle": None, "baseId": "BTC",
-    "quoteId": "USDT", "settleId": None, "type": "spot", "spot": True, "margin": False, "swap": False,
-    "future": False, "option": False, "active": True, "contract": False, "linear": None, "inverse": None,
-    "contractSize": None, "taker": 0.001, "maker": 0.001, "expiry": None, "expiryDatetime": None, "strike": None,
-    "optionType": None, "precision": {"amount": 0.000001, "price": 0.01},
-    "limits": {"amount": {"min": 0.0001, "max": None}, "price": {"min": None, "max": None},
-               "cost": {"min": 1.0, "max": None}, "leverage": {"min": None, "max": None}},
-    "info": {"symbol": "BTCUSDT", "baseCoin": "BTC", "quoteCoin": "USDT", "minTradeAmount": "0",
-             "pricePrecision": "2", "quantityPrecision": "6", "quotePrecision": "8", "status": "online",
-             "minTradeUSDT": "1"},
+    "id": "BTCUSDT",
+    "symbol": "BTC/USDT",
+    "base": "BTC",
+    "quote": "USDT",
+    "settle": None,
+    "baseId": "BTC",
+    "quoteId": "USDT",
+    "settleId": None,
+    "type": "spot",
+    "spot": True,
+    "margin": False,
+    "swap": False,
+    "future": False,
+    "option": False,
+    "active": True,
+    "contract": False,
+    "linear": None,
+    "inverse": None,
+    "contractSize": None,
+    "taker": 0.001,
+    "maker": 0.001,
+    "expiry": None,
+    "expiryDatetime": None,
+    "strike": None,
+    "optionType": None,
+    "precision": {"amount": 0.000001, "price": 0.01},
+    "limits": {
+        "amount": {"min": 0.0001, "max": None},
+        "price": {"min": None, "max": None},
+        "cost": {"min": 1.0, "max": None},
+        "leverage": {"min": None, "max": None},
+    },
+    "info": {
+        "symbol": "BTCUSDT",
+        "baseCoin": "BTC",
+        "quoteCoin": "USDT",
+        "minTradeAmount": "0",
+        "pricePrecision": "2",
+        "quantityPrecision": "6",
+        "quotePrecision": "8",
+        "status": "online",
+        "minTradeUSDT": "1",
+    },
     "created": None,
-}  # fmt: skip
+}
 
 
 async def test_bitget_spot_below_min_amount_then_min_amount() -> None:
@@ -215,9 +307,15 @@ async def test_bitget_spot_below_min_amount_then_min_amount() -> None:
 
 async def test_bitget_spot_market_buy_then_sized_in_quote_with_our_client_oid() -> None:
     path = "/api/v2/spot/trade/place-order"
-    ack = {"code": "00000", "msg": "success", "requestTime": 1609495200000, "data": {"orderId": "1001", "clientOid": "x"}}
-    adapter, v, _ = await venue("bitget", "spot", None, reply("POST", path, ack),
-                                credentials={**KEYS, "password": "pass"})  # fmt: skip
+    ack = {
+        "code": "00000",
+        "msg": "success",
+        "requestTime": 1609495200000,
+        "data": {"orderId": "1001", "clientOid": "x"},
+    }
+    adapter, v, _ = await venue(
+        "bitget", "spot", None, reply("POST", path, ack), credentials={**KEYS, "password": "pass"}
+    )
     adapter.exchange.set_markets([BITGET_SPOT_BTC])
     it, dec = order(qty=0.002)
     out = await adapter.submit(it, dec, mkt(price=29_000.0))
@@ -236,8 +334,9 @@ async def test_bitget_spot_market_buy_then_sized_in_quote_with_our_client_oid() 
 async def test_binance_market_buy_filled_then_fills_from_the_venue_trades() -> None:
     it, dec = order(qty=0.01)
     coid = client_order_id_for(it.event_id)
-    adapter, v, _ = await venue("binance", "spot", "binance_spot_markets.json",
-                                reply("POST", BINANCE_ORDER, binance_filled(coid)))  # fmt: skip
+    adapter, v, _ = await venue(
+        "binance", "spot", "binance_spot_markets.json", reply("POST", BINANCE_ORDER, binance_filled(coid))
+    )
     out = await adapter.submit(it, dec, mkt(price=29_000.0))
     assert statuses(out) == ["new", "acknowledged", "fill", "fill", "filled"]
     (body,) = v.posts(BINANCE_ORDER)
@@ -245,7 +344,9 @@ async def test_binance_market_buy_filled_then_fills_from_the_venue_trades() -> N
     assert sent["newClientOrderId"] == coid and sent["quantity"] == "0.01" and "quoteOrderQty" not in sent
     fills = [r for r in out if isinstance(r, Fill)]
     assert [(f.price, f.quantity, f.fee, f.fee_currency) for f in fills] == [
-        (29_010.0, 0.006, 0.000006, "BTC"), (29_015.0, 0.004, 0.000004, "BTC")]  # fmt: skip
+        (29_010.0, 0.006, 0.000006, "BTC"),
+        (29_015.0, 0.004, 0.000004, "BTC"),
+    ]
     assert fills[0].slippage_bps == pytest.approx((29_010 / 29_000 - 1) * 10_000)
     assert fills[0].ts_event == 1_609_495_200_123_000_000 and fills[0].client_order_id == coid
     done = out[-1]
@@ -256,10 +357,23 @@ async def test_binance_market_buy_filled_then_fills_from_the_venue_trades() -> N
 async def test_binance_limit_order_partially_filled_then_partial_update_and_one_fill() -> None:
     it, dec = order(qty=0.01, limit=29_000.0)
     coid = client_order_id_for(it.event_id)
-    partial = {**binance_filled(coid), "type": "LIMIT", "price": "29000.00", "status": "PARTIALLY_FILLED",
-               "executedQty": "0.00400000", "cummulativeQuoteQty": "116.00000000",
-               "fills": [{"price": "29000.00", "qty": "0.00400000", "commission": "0.11600000",
-                          "commissionAsset": "USDT", "tradeId": 21}]}  # fmt: skip
+    partial = {
+        **binance_filled(coid),
+        "type": "LIMIT",
+        "price": "29000.00",
+        "status": "PARTIALLY_FILLED",
+        "executedQty": "0.00400000",
+        "cummulativeQuoteQty": "116.00000000",
+        "fills": [
+            {
+                "price": "29000.00",
+                "qty": "0.00400000",
+                "commission": "0.11600000",
+                "commissionAsset": "USDT",
+                "tradeId": 21,
+            }
+        ],
+    }
     adapter, v, _ = await venue("binance", "spot", "binance_spot_markets.json", reply("POST", BINANCE_ORDER, partial))
     out = await adapter.submit(it, dec, mkt())
     assert statuses(out) == ["new", "acknowledged", "fill", "partially_filled"]
@@ -270,10 +384,12 @@ async def test_binance_limit_order_partially_filled_then_partial_update_and_one_
 
 async def test_timeout_then_retry_with_same_client_order_id_and_duplicate_means_already_placed() -> None:
     adapter, v, delays = await venue(
-        "binance", "spot", "binance_spot_markets.json",
+        "binance",
+        "spot",
+        "binance_spot_markets.json",
         reply("POST", BINANCE_ORDER, raise_="RequestTimeout"),
         binance_error(-2010, "Duplicate order sent."),
-    )  # fmt: skip
+    )
     it, dec = order()
     out = await adapter.submit(it, dec, mkt())
     first, second = v.posts(BINANCE_ORDER)
@@ -287,11 +403,14 @@ async def test_rate_limited_then_retried_with_same_id_and_filled_once() -> None:
     it, dec = order()
     coid = client_order_id_for(it.event_id)
     adapter, v, delays = await venue(
-        "binance", "spot", "binance_spot_markets.json",
-        binance_error(-1003, "Too much request weight used; current limit is 6000 request weight per 1 MINUTE.",
-                      status=429),
+        "binance",
+        "spot",
+        "binance_spot_markets.json",
+        binance_error(
+            -1003, "Too much request weight used; current limit is 6000 request weight per 1 MINUTE.", status=429
+        ),
         reply("POST", BINANCE_ORDER, binance_filled(coid)),
-    )  # fmt: skip
+    )
     out = await adapter.submit(it, dec, mkt())
     assert [binance_coid(b) for b in v.posts(BINANCE_ORDER)] == [coid, coid]
     assert statuses(out)[-1] == "filled" and delays == [0.5]
@@ -309,8 +428,12 @@ async def test_rate_limited_on_every_attempt_then_rejected_rate_limited_after_ba
 
 async def test_redelivered_intent_then_no_second_request() -> None:
     it, dec = order()
-    adapter, v, _ = await venue("binance", "spot", "binance_spot_markets.json",
-                                reply("POST", BINANCE_ORDER, binance_filled(client_order_id_for(it.event_id))))  # fmt: skip
+    adapter, v, _ = await venue(
+        "binance",
+        "spot",
+        "binance_spot_markets.json",
+        reply("POST", BINANCE_ORDER, binance_filled(client_order_id_for(it.event_id))),
+    )
     assert await adapter.submit(it, dec, mkt())
     assert await adapter.submit(it, dec, mkt()) == []
     assert len(v.posts(BINANCE_ORDER)) == 1 and len(adapter.sent_client_order_ids) == 1
@@ -324,11 +447,10 @@ async def test_redelivered_intent_then_no_second_request() -> None:
         (binance_error(-1121, "Invalid symbol."), ExecReason.SYMBOL_NOT_SUPPORTED),
         (binance_error(-1013, "Filter failure: NOTIONAL"), ExecReason.MIN_NOTIONAL),
         (binance_error(-1111, "Precision is over the maximum defined for this asset."), ExecReason.PRECISION_INVALID),
-        (binance_error(-2010, "Account has insufficient balance for requested action."),
-         ExecReason.INSUFFICIENT_FUNDS),
+        (binance_error(-2010, "Account has insufficient balance for requested action."), ExecReason.INSUFFICIENT_FUNDS),
         (binance_error(-1000, "An unknown error occurred while processing the request."), ExecReason.VENUE_ERROR),
     ],
-)  # fmt: skip
+)
 async def test_binance_reject_then_classified_and_not_retried(error: Interaction, reason: ExecReason) -> None:
     adapter, v, delays = await venue("binance", "spot", "binance_spot_markets.json", error)
     (rej,) = await adapter.submit(*order(), mkt())
@@ -360,22 +482,42 @@ BITGET_PLACE = "/api/v2/mix/order/place-order"
 
 def bitget_setup() -> list[Interaction]:
     return [
-        reply("POST", "/api/v2/mix/account/set-margin-mode",
-              {**BITGET_OK, "data": {"symbol": "BTCUSDT", "marginCoin": "USDT", "marginMode": "crossed"}}),
+        reply(
+            "POST",
+            "/api/v2/mix/account/set-margin-mode",
+            {**BITGET_OK, "data": {"symbol": "BTCUSDT", "marginCoin": "USDT", "marginMode": "crossed"}},
+        ),
         reply("POST", "/api/v2/mix/account/set-position-mode", {**BITGET_OK, "data": {"posMode": "one_way_mode"}}),
-        reply("POST", "/api/v2/mix/account/set-leverage",
-              {**BITGET_OK, "data": {"symbol": "BTCUSDT", "marginCoin": "USDT", "longLeverage": "3",
-                                     "shortLeverage": "3", "crossMarginLeverage": "3", "marginMode": "crossed"}}),
-    ]  # fmt: skip
+        reply(
+            "POST",
+            "/api/v2/mix/account/set-leverage",
+            {
+                **BITGET_OK,
+                "data": {
+                    "symbol": "BTCUSDT",
+                    "marginCoin": "USDT",
+                    "longLeverage": "3",
+                    "shortLeverage": "3",
+                    "crossMarginLeverage": "3",
+                    "marginMode": "crossed",
+                },
+            },
+        ),
+    ]
 
 
 async def test_bitget_swap_reduce_only_exit_then_account_configured_once_and_params_sent() -> None:
     placed = {**BITGET_OK, "data": {"orderId": "2001", "clientOid": "x"}}
     adapter, v, _ = await venue(
-        "bitget", "swap", "bitget_swap_markets.json", *bitget_setup(),
-        reply("POST", BITGET_PLACE, placed), reply("POST", BITGET_PLACE, placed),
-        credentials={**KEYS, "password": "pass"}, leverage=3,
-    )  # fmt: skip
+        "bitget",
+        "swap",
+        "bitget_swap_markets.json",
+        *bitget_setup(),
+        reply("POST", BITGET_PLACE, placed),
+        reply("POST", BITGET_PLACE, placed),
+        credentials={**KEYS, "password": "pass"},
+        leverage=3,
+    )
     it, dec = order("BTC/USDT:USDT", Side.SELL, 0.05, reduce_only=True)
     out = await adapter.submit(it, dec, mkt("BTC/USDT:USDT", 29_000.0))
     assert statuses(out) == ["new", "acknowledged"]
@@ -392,18 +534,23 @@ async def test_bitget_swap_reduce_only_exit_then_account_configured_once_and_par
 @pytest.mark.parametrize(
     ("code", "msg", "reason"),
     [
-        ("40774", "The order type for unilateral position must also be the unilateral position type.",
-         ExecReason.POSITION_RULE),
+        (
+            "40774",
+            "The order type for unilateral position must also be the unilateral position type.",
+            ExecReason.POSITION_RULE,
+        ),
         ("45110", "less than the minimum amount 5 USDT", ExecReason.MIN_NOTIONAL),
         ("40009", "sign signature error", ExecReason.AUTH_FAILED),
         ("43012", "Insufficient balance", ExecReason.INSUFFICIENT_FUNDS),
     ],
-)  # fmt: skip
+)
 async def test_bitget_swap_reject_then_classified(code: str, msg: str, reason: ExecReason) -> None:
-    error = reply("POST", BITGET_PLACE, {"code": code, "msg": msg, "requestTime": 1609495200000, "data": None},
-                  status=400)  # fmt: skip
-    adapter, _, _ = await venue("bitget", "swap", "bitget_swap_markets.json", *bitget_setup(), error,
-                                credentials={**KEYS, "password": "pass"})  # fmt: skip
+    error = reply(
+        "POST", BITGET_PLACE, {"code": code, "msg": msg, "requestTime": 1609495200000, "data": None}, status=400
+    )
+    adapter, _, _ = await venue(
+        "bitget", "swap", "bitget_swap_markets.json", *bitget_setup(), error, credentials={**KEYS, "password": "pass"}
+    )
     (rej,) = await adapter.submit(*order("BTC/USDT:USDT", qty=0.01), mkt("BTC/USDT:USDT", 29_000.0))
     assert isinstance(rej, OrderUpdate) and rej.status is OrderStatus.REJECTED and rej.reason == reason
 
@@ -420,17 +567,31 @@ async def test_spot_symbol_on_swap_adapter_then_symbol_not_supported() -> None:
 
 
 async def test_coinbase_order_then_our_client_order_id_not_a_random_uuid() -> None:
-    summary = {"total_volume": 0, "total_fees": 0, "fee_tier": {"pricing_tier": "Advanced 1", "usd_from": "0",
-               "usd_to": "1000", "taker_fee_rate": "0.008", "maker_fee_rate": "0.006"}}  # fmt: skip
-    created = {"success": True, "failure_reason": "UNKNOWN_FAILURE_REASON", "order_id": "cb-1",
-               "success_response": {"order_id": "cb-1", "product_id": "BTC-USD", "side": "SELL",
-                                    "client_order_id": "x"},
-               "order_configuration": {"market_market_ioc": {"base_size": "0.01"}}}  # fmt: skip
+    summary = {
+        "total_volume": 0,
+        "total_fees": 0,
+        "fee_tier": {
+            "pricing_tier": "Advanced 1",
+            "usd_from": "0",
+            "usd_to": "1000",
+            "taker_fee_rate": "0.008",
+            "maker_fee_rate": "0.006",
+        },
+    }
+    created = {
+        "success": True,
+        "failure_reason": "UNKNOWN_FAILURE_REASON",
+        "order_id": "cb-1",
+        "success_response": {"order_id": "cb-1", "product_id": "BTC-USD", "side": "SELL", "client_order_id": "x"},
+        "order_configuration": {"market_market_ioc": {"base_size": "0.01"}},
+    }
     adapter, v, _ = await venue(
-        "coinbase", "spot", "coinbase_spot_markets.json",
+        "coinbase",
+        "spot",
+        "coinbase_spot_markets.json",
         reply("GET", "/api/v3/brokerage/transaction_summary", summary, repeat=True),
         reply("POST", "/api/v3/brokerage/orders", created),
-    )  # fmt: skip
+    )
     it, dec = order("BTC/USD", Side.SELL, 0.01)
     out = await adapter.submit(it, dec, mkt("BTC/USD", 29_000.0))
     assert statuses(out) == ["new", "acknowledged"]
@@ -450,7 +611,7 @@ async def test_unreachable_venue_at_start_then_execution_unavailable() -> None:
 
 def test_unsupported_venue_or_leverage_on_spot_then_config_refused() -> None:
     with pytest.raises(ValueError, match="not supported"):
-        LiveExecutionConfig(exchange_id="coinbase", market_type="swap")  # type: ignore[arg-type]
+        LiveExecutionConfig(exchange_id="coinbase", market_type=VenueMarket.SWAP)
     with pytest.raises(ValueError, match="leverage"):
         LiveExecutionConfig(exchange_id="bitget", leverage=3)
 
@@ -471,3 +632,14 @@ def test_unsupported_venue_or_leverage_on_spot_then_config_refused() -> None:
 def test_exception_then_classified_by_what_to_do(exc: BaseException, reason: ExecReason, retriable: bool) -> None:
     verdict = classify_execution_error(exc)
     assert verdict.reason is reason and verdict.retriable is retriable
+
+
+async def test_perpetual_with_contract_size_then_amount_in_contracts_records_in_base() -> None:
+    adapter, _, _ = await venue("bitget", "swap", "bitget_swap_markets.json", dry_run=True)
+    adapter.exchange.markets["BTC/USDT:USDT"]["contractSize"] = 0.1
+    it, dec = order("BTC/USDT:USDT", qty=0.05)
+    check = adapter.validate(it, dec.approved_quantity, mkt("BTC/USDT:USDT", 29_000.0))
+    assert check.ok and check.amount == pytest.approx(0.5) and check.base_quantity == pytest.approx(0.05)
+    assert check.cost == pytest.approx(0.05 * 29_000.0)
+    new, _ = await adapter.submit(it, dec, mkt("BTC/USDT:USDT", 29_000.0))
+    assert isinstance(new, OrderUpdate) and new.quantity == pytest.approx(0.05)

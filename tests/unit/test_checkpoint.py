@@ -20,7 +20,7 @@ from models.dataset import WindowDataset, build_dataset, holdout_split
 from models.inference import FeatureMismatch, Predictor, predict_windows, to_signals
 from models.training import TrainResult, train
 from tests.unit.test_training import real_btc_vectors
-from topics.records import Signal
+from topics.records import ModelRegistryEvent, ModelStage, Signal
 from topics.schema import codec_for
 
 
@@ -168,3 +168,29 @@ def test_vectors_of_another_feature_set_or_gap_then_feature_mismatch(tmp_path: P
         predictor.predict_batch([[good[0], *good[2:], vectors[400 + predictor.window]]])
     with pytest.raises(FeatureMismatch, match="expected windows"):
         predictor.predict_batch(np.zeros((2, predictor.window + 1, len(predictor.feature_names))))
+
+
+def test_train_result_then_registry_event_record_round_trips(tmp_path: Path) -> None:
+    result, _ = _trained("gru")
+    path = tmp_path / "gru.ckpt"
+    sha = result.save(path)
+    event = ModelRegistryEvent.new(
+        ts_init=result.data_end,
+        ts_event=result.data_end,
+        model_id="gru-btc",
+        version=sha[:12],
+        stage=ModelStage.REGISTERED,
+        feature_set_version=result.feature_set_version,
+        config=result.config.to_dict(),
+        data_start=result.data_start,
+        data_end=result.data_end,
+        seed=result.config.seed,
+        metrics=result.metrics,
+        checkpoint_path=str(path),
+        checkpoint_sha256=sha,
+    )
+    codec = codec_for(ModelRegistryEvent)
+    decoded = codec.decode(codec.encode(event))
+    assert decoded == event
+    assert ModelConfig.from_dict(decoded.config) == result.config
+    assert load_checkpoint(Path(decoded.checkpoint_path), decoded.checkpoint_sha256).meta.metrics == result.metrics

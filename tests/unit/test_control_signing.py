@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -32,13 +33,29 @@ OTHER_SECRET = b"o" * 40
 KEYRING = Keyring({"ops1": SECRET})
 
 
-def command(nonce: str = "n-1", *, ts: int = NOW, expires_at: int | None = NOW + 60 * S,
-            key_id: str = "ops1", keyring: Keyring = KEYRING, **params: float) -> ControlEvent:  # fmt: skip
+def command(
+    nonce: str = "n-1",
+    *,
+    ts: int = NOW,
+    expires_at: int | None = NOW + 60 * S,
+    key_id: str = "ops1",
+    keyring: Keyring = KEYRING,
+    **params: float,
+) -> ControlEvent:
     return new_control_event(
-        command=ControlCommand.KILL_SWITCH_ON, scope="global", target="*", params=params, reason="drill",
-        operator="alice", key_id=key_id, nonce=nonce, ts_event=ts, ts_init=ts, expires_at=expires_at,
+        command=ControlCommand.KILL_SWITCH_ON,
+        scope="global",
+        target="*",
+        params=params,
+        reason="drill",
+        operator="alice",
+        key_id=key_id,
+        nonce=nonce,
+        ts_event=ts,
+        ts_init=ts,
+        expires_at=expires_at,
         keyring=keyring,
-    )  # fmt: skip
+    )
 
 
 def test_signed_command_then_verifies_once_and_replay_is_refused() -> None:
@@ -55,7 +72,7 @@ def test_signed_command_through_the_wire_codec_then_still_verifies() -> None:
     assert ControlVerifier(KEYRING).verify(codec.decode(codec.encode(event)), NOW).ok
 
 
-_TAMPERED = {
+_TAMPERED: dict[str, Any] = {
     "command": ControlCommand.KILL_SWITCH_OFF,
     "scope": "track",
     "target": "live",
@@ -87,9 +104,12 @@ def test_signed_with_another_secret_then_forged() -> None:
 
 @pytest.mark.parametrize(
     ("signature", "reason"),
-    [("", VerifyReason.UNSIGNED), ("hmac-sha256:zz", VerifyReason.MALFORMED_SIGNATURE),
-     ("ed25519:" + "0" * 64, VerifyReason.MALFORMED_SIGNATURE)],
-)  # fmt: skip
+    [
+        ("", VerifyReason.UNSIGNED),
+        ("hmac-sha256:zz", VerifyReason.MALFORMED_SIGNATURE),
+        ("ed25519:" + "0" * 64, VerifyReason.MALFORMED_SIGNATURE),
+    ],
+)
 def test_unsigned_or_malformed_signature_then_refused(signature: str, reason: VerifyReason) -> None:
     event = dataclasses.replace(command(), signature=signature)
     assert ControlVerifier(KEYRING).verify(event, NOW).reason is reason
@@ -145,7 +165,7 @@ def test_arbitrary_control_events_then_verdict_never_exception(event: ControlEve
 
 
 def test_garbage_in_record_fields_then_malformed_not_raised() -> None:
-    event = dataclasses.replace(command(), params={"x": object()})  # type: ignore[dict-item]
+    event = dataclasses.replace(command(), params={"x": object()})  # type: ignore[dict-item]  # not JSON on purpose
     assert ControlVerifier(KEYRING).verify(event, NOW).reason is VerifyReason.MALFORMED
 
 

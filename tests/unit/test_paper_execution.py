@@ -34,31 +34,65 @@ BTC = "BTC/USDT"
 _seq = 0
 
 
-def order(side: Side = Side.BUY, qty: float = 1.0, *, approved: float | None = None,
-          verdict: RiskVerdict = RiskVerdict.APPROVED, limit: float | None = None,
-          symbol: str = BTC) -> tuple[OrderIntent, RiskDecision]:  # fmt: skip
+def order(
+    side: Side = Side.BUY,
+    qty: float = 1.0,
+    *,
+    approved: float | None = None,
+    verdict: RiskVerdict = RiskVerdict.APPROVED,
+    limit: float | None = None,
+    symbol: str = BTC,
+) -> tuple[OrderIntent, RiskDecision]:
     global _seq
     _seq += 1
     it = OrderIntent.new(
-        ts_init=NOW, ts_event=NOW, strategy_id="s1", track="paper", symbol=symbol, side=side, quantity=qty,
-        order_type=OrderType.LIMIT if limit else OrderType.MARKET, limit_price=limit, reduce_only=False,
-        target_position=qty, signal_event_id=f"sig-{_seq}",
-    )  # fmt: skip
+        ts_init=NOW,
+        ts_event=NOW,
+        strategy_id="s1",
+        track="paper",
+        symbol=symbol,
+        side=side,
+        quantity=qty,
+        order_type=OrderType.LIMIT if limit else OrderType.MARKET,
+        limit_price=limit,
+        reduce_only=False,
+        target_position=qty,
+        signal_event_id=f"sig-{_seq}",
+    )
     ok = verdict is not RiskVerdict.REJECTED
     dec = RiskDecision.new(
-        ts_init=NOW, ts_event=NOW, causation_id=it.event_id, intent_event_id=it.event_id, strategy_id="s1",
-        symbol=symbol, verdict=verdict, requested_quantity=qty,
-        approved_quantity=(qty if approved is None else approved) if ok else 0.0, reasons=(),
-    )  # fmt: skip
+        ts_init=NOW,
+        ts_event=NOW,
+        causation_id=it.event_id,
+        intent_event_id=it.event_id,
+        strategy_id="s1",
+        symbol=symbol,
+        verdict=verdict,
+        requested_quantity=qty,
+        approved_quantity=(qty if approved is None else approved) if ok else 0.0,
+        reasons=(),
+    )
     return it, dec
 
 
 def bar(open_: float = 30_000.0, volume: float = 100.0, *, open_time: int = NOW, symbol: str = BTC) -> Bar:
     return Bar.new(
-        ts_init=open_time + H, ts_event=open_time + H, venue="binance", symbol=symbol, timeframe=Timeframe.H1,
-        open_time=open_time, open=open_, high=open_ * 1.01, low=open_ * 0.99, close=open_, volume=volume,
-        trade_count=None, is_closed=True, revision=0, source="test",
-    )  # fmt: skip
+        ts_init=open_time + H,
+        ts_event=open_time + H,
+        venue="binance",
+        symbol=symbol,
+        timeframe=Timeframe.H1,
+        open_time=open_time,
+        open=open_,
+        high=open_ * 1.01,
+        low=open_ * 0.99,
+        close=open_,
+        volume=volume,
+        trade_count=None,
+        is_closed=True,
+        revision=0,
+        source="test",
+    )
 
 
 def engine(config: PaperConfig | None = None) -> PaperExecutionEngine:
@@ -113,7 +147,10 @@ def test_order_above_max_participation_then_partial_fills_across_bars() -> None:
     third = eng.on_bar(bar(volume=100.0, open_time=NOW + 2 * H))
     assert [f.quantity for f in fills(first + second + third)] == [10.0, 10.0, 5.0]
     assert [u.status for u in updates(first + second + third)] == [
-        OrderStatus.PARTIALLY_FILLED, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED]  # fmt: skip
+        OrderStatus.PARTIALLY_FILLED,
+        OrderStatus.PARTIALLY_FILLED,
+        OrderStatus.FILLED,
+    ]
     assert fills(first)[0].impact_bps == pytest.approx(10.0)  # 100 bps x 10 % participation
     assert eng.open_orders() == ()
 

@@ -21,23 +21,55 @@ ETH = "ETH/USDT"
 _fill_seq = 0
 
 
-def fill(side: Side, qty: float, price: float, *, fee: float = 0.0, symbol: str = BTC, ts: int = T0 + H,
-         fee_currency: str = "USDT", fill_id: str | None = None) -> Fill:  # fmt: skip
+def fill(
+    side: Side,
+    qty: float,
+    price: float,
+    *,
+    fee: float = 0.0,
+    symbol: str = BTC,
+    ts: int = T0 + H,
+    fee_currency: str = "USDT",
+    fill_id: str | None = None,
+) -> Fill:
     global _fill_seq
     _fill_seq += 1
     return Fill.new(
-        ts_init=ts, ts_event=ts, client_order_id="tfcoid", fill_id=fill_id or f"f{_fill_seq}", adapter="test",
-        symbol=symbol, side=side, price=price, quantity=qty, fee=fee, fee_currency=fee_currency,
-        liquidity=Liquidity.TAKER, slippage_bps=0.0, impact_bps=0.0,
-    )  # fmt: skip
+        ts_init=ts,
+        ts_event=ts,
+        client_order_id="tfcoid",
+        fill_id=fill_id or f"f{_fill_seq}",
+        adapter="test",
+        symbol=symbol,
+        side=side,
+        price=price,
+        quantity=qty,
+        fee=fee,
+        fee_currency=fee_currency,
+        liquidity=Liquidity.TAKER,
+        slippage_bps=0.0,
+        impact_bps=0.0,
+    )
 
 
 def bar(close: float, *, symbol: str = BTC, open_time: int = T0) -> Bar:
     return Bar.new(
-        ts_init=open_time + H, ts_event=open_time + H, venue="binance", symbol=symbol, timeframe=Timeframe.H1,
-        open_time=open_time, open=close, high=close, low=close, close=close, volume=100.0, trade_count=None,
-        is_closed=True, revision=0, source="test",
-    )  # fmt: skip
+        ts_init=open_time + H,
+        ts_event=open_time + H,
+        venue="binance",
+        symbol=symbol,
+        timeframe=Timeframe.H1,
+        open_time=open_time,
+        open=close,
+        high=close,
+        low=close,
+        close=close,
+        volume=100.0,
+        trade_count=None,
+        is_closed=True,
+        revision=0,
+        source="test",
+    )
 
 
 def test_long_round_trip_with_fees_then_realized_pnl_and_cash_exact() -> None:
@@ -164,7 +196,9 @@ _fills = st.lists(
 
 @settings(max_examples=120, deadline=None)
 @given(_fills)
-def test_random_fills_and_marks_then_accounting_identities_hold(rows: list[tuple[str, Side, float, float, float, float]]) -> None:  # noqa: E501
+def test_random_fills_and_marks_then_accounting_identities_hold(
+    rows: list[tuple[str, Side, float, float, float, float]],
+) -> None:
     pf = PortfolioEngine()
     ts = T0
     for symbol, side, qty, price, fee, mark in rows:
@@ -173,10 +207,8 @@ def test_random_fills_and_marks_then_accounting_identities_hold(rows: list[tuple
         s = pf.on_bar(bar(mark, symbol=symbol, open_time=ts))
     marks_value = sum(p.quantity * p.mark_price for p in s.positions.values())
     assert s.equity == pytest.approx(s.cash + marks_value, rel=1e-9, abs=1e-6)
-    assert s.equity == pytest.approx(
-        100_000 + s.realized_pnl - s.fees_paid + s.unrealized_pnl, rel=1e-9, abs=1e-6
-    )
-    assert s.peak_equity >= s.equity and 0.0 <= s.drawdown
+    assert s.equity == pytest.approx(100_000 + s.realized_pnl - s.fees_paid + s.unrealized_pnl, rel=1e-9, abs=1e-6)
+    assert s.peak_equity >= s.equity and s.drawdown >= 0.0
     assert s.consecutive_losses <= s.losing_trades <= s.closed_trades
     # Closing every position with an equal opposite fill leaves the book flat.
     for symbol in sorted(s.positions):

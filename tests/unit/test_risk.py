@@ -5,12 +5,14 @@ control (applied only when authentic, audited always)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from types import MappingProxyType
 
 import pytest
 
 from agents.clock import EventClock
 from agents.control.signing import AuditOutcome, ControlVerifier, Keyring, VerifyReason, new_control_event
+from agents.execution.interface import client_order_id_for
 from agents.portfolio.engine import PortfolioState, Position
 from agents.risk.config import RiskConfig
 from agents.risk.engine import ControlReason, RiskEngine, RiskReason
@@ -20,7 +22,9 @@ from topics.records import (
     ControlCommand,
     ControlEvent,
     OrderIntent,
+    OrderStatus,
     OrderType,
+    OrderUpdate,
     RiskDecision,
     RiskVerdict,
     Side,
@@ -47,53 +51,126 @@ def make_engine(config: RiskConfig | None = None) -> tuple[RiskEngine, EventCloc
     return engine, clock
 
 
-def bar(symbol: str, close: float, *, open_: float | None = None, high: float | None = None,
-        low: float | None = None, open_time: int = NOW - H, tf: Timeframe = Timeframe.H1) -> Bar:  # fmt: skip
+def bar(
+    symbol: str,
+    close: float,
+    *,
+    open_: float | None = None,
+    high: float | None = None,
+    low: float | None = None,
+    open_time: int = NOW - H,
+    tf: Timeframe = Timeframe.H1,
+) -> Bar:
     o = close if open_ is None else open_
     return Bar.new(
-        ts_init=open_time + tf.nanos, ts_event=open_time + tf.nanos, venue="binance", symbol=symbol, timeframe=tf,
-        open_time=open_time, open=o, high=high if high is not None else max(o, close),
-        low=low if low is not None else min(o, close), close=close, volume=1_000.0, trade_count=None,
-        is_closed=True, revision=0, source="test",
-    )  # fmt: skip
+        ts_init=open_time + tf.nanos,
+        ts_event=open_time + tf.nanos,
+        venue="binance",
+        symbol=symbol,
+        timeframe=tf,
+        open_time=open_time,
+        open=o,
+        high=high if high is not None else max(o, close),
+        low=low if low is not None else min(o, close),
+        close=close,
+        volume=1_000.0,
+        trade_count=None,
+        is_closed=True,
+        revision=0,
+        source="test",
+    )
 
 
-def intent(side: Side = Side.BUY, qty: float = 0.1, *, symbol: str = BTC, strategy: str = "s1", track: str = "paper",
-           reduce_only: bool = False, limit_price: float | None = None) -> OrderIntent:  # fmt: skip
+def intent(
+    side: Side = Side.BUY,
+    qty: float = 0.1,
+    *,
+    symbol: str = BTC,
+    strategy: str = "s1",
+    track: str = "paper",
+    reduce_only: bool = False,
+    limit_price: float | None = None,
+) -> OrderIntent:
     global _seq
     _seq += 1
     return OrderIntent.new(
-        ts_init=NOW, ts_event=NOW, strategy_id=strategy, track=track, symbol=symbol, side=side, quantity=qty,
-        order_type=OrderType.LIMIT if limit_price else OrderType.MARKET, limit_price=limit_price,
-        reduce_only=reduce_only, target_position=0.0, signal_event_id=f"sig-{_seq}",
-    )  # fmt: skip
+        ts_init=NOW,
+        ts_event=NOW,
+        strategy_id=strategy,
+        track=track,
+        symbol=symbol,
+        side=side,
+        quantity=qty,
+        order_type=OrderType.LIMIT if limit_price else OrderType.MARKET,
+        limit_price=limit_price,
+        reduce_only=reduce_only,
+        target_position=0.0,
+        signal_event_id=f"sig-{_seq}",
+    )
 
 
-def state(*, drawdown: float = 0.0, intraday: float = 0.0, daily_return: float = 0.0, losses: int = 0,
-          positions: dict[str, tuple[float, float]] | None = None, as_of: int = NOW) -> PortfolioState:  # fmt: skip
+def state(
+    *,
+    drawdown: float = 0.0,
+    intraday: float = 0.0,
+    daily_return: float = 0.0,
+    losses: int = 0,
+    positions: dict[str, tuple[float, float]] | None = None,
+    as_of: int = NOW,
+) -> PortfolioState:
     pos = {
-        sym: Position(symbol=sym, quantity=q, avg_price=avg, mark_price=avg, mark_ts_ns=as_of, realized_pnl=0.0,
-                      fees=0.0, opened_at_ns=as_of - H)  # fmt: skip
+        sym: Position(
+            symbol=sym,
+            quantity=q,
+            avg_price=avg,
+            mark_price=avg,
+            mark_ts_ns=as_of,
+            realized_pnl=0.0,
+            fees=0.0,
+            opened_at_ns=as_of - H,
+        )
         for sym, (q, avg) in (positions or {}).items()
     }
     return dataclasses.replace(
         PortfolioState.initial(100_000.0, as_of),
-        drawdown=drawdown, intraday_drawdown=intraday, daily_return=daily_return, consecutive_losses=losses,
+        drawdown=drawdown,
+        intraday_drawdown=intraday,
+        daily_return=daily_return,
+        consecutive_losses=losses,
         positions=MappingProxyType(pos),
-    )  # fmt: skip
+    )
 
 
 _nonce = 0
 
 
-def control(cmd: ControlCommand, scope: str = "global", target: str = "*", *, ts: int = NOW,
-            keyring: Keyring = KEYRING, **params: JsonScalar) -> ControlEvent:  # fmt: skip
+def control(
+    cmd: ControlCommand,
+    scope: str = "global",
+    target: str = "*",
+    *,
+    ts: int = NOW,
+    keyring: Keyring = KEYRING,
+    param_map: dict[str, JsonScalar] | None = None,
+    **params: JsonScalar,
+) -> ControlEvent:
     global _nonce
+    params = {**(param_map or {}), **params}
     _nonce += 1
     return new_control_event(
-        command=cmd, scope=scope, target=target, params=params, reason="test", operator="alice", key_id="ops1",
-        nonce=f"n{_nonce}", ts_event=ts, ts_init=ts, expires_at=ts + 60 * S, keyring=keyring,
-    )  # fmt: skip
+        command=cmd,
+        scope=scope,
+        target=target,
+        params=params,
+        reason="test",
+        operator="alice",
+        key_id="ops1",
+        nonce=f"n{_nonce}",
+        ts_event=ts,
+        ts_init=ts,
+        expires_at=ts + 60 * S,
+        keyring=keyring,
+    )
 
 
 def reasons(decision: RiskDecision) -> set[str]:
@@ -188,8 +265,13 @@ def test_global_kill_switch_then_every_intent_rejected_and_after_release_none() 
     engine.on_portfolio(state(positions={BTC: (1.0, 30_000.0)}))
     audit = engine.on_control(control(ControlCommand.KILL_SWITCH_ON))
     assert audit.outcome is AuditOutcome.ACCEPTED
-    flow = [intent(side, 0.01, symbol=sym, strategy=strat, track=track)
-            for side in Side for sym in (BTC, ETH) for strat in ("s1", "s2") for track in ("paper", "live")]  # fmt: skip
+    flow = [
+        intent(side, 0.01, symbol=sym, strategy=strat, track=track)
+        for side in Side
+        for sym in (BTC, ETH)
+        for strat in ("s1", "s2")
+        for track in ("paper", "live")
+    ]
     flow.append(intent(Side.SELL, 0.5, reduce_only=True))  # an exit is an order too
     decisions = [engine.on_intent(i) for i in flow]
     assert all(d.verdict is RiskVerdict.REJECTED and d.approved_quantity == 0.0 for d in decisions)
@@ -217,18 +299,18 @@ def test_kill_switch_with_duration_then_orders_flow_after_expiry() -> None:
 @pytest.mark.parametrize(
     ("scope", "target", "blocked", "free", "reason"),
     [
-        ("track", "live", {"track": "live"}, {"track": "paper"}, RiskReason.KILL_SWITCH_TRACK),
-        ("strategy", "s2", {"strategy": "s2"}, {"strategy": "s1"}, RiskReason.KILL_SWITCH_STRATEGY),
-        ("symbol", ETH, {"symbol": ETH}, {"symbol": BTC}, RiskReason.KILL_SWITCH_SYMBOL),
+        ("track", "live", ("s1", "live", BTC), ("s1", "paper", BTC), RiskReason.KILL_SWITCH_TRACK),
+        ("strategy", "s2", ("s2", "paper", BTC), ("s1", "paper", BTC), RiskReason.KILL_SWITCH_STRATEGY),
+        ("symbol", ETH, ("s1", "paper", ETH), ("s1", "paper", BTC), RiskReason.KILL_SWITCH_SYMBOL),
     ],
 )
 def test_scoped_kill_switch_then_only_its_scope_blocked(
-    scope: str, target: str, blocked: dict[str, str], free: dict[str, str], reason: RiskReason
+    scope: str, target: str, blocked: tuple[str, str, str], free: tuple[str, str, str], reason: RiskReason
 ) -> None:
     engine, _ = make_engine()
     assert engine.on_control(control(ControlCommand.KILL_SWITCH_ON, scope, target)).outcome is AuditOutcome.ACCEPTED
-    hit = engine.on_intent(intent(qty=0.01, **blocked))  # type: ignore[arg-type]
-    miss = engine.on_intent(intent(qty=0.01, **free))  # type: ignore[arg-type]
+    hit = engine.on_intent(intent(qty=0.01, strategy=blocked[0], track=blocked[1], symbol=blocked[2]))
+    miss = engine.on_intent(intent(qty=0.01, strategy=free[0], track=free[1], symbol=free[2]))
     assert hit.verdict is RiskVerdict.REJECTED and reasons(hit) == {reason}
     assert miss.verdict is RiskVerdict.APPROVED
 
@@ -237,12 +319,13 @@ def test_kill_switch_allowing_reduce_only_then_exit_passes_and_opening_blocked()
     engine, _ = make_engine(RiskConfig(kill_switch_allows_reduce_only=True))
     engine.on_portfolio(state(positions={BTC: (0.5, 30_000.0)}))
     engine.on_control(control(ControlCommand.KILL_SWITCH_ON))
-    exit_ = engine.on_intent(intent(Side.SELL, 0.5, reduce_only=True))
-    assert exit_.verdict is RiskVerdict.APPROVED
     flip = engine.on_intent(intent(Side.SELL, 0.8))
     assert flip.verdict is RiskVerdict.REDUCED and flip.approved_quantity == pytest.approx(0.5)
     assert reasons(flip) == {RiskReason.KILL_SWITCH_GLOBAL}
     assert engine.on_intent(intent(Side.BUY, 0.1)).verdict is RiskVerdict.REJECTED
+    # The approved exit is in flight: a second exit would open a short, so it is blocked too.
+    again = engine.on_intent(intent(Side.SELL, 0.5, reduce_only=True))
+    assert again.verdict is RiskVerdict.REJECTED
 
 
 def test_board_same_setter_reengaged_then_expiry_only_extends() -> None:
@@ -284,15 +367,14 @@ def test_drawdown_at_near_limit_or_max_then_reduce_only(drawdown: float, reason:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "reason"),
-    [
-        ({"daily_return": -0.031}, RiskReason.DAILY_LOSS_LIMIT),
-        ({"intraday": 0.05}, RiskReason.INTRADAY_DRAWDOWN_HALT),
-    ],
+    ("daily_return", "intraday", "reason"),
+    [(-0.031, 0.0, RiskReason.DAILY_LOSS_LIMIT), (0.0, 0.05, RiskReason.INTRADAY_DRAWDOWN_HALT)],
 )
-def test_daily_loss_or_intraday_halt_then_opening_rejected(kwargs: dict[str, float], reason: RiskReason) -> None:
+def test_daily_loss_or_intraday_halt_then_opening_rejected(
+    daily_return: float, intraday: float, reason: RiskReason
+) -> None:
     engine, _ = make_engine()
-    engine.on_portfolio(state(**kwargs))  # type: ignore[arg-type]
+    engine.on_portfolio(state(daily_return=daily_return, intraday=intraday))
     d = engine.on_intent(intent())
     assert d.verdict is RiskVerdict.REJECTED and reasons(d) == {reason}
 
@@ -366,6 +448,57 @@ def test_several_rules_at_once_then_every_reason_listed_in_stable_order() -> Non
     )
 
 
+def _update(it: OrderIntent, status: OrderStatus, qty: float, filled: float) -> OrderUpdate:
+    return OrderUpdate.new(
+        ts_init=NOW,
+        ts_event=NOW,
+        client_order_id=client_order_id_for(it.event_id),
+        venue_order_id=None,
+        adapter="paper",
+        symbol=it.symbol,
+        side=it.side,
+        order_type=OrderType.MARKET,
+        quantity=qty,
+        filled_quantity=filled,
+        avg_fill_price=30_000.0 if filled else None,
+        status=status,
+        reason=None,
+    )
+
+
+def test_exit_in_flight_then_second_exit_rejected_and_fill_releases_it() -> None:
+    engine, _ = make_engine()
+    engine.on_portfolio(state(positions={BTC: (0.4, 30_000.0)}))
+    (stop,) = engine.on_mark(bar(BTC, 29_000.0, open_time=NOW - H)).exits
+    assert engine.on_intent(stop.intent).verdict is RiskVerdict.APPROVED
+    assert engine.exposure(BTC) == pytest.approx(0.0)
+    late = engine.on_intent(intent(Side.SELL, 0.4, reduce_only=True))  # the strategy's own exit, same bar
+    assert late.verdict is RiskVerdict.REJECTED and reasons(late) == {RiskReason.REDUCE_ONLY_VIOLATION}
+    # The fill lands: the portfolio is flat and the order has ended.
+    engine.on_execution(_update(stop.intent, OrderStatus.FILLED, 0.4, 0.4))
+    engine.on_portfolio(state(positions={}))
+    assert engine.exposure(BTC) == 0.0
+    assert engine.on_intent(intent(Side.BUY, 0.1)).verdict is RiskVerdict.APPROVED
+
+
+def test_partial_fills_and_cancel_then_exposure_counts_each_fill_once() -> None:
+    engine, clock = make_engine()
+    it = intent(Side.BUY, 0.5)
+    engine.on_intent(it)
+    engine.on_execution(_update(it, OrderStatus.ACKNOWLEDGED, 0.5, 0.0))
+    engine.on_execution(_update(it, OrderStatus.PARTIALLY_FILLED, 0.5, 0.2))
+    engine.on_portfolio(state(positions={BTC: (0.2, 30_000.0)}))
+    assert engine.exposure(BTC) == pytest.approx(0.5)
+    engine.on_execution(_update(it, OrderStatus.ACKNOWLEDGED, 0.5, 0.0))  # an older update redelivered late
+    assert engine.exposure(BTC) == pytest.approx(0.5)
+    engine.on_execution(_update(it, OrderStatus.CANCELLED, 0.5, 0.2))
+    assert engine.exposure(BTC) == pytest.approx(0.2)
+    engine.on_intent(intent(Side.BUY, 0.1))
+    assert engine.exposure(BTC) == pytest.approx(0.3)
+    clock.advance(NOW + 7 * H)  # no update ever ends it: after the TTL it stops counting
+    assert engine.exposure(BTC) == pytest.approx(0.2)
+
+
 # ---------------------------------------------------------------------------
 # Marks: protective exits and the volatility breaker
 # ---------------------------------------------------------------------------
@@ -422,8 +555,7 @@ def test_breaker_thresholds_per_symbol_and_hour_then_trip_as_configured(
     symbol: str, range_: float, hour: int, trips: bool
 ) -> None:
     engine, _ = make_engine()
-    out = engine.on_mark(bar(symbol, 100.0, open_=100.0, high=100.0 * (1 + range_), low=100.0,
-                             open_time=T0 + hour * H))  # fmt: skip
+    out = engine.on_mark(bar(symbol, 100.0, open_=100.0, high=100.0 * (1 + range_), low=100.0, open_time=T0 + hour * H))
     assert bool(out.engaged) is trips
 
 
@@ -465,7 +597,7 @@ def test_signed_set_limit_then_applied_and_audited_with_hashes() -> None:
 def test_bad_set_limit_then_rejected_and_config_unchanged(params: dict[str, JsonScalar], reason: ControlReason) -> None:
     engine, _ = make_engine()
     before = engine.config
-    audit = engine.on_control(control(ControlCommand.SET_LIMIT, **params))
+    audit = engine.on_control(control(ControlCommand.SET_LIMIT, param_map=params))
     assert audit.outcome is AuditOutcome.REJECTED and audit.reason == reason
     assert engine.config is before and audit.config_hash_after == audit.config_hash_before
 
@@ -478,20 +610,24 @@ def _forged(event: ControlEvent) -> ControlEvent:
     ("make", "reason"),
     [
         (lambda: _forged(control(ControlCommand.KILL_SWITCH_ON)), VerifyReason.BAD_SIGNATURE),
-        (lambda: control(ControlCommand.KILL_SWITCH_ON, keyring=Keyring({"ops1": b"z" * 40})),
-         VerifyReason.BAD_SIGNATURE),
+        (
+            lambda: control(ControlCommand.KILL_SWITCH_ON, keyring=Keyring({"ops1": b"z" * 40})),
+            VerifyReason.BAD_SIGNATURE,
+        ),
         (lambda: dataclasses.replace(control(ControlCommand.KILL_SWITCH_ON), signature=""), VerifyReason.UNSIGNED),
         (lambda: control(ControlCommand.KILL_SWITCH_ON, ts=NOW - 10 * 60 * S), VerifyReason.EXPIRED),
-        (lambda: control(ControlCommand.SET_LIMIT, name="max_drawdown", value=0.5, ts=NOW - 10 * 60 * S),
-         VerifyReason.EXPIRED),
+        (
+            lambda: control(ControlCommand.SET_LIMIT, name="max_drawdown", value=0.5, ts=NOW - 10 * 60 * S),
+            VerifyReason.EXPIRED,
+        ),
     ],
-)  # fmt: skip
+)
 def test_forged_unsigned_or_expired_command_then_nothing_changes_and_alerting_audit(
-    make: object, reason: VerifyReason
+    make: Callable[[], ControlEvent], reason: VerifyReason
 ) -> None:
     engine, _ = make_engine()
     config = engine.config
-    event = make()  # type: ignore[operator]
+    event = make()
     audit = engine.on_control(event)
     assert audit.outcome is AuditOutcome.REJECTED and audit.reason == reason and audit.alert
     assert audit.control_event_id == event.event_id and audit.operator == "alice"
@@ -522,7 +658,9 @@ def test_rollout_command_at_risk_then_ignored_and_audited() -> None:
 
 def test_kill_switch_with_bad_scope_or_params_then_rejected() -> None:
     engine, _ = make_engine()
-    assert engine.on_control(control(ControlCommand.KILL_SWITCH_ON, "planet", "x")).reason == ControlReason.UNKNOWN_SCOPE
+    assert (
+        engine.on_control(control(ControlCommand.KILL_SWITCH_ON, "planet", "x")).reason == ControlReason.UNKNOWN_SCOPE
+    )
     assert engine.on_control(control(ControlCommand.KILL_SWITCH_ON, "track", "")).reason == ControlReason.MISSING_TARGET
     bad = engine.on_control(control(ControlCommand.KILL_SWITCH_ON, duration_s=-5))
     assert bad.reason == ControlReason.INVALID_PARAMS

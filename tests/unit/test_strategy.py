@@ -10,10 +10,11 @@ from types import MappingProxyType
 import pytest
 
 from agents.clock import EventClock
+from agents.execution.interface import client_order_id_for
 from agents.portfolio.engine import PortfolioState, Position
 from agents.strategy.config import StrategyConfig
 from agents.strategy.engine import SizingAdjustment, SizingReason, StrategyEngine
-from topics.records import Bar, OrderIntent, OrderType, Side, Signal, Timeframe
+from topics.records import Bar, OrderIntent, OrderStatus, OrderType, OrderUpdate, Side, Signal, Timeframe
 from topics.schema import codec_for
 
 S = 1_000_000_000
@@ -24,26 +25,50 @@ BTC, ETH = "BTC/USDT", "ETH/USDT"
 PRICES = {BTC: 30_000.0, ETH: 1_000.0}
 
 
-def make_engine(config: StrategyConfig | None = None, *, now: int = NOW,
-                state: PortfolioState | None = None) -> StrategyEngine:  # fmt: skip
+def make_engine(
+    config: StrategyConfig | None = None, *, now: int = NOW, state: PortfolioState | None = None
+) -> StrategyEngine:
     engine = StrategyEngine(config or StrategyConfig(), EventClock(now))
     for symbol, price in PRICES.items():
-        engine.on_bar(Bar.new(
-            ts_init=now, ts_event=now, venue="binance", symbol=symbol, timeframe=Timeframe.H1, open_time=now - H,
-            open=price, high=price, low=price, close=price, volume=1e3, trade_count=None, is_closed=True,
-            revision=0, source="test",
-        ))  # fmt: skip
+        engine.on_bar(
+            Bar.new(
+                ts_init=now,
+                ts_event=now,
+                venue="binance",
+                symbol=symbol,
+                timeframe=Timeframe.H1,
+                open_time=now - H,
+                open=price,
+                high=price,
+                low=price,
+                close=price,
+                volume=1e3,
+                trade_count=None,
+                is_closed=True,
+                revision=0,
+                source="test",
+            )
+        )
     engine.on_portfolio(state or PortfolioState.initial(100_000.0, now))
     return engine
 
 
 def holding(symbol: str, qty: float, *, drawdown: float = 0.0, equity: float = 100_000.0) -> PortfolioState:
-    pos = Position(symbol=symbol, quantity=qty, avg_price=PRICES[symbol], mark_price=PRICES[symbol], mark_ts_ns=NOW,
-                   realized_pnl=0.0, fees=0.0, opened_at_ns=NOW - H)  # fmt: skip
+    pos = Position(
+        symbol=symbol,
+        quantity=qty,
+        avg_price=PRICES[symbol],
+        mark_price=PRICES[symbol],
+        mark_ts_ns=NOW,
+        realized_pnl=0.0,
+        fees=0.0,
+        opened_at_ns=NOW - H,
+    )
     return dataclasses.replace(
-        PortfolioState.initial(equity, NOW), drawdown=drawdown,
+        PortfolioState.initial(equity, NOW),
+        drawdown=drawdown,
         positions=MappingProxyType({symbol: pos} if qty else {}),
-    )  # fmt: skip
+    )
 
 
 _seq = 0
@@ -54,10 +79,21 @@ def signal(score: float, *, symbol: str = BTC, er: float = 0.01, shadow: bool = 
     _seq += 1
     up = max(0.0, min(1.0, 0.5 + score / 2))
     return Signal.new(
-        ts_init=ts, ts_event=ts, symbol=symbol, model_id="m1", model_version="v1", horizon="1h",
-        p_up=up, p_flat=0.0, p_down=1.0 - up, expected_return=er, score=score, shadow=shadow,
-        feature_event_id=f"fe-{_seq}", lineage_id="lin",
-    )  # fmt: skip
+        ts_init=ts,
+        ts_event=ts,
+        symbol=symbol,
+        model_id="m1",
+        model_version="v1",
+        horizon="1h",
+        p_up=up,
+        p_flat=0.0,
+        p_down=1.0 - up,
+        expected_return=er,
+        score=score,
+        shadow=shadow,
+        feature_event_id=f"fe-{_seq}",
+        lineage_id="lin",
+    )
 
 
 def curve(score: float, gain: float = 2.0) -> float:
@@ -215,3 +251,41 @@ def test_invalid_config_then_refused_with_reason() -> None:
     with pytest.raises(ValueError, match="hysteresis"):
         StrategyConfig(entry_threshold=0.1, exit_threshold=0.2)
     assert StrategyConfig().config_hash() != StrategyConfig(curve_gain=3.0).config_hash()
+
+
+def _update(it: OrderIntent, status: OrderStatus, qty: float, filled: float) -> OrderUpdate:
+    return OrderUpdate.new(
+        ts_init=NOW,
+        ts_event=NOW,
+        client_order_id=client_order_id_for(it.event_id),
+        venue_order_id=None,
+        adapter="paper",
+        symbol=it.symbol,
+        side=it.side,
+        order_type=it.order_type,
+        quantity=qty,
+        filled_quantity=filled,
+        avg_fill_price=None,
+        status=status,
+        reason=None,
+    )
+
+
+def test_order_still_in_flight_then_next_signal_does_not_order_it_again() -> None:
+    engine = make_engine()
+    first = engine.on_signal(signal(0.5)).intent
+    assert first is not None
+    engine.on_execution(_update(first, OrderStatus.ACKNOWLEDGED, first.quantity, 0.0))
+    again = engine.on_signal(signal(0.5))
+    assert again.intent is None and again.reason is SizingReason.HOLD
+    assert engine.position(BTC) == pytest.approx(first.quantity)
+
+
+def test_order_rejected_downstream_then_next_signal_orders_again() -> None:
+    engine = make_engine()
+    first = engine.on_signal(signal(0.5)).intent
+    assert first is not None
+    engine.on_execution(_update(first, OrderStatus.REJECTED, first.quantity, 0.0))
+    assert engine.position(BTC) == 0.0
+    second = engine.on_signal(signal(0.5)).intent
+    assert second is not None and second.quantity == first.quantity

@@ -37,6 +37,7 @@ from models.dataset import (
     SplitError,
     WindowDataset,
     build_dataset,
+    closes_by_open_time,
     fit_standardizer,
     holdout_split,
     walk_forward_splits,
@@ -44,7 +45,7 @@ from models.dataset import (
 from models.inference import predict_windows
 from models.metrics import evaluate_predictions
 from models.training import TrainResult, train
-from topics.records import FeatureVector, Timeframe
+from topics.records import Bar, FeatureVector, Timeframe
 
 ROOT = Path(__file__).resolve().parents[2]
 CANDLES = ROOT / "ops" / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"
@@ -186,6 +187,32 @@ def test_missing_bar_then_windows_across_the_gap_dropped() -> None:
     newest = (ds.timestamps - vectors[0].bar_open_time) // H
     assert not any(10 <= b <= 14 for b in newest.tolist())  # any window touching bar 10
     assert newest.tolist() == [4, 5, 6, 7, 8, 9, *range(15, 29)]
+
+
+def test_bars_with_revisions_then_closes_from_highest_closed_revision() -> None:
+    t0 = 1_600_000_000 // 3600 * 3600 * 10**9
+
+    def bar(i: int, close: float, revision: int, closed: bool = True) -> Bar:
+        return Bar.new(
+            ts_init=t0 + (i + 1) * H,
+            ts_event=t0 + (i + 1) * H,
+            venue="v",
+            symbol="BTC/USDT",
+            timeframe=Timeframe.H1,
+            open_time=t0 + i * H,
+            open=close,
+            high=close,
+            low=close,
+            close=close,
+            volume=1.0,
+            trade_count=None,
+            is_closed=closed,
+            revision=revision,
+            source="test",
+        )
+
+    closes = closes_by_open_time([bar(0, 10.0, 1), bar(0, 9.0, 0), bar(1, 11.0, 0), bar(2, 12.0, 0, closed=False)])
+    assert closes == {t0: 10.0, t0 + H: 11.0}
 
 
 def test_mixed_or_unordered_streams_then_dataset_error() -> None:
@@ -433,7 +460,7 @@ def test_torchrun_world_size_one_then_same_checkpoint_as_in_process(tmp_path: Pa
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     split = holdout_split(ds.timestamps, validation_fraction=0.2, purge=ds.horizon_ns)
     in_process_sha = train(config, ds, split).save(tmp_path / "in_process.ckpt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [
             sys.executable,
