@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from topics.records import (
+    Alert,
     Bar,
     ControlEvent,
     DataQualityEvent,
@@ -117,6 +118,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     _spec("jobs.inference", InferenceJob, "job_id", 4, D, 30, "ev_jobs_inference",
           "Batch inference job requests."),
     _spec("jobs.results", JobResult, "job_id", 4, D, 90, "ev_job_results", "Outcomes of jobs."),
+    _spec("ops.alerts", Alert, "code", 1, D, 90, "ev_alerts",
+          "Operator alerts (refused checkpoints, rejected control commands, ...)."),
     _spec("deadletter", DeadLetter, "source_topic", 1, D, 30, "ev_dead_letters",
           "Messages that failed decode/validation, with reason and original bytes."),
 )

@@ -532,6 +532,28 @@ class DeadLetter(Record):
         return self.source_topic.encode()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert(Record):
+    """Something an operator must see (a refused checkpoint, a forged command...).
+
+    Alertmanager-style: ``code`` is the stable alert name, ``labels`` route it,
+    ``dedupe_key`` makes a repeated condition one event.
+    """
+
+    KIND: ClassVar[str] = "alert"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("source", "code", "dedupe_key")
+
+    severity: Severity
+    source: str
+    code: str
+    message: str
+    dedupe_key: str
+    labels: dict[str, str]
+
+    def key(self) -> bytes:
+        return self.code.encode()
+
+
 ALL_RECORDS: tuple[type[Record], ...] = (
     Tick,
     Bar,
@@ -549,4 +571,5 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     InferenceJob,
     JobResult,
     DeadLetter,
+    Alert,
 )

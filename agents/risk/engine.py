@@ -13,7 +13,8 @@ part (reduces the position, at most its size) and an *opening* part (the
 rest: new or increased exposure, or the far side of a flip). Rules then act:
 
 - hard rejects (everything refused): ``invalid_quantity``, ``unknown_symbol``,
-  ``no_market_price``, ``stale_market_price``, ``price_far_from_market``,
+  ``no_market_price``, ``stale_market_price``, ``no_portfolio_state`` (limits
+  cannot be checked, so nothing passes), ``price_far_from_market``,
   ``order_rate_limit``, and a kill switch (``kill_switch_<scope>``) unless
   ``kill_switch_allows_reduce_only`` (then only the opening part is blocked);
 - opening blocked (exits still pass): ``max_drawdown``,
@@ -131,6 +132,8 @@ class RiskReason(enum.StrEnum):
     UNKNOWN_SYMBOL = "unknown_symbol"
     NO_MARKET_PRICE = "no_market_price"
     STALE_MARKET_PRICE = "stale_market_price"
+    #: No portfolio state yet: drawdown and loss limits cannot be checked, so nothing passes.
+    NO_PORTFOLIO_STATE = "no_portfolio_state"
     PRICE_FAR_FROM_MARKET = "price_far_from_market"
     KILL_SWITCH_GLOBAL = "kill_switch_global"
     KILL_SWITCH_TRACK = "kill_switch_track"
@@ -235,8 +238,8 @@ class RiskEngine:
         if self._portfolio is None or state.as_of_ns >= self._portfolio.as_of_ns:
             self._portfolio = state
 
-    def portfolio(self) -> PortfolioState:
-        return self._portfolio or PortfolioState.initial(1.0)
+    def portfolio(self) -> PortfolioState | None:
+        return self._portfolio
 
     def on_execution(self, record: OrderUpdate | Fill) -> None:
         """Track in-flight orders from the execution stream (see the module docstring)."""
@@ -356,8 +359,12 @@ class RiskEngine:
                 reasons.add(RiskReason.PRICE_FAR_FROM_MARKET)
                 hard = True
 
+        if self._portfolio is None:
+            reasons.add(RiskReason.NO_PORTFOLIO_STATE)
+            hard = True
+
         # -- split into closing and opening parts -----------------------------
-        state = self._portfolio or PortfolioState.initial(1.0)
+        state = self._portfolio or PortfolioState.initial(1.0)  # only reached with a hard reject
         current = self.exposure(intent.symbol)
         buying = intent.side is Side.BUY
         reduces = current != 0.0 and (current > 0) != buying

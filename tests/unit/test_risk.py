@@ -248,6 +248,13 @@ def test_limit_price_far_from_market_then_rejected() -> None:
     assert engine.on_intent(intent(limit_price=30_300.0)).verdict is RiskVerdict.APPROVED
 
 
+def test_no_portfolio_state_yet_then_everything_rejected() -> None:
+    engine = RiskEngine(RiskConfig(), EventClock(NOW), ControlVerifier(KEYRING))
+    engine.on_mark(bar(BTC, 30_000.0))
+    d = engine.on_intent(intent())
+    assert d.verdict is RiskVerdict.REJECTED and reasons(d) == {RiskReason.NO_PORTFOLIO_STATE}
+
+
 def test_mark_older_than_max_age_then_rejected_stale() -> None:
     engine, clock = make_engine()
     clock.advance(NOW + 4 * H)

@@ -10,6 +10,9 @@ import csv
 import dataclasses
 import hashlib
 import math
+import os
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -228,3 +231,26 @@ def test_rejected_decisions_then_never_filled() -> None:
             filled.add(orjson.loads(body)["client_order_id"])
     assert rejected and filled
     assert not (rejected & filled)
+
+
+def digest(outputs: list[bytes]) -> str:
+    return hashlib.sha256(b"\n".join(outputs)).hexdigest()
+
+
+def test_separate_processes_with_different_hash_seeds_then_same_digest() -> None:
+    """Live and backtest run in different processes: set/dict hashing must not leak into outputs."""
+    root = Path(__file__).resolve().parents[2]
+    code = "from tests.unit.test_trading_determinism import digest, load_bars, run; print(digest(run(load_bars())))"
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert digests == {digest(run(load_bars()))}
