@@ -35,6 +35,8 @@ class AgentContext:
     app: Any
     wall_clock: Callable[[], int]
     namespace: str = ""
+    bootstrap: str = ""
+    dsn: str = ""
     _dlq: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

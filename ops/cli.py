@@ -28,8 +28,14 @@ log = structlog.get_logger("ops.cli")
 def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
     from agents.features import agent as features
     from agents.market import checker
+    from gpu_workers import agents as gpu
 
-    return {checker.NAME: checker.register, features.NAME: features.register}
+    return {
+        checker.NAME: checker.register,
+        features.NAME: features.register,
+        gpu.TRAINER: gpu.register_trainer,
+        gpu.INFERENCE: gpu.register_inference,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -48,10 +54,14 @@ def cmd_worker(a: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown agents {unknown}; known: {sorted(registry)}", file=sys.stderr)
         return EXIT_USAGE
+    if a.web_port == 0:  # any free port
+        from ops.broker import free_port
+
+        a.web_port = free_port()
     app_id = a.app_id or "tradeflow-" + "-".join(sorted(a.agents)) + (f"-{a.namespace}" if a.namespace else "")
     app = create_app(WorkerSettings(app_id=app_id, bootstrap=a.bootstrap, namespace=a.namespace, web_port=a.web_port,
                                         web_host=a.web_host))
-    ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace)
+    ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace, bootstrap=a.bootstrap, dsn=a.dsn)
     for name in a.agents:
         registry[name](app, ctx)
     worker = faust.Worker(app, loglevel=a.log_level.lower(), quiet=True, redirect_stdouts=False,
@@ -210,10 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("worker", help="run a faust worker hosting the given agents")
-    infra(sp)
+    infra(sp, dsn=True)
     sp.add_argument("--agents", nargs="+", required=True, help="agent names")
     sp.add_argument("--app-id", default="")
-    sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port")
+    sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port (0: any free port)")
     sp.add_argument("--web-host", default=os.environ.get("TRADEFLOW_WEB_HOST", "127.0.0.1"),
                     help="bind address of the worker's web server (default loopback only)")
     sp.set_defaults(fn=cmd_worker)
@@ -251,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--symbols", nargs="+", required=True)
     sp.add_argument("--timeframes", nargs="*", default=["1m"])
     sp.set_defaults(fn=cmd_collect)
+
+    from ops.models_cli import add_parsers as add_model_parsers
+
+    add_model_parsers(sub, infra)
 
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)
