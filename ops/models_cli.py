@@ -112,6 +112,24 @@ def cmd_train_ddp(a: argparse.Namespace) -> int:
     return subprocess.call(argv, env=os.environ.copy())  # noqa: S603 - our own module
 
 
+def cmd_train_tune(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gpu_workers.tuning import TuneSpec, tune
+
+    spec = TuneSpec(study=a.study, family=a.family, symbol=a.symbol, timeframe=Timeframe(a.timeframe),
+                    data_start=parse_when(a.start), data_end=parse_when(a.end),
+                    feature_set_version=a.feature_set_version, trials=a.trials, seed=a.seed,
+                    fixed=tuple(_hyperparams(a.hp or []).items()))
+    study = asyncio.run(tune(spec, dsn=a.dsn, bootstrap=a.bootstrap, namespace=a.namespace,
+                             artifacts=Path(os.environ.get("TRADEFLOW_ARTIFACTS", "var/models"))))
+    done = [t for t in study.trials if t.value is not None]
+    print(json.dumps({"study": study.study_name, "trials": len(study.trials), "completed": len(done),
+                      "best": None if not done else {"value": study.best_value, "params": study.best_params,
+                                                     **study.best_trial.user_attrs}}, indent=2, default=str))
+    return 0 if done else 1
+
+
 def add_parsers(sub: Any, infra: Any) -> None:
     sp = sub.add_parser("train", help="training jobs")
     tsub = sp.add_subparsers(dest="train_cmd", required=True)
@@ -127,6 +145,19 @@ def add_parsers(sub: Any, infra: Any) -> None:
     tp.add_argument("--hp", action="append", help="hyperparameter name=value (repeatable), e.g. --hp lr=0.001")
     tp.add_argument("--job-id", default="")
     tp.set_defaults(fn=cmd_train_submit)
+    tp = tsub.add_parser("tune", help="optuna search; each trial is a training job; the study lives in Postgres")
+    infra(tp, dsn=True)
+    tp.add_argument("--study", required=True)
+    tp.add_argument("--family", default="mlp")
+    tp.add_argument("--symbol", required=True)
+    tp.add_argument("--timeframe", default="1h")
+    tp.add_argument("--start", required=True)
+    tp.add_argument("--end", required=True)
+    tp.add_argument("--trials", type=int, default=10)
+    tp.add_argument("--seed", type=int, default=7)
+    tp.add_argument("--feature-set-version", default=FEATURE_SET_VERSION)
+    tp.add_argument("--hp", action="append", help="fixed hyperparameter name=value (not searched)")
+    tp.set_defaults(fn=cmd_train_tune)
     tp = tsub.add_parser("ddp", help="multi-GPU training via torchrun (args after -- go to gpu_workers.ddp)")
     tp.add_argument("--nproc", type=int, default=1)
     tp.add_argument("ddp_args", nargs=argparse.REMAINDER)

@@ -166,3 +166,43 @@ async def test_jobs_when_trained_and_served_then_registry_results_and_signals_ma
     a = json.loads(alert["p"])
     assert a["code"] == "checkpoint_refused" and a["labels"]["version"] == tampered.version
     assert "sha256" in a["message"] or "hash" in a["message"].lower()
+
+
+async def test_optuna_study_when_run_then_trials_are_training_jobs_and_study_persists_in_postgres(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, tmp_path: Path
+) -> None:
+    import optuna
+
+    from gpu_workers.tuning import TuneSpec, sqlalchemy_url, tune
+
+    bars, vectors = _data(tmp_path)
+    procs.sink(broker.bootstrap, namespace, dsn)
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        await pub.publish(bars, topic="market.bars")
+        await pub.publish(vectors)
+
+    async def persisted() -> bool:
+        rows = await _fetch(dsn, "SELECT count(*) AS n FROM feature_snapshots")
+        return bool(rows[0]["n"] >= len(vectors))
+
+    await wait_until(persisted, 60, "features persisted", watch=procs)
+    spec = TuneSpec(study="t1", family="mlp", symbol="BTC/USDT", timeframe=Timeframe.H1,
+                    data_start=bars[0].open_time, data_end=bars[-1].ts_event, feature_set_version=FEATURE_SET_VERSION,
+                    trials=3, fixed=(("max_epochs", 3), ("patience", 1), ("num_threads", 1)))
+    space = {"lr": ("float", 1e-3, 1e-2, True), "window": ("int", 4, 8)}
+    await tune(spec, dsn=dsn, bootstrap=broker.bootstrap, namespace=namespace, artifacts=tmp_path / "m", space=space)
+
+    # the study is in Postgres: a fresh process (here: a fresh storage object) loads it
+    study = optuna.load_study(study_name="t1", storage=sqlalchemy_url(dsn))
+    assert len(study.trials) == 3
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+
+    async def results() -> bool:
+        return len(await _fetch(dsn, "SELECT 1 FROM ev_job_results")) >= 3
+
+    await wait_until(results, 60, "3 job results", watch=procs)
+    rows = await _fetch(dsn, "SELECT payload::text AS p FROM ev_job_results")
+    by_job = {r.job_id: r for r in (codec_for(JobResult).decode(x["p"]) for x in rows)}
+    for t in complete:  # each trial's score is its training job's validation log loss
+        assert t.value == by_job[t.user_attrs["job_id"]].metrics["val_log_loss"]
