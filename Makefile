@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m ops.cli bench --out artifacts/bench.json
 	$(PY) -m ops.bench_features
+	$(PY) -m ops.bench_market
 	$(PY) -m ops.bench_models
 
 clean:
