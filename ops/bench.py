@@ -155,7 +155,7 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         copy_rates.append(n / (time.perf_counter() - t))
         await conn.close()
         print(f"  sink run {r + 1}: {rates[-1]:,.0f} records/s (bare COPY {copy_rates[-1]:,.0f}/s), "
-              f"{len(sizes)} batches", flush=True)
+              f"{sink.batches} batches", flush=True)
     m, mc = statistics.median(rates), statistics.median(copy_rates)
     return {
         "records": n,

@@ -437,20 +437,38 @@ class Codec(typing.Generic[R]):
 def _compile_decoder(
     cls: type[Record], fields: tuple[str, ...], hints: dict[str, Any]
 ) -> Callable[[dict[str, Any]], Any]:
-    """Generate ``obj -> cls(**checked fields)`` as one function."""
+    """Generate ``obj -> record`` as one straight-line function.
+
+    Scalar checks (and their constraints, also under ``| None``) are inlined;
+    containers go through the checker functions. The record is built by
+    setting its slots directly: a frozen dataclass ``__init__`` pays an
+    ``object.__setattr__`` call per field, half the cost of a decode. Records
+    have no ``__post_init__`` (asserted); cross-field rules live in
+    ``validate()``, which the codec calls after construction.
+    """
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} has __post_init__: the compiled decoder would skip it")
     env: dict[str, Any] = {
+        "new": object.__new__,
         "cls": cls,
         "RE": RecordError,
         "ER": ErrorReason,
         "isfinite": math.isfinite,
         "TS_MIN": TS_MIN_NS,
         "TS_MAX": TS_MAX_NS,
+        "SYMBOL_MATCH": _SYMBOL_RE.match,
     }
     lines = ["def decode(obj):"]
     for i, name in enumerate(fields):
         tp = hints[name]
         var = f"v{i}"
         lines.append(f"    {var} = obj[{name!r}]")
+        optional = False
+        if get_origin(tp) in (Union, types.UnionType):
+            args = get_args(tp)
+            non_none = [a for a in args if a is not type(None)]
+            if len(args) == 2 and len(non_none) == 1:
+                optional, tp = True, non_none[0]
         base: Any = tp
         constraints: tuple[_Constraint, ...] = ()
         if get_origin(tp) is Annotated:
@@ -459,11 +477,17 @@ def _compile_decoder(
         inline = _inline_check(var, name, base, constraints)
         if inline is None:
             env[f"check{i}"] = _build_check(tp)
-            lines.append(f"    {var} = check{i}({name!r}, {var})")
+            inline = [f"{var} = check{i}({name!r}, {var})"]
+        if optional:
+            lines.append(f"    if {var} is not None:")
+            lines.extend("        " + ln for ln in inline)
         else:
             lines.extend("    " + ln for ln in inline)
-    args = ", ".join(f"{name}=v{i}" for i, name in enumerate(fields))
-    lines.append(f"    return cls({args})")
+    lines.append("    rec = new(cls)")
+    for i, name in enumerate(fields):
+        env[f"set{i}"] = getattr(cls, name).__set__
+        lines.append(f"    set{i}(rec, v{i})")
+    lines.append("    return rec")
     exec("\n".join(lines), env)  # noqa: S102 - generated from type hints only
     fn: Callable[[dict[str, Any]], Any] = env["decode"]
     return fn
@@ -474,8 +498,19 @@ def _inline_check(
 ) -> list[str] | None:
     """Source lines validating a scalar field in place, or None if not inlinable."""
     lines: list[str]
-    if base is str and not constraints:
-        return [f"if type({var}) is not str: raise RE(ER.WRONG_TYPE, '{name} must be a string')"]
+    if base is str:
+        lines = [f"if type({var}) is not str: raise RE(ER.WRONG_TYPE, '{name} must be a string')"]
+        for c in constraints:
+            if isinstance(c, _MaxLen):
+                lines.append(f"if len({var}) > {c.n}: raise RE(ER.OUT_OF_RANGE, '{name} longer than {c.n}')")
+            elif isinstance(c, _Symbol):
+                lines.append(
+                    f"if not SYMBOL_MATCH({var}): raise RE(ER.BAD_SYMBOL, "
+                    f"'{name}=' + repr({var}) + ' is not a unified symbol like BTC/USDT')"
+                )
+            else:
+                return None
+        return lines
     if base is bool and not constraints:
         return [f"if {var} is not True and {var} is not False: raise RE(ER.WRONG_TYPE, '{name} must be a boolean')"]
     if base is int:
