@@ -48,15 +48,15 @@ import gzip
 import hashlib
 import io
 import math
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from topics.records import Bar, Timeframe
-from topics.schema import TS_MAX_NS, TS_MIN_NS, codec_for
+from topics.schema import TS_MAX_NS, TS_MIN_NS, codec_for, positional_constructor
 
 __all__ = [
     "CsvBarReader",
@@ -292,30 +292,7 @@ def _why(reason: RejectReason, detail: str) -> RejectedRow:
 # ---------------------------------------------------------------------------
 
 
-def _compile_positional_constructor(cls: type[Bar]) -> Callable[..., Bar]:
-    """``make(*values in field order) -> cls`` that skips the frozen-dataclass __init__.
-
-    A frozen dataclass sets each of Bar's 19 fields through ``object.__setattr__``
-    (~4.8 us per bar, over half the per-row cost); assigning through the slot
-    descriptors directly is ~2.2 us. Generated from ``dataclasses.fields`` so it
-    sets exactly the fields the class declares; Bar has no ``__post_init__``
-    (asserted here), and the unit tests check the result equals ``Bar.new``.
-    """
-    if hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__} has __post_init__: a positional constructor would skip it")
-    names = [f.name for f in dataclasses.fields(cls)]
-    env: dict[str, Any] = {"new": object.__new__, "cls": cls}
-    lines = [f"def make({', '.join(names)}):", "    obj = new(cls)"]
-    for n in names:
-        env[f"set_{n}"] = getattr(cls, n).__set__
-        lines.append(f"    set_{n}(obj, {n})")
-    lines.append("    return obj")
-    exec("\n".join(lines), env)  # noqa: S102 - generated from the dataclass's own field names
-    make: Callable[..., Bar] = env["make"]
-    return make
-
-
-_make_bar = _compile_positional_constructor(Bar)
+_make_bar = positional_constructor(Bar)
 # The row loop passes values positionally; fail at import, not with shifted fields, if Bar changes.
 if tuple(f.name for f in dataclasses.fields(Bar)) != (
     "event_id",
