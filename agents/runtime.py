@@ -49,7 +49,10 @@ class AgentContext:
         await self._dlq.send(key=dl.key(), value=codec_for(DeadLetter).encode(dl))
 
 
-def crash_worker_on_bug(app: Any, name: str) -> Callable[[Callable[[Any], Awaitable[None]]], Callable[[Any], Awaitable[None]]]:
+_Body = Callable[[Any], Awaitable[None]]
+
+
+def crash_worker_on_bug(app: Any, name: str) -> Callable[[_Body], _Body]:
     """Turn an unexpected exception in an agent body into a loud worker crash.
 
     Bad *input* never gets here (it is dead-lettered); an exception here is a
@@ -59,7 +62,7 @@ def crash_worker_on_bug(app: Any, name: str) -> Callable[[Callable[[Any], Awaita
     events are redelivered.
     """
 
-    def wrap(body: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    def wrap(body: _Body) -> _Body:
         @functools.wraps(body)
         async def guarded(stream: Any) -> None:
             try:

@@ -86,7 +86,7 @@ class _Models:
         self.loaded: dict[tuple[str, str], Predictor] = {}
         self.refused: dict[tuple[str, str], str] = {}
 
-    def get(self, s: Served) -> Predictor | None | CheckpointError:
+    def get(self, s: Served) -> Predictor | CheckpointError | None:
         key = (s.model_id, s.version)
         if key in self.refused:
             return None

@@ -28,11 +28,13 @@ log = structlog.get_logger("ops.cli")
 def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
     from agents.features import agent as features
     from agents.market import checker
+    from agents.trading import agent as trading
     from gpu_workers import agents as gpu
 
     return {
         checker.NAME: checker.register,
         features.NAME: features.register,
+        trading.NAME: trading.register,
         gpu.TRAINER: gpu.register_trainer,
         gpu.INFERENCE: gpu.register_inference,
     }
@@ -265,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.models_cli import add_parsers as add_model_parsers
 
     add_model_parsers(sub, infra)
+
+    from ops.control_cli import add_parsers as add_control_parsers
+
+    add_control_parsers(sub, infra)
 
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)

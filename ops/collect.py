@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -21,6 +20,7 @@ from agents.market.ccxt_parse import ExchangeDataError
 from agents.market.exchanges import ExchangeConfig, MarketType, make_exchange
 from agents.market.history import download_history
 from ops.publish import RecordPublisher
+from ops.timeparse import parse_when
 from topics.deadletter import dead_letter_for
 from topics.records import Timeframe
 
@@ -68,14 +68,6 @@ def reject_to_dead_letter(publisher: RecordPublisher, consumer: str, source: str
         await publisher.publish([dl], topic="deadletter")
 
     return on_reject
-
-
-def parse_when(text: str) -> int:
-    """ISO date/time (UTC when no offset) -> ns."""
-    dt = datetime.fromisoformat(text)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp()) * 1_000_000_000
 
 
 async def history(

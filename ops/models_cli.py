@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 
 from agents.features.spec import FEATURE_SET_VERSION
-from ops.collect import parse_when
 from ops.publish import RecordPublisher
+from ops.timeparse import parse_when
 from topics.records import Timeframe, TrainJob
 
 
@@ -73,7 +73,8 @@ def cmd_models_list(a: argparse.Namespace) -> int:
     print(f"{'model_id':<28} {'version':<14} {'stage':<12} {'val_log_loss':>12} {'val_ic':>8} {'val_pnl_sharpe':>14}")
     for r in rows:
         m = json.loads(r["metrics"])
-        def f(k: str) -> str:
+
+        def f(k: str, m: dict[str, float] = m) -> str:
             return f"{m[k]:.4f}" if k in m else "n/a"
         print(f"{r['model_id']:<28} {r['version']:<14} {r['stage']:<12} {f('val_log_loss'):>12} {f('val_ic'):>8} "
               f"{f('val_pnl_sharpe'):>10}")

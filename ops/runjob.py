@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import struct
 import signal
+import struct
 import subprocess
 import sys
 import time

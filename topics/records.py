@@ -4,6 +4,9 @@ bump the class's ``SCHEMA_VERSION`` and add a line to the changelog below.
 Schema changelog
 ----------------
 - v1 (all records): initial schemas.
+- OrderIntent v2: ``reason`` (null, or why the intent exists beyond its
+  signal: ``stop_loss`` / ``take_profit`` on the risk engine's protective exits).
+- ControlAudit v1 (``control.audit``), PortfolioSnapshot v1 (``portfolio.state``): new.
 
 Units: timestamps are int nanoseconds since the epoch (UTC); prices in quote
 currency; quantities in base currency; basis points are 1e-4.
@@ -135,6 +138,16 @@ class JobType(enum.StrEnum):
 class JobStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+
+
+class ControlOutcome(enum.StrEnum):
+    """What a component did with a control command (values of
+    ``agents.control.signing.AuditOutcome``; records do not import agents)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    #: Authentic but not addressed to this component (e.g. a rollout at risk).
+    IGNORED = "ignored"
 
 
 
@@ -285,9 +298,15 @@ class Signal(Record):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrderIntent(Record):
-    """What the strategy wants to trade; every intent gets a risk decision."""
+    """What the strategy wants to trade; every intent gets a risk decision.
+
+    ``reason`` is null for a strategy intent (its signal is the reason) and
+    names the trigger of a protective exit (``stop_loss``, ``take_profit``);
+    it is not part of the identity.
+    """
 
     KIND: ClassVar[str] = "order_intent"
+    SCHEMA_VERSION: ClassVar[int] = 2
     IDENTITY: ClassVar[tuple[str, ...]] = ("strategy_id", "symbol", "signal_event_id")
 
     strategy_id: str
@@ -300,6 +319,7 @@ class OrderIntent(Record):
     reduce_only: bool
     target_position: float
     signal_event_id: str
+    reason: str | None = None
 
     def key(self) -> bytes:
         return self.symbol.encode()
@@ -428,6 +448,93 @@ class ControlEvent(Record):
 
     def key(self) -> bytes:
         return f"{self.scope}|{self.target}".encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlAudit(Record):
+    """What one component did with one control command (accepted or not).
+
+    ``event_id`` is the audit id: a hash of (component, control event id,
+    outcome, reason), so a redelivered command dedupes onto its row while a
+    replay after acceptance is its own ``rejected``/``replayed`` row. Fields
+    copied from a rejected command are unauthenticated: they say what the
+    message *claimed*. ``ts_event`` is the command's own event time;
+    ``ts_init`` the time the component verified it at. ``alert`` marks
+    security-relevant rejections (anything that failed verification); each
+    also raises an ``ops.alerts`` record.
+    """
+
+    KIND: ClassVar[str] = "control_audit"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("component", "control_event_id", "outcome", "reason")
+
+    component: str
+    control_event_id: str
+    command: str
+    scope: str
+    target: str
+    operator: str
+    key_id: str
+    nonce: str
+    outcome: ControlOutcome
+    reason: str
+    detail: str
+    alert: bool
+    changes: tuple[str, ...]
+    config_hash_before: str
+    config_hash_after: str
+
+    def key(self) -> bytes:
+        return self.control_event_id.encode()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortfolioSnapshot(Record):
+    """One account's portfolio and risk state after one event (latest per key wins).
+
+    Amounts are in ``quote_currency``. Per-symbol figures are maps keyed by
+    unified symbol, holding every symbol with a position, realized PnL or
+    fees; ``opened_at_ns`` only has the symbols with an open position.
+    ``as_of_event_id`` is the event (a bar) after which this is the state.
+    """
+
+    KIND: ClassVar[str] = "portfolio_snapshot"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("account", "as_of_ns", "as_of_event_id")
+
+    account: str
+    as_of_ns: Timestamp
+    as_of_event_id: str
+    quote_currency: str
+    cash: float
+    equity: float
+    peak_equity: float
+    drawdown: Annotated[float, NonNegative()]
+    day_start_ns: Timestamp
+    day_start_equity: float
+    day_peak_equity: float
+    intraday_drawdown: Annotated[float, NonNegative()]
+    daily_pnl: float
+    daily_return: float
+    realized_pnl: float
+    unrealized_pnl: float
+    fees_paid: float
+    consecutive_losses: Annotated[int, NonNegative()]
+    closed_trades: Annotated[int, NonNegative()]
+    losing_trades: Annotated[int, NonNegative()]
+    fills_applied: Annotated[int, NonNegative()]
+    foreign_fee_fills: Annotated[int, NonNegative()]
+    #: Signed position (base units; short < 0).
+    quantities: dict[str, float]
+    avg_prices: dict[str, Annotated[float, NonNegative()]]
+    mark_prices: dict[str, Annotated[float, NonNegative()]]
+    mark_ts_ns: dict[str, int]
+    realized_pnls: dict[str, float]
+    unrealized_pnls: dict[str, float]
+    fees: dict[str, float]
+    opened_at_ns: dict[str, int]
+    config_hash: str
+
+    def key(self) -> bytes:
+        return self.account.encode()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -572,4 +679,6 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     JobResult,
     DeadLetter,
     Alert,
+    ControlAudit,
+    PortfolioSnapshot,
 )

@@ -57,7 +57,7 @@ def _data(tmp: Path) -> tuple[list[Bar], list[FeatureVector]]:
 
 
 def _job(job_id: str, bars: list[Bar], **over: object) -> TrainJob:
-    fields: dict[str, object] = dict(
+    fields: dict[str, object] = dict(  # noqa: C408 - keyword form reads as the record
         ts_event=bars[-1].ts_event, ts_init=bars[-1].ts_event, job_id=job_id, model_family="mlp",
         symbols=("BTC/USDT",), timeframe=Timeframe.H1, data_start=bars[0].open_time, data_end=bars[-1].ts_event,
         feature_set_version=FEATURE_SET_VERSION, seed=11, hyperparams=dict(HP),

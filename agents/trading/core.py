@@ -1,0 +1,396 @@
+"""Trading core: strategy -> risk -> paper execution -> portfolio for one
+account, composed in one fixed order. Pure and synchronous.
+
+The four engines are tested alone; this module is the *one* place that says
+in which order they see each event, so the live agent
+(:mod:`agents.trading.agent`), a backtest and an audit replay drive the same
+composition and produce byte-identical records from the same input sequence
+(the order is the one pinned by ``tests/unit/test_trading_determinism.py``).
+
+Per input (each call returns a :class:`Step` with the output records, in
+the order they must be published):
+
+``on_bar`` (closed bars only; per symbol, a bar whose ``open_time`` is not
+after the last traded one is skipped: a redelivered or revised bar never
+fills an order twice, and a bar of a timeframe the account does not trade is
+ignored):
+
+1. the clock advances to the bar's close;
+2. paper execution fills working orders at this bar's open: order updates
+   and fills, each fed back to risk and strategy (in-flight tracking) and,
+   for fills, to the portfolio;
+3. the portfolio marks the symbol at the close: one ``PortfolioSnapshot``,
+   fed to strategy and risk;
+4. the strategy takes the close as its price; risk marks it, which may trip
+   the volatility breaker (an alert per engaged switch) and emit protective
+   stop-loss / take-profit exits, each decided and submitted like an intent
+   (its ``reason`` field names the trigger).
+
+``on_signal``: the clock advances to the signal's time; the strategy sizes
+it (a duplicate event id is skipped there); an intent is decided by risk and
+submitted to paper execution with the symbol's last close as arrival price.
+Intents never leave and come back through the broker: an intent, its
+decision and its order updates are produced in one call, so a redelivered
+signal can never race its own decision.
+
+``on_control``: risk verifies and applies it (kill switch, limits); one
+``ControlAudit`` record; a command that failed verification also raises an
+``Alert``.
+
+Time
+----
+One event-time clock shared by the engines (:class:`StreamClock`). It moves
+to each input's ``ts_event``, never backwards, and never beyond
+``arrival_ns`` when the caller passes one: the live agent passes its wall
+clock, so a record stamped in the future cannot push time (and expiries,
+staleness) ahead of reality; a replay passes nothing. A control command
+moves the clock only when its signature is authentic: an unauthenticated
+message is verified at the command's time (for its audit stamp) and then
+the clock is put back, so forged traffic changes nothing, time included.
+Because ``ts_init`` of every output is this clock, live and replayed
+outputs are byte-identical, not just equal in content.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from dataclasses import dataclass, field
+
+from agents.control.signing import ControlAudit as EngineAudit
+from agents.control.signing import ControlVerifier, Keyring, VerifierConfig, compute_signature
+from agents.execution.interface import ExecutionRecord, MarketContext
+from agents.execution.paper import PaperConfig, PaperExecutionEngine
+from agents.portfolio.engine import PortfolioConfig, PortfolioEngine, PortfolioState
+from agents.risk.config import RiskConfig
+from agents.risk.engine import RiskEngine
+from agents.risk.killswitch import KillSwitch
+from agents.strategy.config import StrategyConfig
+from agents.strategy.engine import SizingDecision, StrategyEngine
+from topics.records import (
+    Alert,
+    Bar,
+    ControlAudit,
+    ControlEvent,
+    ControlOutcome,
+    Fill,
+    OrderIntent,
+    PortfolioSnapshot,
+    Severity,
+    Signal,
+    Timeframe,
+)
+from topics.schema import Record
+
+__all__ = [
+    "BarSkip",
+    "Step",
+    "StreamClock",
+    "TradingConfig",
+    "TradingCore",
+    "alert_for_audit",
+    "audit_record",
+    "snapshot_record",
+]
+
+
+class BarSkip:
+    """Why a bar was not traded on (metric label values)."""
+
+    NOT_CLOSED = "not_closed"
+    TIMEFRAME_NOT_TRADED = "timeframe_not_traded"
+    NOT_NEWER = "not_newer"
+
+
+# ---------------------------------------------------------------------------
+# Clock
+# ---------------------------------------------------------------------------
+
+
+class StreamClock:
+    """Event time of the input stream: monotone, bounded by the arrival time."""
+
+    __slots__ = ("_now",)
+
+    def __init__(self, start_ns: int = 0) -> None:
+        self._now = start_ns
+
+    def now_ns(self) -> int:
+        return self._now
+
+    def advance(self, ts_ns: int, arrival_ns: int | None = None) -> None:
+        target = ts_ns if arrival_ns is None else min(ts_ns, arrival_ns)
+        if target > self._now:
+            self._now = target
+
+    def restore(self, now_ns: int) -> None:
+        """Put the clock back to a value it had (only for unauthenticated control)."""
+        self._now = now_ns
+
+
+# ---------------------------------------------------------------------------
+# Configuration and output
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TradingConfig:
+    """One account's trading composition. The engines' configs carry their own versions."""
+
+    account: str = "paper"
+    #: Bar timeframes traded on (fills, marks, breaker). One per symbol: two
+    #: timeframes of one symbol would give paper orders two fill chances per hour.
+    timeframes: tuple[Timeframe, ...] = (Timeframe.H1,)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
+    portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+
+    def __post_init__(self) -> None:
+        if not self.account or "|" in self.account:
+            raise ValueError("account must be a non-empty name without '|'")
+        if not self.timeframes:
+            raise ValueError("at least one timeframe must be traded")
+
+    @property
+    def component(self) -> str:
+        """``source`` of this account's alerts."""
+        return f"trading:{self.account}"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one input caused: records to publish, in order, plus facts for metrics."""
+
+    records: tuple[Record, ...] = ()
+    sizing: SizingDecision | None = None
+    audit: EngineAudit | None = None
+    engaged: tuple[KillSwitch, ...] = ()
+    bar_skipped: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# The core
+# ---------------------------------------------------------------------------
+
+
+class TradingCore:
+    """Strategy, risk, paper execution and portfolio of one account, in one order."""
+
+    def __init__(self, config: TradingConfig, keyring: Keyring) -> None:
+        self.config = config
+        self.clock = StreamClock()
+        self._keyring = keyring
+        self.strategy = StrategyEngine(config.strategy, self.clock)
+        self.risk = RiskEngine(config.risk, self.clock, ControlVerifier(keyring, config.verifier))
+        self.paper = PaperExecutionEngine(config.paper, self.clock)
+        self.portfolio = PortfolioEngine(config.portfolio)
+        self._last_bar: dict[str, Bar] = {}
+        self._timeframes = frozenset(config.timeframes)
+
+    # -- inputs -----------------------------------------------------------------
+
+    def on_bar(self, bar: Bar, arrival_ns: int | None = None) -> Step:
+        if not bar.is_closed:
+            return Step(bar_skipped=BarSkip.NOT_CLOSED)
+        if bar.timeframe not in self._timeframes:
+            return Step(bar_skipped=BarSkip.TIMEFRAME_NOT_TRADED)
+        last = self._last_bar.get(bar.symbol)
+        if last is not None and bar.open_time <= last.open_time:
+            return Step(bar_skipped=BarSkip.NOT_NEWER)
+        self._last_bar[bar.symbol] = bar
+        self.clock.advance(bar.ts_event, arrival_ns)
+        out: list[Record] = []
+        for rec in self.paper.on_bar(bar):
+            self._executed(rec, out)
+        state = self.portfolio.on_bar(bar)
+        out.append(
+            snapshot_record(state, config=self.config, cause=bar, ts_init=self.clock.now_ns())
+        )
+        self.strategy.on_portfolio(state)
+        self.risk.on_portfolio(state)
+        self.strategy.on_bar(bar)
+        marked = self.risk.on_mark(bar)
+        now = self.clock.now_ns()
+        for switch in marked.engaged:
+            out.append(_breaker_alert(switch, self.config, bar, now))
+        for exit_ in marked.exits:
+            self._decide(dataclasses.replace(exit_.intent, reason=exit_.reason.value), out)
+        return Step(records=tuple(out), engaged=marked.engaged)
+
+    def on_signal(self, signal: Signal, arrival_ns: int | None = None) -> Step:
+        self.clock.advance(signal.ts_event, arrival_ns)
+        sizing = self.strategy.on_signal(signal)
+        out: list[Record] = []
+        if sizing.intent is not None:
+            self._decide(sizing.intent, out)
+        return Step(records=tuple(out), sizing=sizing)
+
+    def on_control(self, event: ControlEvent, arrival_ns: int | None = None) -> Step:
+        authentic = self._signature_authentic(event)
+        before = self.clock.now_ns()
+        self.clock.advance(event.ts_event, arrival_ns)
+        audit = self.risk.on_control(event)
+        if not authentic:
+            self.clock.restore(before)
+        record = audit_record(audit, event)
+        out: list[Record] = [record]
+        if audit.alert:
+            out.append(alert_for_audit(audit, self.config))
+        return Step(records=tuple(out), audit=audit)
+
+    # -- state queries ------------------------------------------------------------
+
+    def portfolio_state(self) -> PortfolioState:
+        return self.portfolio.state()
+
+    def active_kill_switches(self) -> tuple[KillSwitch, ...]:
+        return self.risk.kill_switches.active(self.clock.now_ns())
+
+    # -- internals ------------------------------------------------------------------
+
+    def _signature_authentic(self, event: ControlEvent) -> bool:
+        secret = self._keyring.secret(event.key_id)
+        if secret is None or not event.signature:
+            return False
+        return hmac.compare_digest(compute_signature(event, secret), event.signature)
+
+    def _executed(self, rec: ExecutionRecord, out: list[Record]) -> None:
+        out.append(rec)
+        self.risk.on_execution(rec)
+        self.strategy.on_execution(rec)
+        if isinstance(rec, Fill):
+            self.portfolio.on_fill(rec)
+
+    def _decide(self, intent: OrderIntent, out: list[Record]) -> None:
+        out.append(intent)
+        decision = self.risk.on_intent(intent)
+        out.append(decision)
+        bar = self._last_bar.get(intent.symbol)
+        market = None if bar is None else MarketContext(symbol=bar.symbol, last_price=bar.close, ts_ns=bar.ts_event)
+        for rec in self.paper.submit(intent, decision, market):
+            out.append(rec)
+            self.risk.on_execution(rec)
+            self.strategy.on_execution(rec)
+
+
+# ---------------------------------------------------------------------------
+# Records at the edge of the engines
+# ---------------------------------------------------------------------------
+
+
+def snapshot_record(state: PortfolioState, *, config: TradingConfig, cause: Bar, ts_init: int) -> PortfolioSnapshot:
+    """The portfolio state after ``cause`` as a ``portfolio.state`` record."""
+    pos = state.positions
+    return PortfolioSnapshot.new(
+        ts_init=ts_init,
+        correlation_id=cause.correlation_id,
+        causation_id=cause.event_id,
+        ts_event=state.as_of_ns,
+        account=config.account,
+        as_of_ns=state.as_of_ns,
+        as_of_event_id=cause.event_id,
+        quote_currency=config.portfolio.quote_currency,
+        cash=state.cash,
+        equity=state.equity,
+        peak_equity=state.peak_equity,
+        drawdown=state.drawdown,
+        day_start_ns=state.day_start_ns,
+        day_start_equity=state.day_start_equity,
+        day_peak_equity=state.day_peak_equity,
+        intraday_drawdown=state.intraday_drawdown,
+        daily_pnl=state.daily_pnl,
+        daily_return=state.daily_return,
+        realized_pnl=state.realized_pnl,
+        unrealized_pnl=state.unrealized_pnl,
+        fees_paid=state.fees_paid,
+        consecutive_losses=state.consecutive_losses,
+        closed_trades=state.closed_trades,
+        losing_trades=state.losing_trades,
+        fills_applied=state.fills_applied,
+        foreign_fee_fills=state.foreign_fee_fills,
+        quantities={s: p.quantity for s, p in pos.items()},
+        avg_prices={s: p.avg_price for s, p in pos.items()},
+        mark_prices={s: p.mark_price for s, p in pos.items()},
+        mark_ts_ns={s: p.mark_ts_ns for s, p in pos.items()},
+        realized_pnls={s: p.realized_pnl for s, p in pos.items()},
+        unrealized_pnls={s: p.unrealized_pnl for s, p in pos.items()},
+        fees={s: p.fees for s, p in pos.items()},
+        opened_at_ns={s: p.opened_at_ns for s, p in pos.items() if p.opened_at_ns is not None},
+        config_hash=config.portfolio.config_hash(),
+    )
+
+
+def audit_record(audit: EngineAudit, event: ControlEvent) -> ControlAudit:
+    """The engine's audit outcome as a ``control.audit`` record (event id = audit id)."""
+    return ControlAudit.new(
+        event_id=audit.audit_id,
+        ts_init=audit.ts_init,
+        correlation_id=event.correlation_id,
+        causation_id=event.event_id,
+        ts_event=audit.ts_event,
+        component=audit.component,
+        control_event_id=audit.control_event_id,
+        command=audit.command,
+        scope=audit.scope,
+        target=audit.target,
+        operator=audit.operator,
+        key_id=audit.key_id,
+        nonce=audit.nonce,
+        outcome=ControlOutcome(audit.outcome.value),
+        reason=audit.reason,
+        detail=audit.detail,
+        alert=audit.alert,
+        changes=audit.changes,
+        config_hash_before=audit.config_hash_before,
+        config_hash_after=audit.config_hash_after,
+    )
+
+
+def alert_for_audit(audit: EngineAudit, config: TradingConfig) -> Alert:
+    """A control command that failed verification: an operator must see it.
+
+    The labels repeat what the message *claimed* (key id, operator): useful
+    to find the sender, never a proof of identity.
+    """
+    return Alert.new(
+        ts_init=audit.ts_init,
+        causation_id=audit.audit_id,
+        ts_event=audit.ts_event,
+        severity=Severity.ERROR,
+        source=config.component,
+        code="control_rejected",
+        message=f"control command {audit.command} {audit.scope}:{audit.target} rejected by {audit.component}: "
+        f"{audit.reason}" + (f" ({audit.detail})" if audit.detail else ""),
+        dedupe_key=audit.audit_id,
+        labels={
+            "account": config.account,
+            "component": audit.component,
+            "reason": audit.reason,
+            "command": audit.command,
+            "claimed_key_id": audit.key_id,
+            "claimed_operator": audit.operator,
+            "control_event_id": audit.control_event_id,
+        },
+    )
+
+
+def _breaker_alert(switch: KillSwitch, config: TradingConfig, bar: Bar, now: int) -> Alert:
+    return Alert.new(
+        ts_init=now,
+        correlation_id=bar.correlation_id,
+        causation_id=bar.event_id,
+        ts_event=bar.ts_event,
+        severity=Severity.WARNING,
+        source=config.component,
+        code="kill_switch_engaged",
+        message=f"kill switch engaged: {switch.describe()}",
+        dedupe_key=f"{switch.scope.value}|{switch.target}|{switch.set_by}|{switch.set_at_ns}",
+        labels={
+            "account": config.account,
+            "scope": switch.scope.value,
+            "target": switch.target,
+            "set_by": switch.set_by,
+        },
+    )

@@ -1,0 +1,466 @@
+"""Trading agent on the real broker and PostgreSQL: signals and bars in,
+intents -> decisions -> orders -> fills -> portfolio state out; signed control
+through the CLI; forged control refused, audited and alerted; no secret in
+any log or row.
+
+Market data: real candles from the bundled files (Binance BTC/USDT 1h,
+gymcrypto ETH/USD 30m), calm windows, *re-stamped* to end half an hour
+before now: the agent runs live (event time never ahead of its wall clock,
+signed commands carry the wall time), so its inputs must look live.
+
+Inputs are fed one at a time, each after the previous one was consumed
+(the worker's ``tradeflow_records_in_total``), so the order the agent saw is
+known; the same inputs in the same order through the in-process
+:class:`~agents.trading.core.TradingCore` (a replay) must give the rows the
+sink stored, byte for byte: live = replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agents.control.signing import Keyring, load_keyring, new_control_event
+from agents.execution.interface import client_order_id_for
+from agents.trading.agent import TradingSettings
+from agents.trading.core import TradingCore
+from ops.broker import EmbeddedBroker
+from ops.ingest import SAMPLE_DIR
+from ops.publish import RecordPublisher
+from tests.conftest import ROOT, Procs, wait_until
+from topics.catalogue import DEFAULT_TOPIC, spec
+from topics.records import Bar, ControlCommand, ControlEvent, Signal, Timeframe
+from topics.schema import Record, codec_for, event_id_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+#: A known fake secret: scenario 4 greps every log and row for it.
+SECRET = "fake-control-secret-NEVER-LOG-7f3a9c1e5b2d"
+FILE_SECRET = "fake-file-secret-NEVER-LOG-0b8e4d2a6c9f1357"
+MIN = 60 * 1_000_000_000
+H = Timeframe.H1.nanos
+HALF = Timeframe.M30.nanos
+BTC_FILE = ("binance_btcusdt_1h_2017_2022.csv", "binance", "BTC/USDT", Timeframe.H1, "2020-10-03 02:00:00+00:00")
+ETH_FILE = ("gymcrypto_ethusd_30m_2017_2019.csv", "gymcrypto", "ETH/USD", Timeframe.M30, "2017-11-27 18:30:00+00:00")
+OUTPUT_TOPICS = ("orders.intents", "risk.decisions", "orders.updates", "fills", "portfolio.state", "control.audit",
+                 "ops.alerts")
+
+
+# ---------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------
+
+
+def anchor_ns() -> int:
+    """Close time of the newest bar: half an hour ago, on a minute."""
+    return time.time_ns() // MIN * MIN - 30 * MIN
+
+
+def bars(file: tuple[str, str, str, Timeframe, str], n: int, last_close: int) -> list[Bar]:
+    """``n`` consecutive real candles, re-stamped so the last one closes at ``last_close``."""
+    name, venue, symbol, tf, start = file
+    with (SAMPLE_DIR / name).open(newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["timestamp"] >= start][:n]
+    assert len(rows) == n and rows[0]["timestamp"] == start
+    assert datetime.fromisoformat(rows[-1]["timestamp"]) == datetime.fromisoformat(start) + (n - 1) * (
+        datetime.fromisoformat(rows[1]["timestamp"]) - datetime.fromisoformat(rows[0]["timestamp"]))  # no gap
+    out = []
+    for j, r in enumerate(rows):
+        close = last_close - (n - 1 - j) * tf.nanos
+        o, hi, lo, c = (float(r[k]) for k in ("open", "high", "low", "close"))
+        assert (hi - lo) / o < 0.02, "the chosen window must be calm (no volatility breaker)"
+        out.append(Bar.new(
+            ts_init=close, ts_event=close, venue=venue, symbol=symbol, timeframe=tf, open_time=close - tf.nanos,
+            open=o, high=hi, low=lo, close=c, volume=float(r["volume"]), trade_count=None, is_closed=True,
+            revision=0, source=f"csv-restamped:{name}",
+        ))
+    return out
+
+
+def signal(symbol: str, ts: int, score: float, tag: str) -> Signal:
+    up = 0.5 + score / 2
+    return Signal.new(
+        ts_init=ts, ts_event=ts, symbol=symbol, model_id="stub-momentum", model_version="1", horizon="1h",
+        p_up=up, p_flat=0.0, p_down=1.0 - up, expected_return=0.02 * score, score=score, shadow=False,
+        feature_event_id=f"features-{tag}", lineage_id="test",
+    )
+
+
+def tamper(event: ControlEvent, **changes: Any) -> ControlEvent:
+    """``event`` with fields changed after signing (its id re-derived, the signature kept)."""
+    changed = dataclasses.replace(event, **changes)
+    eid = event_id_for(ControlEvent.KIND, changed.key_id, changed.nonce)
+    return dataclasses.replace(changed, event_id=eid, correlation_id=eid)
+
+
+@pytest.fixture
+def trading_env(monkeypatch: pytest.MonkeyPatch) -> Keyring:
+    """Environment the worker and CLI subprocesses inherit (Procs passes os.environ)."""
+    monkeypatch.setenv("TRADEFLOW_CONTROL_KEY_OPS1", SECRET)
+    monkeypatch.setenv("TRADEFLOW_CONTROL_SIGNING_KEY_ID", "ops1")
+    monkeypatch.setenv("TRADEFLOW_OPERATOR", "alice")
+    monkeypatch.setenv("TRADEFLOW_TRADING_SYMBOLS", "BTC/USDT,ETH/USD")
+    monkeypatch.setenv("TRADEFLOW_TRADING_TIMEFRAMES", "1h,30m")
+    return load_keyring(os.environ)
+
+
+# ---------------------------------------------------------------------------
+# driving the worker
+# ---------------------------------------------------------------------------
+
+
+class Feed:
+    """Publishes inputs one at a time, each after the worker consumed the previous one."""
+
+    def __init__(self, pub: RecordPublisher, procs: Procs, web_port: int) -> None:
+        self.pub = pub
+        self.procs = procs
+        self.url = f"http://127.0.0.1:{web_port}/metrics"
+        self.inputs: list[Record] = []  # what the agent consumed, in order (decodable records only)
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        try:
+            text = await asyncio.to_thread(lambda: urllib.request.urlopen(self.url, timeout=2).read().decode())
+        except OSError:
+            return {}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+        }
+
+    async def metric(self, name: str, **labels: str) -> float:
+        want = set(labels.items())
+        return sum(v for (n, lab), v in (await self.metrics()).items() if n == name and want <= set(lab))
+
+    async def consumed(self) -> float:
+        return await self.metric("tradeflow_records_in_total", consumer="trading")
+
+    async def _after(self, send: Any, n: int = 1, what: str = "input", timeout: float = 60) -> None:
+        before = await self.consumed()
+        await send()
+
+        async def done() -> bool:
+            return await self.consumed() >= before + n
+
+        await wait_until(done, timeout, f"the trading agent to consume {what}", every=0.05, watch=self.procs)
+
+    async def send(self, *records: Record, timeout: float = 30) -> None:
+        for rec in records:
+            topic = "market.bars" if isinstance(rec, Bar) else None  # checked bars: what the agent reads
+            await self._after(lambda r=rec, t=topic: self.pub.publish([r], topic=t), what=type(rec).__name__,
+                              timeout=timeout)
+            self.inputs.append(rec)
+
+    async def raw(self, topic: str, value: bytes) -> None:
+        await self._after(lambda: self.pub.send_raw(topic, value, key=b"global|*"), what=f"raw bytes on {topic}")
+
+    async def cli(self, dsn: str, *args: str) -> ControlEvent:
+        """Run ``tradeflow control ...`` as a subprocess; the command it published, once consumed."""
+        result: dict[str, Any] = {}
+
+        async def run() -> None:
+            proc = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "ops.cli", "control", *args, "--bootstrap",
+                                 self.pub.bootstrap, "--namespace", self.pub.namespace],
+                cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
+            )
+            CLI_OUTPUT.append(proc.stdout + proc.stderr)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+        await self._after(run, what=f"control {' '.join(args)}")
+        conn = await asyncpg.connect(dsn)
+        try:
+            async def stored() -> bool:
+                return bool(await conn.fetchval("SELECT count(*) FROM ev_control WHERE event_id=$1",
+                                                result["event_id"]))
+            await wait_until(stored, 30, "the control command in ev_control")
+            payload = await conn.fetchval("SELECT payload::text FROM ev_control WHERE event_id=$1", result["event_id"])
+        finally:
+            await conn.close()
+        event = codec_for(ControlEvent).decode(payload)
+        self.inputs.append(event)
+        return event
+
+
+#: Every CLI run's output, for the secret check.
+CLI_OUTPUT: list[str] = []
+
+
+def replay(inputs: Sequence[Record], keyring: Keyring) -> list[Record]:
+    """The same inputs through the in-process core (no wall clock: a replay)."""
+    core = TradingCore(TradingSettings.from_env(os.environ).config(), keyring)
+    out: list[Record] = []
+    for rec in inputs:
+        if isinstance(rec, Bar):
+            out += core.on_bar(rec).records
+        elif isinstance(rec, Signal):
+            out += core.on_signal(rec).records
+        else:
+            assert isinstance(rec, ControlEvent)
+            out += core.on_control(rec).records
+    return out
+
+
+async def rows(dsn: str, topic: str) -> dict[str, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {r["event_id"]: r["p"] for r in await conn.fetch(
+            f"SELECT event_id, payload::text AS p FROM {spec(topic).table}")}
+    finally:
+        await conn.close()
+
+
+async def assert_live_equals_replay(dsn: str, feed: Feed, keyring: Keyring,
+                                    extra_alerts: int = 0) -> dict[str, list[Any]]:
+    """Wait until the sink stored what the replay produces; compare byte for byte. Returns decoded rows."""
+    expected: dict[str, dict[str, str]] = {t: {} for t in OUTPUT_TOPICS}
+    for rec in replay(feed.inputs, keyring):
+        expected[DEFAULT_TOPIC[type(rec)]][rec.event_id] = codec_for(type(rec)).encode(rec).decode()
+
+    async def complete() -> bool:
+        for t in OUTPUT_TOPICS:
+            want = len(expected[t]) + (extra_alerts if t == "ops.alerts" else 0)
+            if len(await rows(dsn, t)) < want:
+                return False
+        return True
+
+    await wait_until(complete, 30, "the sink to store every output the replay produces", watch=feed.procs)
+    decoded: dict[str, list[Any]] = {}
+    for t in OUTPUT_TOPICS:
+        got = await rows(dsn, t)
+        live = {k: v for k, v in got.items() if k in expected[t]}
+        assert live == expected[t], f"{t}: live rows differ from the replay"
+        assert len(got) == len(expected[t]) + (extra_alerts if t == "ops.alerts" else 0), t
+        decoded[t] = [codec_for(spec(t).record).decode(v) for v in got.values()]
+    return decoded
+
+
+async def start(broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs) -> int:
+    worker = procs.worker(broker.bootstrap, namespace, "trading")
+    procs.sink(broker.bootstrap, namespace, dsn)
+    port: int = worker.extra["web_port"]
+    return port
+
+
+# ---------------------------------------------------------------------------
+# scenarios
+# ---------------------------------------------------------------------------
+
+
+async def test_signals_and_bars_for_btc_and_eth_then_orders_fills_and_positions_persisted_once(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
+) -> None:
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 5, a)  # closes a-4h .. a
+    eth = bars(ETH_FILE, 5, a - HALF)  # closes a-2.5h .. a-30m
+    port = await start(broker, namespace, dsn, procs)
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, port)
+        warm = sorted(btc[:4] + eth[:4], key=lambda b: (b.ts_event, b.symbol))
+        await feed.send(*warm, timeout=90)  # the first one waits for the worker to start
+        s_btc = signal("BTC/USDT", a - H, 0.9, "btc")
+        s_eth = signal("ETH/USD", a - H, 0.9, "eth")
+        await feed.send(s_btc, s_btc, s_eth)  # the BTC signal is delivered twice
+        await feed.send(eth[4], btc[4])  # the next bars open at the signals' time: the orders fill
+        assert await feed.metric("tradeflow_records_in_total", consumer="trading", topic="signals") == 3
+        assert await feed.metric("tradeflow_sizing_decisions_total", reason="duplicate_signal") == 1
+        assert await feed.metric("tradeflow_sizing_decisions_total", reason="order") == 2
+
+    out = await assert_live_equals_replay(dsn, feed, trading_env)
+    intents = out["orders.intents"]
+    assert sorted(i.symbol for i in intents) == ["BTC/USDT", "ETH/USD"]  # one order per signal, not per delivery
+    assert all(d.verdict.value == "approved" and d.reasons == () for d in out["risk.decisions"])
+    coids = {client_order_id_for(i.event_id): i for i in intents}
+    lifecycle = {c: sorted(u.status.value for u in out["orders.updates"] if u.client_order_id == c) for c in coids}
+    assert all(v == ["acknowledged", "filled", "new"] for v in lifecycle.values()), lifecycle
+    fills = out["fills"]
+    assert {f.client_order_id for f in fills} == set(coids)
+    for f in fills:
+        assert f.quantity == pytest.approx(coids[f.client_order_id].quantity)
+        assert f.fee > 0 and f.slippage_bps == 2.0 and f.impact_bps > 0
+    # the latest snapshot holds both positions, equal to the sum of their fills
+    last = max(out["portfolio.state"], key=lambda s: (s.as_of_ns, s.fills_applied))
+    assert last.as_of_ns == a and last.fills_applied == 2
+    for sym in ("BTC/USDT", "ETH/USD"):
+        assert last.quantities[sym] == pytest.approx(sum(f.quantity for f in fills if f.symbol == sym))
+    assert len(out["portfolio.state"]) == 10  # one per bar
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM ev_signals") == 2  # the duplicate is one row
+        latest = await conn.fetchrow("SELECT account, equity, quantities::text AS q FROM portfolio_latest")
+        assert latest is not None and latest["account"] == "paper" and json.loads(latest["q"]) == last.quantities
+    finally:
+        await conn.close()
+
+
+async def test_signed_kill_switch_from_the_cli_then_every_intent_rejected_until_released(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
+) -> None:
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 4, a)  # closes a-3h, a-2h, a-1h, a
+    port = await start(broker, namespace, dsn, procs)
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, port)
+        await feed.send(btc[0], btc[1], timeout=90)
+        on = await feed.cli(dsn, "kill-switch", "on", "--reason", "drill: halt everything")
+        await feed.send(signal("BTC/USDT", a - H, 0.9, "k1"), btc[2], signal("BTC/USDT", a - H, 0.95, "k2"))
+        off = await feed.cli(dsn, "kill-switch", "off", "--reason", "drill over")
+        await feed.send(signal("BTC/USDT", a - H, 0.9, "k3"), btc[3])
+
+    out = await assert_live_equals_replay(dsn, feed, trading_env)
+    audits = {x.control_event_id: x for x in out["control.audit"]}
+    assert set(audits) == {on.event_id, off.event_id}
+    assert audits[on.event_id].outcome.value == "accepted" and audits[on.event_id].reason == "applied"
+    assert audits[on.event_id].operator == "alice" and audits[on.event_id].changes
+    assert audits[off.event_id].outcome.value == "accepted" and audits[off.event_id].changes
+    decisions = sorted(out["risk.decisions"], key=lambda d: d.ts_init)
+    intents = {i.event_id: i for i in out["orders.intents"]}
+    assert len(decisions) == 3
+    k1, k2, k3 = (next(d for d in decisions if intents[d.intent_event_id].signal_event_id ==
+                       signal("BTC/USDT", a - H, s, t).event_id) for s, t in ((0.9, "k1"), (0.95, "k2"), (0.9, "k3")))
+    for d in (k1, k2):  # while the switch is on: rejected for that reason alone, never filled
+        assert d.verdict.value == "rejected" and d.reasons == ("kill_switch_global",)
+    assert k3.verdict.value == "approved"
+    fills = out["fills"]
+    assert {f.client_order_id for f in fills} == {client_order_id_for(k3.intent_event_id)}
+    rejected = [u for u in out["orders.updates"] if u.status.value == "rejected"]
+    assert {u.client_order_id for u in rejected} == {client_order_id_for(d.intent_event_id) for d in (k1, k2)}
+    assert {u.reason for u in rejected} == {"risk_blocked"}
+    assert out["ops.alerts"] == []
+    assert await feed.metric("tradeflow_kill_switches_active") == 0
+
+
+async def test_forged_unsigned_and_replayed_control_then_nothing_changes_and_each_is_audited_and_alerted(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
+) -> None:
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 3, a)  # closes a-2h, a-1h, a
+    now = time.time_ns()
+
+    def cmd(command: ControlCommand, nonce: str, keyring: Keyring, key_id: str = "ops1") -> ControlEvent:
+        return new_control_event(
+            command=command, scope="global", target="*", params={}, reason="test", operator="mallory",
+            key_id=key_id, nonce=nonce, ts_event=now, ts_init=now, expires_at=None, keyring=keyring,
+        )
+
+    wrong = Keyring({"ops1": b"an-attackers-guess-at-the-key-0123456789", "ops9": b"x" * 40})
+    forged = cmd(ControlCommand.KILL_SWITCH_ON, "f-1", wrong)  # right key id, wrong secret
+    unknown = cmd(ControlCommand.KILL_SWITCH_ON, "f-2", wrong, key_id="ops9")
+    unsigned = dataclasses.replace(cmd(ControlCommand.KILL_SWITCH_ON, "f-3", trading_env), signature="")
+    genuine_on = cmd(ControlCommand.KILL_SWITCH_ON, "g-1", trading_env)
+    altered = tamper(genuine_on, target="BTC/USDT", scope="symbol", nonce="f-4")
+    genuine_off = cmd(ControlCommand.KILL_SWITCH_OFF, "g-2", trading_env)
+
+    port = await start(broker, namespace, dsn, procs)
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, port)
+        await feed.send(btc[0], btc[1], timeout=90)
+        await feed.send(forged, unknown, unsigned, altered)
+        await feed.raw("control", b'{"command": "kill_switch_on", "scope": "global"')  # not even a record
+        await feed.send(genuine_on, genuine_off, genuine_on)  # ... and the genuine halt replayed after release
+        await feed.send(signal("BTC/USDT", a - H, 0.9, "after"), btc[2])
+
+    out = await assert_live_equals_replay(dsn, feed, trading_env, extra_alerts=1)
+    audits = {(x.control_event_id, x.reason): x for x in out["control.audit"]}
+    rejected = {(forged.event_id, "bad_signature"), (unknown.event_id, "unknown_key"),
+                (unsigned.event_id, "unsigned"), (altered.event_id, "bad_signature"),
+                (genuine_on.event_id, "replayed")}
+    assert rejected | {(genuine_on.event_id, "applied"), (genuine_off.event_id, "applied")} == set(audits)
+    for key in rejected:
+        assert audits[key].outcome.value == "rejected" and audits[key].alert and audits[key].changes == ()
+    alerts = out["ops.alerts"]
+    by_audit = {al.dedupe_key: al for al in alerts if al.code == "control_rejected"}
+    assert set(by_audit) == {audits[k].event_id for k in rejected}
+    assert {al.labels["reason"] for al in by_audit.values()} == {"bad_signature", "unknown_key", "unsigned",
+                                                                  "replayed"}
+    assert [al.code for al in alerts if al.code != "control_rejected"] == ["control_undecodable"]
+    # nothing the rejected commands claimed took effect: the order after them went through and filled
+    (decision,) = out["risk.decisions"]
+    assert decision.verdict.value == "approved" and decision.reasons == ()
+    assert len(out["fills"]) == 1
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM ev_dead_letters WHERE payload->>'consumer' = 'trading'") == 1
+        view = await conn.fetch("SELECT outcome, reason, alert FROM control_audit WHERE outcome = 'rejected'")
+        assert len(view) == 5 and all(r["alert"] for r in view)
+    finally:
+        await conn.close()
+    assert await feed.metric("tradeflow_control_commands_total", outcome="rejected") == 5
+
+
+async def test_control_keys_in_env_and_file_then_no_secret_in_any_log_or_row(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    key_file = tmp_path / "ops2.key"
+    key_file.write_text(FILE_SECRET + "\n")
+    monkeypatch.setenv("TRADEFLOW_CONTROL_KEY_OPS2_FILE", str(key_file))
+    keyring = load_keyring(os.environ)
+    a = anchor_ns()
+    procs.sink(broker.bootstrap, namespace, dsn)  # never holds a key; its aiokafka DEBUG logs would only cost CPU
+    monkeypatch.setenv("TRADEFLOW_LOG_LEVEL", "DEBUG")  # the worker and the CLI: the chattiest logs there are
+    port = procs.worker(broker.bootstrap, namespace, "trading").extra["web_port"]
+    CLI_OUTPUT.clear()
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, port)
+        await feed.send(*bars(BTC_FILE, 2, a - H), timeout=90)
+        await feed.cli(dsn, "kill-switch", "on", "--scope", "symbol", "--target", "ETH/USD", "--reason", "r",
+                       "--ttl-s", "600")
+        await feed.cli(dsn, "set-limit", "max_order_notional", "20000", "--key-id", "ops2")
+        await feed.cli(dsn, "rollout", "promote", "--model-id", "m1", "--version", "3")
+        rollout = feed.inputs[-1]
+        assert isinstance(rollout, ControlEvent)
+        forged = tamper(rollout, nonce="forged", params={"model_id": "m1", "version": "4"})
+        await feed.send(forged)
+    # refusals print errors: they must not print the key either
+    refusals = {
+        ("set-limit", "no_such_limit", "1"): 2,
+        ("kill-switch", "on", "--reason", "x", "--key-id", "ops7"): 2,
+        ("kill-switch", "on", "--reason", "x", "--bootstrap", "127.0.0.1:1", "--timeout-s", "5"): 3,
+    }
+    results = await asyncio.gather(*(asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "ops.cli", "control", *args], cwd=ROOT, env=dict(os.environ),
+        capture_output=True, text=True, timeout=60) for args in refusals))
+    for proc, rc in zip(results, refusals.values(), strict=True):
+        CLI_OUTPUT.append(proc.stdout + proc.stderr)
+        assert proc.returncode == rc, proc.stderr[-1000:]
+
+    out = await assert_live_equals_replay(dsn, feed, keyring)
+    reasons = sorted((x.command, x.outcome.value, x.reason) for x in out["control.audit"])
+    assert reasons == [("kill_switch_on", "accepted", "applied"), ("rollout_promote", "ignored", "not_for_risk"),
+                       ("rollout_promote", "rejected", "bad_signature"), ("set_limit", "accepted", "applied")]
+    for p in procs.all:
+        p.stop()
+    logs = "\n".join([p.output() for p in procs.all] + CLI_OUTPUT)
+    assert "control_command" in logs and "trading_agent_configured" in logs  # the logs are the real ones
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = [r["table_name"] for r in await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'ev_%'")]
+        payloads = "\n".join([str(v) for t in tables for v in await conn.fetch(f"SELECT payload::text FROM {t}")])
+        dead = [base64.b64decode(r["b"]).decode(errors="replace") for r in await conn.fetch(
+            "SELECT payload->>'original_b64' AS b FROM ev_dead_letters")]
+    finally:
+        await conn.close()
+    assert len(payloads) > 1000
+    haystack = logs + payloads + "\n".join(dead) + "\n".join(" ".join(p.argv) for p in procs.all)
+    for secret in (SECRET, FILE_SECRET):
+        for form in (secret, secret.encode().hex(), base64.b64encode(secret.encode()).decode(), secret[:16]):
+            assert form not in haystack, "a control secret leaked into a log, a row or a command line"

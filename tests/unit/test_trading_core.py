@@ -1,0 +1,224 @@
+"""The trading core (the composition the live agent runs): same records as the
+engines driven by hand in the pinned order, redelivery changes nothing,
+unauthenticated control changes nothing (time included), records pass the
+strict codec."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import orjson
+import pytest
+
+from agents.control.signing import Keyring, new_control_event
+from agents.execution.interface import client_order_id_for
+from agents.execution.paper import PaperConfig
+from agents.trading.agent import TradingSettings
+from agents.trading.core import BarSkip, StreamClock, TradingConfig, TradingCore
+from tests.unit.test_trading_determinism import KEYRING, load_bars, run, stub_signal
+from topics.records import (
+    Alert,
+    Bar,
+    ControlAudit,
+    ControlCommand,
+    ControlEvent,
+    Fill,
+    OrderIntent,
+    OrderUpdate,
+    PortfolioSnapshot,
+    RiskDecision,
+    RiskVerdict,
+    Timeframe,
+)
+from topics.schema import Record, codec_for, event_id_for
+
+H = Timeframe.H1.nanos
+ENGINE_RECORDS = (OrderIntent, RiskDecision, OrderUpdate, Fill)
+
+
+def _core(**overrides: Any) -> TradingCore:
+    overrides.setdefault("paper", PaperConfig(default_timeout_probability=0.05, seed=11))
+    cfg = TradingConfig(**overrides)
+    return TradingCore(cfg, KEYRING)
+
+
+def _kill(bar: Bar, nonce: str, command: ControlCommand = ControlCommand.KILL_SWITCH_ON) -> ControlEvent:
+    return new_control_event(
+        command=command, scope="global", target="*", params={"duration_s": 6 * 3600} if command.value.endswith("on")
+        else {}, reason="drill", operator="alice", key_id="ops1", nonce=nonce, ts_event=bar.ts_event,
+        ts_init=bar.ts_event, expires_at=None, keyring=KEYRING,
+    )
+
+
+def drive(core: TradingCore, bars: list[Bar], *, redeliver: bool = False, arrival: int | None = None) -> list[Record]:
+    """The determinism test's inputs (bars, stub signals, a halt and a forged release at bar 100)."""
+    out: list[Record] = []
+    for i, bar in enumerate(bars):
+        out += core.on_bar(bar, arrival).records
+        if redeliver:
+            assert core.on_bar(bar, arrival).bar_skipped == BarSkip.NOT_NEWER
+        if i == 100:
+            cmd = _kill(bar, "n-100")
+            out += core.on_control(cmd, arrival).records
+            forged = dataclasses.replace(cmd, command=ControlCommand.KILL_SWITCH_OFF, nonce="n-101")
+            out += core.on_control(forged, arrival).records
+        signal = stub_signal(bars, i)
+        out += core.on_signal(signal, arrival).records
+        if redeliver:
+            assert core.on_signal(signal, arrival).records == ()
+    return out
+
+
+def _wire(rec: Record) -> bytes:
+    return codec_for(type(rec)).encode(rec)
+
+
+def test_core_when_driven_then_same_engine_records_as_the_hand_driven_engines() -> None:
+    bars = load_bars()
+    expected = [
+        line for line in run(bars)
+        if line.split(b":", 1)[0] in {c.__name__.encode() for c in ENGINE_RECORDS}
+    ]
+    got: list[bytes] = []
+    for rec in drive(_core(), bars):
+        if isinstance(rec, ENGINE_RECORDS):
+            if isinstance(rec, OrderIntent):
+                assert rec.reason in (None, "stop_loss", "take_profit")
+                rec = dataclasses.replace(rec, reason=None)  # the hand-driven run does not label exits
+            got.append(type(rec).__name__.encode() + b":" + _wire(rec))
+    assert len(got) == len(expected) and got == expected
+    assert sum(x.startswith(b"Fill:") for x in got) > 20
+
+
+def test_core_twice_and_with_redelivery_then_byte_identical() -> None:
+    bars = load_bars()
+    first = [_wire(r) for r in drive(_core(), bars)]
+    assert first == [_wire(r) for r in drive(_core(), bars)]
+    assert first == [_wire(r) for r in drive(_core(), bars, redeliver=True)]
+
+
+def test_core_with_a_later_arrival_bound_then_same_as_replay() -> None:
+    """The live agent bounds time by its wall clock; for records from the past that is replay."""
+    bars = load_bars()[:150]
+    replay = [_wire(r) for r in drive(_core(), bars)]
+    live = [_wire(r) for r in drive(_core(), bars, arrival=bars[-1].ts_event + 10 * H)]
+    assert live == replay
+
+
+def test_every_output_when_encoded_then_decodes_with_the_strict_codec() -> None:
+    kinds: set[type[Record]] = set()
+    for rec in drive(_core(), load_bars()):
+        assert codec_for(type(rec)).decode(_wire(rec)) == rec
+        kinds.add(type(rec))
+    assert {OrderIntent, RiskDecision, OrderUpdate, Fill, PortfolioSnapshot, ControlAudit, Alert} <= kinds
+
+
+def test_kill_switch_then_intents_rejected_and_audit_id_is_the_record_identity() -> None:
+    bars = load_bars()
+    core = _core()
+    for i in range(30):
+        core.on_bar(bars[i])
+    step = core.on_control(_kill(bars[29], "k-1"))
+    (audit,) = step.records
+    assert isinstance(audit, ControlAudit) and audit.outcome.value == "accepted" and audit.reason == "applied"
+    assert audit.event_id == event_id_for("control_audit", audit.component, audit.control_event_id,
+                                          audit.outcome.value, audit.reason)
+    strong = dataclasses.replace(stub_signal(bars, 29), score=0.9, expected_return=0.02, shadow=False)
+    strong = dataclasses.replace(strong, event_id="strong-29")
+    out = core.on_signal(strong).records
+    decisions = [r for r in out if isinstance(r, RiskDecision)]
+    assert decisions and all(d.verdict is RiskVerdict.REJECTED and "kill_switch_global" in d.reasons
+                             for d in decisions)
+    assert not [r for r in out if isinstance(r, Fill)]
+
+
+def test_forged_and_unsigned_control_then_nothing_changes_and_an_alert_is_raised() -> None:
+    bars = load_bars()
+    core = _core()
+    for i in range(10):
+        core.on_bar(bars[i])
+    now = core.clock.now_ns()
+    genuine = _kill(bars[9], "g-1")
+    future = bars[9].ts_event + H // 2
+    forged = dataclasses.replace(genuine, nonce="f-1", ts_event=future)  # signature no longer matches
+    unsigned = dataclasses.replace(genuine, nonce="u-1", ts_event=future, signature="")
+    other_key = new_control_event(
+        command=ControlCommand.KILL_SWITCH_ON, scope="global", target="*", params={}, reason="x", operator="mallory",
+        key_id="ops1", nonce="o-1", ts_event=future, ts_init=future, expires_at=None,
+        keyring=Keyring({"ops1": b"not-the-real-key-0123456789abcdef"}),
+    )
+    for bad, reason in ((forged, "bad_signature"), (unsigned, "unsigned"), (other_key, "bad_signature")):
+        step = core.on_control(bad, arrival_ns=future + H)
+        audit, alert = step.records
+        assert isinstance(audit, ControlAudit) and audit.outcome.value == "rejected" and audit.reason == reason
+        assert audit.alert and audit.ts_init == future  # stamped at the command's time ...
+        assert isinstance(alert, Alert) and alert.code == "control_rejected" and alert.labels["reason"] == reason
+        assert core.clock.now_ns() == now  # ... but time did not move
+        assert core.active_kill_switches() == ()
+    # the genuine command still works afterwards, and its replay is refused and alerted
+    assert core.on_control(genuine).audit is not None
+    assert len(core.active_kill_switches()) == 1
+    replay = core.on_control(genuine)
+    assert replay.audit is not None and replay.audit.reason == "replayed" and replay.audit.alert
+
+
+def test_duplicate_signal_and_bar_then_one_order_and_one_fill() -> None:
+    bars = load_bars()
+    core = _core(paper=PaperConfig())
+    for i in range(10):
+        core.on_bar(bars[i])
+    signal = dataclasses.replace(stub_signal(bars, 9), score=0.9, expected_return=0.02, shadow=False)
+    first = core.on_signal(signal).records
+    intents = [r for r in first if isinstance(r, OrderIntent)]
+    assert len(intents) == 1
+    assert core.on_signal(signal).records == ()
+    fills = [r for r in core.on_bar(bars[10]).records if isinstance(r, Fill)]
+    assert core.on_bar(bars[10]).bar_skipped == BarSkip.NOT_NEWER
+    assert fills and {f.client_order_id for f in fills} == {client_order_id_for(intents[0].event_id)}
+    assert core.portfolio_state().quantity("BTC/USDT") == pytest.approx(sum(f.quantity for f in fills))
+
+
+def test_bars_not_closed_or_not_traded_then_skipped() -> None:
+    bar = load_bars()[0]
+    core = _core()
+    assert core.on_bar(dataclasses.replace(bar, is_closed=False)).bar_skipped == BarSkip.NOT_CLOSED
+    assert core.on_bar(dataclasses.replace(bar, timeframe=Timeframe.M1)).bar_skipped == BarSkip.TIMEFRAME_NOT_TRADED
+    assert core.clock.now_ns() == 0
+
+
+def test_snapshot_when_encoded_then_carries_positions_per_symbol() -> None:
+    bars = load_bars()
+    core = _core(paper=PaperConfig())
+    snaps: list[PortfolioSnapshot] = []
+    for i in range(60):
+        snaps += [r for r in core.on_bar(bars[i]).records if isinstance(r, PortfolioSnapshot)]
+        core.on_signal(dataclasses.replace(stub_signal(bars, i), shadow=False))
+    assert len(snaps) == 60
+    last = orjson.loads(_wire(snaps[-1]))
+    state = core.portfolio_state()
+    assert last["equity"] == state.equity and last["account"] == "paper"
+    assert last["quantities"] == {s: p.quantity for s, p in state.positions.items()}
+
+
+def test_clock_when_advanced_then_bounded_by_arrival_and_monotone() -> None:
+    clock = StreamClock()
+    clock.advance(100, arrival_ns=50)
+    assert clock.now_ns() == 50
+    clock.advance(40)
+    assert clock.now_ns() == 50
+    clock.advance(70)
+    assert clock.now_ns() == 70
+
+
+def test_settings_when_read_from_env_then_parsed_or_refused() -> None:
+    s = TradingSettings.from_env({"TRADEFLOW_TRADING_SYMBOLS": "BTC/USDT, ETH/USD", "TRADEFLOW_TRADING_TIMEFRAMES":
+                                  "1h,30m", "TRADEFLOW_TRADING_ACCOUNT": "acct1"})
+    cfg = s.config()
+    assert cfg.account == "acct1" and cfg.risk.allowed_symbols == ("BTC/USDT", "ETH/USD")
+    assert cfg.timeframes == (Timeframe.H1, Timeframe.M30)
+    assert TradingSettings.from_env({}).config().risk.allowed_symbols == TradingConfig().risk.allowed_symbols
+    with pytest.raises(ValueError, match="not wired"):
+        TradingSettings.from_env({"TRADEFLOW_EXECUTION_ADAPTER": "ccxt"})
+    with pytest.raises(ValueError, match="TIMEFRAMES"):
+        TradingSettings.from_env({"TRADEFLOW_TRADING_TIMEFRAMES": "7h"})
