@@ -27,12 +27,13 @@ log = structlog.get_logger("ops.cli")
 
 def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
     from agents.features import agent as features
-    from agents.market import checker
+    from agents.market import aggregator, checker
     from agents.trading import agent as trading
     from gpu_workers import agents as gpu
 
     return {
         checker.NAME: checker.register,
+        aggregator.NAME: aggregator.register,
         features.NAME: features.register,
         trading.NAME: trading.register,
         gpu.TRAINER: gpu.register_trainer,
