@@ -13,10 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.market.csv_import import DuplicateRow, RejectedRow, iter_csv_file
+from agents.market.quality import DataQualityEngine, QualityConfig, QualityPolicy
 from ops.publish import RecordPublisher
 from topics.deadletter import dead_letter_for
 from topics.records import Bar, DataQualityEvent, Severity, Timeframe
 from topics.schema import ErrorReason, RecordError
+
+
+class _Fixed:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def now_ns(self) -> int:
+        return self.ns
+
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 
@@ -47,6 +57,7 @@ class ImportReport:
     seconds: float = 0.0
     first_open_time: int | None = None
     last_open_time: int | None = None
+    partial_last: int = 0
 
 
 async def import_file(
@@ -66,8 +77,13 @@ async def import_file(
     pending: list[Bar] = []
     dead = []
     dq: list[DataQualityEvent] = []
+    # The end of a finite file is something only the importer knows: a quality engine
+    # sees the file's bars so that ``finish()`` can flag a partial last candle. Per-bar
+    # findings come from the streaming quality check in the features agent.
+    tail_check = DataQualityEngine(_Fixed(now), QualityConfig(), QualityPolicy())
     for item in iter_csv_file(path, venue=venue, symbol=symbol, timeframe=timeframe, ts_init=now):
         if type(item) is Bar:
+            tail_check.on_bar(item)
             pending.append(item)
             rep.bars += 1
             if rep.first_open_time is None or item.open_time < rep.first_open_time:
@@ -97,6 +113,8 @@ async def import_file(
                 )
             )
     await publisher.publish(pending, topic=topic)
+    dq.extend(tail_check.finish())
+    rep.partial_last = sum(1 for f in dq if f.check == "partial")
     await publisher.publish(dead, topic="deadletter")
     await publisher.publish(dq, topic="market.data_quality")
     rep.seconds = time.perf_counter() - t0

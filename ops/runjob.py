@@ -268,7 +268,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     print("\n=== tradeflow run: summary ===")
     for r in s["imports"]:
         print(f"imported {r['file']}: {r['bars']} bars, {r['rejects']} rejected rows, "
-              f"{r['duplicates']} duplicate rows ({r['seconds']:.2f}s)")
+              f"{r['duplicates']} duplicate rows, partial last candle: {'yes' if r['partial_last'] else 'no'} "
+              f"({r['seconds']:.2f}s)")
     print(f"import {s['import_seconds']}s; pipeline drained in {s['pipeline_seconds']}s "
           f"({s['bars_per_second_end_to_end']} bars/s end to end)")
     print("\nPostgres rows per table (new this run):")

@@ -104,3 +104,29 @@ async def test_btc_and_eth_files_when_imported_then_features_in_postgres_equal_r
 
 async def _ge(dsn: str, sql: str, n: int) -> bool:
     return await _n(dsn, sql) >= n
+
+
+async def test_full_binance_file_when_imported_then_partial_last_candle_is_reported(
+    broker: EmbeddedBroker, namespace: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from aiokafka import AIOKafkaConsumer
+
+    from topics.catalogue import physical_name
+    from topics.records import DataQualityEvent
+
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        rep = await import_file(SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv", venue="binance", symbol="BTC/USDT",
+                                timeframe=Timeframe.H1, publisher=pub)
+    assert rep.bars == 42_287 and rep.partial_last == 1
+    cons = AIOKafkaConsumer(physical_name("market.data_quality", namespace), bootstrap_servers=broker.bootstrap,
+                            group_id=None, auto_offset_reset="earliest")
+    await cons.start()
+    try:
+        batch = await cons.getmany(timeout_ms=5000)
+    finally:
+        await cons.stop()
+    found = [codec_for(DataQualityEvent).decode(m.value) for msgs in batch.values() for m in msgs]
+    (partial,) = [f for f in found if f.check == "partial"]
+    assert partial.ref_time == int(datetime(2022, 6, 15, tzinfo=UTC).timestamp()) * 1_000_000_000
