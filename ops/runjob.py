@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.clock import EventClock
 from agents.features.pipeline import FeaturePipeline
@@ -195,6 +196,10 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
             log.info("waiting_for_features", stored=got, expected=len(want))
             last_report = time.monotonic()
         await asyncio.sleep(0.5)
+    # Rows may already be there from an earlier run (idempotent re-run), so the rows
+    # alone do not prove this run's messages flowed: also wait until the sink group
+    # has committed this run's messages (the broker is fresh, offsets start at 0).
+    await _wait_committed(bootstrap, {"market.bars": expected, "features": len(want)}, children, deadline)
     pipeline_s = time.perf_counter() - t0
     rows = await conn.fetch("SELECT event_id, vals FROM feature_snapshots WHERE event_id = ANY($1::text[])", want)
     live_digest = _digest((r["event_id"], tuple(r["vals"])) for r in rows)
@@ -228,6 +233,32 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
         "data_dir": str(opts.data_dir),
         "pid": os.getpid(),
     }
+
+
+async def _wait_committed(bootstrap: str, want: dict[str, int], children: list[Child], deadline: float) -> None:
+    """Until the sink group's committed offsets cover ``want[topic]`` messages per topic."""
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="tradeflow-sink", enable_auto_commit=False)
+    await probe.start()
+    try:
+        await probe.topics()  # loads partition metadata for every topic
+        while True:
+            short = {}
+            for name, n in want.items():
+                parts = probe.partitions_for_topic(name) or set()
+                total = 0
+                for p in parts:
+                    total += await probe.committed(TopicPartition(name, p)) or 0
+                if total < n:
+                    short[name] = (total, n)
+            if not short:
+                return
+            for c in children:
+                c.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sink did not commit this run's messages in time: {short}")
+            await asyncio.sleep(0.5)
+    finally:
+        await probe.stop()
 
 
 @dataclass
