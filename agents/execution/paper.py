@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from agents.clock import Clock
+from agents.confighash import stable_config_hash
 from agents.execution.interface import (
     ExecReason,
     ExecutionRecord,
@@ -67,7 +68,6 @@ from agents.execution.interface import (
     build_update,
     client_order_id_for,
 )
-from agents.risk.config import stable_config_hash
 from topics.records import Bar, Fill, Liquidity, OrderIntent, OrderStatus, RiskDecision, RiskVerdict, Side
 from topics.schema import event_id_for
 

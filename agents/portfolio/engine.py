@@ -53,7 +53,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from agents.risk.config import stable_config_hash
+from agents.confighash import stable_config_hash
 from topics.records import Bar, Fill, Side
 
 __all__ = ["NS_PER_DAY", "PortfolioConfig", "PortfolioEngine", "PortfolioState", "Position"]

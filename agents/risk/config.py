@@ -25,15 +25,12 @@ near-limit, say) is refused and audited, never half-applied.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
-import orjson
+from agents.confighash import stable_config_hash
 
 __all__ = [
     "DEFAULT_ALLOWED_SYMBOLS",
@@ -70,27 +67,6 @@ DEFAULT_VOL_HOUR_MULTIPLIERS: tuple[float, ...] = (1.0,) * 13 + (1.25,) * 4 + (1
 def base_asset(symbol: str) -> str:
     """``BTC/USDT:USDT`` -> ``BTC``: per-asset tables match spot and perp alike."""
     return symbol.split("/", 1)[0]
-
-
-def _plain(value: Any) -> Any:
-    """A config value as plain JSON data (dataclasses, mappings, tuples)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def stable_config_hash(config: Any) -> str:
-    """sha256 (16 hex) of a config dataclass as canonical JSON (sorted keys).
-
-    The one config hash every trading engine uses, so a decision record,
-    a gate result and a backtest report name a configuration the same way.
-    """
-    payload = orjson.dumps({"type": type(config).__name__, "fields": _plain(config)}, option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
