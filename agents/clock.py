@@ -7,11 +7,24 @@ reproducible. The wall clock lives at the edge (``ops.runtime.WallClock``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
 class Clock(Protocol):
     def now_ns(self) -> int: ...
+
+
+class FunctionClock:
+    """A clock read from a function (the agents' edge wall clock, a fixed stamp)."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[], int]) -> None:
+        self._fn = fn
+
+    def now_ns(self) -> int:
+        return self._fn()
 
 
 class EventClock:

@@ -12,21 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.clock import FunctionClock
 from agents.market.csv_import import DuplicateRow, RejectedRow, iter_csv_file
 from agents.market.quality import DataQualityEngine, QualityConfig, QualityPolicy
 from ops.publish import RecordPublisher
 from topics.deadletter import dead_letter_for
 from topics.records import Bar, DataQualityEvent, Severity, Timeframe
 from topics.schema import ErrorReason, RecordError
-
-
-class _Fixed:
-    def __init__(self, ns: int) -> None:
-        self.ns = ns
-
-    def now_ns(self) -> int:
-        return self.ns
-
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 
@@ -80,7 +72,7 @@ async def import_file(
     # The end of a finite file is something only the importer knows: a quality engine
     # sees the file's bars so that ``finish()`` can flag a partial last candle. Per-bar
     # findings come from the streaming quality check in the features agent.
-    tail_check = DataQualityEngine(_Fixed(now), QualityConfig(), QualityPolicy())
+    tail_check = DataQualityEngine(FunctionClock(lambda: now), QualityConfig(), QualityPolicy())
     for item in iter_csv_file(path, venue=venue, symbol=symbol, timeframe=timeframe, ts_init=now):
         if type(item) is Bar:
             tail_check.on_bar(item)

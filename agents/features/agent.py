@@ -18,7 +18,7 @@ import orjson
 import structlog
 from prometheus_client import Counter
 
-from agents.clock import Clock
+from agents.clock import Clock, FunctionClock
 from agents.features.pipeline import FeaturePipeline
 from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
 from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
@@ -39,14 +39,6 @@ QUALITY_FINDINGS = Counter(
 )
 
 
-class _WallClock:
-    def __init__(self, ctx: AgentContext) -> None:
-        self._ctx = ctx
-
-    def now_ns(self) -> int:
-        return self._ctx.wall_clock()
-
-
 def register(app: Any, ctx: AgentContext, clock: Clock | None = None) -> Any:
     src = app.topic(ctx.topic("market.bars"))
     features_out = app.topic(ctx.topic("features"))
@@ -54,7 +46,7 @@ def register(app: Any, ctx: AgentContext, clock: Clock | None = None) -> Any:
     # values are orjson bytes (the app's serializers are raw bytes throughout)
     state = app.Table("feature-state", default=None, partitions=8, key_type=bytes, value_type=bytes,
                       use_partitioner=True)
-    pipeline = FeaturePipeline(clock or _WallClock(ctx))
+    pipeline = FeaturePipeline(clock or FunctionClock(ctx.wall_clock))
     fv_codec = codec_for(FeatureVector)
     dq_codec = codec_for(DataQualityEvent)
     n_features = RECORDS_OUT.labels(NAME, "features")

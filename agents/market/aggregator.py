@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from agents.clock import EventClock
 from agents.market.bars import AggregatorConfig, BarAggregator
 from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
 from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
@@ -34,19 +35,9 @@ NAME = "bar-aggregator"
 TICKS_DROPPED = Counter("tradeflow_ticks_dropped_total", "Ticks not aggregated", ["reason"])
 
 
-class _EventClock:
-    """ts_init of emitted bars = the newest tick's event time seen (deterministic)."""
-
-    def __init__(self) -> None:
-        self.now = 0
-
-    def now_ns(self) -> int:
-        return self.now
-
-
 def register(app: Any, ctx: AgentContext) -> Any:
     tfs = tuple(Timeframe(t) for t in os.environ.get("TRADEFLOW_BAR_TIMEFRAMES", "1m").split(",") if t)
-    clock = _EventClock()
+    clock = EventClock()  # ts_init of emitted bars = newest tick event time (deterministic)
     engine = BarAggregator(AggregatorConfig(timeframes=tfs), clock)
     src = app.topic(ctx.topic("market.ticks"))
     dst = app.topic(ctx.topic("market.bars.raw"))
@@ -69,7 +60,7 @@ def register(app: Any, ctx: AgentContext) -> Any:
                 continue
             key = (tick.venue, tick.symbol)
             newest[key] = max(newest.get(key, tick.ts_event), tick.ts_event)
-            clock.now = max(clock.now, tick.ts_event)
+            clock.advance(tick.ts_event)
             res = engine.on_tick(tick)
             for bar in res.bars:
                 dst.send_soon(key=bar.key(), value=codec.encode(bar))
