@@ -6,11 +6,13 @@ its changelog topic after a restart or rebalance). The table is keyed by the
 source message key (``symbol|timeframe``) with ``use_partitioner``: the
 producer's partitioner puts a key's changelog record in the same partition as
 the key's bars, so a worker that owns a bars partition recovers exactly the
-state it needs. Table writes happen once per micro-batch per key.
+state it needs. Table writes happen once per micro-batch per key. With
+``TRADEFLOW_STALE_CHECK_S`` > 0 (live deployments) a timer reports stale feeds.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -52,6 +54,18 @@ def register(app: Any, ctx: AgentContext, clock: Clock | None = None) -> Any:
     n_features = RECORDS_OUT.labels(NAME, "features")
     n_quality = RECORDS_OUT.labels(NAME, "market.data_quality")
     latency = PROCESS_LATENCY.labels(NAME)
+
+    stale_every_s = float(os.environ.get("TRADEFLOW_STALE_CHECK_S", "0"))
+    if stale_every_s > 0:
+        # Live feeds only: a stream with no new bar for ``stale_after_bars``
+        # timeframes (by the wall clock) is reported and blocked until bars return.
+        # Off by default because a replay of history is "stale" by definition.
+        @app.timer(interval=stale_every_s)  # type: ignore[untyped-decorator]
+        async def check_stale_feeds() -> None:
+            for f in pipeline.quality.check_staleness(ctx.wall_clock()):
+                await quality_out.send(key=f.key(), value=dq_codec.encode(f))
+                QUALITY_FINDINGS.labels(f.check, f.severity.value).inc()
+                n_quality.inc()
 
     @app.agent(src, name=NAME)  # type: ignore[untyped-decorator]
     @crash_worker_on_bug(app, NAME)

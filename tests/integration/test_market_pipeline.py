@@ -130,3 +130,33 @@ async def test_full_binance_file_when_imported_then_partial_last_candle_is_repor
     found = [codec_for(DataQualityEvent).decode(m.value) for msgs in batch.values() for m in msgs]
     (partial,) = [f for f in found if f.check == "partial"]
     assert partial.ref_time == int(datetime(2022, 6, 15, tzinfo=UTC).timestamp()) * 1_000_000_000
+
+
+async def test_feed_that_stops_when_stale_check_is_on_then_stale_feed_finding_is_stored(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = _subset(SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv", tmp_path / "btc.csv", 20)
+    monkeypatch.setenv("TRADEFLOW_STALE_CHECK_S", "1")
+    procs.worker(broker.bootstrap, namespace, "features")
+    procs.sink(broker.bootstrap, namespace, dsn, "--topics", "market.data_quality")
+    bars = import_csv_file(path, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=TS_MIN_NS).bars
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        await pub.publish(list(bars), topic="market.bars")  # 2017 bars: no new bar for years by the wall clock
+
+    async def stale() -> bool:
+        return await _n(dsn, "SELECT count(*) FROM data_quality WHERE check_name = 'stale_feed'") >= 1
+
+    await wait_until(stale, 60, "a stale_feed finding", watch=procs)
+    rows = await _fetch_one(dsn, "SELECT symbol, blocking FROM data_quality WHERE check_name = 'stale_feed'")
+    assert rows["symbol"] == "BTC/USDT" and rows["blocking"] is True
+
+
+async def _fetch_one(dsn: str, sql: str) -> asyncpg.Record:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(sql)
+        assert row is not None
+        return row
+    finally:
+        await conn.close()

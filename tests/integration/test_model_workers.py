@@ -125,6 +125,13 @@ async def test_jobs_when_trained_and_served_then_registry_results_and_signals_ma
     assert registered.stage is ModelStage.REGISTERED and ok.artifacts["BTC/USDT"] == f"{registered.model_id}@" \
         f"{registered.version}"
     assert Path(registered.checkpoint_path).exists()
+    # the operator CLI reads the registry from Postgres
+    lst = procs.cli("models-list", "models", "list", "--dsn", dsn)
+    assert lst.popen is not None and lst.popen.wait(60) == 0
+    assert registered.model_id in lst.output() and registered.version in lst.output()
+    show = procs.cli("models-show", "models", "show", registered.model_id, registered.version, "--dsn", dsn)
+    assert show.popen is not None and show.popen.wait(60) == 0
+    assert registered.checkpoint_sha256 in show.output() and "val_log_loss" in show.output()
 
     # -- inference: the version goes active; a tampered shadow version is refused --------
     active = dataclasses.replace(registered, stage=ModelStage.ACTIVE, ts_event=registered.ts_event + 1,
