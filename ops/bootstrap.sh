@@ -6,6 +6,9 @@ VENV="${1:-.venv}"
 
 need_apt=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need_apt+=(postgresql); fi
+# promtool validates the alert rules (tests); chromium renders the dashboard in its test.
+if ! command -v promtool >/dev/null 2>&1; then need_apt+=(prometheus); fi
+if ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=""; fi
   echo "bootstrap: installing ${need_apt[*]} (Debian packages)"
