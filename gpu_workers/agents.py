@@ -31,7 +31,7 @@ from gpu_workers.serving import InferenceStep, RolloutState, Served
 from gpu_workers.training_service import TrainingService
 from models.checkpoint import CheckpointError
 from models.inference import Predictor, to_signals
-from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
+from ops.metrics import PROCESS_LATENCY, RECORDS_OUT, SIGNAL_LATENCY
 from topics.records import Alert, FeatureVector, ModelRegistryEvent, Severity, Signal, TrainJob
 from topics.schema import RecordError, codec_for
 
@@ -168,6 +168,8 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
                     slot[3].append(fv)
             now = ctx.wall_clock()
             for served, pred, windows, newest in work.values():
+                for fv in newest:  # feature produced -> signal produced (wall clock, incl. broker hop)
+                    SIGNAL_LATENCY.labels(served.model_id).observe(max(now - fv.ts_init, 0) / 1e9)
                 t1 = time.perf_counter()
                 prediction = pred.predict_batch(windows)
                 INFERENCE_SECONDS.observe(time.perf_counter() - t1)

@@ -30,6 +30,7 @@ def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
     from agents.market import aggregator, checker
     from agents.trading import agent as trading
     from gpu_workers import agents as gpu
+    from ops.dashboard import agent as dashboard
 
     return {
         checker.NAME: checker.register,
@@ -38,6 +39,7 @@ def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
         trading.NAME: trading.register,
         gpu.TRAINER: gpu.register_trainer,
         gpu.INFERENCE: gpu.register_inference,
+        dashboard.NAME: dashboard.register,
     }
 
 
@@ -81,7 +83,7 @@ def cmd_sink(a: argparse.Namespace) -> int:
     from topics.catalogue import TOPICS, physical_name
 
     if a.metrics_port:
-        start_http_server(a.metrics_port, addr="127.0.0.1")
+        start_http_server(a.metrics_port, addr=a.metrics_host)
     topics = tuple(a.topics) if a.topics else tuple(t.name for t in TOPICS)
     cfg = SinkConfig(bootstrap=a.bootstrap, dsn=a.dsn, namespace=a.namespace, group_id=a.group, topics=topics)
 
@@ -138,7 +140,7 @@ def cmd_ingest_history(a: argparse.Namespace) -> int:
     try:
         rep = asyncio.run(history(
             exchange_id=a.exchange, market_type=a.market_type, symbol=a.symbol, timeframe=a.timeframe, start=a.start,
-            end=a.end, bootstrap=a.bootstrap, namespace=a.namespace, dsn=a.dsn,
+            end=a.end, bootstrap=a.bootstrap, namespace=a.namespace, dsn=a.dsn, metrics_port=a.metrics_port,
         ))
     except CollectorError as exc:
         print(f"history download failed: {exc}", file=sys.stderr)
@@ -153,7 +155,8 @@ def cmd_collect(a: argparse.Namespace) -> int:
 
     try:
         asyncio.run(live(exchange_id=a.exchange, market_type=a.market_type, symbols=a.symbols,
-                         timeframes=a.timeframes, bootstrap=a.bootstrap, namespace=a.namespace))
+                         timeframes=a.timeframes, bootstrap=a.bootstrap, namespace=a.namespace,
+                         metrics_port=a.metrics_port))
     except CollectorError as exc:
         print(f"live collection stopped: {exc}", file=sys.stderr)
         return EXIT_INFRA
@@ -236,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--group", default="tradeflow-sink")
     sp.add_argument("--topics", nargs="*", help="catalogue names (default: all)")
     sp.add_argument("--metrics-port", type=int, default=0)
+    sp.add_argument("--metrics-host", default=os.environ.get("TRADEFLOW_METRICS_HOST", "127.0.0.1"),
+                    help="bind address of /metrics (default loopback; 0.0.0.0 in containers)")
     sp.set_defaults(fn=cmd_sink)
 
     sp = sub.add_parser("ingest", help="load market data: a CSV file or an exchange's history")
@@ -255,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--timeframe", required=True)
     ip.add_argument("--start", required=True, help="ISO date/time, UTC")
     ip.add_argument("--end", required=True, help="ISO date/time, UTC (exclusive)")
+    ip.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1:N (0: off)")
     ip.set_defaults(fn=cmd_ingest_history)
 
     sp = sub.add_parser("collect", help="live collection: ccxt.pro websockets with REST fallback")
@@ -263,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--market-type", default="spot", choices=["spot", "swap"])
     sp.add_argument("--symbols", nargs="+", required=True)
     sp.add_argument("--timeframes", nargs="*", default=["1m"])
+    sp.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1:N (0: off)")
     sp.set_defaults(fn=cmd_collect)
 
     from ops.models_cli import add_parsers as add_model_parsers
@@ -272,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.control_cli import add_parsers as add_control_parsers
 
     add_control_parsers(sub, infra)
+
+    from ops.gates_cli import add_parsers as add_gates_parsers
+
+    add_gates_parsers(sub, infra)
+
+    from ops.audit_cli import add_parsers as add_audit_parsers
+
+    add_audit_parsers(sub, infra)
 
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)

@@ -19,6 +19,7 @@ import structlog
 from agents.market.ccxt_parse import ExchangeDataError
 from agents.market.exchanges import ExchangeConfig, MarketType, make_exchange
 from agents.market.history import download_history
+from ops.metrics import DEAD_LETTERS
 from ops.publish import RecordPublisher
 from ops.timeparse import parse_when
 from topics.deadletter import dead_letter_for
@@ -55,12 +56,14 @@ class PostgresCheckpointStore:
 
 
 def reject_to_dead_letter(publisher: RecordPublisher, consumer: str, source: str) -> Any:
-    """An ``on_reject`` hook that dead-letters an exchange row with its reason."""
+    """An ``on_reject`` hook that dead-letters an exchange row with its reason (and counts it in
+    ``tradeflow_dead_letters_total``, topic label ``exchange``: the symbol would only add cardinality)."""
     seq = 0
 
     async def on_reject(err: ExchangeDataError) -> None:
         nonlocal seq
         seq += 1
+        DEAD_LETTERS.labels(consumer, "exchange", err.reason.value).inc()
         now = time.time_ns()
         raw = json.dumps(err.raw, default=str).encode()
         dl = dead_letter_for(consumer=consumer, topic=source, partition=0, offset=seq, key=None, value=raw,
@@ -70,10 +73,19 @@ def reject_to_dead_letter(publisher: RecordPublisher, consumer: str, source: str
     return on_reject
 
 
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on 127.0.0.1:``port`` (0: not at all) for Prometheus to scrape."""
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1")
+
+
 async def history(
     *, exchange_id: str, market_type: str, symbol: str, timeframe: str, start: str, end: str, bootstrap: str,
-    namespace: str, dsn: str,
+    namespace: str, dsn: str, metrics_port: int = 0,
 ) -> dict[str, Any]:
+    serve_metrics(metrics_port)
     cfg = ExchangeConfig(exchange_id=exchange_id, market_type=MarketType(market_type), symbols=(symbol,))
     ex = make_exchange(cfg, pro=False)
     try:
@@ -89,7 +101,7 @@ async def history(
 
 
 async def live(*, exchange_id: str, market_type: str, symbols: list[str], timeframes: list[str], bootstrap: str,
-               namespace: str) -> None:
+               namespace: str, metrics_port: int = 0) -> None:
     from agents.market.live import LiveCollector
 
     cfg = ExchangeConfig(
@@ -97,6 +109,7 @@ async def live(*, exchange_id: str, market_type: str, symbols: list[str], timefr
         timeframes=tuple(Timeframe(t) for t in timeframes),
     )
     ex = make_exchange(cfg, pro=True)
+    serve_metrics(metrics_port)  # collector calls, ingest latency, dead letters
     pub = RecordPublisher(bootstrap, namespace, name=f"live:{exchange_id}")
     try:
         collector = LiveCollector(

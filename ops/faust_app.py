@@ -25,6 +25,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ops.broker import BrokerLost, BrokerWatchdog
+from ops.metrics import logical_topic, set_consumer_lag
 from topics.catalogue import TOPICS, physical_name
 
 log = structlog.get_logger("ops.faust_app")
@@ -62,6 +63,7 @@ class WorkerSettings:
     web_port: int = 6066
     web_host: str = "127.0.0.1"
     watchdog_interval_s: float = 2.0
+    lag_interval_s: float = 2.0
 
 
 def create_app(s: WorkerSettings) -> Any:
@@ -110,4 +112,29 @@ def create_app(s: WorkerSettings) -> Any:
             log.critical("worker_stopping_broker_lost", reason=str(exc))
             await app.crash(exc)
 
+    @app.timer(interval=s.lag_interval_s)  # type: ignore[untyped-decorator]
+    async def consumer_lag() -> None:
+        record_consumer_lag(app, s.app_id, s.namespace)
+
     return app
+
+
+def record_consumer_lag(app: Any, consumer: str, namespace: str) -> None:
+    """``tradeflow_consumer_lag`` for every assigned partition: fetch high-water - committed offset.
+
+    Both come from the consumer's own state, no broker round trip: the high-water mark is the one
+    aiokafka took from the last fetch response (reliable on tansu, unlike ``end_offsets``), the
+    committed offset is faust's (the next offset to process). During a rebalance the assignment
+    can change under us; a partition that is no longer assigned is simply skipped this round.
+    """
+    try:
+        assigned = app.consumer.assignment()
+    except Exception:  # consumer not started yet, or being rebuilt by a rebalance
+        return
+    for tp in assigned:
+        try:
+            highwater = app.consumer.highwater(tp)
+        except Exception:  # revoked between assignment() and here
+            continue
+        committed = app.consumer._committed_offset.get(tp)  # faust keeps no public accessor
+        set_consumer_lag(consumer, logical_topic(tp.topic, namespace), tp.partition, highwater, committed)

@@ -44,6 +44,7 @@ from ops.metrics import (
     SINK_COMMIT_SECONDS,
     SINK_DB_ERRORS,
     SINK_ROWS,
+    set_consumer_lag,
 )
 from topics.catalogue import TOPICS, TopicSpec, physical_name, spec
 from topics.deadletter import dead_letter_for
@@ -165,6 +166,8 @@ class TopicSink:
         self.rows_written = 0
         self.batches = 0
         self._stopping = asyncio.Event()
+        self._committed: dict[TopicPartition, int] = {}
+        self._lag_recorded_at = 0.0
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -215,6 +218,8 @@ class TopicSink:
                     if in_flight is not None:
                         await in_flight
                         in_flight = None
+                    if time.monotonic() - self._lag_recorded_at > 2.0:
+                        self.record_lag()
                     continue
                 decoded = self.decode(batch)
                 if in_flight is not None:
@@ -283,6 +288,24 @@ class TopicSink:
             await asyncio.gather(*futs)
         await self.consumer.commit(d.offsets)
         self.batches += 1
+        self._committed.update(d.offsets)
+        self.record_lag()
+
+    def record_lag(self) -> None:
+        """``tradeflow_consumer_lag{consumer="sink"}``: fetch high-water mark - offset this process committed.
+
+        The high-water mark is aiokafka's, from the last fetch response (tansu's ``end_offsets`` can be
+        wrong, see DESIGN.md). A partition this process has not committed yet has no series (unknown,
+        not 0).
+        """
+        assert self.consumer is not None
+        self._lag_recorded_at = time.monotonic()
+        for tp in self.consumer.assignment():
+            dec = self._decoders.get(tp.topic)
+            if dec is None:
+                continue
+            set_consumer_lag(self.consumer_name, dec.spec.name, tp.partition, self.consumer.highwater(tp),
+                             self._committed.get(tp))
 
     async def _write_with_retry(self, d: _Decoded) -> None:
         delay = 0.1

@@ -32,6 +32,7 @@ from topics.records import (
     OrderUpdate,
     PortfolioSnapshot,
     RiskDecision,
+    RolloutDecision,
     Signal,
     Tick,
     TrainJob,
@@ -120,6 +121,9 @@ TOPICS: tuple[TopicSpec, ...] = (
           "What each component did with each control command (accepted, rejected, ignored), with reasons."),
     _spec("models.registry", ModelRegistryEvent, "model_id|version", 1, C, None, "ev_model_registry",
           "Model versions and their rollout stage."),
+    _spec("governance.audit", RolloutDecision, "model_id|symbol", 1, D, 365, "ev_governance_audit",
+          "Model governance decisions per rollout (promote, hold, rollback, manual, rejected) with the gate "
+          "window, thresholds and actor."),
     _spec("jobs.train", TrainJob, "job_id", 4, D, 30, "ev_jobs_train", "Training job requests."),
     _spec("jobs.inference", InferenceJob, "job_id", 4, D, 30, "ev_jobs_inference",
           "Batch inference job requests."),

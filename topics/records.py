@@ -7,6 +7,7 @@ Schema changelog
 - OrderIntent v2: ``reason`` (null, or why the intent exists beyond its
   signal: ``stop_loss`` / ``take_profit`` on the risk engine's protective exits).
 - ControlAudit v1 (``control.audit``), PortfolioSnapshot v1 (``portfolio.state``): new.
+- RolloutDecision v1 (``governance.audit``): new.
 
 Units: timestamps are int nanoseconds since the epoch (UTC); prices in quote
 currency; quantities in base currency; basis points are 1e-4.
@@ -150,6 +151,21 @@ class ControlOutcome(enum.StrEnum):
     IGNORED = "ignored"
 
 
+class RolloutAction(enum.StrEnum):
+    """What model governance decided for one rollout (see ``agents.governance``)."""
+
+    PROMOTE = "promote"
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+    MANUAL_PROMOTE = "manual_promote"
+    MANUAL_ROLLBACK = "manual_rollback"
+    #: A manual command that failed verification or named an impossible transition.
+    REJECTED = "rejected"
+
+
+class RolloutTrigger(enum.StrEnum):
+    GATES = "gates"
+    CONTROL = "control"
 
 
 # ---------------------------------------------------------------------------
@@ -559,6 +575,57 @@ class ModelRegistryEvent(Record):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutDecision(Record):
+    """One model-governance decision on one rollout (model_id, symbol): the audit trail.
+
+    ``trigger`` ``gates``: a gate window was complete; ``window_*`` and
+    ``window_status`` describe it, ``gates`` maps ``gate:metric`` to the status
+    of each required result considered and ``gate_result_ids`` names them.
+    ``trigger`` ``control``: a signed operator command (``cause_event_id`` is
+    the control event id); window fields are null. ``passing_windows`` /
+    ``failing_windows`` are the consecutive-window counters *after* this
+    decision, next to the thresholds and ``config_hash`` they were compared
+    with. ``from_stage``/``to_stage`` equal on a hold; null only when a
+    rejected command named a version governance does not know (then
+    ``symbol`` is null too). ``restored_version`` is the previously active
+    version a rollback put back to ``active`` (null: there was none).
+    Fields of a ``rejected`` command are what the message *claimed*.
+    """
+
+    KIND: ClassVar[str] = "rollout_decision"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("model_id", "symbol", "version", "trigger", "cause_event_id")
+
+    model_id: str
+    version: str
+    symbol: Symbol | None
+    from_stage: ModelStage | None
+    to_stage: ModelStage | None
+    action: RolloutAction
+    trigger: RolloutTrigger
+    window_start: Timestamp | None
+    window_end: Timestamp | None
+    window_status: GateStatus | None
+    gates: dict[str, str]
+    gate_result_ids: tuple[str, ...]
+    passing_windows: Annotated[int, NonNegative()]
+    failing_windows: Annotated[int, NonNegative()]
+    windows_to_promote: Annotated[int, NonNegative()]
+    windows_to_rollback: Annotated[int, NonNegative()]
+    config_hash: str
+    actor: str
+    reason: str
+    restored_version: str | None
+    cause_event_id: str
+
+    def key(self) -> bytes:
+        return f"{self.model_id}|{self.symbol or '*'}".encode()
+
+    def validate(self) -> None:
+        if self.trigger is RolloutTrigger.GATES and (self.window_end is None or self.window_status is None):
+            raise RecordError(ErrorReason.INVALID_VALUE, "a gate-triggered decision names its window and status")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TrainJob(Record):
     KIND: ClassVar[str] = "train_job"
     IDENTITY: ClassVar[tuple[str, ...]] = ("job_id",)
@@ -681,4 +748,5 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     Alert,
     ControlAudit,
     PortfolioSnapshot,
+    RolloutDecision,
 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import heapq
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -136,6 +137,17 @@ def build_update(
 
 _TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED})
 
+#: Exact fixed-point scale for signed quantities: every finite double is an
+#: integer multiple of 2**-1074, so ``value * 2**1074`` is an exact Python int.
+_EXACT_SHIFT = 1074
+_EXACT_ONE = 1 << _EXACT_SHIFT
+
+
+def _exact(value: float) -> int:
+    """``value`` as an exact integer multiple of 2**-1074 (no rounding at all)."""
+    num, den = value.as_integer_ratio()  # den is a power of two
+    return num << (_EXACT_SHIFT - (den.bit_length() - 1))
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -144,6 +156,11 @@ class _Pending:
     quantity: float
     filled: float
     since_ns: int
+    #: Insertion sequence: tells a live expiry-heap entry from a stale one.
+    seq: int = 0
+
+    def remaining(self) -> float:
+        return self.sign * max(0.0, self.quantity - self.filled)
 
 
 @dataclass(slots=True)
@@ -159,30 +176,72 @@ class InFlightOrders:
     terminal one removes it. ``Fill`` records are not needed: the update
     sent with each fill carries the cumulative filled quantity. An order no
     update ever ends stops counting after ``ttl_ns``.
+
+    Cost: every operation is O(1) amortized (``net`` used to scan every
+    order in flight, so risk decisions slowed down linearly with the book).
+    Each symbol keeps a running sum of its orders' signed remaining
+    quantities, held *exactly* as an integer multiple of 2**-1074 (every
+    double is one), so adding and removing orders never leaves float residue:
+    with nothing in flight the net is exactly ``0.0``, and a net is the
+    correctly rounded sum of its orders whatever the order of events.
+    Expiry uses a min-heap on the decision time with lazy deletion (an entry
+    whose order has ended or been replaced is skipped when it surfaces; the
+    heap is rebuilt when stale entries dominate).
     """
 
     ttl_ns: int
     _orders: dict[str, _Pending] = field(default_factory=dict)
+    _net: dict[str, int] = field(default_factory=dict)
+    _count: dict[str, int] = field(default_factory=dict)
+    _expiry: list[tuple[int, int, str]] = field(default_factory=list)
+    _seq: int = 0
 
     def add(self, client_order_id: str, symbol: str, side: Side, quantity: float, now_ns: int) -> None:
-        self._orders[client_order_id] = _Pending(symbol, 1.0 if side is Side.BUY else -1.0, quantity, 0.0, now_ns)
+        if client_order_id in self._orders:
+            self._remove(client_order_id)
+        self._seq += 1
+        pending = _Pending(symbol, 1.0 if side is Side.BUY else -1.0, quantity, 0.0, now_ns, self._seq)
+        self._orders[client_order_id] = pending
+        self._net[symbol] = self._net.get(symbol, 0) + _exact(pending.remaining())
+        self._count[symbol] = self._count.get(symbol, 0) + 1
+        heapq.heappush(self._expiry, (now_ns, pending.seq, client_order_id))
+        if len(self._expiry) > 2 * len(self._orders) + 64:
+            self._expiry = [(p.since_ns, p.seq, k) for k, p in self._orders.items()]
+            heapq.heapify(self._expiry)
 
     def on_execution(self, record: OrderUpdate | Fill) -> None:
         pending = self._orders.get(record.client_order_id)
         if pending is None or not isinstance(record, OrderUpdate):
             return
         if record.status in _TERMINAL:
-            del self._orders[record.client_order_id]
+            self._remove(record.client_order_id)
         elif record.filled_quantity >= pending.filled:
+            before = _exact(pending.remaining())
             pending.filled = record.filled_quantity
             pending.quantity = record.quantity
+            self._net[pending.symbol] += _exact(pending.remaining()) - before
 
     def net(self, symbol: str, now_ns: int) -> float:
         """Signed quantity still to fill for ``symbol`` (+ buys, - sells)."""
-        expired = [k for k, p in self._orders.items() if now_ns - p.since_ns > self.ttl_ns]
-        for k in expired:
-            del self._orders[k]
-        return sum(p.sign * max(0.0, p.quantity - p.filled) for p in self._orders.values() if p.symbol == symbol)
+        heap = self._expiry
+        while heap and now_ns - heap[0][0] > self.ttl_ns:
+            _, seq, coid = heapq.heappop(heap)
+            pending = self._orders.get(coid)
+            if pending is not None and pending.seq == seq:
+                self._remove(coid)
+        total = self._net.get(symbol, 0)
+        return total / _EXACT_ONE if total else 0.0
+
+    def _remove(self, client_order_id: str) -> None:
+        pending = self._orders.pop(client_order_id)
+        symbol = pending.symbol
+        left = self._count[symbol] - 1
+        if left:
+            self._count[symbol] = left
+            self._net[symbol] -= _exact(pending.remaining())
+        else:  # last order of the symbol: drop the aggregate (exactly 0 by construction)
+            del self._count[symbol]
+            del self._net[symbol]
 
     def __len__(self) -> int:
         return len(self._orders)

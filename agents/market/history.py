@@ -51,6 +51,7 @@ from agents.market.exchanges import (
     RetriesExhausted,
     classify_error,
 )
+from agents.market.live import CollectorMetrics, default_collector_metrics
 from topics.records import Bar, Timeframe
 from topics.schema import ErrorReason
 
@@ -123,6 +124,7 @@ async def download_history(
     checkpoint_key: str | None = None,
     settle_ms: int = 5_000,
     on_reject: RejectHandler | None = None,
+    metrics: CollectorMetrics | None = None,
 ) -> HistoryReport:
     """Download ``[start_ns, end_ns)`` of ``symbol`` candles and publish them as Bars.
 
@@ -133,6 +135,10 @@ async def download_history(
     venue's maximum. Raises :class:`FatalExchangeError`,
     :class:`RetriesExhausted`, or whatever the publisher or checkpoint store
     raise (a lost broker must stop the download loudly).
+
+    Every ``fetch_ohlcv`` attempt is counted in ``market_collector_calls_total``
+    (stream ``history``, transport ``rest``) like the live collector's calls, so
+    one connector-success alert covers both.
     """
     tf = Timeframe(timeframe)
     if end_ns <= start_ns:
@@ -144,6 +150,10 @@ async def download_history(
     policy = retry or BackoffPolicy()
     rng = rng or random.Random(key)
     reject = on_reject or _default_reject
+    calls = (metrics or default_collector_metrics()).calls
+
+    def count_call(outcome: str, reason: str) -> None:
+        calls.labels(venue, "history", "rest", outcome, reason).inc()
 
     saved = await checkpoints.load(key)
     resumed_after = saved if saved is not None and saved >= start_ns else None
@@ -165,7 +175,8 @@ async def download_history(
 
     checkpoint_frozen = False
     while cursor_ms < end_ms:
-        rows, attempts = await _fetch_page(exchange, symbol, tf, cursor_ms, page_limit, policy, rng, sleep)
+        rows, attempts = await _fetch_page(exchange, symbol, tf, cursor_ms, page_limit, policy, rng, sleep,
+                                           count_call)
         requests += attempts
         retries += attempts - 1
         if not rows:
@@ -273,6 +284,7 @@ async def _fetch_page(
     policy: BackoffPolicy,
     rng: random.Random,
     sleep: Callable[[float], Awaitable[None]],
+    count_call: Callable[[str, str], None],
 ) -> tuple[list[list[Any]], int]:
     """One page with retries. Returns the rows and how many attempts it took."""
     attempt = 0
@@ -282,6 +294,7 @@ async def _fetch_page(
             rows = await exchange.fetch_ohlcv(symbol, timeframe.value, since=since_ms, limit=limit)
         except Exception as exc:  # ccxt raises its own tree; classify_error sorts it
             classification = classify_error(exc)
+            count_call("failure", classification.reason.value)
             detail = f"{exchange.id} fetch_ohlcv({symbol}, {timeframe.value}, since={since_ms}): {exc}"
             if not classification.retriable:
                 raise FatalExchangeError(classification.reason, detail) from exc
@@ -297,4 +310,5 @@ async def _fetch_page(
             )
             await sleep(delay)
             continue
+        count_call("success", "none")
         return list(rows or []), attempt

@@ -170,9 +170,12 @@ class CollectorMetrics:
         )
         self.ingest_latency = Histogram(
             "market_ingest_latency_seconds",
-            "Venue trade time to our ingest wall clock (includes clock skew).",
+            "Venue event time (trade time, candle close) to our ingest wall clock (includes clock skew).",
             ["exchange", "stream", "transport"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            # Up to 30 min: the ingest-p95 alert's 120 s threshold must fall inside a finite bucket
+            # (histogram_quantile reports the highest finite bound for anything beyond it).
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 90.0, 120.0,
+                     180.0, 300.0, 600.0, 1800.0),
             registry=registry,
         )
 
@@ -520,9 +523,15 @@ class LiveCollector:
         bars: list[Bar] = []
         for row, is_closed in state.tracker.update(rows, now_ns // NS_PER_MS):
             try:
-                bars.append(ccxt_ohlcv_to_bar(row, self.venue, spec.symbol, spec.timeframe, now_ns, is_closed, source))
+                bar = ccxt_ohlcv_to_bar(row, self.venue, spec.symbol, spec.timeframe, now_ns, is_closed, source)
             except ExchangeDataError as exc:
                 await self._reject(spec, exc)
+                continue
+            bars.append(bar)
+            if is_closed:  # a closed candle's event time is its close; forming ones have none yet
+                self._metrics.ingest_latency.labels(self.venue, spec.kind.value, state.transport.value).observe(
+                    max(now_ns - (bar.open_time + spec.timeframe.nanos), 0) / 1e9
+                )
         await self._publish(spec, state.transport, bars)
 
     async def _publish(self, spec: StreamSpec, transport: Transport, records: Sequence[Record]) -> None:

@@ -56,16 +56,49 @@ engine's allowed symbols; default BTC/ETH USDT spot and perpetuals),
 :mod:`agents.control.signing`). Without a control key the agent refuses to
 start: a trading process no operator can halt must not run.
 
-Restart (known gap): engine state is in memory and not rebuilt on start. A
-restarted worker resumes from its committed offsets with a flat book, no
-kill switches and an empty nonce cache; the deterministic ids still keep a
-redelivered *output* from doubling a row, but the paper engine would accept
-an intent it had seen before the restart. Rebuilding the state (replaying
-the input topics through the core, which is deterministic) is open work.
+Restart recovery (exact)
+------------------------
+The engines' state is checkpointed to PostgreSQL (``trading_checkpoints``,
+one row per account, :mod:`agents.trading.checkpoint`) after every
+micro-batch, together with the next offset of every input partition it
+covers. Order per batch: handle every event (outputs ``send_soon``) ->
+snapshot core + offsets (synchronous, so nothing moves in between) -> flush
+the producer (every output of those inputs is on the broker) -> upsert the
+row -> only then does the stream ack the batch, so faust never commits an
+offset the checkpoint does not cover. A failed write raises: the worker
+crashes (non-zero exit) instead of going on with state it could not save.
+
+On every partition assignment faust seeks the inputs to the group's
+committed offsets (``consumer.perform_seek``, run by its recovery after the
+``on_partitions_assigned`` signal and again when flow resumes); the agent
+wraps that method so each input partition is then sought to the position of
+the state in memory: at the first assignment that state is the checkpoint
+(no row: a flat core at offset 0, i.e. the account's whole input history,
+which is what a new consumer group with ``earliest`` reads anyway). The
+committed offsets therefore never decide where this agent resumes: a commit
+behind the checkpoint re-reads inputs the state already holds (skipped by
+offset), one ahead of it cannot skip inputs the state lacks. Inputs after the
+checkpoint are re-processed by the restored core, which is the uninterrupted
+run's state, so they give byte-identical outputs with the same event ids and
+the sinks drop the copies: a SIGKILL at any point changes no row
+(``tests/integration/test_trading_recovery.py``). A message whose offset is
+below the in-memory position (a redelivery after an in-process rebalance) is
+skipped (``tradeflow_trading_inputs_skipped_total``).
+
+The arrival bound of the core's clock is the message's broker timestamp (end
+of its millisecond), not the worker's wall clock: a re-processed message
+then meets the same bound as the first time, which exact recovery needs.
+
+A checkpoint is refused (exit 2) when it was built with another trading
+configuration, another format, a control key no longer in the keyring, or
+its MAC fails; delete the account's row to start it flat. Cost: the whole
+core is pickled per batch (its caches are bounded by the engines'
+``max_*`` settings), see ``ops/bench_trading.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -73,11 +106,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
-from agents.control.signing import load_keyring
+from agents.confighash import stable_config_hash
+from agents.control.signing import Keyring, load_keyring
 from agents.risk.config import RiskConfig
 from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from agents.trading.checkpoint import CheckpointError, load_checkpoint, open_checkpoint, save_checkpoint, seal
 from agents.trading.core import Step, TradingConfig, TradingCore
 from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.catalogue import DEFAULT_TOPIC, spec
@@ -92,6 +127,7 @@ NAME = "trading"
 BATCH_MAX = 200
 BATCH_WAIT_S = 0.005
 EXIT_CONFIG = 2
+EXIT_INFRA = 3
 
 INPUTS = ("signals", "market.bars", "control")
 OUTPUTS = (
@@ -115,6 +151,14 @@ CONTROL = Counter("tradeflow_control_commands_total", "Control commands handled"
 BARS_SKIPPED = Counter("tradeflow_trading_bars_skipped_total", "Bars not traded on", ["account", "reason"])
 KILL_SWITCHES = Gauge("tradeflow_kill_switches_active", "Kill switches in force", ["account"])
 EQUITY = Gauge("tradeflow_portfolio_equity", "Account equity (quote currency)", ["account"])
+INPUTS_SKIPPED = Counter(
+    "tradeflow_trading_inputs_skipped_total", "Input messages already in the restored state", ["account", "topic"]
+)
+CHECKPOINT_SECONDS = Histogram(
+    "tradeflow_trading_checkpoint_seconds", "Snapshot + producer flush + upsert of one checkpoint", ["account"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+CHECKPOINT_BYTES = Gauge("tradeflow_trading_checkpoint_bytes", "Size of the last checkpoint's state", ["account"])
 DRAWDOWN = Gauge("tradeflow_portfolio_drawdown", "Peak-to-now drawdown (fraction)", ["account"])
 
 
@@ -154,6 +198,78 @@ class TradingSettings:
         return TradingConfig(account=self.account, timeframes=self.timeframes, risk=risk)
 
 
+class _Live:
+    """The core in force and the input position its state reflects.
+
+    ``position[(topic, partition)]`` is the next offset whose message the
+    state does *not* contain; it only moves forward, together with the core,
+    one message at a time.
+    """
+
+    __slots__ = ("core", "events", "position")
+
+    def __init__(self, core: TradingCore) -> None:
+        self.core = core
+        self.position: dict[tuple[str, int], int] = {}
+        self.events = 0
+
+    def offsets(self) -> dict[str, dict[int, int]]:
+        out: dict[str, dict[int, int]] = {}
+        for (topic, partition), offset in sorted(self.position.items()):
+            out.setdefault(topic, {})[partition] = offset
+        return out
+
+
+def _restore(live: _Live, dsn: str, keyring: Keyring, config_hash: str) -> None:
+    """Load the account's checkpoint (if any) into ``live`` before the worker starts.
+
+    Runs on a private event loop (faust's is not running yet and must not be
+    replaced). Exit 2 on a refused checkpoint, 3 when PostgreSQL is unreachable.
+    """
+    account = live.core.config.account
+
+    async def load() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            cp = await load_checkpoint(conn, account)
+        finally:
+            await conn.close()
+        if cp is None:
+            log.info("trading_checkpoint_none", account=account, resume="every input partition from offset 0")
+            return
+        live.core = open_checkpoint(cp, keyring, account=account, config_hash=config_hash)
+        live.position = {(t, p): o for t, parts in cp.offsets.items() for p, o in parts.items()}
+        live.events = cp.events_applied
+        log.info("trading_checkpoint_restored", account=account, events_applied=cp.events_applied,
+                 offsets=live.offsets(), state_bytes=len(cp.state), state_sha256=cp.state_sha256)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(load())
+    except CheckpointError as exc:
+        log.critical("trading_checkpoint_refused", account=account, reason=str(exc))
+        raise SystemExit(EXIT_CONFIG) from None
+    except (TimeoutError, OSError) as exc:
+        log.critical("trading_checkpoint_unavailable", account=account, error=f"{type(exc).__name__}: {exc}")
+        raise SystemExit(EXIT_INFRA) from None
+    finally:
+        loop.close()
+
+
+def _arrival_ns(msg: Any) -> int | None:
+    """Upper bound of the message's arrival: the end of its broker timestamp's millisecond.
+
+    A property of the message, so a re-processed message meets the same
+    clock bound as the first time (the wall clock would not).
+    """
+    ts = msg.timestamp
+    if not ts or ts <= 0:
+        return None
+    return round(float(ts) * 1000) * 1_000_000 + 999_999
+
+
 def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = None) -> Any:
     env = os.environ if environ is None else environ
     try:
@@ -166,20 +282,52 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         log.critical("trading_agent_refused_to_start", reason=str(exc) + hint)
         raise SystemExit(EXIT_CONFIG) from None
     account = settings.account
+    config_hash = stable_config_hash(settings.config())
+    live = _Live(core)
+    _restore(live, ctx.dsn, keyring, config_hash)
     log.info("trading_agent_configured", account=account, adapter=settings.adapter,
              timeframes=[t.value for t in settings.timeframes], symbols=list(core.config.risk.allowed_symbols),
-             control_key_ids=list(keyring.key_ids))
+             control_key_ids=list(keyring.key_ids), config_hash=config_hash)
 
-    handlers: dict[str, tuple[str, type[Record], Callable[[Any, int], Step]]] = {
-        ctx.topic("signals"): ("signals", Signal, core.on_signal),
-        ctx.topic("market.bars"): ("market.bars", Bar, core.on_bar),
-        ctx.topic("control"): ("control", ControlEvent, core.on_control),
+    handlers: dict[str, tuple[str, type[Record], Callable[[TradingCore, Any, int | None], Step]]] = {
+        ctx.topic("signals"): ("signals", Signal, TradingCore.on_signal),
+        ctx.topic("market.bars"): ("market.bars", Bar, TradingCore.on_bar),
+        ctx.topic("control"): ("control", ControlEvent, TradingCore.on_control),
     }
     src = app.topic(*handlers)
     outs = {name: app.topic(ctx.topic(name)) for name in OUTPUTS}
     out_counters = {name: RECORDS_OUT.labels(NAME, name) for name in OUTPUTS}
     latency = PROCESS_LATENCY.labels(NAME)
+    checkpoint_seconds = CHECKPOINT_SECONDS.labels(account)
     expected = {ctx.topic(n): spec(n).partitions for n in INPUTS}
+    db: list[Any] = []
+
+    async def seek_inputs(consumer: Any) -> None:
+        """Every owned input partition to the in-memory state's position (see the module docstring)."""
+        for tp in sorted(consumer.assignment()):
+            if tp.topic not in expected:
+                continue
+            target = live.position.get((tp.topic, tp.partition), 0)
+            await consumer.seek(tp, target)
+            # faust only commits contiguously from its committed offset; after a seek *past* it, move its
+            # bookkeeping along, or it would never commit this partition again (advisory for this agent).
+            committed = consumer._committed_offset.get(tp)
+            if committed is None or committed < target:
+                consumer._committed_offset[tp] = target
+        log.info("trading_inputs_sought", account=account, offsets=live.offsets())
+
+    def hook_perform_seek() -> None:
+        consumer = app.consumer
+        if getattr(consumer, "_tradeflow_seek_hooked", False):
+            return
+        original = consumer.perform_seek
+
+        async def perform_seek() -> None:
+            await original()
+            await seek_inputs(consumer)
+
+        consumer.perform_seek = perform_seek
+        consumer._tradeflow_seek_hooked = True
 
     @app.on_partitions_assigned.connect  # type: ignore[untyped-decorator]
     async def require_every_partition(sender: Any, assigned: Any = None, **_: Any) -> None:
@@ -192,6 +340,22 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             log.critical("trading_agent_not_singleton", account=account, owned=missing,
                          hint="exactly one worker may run the trading agent of an account")
             await app.crash(RuntimeError(f"trading agent must own every input partition, owns {missing}"))
+            return
+        hook_perform_seek()  # faust's recovery calls it right after this signal
+
+    async def checkpoint() -> None:
+        """Snapshot -> flush outputs -> upsert; an exception here crashes the worker (nothing is acked)."""
+        t0 = time.perf_counter()
+        cp = seal(live.core, config_hash=config_hash, offsets=live.offsets(), events_applied=live.events,
+                  keyring=keyring)
+        await app.producer.flush()
+        if not db:
+            import asyncpg
+
+            db.append(await asyncpg.connect(ctx.dsn))
+        await save_checkpoint(db[0], cp)
+        checkpoint_seconds.observe(time.perf_counter() - t0)
+        CHECKPOINT_BYTES.labels(account).set(len(cp.state))
 
     def publish(rec: Record) -> None:
         name = DEFAULT_TOPIC[type(rec)]
@@ -220,13 +384,14 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             BARS_SKIPPED.labels(account, step.bar_skipped).inc()
 
     def undecodable_control(event: Any) -> Alert:
-        now = ctx.wall_clock()
         msg = event.message
+        arrival = _arrival_ns(msg)
+        now = ctx.wall_clock() if arrival is None else arrival  # the message's time: same on re-processing
         return Alert.new(
             ts_init=now,
             ts_event=now,
             severity=Severity.ERROR,
-            source=core.config.component,
+            source=live.core.config.component,
             code="control_undecodable",
             message=f"undecodable message on the control topic (partition {msg.partition}, offset {msg.offset}); "
             "see the dead-letter topic",
@@ -239,22 +404,32 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
     async def trade(stream: Any) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
             t0 = time.perf_counter()
+            applied = 0
             for event in events:
-                name, cls, handle = handlers[event.message.topic]
+                msg = event.message
+                tp = (msg.topic, msg.partition)
+                name, cls, handle = handlers[msg.topic]
+                if msg.offset < live.position.get(tp, 0):
+                    INPUTS_SKIPPED.labels(account, name).inc()
+                    continue
                 rec = await decode_or_dead_letter(ctx, NAME, name, cls, event)
                 if rec is None:
                     if name == "control":
                         publish(undecodable_control(event))
-                    continue
-                step = handle(rec, ctx.wall_clock())
-                for out in step.records:
-                    publish(out)
-                observe(step)
-            state = core.portfolio_state()
+                else:
+                    step = handle(live.core, rec, _arrival_ns(msg))
+                    for out in step.records:
+                        publish(out)
+                    observe(step)
+                live.position[tp] = msg.offset + 1
+                live.events += 1
+                applied += 1
+            if applied:
+                await checkpoint()
+            state = live.core.portfolio_state()
             EQUITY.labels(account).set(state.equity)
             DRAWDOWN.labels(account).set(state.drawdown)
-            KILL_SWITCHES.labels(account).set(len(core.active_kill_switches()))
+            KILL_SWITCHES.labels(account).set(len(live.core.active_kill_switches()))
             latency.observe(time.perf_counter() - t0)
 
     return trade
-

@@ -1,0 +1,12 @@
+"""Gates: hard metrics, backtest-vs-paper parity and readiness of a track.
+
+:mod:`agents.gates.engine` decides (pure), :mod:`agents.gates.config` holds
+the thresholds (versioned, hashed into every result), :mod:`agents.gates.store`
+loads evidence from and writes details to PostgreSQL, and ``tradeflow gates``
+(:mod:`ops.gates_cli`) runs an evaluation and publishes the results.
+"""
+
+from agents.gates.config import GateConfig, MetricThreshold
+from agents.gates.engine import Evaluation, TrackInputs, evaluate_track
+
+__all__ = ["Evaluation", "GateConfig", "MetricThreshold", "TrackInputs", "evaluate_track"]

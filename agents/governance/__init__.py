@@ -1,0 +1,1 @@
+"""Model rollout governance: stages, gate-driven promotion, automatic rollback, audit."""

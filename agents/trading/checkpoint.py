@@ -1,0 +1,246 @@
+"""Trading-core checkpoints: the engines' exact state plus the input offsets it covers.
+
+Why a checkpoint and not a replay of the input topics: a replay is exact only
+when every input since the account started is still retained (90 days for
+``signals``, and tansu retains nothing across a broker restart), and it gets
+slower every day. A checkpoint is exact by construction: it *is* the state
+(strategy, risk incl. kill switches and the nonce cache, paper execution incl.
+working orders, its seen set and its RNG, portfolio, the event-time clock),
+taken between two input messages, together with the next offset of every
+input partition. Feeding the inputs from those offsets into the restored core
+is the uninterrupted run's continuation, so the outputs are byte-identical and
+their deterministic event ids let every sink drop the ones already written.
+
+Format: a pickle of the :class:`~agents.trading.core.TradingCore` object graph.
+The control keyring is *not* in it (``Keyring`` refuses pickling, and a secret
+must not land in a database row): it is written as a persistent reference and
+re-attached from the environment on load. Pickle executes code on load, so a
+checkpoint is authenticated before it is unpickled: HMAC-SHA256 over the
+format, account, configuration hash, offsets, counter and state, under a key
+derived from one of the account's control keys (``key_id``, the first in
+sorted order). A row written by anyone without that key is refused, loudly.
+
+Refusals (:class:`CheckpointError`, the worker exits with code 2): another
+account's row, a different ``format``, a start-up configuration hash that
+differs from the one the state was built with (the state belongs to that
+configuration; delete the row to start the account flat), an unknown key id
+(the signing key was removed from the keyring), a bad MAC, a state that does
+not unpickle.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import hashlib
+import hmac
+import io
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from agents.control.signing import Keyring
+from agents.trading.core import TradingCore
+
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "Offsets",
+    "dump_core",
+    "load_checkpoint",
+    "load_core",
+    "open_checkpoint",
+    "save_checkpoint",
+    "seal",
+]
+
+#: Bumped whenever an engine's attributes change shape: an old pickle is then refused.
+FORMAT = 1
+_MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
+_KEYRING_REF = "tradeflow:keyring"
+
+#: physical topic -> partition -> next offset to read.
+Offsets = Mapping[str, Mapping[int, int]]
+
+
+class CheckpointError(Exception):
+    """A checkpoint that must not be used (the message says why and what to do)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint:
+    """One ``trading_checkpoints`` row."""
+
+    account: str
+    format: int
+    config_hash: str
+    key_id: str
+    offsets: Offsets
+    events_applied: int
+    state: bytes
+    mac: str
+
+    @property
+    def state_sha256(self) -> str:
+        return hashlib.sha256(self.state).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Pickling the core without its secrets
+# ---------------------------------------------------------------------------
+
+
+def _mappingproxy(data: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    """Unpickling helper: configs and records freeze their mappings in proxies."""
+    return MappingProxyType(data)
+
+
+def _reduce_mappingproxy(proxy: MappingProxyType[Any, Any]) -> tuple[Any, tuple[dict[Any, Any]]]:
+    return _mappingproxy, (dict(proxy),)
+
+
+class _CorePickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.dispatch_table = {**copyreg.dispatch_table, MappingProxyType: _reduce_mappingproxy}
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return _KEYRING_REF if isinstance(obj, Keyring) else None
+
+
+class _CoreUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, keyring: Keyring) -> None:
+        super().__init__(io.BytesIO(data))
+        self._keyring = keyring
+
+    def persistent_load(self, pid: Any) -> Any:
+        if pid != _KEYRING_REF:
+            raise pickle.UnpicklingError(f"unknown persistent reference {pid!r}")
+        return self._keyring
+
+
+def dump_core(core: TradingCore) -> bytes:
+    """The core's whole state as bytes; the keyring is a reference, not its secrets."""
+    buf = io.BytesIO()
+    _CorePickler(buf).dump(core)
+    return buf.getvalue()
+
+
+def load_core(state: bytes, keyring: Keyring) -> TradingCore:
+    """Inverse of :func:`dump_core` with ``keyring`` re-attached. Only for authenticated bytes."""
+    core = _CoreUnpickler(state, keyring).load()
+    if not isinstance(core, TradingCore):
+        raise CheckpointError(f"checkpoint state is a {type(core).__name__}, not a TradingCore")
+    return core
+
+
+# ---------------------------------------------------------------------------
+# Sealing and opening
+# ---------------------------------------------------------------------------
+
+
+def _mac_key(keyring: Keyring, key_id: str) -> bytes:
+    secret = keyring.secret(key_id)
+    if secret is None:
+        raise CheckpointError(
+            f"checkpoint was sealed with control key {key_id!r}, which is not in the keyring; restore that key "
+            "or delete the account's trading_checkpoints row to start it flat"
+        )
+    return hmac.new(secret, _MAC_CONTEXT, hashlib.sha256).digest()
+
+
+def _offsets_json(offsets: Offsets) -> bytes:
+    plain = {t: {str(p): int(o) for p, o in parts.items()} for t, parts in offsets.items()}
+    return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
+
+
+def _mac(key: bytes, *, account: str, fmt: int, config_hash: str, offsets: Offsets, events: int,
+         state: bytes) -> str:
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in (account.encode(), str(fmt).encode(), config_hash.encode(), _offsets_json(offsets),
+                 str(events).encode(), hashlib.sha256(state).digest()):
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.hexdigest()
+
+
+def seal(core: TradingCore, *, config_hash: str, offsets: Offsets, events_applied: int,
+         keyring: Keyring) -> Checkpoint:
+    """Snapshot ``core`` now (synchronously: the caller must not be mid-message) and sign it."""
+    if not keyring.key_ids:
+        raise CheckpointError("no control key to seal the checkpoint with")
+    key_id = keyring.key_ids[0]
+    state = dump_core(core)
+    frozen = {t: dict(parts) for t, parts in offsets.items()}
+    account = core.config.account
+    mac = _mac(_mac_key(keyring, key_id), account=account, fmt=FORMAT, config_hash=config_hash, offsets=frozen,
+               events=events_applied, state=state)
+    return Checkpoint(account=account, format=FORMAT, config_hash=config_hash, key_id=key_id, offsets=frozen,
+                      events_applied=events_applied, state=state, mac=mac)
+
+
+def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_hash: str) -> TradingCore:
+    """Verify ``cp`` (account, format, configuration, MAC) and restore its core."""
+    if cp.account != account:
+        raise CheckpointError(f"checkpoint belongs to account {cp.account!r}, not {account!r}")
+    if cp.format != FORMAT:
+        raise CheckpointError(f"checkpoint format {cp.format} is not this code's {FORMAT}; delete the row to "
+                              "start the account flat")
+    if cp.config_hash != config_hash:
+        raise CheckpointError(
+            f"checkpoint was built with trading configuration {cp.config_hash}, this worker runs {config_hash}; "
+            "start with the same TRADEFLOW_TRADING_* settings, or delete the account's trading_checkpoints row "
+            "to start it flat"
+        )
+    expected = _mac(_mac_key(keyring, cp.key_id), account=cp.account, fmt=cp.format, config_hash=cp.config_hash,
+                    offsets=cp.offsets, events=cp.events_applied, state=cp.state)
+    if not hmac.compare_digest(expected, cp.mac):
+        raise CheckpointError("checkpoint MAC does not verify: the row was not written by this account's "
+                              "trading agent (or was altered); refusing to load it")
+    try:
+        return load_core(cp.state, keyring)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint state does not load: {type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------
+# PostgreSQL (table from storage/migrations/010_trading_checkpoints.sql)
+# ---------------------------------------------------------------------------
+
+_UPSERT = """
+INSERT INTO trading_checkpoints
+    (account, format, config_hash, key_id, offsets, events_applied, state, mac, state_sha256, updated_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, now())
+ON CONFLICT (account) DO UPDATE SET
+    format = EXCLUDED.format, config_hash = EXCLUDED.config_hash, key_id = EXCLUDED.key_id,
+    offsets = EXCLUDED.offsets, events_applied = EXCLUDED.events_applied, state = EXCLUDED.state,
+    mac = EXCLUDED.mac, state_sha256 = EXCLUDED.state_sha256, updated_at = now()
+"""
+
+
+async def save_checkpoint(conn: Any, cp: Checkpoint) -> None:
+    """Upsert the account's row (one statement: it is either the old row or the new one)."""
+    await conn.execute(_UPSERT, cp.account, cp.format, cp.config_hash, cp.key_id,
+                       _offsets_json(cp.offsets).decode(), cp.events_applied, cp.state, cp.mac, cp.state_sha256)
+
+
+async def load_checkpoint(conn: Any, account: str) -> Checkpoint | None:
+    """The account's row, or None when it has none (a first start)."""
+    row = await conn.fetchrow(
+        "SELECT account, format, config_hash, key_id, offsets::text AS offsets, events_applied, state, mac "
+        "FROM trading_checkpoints WHERE account = $1",
+        account,
+    )
+    if row is None:
+        return None
+    raw = orjson.loads(row["offsets"])
+    offsets = {str(t): {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
+    return Checkpoint(account=row["account"], format=row["format"], config_hash=row["config_hash"],
+                      key_id=row["key_id"], offsets=offsets, events_applied=row["events_applied"],
+                      state=bytes(row["state"]), mac=row["mac"])

@@ -1,0 +1,1 @@
+"""Backtesting: replays of recorded bars through the engines, the reference strategy, tuning."""

@@ -1,0 +1,362 @@
+"""Replay driver: recorded bars -> the live engines, in-process, on event time.
+
+Python API (what other modules call)
+------------------------------------
+``replay(bars, config, model) -> ReplayResult(records, hash, fills, equity, ...)``
+    A pure function of (input bars, :class:`ReplayConfig`, :class:`ReplayModel`):
+    no I/O, no wall clock, no unseeded randomness. The same inputs, config and
+    model give a byte-identical output record stream, summarised by
+    :func:`decision_hash`. ``run_backtest(request, dsn) -> run_id`` in
+    :mod:`backtest.runs` wraps it with Postgres input and output.
+
+Which engines, in which order
+-----------------------------
+The live pipeline is ``market.bars -> [features] -> features -> [inference]
+-> signals -> [trading]`` with the trading agent also reading
+``market.bars`` directly. A bar reaches the trading agent one hop earlier
+than the signal derived from it (two more hops: features, inference), so a
+replay feeds, per *bar close time* (all bars with the same ``open_time``,
+ordered by symbol then venue):
+
+1. for each bar: :class:`~agents.features.pipeline.FeaturePipeline` ``on_bar``
+   (data-quality findings, then the feature vector unless blocked), then
+   :meth:`TradingCore.on_bar <agents.trading.core.TradingCore.on_bar>`
+   (paper fills at this bar's open, portfolio mark, risk mark / protective exits);
+2. then, for each feature vector of that close time, in the same bar order:
+   model inference (the window of the last ``model.window`` consecutive
+   vectors, exactly :class:`gpu_workers.serving.InferenceStep`) -> one
+   :class:`~topics.records.Signal` per serving model segment ->
+   :meth:`TradingCore.on_signal`.
+
+The trading composition itself (strategy -> risk -> paper -> portfolio) is
+:class:`~agents.trading.core.TradingCore`, the class the live agent runs;
+it is called, never re-implemented. Bars before ``config.trade_from_ns`` are
+warm-up: they go through the feature pipeline only (features and model
+windows need history) and are never traded.
+
+Inference runs in large batches (one ``predict_batch`` per model segment and
+block of rows) before the trading pass. That is not a shortcut around the
+order above: feature vectors do not depend on trading, and
+:func:`models.inference.predict_windows` gives bit-identical rows however
+they are batched (fixed-shape padded chunks), so each signal is the one the
+streaming worker would have produced. ``ts_init`` of every output is event
+time (the bar close), so two replays are byte-identical, not just equal.
+
+Decision hash
+-------------
+``sha256`` over, for every output record in stream order,
+``KIND || 0x00 || len(payload) as 8-byte big-endian || payload`` where the
+payload is ``codec_for(type(record)).encode(record)`` (the bytes the live
+agents publish). The stream holds data-quality findings, feature vectors,
+signals, order intents, risk decisions, order updates, fills, portfolio
+snapshots and alerts. A one-bar change of the input changes the features of
+the next ``window`` bars and therefore the hash.
+
+Polarity
+--------
+A :class:`ModelSegment` may carry ``polarity = -1`` (chosen on its training
+span, see :mod:`backtest.walkforward`): the model's probabilities of up and
+down are swapped, and the expected return and the score negated, before the
+signal is built; its ``model_version`` gets a ``+inv`` suffix so an
+inverted signal never shares an event id with the plain one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agents.clock import EventClock
+from agents.control.signing import Keyring
+from agents.features.pipeline import FeaturePipeline
+from agents.features.spec import DEFAULT_SPEC, FeatureSpec
+from agents.trading.core import TradingConfig, TradingCore
+from gpu_workers.serving import InferenceStep
+from models.inference import Prediction, Predictor, to_signals
+from topics.records import Bar, FeatureVector, Fill, PortfolioSnapshot, Signal, Timeframe
+from topics.schema import Record, codec_for
+
+__all__ = [
+    "INVERTED_SUFFIX",
+    "EquityPoint",
+    "ModelSegment",
+    "ReplayConfig",
+    "ReplayModel",
+    "ReplayResult",
+    "decision_hash",
+    "order_bars",
+    "replay",
+]
+
+#: Suffix of ``model_version`` on signals of an inverted (polarity -1) segment.
+INVERTED_SUFFIX = "+inv"
+#: Rows per ``predict_batch`` call: bounds the window tensor ([rows, W, F] float64).
+_INFERENCE_BLOCK = 4096
+_FOREVER = 2**63 - 1
+_NS_PER_DAY = 86_400 * 1_000_000_000
+
+
+# ---------------------------------------------------------------------------
+# Configuration and model
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayConfig:
+    """Everything besides bars and model that decides a replay's output."""
+
+    trading: TradingConfig = field(default_factory=TradingConfig)
+    spec: FeatureSpec = DEFAULT_SPEC
+    #: Bars with ``open_time`` before this are warm-up only (features, windows); None = trade every bar.
+    trade_from_ns: int | None = None
+
+    @property
+    def timeframe(self) -> Timeframe:
+        return self.trading.timeframes[0]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ModelSegment:
+    """One model serving one symbol for decision times (bar open times) in ``[start_ns, end_ns)``."""
+
+    symbol: str
+    start_ns: int
+    end_ns: int
+    predictor: Predictor
+    model_id: str
+    model_version: str
+    horizon: str
+    polarity: int = 1
+    #: Free-form name for lineage (``checkpoint``, ``wf2/4`` ...).
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.polarity not in (1, -1):
+            raise ValueError(f"polarity must be +1 or -1, got {self.polarity!r}")
+        if not self.start_ns < self.end_ns:
+            raise ValueError(f"segment {self.label or self.model_id}: start {self.start_ns} >= end {self.end_ns}")
+
+    @property
+    def signal_version(self) -> str:
+        return self.model_version if self.polarity == 1 else self.model_version + INVERTED_SUFFIX
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ReplayModel:
+    """Which model scores which symbol when; segments of a symbol must not overlap.
+
+    A fixed checkpoint is one segment per symbol covering all time; walk-forward
+    training gives one segment per test window.
+    """
+
+    segments: tuple[ModelSegment, ...]
+    _by_symbol: dict[str, tuple[list[int], list[ModelSegment]]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by: dict[str, list[ModelSegment]] = {}
+        for seg in self.segments:
+            by.setdefault(seg.symbol, []).append(seg)
+        index: dict[str, tuple[list[int], list[ModelSegment]]] = {}
+        for sym, segs in by.items():
+            segs.sort(key=lambda s: s.start_ns)
+            for a, b in itertools.pairwise(segs):
+                if b.start_ns < a.end_ns:
+                    raise ValueError(f"{sym}: model segments {a.label!r} and {b.label!r} overlap")
+            index[sym] = ([s.start_ns for s in segs], segs)
+        object.__setattr__(self, "_by_symbol", index)
+
+    @classmethod
+    def fixed(cls, predictors: dict[str, tuple[Predictor, str, str, str]]) -> ReplayModel:
+        """One checkpoint per symbol for all time: ``{symbol: (predictor, model_id, version, horizon)}``."""
+        return cls(
+            tuple(
+                ModelSegment(symbol=s, start_ns=0, end_ns=_FOREVER, predictor=p, model_id=m, model_version=v,
+                             horizon=h, label="checkpoint")
+                for s, (p, m, v, h) in sorted(predictors.items())
+            )
+        )
+
+    def segment_for(self, symbol: str, open_time: int) -> ModelSegment | None:
+        entry = self._by_symbol.get(symbol)
+        if entry is None:
+            return None
+        starts, segs = entry
+        i = bisect.bisect_right(starts, open_time) - 1
+        if i < 0 or open_time >= segs[i].end_ns:
+            return None
+        return segs[i]
+
+
+# ---------------------------------------------------------------------------
+# Result
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EquityPoint:
+    """Account equity and peak drawdown after every bar of one close time."""
+
+    ts_ns: int
+    equity: float
+    drawdown: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ReplayResult:
+    records: tuple[Record, ...]
+    hash: str
+    fills: tuple[Fill, ...]
+    equity: tuple[EquityPoint, ...]
+    n_bars: int
+    n_traded_bars: int
+    signals: tuple[Signal, ...]
+    #: Every input bar's event id (lineage of protective exits, which a bar causes).
+    bar_event_ids: frozenset[str]
+    #: UTC day numbers (close time // 1 day) with a traded bar, per symbol.
+    traded_days: Mapping[str, frozenset[int]]
+
+
+# ---------------------------------------------------------------------------
+# The replay
+# ---------------------------------------------------------------------------
+
+
+def order_bars(bars: Iterable[Bar]) -> list[Bar]:
+    """Closed bars in replay order: (open_time, symbol, venue); per key the highest revision.
+
+    The same rule as the ``bars`` projection (highest revision wins), so a
+    replay from Postgres and one from raw topic records see the same bars.
+    """
+    best: dict[tuple[str, str, str, int], Bar] = {}
+    for bar in bars:
+        if not bar.is_closed:
+            continue
+        key = (bar.venue, bar.symbol, bar.timeframe.value, bar.open_time)
+        seen = best.get(key)
+        if seen is None or bar.revision > seen.revision:
+            best[key] = bar
+    return sorted(best.values(), key=lambda b: (b.open_time, b.symbol, b.venue, b.timeframe.value))
+
+
+def decision_hash(records: Iterable[Record]) -> str:
+    """sha256 over the framed, codec-encoded records (module docstring)."""
+    h = hashlib.sha256()
+    for rec in records:
+        payload = codec_for(type(rec)).encode(rec)
+        h.update(rec.KIND.encode())
+        h.update(b"\x00")
+        h.update(len(payload).to_bytes(8, "big"))
+        h.update(payload)
+    return h.hexdigest()
+
+
+def _flip(p: Prediction) -> Prediction:
+    return Prediction(p_down=p.p_up, p_flat=p.p_flat, p_up=p.p_down, expected_return=-p.expected_return,
+                      score=-p.score)
+
+
+def _infer(vectors: Sequence[FeatureVector | None], model: ReplayModel, trade_from: int) -> list[list[Signal]]:
+    """Signals per position of ``vectors`` (None = no vector for that bar), batched per segment."""
+    out: list[list[Signal]] = [[] for _ in vectors]
+    step = InferenceStep()
+    work: dict[int, tuple[ModelSegment, list[int], list[list[FeatureVector]]]] = {}
+    for i, fv in enumerate(vectors):
+        if fv is None:
+            continue
+        buf = step.push(fv)
+        if fv.bar_open_time < trade_from:
+            continue
+        seg = model.segment_for(fv.symbol, fv.bar_open_time)
+        if seg is None or seg.predictor.feature_set_version != fv.feature_set_version:
+            continue
+        window = step.window_of(buf, fv, seg.predictor.window)
+        if window is None:
+            continue
+        slot = work.setdefault(id(seg), (seg, [], []))
+        slot[1].append(i)
+        slot[2].append(window)
+    for seg, positions, windows in work.values():
+        for start in range(0, len(positions), _INFERENCE_BLOCK):
+            rows = positions[start : start + _INFERENCE_BLOCK]
+            arr = seg.predictor.windows_from_vectors(windows[start : start + _INFERENCE_BLOCK])
+            prediction = seg.predictor.predict_batch(np.ascontiguousarray(arr))
+            if seg.polarity == -1:
+                prediction = _flip(prediction)
+            newest = [w[-1] for w in windows[start : start + _INFERENCE_BLOCK]]
+            sigs = to_signals(prediction, newest, model_id=seg.model_id, model_version=seg.signal_version,
+                              horizon=seg.horizon, shadow=False, ts_init=0)
+            for pos, sig, fv in zip(rows, sigs, newest, strict=True):
+                out[pos].append(dataclasses.replace(sig, ts_init=fv.ts_event))
+    return out
+
+
+def replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> ReplayResult:
+    """Run ``bars`` through features -> inference -> TradingCore (module docstring)."""
+    ordered = order_bars(bars)
+    clock = EventClock()
+    pipeline = FeaturePipeline(clock, config.spec)
+    feature_out = []
+    for bar in ordered:
+        clock.advance(bar.ts_event)
+        feature_out.append(pipeline.on_bar(bar))
+    trade_from = -1 if config.trade_from_ns is None else config.trade_from_ns
+    signals_at = _infer([o.features for o in feature_out], model, trade_from)
+
+    core = TradingCore(config.trading, Keyring({}))
+    records: list[Record] = []
+    fills: list[Fill] = []
+    equity: dict[int, EquityPoint] = {}
+    all_signals: list[Signal] = []
+    traded = 0
+    days: dict[str, set[int]] = {}
+    i = 0
+    n = len(ordered)
+    while i < n:
+        j = i
+        while j < n and ordered[j].open_time == ordered[i].open_time:
+            j += 1
+        for k in range(i, j):
+            bar, fo = ordered[k], feature_out[k]
+            records.extend(fo.quality)
+            if fo.features is not None:
+                records.append(fo.features)
+            if bar.open_time < trade_from:
+                continue
+            step = core.on_bar(bar)
+            if step.bar_skipped is None:
+                traded += 1
+                days.setdefault(bar.symbol, set()).add(bar.ts_event // _NS_PER_DAY)
+            _collect(step.records, records, fills, equity)
+        for k in range(i, j):
+            for sig in signals_at[k]:
+                records.append(sig)
+                all_signals.append(sig)
+                _collect(core.on_signal(sig).records, records, fills, equity)
+        i = j
+    return ReplayResult(
+        records=tuple(records),
+        hash=decision_hash(records),
+        fills=tuple(fills),
+        equity=tuple(equity[t] for t in sorted(equity)),
+        n_bars=n,
+        n_traded_bars=traded,
+        signals=tuple(all_signals),
+        bar_event_ids=frozenset(b.event_id for b in ordered),
+        traded_days={s: frozenset(d) for s, d in sorted(days.items())},
+    )
+
+
+def _collect(out: Sequence[Record], records: list[Record], fills: list[Fill], equity: dict[int, EquityPoint]) -> None:
+    records.extend(out)
+    for rec in out:
+        if isinstance(rec, Fill):
+            fills.append(rec)
+        elif isinstance(rec, PortfolioSnapshot):
+            # the last snapshot of a close time is the account after all its bars
+            equity[rec.as_of_ns] = EquityPoint(ts_ns=rec.as_of_ns, equity=rec.equity, drawdown=rec.drawdown)

@@ -1,0 +1,409 @@
+"""Audit: replay a recorded time range through the trading core and prove the
+decisions come out again, byte for byte, or name the first one that does not.
+
+What is compared
+----------------
+The trading agent is the one place decisions are made (sizing, risk, paper
+execution, portfolio: :class:`~agents.trading.core.TradingCore`). Its inputs
+are recorded by the sink in ``ev_signals``, ``ev_market_bars`` and
+``ev_control``; its outputs in ``ev_orders_intents``, ``ev_risk_decisions``,
+``ev_orders_updates``, ``ev_fills``, ``ev_portfolio_state``,
+``ev_control_audit`` and ``ev_ops_alerts``, each row holding the record
+exactly as it was on the wire. An audit
+
+1. loads every recorded input of the account from the start of the history
+   (``history_from_ns``, default: the beginning) up to the end of the range,
+   in the order the agent consumed them (below), decodes them with the same
+   strict codecs the agent uses;
+2. feeds them to a fresh ``TradingCore`` built from the same configuration
+   (the same environment variables the live agent reads) with no wall clock:
+   state at the start of the range is rebuilt from the history, not assumed;
+3. takes the outputs whose ``ts_init`` (the core's event-time clock) lies in
+   ``[start, end)`` on both sides, orders each side canonically by
+   ``(ts_init, topic, event_id)`` and hashes ``event_id NUL payload LF`` for
+   every record (SHA-256): the *decision hash*. Equal hashes mean every
+   recorded decision was re-derived with identical bytes (event ids are
+   content hashes, payloads include every field), and nothing extra came out;
+4. otherwise walks both sides in that order and reports the first divergent
+   record with both versions side by side and the fields that differ.
+
+Scope of an account's outputs: intents and risk decisions of its strategy id,
+order updates and fills of those intents' client order ids, portfolio
+snapshots of the account, control audits of the risk component and the
+account's alerts. The ``control_undecodable`` alert is left out: its input
+never decoded, so it is in the dead letters, not among the inputs to replay.
+
+Input order
+-----------
+Inputs come from three topics; the live agent saw them in arrival order, the
+one thing about a live run that is not a function of the records. The audit
+uses the agent's input journal (``trading_input_journal``: one row per
+consumed input, in consumption order, written by the agent with its state
+checkpoint) when it exists and covers the inputs; otherwise the canonical
+order ``(ts_event, control < bars < signals, symbol, partition, offset)``, which is
+the arrival order of a live feed whose records are stamped on arrival. A
+divergence under the canonical order can mean the live arrival order was
+different; the report says which order it used.
+
+Counterfactual mode
+-------------------
+The same recorded inputs under another configuration (``overrides``, e.g.
+``risk.max_order_notional=5000``): the report then describes how the
+decision stream would have differed (counts, final equity, first
+divergence); it is information, not a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from agents.control.signing import Keyring
+from agents.execution.interface import client_order_id_for
+from agents.risk.engine import COMPONENT as RISK_COMPONENT
+from agents.trading.core import TradingConfig, TradingCore
+from topics.catalogue import DEFAULT_TOPIC, spec
+from topics.records import Bar, ControlEvent, Fill, OrderIntent, OrderUpdate, RiskDecision, Signal
+from topics.schema import Record, codec_for
+
+__all__ = [
+    "AuditReport",
+    "Divergence",
+    "apply_overrides",
+    "audit",
+    "compare",
+    "decision_hash",
+    "load_inputs",
+    "replay_outputs",
+]
+
+INPUTS: tuple[tuple[str, type[Record]], ...] = (("control", ControlEvent), ("market.bars", Bar),
+                                                ("signals", Signal))
+OUTPUTS = ("orders.intents", "risk.decisions", "orders.updates", "fills", "portfolio.state", "control.audit",
+           "ops.alerts")
+_OUTPUT_RANK = {name: i for i, name in enumerate(OUTPUTS)}
+_INPUT_RANK = {name: i for i, (name, _) in enumerate(INPUTS)}
+#: Alerts about inputs that never decoded: nothing to replay them from.
+NOT_REPLAYABLE_ALERTS = ("control_undecodable",)
+
+
+# ---------------------------------------------------------------------------
+# pure part
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One output record as bytes, with its canonical sort key."""
+
+    ts_init: int
+    topic: str
+    event_id: str
+    payload: str
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        return (self.ts_init, _OUTPUT_RANK[self.topic], self.event_id)
+
+
+def item_of(rec: Record) -> Item:
+    topic = DEFAULT_TOPIC[type(rec)]
+    return Item(rec.ts_init, topic, rec.event_id, codec_for(type(rec)).encode(rec).decode())
+
+
+def decision_hash(items: Iterable[Item]) -> str:
+    h = hashlib.sha256()
+    for it in sorted(items, key=lambda i: i.key):
+        h.update(it.event_id.encode())
+        h.update(b"\0")
+        h.update(it.payload.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """The first record where the two streams differ (``None`` side: absent there)."""
+
+    topic: str
+    ts_init: int
+    event_id: str
+    recorded: str | None
+    replayed: str | None
+    fields: tuple[str, ...]
+
+    def side_by_side(self) -> str:
+        def fmt(p: str | None) -> dict[str, Any]:
+            return {} if p is None else dict(json.loads(p))
+
+        rec, rep = fmt(self.recorded), fmt(self.replayed)
+        keys = sorted(set(rec) | set(rep))
+        width = max((len(k) for k in keys), default=5)
+        lines = [f"first divergence: {self.topic} event {self.event_id} at ts_init {self.ts_init}",
+                 f"  {'field':<{width}}  {'recorded':<40}  replayed"]
+        if self.recorded is None:
+            lines.append("  (not in the recorded stream: the replay produced a record the live run did not)")
+        if self.replayed is None:
+            lines.append("  (not produced by the replay: the live run recorded a decision the replay does not make)")
+        for k in keys:
+            a, b = rec.get(k, "-"), rep.get(k, "-")
+            mark = "  *" if k in self.fields else ""
+            lines.append(f"  {k:<{width}}  {json.dumps(a)[:40]:<40}  {json.dumps(b)[:60]}{mark}")
+        return "\n".join(lines)
+
+
+def compare(recorded: Sequence[Item], replayed: Sequence[Item]) -> Divergence | None:
+    """The first divergence in canonical order, or ``None`` when the streams are identical."""
+    a = sorted(recorded, key=lambda i: i.key)
+    b = sorted(replayed, key=lambda i: i.key)
+    i = j = 0
+    while i < len(a) or j < len(b):
+        x = a[i] if i < len(a) else None
+        y = b[j] if j < len(b) else None
+        if x is not None and y is not None and x.key == y.key:
+            if x.payload != y.payload:
+                fields = _differing(x.payload, y.payload)
+                return Divergence(x.topic, x.ts_init, x.event_id, x.payload, y.payload, fields)
+            i, j = i + 1, j + 1
+        elif y is None or (x is not None and x.key < y.key):
+            assert x is not None
+            return Divergence(x.topic, x.ts_init, x.event_id, x.payload, None, ())
+        else:
+            return Divergence(y.topic, y.ts_init, y.event_id, None, y.payload, ())
+    return None
+
+
+def _differing(p: str, q: str) -> tuple[str, ...]:
+    a, b = json.loads(p), json.loads(q)
+    return tuple(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))
+
+
+def replay_outputs(config: TradingConfig, keyring: Keyring, inputs: Iterable[Record]) -> list[Record]:
+    """Every output of a fresh core fed ``inputs`` in order (no wall clock)."""
+    core = TradingCore(config, keyring)
+    out: list[Record] = []
+    for rec in inputs:
+        if isinstance(rec, Bar):
+            out += core.on_bar(rec).records
+        elif isinstance(rec, Signal):
+            out += core.on_signal(rec).records
+        elif isinstance(rec, ControlEvent):
+            out += core.on_control(rec).records
+        else:  # pragma: no cover - load_inputs yields only these
+            raise TypeError(f"not a trading input: {type(rec).__name__}")
+    return out
+
+
+def in_scope(rec: Record, config: TradingConfig, coids: set[str]) -> bool:
+    """Whether an output record belongs to this account's decision stream."""
+    if isinstance(rec, OrderIntent | RiskDecision):
+        return rec.strategy_id == config.strategy.strategy_id
+    if isinstance(rec, OrderUpdate | Fill):
+        return rec.client_order_id in coids
+    account = getattr(rec, "account", None)
+    if account is not None:
+        return bool(account == config.account)
+    component = getattr(rec, "component", None)
+    if component is not None:
+        return bool(component == RISK_COMPONENT)
+    source = getattr(rec, "source", None)
+    code = getattr(rec, "code", None)
+    return source == config.component and code not in NOT_REPLAYABLE_ALERTS
+
+
+def apply_overrides(config: TradingConfig, overrides: Mapping[str, str]) -> TradingConfig:
+    """``{"risk.max_order_notional": "5000", "account": "x"}`` applied to a trading config.
+
+    Values are parsed by the type of the field (float, int, bool, str, tuples
+    of str as comma lists); the configs' own validation runs on the result.
+    """
+    for path, text in overrides.items():
+        parts = path.split(".")
+        config = _replace_path(config, parts, text, path)
+    return config
+
+
+def _replace_path(obj: Any, parts: list[str], text: str, path: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    if parts[0] not in names:
+        raise ValueError(f"unknown setting {path!r}: {type(obj).__name__} has no field {parts[0]!r}")
+    current = getattr(obj, parts[0])
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"unknown setting {path!r}: {parts[0]!r} is not a section")
+        value = _replace_path(current, parts[1:], text, path)
+    else:
+        value = _parse_like(current, text, path)
+    return dataclasses.replace(obj, **{parts[0]: value})
+
+
+def _parse_like(current: Any, text: str, path: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if isinstance(current, int) and not isinstance(current, bool):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, str):
+            return type(current)(text) if type(current) is not str else text
+        if isinstance(current, tuple) and all(isinstance(x, str) for x in current):
+            return tuple(x.strip() for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"setting {path!r}: cannot parse {text!r} as {type(current).__name__}") from None
+    raise ValueError(f"setting {path!r} ({type(current).__name__}) cannot be set from the command line")
+
+
+# ---------------------------------------------------------------------------
+# Postgres
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    start_ns: int
+    end_ns: int
+    order: str  # "journal" or "canonical"
+    inputs: int
+    recorded: int
+    replayed: int
+    recorded_hash: str
+    replayed_hash: str
+    counts: dict[str, tuple[int, int]]  # topic -> (recorded, replayed)
+    divergence: Divergence | None
+    counterfactual: bool = False
+    overrides: dict[str, str] = field(default_factory=dict)
+    final_equity: tuple[float | None, float | None] = (None, None)
+
+    @property
+    def identical(self) -> bool:
+        return self.divergence is None and self.recorded_hash == self.replayed_hash
+
+    def render(self) -> str:
+        head = "counterfactual" if self.counterfactual else "audit"
+        lines = [
+            f"{head}: {self.inputs} inputs replayed in {self.order} order; outputs in range: "
+            f"{self.recorded} recorded, {self.replayed} replayed",
+            f"recorded decision hash  {self.recorded_hash}",
+            f"replayed decision hash  {self.replayed_hash}",
+        ]
+        if self.overrides:
+            lines.append("overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(self.overrides.items())))
+        for topic, (a, b) in self.counts.items():
+            lines.append(f"  {topic:<16} recorded {a:>7}  replayed {b:>7}" + ("" if a == b else "  <-"))
+        rec_eq, rep_eq = self.final_equity
+        if rec_eq is not None or rep_eq is not None:
+            lines.append(f"  final equity     recorded {rec_eq}  replayed {rep_eq}")
+        if self.identical:
+            lines.append("IDENTICAL: every recorded decision in the range is reproduced byte for byte")
+        else:
+            lines.append("DIVERGENT" + (" (expected under other settings)" if self.counterfactual else ""))
+            if self.divergence is not None:
+                lines.append(self.divergence.side_by_side())
+        return "\n".join(lines)
+
+    def as_json(self) -> dict[str, Any]:
+        d = self.divergence
+        return {
+            "identical": self.identical, "order": self.order, "inputs": self.inputs, "recorded": self.recorded,
+            "replayed": self.replayed, "recorded_hash": self.recorded_hash, "replayed_hash": self.replayed_hash,
+            "counts": {k: list(v) for k, v in self.counts.items()}, "counterfactual": self.counterfactual,
+            "overrides": self.overrides, "final_equity": list(self.final_equity),
+            "divergence": None if d is None else {
+                "topic": d.topic, "ts_init": d.ts_init, "event_id": d.event_id, "fields": list(d.fields),
+                "recorded": None if d.recorded is None else json.loads(d.recorded),
+                "replayed": None if d.replayed is None else json.loads(d.replayed),
+            },
+        }
+
+
+async def _journal_order(conn: asyncpg.Connection, account: str) -> list[str] | None:
+    exists = await conn.fetchval("SELECT to_regclass('trading_input_journal') IS NOT NULL")
+    if not exists:
+        return None
+    rows = await conn.fetch("SELECT event_id FROM trading_input_journal WHERE account = $1 ORDER BY seq", account)
+    return [r["event_id"] for r in rows] or None
+
+
+async def load_inputs(conn: asyncpg.Connection, config: TradingConfig, history_from_ns: int,
+                      end_ns: int) -> tuple[list[Record], str]:
+    """The account's recorded inputs up to ``end_ns``, in consumption order; and which order that is."""
+    timeframes = [t.value for t in config.timeframes]
+    loaded: dict[str, tuple[tuple[int, int, str, int, int], Record]] = {}
+    for name, cls in INPUTS:
+        table = spec(name).table
+        extra = " AND payload->>'timeframe' = ANY($3::text[])" if cls is Bar else ""
+        args: list[Any] = [history_from_ns, end_ns] + ([timeframes] if cls is Bar else [])
+        codec = codec_for(cls)
+        sql = (f"SELECT event_id, ts_event, kafka_partition, kafka_offset, payload::text AS p "  # noqa: S608
+               f"FROM {table} WHERE ts_event >= $1 AND ts_event < $2{extra}")  # table names from the catalogue
+        rows = await conn.fetch(sql, *args)
+        for r in rows:
+            rec = codec.decode(r["p"])
+            tie = str(getattr(rec, "symbol", ""))
+            loaded[r["event_id"]] = ((r["ts_event"], _INPUT_RANK[name], tie, r["kafka_partition"], r["kafka_offset"]),
+                                     rec)
+    journal = await _journal_order(conn, config.account)
+    if journal is not None and all(e in loaded for e in journal) and len(set(journal)) == len(loaded):
+        return [loaded[e][1] for e in journal], "journal"
+    return [rec for _, rec in sorted(loaded.values(), key=lambda kv: kv[0])], "canonical"
+
+
+async def load_recorded(conn: asyncpg.Connection, start_ns: int, end_ns: int) -> list[tuple[Record, Item]]:
+    """Recorded outputs in the range: each decoded (for scoping) with its bytes exactly as stored."""
+    out: list[tuple[Record, Item]] = []
+    for name in OUTPUTS:
+        s = spec(name)
+        codec = codec_for(s.record)
+        sql = f"SELECT payload::text AS p FROM {s.table} WHERE ts_init >= $1 AND ts_init < $2"  # noqa: S608
+        for r in await conn.fetch(sql, start_ns, end_ns):
+            rec = codec.decode(r["p"])
+            out.append((rec, Item(rec.ts_init, name, rec.event_id, r["p"])))
+    return out
+
+
+async def audit(dsn: str, config: TradingConfig, keyring: Keyring, start_ns: int, end_ns: int, *,
+                history_from_ns: int = 0, overrides: Mapping[str, str] | None = None) -> AuditReport:
+    """Replay ``[history_from, end)`` and compare the outputs in ``[start, end)`` with the recorded ones."""
+    if start_ns >= end_ns:
+        raise ValueError("the range is empty or inverted: --from must be before --to")
+    if history_from_ns > start_ns:
+        raise ValueError("--history-from must not be after --from (state is rebuilt from the history)")
+    replay_config = apply_overrides(config, overrides or {})
+    conn = await asyncpg.connect(dsn)
+    try:
+        inputs, order = await load_inputs(conn, config, history_from_ns, end_ns)
+        recorded_all = await load_recorded(conn, start_ns, end_ns)
+    finally:
+        await conn.close()
+    replayed_all = [r for r in replay_outputs(replay_config, keyring, inputs) if start_ns <= r.ts_init < end_ns]
+    coids = {client_order_id_for(r.event_id) for r in (*(rec for rec, _ in recorded_all), *replayed_all)
+             if isinstance(r, OrderIntent) and r.strategy_id == config.strategy.strategy_id}
+    recorded = [it for r, it in recorded_all if in_scope(r, config, coids)]
+    replayed = [item_of(r) for r in replayed_all if in_scope(r, replay_config, coids)]
+    counts = {t: (sum(1 for i in recorded if i.topic == t), sum(1 for i in replayed if i.topic == t)) for t in OUTPUTS}
+    return AuditReport(
+        start_ns=start_ns, end_ns=end_ns, order=order, inputs=len(inputs), recorded=len(recorded),
+        replayed=len(replayed), recorded_hash=decision_hash(recorded), replayed_hash=decision_hash(replayed),
+        counts=counts, divergence=compare(recorded, replayed), counterfactual=bool(overrides),
+        overrides=dict(overrides or {}),
+        final_equity=(_final_equity(recorded), _final_equity(replayed)),
+    )
+
+
+def _final_equity(items: Sequence[Item]) -> float | None:
+    snaps = [i for i in items if i.topic == "portfolio.state"]
+    if not snaps:
+        return None
+    last = max(snaps, key=lambda i: i.key)
+    value = json.loads(last.payload).get("equity")
+    return None if value is None else float(value)
+

@@ -1,0 +1,290 @@
+"""Dashboard agent: the dashboard topics in, a read-only web page out.
+
+``tradeflow worker --agents dashboard [--web-host 127.0.0.1] [--web-port N]``
+serves, on the worker's own web server (faust's aiohttp, the one that
+serves ``/metrics`` and ``/health``):
+
+- ``GET /dashboard``: the page (HTML with its CSS and JS inlined: no CDN, no
+  second request that would need the token again);
+- ``GET /dashboard/state``: the current snapshot as JSON;
+- ``GET /dashboard/events``: server-sent events, one full snapshot per
+  update (coalesced to at most one every ``TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS``,
+  default 50 ms, and at least one per second for the health figures).
+
+Thin: decode (or dead-letter), fold into :class:`~ops.dashboard.state.DashboardState`,
+mark dirty. A separate task serializes the snapshot once and hands the
+bytes to :class:`~ops.dashboard.hub.SseHub`, which never blocks (bounded
+per-client queues; a slow client is dropped and counted). Read-only: the page
+has no control; operators use the signed ``tradeflow control`` commands.
+
+Access: bound to the worker's ``--web-host`` (default 127.0.0.1). With
+``TRADEFLOW_DASHBOARD_TOKEN`` (or ``TRADEFLOW_DASHBOARD_TOKEN_FILE``) set,
+every dashboard route needs ``Authorization: Bearer <token>`` or
+``?token=<token>`` (constant-time compare) and answers 401 otherwise. The
+token is never logged (faust's web server keeps no access log; the
+``Referrer-Policy: no-referrer`` header keeps it out of referrers).
+
+Health: records/s per topic (messages this agent consumed), consumer lag
+per topic (this agent's consumer: high-water mark from the fetches minus the
+next offset it will process, summed over the partitions it has read; also
+exported as ``tradeflow_consumer_lag{consumer="dashboard"}``), dead letters by
+reason, the broker (the worker's watchdog probe, ``tradeflow_broker_up``)
+and the database (``SELECT 1`` on ``--dsn`` every 5 s, 1 s timeout; "down"
+with the error class, never the DSN).
+
+Known gap: the view model is in memory. A restarted dashboard worker resumes
+from its group's committed offsets and shows only what arrives afterwards
+(latest-state topics included) until the records are republished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import REGISTRY
+
+from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from ops.dashboard.hub import SseHub, sse_frame
+from ops.dashboard.state import TOPICS, DashboardState
+from ops.metrics import CONSUMER_LAG, PROCESS_LATENCY
+from topics.catalogue import spec
+
+__all__ = ["NAME", "DashboardSettings", "authorized", "load_token", "register", "render_page"]
+
+log = structlog.get_logger("ops.dashboard")
+
+NAME = "dashboard"
+BATCH_MAX = 500
+BATCH_WAIT_S = 0.005
+DB_PROBE_S = 5.0
+DB_TIMEOUT_S = 1.0
+KEEPALIVE_S = 15.0
+EXIT_CONFIG = 2
+STATIC = Path(__file__).resolve().parent / "static"
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+class DashboardSettings:
+    """The agent's environment, parsed once at start-up (token never in repr)."""
+
+    __slots__ = ("_token", "min_interval_s", "queue_size")
+
+    def __init__(self, token: bytes | None, min_interval_s: float = 0.05, queue_size: int = 8) -> None:
+        self._token = token
+        self.min_interval_s = min_interval_s
+        self.queue_size = queue_size
+
+    @property
+    def token(self) -> bytes | None:
+        return self._token
+
+    def __repr__(self) -> str:
+        return (f"DashboardSettings(token={'set' if self._token else 'none'}, "
+                f"min_interval_s={self.min_interval_s}, queue_size={self.queue_size})")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DashboardSettings:
+        try:
+            interval = float(env.get("TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS", "50")) / 1000
+            queue = int(env.get("TRADEFLOW_DASHBOARD_QUEUE", "8"))
+        except ValueError as exc:
+            raise ValueError(f"dashboard settings: {exc}") from None
+        if not 0 <= interval <= 10 or queue < 1:
+            raise ValueError(
+                "TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS must be in [0, 10000], TRADEFLOW_DASHBOARD_QUEUE >= 1")
+        return cls(load_token(env), interval, queue)
+
+
+def load_token(env: Mapping[str, str]) -> bytes | None:
+    """``TRADEFLOW_DASHBOARD_TOKEN`` or ``..._FILE`` (not both); None: no token required."""
+    value, path = env.get("TRADEFLOW_DASHBOARD_TOKEN"), env.get("TRADEFLOW_DASHBOARD_TOKEN_FILE")
+    if value is not None and path is not None:
+        raise ValueError("set TRADEFLOW_DASHBOARD_TOKEN or TRADEFLOW_DASHBOARD_TOKEN_FILE, not both")
+    if path is not None:
+        try:
+            value = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"TRADEFLOW_DASHBOARD_TOKEN_FILE: cannot read {path!r}: {exc.strerror}") from None
+    if value is None:
+        return None
+    token = value.strip().encode()
+    if len(token) < 16:
+        raise ValueError("the dashboard token must be at least 16 characters")
+    return token
+
+
+def authorized(token: bytes | None, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
+    """Bearer header or ``?token=``; constant-time compare; everything allowed without a token."""
+    if token is None:
+        return True
+    auth = headers.get("Authorization", "")
+    offered = auth[7:].strip() if auth[:7].lower() == "bearer " else query.get("token", "")
+    return hmac.compare_digest(offered.encode(), token)
+
+
+def render_page() -> str:
+    """index.html with app.css and app.js inlined (read once at registration)."""
+    html = (STATIC / "index.html").read_text(encoding="utf-8")
+    css = (STATIC / "app.css").read_text(encoding="utf-8")
+    js = (STATIC / "app.js").read_text(encoding="utf-8")
+    return html.replace("/*__APP_CSS__*/", css).replace("//__APP_JS__", js)
+
+
+def _broker_up() -> bool | None:
+    value = REGISTRY.get_sample_value("tradeflow_broker_up")
+    return None if value is None else value >= 1
+
+
+def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = None) -> Any:
+    env = os.environ if environ is None else environ
+    try:
+        settings = DashboardSettings.from_env(env)
+    except ValueError as exc:  # messages name variables, never the token
+        log.critical("dashboard_refused_to_start", reason=str(exc))
+        raise SystemExit(EXIT_CONFIG) from None
+    log.info("dashboard_configured", token_required=settings.token is not None,
+             min_interval_ms=settings.min_interval_s * 1000, queue=settings.queue_size)
+
+    state = DashboardState()
+    hub = SseHub(queue_size=settings.queue_size)
+    dirty = asyncio.Event()
+    page = render_page()
+    topics = {ctx.topic(name): (name, spec(name).record) for name in TOPICS}
+    next_offset: dict[Any, int] = {}
+    latency = PROCESS_LATENCY.labels(NAME)
+
+    def wall() -> int:
+        return int(ctx.wall_clock())
+
+    def refuse() -> web.Response:
+        return web.json_response({"error": "unauthorized"}, status=401,
+                                 headers={**SECURITY_HEADERS, "WWW-Authenticate": 'Bearer realm="tradeflow"'})
+
+    def allowed(request: Any) -> bool:
+        return authorized(settings.token, request.headers, request.query)
+
+    def update_lag() -> None:
+        lag: dict[str, int] = {}
+        for tp, nxt in next_offset.items():
+            try:
+                hw = app.consumer.highwater(tp)
+            except Exception:  # no fetch yet for this partition: unknown, not zero
+                hw = None
+            if hw is not None:
+                name = topics[tp.topic][0]
+                behind = max(int(hw) - nxt, 0)
+                lag[name] = lag.get(name, 0) + behind
+                CONSUMER_LAG.labels(NAME, name, str(tp.partition)).set(behind)
+        for name, n in lag.items():
+            state.set_lag(name, n)
+
+    @app.agent(app.topic(*topics), name=NAME)  # type: ignore[untyped-decorator]
+    @crash_worker_on_bug(app, NAME)
+    async def fold(stream: Any) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
+            t0 = time.perf_counter()
+            for event in events:
+                msg = event.message
+                name, cls = topics[msg.topic]
+                state.consumed(name)
+                next_offset[msg.tp] = msg.offset + 1
+                rec = await decode_or_dead_letter(ctx, NAME, name, cls, event)
+                if rec is not None:
+                    state.apply(rec)
+            update_lag()
+            dirty.set()
+            latency.observe(time.perf_counter() - t0)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def broadcast() -> None:
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dirty.wait(), timeout=1.0)
+                dirty.clear()
+                now = wall()
+                state.sample(now)
+                state.set_broker(_broker_up(), now)
+                snapshot = state.view(now, clients={"connected": hub.client_count, "dropped": hub.dropped_total})
+                hub.publish(sse_frame(orjson.dumps(snapshot), event_id=state.version))
+                await asyncio.sleep(settings.min_interval_s)
+        finally:
+            hub.close_all()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def probe_database() -> None:
+        if not ctx.dsn:
+            return
+        import asyncpg
+
+        while True:
+            try:
+                conn = await asyncio.wait_for(asyncpg.connect(ctx.dsn, timeout=DB_TIMEOUT_S), DB_TIMEOUT_S)
+                try:
+                    await asyncio.wait_for(conn.fetchval("SELECT 1"), DB_TIMEOUT_S)
+                finally:
+                    await conn.close(timeout=DB_TIMEOUT_S)
+                state.set_database(True, "", wall())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the class only: an error text may carry the DSN
+                state.set_database(False, type(exc).__name__, wall())
+            dirty.set()
+            await asyncio.sleep(DB_PROBE_S)
+
+    @app.page("/dashboard")  # type: ignore[untyped-decorator]
+    async def dashboard_page(self: Any, request: Any) -> Any:
+        if not allowed(request):
+            return refuse()
+        return web.Response(text=page, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
+
+    @app.page("/dashboard/state")  # type: ignore[untyped-decorator]
+    async def dashboard_state(self: Any, request: Any) -> Any:
+        if not allowed(request):
+            return refuse()
+        now = wall()
+        snapshot = state.view(now, clients={"connected": hub.client_count, "dropped": hub.dropped_total})
+        return web.Response(body=orjson.dumps(snapshot), content_type="application/json", headers=SECURITY_HEADERS)
+
+    @app.page("/dashboard/events")  # type: ignore[untyped-decorator]
+    async def dashboard_events(self: Any, request: Any) -> Any:
+        if not allowed(request):
+            return refuse()
+        client = hub.connect()
+        if client is None:
+            return web.json_response({"error": "too many dashboard clients"}, status=503, headers=SECURITY_HEADERS)
+        resp = web.StreamResponse(headers={**SECURITY_HEADERS, "Content-Type": "text/event-stream",
+                                           "X-Accel-Buffering": "no"})
+        try:
+            await resp.prepare(request)
+            await resp.write(b"retry: 2000\n\n")
+            while True:
+                try:
+                    frame = await asyncio.wait_for(client.queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    frame = b": keepalive\n\n"
+                if hub.is_close(frame):
+                    break
+                await resp.write(frame)
+        except (ConnectionResetError, ConnectionError):
+            pass  # the browser went away
+        finally:
+            hub.disconnect(client)
+        return resp
+
+    return fold

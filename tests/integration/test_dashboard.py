@@ -1,0 +1,346 @@
+"""The status dashboard in real headless Chromium, fed by a real worker on the real broker.
+
+One worker hosts the trading agent and the dashboard agent (the dashboard
+shares the pipeline's worker, as it would in a small deployment). Real
+candles from the bundled Binance file (a calm window, re-stamped to end half
+an hour ago because the trading agent runs live) and a signal go through
+the trading agent; its portfolio snapshots, risk decisions and the control
+audit of a signed kill switch (issued with the real ``tradeflow control``
+CLI) reach the dashboard through the broker. Gate results and model
+registry events are published as records. Debian's Chromium opens the page
+(Chrome DevTools Protocol over a websocket); the test reads the rendered DOM,
+then publishes more and checks the page updates *without a reload*.
+Screenshots: ``artifacts/tests/dashboard.png`` and ``dashboard-updated.png``.
+
+Access: with ``TRADEFLOW_DASHBOARD_TOKEN`` set, the page, the JSON and the
+event stream answer 401 without the token or with a wrong one, and the
+token appears in no log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ops.broker import EmbeddedBroker, free_port
+from ops.ingest import SAMPLE_DIR
+from ops.publish import RecordPublisher
+from tests.conftest import ARTIFACTS, ROOT, Procs, wait_until
+from topics.records import (
+    Bar,
+    Comparator,
+    GateResult,
+    GateStatus,
+    ModelRegistryEvent,
+    ModelStage,
+    Signal,
+    Timeframe,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+TOKEN = "dash-token-NEVER-LOG-5c1e9a7f3b2d4e60"
+SECRET = "fake-control-secret-NEVER-LOG-91d3e5a7c2b4"
+CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
+MIN = 60 * 1_000_000_000
+H = Timeframe.H1.nanos
+BTC_FILE, BTC_START = "binance_btcusdt_1h_2017_2022.csv", "2020-10-03 02:00:00+00:00"
+
+
+# ---------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------
+
+
+def btc_bars(n: int, last_close: int) -> list[Bar]:
+    """``n`` consecutive real hourly candles, re-stamped so the last closes at ``last_close``."""
+    with (SAMPLE_DIR / BTC_FILE).open(newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["timestamp"] >= BTC_START][:n]
+    out = []
+    for j, r in enumerate(rows):
+        close = last_close - (n - 1 - j) * H
+        o, hi, lo, c = (float(r[k]) for k in ("open", "high", "low", "close"))
+        assert (hi - lo) / o < 0.02, "a calm window: no volatility breaker"
+        out.append(Bar.new(ts_init=close, ts_event=close, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1,
+                           open_time=close - H, open=o, high=hi, low=lo, close=c, volume=float(r["volume"]),
+                           trade_count=None, is_closed=True, revision=0, source=f"csv-restamped:{BTC_FILE}"))
+    return out
+
+
+def signal(symbol: str, ts: int, score: float, tag: str) -> Signal:
+    up = 0.5 + score / 2
+    return Signal.new(ts_init=ts, ts_event=ts, symbol=symbol, model_id="mlp-btc", model_version="1", horizon="1h",
+                      p_up=up, p_flat=0.0, p_down=1.0 - up, expected_return=0.02 * score, score=score, shadow=False,
+                      feature_event_id=f"features-{tag}", lineage_id="dashboard-test")
+
+
+def gate(ts: int, status: GateStatus, value: float | None, blockers: tuple[str, ...]) -> GateResult:
+    return GateResult.new(ts_init=ts, ts_event=ts, gate="readiness", track="paper", metric="daily_sharpe",
+                          status=status, value=value, threshold=1.5, comparator=Comparator.GE, window_start=ts - 30 * 24 * H,
+                          window_end=ts, observations=30, blockers=blockers, config_hash=f"cfg-{status.value}")
+
+
+def registry(ts: int, version: str, stage: ModelStage) -> ModelRegistryEvent:
+    return ModelRegistryEvent.new(ts_init=ts, ts_event=ts, model_id="mlp-btc", version=version, stage=stage,
+                                  feature_set_version="fs-v1", config={"hidden": 32}, data_start=ts - 400 * 24 * H,
+                                  data_end=ts - 30 * 24 * H, seed=7, metrics={"val_loss": 0.69},
+                                  checkpoint_path=f"var/models/mlp-btc-{version}.pt", checkpoint_sha256="c0ffee" * 10 + "abcd")
+
+
+# ---------------------------------------------------------------------------
+# HTTP + Chromium (DevTools Protocol)
+# ---------------------------------------------------------------------------
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read(65536)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Browser:
+    """One headless Chromium page driven over CDP."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.n = 0
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.n += 1
+        mid = self.n
+        await self.ws.send_str(json.dumps({"id": mid, "method": method, "params": params}))
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive(), 30)
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                raise AssertionError(f"CDP connection closed: {msg.type}")
+            data = json.loads(msg.data)
+            if data.get("id") == mid:
+                if "error" in data:
+                    raise AssertionError(f"CDP {method}: {data['error']}")
+                result: dict[str, Any] = data["result"]
+                return result
+
+    async def eval(self, expression: str) -> Any:
+        r = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in r:
+            raise AssertionError(f"page script failed: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    async def text(self, element_id: str) -> str:
+        return str(await self.eval(f"(document.getElementById({element_id!r}) || {{innerText: ''}}).innerText"))
+
+    async def wait_text(self, element_id: str, *needles: str, timeout: float = 30) -> str:
+        last = ""
+
+        async def shown() -> bool:
+            nonlocal last
+            last = await self.text(element_id)
+            return all(n in last for n in needles)
+
+        try:
+            await wait_until(shown, timeout, f"#{element_id} to show {needles}", every=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; #{element_id} shows:\n{last}") from None
+        return last
+
+    async def screenshot(self, path: Path) -> None:
+        r = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(r["data"]))
+
+
+@contextlib.asynccontextmanager
+async def chromium(tmp: Path) -> AsyncIterator[Browser]:
+    port = free_port()
+    log = (tmp / "chromium.log").open("wb")
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--no-first-run", "--no-default-browser-check", f"--remote-debugging-port={port}",
+         f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1400,2000", "about:blank"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        async def up() -> bool:
+            try:
+                status, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/json/version")
+                return status == 200
+            except OSError:
+                return False
+
+        await wait_until(up, 30, "chromium's DevTools endpoint")
+        _, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/json/list")
+        page = next(t for t in json.loads(body) if t["type"] == "page")
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            browser = Browser(ws)
+            await browser.call("Page.enable")
+            await browser.call("Runtime.enable")
+            yield browser
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+# ---------------------------------------------------------------------------
+# the test
+# ---------------------------------------------------------------------------
+
+
+class Dash:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}/dashboard"
+        self.auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def state(self) -> dict[str, Any] | None:
+        try:
+            status, body = await asyncio.to_thread(http_get, self.base + "/state", self.auth)
+        except OSError:
+            return None
+        return json.loads(body) if status == 200 else None
+
+    async def until(self, what: str, check: Any, procs: Procs, timeout: float = 60) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+
+        async def ok() -> bool:
+            s = await self.state()
+            if s is not None and check(s):
+                seen.update(s)
+                return True
+            return False
+
+        await wait_until(ok, timeout, what, every=0.1, watch=procs)
+        return seen
+
+
+def control_cli(broker: EmbeddedBroker, namespace: str, *args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "ops.cli", "control", *args, "--bootstrap", broker.bootstrap,
+                           "--namespace", namespace], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def position(s: dict[str, Any], symbol: str) -> float | None:
+    for p in s["portfolios"]:
+        for x in p["positions"]:
+            if x["symbol"] == symbol:
+                return float(x["quantity"])
+    return None
+
+
+@pytest.fixture
+def dashboard_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Environment the worker and CLI subprocesses inherit."""
+    monkeypatch.setenv("TRADEFLOW_DASHBOARD_TOKEN", TOKEN)
+    monkeypatch.setenv("TRADEFLOW_CONTROL_KEY_OPS1", SECRET)
+    monkeypatch.setenv("TRADEFLOW_CONTROL_SIGNING_KEY_ID", "ops1")
+    monkeypatch.setenv("TRADEFLOW_OPERATOR", "alice")
+    monkeypatch.setenv("TRADEFLOW_TRADING_SYMBOLS", "BTC/USDT")
+    monkeypatch.setenv("TRADEFLOW_TRADING_TIMEFRAMES", "1h")
+
+
+async def test_dashboard_in_chromium_shows_live_state_and_refuses_without_token(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, tmp_path: Path, dashboard_env: None
+) -> None:
+    assert shutil.which(CHROMIUM), "Debian's chromium is required (ops/bootstrap.sh installs it)"
+    t_start = time.monotonic()
+    a = time.time_ns() // MIN * MIN - 30 * MIN
+    bars = btc_bars(6, a)  # closes a-5h .. a
+    port = free_port()
+    worker = procs.cli("worker", "worker", "--bootstrap", broker.bootstrap, "--namespace", namespace, "--dsn", dsn,
+                       "--web-port", str(port), "--agents", "trading", "dashboard")
+    dash = Dash(port)
+    await dash.until("the dashboard to serve its state", lambda s: True, procs, timeout=90)
+
+    # --- access control: every route, no token or a wrong one -> 401
+    for path in ("", "/state", "/events"):
+        assert (await asyncio.to_thread(http_get, dash.base + path))[0] == 401, path
+        assert (await asyncio.to_thread(http_get, dash.base + path + "?token=wrong-token-0123456789"))[0] == 401
+        assert (await asyncio.to_thread(
+            http_get, dash.base + path, {"Authorization": "Bearer wrong-token-0123456789"}))[0] == 401
+    status, page = await asyncio.to_thread(http_get, dash.base + "?token=" + TOKEN)
+    assert status == 200 and b"<title>tradeflow status</title>" in page
+
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        # --- bars and a signal through the trading agent: a position, PnL, equity points
+        await pub.publish(bars[:3], topic="market.bars")
+        await dash.until("portfolio state after the third bar", lambda s: any(
+            p["as_of_event_id"] == bars[2].event_id for p in s["portfolios"]), procs)
+        await pub.publish([signal("BTC/USDT", bars[2].ts_event, 0.9, "s1")])
+        await dash.until("an approved risk decision", lambda s: s["risk"]["verdicts"]["approved"] >= 1, procs)
+        await pub.publish([bars[3]], topic="market.bars")
+        s = await dash.until("a BTC position", lambda s: (position(s, "BTC/USDT") or 0) > 0, procs)
+        qty = position(s, "BTC/USDT")
+        # --- a signed kill switch through the real CLI, gates, registry, a dead letter
+        await asyncio.to_thread(control_cli, broker, namespace, "kill-switch", "on", "--reason",
+                                "drill: dashboard halt", "--ttl-s", "7200")
+        await pub.publish([gate(a, GateStatus.FAILED, 0.456, ("daily_sharpe 0.456 < 1.5",))])
+        await pub.publish([registry(a - 2 * H, "1", ModelStage.ACTIVE), registry(a - H, "2", ModelStage.SHADOW)])
+        await pub.send_raw("signals", b"{not json", key=b"BTC/USDT")
+        await dash.until("kill switch, gate, models and a dead letter", lambda s: (
+            len(s["risk"]["kill_switches"]) == 1 and len(s["gates"]) == 1 and len(s["models"]) == 2
+            and s["health"]["dead_letters_total"] >= 1), procs)
+
+        async with chromium(tmp_path) as browser:
+            await browser.call("Page.navigate", url=f"{dash.base}?token={TOKEN}")
+            await browser.wait_text("signals", "BTC/USDT", "0.9000", "mlp-btc v1")
+            await browser.wait_text("portfolio", "account paper", "BTC/USDT", f"{qty:,.6f}", "equity curve (4 points)")
+            await browser.wait_text("risk", "drill: dashboard halt", "operator:alice", "kill_switch_on", "accepted",
+                                    "approved")
+            await browser.wait_text("gates", "readiness", "failed", "0.4560", "daily_sharpe 0.456 < 1.5")
+            await browser.wait_text("models", "active", "shadow", "fs-v1")
+            await browser.wait_text("health", "broker", "up", "database", "dead letters", "deadletter")
+            assert "not observed" not in await browser.text("gates")
+            assert await browser.eval("document.querySelectorAll('svg.equity path').length") == 1
+            await browser.screenshot(tmp_path / "dashboard.png")
+
+            # --- more records: the open page updates over SSE, without a reload
+            await browser.eval("window.__noReload = 'still-here'")
+            frames = await browser.eval("window.__dashboard.frames")
+            await pub.publish([signal("BTC/USDT", bars[3].ts_event, -0.35, "s2")])
+            await pub.publish([gate(a + MIN, GateStatus.INSUFFICIENT_OBSERVATION, None,
+                                    ("observations 12 < 30",))])
+            await pub.publish([registry(a, "2", ModelStage.CANARY_10)])
+            await asyncio.to_thread(control_cli, broker, namespace, "kill-switch", "off", "--reason", "drill over")
+            await pub.publish(bars[4:6], topic="market.bars")
+            await browser.wait_text("signals", "-0.3500")
+            await browser.wait_text("gates", "insufficient_observation", "not observed", "observations 12 < 30")
+            await browser.wait_text("models", "canary_10", "active")
+            await browser.wait_text("risk", "none engaged", "kill_switch_off")
+            await browser.wait_text("portfolio", "equity curve (6 points)")
+            assert await browser.eval("window.__noReload") == "still-here"
+            assert await browser.eval("window.__dashboard.frames") > frames
+            assert await browser.eval("window.__dashboard.errors") == 0
+            await browser.screenshot(tmp_path / "dashboard-updated.png")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name in ("dashboard.png", "dashboard-updated.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 20_000, name
+        shutil.copy(tmp_path / name, ARTIFACTS / name)
+    assert worker.alive
+    assert worker.stop() == 0
+    logs = worker.output()
+    assert TOKEN not in logs and SECRET not in logs
+    assert time.monotonic() - t_start < 120
