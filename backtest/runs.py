@@ -70,6 +70,7 @@ __all__ = [
     "BacktestFailed",
     "BacktestRequest",
     "BacktestRequestError",
+    "areplay_request",
     "arun_backtest",
     "code_digest",
     "run_backtest",
@@ -369,10 +370,14 @@ def _warmup(request: BacktestRequest) -> int:
     return DEFAULT_SPEC.window + window
 
 
-async def _execute(conn: store.Conn, request: BacktestRequest, run_id: str, lineage: dict[str, Any]) -> None:
+async def _prepare(conn: store.Conn, request: BacktestRequest,
+                   lineage: dict[str, Any]) -> tuple[list[Bar], ReplayConfig, ReplayModel]:
+    """Bars (one query per symbol) and the model; raises ValueError for a bad request."""
+    problems = request.problems()
+    if problems:
+        raise ValueError("bad backtest request: " + "; ".join(problems))
     bars = await _load_bars(conn, request, _warmup(request), lineage)
-    trading = request.trading_config()
-    config = ReplayConfig(trading=trading, trade_from_ns=request.start_ns)
+    config = ReplayConfig(trading=request.trading_config(), trade_from_ns=request.start_ns)
     if request.walk_forward_windows > 0:
         spec = WalkForwardSpec(n_windows=request.walk_forward_windows, model=request.walk_forward_model(),
                                polarity=PolarityMode(request.polarity))
@@ -383,6 +388,24 @@ async def _execute(conn: store.Conn, request: BacktestRequest, run_id: str, line
         lineage["model_config"] = spec.model.to_dict()
     else:
         model = await _registry_model(conn, request, lineage)
+    return bars, config, model
+
+
+async def areplay_request(request: BacktestRequest, dsn: str) -> tuple[ReplayResult, dict[str, Any]]:
+    """Replay a request's bars and model without writing a run (``tradeflow replay``): (result, lineage)."""
+    lineage: dict[str, Any] = {"code_digest": code_digest(), "feature_set_version": DEFAULT_SPEC.version,
+                               "data_source": "postgres:bars"}
+    conn = await asyncpg.connect(dsn)
+    try:
+        bars, config, model = await _prepare(conn, request, lineage)
+    finally:
+        await conn.close()
+    result = await asyncio.to_thread(replay, bars, config, model)
+    return result, lineage
+
+
+async def _execute(conn: store.Conn, request: BacktestRequest, run_id: str, lineage: dict[str, Any]) -> None:
+    bars, config, model = await _prepare(conn, request, lineage)
     result = await asyncio.to_thread(replay, bars, config, model)
     keys = _lineage_keys(lineage["models"])
     metrics = compute_metrics(result, symbols=request.symbols, initial_cash=request.initial_cash, lineage=keys)

@@ -27,6 +27,7 @@ log = structlog.get_logger("ops.cli")
 
 def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
     from agents.features import agent as features
+    from agents.governance import agent as governance
     from agents.market import aggregator, checker
     from agents.trading import agent as trading
     from gpu_workers import agents as gpu
@@ -37,6 +38,7 @@ def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
         aggregator.NAME: aggregator.register,
         features.NAME: features.register,
         trading.NAME: trading.register,
+        governance.NAME: governance.register,
         gpu.TRAINER: gpu.register_trainer,
         gpu.INFERENCE: gpu.register_inference,
         dashboard.NAME: dashboard.register,
@@ -279,6 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.control_cli import add_parsers as add_control_parsers
 
     add_control_parsers(sub, infra)
+
+    from ops.backtest_cli import add_parsers as add_backtest_parsers
+
+    add_backtest_parsers(sub, infra)
+
+    from ops.governance_cli import add_parsers as add_governance_parsers
+
+    add_governance_parsers(sub, infra)
+
+    from ops.slo_cli import add_parsers as add_slo_parsers
+
+    add_slo_parsers(sub, infra)
 
     from ops.gates_cli import add_parsers as add_gates_parsers
 

@@ -134,7 +134,7 @@ def record_consumer_lag(app: Any, consumer: str, namespace: str) -> None:
     for tp in assigned:
         try:
             highwater = app.consumer.highwater(tp)
-        except Exception:  # revoked between assignment() and here
+        except AssertionError:  # aiokafka asserts the partition is assigned: revoked since assignment()
             continue
         committed = app.consumer._committed_offset.get(tp)  # faust keeps no public accessor
         set_consumer_lag(consumer, logical_topic(tp.topic, namespace), tp.partition, highwater, committed)

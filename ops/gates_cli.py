@@ -2,7 +2,7 @@
 
 ::
 
-    tradeflow gates evaluate --track T [--lookback 30d] [--source prod] [--as-of ISO] [--set NAME=VALUE ...]
+    tradeflow gates evaluate [--track T ...] [--lookback 30d] [--source prod] [--as-of ISO] [--set NAME=VALUE ...]
                              [--json] [--every 15m --metrics-port N]
     tradeflow gates status [--track T] [--json]
 
@@ -26,8 +26,12 @@ the changed config gets a new ``config_hash``, which every result carries and
 ``gate_configs`` resolves. ``--source`` picks which run source feeds the gates;
 anything but ``prod`` can evaluate but never makes a track ready.
 
-Exit codes: 0 every gate passed and the track is ready; 1 a gate failed or
-readiness is not ``passed`` (insufficient evidence is not ready); 2 usage;
+Without ``--track``, ``evaluate`` takes the tracks in ``TRADEFLOW_GATES_TRACKS``
+(comma separated), else every track that has a backtest run.
+
+Exit codes: 0 every gate passed and every track is ready; 1 a gate failed or
+a readiness is not ``passed`` (insufficient evidence is not ready; no track
+at all is not ready either); 2 usage;
 3 database or broker unreachable, or the database not migrated.
 """
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +60,8 @@ from topics.records import GateResult, GateStatus
 __all__ = ["add_parsers", "build_config", "evaluate_once", "format_result"]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+#: Comma-separated tracks ``evaluate`` takes when no ``--track`` is given (else: every track with runs).
+TRACKS_ENV = "TRADEFLOW_GATES_TRACKS"
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
@@ -124,6 +131,21 @@ async def evaluate_once(
     return evaluation
 
 
+async def _all_tracks(dsn: str, timeout_s: float) -> list[str]:
+    """Every track with a backtest run (``--track`` omitted and no ``TRADEFLOW_GATES_TRACKS``)."""
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(dsn), timeout_s)
+        try:
+            missing = await store.missing_tables(conn)
+            if missing:
+                raise InfraError(f"database not migrated (missing {', '.join(missing)}): run `tradeflow migrate`")
+            return await store.list_tracks(conn)
+        finally:
+            await conn.close()
+    except _DB_ERRORS as exc:
+        raise InfraError(f"database unreachable or failing ({type(exc).__name__}: {exc})") from exc
+
+
 async def _publish(results: Sequence[GateResult], bootstrap: str, namespace: str) -> None:
     async with RecordPublisher(bootstrap, namespace, name="gates-cli") as pub:
         await pub.publish(results)
@@ -191,7 +213,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     except ValueError as exc:  # UsageError included
         print(f"tradeflow gates: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not a.track.strip():
+    tracks = [t.strip() for t in (a.track or os.environ.get(TRACKS_ENV, "").split(",")) if t.strip()]
+    if a.track and len(tracks) != len(a.track):
         print("tradeflow gates: --track must not be empty", file=sys.stderr)
         return EXIT_USAGE
     if every_ns is not None and a.metrics_port:
@@ -202,11 +225,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     async def main() -> int:
         while True:
             when = now_ns if now_ns is not None else time.time_ns()
-            ev = await evaluate_once(a.track, cfg, when, dsn=a.dsn, bootstrap=a.bootstrap, namespace=a.namespace,
-                                     timeout_s=a.timeout_s)
-            _print_evaluation(ev, a.json)
+            statuses: list[tuple[str, str]] = []
+            for track in tracks or await _all_tracks(a.dsn, a.timeout_s):
+                ev = await evaluate_once(track, cfg, when, dsn=a.dsn, bootstrap=a.bootstrap,
+                                         namespace=a.namespace, timeout_s=a.timeout_s)
+                _print_evaluation(ev, a.json)
+                statuses += [(r.gate, r.status.value) for r in ev.results]
+            if not statuses:
+                print("no track to evaluate (no backtest runs): nothing is ready")
             sys.stdout.flush()
-            rc = _exit_code([(r.gate, r.status.value) for r in ev.results])
+            rc = _exit_code(statuses)
             if every_ns is None:
                 return rc
             await asyncio.sleep(every_ns / 1e9)
@@ -268,7 +296,9 @@ def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
 
     ev = gsub.add_parser("evaluate", help="evaluate a track's gates, publish the results, exit 1 unless ready")
     infra(ev, dsn=True)
-    ev.add_argument("--track", required=True, help="backtest_runs.track to evaluate")
+    ev.add_argument("--track", action="append", default=None,
+                    help=f"backtest_runs.track to evaluate (repeatable; default: env {TRACKS_ENV}, "
+                    "else every track that has backtest runs)")
     ev.add_argument("--lookback", default="30d", help="runs finished this long before now are evidence (s|m|h|d)")
     ev.add_argument("--source", default="prod", choices=VALID_SOURCES,
                     help="run source that feeds the gates (only prod can make a track ready)")

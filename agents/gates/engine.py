@@ -643,6 +643,7 @@ def evaluate_track(inputs: TrackInputs, cfg: GateConfig, now_ns: int) -> Evaluat
     # Every symbol any window saw is required in every window: a symbol the 30-day
     # window trades but the 7-day window has no run for is a missing 7-day gate.
     required = required_gates(cfg, (p.symbol for p in parity if p.symbol != "*"))
-    required += [(r.gate, r.metric) for r in results if (r.gate, r.metric) not in set(required)]
+    known = set(required)
+    required += [(r.gate, r.metric) for r in results if (r.gate, r.metric) not in known]
     readiness = evaluate_readiness(inputs.track, latest, required, runs, cfg, now_ns)
     return Evaluation(track=inputs.track, results=(*results, readiness), parity=tuple(parity), readiness=readiness)

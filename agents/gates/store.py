@@ -25,6 +25,7 @@ from agents.gates.config import GateConfig
 from agents.gates.engine import BacktestFill, PaperFill, ParityOutcome, RunInfo
 
 __all__ = [
+    "list_tracks",
     "load_backtest_fills",
     "load_current",
     "load_paper_fills",
@@ -56,6 +57,10 @@ async def missing_tables(conn: asyncpg.Connection) -> list[str]:
     rows = await conn.fetch("SELECT t, to_regclass(t) IS NULL AS missing FROM unnest($1::text[]) AS t",
                             list(_REQUIRED_TABLES))
     return [r["t"] for r in rows if r["missing"]]
+
+
+async def list_tracks(conn: asyncpg.Connection) -> list[str]:
+    return [r["track"] for r in await conn.fetch("SELECT DISTINCT track FROM backtest_runs ORDER BY track")]
 
 
 async def load_runs(conn: asyncpg.Connection, track: str) -> list[RunInfo]:

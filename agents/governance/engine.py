@@ -87,6 +87,8 @@ from agents.control.signing import (
     AuditOutcome,
     ControlVerifier,
     Keyring,
+    Verdict,
+    VerifyReason,
     audit_for,
     compute_signature,
 )
@@ -225,6 +227,8 @@ class GovernanceEngine:
         #: Latest registry event per (model_id, version).
         self._versions: dict[tuple[str, str], ModelRegistryEvent] = {}
         self._rollouts: dict[tuple[str, str], _Rollout] = {}
+        #: Control event ids handled by an earlier run (see :meth:`restore`).
+        self._handled_controls: set[str] = set()
 
     # -- queries ------------------------------------------------------------------
 
@@ -244,6 +248,34 @@ class GovernanceEngine:
     def stage_of(self, model_id: str, version: str) -> ModelStage | None:
         ev = self._versions.get((model_id, version))
         return None if ev is None else ev.stage
+
+    # -- restart ------------------------------------------------------------------
+
+    def restore(self, decision: RolloutDecision) -> None:
+        """Take back what an earlier run of this engine decided (its ``governance.audit``).
+
+        Called at start-up after the registry was folded, for every decision in
+        topic order: each rollout gets back its window floor and counters, and
+        every control command that was handled is remembered, so a gate result
+        or a command redelivered after a restart is not counted or applied
+        twice (the verifier's nonce cache does not survive a restart).
+        """
+        self._handled_controls.add(decision.cause_event_id)
+        if decision.symbol is None:
+            return
+        r = self._rollouts.get((decision.model_id, decision.symbol))
+        if r is None:
+            return
+        if decision.window_end is not None:
+            r.floor_ns = max(r.floor_ns, decision.window_end)
+        elif decision.action is not RolloutAction.REJECTED:
+            r.floor_ns = max(r.floor_ns, decision.ts_event)
+        subject = r.subject()
+        if decision.action is RolloutAction.HOLD and subject is not None and subject[0] == decision.version:
+            r.passing, r.failing = decision.passing_windows, decision.failing_windows
+        elif decision.action is not RolloutAction.REJECTED and decision.action is not RolloutAction.HOLD:
+            r.passing = r.failing = 0
+        r.pending.clear()
 
     # -- registry -----------------------------------------------------------------
 
@@ -471,6 +503,8 @@ class GovernanceEngine:
         self.clock.advance(event.ts_event, arrival_ns)
         now = self.clock.now_ns()
         verdict = self._verifier.verify(event, now)
+        if verdict.ok and event.event_id in self._handled_controls:
+            verdict = Verdict(False, VerifyReason.REPLAYED, "handled before a restart")
         if not authentic:
             self.clock.restore(before)
         is_rollout = event.command in ROLLOUT_COMMANDS

@@ -131,7 +131,8 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
     topic = physical_name("market.bars", namespace)
     sink = procs.sink(broker.bootstrap, namespace, dsn, "--topics", "market.bars", "--group", group,
                       "--metrics-port", str(mport))
-    first, during, after = make_bars(3_000), make_bars(3_000, symbol="ETH/USDT"), make_bars(2_000, symbol="SOL/USDT")
+    first, slow = make_bars(3_000), make_bars(2_000, symbol="ADA/USDT")
+    during, after = make_bars(6_000, symbol="ETH/USDT"), make_bars(2_000, symbol="SOL/USDT")
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
         await pub.publish(first, topic="market.bars")
 
@@ -142,12 +143,30 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
         await wait_until(lambda: _ge_committed(broker.bootstrap, group, topic, len(first)), 30,
                          "the first batch's offsets committed")
 
-        # Postgres goes away while records keep coming: produce half, stop the server, produce the rest.
-        half = len(during) // 2
-        await pub.publish(during[:half], topic="market.bars")
+        # slow: another session holds the event table locked for 4 s; the sink's write waits, commits nothing
+        locker = await asyncpg.connect(dsn)
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute("LOCK TABLE ev_market_bars IN ACCESS EXCLUSIVE MODE")
+        await pub.publish(slow, topic="market.bars")
+        await asyncio.sleep(4.0)
+        assert await committed_total(broker.bootstrap, group, topic) == len(first)
+        await tx.rollback()
+        await locker.close()
+        n_ok = len(first) + len(slow)
+        await wait_until(lambda: stored(n_ok), 30, "the slow batch stored once the lock is gone", watch=procs)
+
+        # down: Postgres stops while records keep streaming in (the sink is mid-write)
+        async def stream() -> None:
+            for i in range(0, len(during), 100):
+                await pub.publish(during[i:i + 100], topic="market.bars")
+                await asyncio.sleep(0.03)
+
+        producer = asyncio.create_task(stream())
+        await wait_until(lambda: stored(n_ok + 300), 30, "the sink mid-stream", every=0.02)
         await asyncio.to_thread(own_pg.stop)
         t_down = time.monotonic()
-        await pub.publish(during[half:], topic="market.bars")
+        await producer
 
         async def backing_off() -> bool:
             return metric(mport, "tradeflow_sink_db_errors_total") >= 3 and "sink_db_retry" in sink.output()
@@ -157,7 +176,7 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
         await asyncio.sleep(2.0)
         assert sink.alive, "the sink must not exit while the database is down:\n" + sink.output()[-3000:]
         # the batch being retried is not acknowledged to the broker, and nothing moves while the database is down
-        assert committed_while_down < len(first) + len(during)
+        assert committed_while_down < n_ok + len(during)
         assert await committed_total(broker.bootstrap, group, topic) == committed_while_down
         retries = [e for e in log_events(sink) if e.get("event") == "sink_db_retry"]
         assert retries and all(e.get("level") == "error" for e in retries)
@@ -167,7 +186,7 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
         await asyncio.to_thread(own_pg.start)  # same data dir, same port
         downtime = time.monotonic() - t_down
         await pub.publish(after, topic="market.bars")
-        total = len(first) + len(during) + len(after)
+        total = n_ok + len(during) + len(after)
         await wait_until(lambda: stored(total), 60, "every record after the database came back", watch=procs)
         await wait_until(lambda: _ge_committed(broker.bootstrap, group, topic, total), 30, "offsets caught up")
 
@@ -177,7 +196,7 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
         rows = await conn.fetch("SELECT event_id FROM ev_market_bars")
         ids = [r["event_id"] for r in rows]
         assert len(ids) == len(set(ids)) == total  # exactly once
-        assert set(ids) == {b.event_id for b in first + during + after}
+        assert set(ids) == {b.event_id for b in first + slow + during + after}
         assert await conn.fetchval("SELECT count(*) FROM bars") == total
     finally:
         await conn.close()

@@ -146,7 +146,7 @@ class Browser:
         return r["result"].get("value")
 
     async def text(self, element_id: str) -> str:
-        return str(await self.eval(f"(document.getElementById({element_id!r}) || {{innerText: ''}}).innerText"))
+        return str(await self.eval(f"(document.getElementById({element_id!r}) || {{textContent: ''}}).textContent"))
 
     async def wait_text(self, element_id: str, *needles: str, timeout: float = 30) -> str:
         last = ""

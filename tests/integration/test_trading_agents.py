@@ -110,8 +110,12 @@ def tamper(event: ControlEvent, **changes: Any) -> ControlEvent:
 
 
 @pytest.fixture
-def trading_env(monkeypatch: pytest.MonkeyPatch) -> Keyring:
-    """Environment the worker and CLI subprocesses inherit (Procs passes os.environ)."""
+def trading_env(monkeypatch: pytest.MonkeyPatch, dsn: str) -> Keyring:
+    """Environment the worker and CLI subprocesses inherit (Procs passes os.environ).
+
+    ``TRADEFLOW_DSN``: the trading agent keeps its checkpoint in the test's database.
+    """
+    monkeypatch.setenv("TRADEFLOW_DSN", dsn)
     monkeypatch.setenv("TRADEFLOW_CONTROL_KEY_OPS1", SECRET)
     monkeypatch.setenv("TRADEFLOW_CONTROL_SIGNING_KEY_ID", "ops1")
     monkeypatch.setenv("TRADEFLOW_OPERATOR", "alice")

@@ -12,6 +12,7 @@ from agents.gates.config import NS_PER_DAY, GateConfig, parse_duration_ns
 from agents.gates.engine import (
     GATE_HARD_METRICS,
     GATE_PARITY,
+    Attribution,
     BacktestFill,
     Evaluation,
     PaperFill,
@@ -207,12 +208,17 @@ def parity(bt: list[BacktestFill], paper: list[PaperFill], cfg: GateConfig | Non
     return {o.result.metric: o for o in evaluate_parity(inputs, cfg or GateConfig(), NOW)}
 
 
+def attribution(o: ParityOutcome) -> Attribution:
+    assert o.attribution is not None, o.result.blockers
+    return o.attribution
+
+
 def test_parity_close_fills_pass_with_attribution_summing_to_gap() -> None:
     bt, paper = fills(12)
     out = parity(bt, paper)
     o = out[parity_metric(30 * NS_PER_DAY, "BTC/USDT")]
     assert o.result.status is P and o.result.observations == 24
-    att = o.attribution
+    att = attribution(o)
     assert att.matched_orders == 24 and att.gap < 0  # paper pays twice the impact
     assert att.impact < 0 and abs(att.quantity) < 1e-9 and abs(att.price) < 1e-6
     assert sum(att.parts().values()) == pytest.approx(att.gap, abs=1e-6)
@@ -222,8 +228,8 @@ def test_parity_close_fills_pass_with_attribution_summing_to_gap() -> None:
 def test_parity_price_gap_fails_and_is_attributed_to_price() -> None:
     bt, paper = fills(12, paper_adverse_bps=40.0)  # paper buys 40 bps higher and sells 40 bps lower
     o = parity(bt, paper)[parity_metric(30 * NS_PER_DAY, "BTC/USDT")]
-    res, att = o.result, o.attribution
-    assert res.status is F and res.value > 0.10
+    res, att = o.result, attribution(o)
+    assert res.status is F and res.value is not None and res.value > 0.10
     assert abs(att.price) > 10 * abs(att.impact) and abs(att.quantity) < 1e-9
     assert sum(att.parts().values()) == pytest.approx(att.gap, abs=1e-6)
     assert res.blockers[0].startswith("relative deviation") and any(b.startswith("gap ") for b in res.blockers)
@@ -231,7 +237,7 @@ def test_parity_price_gap_fails_and_is_attributed_to_price() -> None:
 
 def test_parity_quantity_gap_is_attributed_to_quantity() -> None:
     bt, paper = fills(12, paper_qty_scale=0.5)
-    att = parity(bt, paper)[parity_metric(30 * NS_PER_DAY, "BTC/USDT")].attribution
+    att = attribution(parity(bt, paper)[parity_metric(30 * NS_PER_DAY, "BTC/USDT")])
     assert abs(att.quantity) > abs(att.price) and sum(att.parts().values()) == pytest.approx(att.gap, abs=1e-6)
 
 
@@ -265,9 +271,9 @@ def test_parity_unmatched_orders_are_listed_and_fail_above_fraction() -> None:
 def test_parity_floor_is_the_denominator_when_backtest_nets_near_zero() -> None:
     bt, paper = fills(12, drift=0.0)  # flat market: the backtest's cash is only its costs
     o = parity(bt, paper)[parity_metric(30 * NS_PER_DAY, "BTC/USDT")]
-    assert o.attribution is not None and abs(o.attribution.backtest_cash) < 100.0
-    assert o.result.value == pytest.approx(abs(o.attribution.gap) / 100.0)
-    unfloored = abs(o.attribution.gap) / abs(o.attribution.backtest_cash)
+    assert o.attribution is not None and abs(attribution(o).backtest_cash) < 100.0
+    assert o.result.value == pytest.approx(abs(attribution(o).gap) / 100.0)
+    unfloored = abs(attribution(o).gap) / abs(attribution(o).backtest_cash)
     assert o.result.value is not None and o.result.value < unfloored
 
 
@@ -285,7 +291,7 @@ def test_parity_newest_run_wins_a_shared_order() -> None:
     runs = (run("old", age_days=3), run("new", age_days=1))
     new_wins = parity(bt_old + bt_new, paper, runs=runs)[parity_metric(30 * NS_PER_DAY, "BTC/USDT")]
     only_old = parity(bt_old, paper, runs=runs[:1])[parity_metric(30 * NS_PER_DAY, "BTC/USDT")]
-    assert new_wins.attribution.backtest_cash != only_old.attribution.backtest_cash
+    assert attribution(new_wins).backtest_cash != attribution(only_old).backtest_cash
 
 
 def test_parity_paper_fills_outside_backtest_range_are_not_unmatched() -> None:

@@ -1,0 +1,259 @@
+"""``tradeflow gates`` on the real broker and PostgreSQL.
+
+Backtest runs, metrics and fills are rows in the migration-007 tables (the
+contract of /tmp/briefs/schema.md); paper fills are real ``Fill`` records
+published to the broker and stored by the real sink. The CLI (a subprocess,
+as an operator or cron runs it) evaluates, publishes ``GateResult`` records
+that the sink stores, and its exit code is what a script would trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from agents.execution.interface import client_order_id_for
+from ops.broker import EmbeddedBroker
+from ops.publish import RecordPublisher
+from tests.conftest import ROOT, Procs, wait_until
+from topics.records import Fill, Liquidity, Side
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+AS_OF = datetime(2025, 6, 1, tzinfo=UTC)
+GOOD = {"sharpe_daily": 2.2, "max_drawdown": 0.04, "reject_rate": 0.0, "pnl": 120.0}
+READY_TRACK, BAD_TRACK = "trend-btc", "meanrev-btc"
+
+#: The contract DDL (schema.md), used only while migration 007 does not exist yet.
+CONTRACT_DDL = """
+CREATE TABLE backtest_runs(run_id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(),
+  source text NOT NULL CHECK (source IN ('prod','maintenance','smoke','async_test')),
+  status text NOT NULL CHECK (status IN ('running','succeeded','failed','superseded')), error text,
+  track text NOT NULL, symbols text[] NOT NULL, range_start timestamptz, range_end timestamptz,
+  config jsonb NOT NULL, config_hash text NOT NULL, lineage jsonb NOT NULL, decision_hash text,
+  superseded_by text, supersede_reason text, finished_at timestamptz);
+CREATE TABLE backtest_fills(run_id text REFERENCES backtest_runs, seq int, symbol text, side text, ts timestamptz,
+  quantity double precision, price double precision, notional double precision, fee double precision,
+  slippage_cost double precision, impact_cost double precision, client_order_id text, PRIMARY KEY (run_id, seq));
+CREATE TABLE backtest_equity(run_id text, ts timestamptz, equity double precision, drawdown double precision,
+  PRIMARY KEY (run_id, ts));
+CREATE TABLE backtest_metrics(run_id text, symbol text, metric text, value double precision,
+  PRIMARY KEY (run_id, symbol, metric));
+"""
+
+
+async def ensure_backtest_tables(conn: asyncpg.Connection) -> None:
+    if await conn.fetchval("SELECT to_regclass('backtest_runs') IS NULL"):
+        await conn.execute(CONTRACT_DDL)
+
+
+async def insert(conn: asyncpg.Connection, table: str, row: dict[str, Any], extras: dict[str, Any]) -> None:
+    """Insert the contract columns plus any NOT NULL extra column the real migration added."""
+    cols = {r["column_name"] for r in await conn.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = $1 AND is_nullable = 'NO' "
+        "AND column_default IS NULL", table)}
+    row = {**row, **{k: v for k, v in extras.items() if k in cols and k not in row}}
+    names = list(row)
+    await conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES "
+                       f"({', '.join(f'${i + 1}' for i in range(len(names)))})", *row.values())
+
+
+async def add_run(conn: asyncpg.Connection, run_id: str, track: str, *, age_days: float, metrics: dict[str, Any],
+                  source: str = "prod", status: str = "succeeded", superseded_by: str | None = None) -> None:
+    finished = AS_OF - timedelta(days=age_days)
+    await insert(conn, "backtest_runs", {
+        "run_id": run_id, "created_at": finished - timedelta(minutes=5), "source": source, "status": status,
+        "error": "replay crashed: bad bar" if status == "failed" else None, "track": track,
+        "symbols": ["BTC/USDT"], "range_start": AS_OF - timedelta(days=35), "range_end": AS_OF,
+        "config": "{}", "config_hash": "cfg", "lineage": "{}", "superseded_by": superseded_by,
+        "supersede_reason": "stale data" if status == "superseded" else None, "finished_at": finished,
+    }, {"request_hash": run_id.split("#")[0]})
+    for name, value in metrics.items():
+        await conn.execute("INSERT INTO backtest_metrics (run_id, symbol, metric, value) VALUES ($1, '*', $2, $3)",
+                           run_id, name, value)
+
+
+def round_trips(n: int) -> list[tuple[str, str, datetime, float, float]]:
+    """(client order id, side, time, reference price, quantity): n buy/sell pairs over the last 5 days."""
+    out = []
+    for i in range(2 * n):
+        coid = client_order_id_for(f"gates-test-intent-{i}")
+        out.append((coid, "buy" if i % 2 == 0 else "sell", AS_OF - timedelta(days=5) + timedelta(hours=4 * i),
+                    30_000.0 + 50.0 * i, 0.05))
+    return out
+
+
+async def add_backtest_fills(conn: asyncpg.Connection, run_id: str, orders: list[Any]) -> None:
+    for seq, (coid, side, ts, ref, q) in enumerate(orders):
+        d = 1 if side == "buy" else -1
+        price = ref * (1 + d * 3e-4)  # 2 bps slippage + 1 bp impact
+        await insert(conn, "backtest_fills", {
+            "run_id": run_id, "seq": seq, "symbol": "BTC/USDT", "side": side, "ts": ts, "quantity": q,
+            "price": price, "notional": q * price, "fee": q * price * 1e-3, "slippage_cost": q * ref * 2e-4,
+            "impact_cost": q * ref * 1e-4, "client_order_id": coid,
+        }, {"ts_ns": int(ts.timestamp()) * 10**9, "fill_event_id": f"{run_id}-{seq}"})
+
+
+def paper_fills(orders: list[Any]) -> list[Fill]:
+    out = []
+    for coid, side, ts, ref, q in orders:
+        d = 1 if side == "buy" else -1
+        price = ref * (1 + d * 3.5e-4)  # paper: 2 bps slippage + 1.5 bps impact
+        ns = int((ts + timedelta(minutes=1)).timestamp()) * 10**9
+        out.append(Fill.new(ts_event=ns, ts_init=ns, client_order_id=coid, fill_id=f"{coid[:10]}-0", adapter="paper",
+                            symbol="BTC/USDT", side=Side(side), price=price, quantity=q, fee=q * price * 1e-3,
+                            fee_currency="USDT", liquidity=Liquidity.TAKER, slippage_bps=2.0, impact_bps=1.5))
+    return out
+
+
+async def gates(*args: str, timeout: float = 90) -> tuple[int, list[dict[str, Any]], str]:
+    proc = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "ops.cli", "gates", *args], cwd=ROOT, env=dict(os.environ),
+        capture_output=True, text=True, timeout=timeout)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, rows, proc.stdout + proc.stderr
+
+
+def by_metric(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["metric"]: r for r in rows}
+
+
+async def test_ready_track_passes_bad_track_fails_and_status_reads_postgres(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs
+) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_backtest_tables(conn)
+        orders = round_trips(12)
+        for i, age in enumerate((1.0, 2.0, 3.0)):
+            await add_run(conn, f"ready-{i}", READY_TRACK, age_days=age, metrics=GOOD)
+        await add_backtest_fills(conn, "ready-0", orders)
+        # Never evidence, however good or bad: superseded, failed and non-prod runs.
+        terrible = {"sharpe_daily": -3.0, "max_drawdown": 0.5, "reject_rate": 0.3}
+        await add_run(conn, "ready-superseded", READY_TRACK, age_days=0.5, metrics=terrible, status="superseded",
+                      superseded_by="ready-0")
+        await add_run(conn, "ready-failed", READY_TRACK, age_days=0.4, metrics=terrible, status="failed")
+        await add_run(conn, "ready-smoke", READY_TRACK, age_days=0.3, metrics=terrible, source="smoke")
+        # The bad track: one valid run with a negative Sharpe, a drawdown breach and a 0.0 reject rate,
+        # plus a superseded run whose great numbers must not rescue it.
+        await add_run(conn, "bad-0", BAD_TRACK, age_days=1.0,
+                      metrics={"sharpe_daily": -0.7, "max_drawdown": 0.15, "reject_rate": 0.0})
+        await add_run(conn, "bad-old-great", BAD_TRACK, age_days=0.5, metrics=GOOD, status="superseded",
+                      superseded_by="bad-0")
+
+        procs.sink(broker.bootstrap, namespace, dsn, "--topics", "fills", "gates.results")
+        async with RecordPublisher(broker.bootstrap, namespace) as pub:
+            await pub.publish(paper_fills(orders))
+
+        async def fills_stored() -> bool:
+            return bool(await conn.fetchval("SELECT count(*) FROM ev_fills") == len(orders))
+
+        await wait_until(fills_stored, 60, "paper fills in ev_fills", watch=procs)
+
+        infra = ["--dsn", dsn, "--bootstrap", broker.bootstrap, "--namespace", namespace, "--as-of", AS_OF.isoformat()]
+        (rc_ok, ok, out_ok), (rc_bad, bad, out_bad) = await asyncio.gather(
+            gates("evaluate", "--track", READY_TRACK, "--json", *infra),
+            gates("evaluate", "--track", BAD_TRACK, "--json", *infra))
+
+        # -- the ready track: everything passes, exit 0 ----------------------------------------
+        assert rc_ok == 0, out_ok
+        g = by_metric(ok)
+        assert g["valid_runs"]["status"] == "passed" and g["valid_runs"]["value"] == 3.0
+        assert g["valid_runs"]["blockers"] == []
+        assert g["reject_rate"]["status"] == "passed" and g["reject_rate"]["value"] == 0.0
+        assert g["sharpe_daily"]["value"] == 2.2  # the latest *valid* run, not the newer superseded one
+        for window in ("7d", "30d"):
+            p = g[f"relative_deviation_{window}:BTC/USDT"]
+            assert p["status"] == "passed" and p["observations"] == 24 and 0 < p["value"] <= 0.10
+            att = p["attribution"]
+            assert att["impact"] < 0 and sum(att[k] for k in ("quantity", "price", "slippage", "impact", "fee")) \
+                == pytest.approx(att["gap"], abs=1e-6)
+
+        # -- the bad track: each hard gate fails for its own reason, exit 1 -------------------
+        assert rc_bad == 1, out_bad
+        b = by_metric(bad)
+        assert (b["sharpe_daily"]["status"], b["sharpe_daily"]["value"]) == ("failed", -0.7)
+        assert (b["max_drawdown"]["status"], b["max_drawdown"]["value"]) == ("failed", 0.15)
+        assert (b["reject_rate"]["status"], b["reject_rate"]["value"]) == ("passed", 0.0)
+        ready = b["valid_runs"]
+        assert ready["status"] == "failed" and "insufficient runs: 1 < 3" in ready["blockers"]
+        assert any(x.startswith("failed gate: hard_metrics/sharpe_daily") for x in ready["blockers"])
+        assert any(x.startswith("failed gate: hard_metrics/max_drawdown") for x in ready["blockers"])
+        assert b["relative_deviation_30d:BTC/USDT"]["status"] == "insufficient_observation"
+        assert b["relative_deviation_30d:BTC/USDT"]["value"] is None
+
+        # -- results reach Postgres through the topic and the sink --------------------------------
+        n_results = len(ok) + len(bad)
+
+        async def results_stored() -> bool:
+            return bool(await conn.fetchval("SELECT count(*) FROM ev_gate_results") == n_results)
+
+        await wait_until(results_stored, 60, "gate results in ev_gate_results", watch=procs)
+        status_rows = await conn.fetch("SELECT * FROM gate_status WHERE track = $1", BAD_TRACK)
+        assert {r["metric"]: r["status"] for r in status_rows}["reject_rate"] == "passed"
+        assert {r["metric"]: r["value"] for r in status_rows}["relative_deviation_7d:BTC/USDT"] is None
+        assert await conn.fetchval("SELECT count(*) FROM gate_parity_attribution WHERE track = $1", READY_TRACK) == 2
+        assert await conn.fetchval("SELECT count(*) FROM gate_configs") == 1
+
+        rc, _, out = await gates("status", "--track", READY_TRACK, "--dsn", dsn)
+        assert rc == 0 and "passed" in out and "attribution:" in out, out
+        rc, rows, out = await gates("status", "--track", BAD_TRACK, "--dsn", dsn, "--json")
+        assert rc == 1 and "insufficient runs: 1 < 3" in by_metric(rows)["valid_runs"]["blockers"], out
+        assert by_metric(rows)["reject_rate"]["value"] == 0.0
+
+        # -- same evaluation again: same event ids, no new row -------------------------------------
+        rc_again, again, _ = await gates("evaluate", "--track", READY_TRACK, "--json", *infra)
+        assert rc_again == 0 and [r["result_id"] for r in again] == [r["result_id"] for r in ok]
+        # ... and without --track every track with runs is evaluated; one not ready -> exit 1
+        rc_all, every, _ = await gates("evaluate", "--json", *infra)
+        assert rc_all == 1 and {r["track"] for r in every} == {READY_TRACK, BAD_TRACK}
+        assert {r["result_id"] for r in every} == {r["result_id"] for r in ok + bad}
+
+        # -- a stricter threshold only through config, recorded in the result --------------------
+        rc_strict, strict, out = await gates("evaluate", "--track", READY_TRACK, "--json", "--set",
+                                             "sharpe_daily=3.0", *infra)
+        assert rc_strict == 1, out
+        s = by_metric(strict)["sharpe_daily"]
+        assert (s["status"], s["threshold"]) == ("failed", 3.0) and s["config_hash"] != g["sharpe_daily"]["config_hash"]
+        assert await conn.fetchval("SELECT count(*) FROM gate_configs") == 2
+
+        async def strict_stored() -> bool:
+            return bool(await conn.fetchval("SELECT count(*) FROM ev_gate_results") == n_results + len(strict))
+
+        await wait_until(strict_stored, 60, "strict results stored (re-run added none)", watch=procs)
+        rc, _, out = await gates("status", "--track", READY_TRACK, "--dsn", dsn)
+        assert rc == 1 and "sharpe_daily = 2.2 (needs >= 3)" in out, out
+    finally:
+        await conn.close()
+
+
+async def test_usage_and_infrastructure_errors_have_their_exit_codes(
+    broker: EmbeddedBroker, namespace: str, dsn: str
+) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_backtest_tables(conn)
+    finally:
+        await conn.close()
+    infra = ["--dsn", dsn, "--namespace", namespace]
+    results = await asyncio.gather(
+        gates("evaluate", "--track", "x", "--lookback", "3w", *infra),
+        gates("evaluate", "--track", "x", "--set", "sharpe_daily=soon", *infra),
+        gates("evaluate", "--track", "x", "--bootstrap", "127.0.0.1:1", "--timeout-s", "5", *infra),
+        gates("evaluate", "--track", "x", "--dsn", "postgresql://postgres@127.0.0.1:1/none", "--timeout-s", "5"),
+        gates("status", "--track", "never-evaluated", *infra),
+    )
+    (rc_dur, _, e_dur), (rc_set, _, e_set), (rc_broker, _, e_broker), (rc_db, _, e_db), (rc_empty, _, e_empty) = results
+    assert rc_dur == 2 and "duration" in e_dur
+    assert rc_set == 2 and "sharpe_daily must be a number" in e_set
+    assert rc_broker == 3 and "broker unreachable" in e_broker
+    assert rc_db == 3 and "database unreachable" in e_db
+    assert rc_empty == 1 and "not evaluated is not ready" in e_empty
