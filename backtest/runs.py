@@ -216,6 +216,8 @@ class BacktestRequest:
     def walk_forward_model(self) -> ModelConfig:
         params: dict[str, Any] = {"window": 16, "hidden_sizes": "32", "max_epochs": 20, "seed": 7,
                                   **self.model_params, "device": "cpu", "num_threads": 1}
+        if type(params["hidden_sizes"]) is int:  # one layer, as a CLI "--hp hidden_sizes=16" parses
+            params["hidden_sizes"] = str(params["hidden_sizes"])
         return ModelConfig.from_dict(params)
 
 

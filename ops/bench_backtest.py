@@ -276,7 +276,7 @@ def _print_table(report: dict[str, Any]) -> None:
     d = report["data"]
     print(f"{d['file']}: {d['bars']} bars (CSV load {d['load_s']:.2f}s, not in bars/s); "
           f"median of {report['repeats']} runs")
-    print(f"{'fast/slow':<10}{'engine':<22}{'median_s':>10}{'bars/s':>14}{'x ref slower':>14}  identical")
+    print(f"{'fast/slow':<10}{'engine':<22}{'median_s':>10}{'bars/s':>14}{'time vs ref':>14}  identical")
     for r in report["param_sets"]:
         ref = r["engines"]["reference"]["median_s"]
         for name, e in r["engines"].items():

@@ -50,9 +50,9 @@ from ops.broker import EmbeddedBroker, ensure_topics, free_port
 from ops.ingest import SAMPLE_DIR
 from ops.postgres import EmbeddedPostgres
 from ops.publish import RecordPublisher
+from storage.migrate import migrate_dsn
 from topics.catalogue import physical_name
 from topics.records import Bar, PortfolioSnapshot, Timeframe
-from storage.migrate import migrate_dsn
 from topics.schema import codec_for
 
 H = Timeframe.H1.nanos
@@ -103,9 +103,10 @@ class Observers:
         finally:
             await consumer.stop()
 
-    async def probe(self, session: aiohttp.ClientSession, url: str) -> None:
+    async def probe(self, session: aiohttp.ClientSession, url: str, ready: asyncio.Event) -> None:
         async with session.get(url) as resp:
             resp.raise_for_status()
+            ready.set()
             data: list[bytes] = []
             async for line in resp.content:
                 if line.startswith(b"data: "):
@@ -127,7 +128,7 @@ async def _load_client(session: aiohttp.ClientSession, url: str, ready: asyncio.
 
 
 def _state(base: str) -> dict[str, Any]:
-    with urllib.request.urlopen(base + "/state", timeout=5) as r:
+    with urllib.request.urlopen(base + "/state", timeout=5) as r:  # noqa: S310 - our own http:// URL
         out: dict[str, Any] = json.loads(r.read())
         return out
 
@@ -153,7 +154,7 @@ async def run(bars_per_level: int, levels: tuple[int, ...]) -> dict[str, Any]:
         env.pop("TRADEFLOW_DASHBOARD_TOKEN", None)
         env.pop("TRADEFLOW_DASHBOARD_TOKEN_FILE", None)
         log = open(ROOT / "artifacts" / "bench_dashboard_worker.log", "wb")  # noqa: SIM115 - closed below
-        worker = subprocess.Popen(
+        worker = subprocess.Popen(  # noqa: S603 - our own module, fixed argv
             [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", broker.bootstrap, "--namespace", NAMESPACE,
              "--dsn", pg.dsn, "--web-port", str(port), "--agents", "trading", "dashboard"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -171,9 +172,8 @@ async def run(bars_per_level: int, levels: tuple[int, ...]) -> dict[str, Any]:
                     await pub.publish([b], topic="market.bars")
                     if not await _wait(lambda b=b: b.event_id in obs.pipeline, 90):
                         raise RuntimeError("the worker did not process the warm-up bars")
-                tasks.append(asyncio.create_task(obs.probe(session, base + "/events")))
                 for n in levels:
-                    results.append(await _level(n, bars_per_level, it, pub, session, base, obs, tasks))
+                    results.append(await _level(n, bars_per_level, it, pub, session, base, obs))
                     print(json.dumps(results[-1]), flush=True)
         finally:
             for t in tasks:
@@ -191,8 +191,12 @@ async def run(bars_per_level: int, levels: tuple[int, ...]) -> dict[str, Any]:
 
 
 async def _level(n: int, count: int, it: Any, pub: RecordPublisher, session: aiohttp.ClientSession, base: str,
-                 obs: Observers, tasks: list[asyncio.Task[None]]) -> dict[str, Any]:
+                 obs: Observers) -> dict[str, Any]:
     load: list[asyncio.Task[None]] = []
+    if n:
+        ready = asyncio.Event()
+        load.append(asyncio.create_task(obs.probe(session, base + "/events", ready)))
+        await asyncio.wait_for(ready.wait(), 10)
     for _ in range(max(n - 1, 0)):
         ready = asyncio.Event()
         load.append(asyncio.create_task(_load_client(session, base + "/events", ready)))
@@ -223,6 +227,7 @@ async def _level(n: int, count: int, it: Any, pub: RecordPublisher, session: aio
         "connected_during": after["clients"]["connected"],
         "dropped_slow_clients": after["clients"]["dropped"] - before["clients"]["dropped"],
         "bars": count,
+        "snapshot_bytes": len(orjson.dumps(after)),
     }
 
 

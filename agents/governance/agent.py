@@ -107,6 +107,8 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         out_counters[name].inc()
 
     def observe(step: Step) -> None:
+        if step.note is not None:
+            log.warning("governance_input_not_governed", note=step.note)
         for d in step.decisions:
             DECISIONS.labels(d.action.value, d.trigger.value).inc()
             emit = log.warning if d.action.value in ("rollback", "manual_rollback", "rejected") else log.info

@@ -196,6 +196,8 @@ class Step:
     records: tuple[Record, ...] = ()
     decisions: tuple[RolloutDecision, ...] = ()
     audit: EngineAudit | None = None
+    #: Why an input could not be governed (for the agent's log), e.g. a registry event without a symbol.
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +290,9 @@ class GovernanceEngine:
             return Step()
         self._versions[key] = ev
         symbol = _symbol_of(ev)
-        if symbol is not None:
-            self._sync(self._rollout(ev.model_id, symbol), ev.version, ev.stage, ev.ts_event)
+        if symbol is None:
+            return Step(note="registry event without config.symbol: not governed")
+        self._sync(self._rollout(ev.model_id, symbol), ev.version, ev.stage, ev.ts_event)
         return Step()
 
     def _sync(self, r: _Rollout, version: str, stage: ModelStage, ts: int) -> None:

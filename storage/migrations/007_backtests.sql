@@ -26,7 +26,8 @@ CREATE TABLE backtest_runs (
     n_bars           bigint,                    -- input bars replayed
     CHECK (status <> 'failed' OR error IS NOT NULL),
     CHECK (status <> 'superseded' OR supersede_reason IS NOT NULL),
-    CHECK (range_start IS NULL OR range_end IS NULL OR range_start < range_end OR status = 'failed')
+    -- a run with an inverted range can only be one that failed on it (and keeps its error when superseded)
+    CHECK (range_start IS NULL OR range_end IS NULL OR range_start < range_end OR error IS NOT NULL)
 );
 CREATE INDEX backtest_runs_track_idx ON backtest_runs (track, status, created_at);
 CREATE INDEX backtest_runs_request_idx ON backtest_runs (request_hash, attempt);

@@ -173,6 +173,16 @@ async def test_dead_letter_spike_fires_in_prometheus_and_slo_agrees(
         for quiet in ("KillSwitchEngaged", "WorkerDown", "ApiAvailabilityLow", "ExecutionRejectRateHigh"):
             assert await prom.alerts(quiet) == [], quiet
 
+        # --- consumer lag: high-water - committed, per partition, back to 0 once everything is committed --
+        async def caught_up() -> bool:
+            text = await scrape()
+            return ("tradeflow_consumer_lag{" in text and 'topic="market.bars.raw"' in text
+                    and metric_value(text, "tradeflow_consumer_lag", topic="market.bars.raw") == 0)
+
+        await wait_until(caught_up, 30, "tradeflow_consumer_lag of market.bars.raw reported and 0")
+        lag = await prom.query('sum(tradeflow_consumer_lag{topic="market.bars.raw"})')
+        assert lag and float(lag[0]["value"][1]) >= 0
+
         # --- tradeflow slo straight from the worker ------------------------------------------------
         code, report = slo_cli("--targets", target)
         slos = {s["name"]: s for s in report["slos"]}
@@ -186,8 +196,8 @@ async def test_dead_letter_spike_fires_in_prometheus_and_slo_agrees(
         assert ours["count"] >= 1
         # the same quantiles as Prometheus' histogram_quantile over the same (now static) buckets
         for q in (0.5, 0.95, 0.99):
-            theirs = await prom.query(
-                f'histogram_quantile({q}, sum by (le) (tradeflow_processing_seconds_bucket{{consumer="bars-checker"}}))')
+            sel = 'tradeflow_processing_seconds_bucket{consumer="bars-checker"}'
+            theirs = await prom.query(f"histogram_quantile({q}, sum by (le) ({sel}))")
             assert len(theirs) == 1
             assert ours[f"p{q * 100:g}"] == pytest.approx(float(theirs[0]["value"][1]), rel=1e-9), q
 

@@ -92,15 +92,17 @@ def signal(symbol: str, ts: int, score: float, tag: str) -> Signal:
 
 def gate(ts: int, status: GateStatus, value: float | None, blockers: tuple[str, ...]) -> GateResult:
     return GateResult.new(ts_init=ts, ts_event=ts, gate="readiness", track="paper", metric="daily_sharpe",
-                          status=status, value=value, threshold=1.5, comparator=Comparator.GE, window_start=ts - 30 * 24 * H,
-                          window_end=ts, observations=30, blockers=blockers, config_hash=f"cfg-{status.value}")
+                          status=status, value=value, threshold=1.5, comparator=Comparator.GE,
+                          window_start=ts - 30 * 24 * H, window_end=ts, observations=30, blockers=blockers,
+                          config_hash=f"cfg-{status.value}")
 
 
 def registry(ts: int, version: str, stage: ModelStage) -> ModelRegistryEvent:
     return ModelRegistryEvent.new(ts_init=ts, ts_event=ts, model_id="mlp-btc", version=version, stage=stage,
                                   feature_set_version="fs-v1", config={"hidden": 32}, data_start=ts - 400 * 24 * H,
                                   data_end=ts - 30 * 24 * H, seed=7, metrics={"val_loss": 0.69},
-                                  checkpoint_path=f"var/models/mlp-btc-{version}.pt", checkpoint_sha256="c0ffee" * 10 + "abcd")
+                                  checkpoint_path=f"var/models/mlp-btc-{version}.pt",
+                                  checkpoint_sha256="c0ffee" * 10 + "abcd")
 
 
 # ---------------------------------------------------------------------------

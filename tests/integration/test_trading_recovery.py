@@ -45,7 +45,7 @@ from tests.integration.test_trading_agents import (  # noqa: F401 - trading_env 
     trading_env,
 )
 from topics.catalogue import physical_name
-from topics.records import Bar, ControlEvent, Fill, OrderUpdate, Signal, Side
+from topics.records import Bar, ControlEvent, Fill, OrderUpdate, Side, Signal
 from topics.schema import Record, codec_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -106,13 +106,14 @@ def test_every_rule_is_exercised_by_the_promtool_tests() -> None:
 
 def test_rule_metrics_are_the_ones_the_code_exposes() -> None:
     """Every tradeflow_/market_ metric a rule reads is registered by the instrumented modules."""
-    import agents.market.history  # noqa: F401
+    from prometheus_client import REGISTRY
+
+    import agents.market.history
     import agents.trading.agent  # noqa: F401
     import gpu_workers.agents  # noqa: F401
     import ops.faust_app  # noqa: F401
     import storage.sink  # noqa: F401
     from agents.market.live import default_collector_metrics
-    from prometheus_client import REGISTRY
 
     default_collector_metrics()
     exposed = {s for fam in REGISTRY.collect() for s in

@@ -497,3 +497,44 @@ def test_decision_key_when_symbol_unknown_then_model_and_star() -> None:
     assert d.key() == f"{MODEL}|*".encode()
     (d,) = decisions(window(eng, 1, P))
     assert d.key() == f"{MODEL}|{BTC}".encode()
+
+
+# ---------------------------------------------------------------------------
+# restart
+# ---------------------------------------------------------------------------
+
+
+def test_restarted_engine_when_restored_from_registry_and_audit_then_redelivery_counts_nothing_twice() -> None:
+    first = engine_with_active_and_shadow()
+    registry_log = [registry("v1", ModelStage.REGISTERED, T0 - 20 * DAY),
+                    registry("v1", ModelStage.ACTIVE, T0 - 19 * DAY),
+                    registry("v2", ModelStage.REGISTERED, T0 - 10 * DAY),
+                    registry("v2", ModelStage.SHADOW, T0 - 9 * DAY)]
+    out: list[Record] = []
+    out += window(first, 1, P).records
+    out += window(first, 2, P).records  # -> canary_10
+    out += window(first, 3, P).records  # 1/2 at canary_10
+    cmd = control(ControlCommand.ROLLOUT_PROMOTE, "v2", "n1", T0 + 3 * DAY + 1)
+    out += first.on_control(cmd).records  # -> canary_30
+    out += window(first, 4, F).records  # failing 1/2 at canary_30
+
+    restarted = GovernanceEngine(config(), KEYRING)
+    for ev in registry_log + [r for r in out if isinstance(r, ModelRegistryEvent)]:
+        restarted.on_registry(ev)
+    for d in decisions(Step(records=tuple(out))):
+        restarted.restore(d)
+    assert restarted.rollout(MODEL, BTC) == first.rollout(MODEL, BTC)
+    (d,) = decisions(restarted.on_control(cmd))  # the command redelivered: fresh nonce cache, still refused
+    assert d.action is RolloutAction.REJECTED and d.reason.startswith("replayed")
+    for req in REQUIRED:  # window 4 redelivered after the crash
+        assert restarted.on_gate(gate(req, F, T0 + 4 * DAY)).records == ()
+    (d,) = decisions(window(restarted, 5, F))
+    assert d.action is RolloutAction.ROLLBACK and d.restored_version == "v1"
+
+
+def test_registry_event_without_symbol_when_folded_then_noted_and_not_governed() -> None:
+    eng = GovernanceEngine(config(), KEYRING)
+    ev = dataclasses.replace(registry("v9", ModelStage.SHADOW, T0), config={"timeframe": "1h"})
+    step = eng.on_registry(ev)
+    assert step.note is not None and "symbol" in step.note and list(eng.rollouts()) == []
+    assert eng.stage_of(MODEL, "v9") is ModelStage.SHADOW

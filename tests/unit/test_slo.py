@@ -9,6 +9,7 @@ import math
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -98,8 +99,10 @@ def test_quantiles_match_promtool(tmp_path: Path) -> None:
     series = [{"series": f'tradeflow_processing_seconds_bucket{{instance="{s.label_map["instance"]}",'
                          f'consumer="bars-checker",le="{s.label_map["le"]}"}}', "values": f"{s.value:g}"}
               for s in samples() if s.name == "tradeflow_processing_seconds_bucket"]
-    tests = [{"expr": f"histogram_quantile({q}, sum by (le) (tradeflow_processing_seconds_bucket))", "eval_time": "0m",
-              "exp_samples": [{"labels": "{}", "value": rows[0].quantile(q)}]} for q in slo.QUANTILES]
+    expr = "histogram_quantile({q}, sum by (le) (tradeflow_processing_seconds_bucket))"
+    tests: list[dict[str, Any]] = [{"expr": expr.format(q=q), "eval_time": "0m",
+                                    "exp_samples": [{"labels": "{}", "value": rows[0].quantile(q)}]}
+                                   for q in slo.QUANTILES]
     doc = {"rule_files": [], "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]}
     path = tmp_path / "quantiles_test.yml"
     path.write_text(yaml.safe_dump(doc))
