@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(PY) -m ops.bench_features
 	$(PY) -m ops.bench_market
 	$(PY) -m ops.bench_models
+	$(PY) -m ops.bench_trading
+	$(PY) -m ops.bench_replay
 	$(PY) -m ops.bench_backtest
 	$(PY) -m ops.bench_dashboard
 

@@ -74,7 +74,7 @@ def _reference_outcome(r: ReferenceResult) -> Outcome:
 
 
 def _frame(bars: tuple[Bar, ...]) -> Any:
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 
     return pd.DataFrame(
         {
@@ -90,10 +90,10 @@ def _frame(bars: tuple[Bar, ...]) -> Any:
 
 def _backtesting_py(frame: Any, p: SmaCrossParams) -> tuple[Callable[[], Any], Callable[[Any], Outcome]]:
     """(timed run, result -> Outcome) for backtesting.py's canonical SmaCross, long-only."""
-    import backtesting.backtesting as bt_core
-    import pandas as pd
-    from backtesting import Backtest, Strategy
-    from backtesting.lib import crossover
+    import backtesting.backtesting as bt_core  # type: ignore[import-untyped,unused-ignore]
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+    from backtesting import Backtest, Strategy  # type: ignore[import-untyped,unused-ignore]
+    from backtesting.lib import crossover  # type: ignore[import-untyped,unused-ignore]
 
     bt_core._tqdm = lambda seq, **_: seq  # no progress bar: it only slows the peer down
 
@@ -135,7 +135,7 @@ def _backtesting_py(frame: Any, p: SmaCrossParams) -> tuple[Callable[[], Any], C
 
 
 def _vectorbt(frame: Any, p: SmaCrossParams) -> tuple[Callable[[], Any], Callable[[Any], Outcome]]:
-    import vectorbt as vbt
+    import vectorbt as vbt  # type: ignore[import-untyped,unused-ignore]
 
     close, open_ = frame["Close"], frame["Open"]
 
@@ -145,9 +145,8 @@ def _vectorbt(frame: Any, p: SmaCrossParams) -> tuple[Callable[[], Any], Callabl
         entries = fast.ma_crossed_above(slow).shift(1, fill_value=False)
         exits = fast.ma_crossed_below(slow).shift(1, fill_value=False)
         pf = vbt.Portfolio.from_signals(close, entries, exits, price=open_, fees=p.fee_rate,
-                                        init_cash=p.initial_cash, size=np.inf, size_granularity=np.nan if p.lot_size is None else p.lot_size,
-                                        
-                                        direction="longonly")
+                                        init_cash=p.initial_cash, size=np.inf, direction="longonly",
+                                        size_granularity=np.nan if p.lot_size is None else p.lot_size)
         return pf, float(pf.final_value())
 
     def outcome(res: Any) -> Outcome:
@@ -173,7 +172,7 @@ def _time(run: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
 def compare(ours: Outcome, peer: Outcome) -> dict[str, Any]:
     """Field-by-field verdict; ``identical`` only when every check holds."""
     first_diff = next((k for k, (a, b) in enumerate(zip(ours.fills, peer.fills, strict=False)) if a != b), None)
-    checks = {
+    checks: dict[str, Any] = {
         "final_equity_abs_diff": abs(ours.final_equity - peer.final_equity),
         "fees_abs_diff": abs(ours.fees - peer.fees),
         "trade_count": [ours.trade_count, peer.trade_count],

@@ -90,6 +90,8 @@ def create_app(s: WorkerSettings) -> Any:
         producer_max_request_size=8 * 1024 * 1024,
         stream_wait_empty=False,
         worker_redirect_stdouts=False,
+        # faust keeps table metadata in a directory per app; keep it out of the source tree
+        datadir=os.path.join(os.environ.get("TRADEFLOW_DATA_DIR", "var"), "faust", "{conf.id}-data"),
     )
 
     @app.page("/metrics")

@@ -163,7 +163,7 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
                 await asyncio.sleep(0.03)
 
         producer = asyncio.create_task(stream())
-        await wait_until(lambda: stored(n_ok + 300), 30, "the sink mid-stream", every=0.02)
+        await wait_until(lambda: stored(n_ok + 300), 30, "the sink mid-stream", every=0.1)
         print("DBG stopping", time.time(), flush=True)
         await asyncio.to_thread(own_pg.stop)
         t_down = time.monotonic()

@@ -342,7 +342,13 @@ async def test_dashboard_in_chromium_shows_live_state_and_refuses_without_token(
         assert data.startswith(b"\x89PNG") and len(data) > 20_000, name
         shutil.copy(tmp_path / name, ARTIFACTS / name)
     assert worker.alive
-    assert worker.stop() == 0
+    # an open event stream must not hold the worker's shutdown
+    async with aiohttp.ClientSession() as session, session.get(dash.base + "/events", headers=dash.auth) as stream:
+        assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+        assert (await asyncio.wait_for(stream.content.readuntil(b"\n\n"), 10)).startswith(b"retry:")
+        t_stop = time.monotonic()
+        assert await asyncio.to_thread(worker.stop) == 0
+        assert time.monotonic() - t_stop < 15
     logs = worker.output()
     assert TOKEN not in logs and SECRET not in logs
     assert time.monotonic() - t_start < 120
