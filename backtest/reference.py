@@ -213,8 +213,13 @@ class ReferenceResult:
 
     @property
     def turnover(self) -> float:
-        """Traded notional (both sides) over the initial cash."""
-        return self.traded_notional / self.params.initial_cash
+        """Traded notional (both sides) over the mean equity of the run.
+
+        Over the mean equity, not the initial cash: an all-in strategy that
+        compounded 10x would otherwise look 10x as active as it was.
+        """
+        mean_equity = float(np.mean(self.equity))
+        return self.traded_notional / mean_equity if mean_equity > 0.0 else math.inf
 
 
 def sma(values: FloatArray, window: int) -> FloatArray:

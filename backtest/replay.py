@@ -264,7 +264,8 @@ def _flip(p: Prediction) -> Prediction:
 def _infer(vectors: Sequence[FeatureVector | None], model: ReplayModel, trade_from: int) -> list[list[Signal]]:
     """Signals per position of ``vectors`` (None = no vector for that bar), batched per segment."""
     out: list[list[Signal]] = [[] for _ in vectors]
-    step = InferenceStep()
+    # the worker's window buffer, sized to the longest model window (the default 512 only costs copies here)
+    step = InferenceStep(max_window=max((s.predictor.window for s in model.segments), default=1))
     work: dict[int, tuple[ModelSegment, list[int], list[list[FeatureVector]]]] = {}
     for i, fv in enumerate(vectors):
         if fv is None:

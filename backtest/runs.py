@@ -12,7 +12,9 @@ the run's life cycle, each step a row state in ``backtest_runs``:
    returns that run id without running again (idempotent);
 2. the run record is inserted as ``running`` with config, config hash and
    the lineage known up front (code digest, engine versions);
-3. bars are read per symbol in one query each, warm-up included; the model
+3. bars are read per symbol in one query each, warm-up included (or, with
+   ``data_source="broker"``, from the ``market.bars`` topic in large
+   fetches, Postgres filling in what retention dropped); the model
    is loaded from the registry (checkpoint hash-verified) or trained
    walk-forward in-process (:mod:`backtest.walkforward`);
 4. :func:`backtest.replay.replay`, then :func:`backtest.metrics.compute_metrics`;
@@ -57,7 +59,8 @@ from agents.strategy.config import StrategyConfig
 from agents.trading.core import TradingConfig
 from backtest import store
 from backtest.metrics import LineageKeys, compute_metrics, fill_costs
-from backtest.replay import INVERTED_SUFFIX, ReplayConfig, ReplayModel, ReplayResult, replay
+from backtest.replay import INVERTED_SUFFIX, ReplayConfig, ReplayModel, ReplayResult, order_bars, replay
+from backtest.source import read_topic_bars
 from backtest.walkforward import PolarityMode, WalkForwardSpec, train_walk_forward
 from models.config import InvalidConfig, ModelConfig
 from models.dataset import DatasetError, SplitError, closes_by_open_time
@@ -65,6 +68,7 @@ from models.inference import Predictor
 from topics.records import Bar, Timeframe
 
 __all__ = [
+    "DATA_SOURCES",
     "SOURCES",
     "STRATEGIES",
     "BacktestFailed",
@@ -77,6 +81,7 @@ __all__ = [
 ]
 
 SOURCES = ("prod", "maintenance", "smoke", "async_test")
+DATA_SOURCES = ("postgres", "broker")
 #: Known strategy ids -> their sizing config (one today; more are new entries here).
 STRATEGIES: Mapping[str, StrategyConfig] = MappingProxyType({"tanh-sizer": StrategyConfig()})
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}(:[A-Z0-9]{1,20})?$")
@@ -131,6 +136,9 @@ class BacktestRequest:
     polarity: str = PolarityMode.NORMAL.value
     #: Bars before ``start`` read for warm-up; None = feature window + model window.
     warmup_bars: int | None = None
+    #: ``postgres`` (the ``bars`` table) or ``broker`` (the ``market.bars`` topic, Postgres for what
+    #: retention has dropped).
+    data_source: str = "postgres"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "symbols", tuple(self.symbols))
@@ -147,7 +155,7 @@ class BacktestRequest:
             "impact_coefficient_bps": self.impact_coefficient_bps, "initial_cash": self.initial_cash,
             "models": list(self.models), "walk_forward_windows": self.walk_forward_windows,
             "model_params": dict(sorted(self.model_params.items())), "polarity": self.polarity,
-            "warmup_bars": self.warmup_bars,
+            "warmup_bars": self.warmup_bars, "data_source": self.data_source,
         }
 
     def request_hash(self) -> str:
@@ -198,6 +206,8 @@ class BacktestRequest:
             out.append("models must be model_id@version")
         if self.warmup_bars is not None and self.warmup_bars < 0:
             out.append("warmup_bars must be >= 0")
+        if self.data_source not in DATA_SOURCES:
+            out.append(f"data_source must be one of {list(DATA_SOURCES)}, got {self.data_source!r}")
         return out
 
     def trading_config(self) -> TradingConfig:
@@ -258,13 +268,18 @@ def _hash_json(doc: Any) -> str:
 # ---------------------------------------------------------------------------
 
 
-def run_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = False) -> str:
+def run_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = False,
+                 broker: tuple[str, str] | None = None) -> str:
     """Synchronous :func:`arun_backtest` (not from inside a running event loop)."""
-    return asyncio.run(arun_backtest(request, dsn, rerun=rerun))
+    return asyncio.run(arun_backtest(request, dsn, rerun=rerun, broker=broker))
 
 
-async def arun_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = False) -> str:
-    """Run (or return the finished run of) ``request``; the run id. See the module docstring."""
+async def arun_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = False,
+                        broker: tuple[str, str] | None = None) -> str:
+    """Run (or return the finished run of) ``request``; the run id. See the module docstring.
+
+    ``broker`` = (bootstrap, namespace), needed when ``request.data_source == "broker"``.
+    """
     rhash = request.request_hash()
     config = _config_doc(request)
     lineage: dict[str, Any] = {"code_digest": code_digest(), "feature_set_version": DEFAULT_SPEC.version,
@@ -288,7 +303,7 @@ async def arun_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = Fal
         if not await store.insert_run(conn, row):
             raise BacktestFailed(run_id, f"run {run_id} was started concurrently by another process")
         try:
-            await _execute(conn, request, run_id, lineage)
+            await _execute(conn, request, run_id, lineage, broker)
         except (ValueError, InvalidConfig, DatasetError, SplitError) as exc:
             await store.mark_failed(conn, run_id, str(exc), lineage)
             raise BacktestRequestError(run_id, str(exc)) from exc
@@ -303,15 +318,27 @@ async def arun_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = Fal
         await conn.close()
 
 
-async def _load_bars(conn: store.Conn, request: BacktestRequest, warmup: int,
-                     lineage: dict[str, Any]) -> list[Bar]:
+async def _load_bars(conn: store.Conn, request: BacktestRequest, warmup: int, lineage: dict[str, Any],
+                     broker: tuple[str, str] | None) -> list[Bar]:
+    """Per symbol: topic bars where the broker holds them, Postgres bars before that (or all of them)."""
     tf = request.timeframe
+    lo = request.start_ns - warmup * tf.nanos
+    topic: list[Bar] = []
+    if request.data_source == "broker":
+        if broker is None:
+            raise ValueError("data_source 'broker' needs the broker's bootstrap address")
+        read = await read_topic_bars(broker[0], broker[1], request.symbols, tf, lo, request.end_ns)
+        topic = read.bars
+        lineage["broker_read"] = {"messages": read.messages, "undecodable": read.undecodable,
+                                  "partitions": read.partitions, "matching_bars": len(read.bars)}
     bars: list[Bar] = []
     data: dict[str, Any] = {}
     for sym in request.symbols:
-        venues = await store.symbol_venues(conn, sym, tf)
+        mine = [b for b in topic if b.symbol == sym]
+        venues = sorted(set(await store.symbol_venues(conn, sym, tf)) | {b.venue for b in mine})
         if not venues:
-            raise ValueError(f"unknown symbol {sym!r}: no {tf.value} bars of it in Postgres")
+            raise ValueError(f"unknown symbol {sym!r}: no {tf.value} bars of it in Postgres"
+                             + (" or on the broker" if request.data_source == "broker" else ""))
         if request.venue is not None:
             if request.venue not in venues:
                 raise ValueError(f"no {tf.value} bars of {sym} from venue {request.venue!r} (venues: {venues})")
@@ -320,17 +347,21 @@ async def _load_bars(conn: store.Conn, request: BacktestRequest, warmup: int,
             raise ValueError(f"{sym} has bars from several venues {venues}: name one (venue)")
         else:
             venue = venues[0]
-        rows = await store.bars_in_range(conn, venue, sym, tf, request.start_ns - warmup * tf.nanos,
-                                         request.end_ns)
-        in_range = sum(1 for b in rows if b.open_time >= request.start_ns)
+        mine = [b for b in mine if b.venue == venue]
+        cut = min((b.open_time for b in mine), default=request.end_ns)
+        rows = await store.bars_in_range(conn, venue, sym, tf, lo, cut) if cut > lo else []
+        sym_bars = order_bars([*mine, *rows])
+        in_range = sum(1 for b in sym_bars if b.open_time >= request.start_ns)
         if in_range == 0:
             raise ValueError(f"empty range: no {tf.value} bars of {sym} with {request.start_ns} <= open_time < "
                              f"{request.end_ns}")
-        data[sym] = {"venue": venue, "bars_in_range": in_range, "warmup_bars": len(rows) - in_range,
-                     "sources": sorted({b.source for b in rows}),
-                     "bar_digest": _hash_json(sorted(b.event_id for b in rows))[:16]}
-        bars.extend(rows)
+        data[sym] = {"venue": venue, "bars_in_range": in_range, "warmup_bars": len(sym_bars) - in_range,
+                     "from_broker": len(mine), "from_postgres": len(rows),
+                     "sources": sorted({b.source for b in sym_bars}),
+                     "bar_digest": _hash_json(sorted(b.event_id for b in sym_bars))[:16]}
+        bars.extend(sym_bars)
     lineage["data"] = data
+    lineage["data_source"] = "broker+postgres" if request.data_source == "broker" else "postgres:bars"
     return bars
 
 
@@ -372,13 +403,13 @@ def _warmup(request: BacktestRequest) -> int:
     return DEFAULT_SPEC.window + window
 
 
-async def _prepare(conn: store.Conn, request: BacktestRequest,
-                   lineage: dict[str, Any]) -> tuple[list[Bar], ReplayConfig, ReplayModel]:
+async def _prepare(conn: store.Conn, request: BacktestRequest, lineage: dict[str, Any],
+                   broker: tuple[str, str] | None) -> tuple[list[Bar], ReplayConfig, ReplayModel]:
     """Bars (one query per symbol) and the model; raises ValueError for a bad request."""
     problems = request.problems()
     if problems:
         raise ValueError("bad backtest request: " + "; ".join(problems))
-    bars = await _load_bars(conn, request, _warmup(request), lineage)
+    bars = await _load_bars(conn, request, _warmup(request), lineage, broker)
     config = ReplayConfig(trading=request.trading_config(), trade_from_ns=request.start_ns)
     if request.walk_forward_windows > 0:
         spec = WalkForwardSpec(n_windows=request.walk_forward_windows, model=request.walk_forward_model(),
@@ -393,21 +424,23 @@ async def _prepare(conn: store.Conn, request: BacktestRequest,
     return bars, config, model
 
 
-async def areplay_request(request: BacktestRequest, dsn: str) -> tuple[ReplayResult, dict[str, Any]]:
+async def areplay_request(request: BacktestRequest, dsn: str, *,
+                          broker: tuple[str, str] | None = None) -> tuple[ReplayResult, dict[str, Any]]:
     """Replay a request's bars and model without writing a run (``tradeflow replay``): (result, lineage)."""
     lineage: dict[str, Any] = {"code_digest": code_digest(), "feature_set_version": DEFAULT_SPEC.version,
                                "data_source": "postgres:bars"}
     conn = await asyncpg.connect(dsn)
     try:
-        bars, config, model = await _prepare(conn, request, lineage)
+        bars, config, model = await _prepare(conn, request, lineage, broker)
     finally:
         await conn.close()
     result = await asyncio.to_thread(replay, bars, config, model)
     return result, lineage
 
 
-async def _execute(conn: store.Conn, request: BacktestRequest, run_id: str, lineage: dict[str, Any]) -> None:
-    bars, config, model = await _prepare(conn, request, lineage)
+async def _execute(conn: store.Conn, request: BacktestRequest, run_id: str, lineage: dict[str, Any],
+                   broker: tuple[str, str] | None) -> None:
+    bars, config, model = await _prepare(conn, request, lineage, broker)
     result = await asyncio.to_thread(replay, bars, config, model)
     keys = _lineage_keys(lineage["models"])
     metrics = compute_metrics(result, symbols=request.symbols, initial_cash=request.initial_cash, lineage=keys)

@@ -15,7 +15,7 @@ sqrt(365)``; ``None`` (missing, not 0.0) with fewer than 2 daily returns or a
 zero stdev. A bar closing exactly at 00:00 UTC counts to the day it closes.
 
 Activity constraints: a candidate with fewer than ``min_trades`` round trips
-or a turnover (traded notional, both sides, over the initial cash) below
+or a turnover (traded notional, both sides, over the run's mean equity) below
 ``min_turnover`` is *infeasible*, with the reason, and so is one whose score
 is undefined. Infeasible candidates are never winners, whatever their score:
 "never trade" (a flat equity curve) cannot win. Ranking: feasible first by

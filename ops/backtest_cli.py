@@ -14,7 +14,9 @@
 ``backtest run`` prints one JSON object (run id, status, decision hash,
 total metrics); ``replay`` runs the same replay without writing a run and
 prints the decision hash (two replays of the same range and model print the
-same hash). Bars come from the ``bars`` table (``--dsn``).
+same hash). Bars come from the ``bars`` table (``--dsn``), or with
+``--data-source broker`` from the ``market.bars`` topic (``--bootstrap``,
+``--namespace``) with Postgres for what the broker no longer holds.
 
 Exit codes: 0 ok; 1 the run failed (bad request: inverted or empty range,
 unknown symbol, missing model ...; the failed run record is written and its
@@ -65,6 +67,7 @@ def _request(a: argparse.Namespace) -> Any:
         fee_bps=a.fee_bps, slippage_bps=a.slippage_bps, impact_coefficient_bps=a.impact_coef_bps,
         initial_cash=a.initial_cash, models=tuple(a.models or ()), walk_forward_windows=a.walk_forward,
         model_params=_params(a.hp or []), polarity=a.polarity, warmup_bars=a.warmup_bars,
+        data_source=a.data_source,
     )
 
 
@@ -115,7 +118,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     except ValueError as exc:
         return _usage(exc)
     try:
-        run_id = asyncio.run(arun_backtest(request, a.dsn, rerun=a.rerun))
+        run_id = asyncio.run(arun_backtest(request, a.dsn, rerun=a.rerun, broker=(a.bootstrap, a.namespace)))
     except (BacktestRequestError, BacktestFailed) as exc:
         print(json.dumps({"run_id": exc.run_id, "status": "failed", "error": str(exc)}))
         print(f"backtest failed: {exc}", file=sys.stderr)
@@ -183,13 +186,14 @@ def cmd_replay(a: argparse.Namespace) -> int:
     except ValueError as exc:
         return _usage(exc)
     try:
-        result, lineage = asyncio.run(areplay_request(request, a.dsn))
+        result, lineage = asyncio.run(areplay_request(request, a.dsn, broker=(a.bootstrap, a.namespace)))
     except ValueError as exc:
         print(f"replay failed: {exc}", file=sys.stderr)
         return EXIT_FAIL
     print(json.dumps({"decision_hash": result.hash, "records": len(result.records), "bars": result.n_bars,
                       "traded_bars": result.n_traded_bars, "signals": len(result.signals),
-                      "fills": len(result.fills), "data": lineage.get("data")}, sort_keys=True))
+                      "fills": len(result.fills), "data": lineage.get("data"),
+                      "broker_read": lineage.get("broker_read")}, sort_keys=True))
     return EXIT_OK
 
 
@@ -212,6 +216,8 @@ def _request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hp", action="append", help="walk-forward model hyperparameter name=value (repeatable)")
     p.add_argument("--polarity", default="normal", choices=["normal", "auto_train_ic", "auto_train_pnl"])
     p.add_argument("--warmup-bars", type=int, default=None)
+    p.add_argument("--data-source", default="postgres", choices=["postgres", "broker"],
+                   help="bars table, or the market.bars topic (large fetches; Postgres for what it no longer holds)")
 
 
 def add_parsers(sub: Any, infra: Any) -> None:

@@ -107,16 +107,16 @@ class Observers:
         async with session.get(url) as resp:
             resp.raise_for_status()
             ready.set()
-            data: list[bytes] = []
-            async for line in resp.content:
-                if line.startswith(b"data: "):
-                    data.append(line[6:].rstrip(b"\n"))
-                elif line == b"\n" and data:
-                    now = time.perf_counter()
-                    snap = orjson.loads(b"".join(data))
-                    data = []
-                    for p in snap["portfolios"]:
-                        self.dashboard.setdefault(p["as_of_event_id"], now)
+            buf = b""
+            async for chunk in resp.content.iter_any():  # frames can exceed aiohttp's line limit
+                now = time.perf_counter()
+                buf += chunk
+                while b"\n\n" in buf:
+                    frame, buf = buf.split(b"\n\n", 1)
+                    data = b"".join(ln[6:] for ln in frame.split(b"\n") if ln.startswith(b"data: "))
+                    if data:
+                        for p in orjson.loads(data)["portfolios"]:
+                            self.dashboard.setdefault(p["as_of_event_id"], now)
 
 
 async def _load_client(session: aiohttp.ClientSession, url: str, ready: asyncio.Event) -> None:

@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.control_cli import add_parsers as add_control_parsers
 
     add_control_parsers(sub, infra)
+    from ops.tuning_cli import add_parsers as add_tuning_parsers
+
+    add_tuning_parsers(sub, infra)
 
     from ops.backtest_cli import add_parsers as add_backtest_parsers
 

@@ -67,6 +67,8 @@ class WorkerSettings:
 
 
 def create_app(s: WorkerSettings) -> Any:
+    data_root = os.path.join(os.environ.get("TRADEFLOW_DATA_DIR", "var"), "faust")
+    os.makedirs(data_root, exist_ok=True)
     app = TunedApp(
         s.app_id,
         broker=f"kafka://{s.bootstrap}",
@@ -91,7 +93,7 @@ def create_app(s: WorkerSettings) -> Any:
         stream_wait_empty=False,
         worker_redirect_stdouts=False,
         # faust keeps table metadata in a directory per app; keep it out of the source tree
-        datadir=os.path.join(os.environ.get("TRADEFLOW_DATA_DIR", "var"), "faust", "{conf.id}-data"),
+        datadir=os.path.join(data_root, "{conf.id}-data"),
     )
 
     @app.page("/metrics")

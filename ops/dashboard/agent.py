@@ -247,6 +247,13 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             dirty.set()
             await asyncio.sleep(DB_PROBE_S)
 
+    async def end_streams(_: web.Application) -> None:
+        # aiohttp runs on_shutdown before it waits for open handlers: without this an
+        # open event stream would hold the worker's stop for the handler timeout (60 s).
+        hub.close_all()
+
+    app.web.web_app.on_shutdown.append(end_streams)
+
     @app.page("/dashboard")  # type: ignore[untyped-decorator]
     async def dashboard_page(self: Any, request: Any) -> Any:
         if not allowed(request):

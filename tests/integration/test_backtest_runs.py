@@ -254,3 +254,28 @@ def _iso(ns: int) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).isoformat()
+
+
+async def test_broker_source_with_postgres_for_what_retention_dropped(dsn: str, broker: Any,
+                                                                       namespace: str) -> None:
+    """The topic holds only the newer bars (older ones "expired"); Postgres has all of them.
+    The run reads the topic in large fetches, fills in the older part from Postgres, and
+    decides exactly what the Postgres-only run decides."""
+    from ops.publish import RecordPublisher
+
+    await _load(dsn)
+    async with RecordPublisher(broker.bootstrap, namespace, name="test") as pub:
+        await pub.publish(BARS[300:], topic="market.bars")
+        await pub.send_raw("market.bars", b"{not a bar", key=b"BTC/USDT|1h")
+    req = _wf(data_source="broker")
+    run_id = await arun_backtest(req, dsn, broker=(broker.bootstrap, namespace))
+    row = await _run_row(dsn, run_id)
+    assert row["status"] == "succeeded", row["error"]
+    data = row["lineage"]["data"][SYMBOL]
+    assert data["from_broker"] == 400 and data["from_postgres"] == 300 - (100 - 81)
+    assert row["lineage"]["broker_read"]["messages"] == 401 and row["lineage"]["broker_read"]["undecodable"] == 1
+    pg_only = await arun_backtest(_wf(), dsn)
+    assert (await _run_row(dsn, pg_only))["decision_hash"] == row["decision_hash"]
+    # without a broker address the request cannot be served: a failed run, a clear error
+    with pytest.raises(BacktestRequestError, match="needs the broker"):
+        await arun_backtest(req, dsn, rerun=True)

@@ -25,7 +25,9 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -114,7 +116,7 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byte
     req = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, r.read(65536)
+            return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
 
@@ -352,3 +354,73 @@ async def test_dashboard_in_chromium_shows_live_state_and_refuses_without_token(
     logs = worker.output()
     assert TOKEN not in logs and SECRET not in logs
     assert time.monotonic() - t_start < 120
+
+
+async def test_slow_client_is_dropped_and_counted_while_others_keep_up(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that never reads is disconnected (bounded queue), a reading client gets every update."""
+    monkeypatch.delenv("TRADEFLOW_DASHBOARD_TOKEN", raising=False)
+    monkeypatch.delenv("TRADEFLOW_DASHBOARD_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS", "0")
+    monkeypatch.setenv("TRADEFLOW_DASHBOARD_QUEUE", "2")
+    port = free_port()
+    procs.cli("worker", "worker", "--bootstrap", broker.bootstrap, "--namespace", namespace, "--dsn", dsn,
+              "--web-port", str(port), "--agents", "dashboard")
+    dash = Dash(port)
+    dash.auth = {}
+    await dash.until("the dashboard to serve its state", lambda s: True, procs, timeout=90)
+
+    slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # and never read: the server's writes back up
+    slow.connect(("127.0.0.1", port))
+    slow.sendall(b"GET /dashboard/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    n_gates = 120
+    seen: list[int] = []
+
+    async def reader(stream: aiohttp.ClientResponse) -> None:
+        buf = b""
+        async for chunk in stream.content.iter_any():
+            buf += chunk
+            while b"\n\n" in buf:
+                frame, buf = buf.split(b"\n\n", 1)
+                data = b"".join(line[6:] for line in frame.split(b"\n") if line.startswith(b"data: "))
+                if data:
+                    seen.append(len(json.loads(data)["gates"]))
+
+    try:
+        async with aiohttp.ClientSession() as session, session.get(dash.base + "/events") as stream, \
+                RecordPublisher(broker.bootstrap, namespace) as pub:
+            task = asyncio.create_task(reader(stream))
+            await dash.until("both streams connected", lambda s: s["clients"]["connected"] == 2, procs)
+            a = time.time_ns()
+            blockers = tuple(f"blocker {j}: " + "x" * 200 for j in range(20))  # ~4 KB per gate row
+            for i in range(n_gates):  # every record its own update: frames of growing size
+                g = gate(a + i, GateStatus.FAILED, 0.1, blockers)
+                await pub.publish([dataclasses_replace_gate(g, f"g{i:03d}")])
+            s = await dash.until("the slow client dropped", lambda s: s["clients"]["dropped"] >= 1, procs, 60)
+            assert s["clients"]["connected"] == 1
+            await wait_until(lambda: _true(bool(seen) and seen[-1] == n_gates), 30, "the reading client's last frame")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        status, metrics = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert re.search(rb'tradeflow_dashboard_clients_dropped_total\{reason="slow_client"\} [1-9]', metrics)
+        final = await dash.state()
+        assert final is not None and len(final["gates"]) == n_gates
+        gates_topic = next(t for t in final["health"]["topics"] if t["topic"] == "gates.results")
+        assert gates_topic["consumed"] == n_gates and gates_topic["lag"] == 0
+    finally:
+        slow.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def dataclasses_replace_gate(g: GateResult, name: str) -> GateResult:
+    """``g`` as gate ``name`` (its own key and event id)."""
+    return GateResult.new(ts_init=g.ts_init, ts_event=g.ts_event, gate=name, track=g.track, metric=g.metric,
+                          status=g.status, value=g.value, threshold=g.threshold, comparator=g.comparator,
+                          window_start=g.window_start, window_end=g.window_end, observations=g.observations,
+                          blockers=g.blockers, config_hash=g.config_hash)

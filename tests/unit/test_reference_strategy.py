@@ -265,7 +265,7 @@ def test_fill_at_next_open_fee_on_notional_whole_units() -> None:
     assert r.equity[5] == pytest.approx(1_000.0 - 79 * 12.5 * 1.01 + 79 * 13.0)  # marked at bar 5's close
     assert r.trades[0].pnl == pytest.approx(79 * (10.5 - 12.5) - (79 * 12.5 + 79 * 10.5) * 0.01)
     assert r.final_equity == pytest.approx(1_000.0 + sum(t.pnl for t in r.trades))
-    assert r.turnover == pytest.approx(79 * (12.5 + 10.5) / 1_000.0)
+    assert r.turnover == pytest.approx(79 * (12.5 + 10.5) / float(np.mean(r.equity)))
 
 
 def test_cross_on_last_bar_does_not_trade_and_unaffordable_entry_is_counted() -> None:
