@@ -38,8 +38,9 @@ Input order
 Inputs come from three topics; the live agent saw them in arrival order, the
 one thing about a live run that is not a function of the records. The audit
 uses the agent's input journal (``trading_input_journal``: one row per
-consumed input, in consumption order, written by the agent with its state
-checkpoint) when it exists and covers the inputs; otherwise the canonical
+applied input, in order, with the arrival bound of the core's clock, written
+by the agent in the transaction of its state checkpoint) when the account
+has one, replayed from its first entry; otherwise the canonical
 order ``(ts_event, control < bars < signals, symbol, partition, offset)``, which is
 the arrival order of a live feed whose records are stamped on arrival. A
 divergence under the canonical order can mean the live arrival order was
@@ -184,17 +185,18 @@ def _differing(p: str, q: str) -> tuple[str, ...]:
     return tuple(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))
 
 
-def replay_outputs(config: TradingConfig, keyring: Keyring, inputs: Iterable[Record]) -> list[Record]:
-    """Every output of a fresh core fed ``inputs`` in order (no wall clock)."""
+def replay_outputs(config: TradingConfig, keyring: Keyring,
+                   inputs: Iterable[tuple[Record, int | None]]) -> list[Record]:
+    """Every output of a fresh core fed ``(input, arrival bound)`` in order (no wall clock)."""
     core = TradingCore(config, keyring)
     out: list[Record] = []
-    for rec in inputs:
+    for rec, arrival in inputs:
         if isinstance(rec, Bar):
-            out += core.on_bar(rec).records
+            out += core.on_bar(rec, arrival).records
         elif isinstance(rec, Signal):
-            out += core.on_signal(rec).records
+            out += core.on_signal(rec, arrival).records
         elif isinstance(rec, ControlEvent):
-            out += core.on_control(rec).records
+            out += core.on_control(rec, arrival).records
         else:  # pragma: no cover - load_inputs yields only these
             raise TypeError(f"not a trading input: {type(rec).__name__}")
     return out
@@ -325,19 +327,39 @@ class AuditReport:
         }
 
 
-async def _journal_order(conn: asyncpg.Connection, account: str) -> list[str] | None:
+async def _journal(conn: asyncpg.Connection, account: str) -> list[asyncpg.Record]:
     exists = await conn.fetchval("SELECT to_regclass('trading_input_journal') IS NOT NULL")
     if not exists:
-        return None
-    rows = await conn.fetch("SELECT event_id FROM trading_input_journal WHERE account = $1 ORDER BY seq", account)
-    return [r["event_id"] for r in rows] or None
+        return []
+    return list(await conn.fetch(
+        "SELECT seq, topic, event_id, arrival_ns FROM trading_input_journal WHERE account = $1 ORDER BY seq",
+        account))
 
 
 async def load_inputs(conn: asyncpg.Connection, config: TradingConfig, history_from_ns: int,
-                      end_ns: int) -> tuple[list[Record], str]:
-    """The account's recorded inputs up to ``end_ns``, in consumption order; and which order that is."""
+                      end_ns: int) -> tuple[list[tuple[Record, int | None]], str]:
+    """The account's recorded inputs with their arrival bounds, in consumption order; and which order that is.
+
+    With a journal: every journaled input (from the first: the state is rebuilt
+    from the account's whole history), with the arrival bound the agent used.
+    Without: inputs with ``history_from <= ts_event < end`` in canonical order.
+    """
+    classes = dict(INPUTS)
+    journal = await _journal(conn, config.account)
+    if journal:
+        payloads: dict[str, str] = {}
+        for name, _ in INPUTS:
+            ids = [r["event_id"] for r in journal if r["topic"] == name]
+            sql = f"SELECT event_id, payload::text AS p FROM {spec(name).table} WHERE event_id = ANY($1::text[])"  # noqa: S608
+            payloads.update({r["event_id"]: r["p"] for r in await conn.fetch(sql, ids)})
+        missing = [r["event_id"] for r in journal if r["event_id"] not in payloads]
+        if missing:
+            raise ValueError(f"{len(missing)} journaled inputs are not stored yet (first {missing[0]}); "
+                             "wait for the sink to catch up and run the audit again")
+        return [(codec_for(classes[r["topic"]]).decode(payloads[r["event_id"]]), r["arrival_ns"])
+                for r in journal], "journal"
     timeframes = [t.value for t in config.timeframes]
-    loaded: dict[str, tuple[tuple[int, int, str, int, int], Record]] = {}
+    loaded: list[tuple[tuple[int, int, str, int, int], Record]] = []
     for name, cls in INPUTS:
         table = spec(name).table
         extra = " AND payload->>'timeframe' = ANY($3::text[])" if cls is Bar else ""
@@ -345,16 +367,11 @@ async def load_inputs(conn: asyncpg.Connection, config: TradingConfig, history_f
         codec = codec_for(cls)
         sql = (f"SELECT event_id, ts_event, kafka_partition, kafka_offset, payload::text AS p "  # noqa: S608
                f"FROM {table} WHERE ts_event >= $1 AND ts_event < $2{extra}")  # table names from the catalogue
-        rows = await conn.fetch(sql, *args)
-        for r in rows:
+        for r in await conn.fetch(sql, *args):
             rec = codec.decode(r["p"])
             tie = str(getattr(rec, "symbol", ""))
-            loaded[r["event_id"]] = ((r["ts_event"], _INPUT_RANK[name], tie, r["kafka_partition"], r["kafka_offset"]),
-                                     rec)
-    journal = await _journal_order(conn, config.account)
-    if journal is not None and all(e in loaded for e in journal) and len(set(journal)) == len(loaded):
-        return [loaded[e][1] for e in journal], "journal"
-    return [rec for _, rec in sorted(loaded.values(), key=lambda kv: kv[0])], "canonical"
+            loaded.append(((r["ts_event"], _INPUT_RANK[name], tie, r["kafka_partition"], r["kafka_offset"]), rec))
+    return [(rec, None) for _, rec in sorted(loaded, key=lambda kv: kv[0])], "canonical"
 
 
 async def load_recorded(conn: asyncpg.Connection, start_ns: int, end_ns: int) -> list[tuple[Record, Item]]:

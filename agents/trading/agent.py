@@ -89,6 +89,12 @@ The arrival bound of the core's clock is the message's broker timestamp (end
 of its millisecond), not the worker's wall clock: a re-processed message
 then meets the same bound as the first time, which exact recovery needs.
 
+Input journal: with each checkpoint, in the same transaction, the batch's
+decoded inputs are appended to ``trading_input_journal`` (migration 012) in
+the order they were applied, with their arrival bound: the interleaving of
+the three input topics is the one fact of a live run not in the records, and
+``tradeflow audit`` replays exactly that order (:mod:`ops.audit`).
+
 A checkpoint is refused (exit 2) when it was built with another trading
 configuration, another format, a control key no longer in the keyring, or
 its MAC fails; delete the account's row to start it flat. Cost: the whole
@@ -258,6 +264,13 @@ def _restore(live: _Live, dsn: str, keyring: Keyring, config_hash: str) -> None:
         loop.close()
 
 
+#: The input journal (migration 012): the order inputs were applied, for an exact audit replay.
+JOURNAL_INSERT = (
+    "INSERT INTO trading_input_journal (account, seq, topic, kafka_partition, kafka_offset, event_id, arrival_ns) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (account, seq) DO NOTHING"
+)
+
+
 def _arrival_ns(msg: Any) -> int | None:
     """Upper bound of the message's arrival: the end of its broker timestamp's millisecond.
 
@@ -343,8 +356,9 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             return
         hook_perform_seek()  # faust's recovery calls it right after this signal
 
-    async def checkpoint() -> None:
-        """Snapshot -> flush outputs -> upsert; an exception here crashes the worker (nothing is acked)."""
+    async def checkpoint(journal: list[tuple[Any, ...]]) -> None:
+        """Snapshot -> flush outputs -> journal + upsert in one transaction; an exception here crashes
+        the worker (nothing is acked)."""
         t0 = time.perf_counter()
         cp = seal(live.core, config_hash=config_hash, offsets=live.offsets(), events_applied=live.events,
                   keyring=keyring)
@@ -353,7 +367,10 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             import asyncpg
 
             db.append(await asyncpg.connect(ctx.dsn))
-        await save_checkpoint(db[0], cp)
+        async with db[0].transaction():
+            if journal:
+                await db[0].executemany(JOURNAL_INSERT, journal)
+            await save_checkpoint(db[0], cp)
         checkpoint_seconds.observe(time.perf_counter() - t0)
         CHECKPOINT_BYTES.labels(account).set(len(cp.state))
 
@@ -405,6 +422,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
             t0 = time.perf_counter()
             applied = 0
+            journal: list[tuple[Any, ...]] = []
             for event in events:
                 msg = event.message
                 tp = (msg.topic, msg.partition)
@@ -417,7 +435,9 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
                     if name == "control":
                         publish(undecodable_control(event))
                 else:
-                    step = handle(live.core, rec, _arrival_ns(msg))
+                    arrival = _arrival_ns(msg)
+                    journal.append((account, live.events, name, msg.partition, msg.offset, rec.event_id, arrival))
+                    step = handle(live.core, rec, arrival)
                     for out in step.records:
                         publish(out)
                     observe(step)
@@ -425,7 +445,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
                 live.events += 1
                 applied += 1
             if applied:
-                await checkpoint()
+                await checkpoint(journal)
             state = live.core.portfolio_state()
             EQUITY.labels(account).set(state.equity)
             DRAWDOWN.labels(account).set(state.drawdown)

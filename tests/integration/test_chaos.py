@@ -24,6 +24,7 @@ import random
 import signal as sig
 import time
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,98 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
     finally:
         await conn.close()
     assert downtime > 2.0
+
+
+# ---------------------------------------------------------------------------
+# 3. broker lost
+# ---------------------------------------------------------------------------
+
+#: how long a worker may take to notice a lost broker and stop (watchdog: 2 s probes, 2 failures, 5 s timeouts)
+BROKER_LOST_BOUND_S = 30.0
+ORDER_TOPICS = ("orders.intents", "risk.decisions", "orders.updates", "fills")
+
+
+@pytest.fixture
+def trading_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the trading worker needs to start (Procs passes os.environ to the subprocesses)."""
+    monkeypatch.setenv("TRADEFLOW_CONTROL_KEY_OPS1", "chaos-drill-control-key-0123456789abcdef")
+    monkeypatch.setenv("TRADEFLOW_TRADING_SYMBOLS", "BTC/USDT")
+    monkeypatch.setenv("TRADEFLOW_TRADING_TIMEFRAMES", "1h")
+
+
+async def records_on(bootstrap: str, topic: str, wait_s: float = 3.0) -> int:
+    """How many records ``topic`` holds, by reading it from the start (end offsets are unreliable on tansu)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(spec(topic.split(".", 1)[1]).partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        n, deadline = 0, time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            n += sum(len(v) for v in batch.values())
+        return n
+    finally:
+        await consumer.stop()
+
+
+async def test_broker_killed_under_trading_when_restarted_empty_then_workers_stop_loudly_and_no_order_follows(
+    dsn: str, procs: Procs, trading_env: None, tmp_path: Path
+) -> None:
+    from tests.integration.test_trading_agents import BTC_FILE, H, Feed, anchor_ns, bars, signal
+
+    ns = f"bl{uuid.uuid4().hex[:8]}"
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 6, a)  # closes a-5h .. a
+    b = EmbeddedBroker(log_path=tmp_path / "tansu-1.log").start()
+    b2: EmbeddedBroker | None = None
+    try:
+        await ensure_topics(b.bootstrap, namespace=ns)
+        port = free_port()
+        worker = procs.cli("worker", "worker", "--bootstrap", b.bootstrap, "--namespace", ns, "--dsn", dsn,
+                           "--web-port", str(port), "--agents", "trading")
+        worker.extra["web_port"] = port
+        sink = procs.sink(b.bootstrap, ns, dsn)
+        async with RecordPublisher(b.bootstrap, ns) as pub:
+            feed = Feed(pub, procs, worker.extra["web_port"])
+            await feed.send(*btc[:4], timeout=90)
+            await feed.send(signal("BTC/USDT", a - 2 * H, 0.9, "before"), btc[4])  # an order, filled on btc[4]
+
+        async def order_filled() -> bool:
+            return int(await fetchval(dsn, "SELECT count(*) FROM ev_fills")) >= 1
+
+        await wait_until(order_filled, 30, "the order before the drill filled and stored", watch=procs)
+        intents_before = int(await fetchval(dsn, "SELECT count(*) FROM ev_order_intents"))
+        assert intents_before == 1
+
+        # the broker process dies (SIGKILL: no goodbye), and a supervisor brings an empty one back at once
+        assert b.proc is not None
+        b.proc.kill()
+        b.proc.wait(5)
+        t_kill = time.monotonic()
+        b2 = EmbeddedBroker(port=b.port, log_path=tmp_path / "tansu-2.log").start()
+
+        await wait_until(lambda: _true(not worker.alive and not sink.alive), BROKER_LOST_BOUND_S,
+                         f"trading worker and sink to stop within {BROKER_LOST_BOUND_S}s of the broker loss")
+        stopped_after = time.monotonic() - t_kill
+        assert worker.popen is not None and worker.popen.returncode not in (0, None), worker.output()[-3000:]
+        assert sink.popen is not None and sink.popen.returncode == 3, sink.output()[-3000:]
+        for proc in (worker, sink):
+            lost = [e for e in log_events(proc) if "broker_lost" in str(e.get("event")) and e.get("level") == "critical"]
+            assert lost, f"{proc.name}: no critical broker_lost log:\n{proc.output()[-3000:]}"
+
+        # nothing goes on silently: the topics are back and a new signal + bar arrive, yet no order is made
+        await ensure_topics(b2.bootstrap, namespace=ns)
+        async with RecordPublisher(b2.bootstrap, ns) as pub:
+            await pub.publish([signal("BTC/USDT", a - H, 0.9, "after")])
+            await pub.publish([btc[5]], topic="market.bars")
+        await asyncio.sleep(3.0)
+        for t in ORDER_TOPICS:
+            assert await records_on(b2.bootstrap, physical_name(t, ns)) == 0, t
+        assert int(await fetchval(dsn, "SELECT count(*) FROM ev_order_intents")) == intents_before
+        assert stopped_after < BROKER_LOST_BOUND_S
+    finally:
+        b.stop()
+        if b2 is not None:
+            b2.stop()
