@@ -70,15 +70,17 @@ async def test_recorded_session_replays_to_the_same_hash_and_a_tampered_bar_is_n
 
     window = ("--from", iso(a - 3 * H), "--to", iso(a + H))
     rc, rep, err = audit_cli(dsn, *window)
-    assert rc == 0, (rep.get("divergence"), rep.get("counts"), err)
+    assert rc == 0, (rep.get("divergence"), err)
+    assert rep["order"] == "journal"  # the agent's own record of its input order
     assert rep["identical"] and rep["recorded_hash"] == rep["replayed_hash"] and rep["divergence"] is None
     assert rep["counts"]["fills"][0] == rep["counts"]["fills"][1] > 0
     assert rep["recorded"] == rep["replayed"] > 0
     rc2, rep2, _ = audit_cli(dsn, *window)  # a second replay: the same hash
     assert rc2 == 0 and rep2["replayed_hash"] == rep["replayed_hash"]
 
-    # one bar changed in the recorded input: another hash, and the first divergence is that bar's snapshot
-    victim = btc[4]
+    # one bar changed in the recorded input (the last ETH bar: no signal after it, so its portfolio snapshot is
+    # the first decision it changes): another hash, and the first divergence is that bar's snapshot
+    victim = eth[5]
     conn = await asyncpg.connect(dsn)
     try:
         payload = json.loads(await conn.fetchval("SELECT payload::text FROM ev_market_bars WHERE event_id=$1",
@@ -95,8 +97,8 @@ async def test_recorded_session_replays_to_the_same_hash_and_a_tampered_bar_is_n
     div = rep3["divergence"]
     assert div["topic"] == "portfolio.state" and div["ts_init"] == victim.ts_event
     assert {"equity", "mark_prices"} <= set(div["fields"])
-    assert div["recorded"]["mark_prices"]["BTC/USDT"] == victim.close
-    assert div["replayed"]["mark_prices"]["BTC/USDT"] == pytest.approx(victim.close * 1.01)
+    assert div["recorded"]["mark_prices"]["ETH/USD"] == victim.close
+    assert div["replayed"]["mark_prices"]["ETH/USD"] == pytest.approx(victim.close * 1.01)
 
     # text report names it side by side
     proc = subprocess.run([sys.executable, "-m", "ops.cli", "audit", "--dsn", dsn, *window], cwd=ROOT,
