@@ -282,6 +282,9 @@ def classify_execution_error(exc: BaseException) -> ErrorVerdict:
             return ErrorVerdict(ExecReason.MIN_NOTIONAL, retriable=False)
         if "invalid symbol" in message or "symbol not" in message:
             return ErrorVerdict(ExecReason.SYMBOL_NOT_SUPPORTED, retriable=False)
+    if isinstance(exc, ccxt.OperationFailed) and "try again" in message:
+        # the venue says it is transient (Binance -1001 DISCONNECTED); the retry reuses the client order id
+        return ErrorVerdict(ExecReason.NETWORK_ERROR, retriable=True)
     return ErrorVerdict(ExecReason.VENUE_ERROR, retriable=False)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,16 +116,24 @@ async def test_counterfactual_setting_is_reported_and_bad_requests_exit_2(
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
         feed = Feed(pub, procs, port)
         await feed.send(btc[0], btc[1], timeout=90)
-        await feed.send(signal("BTC/USDT", a - 2 * H, 0.9, "c1"), btc[2], btc[3])
-    await assert_live_equals_replay(dsn, feed, trading_env)
-    window = ("--from", iso(a - 4 * H), "--to", iso(a + H))
-    rc, base, _ = audit_cli(dsn, *window)
-    assert rc == 0 and base["identical"]
+        # a signed kill switch stamped with the wall time (after every bar's event time) consumed mid-stream:
+        # only the agent's journal knows it came before the next signal
+        await feed.cli(dsn, "kill-switch", "on", "--reason", "audit drill")
+        await feed.send(signal("BTC/USDT", time.time_ns(), 0.95, "c0"))  # live-stamped, like the command
+        await feed.cli(dsn, "kill-switch", "off", "--reason", "audit drill over")
+        await feed.send(signal("BTC/USDT", time.time_ns(), 0.9, "c1"), btc[2], btc[3])
+    out = await assert_live_equals_replay(dsn, feed, trading_env)
+    assert [d.verdict.value for d in sorted(out["risk.decisions"], key=lambda d: d.ts_init)] == ["rejected",
+                                                                                                  "approved"]
+    window = ("--from", iso(a - 4 * H), "--to", iso(time.time_ns() + H))
+    rc, base, err = audit_cli(dsn, *window)
+    assert rc == 0 and base["identical"] and base["order"] == "journal", (base.get("divergence"), err)
+    assert base["counts"]["control.audit"] == [2, 2]
     # the same inputs with a higher entry threshold: the 0.9 signal no longer opens a position
-    rc, cf, err = audit_cli(dsn, *window, "--set", "strategy.entry_threshold=0.95")
+    rc, cf, err = audit_cli(dsn, *window, "--set", "strategy.entry_threshold=0.97")
     assert rc == 0, err
     assert cf["counterfactual"] and not cf["identical"]
-    assert cf["counts"]["fills"] == [1, 0]
+    assert cf["counts"]["risk.decisions"] == [2, 0]
     assert cf["divergence"] is not None
     # bad requests: inverted range, unknown setting
     rc, _, err = audit_cli(dsn, "--from", iso(a), "--to", iso(a - H))

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import signal as sig
 import time
 import urllib.request
 import uuid
@@ -240,10 +238,13 @@ async def records_on(bootstrap: str, topic: str, wait_s: float = 3.0) -> int:
         await consumer.stop()
 
 
+@pytest.mark.parametrize("topics_back_at_once", [False, True], ids=["empty", "topics-recreated-at-once"])
 async def test_broker_killed_under_trading_when_restarted_empty_then_workers_stop_loudly_and_no_order_follows(
-    dsn: str, procs: Procs, trading_env: None, tmp_path: Path
+    dsn: str, procs: Procs, trading_env: None, tmp_path: Path, topics_back_at_once: bool
 ) -> None:
-    from tests.integration.test_trading_agents import BTC_FILE, H, Feed, anchor_ns, bars, signal
+    """``topics_back_at_once``: a supervisor restarts the broker AND recreates the topics (topics-init) before
+    the workers' next probe, so the topic-presence check alone cannot see the loss."""
+    from tests.integration.test_trading_agents import BTC_FILE, Feed, H, anchor_ns, bars, signal
 
     ns = f"bl{uuid.uuid4().hex[:8]}"
     a = anchor_ns()
@@ -275,6 +276,8 @@ async def test_broker_killed_under_trading_when_restarted_empty_then_workers_sto
         b.proc.wait(5)
         t_kill = time.monotonic()
         b2 = EmbeddedBroker(port=b.port, log_path=tmp_path / "tansu-2.log").start()
+        if topics_back_at_once:
+            await ensure_topics(b2.bootstrap, namespace=ns)
 
         await wait_until(lambda: _true(not worker.alive and not sink.alive), BROKER_LOST_BOUND_S,
                          f"trading worker and sink to stop within {BROKER_LOST_BOUND_S}s of the broker loss")
@@ -282,7 +285,8 @@ async def test_broker_killed_under_trading_when_restarted_empty_then_workers_sto
         assert worker.popen is not None and worker.popen.returncode not in (0, None), worker.output()[-3000:]
         assert sink.popen is not None and sink.popen.returncode == 3, sink.output()[-3000:]
         for proc in (worker, sink):
-            lost = [e for e in log_events(proc) if "broker_lost" in str(e.get("event")) and e.get("level") == "critical"]
+            lost = [e for e in log_events(proc)
+                    if "broker_lost" in str(e.get("event")) and e.get("level") == "critical"]
             assert lost, f"{proc.name}: no critical broker_lost log:\n{proc.output()[-3000:]}"
 
         # nothing goes on silently: the topics are back and a new signal + bar arrive, yet no order is made
@@ -299,3 +303,156 @@ async def test_broker_killed_under_trading_when_restarted_empty_then_workers_sto
         b.stop()
         if b2 is not None:
             b2.stop()
+
+
+# ---------------------------------------------------------------------------
+# 2. exchange errors and jitter
+# ---------------------------------------------------------------------------
+
+Reply = tuple[float, int, Any]  # (seconds before answering, HTTP status, JSON body or "filled")
+
+
+class ChaosVenue:
+    """A local HTTP server speaking Binance's REST paths: markets from the recorded fixture, and a
+    script of order answers (recorded Binance error bodies, latency, answers slower than the client's
+    timeout). ccxt talks to it over real HTTP: its own signing, aiohttp session, timeout handling,
+    status/error mapping. Every order POST is recorded with its client order id and arrival time."""
+
+    def __init__(self, script: list[Reply], jitter_s: float, seed: int) -> None:
+        from tests.fixtures.ccxt.replay import load_interactions
+
+        self.static = {i.path: i.response for i in load_interactions("binance_spot_markets.json")}
+        self.script = list(script)
+        self.rng = random.Random(seed)
+        self.jitter_s = jitter_s
+        self.posts: list[tuple[float, str]] = []
+        self.url = ""
+        self._runner: Any = None
+
+    async def start(self) -> ChaosVenue:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def handle(self, request: Any) -> Any:
+        from urllib.parse import parse_qsl
+
+        from aiohttp import web
+
+        await asyncio.sleep(self.rng.uniform(0, self.jitter_s))  # latency jitter on every answer
+        if request.method == "GET" and request.path in self.static:
+            resp = self.static[request.path]
+            assert resp is not None
+            return web.json_response(resp["body"], status=int(resp.get("status", 200)))
+        if request.method == "POST" and request.path == "/api/v3/order":
+            form = dict(parse_qsl(await request.text() or request.query_string))
+            coid = form["newClientOrderId"]
+            self.posts.append((time.monotonic(), coid))
+            delay, status, body = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+            await asyncio.sleep(delay)
+            if body == "filled":
+                from tests.unit.test_ccxt_execution import binance_filled
+
+                body = binance_filled(coid)
+            if isinstance(body, str):
+                return web.Response(text=body, status=status, content_type="text/html")
+            return web.json_response(body, status=status)
+        return web.json_response({"code": -1, "msg": f"unexpected {request.method} {request.path}"}, status=404)
+
+
+@pytest.fixture
+async def chaos_exchange() -> AsyncIterator[Any]:
+    """Build (venue, adapter) pairs; closes what it built."""
+    from agents.clock import EventClock
+    from agents.execution.ccxt_live import CcxtExecutionAdapter, LiveExecutionConfig, make_execution_exchange
+    from tests.unit.test_ccxt_execution import KEYS, NOW
+
+    built: list[tuple[ChaosVenue, Any]] = []
+
+    async def make(script: list[Reply], *, max_attempts: int = 3, timeout_ms: int = 400,
+                   jitter_s: float = 0.08, seed: int = 7) -> tuple[ChaosVenue, CcxtExecutionAdapter]:
+        venue = await ChaosVenue(script, jitter_s, seed).start()
+        config = LiveExecutionConfig(exchange_id="binance", dry_run=False, max_attempts=max_attempts,
+                                     retry_base_delay_s=0.05, connect_timeout_s=10)
+        exchange = make_execution_exchange(config, KEYS, timeout_ms=timeout_ms)
+        for name, url in list(exchange.urls["api"].items()):
+            if isinstance(url, str):
+                exchange.urls["api"][name] = url.replace("https://api.binance.com", venue.url)
+        built.append((venue, exchange))
+        adapter = CcxtExecutionAdapter(exchange, config, EventClock(NOW))  # real asyncio.sleep between retries
+        await adapter.connect()
+        return venue, adapter
+
+    yield make
+    for venue, exchange in built:
+        await exchange.close()
+        await venue.stop()
+
+
+def _rate_limited() -> Reply:
+    return (0.0, 429, {"code": -1003, "msg": "Too much request weight used; current limit is 6000 request weight "
+                                              "per 1 MINUTE. Please use WebSocket Streams for live updates."})
+
+
+async def test_exchange_rate_limited_with_jitter_then_retried_with_backoff_and_filled_once(chaos_exchange: Any) -> None:
+    from agents.execution.interface import client_order_id_for
+    from tests.unit.test_ccxt_execution import mkt, order
+
+    venue, adapter = await chaos_exchange([_rate_limited(), _rate_limited(), (0.0, 200, "filled")], max_attempts=4)
+    it, dec = order()
+    out = await adapter.submit(it, dec, mkt())
+    assert [coid for _, coid in venue.posts] == [client_order_id_for(it.event_id)] * 3  # one id, 3 attempts
+    gaps = [b - a for (a, _), (b, _) in zip(venue.posts, venue.posts[1:], strict=False)]
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.10, gaps  # exponential backoff really waited
+    assert out[-1].status.value == "filled"
+    assert sum(1 for r in out if type(r).__name__ == "Fill") == 2
+
+
+async def test_exchange_timeout_then_retry_and_duplicate_answer_means_already_placed(chaos_exchange: Any) -> None:
+    from tests.unit.test_ccxt_execution import mkt, order
+
+    # the first answer comes after the client's 400 ms timeout (the order did land); the retry with the same id
+    # gets Binance's duplicate answer
+    duplicate = (0.0, 400, {"code": -2010, "msg": "Duplicate order sent."})
+    venue, adapter = await chaos_exchange([(1.0, 200, "filled"), duplicate])
+    out = await adapter.submit(*order(), mkt())
+    assert len(venue.posts) == 2 and len({c for _, c in venue.posts}) == 1
+    assert [(u.status.value, u.reason) for u in out] == [("new", None), ("acknowledged", "already_placed")]
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason", "attempts"),
+    [
+        (_rate_limited(), "rate_limited", 3),  # retriable: every attempt used, then the classified reject
+        ((0.0, 503, "<html><body><h1>503 Service Unavailable</h1></body></html>"), "network_error", 3),
+        ((0.0, 400, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
+         "network_error", 3),  # Binance DISCONNECTED: ccxt OperationFailed, transient
+        ((1.0, 200, {}), "venue_timeout", 3),  # every answer slower than the client timeout
+        ((0.0, 400, {"code": -1022, "msg": "Signature for this request is not valid."}), "auth_failed", 1),
+        ((0.0, 401, {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}), "auth_failed", 1),
+        ((0.0, 400, {"code": -2010, "msg": "Account has insufficient balance for requested action."}),
+         "insufficient_funds", 1),
+    ],
+)
+async def test_exchange_failing_every_attempt_then_retries_within_limit_and_classified_reject(
+    chaos_exchange: Any, reply: Reply, reason: str, attempts: int
+) -> None:
+    from tests.unit.test_ccxt_execution import mkt, order
+
+    venue, adapter = await chaos_exchange([reply], max_attempts=3)
+    out = await adapter.submit(*order(), mkt())
+    assert len(venue.posts) == attempts, venue.posts  # never more than max_attempts; none for a final error
+    assert len({c for _, c in venue.posts}) == 1
+    (rej,) = out
+    assert rej.status.value == "rejected" and rej.reason == reason
