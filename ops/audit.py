@@ -5,8 +5,8 @@ What is compared
 ----------------
 The trading agent is the one place decisions are made (sizing, risk, paper
 execution, portfolio: :class:`~agents.trading.core.TradingCore`). Its inputs
-are recorded by the sink in ``ev_signals``, ``ev_market_bars`` and
-``ev_control``; its outputs in ``ev_orders_intents``, ``ev_risk_decisions``,
+are recorded by the sink in ``ev_signals``, ``ev_market_bars``,
+``ev_control`` and ``ev_model_registry``; its outputs in ``ev_orders_intents``, ``ev_risk_decisions``,
 ``ev_orders_updates``, ``ev_fills``, ``ev_portfolio_state``,
 ``ev_control_audit`` and ``ev_ops_alerts``, each row holding the record
 exactly as it was on the wire. An audit
@@ -41,7 +41,7 @@ uses the agent's input journal (``trading_input_journal``: one row per
 applied input, in order, with the arrival bound of the core's clock, written
 by the agent in the transaction of its state checkpoint) when the account
 has one, replayed from its first entry; otherwise the canonical
-order ``(ts_event, control < bars < signals, symbol, partition, offset)``, which is
+order ``(ts_event, registry < control < bars < signals, symbol, partition, offset)``, which is
 the arrival order of a live feed whose records are stamped on arrival. A
 divergence under the canonical order can mean the live arrival order was
 different; the report says which order it used.
@@ -70,7 +70,16 @@ from agents.execution.interface import client_order_id_for
 from agents.risk.engine import COMPONENT as RISK_COMPONENT
 from agents.trading.core import TradingConfig, TradingCore
 from topics.catalogue import DEFAULT_TOPIC, spec
-from topics.records import Bar, ControlEvent, Fill, OrderIntent, OrderUpdate, RiskDecision, Signal
+from topics.records import (
+    Bar,
+    ControlEvent,
+    Fill,
+    ModelRegistryEvent,
+    OrderIntent,
+    OrderUpdate,
+    RiskDecision,
+    Signal,
+)
 from topics.schema import Record, codec_for
 
 __all__ = [
@@ -84,8 +93,8 @@ __all__ = [
     "replay_outputs",
 ]
 
-INPUTS: tuple[tuple[str, type[Record]], ...] = (("control", ControlEvent), ("market.bars", Bar),
-                                                ("signals", Signal))
+INPUTS: tuple[tuple[str, type[Record]], ...] = (("models.registry", ModelRegistryEvent), ("control", ControlEvent),
+                                                ("market.bars", Bar), ("signals", Signal))
 OUTPUTS = ("orders.intents", "risk.decisions", "orders.updates", "fills", "portfolio.state", "control.audit",
            "ops.alerts")
 _OUTPUT_RANK = {name: i for i, name in enumerate(OUTPUTS)}
@@ -197,6 +206,8 @@ def replay_outputs(config: TradingConfig, keyring: Keyring,
             out += core.on_signal(rec, arrival).records
         elif isinstance(rec, ControlEvent):
             out += core.on_control(rec, arrival).records
+        elif isinstance(rec, ModelRegistryEvent):
+            out += core.on_registry(rec, arrival).records
         else:  # pragma: no cover - load_inputs yields only these
             raise TypeError(f"not a trading input: {type(rec).__name__}")
     return out

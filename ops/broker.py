@@ -21,11 +21,13 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -198,6 +200,10 @@ async def probe(bootstrap: str, expect_topics: Iterable[str], timeout_s: float =
         )
 
 
+_MARKER_OFFSET = 1
+_MARKER_LOST = "committed offsets lost"
+
+
 class BrokerWatchdog:
     """Periodic broker probe. ``run()`` raises BrokerLost after ``failures`` bad probes.
 
@@ -213,21 +219,54 @@ class BrokerWatchdog:
         self.expect = list(expect_topics)
         self.interval_s = interval_s
         self.failures = failures
+        self._marker: AIOKafkaConsumer | None = None
 
     async def run(self) -> None:
         from ops.metrics import BROKER_UP
 
         bad = 0
-        while True:
-            try:
-                await probe(self.bootstrap, self.expect)
-                bad = 0
-                BROKER_UP.set(1)
-            except BrokerLost as exc:
-                bad += 1
-                BROKER_UP.set(0)
-                log.error("broker_probe_failed", reason=str(exc), consecutive=bad)
-                if bad >= self.failures:
-                    log.critical("broker_lost", reason=str(exc))
-                    raise
-            await asyncio.sleep(self.interval_s)
+        try:
+            while True:
+                try:
+                    await probe(self.bootstrap, self.expect)
+                    await self._check_marker()
+                    bad = 0
+                    BROKER_UP.set(1)
+                except BrokerLost as exc:
+                    bad += 1
+                    BROKER_UP.set(0)
+                    log.error("broker_probe_failed", reason=str(exc), consecutive=bad)
+                    if bad >= self.failures or exc.args[0].startswith(_MARKER_LOST):
+                        log.critical("broker_lost", reason=str(exc))
+                        raise
+                await asyncio.sleep(self.interval_s)
+        finally:
+            if self._marker is not None:
+                with contextlib.suppress(Exception):
+                    await self._marker.stop()
+
+    async def _check_marker(self) -> None:
+        """Catch a broker that came back empty with its topics already recreated (a supervisor restart plus
+        topics-init between two probes): the topic check alone passes then. What a restart loses and a real
+        cluster keeps is committed offsets, so the first probe commits one for this watchdog's own group and
+        every later probe reads it back (and commits it again, so a real cluster's offset retention keeps it).
+        """
+        if not self.expect:
+            return
+        tp = TopicPartition(self.expect[0], 0)
+        try:
+            if self._marker is None:
+                marker = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                          group_id=f"tradeflow-watchdog-{uuid.uuid4().hex}")
+                await asyncio.wait_for(marker.start(), 5.0)
+                marker.assign([tp])
+                await asyncio.wait_for(marker.commit({tp: _MARKER_OFFSET}), 5.0)
+                self._marker = marker
+                return
+            got = await asyncio.wait_for(self._marker.committed(tp), 5.0)
+            if got != _MARKER_OFFSET:
+                raise BrokerLost(f"{_MARKER_LOST} on {self.bootstrap} (watchdog offset {got!r}, expected "
+                                 f"{_MARKER_OFFSET}): the broker was restarted empty and topics recreated")
+            await asyncio.wait_for(self._marker.commit({tp: _MARKER_OFFSET}), 5.0)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise BrokerLost(f"broker {self.bootstrap} unreachable: {type(exc).__name__}: {exc}") from exc

@@ -75,6 +75,9 @@ class SizingReason(enum.StrEnum):
     EDGE_BELOW_COST = "edge_below_cost"
     WITHIN_REBALANCE_BAND = "within_rebalance_band"
     BELOW_MIN_ORDER = "below_min_order"
+    #: The signal's model version is registered at a stage that trades no capital
+    #: (registered, retired, rolled back): governance took it off the ladder.
+    MODEL_NOT_LIVE = "model_not_live"
 
 
 class SizingAdjustment(enum.StrEnum):
@@ -87,6 +90,8 @@ class SizingAdjustment(enum.StrEnum):
     COST_PENALTY = "cost_penalty"
     EXIT_HYSTERESIS = "exit_hysteresis"
     FLIP = "flip"
+    #: Scaled by the model version's rollout stage (canary: 10 % / 30 % of capital).
+    ROLLOUT_FRACTION = "rollout_fraction"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,7 +145,10 @@ class StrategyEngine:
     # Signals
     # ------------------------------------------------------------------
 
-    def on_signal(self, signal: Signal) -> SizingDecision:
+    def on_signal(self, signal: Signal, capital_fraction: float = 1.0) -> SizingDecision:
+        """Size one signal. ``capital_fraction`` is the share of capital its model
+        version may trade at its rollout stage (1.0 active or ungoverned, 0.1 / 0.3
+        canary, 0.0 off the ladder -> ``MODEL_NOT_LIVE``)."""
         cfg = self.config
         now = self.clock.now_ns()
         state = self._portfolio
@@ -165,6 +173,8 @@ class StrategyEngine:
             self._seen.popitem(last=False)
         if signal.shadow:
             return skip(SizingReason.SHADOW)
+        if not capital_fraction > 0.0:
+            return skip(SizingReason.MODEL_NOT_LIVE)
         if now - signal.ts_event > cfg.max_signal_age_ns:
             return skip(SizingReason.STALE_SIGNAL)
         if state is None:
@@ -197,6 +207,10 @@ class StrategyEngine:
             magnitude = abs(cfg.size(score)) * cfg.max_position_fraction * max(state.equity, 0.0)
             magnitude *= cfg.vol_scale(signal.symbol, hour)
             cap = cfg.cap_notional(signal.symbol)
+            if capital_fraction < 1.0:
+                magnitude *= capital_fraction
+                cap *= capital_fraction
+                adjustments.append(SizingAdjustment.ROLLOUT_FRACTION)
             if magnitude > cap:
                 magnitude = cap
                 adjustments.append(SizingAdjustment.POSITION_CAP)

@@ -1,5 +1,6 @@
-"""Trading agent: ``signals`` + ``market.bars`` + ``control`` -> intents,
-risk decisions, order updates, fills, portfolio state, control audits, alerts.
+"""Trading agent: ``signals`` + ``market.bars`` + ``control`` + ``models.registry``
+-> intents, risk decisions, order updates, fills, portfolio state, control
+audits, alerts.
 
 Thin: decode (or dead-letter), call :class:`~agents.trading.core.TradingCore`,
 send what it returns, count it. The order of operations lives in the core,
@@ -7,8 +8,10 @@ not here, so live and replay cannot drift apart.
 
 Shape
 -----
-One faust agent consumes the three input topics as *one* stream
-(``app.topic(signals, market.bars, control)``) and dispatches on the
+One faust agent consumes the four input topics as *one* stream
+(``app.topic(signals, market.bars, control, models.registry)``; the registry
+gives each model version's rollout stage, hence its share of capital) and
+dispatches on the
 message's topic: one ordered sequence of events per account, handled one at
 a time by synchronous engines. Intents are decided and executed in-process
 in the same call that sized them (``orders.intents`` is an output, the audit
@@ -122,7 +125,17 @@ from agents.trading.checkpoint import CheckpointError, load_checkpoint, open_che
 from agents.trading.core import Step, TradingConfig, TradingCore
 from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.catalogue import DEFAULT_TOPIC, spec
-from topics.records import Alert, Bar, ControlEvent, OrderUpdate, RiskDecision, Severity, Signal, Timeframe
+from topics.records import (
+    Alert,
+    Bar,
+    ControlEvent,
+    ModelRegistryEvent,
+    OrderUpdate,
+    RiskDecision,
+    Severity,
+    Signal,
+    Timeframe,
+)
 from topics.schema import Record, codec_for
 
 __all__ = ["NAME", "TradingSettings", "register"]
@@ -135,7 +148,7 @@ BATCH_WAIT_S = 0.005
 EXIT_CONFIG = 2
 EXIT_INFRA = 3
 
-INPUTS = ("signals", "market.bars", "control")
+INPUTS = ("signals", "market.bars", "control", "models.registry")
 OUTPUTS = (
     "orders.intents",
     "risk.decisions",
@@ -306,6 +319,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         ctx.topic("signals"): ("signals", Signal, TradingCore.on_signal),
         ctx.topic("market.bars"): ("market.bars", Bar, TradingCore.on_bar),
         ctx.topic("control"): ("control", ControlEvent, TradingCore.on_control),
+        ctx.topic("models.registry"): ("models.registry", ModelRegistryEvent, TradingCore.on_registry),
     }
     src = app.topic(*handlers)
     outs = {name: app.topic(ctx.topic(name)) for name in OUTPUTS}

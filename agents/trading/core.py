@@ -33,6 +33,11 @@ Intents never leave and come back through the broker: an intent, its
 decision and its order updates are produced in one call, so a redelivered
 signal can never race its own decision.
 
+``on_registry``: the model version's rollout stage is recorded; a signal is
+sized with its version's share of capital (canary 10 % / 30 %, active 100 %;
+a version off the ladder trades nothing; a version the registry never
+announced, 1.0).
+
 ``on_control``: risk verifies and applies it (kill switch, limits); one
 ``ControlAudit`` record; a command that failed verification also raises an
 ``Alert``.
@@ -61,6 +66,7 @@ from agents.control.signing import ControlAudit as EngineAudit
 from agents.control.signing import ControlVerifier, Keyring, VerifierConfig, compute_signature
 from agents.execution.interface import ExecutionRecord, MarketContext
 from agents.execution.paper import PaperConfig, PaperExecutionEngine
+from agents.governance.config import GovernanceConfig
 from agents.portfolio.engine import PortfolioConfig, PortfolioEngine, PortfolioState
 from agents.risk.config import RiskConfig
 from agents.risk.engine import RiskEngine
@@ -74,6 +80,8 @@ from topics.records import (
     ControlEvent,
     ControlOutcome,
     Fill,
+    ModelRegistryEvent,
+    ModelStage,
     OrderIntent,
     PortfolioSnapshot,
     Severity,
@@ -146,6 +154,8 @@ class TradingConfig:
     paper: PaperConfig = field(default_factory=PaperConfig)
     portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    #: Rollout stages -> share of capital (shadow 0, canary 10 % / 30 %, active 100 %).
+    rollout: GovernanceConfig = field(default_factory=GovernanceConfig)
 
     def __post_init__(self) -> None:
         if not self.account or "|" in self.account:
@@ -188,6 +198,8 @@ class TradingCore:
         self.portfolio = PortfolioEngine(config.portfolio)
         self._last_bar: dict[str, Bar] = {}
         self._timeframes = frozenset(config.timeframes)
+        #: Latest registry event per (model_id, version): the rollout stage of each version.
+        self._versions: dict[tuple[str, str], ModelRegistryEvent] = {}
 
     # -- inputs -----------------------------------------------------------------
 
@@ -221,7 +233,7 @@ class TradingCore:
 
     def on_signal(self, signal: Signal, arrival_ns: int | None = None) -> Step:
         self.clock.advance(signal.ts_event, arrival_ns)
-        sizing = self.strategy.on_signal(signal)
+        sizing = self.strategy.on_signal(signal, self.capital_fraction(signal.model_id, signal.model_version))
         out: list[Record] = []
         if sizing.intent is not None:
             self._decide(sizing.intent, out)
@@ -239,6 +251,28 @@ class TradingCore:
         if audit.alert:
             out.append(alert_for_audit(audit, self.config))
         return Step(records=tuple(out), audit=audit)
+
+    def on_registry(self, event: ModelRegistryEvent, arrival_ns: int | None = None) -> Step:
+        """Follow a model version's rollout stage (no output; the clock does not move:
+        registry time is not market time). Latest per version by (ts_event, event_id)."""
+        key = (event.model_id, event.version)
+        cur = self._versions.get(key)
+        if cur is None or (cur.ts_event, cur.event_id) < (event.ts_event, event.event_id):
+            self._versions[key] = event
+        return Step()
+
+    def capital_fraction(self, model_id: str, version: str) -> float:
+        """Share of capital signals of this version may trade.
+
+        A version the registry announced trades at its stage's fraction
+        (:class:`~agents.governance.config.GovernanceConfig`); one it never
+        announced (a signal source outside the registry, e.g. an external
+        model) trades at 1.0: governance covers the models it governs.
+        """
+        ev = self._versions.get((model_id, version))
+        if ev is None:
+            return 1.0
+        return self.config.rollout.capital_fraction(ModelStage(ev.stage))
 
     # -- state queries ------------------------------------------------------------
 

@@ -456,3 +456,75 @@ async def test_exchange_failing_every_attempt_then_retries_within_limit_and_clas
     assert len({c for _, c in venue.posts}) == 1
     (rej,) = out
     assert rej.status.value == "rejected" and rej.reason == reason
+
+
+# ---------------------------------------------------------------------------
+# 4. degraded model
+# ---------------------------------------------------------------------------
+
+DEGRADED = {"sharpe_daily": 0.31, "max_drawdown": 0.19, "reject_rate": 0.04, "pnl": -80.0}
+
+
+@pytest.fixture
+def gov_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADEFLOW_CONTROL_KEY_OPS1", "chaos-drill-governance-key-0123456789abcdef")
+    monkeypatch.setenv("TRADEFLOW_GOVERNANCE_WINDOWS_TO_PROMOTE", "2")
+    monkeypatch.setenv("TRADEFLOW_GOVERNANCE_WINDOWS_TO_ROLLBACK", "2")
+
+
+async def test_degraded_model_when_real_gates_evaluate_it_then_they_fail_and_governance_rolls_it_back(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, gov_env: None
+) -> None:
+    """The whole chain with real parts: degraded backtest evidence in Postgres -> ``tradeflow gates evaluate``
+    (the real gate engine, twice: two windows) -> ``gates.results`` -> the governance worker -> rollback of
+    the candidate in ``models.registry`` and ``rollout_audit``; the active version keeps serving."""
+    from datetime import timedelta
+
+    from tests.integration.test_gates import AS_OF, add_run, ensure_backtest_tables
+    from tests.integration.test_gates import gates as gates_cli
+    from tests.integration.test_governance import MODEL, consumed, decisions, registry, stages, start_worker
+    from topics.records import ModelStage
+
+    procs.sink(broker.bootstrap, namespace, dsn, "--topics", "gates.results", "governance.audit", "models.registry",
+               "control.audit", "ops.alerts")
+    worker = await start_worker(procs, broker, namespace)
+    t0 = int((AS_OF - timedelta(days=10)).timestamp()) * 10**9
+    async with RecordPublisher(broker.bootstrap, namespace, name="chaos") as pub:
+        await pub.publish([registry("v1", ModelStage.REGISTERED, t0), registry("v1", ModelStage.ACTIVE, t0 + 1),
+                           registry("v2", ModelStage.REGISTERED, t0 + 2), registry("v2", ModelStage.SHADOW, t0 + 3)])
+
+    async def registry_seen() -> bool:
+        return await consumed(worker, "models.registry") >= 4
+
+    await wait_until(registry_seen, 30, "governance to fold the registry", watch=procs)
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_backtest_tables(conn)
+        for i, age in enumerate((1.0, 2.0, 3.0)):
+            await add_run(conn, f"degraded-{i}", MODEL, age_days=age, metrics=DEGRADED)
+    finally:
+        await conn.close()
+
+    infra = ("--bootstrap", broker.bootstrap, "--namespace", namespace, "--dsn", dsn)
+    published: set[str] = set()
+    for as_of in (AS_OF, AS_OF + timedelta(hours=1)):  # two evaluation windows
+        rc, rows, out = await gates_cli("evaluate", "--track", MODEL, "--as-of", as_of.isoformat(), "--json", *infra)
+        assert rc == 1, out[-2000:]  # a failed gate: not ready
+        by = {(r["gate"], r["metric"]): r for r in rows}
+        for metric in ("sharpe_daily", "max_drawdown", "reject_rate"):
+            assert by[("hard_metrics", metric)]["status"] == "failed", by[("hard_metrics", metric)]
+            assert by[("hard_metrics", metric)]["value"] == pytest.approx(DEGRADED[metric])
+        published |= {r["result_id"] for r in rows}
+
+    async def rolled_back() -> bool:
+        return await stages(dsn) == {"v1": "active", "v2": "rolled_back"}
+
+    await wait_until(rolled_back, 60, "v2 rolled back and v1 still active in model_registry", watch=procs)
+    rows = await decisions(dsn)
+    assert [(r["version"], r["action"], r["from_stage"], r["to_stage"]) for r in rows] == [
+        ("v2", "hold", "shadow", "shadow"), ("v2", "rollback", "shadow", "rolled_back")]
+    last = rows[-1]
+    assert last["trigger"] == "gates" and last["window_status"] == "failed"
+    assert set(json.loads(last["gate_result_ids"])) <= published  # decided on what the real gates published
+    assert worker.alive

@@ -24,6 +24,8 @@ from topics.records import (
     ControlCommand,
     ControlEvent,
     Fill,
+    ModelRegistryEvent,
+    ModelStage,
     OrderIntent,
     OrderUpdate,
     PortfolioSnapshot,
@@ -222,3 +224,51 @@ def test_settings_when_read_from_env_then_parsed_or_refused() -> None:
         TradingSettings.from_env({"TRADEFLOW_EXECUTION_ADAPTER": "ccxt"})
     with pytest.raises(ValueError, match="TIMEFRAMES"):
         TradingSettings.from_env({"TRADEFLOW_TRADING_TIMEFRAMES": "7h"})
+
+
+def _registry(stage: ModelStage, ts: int, version: str = "1") -> ModelRegistryEvent:
+    return ModelRegistryEvent.new(
+        ts_init=ts, ts_event=ts, model_id="stub-momentum", version=version, stage=stage, feature_set_version="fs1",
+        config={"symbol": "BTC/USDT", "timeframe": "1h"}, data_start=ts - 100 * H, data_end=ts - H, seed=1,
+        metrics={}, checkpoint_path="/m/1.ckpt", checkpoint_sha256="ab" * 32,
+    )
+
+
+@pytest.mark.parametrize(("stage", "fraction"), [(ModelStage.CANARY_10, 0.1), (ModelStage.CANARY_30, 0.3),
+                                                 (ModelStage.ACTIVE, 1.0)])
+def test_rollout_stage_of_the_signals_model_then_order_scaled_to_its_capital_fraction(
+    stage: ModelStage, fraction: float
+) -> None:
+    bars = load_bars()
+    signal = dataclasses.replace(stub_signal(bars, 9), score=0.9, expected_return=0.02, shadow=False)
+
+    def intent_qty(registry: ModelRegistryEvent | None) -> tuple[float, tuple[str, ...]]:
+        core = _core(paper=PaperConfig())
+        for i in range(10):
+            core.on_bar(bars[i])
+        if registry is not None:
+            assert core.on_registry(registry).records == ()
+        step = core.on_signal(signal)
+        (intent,) = [r for r in step.records if isinstance(r, OrderIntent)]
+        assert step.sizing is not None
+        return intent.quantity, tuple(a.value for a in step.sizing.adjustments)
+
+    full, _ = intent_qty(None)  # a version the registry never announced: ungoverned, full size
+    qty, adjustments = intent_qty(_registry(stage, bars[5].ts_event))
+    assert qty == pytest.approx(full * fraction, rel=1e-3)
+    assert ("rollout_fraction" in adjustments) == (fraction < 1.0)
+
+
+@pytest.mark.parametrize("stage", [ModelStage.ROLLED_BACK, ModelStage.RETIRED, ModelStage.REGISTERED,
+                                   ModelStage.SHADOW])
+def test_model_version_off_the_ladder_then_its_signal_trades_nothing(stage: ModelStage) -> None:
+    bars = load_bars()
+    core = _core(paper=PaperConfig())
+    for i in range(10):
+        core.on_bar(bars[i])
+    core.on_registry(_registry(ModelStage.ACTIVE, bars[4].ts_event))
+    core.on_registry(_registry(stage, bars[6].ts_event))  # the later event wins
+    core.on_registry(_registry(ModelStage.ACTIVE, bars[2].ts_event))  # a late, older event does not
+    signal = dataclasses.replace(stub_signal(bars, 9), score=0.9, expected_return=0.02, shadow=False)
+    step = core.on_signal(signal)
+    assert step.records == () and step.sizing is not None and step.sizing.reason.value == "model_not_live"
