@@ -291,6 +291,9 @@ class Collector:
     def __init__(self, bootstrap: str, namespace: str, topics: tuple[str, ...]) -> None:
         self.names = {physical_name(t, namespace): t for t in topics}
         self.records: dict[str, list[tuple[int, int, int, dict[str, Any]]]] = {t: [] for t in topics}
+        #: correlation id -> receive time of its first ``new``/``rejected`` order update (the decision is out)
+        self.decided: dict[str, int] = {}
+        self.changed = asyncio.Event()
         self._bootstrap = bootstrap
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -311,7 +314,12 @@ class Collector:
             for tp, msgs in batch.items():
                 out = self.records[self.names[tp.topic]]
                 for m in msgs:
-                    out.append((now, m.partition, m.offset, json.loads(m.value)))
+                    d = json.loads(m.value)
+                    out.append((now, m.partition, m.offset, d))
+                    if tp.topic.endswith("orders.updates") and d["status"] in ("new", "rejected"):
+                        self.decided.setdefault(d["correlation_id"], now)
+            if batch:
+                self.changed.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -370,6 +378,41 @@ class Pacer:
         return sent, (n - 1) / elapsed if n > 1 and elapsed > 0 else float("nan")
 
 
+class BarFeeder:
+    """Publishes signal ``i``'s fill bar as soon as its decision is seen on ``orders.updates``.
+
+    Why not right after the signal: the bar travels on another topic and can overtake the signal, so the
+    order would fill one bar late at the other side of the swing (a loss; five in a row halt trading).
+    Publishing it after the decision makes the fill deterministic; the time in between is reported
+    separately (signal -> decision, bar -> fill). A signal that gave no order (no update) is skipped once a
+    later signal's decision is seen.
+    """
+
+    def __init__(self, pacer: Pacer, col: Collector, symbol: str) -> None:
+        self.pacer, self.col, self.symbol = pacer, col, symbol
+        self.signals: list[tuple[int, str, int]] = []  # (i, signal id, publish ns), in publish order
+        self.bar_sent: dict[str, int] = {}
+        self.done = False
+        self._futs: list[Any] = []
+
+    async def run(self) -> None:
+        j = 0
+        while not (self.done and j >= len(self.signals)):
+            self.col.changed.clear()
+            while j < len(self.signals):
+                i, sid, ts = self.signals[j]
+                if sid in self.col.decided:
+                    bar = fill_bar(self.symbol, i, ts)
+                    self.bar_sent[sid] = time.time_ns()
+                    self._futs.append(await self.pacer.send(bar, "market.bars"))
+                elif not any(s in self.col.decided for _, s, _ in self.signals[j + 1:j + 50]):
+                    break
+                j += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.col.changed.wait(), 0.05)
+        await asyncio.gather(*self._futs)
+
+
 def _topic_of(rec: Record) -> str | None:
     return "market.bars" if isinstance(rec, Bar) else None  # checked bars: what the trading agent reads
 
@@ -410,17 +453,26 @@ async def _broker_baseline(bootstrap: str, rate: int, n: int) -> dict[str, Any]:
 async def _order_latency(pacer: Pacer, col: Collector, mode: str, rate: int, n: int) -> dict[str, Any]:
     """One (b) run at ``rate`` signals/s.
 
-    ``paired``: each signal is followed at once by the next bar (the order fills, the book stays small):
-    signal -> first order update and signal -> fill. ``decision``: signals only: signal -> first order
-    update; its orders stay in flight (no bar fills them), so these runs go last.
+    ``paired``: each signal's fill bar follows its decision at once (:class:`BarFeeder`; the order fills,
+    the book stays small): signal -> first order update, signal -> fill, bar -> fill. ``decision``:
+    signals only: signal -> first order update; its orders stay in flight, so these runs go last.
     """
     symbol = PHASE_SYMBOLS[f"{mode}_{rate}"]
+    feeder = BarFeeder(pacer, col, symbol) if mode == "paired" else None
+    feeding = asyncio.create_task(feeder.run()) if feeder is not None else None
 
     def make(i: int, ts: int) -> tuple[tuple[Record, ...], Any]:
         sig = bench_signal(symbol, i, ts)
-        return ((sig, fill_bar(symbol, i, ts)) if mode == "paired" else (sig,)), _topic_of
+        if feeder is not None:
+            feeder.signals.append((i, sig.event_id, ts))
+        return (sig,), _topic_of
 
-    sent, achieved = await pacer.run(n, rate, make)
+    try:
+        sent, achieved = await pacer.run(n, rate, make)
+    finally:
+        if feeder is not None and feeding is not None:
+            feeder.done = True
+            await asyncio.wait_for(feeding, 180)
     first_send = min(sent.values())
     t_sent = time.perf_counter()
     out: dict[str, Any] = {"symbol": symbol, "signals": n, "achieved_rate_per_s": round(achieved, 1)}
@@ -441,13 +493,9 @@ async def _order_latency(pacer: Pacer, col: Collector, mode: str, rate: int, n: 
             # signals whose record arrived, per second from the first publish to the last record
             "agent_throughput_per_s": round(matched / ((last - first_send) / 1e9), 1) if last > first_send else None,
         }
+    if feeder is not None:
+        out["bar_to_fill"] = percentiles(first_latencies(feeder.bar_sent, col.correlations("fills")))
     out["drain_after_last_send_s"] = round(time.perf_counter() - t_sent, 2)
-    if mode == "paired":
-        # the paired bar opens 1 ns after its signal; a later open means the bar overtook the signal
-        # (they travel on different topics) and the order waited for the next pair's bar
-        at_pair = sum(1 for _, _, _, d in col.records["fills"]
-                      if d["correlation_id"] in sent and d["ts_event"] == sent[d["correlation_id"]] + 1)
-        out["filled_at_own_bar"] = at_pair
     verdicts: dict[str, int] = {}
     for _, _, _, d in col.records["risk.decisions"]:
         if d["correlation_id"] in sent:
@@ -486,8 +534,9 @@ async def _kill_trials(pacer: Pacer, col: Collector, keyring: Keyring, trials: i
             if delay > 0:
                 await asyncio.sleep(delay)
             ts = time.time_ns()
-            await pacer.send(bench_signal(symbol, i, ts))
-            await pacer.send(fill_bar(symbol, i, ts), "market.bars")  # orders fill: the book stays small
+            sig = bench_signal(symbol, i, ts)
+            feeder.signals.append((i, sig.event_id, ts))
+            await pacer.send(sig)
             i += 1
 
     def approved_since(t: int) -> bool:
@@ -496,6 +545,8 @@ async def _kill_trials(pacer: Pacer, col: Collector, keyring: Keyring, trials: i
     def killed_since(t: int) -> bool:
         return any(d.killed and d.recv_ns >= t for d in col.decisions(symbol))
 
+    feeder = BarFeeder(pacer, col, symbol)  # orders fill: the checkpointed book stays small
+    feeding = asyncio.create_task(feeder.run())
     streamer = asyncio.create_task(stream())
     marks: list[tuple[int, int]] = []
     try:
@@ -512,6 +563,8 @@ async def _kill_trials(pacer: Pacer, col: Collector, keyring: Keyring, trials: i
     finally:
         stop.set()
         await streamer
+        feeder.done = True
+        await asyncio.wait_for(feeding, 180)
     decisions = col.decisions(symbol)
     ends = [m[0] for m in marks[1:]] + [time.time_ns() + 1]
     judged = [judge_kill_trial(decisions, on, off, end) for (on, off), end in zip(marks, ends, strict=True)]
@@ -613,6 +666,8 @@ def broker_table(broker: dict[str, Any]) -> list[str]:
         cells = [(f"{run}: signal->{what}", row[run]["achieved_rate_per_s"], row[run][f"signal_to_{what}"])
                  for run, what in (("paired", "first_update"), ("paired", "fill"), ("signals_only", "first_update"))
                  if run in row]
+        if "paired" in row:
+            cells.insert(2, ("paired: bar->fill", row["paired"]["achieved_rate_per_s"], row["paired"]["bar_to_fill"]))
         base = row["baseline_broker_only"]
         cells.append(("broker only (baseline)", base["achieved_rate_per_s"], base))
         for name, achieved, r in cells:

@@ -301,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gates_parsers(sub, infra)
 
+    from ops.tail_cli import add_parsers as add_tail_parsers
+
+    add_tail_parsers(sub, infra)
+
     from ops.audit_cli import add_parsers as add_audit_parsers
 
     add_audit_parsers(sub, infra)

@@ -115,6 +115,7 @@ def run_main_job(opts: RunOptions) -> int:
                                                       str(free_port()), "--agents", agent], log_dir))
         children.append(Child("sink", [*cli, "sink", "--bootstrap", broker.bootstrap, "--dsn", pg.dsn], log_dir))
         summary = asyncio.run(_main(opts, pg.dsn, broker.bootstrap, children))
+        summary["research"] = _research(pg.dsn, broker.bootstrap, children, log_dir)
     finally:
         for c in children:
             c.stop()
@@ -295,6 +296,54 @@ def _digest(items: Iterable[tuple[str, tuple[float, ...]]]) -> str:
     return h.hexdigest()
 
 
+#: The research step of the main job: a walk-forward backtest of the tanh-sizer on model signals
+#: (MLP trained in-process per window, polarity chosen on each training span) over a year of the
+#: bundled Binance BTC/USDT 1h bars, then the gates on its track.
+BACKTEST_ARGS = ("--symbols", "BTC/USDT", "--from", "2021-01-01", "--to", "2022-01-01", "--walk-forward", "4",
+                 "--polarity", "auto_train_ic", "--source", "prod")
+
+
+def _research(dsn: str, bootstrap: str, children: list[Child], log_dir: Path) -> dict[str, Any]:
+    """Backtest (results into Postgres) and gates (results on ``gates.results`` -> the sink -> Postgres),
+    through the operator CLI, as a researcher would run them."""
+    import json
+
+    cli = [sys.executable, "-m", "ops.cli"]
+    t0 = time.perf_counter()
+    bt = subprocess.run([*cli, "backtest", "run", "--dsn", dsn, *BACKTEST_ARGS], capture_output=True, text=True,  # noqa: S603
+                        timeout=900, check=False)
+    (log_dir / "backtest.log").write_text(bt.stdout + bt.stderr)
+    if bt.returncode != 0:
+        raise RuntimeError(f"backtest failed (exit {bt.returncode}): {bt.stderr[-2000:]}")
+    backtest = json.loads(bt.stdout.strip().splitlines()[-1])
+    backtest_s = time.perf_counter() - t0
+    gates = subprocess.run([*cli, "gates", "evaluate", "--dsn", dsn, "--bootstrap", bootstrap, "--track",  # noqa: S603
+                            backtest["track"], "--json"], capture_output=True, text=True, timeout=300, check=False)
+    (log_dir / "gates.log").write_text(gates.stdout + gates.stderr)
+    if gates.returncode not in (0, 1):  # 1 = a gate failed / not ready: a verdict, not an error
+        raise RuntimeError(f"gates evaluate failed (exit {gates.returncode}): {gates.stderr[-2000:]}")
+    results = [json.loads(line) for line in gates.stdout.splitlines() if line.startswith("{")]
+    ids = [r["result_id"] for r in results]
+
+    async def stored() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                n = int(await conn.fetchval("SELECT count(*) FROM ev_gate_results WHERE event_id = ANY($1::text[])",
+                                            ids))
+                if n >= len(ids) or time.monotonic() > deadline:
+                    return n
+                for c in children:
+                    c.check_alive()
+                await asyncio.sleep(0.5)
+        finally:
+            await conn.close()
+
+    return {"backtest": backtest, "backtest_seconds": round(backtest_s, 1), "gates": results,
+            "gates_exit": gates.returncode, "gate_rows_stored": asyncio.run(stored())}
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     print("\n=== tradeflow run: summary ===")
     for r in s["imports"]:
@@ -320,4 +369,21 @@ def _print_summary(s: dict[str, Any]) -> None:
         print(f"  {d['consumer']:<14} {d['source_topic']:<40} {d['reason']:<20} {d['n']}")
     if not s["dead_letters"]:
         print("  none")
+    r = s.get("research")
+    if r:
+        b = r["backtest"]
+        m = b["metrics"]
+        print(f"\nbacktest {b['run_id'][:16]} ({b['status']}, source {b['source']}, track {b['track']}, "
+              f"{r['backtest_seconds']}s): decision hash {b['decision_hash'][:16]}, {b['fills']} fills")
+        for k in ("pnl_after_costs", "fees", "slippage", "impact", "sharpe_daily", "max_drawdown", "turnover",
+                  "trade_count", "win_rate", "reject_rate", "observation_days"):
+            v = m.get(k)
+            print(f"  {k:<18} {'missing' if v is None else round(v, 4)}")
+        print(f"gates on that track (exit {r['gates_exit']}: {'ready' if r['gates_exit'] == 0 else 'not ready'}; "
+              f"{r['gate_rows_stored']}/{len(r['gates'])} results stored via the broker):")
+        for g in r["gates"]:
+            value = "missing" if g.get("value") is None else round(g["value"], 4)
+            print(f"  {g['gate']:<10} {g['metric']:<16} {g['status']:<24} value {value} "
+                  f"{g.get('comparator', '')} {g.get('threshold', '')}"
+                  + (f"  blockers: {'; '.join(g['blockers'])}" if g.get("blockers") else ""))
     print(f"\ntotal {s['total_seconds']}s; data in {s['data_dir']}")

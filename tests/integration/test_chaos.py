@@ -8,11 +8,12 @@ EmbeddedBroker), never the session fixtures other tests share.
 2. exchange errors and jitter: ccxt against a local HTTP venue that answers with recorded
    Binance error bodies, random latency, timeouts and dropped connections; retries stay
    within ``max_attempts`` with one client order id, then a classified reject;
-3. broker lost: the broker process is SIGKILLed under a trading worker and a sink; both exit
-   non-zero with a critical ``broker_lost`` within a bound, and no order appears afterwards
-   even once an empty broker is back on the same address;
-4. degraded model: a model whose metrics break the gates is rolled back by governance
-   (written only once ``agents/governance/agent.py`` exists; see the bottom of this file).
+3. broker lost: the broker process is SIGKILLed under a trading worker and a sink and an empty
+   one comes back on the same address (also with its topics recreated at once, which only the
+   watchdog's committed-offset marker can tell); both exit non-zero with a critical
+   ``broker_lost`` within a bound, and no order appears afterwards;
+4. degraded model: degraded backtest evidence -> the real ``tradeflow gates evaluate`` fails
+   the gates -> the governance worker rolls the candidate back.
 """
 
 from __future__ import annotations
@@ -365,6 +366,9 @@ class ChaosVenue:
                 from tests.unit.test_ccxt_execution import binance_filled
 
                 body = binance_filled(coid)
+            if body == "drop":  # the connection dies without an answer
+                request.transport.abort()
+                return web.Response(status=500)
             if isinstance(body, str):
                 return web.Response(text=body, status=status, content_type="text/html")
             return web.json_response(body, status=status)
@@ -436,6 +440,7 @@ async def test_exchange_timeout_then_retry_and_duplicate_answer_means_already_pl
     [
         (_rate_limited(), "rate_limited", 3),  # retriable: every attempt used, then the classified reject
         ((0.0, 503, "<html><body><h1>503 Service Unavailable</h1></body></html>"), "network_error", 3),
+        ((0.0, 200, "drop"), "network_error", 3),
         ((0.0, 400, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
          "network_error", 3),  # Binance DISCONNECTED: ccxt OperationFailed, transient
         ((1.0, 200, {}), "venue_timeout", 3),  # every answer slower than the client timeout
@@ -521,10 +526,10 @@ async def test_degraded_model_when_real_gates_evaluate_it_then_they_fail_and_gov
         return await stages(dsn) == {"v1": "active", "v2": "rolled_back"}
 
     await wait_until(rolled_back, 60, "v2 rolled back and v1 still active in model_registry", watch=procs)
-    rows = await decisions(dsn)
-    assert [(r["version"], r["action"], r["from_stage"], r["to_stage"]) for r in rows] == [
+    audit = await decisions(dsn)
+    assert [(r["version"], r["action"], r["from_stage"], r["to_stage"]) for r in audit] == [
         ("v2", "hold", "shadow", "shadow"), ("v2", "rollback", "shadow", "rolled_back")]
-    last = rows[-1]
+    last = audit[-1]
     assert last["trigger"] == "gates" and last["window_status"] == "failed"
     assert set(json.loads(last["gate_result_ids"])) <= published  # decided on what the real gates published
     assert worker.alive

@@ -1,0 +1,207 @@
+"""``tradeflow tail`` and ``tradeflow status``: watch the platform from a terminal.
+
+``tradeflow tail TOPIC [--from-beginning] [--limit N] [--symbol S] [--group G]``
+    A live consumer of any catalogued topic, printing one JSON record per line
+    (the wire format, validated with the project's strict codec). It is also
+    the reference for outside consumers of ``signals``: a plain Kafka consumer
+    (aiokafka here; any client in any language works the same), reading the
+    documented JSON records. Without ``--group`` it joins no consumer group
+    (nothing is committed; every run starts at the end, or at the beginning
+    with ``--from-beginning``); with ``--group`` it commits what it printed,
+    so a restart goes on where it stopped. A record that fails validation is
+    reported on stderr with its reason and coordinates, never fatal.
+
+``tradeflow status``
+    One screen of state from PostgreSQL and the broker: broker reachable and
+    every catalogued topic present, database reachable and its migration
+    version, latest portfolio per account, kill-switch commands in force
+    according to the control audit, current gate results with blockers, model
+    rollout stages, dead letters. Exit 0 when broker and database are up, 3
+    otherwise (the sections that could be read are still printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["add_parsers"]
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+
+
+# ---------------------------------------------------------------------------
+# tail
+# ---------------------------------------------------------------------------
+
+
+def cmd_tail(a: argparse.Namespace) -> int:
+    from topics.catalogue import TOPICS
+
+    names = {t.name for t in TOPICS}
+    if a.topic not in names:
+        print(f"tradeflow tail: unknown topic {a.topic!r}; known: {', '.join(sorted(names))}", file=sys.stderr)
+        return EXIT_USAGE
+    if a.limit is not None and a.limit < 1:
+        print("tradeflow tail: --limit must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_tail(a))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _tail(a: argparse.Namespace) -> int:
+    from aiokafka import AIOKafkaConsumer
+
+    from topics.catalogue import physical_name, spec
+    from topics.schema import RecordError, codec_for
+
+    s = spec(a.topic)
+    codec = codec_for(s.record)
+    topic = physical_name(a.topic, a.namespace)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=a.bootstrap, group_id=a.group or None, enable_auto_commit=False,
+        auto_offset_reset="earliest" if a.from_beginning else "latest",
+    )
+    await consumer.start()
+    printed = 0
+    idle = 0.0
+    try:
+        while a.limit is None or printed < a.limit:
+            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            for tp, messages in batch.items():
+                for m in messages:
+                    try:
+                        rec = codec.decode(m.value or b"")
+                    except RecordError as exc:
+                        print(f"invalid record at {tp.topic}[{tp.partition}]@{m.offset}: {exc.reason.value}: "
+                              f"{exc}", file=sys.stderr)
+                        continue
+                    if a.symbol and getattr(rec, "symbol", None) != a.symbol:
+                        continue
+                    sys.stdout.write((m.value or b"").decode() + "\n")
+                    printed += 1
+                    if a.limit is not None and printed >= a.limit:
+                        break
+                if a.limit is not None and printed >= a.limit:
+                    break
+            sys.stdout.flush()
+            if a.group and batch:
+                await consumer.commit()
+            idle = 0.0 if batch else idle + 0.5
+            if a.idle_exit_s and idle >= a.idle_exit_s:
+                break
+    finally:
+        await consumer.stop()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# status
+# ---------------------------------------------------------------------------
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    report = asyncio.run(_status(a.dsn, a.bootstrap, a.namespace))
+    if a.json:
+        print(json.dumps(report, sort_keys=True, default=str))
+    else:
+        _print_status(report)
+    return EXIT_OK if report["broker"]["up"] and report["database"]["up"] else EXIT_INFRA
+
+
+async def _status(dsn: str, bootstrap: str, namespace: str) -> dict[str, Any]:
+    import asyncpg
+    from aiokafka import AIOKafkaConsumer
+
+    from topics.catalogue import TOPICS, physical_name
+
+    out: dict[str, Any] = {}
+    try:
+        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        await asyncio.wait_for(probe.start(), 10)
+        try:
+            present = await asyncio.wait_for(probe.topics(), 10)
+        finally:
+            await probe.stop()
+        missing = [t.name for t in TOPICS if physical_name(t.name, namespace) not in present]
+        out["broker"] = {"up": True, "bootstrap": bootstrap, "missing_topics": missing}
+    except Exception as exc:  # KafkaError, OSError, timeout ...: any failure means the broker is not usable
+        out["broker"] = {"up": False, "bootstrap": bootstrap, "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(dsn), 10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        out["database"] = {"up": False, "error": f"{type(exc).__name__}: {exc}"}
+        return out
+    try:
+        version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+        out["database"] = {"up": True, "migration": version}
+        out["portfolios"] = [dict(r) for r in await conn.fetch(
+            "SELECT account, equity, cash, drawdown, realized_pnl, unrealized_pnl, fees_paid, quantities::text AS q, "
+            "as_of_ns FROM portfolio_latest ORDER BY account")]
+        out["kill_switch_commands"] = [dict(r) for r in await conn.fetch(
+            "SELECT DISTINCT ON (scope, target) command, scope, target, operator, reason, ts_event "
+            "FROM control_audit WHERE outcome = 'accepted' AND component = 'risk' "
+            "AND command IN ('kill_switch_on', 'kill_switch_off') ORDER BY scope, target, ts_event DESC")]
+        out["gates"] = [dict(r) for r in await conn.fetch(
+            "SELECT gate, track, metric, status, value, threshold, comparator, blockers::text AS blockers "
+            "FROM gate_current ORDER BY track, gate, metric")]
+        out["rollout"] = [dict(r) for r in await conn.fetch(
+            "SELECT model_id, symbol, version, stage, action, reason FROM rollout_status ORDER BY model_id, symbol")]
+        out["dead_letters"] = [dict(r) for r in await conn.fetch(
+            "SELECT consumer, source_topic, reason, count(*) AS n FROM dead_letters GROUP BY 1, 2, 3 ORDER BY 4 DESC "
+            "LIMIT 10")]
+    except asyncpg.UndefinedTableError as exc:
+        out["database"] = {"up": True, "error": f"not migrated: {exc} (run `tradeflow migrate`)"}
+    finally:
+        await conn.close()
+    return out
+
+
+def _print_status(r: dict[str, Any]) -> None:
+    b = r["broker"]
+    print(f"broker    {'UP' if b['up'] else 'DOWN'} {b['bootstrap']}"
+          + (f"  missing topics: {', '.join(b['missing_topics'])}" if b.get("missing_topics") else "")
+          + (f"  ({b['error']})" if b.get("error") else ""))
+    d = r["database"]
+    print(f"database  {'UP' if d['up'] else 'DOWN'}" + (f" migration {d['migration']}" if d.get("migration") else "")
+          + (f"  ({d['error']})" if d.get("error") else ""))
+    for p in r.get("portfolios", []):
+        print(f"account   {p['account']}: equity {p['equity']:.2f} cash {p['cash']:.2f} drawdown {p['drawdown']:.4f} "
+              f"realized {p['realized_pnl']:.2f} unrealized {p['unrealized_pnl']:.2f} fees {p['fees_paid']:.2f} "
+              f"positions {p['q']}")
+    on = [k for k in r.get("kill_switch_commands", []) if k["command"] == "kill_switch_on"]
+    print(f"kill      {len(on)} scope(s) last switched on by an operator"
+          + "".join(f"\n          {k['scope']}:{k['target']} by {k['operator']}: {k['reason']}" for k in on))
+    for g in r.get("gates", []):
+        value = "missing" if g["value"] is None else f"{g['value']:.4f}"
+        print(f"gate      {g['track']} {g['gate']}:{g['metric']} {g['status']} (value {value} {g['comparator']} "
+              f"{g['threshold']})" + (f" blockers {g['blockers']}" if g["blockers"] not in (None, "[]") else ""))
+    for m in r.get("rollout", []):
+        print(f"rollout   {m['model_id']} {m['symbol']} v{m['version']}: {m['stage']} ({m['action']}: {m['reason']})")
+    for x in r.get("dead_letters", []):
+        print(f"deadltr   {x['consumer']} {x['source_topic']} {x['reason']}: {x['n']}")
+
+
+def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
+    sp = sub.add_parser("tail", help="print records of a topic as JSON lines (live consumer; the outside-consumer "
+                        "example)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    infra(sp)
+    sp.add_argument("topic", help="catalogue name, e.g. signals")
+    sp.add_argument("--from-beginning", action="store_true", help="start at the oldest retained record")
+    sp.add_argument("--limit", type=int, default=None, help="stop after N records")
+    sp.add_argument("--symbol", default="", help="only records of this symbol")
+    sp.add_argument("--group", default="", help="consumer group: commit what was printed, resume there")
+    sp.add_argument("--idle-exit-s", type=float, default=0.0, help="stop after this long without records (0: never)")
+    sp.set_defaults(fn=cmd_tail)
+
+    sp = sub.add_parser("status", help="broker, database, portfolios, kill switches, gates, rollout, dead letters",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    infra(sp, dsn=True)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_status)
