@@ -25,7 +25,10 @@ COPY models models
 COPY storage storage
 COPY gpu_workers gpu_workers
 COPY ops ops
-RUN pip install .
+COPY backtest backtest
+# editable: non-Python files beside the code (migrations, dashboard static files, sample data) stay where the
+# code looks for them, whether or not package-data lists them
+RUN pip install -e .
 
 # Unprivileged at run time; checkpoints go to a volume owned by this user.
 RUN useradd --system --uid 10001 --home-dir /app tradeflow \

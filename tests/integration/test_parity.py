@@ -202,6 +202,7 @@ async def paper_session(broker: EmbeddedBroker, namespace: str, procs: Procs, wo
                 last = await workers.counts()
                 return settled(last, n)
 
+            if n in (1, 2, 100, 300): print("T bar", n, time.time())
             await wait_until(done, 90 if n == 1 else 30, f"bar {n} and its signal consumed", every=0.02,
                              watch=procs)
     return last
@@ -220,7 +221,9 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
     monkeypatch.setenv("TRADEFLOW_TRADING_SYMBOLS", SYMBOL)
     monkeypatch.setenv("TRADEFLOW_TRADING_TIMEFRAMES", "1h")
     monkeypatch.setenv("TRADEFLOW_ARTIFACTS", str(tmp_path / "models"))
+    T0=time.time()
     train_bars, session = recorded_bars()
+    print("T bars", time.time()-T0)
 
     # the live workers start while the model trains; inference only once the model is announced
     features = procs.worker(broker.bootstrap, namespace, "features")
@@ -231,10 +234,12 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
                                  event_id=registered.event_id + "-active")
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
         await pub.publish([registered, active])
+    print("T trained", time.time()-T0)
     inference = procs.worker(broker.bootstrap, namespace, "inference")
     workers = Workers(features.extra["web_port"], inference.extra["web_port"], trading.extra["web_port"])
 
     final = await paper_session(broker, namespace, procs, workers, session)
+    print("T session", time.time()-T0, final)
     assert final.inference_out >= N_SESSION // 2, final  # the model scored the session, not a trickle
     paper_fills_sent = await workers.metric("trading", "tradeflow_records_out_total", producer="trading",
                                             topic="fills")
@@ -261,7 +266,9 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
     assert bt_cfg.strategy.config_hash() == live_cfg.strategy.config_hash() == StrategyConfig().config_hash()
     assert bt_cfg.risk.config_hash() == live_cfg.risk.config_hash()
     assert bt_cfg.portfolio.config_hash() == live_cfg.portfolio.config_hash()
+    print("T stored", time.time()-T0)
     run_id = await arun_backtest(request, dsn)
+    print("T backtest", time.time()-T0)
 
     bt_rows = await fetch(dsn, "SELECT client_order_id, side, quantity, price, fee FROM backtest_fills "
                                "WHERE run_id = $1 ORDER BY seq", run_id)
@@ -280,6 +287,7 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
 
     # -- the parity gate, as an operator runs it ---------------------------------------------
     track = request.track_name
+    print("T compared", time.time()-T0)
     gates = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "ops.cli", "gates", "evaluate", "--track", track, "--json",
                          "--dsn", dsn, "--bootstrap", broker.bootstrap, "--namespace", namespace],
@@ -293,5 +301,6 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
         assert r["value"] is not None and r["value"] <= REL, (metric, r["value"])
         assert r["observations"] >= 10 and r["blockers"] == [], (metric, r)
         assert abs(r["attribution"]["gap"]) <= REL * max(abs(r["attribution"]["backtest_cash"]), 1.0), r
+    print("T gates", time.time()-T0, len(backtest))
     # every backtest and paper fill of the session lies in the 30-day window: all of them were matched
     assert parity[f"relative_deviation_30d:{SYMBOL}"]["observations"] == len(backtest)

@@ -100,6 +100,7 @@ def test_compose_when_validated_against_the_compose_spec_schema_then_no_errors()
     # the validator does reject what compose rejects (guards against a schema that accepts anything)
     bad = {"services": {"x": {"image": "a", "deploy": {"replicas": "two"}, "no_such_key": 1}}}
     assert len(list(validator.iter_errors(bad))) >= 1
+    assert "secrets/" in (ROOT / ".gitignore").read_text().splitlines()  # where compose reads the secrets from
     if _compose_plugin():  # this machine has the docker CLI without the compose plugin: schema only
         _docker_compose_config()
 
@@ -204,6 +205,13 @@ def test_gpu_workers_when_parsed_then_nvidia_gpu_reserved_and_cuda_image() -> No
     assert re.search(r"^ARG TORCH_INDEX=", dockerfile, re.M)
     assert '--index-url "${TORCH_INDEX}"' in dockerfile
     assert 'ENTRYPOINT ["tradeflow"]' in dockerfile
+
+
+def test_dockerfile_when_read_then_every_top_level_package_is_in_the_image() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\S+) \1$", dockerfile, re.M))
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
 
 
 # ---------------------------------------------------------------------------
