@@ -19,7 +19,9 @@ Formulas
 ``pnl``
     before costs: ``pnl_after_costs + fees + slippage + impact``.
 ``sharpe_daily``
-    ``e_d`` = the last equity of each UTC day that has equity points (per
+    ``e_d`` = the last equity of each UTC day that has equity points (a point
+    stamped exactly 00:00, the close of the 23:00 bar, belongs to the day it
+    closes; per
     symbol: the symbol's sleeve ``initial_cash + pnl_after_costs(symbol)``
     after each bar); ``e_0`` = ``initial_cash`` (the equity before the first
     day); ``r_d = e_d / e_{d-1} - 1`` for each observed day;
@@ -55,13 +57,12 @@ Formulas
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agents.features.spec import parse_lineage_id
-from agents.portfolio.engine import NS_PER_DAY
 from backtest.replay import ReplayResult
+from backtest.sharpe import daily_sharpe
 from topics.records import (
     Fill,
     OrderIntent,
@@ -120,24 +121,6 @@ def fill_costs(fill: Fill) -> FillCosts:
         slippage=fill.quantity * ref * fill.slippage_bps / 10_000,
         impact=fill.quantity * ref * fill.impact_bps / 10_000,
     )
-
-
-def daily_sharpe(curve: Sequence[tuple[int, float]], initial: float) -> float | None:
-    """Sharpe of daily returns of a (ts_ns, equity) curve (module docstring)."""
-    day_end: dict[int, float] = {}
-    for ts, eq in curve:
-        day_end[ts // NS_PER_DAY] = eq
-    prev = initial
-    returns: list[float] = []
-    for day in sorted(day_end):
-        returns.append(day_end[day] / prev - 1.0)
-        prev = day_end[day]
-    if len(returns) < 2:
-        return None
-    sd = statistics.stdev(returns)
-    if sd == 0.0 or not math.isfinite(sd):
-        return None
-    return statistics.fmean(returns) / sd * math.sqrt(365.0)
 
 
 def max_drawdown(values: Iterable[float], initial: float) -> float | None:

@@ -8,11 +8,11 @@ rate, initial cash, lot size). Candidates run in a pool of worker processes
 persisted rows do not depend on which worker finished first.
 
 Objective (maximised): daily Sharpe after costs, the contract's formula
-(``/tmp/briefs/schema.md``, same as ``backtest_metrics.sharpe_daily``): the
-equity curve sampled at each UTC day's last bar close, daily returns
-``r_d = e_d / e_{d-1} - 1``, ``sharpe = mean(r_d) / stdev(r_d, ddof=1) *
-sqrt(365)``; ``None`` (missing, not 0.0) with fewer than 2 daily returns or a
-zero stdev. A bar closing exactly at 00:00 UTC counts to the day it closes.
+of :mod:`backtest.sharpe` (the same as ``backtest_metrics.sharpe_daily``):
+the equity curve sampled at each UTC day's last bar close, the initial cash
+before the first day, daily returns ``r_d = e_d / e_{d-1} - 1``,
+``sharpe = mean(r_d) / stdev(r_d, ddof=1) * sqrt(365)``; ``None`` (missing,
+not 0.0) with fewer than 2 daily returns or a zero stdev.
 
 Activity constraints: a candidate with fewer than ``min_trades`` round trips
 or a turnover (traded notional, both sides, over the run's mean equity) below
@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from backtest import sharpe
 from backtest.reference import FloatArray, IntArray, PriceSeries, SmaCrossParams, run_sma_cross
 
 __all__ = [
@@ -134,20 +135,10 @@ class TrialResult:
 # ---------------------------------------------------------------------------
 
 
-def daily_sharpe(close_time: IntArray, equity: FloatArray) -> float | None:
-    """Annualised daily Sharpe of an equity curve; None when undefined (see module docstring)."""
-    if equity.shape[0] == 0:
-        return None
-    day = (close_time - 1) // DAY_NS  # a close at exactly 00:00 ends the previous day
-    last_of_day = np.flatnonzero(np.diff(day) != 0)
-    daily = np.append(equity[last_of_day], equity[-1])
-    if daily.shape[0] < 3:
-        return None
-    returns = daily[1:] / daily[:-1] - 1.0
-    sd = float(np.std(returns, ddof=1))
-    if not sd > 0.0 or not math.isfinite(sd):
-        return None
-    return float(np.mean(returns)) / sd * math.sqrt(365.0)
+def daily_sharpe(close_time: IntArray, equity: FloatArray, initial_cash: float) -> float | None:
+    """Annualised daily Sharpe of an equity curve: the one formula of
+    :func:`backtest.sharpe.daily_sharpe` (None when undefined)."""
+    return sharpe.daily_sharpe(list(zip(close_time.tolist(), equity.tolist(), strict=True)), initial_cash)
 
 
 def max_drawdown(equity: FloatArray) -> float:
@@ -185,7 +176,7 @@ def evaluate(prices: PriceSeries, costs: TuningCosts, constraints: Constraints, 
         "fees": r.total_fees,
         "trade_count": r.trade_count,
         "turnover": r.turnover,
-        OBJECTIVE: daily_sharpe(prices.close_time, r.equity),
+        OBJECTIVE: daily_sharpe(prices.close_time, r.equity, costs.initial_cash),
         "max_drawdown": max_drawdown(r.equity),
         "skipped_entries": r.skipped_entries,
     }

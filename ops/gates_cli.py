@@ -220,7 +220,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if every_ns is not None and a.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(a.metrics_port, addr="127.0.0.1")
+        start_http_server(a.metrics_port, addr=os.environ.get("TRADEFLOW_METRICS_HOST", "127.0.0.1"))
 
     async def main() -> int:
         while True:

@@ -1,6 +1,7 @@
 """Trading agent: ``signals`` + ``market.bars`` + ``control`` + ``models.registry``
 -> intents, risk decisions, order updates, fills, portfolio state, control
-audits, alerts.
+audits, alerts. Execution is paper (in the core) or a ccxt venue (live or dry
+run, awaited here between the core's steps).
 
 Thin: decode (or dead-letter), call :class:`~agents.trading.core.TradingCore`,
 send what it returns, count it. The order of operations lives in the core,
@@ -48,11 +49,53 @@ bar is skipped by the core; every output has a deterministic event id, so
 downstream sinks dedupe. Outputs go out with ``send_soon`` inside the
 micro-batch; faust flushes the producer before it commits offsets.
 
+External execution (``TRADEFLOW_EXECUTION_ADAPTER=ccxt``)
+--------------------------------------------------------
+The core runs in ``external`` mode (:mod:`agents.trading.core`): each step
+returns the approved orders in ``Step.to_submit``; after publishing the
+step's records the agent awaits
+:meth:`~agents.execution.ccxt_live.CcxtExecutionAdapter.submit` for each, in
+order, and feeds every answer (order updates, fills) through
+``core.on_execution``, publishing what that returns (the answer itself,
+stamped with the core's clock: the adapter's clock *is* the core's clock).
+Rejected decisions never reach the adapter: the core emits paper's
+``rejected``/``risk_blocked`` record for them, labelled with the adapter's
+name (``ccxt:<venue>:<market>``), so a kill switch blocks every order
+whatever the adapter. The venue's answers are inputs of the decision
+process, so they are journaled like the broker inputs (topic
+``orders.updates`` / ``fills``, their event ids, arrival ``NULL``; partition
+and offset ``-1``: they were not consumed from the broker, the columns are
+``NOT NULL``) and ``tradeflow audit`` replays them through ``on_execution``.
+
+Start-up, before the first message is consumed: the venue's markets are
+loaded from ``TRADEFLOW_EXECUTION_MARKETS_FILE`` (dry run only) or from the
+venue on a private event loop within the adapter's connect timeout; an
+unreachable venue logs ``trading_execution_unavailable`` (critical) and
+exits 3. The markets file is a *ccxt markets dump*: the JSON object
+``exchange.markets`` after ``load_markets()`` (unified symbol -> unified
+market; :func:`~agents.execution.ccxt_live.dump_markets_snapshot` writes
+it), so dry-run validation runs offline against pinned precision and limits
+and gives the same answers on every run and every replay.
+
+Recovery in external mode: re-processing the inputs after the checkpoint
+submits their orders again. In a dry run that gives byte-identical answers
+(validation is a pure function of the pinned markets). Live, the client
+order id is the same, so the venue refuses a second order and the adapter
+reports ``acknowledged``/``already_placed``; fills of the first placement
+that were not checkpointed are not fetched back (no reconciliation yet).
+
 Configuration (environment)
 ---------------------------
 ``TRADEFLOW_TRADING_ACCOUNT`` (``paper``), ``TRADEFLOW_EXECUTION_ADAPTER``
-(``paper``; the only adapter wired into the agent so far: anything else
-refuses to start), ``TRADEFLOW_TRADING_SYMBOLS`` (comma list: the risk
+(``paper`` or ``ccxt``; ccxt reads ``TRADEFLOW_EXECUTION_VENUE``
+(``binance``/``bitget``/``coinbase``, required), ``TRADEFLOW_EXECUTION_MARKET``
+(``spot``/``swap``, default spot), ``TRADEFLOW_EXECUTION_DRY_RUN`` (default
+``1``; orders are sent only with an explicit ``0``, which also needs
+credentials), ``TRADEFLOW_EXECUTION_LEVERAGE`` / ``_MARGIN_MODE`` /
+``_POSITION_MODE`` (perpetuals), ``TRADEFLOW_EXECUTION_MARKETS_FILE`` (see
+above), credentials ``TRADEFLOW_EXCHANGE_API_KEY`` / ``_SECRET`` /
+``_PASSWORD`` or the same names with ``_FILE``, never logged),
+``TRADEFLOW_TRADING_SYMBOLS`` (comma list: the risk
 engine's allowed symbols; default BTC/ETH USDT spot and perpetuals),
 ``TRADEFLOW_TRADING_TIMEFRAMES`` (``1h``), and the control keys
 ``TRADEFLOW_CONTROL_KEY_<ID>`` / ``_FILE`` (see
@@ -108,21 +151,26 @@ core is pickled per batch (its caches are bounded by the engines'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from agents.clock import FunctionClock
 from agents.confighash import stable_config_hash
 from agents.control.signing import Keyring, load_keyring
+from agents.execution.paper import PaperConfig
 from agents.risk.config import RiskConfig
 from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
 from agents.trading.checkpoint import CheckpointError, load_checkpoint, open_checkpoint, save_checkpoint, seal
-from agents.trading.core import Step, TradingConfig, TradingCore
+from agents.trading.core import ExecutionMode, Step, TradingConfig, TradingCore
 from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import (
@@ -138,7 +186,10 @@ from topics.records import (
 )
 from topics.schema import Record, codec_for
 
-__all__ = ["NAME", "TradingSettings", "register"]
+if TYPE_CHECKING:
+    from agents.execution.ccxt_live import CcxtExecutionAdapter, LiveExecutionConfig
+
+__all__ = ["NAME", "ExecutionSettings", "TradingSettings", "load_exchange_credentials", "register"]
 
 log = structlog.get_logger("agents.trading")
 
@@ -158,7 +209,9 @@ OUTPUTS = (
     "control.audit",
     "ops.alerts",
 )
-ADAPTERS = ("paper",)
+ADAPTERS = ("paper", "ccxt")
+#: Journal partition/offset of an execution answer: it came from the adapter, not from the broker.
+NOT_CONSUMED = -1
 
 SIZING = Counter("tradeflow_sizing_decisions_total", "Signals by sizing outcome", ["account", "reason"])
 RISK_VERDICTS = Counter("tradeflow_risk_decisions_total", "Risk decisions by verdict", ["account", "verdict"])
@@ -179,16 +232,129 @@ CHECKPOINT_SECONDS = Histogram(
 )
 CHECKPOINT_BYTES = Gauge("tradeflow_trading_checkpoint_bytes", "Size of the last checkpoint's state", ["account"])
 DRAWDOWN = Gauge("tradeflow_portfolio_drawdown", "Peak-to-now drawdown (fraction)", ["account"])
+EXECUTION_SUBMIT_SECONDS = Histogram(
+    "tradeflow_execution_submit_seconds", "One order through an external execution adapter", ["account", "adapter"],
+    buckets=(0.0005, 0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0),
+)
+
+#: ccxt credential key -> environment variable (each also readable from ``<NAME>_FILE``).
+_CREDENTIAL_VARS = {
+    "apiKey": "TRADEFLOW_EXCHANGE_API_KEY",
+    "secret": "TRADEFLOW_EXCHANGE_SECRET",
+    "password": "TRADEFLOW_EXCHANGE_PASSWORD",
+}
+
+
+def load_exchange_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """The exchange credentials from the environment or files (``{}`` when none is set).
+
+    Errors name variables and paths, never values.
+    """
+    out: dict[str, str] = {}
+    for key, var in _CREDENTIAL_VARS.items():
+        value, path = env.get(var, "").strip(), env.get(var + "_FILE", "").strip()
+        if value and path:
+            raise ValueError(f"set {var} or {var}_FILE, not both")
+        if path:
+            try:
+                value = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"{var}_FILE: cannot read {path} ({exc.strerror})") from None
+            if not value:
+                raise ValueError(f"{var}_FILE: {path} is empty")
+        if value:
+            out[key] = value
+    return out
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise ValueError(f"{name}={text!r}: expected 1 or 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionSettings:
+    """The ccxt adapter's environment (``TRADEFLOW_EXECUTION_*``), credentials excluded.
+
+    Dry run is the default: orders reach a venue only with an explicit
+    ``TRADEFLOW_EXECUTION_DRY_RUN=0``. A markets file pins the market rules a
+    dry run validates against; live sending always loads the venue's current
+    markets (stale precision or limits would reject or mis-size real orders).
+    """
+
+    venue: str
+    market: str = "spot"
+    dry_run: bool = True
+    leverage: int | None = None
+    margin_mode: str = "cross"
+    position_mode: str = "one_way"
+    markets_file: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ExecutionSettings:
+        venue = env.get("TRADEFLOW_EXECUTION_VENUE", "").strip()
+        if not venue:
+            raise ValueError("TRADEFLOW_EXECUTION_ADAPTER=ccxt needs TRADEFLOW_EXECUTION_VENUE "
+                             "(binance, bitget or coinbase)")
+        leverage_text = env.get("TRADEFLOW_EXECUTION_LEVERAGE", "").strip()
+        try:
+            leverage = int(leverage_text) if leverage_text else None
+        except ValueError:
+            raise ValueError(f"TRADEFLOW_EXECUTION_LEVERAGE={leverage_text!r}: expected an integer") from None
+        settings = cls(
+            venue=venue,
+            market=env.get("TRADEFLOW_EXECUTION_MARKET", "").strip() or "spot",
+            dry_run=_flag(env, "TRADEFLOW_EXECUTION_DRY_RUN", True),
+            leverage=leverage,
+            margin_mode=env.get("TRADEFLOW_EXECUTION_MARGIN_MODE", "").strip() or "cross",
+            position_mode=env.get("TRADEFLOW_EXECUTION_POSITION_MODE", "").strip() or "one_way",
+            markets_file=env.get("TRADEFLOW_EXECUTION_MARKETS_FILE", "").strip() or None,
+        )
+        if settings.markets_file is not None and not settings.dry_run:
+            raise ValueError("TRADEFLOW_EXECUTION_MARKETS_FILE pins market rules for dry runs only; live sending "
+                             "(TRADEFLOW_EXECUTION_DRY_RUN=0) loads the venue's current markets")
+        settings.live_config()  # the adapter's own validation (venue x market, leverage, modes)
+        return settings
+
+    def live_config(self) -> LiveExecutionConfig:
+        from agents.execution.ccxt_live import LiveExecutionConfig, MarginMode, PositionMode, VenueMarket
+
+        try:
+            return LiveExecutionConfig(
+                exchange_id=self.venue, market_type=VenueMarket(self.market), dry_run=self.dry_run,
+                leverage=self.leverage, margin_mode=MarginMode(self.margin_mode),
+                position_mode=PositionMode(self.position_mode),
+            )
+        except ValueError as exc:
+            raise ValueError(f"TRADEFLOW_EXECUTION_*: {exc}") from None
+
+    @property
+    def adapter(self) -> str:
+        """The adapter's name on its records and metrics: ``ccxt:<venue>:<market>``."""
+        return f"ccxt:{self.venue}:{self.market}"
 
 
 @dataclass(frozen=True, slots=True)
 class TradingSettings:
-    """The agent's environment, parsed once at start-up."""
+    """The agent's environment, parsed once at start-up.
+
+    ``adapter``: ``paper`` (in-process fills) or ``ccxt`` (``execution`` set:
+    the core runs in external mode, see the module docstring). The audit
+    builds its configuration from the same variables, so it replays in the
+    mode that traded.
+    """
 
     account: str = "paper"
     adapter: str = "paper"
     symbols: tuple[str, ...] = ()
     timeframes: tuple[Timeframe, ...] = (Timeframe.H1,)
+    execution: ExecutionSettings | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TradingSettings:
@@ -197,10 +363,8 @@ class TradingSettings:
 
         adapter = env.get("TRADEFLOW_EXECUTION_ADAPTER", "paper").strip() or "paper"
         if adapter not in ADAPTERS:
-            raise ValueError(
-                f"TRADEFLOW_EXECUTION_ADAPTER={adapter!r}: the trading agent supports {list(ADAPTERS)} "
-                "(live ccxt execution is not wired into the agent yet)"
-            )
+            raise ValueError(f"TRADEFLOW_EXECUTION_ADAPTER={adapter!r}: the trading agent supports {list(ADAPTERS)}")
+        execution = ExecutionSettings.from_env(env) if adapter == "ccxt" else None
         try:
             timeframes = tuple(Timeframe(t) for t in items("TRADEFLOW_TRADING_TIMEFRAMES")) or (Timeframe.H1,)
         except ValueError as exc:
@@ -210,11 +374,17 @@ class TradingSettings:
             adapter=adapter,
             symbols=items("TRADEFLOW_TRADING_SYMBOLS"),
             timeframes=timeframes,
+            execution=execution,
         )
 
     def config(self) -> TradingConfig:
         risk = RiskConfig(allowed_symbols=self.symbols) if self.symbols else RiskConfig()
-        return TradingConfig(account=self.account, timeframes=self.timeframes, risk=risk)
+        config = TradingConfig(account=self.account, timeframes=self.timeframes, risk=risk)
+        if self.execution is None:
+            return config
+        # paper.adapter labels the refusals the core emits for orders it never sends
+        return dataclasses.replace(config, execution=ExecutionMode.EXTERNAL,
+                                   paper=PaperConfig(adapter=self.execution.adapter))
 
 
 class _Live:

@@ -1,5 +1,5 @@
-"""Trading core: strategy -> risk -> paper execution -> portfolio for one
-account, composed in one fixed order. Pure and synchronous.
+"""Trading core: strategy -> risk -> execution -> portfolio for one account,
+composed in one fixed order. Pure and synchronous.
 
 The four engines are tested alone; this module is the *one* place that says
 in which order they see each event, so the live agent
@@ -42,6 +42,32 @@ announced, 1.0).
 ``ControlAudit`` record; a command that failed verification also raises an
 ``Alert``.
 
+Execution modes
+---------------
+``TradingConfig.execution`` picks who executes approved orders:
+
+- ``paper`` (default): the in-process paper engine, as described above; a
+  ``Step`` never has anything to submit.
+- ``external``: a venue adapter outside the core (ccxt, live or dry run:
+  :mod:`agents.execution.ccxt_live`). The core stays pure and synchronous,
+  so it cannot await a venue; instead a decision is split in two halves.
+  ``_decide`` records intent and decision exactly as in paper mode (risk and
+  strategy count the order in flight from its decision on) and returns each
+  approved / reduced order in ``Step.to_submit``; the caller sends it and
+  feeds every answer back through ``on_execution``, which applies it to risk,
+  strategy and (fills) the portfolio like a paper record and returns it as
+  the step's output. A decision that must not reach a venue (``rejected``,
+  a decision for another intent, a non-positive quantity) gets the very
+  refusal record paper execution emits (``rejected`` / ``risk_blocked`` ...),
+  produced in-process: nothing is ever handed out for it. Bars make no paper
+  fills (the paper engine holds no working order in this mode); marks,
+  breaker and protective exits are unchanged. Every client order id is
+  handed out at most once (the paper engine's bounded seen-set, part of the
+  checkpointed state), so a redelivered intent is never submitted twice.
+  The venue's answers are *inputs* of the decision process (they change
+  positions and in-flight quantities, hence later sizing and risk); the
+  agent journals them and the audit replays them through ``on_execution``.
+
 Time
 ----
 One event-time clock shared by the engines (:class:`StreamClock`). It moves
@@ -53,18 +79,23 @@ moves the clock only when its signature is authentic: an unauthenticated
 message is verified at the command's time (for its audit stamp) and then
 the clock is put back, so forged traffic changes nothing, time included.
 Because ``ts_init`` of every output is this clock, live and replayed
-outputs are byte-identical, not just equal in content.
+outputs are byte-identical, not just equal in content. ``on_execution``
+does not move the clock (venue time is not stream time) and re-stamps the
+venue record's ``ts_init`` with it (its event id does not depend on
+``ts_init``), whatever clock the adapter used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hmac
+import math
 from dataclasses import dataclass, field
 
 from agents.control.signing import ControlAudit as EngineAudit
 from agents.control.signing import ControlVerifier, Keyring, VerifierConfig, compute_signature
-from agents.execution.interface import ExecutionRecord, MarketContext
+from agents.execution.interface import ExecutionRecord, MarketContext, client_order_id_for
 from agents.execution.paper import PaperConfig, PaperExecutionEngine
 from agents.governance.config import GovernanceConfig
 from agents.portfolio.engine import PortfolioConfig, PortfolioEngine, PortfolioState
@@ -84,6 +115,8 @@ from topics.records import (
     ModelStage,
     OrderIntent,
     PortfolioSnapshot,
+    RiskDecision,
+    RiskVerdict,
     Severity,
     Signal,
     Timeframe,
@@ -92,8 +125,10 @@ from topics.schema import Record
 
 __all__ = [
     "BarSkip",
+    "ExecutionMode",
     "Step",
     "StreamClock",
+    "Submission",
     "TradingConfig",
     "TradingCore",
     "alert_for_audit",
@@ -141,6 +176,17 @@ class StreamClock:
 # ---------------------------------------------------------------------------
 
 
+class ExecutionMode(enum.StrEnum):
+    """Who executes approved orders (see the module docstring)."""
+
+    PAPER = "paper"
+    EXTERNAL = "external"
+
+
+#: One order for an external adapter: the intent, its decision and the arrival price context.
+Submission = tuple[OrderIntent, RiskDecision, MarketContext | None]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TradingConfig:
     """One account's trading composition. The engines' configs carry their own versions."""
@@ -156,8 +202,14 @@ class TradingConfig:
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     #: Rollout stages -> share of capital (shadow 0, canary 10 % / 30 %, active 100 %).
     rollout: GovernanceConfig = field(default_factory=GovernanceConfig)
+    #: ``paper`` fills in-process; ``external`` hands approved orders to the caller
+    #: (``Step.to_submit``) and takes the venue's answers back through ``on_execution``.
+    #: In external mode ``paper.adapter`` names the external adapter: it labels the
+    #: refusal records the core emits itself for orders never sent.
+    execution: ExecutionMode = ExecutionMode.PAPER
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "execution", ExecutionMode(self.execution))
         if not self.account or "|" in self.account:
             raise ValueError("account must be a non-empty name without '|'")
         if not self.timeframes:
@@ -178,6 +230,8 @@ class Step:
     audit: EngineAudit | None = None
     engaged: tuple[KillSwitch, ...] = ()
     bar_skipped: str | None = None
+    #: External execution only: approved / reduced orders to send, in decision order.
+    to_submit: tuple[Submission, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -214,8 +268,10 @@ class TradingCore:
         self._last_bar[bar.symbol] = bar
         self.clock.advance(bar.ts_event, arrival_ns)
         out: list[Record] = []
-        for rec in self.paper.on_bar(bar):
-            self._executed(rec, out)
+        submit: list[Submission] = []
+        if self.config.execution is ExecutionMode.PAPER:
+            for rec in self.paper.on_bar(bar):
+                self._executed(rec, out)
         state = self.portfolio.on_bar(bar)
         out.append(
             snapshot_record(state, config=self.config, cause=bar, ts_init=self.clock.now_ns())
@@ -228,16 +284,37 @@ class TradingCore:
         for switch in marked.engaged:
             out.append(_breaker_alert(switch, self.config, bar, now))
         for exit_ in marked.exits:
-            self._decide(dataclasses.replace(exit_.intent, reason=exit_.reason.value), out)
-        return Step(records=tuple(out), engaged=marked.engaged)
+            self._decide(dataclasses.replace(exit_.intent, reason=exit_.reason.value), out, submit)
+        return Step(records=tuple(out), engaged=marked.engaged, to_submit=tuple(submit))
 
     def on_signal(self, signal: Signal, arrival_ns: int | None = None) -> Step:
         self.clock.advance(signal.ts_event, arrival_ns)
         sizing = self.strategy.on_signal(signal, self.capital_fraction(signal.model_id, signal.model_version))
         out: list[Record] = []
+        submit: list[Submission] = []
         if sizing.intent is not None:
-            self._decide(sizing.intent, out)
-        return Step(records=tuple(out), sizing=sizing)
+            self._decide(sizing.intent, out, submit)
+        return Step(records=tuple(out), sizing=sizing, to_submit=tuple(submit))
+
+    def on_execution(self, record: ExecutionRecord) -> Step:
+        """An external adapter's answer to an order of ``Step.to_submit`` (external mode only).
+
+        Applied like a paper record (risk and strategy in-flight tracking,
+        fills to the portfolio) and returned as the step's output, re-stamped
+        with this core's clock. An answer for an order this core never handed
+        out is refused (``ValueError``): it would move positions no decision
+        of this account explains.
+        """
+        if self.config.execution is not ExecutionMode.EXTERNAL:
+            raise ValueError("on_execution needs external execution; paper execution fills in-process")
+        if not self.paper.seen(record.client_order_id):
+            raise ValueError(f"{type(record).__name__} {record.event_id} is for client order id "
+                             f"{record.client_order_id}, which this core never submitted")
+        now = self.clock.now_ns()
+        stamped = record if record.ts_init == now else dataclasses.replace(record, ts_init=now)
+        out: list[Record] = []
+        self._executed(stamped, out)
+        return Step(records=tuple(out))
 
     def on_control(self, event: ControlEvent, arrival_ns: int | None = None) -> Step:
         authentic = self._signature_authentic(event)
@@ -297,16 +374,40 @@ class TradingCore:
         if isinstance(rec, Fill):
             self.portfolio.on_fill(rec)
 
-    def _decide(self, intent: OrderIntent, out: list[Record]) -> None:
+    def _decide(self, intent: OrderIntent, out: list[Record], submit: list[Submission] | None = None) -> None:
+        """Intent -> decision -> paper execution, or (external mode) -> ``submit``.
+
+        ``submit`` may be omitted in paper mode only (nothing is ever submitted there).
+        """
         out.append(intent)
         decision = self.risk.on_intent(intent)
         out.append(decision)
         bar = self._last_bar.get(intent.symbol)
         market = None if bar is None else MarketContext(symbol=bar.symbol, last_price=bar.close, ts_ns=bar.ts_event)
+        if self.config.execution is ExecutionMode.EXTERNAL and _sendable(intent, decision):
+            coid = client_order_id_for(intent.event_id)
+            if submit is None:
+                raise ValueError("external execution: _decide needs a submission list")
+            if not self.paper.seen(coid):  # at most once per client order id, like paper's own dedupe
+                self.paper.remember(coid)
+                submit.append((intent, decision, market))
+            return
+        # paper execution; in external mode only the refusals of orders that are never sent
         for rec in self.paper.submit(intent, decision, market):
             out.append(rec)
             self.risk.on_execution(rec)
             self.strategy.on_execution(rec)
+
+
+def _sendable(intent: OrderIntent, decision: RiskDecision) -> bool:
+    """Whether a decision lets an order reach a venue (else paper's refusal record stands for it)."""
+    qty = decision.approved_quantity
+    return (
+        decision.intent_event_id == intent.event_id
+        and decision.verdict is not RiskVerdict.REJECTED
+        and math.isfinite(qty)
+        and qty > 0
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -66,7 +66,7 @@ H = Timeframe.H1.nanos
 SYMBOL = "BTC/USDT"
 #: Row 32,400 of the file (2021-09, no gap in the 1,300 bars): a stretch where the small model below trades often enough
 #: for >= 10 matched orders in the 7-day gate window.
-FIRST_ROW, N_TRAIN, N_SESSION = 32_400, 1_000, 300
+FIRST_ROW, N_TRAIN, N_SESSION = 32_400, 1_000, 250
 HP: dict[str, str | int | float | bool] = {
     "window": 8, "hidden_sizes": "16", "max_epochs": 8, "patience": 2, "batch_size": 128, "lr": 0.01,
     "num_threads": 1, "device": "cpu",
@@ -202,7 +202,7 @@ async def paper_session(broker: EmbeddedBroker, namespace: str, procs: Procs, wo
                 last = await workers.counts()
                 return settled(last, n)
 
-            if n in (1, 2, 100, 300): print("T bar", n, time.time())
+            if n in (1, 2, 100, 250): print("T bar", n, time.time())
             await wait_until(done, 90 if n == 1 else 30, f"bar {n} and its signal consumed", every=0.02,
                              watch=procs)
     return last

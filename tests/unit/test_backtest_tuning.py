@@ -53,12 +53,13 @@ def test_daily_sharpe_formula_and_missing_states() -> None:
     close_time = np.array([t0 + 12 * H, t0 + DAY, t0 + DAY + 12 * H, t0 + 2 * DAY, t0 + 2 * DAY + 12 * H,
                            t0 + 3 * DAY, t0 + 3 * DAY + 12 * H, t0 + 4 * DAY], dtype=np.int64)
     equity = np.array([99.0, 100.0, 50.0, 110.0, 1.0, 99.0, 7.0, 108.9])
-    r = np.array([110.0 / 100.0 - 1, 99.0 / 110.0 - 1, 108.9 / 99.0 - 1])
+    # the project's one formula (backtest.sharpe): the initial cash is the equity before the first day
+    r = np.array([100.0 / 100.0 - 1, 110.0 / 100.0 - 1, 99.0 / 110.0 - 1, 108.9 / 99.0 - 1])
     expected = r.mean() / r.std(ddof=1) * math.sqrt(365)
-    assert daily_sharpe(close_time, equity) == pytest.approx(expected)
-    assert daily_sharpe(close_time[:4], equity[:4]) is None  # two days: one return, no stdev
-    assert daily_sharpe(close_time, np.full(8, 100.0)) is None  # flat: zero stdev is missing, not 0.0
-    assert daily_sharpe(close_time[:0], equity[:0]) is None
+    assert daily_sharpe(close_time, equity, 100.0) == pytest.approx(expected)
+    assert daily_sharpe(close_time[:2], equity[:2], 100.0) is None  # one day: one return, no stdev
+    assert daily_sharpe(close_time, np.full(8, 100.0), 100.0) is None  # flat: zero stdev is missing, not 0.0
+    assert daily_sharpe(close_time[:0], equity[:0], 100.0) is None
 
 
 def test_max_drawdown() -> None:
