@@ -236,7 +236,7 @@ class BrokerWatchdog:
                     bad += 1
                     BROKER_UP.set(0)
                     log.error("broker_probe_failed", reason=str(exc), consecutive=bad)
-                    if bad >= self.failures or exc.args[0].startswith(_MARKER_LOST):
+                    if bad >= self.failures:  # a lost marker stays lost: it fails every probe after
                         log.critical("broker_lost", reason=str(exc))
                         raise
                 await asyncio.sleep(self.interval_s)

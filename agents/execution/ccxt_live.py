@@ -49,12 +49,21 @@ configures leverage, margin mode and position mode once per perpetual
 symbol, and sends. :meth:`CcxtExecutionAdapter.connect` loads markets within a
 bounded time and raises :class:`ExecutionUnavailable` when the venue cannot
 be reached: offline, live mode fails at start-up, loudly.
+
+Markets snapshot
+----------------
+:func:`dump_markets_snapshot` / :func:`load_markets_snapshot`: ccxt's own
+``exchange.markets`` (unified symbol -> unified market, after
+``load_markets()``) as JSON. ``exchange.set_markets(snapshot)`` then gives
+the same validation answers offline as the venue's markets at recording
+time: a dry run against pinned rules is reproducible.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -85,6 +94,8 @@ __all__ = [
     "Validation",
     "VenueMarket",
     "classify_execution_error",
+    "dump_markets_snapshot",
+    "load_markets_snapshot",
     "make_execution_exchange",
 ]
 
@@ -189,6 +200,31 @@ def make_execution_exchange(
             raise ValueError(f"unknown credential keys {sorted(unknown)}")
         params.update(credentials)
     return getattr(ccxt_async, config.exchange_id)(params)
+
+
+def dump_markets_snapshot(exchange: Any) -> str:
+    """The exchange's loaded markets as a snapshot (JSON text, sorted keys)."""
+    markets = exchange.markets
+    if not markets:
+        raise ValueError("no markets loaded: call load_markets() first")
+    return json.dumps(markets, sort_keys=True)
+
+
+def load_markets_snapshot(text: str) -> dict[str, Any]:
+    """A snapshot's markets, checked for the fields validation reads; ``ValueError`` otherwise."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"markets snapshot is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError("markets snapshot must be a non-empty JSON object: symbol -> ccxt market (exchange.markets)")
+    for symbol, market in data.items():
+        if not isinstance(market, dict) or market.get("symbol") != symbol:
+            raise ValueError(f"markets snapshot: entry {symbol!r} is not a ccxt market of that symbol")
+        missing = [k for k in ("id", "precision", "limits") if k not in market]
+        if missing:
+            raise ValueError(f"markets snapshot: {symbol} lacks {missing}")
+    return data
 
 
 # ---------------------------------------------------------------------------

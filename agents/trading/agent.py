@@ -447,6 +447,73 @@ def _restore(live: _Live, dsn: str, keyring: Keyring, config_hash: str) -> None:
         loop.close()
 
 
+def _start_execution(settings: TradingSettings, env: Mapping[str, str], live: _Live) -> CcxtExecutionAdapter | None:
+    """The ccxt adapter with its markets loaded, or ``None`` for paper execution.
+
+    Markets come from the snapshot file or from the venue, fetched on a
+    private event loop by a throw-away exchange instance (a ccxt async
+    instance binds to the loop it first runs on; the trading instance must
+    bind to faust's). Exit 2 on a configuration error, 3 when the venue
+    cannot be reached. The adapter's clock is the core's clock, so venue
+    records carry the core's event time (``live.core`` is replaced by a
+    restored checkpoint: the clock follows it).
+    """
+    ex = settings.execution
+    if ex is None:
+        return None
+    from agents.execution.ccxt_live import (
+        CcxtExecutionAdapter,
+        ExecutionUnavailable,
+        load_markets_snapshot,
+        make_execution_exchange,
+    )
+
+    account = settings.account
+    config = ex.live_config()
+    clock = FunctionClock(lambda: live.core.clock.now_ns())
+    try:
+        credentials = load_exchange_credentials(env)
+        if not config.dry_run and not credentials:
+            raise ValueError("TRADEFLOW_EXECUTION_DRY_RUN=0 sends orders and needs TRADEFLOW_EXCHANGE_API_KEY and "
+                             "TRADEFLOW_EXCHANGE_SECRET (or their _FILE variants)")
+        if ex.markets_file is not None:
+            try:
+                text = Path(ex.markets_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"TRADEFLOW_EXECUTION_MARKETS_FILE: cannot read {ex.markets_file} "
+                                 f"({exc.strerror})") from None
+            markets = load_markets_snapshot(text)
+            source = f"file {ex.markets_file} sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    except ValueError as exc:  # names variables and paths, never credential values
+        log.critical("trading_agent_refused_to_start", account=account, reason=str(exc))
+        raise SystemExit(EXIT_CONFIG) from None
+    if ex.markets_file is None:
+
+        async def fetch() -> dict[str, Any]:
+            probe = make_execution_exchange(config, credentials or None)
+            try:
+                await CcxtExecutionAdapter(probe, config, clock).connect()
+                return dict(probe.markets)
+            finally:
+                await probe.close()
+
+        loop = asyncio.new_event_loop()
+        try:
+            markets = loop.run_until_complete(fetch())
+        except ExecutionUnavailable as exc:
+            log.critical("trading_execution_unavailable", account=account, adapter=config.adapter,
+                         dry_run=config.dry_run, error=str(exc))
+            raise SystemExit(EXIT_INFRA) from None
+        finally:
+            loop.close()
+        source = "venue"
+    exchange = make_execution_exchange(config, credentials or None)
+    exchange.set_markets(markets)
+    log.info("trading_execution_ready", account=account, adapter=config.adapter, dry_run=config.dry_run,
+             markets=len(markets), markets_source=source, credentials=bool(credentials))
+    return CcxtExecutionAdapter(exchange, config, clock)
+
+
 #: The input journal (migration 012): the order inputs were applied, for an exact audit replay.
 JOURNAL_INSERT = (
     "INSERT INTO trading_input_journal (account, seq, topic, kafka_partition, kafka_offset, event_id, arrival_ns) "
@@ -481,6 +548,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
     config_hash = stable_config_hash(settings.config())
     live = _Live(core)
     _restore(live, ctx.dsn, keyring, config_hash)
+    adapter = _start_execution(settings, env, live)
     log.info("trading_agent_configured", account=account, adapter=settings.adapter,
              timeframes=[t.value for t in settings.timeframes], symbols=list(core.config.risk.allowed_symbols),
              control_key_ids=list(keyring.key_ids), config_hash=config_hash)
@@ -496,6 +564,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
     out_counters = {name: RECORDS_OUT.labels(NAME, name) for name in OUTPUTS}
     latency = PROCESS_LATENCY.labels(NAME)
     checkpoint_seconds = CHECKPOINT_SECONDS.labels(account)
+    submit_seconds = EXECUTION_SUBMIT_SECONDS.labels(account, adapter.name if adapter is not None else "paper")
     expected = {ctx.topic(n): spec(n).partitions for n in INPUTS}
     db: list[Any] = []
 
@@ -584,6 +653,23 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         if step.bar_skipped is not None:
             BARS_SKIPPED.labels(account, step.bar_skipped).inc()
 
+    async def execute(step: Step, journal: list[tuple[Any, ...]]) -> None:
+        """Send the step's orders; each answer is journaled, applied by the core and published, in order."""
+        if not step.to_submit:
+            return
+        if adapter is None:  # pragma: no cover - a paper core never returns orders to submit
+            raise RuntimeError("the core returned orders to submit but no external adapter is configured")
+        for intent, decision, market in step.to_submit:
+            t0 = time.perf_counter()
+            answers = await adapter.submit(intent, decision, market)
+            submit_seconds.observe(time.perf_counter() - t0)
+            for answer in answers:
+                journal.append((account, live.events, DEFAULT_TOPIC[type(answer)], NOT_CONSUMED, NOT_CONSUMED,
+                                answer.event_id, None))
+                for out in live.core.on_execution(answer).records:
+                    publish(out)
+                live.events += 1
+
     def undecodable_control(event: Any) -> Alert:
         msg = event.message
         arrival = _arrival_ns(msg)
@@ -615,6 +701,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
                     INPUTS_SKIPPED.labels(account, name).inc()
                     continue
                 rec = await decode_or_dead_letter(ctx, NAME, name, cls, event)
+                step = None
                 if rec is None:
                     if name == "control":
                         publish(undecodable_control(event))
@@ -628,6 +715,8 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
                 live.position[tp] = msg.offset + 1
                 live.events += 1
                 applied += 1
+                if step is not None:
+                    await execute(step, journal)
             if applied:
                 await checkpoint(journal)
             state = live.core.portfolio_state()
