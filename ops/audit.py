@@ -46,6 +46,23 @@ the arrival order of a live feed whose records are stamped on arrival. A
 divergence under the canonical order can mean the live arrival order was
 different; the report says which order it used.
 
+External execution
+------------------
+With a venue adapter (``TRADEFLOW_EXECUTION_ADAPTER=ccxt``) the venue's
+answers (order updates, fills) are *inputs* of the decision process: they
+move positions and in-flight quantities, hence later sizing and risk
+verdicts, and no replay can re-derive them (the venue is not a function of
+the records). The agent journals each answer right after the input whose
+order caused it (topic ``orders.updates`` / ``fills``); the audit loads them
+from ``ev_order_updates`` / ``ev_fills`` and replays them through
+``TradingCore.on_execution`` at that place. They are outputs too, and stay
+in the compared stream: the replay re-emits each one stamped with the
+replayed clock, so the comparison checks the answers were applied at the
+same event time and that every published answer was journaled (and vice
+versa); what it *proves* is the decisions around them. The
+canonical order has no place for venue answers, so an external-execution
+account is audited from its journal only.
+
 Counterfactual mode
 -------------------
 The same recorded inputs under another configuration (``overrides``, e.g.
@@ -68,7 +85,7 @@ import asyncpg
 from agents.control.signing import Keyring
 from agents.execution.interface import client_order_id_for
 from agents.risk.engine import COMPONENT as RISK_COMPONENT
-from agents.trading.core import TradingConfig, TradingCore
+from agents.trading.core import ExecutionMode, TradingConfig, TradingCore
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import (
     Bar,
@@ -97,6 +114,8 @@ INPUTS: tuple[tuple[str, type[Record]], ...] = (("models.registry", ModelRegistr
                                                 ("market.bars", Bar), ("signals", Signal))
 OUTPUTS = ("orders.intents", "risk.decisions", "orders.updates", "fills", "portfolio.state", "control.audit",
            "ops.alerts")
+#: Venue answers: inputs of an external-execution account, found only through its journal.
+EXECUTION_INPUTS: tuple[tuple[str, type[Record]], ...] = (("orders.updates", OrderUpdate), ("fills", Fill))
 _OUTPUT_RANK = {name: i for i, name in enumerate(OUTPUTS)}
 _INPUT_RANK = {name: i for i, (name, _) in enumerate(INPUTS)}
 #: Alerts about inputs that never decoded: nothing to replay them from.
@@ -208,6 +227,8 @@ def replay_outputs(config: TradingConfig, keyring: Keyring,
             out += core.on_control(rec, arrival).records
         elif isinstance(rec, ModelRegistryEvent):
             out += core.on_registry(rec, arrival).records
+        elif isinstance(rec, OrderUpdate | Fill):  # a venue's answer (external execution; arrival is None)
+            out += core.on_execution(rec).records
         else:  # pragma: no cover - load_inputs yields only these
             raise TypeError(f"not a trading input: {type(rec).__name__}")
     return out
@@ -355,11 +376,11 @@ async def load_inputs(conn: asyncpg.Connection, config: TradingConfig, history_f
     from the account's whole history), with the arrival bound the agent used.
     Without: inputs with ``history_from <= ts_event < end`` in canonical order.
     """
-    classes = dict(INPUTS)
+    classes = dict(INPUTS + EXECUTION_INPUTS)
     journal = await _journal(conn, config.account)
     if journal:
         payloads: dict[str, str] = {}
-        for name, _ in INPUTS:
+        for name in classes:
             ids = [r["event_id"] for r in journal if r["topic"] == name]
             sql = f"SELECT event_id, payload::text AS p FROM {spec(name).table} WHERE event_id = ANY($1::text[])"  # noqa: S608
             payloads.update({r["event_id"]: r["p"] for r in await conn.fetch(sql, ids)})
@@ -369,6 +390,9 @@ async def load_inputs(conn: asyncpg.Connection, config: TradingConfig, history_f
                              "wait for the sink to catch up and run the audit again")
         return [(codec_for(classes[r["topic"]]).decode(payloads[r["event_id"]]), r["arrival_ns"])
                 for r in journal], "journal"
+    if config.execution is ExecutionMode.EXTERNAL:
+        raise ValueError(f"account {config.account!r} uses external execution: its venue answers are inputs, "
+                         "and only the agent's input journal says where they were applied; it has no journal")
     timeframes = [t.value for t in config.timeframes]
     loaded: list[tuple[tuple[int, int, str, int, int], Record]] = []
     for name, cls in INPUTS:

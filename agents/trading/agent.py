@@ -300,8 +300,8 @@ class ExecutionSettings:
     def from_env(cls, env: Mapping[str, str]) -> ExecutionSettings:
         venue = env.get("TRADEFLOW_EXECUTION_VENUE", "").strip()
         if not venue:
-            raise ValueError("TRADEFLOW_EXECUTION_ADAPTER=ccxt needs TRADEFLOW_EXECUTION_VENUE "
-                             "(binance, bitget or coinbase)")
+            raise ValueError("TRADEFLOW_EXECUTION_ADAPTER=ccxt: ccxt execution is not wired to a venue; set "
+                             "TRADEFLOW_EXECUTION_VENUE (binance, bitget or coinbase)")
         leverage_text = env.get("TRADEFLOW_EXECUTION_LEVERAGE", "").strip()
         try:
             leverage = int(leverage_text) if leverage_text else None
