@@ -6,8 +6,8 @@ What is compared
 The trading agent is the one place decisions are made (sizing, risk, paper
 execution, portfolio: :class:`~agents.trading.core.TradingCore`). Its inputs
 are recorded by the sink in ``ev_signals``, ``ev_market_bars``,
-``ev_control`` and ``ev_model_registry``; its outputs in ``ev_orders_intents``, ``ev_risk_decisions``,
-``ev_orders_updates``, ``ev_fills``, ``ev_portfolio_state``,
+``ev_control`` and ``ev_model_registry``; its outputs in ``ev_order_intents``, ``ev_risk_decisions``,
+``ev_order_updates``, ``ev_fills``, ``ev_portfolio_state``,
 ``ev_control_audit`` and ``ev_ops_alerts``, each row holding the record
 exactly as it was on the wire. An audit
 

@@ -220,8 +220,10 @@ def test_settings_when_read_from_env_then_parsed_or_refused() -> None:
     assert cfg.account == "acct1" and cfg.risk.allowed_symbols == ("BTC/USDT", "ETH/USD")
     assert cfg.timeframes == (Timeframe.H1, Timeframe.M30)
     assert TradingSettings.from_env({}).config().risk.allowed_symbols == TradingConfig().risk.allowed_symbols
-    with pytest.raises(ValueError, match="not wired"):
+    with pytest.raises(ValueError, match="set TRADEFLOW_EXECUTION_VENUE"):  # ccxt needs a venue
         TradingSettings.from_env({"TRADEFLOW_EXECUTION_ADAPTER": "ccxt"})
+    with pytest.raises(ValueError, match="TRADEFLOW_EXECUTION_ADAPTER"):
+        TradingSettings.from_env({"TRADEFLOW_EXECUTION_ADAPTER": "carrier-pigeon"})
     with pytest.raises(ValueError, match="TIMEFRAMES"):
         TradingSettings.from_env({"TRADEFLOW_TRADING_TIMEFRAMES": "7h"})
 

@@ -373,3 +373,58 @@ def test_async_submit_does_not_need_a_running_venue_loop() -> None:
     snapshot = asyncio.run(_snapshot())
     adapter = dry_run_adapter(core, snapshot)
     assert adapter.exchange.session is None
+
+
+# ---------------------------------------------------------------------------
+# agent start-up (markets before consuming; exit codes)
+# ---------------------------------------------------------------------------
+
+CCXT_ENV = {"TRADEFLOW_EXECUTION_ADAPTER": "ccxt", "TRADEFLOW_EXECUTION_VENUE": "binance"}
+
+
+def _start(env: dict[str, str]) -> CcxtExecutionAdapter | None:
+    from agents.trading.agent import _Live, _start_execution
+
+    settings = TradingSettings.from_env(env)
+    return _start_execution(settings, env, _Live(TradingCore(settings.config(), KEYRING)))
+
+
+def test_start_with_a_markets_snapshot_then_adapter_ready_offline(tmp_path: Path) -> None:
+    path = tmp_path / "markets.json"
+    path.write_text(asyncio.run(_snapshot()))
+    adapter = _start({**CCXT_ENV, "TRADEFLOW_EXECUTION_MARKETS_FILE": str(path)})
+    assert adapter is not None and adapter.name == ADAPTER and adapter.config.dry_run
+    assert set(adapter.exchange.markets) == {"BTC/USDT", "ETH/USDT", "LUNA/USDT"}
+    assert _start({}) is None  # paper: no adapter
+
+
+def test_start_misconfigured_then_exit_2(tmp_path: Path) -> None:
+    for env in ({**CCXT_ENV, "TRADEFLOW_EXECUTION_DRY_RUN": "0"},  # live sending without credentials
+                {**CCXT_ENV, "TRADEFLOW_EXECUTION_MARKETS_FILE": str(tmp_path / "missing.json")}):
+        with pytest.raises(SystemExit) as exit_:
+            _start(env)
+        assert exit_.value.code == 2
+
+
+def test_start_when_the_venue_is_unreachable_then_exit_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ccxt
+
+    import agents.execution.ccxt_live as ccxt_live
+
+    real = ccxt_live.make_execution_exchange
+
+    def unreachable(config: LiveExecutionConfig, credentials: Any = None) -> Any:
+        exchange = real(config, credentials)
+
+        async def down(*_: Any, **__: Any) -> Any:
+            raise ccxt.ExchangeNotAvailable("binance GET https://api.binance.com/api/v3/exchangeInfo")
+
+        exchange.fetch = down
+        return exchange
+
+    monkeypatch.setattr(ccxt_live, "make_execution_exchange", unreachable)
+    creds = {"TRADEFLOW_EXCHANGE_API_KEY": "k", "TRADEFLOW_EXCHANGE_SECRET": "s"}
+    for env in ({**CCXT_ENV, "TRADEFLOW_EXECUTION_DRY_RUN": "0", **creds}, CCXT_ENV):
+        with pytest.raises(SystemExit) as exit_:
+            _start(env)
+        assert exit_.value.code == 3
