@@ -295,6 +295,14 @@ class Collector:
         self.records: dict[str, list[tuple[int, int, int, dict[str, Any]]]] = {t: [] for t in topics}
         #: correlation id -> receive time of its first ``new``/``rejected`` order update (the decision is out)
         self.decided: dict[str, int] = {}
+        #: correlation id -> receive time of its first fill
+        self.filled: dict[str, int] = {}
+        #: symbol -> its decisions in arrival order, and the latest receive time of a pass / a kill rejection
+        #: (kept incrementally: scanning every record on each poll would eat the CPU the worker needs)
+        self.by_symbol: dict[str, list[Decision]] = {}
+        self.last_pass: dict[str, int] = {}
+        self.last_kill: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}
         self.changed = asyncio.Event()
         self._bootstrap = bootstrap
         self._consumer: Any = None
@@ -318,10 +326,25 @@ class Collector:
                 for m in msgs:
                     d = json.loads(m.value)
                     out.append((now, m.partition, m.offset, d))
-                    if tp.topic.endswith("orders.updates") and d["status"] in ("new", "rejected"):
+                    name = self.names[tp.topic]
+                    if name == "orders.updates" and d["status"] in ("new", "rejected"):
                         self.decided.setdefault(d["correlation_id"], now)
+                    elif name == "fills":
+                        self.filled.setdefault(d["correlation_id"], now)
+                    elif name == "risk.decisions":
+                        self._decision(now, m.offset, d)
             if batch:
                 self.changed.set()
+
+    def _decision(self, now: int, offset: int, d: dict[str, Any]) -> None:
+        dec = Decision(offset, now, d["verdict"], tuple(d["reasons"]))
+        self.by_symbol.setdefault(d["symbol"], []).append(dec)
+        if dec.passed:
+            self.last_pass[d["symbol"]] = now
+        if dec.killed:
+            self.last_kill[d["symbol"]] = now
+        for r in dec.reasons:
+            self.reasons[r] = self.reasons.get(r, 0) + 1
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -336,8 +359,7 @@ class Collector:
                 if status is None or d.get("status") in status]
 
     def decisions(self, symbol: str) -> list[Decision]:
-        return [Decision(o, r, d["verdict"], tuple(d["reasons"])) for r, _, o, d in self.records["risk.decisions"]
-                if d["symbol"] == symbol]
+        return list(self.by_symbol.get(symbol, ()))
 
     async def wait(self, pred: Any, timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
@@ -346,7 +368,7 @@ class Collector:
                 self._task.result()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.02)
 
 
 class Pacer:
@@ -486,7 +508,8 @@ async def _order_latency(pacer: Pacer, col: Collector, mode: str, rate: int, n: 
         def got(topic: str = topic, status: frozenset[str] | None = status) -> list[tuple[int, str]]:
             return col.correlations(topic, status)
 
-        matched = await _wait_matched(lambda g=got: len({c for _, c in g() if c in sent}), n, stall_s=15.0)
+        index = col.decided if name == "first_update" else col.filled
+        matched = await _wait_matched(lambda ix=index: sum(1 for sid in sent if sid in ix), n, stall_s=15.0)
         recs = [(r, c) for r, c in got() if c in sent]
         last = max((r for r, _ in recs), default=first_send)
         out[f"signal_to_{name}"] = {
@@ -520,7 +543,7 @@ async def _wait_matched(count: Any, n: int, stall_s: float) -> int:
             last, since = c, time.monotonic()
         elif time.monotonic() - since > stall_s:
             return int(c)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
 
 
 async def _kill_trials(pacer: Pacer, col: Collector, keyring: Keyring, trials: int, rate: int) -> dict[str, Any]:
@@ -542,10 +565,10 @@ async def _kill_trials(pacer: Pacer, col: Collector, keyring: Keyring, trials: i
             i += 1
 
     def approved_since(t: int) -> bool:
-        return any(d.passed and d.recv_ns >= t for d in col.decisions(symbol))
+        return col.last_pass.get(symbol, 0) >= t
 
     def killed_since(t: int) -> bool:
-        return any(d.killed and d.recv_ns >= t for d in col.decisions(symbol))
+        return col.last_kill.get(symbol, 0) >= t
 
     feeder = BarFeeder(pacer, col, symbol)  # orders fill: the checkpointed book stays small
     feeding = asyncio.create_task(feeder.run())
@@ -634,6 +657,7 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
         for rate in (100, 1000):  # last: their orders never fill and stay in the checkpointed state
             out[f"{rate}_per_s"]["signals_only"] = await _order_latency(pacer, col, "decision", rate, n[rate])
             print(f"  @{rate}/s signals only: {json.dumps(out[f'{rate}_per_s']['signals_only'])}", flush=True)
+        out["risk_reasons_total"] = dict(sorted(col.reasons.items()))  # why decisions were cut or rejected
     finally:
         await prod.stop()
         await col.stop()
