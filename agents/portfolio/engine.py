@@ -79,7 +79,26 @@ class PortfolioConfig:
             raise ValueError("max_seen_fills must be >= 1 and qty_epsilon >= 0")
 
     def config_hash(self) -> str:
-        return stable_config_hash(self)
+        """:func:`stable_config_hash` of this config, computed once per object.
+
+        Every portfolio snapshot carries it, so it was re-derived per bar (~12 % of a replay). The
+        config is frozen, so the hash of one object never changes; the memo is keyed by identity (and
+        holds the object, so an id is never reused while cached), not by equality: ``1`` and ``1.0``
+        compare equal but hash differently.
+        """
+        hit = _CONFIG_HASHES.get(id(self))
+        if hit is not None and hit[0] is self:
+            return hit[1]
+        digest = stable_config_hash(self)
+        if len(_CONFIG_HASHES) >= _CONFIG_HASHES_MAX:  # bounded: a long test session builds many configs
+            _CONFIG_HASHES.clear()
+        _CONFIG_HASHES[id(self)] = (self, digest)
+        return digest
+
+
+#: id(config) -> (config, its hash); see :meth:`PortfolioConfig.config_hash`.
+_CONFIG_HASHES: dict[int, tuple[PortfolioConfig, str]] = {}
+_CONFIG_HASHES_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -105,14 +105,22 @@ start: a trading process no operator can halt must not run.
 Restart recovery (exact)
 ------------------------
 The engines' state is checkpointed to PostgreSQL (``trading_checkpoints``,
-one row per account, :mod:`agents.trading.checkpoint`) after every
-micro-batch, together with the next offset of every input partition it
-covers. Order per batch: handle every event (outputs ``send_soon``) ->
-snapshot core + offsets (synchronous, so nothing moves in between) -> flush
-the producer (every output of those inputs is on the broker) -> upsert the
-row -> only then does the stream ack the batch, so faust never commits an
-offset the checkpoint does not cover. A failed write raises: the worker
-crashes (non-zero exit) instead of going on with state it could not save.
+one row per account, :mod:`agents.trading.checkpoint`) together with the
+next offset of every input partition it covers: after a micro-batch when
+``CHECKPOINT_EVERY_S`` passed since the last checkpoint, otherwise as soon as
+the input pauses for ``CHECKPOINT_IDLE_S`` (a debounce task); with external
+execution after every micro-batch. Why not after every batch: the snapshot
+pickles the whole core (its size grows with the engines' bounded caches to
+~1 MB, tens of ms), and with the producer flush and the commit it was most
+of the agent's time under load (issue #5). Order per checkpoint, under one
+lock with the batches (never mid-message): snapshot core + offsets
+(synchronous) -> flush the producer (every output of those inputs is on
+the broker) -> journal rows of every input since the last checkpoint +
+upsert the row in one transaction. A failed write raises: the worker crashes
+(non-zero exit) instead of going on with state it could not save. faust acks
+each batch when the next is taken, so its committed offsets may run ahead of
+the checkpoint; they are advisory (next paragraph): inputs after the
+checkpoint are re-read and re-processed after a crash.
 
 On every partition assignment faust seeks the inputs to the group's
 committed offsets (``consumer.perform_seek``, run by its recovery after the
@@ -135,8 +143,8 @@ The arrival bound of the core's clock is the message's broker timestamp (end
 of its millisecond), not the worker's wall clock: a re-processed message
 then meets the same bound as the first time, which exact recovery needs.
 
-Input journal: with each checkpoint, in the same transaction, the batch's
-decoded inputs are appended to ``trading_input_journal`` (migration 012) in
+Input journal: with each checkpoint, in the same transaction, the decoded
+inputs since the previous one are appended to ``trading_input_journal`` (migration 012) in
 the order they were applied, with their arrival bound: the interleaving of
 the three input topics is the one fact of a live run not in the records, and
 ``tradeflow audit`` replays exactly that order (:mod:`ops.audit`).
@@ -144,7 +152,7 @@ the three input topics is the one fact of a live run not in the records, and
 A checkpoint is refused (exit 2) when it was built with another trading
 configuration, another format, a control key no longer in the keyring, or
 its MAC fails; delete the account's row to start it flat. Cost: the whole
-core is pickled per batch (its caches are bounded by the engines'
+core is pickled per checkpoint (its caches are bounded by the engines'
 ``max_*`` settings), see ``ops/bench_trading.py``.
 """
 
@@ -196,6 +204,10 @@ log = structlog.get_logger("agents.trading")
 NAME = "trading"
 BATCH_MAX = 200
 BATCH_WAIT_S = 0.005
+#: Under sustained input a checkpoint is taken at most this often (paper execution; see "Restart recovery").
+CHECKPOINT_EVERY_S = 0.25
+#: ... and once the input pauses this long, so a quiet stream's state is saved right behind it.
+CHECKPOINT_IDLE_S = 0.05
 EXIT_CONFIG = 2
 EXIT_INFRA = 3
 
@@ -609,9 +621,57 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             return
         hook_perform_seek()  # faust's recovery calls it right after this signal
 
+    gate = asyncio.Lock()  # a batch and a checkpoint never interleave: the snapshot is taken between messages
+    pending: list[tuple[Any, ...]] = []  # journal rows of the inputs applied since the last checkpoint
+    #: monotonic times of the last checkpoint and batch; inputs applied (positions moved) since the checkpoint
+    timing = {"last_checkpoint": 0.0, "last_batch": 0.0, "unsaved": 0.0}
+    idle_flush: list[asyncio.Task[None]] = []
+
+    async def checkpoint_pending() -> None:
+        """Checkpoint the inputs applied since the last one (caller holds ``gate``)."""
+        await checkpoint(pending)
+        pending.clear()
+        timing["unsaved"] = 0
+        timing["last_checkpoint"] = time.monotonic()
+
+    async def flush_when_idle() -> None:
+        """Checkpoint what is pending once no batch came for ``CHECKPOINT_IDLE_S`` (debounced)."""
+        try:
+            while True:
+                wait = timing["last_batch"] + CHECKPOINT_IDLE_S - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                async with gate:
+                    if time.monotonic() < timing["last_batch"] + CHECKPOINT_IDLE_S:
+                        continue  # a batch ran while this task waited for the gate
+                    if timing["unsaved"]:
+                        await checkpoint_pending()
+                return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a checkpoint that cannot be written: crash, as in the agent body
+            log.critical("agent_crashed", agent=NAME, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            await app.crash(exc)
+
+    async def after_batch() -> None:
+        """Checkpoint now, or leave it to the idle flush (caller holds ``gate``).
+
+        External execution checkpoints every batch: orders re-submitted on recovery are the ones after
+        the checkpoint, and live fills of a first placement are not fetched back (module docstring).
+        """
+        now = time.monotonic()
+        timing["last_batch"] = now
+        if not timing["unsaved"]:
+            return
+        if adapter is not None or now - timing["last_checkpoint"] >= CHECKPOINT_EVERY_S:
+            await checkpoint_pending()
+        elif not idle_flush or idle_flush[0].done():
+            idle_flush[:] = [asyncio.ensure_future(flush_when_idle())]
+
     async def checkpoint(journal: list[tuple[Any, ...]]) -> None:
         """Snapshot -> flush outputs -> journal + upsert in one transaction; an exception here crashes
-        the worker (nothing is acked)."""
+        the worker."""
         t0 = time.perf_counter()
         cp = seal(live.core, config_hash=config_hash, offsets=live.offsets(), events_applied=live.events,
                   keyring=keyring)
@@ -686,39 +746,42 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             labels={"account": account, "topic": "control"},
         )
 
+    async def apply_batch(events: list[Any]) -> None:
+        """Each input through the core in order, outputs sent; journal rows go to ``pending``."""
+        journal = pending
+        for event in events:
+            msg = event.message
+            tp = (msg.topic, msg.partition)
+            name, cls, handle = handlers[msg.topic]
+            if msg.offset < live.position.get(tp, 0):
+                INPUTS_SKIPPED.labels(account, name).inc()
+                continue
+            rec = await decode_or_dead_letter(ctx, NAME, name, cls, event)
+            step = None
+            if rec is None:
+                if name == "control":
+                    publish(undecodable_control(event))
+            else:
+                arrival = _arrival_ns(msg)
+                journal.append((account, live.events, name, msg.partition, msg.offset, rec.event_id, arrival))
+                step = handle(live.core, rec, arrival)
+                for out in step.records:
+                    publish(out)
+                observe(step)
+            live.position[tp] = msg.offset + 1
+            live.events += 1
+            timing["unsaved"] += 1
+            if step is not None:
+                await execute(step, journal)
+
     @app.agent(src, name=NAME)  # type: ignore[untyped-decorator]
     @crash_worker_on_bug(app, NAME)
     async def trade(stream: Any) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
             t0 = time.perf_counter()
-            applied = 0
-            journal: list[tuple[Any, ...]] = []
-            for event in events:
-                msg = event.message
-                tp = (msg.topic, msg.partition)
-                name, cls, handle = handlers[msg.topic]
-                if msg.offset < live.position.get(tp, 0):
-                    INPUTS_SKIPPED.labels(account, name).inc()
-                    continue
-                rec = await decode_or_dead_letter(ctx, NAME, name, cls, event)
-                step = None
-                if rec is None:
-                    if name == "control":
-                        publish(undecodable_control(event))
-                else:
-                    arrival = _arrival_ns(msg)
-                    journal.append((account, live.events, name, msg.partition, msg.offset, rec.event_id, arrival))
-                    step = handle(live.core, rec, arrival)
-                    for out in step.records:
-                        publish(out)
-                    observe(step)
-                live.position[tp] = msg.offset + 1
-                live.events += 1
-                applied += 1
-                if step is not None:
-                    await execute(step, journal)
-            if applied:
-                await checkpoint(journal)
+            async with gate:
+                await apply_batch(events)
+                await after_batch()
             state = live.core.portfolio_state()
             EQUITY.labels(account).set(state.equity)
             DRAWDOWN.labels(account).set(state.drawdown)

@@ -13,8 +13,15 @@ their deterministic event ids let every sink drop the ones already written.
 
 Format: a pickle of the :class:`~agents.trading.core.TradingCore` object graph.
 The control keyring is *not* in it (``Keyring`` refuses pickling, and a secret
-must not land in a database row): it is written as a persistent reference and
-re-attached from the environment on load. Pickle executes code on load, so a
+must not land in a database row): it is written as a reference (a global
+naming :func:`_keyring_ref`, resolved only by this module's unpickler; rows
+written before that carry a persistent id, still accepted) and re-attached
+from the environment on load. The pickler is tuned for speed, not shape:
+no per-object Python hook (a ``persistent_id`` is called for every object,
+ints and strings included), and slotted dataclasses, the bulk of the state
+(cached risk decisions), are reduced with their field names looked up once
+per class instead of per object, to the very bytes the standard reduction
+gives. Pickle executes code on load, so a
 checkpoint is authenticated before it is unpickled: HMAC-SHA256 over the
 format, account, configuration hash, offsets, counter and state, under a key
 derived from one of the account's control keys (``key_id``, the first in
@@ -31,6 +38,7 @@ not unpickle.
 from __future__ import annotations
 
 import copyreg
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -103,13 +111,51 @@ def _reduce_mappingproxy(proxy: MappingProxyType[Any, Any]) -> tuple[Any, tuple[
     return _mappingproxy, (dict(proxy),)
 
 
+def _keyring_ref() -> Keyring:
+    """Stands for the keyring in a pickle; only :class:`_CoreUnpickler` resolves it (to the live keyring)."""
+    raise pickle.UnpicklingError("a checkpoint's keyring reference is resolved by its own unpickler only")
+
+
+def _reduce_keyring(_: Keyring) -> tuple[Any, tuple[()]]:
+    return _keyring_ref, ()
+
+
+#: class -> its field names when the standard reduction of its instances is the slotted-dataclass one, else ().
+_DATACLASS_FIELDS: dict[type, tuple[str, ...]] = {}
+_STANDARD_GETSTATE = getattr(dataclasses, "_dataclass_getstate", None)
+
+
+def _dataclass_fields(cls: type) -> tuple[str, ...]:
+    """Field names of a slotted dataclass reduced the standard way (``()``: leave it to pickle).
+
+    Only classes whose ``__getstate__`` is the one ``dataclass(slots=True)`` installs and that override
+    no reduction hook qualify: for them ``object.__reduce_ex__`` gives ``copyreg.__newobj__``, ``(cls,)``
+    and the field values in field order, which is what :meth:`_CorePickler.reducer_override` returns.
+    """
+    names = _DATACLASS_FIELDS.get(cls)
+    if names is None:
+        names = ()
+        if (_STANDARD_GETSTATE is not None and dataclasses.is_dataclass(cls)
+                and getattr(cls, "__getstate__", None) is _STANDARD_GETSTATE
+                and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+                and not hasattr(cls, "__getnewargs_ex__") and not hasattr(cls, "__getnewargs__")):
+            names = tuple(f.name for f in dataclasses.fields(cls))
+        _DATACLASS_FIELDS[cls] = names
+    return names
+
+
 class _CorePickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.dispatch_table = {**copyreg.dispatch_table, MappingProxyType: _reduce_mappingproxy}
+        self.dispatch_table = {**copyreg.dispatch_table, MappingProxyType: _reduce_mappingproxy,
+                               Keyring: _reduce_keyring}
 
-    def persistent_id(self, obj: Any) -> str | None:
-        return _KEYRING_REF if isinstance(obj, Keyring) else None
+    def reducer_override(self, obj: Any) -> Any:
+        """Slotted dataclasses without ``dataclasses.fields()`` per object; everything else as usual."""
+        names = _dataclass_fields(type(obj))
+        if not names:
+            return NotImplemented
+        return copyreg.__newobj__, (type(obj),), [getattr(obj, n) for n in names]  # type: ignore[attr-defined]
 
 
 class _CoreUnpickler(pickle.Unpickler):
@@ -117,7 +163,14 @@ class _CoreUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self._keyring = keyring
 
+    def find_class(self, module: str, name: str) -> Any:
+        if module == __name__ and name == _keyring_ref.__name__:
+            keyring = self._keyring
+            return lambda: keyring
+        return super().find_class(module, name)
+
     def persistent_load(self, pid: Any) -> Any:
+        """Rows written before the keyring became a global reference."""
         if pid != _KEYRING_REF:
             raise pickle.UnpicklingError(f"unknown persistent reference {pid!r}")
         return self._keyring

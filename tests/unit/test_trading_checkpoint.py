@@ -115,3 +115,28 @@ def test_bad_checkpoint_then_refused_before_unpickling(
                              **change)  # type: ignore[arg-type]
     with pytest.raises(CheckpointError, match=message):
         open_checkpoint(cp, keyring, account=account, config_hash=config_hash)
+
+
+def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None:
+    import copyreg
+    import io
+    import pickle
+    from types import MappingProxyType
+
+    from agents.trading import checkpoint as ck
+
+    core = TradingCore(CONFIG, KEYRING)
+    feed(core, inputs())
+    fast = dump_core(core)
+
+    class Standard(pickle.Pickler):  # the same dispatch table, without the per-class field cache
+        def __init__(self, f: io.BytesIO) -> None:
+            super().__init__(f, protocol=pickle.HIGHEST_PROTOCOL)
+            self.dispatch_table = {**copyreg.dispatch_table, MappingProxyType: ck._reduce_mappingproxy,
+                                   Keyring: ck._reduce_keyring}
+
+    buf = io.BytesIO()
+    Standard(buf).dump(core)
+    assert buf.getvalue() == fast
+    restored = ck.load_core(fast, KEYRING)  # and it restores to the same state (continuation: tests above)
+    assert restored.portfolio_state() == core.portfolio_state() and restored.clock.now_ns() == core.clock.now_ns()
