@@ -133,9 +133,7 @@ class _Symbol(_Constraint):
 
     def check(self, field: str, value: Any) -> None:
         if not _SYMBOL_RE.match(value):
-            raise RecordError(
-                ErrorReason.BAD_SYMBOL, f"{field}={value!r} is not a unified symbol like BTC/USDT"
-            )
+            raise RecordError(ErrorReason.BAD_SYMBOL, f"{field}={value!r} is not a unified symbol like BTC/USDT")
 
 
 class _MaxLen(_Constraint):
@@ -393,9 +391,7 @@ class Codec(typing.Generic[R]):
     # -- decode -------------------------------------------------------------
     def decode(self, data: bytes | bytearray | memoryview | str) -> R:
         if len(data) > self.max_bytes:
-            raise RecordError(
-                ErrorReason.OVERSIZE, f"{len(data)} bytes exceeds the {self.max_bytes} byte limit"
-            )
+            raise RecordError(ErrorReason.OVERSIZE, f"{len(data)} bytes exceeds the {self.max_bytes} byte limit")
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -410,9 +406,7 @@ class Codec(typing.Generic[R]):
 
     def from_dict(self, obj: Any) -> R:
         if type(obj) is not dict:
-            raise RecordError(
-                ErrorReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
-            )
+            raise RecordError(ErrorReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
         if obj.keys() != self._field_set:
             missing = sorted(self._field_set - obj.keys())
             if missing:
@@ -513,9 +507,7 @@ def positional_constructor(cls: type[R]) -> Callable[..., R]:
     return make
 
 
-def _inline_check(
-    var: str, name: str, base: Any, constraints: tuple[_Constraint, ...]
-) -> list[str] | None:
+def _inline_check(var: str, name: str, base: Any, constraints: tuple[_Constraint, ...]) -> list[str] | None:
     """Source lines validating a scalar field in place, or None if not inlinable."""
     lines: list[str]
     if base is str:
