@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import hashlib
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +80,7 @@ from gpu_workers.serving import InferenceStep
 from models.inference import Prediction, Predictor, to_signals
 from topics.records import Bar, FeatureVector, Fill, PortfolioSnapshot, Signal, Timeframe
 from topics.schema import Record, codec_for
+from topics.streamhash import stream_hash
 
 __all__ = [
     "INVERTED_SUFFIX",
@@ -246,14 +246,7 @@ def order_bars(bars: Iterable[Bar]) -> list[Bar]:
 
 def decision_hash(records: Iterable[Record]) -> str:
     """sha256 over the framed, codec-encoded records (module docstring)."""
-    h = hashlib.sha256()
-    for rec in records:
-        payload = codec_for(type(rec)).encode(rec)
-        h.update(rec.KIND.encode())
-        h.update(b"\x00")
-        h.update(len(payload).to_bytes(8, "big"))
-        h.update(payload)
-    return h.hexdigest()
+    return stream_hash((rec.KIND, codec_for(type(rec)).encode(rec)) for rec in records)
 
 
 def _flip(p: Prediction) -> Prediction:

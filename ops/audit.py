@@ -20,8 +20,9 @@ exactly as it was on the wire. An audit
    state at the start of the range is rebuilt from the history, not assumed;
 3. takes the outputs whose ``ts_init`` (the core's event-time clock) lies in
    ``[start, end)`` on both sides, orders each side canonically by
-   ``(ts_init, topic, event_id)`` and hashes ``event_id NUL payload LF`` for
-   every record (SHA-256): the *decision hash*. Equal hashes mean every
+   ``(ts_init, topic, event_id)`` and hashes the records with the project's
+   one stream framing (:mod:`topics.streamhash`, also the backtest replay's):
+   the *decision hash*. Equal hashes mean every
    recorded decision was re-derived with identical bytes (event ids are
    content hashes, payloads include every field), and nothing extra came out;
 4. otherwise walks both sides in that order and reports the first divergent
@@ -74,7 +75,6 @@ divergence); it is information, not a failure.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +98,7 @@ from topics.records import (
     Signal,
 )
 from topics.schema import Record, codec_for
+from topics.streamhash import stream_hash
 
 __all__ = [
     "AuditReport",
@@ -147,13 +148,8 @@ def item_of(rec: Record) -> Item:
 
 
 def decision_hash(items: Iterable[Item]) -> str:
-    h = hashlib.sha256()
-    for it in sorted(items, key=lambda i: i.key):
-        h.update(it.event_id.encode())
-        h.update(b"\0")
-        h.update(it.payload.encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    """The project's stream hash (:mod:`topics.streamhash`) over the items in canonical order."""
+    return stream_hash((spec(it.topic).record.KIND, it.payload.encode()) for it in sorted(items, key=lambda i: i.key))
 
 
 @dataclass(frozen=True, slots=True)
