@@ -97,7 +97,9 @@ above), credentials ``TRADEFLOW_EXCHANGE_API_KEY`` / ``_SECRET`` /
 ``_PASSWORD`` or the same names with ``_FILE``, never logged),
 ``TRADEFLOW_TRADING_SYMBOLS`` (comma list: the risk
 engine's allowed symbols; default BTC/ETH USDT spot and perpetuals),
-``TRADEFLOW_TRADING_TIMEFRAMES`` (``1h``), and the control keys
+``TRADEFLOW_TRADING_TIMEFRAMES`` (``1h``),
+``TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S`` (``60``: how long a signal that
+arrived before its bar waits for it, see :mod:`agents.trading.core`), and the control keys
 ``TRADEFLOW_CONTROL_KEY_<ID>`` / ``_FILE`` (see
 :mod:`agents.control.signing`). Without a control key the agent refuses to
 start: a trading process no operator can halt must not run.
@@ -161,6 +163,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -233,6 +236,12 @@ ORDER_UPDATES = Counter(
 )
 CONTROL = Counter("tradeflow_control_commands_total", "Control commands handled", ["account", "outcome", "reason"])
 BARS_SKIPPED = Counter("tradeflow_trading_bars_skipped_total", "Bars not traded on", ["account", "reason"])
+SIGNALS_ALIGNED = Counter(
+    "tradeflow_trading_signals_aligned_total",
+    "Signals that arrived before their bar: held (waited for it) or released without it (wait or capacity exceeded)",
+    ["account", "outcome"],
+)
+SIGNALS_HELD = Gauge("tradeflow_trading_signals_held", "Signals waiting for their bar now", ["account"])
 KILL_SWITCHES = Gauge("tradeflow_kill_switches_active", "Kill switches in force", ["account"])
 EQUITY = Gauge("tradeflow_portfolio_equity", "Account equity (quote currency)", ["account"])
 INPUTS_SKIPPED = Counter(
@@ -367,6 +376,8 @@ class TradingSettings:
     symbols: tuple[str, ...] = ()
     timeframes: tuple[Timeframe, ...] = (Timeframe.H1,)
     execution: ExecutionSettings | None = None
+    #: How long a signal that arrived before its bar waits for it (arrival time, seconds).
+    signal_bar_wait_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TradingSettings:
@@ -381,17 +392,26 @@ class TradingSettings:
             timeframes = tuple(Timeframe(t) for t in items("TRADEFLOW_TRADING_TIMEFRAMES")) or (Timeframe.H1,)
         except ValueError as exc:
             raise ValueError(f"TRADEFLOW_TRADING_TIMEFRAMES: {exc}") from None
+        raw_wait = env.get("TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S", "60").strip() or "60"
+        try:
+            wait_s = float(raw_wait)
+        except ValueError:
+            raise ValueError(f"TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S={raw_wait!r} is not a number of seconds") from None
+        if not (math.isfinite(wait_s) and wait_s >= 0):
+            raise ValueError(f"TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S={raw_wait!r} must be a finite number >= 0")
         return cls(
             account=env.get("TRADEFLOW_TRADING_ACCOUNT", "paper").strip() or "paper",
             adapter=adapter,
             symbols=items("TRADEFLOW_TRADING_SYMBOLS"),
             timeframes=timeframes,
             execution=execution,
+            signal_bar_wait_s=wait_s,
         )
 
     def config(self) -> TradingConfig:
         risk = RiskConfig(allowed_symbols=self.symbols) if self.symbols else RiskConfig()
-        config = TradingConfig(account=self.account, timeframes=self.timeframes, risk=risk)
+        config = TradingConfig(account=self.account, timeframes=self.timeframes, risk=risk,
+                               signal_bar_wait_ns=round(self.signal_bar_wait_s * 1e9))
         if self.execution is None:
             return config
         # paper.adapter labels the refusals the core emits for orders it never sends
@@ -699,8 +719,13 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             ORDER_UPDATES.labels(account, rec.adapter, rec.status.value, rec.reason or "").inc()
 
     def observe(step: Step) -> None:
-        if step.sizing is not None:
-            SIZING.labels(account, step.sizing.reason.value).inc()
+        for sizing in step.sizings:
+            SIZING.labels(account, sizing.reason.value).inc()
+        if step.held:
+            SIGNALS_ALIGNED.labels(account, "held").inc()
+        if step.released_unaligned:
+            SIGNALS_ALIGNED.labels(account, "released_without_bar").inc(step.released_unaligned)
+            log.warning("signals_released_without_bar", account=account, count=step.released_unaligned)
         if step.audit is not None:
             CONTROL.labels(account, step.audit.outcome.value, step.audit.reason).inc()
             emit = log.error if step.audit.alert else log.info
@@ -786,6 +811,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             EQUITY.labels(account).set(state.equity)
             DRAWDOWN.labels(account).set(state.drawdown)
             KILL_SWITCHES.labels(account).set(len(live.core.active_kill_switches()))
+            SIGNALS_HELD.labels(account).set(len(live.core.held_signals()))
             latency.observe(time.perf_counter() - t0)
 
     return trade

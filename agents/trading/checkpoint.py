@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 #: Bumped whenever an engine's attributes change shape: an old pickle is then refused.
-FORMAT = 1
+FORMAT = 2  # 2: TradingCore._held (signals waiting for their bar)
 _MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
 _KEYRING_REF = "tradeflow:keyring"
 

@@ -33,6 +33,31 @@ Intents never leave and come back through the broker: an intent, its
 decision and its order updates are produced in one call, so a redelivered
 signal can never race its own decision.
 
+Event-time alignment of signals and bars
+----------------------------------------
+A signal is derived from a bar (its ``ts_event`` is that bar's close), but
+it reaches the core on another topic, three hops later, with no ordering
+guarantee against the bar itself: the trading consumer can see the signal of
+bar ``i`` before bar ``i``. Sized then, it would use bar ``i - 1``'s price
+and be filled at bar ``i``'s open, one bar earlier than a replay (which
+always feeds the bar first) fills it. So a signal stamped at a close
+of its symbol's traded bar series that has not arrived yet (the last bar's
+close plus whole bar periods; a signal off that grid, from a sub-bar or
+external source, has no bar to wait for) is *held* and applied right after
+the first bar of that symbol closing at or after its time: the output is the same whichever
+of the two arrived first, which is what makes paper = backtest hold by
+construction rather than by timing. A held signal whose bar does not come is
+not kept forever: once a bar or signal arrives more than
+``TradingConfig.signal_bar_wait_ns`` of arrival time after it (live only: a
+replay passes no arrival time; control and registry events do not count, so
+forged traffic cannot move anything), or when more than
+``TradingConfig.max_held_signals`` are held (oldest first), it is applied
+with what the core has (it may then be sized as stale). ``max_held_signals
+= 0`` turns the alignment off. Held signals are
+part of the core's state (checkpointed); the holding depends only on the
+input order and the arrival bounds, both journaled, so an audit replay
+reproduces it.
+
 ``on_registry``: the model version's rollout stage is recorded; a signal is
 sized with its version's share of capital (canary 10 % / 30 %, active 100 %;
 a version off the ladder trades nothing; a version the registry never
@@ -207,9 +232,18 @@ class TradingConfig:
     #: In external mode ``paper.adapter`` names the external adapter: it labels the
     #: refusal records the core emits itself for orders never sent.
     execution: ExecutionMode = ExecutionMode.PAPER
+    #: A signal newer than its symbol's last traded bar waits for that bar at most
+    #: this long in arrival time (see "Event-time alignment" above).
+    signal_bar_wait_ns: int = 60 * 10**9
+    #: At most this many signals wait for their bars; beyond, the oldest is applied.
+    max_held_signals: int = 10_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "execution", ExecutionMode(self.execution))
+        if self.signal_bar_wait_ns < 0:
+            raise ValueError("signal_bar_wait_ns must be >= 0")
+        if self.max_held_signals < 0:
+            raise ValueError("max_held_signals must be >= 0")
         if not self.account or "|" in self.account:
             raise ValueError("account must be a non-empty name without '|'")
         if not self.timeframes:
@@ -226,12 +260,22 @@ class Step:
     """What one input caused: records to publish, in order, plus facts for metrics."""
 
     records: tuple[Record, ...] = ()
-    sizing: SizingDecision | None = None
+    #: Sizing of every signal applied in this step (a bar can release held signals).
+    sizings: tuple[SizingDecision, ...] = ()
     audit: EngineAudit | None = None
     engaged: tuple[KillSwitch, ...] = ()
     bar_skipped: str | None = None
     #: External execution only: approved / reduced orders to send, in decision order.
     to_submit: tuple[Submission, ...] = ()
+    #: The input signal was held until its bar arrives (it produced nothing yet).
+    held: bool = False
+    #: Held signals applied in this step without their bar (wait or capacity exceeded).
+    released_unaligned: int = 0
+
+    @property
+    def sizing(self) -> SizingDecision | None:
+        """The last sizing of the step (the input signal's own, for ``on_signal``)."""
+        return self.sizings[-1] if self.sizings else None
 
 
 # ---------------------------------------------------------------------------
@@ -254,21 +298,30 @@ class TradingCore:
         self._timeframes = frozenset(config.timeframes)
         #: Latest registry event per (model_id, version): the rollout stage of each version.
         self._versions: dict[tuple[str, str], ModelRegistryEvent] = {}
+        #: Signals waiting for their bar, in arrival order, with their arrival bound.
+        self._held: list[tuple[Signal, int | None]] = []
 
     # -- inputs -----------------------------------------------------------------
 
     def on_bar(self, bar: Bar, arrival_ns: int | None = None) -> Step:
-        if not bar.is_closed:
-            return Step(bar_skipped=BarSkip.NOT_CLOSED)
-        if bar.timeframe not in self._timeframes:
-            return Step(bar_skipped=BarSkip.TIMEFRAME_NOT_TRADED)
-        last = self._last_bar.get(bar.symbol)
-        if last is not None and bar.open_time <= last.open_time:
-            return Step(bar_skipped=BarSkip.NOT_NEWER)
-        self._last_bar[bar.symbol] = bar
-        self.clock.advance(bar.ts_event, arrival_ns)
         out: list[Record] = []
         submit: list[Submission] = []
+        sizings: list[SizingDecision] = []
+        overdue = self._release_overdue(arrival_ns, out, submit, sizings)
+        skipped = None
+        if not bar.is_closed:
+            skipped = BarSkip.NOT_CLOSED
+        elif bar.timeframe not in self._timeframes:
+            skipped = BarSkip.TIMEFRAME_NOT_TRADED
+        else:
+            last = self._last_bar.get(bar.symbol)
+            if last is not None and bar.open_time <= last.open_time:
+                skipped = BarSkip.NOT_NEWER
+        if skipped is not None:
+            return Step(records=tuple(out), sizings=tuple(sizings), bar_skipped=skipped,
+                        to_submit=tuple(submit), released_unaligned=overdue)
+        self._last_bar[bar.symbol] = bar
+        self.clock.advance(bar.ts_event, arrival_ns)
         if self.config.execution is ExecutionMode.PAPER:
             for rec in self.paper.on_bar(bar):
                 self._executed(rec, out)
@@ -285,16 +338,77 @@ class TradingCore:
             out.append(_breaker_alert(switch, self.config, bar, now))
         for exit_ in marked.exits:
             self._decide(dataclasses.replace(exit_.intent, reason=exit_.reason.value), out, submit)
-        return Step(records=tuple(out), engaged=marked.engaged, to_submit=tuple(submit))
+        # the signals that waited for this bar, in arrival order
+        ready = [h for h in self._held if h[0].symbol == bar.symbol and h[0].ts_event <= bar.ts_event]
+        if ready:
+            self._held = [h for h in self._held if not (h[0].symbol == bar.symbol and h[0].ts_event <= bar.ts_event)]
+            for signal, signal_arrival in ready:
+                self._apply_signal(signal, signal_arrival, out, submit, sizings)
+        return Step(records=tuple(out), sizings=tuple(sizings), engaged=marked.engaged, to_submit=tuple(submit),
+                    released_unaligned=overdue)
 
     def on_signal(self, signal: Signal, arrival_ns: int | None = None) -> Step:
-        self.clock.advance(signal.ts_event, arrival_ns)
-        sizing = self.strategy.on_signal(signal, self.capital_fraction(signal.model_id, signal.model_version))
         out: list[Record] = []
         submit: list[Submission] = []
+        sizings: list[SizingDecision] = []
+        overdue = self._release_overdue(arrival_ns, out, submit, sizings)
+        if self._awaits_bar(signal):
+            self._held.append((signal, arrival_ns))
+            if len(self._held) > self.config.max_held_signals:
+                excess = len(self._held) - self.config.max_held_signals
+                oldest, self._held = self._held[:excess], self._held[excess:]
+                for held, held_arrival in oldest:
+                    self._apply_signal(held, held_arrival, out, submit, sizings)
+                overdue += excess
+            held_now = any(h[0] is signal for h in self._held)
+            return Step(records=tuple(out), sizings=tuple(sizings), to_submit=tuple(submit), held=held_now,
+                        released_unaligned=overdue)
+        self._apply_signal(signal, arrival_ns, out, submit, sizings)
+        return Step(records=tuple(out), sizings=tuple(sizings), to_submit=tuple(submit), released_unaligned=overdue)
+
+    def _awaits_bar(self, signal: Signal) -> bool:
+        """True when the signal is stamped at a close of its symbol's traded bar series that has not arrived.
+
+        Signals derived from bars carry the bar's close as ``ts_event``: on the
+        grid of the symbol's traded bars (the last bar's close plus whole bar
+        periods), a coarser timeframe's closes included. A signal off that grid
+        (a sub-bar or external source) has no bar to wait for. With no bar of
+        the symbol yet, the grid is unknown: the signal waits for the first one.
+        """
+        if self.config.max_held_signals == 0:
+            return False
+        last = self._last_bar.get(signal.symbol)
+        if last is None:
+            return True
+        period = last.ts_event - last.open_time
+        ahead = signal.ts_event - last.ts_event
+        return ahead > 0 and period > 0 and ahead % period == 0
+
+    def held_signals(self) -> tuple[Signal, ...]:
+        """Signals waiting for their bar, in arrival order."""
+        return tuple(s for s, _ in self._held)
+
+    def _apply_signal(self, signal: Signal, arrival_ns: int | None, out: list[Record], submit: list[Submission],
+                      sizings: list[SizingDecision]) -> None:
+        self.clock.advance(signal.ts_event, arrival_ns)
+        sizing = self.strategy.on_signal(signal, self.capital_fraction(signal.model_id, signal.model_version))
+        sizings.append(sizing)
         if sizing.intent is not None:
             self._decide(sizing.intent, out, submit)
-        return Step(records=tuple(out), sizing=sizing, to_submit=tuple(submit))
+
+    def _release_overdue(self, arrival_ns: int | None, out: list[Record], submit: list[Submission],
+                         sizings: list[SizingDecision]) -> int:
+        """Apply the held signals that waited longer than ``signal_bar_wait_ns`` (arrival time) for their bar."""
+        if arrival_ns is None or not self._held:
+            return 0
+        limit = arrival_ns - self.config.signal_bar_wait_ns
+        overdue = [h for h in self._held if h[1] is not None and h[1] < limit]
+        if not overdue:
+            return 0
+        self._held = [h for h in self._held if not (h[1] is not None and h[1] < limit)]
+        for signal, signal_arrival in overdue:
+            self._apply_signal(signal, signal_arrival, out, submit, sizings)
+        return len(overdue)
 
     def on_execution(self, record: ExecutionRecord) -> Step:
         """An external adapter's answer to an order of ``Step.to_submit`` (external mode only).

@@ -226,6 +226,121 @@ def test_settings_when_read_from_env_then_parsed_or_refused() -> None:
         TradingSettings.from_env({"TRADEFLOW_EXECUTION_ADAPTER": "carrier-pigeon"})
     with pytest.raises(ValueError, match="TIMEFRAMES"):
         TradingSettings.from_env({"TRADEFLOW_TRADING_TIMEFRAMES": "7h"})
+    assert cfg.signal_bar_wait_ns == 60 * 10**9
+    assert TradingSettings.from_env({"TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S": "2.5"}).config().signal_bar_wait_ns \
+        == 2_500_000_000
+    for bad in ("soon", "-1", "nan", "inf"):
+        with pytest.raises(ValueError, match="SIGNAL_BAR_WAIT_S"):
+            TradingSettings.from_env({"TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S": bad})
+
+
+# -- event-time alignment: a signal that overtakes its own bar ------------------------------
+
+
+def _overtaken(bars: list[Bar], arrival: int | None = None, **overrides: Any) -> tuple[TradingCore, list[Record]]:
+    """Every signal arrives *before* the bar it was derived from (the trading consumer's race)."""
+    core = _core(**overrides)
+    out: list[Record] = list(core.on_bar(bars[0], arrival).records)
+    for i in range(1, len(bars)):
+        out += core.on_signal(stub_signal(bars, i), arrival).records
+        out += core.on_bar(bars[i], arrival).records
+    return core, out
+
+
+def _in_order(bars: list[Bar], arrival: int | None = None) -> list[Record]:
+    core = _core()
+    out: list[Record] = list(core.on_bar(bars[0], arrival).records)
+    for i in range(1, len(bars)):
+        out += core.on_bar(bars[i], arrival).records
+        out += core.on_signal(stub_signal(bars, i), arrival).records
+    return out
+
+
+def test_signal_before_its_bar_when_replayed_then_byte_identical_to_bar_first() -> None:
+    bars = load_bars()[:300]
+    core, overtaken = _overtaken(bars)
+    in_order = _in_order(bars)
+    assert sum(isinstance(r, Fill) for r in in_order) >= 5  # the scenario trades
+    assert [_wire(r) for r in overtaken] == [_wire(r) for r in in_order]
+    assert core.held_signals() == ()
+
+
+def test_signal_before_its_bar_live_then_held_until_the_bar_and_identical() -> None:
+    bars = load_bars()[:120]
+    arrival = bars[-1].ts_event + H  # live: every message arrives after its event time, within the wait
+    core = _core()
+    core.on_bar(bars[0], arrival)
+    step = core.on_signal(stub_signal(bars, 1), arrival)
+    assert step.held and step.records == () and step.sizings == ()
+    assert core.held_signals() == (stub_signal(bars, 1),)
+    released = core.on_bar(bars[1], arrival)
+    assert len(released.sizings) == 1 and released.sizings[0].signal_event_id == stub_signal(bars, 1).event_id
+    assert core.held_signals() == ()
+    _, overtaken = _overtaken(bars, arrival)
+    assert [_wire(r) for r in overtaken] == [_wire(r) for r in _in_order(bars, arrival)]
+
+
+def test_signal_off_the_bar_grid_then_applied_at_once() -> None:
+    bars = load_bars()[:10]
+    core = _core()
+    core.on_bar(bars[5])
+    sub_bar = dataclasses.replace(stub_signal(bars, 5), ts_event=bars[5].ts_event + H // 2)  # inside the next bar
+    step = core.on_signal(sub_bar)
+    assert not step.held and len(step.sizings) == 1
+    coarser = dataclasses.replace(stub_signal(bars, 5), ts_event=bars[5].ts_event + 4 * H)  # a 4h close: on the grid
+    assert core.on_signal(coarser).held
+    assert core.on_bar(bars[6]).sizings == ()  # 1 h later: not its bar yet
+    assert core.held_signals() == (coarser,)
+
+
+def test_signal_whose_bar_never_comes_then_applied_after_the_wait_and_counted() -> None:
+    bars = load_bars()[:10]
+    core = _core(signal_bar_wait_ns=30 * 10**9)
+    t = bars[5].ts_event
+    core.on_bar(bars[5], t)
+    late = stub_signal(bars, 6)  # its bar is lost
+    assert core.on_signal(late, t + 10**9).held
+    other = dataclasses.replace(stub_signal(bars, 6), symbol="ETH/USDT")  # no ETH bar yet: waits too
+    assert core.on_signal(other, t + 2 * 10**9).held
+    # control traffic never releases (forged messages must not move anything)
+    assert core.on_control(_kill(bars[5], "n-w"), t + 60 * 10**9).sizings == ()
+    assert len(core.held_signals()) == 2
+    step = core.on_bar(dataclasses.replace(bars[5], symbol="SOL/USDT"), t + 33 * 10**9)  # > 30 s after both
+    assert step.released_unaligned == 2 and [s.signal_event_id for s in step.sizings] == [late.event_id,
+                                                                                            other.event_id]
+    assert core.held_signals() == ()
+    # a replay passes no arrival time: a held signal then waits for its bar, however far the stream goes
+    replayed = _core(signal_bar_wait_ns=0)
+    replayed.on_bar(bars[5])
+    assert replayed.on_signal(late).held and replayed.on_signal(other).held
+    assert replayed.on_bar(dataclasses.replace(bars[5], symbol="SOL/USDT")).released_unaligned == 0
+
+
+def test_more_signals_held_than_the_capacity_then_the_oldest_is_applied() -> None:
+    bars = load_bars()[:10]
+    core = _core(max_held_signals=2)
+    core.on_bar(bars[2])
+    sigs = [dataclasses.replace(stub_signal(bars, 3), ts_event=bars[2].ts_event + k * H, event_id=f"s{k}")
+            for k in (1, 2, 3)]
+    assert core.on_signal(sigs[0]).held and core.on_signal(sigs[1]).held
+    step = core.on_signal(sigs[2])
+    assert step.held and step.released_unaligned == 1 and step.sizings[0].signal_event_id == "s1"
+    assert core.held_signals() == (sigs[1], sigs[2])
+    off = _core(max_held_signals=0)  # alignment off: applied as they come
+    off.on_bar(bars[2])
+    assert not off.on_signal(sigs[0]).held
+
+
+def test_held_signals_survive_a_checkpoint() -> None:
+    from agents.trading.checkpoint import dump_core, load_core
+
+    bars = load_bars()[:10]
+    core = _core()
+    core.on_bar(bars[2])
+    assert core.on_signal(stub_signal(bars, 3)).held
+    restored = load_core(dump_core(core), KEYRING)
+    assert restored.held_signals() == core.held_signals()
+    assert [_wire(r) for r in restored.on_bar(bars[3]).records] == [_wire(r) for r in core.on_bar(bars[3]).records]
 
 
 def _registry(stage: ModelStage, ts: int, version: str = "1") -> ModelRegistryEvent:
