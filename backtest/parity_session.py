@@ -14,8 +14,8 @@ everything bar ``i`` caused has been consumed downstream, i.e. when the next
 bar may be published. Within one bar, the signal may still overtake its own
 bar on the way to the trading agent (three hops against one); the trading
 core holds such a signal until its bar (event-time alignment,
-:mod:`agents.trading.core`), so that race does not change the fills. (Recorded timestamps need no re-stamping: the trading
-agent's clock is bounded by arrival, never pushed by it, and the gates take
+:mod:`agents.trading.core`), so that race does not change the fills.
+(Recorded timestamps need no re-stamping: the trading agent's clock is bounded by arrival, never pushed by it, and the gates take
 an explicit evaluation time.)
 """
 

@@ -116,6 +116,7 @@ import dataclasses
 import enum
 import hmac
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agents.control.signing import ControlAudit as EngineAudit
@@ -232,7 +233,7 @@ class TradingConfig:
     #: In external mode ``paper.adapter`` names the external adapter: it labels the
     #: refusal records the core emits itself for orders never sent.
     execution: ExecutionMode = ExecutionMode.PAPER
-    #: A signal newer than its symbol's last traded bar waits for that bar at most
+    #: A signal that arrived before its bar waits for that bar at most
     #: this long in arrival time (see "Event-time alignment" above).
     signal_bar_wait_ns: int = 60 * 10**9
     #: At most this many signals wait for their bars; beyond, the oldest is applied.
@@ -339,11 +340,9 @@ class TradingCore:
         for exit_ in marked.exits:
             self._decide(dataclasses.replace(exit_.intent, reason=exit_.reason.value), out, submit)
         # the signals that waited for this bar, in arrival order
-        ready = [h for h in self._held if h[0].symbol == bar.symbol and h[0].ts_event <= bar.ts_event]
-        if ready:
-            self._held = [h for h in self._held if not (h[0].symbol == bar.symbol and h[0].ts_event <= bar.ts_event)]
-            for signal, signal_arrival in ready:
-                self._apply_signal(signal, signal_arrival, out, submit, sizings)
+        if self._held:
+            self._apply_held(lambda sig, _: sig.symbol == bar.symbol and sig.ts_event <= bar.ts_event,
+                             out, submit, sizings)
         return Step(records=tuple(out), sizings=tuple(sizings), engaged=marked.engaged, to_submit=tuple(submit),
                     released_unaligned=overdue)
 
@@ -360,8 +359,8 @@ class TradingCore:
                 for held, held_arrival in oldest:
                     self._apply_signal(held, held_arrival, out, submit, sizings)
                 overdue += excess
-            held_now = any(h[0] is signal for h in self._held)
-            return Step(records=tuple(out), sizings=tuple(sizings), to_submit=tuple(submit), held=held_now,
+            # the input itself is the newest: never among the excess (max_held_signals > 0 here)
+            return Step(records=tuple(out), sizings=tuple(sizings), to_submit=tuple(submit), held=True,
                         released_unaligned=overdue)
         self._apply_signal(signal, arrival_ns, out, submit, sizings)
         return Step(records=tuple(out), sizings=tuple(sizings), to_submit=tuple(submit), released_unaligned=overdue)
@@ -402,13 +401,17 @@ class TradingCore:
         if arrival_ns is None or not self._held:
             return 0
         limit = arrival_ns - self.config.signal_bar_wait_ns
-        overdue = [h for h in self._held if h[1] is not None and h[1] < limit]
-        if not overdue:
-            return 0
-        self._held = [h for h in self._held if not (h[1] is not None and h[1] < limit)]
-        for signal, signal_arrival in overdue:
-            self._apply_signal(signal, signal_arrival, out, submit, sizings)
-        return len(overdue)
+        return self._apply_held(lambda _, arrived: arrived is not None and arrived < limit, out, submit, sizings)
+
+    def _apply_held(self, release: Callable[[Signal, int | None], bool], out: list[Record],
+                    submit: list[Submission], sizings: list[SizingDecision]) -> int:
+        """Apply (in arrival order) and drop the held signals ``release`` picks; how many."""
+        ready = [h for h in self._held if release(*h)]
+        if ready:
+            self._held = [h for h in self._held if not release(*h)]
+            for signal, arrival_ns in ready:
+                self._apply_signal(signal, arrival_ns, out, submit, sizings)
+        return len(ready)
 
     def on_execution(self, record: ExecutionRecord) -> Step:
         """An external adapter's answer to an order of ``Step.to_submit`` (external mode only).
