@@ -15,8 +15,9 @@ bar may be published. Within one bar, the signal may still overtake its own
 bar on the way to the trading agent (three hops against one); the trading
 core holds such a signal until its bar (event-time alignment,
 :mod:`agents.trading.core`), so that race does not change the fills.
-(Recorded timestamps need no re-stamping: the trading agent's clock is bounded by arrival, never pushed by it, and the gates take
-an explicit evaluation time.)
+(Recorded timestamps need no re-stamping: the trading agent's clock is
+bounded by arrival, never pushed by it, and the gates take an explicit
+evaluation time.)
 """
 
 from __future__ import annotations
