@@ -75,6 +75,9 @@ _Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 _RETRIABLE_DB = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # a pooled connection the server dropped can be handed out before asyncpg notices: "cannot switch
+    # to state 15; another operation (2) is in progress" (see TopicSink._write)
+    asyncpg.InternalClientError,
     asyncpg.TooManyConnectionsError,
     asyncpg.CannotConnectNowError,
     asyncpg.QueryCanceledError,
@@ -83,6 +86,24 @@ _RETRIABLE_DB = (
     OSError,
     asyncio.TimeoutError,
 )
+
+
+class DatabaseConnectionLost(ConnectionError):
+    """The server ended the sink's session while a write was in flight (retried on a fresh connection)."""
+
+
+async def _abandon(conn: _Conn, body: asyncio.Future[None]) -> None:
+    """Terminate ``conn`` (never back to the pool in an unknown state), then let ``body`` unwind.
+
+    After the abort every wait inside ``body`` fails at once, so waiting for it cannot hang; what it
+    raises while unwinding is the dead connection's noise (the caller reports the cause).
+    """
+    with contextlib.suppress(asyncpg.InterfaceError):  # already released: the pool dropped it
+        conn.terminate()
+    body.cancel()
+    await asyncio.wait({body})
+    if not body.cancelled():
+        body.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 @dataclass(frozen=True)
@@ -170,10 +191,15 @@ class TopicSink:
         self._lag_recorded_at = 0.0
 
     # -- lifecycle ------------------------------------------------------------
-    async def start(self) -> None:
+    async def open_pool(self) -> None:
+        """The sink's PostgreSQL pool (its sessions are named ``tradeflow-sink`` in pg_stat_activity)."""
         self.pool = await asyncpg.create_pool(
-            self.cfg.dsn, min_size=1, max_size=2, command_timeout=self.cfg.db_timeout_s
+            self.cfg.dsn, min_size=1, max_size=2, command_timeout=self.cfg.db_timeout_s,
+            server_settings={"application_name": "tradeflow-sink"},
         )
+
+    async def start(self) -> None:
+        await self.open_pool()
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.cfg.bootstrap, acks="all", max_request_size=8 * 1024 * 1024, linger_ms=5
         )
@@ -322,8 +348,51 @@ class TopicSink:
                 delay = min(delay * 2, self.cfg.retry_max_s)
 
     async def _write(self, d: _Decoded) -> None:
+        """One transaction for the batch's rows and projections, guarded against a dead connection.
+
+        asyncpg 0.32 does not notice every way a server can go away mid-write: a COPY whose socket was
+        paused for writing waits on ``writing_allowed`` forever once the server ends the session
+        (``connection_lost`` never resumes writing, and no command timeout covers that wait), and a
+        pooled connection that got the server's FATAL while idle is handed out and fails with
+        ``InternalClientError`` (both found by the database chaos drills). So the transaction runs as
+        its own task, abandoned as soon as the connection reports its termination or after
+        ``db_timeout_s``; a connection that failed or was abandoned is terminated, never handed back
+        to the pool in an unknown protocol state, and the retry starts on a fresh one. Nothing was
+        committed by an abandoned attempt (its transaction never reached COMMIT, or reached it and
+        the retry's rows dedupe on event id).
+        """
         assert self.pool is not None
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn:
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_lost(_conn: object) -> None:
+                if not lost.done():
+                    lost.set_result(None)
+
+            conn.add_termination_listener(on_lost)
+            body = asyncio.ensure_future(self._write_tx(conn, d))
+            try:
+                await asyncio.wait({body, lost}, timeout=self.cfg.db_timeout_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                await _abandon(conn, body)
+                raise
+            if body.done():
+                with contextlib.suppress(asyncpg.InterfaceError):  # released: the connection is gone
+                    conn.remove_termination_listener(on_lost)
+                exc = body.exception()
+                if exc is None:
+                    return
+                if isinstance(exc, _RETRIABLE_DB):
+                    await _abandon(conn, body)
+                raise exc
+            await _abandon(conn, body)
+            if lost.done():
+                raise DatabaseConnectionLost("the server ended the sink's session in the middle of a write")
+            raise TimeoutError(f"no answer from PostgreSQL within {self.cfg.db_timeout_s} s")
+
+    async def _write_tx(self, conn: _Conn, d: _Decoded) -> None:
+        async with conn.transaction():
             for table, rows in d.rows.items():
                 if rows:
                     inserted = await self._insert_events(conn, table, rows)

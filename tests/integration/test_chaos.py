@@ -31,12 +31,14 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.broker import EmbeddedBroker, ensure_topics, free_port
 from ops.postgres import EmbeddedPostgres
 from ops.publish import RecordPublisher
 from storage.migrate import migrate_dsn
+from storage.sink import SinkConfig, TopicSink
 from tests.conftest import Proc, Procs, wait_until
 from tests.integration.test_foundation import make_bars
 from topics.catalogue import physical_name, spec
@@ -203,6 +205,101 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
     finally:
         await conn.close()
     assert downtime > 2.0
+
+
+async def _sink_sessions(dsn: str, state: str, statement: str = "") -> list[int]:
+    """Backend pids of the sink's sessions in ``state`` whose query starts with ``statement``."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'tradeflow-sink' AND state = $1"
+            " AND starts_with(query, $2)", state, statement)
+        return [r["pid"] for r in rows]
+    finally:
+        await conn.close()
+
+
+def _sink_db_errors() -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(s.value for fam in REGISTRY.collect() if fam.name == "tradeflow_sink_db_errors"
+               for s in fam.samples if s.name == "tradeflow_sink_db_errors_total")
+
+
+#: a write whose session was killed must be retried long before the sink's 30 s statement deadline would
+#: rescue it: the connection's termination is what abandons the attempt (before the fix it hung for ever)
+KILLED_WRITE_RETRIED_WITHIN_S = 20.0
+
+
+@pytest.mark.parametrize("statement", ['COPY "ev_market_bars"', 'COPY "bars"', None],
+                         ids=["mid-event-copy", "mid-projection-copy", "idle-in-pool"])
+async def test_sink_session_killed_when_writing_then_retried_on_fresh_connection_and_stored_once(
+    own_pg: EmbeddedPostgres, statement: str | None
+) -> None:
+    """The server ends the sink's session (pg_terminate_backend, as a failover or an administrator
+    would) in the middle of a batch's COPY, or while the connection idles in the pool between batches.
+    The write is retried at once on a fresh connection and every row is stored once.
+
+    Found by the database-down drill above, which failed in CI: a pooled connection that got the
+    server's FATAL was handed out and failed with ``InternalClientError: cannot switch to state 15;
+    another operation (2) is in progress``, which the sink did not count as a database error and died
+    on. Looking for the cause found a second defect: asyncpg 0.32 waits for ever in a COPY whose session
+    the server ended while the socket was paused for writing (the mid-copy cases hang without the fix).
+    """
+    dsn = own_pg.dsn
+    await migrate_dsn(dsn)
+    sink = TopicSink(SinkConfig(bootstrap="127.0.0.1:1", dsn=dsn, topics=("market.bars",), retry_max_s=0.5))
+    assert sink.cfg.db_timeout_s > KILLED_WRITE_RETRIED_WITHIN_S
+    await sink.open_pool()
+    dec = next(iter(sink._decoders.values()))
+    warmup, bars = make_bars(50, symbol="DOT/USDT"), make_bars(60_000, symbol="XRP/USDT")
+
+    def decoded(batch: list[Any], first_offset: int) -> Any:
+        msgs = [ConsumerRecord(dec.physical, 0, first_offset + i, 0, 0, b.key(), dec.codec.encode(b), None, 0, 0, ())
+                for i, b in enumerate(batch)]
+        return sink.decode({TopicPartition(dec.physical, 0): msgs})
+
+    errors_before = _sink_db_errors()
+    killed: list[int] = []
+    try:
+        await sink._write_with_retry(decoded(warmup, 0))  # the pool now holds an idle, used connection
+        if statement is None:
+            idle = await _sink_sessions(dsn, "idle")
+            assert idle, "no idle sink session in the pool; the drill is void"
+            killed.extend(idle)
+            await fetchval(dsn, f"SELECT count(pg_terminate_backend(pid)) FROM unnest(ARRAY{idle}::int[]) pid")
+        write = asyncio.create_task(sink._write_with_retry(decoded(bars, len(warmup))))
+        if statement is not None:
+
+            async def killed_mid_statement() -> bool:
+                if write.done():
+                    return True
+                pids = await _sink_sessions(dsn, "active", statement)
+                if pids:
+                    await fetchval(dsn, f"SELECT pg_terminate_backend({pids[0]})")
+                    killed.append(pids[0])
+                return bool(killed)
+
+            await wait_until(killed_mid_statement, 60, f"the sink's session in {statement}", every=0.02)
+            assert killed, f"the write finished before its session could be killed in {statement}; the drill is void"
+        done, _ = await asyncio.wait({write}, timeout=KILLED_WRITE_RETRIED_WITHIN_S)
+        assert write in done, "the write hung after the server ended its session"
+        write.result()
+    finally:
+        if sink.pool is not None:
+            sink.pool.terminate()
+    if statement is not None:  # a killed idle connection may be discarded by the pool before it is used
+        assert _sink_db_errors() > errors_before  # the failure was seen, counted and retried, not swallowed
+    conn = await asyncpg.connect(dsn)
+    try:
+        ids = [r["event_id"] for r in await conn.fetch("SELECT event_id FROM ev_market_bars")]
+        assert len(ids) == len(set(ids)) == len(warmup) + len(bars)
+        assert set(ids) == {b.event_id for b in warmup + bars}
+        assert await conn.fetchval("SELECT count(*) FROM bars") == len(warmup) + len(bars)
+        assert not set(killed) & {r["pid"] for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'tradeflow-sink'")}
+    finally:
+        await conn.close()
 
 
 # ---------------------------------------------------------------------------
