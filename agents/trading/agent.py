@@ -209,6 +209,8 @@ BATCH_MAX = 200
 BATCH_WAIT_S = 0.005
 #: Under sustained input a checkpoint is taken at most this often (paper execution; see "Restart recovery").
 CHECKPOINT_EVERY_S = 0.25
+#: seconds a checkpoint statement may wait for PostgreSQL before the worker gives up (and crashes)
+CHECKPOINT_DB_TIMEOUT_S = 30.0
 #: ... and once the input pauses this long, so a quiet stream's state is saved right behind it.
 CHECKPOINT_IDLE_S = 0.05
 EXIT_CONFIG = 2
@@ -699,7 +701,8 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         if not db:
             import asyncpg
 
-            db.append(await asyncpg.connect(ctx.dsn))
+            # a checkpoint that gets no answer crashes the worker (restart resumes from the last one)
+            db.append(await asyncpg.connect(ctx.dsn, command_timeout=CHECKPOINT_DB_TIMEOUT_S))
         async with db[0].transaction():
             if journal:
                 await db[0].executemany(JOURNAL_INSERT, journal)
