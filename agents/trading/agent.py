@@ -109,12 +109,17 @@ Restart recovery (exact)
 The engines' state is checkpointed to PostgreSQL (``trading_checkpoints``,
 one row per account, :mod:`agents.trading.checkpoint`) together with the
 next offset of every input partition it covers: after a micro-batch when
-``CHECKPOINT_EVERY_S`` passed since the last checkpoint, otherwise as soon as
-the input pauses for ``CHECKPOINT_IDLE_S`` (a debounce task); with external
-execution after every micro-batch. Why not after every batch: the snapshot
-pickles the whole core (its size grows with the engines' bounded caches to
-~1 MB, tens of ms), and with the producer flush and the commit it was most
-of the agent's time under load (issue #5). Order per checkpoint, under one
+``CHECKPOINT_EVERY_S`` passed since the last checkpoint and at least
+``1 / CHECKPOINT_MAX_SHARE`` times the last checkpoint's duration (so saving
+state takes at most that share of the time, whatever its size), otherwise as
+soon as the input pauses for ``CHECKPOINT_IDLE_S`` (a debounce task); with
+external execution after every micro-batch. Why not after every batch: the
+snapshot pickles the whole core (its size grows with the engines' bounded
+caches and the orders in flight to ~1 MB and more, tens to hundreds of ms),
+and with the producer flush and the commit it was most of the agent's time
+under load (issue #5). A longer interval costs nothing in correctness: after
+a crash the inputs since the checkpoint are re-processed, to the same
+outputs with the same ids. Order per checkpoint, under one
 lock with the batches (never mid-message): snapshot core + offsets
 (synchronous) -> flush the producer (every output of those inputs is on
 the broker) -> journal rows of every input since the last checkpoint +
@@ -209,10 +214,12 @@ BATCH_MAX = 200
 BATCH_WAIT_S = 0.005
 #: Under sustained input a checkpoint is taken at most this often (paper execution; see "Restart recovery").
 CHECKPOINT_EVERY_S = 0.25
-#: seconds a checkpoint statement may wait for PostgreSQL before the worker gives up (and crashes)
-CHECKPOINT_DB_TIMEOUT_S = 30.0
+#: ... and at most this share of the time: the next one waits at least ``last duration / share``.
+CHECKPOINT_MAX_SHARE = 0.2
 #: ... and once the input pauses this long, so a quiet stream's state is saved right behind it.
 CHECKPOINT_IDLE_S = 0.05
+#: seconds a checkpoint statement may wait for PostgreSQL before the worker gives up (and crashes)
+CHECKPOINT_DB_TIMEOUT_S = 30.0
 EXIT_CONFIG = 2
 EXIT_INFRA = 3
 
@@ -594,7 +601,8 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         ctx.topic("models.registry"): ("models.registry", ModelRegistryEvent, TradingCore.on_registry),
     }
     src = app.topic(*handlers)
-    outs = {name: app.topic(ctx.topic(name)) for name in OUTPUTS}
+    out_names = {name: ctx.topic(name) for name in OUTPUTS}
+    deliveries: list[Any] = []  # the producer's delivery futures of the outputs since the last checkpoint
     out_counters = {name: RECORDS_OUT.labels(NAME, name) for name in OUTPUTS}
     latency = PROCESS_LATENCY.labels(NAME)
     checkpoint_seconds = CHECKPOINT_SECONDS.labels(account)
@@ -645,16 +653,18 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
 
     gate = asyncio.Lock()  # a batch and a checkpoint never interleave: the snapshot is taken between messages
     pending: list[tuple[Any, ...]] = []  # journal rows of the inputs applied since the last checkpoint
-    #: monotonic times of the last checkpoint and batch; inputs applied (positions moved) since the checkpoint
-    timing = {"last_checkpoint": 0.0, "last_batch": 0.0, "unsaved": 0.0}
+    #: monotonic times of the last checkpoint and batch; inputs applied since the checkpoint; its duration (s)
+    timing = {"last_checkpoint": 0.0, "last_batch": 0.0, "unsaved": 0.0, "last_cost": 0.0}
     idle_flush: list[asyncio.Task[None]] = []
 
     async def checkpoint_pending() -> None:
         """Checkpoint the inputs applied since the last one (caller holds ``gate``)."""
+        t0 = time.monotonic()
         await checkpoint(pending)
         pending.clear()
         timing["unsaved"] = 0
         timing["last_checkpoint"] = time.monotonic()
+        timing["last_cost"] = timing["last_checkpoint"] - t0
 
     async def flush_when_idle() -> None:
         """Checkpoint what is pending once no batch came for ``CHECKPOINT_IDLE_S`` (debounced)."""
@@ -686,7 +696,8 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         timing["last_batch"] = now
         if not timing["unsaved"]:
             return
-        if adapter is not None or now - timing["last_checkpoint"] >= CHECKPOINT_EVERY_S:
+        every = max(CHECKPOINT_EVERY_S, timing["last_cost"] / CHECKPOINT_MAX_SHARE)
+        if adapter is not None or now - timing["last_checkpoint"] >= every:
             await checkpoint_pending()
         elif not idle_flush or idle_flush[0].done():
             idle_flush[:] = [asyncio.ensure_future(flush_when_idle())]
@@ -698,6 +709,9 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         cp = seal(live.core, config_hash=config_hash, offsets=live.offsets(), events_applied=live.events,
                   keyring=keyring)
         await app.producer.flush()
+        sent, deliveries[:] = list(deliveries), []
+        for done in sent:
+            await done  # raises the send's error: this checkpoint must not cover an output that was lost
         if not db:
             import asyncpg
 
@@ -710,9 +724,16 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         checkpoint_seconds.observe(time.perf_counter() - t0)
         CHECKPOINT_BYTES.labels(account).set(len(cp.state))
 
-    def publish(rec: Record) -> None:
+    async def publish(rec: Record) -> None:
+        """Hand ``rec`` to the producer (in call order, keyed like every producer of its topic).
+
+        Straight to faust's producer, not through ``Topic.send_soon``'s buffer: that per-message path
+        was most of the agent's own CPU (a profile at 1,000 signals/s). Delivery is awaited by the next
+        checkpoint, which fails (and crashes the worker before its offsets are saved) on any send error.
+        """
         name = DEFAULT_TOPIC[type(rec)]
-        outs[name].send_soon(key=rec.key(), value=codec_for(type(rec)).encode(rec))
+        deliveries.append(await app.producer.send(
+            out_names[name], rec.key(), codec_for(type(rec)).encode(rec), None, None, None))
         out_counters[name].inc()
         if isinstance(rec, RiskDecision):
             RISK_VERDICTS.labels(account, rec.verdict.value).inc()
@@ -755,7 +776,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
                 journal.append((account, live.events, DEFAULT_TOPIC[type(answer)], NOT_CONSUMED, NOT_CONSUMED,
                                 answer.event_id, None))
                 for out in live.core.on_execution(answer).records:
-                    publish(out)
+                    await publish(out)
                 live.events += 1
 
     def undecodable_control(event: Any) -> Alert:
@@ -788,13 +809,13 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             step = None
             if rec is None:
                 if name == "control":
-                    publish(undecodable_control(event))
+                    await publish(undecodable_control(event))
             else:
                 arrival = _arrival_ns(msg)
                 journal.append((account, live.events, name, msg.partition, msg.offset, rec.event_id, arrival))
                 step = handle(live.core, rec, arrival)
                 for out in step.records:
-                    publish(out)
+                    await publish(out)
                 observe(step)
             live.position[tp] = msg.offset + 1
             live.events += 1
