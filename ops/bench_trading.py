@@ -16,7 +16,7 @@
     one ``tradeflow worker --agents trading`` subprocess, checkpoints on):
     signals published at a steady 100/s and 1,000/s with ``ts_init`` = the
     publish time, score alternating +-0.3 so every signal flips the position
-    and becomes an order (the order rate limit is lifted by a signed
+    and becomes an order (the order rate limit and the loss halts are lifted by signed
     ``set_limit`` first, as an operator would). Two measurements:
     ``decision``: signal published -> its order's FIRST update (``new`` or
     ``rejected``) consumed from ``orders.updates``: the decision has left the
@@ -162,6 +162,13 @@ BASE_PRICE = {"BTC/USDT": 30_000.0, "ETH/USDT": 2_000.0, "SOL/USDT": 100.0, "BNB
 #: a fill stays within paper execution's 100 bps slippage guard of the arrival price (the last close).
 SWING = 0.003
 SCORE = 0.3
+#: Limits lifted for the benchmark account by signed ``set_limit`` commands, as an operator would for a latency
+#: test: the order rate limit (30 per window by default), and the loss halts. At 1,000 signals/s the agent decides
+#: a signal before the previous one's fill bar is back, so two opposite orders can fill on one bar at one price:
+#: a round trip that only pays costs, and five of them in a row halted trading (``consecutive_loss_limit``),
+#: after which every later phase measured rejections instead of orders.
+BENCH_LIMITS: dict[str, float] = {"max_orders_per_window": 1_000_000, "consecutive_loss_limit": 1000,
+                                  "daily_loss_limit": 0.5, "intraday_drawdown_halt": 0.5}
 KILL_REASON = "kill_switch_global"
 KILL_SIGNAL_RATE = 100
 
@@ -633,20 +640,22 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
         await prod.start()
         pacer = Pacer(prod, ns)
         t_start = time.perf_counter()
-        _, _ = await _control(pacer, keyring, ControlCommand.SET_LIMIT,
-                              {"name": "max_orders_per_window", "value": 1_000_000}, "benchmark: no rate limit")
+        for name, value in BENCH_LIMITS.items():
+            await _control(pacer, keyring, ControlCommand.SET_LIMIT, {"name": name, "value": value},
+                           f"benchmark: {name} lifted")
         warm = time.time_ns() // MIN_NS * MIN_NS - 2 * MIN_NS
         for symbol in PHASE_SYMBOLS.values():
             await pacer.send(bench_bar(symbol, warm, BASE_PRICE[symbol]), "market.bars")
         await col.wait(lambda: len(col.records["portfolio.state"]) >= len(PHASE_SYMBOLS), 120,
                        "the trading worker to mark every symbol (start-up)")
-        audit = col.records["control.audit"][0][3]
-        if audit["outcome"] != "accepted":
-            raise RuntimeError(f"set_limit refused by the worker: {audit['reason']}")
+        await col.wait(lambda: len(col.records["control.audit"]) >= len(BENCH_LIMITS), 30, "the limits' audits")
+        for *_, audit in col.records["control.audit"]:
+            if audit["outcome"] != "accepted":
+                raise RuntimeError(f"set_limit refused by the worker: {audit['reason']}")
         out["worker_ready_s"] = round(time.perf_counter() - t_start, 1)
         print(f"  trading worker ready after {out['worker_ready_s']} s", flush=True)
         # (c) first, on an idle agent: a backlog left by the 1,000/s runs would be measured instead.
-        # 100 signals/s (+100 bars/s): below the agent's capacity (~150-250 signals/s paired on 2 cores), so
+        # 100 signals/s (+100 bars/s): below the agent's capacity (~800 signals/s paired on 2 cores), so
         # the latency is the command's, not a backlog's that grows with the run's length
         out["kill"] = await _kill_trials(pacer, col, keyring, 5 if quick else 20, KILL_SIGNAL_RATE)
         print(f"  kill: {json.dumps({k: v for k, v in out['kill'].items() if k != 'latencies_ms'})}", flush=True)

@@ -46,8 +46,9 @@ At-least-once in, idempotent out: a redelivered signal is a duplicate in the
 strategy (no intent), an intent redelivered to risk gets its cached decision
 and paper execution ignores a client order id it has seen; a redelivered
 bar is skipped by the core; every output has a deterministic event id, so
-downstream sinks dedupe. Outputs go out with ``send_soon`` inside the
-micro-batch; faust flushes the producer before it commits offsets.
+downstream sinks dedupe. Outputs go straight to faust's producer inside the
+micro-batch; each checkpoint flushes it and checks every delivery before it
+saves the offsets that cover them.
 
 External execution (``TRADEFLOW_EXECUTION_ADAPTER=ccxt``)
 --------------------------------------------------------
