@@ -660,12 +660,10 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
 
     async def checkpoint_pending() -> None:
         """Checkpoint the inputs applied since the last one (caller holds ``gate``)."""
-        t0 = time.monotonic()
-        await checkpoint(pending)
+        timing["last_cost"] = await checkpoint(pending)
         pending.clear()
         timing["unsaved"] = 0
         timing["last_checkpoint"] = time.monotonic()
-        timing["last_cost"] = timing["last_checkpoint"] - t0
 
     async def flush_when_idle() -> None:
         """Checkpoint what is pending once no batch came for ``CHECKPOINT_IDLE_S`` (debounced)."""
@@ -703,9 +701,9 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         elif not idle_flush or idle_flush[0].done():
             idle_flush[:] = [asyncio.ensure_future(flush_when_idle())]
 
-    async def checkpoint(journal: list[tuple[Any, ...]]) -> None:
+    async def checkpoint(journal: list[tuple[Any, ...]]) -> float:
         """Snapshot -> flush outputs -> journal + upsert in one transaction; an exception here crashes
-        the worker."""
+        the worker. Returns how long it took (s)."""
         t0 = time.perf_counter()
         cp = seal(live.core, config_hash=config_hash, offsets=live.offsets(), events_applied=live.events,
                   keyring=keyring)
@@ -722,8 +720,10 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             if journal:
                 await db[0].executemany(JOURNAL_INSERT, journal)
             await save_checkpoint(db[0], cp)
-        checkpoint_seconds.observe(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        checkpoint_seconds.observe(took)
         CHECKPOINT_BYTES.labels(account).set(len(cp.state))
+        return took
 
     async def publish(rec: Record) -> None:
         """Hand ``rec`` to the producer (in call order, keyed like every producer of its topic).
