@@ -46,9 +46,15 @@ class LinearBaselineCore(nn.Module):
         self.register_buffer("logit_coef", torch.zeros(n_features + 2, _N_CLASSES, dtype=torch.float64))
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        unit_return = z.flatten(start_dim=1) @ self.ridge_coef + self.ridge_intercept
+        # Row-wise products and sums, not ``@``: a BLAS gemv/gemm may compute
+        # the rows of a batch with different kernels by position (a CPU's
+        # unrolled main loop vs its tail rows), so a row's last bit would
+        # depend on where it sits in the chunk. Seen on an AMD EPYC (MKL): 4 of
+        # 64 rows. torch's reduction runs every row through the same loop.
+        unit_return = (z.flatten(start_dim=1) * self.ridge_coef).sum(dim=1) + self.ridge_intercept
         design = torch.cat([torch.ones_like(unit_return)[:, None], z[:, -1, :], unit_return[:, None]], dim=1)
-        return design @ self.logit_coef, unit_return
+        logits = (design[:, None, :] * self.logit_coef.T[None, :, :]).sum(dim=2)
+        return logits, unit_return
 
 
 @dataclass(frozen=True, slots=True)
