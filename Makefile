@@ -28,13 +28,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m ops.cli bench --out artifacts/bench.json
-	$(PY) -m ops.bench_features
-	$(PY) -m ops.bench_market
-	$(PY) -m ops.bench_models
-	$(PY) -m ops.bench_trading
-	$(PY) -m ops.bench_replay
-	$(PY) -m ops.bench_backtest
-	$(PY) -m ops.bench_dashboard
+	$(PY) -m ops.bench.features
+	$(PY) -m ops.bench.market
+	$(PY) -m ops.bench.models
+	$(PY) -m ops.bench.trading
+	$(PY) -m ops.bench.replay
+	$(PY) -m ops.bench.backtest
+	$(PY) -m ops.bench.dashboard
 
 clean:
 	rm -rf $(VENV) var artifacts .pytest_cache .mypy_cache .ruff_cache

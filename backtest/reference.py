@@ -42,7 +42,7 @@ Rules (all deterministic, event time only, no I/O)
 
 Performance: signals are vectorised numpy; the Python loop runs once per
 crossing (hundreds on 42k bars), not per bar, and the equity curve is two
-``cumsum`` over the fill deltas. See ``ops/bench_backtest.py`` for bars/s.
+``cumsum`` over the fill deltas. See ``ops/bench/backtest.py`` for bars/s.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ ordered by symbol then venue):
    (paper fills at this bar's open, portfolio mark, risk mark / protective exits);
 2. then, for each feature vector of that close time, in the same bar order:
    model inference (the window of the last ``model.window`` consecutive
-   vectors, exactly :class:`gpu_workers.serving.InferenceStep`) -> one
+   vectors, exactly :class:`models.serving.InferenceStep`) -> one
    :class:`~topics.records.Signal` per serving model segment ->
    :meth:`TradingCore.on_signal`.
 
@@ -76,8 +76,8 @@ from agents.control.signing import Keyring
 from agents.features.pipeline import FeaturePipeline
 from agents.features.spec import DEFAULT_SPEC, FeatureSpec
 from agents.trading.core import TradingConfig, TradingCore
-from gpu_workers.serving import InferenceStep
 from models.inference import Prediction, Predictor, to_signals
+from models.serving import InferenceStep
 from topics.records import Bar, FeatureVector, Fill, PortfolioSnapshot, Signal, Timeframe
 from topics.schema import Record, codec_for
 from topics.streamhash import stream_hash

@@ -26,12 +26,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter, Histogram
 
-from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
-from gpu_workers.serving import InferenceStep, RolloutState, Served
 from gpu_workers.training_service import TrainingService
 from models.checkpoint import CheckpointError
 from models.inference import Predictor, to_signals
-from ops.metrics import PROCESS_LATENCY, RECORDS_OUT, SIGNAL_LATENCY
+from models.serving import InferenceStep, RolloutState, Served
+from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT, SIGNAL_LATENCY
 from topics.records import Alert, FeatureVector, ModelRegistryEvent, Severity, Signal, TrainJob
 from topics.schema import RecordError, codec_for
 

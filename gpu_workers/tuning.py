@@ -23,7 +23,7 @@ import optuna
 import structlog
 
 from gpu_workers.training_service import TrainingService
-from ops.publish import RecordPublisher
+from runtime.publish import RecordPublisher
 from topics.records import JobStatus, Timeframe, TrainJob
 
 log = structlog.get_logger("gpu_workers.tuning")

@@ -18,7 +18,7 @@ same kernel with the same shapes, and its outputs are bit-identical however
 the caller batches (tested: one by one == in a batch of 64, exactly). The
 post-processing (softmax, score) is per-row float64 numpy. The price is that a
 single row costs one ``chunk_rows`` forward pass; for these small models that
-is a few tens of microseconds (see ``ops/bench_models.py``). Bit-identity
+is a few tens of microseconds (see ``ops/bench/models.py``). Bit-identity
 holds for one ``chunk_rows`` on one machine/library build; CUDA kernels give
 no such promise, so on GPU the outputs agree to float32 rounding only.
 """

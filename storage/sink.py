@@ -37,7 +37,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from ops.metrics import (
+from runtime.metrics import (
     DEAD_LETTERS,
     RECORDS_IN,
     SINK_BATCH,

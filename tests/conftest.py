@@ -20,8 +20,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from ops.broker import EmbeddedBroker, ensure_topics, free_port
-from ops.postgres import EmbeddedPostgres
+from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.embedded.postgres import EmbeddedPostgres
+from runtime.broker import ensure_topics
 from storage.migrate import migrate_dsn
 
 ROOT = Path(__file__).resolve().parent.parent

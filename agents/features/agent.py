@@ -22,8 +22,8 @@ from prometheus_client import Counter
 
 from agents.clock import Clock, FunctionClock
 from agents.features.pipeline import FeaturePipeline
-from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
-from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
+from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.records import Bar, DataQualityEvent, FeatureVector
 from topics.schema import codec_for
 

@@ -539,7 +539,7 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
     One long function with explicit loops on purpose: locals, bound methods
     and inlined aggregate updates are what make CPython fast here (a method
     call or a comprehension per aggregate costs more than the arithmetic;
-    see ops/bench_features.py).
+    see ops/bench/features.py).
     """
     window = plan.window
     t = st.count

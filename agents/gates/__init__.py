@@ -3,7 +3,7 @@
 :mod:`agents.gates.engine` decides (pure), :mod:`agents.gates.config` holds
 the thresholds (versioned, hashed into every result), :mod:`agents.gates.store`
 loads evidence from and writes details to PostgreSQL, and ``tradeflow gates``
-(:mod:`ops.gates_cli`) runs an evaluation and publishes the results.
+(:mod:`ops.cli.gates`) runs an evaluation and publishes the results.
 """
 
 from agents.gates.config import GateConfig, MetricThreshold

@@ -41,8 +41,8 @@ from prometheus_client import Counter
 from agents.control.signing import load_keyring
 from agents.governance.config import GovernanceConfig
 from agents.governance.engine import GovernanceEngine, Step
-from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
-from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
+from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.records import (
     Alert,
     ControlEvent,

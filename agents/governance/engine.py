@@ -83,6 +83,8 @@ import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from agents.clock import StreamClock
+from agents.control.audit import audit_record
 from agents.control.signing import (
     AuditOutcome,
     ControlVerifier,
@@ -94,7 +96,6 @@ from agents.control.signing import (
 )
 from agents.control.signing import ControlAudit as EngineAudit
 from agents.governance.config import PROMOTION_LADDER, GovernanceConfig, next_stage
-from agents.trading.core import StreamClock, audit_record
 from topics.records import (
     Alert,
     ControlCommand,

@@ -25,8 +25,8 @@ from prometheus_client import Counter
 
 from agents.clock import EventClock
 from agents.market.bars import AggregatorConfig, BarAggregator
-from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
-from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
+from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.records import Bar, Tick, Timeframe
 from topics.schema import codec_for
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import structlog
 
-from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
-from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
+from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.records import Bar
 
 log = structlog.get_logger("agents.market.checker")

@@ -3,6 +3,6 @@ for one account (:mod:`agents.trading.core`, pure) and the faust agent that
 drives it from the broker (:mod:`agents.trading.agent`, thin).
 """
 
-from agents.trading.core import Step, StreamClock, TradingConfig, TradingCore
+from agents.trading.core import Step, TradingConfig, TradingCore
 
-__all__ = ["Step", "StreamClock", "TradingConfig", "TradingCore"]
+__all__ = ["Step", "TradingConfig", "TradingCore"]

@@ -155,13 +155,13 @@ Input journal: with each checkpoint, in the same transaction, the decoded
 inputs since the previous one are appended to ``trading_input_journal`` (migration 012) in
 the order they were applied, with their arrival bound: the interleaving of
 the three input topics is the one fact of a live run not in the records, and
-``tradeflow audit`` replays exactly that order (:mod:`ops.audit`).
+``tradeflow audit`` replays exactly that order (:mod:`backtest.audit`).
 
 A checkpoint is refused (exit 2) when it was built with another trading
 configuration, another format, a control key no longer in the keyring, or
 its MAC fails; delete the account's row to start it flat. Cost: the whole
 core is pickled per checkpoint (its caches are bounded by the engines'
-``max_*`` settings), see ``ops/bench_trading.py``.
+``max_*`` settings), see ``ops/bench/trading.py``.
 """
 
 from __future__ import annotations
@@ -185,10 +185,10 @@ from agents.confighash import stable_config_hash
 from agents.control.signing import Keyring, load_keyring
 from agents.execution.paper import PaperConfig
 from agents.risk.config import RiskConfig
-from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
 from agents.trading.checkpoint import CheckpointError, load_checkpoint, open_checkpoint, save_checkpoint, seal
 from agents.trading.core import ExecutionMode, Step, TradingConfig, TradingCore
-from ops.metrics import PROCESS_LATENCY, RECORDS_OUT
+from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import (
     Alert,

@@ -119,6 +119,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agents.clock import StreamClock
+from agents.control.audit import audit_record
 from agents.control.signing import ControlAudit as EngineAudit
 from agents.control.signing import ControlVerifier, Keyring, VerifierConfig, compute_signature
 from agents.execution.interface import ExecutionRecord, MarketContext, client_order_id_for
@@ -133,9 +135,7 @@ from agents.strategy.engine import SizingDecision, StrategyEngine
 from topics.records import (
     Alert,
     Bar,
-    ControlAudit,
     ControlEvent,
-    ControlOutcome,
     Fill,
     ModelRegistryEvent,
     ModelStage,
@@ -153,12 +153,10 @@ __all__ = [
     "BarSkip",
     "ExecutionMode",
     "Step",
-    "StreamClock",
     "Submission",
     "TradingConfig",
     "TradingCore",
     "alert_for_audit",
-    "audit_record",
     "snapshot_record",
 ]
 
@@ -169,32 +167,6 @@ class BarSkip:
     NOT_CLOSED = "not_closed"
     TIMEFRAME_NOT_TRADED = "timeframe_not_traded"
     NOT_NEWER = "not_newer"
-
-
-# ---------------------------------------------------------------------------
-# Clock
-# ---------------------------------------------------------------------------
-
-
-class StreamClock:
-    """Event time of the input stream: monotone, bounded by the arrival time."""
-
-    __slots__ = ("_now",)
-
-    def __init__(self, start_ns: int = 0) -> None:
-        self._now = start_ns
-
-    def now_ns(self) -> int:
-        return self._now
-
-    def advance(self, ts_ns: int, arrival_ns: int | None = None) -> None:
-        target = ts_ns if arrival_ns is None else min(ts_ns, arrival_ns)
-        if target > self._now:
-            self._now = target
-
-    def restore(self, now_ns: int) -> None:
-        """Put the clock back to a value it had (only for unauthenticated control)."""
-        self._now = now_ns
 
 
 # ---------------------------------------------------------------------------
@@ -571,32 +543,6 @@ def snapshot_record(state: PortfolioState, *, config: TradingConfig, cause: Bar,
         fees={s: p.fees for s, p in pos.items()},
         opened_at_ns={s: p.opened_at_ns for s, p in pos.items() if p.opened_at_ns is not None},
         config_hash=config.portfolio.config_hash(),
-    )
-
-
-def audit_record(audit: EngineAudit, event: ControlEvent) -> ControlAudit:
-    """The engine's audit outcome as a ``control.audit`` record (event id = audit id)."""
-    return ControlAudit.new(
-        event_id=audit.audit_id,
-        ts_init=audit.ts_init,
-        correlation_id=event.correlation_id,
-        causation_id=event.event_id,
-        ts_event=audit.ts_event,
-        component=audit.component,
-        control_event_id=audit.control_event_id,
-        command=audit.command,
-        scope=audit.scope,
-        target=audit.target,
-        operator=audit.operator,
-        key_id=audit.key_id,
-        nonce=audit.nonce,
-        outcome=ControlOutcome(audit.outcome.value),
-        reason=audit.reason,
-        detail=audit.detail,
-        alert=audit.alert,
-        changes=audit.changes,
-        config_hash_before=audit.config_hash_before,
-        config_hash_after=audit.config_hash_after,
     )
 
 

@@ -53,10 +53,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from agents.runtime import AgentContext, crash_worker_on_bug, decode_or_dead_letter
 from ops.dashboard.hub import SseHub, sse_frame
 from ops.dashboard.state import TOPICS, DashboardState
-from ops.metrics import CONSUMER_LAG, PROCESS_LATENCY
+from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.metrics import CONSUMER_LAG, PROCESS_LATENCY
 from topics.catalogue import spec
 
 __all__ = ["NAME", "DashboardSettings", "authorized", "load_token", "register", "render_page"]

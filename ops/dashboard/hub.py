@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
-from ops.metrics import DASHBOARD_CLIENTS_DROPPED
+from runtime.metrics import DASHBOARD_CLIENTS_DROPPED
 
 __all__ = ["Client", "SseHub", "sse_frame"]
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from ops.broker import EmbeddedBroker, free_port
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker, free_port
+from runtime.publish import RecordPublisher
 from tests.conftest import ROOT, Procs, wait_until
 from topics.records import Bar, Timeframe
 

@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from agents.control.signing import Keyring
-from ops.broker import EmbeddedBroker
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from runtime.publish import RecordPublisher
 from tests.conftest import ROOT, Procs
 from tests.integration.test_trading_agents import (
     BTC_FILE,

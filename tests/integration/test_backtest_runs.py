@@ -25,7 +25,7 @@ from backtest.walkforward import feature_vectors
 from models.config import ModelConfig
 from models.dataset import build_dataset, closes_by_open_time, holdout_split
 from models.training import train
-from ops.broker import free_port
+from ops.embedded.broker import free_port
 from storage.sink import TopicSink, _bar_row
 from tests.conftest import ROOT
 from topics.records import Bar, ModelRegistryEvent, ModelStage, Timeframe
@@ -261,7 +261,7 @@ async def test_broker_source_with_postgres_for_what_retention_dropped(dsn: str, 
     """The topic holds only the newer bars (older ones "expired"); Postgres has all of them.
     The run reads the topic in large fetches, fills in the older part from Postgres, and
     decides exactly what the Postgres-only run decides."""
-    from ops.publish import RecordPublisher
+    from runtime.publish import RecordPublisher
 
     await _load(dsn)
     async with RecordPublisher(broker.bootstrap, namespace, name="test") as pub:

@@ -25,7 +25,7 @@ from backtest.tuning import (
     run_grid,
     study_config,
 )
-from ops.broker import free_port
+from ops.embedded.broker import free_port
 from topics.records import Timeframe
 from topics.schema import TS_MIN_NS
 

@@ -8,8 +8,8 @@ import asyncpg
 import pytest
 
 from agents.market.bars import AggregatorConfig, BarAggregator
-from ops.broker import EmbeddedBroker
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from runtime.publish import RecordPublisher
 from tests.conftest import Procs, wait_until
 from topics.records import AggressorSide, Bar, Tick, Timeframe
 from topics.schema import codec_for

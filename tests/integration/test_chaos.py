@@ -34,9 +34,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.broker import EmbeddedBroker, ensure_topics, free_port
-from ops.postgres import EmbeddedPostgres
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.embedded.postgres import EmbeddedPostgres
+from runtime.broker import ensure_topics
+from runtime.publish import RecordPublisher
 from storage.migrate import migrate_dsn
 from storage.sink import SinkConfig, TopicSink
 from tests.conftest import Proc, Procs, wait_until

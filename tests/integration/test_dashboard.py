@@ -40,9 +40,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ops.broker import EmbeddedBroker, free_port
-from ops.ingest import SAMPLE_DIR
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.jobs.ingest import SAMPLE_DIR
+from runtime.publish import RecordPublisher
 from tests.conftest import ARTIFACTS, ROOT, Procs, wait_until
 from topics.records import (
     Bar,

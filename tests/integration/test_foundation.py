@@ -10,8 +10,8 @@ import asyncpg
 import orjson
 import pytest
 
-from ops.broker import EmbeddedBroker
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from runtime.publish import RecordPublisher
 from tests.conftest import Procs, wait_until
 from tests.factories import sample
 from topics.catalogue import TOPICS
@@ -210,7 +210,7 @@ async def test_malformed_corpus_when_consumed_then_dead_lettered_counted_and_goo
 async def test_broker_restarted_empty_when_workers_run_then_they_stop_loudly(
     namespace: str, dsn: str, procs: Procs
 ) -> None:
-    from ops.broker import ensure_topics
+    from runtime.broker import ensure_topics
 
     b = EmbeddedBroker().start()
     try:

@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 
 from agents.execution.interface import client_order_id_for
-from ops.broker import EmbeddedBroker
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from runtime.publish import RecordPublisher
 from tests.conftest import ROOT, Procs, wait_until
 from topics.records import Fill, Liquidity, Side
 

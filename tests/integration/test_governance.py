@@ -30,8 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.control.signing import Keyring, new_control_event
 from agents.governance.config import DEFAULT_REQUIRED_GATES
-from ops.broker import EmbeddedBroker
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from runtime.publish import RecordPublisher
 from tests.conftest import ROOT, Proc, Procs, wait_until
 from topics.records import Comparator, ControlCommand, GateResult, GateStatus, ModelRegistryEvent, ModelStage
 

@@ -13,9 +13,9 @@ from agents.clock import EventClock
 from agents.features.pipeline import FeaturePipeline
 from agents.features.spec import lineage_matches
 from agents.market.csv_import import import_csv_file
-from ops.broker import EmbeddedBroker
-from ops.ingest import SAMPLE_DIR, import_file
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from ops.jobs.ingest import SAMPLE_DIR, import_file
+from runtime.publish import RecordPublisher
 from tests.conftest import Procs, wait_until
 from topics.records import Bar, FeatureVector, Timeframe
 from topics.schema import TS_MIN_NS, codec_for

@@ -15,9 +15,9 @@ from agents.features.pipeline import FeaturePipeline
 from agents.features.spec import FEATURE_SET_VERSION
 from agents.market.csv_import import import_csv_file
 from models.inference import Predictor, to_signals
-from ops.broker import EmbeddedBroker
-from ops.ingest import SAMPLE_DIR
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from ops.jobs.ingest import SAMPLE_DIR
+from runtime.publish import RecordPublisher
 from tests.conftest import Procs, wait_until
 from topics.records import (
     Bar,

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from ops.broker import EmbeddedBroker, free_port
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker, free_port
+from runtime.publish import RecordPublisher
 from tests.conftest import ROOT
 from topics.records import Signal
 from topics.schema import codec_for

@@ -57,9 +57,10 @@ from agents.trading.agent import TradingSettings
 from backtest.parity_session import PipelineCounts, settled
 from backtest.runs import BacktestRequest, arun_backtest
 from gpu_workers.training_service import TrainingService
-from ops.broker import EmbeddedBroker, ensure_topics
-from ops.ingest import SAMPLE_DIR
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from ops.jobs.ingest import SAMPLE_DIR
+from runtime.broker import ensure_topics
+from runtime.publish import RecordPublisher
 from tests.conftest import ROOT, Procs, wait_until
 from topics.records import Bar, FeatureVector, JobStatus, ModelRegistryEvent, ModelStage, Timeframe, TrainJob
 from topics.schema import TS_MIN_NS

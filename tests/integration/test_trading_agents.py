@@ -40,9 +40,9 @@ from agents.control.signing import Keyring, load_keyring, new_control_event
 from agents.execution.interface import client_order_id_for
 from agents.trading.agent import TradingSettings
 from agents.trading.core import TradingCore
-from ops.broker import EmbeddedBroker
-from ops.ingest import SAMPLE_DIR
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from ops.jobs.ingest import SAMPLE_DIR
+from runtime.publish import RecordPublisher
 from tests.conftest import ROOT, Procs, wait_until
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import Bar, ControlCommand, ControlEvent, Signal, Timeframe

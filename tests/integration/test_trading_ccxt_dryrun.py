@@ -17,8 +17,8 @@ import pytest
 
 from agents.execution.ccxt_live import LiveExecutionConfig, VenueMarket, dump_markets_snapshot, make_execution_exchange
 from agents.execution.interface import client_order_id_for
-from ops.broker import EmbeddedBroker
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from runtime.publish import RecordPublisher
 from tests.conftest import Procs, wait_until
 from tests.fixtures.ccxt.replay import ReplayTransport
 from tests.integration.test_audit import audit_cli, iso

@@ -30,8 +30,8 @@ from agents.control.signing import Keyring
 from agents.trading.agent import TradingSettings
 from agents.trading.checkpoint import load_checkpoint, open_checkpoint
 from agents.trading.core import TradingCore
-from ops.broker import EmbeddedBroker
-from ops.publish import RecordPublisher
+from ops.embedded.broker import EmbeddedBroker
+from runtime.publish import RecordPublisher
 from tests.conftest import Procs, wait_until
 from tests.integration.test_trading_agents import (  # noqa: F401 - trading_env is a fixture
     BTC_FILE,

@@ -111,7 +111,7 @@ def test_rule_metrics_are_the_ones_the_code_exposes() -> None:
     import agents.market.history
     import agents.trading.agent  # noqa: F401
     import gpu_workers.agents  # noqa: F401
-    import ops.faust_app  # noqa: F401
+    import runtime.faust_app  # noqa: F401
     import storage.sink  # noqa: F401
     from agents.market.live import default_collector_metrics
 

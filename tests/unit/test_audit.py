@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agents.trading.core import TradingConfig
-from ops.audit import Item, apply_overrides, compare, decision_hash
+from backtest.audit import Item, apply_overrides, compare, decision_hash
 
 
 def item(ts: int, topic: str, eid: str, **payload: object) -> Item:

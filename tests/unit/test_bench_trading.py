@@ -1,4 +1,4 @@
-"""Pure helpers of ``ops/bench_trading.py`` (b)/(c): percentiles, matching, kill-trial judging, and that
+"""Pure helpers of ``ops/bench/trading.py`` (b)/(c): percentiles, matching, kill-trial judging, and that
 the synthetic stream really trades through the real in-process core (so the broker run measures orders,
 not skips)."""
 
@@ -9,7 +9,7 @@ import math
 from agents.control.signing import Keyring, new_control_event
 from agents.risk.config import RiskConfig
 from agents.trading.core import TradingConfig, TradingCore
-from ops.bench_trading import (
+from ops.bench.trading import (
     BASE_PRICE,
     MIN_NS,
     PHASE_SYMBOLS,

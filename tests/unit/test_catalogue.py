@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ops.schema_docs import BEGIN, END, catalogue_markdown
+from ops.cli.schema_docs import BEGIN, END, catalogue_markdown
 from storage.migrate import load_migrations
 from topics.catalogue import TOPICS, Cleanup
 from topics.records import ALL_RECORDS

@@ -32,8 +32,8 @@ import jsonschema  # type: ignore[import-untyped]  # no stubs; used for one vali
 import pytest
 import yaml
 
-from ops.broker import EmbeddedBroker
 from ops.cli import _agent_registry, build_parser
+from ops.embedded.broker import EmbeddedBroker
 from topics.catalogue import TOPICS, physical_name, spec
 
 ROOT = Path(__file__).resolve().parents[2]

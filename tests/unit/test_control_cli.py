@@ -10,7 +10,7 @@ import pytest
 
 from agents.control.signing import ControlVerifier, load_keyring
 from ops.cli import build_parser
-from ops.control_cli import EXIT_INFRA, EXIT_USAGE, UsageError, build_event, cmd_control
+from ops.cli.control import EXIT_INFRA, EXIT_USAGE, UsageError, build_event, cmd_control
 from topics.records import ControlCommand
 
 SECRET = "unit-test-control-secret-0123456789abcdef"

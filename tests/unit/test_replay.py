@@ -26,9 +26,9 @@ from backtest.replay import (
     replay,
 )
 from backtest.walkforward import PolarityMode, WalkForwardSpec, train_walk_forward
-from gpu_workers.serving import InferenceStep
 from models.config import ModelConfig
 from models.dataset import closes_by_open_time
+from models.serving import InferenceStep
 from topics.records import Bar, FeatureVector, Fill, OrderIntent, PortfolioSnapshot, Signal, Timeframe
 
 CSV = Path(__file__).resolve().parents[2] / "ops" / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"

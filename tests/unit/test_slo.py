@@ -1,4 +1,4 @@
-"""``ops.slo`` on a fixed metrics text: quantiles, ratios, verdicts; Prometheus itself (promtool) is the
+"""``ops.observability.slo`` on a fixed metrics text: quantiles, ratios, verdicts; Prometheus itself (promtool) is the
 oracle for the quantile interpolation."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ops import slo, slo_cli
+from ops.cli import slo as slo_cli
+from ops.observability import slo
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 

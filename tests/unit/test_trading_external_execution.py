@@ -35,7 +35,7 @@ from agents.execution.interface import ExecutionRecord, MarketContext, build_upd
 from agents.execution.paper import PaperConfig
 from agents.trading.agent import TradingSettings, load_exchange_credentials
 from agents.trading.core import ExecutionMode, Step, TradingConfig, TradingCore
-from ops.audit import replay_outputs
+from backtest.audit import replay_outputs
 from tests.fixtures.ccxt.replay import ReplayTransport
 from tests.unit.test_trading_core import _kill
 from tests.unit.test_trading_determinism import KEYRING, load_bars, stub_signal

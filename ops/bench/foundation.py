@@ -1,0 +1,292 @@
+"""Foundation benchmarks on the embedded default (tansu + PostgreSQL, this machine).
+
+Measured, each with a baseline from the same run:
+- produce rate: RecordPublisher (encode + send + acks) vs raw aiokafka sends of
+  pre-encoded bytes;
+- sink rate: topic -> Postgres records/s sustained (decode, validate, COPY,
+  idempotent insert, bar projection, offset commit) and batch sizes, vs a bare
+  COPY of the same rows into the same table (no broker, no validation);
+- one-hop latency p50/p99 at a steady 200 and 1,000 records/s through the
+  bars-checker faust agent (market.bars.raw -> market.bars), vs the broker
+  alone (produce -> consume on one topic).
+Medians over repeats. Results go to a JSON file and stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.embedded.postgres import EmbeddedPostgres
+from runtime.broker import ensure_topics
+from runtime.publish import RecordPublisher
+from storage.migrate import migrate_dsn
+from storage.sink import EVENT_COLUMNS, SinkConfig, TopicSink
+from topics.catalogue import physical_name
+from topics.records import Bar, Timeframe
+from topics.schema import codec_for
+
+H = 3_600_000_000_000
+_SEQ = itertools.count()  # unique open times across latency runs
+T0 = 1_500_000_000_000_000_000 // H * H
+
+
+def _bars(n: int, offset: int = 0, ts_init: int | None = None) -> list[Bar]:
+    out = []
+    for i in range(offset, offset + n):
+        px = 100.0 + (i % 101)
+        out.append(
+            Bar.new(
+                ts_init=ts_init or T0, ts_event=T0 + (i + 1) * H, venue="bench", symbol="BTC/USDT",
+                timeframe=Timeframe.H1, open_time=T0 + i * H, open=px, high=px + 1, low=px - 1, close=px + 0.5,
+                volume=1.0 + i % 3, trade_count=i % 50, is_closed=True, revision=0, source="bench",
+            )
+        )
+    return out
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# ---------------------------------------------------------------------------
+# produce
+# ---------------------------------------------------------------------------
+
+
+async def bench_produce(bootstrap: str, n: int, repeats: int) -> dict[str, Any]:
+    bars = _bars(n)
+    codec = codec_for(Bar)
+    encoded = [(codec.encode(b), b.key()) for b in bars]
+    ours, raw = [], []
+    for r in range(repeats):
+        ns = f"bp{uuid.uuid4().hex[:6]}"
+        await ensure_topics(bootstrap, namespace=ns)
+        async with RecordPublisher(bootstrap, ns) as pub:
+            t = time.perf_counter()
+            for i in range(0, n, 10_000):
+                await pub.publish(bars[i : i + 10_000], topic="market.bars.raw")
+            ours.append(n / (time.perf_counter() - t))
+        prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1024 * 1024)
+        await prod.start()
+        topic = physical_name("market.ticks", ns)
+        t = time.perf_counter()
+        for i in range(0, n, 10_000):
+            futs = [await prod.send(topic, v, key=k) for v, k in encoded[i : i + 10_000]]
+            await asyncio.gather(*futs)
+        raw.append(n / (time.perf_counter() - t))
+        await prod.stop()
+        print(f"  produce run {r + 1}: publisher {ours[-1]:,.0f}/s, raw aiokafka {raw[-1]:,.0f}/s", flush=True)
+    m_ours, m_raw = statistics.median(ours), statistics.median(raw)
+    return {
+        "records": n,
+        "repeats": repeats,
+        "publisher_records_per_s_median": round(m_ours),
+        "baseline_raw_aiokafka_records_per_s_median": round(m_raw),
+        "ratio_publisher_vs_raw": round(m_ours / m_raw, 3),
+    }
+
+
+# ---------------------------------------------------------------------------
+# sink
+# ---------------------------------------------------------------------------
+
+
+async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int, topic: str) -> dict[str, Any]:
+    rates, copy_rates, batch_sizes = [], [], []
+    bars = _bars(n)
+    for r in range(repeats):
+        ns = f"bs{uuid.uuid4().hex[:6]}"
+        db = f"bench_{uuid.uuid4().hex[:6]}"
+        admin = await asyncpg.connect(pg.dsn)
+        await admin.execute(f'CREATE DATABASE "{db}"')
+        await admin.close()
+        dsn = pg.dsn.rsplit("/", 1)[0] + "/" + db
+        await migrate_dsn(dsn)
+        await ensure_topics(bootstrap, namespace=ns)
+        async with RecordPublisher(bootstrap, ns) as pub:
+            for i in range(0, n, 20_000):
+                await pub.publish(bars[i : i + 20_000], topic=topic)
+        sink = TopicSink(SinkConfig(bootstrap=bootstrap, dsn=dsn, namespace=ns, topics=(topic,),
+                                    group_id=f"bench-{ns}"))
+        await sink.start()
+        t = time.perf_counter()
+        runner = asyncio.create_task(sink.run())
+        while sink.rows_written == 0:
+            await asyncio.sleep(0.005)
+        t_first = time.perf_counter()  # group join excluded: first committed batch starts the clock
+        first = sink.rows_written
+        while sink.rows_written < n:
+            await asyncio.sleep(0.005)
+            if time.perf_counter() - t > 300:
+                raise RuntimeError("sink benchmark did not finish in 300 s")
+        elapsed = time.perf_counter() - t_first
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await sink.stop()
+        sizes = [(n - first) / max(1, sink.batches - 1)]
+        n_measured = n - first
+        rates.append(n_measured / elapsed)
+        batch_sizes += sizes
+        # baseline: bare COPY of identical rows into an identical empty table
+        enc = codec_for(Bar).encode
+        rows = [(b.event_id, 1, b.ts_event, b.ts_init, b.correlation_id, None, 0, i, "k", enc(b).decode())
+                for i, b in enumerate(bars)]
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("CREATE TABLE copy_baseline (LIKE ev_market_bars INCLUDING ALL)")
+        t = time.perf_counter()
+        for i in range(0, n, 20_000):
+            async with conn.transaction():
+                await conn.copy_records_to_table("copy_baseline", records=rows[i : i + 20_000], columns=EVENT_COLUMNS)
+        copy_rates.append(n / (time.perf_counter() - t))
+        await conn.close()
+        print(f"  sink run {r + 1}: {rates[-1]:,.0f} records/s (bare COPY {copy_rates[-1]:,.0f}/s), "
+              f"{sink.batches} batches", flush=True)
+    m, mc = statistics.median(rates), statistics.median(copy_rates)
+    return {
+        "records": n,
+        "repeats": repeats,
+        "sink_records_per_s_median": round(m),
+        "baseline_bare_copy_records_per_s_median": round(mc),
+        "ratio_sink_vs_bare_copy": round(m / mc, 3),
+        "topic": topic,
+        "mean_batch_size": round(statistics.mean(batch_sizes)),
+        "max_batch_setting": SinkConfig.max_batch,
+        "note": "sink = fetch + strict decode/validate + COPY (dedupe fallback) "
+        + ("+ latest-revision bars upsert " if topic == "market.bars" else "")
+        + "+ DB commit + offset commit",
+    }
+
+
+# ---------------------------------------------------------------------------
+# latency
+# ---------------------------------------------------------------------------
+
+
+async def _paced_latency(bootstrap: str, src: str, dst: str, rate: int, seconds: float) -> list[float]:
+    """Send bars to ``src`` at ``rate``/s with ts_init = send time; latency = receive - ts_init on ``dst``."""
+    codec = codec_for(Bar)
+    # Only records stamped after this run started count (seek_to_end is unreliable on tansu).
+    run_started = time.time_ns()
+    cons = AIOKafkaConsumer(dst, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=10,
+                            group_id=None, enable_auto_commit=False)
+    await cons.start()
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await prod.start()
+    lat: list[float] = []
+    n = int(rate * seconds)
+    done = asyncio.Event()
+
+    async def receive() -> None:
+        while len(lat) < n:
+            batch = await cons.getmany(timeout_ms=100)
+            now = time.time_ns()
+            for msgs in batch.values():
+                for m in msgs:
+                    ts_init = codec.decode(m.value).ts_init
+                    if ts_init >= run_started:
+                        lat.append((now - ts_init) / 1e6)
+        done.set()
+
+    rx = asyncio.create_task(receive())
+    start = time.perf_counter()
+    for i in range(n):
+        target = start + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        b = _bars(1, offset=next(_SEQ), ts_init=time.time_ns())[0]
+        await prod.send(src, codec.encode(b), key=b.key())
+    try:
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        rx.cancel()
+        await prod.stop()
+        await cons.stop()
+    return lat[int(len(lat) * 0.1) :]  # drop warm-up tenth
+
+
+async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_dir: Path) -> dict[str, Any]:
+    ns = f"bl{uuid.uuid4().hex[:6]}"
+    await ensure_topics(bootstrap, namespace=ns)
+    out: dict[str, Any] = {"seconds_per_rate": seconds}
+    log = open(log_dir / "bench-worker.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", bootstrap, "--namespace", ns, "--web-port",
+         str(free_port()), "--agents", "bars-checker"], stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        # wait until the agent forwards (group joined, partitions assigned)
+        await _wait_forwarding(bootstrap, ns)
+        src, dst = physical_name("market.bars.raw", ns), physical_name("market.bars", ns)
+        for rate in rates:
+            lat = await _paced_latency(bootstrap, src, dst, rate, seconds)
+            base = await _paced_latency(bootstrap, physical_name("market.ticks", ns), physical_name("market.ticks", ns),
+                                        rate, seconds)
+            out[f"{rate}_per_s"] = {
+                "agent_hop_p50_ms": round(_pct(lat, 0.5), 2),
+                "agent_hop_p99_ms": round(_pct(lat, 0.99), 2),
+                "baseline_broker_only_p50_ms": round(_pct(base, 0.5), 2),
+                "baseline_broker_only_p99_ms": round(_pct(base, 0.99), 2),
+                "samples": len(lat),
+            }
+            print(f"  latency @{rate}/s: {out[f'{rate}_per_s']}", flush=True)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        log.close()
+    return out
+
+
+async def _wait_forwarding(bootstrap: str, ns: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lat = await _paced_latency(bootstrap, physical_name("market.bars.raw", ns), physical_name("market.bars", ns),
+                                   20, 1.0)
+        if lat:
+            return
+    raise RuntimeError("bars-checker did not start forwarding within 60 s")
+
+
+# ---------------------------------------------------------------------------
+
+
+def main(out_path: str, quick: bool = False) -> int:
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n_produce, n_sink, repeats, secs = (20_000, 20_000, 1, 5.0) if quick else (200_000, 300_000, 3, 20.0)
+    results: dict[str, Any] = {"machine": _machine()}
+    with EmbeddedBroker(log_path=out.parent / "bench-tansu.log") as b, EmbeddedPostgres(persistent=True,
+                                                                                      data_dir=None) as pg:
+        print("produce ...", flush=True)
+        results["produce"] = asyncio.run(bench_produce(b.bootstrap, n_produce, repeats))
+        print("sink ...", flush=True)
+        results["sink_event_table"] = asyncio.run(bench_sink(b.bootstrap, pg, n_sink, repeats, "market.bars.raw"))
+        results["sink_with_bars_projection"] = asyncio.run(bench_sink(b.bootstrap, pg, n_sink, repeats, "market.bars"))
+        print("latency ...", flush=True)
+        results["latency"] = asyncio.run(bench_latency(b.bootstrap, [200, 1000], secs, out.parent))
+    out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _machine() -> dict[str, Any]:
+    import os
+    import platform
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}

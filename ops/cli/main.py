@@ -1,0 +1,348 @@
+"""``tradeflow``: the operator and developer command line.
+
+Exit codes scripts can trust: 0 success, 1 failure of the job itself,
+2 usage error, 3 infrastructure lost (broker/database), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from runtime import logs
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+
+log = structlog.get_logger("ops.cli")
+
+
+def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
+    from agents.features import agent as features
+    from agents.governance import agent as governance
+    from agents.market import aggregator, checker
+    from agents.trading import agent as trading
+    from gpu_workers import agents as gpu
+    from ops.dashboard import agent as dashboard
+
+    return {
+        checker.NAME: checker.register,
+        aggregator.NAME: aggregator.register,
+        features.NAME: features.register,
+        trading.NAME: trading.register,
+        governance.NAME: governance.register,
+        gpu.TRAINER: gpu.register_trainer,
+        gpu.INFERENCE: gpu.register_inference,
+        dashboard.NAME: dashboard.register,
+    }
+
+
+# ---------------------------------------------------------------------------
+# worker / sink / infra
+# ---------------------------------------------------------------------------
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    import faust
+
+    from runtime.agent import AgentContext
+    from runtime.faust_app import WorkerSettings, create_app
+
+    registry = _agent_registry()
+    unknown = [n for n in a.agents if n not in registry]
+    if unknown:
+        print(f"unknown agents {unknown}; known: {sorted(registry)}", file=sys.stderr)
+        return EXIT_USAGE
+    if a.web_port == 0:  # any free port
+        from ops.embedded.broker import free_port
+
+        a.web_port = free_port()
+    app_id = a.app_id or "tradeflow-" + "-".join(sorted(a.agents)) + (f"-{a.namespace}" if a.namespace else "")
+    app = create_app(WorkerSettings(app_id=app_id, bootstrap=a.bootstrap, namespace=a.namespace, web_port=a.web_port,
+                                        web_host=a.web_host))
+    ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace, bootstrap=a.bootstrap, dsn=a.dsn)
+    for name in a.agents:
+        registry[name](app, ctx)
+    worker = faust.Worker(app, loglevel=a.log_level.lower(), quiet=True, redirect_stdouts=False,
+                          logging_config=logs.stdlib_config(a.log_level))
+    worker.execute_from_commandline()  # exits the process; non-zero on crash (e.g. BrokerLost)
+    return EXIT_OK
+
+
+def cmd_sink(a: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from runtime.broker import BrokerLost, BrokerWatchdog
+    from storage.sink import SinkConfig, TopicSink
+    from topics.catalogue import TOPICS, physical_name
+
+    if a.metrics_port:
+        start_http_server(a.metrics_port, addr=a.metrics_host)
+    topics = tuple(a.topics) if a.topics else tuple(t.name for t in TOPICS)
+    cfg = SinkConfig(bootstrap=a.bootstrap, dsn=a.dsn, namespace=a.namespace, group_id=a.group, topics=topics)
+
+    async def main() -> int:
+        sink = TopicSink(cfg)
+        await sink.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        watchdog = BrokerWatchdog(a.bootstrap, [physical_name(t, a.namespace) for t in topics])
+        tasks = {asyncio.create_task(sink.run()), asyncio.create_task(watchdog.run()), asyncio.create_task(stop.wait())}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception()
+                if isinstance(exc, BrokerLost):
+                    log.critical("sink_stopping_broker_lost", reason=str(exc))
+                    return EXIT_INFRA
+                if exc is not None:
+                    raise exc
+            return EXIT_OK
+        finally:
+            for t in tasks:
+                t.cancel()
+            await sink.stop()
+
+    return asyncio.run(main())
+
+
+def cmd_ingest_csv(a: argparse.Namespace) -> int:
+    from ops.jobs.ingest import import_file
+    from runtime.publish import RecordPublisher
+    from topics.records import Timeframe
+
+    async def main() -> int:
+        async with RecordPublisher(a.bootstrap, a.namespace, name="csv-import") as pub:
+            total = 0
+            for f in a.files:
+                rep = await import_file(Path(f), venue=a.venue, symbol=a.symbol, timeframe=Timeframe(a.timeframe),
+                                        publisher=pub)
+                total += rep.bars
+                print(f"{rep.file}: {rep.bars} bars -> market.bars.raw, {rep.rejects} rows dead-lettered, "
+                      f"{rep.duplicates} duplicate rows reported ({rep.bars / max(rep.seconds, 1e-9):,.0f} bars/s)")
+        return EXIT_OK if total else EXIT_FAIL
+
+    return asyncio.run(main())
+
+
+def cmd_ingest_history(a: argparse.Namespace) -> int:
+    from agents.market.exchanges import CollectorError
+    from ops.jobs.collect import history
+
+    try:
+        rep = asyncio.run(history(
+            exchange_id=a.exchange, market_type=a.market_type, symbol=a.symbol, timeframe=a.timeframe, start=a.start,
+            end=a.end, bootstrap=a.bootstrap, namespace=a.namespace, dsn=a.dsn, metrics_port=a.metrics_port,
+        ))
+    except CollectorError as exc:
+        print(f"history download failed: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(rep)
+    return EXIT_OK
+
+
+def cmd_collect(a: argparse.Namespace) -> int:
+    from agents.market.exchanges import CollectorError
+    from ops.jobs.collect import live
+
+    try:
+        asyncio.run(live(exchange_id=a.exchange, market_type=a.market_type, symbols=a.symbols,
+                         timeframes=a.timeframes, bootstrap=a.bootstrap, namespace=a.namespace,
+                         metrics_port=a.metrics_port))
+    except CollectorError as exc:
+        print(f"live collection stopped: {exc}", file=sys.stderr)
+        return EXIT_INFRA
+    return EXIT_OK
+
+
+def cmd_topics(a: argparse.Namespace) -> int:
+    from ops.cli.schema_docs import catalogue_markdown
+
+    if a.create:
+        from runtime.broker import ensure_topics
+
+        names = asyncio.run(ensure_topics(a.bootstrap, namespace=a.namespace, replication_factor=a.replication_factor))
+        print("\n".join(names))
+        return EXIT_OK
+    print(catalogue_markdown())
+    return EXIT_OK
+
+
+def cmd_migrate(a: argparse.Namespace) -> int:
+    from storage.migrate import migrate_dsn
+
+    applied = asyncio.run(migrate_dsn(a.dsn))
+    print(f"applied migrations: {applied or 'none pending'}")
+    return EXIT_OK
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from ops.jobs.runjob import RunOptions, run_main_job
+
+    opts = RunOptions(data_dir=Path(a.data_dir), files=tuple(a.files) if a.files else (), fresh_db=a.fresh_db)
+    return run_main_job(opts)
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from ops.bench.foundation import main as bench_main
+
+    return bench_main(a.out, quick=a.quick)
+
+
+# ---------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tradeflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--log-level", default=os.environ.get("TRADEFLOW_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def infra(sp: argparse.ArgumentParser, dsn: bool = False) -> None:
+        sp.add_argument("--bootstrap", default=os.environ.get("TRADEFLOW_BOOTSTRAP", "127.0.0.1:9092"),
+                        help="Kafka bootstrap servers (env TRADEFLOW_BOOTSTRAP)")
+        sp.add_argument("--namespace", default=os.environ.get("TRADEFLOW_NAMESPACE", ""),
+                        help="topic name prefix isolating a deployment or test run")
+        if dsn:
+            sp.add_argument("--dsn", default=os.environ.get("TRADEFLOW_DSN", "postgresql://postgres@127.0.0.1/tradeflow"),
+                            help="PostgreSQL DSN (env TRADEFLOW_DSN)")
+
+    sp = sub.add_parser("run", help="start the embedded default (broker, Postgres, workers) and run the main job")
+    sp.add_argument("--data-dir", default=os.environ.get("TRADEFLOW_DATA_DIR", "var"),
+                    help="where the persistent Postgres cluster and logs live")
+    sp.add_argument("--file", dest="files", action="append", help="CSV to import (default: bundled sample data)")
+    sp.add_argument("--fresh-db", action="store_true", help="drop and recreate the database before the run")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("worker", help="run a faust worker hosting the given agents")
+    infra(sp, dsn=True)
+    sp.add_argument("--agents", nargs="+", required=True, help="agent names")
+    sp.add_argument("--app-id", default="")
+    sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port (0: any free port)")
+    sp.add_argument("--web-host", default=os.environ.get("TRADEFLOW_WEB_HOST", "127.0.0.1"),
+                    help="bind address of the worker's web server (default loopback only)")
+    sp.set_defaults(fn=cmd_worker)
+
+    sp = sub.add_parser("sink", help="persist catalogued topics into Postgres (consumer group)")
+    infra(sp, dsn=True)
+    sp.add_argument("--group", default="tradeflow-sink")
+    sp.add_argument("--topics", nargs="*", help="catalogue names (default: all)")
+    sp.add_argument("--metrics-port", type=int, default=0)
+    sp.add_argument("--metrics-host", default=os.environ.get("TRADEFLOW_METRICS_HOST", "127.0.0.1"),
+                    help="bind address of /metrics (default loopback; 0.0.0.0 in containers)")
+    sp.set_defaults(fn=cmd_sink)
+
+    sp = sub.add_parser("ingest", help="load market data: a CSV file or an exchange's history")
+    isub = sp.add_subparsers(dest="source", required=True)
+    ip = isub.add_parser("csv", help="import candle CSVs (shared format or CryptoDataDownload export)")
+    infra(ip)
+    ip.add_argument("files", nargs="+")
+    ip.add_argument("--venue", required=True)
+    ip.add_argument("--symbol", required=True, help="unified symbol, e.g. BTC/USDT")
+    ip.add_argument("--timeframe", required=True, help="1m 5m 15m 30m 1h 4h 1d")
+    ip.set_defaults(fn=cmd_ingest_csv)
+    ip = isub.add_parser("history", help="paginated, resumable fetch_ohlcv download into market.bars.raw")
+    infra(ip, dsn=True)
+    ip.add_argument("--exchange", required=True, help="binance | bitget | coinbase | okx")
+    ip.add_argument("--market-type", default="spot", choices=["spot", "swap"])
+    ip.add_argument("--symbol", required=True)
+    ip.add_argument("--timeframe", required=True)
+    ip.add_argument("--start", required=True, help="ISO date/time, UTC")
+    ip.add_argument("--end", required=True, help="ISO date/time, UTC (exclusive)")
+    ip.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1:N (0: off)")
+    ip.set_defaults(fn=cmd_ingest_history)
+
+    sp = sub.add_parser("collect", help="live collection: ccxt.pro websockets with REST fallback")
+    infra(sp)
+    sp.add_argument("--exchange", required=True)
+    sp.add_argument("--market-type", default="spot", choices=["spot", "swap"])
+    sp.add_argument("--symbols", nargs="+", required=True)
+    sp.add_argument("--timeframes", nargs="*", default=["1m"])
+    sp.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1:N (0: off)")
+    sp.set_defaults(fn=cmd_collect)
+
+    from ops.cli.models import add_parsers as add_model_parsers
+
+    add_model_parsers(sub, infra)
+
+    from ops.cli.control import add_parsers as add_control_parsers
+
+    add_control_parsers(sub, infra)
+    from ops.cli.tuning import add_parsers as add_tuning_parsers
+
+    add_tuning_parsers(sub, infra)
+
+    from ops.cli.backtest import add_parsers as add_backtest_parsers
+
+    add_backtest_parsers(sub, infra)
+
+    from ops.cli.governance import add_parsers as add_governance_parsers
+
+    add_governance_parsers(sub, infra)
+
+    from ops.cli.slo import add_parsers as add_slo_parsers
+
+    add_slo_parsers(sub, infra)
+
+    from ops.cli.gates import add_parsers as add_gates_parsers
+
+    add_gates_parsers(sub, infra)
+
+    from ops.cli.tail import add_parsers as add_tail_parsers
+
+    add_tail_parsers(sub, infra)
+
+    from ops.cli.audit import add_parsers as add_audit_parsers
+
+    add_audit_parsers(sub, infra)
+
+    sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
+    infra(sp)
+    sp.add_argument("--create", action="store_true", help="create every catalogued topic (idempotent)")
+    sp.add_argument("--replication-factor", type=int, default=1)
+    sp.set_defaults(fn=cmd_topics)
+
+    sp = sub.add_parser("migrate", help="apply SQL migrations")
+    infra(sp, dsn=True)
+    sp.set_defaults(fn=cmd_migrate)
+
+    sp = sub.add_parser("bench", help="run the foundation benchmarks on the embedded default")
+    sp.add_argument("--out", default="artifacts/bench.json")
+    sp.add_argument("--quick", action="store_true", help="smaller volumes (smoke run)")
+    sp.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logs.configure(a.log_level)
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        rc: int = a.fn(a)
+    except KeyboardInterrupt:
+        return 130
+    except KafkaConnectionError as exc:
+        print(f"tradeflow: broker unreachable ({exc}); is it running? (--bootstrap / TRADEFLOW_BOOTSTRAP)",
+              file=sys.stderr)
+        return EXIT_INFRA
+    except OSError as exc:  # asyncpg connection refused and friends
+        print(f"tradeflow: infrastructure unreachable: {exc}", file=sys.stderr)
+        return EXIT_INFRA
+    return rc
+
+

@@ -1,0 +1,177 @@
+"""Broker administration and health, client side: topics created up front
+from the catalogue, a probe, and the watchdog that stops a worker loudly when
+the broker is lost.
+
+tansu would auto-create unknown topics with 4 partitions, so every catalogued
+topic is created with its own count first. A memory-engine broker loses all
+topics and offsets on restart and clients do not notice by themselves:
+:class:`BrokerWatchdog` probes the broker and raises :class:`BrokerLost` when
+it is unreachable, when catalogued topics have vanished, or when its own
+committed marker offset is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from topics.catalogue import TOPICS, TopicSpec, physical_name
+
+log = structlog.get_logger("runtime.broker")
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started or administered."""
+
+
+class BrokerLost(RuntimeError):
+    """The broker is gone or was restarted empty. Needs a human: stop trading."""
+
+
+# ---------------------------------------------------------------------------
+# Topic administration
+# ---------------------------------------------------------------------------
+
+
+async def ensure_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec] = TOPICS,
+    namespace: str = "",
+    timeout_s: float = 20.0,
+    replication_factor: int = 1,
+) -> list[str]:
+    """Create every catalogued topic (idempotent). Returns the physical names.
+
+    Partition counts of pre-existing topics are checked: a topic auto-created
+    with the wrong count is an error, not something to paper over.
+    """
+    specs = list(specs)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = {physical_name(s.name, namespace): s for s in specs}
+        new = [
+            NewTopic(
+                name=name,
+                num_partitions=s.partitions,
+                replication_factor=replication_factor,
+                topic_configs=s.config(),
+            )
+            for name, s in wanted.items()
+            if name not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+        described = await admin.describe_topics(list(wanted))
+        for d in described:
+            name = d["topic"]
+            n = len(d["partitions"])
+            if n != wanted[name].partitions:
+                raise BrokerError(f"topic {name} has {n} partitions, catalogue says {wanted[name].partitions}")
+        log.info("topics_ready", count=len(wanted), created=len(new), namespace=namespace or None)
+        return list(wanted)
+    finally:
+        await admin.close()
+
+
+async def probe(bootstrap: str, expect_topics: Iterable[str], timeout_s: float = 5.0) -> None:
+    """One health probe: metadata request plus presence of the expected topics.
+
+    Raises :class:`BrokerLost` with the reason.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        names = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise BrokerLost(f"broker {bootstrap} unreachable: {type(exc).__name__}: {exc}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    missing = sorted(set(expect_topics) - names)
+    if missing:
+        raise BrokerLost(
+            f"broker {bootstrap} lost {len(missing)} topics (e.g. {missing[:3]}): "
+            "a memory-engine broker was restarted and its data and offsets are gone"
+        )
+
+
+_MARKER_OFFSET = 1
+_MARKER_LOST = "committed offsets lost"
+
+
+class BrokerWatchdog:
+    """Periodic broker probe. ``run()`` raises BrokerLost after ``failures`` bad probes.
+
+    Workers run it beside their consumers; on BrokerLost they log at
+    critical level, flip the health gauge and stop (no silent carrying on
+    against an empty broker).
+    """
+
+    def __init__(
+        self, bootstrap: str, expect_topics: Iterable[str], interval_s: float = 2.0, failures: int = 2
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.expect = list(expect_topics)
+        self.interval_s = interval_s
+        self.failures = failures
+        self._marker: AIOKafkaConsumer | None = None
+
+    async def run(self) -> None:
+        from runtime.metrics import BROKER_UP
+
+        bad = 0
+        try:
+            while True:
+                try:
+                    await probe(self.bootstrap, self.expect)
+                    await self._check_marker()
+                    bad = 0
+                    BROKER_UP.set(1)
+                except BrokerLost as exc:
+                    bad += 1
+                    BROKER_UP.set(0)
+                    log.error("broker_probe_failed", reason=str(exc), consecutive=bad)
+                    if bad >= self.failures:  # a lost marker stays lost: it fails every probe after
+                        log.critical("broker_lost", reason=str(exc))
+                        raise
+                await asyncio.sleep(self.interval_s)
+        finally:
+            if self._marker is not None:
+                with contextlib.suppress(Exception):
+                    await self._marker.stop()
+
+    async def _check_marker(self) -> None:
+        """Catch a broker that came back empty with its topics already recreated (a supervisor restart plus
+        topics-init between two probes): the topic check alone passes then. What a restart loses and a real
+        cluster keeps is committed offsets, so the first probe commits one for this watchdog's own group and
+        every later probe reads it back (and commits it again, so a real cluster's offset retention keeps it).
+        """
+        if not self.expect:
+            return
+        tp = TopicPartition(self.expect[0], 0)
+        try:
+            if self._marker is None:
+                marker = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                          group_id=f"tradeflow-watchdog-{uuid.uuid4().hex}")
+                await asyncio.wait_for(marker.start(), 5.0)
+                marker.assign([tp])
+                await asyncio.wait_for(marker.commit({tp: _MARKER_OFFSET}), 5.0)
+                self._marker = marker
+                return
+            got = await asyncio.wait_for(self._marker.committed(tp), 5.0)
+            if got != _MARKER_OFFSET:
+                raise BrokerLost(f"{_MARKER_LOST} on {self.bootstrap} (watchdog offset {got!r}, expected "
+                                 f"{_MARKER_OFFSET}): the broker was restarted empty and topics recreated")
+            await asyncio.wait_for(self._marker.commit({tp: _MARKER_OFFSET}), 5.0)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            raise BrokerLost(f"broker {self.bootstrap} unreachable: {type(exc).__name__}: {exc}") from exc
