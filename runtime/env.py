@@ -1,0 +1,215 @@
+"""Configuration from the environment: every ``TRADEFLOW_*`` variable is
+declared once here (name, default, what it does) and read through a typed
+reader at the edge, never at import time.
+
+Readers take the mapping to read (``os.environ`` when omitted, read at call
+time), so a worker's settings are built from an explicit environment and
+tests pass a dict. A value that does not parse is a :class:`ConfigError`
+naming the variable, never a silent default. Secrets are read by
+:func:`read_secret` from the variable or from the file named by
+``<NAME>_FILE`` (one of the two, not both); their values are never logged
+and never appear in an error message.
+
+``docs/configuration.md`` is generated from :data:`VARIABLES`
+(``tradeflow topics --config``) and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import BadInput
+
+__all__ = [
+    "VARIABLES",
+    "ConfigError",
+    "Variable",
+    "configuration_markdown",
+    "env_flag",
+    "env_float",
+    "env_int",
+    "env_list",
+    "env_str",
+    "read_secret",
+]
+
+
+class ConfigError(BadInput, ValueError):
+    """A variable is malformed or missing. The message names the variable, never a secret value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    name: str  #: full name; a trailing ``_`` marks a prefix (``TRADEFLOW_CONTROL_KEY_<ID>``)
+    default: str  #: as documented (``""`` when unset means off/none)
+    help: str
+    secret: bool = False  #: also read from ``<name>_FILE``; never logged
+    group: str = "platform"
+
+
+_V = Variable
+VARIABLES: tuple[Variable, ...] = (
+    # -- platform (every process) -------------------------------------------------------------
+    _V("TRADEFLOW_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (`--bootstrap`)"),
+    _V("TRADEFLOW_DSN", "postgresql://postgres@127.0.0.1/tradeflow", "PostgreSQL (`--dsn`)"),
+    _V("TRADEFLOW_NAMESPACE", "", "topic-name prefix: isolates deployments or test runs on one broker (`--namespace`)"),
+    _V("TRADEFLOW_DATA_DIR", "var", "persistent Postgres cluster, faust state and logs (`--data-dir`)"),
+    _V("TRADEFLOW_LOG_LEVEL", "INFO", "JSON logs on stderr (structlog; faust/aiokafka logs too) (`--log-level`)"),
+    _V("TRADEFLOW_FETCH_WAIT_MS", "20", "faust consumer fetch wait (faust hard-codes 1500 ms)"),
+    _V("TRADEFLOW_WEB_HOST", "127.0.0.1", "worker web server bind address (`--web-host`)"),
+    _V("TRADEFLOW_METRICS_HOST", "127.0.0.1", "bind address of `/metrics` for commands that serve it (`--metrics-host`)"),
+    _V("TRADEFLOW_ARTIFACTS", "var/models", "where trained checkpoints are written (path + sha256 go to the registry)"),
+    # -- operators --------------------------------------------------------------------------
+    _V("TRADEFLOW_CONTROL_KEY_", "", "operator signing key `<ID>` (>= 32 bytes; `hex:` prefix for hex)",
+       secret=True, group="control"),
+    _V("TRADEFLOW_CONTROL_SIGNING_KEY_ID", "", "which key the `control` CLI signs with", group="control"),
+    _V("TRADEFLOW_OPERATOR", "login name", "who signs `tradeflow control` commands (audited)", group="control"),
+    # -- market data and features -----------------------------------------------------------
+    _V("TRADEFLOW_BAR_TIMEFRAMES", "1m", "timeframes the `bar-aggregator` agent builds from ticks", group="market"),
+    _V("TRADEFLOW_STALE_CHECK_S", "0", "how often the `features` agent checks for stale feeds by the wall clock "
+       "(0 = off: a replay of history would be stale by definition)", group="market"),
+    # -- trading -----------------------------------------------------------------------------
+    _V("TRADEFLOW_TRADING_ACCOUNT", "paper", "the account the trading agent runs (one agent per account)",
+       group="trading"),
+    _V("TRADEFLOW_TRADING_SYMBOLS", "BTC/USDT,ETH/USDT,SOL/USDT", "symbols the trading agent trades", group="trading"),
+    _V("TRADEFLOW_TRADING_TIMEFRAMES", "1h", "bar timeframes the trading agent trades on", group="trading"),
+    _V("TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S", "60", "arrival-time wait for a signal's bar before it is dropped",
+       group="trading"),
+    _V("TRADEFLOW_EXECUTION_ADAPTER", "paper", "`paper` (simulated fills) or `ccxt` (a venue)", group="trading"),
+    _V("TRADEFLOW_EXECUTION_VENUE", "binance", "ccxt venue: binance | bitget | coinbase", group="trading"),
+    _V("TRADEFLOW_EXECUTION_MARKET", "spot", "spot | swap", group="trading"),
+    _V("TRADEFLOW_EXECUTION_DRY_RUN", "1", "ccxt orders validated but never sent; `0` sends real orders",
+       group="trading"),
+    _V("TRADEFLOW_EXECUTION_MARKETS_FILE", "", "recorded market rules for dry runs (no network)", group="trading"),
+    _V("TRADEFLOW_EXECUTION_LEVERAGE", "", "swap leverage set on the venue", group="trading"),
+    _V("TRADEFLOW_EXECUTION_MARGIN_MODE", "", "swap margin mode (isolated | cross)", group="trading"),
+    _V("TRADEFLOW_EXECUTION_POSITION_MODE", "", "swap position mode (one-way | hedge)", group="trading"),
+    _V("TRADEFLOW_EXCHANGE_API_KEY", "", "venue API key", secret=True, group="trading"),
+    _V("TRADEFLOW_EXCHANGE_SECRET", "", "venue API secret", secret=True, group="trading"),
+    _V("TRADEFLOW_EXCHANGE_PASSWORD", "", "venue API passphrase (where the venue has one)", secret=True,
+       group="trading"),
+    # -- governance, gates, dashboard ----------------------------------------------------------
+    _V("TRADEFLOW_GOVERNANCE_WINDOWS_TO_PROMOTE", "3", "passing gate windows before a stage promotion",
+       group="governance"),
+    _V("TRADEFLOW_GOVERNANCE_WINDOWS_TO_ROLLBACK", "2", "failing gate windows before a rollback",
+       group="governance"),
+    _V("TRADEFLOW_GOVERNANCE_REQUIRED_GATES", "hard metrics + readiness", "gates a promotion needs",
+       group="governance"),
+    _V("TRADEFLOW_GATES_TRACKS", "every track with runs", "what `gates evaluate` evaluates without `--track`",
+       group="governance"),
+    _V("TRADEFLOW_DASHBOARD_TOKEN", "", "dashboard access token (none: open on loopback only)", secret=True,
+       group="dashboard"),
+    _V("TRADEFLOW_DASHBOARD_QUEUE", "8", "frames queued per dashboard client before it is dropped",
+       group="dashboard"),
+    _V("TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS", "50", "dashboard update coalescing", group="dashboard"),
+)
+
+
+def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def env_str(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """The stripped value, or ``default`` when unset or empty."""
+    value = _environ(environ).get(name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int, environ: Mapping[str, str] | None = None, *, minimum: int | None = None) -> int:
+    raw = _environ(environ).get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_float(
+    name: str, default: float, environ: Mapping[str, str] | None = None, *, minimum: float | None = None
+) -> float:
+    raw = _environ(environ).get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name} must be finite, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def env_flag(name: str, default: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case); anything else is an error, not False."""
+    raw = _environ(environ).get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be one of {sorted(_TRUE | _FALSE)}, got {raw!r}")
+
+
+def env_list(name: str, default: tuple[str, ...], environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """A comma-separated list, items stripped, empty items dropped."""
+    raw = _environ(environ).get(name, "")
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    return items or default
+
+
+def read_secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The secret in ``name`` or in the file named by ``name_FILE`` (stripped); None when neither is set.
+
+    Both set, an unreadable file or an empty file are errors naming the
+    variable and the path, never the value.
+    """
+    env = _environ(environ)
+    value, path = env.get(name, "").strip(), env.get(name + "_FILE", "").strip()
+    if value and path:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path} ({exc.strerror})") from None
+        if not value:
+            raise ConfigError(f"{name}_FILE: {path} is empty")
+    return value or None
+
+
+def configuration_markdown() -> str:
+    """The configuration reference (``docs/configuration.md``), generated from :data:`VARIABLES`."""
+    lines = [
+        "# Configuration",
+        "",
+        "Generated from `runtime/env.py` (`tradeflow topics --config`); a test keeps this file equal to it.",
+        "Every variable is read when a process starts, never at import time. Command-line flags, where a",
+        "command has one, win over the variable. A variable marked *secret* is also read from the file",
+        "named by `<NAME>_FILE` (one of the two, not both) and is never logged.",
+        "",
+    ]
+    for group in dict.fromkeys(v.group for v in VARIABLES):
+        lines += [f"## {group}", "", "| variable | default | what it does |", "|---|---|---|"]
+        for v in VARIABLES:
+            if v.group != group:
+                continue
+            name = f"`{v.name}<ID>`" if v.name.endswith("_") else f"`{v.name}`"
+            if v.secret:
+                name += f" / `{v.name}<ID>_FILE` (secret)" if v.name.endswith("_") else " / `_FILE` (secret)"
+            lines.append(f"| {name} | {f'`{v.default}`' if v.default else 'unset'} | {v.help} |")
+        lines.append("")
+    return "\n".join(lines)
