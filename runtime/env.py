@@ -60,7 +60,7 @@ VARIABLES: tuple[Variable, ...] = (
     _V("TRADEFLOW_LOG_LEVEL", "INFO", "JSON logs on stderr (structlog; faust/aiokafka logs too) (`--log-level`)"),
     _V("TRADEFLOW_FETCH_WAIT_MS", "20", "faust consumer fetch wait (faust hard-codes 1500 ms)"),
     _V("TRADEFLOW_WEB_HOST", "127.0.0.1", "worker web server bind address (`--web-host`)"),
-    _V("TRADEFLOW_METRICS_HOST", "127.0.0.1", "bind address of `/metrics` for commands that serve it (`--metrics-host`)"),
+    _V("TRADEFLOW_METRICS_HOST", "127.0.0.1", "`/metrics` bind address of commands serving it (`--metrics-host`)"),
     _V("TRADEFLOW_ARTIFACTS", "var/models", "where trained checkpoints are written (path + sha256 go to the registry)"),
     # -- operators --------------------------------------------------------------------------
     _V("TRADEFLOW_CONTROL_KEY_", "", "operator signing key `<ID>` (>= 32 bytes; `hex:` prefix for hex)",
