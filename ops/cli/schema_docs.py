@@ -1,7 +1,7 @@
 """Schema documentation for outside consumers, generated from the records.
 
-``tradeflow topics`` prints it; the README embeds it (a test keeps the
-README's copy in sync with the code).
+``tradeflow topics`` prints it; docs/topics.md embeds it (a test keeps that
+copy in sync with the code).
 """
 
 from __future__ import annotations
