@@ -39,7 +39,7 @@ def test_latest_state_topics_when_catalogued_then_compacted_and_streams_have_ret
 
 
 def test_readme_schema_section_when_compared_then_equals_generated_docs() -> None:
-    readme = (ROOT / "docs" / "topics.md").read_text()
-    assert BEGIN in readme and END in readme
-    section = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    doc = (ROOT / "docs" / "topics.md").read_text()
+    assert BEGIN in doc and END in doc
+    section = doc.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert section == catalogue_markdown().strip(), "docs/topics.md schemas are stale: run `tradeflow topics` and paste"
