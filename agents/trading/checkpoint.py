@@ -32,7 +32,8 @@ account's row, a different ``format``, a start-up configuration hash that
 differs from the one the state was built with (the state belongs to that
 configuration; delete the row to start the account flat), an unknown key id
 (the signing key was removed from the keyring), a bad MAC, a state that does
-not unpickle.
+not unpickle. The row is read and written by :mod:`storage.trading`; when
+the agent takes a checkpoint and restores one: :mod:`agents.trading.checkpointer`.
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ import hashlib
 import hmac
 import io
 import pickle
-from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -52,49 +51,18 @@ import orjson
 
 from agents.control.signing import Keyring
 from agents.trading.core import TradingCore
+from storage.trading import Checkpoint, Offsets
 
-__all__ = [
-    "FORMAT",
-    "Checkpoint",
-    "CheckpointError",
-    "Offsets",
-    "dump_core",
-    "load_checkpoint",
-    "load_core",
-    "open_checkpoint",
-    "save_checkpoint",
-    "seal",
-]
+__all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoint", "seal"]
 
 #: Bumped whenever an engine's attributes change shape: an old pickle is then refused.
 FORMAT = 2  # 2: TradingCore._held (signals waiting for their bar)
 _MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
 _KEYRING_REF = "tradeflow:keyring"
 
-#: physical topic -> partition -> next offset to read.
-Offsets = Mapping[str, Mapping[int, int]]
-
 
 class CheckpointError(Exception):
     """A checkpoint that must not be used (the message says why and what to do)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Checkpoint:
-    """One ``trading_checkpoints`` row."""
-
-    account: str
-    format: int
-    config_hash: str
-    key_id: str
-    offsets: Offsets
-    events_applied: int
-    state: bytes
-    mac: str
-
-    @property
-    def state_sha256(self) -> str:
-        return hashlib.sha256(self.state).hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -260,40 +228,3 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
         raise
     except Exception as exc:
         raise CheckpointError(f"checkpoint state does not load: {type(exc).__name__}: {exc}") from None
-
-
-# ---------------------------------------------------------------------------
-# PostgreSQL (table from storage/migrations/010_trading_checkpoints.sql)
-# ---------------------------------------------------------------------------
-
-_UPSERT = """
-INSERT INTO trading_checkpoints
-    (account, format, config_hash, key_id, offsets, events_applied, state, mac, state_sha256, updated_at)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, now())
-ON CONFLICT (account) DO UPDATE SET
-    format = EXCLUDED.format, config_hash = EXCLUDED.config_hash, key_id = EXCLUDED.key_id,
-    offsets = EXCLUDED.offsets, events_applied = EXCLUDED.events_applied, state = EXCLUDED.state,
-    mac = EXCLUDED.mac, state_sha256 = EXCLUDED.state_sha256, updated_at = now()
-"""
-
-
-async def save_checkpoint(conn: Any, cp: Checkpoint) -> None:
-    """Upsert the account's row (one statement: it is either the old row or the new one)."""
-    await conn.execute(_UPSERT, cp.account, cp.format, cp.config_hash, cp.key_id,
-                       _offsets_json(cp.offsets).decode(), cp.events_applied, cp.state, cp.mac, cp.state_sha256)
-
-
-async def load_checkpoint(conn: Any, account: str) -> Checkpoint | None:
-    """The account's row, or None when it has none (a first start)."""
-    row = await conn.fetchrow(
-        "SELECT account, format, config_hash, key_id, offsets::text AS offsets, events_applied, state, mac "
-        "FROM trading_checkpoints WHERE account = $1",
-        account,
-    )
-    if row is None:
-        return None
-    raw = orjson.loads(row["offsets"])
-    offsets = {str(t): {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
-    return Checkpoint(account=row["account"], format=row["format"], config_hash=row["config_hash"],
-                      key_id=row["key_id"], offsets=offsets, events_applied=row["events_applied"],
-                      state=bytes(row["state"]), mac=row["mac"])

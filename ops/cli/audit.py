@@ -34,7 +34,7 @@ EXIT_OK, EXIT_DIVERGENT, EXIT_USAGE = 0, 1, 2
 
 def cmd_audit(a: argparse.Namespace) -> int:
     from agents.control.signing import load_keyring
-    from agents.trading.agent import TradingSettings
+    from agents.trading.settings import TradingSettings
     from backtest.audit import audit
     from topics.units import parse_when
 

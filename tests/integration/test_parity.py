@@ -53,7 +53,7 @@ from agents.features.spec import FEATURE_SET_VERSION
 from agents.market.csv_import import import_csv_file
 from agents.portfolio.engine import PortfolioConfig
 from agents.strategy.config import StrategyConfig
-from agents.trading.agent import TradingSettings
+from agents.trading.settings import TradingSettings
 from backtest.parity_session import PipelineCounts, settled
 from backtest.runs import BacktestRequest, arun_backtest
 from gpu_workers.training_service import TrainingService

@@ -38,8 +38,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.control.signing import Keyring, load_keyring, new_control_event
 from agents.execution.interface import client_order_id_for
-from agents.trading.agent import TradingSettings
 from agents.trading.core import TradingCore
+from agents.trading.settings import TradingSettings
 from ops.embedded.broker import EmbeddedBroker
 from ops.jobs.ingest import SAMPLE_DIR
 from runtime.publish import RecordPublisher

@@ -27,11 +27,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from agents.control.signing import Keyring
-from agents.trading.agent import TradingSettings
-from agents.trading.checkpoint import load_checkpoint, open_checkpoint
+from agents.trading.checkpoint import open_checkpoint
 from agents.trading.core import TradingCore
+from agents.trading.settings import TradingSettings
 from ops.embedded.broker import EmbeddedBroker
 from runtime.publish import RecordPublisher
+from storage.trading import load_checkpoint
 from tests.conftest import Procs, wait_until
 from tests.integration.test_trading_agents import (  # noqa: F401 - trading_env is a fixture
     BTC_FILE,

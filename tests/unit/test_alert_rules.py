@@ -109,7 +109,7 @@ def test_rule_metrics_are_the_ones_the_code_exposes() -> None:
     from prometheus_client import REGISTRY
 
     import agents.market.history
-    import agents.trading.agent  # noqa: F401
+    import agents.trading.metrics  # noqa: F401
     import gpu_workers.agents  # noqa: F401
     import runtime.faust_app  # noqa: F401
     import storage.sink  # noqa: F401

@@ -15,8 +15,8 @@ from agents.clock import StreamClock
 from agents.control.signing import Keyring, new_control_event
 from agents.execution.interface import client_order_id_for
 from agents.execution.paper import PaperConfig
-from agents.trading.agent import TradingSettings
 from agents.trading.core import BarSkip, TradingConfig, TradingCore
+from agents.trading.settings import TradingSettings
 from tests.unit.test_trading_determinism import KEYRING, load_bars, run, stub_signal
 from topics.records import (
     Alert,

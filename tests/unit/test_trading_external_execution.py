@@ -33,8 +33,8 @@ from agents.execution.ccxt_live import (
 )
 from agents.execution.interface import ExecutionRecord, MarketContext, build_update, client_order_id_for
 from agents.execution.paper import PaperConfig
-from agents.trading.agent import TradingSettings, load_exchange_credentials
 from agents.trading.core import ExecutionMode, Step, TradingConfig, TradingCore
+from agents.trading.settings import TradingSettings, load_exchange_credentials
 from backtest.audit import replay_outputs
 from tests.fixtures.ccxt.replay import ReplayTransport
 from tests.unit.test_trading_core import _kill
@@ -383,10 +383,11 @@ CCXT_ENV = {"TRADEFLOW_EXECUTION_ADAPTER": "ccxt", "TRADEFLOW_EXECUTION_VENUE": 
 
 
 def _start(env: dict[str, str]) -> CcxtExecutionAdapter | None:
-    from agents.trading.agent import _Live, _start_execution
+    from agents.trading.checkpointer import LiveState
+    from agents.trading.venue import start_execution
 
     settings = TradingSettings.from_env(env)
-    return _start_execution(settings, env, _Live(TradingCore(settings.config(), KEYRING)))
+    return start_execution(settings, env, LiveState(TradingCore(settings.config(), KEYRING)))
 
 
 def test_start_with_a_markets_snapshot_then_adapter_ready_offline(tmp_path: Path) -> None:

@@ -1,0 +1,218 @@
+"""When and how the trading agent saves its state, and how it restores it.
+
+:class:`LiveState` is the core in force and the input position it reflects;
+:func:`restore` loads it from the account's checkpoint at start-up;
+:class:`Checkpointer` saves it. Cadence: after a batch once
+``CHECKPOINT_EVERY_S`` passed since the last checkpoint *and* at least
+``1 / CHECKPOINT_MAX_SHARE`` times that checkpoint's duration (saving takes
+at most that share of the time, whatever the state's size), else once the
+input pauses for ``CHECKPOINT_IDLE_S``; with external execution after every
+batch. A longer interval costs nothing in correctness: after a crash the
+inputs since the checkpoint are re-processed, to the same outputs and ids.
+
+One checkpoint, under :attr:`Checkpointer.gate` (never mid-message): seal
+core + offsets -> flush the producer and check every delivery since the last
+one -> journal rows + row upsert in one transaction
+(:func:`storage.trading.save_checkpoint`). Any failure raises: the worker
+crashes instead of going on with state it could not save. The format is
+:mod:`agents.trading.checkpoint`; the design, ``docs/trading_agent.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import structlog
+
+from agents.control.signing import Keyring
+from agents.trading.checkpoint import CheckpointError, open_checkpoint, seal
+from agents.trading.core import TradingCore
+from agents.trading.metrics import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
+from runtime.exits import EXIT_CONFIG, EXIT_INFRA
+from storage.trading import JournalRow, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "CHECKPOINT_DB_TIMEOUT_S",
+    "CHECKPOINT_EVERY_S",
+    "CHECKPOINT_IDLE_S",
+    "CHECKPOINT_MAX_SHARE",
+    "Checkpointer",
+    "LiveState",
+    "restore",
+]
+
+log = structlog.get_logger("agents.trading")
+
+#: Under sustained input a checkpoint is taken at most this often (paper execution).
+CHECKPOINT_EVERY_S = 0.25
+#: ... and at most this share of the time: the next one waits at least ``last duration / share``.
+CHECKPOINT_MAX_SHARE = 0.2
+#: ... and once the input pauses this long, so a quiet stream's state is saved right behind it.
+CHECKPOINT_IDLE_S = 0.05
+#: seconds a checkpoint statement may wait for PostgreSQL before the worker gives up (and crashes)
+CHECKPOINT_DB_TIMEOUT_S = 30.0
+
+
+class LiveState:
+    """The core in force and the input position its state reflects.
+
+    ``position[(topic, partition)]`` is the next offset whose message the
+    state does *not* contain; it only moves forward, together with the core,
+    one message at a time. ``events`` counts the inputs (and execution
+    answers) applied: the journal's sequence number.
+    """
+
+    __slots__ = ("core", "events", "position")
+
+    def __init__(self, core: TradingCore) -> None:
+        self.core = core
+        self.position: dict[tuple[str, int], int] = {}
+        self.events = 0
+
+    def offsets(self) -> dict[str, dict[int, int]]:
+        out: dict[str, dict[int, int]] = {}
+        for (topic, partition), offset in sorted(self.position.items()):
+            out.setdefault(topic, {})[partition] = offset
+        return out
+
+
+def restore(live: LiveState, dsn: str, keyring: Keyring, config_hash: str) -> None:
+    """Load the account's checkpoint (if any) into ``live`` before the worker starts.
+
+    Runs on a private event loop (faust's is not running yet and must not be
+    replaced). Exit 2 on a refused checkpoint, 3 when PostgreSQL is unreachable.
+    """
+    account = live.core.config.account
+
+    async def load() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            cp = await load_checkpoint(conn, account)
+        finally:
+            await conn.close()
+        if cp is None:
+            log.info("trading_checkpoint_none", account=account, resume="every input partition from offset 0")
+            return
+        live.core = open_checkpoint(cp, keyring, account=account, config_hash=config_hash)
+        live.position = {(t, p): o for t, parts in cp.offsets.items() for p, o in parts.items()}
+        live.events = cp.events_applied
+        log.info("trading_checkpoint_restored", account=account, events_applied=cp.events_applied,
+                 offsets=live.offsets(), state_bytes=len(cp.state), state_sha256=cp.state_sha256)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(load())
+    except CheckpointError as exc:
+        log.critical("trading_checkpoint_refused", account=account, reason=str(exc))
+        raise SystemExit(EXIT_CONFIG) from None
+    except (TimeoutError, OSError) as exc:
+        log.critical("trading_checkpoint_unavailable", account=account, error=f"{type(exc).__name__}: {exc}")
+        raise SystemExit(EXIT_INFRA) from None
+    finally:
+        loop.close()
+
+
+class Checkpointer:
+    """Saves ``live`` with the journal of the inputs since the last save (see the module docstring).
+
+    The agent reports what it does: :meth:`sent` for every output handed to
+    the producer, :meth:`journal` for every input applied (in order),
+    :meth:`applied` per input message, and :meth:`after_batch` (holding
+    :attr:`gate`) after each batch. ``flush`` flushes the producer;
+    ``crash`` stops the worker when the idle checkpoint fails.
+    """
+
+    def __init__(self, live: LiveState, *, keyring: Keyring, config_hash: str, dsn: str, every_batch: bool,
+                 flush: Callable[[], Awaitable[None]], crash: Callable[[Exception], Awaitable[None]]) -> None:
+        self.live = live
+        self.keyring = keyring
+        self.config_hash = config_hash
+        self.dsn = dsn
+        #: External execution checkpoints every batch: orders re-submitted on recovery are the ones after
+        #: the checkpoint, and live fills of a first placement are not fetched back.
+        self.every_batch = every_batch
+        self.flush = flush
+        self.crash = crash
+        #: a batch and a checkpoint never interleave: the snapshot is taken between messages
+        self.gate = asyncio.Lock()
+        self.account = live.core.config.account
+        self.deliveries: list[Awaitable[Any]] = []  # the producer's futures of the outputs since the last one
+        self.pending: list[JournalRow] = []  # journal rows of the inputs applied since the last checkpoint
+        self.unsaved = 0  # inputs applied since the last checkpoint
+        self.last_checkpoint = 0.0  # monotonic
+        self.last_batch = 0.0  # monotonic
+        self.last_cost = 0.0  # the last checkpoint's duration (s)
+        self.idle_flush: asyncio.Task[None] | None = None
+        self.db: asyncpg.Connection | None = None
+        self.seconds = CHECKPOINT_SECONDS.labels(self.account)
+
+    def sent(self, delivery: Awaitable[Any]) -> None:
+        self.deliveries.append(delivery)
+
+    def journal(self, row: JournalRow) -> None:
+        self.pending.append(row)
+
+    def applied(self) -> None:
+        self.unsaved += 1
+
+    async def after_batch(self) -> None:
+        """Checkpoint now, or leave it to the idle flush (caller holds :attr:`gate`)."""
+        now = time.monotonic()
+        self.last_batch = now
+        if not self.unsaved:
+            return
+        every = max(CHECKPOINT_EVERY_S, self.last_cost / CHECKPOINT_MAX_SHARE)
+        if self.every_batch or now - self.last_checkpoint >= every:
+            await self.checkpoint_pending()
+        elif self.idle_flush is None or self.idle_flush.done():
+            self.idle_flush = asyncio.ensure_future(self.flush_when_idle())
+
+    async def checkpoint_pending(self) -> None:
+        """Checkpoint the inputs applied since the last one (caller holds :attr:`gate`)."""
+        self.last_cost = await self.checkpoint(self.pending)
+        self.pending.clear()
+        self.unsaved = 0
+        self.last_checkpoint = time.monotonic()
+
+    async def flush_when_idle(self) -> None:
+        """Checkpoint what is pending once no batch came for ``CHECKPOINT_IDLE_S`` (debounced)."""
+        try:
+            while True:
+                wait = self.last_batch + CHECKPOINT_IDLE_S - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                async with self.gate:
+                    if time.monotonic() < self.last_batch + CHECKPOINT_IDLE_S:
+                        continue  # a batch ran while this task waited for the gate
+                    if self.unsaved:
+                        await self.checkpoint_pending()
+                return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a checkpoint that cannot be written: crash, as in the agent body
+            await self.crash(exc)
+
+    async def checkpoint(self, journal: list[JournalRow]) -> float:
+        """Snapshot -> flush outputs -> journal + upsert in one transaction; an exception here crashes
+        the worker. Returns how long it took (s)."""
+        t0 = time.perf_counter()
+        live = self.live
+        cp = seal(live.core, config_hash=self.config_hash, offsets=live.offsets(), events_applied=live.events,
+                  keyring=self.keyring)
+        await self.flush()
+        sent, self.deliveries = self.deliveries, []
+        for done in sent:
+            await done  # raises the send's error: this checkpoint must not cover an output that was lost
+        if self.db is None:
+            # a checkpoint that gets no answer crashes the worker (restart resumes from the last one)
+            self.db = await asyncpg.connect(self.dsn, command_timeout=CHECKPOINT_DB_TIMEOUT_S)
+        await save_checkpoint(self.db, cp, journal)
+        took = time.perf_counter() - t0
+        self.seconds.observe(took)
+        CHECKPOINT_BYTES.labels(self.account).set(len(cp.state))
+        return took

@@ -1,0 +1,172 @@
+"""The trading agent's configuration (``TRADEFLOW_TRADING_*``, ``TRADEFLOW_EXECUTION_*``,
+``TRADEFLOW_EXCHANGE_*``), parsed once at start-up from the mapping passed in.
+
+The audit builds its configuration from the same settings, so it replays in
+the mode that traded. Every error is a :class:`~runtime.env.ConfigError`
+(a ``ValueError``) naming the variable; credential values never appear in
+one. Dry run is the default: orders reach a venue only with an explicit
+``TRADEFLOW_EXECUTION_DRY_RUN=0``, which also needs credentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agents.execution.paper import PaperConfig
+from agents.risk.config import RiskConfig
+from agents.trading.core import ExecutionMode, TradingConfig
+from runtime.env import ConfigError, env_float, env_int, env_list, env_str, read_secret
+from topics.records import Timeframe
+
+if TYPE_CHECKING:
+    from agents.execution.ccxt_live import LiveExecutionConfig
+
+__all__ = ["ADAPTERS", "ExecutionSettings", "TradingSettings", "load_exchange_credentials"]
+
+ADAPTERS = ("paper", "ccxt")
+
+_DRY_RUN = "TRADEFLOW_EXECUTION_DRY_RUN"
+
+#: ccxt credential key -> environment variable (each also readable from ``<NAME>_FILE``).
+_CREDENTIAL_VARS = {
+    "apiKey": "TRADEFLOW_EXCHANGE_API_KEY",
+    "secret": "TRADEFLOW_EXCHANGE_SECRET",
+    "password": "TRADEFLOW_EXCHANGE_PASSWORD",
+}
+
+
+def load_exchange_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """The exchange credentials from the environment or files (``{}`` when none is set).
+
+    Errors name variables and paths, never values.
+    """
+    out: dict[str, str] = {}
+    for key, var in _CREDENTIAL_VARS.items():
+        value = read_secret(var, env)
+        if value:
+            out[key] = value
+    return out
+
+
+def _dry_run(env: Mapping[str, str]) -> bool:
+    """``TRADEFLOW_EXECUTION_DRY_RUN`` (default on).
+
+    Stricter than :func:`runtime.env.env_flag` on purpose: the switch that
+    sends real orders takes only ``1/true/yes`` or ``0/false/no``.
+    """
+    text = env_str(_DRY_RUN, "", env).lower()
+    if not text:
+        return True
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"{_DRY_RUN}={text!r}: expected 1 or 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionSettings:
+    """The ccxt adapter's environment (``TRADEFLOW_EXECUTION_*``), credentials excluded.
+
+    A markets file pins the market rules a dry run validates against; live
+    sending always loads the venue's current markets (stale precision or
+    limits would reject or mis-size real orders).
+    """
+
+    venue: str
+    market: str = "spot"
+    dry_run: bool = True
+    leverage: int | None = None
+    margin_mode: str = "cross"
+    position_mode: str = "one_way"
+    markets_file: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ExecutionSettings:
+        venue = env_str("TRADEFLOW_EXECUTION_VENUE", "", env)
+        if not venue:
+            raise ConfigError("TRADEFLOW_EXECUTION_ADAPTER=ccxt: ccxt execution is not wired to a venue; set "
+                              "TRADEFLOW_EXECUTION_VENUE (binance, bitget or coinbase)")
+        leverage_set = bool(env_str("TRADEFLOW_EXECUTION_LEVERAGE", "", env))
+        leverage = env_int("TRADEFLOW_EXECUTION_LEVERAGE", 0, env) if leverage_set else None
+        settings = cls(
+            venue=venue,
+            market=env_str("TRADEFLOW_EXECUTION_MARKET", "spot", env),
+            dry_run=_dry_run(env),
+            leverage=leverage,
+            margin_mode=env_str("TRADEFLOW_EXECUTION_MARGIN_MODE", "cross", env),
+            position_mode=env_str("TRADEFLOW_EXECUTION_POSITION_MODE", "one_way", env),
+            markets_file=env_str("TRADEFLOW_EXECUTION_MARKETS_FILE", "", env) or None,
+        )
+        if settings.markets_file is not None and not settings.dry_run:
+            raise ConfigError("TRADEFLOW_EXECUTION_MARKETS_FILE pins market rules for dry runs only; live sending "
+                              "(TRADEFLOW_EXECUTION_DRY_RUN=0) loads the venue's current markets")
+        settings.live_config()  # the adapter's own validation (venue x market, leverage, modes)
+        return settings
+
+    def live_config(self) -> LiveExecutionConfig:
+        from agents.execution.ccxt_live import LiveExecutionConfig, MarginMode, PositionMode, VenueMarket
+
+        try:
+            return LiveExecutionConfig(
+                exchange_id=self.venue, market_type=VenueMarket(self.market), dry_run=self.dry_run,
+                leverage=self.leverage, margin_mode=MarginMode(self.margin_mode),
+                position_mode=PositionMode(self.position_mode),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"TRADEFLOW_EXECUTION_*: {exc}") from None
+
+    @property
+    def adapter(self) -> str:
+        """The adapter's name on its records and metrics: ``ccxt:<venue>:<market>``."""
+        return f"ccxt:{self.venue}:{self.market}"
+
+
+@dataclass(frozen=True, slots=True)
+class TradingSettings:
+    """The agent's environment, parsed once at start-up.
+
+    ``adapter``: ``paper`` (in-process fills) or ``ccxt`` (``execution`` set:
+    the core runs in external mode, see :mod:`agents.trading.core`).
+    """
+
+    account: str = "paper"
+    adapter: str = "paper"
+    symbols: tuple[str, ...] = ()
+    timeframes: tuple[Timeframe, ...] = (Timeframe.H1,)
+    execution: ExecutionSettings | None = None
+    #: How long a signal that arrived before its bar waits for it (arrival time, seconds).
+    signal_bar_wait_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TradingSettings:
+        adapter = env_str("TRADEFLOW_EXECUTION_ADAPTER", "paper", env)
+        if adapter not in ADAPTERS:
+            raise ConfigError(
+                f"TRADEFLOW_EXECUTION_ADAPTER={adapter!r}: the trading agent supports {list(ADAPTERS)}")
+        execution = ExecutionSettings.from_env(env) if adapter == "ccxt" else None
+        try:
+            timeframes = tuple(Timeframe(t) for t in env_list("TRADEFLOW_TRADING_TIMEFRAMES", (), env))
+        except ValueError as exc:
+            raise ConfigError(f"TRADEFLOW_TRADING_TIMEFRAMES: {exc}") from None
+        return cls(
+            account=env_str("TRADEFLOW_TRADING_ACCOUNT", "paper", env),
+            adapter=adapter,
+            symbols=env_list("TRADEFLOW_TRADING_SYMBOLS", (), env),
+            timeframes=timeframes or (Timeframe.H1,),
+            execution=execution,
+            signal_bar_wait_s=env_float("TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S", 60.0, env, minimum=0.0),
+        )
+
+    def config(self) -> TradingConfig:
+        risk = RiskConfig(allowed_symbols=self.symbols) if self.symbols else RiskConfig()
+        config = TradingConfig(account=self.account, timeframes=self.timeframes, risk=risk,
+                               signal_bar_wait_ns=round(self.signal_bar_wait_s * 1e9))
+        if self.execution is None:
+            return config
+        # paper.adapter labels the refusals the core emits for orders it never sends
+        return dataclasses.replace(config, execution=ExecutionMode.EXTERNAL,
+                                   paper=PaperConfig(adapter=self.execution.adapter))

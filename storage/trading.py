@@ -1,0 +1,112 @@
+"""The trading agent's tables: its checkpoint row (``trading_checkpoints``,
+migration 010) and its input journal (``trading_input_journal``, migration 012).
+
+A checkpoint and the journal rows of the inputs it covers are written in one
+transaction (:func:`save_checkpoint`), so a saved state always has the input
+order that built it. What a checkpoint *means* (its pickle, its MAC) is
+:mod:`agents.trading.checkpoint`; this module only moves rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import asyncpg
+import orjson
+
+__all__ = ["Checkpoint", "JournalRow", "Offsets", "insert_journal", "load_checkpoint", "save_checkpoint",
+           "upsert_checkpoint"]
+
+#: physical topic -> partition -> next offset to read.
+Offsets = Mapping[str, Mapping[int, int]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Checkpoint:
+    """One ``trading_checkpoints`` row."""
+
+    account: str
+    format: int
+    config_hash: str
+    key_id: str
+    offsets: Offsets
+    events_applied: int
+    state: bytes
+    mac: str
+
+    @property
+    def state_sha256(self) -> str:
+        return hashlib.sha256(self.state).hexdigest()
+
+
+class JournalRow(NamedTuple):
+    """One ``trading_input_journal`` row: an input in the order it was applied.
+
+    An execution answer (from the venue, not the broker) has partition and
+    offset ``-1`` and no arrival.
+    """
+
+    account: str
+    seq: int
+    topic: str
+    kafka_partition: int
+    kafka_offset: int
+    event_id: str
+    arrival_ns: int | None
+
+
+_JOURNAL_INSERT = (
+    "INSERT INTO trading_input_journal (account, seq, topic, kafka_partition, kafka_offset, event_id, arrival_ns) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (account, seq) DO NOTHING"
+)
+
+_UPSERT = """
+INSERT INTO trading_checkpoints
+    (account, format, config_hash, key_id, offsets, events_applied, state, mac, state_sha256, updated_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, now())
+ON CONFLICT (account) DO UPDATE SET
+    format = EXCLUDED.format, config_hash = EXCLUDED.config_hash, key_id = EXCLUDED.key_id,
+    offsets = EXCLUDED.offsets, events_applied = EXCLUDED.events_applied, state = EXCLUDED.state,
+    mac = EXCLUDED.mac, state_sha256 = EXCLUDED.state_sha256, updated_at = now()
+"""
+
+_SELECT = (
+    "SELECT account, format, config_hash, key_id, offsets::text AS offsets, events_applied, state, mac "
+    "FROM trading_checkpoints WHERE account = $1"
+)
+
+
+async def insert_journal(conn: asyncpg.Connection, rows: Sequence[JournalRow]) -> None:
+    """Append journal rows (a row already there, same account and seq, is kept)."""
+    if rows:
+        await conn.executemany(_JOURNAL_INSERT, rows)
+
+
+async def upsert_checkpoint(conn: asyncpg.Connection, cp: Checkpoint) -> None:
+    """Upsert the account's row (one statement: it is either the old row or the new one)."""
+    offsets = {t: {str(p): int(o) for p, o in parts.items()} for t, parts in cp.offsets.items()}
+    await conn.execute(_UPSERT, cp.account, cp.format, cp.config_hash, cp.key_id,
+                       orjson.dumps(offsets, option=orjson.OPT_SORT_KEYS).decode(), cp.events_applied, cp.state,
+                       cp.mac, cp.state_sha256)
+
+
+async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, journal: Sequence[JournalRow] = ()) -> None:
+    """The journal rows of the inputs since the last checkpoint and the new row, in one transaction."""
+    async with conn.transaction():
+        await insert_journal(conn, journal)
+        await upsert_checkpoint(conn, cp)
+
+
+async def load_checkpoint(conn: asyncpg.Connection, account: str) -> Checkpoint | None:
+    """The account's row, or None when it has none (a first start)."""
+    row = await conn.fetchrow(_SELECT, account)
+    if row is None:
+        return None
+    raw = orjson.loads(row["offsets"])
+    offsets = {str(t): {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
+    return Checkpoint(account=row["account"], format=row["format"], config_hash=row["config_hash"],
+                      key_id=row["key_id"], offsets=offsets, events_applied=row["events_applied"],
+                      state=bytes(row["state"]), mac=row["mac"])
