@@ -86,6 +86,8 @@ from agents.control.signing import Keyring
 from agents.execution.interface import client_order_id_for
 from agents.risk.engine import COMPONENT as RISK_COMPONENT
 from agents.trading.core import ExecutionMode, TradingConfig, TradingCore
+from storage import audit as recorded
+from storage.connection import Conn
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import (
     Bar,
@@ -355,16 +357,7 @@ class AuditReport:
         }
 
 
-async def _journal(conn: asyncpg.Connection, account: str) -> list[asyncpg.Record]:
-    exists = await conn.fetchval("SELECT to_regclass('trading_input_journal') IS NOT NULL")
-    if not exists:
-        return []
-    return list(await conn.fetch(
-        "SELECT seq, topic, event_id, arrival_ns FROM trading_input_journal WHERE account = $1 ORDER BY seq",
-        account))
-
-
-async def load_inputs(conn: asyncpg.Connection, config: TradingConfig, history_from_ns: int,
+async def load_inputs(conn: Conn, config: TradingConfig, history_from_ns: int,
                       end_ns: int) -> tuple[list[tuple[Record, int | None]], str]:
     """The account's recorded inputs with their arrival bounds, in consumption order; and which order that is.
 
@@ -373,18 +366,17 @@ async def load_inputs(conn: asyncpg.Connection, config: TradingConfig, history_f
     Without: inputs with ``history_from <= ts_event < end`` in canonical order.
     """
     classes = dict(INPUTS + EXECUTION_INPUTS)
-    journal = await _journal(conn, config.account)
+    journal = await recorded.journal(conn, config.account)
     if journal:
         payloads: dict[str, str] = {}
         for name in classes:
-            ids = [r["event_id"] for r in journal if r["topic"] == name]
-            sql = f"SELECT event_id, payload::text AS p FROM {spec(name).table} WHERE event_id = ANY($1::text[])"  # noqa: S608
-            payloads.update({r["event_id"]: r["p"] for r in await conn.fetch(sql, ids)})
-        missing = [r["event_id"] for r in journal if r["event_id"] not in payloads]
+            ids = [r.event_id for r in journal if r.topic == name]
+            payloads.update(await recorded.payloads(conn, name, ids))
+        missing = [r.event_id for r in journal if r.event_id not in payloads]
         if missing:
             raise ValueError(f"{len(missing)} journaled inputs are not stored yet (first {missing[0]}); "
                              "wait for the sink to catch up and run the audit again")
-        return [(codec_for(classes[r["topic"]]).decode(payloads[r["event_id"]]), r["arrival_ns"])
+        return [(codec_for(classes[r.topic]).decode(payloads[r.event_id]), r.arrival_ns)
                 for r in journal], "journal"
     if config.execution is ExecutionMode.EXTERNAL:
         raise ValueError(f"account {config.account!r} uses external execution: its venue answers are inputs, "
@@ -392,29 +384,23 @@ async def load_inputs(conn: asyncpg.Connection, config: TradingConfig, history_f
     timeframes = [t.value for t in config.timeframes]
     loaded: list[tuple[tuple[int, int, str, int, int], Record]] = []
     for name, cls in INPUTS:
-        table = spec(name).table
-        extra = " AND payload->>'timeframe' = ANY($3::text[])" if cls is Bar else ""
-        args: list[Any] = [history_from_ns, end_ns] + ([timeframes] if cls is Bar else [])
         codec = codec_for(cls)
-        sql = (f"SELECT event_id, ts_event, kafka_partition, kafka_offset, payload::text AS p "  # noqa: S608
-               f"FROM {table} WHERE ts_event >= $1 AND ts_event < $2{extra}")  # table names from the catalogue
-        for r in await conn.fetch(sql, *args):
-            rec = codec.decode(r["p"])
+        for r in await recorded.inputs_in_range(conn, name, history_from_ns, end_ns,
+                                                timeframes if cls is Bar else None):
+            rec = codec.decode(r.payload)
             tie = str(getattr(rec, "symbol", ""))
-            loaded.append(((r["ts_event"], _INPUT_RANK[name], tie, r["kafka_partition"], r["kafka_offset"]), rec))
+            loaded.append(((r.ts_event, _INPUT_RANK[name], tie, r.kafka_partition, r.kafka_offset), rec))
     return [(rec, None) for _, rec in sorted(loaded, key=lambda kv: kv[0])], "canonical"
 
 
-async def load_recorded(conn: asyncpg.Connection, start_ns: int, end_ns: int) -> list[tuple[Record, Item]]:
+async def load_recorded(conn: Conn, start_ns: int, end_ns: int) -> list[tuple[Record, Item]]:
     """Recorded outputs in the range: each decoded (for scoping) with its bytes exactly as stored."""
     out: list[tuple[Record, Item]] = []
     for name in OUTPUTS:
-        s = spec(name)
-        codec = codec_for(s.record)
-        sql = f"SELECT payload::text AS p FROM {s.table} WHERE ts_init >= $1 AND ts_init < $2"  # noqa: S608
-        for r in await conn.fetch(sql, start_ns, end_ns):
-            rec = codec.decode(r["p"])
-            out.append((rec, Item(rec.ts_init, name, rec.event_id, r["p"])))
+        codec = codec_for(spec(name).record)
+        for p in await recorded.outputs_in_range(conn, name, start_ns, end_ns):
+            rec = codec.decode(p)
+            out.append((rec, Item(rec.ts_init, name, rec.event_id, p)))
     return out
 
 

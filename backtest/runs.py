@@ -57,7 +57,6 @@ from agents.portfolio.engine import PortfolioConfig
 from agents.risk.config import RiskConfig
 from agents.strategy.config import StrategyConfig
 from agents.trading.core import TradingConfig
-from backtest import store
 from backtest.metrics import LineageKeys, compute_metrics, fill_costs
 from backtest.replay import INVERTED_SUFFIX, ReplayConfig, ReplayModel, ReplayResult, order_bars, replay
 from backtest.source import read_topic_bars
@@ -65,6 +64,10 @@ from backtest.walkforward import PolarityMode, WalkForwardSpec, train_walk_forwa
 from models.config import InvalidConfig, ModelConfig
 from models.dataset import DatasetError, SplitError, closes_by_open_time
 from models.inference import Predictor
+from storage import backtests
+from storage.bars import bars_in_range, symbol_venues
+from storage.connection import Conn
+from storage.registry import registry_entry
 from topics.records import Bar, Timeframe
 
 __all__ = [
@@ -286,39 +289,39 @@ async def arun_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = Fal
                                "data_source": "postgres:bars"}
     conn = await asyncpg.connect(dsn)
     try:
-        last = await store.latest_attempt(conn, rhash)
+        last = await backtests.latest_attempt(conn, rhash)
         if last is not None and last[1] == "succeeded" and not rerun:
             return last[0]
         attempt = 1 if last is None else last[2] + 1
         run_id = rhash if attempt == 1 else f"{rhash}-{attempt}"
-        row = store.RunRow(run_id=run_id, request_hash=rhash, attempt=attempt, source=request.source,
-                           track=request.track_name, symbols=request.symbols, range_start_ns=request.start_ns,
-                           range_end_ns=request.end_ns, config=config, config_hash=_hash_json(config),
-                           lineage=lineage)
+        row = backtests.RunRow(run_id=run_id, request_hash=rhash, attempt=attempt, source=request.source,
+                               track=request.track_name, symbols=request.symbols, range_start_ns=request.start_ns,
+                               range_end_ns=request.end_ns, config=config, config_hash=_hash_json(config),
+                               lineage=lineage)
         problems = request.problems()
         if problems:
             message = "bad backtest request: " + "; ".join(problems)
-            await store.insert_run(conn, row, status="failed", error=message)
+            await backtests.insert_run(conn, row, status="failed", error=message)
             raise BacktestRequestError(run_id, message)
-        if not await store.insert_run(conn, row):
+        if not await backtests.insert_run(conn, row):
             raise BacktestFailed(run_id, f"run {run_id} was started concurrently by another process")
         try:
             await _execute(conn, request, run_id, lineage, broker)
         except (ValueError, InvalidConfig, DatasetError, SplitError) as exc:
-            await store.mark_failed(conn, run_id, str(exc), lineage)
+            await backtests.mark_failed(conn, run_id, str(exc), lineage)
             raise BacktestRequestError(run_id, str(exc)) from exc
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             # if the database is what failed, the row stays 'running' (stale): supersede it later
             with contextlib.suppress(asyncpg.PostgresError, OSError):
-                await store.mark_failed(conn, run_id, message, lineage)
+                await backtests.mark_failed(conn, run_id, message, lineage)
             raise BacktestFailed(run_id, message) from exc
         return run_id
     finally:
         await conn.close()
 
 
-async def _load_bars(conn: store.Conn, request: BacktestRequest, warmup: int, lineage: dict[str, Any],
+async def _load_bars(conn: Conn, request: BacktestRequest, warmup: int, lineage: dict[str, Any],
                      broker: tuple[str, str] | None) -> list[Bar]:
     """Per symbol: topic bars where the broker holds them, Postgres bars before that (or all of them)."""
     tf = request.timeframe
@@ -335,7 +338,7 @@ async def _load_bars(conn: store.Conn, request: BacktestRequest, warmup: int, li
     data: dict[str, Any] = {}
     for sym in request.symbols:
         mine = [b for b in topic if b.symbol == sym]
-        venues = sorted(set(await store.symbol_venues(conn, sym, tf)) | {b.venue for b in mine})
+        venues = sorted(set(await symbol_venues(conn, sym, tf)) | {b.venue for b in mine})
         if not venues:
             raise ValueError(f"unknown symbol {sym!r}: no {tf.value} bars of it in Postgres"
                              + (" or on the broker" if request.data_source == "broker" else ""))
@@ -349,7 +352,7 @@ async def _load_bars(conn: store.Conn, request: BacktestRequest, warmup: int, li
             venue = venues[0]
         mine = [b for b in mine if b.venue == venue]
         cut = min((b.open_time for b in mine), default=request.end_ns)
-        rows = await store.bars_in_range(conn, venue, sym, tf, lo, cut) if cut > lo else []
+        rows = await bars_in_range(conn, venue, sym, tf, lo, cut) if cut > lo else []
         sym_bars = order_bars([*mine, *rows])
         in_range = sum(1 for b in sym_bars if b.open_time >= request.start_ns)
         if in_range == 0:
@@ -365,13 +368,13 @@ async def _load_bars(conn: store.Conn, request: BacktestRequest, warmup: int, li
     return bars
 
 
-async def _registry_model(conn: store.Conn, request: BacktestRequest,
+async def _registry_model(conn: Conn, request: BacktestRequest,
                           lineage: dict[str, Any]) -> ReplayModel:
     predictors: dict[str, tuple[Predictor, str, str, str]] = {}
     models = []
     for ref in request.models:
         model_id, _, version = ref.partition("@")
-        entry = await store.registry_entry(conn, model_id, version)
+        entry = await registry_entry(conn, model_id, version)
         if entry is None:
             raise ValueError(f"model {ref} is not in the registry")
         cfg = entry["config"]
@@ -403,7 +406,7 @@ def _warmup(request: BacktestRequest) -> int:
     return DEFAULT_SPEC.window + window
 
 
-async def _prepare(conn: store.Conn, request: BacktestRequest, lineage: dict[str, Any],
+async def _prepare(conn: Conn, request: BacktestRequest, lineage: dict[str, Any],
                    broker: tuple[str, str] | None) -> tuple[list[Bar], ReplayConfig, ReplayModel]:
     """Bars (one query per symbol) and the model; raises ValueError for a bad request."""
     problems = request.problems()
@@ -438,7 +441,7 @@ async def areplay_request(request: BacktestRequest, dsn: str, *,
     return result, lineage
 
 
-async def _execute(conn: store.Conn, request: BacktestRequest, run_id: str, lineage: dict[str, Any],
+async def _execute(conn: Conn, request: BacktestRequest, run_id: str, lineage: dict[str, Any],
                    broker: tuple[str, str] | None) -> None:
     bars, config, model = await _prepare(conn, request, lineage, broker)
     result = await asyncio.to_thread(replay, bars, config, model)
@@ -447,7 +450,7 @@ async def _execute(conn: store.Conn, request: BacktestRequest, run_id: str, line
     lineage["replay"] = {"n_bars": result.n_bars, "n_traded_bars": result.n_traded_bars,
                          "n_records": len(result.records), "n_signals": len(result.signals),
                          "n_fills": len(result.fills)}
-    await store.write_success(conn, run_id, fills=_fill_rows(result), equity=[
+    await backtests.write_success(conn, run_id, fills=_fill_rows(result), equity=[
         (p.ts_ns, p.equity, p.drawdown) for p in result.equity], metrics=metrics, lineage=lineage,
         decision_hash=result.hash, n_records=len(result.records), n_bars=result.n_bars)
 

@@ -44,12 +44,15 @@ import math
 import multiprocessing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backtest import sharpe
 from backtest.reference import FloatArray, IntArray, PriceSeries, SmaCrossParams, run_sma_cross
+
+if TYPE_CHECKING:
+    from storage.tuning import StoredTrial
 
 __all__ = [
     "Constraints",
@@ -358,19 +361,6 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-_INSERT_STUDY = """
-INSERT INTO tuning_studies (study_id, method, strategy, objective, config, config_hash, data_source)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7::jsonb) ON CONFLICT (study_id) DO NOTHING"""
-
-_INSERT_TRIALS = """
-INSERT INTO tuning_trials (study_id, trial_key, trial_number, params, metrics, score, feasible, reason)
-SELECT $1, k, n, p::jsonb, m::jsonb, s, f, r
-FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::float8[], $7::bool[], $8::text[])
-     AS t(k, n, p, m, s, f, r)
-ON CONFLICT (study_id, trial_key) DO NOTHING
-RETURNING trial_key"""
-
-
 async def persist(dsn: str, spec: StudySpec, trials: Sequence[TrialResult]) -> dict[str, int]:
     """Write the study and its trials idempotently; returns counts of new and already-stored trials.
 
@@ -380,6 +370,8 @@ async def persist(dsn: str, spec: StudySpec, trials: Sequence[TrialResult]) -> d
     """
     import asyncpg
 
+    from storage import tuning as tuning_store
+
     first: dict[str, TrialResult] = {}
     for t in trials:
         first.setdefault(t.key, t)
@@ -387,34 +379,33 @@ async def persist(dsn: str, spec: StudySpec, trials: Sequence[TrialResult]) -> d
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
-            await conn.execute(_INSERT_STUDY, spec.study_id, spec.method, STRATEGY, OBJECTIVE,
-                               _canonical(spec.config), spec.config_hash, _canonical(spec.data_source))
-            stored_hash = await conn.fetchval("SELECT config_hash FROM tuning_studies WHERE study_id = $1",
-                                              spec.study_id)
+            await tuning_store.insert_study(conn, spec.study_id, spec.method, STRATEGY, OBJECTIVE,
+                                            _canonical(spec.config), spec.config_hash, _canonical(spec.data_source))
+            stored_hash = await tuning_store.study_config_hash(conn, spec.study_id)
             if stored_hash != spec.config_hash:
                 raise StudyConflictError(f"study {spec.study_id!r} exists with another config "
-                                         f"(hash {stored_hash[:12]} != {spec.config_hash[:12]}); use a new study id")
-            inserted = await conn.fetch(
-                _INSERT_TRIALS, spec.study_id, [t.key for t in rows], [t.number for t in rows],
-                [_canonical(t.params) for t in rows], [_canonical(t.metrics) for t in rows],
-                [t.score for t in rows], [t.feasible for t in rows], [t.reason for t in rows])
-            new = {r["trial_key"] for r in inserted}
-            await _check_existing(conn, spec.study_id, [t for t in rows if t.key not in new])
+                                         f"(hash {(stored_hash or '')[:12]} != {spec.config_hash[:12]}); "
+                                         "use a new study id")
+            new = await tuning_store.insert_trials(conn, spec.study_id, [
+                tuning_store.TrialRow(key=t.key, number=t.number, params=_canonical(t.params),
+                                      metrics=_canonical(t.metrics), score=t.score, feasible=t.feasible,
+                                      reason=t.reason)
+                for t in rows])
+            known = [t for t in rows if t.key not in new]
+            if known:
+                _check_existing(spec.study_id, known,
+                                await tuning_store.stored_trials(conn, spec.study_id, [t.key for t in known]))
     finally:
         await conn.close()
     return {"trials_new": len(new), "trials_already_stored": len(rows) - len(new)}
 
 
-async def _check_existing(conn: Any, study_id: str, trials: Sequence[TrialResult]) -> None:
-    if not trials:
-        return
-    stored = {r["trial_key"]: r for r in await conn.fetch(
-        "SELECT trial_key, metrics::text, score, feasible, reason FROM tuning_trials "
-        "WHERE study_id = $1 AND trial_key = ANY($2::text[])", study_id, [t.key for t in trials])}
+def _check_existing(study_id: str, trials: Sequence[TrialResult], stored: Mapping[str, StoredTrial]) -> None:
+    """Every already-stored trial must have been stored with the results it has now."""
     for t in trials:
         row = stored[t.key]
-        same = (json.loads(row["metrics"]) == t.metrics and row["score"] == t.score
-                and row["feasible"] == t.feasible and row["reason"] == t.reason)
+        same = (json.loads(row.metrics) == t.metrics and row.score == t.score
+                and row.feasible == t.feasible and row.reason == t.reason)
         if not same:
             raise StudyConflictError(f"study {study_id!r} trial {t.params} is stored with other results; "
                                      "the code or data changed: use a new study id")

@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import structlog
@@ -30,6 +29,9 @@ from models.checkpoint import sha256_hex
 from models.config import InvalidConfig, ModelConfig
 from models.dataset import DatasetError, SplitError, build_dataset, holdout_split
 from models.training import TrainingDiverged, train
+from storage.bars import closes_from, count_bars
+from storage.connection import Conn
+from storage.features import feature_vectors
 from topics.records import FeatureVector, JobResult, JobStatus, JobType, ModelRegistryEvent, ModelStage, TrainJob
 
 log = structlog.get_logger("gpu_workers.training")
@@ -108,41 +110,21 @@ class TrainingService:
             artifacts[sym] = f"{ev.model_id}@{ev.version}"
         return tuple(registry), metrics, artifacts
 
-    async def _load(self, conn: Any, job: TrainJob, symbol: str) -> tuple[str, list[FeatureVector], dict[int, float]]:
-        known = await conn.fetchval("SELECT count(*) FROM bars WHERE symbol = $1 AND timeframe = $2", symbol,
-                                    job.timeframe.value)
+    async def _load(self, conn: Conn, job: TrainJob, symbol: str) -> tuple[str, list[FeatureVector],
+                                                                          dict[int, float]]:
+        known = await count_bars(conn, symbol, job.timeframe)
         if not known:
             raise JobFailed("unknown_symbol", f"no {job.timeframe.value} bars for {symbol!r}")
-        rows = await conn.fetch(
-            "SELECT event_id, venue, symbol, timeframe, bar_open_time, feature_set_version, data_version, lineage_id,"
-            " bar_event_id, names, vals FROM feature_snapshots WHERE symbol = $1 AND timeframe = $2"
-            " AND feature_set_version = $3 AND bar_open_time >= $4 AND bar_open_time < $5 ORDER BY bar_open_time",
-            symbol, job.timeframe.value, job.feature_set_version, job.data_start, job.data_end,
-        )
-        if len(rows) < MIN_ROWS:
-            raise JobFailed("insufficient_data", f"{len(rows)} feature vectors of {job.feature_set_version} for "
+        vectors = await feature_vectors(conn, symbol, job.timeframe, job.feature_set_version, job.data_start,
+                                        job.data_end)
+        if len(vectors) < MIN_ROWS:
+            raise JobFailed("insufficient_data", f"{len(vectors)} feature vectors of {job.feature_set_version} for "
                             f"{symbol} in the range (need >= {MIN_ROWS})")
-        venues = {r["venue"] for r in rows}
+        venues = {v.venue for v in vectors}
         if len(venues) != 1:
             raise JobFailed("ambiguous_venue", f"{symbol} has features from several venues {sorted(venues)}")
         venue = venues.pop()
-        tf_ns = job.timeframe.nanos
-        vectors = [
-            FeatureVector(
-                event_id=r["event_id"], schema_version=FeatureVector.SCHEMA_VERSION,
-                ts_event=r["bar_open_time"] + tf_ns, ts_init=r["bar_open_time"] + tf_ns,
-                correlation_id=r["event_id"], causation_id=r["bar_event_id"], venue=r["venue"], symbol=r["symbol"],
-                timeframe=job.timeframe, bar_open_time=r["bar_open_time"],
-                feature_set_version=r["feature_set_version"], data_version=r["data_version"],
-                lineage_id=r["lineage_id"], names=tuple(r["names"]), values=tuple(r["vals"]),
-            )
-            for r in rows
-        ]
-        close_rows = await conn.fetch(
-            "SELECT open_time, close FROM bars WHERE venue = $1 AND symbol = $2 AND timeframe = $3 "
-            "AND open_time >= $4 ORDER BY open_time", venue, symbol, job.timeframe.value, job.data_start,
-        )
-        return venue, vectors, {r["open_time"]: r["close"] for r in close_rows}
+        return venue, vectors, await closes_from(conn, venue, symbol, job.timeframe, job.data_start)
 
     async def _train_one(self, job: TrainJob, config: ModelConfig, symbol: str, venue: str,
                          vectors: list[FeatureVector], closes: dict[int, float], ts_init: int) -> ModelRegistryEvent:

@@ -1,7 +1,7 @@
 """Gates: hard metrics, backtest-vs-paper parity and readiness of a track.
 
 :mod:`agents.gates.engine` decides (pure), :mod:`agents.gates.config` holds
-the thresholds (versioned, hashed into every result), :mod:`agents.gates.store`
+the thresholds (versioned, hashed into every result), :mod:`storage.gates`
 loads evidence from and writes details to PostgreSQL, and ``tradeflow gates``
 (:mod:`ops.cli.gates`) runs an evaluation and publishes the results.
 """

@@ -33,8 +33,10 @@ from ops.embedded.broker import EmbeddedBroker, free_port
 from ops.embedded.postgres import EmbeddedPostgres
 from runtime.broker import ensure_topics
 from runtime.publish import RecordPublisher
+from storage.bench import copy_baseline_batch, create_copy_baseline
+from storage.databases import create_database
 from storage.migrate import migrate_dsn
-from storage.sink import EVENT_COLUMNS, SinkConfig, TopicSink
+from storage.sink import SinkConfig, TopicSink
 from topics.catalogue import physical_name
 from topics.records import Bar, Timeframe
 from topics.schema import codec_for
@@ -113,7 +115,7 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         ns = f"bs{uuid.uuid4().hex[:6]}"
         db = f"bench_{uuid.uuid4().hex[:6]}"
         admin = await asyncpg.connect(pg.dsn)
-        await admin.execute(f'CREATE DATABASE "{db}"')
+        await create_database(admin, db)
         await admin.close()
         dsn = pg.dsn.rsplit("/", 1)[0] + "/" + db
         await migrate_dsn(dsn)
@@ -148,11 +150,10 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         rows = [(b.event_id, 1, b.ts_event, b.ts_init, b.correlation_id, None, 0, i, "k", enc(b).decode())
                 for i, b in enumerate(bars)]
         conn = await asyncpg.connect(dsn)
-        await conn.execute("CREATE TABLE copy_baseline (LIKE ev_market_bars INCLUDING ALL)")
+        await create_copy_baseline(conn)
         t = time.perf_counter()
         for i in range(0, n, 20_000):
-            async with conn.transaction():
-                await conn.copy_records_to_table("copy_baseline", records=rows[i : i + 20_000], columns=EVENT_COLUMNS)
+            await copy_baseline_batch(conn, rows[i : i + 20_000])
         copy_rates.append(n / (time.perf_counter() - t))
         await conn.close()
         print(f"  sink run {r + 1}: {rates[-1]:,.0f} records/s (bare COPY {copy_rates[-1]:,.0f}/s), "

@@ -31,6 +31,7 @@ from ops.embedded.postgres import EmbeddedPostgres
 from ops.jobs.ingest import SAMPLE_DIR, import_file
 from runtime.broker import ensure_topics
 from runtime.publish import RecordPublisher
+from storage.databases import create_database
 from storage.migrate import migrate_dsn
 from storage.sink import SinkConfig, TopicSink
 from topics.catalogue import physical_name
@@ -43,7 +44,7 @@ FILE = SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv"
 async def _fresh_db(pg: EmbeddedPostgres) -> str:
     name = f"bm_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(pg.dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    await create_database(admin, name)
     await admin.close()
     dsn = pg.dsn.rsplit("/", 1)[0] + "/" + name
     await migrate_dsn(dsn)

@@ -36,6 +36,7 @@ from typing import Any
 
 import asyncpg
 
+from storage import backtests
 from topics.records import Timeframe
 from topics.units import parse_when
 
@@ -110,7 +111,6 @@ async def _with_conn(dsn: str, fn: Any) -> Any:
 
 @_db_errors
 def cmd_run(a: argparse.Namespace) -> int:
-    from backtest import store
     from backtest.runs import BacktestFailed, BacktestRequestError, arun_backtest
 
     try:
@@ -123,7 +123,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(json.dumps({"run_id": exc.run_id, "status": "failed", "error": str(exc)}))
         print(f"backtest failed: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    row = asyncio.run(_with_conn(a.dsn, lambda c: store.fetch_run(c, run_id)))
+    row = asyncio.run(_with_conn(a.dsn, lambda c: backtests.fetch_run(c, run_id)))
     metrics = {k[2:]: v for k, v in row["metrics"].items() if k.startswith("*:")}
     print(json.dumps({"run_id": run_id, "status": row["status"], "decision_hash": row["decision_hash"],
                       "track": row["track"], "source": row["source"], "fills": row["fills"],
@@ -133,10 +133,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 @_db_errors
 def cmd_list(a: argparse.Namespace) -> int:
-    from backtest import store
-
-    rows = asyncio.run(_with_conn(a.dsn, lambda c: store.list_runs(c, limit=a.limit, track=a.track,
-                                                                   source=a.source)))
+    rows = asyncio.run(_with_conn(a.dsn, lambda c: backtests.list_runs(c, limit=a.limit, track=a.track,
+                                                                       source=a.source)))
     if not rows:
         print("no backtest runs")
         return EXIT_OK
@@ -149,9 +147,7 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 @_db_errors
 def cmd_show(a: argparse.Namespace) -> int:
-    from backtest import store
-
-    row = asyncio.run(_with_conn(a.dsn, lambda c: store.fetch_run(c, a.run_id)))
+    row = asyncio.run(_with_conn(a.dsn, lambda c: backtests.fetch_run(c, a.run_id)))
     if row is None:
         print(f"no backtest run {a.run_id!r}", file=sys.stderr)
         return EXIT_FAIL
@@ -161,12 +157,10 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 @_db_errors
 def cmd_supersede(a: argparse.Namespace) -> int:
-    from backtest import store
-
     if not a.reason.strip():
         return _usage(ValueError("--reason must not be empty"))
     try:
-        asyncio.run(_with_conn(a.dsn, lambda c: store.supersede(c, a.run_id, a.reason, a.by)))
+        asyncio.run(_with_conn(a.dsn, lambda c: backtests.supersede(c, a.run_id, a.reason, a.by)))
     except LookupError as exc:
         print(f"tradeflow: {exc.args[0]}", file=sys.stderr)
         return EXIT_FAIL

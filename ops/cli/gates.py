@@ -49,11 +49,11 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from agents.gates import store
 from agents.gates.config import VALID_SOURCES, GateConfig, parse_duration_ns
 from agents.gates.engine import Evaluation, TrackInputs, evaluate_track, exclusion_reason
 from runtime.metrics import GATE_STATUS, gate_status_value
 from runtime.publish import RecordPublisher
+from storage import gates as store
 from topics.records import GateResult, GateStatus
 from topics.units import parse_when
 
@@ -250,7 +250,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     async def main() -> list[asyncpg.Record]:
         conn = await asyncio.wait_for(asyncpg.connect(a.dsn), a.timeout_s)
         try:
-            if await conn.fetchval("SELECT to_regclass('gate_current') IS NULL"):
+            if await store.current_missing(conn):
                 raise InfraError("database not migrated (missing gate_current): run `tradeflow migrate`")
             return await store.load_current(conn, a.track)
         finally:

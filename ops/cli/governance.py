@@ -24,38 +24,27 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
 from agents.governance.config import GovernanceConfig
+from storage import registry, rollout
+from storage.connection import Conn
 from topics.records import ModelStage
 
 __all__ = ["add_parsers", "cmd_rollout_audit", "cmd_rollout_status"]
 
 EXIT_OK, EXIT_FAIL, EXIT_INFRA = 0, 1, 3
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
-
-_STAGES_SQL = """
-SELECT DISTINCT ON (model_id, version) model_id, version, stage, config->>'symbol' AS symbol, ts_event
-FROM model_registry WHERE ($1::text IS NULL OR model_id = $1)
-ORDER BY model_id, version, ts_event DESC, event_id DESC
-"""
-_STATUS_SQL = """
-SELECT * FROM rollout_status WHERE ($1::text IS NULL OR model_id = $1) ORDER BY model_id, symbol
-"""
-_AUDIT_SQL = """
-SELECT * FROM rollout_audit
-WHERE ($1::text IS NULL OR model_id = $1) AND ($2::text IS NULL OR symbol = $2)
-ORDER BY ts_event DESC, kafka_offset DESC LIMIT $3
-"""
+_Row = TypeVar("_Row")
 
 
-async def _fetch(dsn: str, timeout_s: float, sql: str, *args: Any) -> list[asyncpg.Record]:
+async def _fetch(dsn: str, timeout_s: float, read: Callable[[Conn], Awaitable[list[_Row]]]) -> list[_Row]:
     conn = await asyncio.wait_for(asyncpg.connect(dsn), timeout_s)
     try:
-        return list(await conn.fetch(sql, *args))
+        return await read(conn)
     finally:
         await conn.close()
 
@@ -86,8 +75,8 @@ def status_rows(stages: list[Any], latest: list[Any]) -> list[dict[str, Any]]:
 
 def cmd_rollout_status(a: argparse.Namespace) -> int:
     try:
-        stages = asyncio.run(_fetch(a.dsn, a.timeout_s, _STAGES_SQL, a.model_id))
-        latest = asyncio.run(_fetch(a.dsn, a.timeout_s, _STATUS_SQL, a.model_id))
+        stages = asyncio.run(_fetch(a.dsn, a.timeout_s, lambda c: registry.current_stages(c, a.model_id)))
+        latest = asyncio.run(_fetch(a.dsn, a.timeout_s, lambda c: rollout.latest_decisions(c, a.model_id)))
     except _DB_ERRORS as exc:
         print(f"tradeflow rollout: database unreachable ({type(exc).__name__})", file=sys.stderr)
         return EXIT_INFRA
@@ -117,7 +106,8 @@ def cmd_rollout_audit(a: argparse.Namespace) -> int:
         print("tradeflow rollout audit: --limit must be >= 1", file=sys.stderr)
         return 2
     try:
-        rows = asyncio.run(_fetch(a.dsn, a.timeout_s, _AUDIT_SQL, a.model_id, a.symbol, a.limit))
+        rows = asyncio.run(_fetch(a.dsn, a.timeout_s,
+                                  lambda c: rollout.audit_trail(c, a.model_id, a.symbol, a.limit)))
     except _DB_ERRORS as exc:
         print(f"tradeflow rollout: database unreachable ({type(exc).__name__})", file=sys.stderr)
         return EXIT_INFRA

@@ -16,6 +16,7 @@ import asyncpg
 
 from agents.features.spec import FEATURE_SET_VERSION
 from runtime.publish import RecordPublisher
+from storage import registry
 from topics.records import Timeframe, TrainJob
 from topics.units import parse_when
 
@@ -56,13 +57,10 @@ def cmd_train_submit(a: argparse.Namespace) -> int:
 
 
 def cmd_models_list(a: argparse.Namespace) -> int:
-    async def main() -> list[Any]:
+    async def main() -> list[registry.VersionRow]:
         conn = await asyncpg.connect(a.dsn)
         try:
-            return list(await conn.fetch(
-                "SELECT DISTINCT ON (model_id, version) model_id, version, stage, feature_set_version, "
-                "checkpoint_sha256, metrics, ts_event FROM model_registry ORDER BY model_id, version, ts_event DESC"
-            ))
+            return await registry.latest_versions(conn)
         finally:
             await conn.close()
 
@@ -82,15 +80,10 @@ def cmd_models_list(a: argparse.Namespace) -> int:
 
 
 def cmd_models_show(a: argparse.Namespace) -> int:
-    async def main() -> list[Any]:
+    async def main() -> list[dict[str, Any]]:
         conn = await asyncpg.connect(a.dsn)
         try:
-            q = "SELECT * FROM model_registry WHERE model_id = $1"
-            args: list[Any] = [a.model_id]
-            if a.version:
-                q += " AND version = $2"
-                args.append(a.version)
-            return list(await conn.fetch(q + " ORDER BY ts_event", *args))
+            return await registry.events(conn, a.model_id, a.version)
         finally:
             await conn.close()
 

@@ -119,6 +119,7 @@ async def _status(dsn: str, bootstrap: str, namespace: str) -> dict[str, Any]:
     import asyncpg
     from aiokafka import AIOKafkaConsumer
 
+    from storage import status
     from topics.catalogue import TOPICS, physical_name
 
     out: dict[str, Any] = {}
@@ -139,23 +140,13 @@ async def _status(dsn: str, bootstrap: str, namespace: str) -> dict[str, Any]:
         out["database"] = {"up": False, "error": f"{type(exc).__name__}: {exc}"}
         return out
     try:
-        version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+        version = await status.migration_version(conn)
         out["database"] = {"up": True, "migration": version}
-        out["portfolios"] = [dict(r) for r in await conn.fetch(
-            "SELECT account, equity, cash, drawdown, realized_pnl, unrealized_pnl, fees_paid, quantities::text AS q, "
-            "as_of_ns FROM portfolio_latest ORDER BY account")]
-        out["kill_switch_commands"] = [dict(r) for r in await conn.fetch(
-            "SELECT DISTINCT ON (scope, target) command, scope, target, operator, reason, ts_event "
-            "FROM control_audit WHERE outcome = 'accepted' AND component = 'risk' "
-            "AND command IN ('kill_switch_on', 'kill_switch_off') ORDER BY scope, target, ts_event DESC")]
-        out["gates"] = [dict(r) for r in await conn.fetch(
-            "SELECT gate, track, metric, status, value, threshold, comparator, blockers::text AS blockers "
-            "FROM gate_current ORDER BY track, gate, metric")]
-        out["rollout"] = [dict(r) for r in await conn.fetch(
-            "SELECT model_id, symbol, version, stage, action, reason FROM rollout_status ORDER BY model_id, symbol")]
-        out["dead_letters"] = [dict(r) for r in await conn.fetch(
-            "SELECT consumer, source_topic, reason, count(*) AS n FROM dead_letters GROUP BY 1, 2, 3 ORDER BY 4 DESC "
-            "LIMIT 10")]
+        out["portfolios"] = await status.portfolios(conn)
+        out["kill_switch_commands"] = await status.kill_switch_commands(conn)
+        out["gates"] = await status.current_gates(conn)
+        out["rollout"] = await status.rollout(conn)
+        out["dead_letters"] = await status.top_dead_letters(conn)
     except asyncpg.UndefinedTableError as exc:
         out["database"] = {"up": True, "error": f"not migrated: {exc} (run `tradeflow migrate`)"}
     finally:

@@ -232,11 +232,13 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             return
         import asyncpg
 
+        from storage.databases import ping
+
         while True:
             try:
                 conn = await asyncio.wait_for(asyncpg.connect(ctx.dsn, timeout=DB_TIMEOUT_S), DB_TIMEOUT_S)
                 try:
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), DB_TIMEOUT_S)
+                    await asyncio.wait_for(ping(conn), DB_TIMEOUT_S)
                 finally:
                     await conn.close(timeout=DB_TIMEOUT_S)
                 state.set_database(True, "", wall())

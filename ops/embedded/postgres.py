@@ -26,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from ops.embedded.broker import free_port
+from storage.databases import exists_query
 
 log = structlog.get_logger("ops.embedded.postgres")
 
@@ -130,7 +131,7 @@ class EmbeddedPostgres:
         while True:
             res = self._run(
                 str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{self.database}'",  # noqa: S608 - validated identifier
+                "-d", "postgres", "-tAc", exists_query(self.database),
                 check=False,
             )
             if res.returncode == 0:

@@ -21,6 +21,7 @@ from agents.market.exchanges import ExchangeConfig, MarketType, make_exchange
 from agents.market.history import download_history
 from runtime.metrics import DEAD_LETTERS
 from runtime.publish import RecordPublisher
+from storage.ingest import load_checkpoint, save_checkpoint
 from topics.deadletter import dead_letter_for
 from topics.records import Timeframe
 from topics.units import parse_when
@@ -37,20 +38,14 @@ class PostgresCheckpointStore:
     async def load(self, key: str) -> int | None:
         conn = await asyncpg.connect(self.dsn)
         try:
-            v = await conn.fetchval("SELECT last_open_time_ns FROM ingest_checkpoints WHERE key = $1", key)
-            return None if v is None else int(v)
+            return await load_checkpoint(conn, key)
         finally:
             await conn.close()
 
     async def save(self, key: str, last_open_time_ns: int) -> None:
         conn = await asyncpg.connect(self.dsn)
         try:
-            await conn.execute(
-                "INSERT INTO ingest_checkpoints (key, last_open_time_ns) VALUES ($1, $2) "
-                "ON CONFLICT (key) DO UPDATE SET last_open_time_ns = GREATEST(ingest_checkpoints.last_open_time_ns,"
-                " EXCLUDED.last_open_time_ns), updated_at = now()",
-                key, last_open_time_ns,
-            )
+            await save_checkpoint(conn, key, last_open_time_ns)
         finally:
             await conn.close()
 

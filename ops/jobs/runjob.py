@@ -39,8 +39,12 @@ from ops.embedded.postgres import EmbeddedPostgres
 from ops.jobs.ingest import SAMPLE_DIR, SAMPLE_FILES, ImportReport, SampleFile, import_file
 from runtime.broker import ensure_topics
 from runtime.publish import RecordPublisher
+from storage.bars import count_checked
+from storage.databases import recreate_database
+from storage.features import count_stored, values_of
+from storage.gates import count_results
 from storage.migrate import migrate_dsn
-from topics.catalogue import TOPICS
+from storage.status import data_quality_counts, dead_letter_counts, table_counts
 from topics.records import FeatureVector
 from topics.schema import TS_MIN_NS
 
@@ -130,24 +134,14 @@ def run_main_job(opts: RunOptions) -> int:
 async def _recreate_db(pg: EmbeddedPostgres) -> None:
     conn = await asyncpg.connect(pg.dsn.rsplit("/", 1)[0] + "/postgres")
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{pg.database}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{pg.database}"')
+        await recreate_database(conn, pg.database)
     finally:
         await conn.close()
 
 
-async def _table_counts(conn: asyncpg.Connection) -> dict[str, int]:
-    out = {}
-    for t in TOPICS:
-        out[t.table] = int(await conn.fetchval(f"SELECT count(*) FROM {t.table}"))  # noqa: S608 - catalogue names
-    out["bars"] = int(await conn.fetchval("SELECT count(*) FROM bars"))
-    out["feature_snapshots"] = int(await conn.fetchval("SELECT count(*) FROM feature_snapshots"))
-    return out
-
-
 async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child]) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
-    before = await _table_counts(conn)
+    before = await table_counts(conn)
     reports: list[ImportReport] = []
     t0 = time.perf_counter()
     async with RecordPublisher(bootstrap, name="csv-import") as pub:
@@ -161,19 +155,13 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
     replay = _replay_features(opts)
     # Every imported bar must arrive in the checked-bars table: the pipeline is done
     # when the projection holds one row per imported (venue, symbol, timeframe, open_time).
-    keys = [(s.venue, s.symbol, s.timeframe.value) for _, s in _samples(opts)]
+    keys = [(s.venue, s.symbol, s.timeframe) for _, s in _samples(opts)]
     deadline = time.monotonic() + opts.timeout_s
     last_report = 0.0
     while True:
         done = 0
         for venue, symbol, tf in keys:
-            done += int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM bars b JOIN ev_market_bars e ON e.event_id = b.event_id "
-                    "WHERE b.venue=$1 AND b.symbol=$2 AND b.timeframe=$3",
-                    venue, symbol, tf,
-                )
-            )
+            done += await count_checked(conn, venue, symbol, tf)
         if done >= expected:
             break
         for c in children:
@@ -187,7 +175,7 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
     # ... and every feature vector the same engines produce when replayed in-process.
     want = sorted(replay.vectors)
     while True:
-        got = await conn.fetchval("SELECT count(*) FROM feature_snapshots WHERE event_id = ANY($1::text[])", want)
+        got = await count_stored(conn, want)
         if got >= len(want):
             break
         for c in children:
@@ -203,18 +191,13 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
     # has committed this run's messages (the broker is fresh, offsets start at 0).
     await _wait_committed(bootstrap, {"market.bars": expected, "features": len(want)}, children, deadline)
     pipeline_s = time.perf_counter() - t0
-    rows = await conn.fetch("SELECT event_id, vals FROM feature_snapshots WHERE event_id = ANY($1::text[])", want)
-    live_digest = _digest((r["event_id"], tuple(r["vals"])) for r in rows)
+    rows = await values_of(conn, want)
+    live_digest = _digest(rows)
     replay_digest = _digest((eid, fv.values) for eid, fv in replay.vectors.items())
     await asyncio.sleep(1.0)  # let the sink flush the last dead letters / findings
-    after = await _table_counts(conn)
-    dl = await conn.fetch(
-        "SELECT consumer, source_topic, reason, count(*) AS n FROM dead_letters GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-    )
-    dq = await conn.fetch(
-        "SELECT venue, symbol, timeframe, check_name, severity, count(*) AS n, min(ref_time) AS first "
-        "FROM data_quality GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
-    )
+    after = await table_counts(conn)
+    dl = await dead_letter_counts(conn)
+    dq = await data_quality_counts(conn)
     await conn.close()
     return {
         "imports": [r.__dict__ for r in reports],
@@ -222,8 +205,8 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
         "pipeline_seconds": round(pipeline_s, 2),
         "bars_per_second_end_to_end": round(expected / pipeline_s, 1),
         "tables": {k: {"rows": v, "new_this_run": v - before.get(k, 0)} for k, v in after.items()},
-        "dead_letters": [dict(r) for r in dl],
-        "data_quality": [dict(r) for r in dq],
+        "dead_letters": dl,
+        "data_quality": dq,
         "features": {
             "via_agents": len(rows),
             "via_in_process_replay": len(replay.vectors),
@@ -331,8 +314,7 @@ def _research(dsn: str, bootstrap: str, children: list[Child], log_dir: Path) ->
         try:
             deadline = time.monotonic() + 60
             while True:
-                n = int(await conn.fetchval("SELECT count(*) FROM ev_gate_results WHERE event_id = ANY($1::text[])",
-                                            ids))
+                n = await count_results(conn, ids)
                 if n >= len(ids) or time.monotonic() > deadline:
                     return n
                 for c in children:

@@ -132,7 +132,7 @@ async def test_unknown_source_is_refused_before_any_row(dsn: str) -> None:
 
 
 async def test_supersede_keeps_every_run(dsn: str) -> None:
-    from backtest import store
+    from storage import backtests as store
 
     await _load(dsn)
     with pytest.raises(BacktestRequestError) as err:

@@ -1,16 +1,10 @@
-"""Postgres I/O of backtests: bars in (one query per symbol), runs out (migration 007).
+"""Backtest runs in PostgreSQL (migration 007): the run record, its results, reads for the CLI.
 
-Everything that touches the database lives here, so :mod:`backtest.replay`
-stays pure and :mod:`backtest.runs` reads as the run's life cycle.
-
-Bars come from the ``bars`` projection (the latest revision per key). The
-projection keeps no ``ts_init`` or ``correlation_id``; a reconstructed bar
-gets ``ts_init = ts_event = close_time`` and ``correlation_id = event_id``
-(what the CSV importer and the checker give a bar that starts a chain), so a
-replay from Postgres depends only on the projected columns.
-
-Run rows are never deleted: :func:`supersede` marks a run ``superseded``
-with a reason and, optionally, the run that replaces it.
+A run's life cycle (:mod:`backtest.runs`) is a row state in ``backtest_runs``:
+inserted ``running`` (``ON CONFLICT DO NOTHING``: a concurrent start loses),
+then ``succeeded`` with fills, equity and metrics in one transaction, or
+``failed``. Run rows are never deleted: :func:`supersede` marks a run
+``superseded`` with a reason and, optionally, the run that replaces it.
 """
 
 from __future__ import annotations
@@ -21,34 +15,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
-
-from topics.records import Bar, Timeframe
+from storage.connection import Conn
 
 __all__ = [
     "RunRow",
-    "bars_in_range",
     "fetch_run",
     "insert_run",
     "latest_attempt",
     "list_runs",
     "mark_failed",
     "ns_to_dt",
-    "registry_entry",
     "supersede",
-    "symbol_venues",
     "write_success",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
-
-_BAR_SQL = (
-    "SELECT venue, symbol, timeframe, open_time, close_time, open, high, low, close, volume, trade_count, "
-    "is_closed, revision, source, event_id FROM bars WHERE venue = $1 AND symbol = $2 AND timeframe = $3 "
-    "AND open_time >= $4 AND open_time < $5 ORDER BY open_time"
-)
 
 
 def ns_to_dt(ns: int) -> datetime:
@@ -58,50 +39,6 @@ def ns_to_dt(ns: int) -> datetime:
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-# ---------------------------------------------------------------------------
-# Bars and models in
-# ---------------------------------------------------------------------------
-
-
-async def symbol_venues(conn: Conn, symbol: str, timeframe: Timeframe) -> list[str]:
-    rows = await conn.fetch("SELECT DISTINCT venue FROM bars WHERE symbol = $1 AND timeframe = $2 ORDER BY venue",
-                            symbol, timeframe.value)
-    return [r["venue"] for r in rows]
-
-
-async def bars_in_range(conn: Conn, venue: str, symbol: str, timeframe: Timeframe, start_ns: int,
-                        end_ns: int) -> list[Bar]:
-    """Closed and open bars with ``start_ns <= open_time < end_ns`` in one query."""
-    rows = await conn.fetch(_BAR_SQL, venue, symbol, timeframe.value, start_ns, end_ns)
-    return [
-        Bar(event_id=r["event_id"], schema_version=Bar.SCHEMA_VERSION, ts_event=r["close_time"],
-            ts_init=r["close_time"], correlation_id=r["event_id"], causation_id=None, venue=r["venue"],
-            symbol=r["symbol"], timeframe=Timeframe(r["timeframe"]), open_time=r["open_time"], open=r["open"],
-            high=r["high"], low=r["low"], close=r["close"], volume=r["volume"], trade_count=r["trade_count"],
-            is_closed=r["is_closed"], revision=r["revision"], source=r["source"])
-        for r in rows
-    ]
-
-
-async def registry_entry(conn: Conn, model_id: str, version: str) -> Mapping[str, Any] | None:
-    """The latest registry event of one model version (checkpoint path + sha256, config)."""
-    row = await conn.fetchrow(
-        "SELECT model_id, version, stage, feature_set_version, checkpoint_path, checkpoint_sha256, config::text "
-        "AS config FROM model_registry WHERE model_id = $1 AND version = $2 ORDER BY ts_event DESC LIMIT 1",
-        model_id, version,
-    )
-    if row is None:
-        return None
-    out = dict(row)
-    out["config"] = json.loads(out["config"])
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Runs out
-# ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

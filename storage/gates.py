@@ -1,10 +1,11 @@
-"""PostgreSQL edge of the gates: load evidence, record configs and attributions.
+"""Gates in PostgreSQL: load evidence, record configs and attributions, read results.
 
 Reads the backtest tables of migration 007 (contract: run, fills, metrics)
 and paper fills from ``ev_fills``; writes ``gate_configs`` and
 ``gate_parity_attribution`` (migration 008) idempotently (``ON CONFLICT``),
 so re-running an evaluation for the same time adds nothing. Gate results
-themselves reach Postgres through the topic and the sink, like every record.
+themselves reach Postgres through the topic and the sink, like every record;
+:func:`load_current` and :func:`count_results` read them back.
 
 Timestamps are converted to int nanoseconds exactly (no float epoch math), so
 the engine sees the same integers a replay would.
@@ -23,8 +24,11 @@ import orjson
 
 from agents.gates.config import GateConfig
 from agents.gates.engine import BacktestFill, PaperFill, ParityOutcome, RunInfo
+from storage.connection import Conn
 
 __all__ = [
+    "count_results",
+    "current_missing",
     "list_tracks",
     "load_backtest_fills",
     "load_current",
@@ -52,18 +56,18 @@ def _opt_ns(value: datetime | None) -> int | None:
     return None if value is None else to_ns(value)
 
 
-async def missing_tables(conn: asyncpg.Connection) -> list[str]:
+async def missing_tables(conn: Conn) -> list[str]:
     """Tables/views the gates need that the database lacks (not migrated)."""
     rows = await conn.fetch("SELECT t, to_regclass(t) IS NULL AS missing FROM unnest($1::text[]) AS t",
                             list(_REQUIRED_TABLES))
     return [r["t"] for r in rows if r["missing"]]
 
 
-async def list_tracks(conn: asyncpg.Connection) -> list[str]:
+async def list_tracks(conn: Conn) -> list[str]:
     return [r["track"] for r in await conn.fetch("SELECT DISTINCT track FROM backtest_runs ORDER BY track")]
 
 
-async def load_runs(conn: asyncpg.Connection, track: str) -> list[RunInfo]:
+async def load_runs(conn: Conn, track: str) -> list[RunInfo]:
     """Every run of the track, any status or source, with its run-total metrics (the engine filters)."""
     rows = await conn.fetch(
         "SELECT run_id, track, source, status, superseded_by, symbols, range_start, range_end, created_at, "
@@ -85,7 +89,7 @@ async def load_runs(conn: asyncpg.Connection, track: str) -> list[RunInfo]:
 
 
 async def load_backtest_fills(
-    conn: asyncpg.Connection, run_ids: Sequence[str], start_ns: int, end_ns: int
+    conn: Conn, run_ids: Sequence[str], start_ns: int, end_ns: int
 ) -> list[BacktestFill]:
     rows = await conn.fetch(
         "SELECT run_id, seq, client_order_id, symbol, side, ts, quantity, price, notional, fee, slippage_cost, "
@@ -101,7 +105,7 @@ async def load_backtest_fills(
 
 
 async def load_paper_fills(
-    conn: asyncpg.Connection, symbols: Sequence[str], adapter: str, start_ns: int, end_ns: int
+    conn: Conn, symbols: Sequence[str], adapter: str, start_ns: int, end_ns: int
 ) -> list[PaperFill]:
     """Paper fills (``ev_fills``, decoded and validated by the sink) of ``symbols`` in ``[start, end)``."""
     rows = await conn.fetch(
@@ -118,14 +122,14 @@ async def load_paper_fills(
     return out
 
 
-async def write_config(conn: asyncpg.Connection, cfg: GateConfig) -> None:
+async def write_config(conn: Conn, cfg: GateConfig) -> None:
     await conn.execute(
         "INSERT INTO gate_configs (config_hash, version, config) VALUES ($1, $2, $3::jsonb) "
         "ON CONFLICT (config_hash) DO NOTHING",
         cfg.config_hash(), cfg.version, orjson.dumps(dataclasses.asdict(cfg)).decode())
 
 
-async def write_attributions(conn: asyncpg.Connection, outcomes: Sequence[ParityOutcome]) -> int:
+async def write_attributions(conn: Conn, outcomes: Sequence[ParityOutcome]) -> int:
     """One row per parity result that matched any order; returns rows written now."""
     rows = [
         (o.result.event_id, o.result.track, o.result.metric, o.symbol, o.result.window_start, o.result.window_end,
@@ -144,9 +148,20 @@ async def write_attributions(conn: asyncpg.Connection, outcomes: Sequence[Parity
     return written
 
 
-async def load_current(conn: asyncpg.Connection, track: str | None) -> list[asyncpg.Record]:
+async def load_current(conn: Conn, track: str | None) -> list[asyncpg.Record]:
     """The current result per gate/track/metric, with its parity attribution when there is one."""
     return list(await conn.fetch(
         "SELECT c.*, a.gap, a.quantity, a.price, a.slippage, a.impact, a.fee, a.matched_orders "
         "FROM gate_current c LEFT JOIN gate_parity_attribution a ON a.result_id = c.result_id "
         "WHERE $1::text IS NULL OR c.track = $1 ORDER BY c.track, c.gate, c.metric", track))
+
+
+async def current_missing(conn: Conn) -> bool:
+    """True when the ``gate_current`` view is missing (the database is not migrated)."""
+    return bool(await conn.fetchval("SELECT to_regclass('gate_current') IS NULL"))
+
+
+async def count_results(conn: Conn, result_ids: Sequence[str]) -> int:
+    """How many of these gate results the sink has stored (``ev_gate_results``)."""
+    return int(await conn.fetchval("SELECT count(*) FROM ev_gate_results WHERE event_id = ANY($1::text[])",
+                                   result_ids))

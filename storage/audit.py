@@ -1,0 +1,74 @@
+"""The recorded history an audit replays (:mod:`backtest.audit`): the input journal and stored records.
+
+Records are read from their topic's event table (named by the catalogue), as
+the exact payload text the sink stored; decoding and ordering are the
+audit's. ``trading_input_journal`` (migration 012) is the trading agent's
+record of the order it applied its inputs in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from storage.connection import Conn
+from topics.catalogue import spec
+
+__all__ = ["JournalEntry", "StoredInput", "inputs_in_range", "journal", "outputs_in_range", "payloads"]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One applied input: its place, topic (catalogue name), record and the arrival bound of the core's clock."""
+
+    seq: int
+    topic: str
+    event_id: str
+    arrival_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInput:
+    """A stored record with where the sink read it from; ``payload`` as stored."""
+
+    event_id: str
+    ts_event: int
+    kafka_partition: int
+    kafka_offset: int
+    payload: str
+
+
+async def journal(conn: Conn, account: str) -> list[JournalEntry]:
+    """The account's input journal in order; empty when there is none (or no journal table)."""
+    exists = await conn.fetchval("SELECT to_regclass('trading_input_journal') IS NOT NULL")
+    if not exists:
+        return []
+    rows = await conn.fetch(
+        "SELECT seq, topic, event_id, arrival_ns FROM trading_input_journal WHERE account = $1 ORDER BY seq",
+        account)
+    return [JournalEntry(seq=r["seq"], topic=r["topic"], event_id=r["event_id"], arrival_ns=r["arrival_ns"])
+            for r in rows]
+
+
+async def payloads(conn: Conn, topic: str, event_ids: Sequence[str]) -> dict[str, str]:
+    """event_id -> stored payload of the stored ones of these records of a topic."""
+    sql = f"SELECT event_id, payload::text AS p FROM {spec(topic).table} WHERE event_id = ANY($1::text[])"  # noqa: S608
+    return {r["event_id"]: r["p"] for r in await conn.fetch(sql, event_ids)}
+
+
+async def inputs_in_range(conn: Conn, topic: str, start_ns: int, end_ns: int,
+                          timeframes: Sequence[str] | None = None) -> list[StoredInput]:
+    """Records of a topic with ``start_ns <= ts_event < end_ns`` (bars: of these timeframes only), unordered."""
+    extra = " AND payload->>'timeframe' = ANY($3::text[])" if timeframes is not None else ""
+    args: list[object] = [start_ns, end_ns] + ([list(timeframes)] if timeframes is not None else [])
+    sql = (f"SELECT event_id, ts_event, kafka_partition, kafka_offset, payload::text AS p "  # noqa: S608
+           f"FROM {spec(topic).table} WHERE ts_event >= $1 AND ts_event < $2{extra}")  # table names from the catalogue
+    return [StoredInput(event_id=r["event_id"], ts_event=r["ts_event"], kafka_partition=r["kafka_partition"],
+                        kafka_offset=r["kafka_offset"], payload=r["p"])
+            for r in await conn.fetch(sql, *args)]
+
+
+async def outputs_in_range(conn: Conn, topic: str, start_ns: int, end_ns: int) -> list[str]:
+    """Stored payloads of a topic's records with ``start_ns <= ts_init < end_ns``, unordered."""
+    sql = f"SELECT payload::text AS p FROM {spec(topic).table} WHERE ts_init >= $1 AND ts_init < $2"  # noqa: S608
+    return [r["p"] for r in await conn.fetch(sql, start_ns, end_ns)]
