@@ -122,7 +122,6 @@ def test_layer_check_then_catches_an_upward_import_and_a_cycle() -> None:
 _SQL = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE)\b")
 #: Folders outside storage/ that still hold SQL, each until its move lands.
 _SQL_ALLOWED = (
-    "agents/trading/",  # moved by the trading-thin branch
 )
 
 
