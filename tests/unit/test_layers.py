@@ -120,10 +120,6 @@ def test_layer_check_then_catches_an_upward_import_and_a_cycle() -> None:
 
 #: An SQL statement in a string: storage/ is its only home.
 _SQL = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE)\b")
-#: Folders outside storage/ that still hold SQL, each until its move lands.
-_SQL_ALLOWED = (
-)
-
 
 def _docstrings(tree: ast.AST) -> set[int]:
     """ids of the docstring constants of a module, its classes and functions (prose about SQL is no SQL)."""
@@ -160,8 +156,6 @@ def test_sql_then_only_in_storage() -> None:
             continue
         for path in sorted((ROOT / package).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            if rel.startswith(_SQL_ALLOWED):
-                continue
             offenders += [f"{rel}:{line}: {text.strip()[:60]!r}"
                           for line, text in _sql_strings(path.read_text(), str(path))]
     assert offenders == []
