@@ -30,6 +30,7 @@ from models.checkpoint import sha256_hex
 from models.config import InvalidConfig, ModelConfig
 from models.dataset import DatasetError, SplitError, build_dataset, holdout_split
 from models.training import TrainingDiverged, train
+from runtime.errors import BadInput
 from topics.records import FeatureVector, JobResult, JobStatus, JobType, ModelRegistryEvent, ModelStage, TrainJob
 
 log = structlog.get_logger("gpu_workers.training")
@@ -37,7 +38,7 @@ log = structlog.get_logger("gpu_workers.training")
 MIN_ROWS = 200
 
 
-class JobFailed(Exception):
+class JobFailed(BadInput):
     """A job that cannot succeed; ``reason`` is a stable code, ``detail`` says why."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -81,6 +81,7 @@ from agents.execution.interface import (
     build_update,
     client_order_id_for,
 )
+from runtime.errors import Retriable
 from topics.records import Fill, Liquidity, OrderIntent, OrderStatus, OrderType, RiskDecision, RiskVerdict, Side
 
 __all__ = [
@@ -134,7 +135,7 @@ _MARKET_LOADING = {
 }
 
 
-class ExecutionUnavailable(RuntimeError):
+class ExecutionUnavailable(Retriable, RuntimeError):
     """The venue cannot be reached or used at start-up (needs a human or a network)."""
 
 

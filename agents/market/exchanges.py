@@ -40,6 +40,7 @@ import ccxt.async_support as ccxt_async
 import ccxt.pro as ccxt_pro
 
 from agents.market.ccxt_parse import ExchangeDataError, ccxt_ohlcv_to_bar, ccxt_trade_to_tick
+from runtime.errors import BadInput, NeedsOperator, Retriable, TradeflowError
 from topics.records import Timeframe
 from topics.schema import Record
 
@@ -251,19 +252,19 @@ def classify_error(exc: BaseException) -> ErrorClassification:
     return _UNKNOWN
 
 
-class CollectorError(Exception):
+class CollectorError(TradeflowError):
     """Base of the errors the market-data collectors raise."""
 
 
-class UnsupportedExchangeError(CollectorError, ValueError):
+class UnsupportedExchangeError(CollectorError, BadInput, ValueError):
     """The configuration names an exchange or market type not built here."""
 
 
-class ExchangeUnreachable(CollectorError):
+class ExchangeUnreachable(CollectorError, Retriable):
     """Start-up could not reach the exchange within a bounded time."""
 
 
-class FatalExchangeError(CollectorError):
+class FatalExchangeError(CollectorError, NeedsOperator):
     """The exchange refused in a way that retrying cannot fix."""
 
     def __init__(self, reason: FailureReason, message: str) -> None:
@@ -271,7 +272,7 @@ class FatalExchangeError(CollectorError):
         self.reason = reason
 
 
-class RetriesExhausted(CollectorError):
+class RetriesExhausted(CollectorError, Retriable):
     """A retriable failure persisted through every allowed attempt."""
 
     def __init__(self, reason: FailureReason, attempts: int, message: str) -> None:

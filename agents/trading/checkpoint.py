@@ -52,6 +52,7 @@ import orjson
 
 from agents.control.signing import Keyring
 from agents.trading.core import TradingCore
+from runtime.errors import NeedsOperator
 
 __all__ = [
     "FORMAT",
@@ -75,7 +76,7 @@ _KEYRING_REF = "tradeflow:keyring"
 Offsets = Mapping[str, Mapping[int, int]]
 
 
-class CheckpointError(Exception):
+class CheckpointError(NeedsOperator):
     """A checkpoint that must not be used (the message says why and what to do)."""
 
 

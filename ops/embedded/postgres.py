@@ -26,11 +26,12 @@ from pathlib import Path
 import structlog
 
 from ops.embedded.broker import free_port
+from runtime.errors import NeedsOperator
 
 log = structlog.get_logger("ops.embedded.postgres")
 
 
-class PostgresError(RuntimeError):
+class PostgresError(NeedsOperator, RuntimeError):
     """The embedded PostgreSQL server could not be set up."""
 
 

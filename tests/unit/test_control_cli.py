@@ -9,8 +9,8 @@ import argparse
 import pytest
 
 from agents.control.signing import ControlVerifier, load_keyring
-from ops.cli import build_parser
 from ops.cli.control import EXIT_INFRA, EXIT_USAGE, UsageError, build_event, cmd_control
+from ops.cli.main import build_parser
 from topics.records import ControlCommand
 
 SECRET = "unit-test-control-secret-0123456789abcdef"
