@@ -32,7 +32,7 @@ import jsonschema  # type: ignore[import-untyped]  # no stubs; used for one vali
 import pytest
 import yaml
 
-from ops.cli import _agent_registry, build_parser
+from ops.cli.main import _agent_registry, build_parser
 from ops.embedded.broker import EmbeddedBroker
 from topics.catalogue import TOPICS, physical_name, spec
 
