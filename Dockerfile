@@ -19,6 +19,7 @@ WORKDIR /app
 # torch first: the largest layer, and it changes far less often than the code.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md ./
+COPY runtime runtime
 COPY agents agents
 COPY topics topics
 COPY models models

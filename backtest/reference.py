@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from runtime.errors import BadInput
 from topics.records import Bar, Side, Timeframe
 
 __all__ = [
@@ -73,7 +74,7 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 
-class ReferenceInputError(ValueError):
+class ReferenceInputError(BadInput, ValueError):
     """Bars or parameters the reference engine refuses (clear message, never a silent fix)."""
 
 

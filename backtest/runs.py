@@ -64,6 +64,7 @@ from backtest.walkforward import PolarityMode, WalkForwardSpec, train_walk_forwa
 from models.config import InvalidConfig, ModelConfig
 from models.dataset import DatasetError, SplitError, closes_by_open_time
 from models.inference import Predictor
+from runtime.errors import BadInput, NeedsOperator
 from storage import backtests
 from storage.bars import bars_in_range, symbol_venues
 from storage.connection import Conn
@@ -92,7 +93,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 _CODE_DIRS = ("agents", "backtest", "models", "topics", "gpu_workers")
 
 
-class BacktestRequestError(ValueError):
+class BacktestRequestError(BadInput, ValueError):
     """A request that cannot be run as asked; the run record says ``failed`` with this message."""
 
     def __init__(self, run_id: str, message: str) -> None:
@@ -100,7 +101,7 @@ class BacktestRequestError(ValueError):
         self.run_id = run_id
 
 
-class BacktestFailed(RuntimeError):
+class BacktestFailed(NeedsOperator, RuntimeError):
     """The run broke for another reason (a bug, a lost database ...); the run record says ``failed``."""
 
     def __init__(self, run_id: str, message: str) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from runtime.errors import Retriable
 from topics.catalogue import physical_name
 from topics.records import Bar, Timeframe
 from topics.schema import RecordError, codec_for
@@ -39,7 +40,7 @@ __all__ = ["BrokerReadError", "TopicRead", "read_topic_bars"]
 _BATCH = 50_000
 
 
-class BrokerReadError(RuntimeError):
+class BrokerReadError(Retriable, RuntimeError):
     """The topic could not be read to its end in time (broker gone or stuck)."""
 
 

@@ -50,6 +50,7 @@ import numpy as np
 
 from backtest import sharpe
 from backtest.reference import FloatArray, IntArray, PriceSeries, SmaCrossParams, run_sma_cross
+from runtime.errors import NeedsOperator
 
 if TYPE_CHECKING:
     from storage.tuning import StoredTrial
@@ -82,7 +83,7 @@ OBJECTIVE = "sharpe_daily"
 Metrics = dict[str, float | int | None]
 
 
-class StudyConflictError(RuntimeError):
+class StudyConflictError(NeedsOperator, RuntimeError):
     """A study id reused with another config, or a re-run whose results differ from the stored ones."""
 
 

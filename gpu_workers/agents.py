@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,11 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter, Histogram
 
 from gpu_workers.training_service import TrainingService
-from models.checkpoint import CheckpointError
+from models.checkpoint import ModelCheckpointError
 from models.inference import Predictor, to_signals
 from models.serving import InferenceStep, RolloutState, Served
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.env import env_str
 from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT, SIGNAL_LATENCY
 from topics.records import Alert, FeatureVector, ModelRegistryEvent, Severity, Signal, TrainJob
 from topics.schema import RecordError, codec_for
@@ -51,7 +51,8 @@ JOBS = Counter("tradeflow_train_jobs_total", "Training jobs", ["status"])
 
 
 def artifacts_dir() -> Path:
-    return Path(os.environ.get("TRADEFLOW_ARTIFACTS", "var/models"))
+    """Where trained checkpoints are written (``TRADEFLOW_ARTIFACTS``, read now)."""
+    return Path(env_str("TRADEFLOW_ARTIFACTS", "var/models"))
 
 
 def register_trainer(app: Any, ctx: AgentContext) -> Any:
@@ -86,7 +87,7 @@ class _Models:
         self.loaded: dict[tuple[str, str], Predictor] = {}
         self.refused: dict[tuple[str, str], str] = {}
 
-    def get(self, s: Served) -> Predictor | CheckpointError | None:
+    def get(self, s: Served) -> Predictor | ModelCheckpointError | None:
         key = (s.model_id, s.version)
         if key in self.refused:
             return None
@@ -95,8 +96,9 @@ class _Models:
             return p
         try:
             p = Predictor.from_checkpoint(Path(s.event.checkpoint_path), s.event.checkpoint_sha256)
-        except (CheckpointError, OSError) as exc:
-            err = exc if isinstance(exc, CheckpointError) else CheckpointError(f"cannot read checkpoint: {exc}")
+        except (ModelCheckpointError, OSError) as exc:
+            err = (exc if isinstance(exc, ModelCheckpointError)
+                   else ModelCheckpointError(f"cannot read checkpoint: {exc}"))
             self.refused[key] = str(err)
             return err
         self.loaded[key] = p
@@ -158,7 +160,7 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
                     if window is None:
                         continue
                     pred = models.get(served)
-                    if isinstance(pred, CheckpointError):
+                    if isinstance(pred, ModelCheckpointError):
                         await _refuse(ctx, alerts, served, pred)
                         continue
                     if pred is None:
@@ -185,7 +187,7 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
     return infer
 
 
-async def _refuse(ctx: AgentContext, alerts: Any, served: Served, err: CheckpointError) -> None:
+async def _refuse(ctx: AgentContext, alerts: Any, served: Served, err: ModelCheckpointError) -> None:
     reason = type(err).__name__
     CHECKPOINTS_REFUSED.labels(reason).inc()
     log.critical("checkpoint_refused", model_id=served.model_id, version=served.version, reason=reason,

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from models.config import InvalidConfig, ModelConfig
 from models.dataset import DatasetError, Split, SplitError, WindowDataset, holdout_split, walk_forward_splits
 from models.training import DistContext, TrainResult, train
+from runtime.exits import EXIT_OK, EXIT_USAGE
 
 __all__ = ["main", "run"]
 
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = _split(args, dataset)
     except (InvalidConfig, DatasetError, SplitError, ValueError, OSError) as exc:
         print(f"gpu_workers.ddp: bad request: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     result, rank, world_size = run(config, dataset, split)
     if rank == 0:
         sha256 = result.save(args.out)
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result_path = args.result or args.out.with_name(args.out.name + ".json")
         result_path.write_text(json.dumps(doc, indent=2, sort_keys=True))
         print(json.dumps({"sha256": sha256, "world_size": world_size, "device": result.device}))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

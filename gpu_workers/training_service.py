@@ -29,6 +29,7 @@ from models.checkpoint import sha256_hex
 from models.config import InvalidConfig, ModelConfig
 from models.dataset import DatasetError, SplitError, build_dataset, holdout_split
 from models.training import TrainingDiverged, train
+from runtime.errors import BadInput
 from storage.bars import closes_from, count_bars
 from storage.connection import Conn
 from storage.features import feature_vectors
@@ -39,7 +40,7 @@ log = structlog.get_logger("gpu_workers.training")
 MIN_ROWS = 200
 
 
-class JobFailed(Exception):
+class JobFailed(BadInput):
     """A job that cannot succeed; ``reason`` is a stable code, ``detail`` says why."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -15,7 +15,7 @@ Errors, by what the caller should do (none is worth retrying unchanged):
   the data cannot make the requested samples/splits (mixed streams, gaps
   everywhere, too few rows).
 - :class:`~models.training.TrainingDiverged`: NaN/inf loss; lower the lr.
-- :class:`~models.checkpoint.CheckpointError` and its subclass
+- :class:`~models.checkpoint.ModelCheckpointError` and its subclass
   :class:`~models.checkpoint.CheckpointTampered` (hash mismatch, checked
   before any byte is deserialised): do not serve; alert.
 - :class:`~models.inference.FeatureMismatch`: inputs from another feature

@@ -36,13 +36,14 @@ import torch
 
 from models.config import InvalidConfig, ModelConfig
 from models.nets import ForecastModel, build_model
+from runtime.errors import NeedsOperator
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "CheckpointError",
     "CheckpointMeta",
     "CheckpointTampered",
     "LoadedCheckpoint",
+    "ModelCheckpointError",
     "checkpoint_bytes",
     "load_checkpoint",
     "save_checkpoint",
@@ -53,12 +54,12 @@ CHECKPOINT_FORMAT: Final = "tradeflow-model/1"
 _SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 
 
-class CheckpointError(Exception):
+class ModelCheckpointError(NeedsOperator):
     """A checkpoint that cannot be used (unreadable, wrong format, does not
     match its config). Not retriable: needs a human or a new training."""
 
 
-class CheckpointTampered(CheckpointError):
+class CheckpointTampered(ModelCheckpointError):
     """The file's sha256 differs from the published one: refuse to load it."""
 
     def __init__(self, path: Path, expected: str, actual: str) -> None:
@@ -100,7 +101,7 @@ class CheckpointMeta:
         doc: dict[str, Any] = json.loads(text)
         names = tuple(doc["feature_names"])
         if doc["n_features"] != len(names) or not all(isinstance(n, str) for n in names):
-            raise CheckpointError("metadata: feature_names do not match n_features")
+            raise ModelCheckpointError("metadata: feature_names do not match n_features")
         return cls(
             config=ModelConfig.from_dict(doc["config"]),
             feature_names=names,
@@ -127,7 +128,7 @@ def sha256_hex(data: bytes) -> str:
 def checkpoint_bytes(model: ForecastModel, meta: CheckpointMeta) -> bytes:
     """The exact bytes :func:`save_checkpoint` writes (deterministic)."""
     if model.n_features != meta.n_features or model.window != meta.config.window:
-        raise CheckpointError(
+        raise ModelCheckpointError(
             f"model takes [W={model.window}, F={model.n_features}] but metadata says "
             f"[W={meta.config.window}, F={meta.n_features}]"
         )
@@ -154,35 +155,35 @@ def load_checkpoint(path: Path, expected_sha256: str) -> LoadedCheckpoint:
     """Verify ``path`` against ``expected_sha256``, then load it (weights only).
 
     Raises :class:`CheckpointTampered` on a hash mismatch, before any byte is
-    deserialised, and :class:`CheckpointError` for a malformed expected hash,
+    deserialised, and :class:`ModelCheckpointError` for a malformed expected hash,
     an unreadable file or a checkpoint that does not fit its own config.
     """
     path = Path(path)
     expected = expected_sha256.strip().lower()
     if not _SHA256_RE.match(expected):
-        raise CheckpointError(f"expected_sha256 must be 64 hex digits, got {expected_sha256!r}")
+        raise ModelCheckpointError(f"expected_sha256 must be 64 hex digits, got {expected_sha256!r}")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise ModelCheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
     actual = sha256_hex(data)
     if actual != expected:
         raise CheckpointTampered(path, expected, actual)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # a verified file that torch cannot read is a bug upstream: say which file
-        raise CheckpointError(f"checkpoint {path} (sha256 {actual}) is not readable: {exc}") from exc
+        raise ModelCheckpointError(f"checkpoint {path} (sha256 {actual}) is not readable: {exc}") from exc
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"checkpoint {path}: format {found!r}, expected {CHECKPOINT_FORMAT!r}")
+        raise ModelCheckpointError(f"checkpoint {path}: format {found!r}, expected {CHECKPOINT_FORMAT!r}")
     try:
         meta = CheckpointMeta.from_json(obj["metadata_json"])
     except (KeyError, TypeError, ValueError, InvalidConfig) as exc:
-        raise CheckpointError(f"checkpoint {path}: bad metadata: {exc}") from exc
+        raise ModelCheckpointError(f"checkpoint {path}: bad metadata: {exc}") from exc
     model = build_model(meta.config, meta.n_features)
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: weights do not fit the config: {exc}") from exc
+        raise ModelCheckpointError(f"checkpoint {path}: weights do not fit the config: {exc}") from exc
     model.eval()
     return LoadedCheckpoint(model=model, meta=meta, sha256=actual)

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import torch
 
+from runtime.errors import BadInput
 from topics.records import TrainJob
 
 __all__ = [
@@ -47,7 +48,7 @@ FAMILIES: Final = ("mlp", "gru", "linear_baseline")
 DEVICES: Final = ("auto", "cpu", "cuda")
 
 
-class InvalidConfig(ValueError):
+class InvalidConfig(BadInput, ValueError):
     """A hyperparameter that cannot work. Not retriable: a human fixes the job.
 
     ``field`` names the offending field and ``reason`` says what is wrong, so a

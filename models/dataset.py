@@ -50,6 +50,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from runtime.errors import BadInput
 from topics.records import Bar, FeatureVector, Timeframe
 
 __all__ = [
@@ -83,12 +84,12 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 
-class DatasetError(ValueError):
+class DatasetError(BadInput, ValueError):
     """Input data that cannot make a dataset (mixed streams, unordered
     vectors, non-finite values, no complete row). Not retriable."""
 
 
-class SplitError(ValueError):
+class SplitError(BadInput, ValueError):
     """A split request that leaves a training or validation set empty."""
 
 

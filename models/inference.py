@@ -37,6 +37,7 @@ import torch
 from models.checkpoint import LoadedCheckpoint, load_checkpoint
 from models.config import ModelConfig
 from models.nets import ForecastModel
+from runtime.errors import BadInput
 from topics.records import FeatureVector, Signal
 
 __all__ = [
@@ -53,7 +54,7 @@ DEFAULT_CHUNK_ROWS: Final = 64
 FloatArray = npt.NDArray[np.float64]
 
 
-class FeatureMismatch(ValueError):
+class FeatureMismatch(BadInput, ValueError):
     """Inputs that do not fit the model (feature set, names, window length,
     non-consecutive bars). Not retriable: the model cannot score them."""
 

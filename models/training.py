@@ -45,6 +45,7 @@ from models.dataset import IntArray, Split, SplitError, WindowDataset, fit_stand
 from models.inference import predict_windows
 from models.metrics import evaluate_predictions
 from models.nets import ForecastModel, build_model
+from runtime.errors import BadInput
 
 __all__ = [
     "DistContext",
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(BadInput, RuntimeError):
     """The loss became NaN/inf. Not retriable as is: lower the learning rate."""
 
 

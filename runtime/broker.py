@@ -22,16 +22,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from runtime.errors import NeedsOperator
 from topics.catalogue import TOPICS, TopicSpec, physical_name
 
 log = structlog.get_logger("runtime.broker")
 
 
-class BrokerError(RuntimeError):
+class BrokerError(NeedsOperator, RuntimeError):
     """The embedded broker could not be started or administered."""
 
 
-class BrokerLost(RuntimeError):
+class BrokerLost(NeedsOperator, RuntimeError):
     """The broker is gone or was restarted empty. Needs a human: stop trading."""
 
 

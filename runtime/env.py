@@ -60,15 +60,18 @@ VARIABLES: tuple[Variable, ...] = (
     _V("TRADEFLOW_LOG_LEVEL", "INFO", "JSON logs on stderr (structlog; faust/aiokafka logs too) (`--log-level`)"),
     _V("TRADEFLOW_FETCH_WAIT_MS", "20", "faust consumer fetch wait (faust hard-codes 1500 ms)"),
     _V("TRADEFLOW_WEB_HOST", "127.0.0.1", "worker web server bind address (`--web-host`)"),
-    _V("TRADEFLOW_METRICS_HOST", "127.0.0.1", "`/metrics` bind address of commands serving it (`--metrics-host`)"),
+    _V("TRADEFLOW_METRICS_HOST", "127.0.0.1",
+       "`/metrics` bind address of `sink` (`--metrics-host`) and `gates evaluate --every`"),
     _V("TRADEFLOW_ARTIFACTS", "var/models", "where trained checkpoints are written (path + sha256 go to the registry)"),
     # -- operators --------------------------------------------------------------------------
     _V("TRADEFLOW_CONTROL_KEY_", "", "operator signing key `<ID>` (>= 32 bytes; `hex:` prefix for hex)",
        secret=True, group="control"),
     _V("TRADEFLOW_CONTROL_SIGNING_KEY_ID", "", "which key the `control` CLI signs with", group="control"),
-    _V("TRADEFLOW_OPERATOR", "login name", "who signs `tradeflow control` commands (audited)", group="control"),
+    _V("TRADEFLOW_OPERATOR", "", "who signs `tradeflow control` commands, audited (`--operator`; unset: the OS "
+       "login name)", group="control"),
     # -- market data and features -----------------------------------------------------------
-    _V("TRADEFLOW_BAR_TIMEFRAMES", "1m", "timeframes the `bar-aggregator` agent builds from ticks", group="market"),
+    _V("TRADEFLOW_BAR_TIMEFRAMES", "1m", "timeframes the `bar-aggregator` agent builds from ticks (comma list)",
+       group="market"),
     _V("TRADEFLOW_STALE_CHECK_S", "0", "how often the `features` agent checks for stale feeds by the wall clock "
        "(0 = off: a replay of history would be stale by definition)", group="market"),
     # -- trading -----------------------------------------------------------------------------
@@ -98,15 +101,17 @@ VARIABLES: tuple[Variable, ...] = (
        group="governance"),
     _V("TRADEFLOW_GOVERNANCE_WINDOWS_TO_ROLLBACK", "2", "failing gate windows before a rollback",
        group="governance"),
-    _V("TRADEFLOW_GOVERNANCE_REQUIRED_GATES", "hard metrics + readiness", "gates a promotion needs",
-       group="governance"),
-    _V("TRADEFLOW_GATES_TRACKS", "every track with runs", "what `gates evaluate` evaluates without `--track`",
-       group="governance"),
-    _V("TRADEFLOW_DASHBOARD_TOKEN", "", "dashboard access token (none: open on loopback only)", secret=True,
-       group="dashboard"),
+    _V("TRADEFLOW_GOVERNANCE_REQUIRED_GATES",
+       "hard_metrics:sharpe_daily,hard_metrics:max_drawdown,hard_metrics:reject_rate,readiness:valid_runs",
+       "`gate:metric` pairs that must all pass for a window to pass", group="governance"),
+    _V("TRADEFLOW_GATES_TRACKS", "", "tracks `gates evaluate` evaluates without `--track` (comma list; unset: "
+       "every track that has backtest runs)", group="governance"),
+    _V("TRADEFLOW_DASHBOARD_TOKEN", "", "dashboard access token, >= 16 characters (unset: none asked for; the "
+       "page is then as open as the worker's `--web-host`)", secret=True, group="dashboard"),
     _V("TRADEFLOW_DASHBOARD_QUEUE", "8", "frames queued per dashboard client before it is dropped",
        group="dashboard"),
-    _V("TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS", "50", "dashboard update coalescing", group="dashboard"),
+    _V("TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS", "50", "dashboard update coalescing, 0 to 10000 ms",
+       group="dashboard"),
 )
 
 
@@ -193,6 +198,11 @@ def read_secret(name: str, environ: Mapping[str, str] | None = None) -> str | No
     return value or None
 
 
+def _cell(text: str) -> str:
+    """``text`` inside a markdown table cell: a bare ``|`` would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def configuration_markdown() -> str:
     """The configuration reference (``docs/configuration.md``), generated from :data:`VARIABLES`."""
     lines = [
@@ -212,6 +222,7 @@ def configuration_markdown() -> str:
             name = f"`{v.name}<ID>`" if v.name.endswith("_") else f"`{v.name}`"
             if v.secret:
                 name += f" / `{v.name}<ID>_FILE` (secret)" if v.name.endswith("_") else " / `_FILE` (secret)"
-            lines.append(f"| {name} | {f'`{v.default}`' if v.default else 'unset'} | {v.help} |")
+            default = f"`{v.default}`" if v.default else "unset"
+            lines.append(f"| {name} | {_cell(default)} | {_cell(v.help)} |")
         lines.append("")
     return "\n".join(lines)

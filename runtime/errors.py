@@ -10,25 +10,14 @@ through one branch that says what the caller should do.
   exit with :data:`runtime.exits.EXIT_USAGE`.
 
 Classes that used to subclass ``ValueError``/``RuntimeError`` keep that base
-as a second parent, so ``except ValueError`` callers still work.
+as a second parent, so ``except ValueError`` callers still work. The classes
+live in :mod:`topics.errors` (the lowest layer, so that ``RecordError`` can
+derive from them); import them from here. ``docs/errors.md`` lists which
+class is in which branch.
 """
 
 from __future__ import annotations
 
+from topics.errors import BadInput, NeedsOperator, Retriable, TradeflowError
+
 __all__ = ["BadInput", "NeedsOperator", "Retriable", "TradeflowError"]
-
-
-class TradeflowError(Exception):
-    """Root of every exception the platform raises on purpose."""
-
-
-class NeedsOperator(TradeflowError):
-    """Stop what you are doing and tell a person; an automatic retry would hide it."""
-
-
-class Retriable(TradeflowError):
-    """Transient: the same operation may succeed if tried again later."""
-
-
-class BadInput(TradeflowError):
-    """The input (record, file, argument, configuration) is wrong; do not retry it unchanged."""

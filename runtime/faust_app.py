@@ -4,8 +4,9 @@ No module-level app: ``create_app(settings)`` builds one per worker process.
 
 Tuning (measured on tansu, see DESIGN.md):
 - ``broker_session_timeout`` 6 s: group join waits session_timeout/2;
-- fetch wait 20 ms instead of faust's hard-coded 1.5 s (p50 ~600 ms -> ~30 ms):
-  faust does not expose it, so the transport's consumer thread overrides it;
+- fetch wait 20 ms (``TRADEFLOW_FETCH_WAIT_MS``) instead of faust's hard-coded
+  1.5 s (p50 ~600 ms -> ~30 ms): faust does not expose it, so the transport's
+  consumer thread overrides it with the app's ``fetch_wait_ms``;
 - all topics pre-created from the catalogue; faust declares none of them;
 - memory table store (tables recover from their changelog topics).
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 import structlog
@@ -30,14 +31,12 @@ from topics.catalogue import TOPICS, physical_name
 
 log = structlog.get_logger("runtime.faust_app")
 
-FETCH_WAIT_MS = int(os.environ.get("TRADEFLOW_FETCH_WAIT_MS", "20"))
-
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads this attribute when it builds its fetcher in start().
-        consumer._fetch_max_wait_ms = FETCH_WAIT_MS
+        consumer._fetch_max_wait_ms = cast("TunedApp", self.app).fetch_wait_ms
         return consumer
 
 
@@ -51,6 +50,9 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class TunedApp(faust.App):
+    #: consumer fetch wait (ms); set from :class:`WorkerSettings` by :func:`create_app`
+    fetch_wait_ms: int = 20
+
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self, loop=self.loop)
 
@@ -64,10 +66,13 @@ class WorkerSettings:
     web_host: str = "127.0.0.1"
     watchdog_interval_s: float = 2.0
     lag_interval_s: float = 2.0
+    #: ``TRADEFLOW_FETCH_WAIT_MS`` and ``TRADEFLOW_DATA_DIR`` (faust's table metadata under ``<data_dir>/faust``)
+    fetch_wait_ms: int = 20
+    data_dir: str = "var"
 
 
 def create_app(s: WorkerSettings) -> Any:
-    data_root = os.path.join(os.environ.get("TRADEFLOW_DATA_DIR", "var"), "faust")
+    data_root = os.path.join(s.data_dir, "faust")
     os.makedirs(data_root, exist_ok=True)
     app = TunedApp(
         s.app_id,
@@ -95,6 +100,7 @@ def create_app(s: WorkerSettings) -> Any:
         # faust keeps table metadata in a directory per app; keep it out of the source tree
         datadir=os.path.join(data_root, "{conf.id}-data"),
     )
+    app.fetch_wait_ms = s.fetch_wait_ms
 
     @app.page("/metrics")
     async def metrics(self: Any, request: Any) -> Any:

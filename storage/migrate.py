@@ -16,6 +16,8 @@ from pathlib import Path
 import asyncpg
 import structlog
 
+from runtime.errors import NeedsOperator
+
 log = structlog.get_logger("storage.migrate")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -23,8 +25,8 @@ _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _LOCK_ID = 0x7472616465  # "trade"
 
 
-class MigrationError(RuntimeError):
-    pass
+class MigrationError(NeedsOperator, RuntimeError):
+    """The migrations cannot be applied as they are (a bad file name, a gap, a changed applied migration)."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from runtime.errors import Retriable
 from runtime.metrics import (
     DEAD_LETTERS,
     RECORDS_IN,
@@ -88,7 +89,7 @@ _RETRIABLE_DB = (
 )
 
 
-class DatabaseConnectionLost(ConnectionError):
+class DatabaseConnectionLost(Retriable, ConnectionError):
     """The server ended the sink's session while a write was in flight (retried on a fresh connection)."""
 
 

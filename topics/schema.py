@@ -27,6 +27,8 @@ from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origi
 
 import orjson
 
+from topics.errors import BadInput
+
 __all__ = [
     "MAX_RECORD_BYTES",
     "TS_MAX_NS",
@@ -80,7 +82,7 @@ class ErrorReason(enum.StrEnum):
     EVENT_ID_MISMATCH = "event_id_mismatch"
 
 
-class RecordError(ValueError):
+class RecordError(BadInput, ValueError):
     """A message that is not a valid record. Not retriable: dead-letter it."""
 
     def __init__(self, reason: ErrorReason, detail: str) -> None:

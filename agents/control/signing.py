@@ -57,11 +57,11 @@ import hmac
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from runtime.env import ConfigError, read_secret
 from topics.records import ControlCommand, ControlEvent
 from topics.schema import JsonScalar, codec_for, event_id_for
 
@@ -107,7 +107,7 @@ class Keyring:
             if not key_id or not isinstance(key_id, str):
                 raise ValueError("key ids must be non-empty strings")
             if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
-                raise ValueError(f"secret of key {key_id!r} must be at least {MIN_SECRET_BYTES} bytes")
+                raise ConfigError(f"secret of key {key_id!r} must be at least {MIN_SECRET_BYTES} bytes")
             checked[key_id] = secret
         self._secrets = checked
 
@@ -137,7 +137,7 @@ def _decode_secret(raw: str, origin: str) -> bytes:
         try:
             return bytes.fromhex(text[4:])
         except ValueError:
-            raise ValueError(f"{origin}: value after 'hex:' is not hex") from None
+            raise ConfigError(f"{origin}: value after 'hex:' is not hex") from None
     return text.encode()
 
 
@@ -145,31 +145,29 @@ def load_keyring(environ: Mapping[str, str], *, prefix: str = DEFAULT_ENV_PREFIX
     """Build the keyring from ``<prefix><ID>`` / ``<prefix><ID>_FILE`` variables.
 
     ``environ`` is passed in (``os.environ`` at the edge, a dict in tests).
-    Both forms for one id is a configuration error, as is an empty keyring.
+    Each key is read by :func:`runtime.env.read_secret`. Both forms for one
+    id is a configuration error, as is an empty keyring; so is a key set to an
+    empty value (it is too short, not absent). Errors are :class:`ConfigError`
+    (a ``ValueError``) naming variables and key ids, never secrets.
     """
-    secrets: dict[str, bytes] = {}
+    names: dict[str, list[str]] = {}  # key id -> the variables defining it
     for name in sorted(environ):
         if not name.startswith(prefix) or name == prefix:
             continue
         suffix = name[len(prefix) :]
-        if suffix.endswith("_FILE"):
-            key_id = suffix[: -len("_FILE")].lower()
-            path = Path(environ[name])
-            try:
-                raw = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ValueError(f"{name}: cannot read key file {str(path)!r}: {exc.strerror}") from None
-            secret = _decode_secret(raw, name)
-        else:
-            key_id = suffix.lower()
-            secret = _decode_secret(environ[name], name)
-        if not key_id:
-            continue
-        if key_id in secrets:
-            raise ValueError(f"control key {key_id!r} is defined twice (value and _FILE)")
-        secrets[key_id] = secret
+        key_id = (suffix[: -len("_FILE")] if suffix.endswith("_FILE") else suffix).lower()
+        if key_id:
+            names.setdefault(key_id, []).append(name)
+    secrets: dict[str, bytes] = {}
+    for key_id, defined_by in names.items():
+        if len(defined_by) > 1:
+            raise ConfigError(f"control key {key_id!r} is defined twice (value and _FILE)")
+        name = defined_by[0]
+        # Only this key's own variable goes to read_secret: <ID>_FILE must not pair with a key named <ID>_FILE.
+        raw = read_secret(name.removesuffix("_FILE"), {name: environ[name]})
+        secrets[key_id] = _decode_secret(raw or "", name)
     if not secrets:
-        raise ValueError(f"no control keys: set {prefix}<ID> or {prefix}<ID>_FILE")
+        raise ConfigError(f"no control keys: set {prefix}<ID> or {prefix}<ID>_FILE")
     return Keyring(secrets)
 
 

@@ -29,6 +29,7 @@ of the same intent is safe (same id).
 
 Error classification (ccxt exception and venue message -> reason, retriable)
 -----------------------------------------------------------------------------
+:func:`classify_execution_error` reads :func:`agents.venue.ccxt.classify`:
 ``credentials_missing`` (no key configured; checked before sending),
 ``auth_failed`` (signature, key, permission), ``rate_limited`` (retriable),
 ``venue_timeout`` (retriable), ``network_error`` (retriable),
@@ -71,7 +72,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import ccxt
-import ccxt.async_support as ccxt_async
 
 from agents.clock import Clock
 from agents.execution.interface import (
@@ -81,6 +81,8 @@ from agents.execution.interface import (
     build_update,
     client_order_id_for,
 )
+from agents.venue.ccxt import MarketType, VenueHint, VenueReason, build_exchange, classify, market_types
+from runtime.errors import Retriable
 from topics.records import Fill, Liquidity, OrderIntent, OrderStatus, OrderType, RiskDecision, RiskVerdict, Side
 
 __all__ = [
@@ -100,9 +102,8 @@ __all__ = [
 ]
 
 
-class VenueMarket(enum.StrEnum):
-    SPOT = "spot"
-    SWAP = "swap"
+#: The execution side's name for the one market-type enum.
+VenueMarket = MarketType
 
 
 class MarginMode(enum.StrEnum):
@@ -115,26 +116,15 @@ class PositionMode(enum.StrEnum):
     HEDGE = "hedge"
 
 
-#: exchange id -> market types this adapter trades there.
-SUPPORTED_VENUES: Mapping[str, frozenset[VenueMarket]] = {
-    "bitget": frozenset({VenueMarket.SPOT, VenueMarket.SWAP}),
-    "binance": frozenset({VenueMarket.SPOT, VenueMarket.SWAP}),
-    "coinbase": frozenset({VenueMarket.SPOT}),
-}
-
 #: The venue's own client-order-id parameter (see the module docstring).
 _CLIENT_ID_PARAM = {"bitget": "clientOid", "binance": "newClientOrderId", "coinbase": "client_order_id"}
+#: exchange id -> market types this adapter trades there: the venues with a client-order-id parameter.
+SUPPORTED_VENUES: Mapping[str, frozenset[VenueMarket]] = {v: frozenset(market_types(v)) for v in _CLIENT_ID_PARAM}
 #: Spot venues whose market buys are sized in quote: ccxt converts amount x price.
 _QUOTE_SIZED_BUYS = frozenset({"bitget", "coinbase"})
-_MARKET_LOADING = {
-    ("bitget", VenueMarket.SPOT): ["spot"],
-    ("bitget", VenueMarket.SWAP): ["swap"],
-    ("binance", VenueMarket.SPOT): ["spot"],
-    ("binance", VenueMarket.SWAP): ["linear"],
-}
 
 
-class ExecutionUnavailable(RuntimeError):
+class ExecutionUnavailable(Retriable, RuntimeError):
     """The venue cannot be reached or used at start-up (needs a human or a network)."""
 
 
@@ -179,27 +169,12 @@ class LiveExecutionConfig:
 def make_execution_exchange(
     config: LiveExecutionConfig, credentials: Mapping[str, str] | None = None, timeout_ms: int = 10_000
 ) -> Any:
-    """A ccxt async exchange for trading: rate limiting on, only the traded market type loaded."""
-    options: dict[str, Any] = {"defaultType": config.market_type.value}
-    types = _MARKET_LOADING.get((config.exchange_id, config.market_type))
-    if types is not None:
-        options["fetchMarkets"] = {"types": types}
-    if config.exchange_id == "binance":
-        options["fetchMargins"] = False  # margin pairs are a signed extra call we never trade
-    # Currencies are not needed to trade (precision and limits come with the
-    # markets) and some venues serve them only to signed requests: skip them.
-    params: dict[str, Any] = {
-        "enableRateLimit": True,
-        "timeout": timeout_ms,
-        "options": options,
-        "has": {"fetchCurrencies": False},
-    }
-    if credentials:
-        unknown = set(credentials) - {"apiKey", "secret", "password", "uid"}
-        if unknown:
-            raise ValueError(f"unknown credential keys {sorted(unknown)}")
-        params.update(credentials)
-    return getattr(ccxt_async, config.exchange_id)(params)
+    """A ccxt async exchange for trading (:func:`agents.venue.ccxt.build_exchange`): rate limiting on,
+    only the traded market type loaded, no currencies."""
+    # margin pairs are a signed extra call we never trade
+    options = {"fetchMargins": False} if config.exchange_id == "binance" else None
+    return build_exchange(config.exchange_id, config.market_type, credentials=credentials, options=options,
+                          timeout_ms=timeout_ms)
 
 
 def dump_markets_snapshot(exchange: Any) -> str:
@@ -240,88 +215,43 @@ class ErrorVerdict:
     duplicate: bool = False
 
 
-_DUPLICATE_HINTS = (
-    "duplicate order",
-    "duplicate clientoid",
-    "duplicate client",
-    "duplicated_client_order_id",
-    "clientoid is duplicate",
-    "client order id already",
-    "duplicated client",
-)
-_MIN_NOTIONAL_HINTS = (
-    "notional",
-    "less than the minimum amount",
-    "minimum order value",
-    "min_notional",
-    "minimum amount",
-    "quote_min_size",
-    "too small",
-    "minimum size",
-)
-_PRECISION_HINTS = (
-    "precision",
-    "lot_size",
-    "checkbdscale",
-    "price_filter",
-    "decimal",
-    "scale error",
-    "step size",
-    "increment",
-)
-_POSITION_HINTS = (
-    "reduceonly",
-    "reduce only",
-    "reduce-only",
-    "position side",
-    "unilateral",
-    "hedge mode",
-    "one-way",
-    "one way",
-    "position mode",
-    "margin mode",
-    "no position",
-    "position is not enough",
-    "leverage",
-)
-
-
-def _has(message: str, hints: tuple[str, ...]) -> bool:
-    return any(h in message for h in hints)
+#: The venue's reason as an order-update reason (those not decided by the message).
+_EXEC_REASON: dict[VenueReason, ExecReason] = {
+    VenueReason.CREDENTIALS_MISSING: ExecReason.CREDENTIALS_MISSING,
+    VenueReason.AUTH_FAILED: ExecReason.AUTH_FAILED,
+    VenueReason.RATE_LIMITED: ExecReason.RATE_LIMITED,
+    VenueReason.TIMEOUT: ExecReason.VENUE_TIMEOUT,
+    VenueReason.EXCHANGE_UNAVAILABLE: ExecReason.NETWORK_ERROR,
+    VenueReason.NETWORK_ERROR: ExecReason.NETWORK_ERROR,
+    VenueReason.BAD_SYMBOL: ExecReason.SYMBOL_NOT_SUPPORTED,
+    VenueReason.INSUFFICIENT_FUNDS: ExecReason.INSUFFICIENT_FUNDS,
+}
+#: What the venue's message names, where its class is too broad to tell.
+_EXEC_REASON_BY_HINT: dict[VenueHint, ExecReason] = {
+    VenueHint.POSITION_RULE: ExecReason.POSITION_RULE,
+    VenueHint.PRECISION: ExecReason.PRECISION_INVALID,
+    VenueHint.MIN_NOTIONAL: ExecReason.MIN_NOTIONAL,
+    VenueHint.SYMBOL: ExecReason.SYMBOL_NOT_SUPPORTED,
+    # the venue says it is transient (Binance -1001 DISCONNECTED); the retry reuses the client order id
+    VenueHint.TRY_AGAIN: ExecReason.NETWORK_ERROR,
+}
 
 
 def classify_execution_error(exc: BaseException) -> ErrorVerdict:
-    """What an exception from an order call means for the order (see module docstring)."""
-    message = str(exc).lower()
-    if isinstance(exc, ccxt.DuplicateOrderId) or _has(message, _DUPLICATE_HINTS):
+    """What an exception from an order call means for the order (see module docstring).
+
+    A garbled answer to an order call (``bad_response``) is not retried unless
+    the venue says "try again": it is a ``venue_error`` like anything unnamed.
+    """
+    verdict = classify(exc)
+    if verdict.duplicate:
         return ErrorVerdict(ExecReason.ALREADY_PLACED, retriable=False, duplicate=True)
-    if isinstance(exc, ccxt.AuthenticationError):
-        if "credential" in message and "requires" in message:
-            return ErrorVerdict(ExecReason.CREDENTIALS_MISSING, retriable=False)
-        return ErrorVerdict(ExecReason.AUTH_FAILED, retriable=False)
-    if isinstance(exc, (ccxt.RateLimitExceeded, ccxt.DDoSProtection)):
-        return ErrorVerdict(ExecReason.RATE_LIMITED, retriable=True)
-    if isinstance(exc, (ccxt.RequestTimeout, TimeoutError)):
-        return ErrorVerdict(ExecReason.VENUE_TIMEOUT, retriable=True)
-    if isinstance(exc, (ccxt.NetworkError, ConnectionError)):
-        return ErrorVerdict(ExecReason.NETWORK_ERROR, retriable=True)
-    if isinstance(exc, ccxt.BadSymbol):
-        return ErrorVerdict(ExecReason.SYMBOL_NOT_SUPPORTED, retriable=False)
-    if isinstance(exc, ccxt.InsufficientFunds):
-        return ErrorVerdict(ExecReason.INSUFFICIENT_FUNDS, retriable=False)
-    if isinstance(exc, ccxt.ExchangeError):
-        if _has(message, _POSITION_HINTS):
-            return ErrorVerdict(ExecReason.POSITION_RULE, retriable=False)
-        if _has(message, _PRECISION_HINTS):
-            return ErrorVerdict(ExecReason.PRECISION_INVALID, retriable=False)
-        if _has(message, _MIN_NOTIONAL_HINTS):
-            return ErrorVerdict(ExecReason.MIN_NOTIONAL, retriable=False)
-        if "invalid symbol" in message or "symbol not" in message:
-            return ErrorVerdict(ExecReason.SYMBOL_NOT_SUPPORTED, retriable=False)
-    if isinstance(exc, ccxt.OperationFailed) and "try again" in message:
-        # the venue says it is transient (Binance -1001 DISCONNECTED); the retry reuses the client order id
-        return ErrorVerdict(ExecReason.NETWORK_ERROR, retriable=True)
-    return ErrorVerdict(ExecReason.VENUE_ERROR, retriable=False)
+    reason = _EXEC_REASON.get(verdict.reason)
+    if reason is None and verdict.hint is not None:
+        reason = _EXEC_REASON_BY_HINT[verdict.hint]
+    if reason is None:
+        return ErrorVerdict(ExecReason.VENUE_ERROR, retriable=False)
+    return ErrorVerdict(reason, retriable=verdict.retriable)
 
 
 # ---------------------------------------------------------------------------

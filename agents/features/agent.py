@@ -12,7 +12,6 @@ state it needs. Table writes happen once per micro-batch per key. With
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from prometheus_client import Counter
 from agents.clock import Clock, FunctionClock
 from agents.features.pipeline import FeaturePipeline
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.env import env_float
 from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.records import Bar, DataQualityEvent, FeatureVector
 from topics.schema import codec_for
@@ -55,7 +55,7 @@ def register(app: Any, ctx: AgentContext, clock: Clock | None = None) -> Any:
     n_quality = RECORDS_OUT.labels(NAME, "market.data_quality")
     latency = PROCESS_LATENCY.labels(NAME)
 
-    stale_every_s = float(os.environ.get("TRADEFLOW_STALE_CHECK_S", "0"))
+    stale_every_s = env_float("TRADEFLOW_STALE_CHECK_S", 0.0)
     if stale_every_s > 0:
         # Live feeds only: a stream with no new bar for ``stale_after_bars``
         # timeframes (by the wall clock) is reported and blocked until bars return.

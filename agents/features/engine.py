@@ -101,6 +101,7 @@ from operator import mul, sub
 from typing import Any
 
 from agents.features.spec import DEFAULT_SPEC, FeatureSpec, format_lineage_id, lineage_element
+from runtime.errors import BadInput
 from topics.records import Bar, FeatureVector, Timeframe
 from topics.schema import event_id_for
 
@@ -149,7 +150,7 @@ class RejectReason(enum.StrEnum):
     OUT_OF_RANGE = "out_of_range"
 
 
-class BarRejected(Exception):
+class BarRejected(BadInput):
     """A bar the stream cannot apply; the state is unchanged.
 
     ``needs_recompute`` tells the agent what to do: True means the vectors

@@ -42,6 +42,7 @@ from agents.control.signing import load_keyring
 from agents.governance.config import GovernanceConfig
 from agents.governance.engine import GovernanceEngine, Step
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.exits import EXIT_CONFIG
 from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.records import (
     Alert,
@@ -62,7 +63,6 @@ R = TypeVar("R", bound=Record)
 NAME = "governance"
 BATCH_MAX = 100
 BATCH_WAIT_S = 0.005
-EXIT_CONFIG = 2
 RESTORE_IDLE_MS = 500
 
 OUTPUTS: dict[type[Record], str] = {

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from agents.confighash import stable_config_hash
 from agents.control.signing import VerifierConfig
+from runtime.env import env_int, env_str
 from topics.records import ModelStage
 
 __all__ = [
@@ -54,9 +55,6 @@ DEFAULT_REQUIRED_GATES: tuple[str, ...] = (
     "hard_metrics:reject_rate",
     "readiness:valid_runs",
 )
-
-ENV_PREFIX = "TRADEFLOW_GOVERNANCE_"
-
 
 def next_stage(stage: ModelStage) -> ModelStage | None:
     """The stage after ``stage`` on the ladder (``registered`` -> ``shadow``); None at the top or off it."""
@@ -137,20 +135,15 @@ class GovernanceConfig:
     def from_env(cls, env: Mapping[str, str]) -> GovernanceConfig:
         """``TRADEFLOW_GOVERNANCE_WINDOWS_TO_PROMOTE``, ``..._WINDOWS_TO_ROLLBACK``,
         ``..._REQUIRED_GATES`` (comma list of gate:metric); unset means default.
-        Raises ValueError naming the variable."""
-        kwargs: dict[str, object] = {}
-        for name in ("windows_to_promote", "windows_to_rollback"):
-            var = ENV_PREFIX + name.upper()
-            raw = env.get(var, "").strip()
-            if raw:
-                try:
-                    kwargs[name] = int(raw)
-                except ValueError:
-                    raise ValueError(f"{var}={raw!r} is not an integer") from None
-        gates = env.get(ENV_PREFIX + "REQUIRED_GATES", "").strip()
-        if gates:
-            kwargs["required_gates"] = tuple(g.strip() for g in gates.split(",") if g.strip())
-        return cls(**kwargs)  # type: ignore[arg-type]
+        Raises ValueError (:class:`~runtime.env.ConfigError` for a malformed
+        variable) naming the variable."""
+        default = cls()
+        promote = env_int("TRADEFLOW_GOVERNANCE_WINDOWS_TO_PROMOTE", default.windows_to_promote, env)
+        rollback = env_int("TRADEFLOW_GOVERNANCE_WINDOWS_TO_ROLLBACK", default.windows_to_rollback, env)
+        # Not env_list: a value of only commas must be refused (no gate), not read as unset.
+        gates = env_str("TRADEFLOW_GOVERNANCE_REQUIRED_GATES", "", env)
+        required = tuple(g.strip() for g in gates.split(",") if g.strip()) if gates else default.required_gates
+        return cls(windows_to_promote=promote, windows_to_rollback=rollback, required_gates=required)
 
 
 def _pair(requirement: str) -> tuple[str, str]:

@@ -16,9 +16,9 @@ identity, hence the same event id, and dedupe downstream.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter
@@ -26,6 +26,7 @@ from prometheus_client import Counter
 from agents.clock import EventClock
 from agents.market.bars import AggregatorConfig, BarAggregator
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.env import ConfigError, env_list
 from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.records import Bar, Tick, Timeframe
 from topics.schema import codec_for
@@ -35,8 +36,17 @@ NAME = "bar-aggregator"
 TICKS_DROPPED = Counter("tradeflow_ticks_dropped_total", "Ticks not aggregated", ["reason"])
 
 
+def bar_timeframes(environ: Mapping[str, str] | None = None) -> tuple[Timeframe, ...]:
+    """``TRADEFLOW_BAR_TIMEFRAMES`` (comma list, default ``1m``); ConfigError names a bad timeframe."""
+    names = env_list("TRADEFLOW_BAR_TIMEFRAMES", ("1m",), environ)
+    try:
+        return tuple(Timeframe(t) for t in names)
+    except ValueError as exc:
+        raise ConfigError(f"TRADEFLOW_BAR_TIMEFRAMES: {exc}") from None
+
+
 def register(app: Any, ctx: AgentContext) -> Any:
-    tfs = tuple(Timeframe(t) for t in os.environ.get("TRADEFLOW_BAR_TIMEFRAMES", "1m").split(",") if t)
+    tfs = bar_timeframes()
     clock = EventClock()  # ts_init of emitted bars = newest tick event time (deterministic)
     engine = BarAggregator(AggregatorConfig(timeframes=tfs), clock)
     src = app.topic(ctx.topic("market.ticks"))

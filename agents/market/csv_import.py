@@ -55,6 +55,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TextIO
 
+from runtime.errors import BadInput
 from topics.records import Bar, Timeframe
 from topics.schema import TS_MAX_NS, TS_MIN_NS, codec_for, positional_constructor
 
@@ -90,7 +91,7 @@ class CsvFormat(enum.StrEnum):
     CRYPTODATADOWNLOAD = "cryptodatadownload"
 
 
-class CsvFormatError(ValueError):
+class CsvFormatError(BadInput, ValueError):
     """The file as a whole is not a candle CSV this module reads.
 
     Not retriable and not per row: no header, unknown columns, an ambiguous volume

@@ -1,13 +1,15 @@
 """Exchange access for the market-data collectors: configuration as data, the
-ccxt factory, error classification, backoff, and the two outbound interfaces
-(:class:`Publisher`, :class:`CheckpointStore`) with their simple implementations.
+ccxt factory and error classification (both from :mod:`agents.venue.ccxt`),
+backoff, and the two outbound interfaces (:class:`Publisher`,
+:class:`CheckpointStore`) with their simple implementations.
 
 Error tree (what the caller should do, not where it came from)
 --------------------------------------------------------------
 - :func:`classify_error` maps any exception raised by ccxt to a
-  :class:`FailureReason` and a ``retriable`` flag. Retriable: rate limits,
-  network errors, an exchange that is down or answered garbage. Fatal: bad
-  credentials, unknown symbol, unsupported call, rejected request.
+  :class:`FailureReason` (a metric label) and a ``retriable`` flag, from
+  :func:`agents.venue.ccxt.classify`. Retriable: rate limits, network errors,
+  an exchange that is down or answered garbage. Fatal: bad credentials,
+  unknown symbol, unsupported call, rejected request, anything unnamed.
 - :class:`CollectorError` is the base of what the collectors raise:
 
   - :class:`UnsupportedExchangeError` (also a ``ValueError``): the config names
@@ -35,11 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import ccxt
-import ccxt.async_support as ccxt_async
-import ccxt.pro as ccxt_pro
-
 from agents.market.ccxt_parse import ExchangeDataError, ccxt_ohlcv_to_bar, ccxt_trade_to_tick
+from agents.venue.ccxt import VENUES, MarketType, VenueReason, build_exchange, classify, market_types
+from runtime.errors import BadInput, NeedsOperator, Retriable, TradeflowError
 from topics.records import Timeframe
 from topics.schema import Record
 
@@ -73,26 +73,7 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-class MarketType(enum.StrEnum):
-    SPOT = "spot"
-    #: Perpetual swaps; for the exchanges here, USDT-margined (linear) ones.
-    SWAP = "swap"
-
-
-#: exchange id -> market type -> the ccxt ``fetchMarkets`` types to load.
-#: Loading only the configured market type keeps start-up to one or two
-#: requests (binance would otherwise also load coin-margined futures, okx
-#: options, ...). ``None``: leave ccxt's default (coinbase has one product list).
-_MARKET_LOADING: dict[str, dict[MarketType, list[str] | None]] = {
-    "binance": {MarketType.SPOT: ["spot"], MarketType.SWAP: ["linear"]},
-    "bitget": {MarketType.SPOT: ["spot"], MarketType.SWAP: ["swap"]},
-    "okx": {MarketType.SPOT: ["spot"], MarketType.SWAP: ["swap"]},
-    "coinbase": {MarketType.SPOT: None},
-}
-
-SUPPORTED_EXCHANGES: frozenset[str] = frozenset(_MARKET_LOADING)
-
-_CREDENTIAL_KEYS = frozenset({"apiKey", "secret", "password", "uid"})
+SUPPORTED_EXCHANGES: frozenset[str] = VENUES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,8 +102,8 @@ class ExchangeConfig:
             )
         market_type = MarketType(self.market_type)
         object.__setattr__(self, "market_type", market_type)
-        if market_type not in _MARKET_LOADING[self.exchange_id]:
-            supported = [m.value for m in _MARKET_LOADING[self.exchange_id]]
+        if market_type not in market_types(self.exchange_id):
+            supported = [m.value for m in market_types(self.exchange_id)]
             raise UnsupportedExchangeError(
                 f"{self.exchange_id} supports market types {supported}, not {market_type.value!r}"
             )
@@ -158,33 +139,11 @@ class ExchangeConfig:
 
 
 def make_exchange(cfg: ExchangeConfig, pro: bool = False, credentials: Mapping[str, str] | None = None) -> Any:
-    """Build the ccxt async exchange (``ccxt.pro`` when ``pro``) for a config.
-
-    Rate limiting is always on (ccxt's token-bucket throttler spaces requests
-    by the venue's documented weight), ``defaultType`` selects spot or swap,
-    and only the configured market type is loaded. The caller owns the
-    instance and must ``await exchange.close()``.
-    """
-    if credentials is not None:
-        unknown = set(credentials) - _CREDENTIAL_KEYS
-        if unknown:
-            raise ValueError(f"unknown credential keys {sorted(unknown)}; expected some of {sorted(_CREDENTIAL_KEYS)}")
-    module = ccxt_pro if pro else ccxt_async
-    options: dict[str, Any] = {"defaultType": cfg.market_type.value}
-    types = _MARKET_LOADING[cfg.exchange_id][cfg.market_type]
-    if types is not None:
-        options["fetchMarkets"] = {"types": types}
-    options.update(cfg.options)
-    config: dict[str, Any] = {
-        "enableRateLimit": True,
-        "timeout": cfg.request_timeout_ms,
-        "options": options,
-    }
-    if not cfg.load_currencies:
-        config["has"] = {"fetchCurrencies": False}
-    if credentials:
-        config.update(credentials)
-    return getattr(module, cfg.exchange_id)(config)
+    """The ccxt async exchange (``ccxt.pro`` when ``pro``) for a config
+    (:func:`agents.venue.ccxt.build_exchange`). The caller owns the instance
+    and must ``await exchange.close()``."""
+    return build_exchange(cfg.exchange_id, cfg.market_type, credentials=credentials, options=cfg.options, pro=pro,
+                          timeout_ms=cfg.request_timeout_ms, load_currencies=cfg.load_currencies)
 
 
 # ---------------------------------------------------------------------------
@@ -213,57 +172,50 @@ class ErrorClassification:
     retriable: bool
 
 
-# Order matters: ccxt's tree nests the specific classes under broader ones
-# (RateLimitExceeded, DDoSProtection and ExchangeNotAvailable are NetworkError
-# subclasses; BadSymbol is a BadRequest; PermissionDenied an
-# AuthenticationError; all of the fatal ones are ExchangeError), so the most
-# specific class must be tested first.
-_CLASSIFICATION: tuple[tuple[type[BaseException], ErrorClassification], ...] = (
-    (ccxt.RateLimitExceeded, ErrorClassification(FailureReason.RATE_LIMITED, True)),
-    (ccxt.DDoSProtection, ErrorClassification(FailureReason.RATE_LIMITED, True)),
-    (ccxt.ExchangeNotAvailable, ErrorClassification(FailureReason.EXCHANGE_UNAVAILABLE, True)),
-    (ccxt.NetworkError, ErrorClassification(FailureReason.NETWORK_ERROR, True)),
-    # An HTML maintenance page or a truncated body: usually transient.
-    (ccxt.BadResponse, ErrorClassification(FailureReason.BAD_RESPONSE, True)),
-    (ccxt.AuthenticationError, ErrorClassification(FailureReason.AUTH_FAILED, False)),
-    (ccxt.BadSymbol, ErrorClassification(FailureReason.BAD_SYMBOL, False)),
-    (ccxt.NotSupported, ErrorClassification(FailureReason.NOT_SUPPORTED, False)),
-    (ccxt.BadRequest, ErrorClassification(FailureReason.BAD_REQUEST, False)),
-    (ccxt.ArgumentsRequired, ErrorClassification(FailureReason.BAD_REQUEST, False)),
-    (ccxt.ExchangeError, ErrorClassification(FailureReason.EXCHANGE_ERROR, False)),
-    # Raw transport errors that escape ccxt's wrapping (websocket layer).
-    (TimeoutError, ErrorClassification(FailureReason.NETWORK_ERROR, True)),
-    (ConnectionError, ErrorClassification(FailureReason.NETWORK_ERROR, True)),
-)
-
-_UNKNOWN = ErrorClassification(FailureReason.UNKNOWN, False)
+#: The venue's reason as the collectors' metric label.
+_FAILURE_REASON: dict[VenueReason, FailureReason] = {
+    VenueReason.RATE_LIMITED: FailureReason.RATE_LIMITED,
+    VenueReason.EXCHANGE_UNAVAILABLE: FailureReason.EXCHANGE_UNAVAILABLE,
+    VenueReason.TIMEOUT: FailureReason.NETWORK_ERROR,
+    VenueReason.NETWORK_ERROR: FailureReason.NETWORK_ERROR,
+    VenueReason.BAD_RESPONSE: FailureReason.BAD_RESPONSE,
+    VenueReason.CREDENTIALS_MISSING: FailureReason.AUTH_FAILED,
+    VenueReason.AUTH_FAILED: FailureReason.AUTH_FAILED,
+    VenueReason.BAD_SYMBOL: FailureReason.BAD_SYMBOL,
+    VenueReason.INSUFFICIENT_FUNDS: FailureReason.EXCHANGE_ERROR,
+    VenueReason.NOT_SUPPORTED: FailureReason.NOT_SUPPORTED,
+    VenueReason.BAD_REQUEST: FailureReason.BAD_REQUEST,
+    VenueReason.EXCHANGE_ERROR: FailureReason.EXCHANGE_ERROR,
+    VenueReason.OPERATION_FAILED: FailureReason.UNKNOWN,
+    VenueReason.UNKNOWN: FailureReason.UNKNOWN,
+}
 
 
 def classify_error(exc: BaseException) -> ErrorClassification:
     """What the caller should do about an exception from an exchange call.
 
-    Anything unrecognised is fatal: retrying a failure we cannot name hides
-    bugs, and a stopped collector is loud where a spinning one is not.
+    Anything unrecognised is fatal, whatever its message says: retrying a
+    failure we cannot name hides bugs, and a stopped collector is loud where
+    a spinning one is not.
     """
-    for exc_type, classification in _CLASSIFICATION:
-        if isinstance(exc, exc_type):
-            return classification
-    return _UNKNOWN
+    verdict = classify(exc)
+    reason = _FAILURE_REASON[verdict.reason]
+    return ErrorClassification(reason, verdict.retriable and reason is not FailureReason.UNKNOWN)
 
 
-class CollectorError(Exception):
+class CollectorError(TradeflowError):
     """Base of the errors the market-data collectors raise."""
 
 
-class UnsupportedExchangeError(CollectorError, ValueError):
+class UnsupportedExchangeError(CollectorError, BadInput, ValueError):
     """The configuration names an exchange or market type not built here."""
 
 
-class ExchangeUnreachable(CollectorError):
+class ExchangeUnreachable(CollectorError, Retriable):
     """Start-up could not reach the exchange within a bounded time."""
 
 
-class FatalExchangeError(CollectorError):
+class FatalExchangeError(CollectorError, NeedsOperator):
     """The exchange refused in a way that retrying cannot fix."""
 
     def __init__(self, reason: FailureReason, message: str) -> None:
@@ -271,7 +223,7 @@ class FatalExchangeError(CollectorError):
         self.reason = reason
 
 
-class RetriesExhausted(CollectorError):
+class RetriesExhausted(CollectorError, Retriable):
     """A retriable failure persisted through every allowed attempt."""
 
     def __init__(self, reason: FailureReason, attempts: int, message: str) -> None:

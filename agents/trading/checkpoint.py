@@ -51,6 +51,7 @@ import orjson
 
 from agents.control.signing import Keyring
 from agents.trading.core import TradingCore
+from runtime.errors import NeedsOperator
 from storage.trading import Checkpoint, Offsets
 
 __all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoint", "seal"]
@@ -61,7 +62,7 @@ _MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
 _KEYRING_REF = "tradeflow:keyring"
 
 
-class CheckpointError(Exception):
+class CheckpointError(NeedsOperator):
     """A checkpoint that must not be used (the message says why and what to do)."""
 
 

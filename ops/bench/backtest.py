@@ -46,6 +46,7 @@ import numpy as np
 
 from agents.market.csv_import import import_csv_file
 from backtest.reference import PriceSeries, ReferenceResult, SmaCrossParams, run_sma_cross
+from runtime.exits import EXIT_FAIL, EXIT_OK
 from topics.records import Bar, Side, Timeframe
 from topics.schema import TS_MIN_NS
 
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     _print_table(report)
     print(f"written {out}")
-    return 0 if identical else 1
+    return EXIT_OK if identical else EXIT_FAIL
 
 
 def _print_table(report: dict[str, Any]) -> None:

@@ -50,6 +50,7 @@ from ops.embedded.broker import EmbeddedBroker, free_port
 from ops.embedded.postgres import EmbeddedPostgres
 from ops.jobs.ingest import SAMPLE_DIR
 from runtime.broker import ensure_topics
+from runtime.exits import EXIT_FAIL, EXIT_OK
 from runtime.publish import RecordPublisher
 from storage.migrate import migrate_dsn
 from topics.catalogue import physical_name
@@ -246,12 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(run(bars, levels))
     except (RuntimeError, OSError) as exc:
         print(f"bench_dashboard failed: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAIL
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

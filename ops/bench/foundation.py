@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from ops.embedded.broker import EmbeddedBroker, free_port
 from ops.embedded.postgres import EmbeddedPostgres
 from runtime.broker import ensure_topics
+from runtime.exits import EXIT_OK
 from runtime.publish import RecordPublisher
 from storage.bench import copy_baseline_batch, create_copy_baseline
 from storage.databases import create_database
@@ -283,7 +284,7 @@ def main(out_path: str, quick: bool = False) -> int:
         results["latency"] = asyncio.run(bench_latency(b.bootstrap, [200, 1000], secs, out.parent))
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
-    return 0
+    return EXIT_OK
 
 
 def _machine() -> dict[str, Any]:

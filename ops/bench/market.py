@@ -30,6 +30,7 @@ from ops.embedded.broker import EmbeddedBroker, free_port
 from ops.embedded.postgres import EmbeddedPostgres
 from ops.jobs.ingest import SAMPLE_DIR, import_file
 from runtime.broker import ensure_topics
+from runtime.exits import EXIT_OK
 from runtime.publish import RecordPublisher
 from storage.databases import create_database
 from storage.migrate import migrate_dsn
@@ -139,7 +140,7 @@ def main() -> int:
         results["features_agent"] = asyncio.run(bench_features_agent(b.bootstrap, 3, out.parent))
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

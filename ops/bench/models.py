@@ -41,6 +41,7 @@ from models.dataset import WindowDataset, holdout_split, label_classes
 from models.inference import DEFAULT_CHUNK_ROWS, predict_windows
 from models.nets import ForecastModel, build_model
 from models.training import train
+from runtime.exits import EXIT_OK
 from topics.records import Timeframe
 
 BATCH_SIZES = (1, 8, 32, 128, 512)
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

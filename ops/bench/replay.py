@@ -34,6 +34,7 @@ from backtest.replay import ReplayConfig, ReplayModel, ReplayResult, replay
 from backtest.walkforward import WalkForwardSpec, train_walk_forward
 from models.config import ModelConfig
 from models.dataset import closes_by_open_time
+from runtime.exits import EXIT_OK
 from topics.records import Bar, Timeframe
 
 CSV = Path(__file__).resolve().parents[1] / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out["replay"]), json.dumps(out["baseline_no_model"]))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ from agents.risk.config import RiskConfig
 from agents.risk.engine import RiskEngine
 from ops.embedded.broker import free_port
 from runtime.broker import ensure_topics
+from runtime.exits import EXIT_OK
 from topics.catalogue import DEFAULT_TOPIC, physical_name
 from topics.records import (
     Bar,
@@ -766,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     if "broker" in result:
         print("\n".join(broker_table(result["broker"])))  # type: ignore[arg-type]
     print(f"written to {a.out}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

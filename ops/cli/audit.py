@@ -27,9 +27,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_parsers"]
+from runtime.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_DIVERGENT, EXIT_USAGE = 0, 1, 2
+__all__ = ["add_parsers"]
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
@@ -54,7 +54,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     print(json.dumps(report.as_json(), sort_keys=True) if a.json else report.render())
     if report.counterfactual:
         return EXIT_OK
-    return EXIT_OK if report.identical else EXIT_DIVERGENT
+    return EXIT_OK if report.identical else EXIT_FAIL
 
 
 def _pair(text: str) -> tuple[str, str]:

@@ -36,13 +36,12 @@ from typing import Any
 
 import asyncpg
 
+from runtime.exits import EXIT_FAIL, EXIT_INFRA, EXIT_OK, EXIT_USAGE
 from storage import backtests
 from topics.records import Timeframe
 from topics.units import parse_when
 
 __all__ = ["add_parsers"]
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 
 
 def _params(pairs: list[str]) -> dict[str, str | int | float | bool]:

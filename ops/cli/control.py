@@ -40,22 +40,20 @@ from aiokafka.errors import KafkaError
 from agents.control.signing import Keyring, load_keyring, new_control_event
 from agents.risk.config import SETTABLE_LIMITS
 from agents.risk.killswitch import GLOBAL_TARGET, KillScope
+from ops.cli.usage import UsageError
+from runtime.env import env_str
+from runtime.exits import EXIT_INFRA, EXIT_OK, EXIT_USAGE
 from runtime.publish import RecordPublisher
 from topics.records import ControlCommand, ControlEvent
 from topics.schema import JsonScalar
 
-__all__ = ["EXIT_INFRA", "EXIT_OK", "EXIT_USAGE", "add_parsers", "build_event", "publish_event"]
+__all__ = ["EXIT_INFRA", "EXIT_OK", "EXIT_USAGE", "UsageError", "add_parsers", "build_event", "publish_event"]
 
-EXIT_OK, EXIT_USAGE, EXIT_INFRA = 0, 2, 3
 #: Not ``TRADEFLOW_CONTROL_KEY_ID``: every ``TRADEFLOW_CONTROL_KEY_<X>`` variable
 #: defines a key named ``x`` (see :func:`agents.control.signing.load_keyring`).
 KEY_ID_ENV = "TRADEFLOW_CONTROL_SIGNING_KEY_ID"
 _CLASHING_ENV = "TRADEFLOW_CONTROL_KEY_ID"
 _INT = re.compile(r"^[+-]?\d+$")
-
-
-class UsageError(ValueError):
-    """A command line or key configuration the CLI refuses (exit 2)."""
 
 
 # ---------------------------------------------------------------------------
@@ -133,7 +131,7 @@ def build_event(
     nonce: Callable[[], str] = lambda: secrets.token_hex(16),
 ) -> ControlEvent:
     command, scope, target, params = command_fields(a)
-    key_id = (a.key_id or environ.get(KEY_ID_ENV, "")).strip().lower()
+    key_id = (a.key_id or env_str(KEY_ID_ENV, "", environ)).strip().lower()
     keyring = keyring_for(key_id, environ)
     now = now_ns()
     expires_at = None if a.expires_in_s is None else now + int(a.expires_in_s * 1_000_000_000)
@@ -203,7 +201,7 @@ def add_parsers(sub: Any, infra: Callable[[argparse.ArgumentParser], None]) -> N
         infra(p)
         p.add_argument("--key-id", default="", help=f"signing key id (env {KEY_ID_ENV}); the secret comes from "
                        "TRADEFLOW_CONTROL_KEY_<ID> or TRADEFLOW_CONTROL_KEY_<ID>_FILE, never from an argument")
-        p.add_argument("--operator", default=os.environ.get("TRADEFLOW_OPERATOR") or _user(),
+        p.add_argument("--operator", default=env_str("TRADEFLOW_OPERATOR", "") or _user(),
                        help="who is acting (env TRADEFLOW_OPERATOR; default the OS user)")
         p.add_argument("--reason", default="", help="why (recorded in the audit trail)")
         p.add_argument("--expires-in-s", type=float, default=None,

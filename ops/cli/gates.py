@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +50,10 @@ from aiokafka.errors import KafkaError
 
 from agents.gates.config import VALID_SOURCES, GateConfig, parse_duration_ns
 from agents.gates.engine import Evaluation, TrackInputs, evaluate_track, exclusion_reason
+from ops.cli.usage import UsageError
+from runtime.env import env_list, env_str
+from runtime.errors import Retriable
+from runtime.exits import EXIT_FAIL, EXIT_INFRA, EXIT_OK, EXIT_USAGE
 from runtime.metrics import GATE_STATUS, gate_status_value
 from runtime.publish import RecordPublisher
 from storage import gates as store
@@ -59,17 +62,12 @@ from topics.units import parse_when
 
 __all__ = ["add_parsers", "build_config", "evaluate_once", "format_result"]
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 #: Comma-separated tracks ``evaluate`` takes when no ``--track`` is given (else: every track with runs).
 TRACKS_ENV = "TRADEFLOW_GATES_TRACKS"
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
-class UsageError(ValueError):
-    """A command line the CLI refuses (exit 2)."""
-
-
-class InfraError(RuntimeError):
+class InfraError(Retriable, RuntimeError):
     """Database or broker unreachable or not migrated (exit 3)."""
 
 
@@ -213,14 +211,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     except ValueError as exc:  # UsageError included
         print(f"tradeflow gates: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    tracks = [t.strip() for t in (a.track or os.environ.get(TRACKS_ENV, "").split(",")) if t.strip()]
+    tracks = [t.strip() for t in a.track if t.strip()] if a.track else list(env_list(TRACKS_ENV, ()))
     if a.track and len(tracks) != len(a.track):
         print("tradeflow gates: --track must not be empty", file=sys.stderr)
         return EXIT_USAGE
     if every_ns is not None and a.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(a.metrics_port, addr=os.environ.get("TRADEFLOW_METRICS_HOST", "127.0.0.1"))
+        start_http_server(a.metrics_port, addr=env_str("TRADEFLOW_METRICS_HOST", "127.0.0.1"))
 
     async def main() -> int:
         while True:

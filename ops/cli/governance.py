@@ -30,13 +30,13 @@ from typing import Any, TypeVar
 import asyncpg
 
 from agents.governance.config import GovernanceConfig
+from runtime.exits import EXIT_FAIL, EXIT_INFRA, EXIT_OK, EXIT_USAGE
 from storage import registry, rollout
 from storage.connection import Conn
 from topics.records import ModelStage
 
 __all__ = ["add_parsers", "cmd_rollout_audit", "cmd_rollout_status"]
 
-EXIT_OK, EXIT_FAIL, EXIT_INFRA = 0, 1, 3
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _Row = TypeVar("_Row")
 
@@ -104,7 +104,7 @@ def cmd_rollout_status(a: argparse.Namespace) -> int:
 def cmd_rollout_audit(a: argparse.Namespace) -> int:
     if a.limit < 1:
         print("tradeflow rollout audit: --limit must be >= 1", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         rows = asyncio.run(_fetch(a.dsn, a.timeout_s,
                                   lambda c: rollout.audit_trail(c, a.model_id, a.symbol, a.limit)))

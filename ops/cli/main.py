@@ -1,14 +1,20 @@
 """``tradeflow``: the operator and developer command line.
 
-Exit codes scripts can trust: 0 success, 1 failure of the job itself,
-2 usage error, 3 infrastructure lost (broker/database), 130 interrupted.
+Exit codes scripts can trust (:mod:`runtime.exits`): 0 success, 1 failure of
+the job itself, 2 usage or configuration error, 3 infrastructure lost
+(broker/database), 130 interrupted.
+
+Configuration: flags win over their ``TRADEFLOW_*`` variable, read when the
+parser is built. ``tradeflow topics --config`` prints the configuration
+reference (every variable, from :data:`runtime.env.VARIABLES`);
+``docs/configuration.md`` is its output (``tradeflow topics --config >
+docs/configuration.md``) and a test keeps the two equal.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -19,8 +25,8 @@ from typing import Any
 import structlog
 
 from runtime import logs
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+from runtime.env import ConfigError, env_int, env_str
+from runtime.exits import EXIT_FAIL, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 log = structlog.get_logger("ops.cli")
 
@@ -67,7 +73,8 @@ def cmd_worker(a: argparse.Namespace) -> int:
         a.web_port = free_port()
     app_id = a.app_id or "tradeflow-" + "-".join(sorted(a.agents)) + (f"-{a.namespace}" if a.namespace else "")
     app = create_app(WorkerSettings(app_id=app_id, bootstrap=a.bootstrap, namespace=a.namespace, web_port=a.web_port,
-                                        web_host=a.web_host))
+                                    web_host=a.web_host, data_dir=env_str("TRADEFLOW_DATA_DIR", "var"),
+                                    fetch_wait_ms=env_int("TRADEFLOW_FETCH_WAIT_MS", 20, minimum=0)))
     ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace, bootstrap=a.bootstrap, dsn=a.dsn)
     for name in a.agents:
         registry[name](app, ctx)
@@ -168,6 +175,11 @@ def cmd_collect(a: argparse.Namespace) -> int:
 def cmd_topics(a: argparse.Namespace) -> int:
     from ops.cli.schema_docs import catalogue_markdown
 
+    if a.config:
+        from runtime.env import configuration_markdown
+
+        print(configuration_markdown(), end="")
+        return EXIT_OK
     if a.create:
         from runtime.broker import ensure_topics
 
@@ -208,20 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tradeflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--log-level", default=os.environ.get("TRADEFLOW_LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=env_str("TRADEFLOW_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="command", required=True)
 
     def infra(sp: argparse.ArgumentParser, dsn: bool = False) -> None:
-        sp.add_argument("--bootstrap", default=os.environ.get("TRADEFLOW_BOOTSTRAP", "127.0.0.1:9092"),
+        sp.add_argument("--bootstrap", default=env_str("TRADEFLOW_BOOTSTRAP", "127.0.0.1:9092"),
                         help="Kafka bootstrap servers (env TRADEFLOW_BOOTSTRAP)")
-        sp.add_argument("--namespace", default=os.environ.get("TRADEFLOW_NAMESPACE", ""),
+        sp.add_argument("--namespace", default=env_str("TRADEFLOW_NAMESPACE", ""),
                         help="topic name prefix isolating a deployment or test run")
         if dsn:
-            sp.add_argument("--dsn", default=os.environ.get("TRADEFLOW_DSN", "postgresql://postgres@127.0.0.1/tradeflow"),
+            sp.add_argument("--dsn", default=env_str("TRADEFLOW_DSN", "postgresql://postgres@127.0.0.1/tradeflow"),
                             help="PostgreSQL DSN (env TRADEFLOW_DSN)")
 
     sp = sub.add_parser("run", help="start the embedded default (broker, Postgres, workers) and run the main job")
-    sp.add_argument("--data-dir", default=os.environ.get("TRADEFLOW_DATA_DIR", "var"),
+    sp.add_argument("--data-dir", default=env_str("TRADEFLOW_DATA_DIR", "var"),
                     help="where the persistent Postgres cluster and logs live")
     sp.add_argument("--file", dest="files", action="append", help="CSV to import (default: bundled sample data)")
     sp.add_argument("--fresh-db", action="store_true", help="drop and recreate the database before the run")
@@ -232,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--agents", nargs="+", required=True, help="agent names")
     sp.add_argument("--app-id", default="")
     sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port (0: any free port)")
-    sp.add_argument("--web-host", default=os.environ.get("TRADEFLOW_WEB_HOST", "127.0.0.1"),
+    sp.add_argument("--web-host", default=env_str("TRADEFLOW_WEB_HOST", "127.0.0.1"),
                     help="bind address of the worker's web server (default loopback only)")
     sp.set_defaults(fn=cmd_worker)
 
@@ -241,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--group", default="tradeflow-sink")
     sp.add_argument("--topics", nargs="*", help="catalogue names (default: all)")
     sp.add_argument("--metrics-port", type=int, default=0)
-    sp.add_argument("--metrics-host", default=os.environ.get("TRADEFLOW_METRICS_HOST", "127.0.0.1"),
+    sp.add_argument("--metrics-host", default=env_str("TRADEFLOW_METRICS_HOST", "127.0.0.1"),
                     help="bind address of /metrics (default loopback; 0.0.0.0 in containers)")
     sp.set_defaults(fn=cmd_sink)
 
@@ -312,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)
     sp.add_argument("--create", action="store_true", help="create every catalogued topic (idempotent)")
+    sp.add_argument("--config", action="store_true",
+                    help="print the configuration reference instead (every TRADEFLOW_* variable; "
+                    "docs/configuration.md)")
     sp.add_argument("--replication-factor", type=int, default=1)
     sp.set_defaults(fn=cmd_topics)
 
@@ -335,7 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = a.fn(a)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:  # names the variable, never a secret value
+        print(f"tradeflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KafkaConnectionError as exc:
         print(f"tradeflow: broker unreachable ({exc}); is it running? (--bootstrap / TRADEFLOW_BOOTSTRAP)",
               file=sys.stderr)

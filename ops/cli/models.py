@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from agents.features.spec import FEATURE_SET_VERSION
+from runtime.exits import EXIT_FAIL, EXIT_OK
 from runtime.publish import RecordPublisher
 from storage import registry
 from topics.records import Timeframe, TrainJob
@@ -53,7 +54,7 @@ def cmd_train_submit(a: argparse.Namespace) -> int:
 
     asyncio.run(main())
     print(json.dumps({"job_id": job.job_id, "event_id": job.event_id, "topic": "jobs.train"}))
-    return 0
+    return EXIT_OK
 
 
 def cmd_models_list(a: argparse.Namespace) -> int:
@@ -67,7 +68,7 @@ def cmd_models_list(a: argparse.Namespace) -> int:
     rows = asyncio.run(main())
     if not rows:
         print("no model versions registered")
-        return 0
+        return EXIT_OK
     print(f"{'model_id':<28} {'version':<14} {'stage':<12} {'val_log_loss':>12} {'val_ic':>8} {'val_pnl_sharpe':>14}")
     for r in rows:
         m = json.loads(r["metrics"])
@@ -76,7 +77,7 @@ def cmd_models_list(a: argparse.Namespace) -> int:
             return f"{m[k]:.4f}" if k in m else "n/a"
         print(f"{r['model_id']:<28} {r['version']:<14} {r['stage']:<12} {f('val_log_loss'):>12} {f('val_ic'):>8} "
               f"{f('val_pnl_sharpe'):>10}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_models_show(a: argparse.Namespace) -> int:
@@ -90,13 +91,13 @@ def cmd_models_show(a: argparse.Namespace) -> int:
     rows = asyncio.run(main())
     if not rows:
         print(f"{a.model_id} {a.version or ''}: not in the registry", file=sys.stderr)
-        return 1
+        return EXIT_FAIL
     for r in rows:
         d = dict(r)
         d["config"] = json.loads(d["config"])
         d["metrics"] = json.loads(d["metrics"])
         print(json.dumps(d, indent=2, default=str))
-    return 0
+    return EXIT_OK
 
 
 def cmd_train_ddp(a: argparse.Namespace) -> int:
@@ -107,8 +108,7 @@ def cmd_train_ddp(a: argparse.Namespace) -> int:
 
 
 def cmd_train_tune(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from gpu_workers.agents import artifacts_dir
     from gpu_workers.tuning import TuneSpec, tune
 
     spec = TuneSpec(study=a.study, family=a.family, symbol=a.symbol, timeframe=Timeframe(a.timeframe),
@@ -116,12 +116,12 @@ def cmd_train_tune(a: argparse.Namespace) -> int:
                     feature_set_version=a.feature_set_version, trials=a.trials, seed=a.seed,
                     fixed=tuple(_hyperparams(a.hp or []).items()))
     study = asyncio.run(tune(spec, dsn=a.dsn, bootstrap=a.bootstrap, namespace=a.namespace,
-                             artifacts=Path(os.environ.get("TRADEFLOW_ARTIFACTS", "var/models"))))
+                             artifacts=artifacts_dir()))
     done = [t for t in study.trials if t.value is not None]
     print(json.dumps({"study": study.study_name, "trials": len(study.trials), "completed": len(done),
                       "best": None if not done else {"value": study.best_value, "params": study.best_params,
                                                      **study.best_trial.user_attrs}}, indent=2, default=str))
-    return 0 if done else 1
+    return EXIT_OK if done else EXIT_FAIL
 
 
 def add_parsers(sub: Any, infra: Any) -> None:

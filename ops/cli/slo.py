@@ -32,14 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ops.observability.slo import RATIOS, Sample, SloReport, as_json, evaluate, parse_metrics, render
+from runtime.errors import Retriable
+from runtime.exits import EXIT_FAIL, EXIT_INFRA, EXIT_OK, EXIT_USAGE
 
-__all__ = ["EXIT_BREACHED", "EXIT_INFRA", "EXIT_OK", "add_parsers", "from_prometheus", "from_targets"]
+__all__ = ["EXIT_FAIL", "EXIT_INFRA", "EXIT_OK", "add_parsers", "from_prometheus", "from_targets"]
 
-EXIT_OK, EXIT_BREACHED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 _WINDOW = re.compile(r"^\d+[smhdw]$")
 
 
-class PrometheusError(RuntimeError):
+class PrometheusError(Retriable, RuntimeError):
     """The Prometheus server could not be queried (exit 3)."""
 
 
@@ -129,7 +130,7 @@ def cmd_slo(a: argparse.Namespace) -> int:
         print(f"tradeflow slo: Prometheus unreachable: {exc}", file=sys.stderr)
         return EXIT_INFRA
     print(json.dumps(as_json(report), indent=2) if a.json else render(report))
-    return EXIT_BREACHED if report.breached else EXIT_OK
+    return EXIT_FAIL if report.breached else EXIT_OK
 
 
 def add_parsers(sub: Any, infra: Callable[[argparse.ArgumentParser], None]) -> None:

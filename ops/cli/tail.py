@@ -29,9 +29,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_parsers"]
+from runtime.exits import EXIT_INFRA, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+__all__ = ["add_parsers"]
 
 
 # ---------------------------------------------------------------------------

@@ -50,17 +50,14 @@ from backtest.tuning import (
     study_config,
     summary,
 )
+from ops.cli.usage import UsageError
+from runtime.exits import EXIT_FAIL, EXIT_INFRA, EXIT_OK, EXIT_USAGE
 from topics.records import Timeframe
 from topics.schema import TS_MIN_NS
 
 __all__ = ["add_parsers", "cmd_tune"]
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"
-
-
-class UsageError(ValueError):
-    """Arguments or input the command refuses (exit 2)."""
 
 
 def parse_int_list(text: str) -> list[int]:

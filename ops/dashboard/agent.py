@@ -56,6 +56,8 @@ from prometheus_client import REGISTRY
 from ops.dashboard.hub import SseHub, sse_frame
 from ops.dashboard.state import TOPICS, DashboardState
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.env import ConfigError, env_float, env_int, read_secret
+from runtime.exits import EXIT_CONFIG
 from runtime.metrics import CONSUMER_LAG, PROCESS_LATENCY
 from topics.catalogue import spec
 
@@ -69,7 +71,7 @@ BATCH_WAIT_S = 0.005
 DB_PROBE_S = 5.0
 DB_TIMEOUT_S = 1.0
 KEEPALIVE_S = 15.0
-EXIT_CONFIG = 2
+TOKEN_ENV = "TRADEFLOW_DASHBOARD_TOKEN"  # noqa: S105 - the variable's name, not a secret
 STATIC = Path(__file__).resolve().parent / "static"
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -99,32 +101,25 @@ class DashboardSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DashboardSettings:
-        try:
-            interval = float(env.get("TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS", "50")) / 1000
-            queue = int(env.get("TRADEFLOW_DASHBOARD_QUEUE", "8"))
-        except ValueError as exc:
-            raise ValueError(f"dashboard settings: {exc}") from None
-        if not 0 <= interval <= 10 or queue < 1:
-            raise ValueError(
+        """Raises :class:`~runtime.env.ConfigError` (a ``ValueError``) naming the variable."""
+        interval_ms = env_float("TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS", 50.0, env)
+        queue = env_int("TRADEFLOW_DASHBOARD_QUEUE", 8, env)
+        if not 0 <= interval_ms <= 10_000 or queue < 1:
+            raise ConfigError(
                 "TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS must be in [0, 10000], TRADEFLOW_DASHBOARD_QUEUE >= 1")
-        return cls(load_token(env), interval, queue)
+        return cls(load_token(env), interval_ms / 1000, queue)
 
 
 def load_token(env: Mapping[str, str]) -> bytes | None:
-    """``TRADEFLOW_DASHBOARD_TOKEN`` or ``..._FILE`` (not both); None: no token required."""
-    value, path = env.get("TRADEFLOW_DASHBOARD_TOKEN"), env.get("TRADEFLOW_DASHBOARD_TOKEN_FILE")
-    if value is not None and path is not None:
-        raise ValueError("set TRADEFLOW_DASHBOARD_TOKEN or TRADEFLOW_DASHBOARD_TOKEN_FILE, not both")
-    if path is not None:
-        try:
-            value = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"TRADEFLOW_DASHBOARD_TOKEN_FILE: cannot read {path!r}: {exc.strerror}") from None
-    if value is None:
+    """``TRADEFLOW_DASHBOARD_TOKEN`` or ``..._FILE`` (not both, :func:`~runtime.env.read_secret`);
+    None: no token required. A token variable that is set but empty is refused, not read as "no
+    token": a blank secret must not open the dashboard."""
+    value = read_secret(TOKEN_ENV, env)
+    if value is None and TOKEN_ENV not in env and TOKEN_ENV + "_FILE" not in env:
         return None
-    token = value.strip().encode()
+    token = (value or "").encode()
     if len(token) < 16:
-        raise ValueError("the dashboard token must be at least 16 characters")
+        raise ConfigError("the dashboard token must be at least 16 characters")
     return token
 
 

@@ -26,12 +26,13 @@ from pathlib import Path
 import structlog
 
 from ops.embedded.broker import free_port
+from runtime.errors import NeedsOperator
 from storage.databases import exists_query
 
 log = structlog.get_logger("ops.embedded.postgres")
 
 
-class PostgresError(RuntimeError):
+class PostgresError(NeedsOperator, RuntimeError):
     """The embedded PostgreSQL server could not be set up."""
 
 

@@ -17,8 +17,9 @@ import asyncpg
 import structlog
 
 from agents.market.ccxt_parse import ExchangeDataError
-from agents.market.exchanges import ExchangeConfig, MarketType, make_exchange
+from agents.market.exchanges import ExchangeConfig, make_exchange
 from agents.market.history import download_history
+from agents.venue.ccxt import MarketType
 from runtime.metrics import DEAD_LETTERS
 from runtime.publish import RecordPublisher
 from storage.ingest import load_checkpoint, save_checkpoint

@@ -38,6 +38,7 @@ from ops.embedded.broker import EmbeddedBroker, free_port
 from ops.embedded.postgres import EmbeddedPostgres
 from ops.jobs.ingest import SAMPLE_DIR, SAMPLE_FILES, ImportReport, SampleFile, import_file
 from runtime.broker import ensure_topics
+from runtime.exits import EXIT_OK
 from runtime.publish import RecordPublisher
 from storage.bars import count_checked
 from storage.databases import recreate_database
@@ -128,7 +129,7 @@ def run_main_job(opts: RunOptions) -> int:
         pg.stop()
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
     _print_summary(summary)
-    return 0
+    return EXIT_OK
 
 
 async def _recreate_db(pg: EmbeddedPostgres) -> None:

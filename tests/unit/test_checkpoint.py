@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import CheckpointError, CheckpointTampered, load_checkpoint
+from models.checkpoint import CheckpointTampered, ModelCheckpointError, load_checkpoint
 from models.config import ModelConfig
 from models.dataset import WindowDataset, build_dataset, holdout_split
 from models.inference import FeatureMismatch, Predictor, predict_windows, to_signals
@@ -81,10 +81,10 @@ def test_wrong_or_malformed_expected_hash_then_refused(tmp_path: Path) -> None:
     sha = result.save(path)
     with pytest.raises(CheckpointTampered):
         load_checkpoint(path, "0" * 64)
-    with pytest.raises(CheckpointError, match="64 hex digits"):
+    with pytest.raises(ModelCheckpointError, match="64 hex digits"):
         load_checkpoint(path, sha[:12])
     assert load_checkpoint(path, sha.upper()).sha256 == sha
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(ModelCheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "missing.ckpt", sha)
 
 
@@ -93,7 +93,7 @@ def test_verified_file_that_is_not_a_checkpoint_then_checkpoint_error(tmp_path: 
     torch.save({"format": "something-else/9", "state_dict": {}}, buffer)
     path = tmp_path / "other.ckpt"
     path.write_bytes(buffer.getvalue())
-    with pytest.raises(CheckpointError, match="format"):
+    with pytest.raises(ModelCheckpointError, match="format"):
         load_checkpoint(path, hashlib.sha256(buffer.getvalue()).hexdigest())
 
 

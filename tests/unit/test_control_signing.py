@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from agents.control.signing import (
     new_control_event,
     sign_control_event,
 )
+from runtime.env import ConfigError
 from tests.factories import strategy_for
 from topics.records import ControlCommand, ControlEvent
 from topics.schema import codec_for
@@ -208,6 +210,29 @@ def test_keyring_misconfigured_then_clear_errors(tmp_path: Path) -> None:
         load_keyring({"TRADEFLOW_CONTROL_KEY_A": "a" * 40, "TRADEFLOW_CONTROL_KEY_A_FILE": str(path)})
     with pytest.raises(ValueError, match="cannot read"):
         load_keyring({"TRADEFLOW_CONTROL_KEY_A_FILE": str(tmp_path / "missing")})
+
+
+def test_keyring_blank_or_bad_secrets_then_config_errors_naming_the_variable(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n", encoding="utf-8")
+    cases = [
+        ({"TRADEFLOW_CONTROL_KEY_OPS1": "  "}, "at least 32 bytes"),  # set but blank: too short, not absent
+        ({"TRADEFLOW_CONTROL_KEY_OPS1_FILE": str(empty)}, "TRADEFLOW_CONTROL_KEY_OPS1_FILE"),
+        ({"TRADEFLOW_CONTROL_KEY_OPS1": "hex:zz" + "a" * 64}, "TRADEFLOW_CONTROL_KEY_OPS1: value after 'hex:'"),
+        ({"TRADEFLOW_CONTROL_KEY_OPS1": "a" * 40, "TRADEFLOW_CONTROL_KEY_ops1": "b" * 40}, "defined twice"),
+    ]
+    for env, message in cases:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_keyring(env)
+
+
+def test_keyring_file_variable_then_not_paired_with_a_key_named_like_it(tmp_path: Path) -> None:
+    """``<ID>_FILE_FILE`` is the file of key ``<id>_file``; ``<ID>_FILE`` stays the file of key ``<id>``."""
+    a, b = tmp_path / "a.key", tmp_path / "b.key"
+    a.write_text("a" * 40, encoding="utf-8")
+    b.write_text("b" * 40, encoding="utf-8")
+    keyring = load_keyring({"TRADEFLOW_CONTROL_KEY_X_FILE": str(a), "TRADEFLOW_CONTROL_KEY_X_FILE_FILE": str(b)})
+    assert keyring.secret("x") == b"a" * 40 and keyring.secret("x_file") == b"b" * 40
 
 
 def test_sign_with_unknown_key_then_key_error() -> None:

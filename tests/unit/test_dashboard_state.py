@@ -272,6 +272,24 @@ def test_token_from_env_or_file_and_checks(tmp_path: Path) -> None:
     assert tok not in repr(settings) and "token=set" in repr(settings)
 
 
+def test_token_set_but_blank_then_refused_not_an_open_dashboard(tmp_path: Path) -> None:
+    for env in ({"TRADEFLOW_DASHBOARD_TOKEN": ""}, {"TRADEFLOW_DASHBOARD_TOKEN": "   "},
+                {"TRADEFLOW_DASHBOARD_TOKEN_FILE": ""}):
+        with pytest.raises(ValueError, match="at least 16"):
+            load_token(env)
+    blank = tmp_path / "blank"
+    blank.write_text("\n")
+    with pytest.raises(ValueError, match="TRADEFLOW_DASHBOARD_TOKEN_FILE"):
+        load_token({"TRADEFLOW_DASHBOARD_TOKEN_FILE": str(blank)})
+
+
+def test_dashboard_settings_malformed_then_error_names_the_variable() -> None:
+    with pytest.raises(ValueError, match="TRADEFLOW_DASHBOARD_QUEUE"):
+        DashboardSettings.from_env({"TRADEFLOW_DASHBOARD_QUEUE": "eight"})
+    with pytest.raises(ValueError, match="TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS"):
+        DashboardSettings.from_env({"TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS": "20000"})
+
+
 def test_page_is_self_contained() -> None:
     page = render_page()
     assert "/*__APP_CSS__*/" not in page and "//__APP_JS__" not in page
