@@ -65,7 +65,6 @@ import asyncio
 import enum
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +80,7 @@ from agents.execution.interface import (
     build_update,
     client_order_id_for,
 )
+from runtime.seen import SeenIds
 from topics.records import Fill, Liquidity, OrderIntent, OrderStatus, OrderType, RiskDecision, RiskVerdict, Side
 
 __all__ = [
@@ -380,7 +380,7 @@ class CcxtExecutionAdapter:
         self.clock = clock
         self.name = config.adapter
         self._sleep = sleep
-        self._submitted: OrderedDict[str, None] = OrderedDict()
+        self._submitted: SeenIds[str] = SeenIds(config.max_remembered_orders)
         self._configured: set[str] = set()
         #: Client order ids sent to the venue, in order (what a duplicate-safety check inspects).
         self.sent_client_order_ids: list[str] = []
@@ -457,11 +457,8 @@ class CcxtExecutionAdapter:
         self, intent: OrderIntent, decision: RiskDecision, market: MarketContext | None
     ) -> list[ExecutionRecord]:
         coid = client_order_id_for(intent.event_id)
-        if coid in self._submitted:
+        if not self._submitted.add(coid):
             return []
-        self._submitted[coid] = None
-        while len(self._submitted) > self.config.max_remembered_orders:
-            self._submitted.popitem(last=False)
         now = self.clock.now_ns()
 
         def update(status: OrderStatus, qty: float, reason: str | None, venue_id: str | None = None) -> ExecutionRecord:

@@ -93,6 +93,7 @@ from agents.execution.interface import InFlightOrders, client_order_id_for
 from agents.portfolio.engine import PortfolioState
 from agents.risk.config import NS_PER_HOUR, NS_PER_SECOND, SETTABLE_LIMITS, RiskConfig
 from agents.risk.killswitch import KillScope, KillSwitch, KillSwitchBoard, OpeningStatus
+from runtime.seen import SeenIds
 from topics.records import (
     Bar,
     ControlCommand,
@@ -224,7 +225,7 @@ class RiskEngine:
         #: intent event id -> trigger, for exits this engine emitted.
         self._protective: OrderedDict[str, RiskReason] = OrderedDict()
         #: (symbol, opened_at_ns, quantity) of positions an exit was emitted for.
-        self._exited: OrderedDict[tuple[str, int | None, float], None] = OrderedDict()
+        self._exited: SeenIds[tuple[str, int | None, float]] = SeenIds(max_cached_decisions)
         self._loss_streak_served = 0
         self._loss_cooldown_until: int | None = None
         self._in_flight = InFlightOrders(ttl_ns=config.pending_order_ttl_ns)
@@ -300,9 +301,8 @@ class RiskEngine:
         else:
             return None
         key = (bar.symbol, pos.opened_at_ns, exposure)
-        if key in self._exited:
+        if not self._exited.add(key):
             return None
-        _bounded_put(self._exited, key, None, self._max_cached)
         intent = OrderIntent.new(
             ts_init=now,
             correlation_id=bar.correlation_id,

@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from agents.clock import Clock
 from agents.execution.interface import ExecutionRecord, InFlightOrders, client_order_id_for
 from agents.portfolio.engine import PortfolioState
 from agents.strategy.config import StrategyConfig
+from runtime.seen import SeenIds
 from topics.records import Bar, OrderIntent, OrderType, Side, Signal
 
 __all__ = ["SizingAdjustment", "SizingDecision", "SizingReason", "StrategyEngine"]
@@ -114,7 +114,7 @@ class StrategyEngine:
         self.clock = clock
         self._portfolio: PortfolioState | None = None
         self._prices: dict[str, tuple[int, float]] = {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: SeenIds[str] = SeenIds(config.max_seen_signals)
         self._in_flight = InFlightOrders(ttl_ns=config.pending_order_ttl_ns)
 
     # ------------------------------------------------------------------
@@ -166,11 +166,8 @@ class StrategyEngine:
             )
 
         # -- 1. skip outright -------------------------------------------------
-        if signal.event_id in self._seen:
+        if not self._seen.add(signal.event_id):
             return skip(SizingReason.DUPLICATE_SIGNAL)
-        self._seen[signal.event_id] = None
-        while len(self._seen) > cfg.max_seen_signals:
-            self._seen.popitem(last=False)
         if signal.shadow:
             return skip(SizingReason.SHADOW)
         if not capital_fraction > 0.0:

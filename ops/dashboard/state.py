@@ -34,10 +34,11 @@ Folding rules
 from __future__ import annotations
 
 import re
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.seen import SeenIds
 from topics.records import (
     Alert,
     ControlAudit,
@@ -159,7 +160,8 @@ class DashboardState:
         self.config = config or DashboardConfig()
         self.version = 0
         self.event_now_ns: int | None = None
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        #: event ids already folded; a repeated id counts as the newest again
+        self._seen: SeenIds[str] = SeenIds(self.config.dedupe_window, refresh_on_hit=True)
         self._signals: dict[str, Signal] = {}
         self._portfolios: dict[str, PortfolioSnapshot] = {}
         self._curves: dict[str, _Curve] = {}
@@ -184,21 +186,12 @@ class DashboardState:
 
     def apply(self, record: Record) -> bool:
         """Fold one decoded record; returns whether the view changed."""
-        if self._duplicate(record.event_id):
+        if not self._seen.add(record.event_id):
             return False
         changed = self._dispatch(record)
         if changed:
             self.version += 1
         return changed
-
-    def _duplicate(self, event_id: str) -> bool:
-        if event_id in self._seen:
-            self._seen.move_to_end(event_id)
-            return True
-        self._seen[event_id] = None
-        if len(self._seen) > self.config.dedupe_window:
-            self._seen.popitem(last=False)
-        return False
 
     def _dispatch(self, r: Record) -> bool:
         if isinstance(r, Signal):

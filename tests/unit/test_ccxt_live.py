@@ -35,9 +35,9 @@ from agents.market.live import (
     LiveSettings,
     StreamKind,
     StreamSpec,
-    TradeDeduper,
     Transport,
 )
+from runtime.seen import SeenIds
 from tests.fixtures.ccxt.replay import ReplayTransport, load_fixture
 from topics.records import AggressorSide, Bar, Tick, Timeframe
 from topics.schema import Record
@@ -341,9 +341,9 @@ def test_candle_tracker_on_websocket_updates_then_last_values_close_the_bar() ->
 
 
 def test_trade_deduper_at_capacity_then_oldest_forgotten() -> None:
-    dedupe = TradeDeduper(capacity=2)
-    assert [dedupe.seen(i) for i in ("a", "b", "a", "c", "b")] == [False, False, True, False, True]
-    assert dedupe.seen("a") is False  # the oldest id, evicted when "c" arrived
+    dedupe: SeenIds[str] = SeenIds(capacity=2)  # what the collector dedupes trade ids with
+    assert [not dedupe.add(i) for i in ("a", "b", "a", "c", "b")] == [False, False, True, False, True]
+    assert dedupe.add("a") is True  # the oldest id, evicted when "c" arrived
     assert len(dedupe) == 2
 
 
