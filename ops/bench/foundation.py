@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from ops.bench.stats import percentile
 from ops.embedded.broker import EmbeddedBroker, free_port
 from ops.embedded.postgres import EmbeddedPostgres
 from runtime.broker import ensure_topics
@@ -59,8 +60,10 @@ def _bars(n: int, offset: int = 0, ts_init: int | None = None) -> list[Bar]:
 
 
 def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
+    p = percentile(xs, q)
+    if p is None:
+        raise ValueError("no latency samples")
+    return round(p, 2)
 
 
 # ---------------------------------------------------------------------------
@@ -239,10 +242,10 @@ async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_di
             base = await _paced_latency(bootstrap, physical_name("market.ticks", ns), physical_name("market.ticks", ns),
                                         rate, seconds)
             out[f"{rate}_per_s"] = {
-                "agent_hop_p50_ms": round(_pct(lat, 0.5), 2),
-                "agent_hop_p99_ms": round(_pct(lat, 0.99), 2),
-                "baseline_broker_only_p50_ms": round(_pct(base, 0.5), 2),
-                "baseline_broker_only_p99_ms": round(_pct(base, 0.99), 2),
+                "agent_hop_p50_ms": _pct(lat, 0.5),
+                "agent_hop_p99_ms": _pct(lat, 0.99),
+                "baseline_broker_only_p50_ms": _pct(base, 0.5),
+                "baseline_broker_only_p99_ms": _pct(base, 0.99),
                 "samples": len(lat),
             }
             print(f"  latency @{rate}/s: {out[f'{rate}_per_s']}", flush=True)

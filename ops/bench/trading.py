@@ -65,6 +65,7 @@ from agents.control.signing import ControlVerifier, Keyring, load_keyring, new_c
 from agents.portfolio.engine import PortfolioState
 from agents.risk.config import RiskConfig
 from agents.risk.engine import RiskEngine
+from ops.bench.stats import percentile
 from ops.embedded.broker import free_port
 from runtime.broker import ensure_topics
 from topics.catalogue import DEFAULT_TOPIC, physical_name
@@ -176,13 +177,12 @@ KILL_SIGNAL_RATE = 100
 
 def percentiles(latencies_ms: list[float]) -> dict[str, float | int | None]:
     """p50/p95/p99/max (nearest rank) and the sample count; ``None`` when there are no samples."""
-    s = sorted(latencies_ms)
-
     def q(p: float) -> float | None:
-        return round(s[min(len(s) - 1, int(p * len(s)))], 2) if s else None
+        v = percentile(latencies_ms, p)
+        return None if v is None else round(v, 2)
 
-    return {"samples": len(s), "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
-            "max_ms": round(s[-1], 2) if s else None}
+    return {"samples": len(latencies_ms), "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
+            "max_ms": q(1.0)}
 
 
 def bench_signal(symbol: str, i: int, ts_ns: int) -> Signal:
