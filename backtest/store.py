@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from topics.records import Bar, Timeframe
+from topics.units import NS_PER_US
 
 __all__ = [
     "RunRow",
@@ -53,7 +54,7 @@ _BAR_SQL = (
 
 def ns_to_dt(ns: int) -> datetime:
     """ns since the epoch -> aware UTC datetime (microsecond precision, what timestamptz holds)."""
-    return _EPOCH + timedelta(microseconds=ns // 1_000)
+    return _EPOCH + timedelta(microseconds=ns // NS_PER_US)
 
 
 def _json(value: Any) -> str:

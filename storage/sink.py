@@ -49,6 +49,7 @@ from runtime.metrics import (
 from topics.catalogue import TOPICS, TopicSpec, physical_name, spec
 from topics.records import Bar, DeadLetter, FeatureVector
 from topics.schema import Codec, Record, RecordError, codec_for
+from topics.units import NS_PER_MS
 
 log = structlog.get_logger("storage.sink")
 
@@ -276,7 +277,7 @@ class TopicSink:
             for msg in msgs:
                 rec = decode_message(
                     codec, consumer=self.consumer_name, topic=dec.spec.name, partition=msg.partition,
-                    offset=msg.offset, key=msg.key, value=msg.value, ts_event=msg.timestamp * 1_000_000,
+                    offset=msg.offset, key=msg.key, value=msg.value, ts_event=msg.timestamp * NS_PER_MS,
                     ts_init=stamp, dead_letters=dead.append, bad_input=RecordError,
                 )
                 if rec is None:

@@ -82,6 +82,7 @@ from agents.execution.interface import (
 )
 from runtime.seen import SeenIds
 from topics.records import Fill, Liquidity, OrderIntent, OrderStatus, OrderType, RiskDecision, RiskVerdict, Side
+from topics.units import NS_PER_MS
 
 __all__ = [
     "SUPPORTED_VENUES",
@@ -595,7 +596,7 @@ class CcxtExecutionAdapter:
         venue_id = order.get("id")
         venue_id = str(venue_id) if venue_id is not None else None
         ts_ms = order.get("timestamp")
-        ts = int(ts_ms) * 1_000_000 if isinstance(ts_ms, (int, float)) and ts_ms > 0 else decision.ts_event
+        ts = int(ts_ms) * NS_PER_MS if isinstance(ts_ms, (int, float)) and ts_ms > 0 else decision.ts_event
         filled = (_num(order.get("filled")) or 0.0) * size
         average = _num(order.get("average"))
         status = _CCXT_STATUS.get(str(order.get("status")), OrderStatus.ACKNOWLEDGED)
@@ -665,7 +666,7 @@ class CcxtExecutionAdapter:
                     amount,
                     _num(fee.get("cost")) or 0.0,
                     str(fee.get("currency") or quote),
-                    int(trade_ts) * 1_000_000 if isinstance(trade_ts, (int, float)) and trade_ts > 0 else ts,
+                    int(trade_ts) * NS_PER_MS if isinstance(trade_ts, (int, float)) and trade_ts > 0 else ts,
                     Liquidity.MAKER if trade.get("takerOrMaker") == "maker" else Liquidity.TAKER,
                 )
             )

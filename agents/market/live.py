@@ -40,7 +40,6 @@ import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from agents.market.ccxt_parse import (
-    NS_PER_MS,
     ExchangeDataError,
     candle_is_closed,
     ccxt_ohlcv_to_bar,
@@ -58,6 +57,7 @@ from agents.market.exchanges import (
 from runtime.seen import SeenIds
 from topics.records import Bar, Tick, Timeframe
 from topics.schema import Record
+from topics.units import NS_PER_MS
 
 __all__ = [
     "CandleTracker",

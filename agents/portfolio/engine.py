@@ -55,10 +55,9 @@ from types import MappingProxyType
 from agents.confighash import stable_config_hash
 from runtime.seen import SeenIds
 from topics.records import Bar, Fill, Side
+from topics.units import NS_PER_DAY
 
-__all__ = ["NS_PER_DAY", "PortfolioConfig", "PortfolioEngine", "PortfolioState", "Position"]
-
-NS_PER_DAY = 86_400 * 1_000_000_000
+__all__ = ["PortfolioConfig", "PortfolioEngine", "PortfolioState", "Position"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -91,7 +91,7 @@ from agents.clock import Clock
 from agents.control.signing import AuditOutcome, ControlAudit, ControlVerifier, audit_for
 from agents.execution.interface import InFlightOrders, client_order_id_for
 from agents.portfolio.engine import PortfolioState
-from agents.risk.config import NS_PER_HOUR, NS_PER_SECOND, SETTABLE_LIMITS, RiskConfig
+from agents.risk.config import SETTABLE_LIMITS, RiskConfig
 from agents.risk.killswitch import KillScope, KillSwitch, KillSwitchBoard, OpeningStatus
 from runtime.seen import SeenIds
 from topics.records import (
@@ -106,6 +106,7 @@ from topics.records import (
     RiskVerdict,
     Side,
 )
+from topics.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_SECOND
 
 __all__ = [
     "COMPONENT",
@@ -119,7 +120,6 @@ __all__ = [
 
 COMPONENT = "risk"
 VOLATILITY_BREAKER_SETTER = "risk:volatility_breaker"
-_NS_PER_DAY = 24 * NS_PER_HOUR
 #: Quantities at or below this are nothing (float residue of the splits).
 _QTY_EPS = 1e-12
 _K = TypeVar("_K")
@@ -262,7 +262,7 @@ class RiskEngine:
             self._marks[bar.symbol] = _Mark(bar.close, bar.ts_event)
         engaged: list[KillSwitch] = []
         # -- volatility breaker ------------------------------------------------
-        hour = (bar.open_time % _NS_PER_DAY) // NS_PER_HOUR
+        hour = (bar.open_time % NS_PER_DAY) // NS_PER_HOUR
         threshold = self.config.vol_threshold_for(bar.symbol, hour, bar.timeframe.nanos)
         bar_range = (bar.high - bar.low) / bar.open
         if bar_range > threshold:

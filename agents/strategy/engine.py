@@ -54,10 +54,10 @@ from agents.portfolio.engine import PortfolioState
 from agents.strategy.config import StrategyConfig
 from runtime.seen import SeenIds
 from topics.records import Bar, OrderIntent, OrderType, Side, Signal
+from topics.units import NS_PER_HOUR
 
 __all__ = ["SizingAdjustment", "SizingDecision", "SizingReason", "StrategyEngine"]
 
-_NS_PER_HOUR = 3_600_000_000_000
 _QTY_EPS = 1e-12
 
 
@@ -200,7 +200,7 @@ class StrategyEngine:
         # -- 3. size -----------------------------------------------------------------------
         target_notional = 0.0
         if direction != 0:
-            hour = (signal.ts_event // _NS_PER_HOUR) % 24
+            hour = (signal.ts_event // NS_PER_HOUR) % 24
             magnitude = abs(cfg.size(score)) * cfg.max_position_fraction * max(state.equity, 0.0)
             magnitude *= cfg.vol_scale(signal.symbol, hour)
             cap = cfg.cap_notional(signal.symbol)

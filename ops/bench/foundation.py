@@ -39,10 +39,10 @@ from storage.sink import EVENT_COLUMNS, SinkConfig, TopicSink
 from topics.catalogue import physical_name
 from topics.records import Bar, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_HOUR
 
-H = 3_600_000_000_000
 _SEQ = itertools.count()  # unique open times across latency runs
-T0 = 1_500_000_000_000_000_000 // H * H
+T0 = 1_500_000_000_000_000_000 // NS_PER_HOUR * NS_PER_HOUR
 
 
 def _bars(n: int, offset: int = 0, ts_init: int | None = None) -> list[Bar]:
@@ -51,9 +51,9 @@ def _bars(n: int, offset: int = 0, ts_init: int | None = None) -> list[Bar]:
         px = 100.0 + (i % 101)
         out.append(
             Bar.new(
-                ts_init=ts_init or T0, ts_event=T0 + (i + 1) * H, venue="bench", symbol="BTC/USDT",
-                timeframe=Timeframe.H1, open_time=T0 + i * H, open=px, high=px + 1, low=px - 1, close=px + 0.5,
-                volume=1.0 + i % 3, trade_count=i % 50, is_closed=True, revision=0, source="bench",
+                ts_init=ts_init or T0, ts_event=T0 + (i + 1) * NS_PER_HOUR, venue="bench", symbol="BTC/USDT",
+                timeframe=Timeframe.H1, open_time=T0 + i * NS_PER_HOUR, open=px, high=px + 1, low=px - 1,
+                close=px + 0.5, volume=1.0 + i % 3, trade_count=i % 50, is_closed=True, revision=0, source="bench",
             )
         )
     return out

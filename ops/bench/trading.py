@@ -80,14 +80,14 @@ from topics.records import (
     Timeframe,
 )
 from topics.schema import Record, codec_for
+from topics.units import NS_PER_HOUR, NS_PER_MINUTE
 
-H = 3_600_000_000_000
-NOW = 1_609_459_200_000_000_000 + 2 * H
+NOW = 1_609_459_200_000_000_000 + 2 * NS_PER_HOUR
 
 
 def _bar(symbol: str, close: float) -> Bar:
     return Bar.new(ts_init=NOW, ts_event=NOW, venue="binance", symbol=symbol, timeframe=Timeframe.H1,
-                   open_time=NOW - H, open=close, high=close, low=close, close=close, volume=1_000.0,
+                   open_time=NOW - NS_PER_HOUR, open=close, high=close, low=close, close=close, volume=1_000.0,
                    trade_count=None, is_closed=True, revision=0, source="bench")
 
 
@@ -153,7 +153,6 @@ def _checkpoint_cost(n_bars: int) -> dict[str, float]:
 # (b), (c): the trading agent on the embedded broker -- pure helpers first
 # ---------------------------------------------------------------------------
 
-MIN_NS = 60 * 1_000_000_000
 BENCH_KEY_ID = "bench"
 #: Symbols the worker may trade; each phase gets its own, so one phase's orders in flight never meet another's.
 PHASE_SYMBOLS = {"decision_100": "BTC/USDT", "decision_1000": "ETH/USDT", "paired_100": "SOL/USDT",
@@ -205,7 +204,7 @@ def bench_bar(symbol: str, open_time: int, price: float) -> Bar:
     Its close (``ts_event``) may lie up to a minute ahead of the wall clock: the agent bounds its clock by
     the message's arrival time, so a bar from the future cannot move time forward.
     """
-    return Bar.new(ts_init=open_time, ts_event=open_time + MIN_NS, venue="bench", symbol=symbol,
+    return Bar.new(ts_init=open_time, ts_event=open_time + NS_PER_MINUTE, venue="bench", symbol=symbol,
                    timeframe=Timeframe.M1, open_time=open_time, open=price, high=price, low=price, close=price,
                    volume=1e9, trade_count=None, is_closed=True, revision=0, source="bench")
 
@@ -644,7 +643,7 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
         for name, value in BENCH_LIMITS.items():
             await _control(pacer, keyring, ControlCommand.SET_LIMIT, {"name": name, "value": value},
                            f"benchmark: {name} lifted")
-        warm = time.time_ns() // MIN_NS * MIN_NS - 2 * MIN_NS
+        warm = time.time_ns() // NS_PER_MINUTE * NS_PER_MINUTE - 2 * NS_PER_MINUTE
         for symbol in PHASE_SYMBOLS.values():
             await pacer.send(bench_bar(symbol, warm, BASE_PRICE[symbol]), "market.bars")
         await col.wait(lambda: len(col.records["portfolio.state"]) >= len(PHASE_SYMBOLS), 120,

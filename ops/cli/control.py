@@ -43,6 +43,7 @@ from agents.risk.killswitch import GLOBAL_TARGET, KillScope
 from runtime.publish import RecordPublisher
 from topics.records import ControlCommand, ControlEvent
 from topics.schema import JsonScalar
+from topics.units import NS_PER_SECOND
 
 __all__ = ["EXIT_INFRA", "EXIT_OK", "EXIT_USAGE", "add_parsers", "build_event", "publish_event"]
 
@@ -136,7 +137,7 @@ def build_event(
     key_id = (a.key_id or environ.get(KEY_ID_ENV, "")).strip().lower()
     keyring = keyring_for(key_id, environ)
     now = now_ns()
-    expires_at = None if a.expires_in_s is None else now + int(a.expires_in_s * 1_000_000_000)
+    expires_at = None if a.expires_in_s is None else now + int(a.expires_in_s * NS_PER_SECOND)
     return new_control_event(
         command=command,
         scope=scope,

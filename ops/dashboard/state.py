@@ -52,10 +52,9 @@ from topics.records import (
     Signal,
 )
 from topics.schema import Record
+from topics.units import NS_PER_SECOND
 
 __all__ = ["TOPICS", "DashboardConfig", "DashboardState", "ParsedSwitch", "parse_switch"]
-
-NS = 1_000_000_000
 
 #: The catalogue topics the dashboard folds (the agent subscribes to exactly these).
 TOPICS: tuple[str, ...] = (
@@ -106,8 +105,8 @@ class DashboardConfig:
     recent: int = 20
     max_symbols: int = 500
     dedupe_window: int = 100_000
-    rate_window_ns: int = 10 * NS
-    rate_sample_ns: int = 1 * NS
+    rate_window_ns: int = 10 * NS_PER_SECOND
+    rate_sample_ns: int = NS_PER_SECOND
 
 
 @dataclass(slots=True)
@@ -311,7 +310,7 @@ class DashboardState:
         if not self._samples:
             return dict.fromkeys(TOPICS)
         t0, c0 = self._samples[0]
-        dt = (now_ns - t0) / NS
+        dt = (now_ns - t0) / NS_PER_SECOND
         if dt <= 0:
             return dict.fromkeys(TOPICS)
         return {t: (self._consumed[t] - c0.get(t, 0)) / dt for t in TOPICS}

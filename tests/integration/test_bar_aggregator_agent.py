@@ -13,13 +13,11 @@ from runtime.publish import RecordPublisher
 from tests.conftest import Procs, wait_until
 from topics.records import AggressorSide, Bar, Tick, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_SECOND as S
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 T0 = 1_700_000_040_000_000_000 // 60_000_000_000 * 60_000_000_000
-S = 1_000_000_000
-
-
 def _ticks(n: int) -> list[Tick]:
     rng = random.Random(3)
     out, px = [], 37_000.0

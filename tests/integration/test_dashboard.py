@@ -54,13 +54,13 @@ from topics.records import (
     Signal,
     Timeframe,
 )
+from topics.units import NS_PER_MINUTE as MIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 TOKEN = "dash-token-NEVER-LOG-5c1e9a7f3b2d4e60"
 SECRET = "fake-control-secret-NEVER-LOG-91d3e5a7c2b4"
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
-MIN = 60 * 1_000_000_000
 H = Timeframe.H1.nanos
 BTC_FILE, BTC_START = "binance_btcusdt_1h_2017_2022.csv", "2020-10-03 02:00:00+00:00"
 

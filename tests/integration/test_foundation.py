@@ -17,10 +17,10 @@ from tests.factories import sample
 from topics.catalogue import TOPICS
 from topics.records import Bar, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_HOUR as H
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-H = 3_600_000_000_000
 T0 = 1_600_000_000_000_000_000 // H * H
 
 

@@ -34,13 +34,13 @@ from ops.embedded.broker import EmbeddedBroker
 from runtime.publish import RecordPublisher
 from tests.conftest import ROOT, Proc, Procs, wait_until
 from topics.records import Comparator, ControlCommand, GateResult, GateStatus, ModelRegistryEvent, ModelStage
+from topics.units import NS_PER_HOUR as HOUR
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 SECRET = "fake-governance-secret-NEVER-LOG-4e1d7a"
 MODEL = "mlp-btcusdt-1h"
 SYMBOL = "BTC/USDT"
-HOUR = 3_600_000_000_000
 P, F = GateStatus.PASSED, GateStatus.FAILED
 
 

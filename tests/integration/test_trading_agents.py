@@ -47,13 +47,13 @@ from tests.conftest import ROOT, Procs, wait_until
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import Bar, ControlCommand, ControlEvent, Signal, Timeframe
 from topics.schema import Record, codec_for, event_id_for
+from topics.units import NS_PER_MINUTE as MIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 #: A known fake secret: scenario 4 greps every log and row for it.
 SECRET = "fake-control-secret-NEVER-LOG-7f3a9c1e5b2d"
 FILE_SECRET = "fake-file-secret-NEVER-LOG-0b8e4d2a6c9f1357"
-MIN = 60 * 1_000_000_000
 H = Timeframe.H1.nanos
 HALF = Timeframe.M30.nanos
 BTC_FILE = ("binance_btcusdt_1h_2017_2022.csv", "binance", "BTC/USDT", Timeframe.H1, "2020-10-03 02:00:00+00:00")

@@ -28,8 +28,8 @@ from backtest.walkforward import WalkForwardSpec, train_walk_forward
 from models.config import ModelConfig
 from models.dataset import closes_by_open_time
 from topics.records import Bar, Fill, Liquidity, PortfolioSnapshot, Side, Timeframe
+from topics.units import NS_PER_DAY as DAY
 
-DAY = 86_400 * 1_000_000_000
 T0 = 1_600_000_000_000_000_000 - 1_600_000_000_000_000_000 % DAY
 CSV = Path(__file__).resolve().parents[2] / "ops" / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"
 

@@ -13,10 +13,10 @@ from agents.clock import EventClock
 from agents.market.bars import AggregationResult, AggregatorConfig, BarAggregator, DroppedTick, DropReason
 from topics.records import AggressorSide, Bar, Tick, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_SECOND as S
 
 T0 = 1_699_999_800_000_000_000  # 2023-11-14 22:10:00 UTC, a 5-minute boundary
 assert T0 % Timeframe.M5.nanos == 0
-S = 1_000_000_000
 M = 60 * S
 TS_INIT = 1_800_000_000_000_000_000
 

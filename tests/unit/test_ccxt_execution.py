@@ -38,7 +38,6 @@ from topics.records import (
 
 pytestmark = pytest.mark.timeout(20)
 
-S = 1_000_000_000
 NOW = 1_609_495_200_000_000_000  # 2021-01-01 10:00 UTC
 KEYS = {"apiKey": "test-key", "secret": "test-secret-0123456789abcdef0123456789"}
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from tests.factories import strategy_for
 from topics.records import ALL_RECORDS, Bar, DeadLetter, Signal, Timeframe
 from topics.schema import ErrorReason, Record, RecordError, codec_for, event_id_for
+from topics.units import NS_PER_HOUR as H
 
-H = 3_600_000_000_000
 T0 = 1_600_000_000_000_000_000 // H * H
 
 

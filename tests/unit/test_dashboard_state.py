@@ -31,12 +31,10 @@ from topics.records import (
     Severity,
     Signal,
 )
+from topics.units import NS_PER_HOUR as H
+from topics.units import NS_PER_SECOND as S
 
 T0 = 1_700_000_000_000_000_000
-S = 1_000_000_000
-H = 3600 * S
-
-
 def signal(symbol: str, ts: int, score: float) -> Signal:
     up = 0.5 + score / 2
     return Signal.new(ts_init=ts, ts_event=ts, symbol=symbol, model_id="m", model_version="1", horizon="1h", p_up=up,

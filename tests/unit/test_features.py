@@ -26,8 +26,8 @@ from agents.features.spec import (
 )
 from topics.records import Bar, FeatureVector, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_HOUR as HOUR
 
-HOUR = 3_600_000_000_000
 T0 = 1_600_000_000_000_000_000 // HOUR * HOUR  # 2020-09-13 12:00 UTC
 W = DEFAULT_SPEC.window
 TS_INIT = T0 + 10**9 * 3600 * 24 * 365 * 5

@@ -29,9 +29,9 @@ from topics.records import (
 )
 from topics.records import Comparator as Cmp
 from topics.schema import Record, codec_for
+from topics.units import NS_PER_DAY as DAY
 
 KEYRING = Keyring({"ops1": b"g" * 40})
-DAY = 86_400_000_000_000
 T0 = 1_700_000_000_000_000_000
 MODEL = "mlp-btcusdt-1h"
 BTC = "BTC/USDT"

@@ -24,9 +24,8 @@ from topics.records import (
     Timeframe,
 )
 from topics.schema import Record
+from topics.units import NS_PER_HOUR as H
 
-S = 1_000_000_000
-H = 3600 * S
 T0 = 1_609_459_200_000_000_000
 NOW = T0 + 3 * H  # decisions at the close of the 02:00 bar
 BTC = "BTC/USDT"

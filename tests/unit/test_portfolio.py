@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.portfolio.engine import NS_PER_DAY, PortfolioConfig, PortfolioEngine
+from agents.portfolio.engine import PortfolioConfig, PortfolioEngine
 from topics.records import Bar, Fill, Liquidity, Side, Timeframe
+from topics.units import NS_PER_DAY
+from topics.units import NS_PER_HOUR as H
 
-H = 3_600_000_000_000
 T0 = 1_609_459_200_000_000_000  # 2021-01-01 00:00 UTC
 BTC = "BTC/USDT"
 ETH = "ETH/USDT"

@@ -31,9 +31,9 @@ from topics.records import (
     Timeframe,
 )
 from topics.schema import JsonScalar, codec_for
+from topics.units import NS_PER_HOUR as H
+from topics.units import NS_PER_SECOND as S
 
-S = 1_000_000_000
-H = 3600 * S
 T0 = 1_609_459_200_000_000_000  # 2021-01-01 00:00 UTC
 NOW = T0 + 2 * H + 30 * 60 * S  # 02:30 UTC
 BTC, ETH = "BTC/USDT", "ETH/USDT"

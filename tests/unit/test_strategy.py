@@ -16,9 +16,8 @@ from agents.strategy.config import StrategyConfig
 from agents.strategy.engine import SizingAdjustment, SizingReason, StrategyEngine
 from topics.records import Bar, OrderIntent, OrderStatus, OrderType, OrderUpdate, Side, Signal, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_HOUR as H
 
-S = 1_000_000_000
-H = 3600 * S
 T0 = 1_609_459_200_000_000_000  # 2021-01-01 00:00 UTC
 NOW = T0 + 3 * H  # signals of the 02:00 bar close at 03:00 UTC
 BTC, ETH = "BTC/USDT", "ETH/USDT"
