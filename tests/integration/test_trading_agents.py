@@ -43,6 +43,7 @@ from agents.trading.core import TradingCore
 from ops.embedded.broker import EmbeddedBroker
 from ops.jobs.ingest import SAMPLE_DIR
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import ROOT, Procs, wait_until
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import Bar, ControlCommand, ControlEvent, Signal, Timeframe
@@ -85,21 +86,14 @@ def bars(file: tuple[str, str, str, Timeframe, str], n: int, last_close: int) ->
         close = last_close - (n - 1 - j) * tf.nanos
         o, hi, lo, c = (float(r[k]) for k in ("open", "high", "low", "close"))
         assert (hi - lo) / o < 0.02, "the chosen window must be calm (no volatility breaker)"
-        out.append(Bar.new(
-            ts_init=close, ts_event=close, venue=venue, symbol=symbol, timeframe=tf, open_time=close - tf.nanos,
-            open=o, high=hi, low=lo, close=c, volume=float(r["volume"]), trade_count=None, is_closed=True,
-            revision=0, source=f"csv-restamped:{name}",
-        ))
+        out.append(builders.bar(venue=venue, symbol=symbol, timeframe=tf, open_time=close - tf.nanos, open=o, high=hi,
+                                low=lo, close=c, volume=float(r["volume"]), source=f"csv-restamped:{name}"))
     return out
 
 
 def signal(symbol: str, ts: int, score: float, tag: str) -> Signal:
-    up = 0.5 + score / 2
-    return Signal.new(
-        ts_init=ts, ts_event=ts, symbol=symbol, model_id="stub-momentum", model_version="1", horizon="1h",
-        p_up=up, p_flat=0.0, p_down=1.0 - up, expected_return=0.02 * score, score=score, shadow=False,
-        feature_event_id=f"features-{tag}", lineage_id="test",
-    )
+    return builders.signal(symbol=symbol, ts=ts, score=score, model_id="stub-momentum", expected_return=0.02 * score,
+                           feature_event_id=f"features-{tag}", lineage_id="test")
 
 
 def tamper(event: ControlEvent, **changes: Any) -> ControlEvent:

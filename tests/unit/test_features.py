@@ -24,6 +24,7 @@ from agents.features.spec import (
     lineage_matches,
     parse_lineage_id,
 )
+from tests import builders
 from topics.records import Bar, FeatureVector, Timeframe
 from topics.schema import codec_for
 from topics.units import NS_PER_HOUR as HOUR
@@ -48,24 +49,9 @@ PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 
 def make_bar(i: int, close: float, volume: float, *, spread: float = 0.0, revision: int = 0) -> Bar:
     """Bar number ``i`` of a BTC/USDT 1h stream; high/low ``spread`` around the close."""
-    ot = T0 + i * HOUR
-    return Bar.new(
-        ts_init=ot + HOUR,
-        ts_event=ot + HOUR,
-        venue="binance",
-        symbol="BTC/USDT",
-        timeframe=Timeframe.H1,
-        open_time=ot,
-        open=close,
-        high=round(close * (1.0 + spread), 2),
-        low=round(close * (1.0 - spread), 2),
-        close=close,
-        volume=volume,
-        trade_count=0,
-        is_closed=True,
-        revision=revision,
-        source="test",
-    )
+    return builders.bar(open_time=T0 + i * HOUR, open=close, high=round(close * (1.0 + spread), 2),
+                        low=round(close * (1.0 - spread), 2), close=close, volume=volume, trade_count=0,
+                        revision=revision)
 
 
 @st.composite
