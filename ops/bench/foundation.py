@@ -19,8 +19,6 @@ import contextlib
 import itertools
 import json
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,8 +28,9 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ops.bench.stats import percentile
-from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.embedded.broker import EmbeddedBroker
 from ops.embedded.postgres import EmbeddedPostgres
+from ops.embedded.workers import ChildProcess, worker_argv
 from runtime.broker import ensure_topics
 from runtime.publish import RecordPublisher
 from storage.migrate import migrate_dsn
@@ -228,11 +227,8 @@ async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_di
     ns = f"bl{uuid.uuid4().hex[:6]}"
     await ensure_topics(bootstrap, namespace=ns)
     out: dict[str, Any] = {"seconds_per_rate": seconds}
-    log = open(log_dir / "bench-worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", bootstrap, "--namespace", ns, "--web-port",
-         str(free_port()), "--agents", "bars-checker"], stdout=log, stderr=subprocess.STDOUT,
-    )
+    worker = ChildProcess("bench-worker", worker_argv(bootstrap, "bars-checker", namespace=ns),
+                          log_dir / "bench-worker.log", append=False).start()
     try:
         # wait until the agent forwards (group joined, partitions assigned)
         await _wait_forwarding(bootstrap, ns)
@@ -250,9 +246,7 @@ async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_di
             }
             print(f"  latency @{rate}/s: {out[f'{rate}_per_s']}", flush=True)
     finally:
-        worker.terminate()
-        worker.wait(30)
-        log.close()
+        worker.stop(timeout=30)
     return out
 
 

@@ -52,7 +52,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -66,7 +65,7 @@ from agents.portfolio.engine import PortfolioState
 from agents.risk.config import RiskConfig
 from agents.risk.engine import RiskEngine
 from ops.bench.stats import percentile
-from ops.embedded.broker import free_port
+from ops.embedded.workers import ChildProcess, worker_argv
 from runtime.broker import ensure_topics
 from topics.catalogue import DEFAULT_TOPIC, physical_name
 from topics.records import (
@@ -628,10 +627,8 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
            "TRADEFLOW_TRADING_SYMBOLS": ",".join(PHASE_SYMBOLS.values()), "TRADEFLOW_TRADING_ACCOUNT": "bench"}
     keyring = load_keyring(env)
     n = {100: 300, 1000: 1000} if quick else {100: 600, 1000: 3000}
-    log = open(log_dir / "bench-trading-worker.log", "wb")  # noqa: SIM115 - closed in finally
-    worker = subprocess.Popen(  # noqa: S603 - fixed argv
-        [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", bootstrap, "--namespace", ns, "--dsn", dsn,
-         "--web-port", str(free_port()), "--agents", "trading"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    worker = ChildProcess("bench-trading-worker", worker_argv(bootstrap, "trading", namespace=ns, dsn=dsn),
+                          log_dir / "bench-trading-worker.log", env=env, append=False).start()
     col = Collector(bootstrap, ns, ("orders.updates", "fills", "risk.decisions", "portfolio.state", "control.audit"))
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     out: dict[str, Any] = {}
@@ -670,14 +667,8 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
     finally:
         await prod.stop()
         await col.stop()
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
-        log.close()
-    out["worker_exit_code"] = worker.returncode
+        exit_code = worker.stop(timeout=30)
+    out["worker_exit_code"] = exit_code
     return out
 
 
