@@ -41,11 +41,12 @@ from runtime.seen import SeenIds
 from tests.fixtures.ccxt.replay import ReplayTransport, load_fixture
 from topics.records import AggressorSide, Bar, Tick, Timeframe
 from topics.schema import Record
+from topics.units import NS_PER_HOUR
 from topics.units import NS_PER_MS as MS
 
 pytestmark = pytest.mark.timeout(15)
 
-HOUR_MS = 3_600_000
+HOUR_MS = NS_PER_HOUR // MS
 T0_MS = 1_609_459_200_000  # 2021-01-01 00:00 UTC
 WALL_0930_NS = (T0_MS + 9 * HOUR_MS + 30 * 60_000) * MS
 WALL_1000_30_NS = (T0_MS + 10 * HOUR_MS + 30_000) * MS

@@ -28,10 +28,11 @@ from tests import builders
 from topics.records import Bar, FeatureVector, Timeframe
 from topics.schema import codec_for
 from topics.units import NS_PER_HOUR as HOUR
+from topics.units import NS_PER_YEAR
 
 T0 = 1_600_000_000_000_000_000 // HOUR * HOUR  # 2020-09-13 12:00 UTC
 W = DEFAULT_SPEC.window
-TS_INIT = T0 + 10**9 * 3600 * 24 * 365 * 5
+TS_INIT = T0 + 5 * NS_PER_YEAR
 
 # Running sums (engine) and fresh numpy sums (batch) round differently, so the
 # two agree to rounding, not bit for bit: ~1e-13 relative on real data. The
