@@ -81,6 +81,7 @@ from models.serving import InferenceStep
 from topics.records import Bar, FeatureVector, Fill, PortfolioSnapshot, Signal, Timeframe
 from topics.schema import Record, codec_for
 from topics.streamhash import stream_hash
+from topics.units import NS_PER_DAY
 
 __all__ = [
     "INVERTED_SUFFIX",
@@ -99,7 +100,6 @@ INVERTED_SUFFIX = "+inv"
 #: Rows per ``predict_batch`` call: bounds the window tensor ([rows, W, F] float64).
 _INFERENCE_BLOCK = 4096
 _FOREVER = 2**63 - 1
-_NS_PER_DAY = 86_400 * 1_000_000_000
 
 
 # ---------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Rep
             step = core.on_bar(bar)
             if step.bar_skipped is None:
                 traded += 1
-                days.setdefault(bar.symbol, set()).add(bar.ts_event // _NS_PER_DAY)
+                days.setdefault(bar.symbol, set()).add(bar.ts_event // NS_PER_DAY)
             _collect(step.records, records, fills, equity)
         for k in range(i, j):
             for sig in signals_at[k]:

@@ -14,9 +14,9 @@ import math
 import statistics
 from collections.abc import Sequence
 
-__all__ = ["NS_PER_DAY", "daily_sharpe"]
+from topics.units import NS_PER_DAY
 
-NS_PER_DAY = 86_400 * 1_000_000_000
+__all__ = ["daily_sharpe"]
 
 
 def daily_sharpe(curve: Sequence[tuple[int, float]], initial: float) -> float | None:

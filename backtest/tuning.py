@@ -76,7 +76,6 @@ __all__ = [
     "summary",
 ]
 
-DAY_NS = 86_400 * 1_000_000_000
 STRATEGY = "sma_cross"
 OBJECTIVE = "sharpe_daily"
 

@@ -52,6 +52,7 @@ import numpy.typing as npt
 
 from runtime.errors import BadInput
 from topics.records import Bar, FeatureVector, Timeframe
+from topics.units import NS_PER_YEAR
 
 __all__ = [
     "CLASS_DOWN",
@@ -74,7 +75,6 @@ CLASS_DOWN: Final = 0
 CLASS_FLAT: Final = 1
 CLASS_UP: Final = 2
 
-_YEAR_NS: Final = 365 * 86_400 * 1_000_000_000
 #: A feature whose train-set std is below this is constant: it is centred but
 #: not scaled (scaling by ~0 would turn rounding noise into huge inputs).
 _MIN_STD: Final = 1e-12
@@ -160,7 +160,7 @@ class WindowDataset:
     @property
     def periods_per_year(self) -> float:
         """Non-overlapping label periods per year (for annualising Sharpe)."""
-        return _YEAR_NS / self.horizon_ns
+        return NS_PER_YEAR / self.horizon_ns
 
     def windows(self, rows: IntArray) -> FloatArray:
         """Raw windows ``[len(rows), W, F]`` (float64) of the given rows."""

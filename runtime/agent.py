@@ -1,4 +1,4 @@
-"""What every thin agent shares: topic naming, decode-or-dead-letter.
+"""What every thin agent shares: topic naming, decode-or-dead-letter (the sink's too).
 
 Kept tiny on purpose: an agent decodes, calls its engine, and sends.
 """
@@ -17,7 +17,7 @@ from runtime.metrics import DEAD_LETTERS, RECORDS_IN
 from topics.catalogue import physical_name
 from topics.deadletter import dead_letter_for
 from topics.records import DeadLetter
-from topics.schema import ErrorReason, Record, RecordError, codec_for
+from topics.schema import Codec, ErrorReason, Record, RecordError, codec_for
 
 log = structlog.get_logger("runtime.agent")
 
@@ -79,29 +79,56 @@ def crash_worker_on_bug(app: Any, name: str) -> Callable[[_Body], _Body]:
     return wrap
 
 
-async def decode_or_dead_letter(ctx: AgentContext, consumer: str, topic: str, cls: type[R], event: Any) -> R | None:
-    """Decode ``event.value`` as ``cls``; on failure dead-letter it and return None.
+def decode_message(
+    codec: Codec[R],
+    *,
+    consumer: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    ts_event: int,
+    ts_init: Callable[[], int],
+    dead_letters: Callable[[DeadLetter], object],
+    bad_input: type[Exception] | tuple[type[Exception], ...] = Exception,
+) -> R | None:
+    """Decode one message's value; one that is not a valid record is dead-lettered and None returned.
 
-    The worker never crashes on bad input: the reason, the original bytes and
-    the source coordinates go to the dead-letter topic, a metric counts it.
+    The consumer never crashes on bad input: a metric counts it by reason, a log line names it, and a
+    :class:`DeadLetter` (reason, original bytes, source coordinates) goes to ``dead_letters``.
+    ``bad_input`` is what counts as bad input (the sink passes :class:`RecordError` only: any other
+    exception is a bug and propagates). ``ts_event`` is the broker timestamp (ns); ``ts_init`` is
+    read only when a dead letter is made.
     """
+    try:
+        if value is None:
+            raise RecordError(ErrorReason.INVALID_VALUE, "empty message value (tombstone)")
+        return codec.decode(value)
+    except bad_input as err:
+        reason = err.reason.value if isinstance(err, RecordError) else ErrorReason.INVALID_VALUE.value
+        DEAD_LETTERS.labels(consumer, topic, reason).inc()
+        log.warning("dead_letter", consumer=consumer, topic=topic, partition=partition, offset=offset,
+                    reason=reason, detail=str(err)[:200])
+        dead_letters(
+            dead_letter_for(
+                consumer=consumer, topic=topic, partition=partition, offset=offset, key=key, value=value,
+                error=err, ts_event=ts_event, ts_init=ts_init(),
+            )
+        )
+        return None
+
+
+async def decode_or_dead_letter(ctx: AgentContext, consumer: str, topic: str, cls: type[R], event: Any) -> R | None:
+    """Decode ``event.value`` as ``cls``; on failure dead-letter it (:func:`decode_message`) and return None."""
     RECORDS_IN.labels(consumer, topic).inc()
     msg = event.message
-    try:
-        if msg.value is None:
-            raise RecordError(ErrorReason.INVALID_VALUE, "empty message value (tombstone)")
-        return codec_for(cls).decode(msg.value)
-    except Exception as exc:
-        err = exc
-    reason = err.reason.value if isinstance(err, RecordError) else ErrorReason.INVALID_VALUE.value
-    DEAD_LETTERS.labels(consumer, topic, reason).inc()
-    log.warning("dead_letter", consumer=consumer, topic=topic, partition=msg.partition, offset=msg.offset,
-                reason=reason, detail=str(err)[:200])
-    await ctx.dead_letter(
-        dead_letter_for(
-            consumer=consumer, topic=topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-            value=msg.value, error=err, ts_event=int(msg.timestamp * 1e9) if msg.timestamp else 0,
-            ts_init=ctx.wall_clock(),
-        )
+    dead: list[DeadLetter] = []
+    record = decode_message(
+        codec_for(cls), consumer=consumer, topic=topic, partition=msg.partition, offset=msg.offset, key=msg.key,
+        value=msg.value, ts_event=int(msg.timestamp * 1e9) if msg.timestamp else 0, ts_init=ctx.wall_clock,
+        dead_letters=dead.append,
     )
-    return None
+    for dl in dead:
+        await ctx.dead_letter(dl)
+    return record

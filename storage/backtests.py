@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from storage.connection import Conn
+from topics.units import NS_PER_US
 
 __all__ = [
     "RunRow",
@@ -34,7 +35,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def ns_to_dt(ns: int) -> datetime:
     """ns since the epoch -> aware UTC datetime (microsecond precision, what timestamptz holds)."""
-    return _EPOCH + timedelta(microseconds=ns // 1_000)
+    return _EPOCH + timedelta(microseconds=ns // NS_PER_US)
 
 
 def _json(value: Any) -> str:

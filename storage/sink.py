@@ -37,9 +37,9 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from runtime.agent import decode_message
 from runtime.errors import Retriable
 from runtime.metrics import (
-    DEAD_LETTERS,
     RECORDS_IN,
     SINK_BATCH,
     SINK_COMMIT_SECONDS,
@@ -48,9 +48,9 @@ from runtime.metrics import (
     set_consumer_lag,
 )
 from topics.catalogue import TOPICS, TopicSpec, physical_name, spec
-from topics.deadletter import dead_letter_for
 from topics.records import Bar, DeadLetter, FeatureVector
-from topics.schema import Codec, ErrorReason, Record, RecordError, codec_for
+from topics.schema import Codec, Record, RecordError, codec_for
+from topics.units import NS_PER_MS
 
 log = structlog.get_logger("storage.sink")
 
@@ -265,30 +265,23 @@ class TopicSink:
         features: list[tuple[Any, ...]] = []
         dead: list[DeadLetter] = []
         offsets: dict[TopicPartition, int] = {}
-        now = self._wall_ns()
+        now: int = self._wall_ns()
+
+        def stamp() -> int:  # one ts_init for the batch's dead letters
+            return now
+
         for tp, msgs in batch.items():
             dec = self._decoders[tp.topic]
             table_rows = rows[dec.spec.table]
-            decode = dec.codec.decode
+            codec = dec.codec
             RECORDS_IN.labels(self.consumer_name, dec.spec.name).inc(len(msgs))
             for msg in msgs:
-                try:
-                    if msg.value is None:
-                        raise RecordError(ErrorReason.INVALID_VALUE, "empty message value (tombstone)")
-                    rec = decode(msg.value)
-                except RecordError as exc:
-                    DEAD_LETTERS.labels(self.consumer_name, dec.spec.name, exc.reason.value).inc()
-                    dead.append(
-                        dead_letter_for(
-                            consumer=self.consumer_name, topic=dec.spec.name, partition=msg.partition,
-                            offset=msg.offset, key=msg.key, value=msg.value, error=exc,
-                            ts_event=msg.timestamp * 1_000_000, ts_init=now,
-                        )
-                    )
-                    log.warning(
-                        "dead_letter", topic=dec.spec.name, partition=msg.partition, offset=msg.offset,
-                        reason=exc.reason.value, detail=exc.detail[:200],
-                    )
+                rec = decode_message(
+                    codec, consumer=self.consumer_name, topic=dec.spec.name, partition=msg.partition,
+                    offset=msg.offset, key=msg.key, value=msg.value, ts_event=msg.timestamp * NS_PER_MS,
+                    ts_init=stamp, dead_letters=dead.append, bad_input=RecordError,
+                )
+                if rec is None:
                     continue
                 table_rows.append(dec.row(msg, rec))
                 if dec.is_bar:

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
 from ops.embedded.broker import EmbeddedBroker, free_port
 from ops.embedded.postgres import EmbeddedPostgres
+from ops.embedded.workers import ChildProcess, cli_argv, worker_argv
 from runtime.broker import ensure_topics
 from storage.migrate import migrate_dsn
 
@@ -63,44 +59,8 @@ async def namespace(broker: EmbeddedBroker) -> str:
     return ns
 
 
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    log: Path
-    popen: subprocess.Popen[bytes] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def start(self) -> Proc:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(self.log, "ab") as out:
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def kill(self) -> None:
-        if self.alive:
-            assert self.popen is not None
-            self.popen.send_signal(signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self, timeout: float = 20) -> int | None:
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
-        return self.popen.returncode
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+#: A ``tradeflow`` subprocess of a test (``popen``, ``log``, ``output()``, ``stop()``, ``kill()``...).
+Proc = ChildProcess
 
 
 class Procs:
@@ -111,19 +71,22 @@ class Procs:
         self.all: list[Proc] = []
 
     def cli(self, name: str, *args: str) -> Proc:
-        p = Proc(name, [sys.executable, "-m", "ops.cli", *args], self.tmp / f"{name}-{len(self.all)}.log")
-        self.all.append(p)
-        return p.start()
+        return self._start(name, cli_argv(*args))
 
     def worker(self, bootstrap: str, namespace: str, *agents: str) -> Proc:
         port = free_port()
-        p = self.cli("worker", "worker", "--bootstrap", bootstrap, "--namespace", namespace, "--web-port", str(port),
-                     "--agents", *agents)
+        p = self._start("worker", worker_argv(bootstrap, *agents, namespace=namespace, web_port=port))
         p.extra["web_port"] = port
         return p
 
     def sink(self, bootstrap: str, namespace: str, dsn: str, *extra: str) -> Proc:
         return self.cli("sink", "sink", "--bootstrap", bootstrap, "--namespace", namespace, "--dsn", dsn, *extra)
+
+    def _start(self, name: str, argv: list[str]) -> Proc:
+        p = Proc(name, argv, self.tmp / f"{name}-{len(self.all)}.log", env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                 cwd=ROOT)
+        self.all.append(p)
+        return p.start()
 
     def stop_all(self) -> None:
         for p in self.all:

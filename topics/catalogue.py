@@ -38,8 +38,7 @@ from topics.records import (
     TrainJob,
 )
 from topics.schema import Record
-
-DAY_MS = 86_400_000
+from topics.units import MS_PER_DAY
 
 
 class Cleanup(StrEnum):
@@ -82,7 +81,7 @@ def _spec(
         key=key,
         partitions=partitions,
         cleanup=cleanup,
-        retention_ms=None if retention_days is None else retention_days * DAY_MS,
+        retention_ms=None if retention_days is None else retention_days * MS_PER_DAY,
         table=table,
         description=description,
     )

@@ -30,6 +30,7 @@ from topics.schema import (
     Symbol,
     Timestamp,
 )
+from topics.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
 
 # ---------------------------------------------------------------------------
 # Enumerations
@@ -60,7 +61,7 @@ class Timeframe(enum.StrEnum):
     def nanos(self) -> int:
         unit = self.value[-1]
         n = int(self.value[:-1])
-        return n * {"m": 60, "h": 3600, "d": 86400}[unit] * 1_000_000_000
+        return n * {"m": NS_PER_MINUTE, "h": NS_PER_HOUR, "d": NS_PER_DAY}[unit]
 
 
 class Severity(enum.StrEnum):

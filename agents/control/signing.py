@@ -64,6 +64,7 @@ import orjson
 from runtime.env import ConfigError, read_secret
 from topics.records import ControlCommand, ControlEvent
 from topics.schema import JsonScalar, codec_for, event_id_for
+from topics.units import NS_PER_SECOND
 
 __all__ = [
     "DEFAULT_ENV_PREFIX",
@@ -268,8 +269,8 @@ class VerifierConfig:
     """Time rules of verification. 5 minutes: long enough for a CLI over a
     slow VPN, short enough that a captured command is soon useless."""
 
-    max_age_ns: int = 300 * 1_000_000_000
-    max_future_skew_ns: int = 30 * 1_000_000_000
+    max_age_ns: int = 300 * NS_PER_SECOND
+    max_future_skew_ns: int = 30 * NS_PER_SECOND
     max_nonces: int = 100_000
 
 

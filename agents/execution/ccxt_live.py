@@ -66,7 +66,6 @@ import asyncio
 import enum
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +82,9 @@ from agents.execution.interface import (
 )
 from agents.venue.ccxt import MarketType, VenueHint, VenueReason, build_exchange, classify, market_types
 from runtime.errors import Retriable
+from runtime.seen import SeenIds
 from topics.records import Fill, Liquidity, OrderIntent, OrderStatus, OrderType, RiskDecision, RiskVerdict, Side
+from topics.units import NS_PER_MS
 
 __all__ = [
     "SUPPORTED_VENUES",
@@ -310,7 +311,7 @@ class CcxtExecutionAdapter:
         self.clock = clock
         self.name = config.adapter
         self._sleep = sleep
-        self._submitted: OrderedDict[str, None] = OrderedDict()
+        self._submitted: SeenIds[str] = SeenIds(config.max_remembered_orders)
         self._configured: set[str] = set()
         #: Client order ids sent to the venue, in order (what a duplicate-safety check inspects).
         self.sent_client_order_ids: list[str] = []
@@ -387,11 +388,8 @@ class CcxtExecutionAdapter:
         self, intent: OrderIntent, decision: RiskDecision, market: MarketContext | None
     ) -> list[ExecutionRecord]:
         coid = client_order_id_for(intent.event_id)
-        if coid in self._submitted:
+        if not self._submitted.add(coid):
             return []
-        self._submitted[coid] = None
-        while len(self._submitted) > self.config.max_remembered_orders:
-            self._submitted.popitem(last=False)
         now = self.clock.now_ns()
 
         def update(status: OrderStatus, qty: float, reason: str | None, venue_id: str | None = None) -> ExecutionRecord:
@@ -528,7 +526,7 @@ class CcxtExecutionAdapter:
         venue_id = order.get("id")
         venue_id = str(venue_id) if venue_id is not None else None
         ts_ms = order.get("timestamp")
-        ts = int(ts_ms) * 1_000_000 if isinstance(ts_ms, (int, float)) and ts_ms > 0 else decision.ts_event
+        ts = int(ts_ms) * NS_PER_MS if isinstance(ts_ms, (int, float)) and ts_ms > 0 else decision.ts_event
         filled = (_num(order.get("filled")) or 0.0) * size
         average = _num(order.get("average"))
         status = _CCXT_STATUS.get(str(order.get("status")), OrderStatus.ACKNOWLEDGED)
@@ -598,7 +596,7 @@ class CcxtExecutionAdapter:
                     amount,
                     _num(fee.get("cost")) or 0.0,
                     str(fee.get("currency") or quote),
-                    int(trade_ts) * 1_000_000 if isinstance(trade_ts, (int, float)) and trade_ts > 0 else ts,
+                    int(trade_ts) * NS_PER_MS if isinstance(trade_ts, (int, float)) and trade_ts > 0 else ts,
                     Liquidity.MAKER if trade.get("takerOrMaker") == "maker" else Liquidity.TAKER,
                 )
             )

@@ -68,6 +68,7 @@ from agents.execution.interface import (
     build_update,
     client_order_id_for,
 )
+from runtime.seen import SeenIds
 from topics.records import Bar, Fill, Liquidity, OrderIntent, OrderStatus, RiskDecision, RiskVerdict, Side
 from topics.schema import event_id_for
 
@@ -144,7 +145,7 @@ class PaperExecutionEngine:
         self.config = config
         self.clock = clock
         self._rng = random.Random(config.seed)
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: SeenIds[str] = SeenIds(config.max_seen_orders)
         self._working: OrderedDict[str, _Working] = OrderedDict()
 
     # ------------------------------------------------------------------
@@ -153,9 +154,7 @@ class PaperExecutionEngine:
 
     def remember(self, client_order_id: str) -> None:
         """Mark a client order id as already handled (state recovery)."""
-        self._seen[client_order_id] = None
-        while len(self._seen) > self.config.max_seen_orders:
-            self._seen.popitem(last=False)
+        self._seen.add(client_order_id)
 
     def seen(self, client_order_id: str) -> bool:
         return client_order_id in self._seen
@@ -168,9 +167,8 @@ class PaperExecutionEngine:
     ) -> list[ExecutionRecord]:
         """Accept (buffer) or refuse one order; duplicates return nothing."""
         coid = client_order_id_for(intent.event_id)
-        if coid in self._seen:
+        if not self._seen.add(coid):
             return []
-        self.remember(coid)
         now = self.clock.now_ns()
 
         def refuse(reason: ExecReason, quantity: float) -> list[ExecutionRecord]:

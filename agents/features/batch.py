@@ -22,10 +22,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from agents.features.spec import DEFAULT_SPEC, FeatureSpec, lineage_id_for
 from topics.records import Bar, FeatureVector
+from topics.units import NS_PER_DAY
 
 __all__ = ["compute_batch", "feature_matrix"]
-
-_DAY_NS = 86_400 * 1_000_000_000
 
 Array = npt.NDArray[np.float64]
 
@@ -112,8 +111,8 @@ def feature_matrix(bars: Sequence[Bar], spec: FeatureSpec = DEFAULT_SPEC) -> Arr
     cols.append(clv)
     cols.append(rets[spec.momentum_window] / np.maximum(vols[spec.momentum_window], spec.vol_floor))
 
-    day_angle = 2.0 * np.pi * (open_time % _DAY_NS) / _DAY_NS
-    week_angle = 2.0 * np.pi * ((open_time // _DAY_NS + 3) % 7) / 7.0
+    day_angle = 2.0 * np.pi * (open_time % NS_PER_DAY) / NS_PER_DAY
+    week_angle = 2.0 * np.pi * ((open_time // NS_PER_DAY + 3) % 7) / 7.0
     cols += [np.sin(day_angle), np.cos(day_angle), np.sin(week_angle), np.cos(week_angle)]
 
     cols.append(c / close[:, -spec.drawdown_window :].max(axis=1) - 1.0)

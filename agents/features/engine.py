@@ -104,6 +104,7 @@ from agents.features.spec import DEFAULT_SPEC, FeatureSpec, format_lineage_id, l
 from runtime.errors import BadInput
 from topics.records import Bar, FeatureVector, Timeframe
 from topics.schema import event_id_for
+from topics.units import NS_PER_DAY
 
 __all__ = [
     "PRICE_RANGE",
@@ -125,7 +126,6 @@ VOLUME_MAX = 1e18
 STATE_FORMAT = 1
 
 _PRICE_MIN, _PRICE_MAX = PRICE_RANGE
-_DAY_NS = 86_400 * 1_000_000_000
 _TAU = 2.0 * math.pi
 _DIGEST_MASK = (1 << 128) - 1
 #: Bound on the time-of-day (sin, cos) cache: one entry per distinct open
@@ -655,10 +655,10 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
     floor = plan.vol_floor
     eps = plan.volume_epsilon
     day_trig = plan.day_trig
-    tod = ot % _DAY_NS
+    tod = ot % NS_PER_DAY
     trig = day_trig.get(tod)
     if trig is None:
-        angle = _TAU * tod / _DAY_NS
+        angle = _TAU * tod / NS_PER_DAY
         trig = (math.sin(angle), math.cos(angle))
         if len(day_trig) < _DAY_CACHE_MAX:
             day_trig[tod] = trig
@@ -672,7 +672,7 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
         (c - lo) / (h - lo) if h > lo else 0.5,
         out[plan.mom_ret_index] / (mom_vol if mom_vol > floor else floor),
         *trig,
-        *_WEEKDAY_TRIG[(ot // _DAY_NS + 3) % 7],  # 1970-01-01 was a Thursday
+        *_WEEKDAY_TRIG[(ot // NS_PER_DAY + 3) % 7],  # 1970-01-01 was a Thursday
         c / c_max - 1.0,
         (ema_fast - ema_slow) / c,
     )

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 from agents.confighash import stable_config_hash
 from topics.records import Comparator
+from topics.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE, NS_PER_SECOND
 
 __all__ = [
     "DEFAULT_HARD_METRICS",
-    "NS_PER_DAY",
     "OVERRIDABLE",
     "VALID_SOURCES",
     "GateConfig",
@@ -34,11 +34,9 @@ __all__ = [
     "parse_duration_ns",
 ]
 
-NS_PER_SECOND = 1_000_000_000
-NS_PER_DAY = 86_400 * NS_PER_SECOND
 #: Every source a backtest run may carry (migration 007); only ``prod`` is prod-like.
 VALID_SOURCES: tuple[str, ...] = ("prod", "maintenance", "smoke", "async_test")
-_UNITS = {"s": NS_PER_SECOND, "m": 60 * NS_PER_SECOND, "h": 3600 * NS_PER_SECOND, "d": NS_PER_DAY}
+_UNITS = {"s": NS_PER_SECOND, "m": NS_PER_MINUTE, "h": NS_PER_HOUR, "d": NS_PER_DAY}
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,8 +86,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from agents.gates.config import NS_PER_DAY, GateConfig
+from agents.gates.config import GateConfig
 from topics.records import Comparator, GateResult, GateStatus
+from topics.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE, NS_PER_SECOND
 
 __all__ = [
     "GATE_HARD_METRICS",
@@ -296,10 +297,10 @@ def compare(value: float, comparator: Comparator, threshold: float) -> bool:
 
 def window_label(window_ns: int) -> str:
     """``7d`` / ``12h`` / ``90m`` / ``45s``: the window in a metric name."""
-    for unit, size in (("d", NS_PER_DAY), ("h", 3600 * 10**9), ("m", 60 * 10**9)):
+    for unit, size in (("d", NS_PER_DAY), ("h", NS_PER_HOUR), ("m", NS_PER_MINUTE)):
         if window_ns % size == 0:
             return f"{window_ns // size}{unit}"
-    return f"{window_ns // 10**9}s"
+    return f"{window_ns // NS_PER_SECOND}s"
 
 
 def parity_metric(window_ns: int, symbol: str) -> str:

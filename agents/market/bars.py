@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 
 from agents.clock import Clock
 from topics.records import Bar, Tick, Timeframe
+from topics.units import NS_PER_MINUTE
 
 __all__ = [
     "AggregationResult",
@@ -71,7 +72,7 @@ class AggregatorConfig:
 
     timeframes: tuple[Timeframe, ...]
     grace_ns: int = 2_000_000_000
-    max_lateness_ns: int = 15 * 60 * 1_000_000_000
+    max_lateness_ns: int = 15 * NS_PER_MINUTE
     source: str = "ticks"
 
     def __post_init__(self) -> None:

@@ -36,9 +36,9 @@ from typing import Any, TypeVar
 
 from topics.records import AggressorSide, Bar, Tick, Timeframe
 from topics.schema import ErrorReason, RecordError, codec_for
+from topics.units import NS_PER_MS
 
 __all__ = [
-    "NS_PER_MS",
     "ExchangeDataError",
     "bar_revision",
     "candle_is_closed",
@@ -46,8 +46,6 @@ __all__ = [
     "ccxt_trade_to_tick",
     "timeframe_ms",
 ]
-
-NS_PER_MS = 1_000_000
 
 _RecordT = TypeVar("_RecordT", Tick, Bar)
 

@@ -58,6 +58,7 @@ from typing import TextIO
 from runtime.errors import BadInput
 from topics.records import Bar, Timeframe
 from topics.schema import TS_MAX_NS, TS_MIN_NS, codec_for, positional_constructor
+from topics.units import NS_PER_MS, NS_PER_SECOND, NS_PER_US
 
 __all__ = [
     "CsvBarReader",
@@ -238,11 +239,11 @@ def _unix_to_ns(text: str) -> int:
         value = int(f)
     magnitude = abs(value)
     if magnitude < 100_000_000_000:  # < 1e11: seconds (year 5138 in s, 1973 in ms)
-        return value * 1_000_000_000
+        return value * NS_PER_SECOND
     if magnitude < 100_000_000_000_000:
-        return value * 1_000_000
+        return value * NS_PER_MS
     if magnitude < 100_000_000_000_000_000:
-        return value * 1_000
+        return value * NS_PER_US
     return value
 
 
@@ -508,7 +509,7 @@ def _reject(line_no: int, pending: list[str], reason: RejectReason, detail: str)
 
 
 def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ns // NS_PER_SECOND, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _check_spec(venue: str, symbol: str, timeframe: Timeframe, ts_init: int) -> None:

@@ -37,7 +37,6 @@ from typing import Any
 import structlog
 
 from agents.market.ccxt_parse import (
-    NS_PER_MS,
     ExchangeDataError,
     candle_is_closed,
     ccxt_ohlcv_to_bar,
@@ -54,6 +53,7 @@ from agents.market.exchanges import (
 from agents.market.live import CollectorMetrics, default_collector_metrics
 from topics.records import Bar, Timeframe
 from topics.schema import ErrorReason
+from topics.units import NS_PER_MS
 
 __all__ = [
     "HISTORY_SOURCE",

@@ -31,7 +31,6 @@ import asyncio
 import enum
 import functools
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +40,6 @@ import structlog
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from agents.market.ccxt_parse import (
-    NS_PER_MS,
     ExchangeDataError,
     candle_is_closed,
     ccxt_ohlcv_to_bar,
@@ -56,8 +54,10 @@ from agents.market.exchanges import (
     Publisher,
     classify_error,
 )
+from runtime.seen import SeenIds
 from topics.records import Bar, Tick, Timeframe
 from topics.schema import Record
+from topics.units import NS_PER_MS
 
 __all__ = [
     "CandleTracker",
@@ -67,7 +67,6 @@ __all__ = [
     "RejectHandler",
     "StreamKind",
     "StreamSpec",
-    "TradeDeduper",
     "Transport",
     "default_collector_metrics",
 ]
@@ -187,30 +186,8 @@ def default_collector_metrics() -> CollectorMetrics:
 
 
 # ---------------------------------------------------------------------------
-# Pure stream state: dedupe and candle tracking
+# Pure stream state: candle tracking
 # ---------------------------------------------------------------------------
-
-
-class TradeDeduper:
-    """Remembers the last ``capacity`` trade ids (oldest forgotten first)."""
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be >= 1")
-        self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def seen(self, trade_id: str) -> bool:
-        """True if already seen; otherwise remember it and return False."""
-        if trade_id in self._ids:
-            return True
-        self._ids[trade_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-        return False
 
 
 class CandleTracker:
@@ -280,7 +257,7 @@ class _StreamState:
     transport: Transport
     failures: int = 0
     rest_until_ns: int | None = None
-    deduper: TradeDeduper | None = None
+    deduper: SeenIds[str] | None = None
     tracker: CandleTracker | None = None
 
 
@@ -429,7 +406,7 @@ class LiveCollector:
     async def _run_stream(self, spec: StreamSpec) -> None:
         state = _StreamState(transport=Transport.REST)
         if spec.kind is StreamKind.TRADES:
-            state.deduper = TradeDeduper(self._settings.dedupe_capacity)
+            state.deduper = SeenIds(self._settings.dedupe_capacity)
         else:
             assert spec.timeframe is not None  # OHLCV specs are built with one
             state.tracker = CandleTracker(spec.timeframe, self._settings.settle_ms)
@@ -501,7 +478,7 @@ class LiveCollector:
             except ExchangeDataError as exc:
                 await self._reject(spec, exc)
                 continue
-            if state.deduper.seen(tick.trade_id):
+            if not state.deduper.add(tick.trade_id):
                 already_seen += 1
                 continue
             ticks.append(tick)

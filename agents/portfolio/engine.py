@@ -48,17 +48,16 @@ bounded window (``max_seen_fills``) and change nothing.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from agents.confighash import stable_config_hash
+from runtime.seen import SeenIds
 from topics.records import Bar, Fill, Side
+from topics.units import NS_PER_DAY
 
-__all__ = ["NS_PER_DAY", "PortfolioConfig", "PortfolioEngine", "PortfolioState", "Position"]
-
-NS_PER_DAY = 86_400 * 1_000_000_000
+__all__ = ["PortfolioConfig", "PortfolioEngine", "PortfolioState", "Position"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,8 +228,7 @@ class PortfolioEngine:
         self._losing_trades = 0
         self._fills_applied = 0
         self._foreign_fee_fills = 0
-        self._seen: set[str] = set()
-        self._seen_order: deque[str] = deque()
+        self._seen: SeenIds[str] = SeenIds(self.config.max_seen_fills)
         self._state = PortfolioState.initial(self.config.initial_cash)
 
     # ------------------------------------------------------------------
@@ -239,9 +237,8 @@ class PortfolioEngine:
 
     def on_fill(self, fill: Fill) -> PortfolioState:
         """Apply one fill (duplicates by event id are ignored)."""
-        if fill.event_id in self._seen:
+        if not self._seen.add(fill.event_id):
             return self._state
-        self._remember(fill.event_id)
         self._advance(fill.ts_event)
         book = self._books.get(fill.symbol)
         if book is None:
@@ -350,12 +347,6 @@ class PortfolioEngine:
             self._day = day
             self._day_start_equity = equity
             self._day_peak = equity
-
-    def _remember(self, event_id: str) -> None:
-        self._seen.add(event_id)
-        self._seen_order.append(event_id)
-        if len(self._seen_order) > self.config.max_seen_fills:
-            self._seen.discard(self._seen_order.popleft())
 
     def _snapshot(self) -> PortfolioState:
         equity = self._equity()

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from agents.confighash import stable_config_hash
+from topics.units import NS_PER_HOUR, NS_PER_SECOND
 
 __all__ = [
     "DEFAULT_ALLOWED_SYMBOLS",
@@ -38,17 +39,12 @@ __all__ = [
     "DRAWDOWN_NEAR_LIMIT",
     "DRAWDOWN_WARN",
     "MAX_DRAWDOWN",
-    "NS_PER_HOUR",
-    "NS_PER_SECOND",
     "SETTABLE_LIMITS",
     "LimitSpec",
     "RiskConfig",
     "base_asset",
     "stable_config_hash",
 ]
-
-NS_PER_SECOND = 1_000_000_000
-NS_PER_HOUR = 3600 * NS_PER_SECOND
 
 #: DESIGN.md drawdown tiers; the strategy's own drawdown-aware caps reuse them
 #: so the two engines cannot drift apart silently.

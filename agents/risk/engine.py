@@ -91,8 +91,9 @@ from agents.clock import Clock
 from agents.control.signing import AuditOutcome, ControlAudit, ControlVerifier, audit_for
 from agents.execution.interface import InFlightOrders, client_order_id_for
 from agents.portfolio.engine import PortfolioState
-from agents.risk.config import NS_PER_HOUR, NS_PER_SECOND, SETTABLE_LIMITS, RiskConfig
+from agents.risk.config import SETTABLE_LIMITS, RiskConfig
 from agents.risk.killswitch import KillScope, KillSwitch, KillSwitchBoard, OpeningStatus
+from runtime.seen import SeenIds
 from topics.records import (
     Bar,
     ControlCommand,
@@ -105,6 +106,7 @@ from topics.records import (
     RiskVerdict,
     Side,
 )
+from topics.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_SECOND
 
 __all__ = [
     "COMPONENT",
@@ -118,7 +120,6 @@ __all__ = [
 
 COMPONENT = "risk"
 VOLATILITY_BREAKER_SETTER = "risk:volatility_breaker"
-_NS_PER_DAY = 24 * NS_PER_HOUR
 #: Quantities at or below this are nothing (float residue of the splits).
 _QTY_EPS = 1e-12
 _K = TypeVar("_K")
@@ -224,7 +225,7 @@ class RiskEngine:
         #: intent event id -> trigger, for exits this engine emitted.
         self._protective: OrderedDict[str, RiskReason] = OrderedDict()
         #: (symbol, opened_at_ns, quantity) of positions an exit was emitted for.
-        self._exited: OrderedDict[tuple[str, int | None, float], None] = OrderedDict()
+        self._exited: SeenIds[tuple[str, int | None, float]] = SeenIds(max_cached_decisions)
         self._loss_streak_served = 0
         self._loss_cooldown_until: int | None = None
         self._in_flight = InFlightOrders(ttl_ns=config.pending_order_ttl_ns)
@@ -261,7 +262,7 @@ class RiskEngine:
             self._marks[bar.symbol] = _Mark(bar.close, bar.ts_event)
         engaged: list[KillSwitch] = []
         # -- volatility breaker ------------------------------------------------
-        hour = (bar.open_time % _NS_PER_DAY) // NS_PER_HOUR
+        hour = (bar.open_time % NS_PER_DAY) // NS_PER_HOUR
         threshold = self.config.vol_threshold_for(bar.symbol, hour, bar.timeframe.nanos)
         bar_range = (bar.high - bar.low) / bar.open
         if bar_range > threshold:
@@ -300,9 +301,8 @@ class RiskEngine:
         else:
             return None
         key = (bar.symbol, pos.opened_at_ns, exposure)
-        if key in self._exited:
+        if not self._exited.add(key):
             return None
-        _bounded_put(self._exited, key, None, self._max_cached)
         intent = OrderIntent.new(
             ts_init=now,
             correlation_id=bar.correlation_id,

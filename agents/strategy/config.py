@@ -23,10 +23,10 @@ from agents.risk.config import (
     DRAWDOWN_NEAR_LIMIT,
     DRAWDOWN_WARN,
     MAX_DRAWDOWN,
-    NS_PER_HOUR,
     base_asset,
     stable_config_hash,
 )
+from topics.units import NS_PER_HOUR
 
 __all__ = ["DEFAULT_HOUR_SCALE", "StrategyConfig"]
 

@@ -46,18 +46,18 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from agents.clock import Clock
 from agents.execution.interface import ExecutionRecord, InFlightOrders, client_order_id_for
 from agents.portfolio.engine import PortfolioState
 from agents.strategy.config import StrategyConfig
+from runtime.seen import SeenIds
 from topics.records import Bar, OrderIntent, OrderType, Side, Signal
+from topics.units import NS_PER_HOUR
 
 __all__ = ["SizingAdjustment", "SizingDecision", "SizingReason", "StrategyEngine"]
 
-_NS_PER_HOUR = 3_600_000_000_000
 _QTY_EPS = 1e-12
 
 
@@ -114,7 +114,7 @@ class StrategyEngine:
         self.clock = clock
         self._portfolio: PortfolioState | None = None
         self._prices: dict[str, tuple[int, float]] = {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: SeenIds[str] = SeenIds(config.max_seen_signals)
         self._in_flight = InFlightOrders(ttl_ns=config.pending_order_ttl_ns)
 
     # ------------------------------------------------------------------
@@ -166,11 +166,8 @@ class StrategyEngine:
             )
 
         # -- 1. skip outright -------------------------------------------------
-        if signal.event_id in self._seen:
+        if not self._seen.add(signal.event_id):
             return skip(SizingReason.DUPLICATE_SIGNAL)
-        self._seen[signal.event_id] = None
-        while len(self._seen) > cfg.max_seen_signals:
-            self._seen.popitem(last=False)
         if signal.shadow:
             return skip(SizingReason.SHADOW)
         if not capital_fraction > 0.0:
@@ -203,7 +200,7 @@ class StrategyEngine:
         # -- 3. size -----------------------------------------------------------------------
         target_notional = 0.0
         if direction != 0:
-            hour = (signal.ts_event // _NS_PER_HOUR) % 24
+            hour = (signal.ts_event // NS_PER_HOUR) % 24
             magnitude = abs(cfg.size(score)) * cfg.max_position_fraction * max(state.equity, 0.0)
             magnitude *= cfg.vol_scale(signal.symbol, hour)
             cap = cfg.cap_notional(signal.symbol)

@@ -28,9 +28,10 @@ derived from one of the account's control keys (``key_id``, the first in
 sorted order). A row written by anyone without that key is refused, loudly.
 
 Refusals (:class:`CheckpointError`, the worker exits with code 2): another
-account's row, a different ``format``, a start-up configuration hash that
-differs from the one the state was built with (the state belongs to that
-configuration; delete the row to start the account flat), an unknown key id
+account's row, a ``format`` this code neither writes nor upgrades, a start-up
+configuration hash that differs from the one the state was built with (the
+state belongs to that configuration; delete the row to start the account
+flat), an unknown key id
 (the signing key was removed from the keyring), a bad MAC, a state that does
 not unpickle. The row is read and written by :mod:`storage.trading`; when
 the agent takes a checkpoint and restores one: :mod:`agents.trading.checkpointer`.
@@ -52,12 +53,15 @@ import orjson
 from agents.control.signing import Keyring
 from agents.trading.core import TradingCore
 from runtime.errors import NeedsOperator
+from runtime.seen import SeenIds
 from storage.trading import Checkpoint, Offsets
 
 __all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoint", "seal"]
 
-#: Bumped whenever an engine's attributes change shape: an old pickle is then refused.
-FORMAT = 2  # 2: TradingCore._held (signals waiting for their bar)
+#: Bumped whenever an engine's attributes change shape: an old pickle is then refused, unless
+#: :func:`_upgrade` still reads it (its format is in ``_UPGRADABLE``).
+FORMAT = 3  # 3: the engines' seen-id caches are runtime.seen.SeenIds; 2: TradingCore._held
+_UPGRADABLE = frozenset({2})
 _MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
 _KEYRING_REF = "tradeflow:keyring"
 
@@ -209,7 +213,7 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
     """Verify ``cp`` (account, format, configuration, MAC) and restore its core."""
     if cp.account != account:
         raise CheckpointError(f"checkpoint belongs to account {cp.account!r}, not {account!r}")
-    if cp.format != FORMAT:
+    if cp.format != FORMAT and cp.format not in _UPGRADABLE:
         raise CheckpointError(f"checkpoint format {cp.format} is not this code's {FORMAT}; delete the row to "
                               "start the account flat")
     if cp.config_hash != config_hash:
@@ -224,8 +228,24 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
         raise CheckpointError("checkpoint MAC does not verify: the row was not written by this account's "
                               "trading agent (or was altered); refusing to load it")
     try:
-        return load_core(cp.state, keyring)
+        core = load_core(cp.state, keyring)
+        if cp.format != FORMAT:
+            _upgrade(core)
     except CheckpointError:
         raise
     except Exception as exc:
         raise CheckpointError(f"checkpoint state does not load: {type(exc).__name__}: {exc}") from None
+    return core
+
+
+def _upgrade(core: TradingCore) -> None:
+    """A format-2 core in this code's shape: the same seen ids, in the same order, as :class:`SeenIds`.
+
+    Format 2 held them as ``OrderedDict`` keys (strategy signals, paper orders, risk exits) and as a set
+    plus a deque giving their order (portfolio fills); the capacities are the ones they were bounded by.
+    """
+    strategy, paper, risk, portfolio = core.strategy, core.paper, core.risk, core.portfolio
+    strategy._seen = SeenIds(strategy.config.max_seen_signals, strategy._seen)
+    paper._seen = SeenIds(paper.config.max_seen_orders, paper._seen)
+    risk._exited = SeenIds(risk._max_cached, risk._exited)
+    portfolio._seen = SeenIds(portfolio.config.max_seen_fills, vars(portfolio).pop("_seen_order"))

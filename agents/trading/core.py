@@ -148,6 +148,7 @@ from topics.records import (
     Timeframe,
 )
 from topics.schema import Record
+from topics.units import NS_PER_SECOND
 
 __all__ = [
     "BarSkip",
@@ -207,7 +208,7 @@ class TradingConfig:
     execution: ExecutionMode = ExecutionMode.PAPER
     #: A signal that arrived before its bar waits for that bar at most
     #: this long in arrival time (see "Event-time alignment" above).
-    signal_bar_wait_ns: int = 60 * 10**9
+    signal_bar_wait_ns: int = 60 * NS_PER_SECOND
     #: At most this many signals wait for their bars; beyond, the oldest is applied.
     max_held_signals: int = 10_000
 

@@ -35,7 +35,6 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -46,8 +45,10 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from ops.bench.stats import percentile
 from ops.embedded.broker import EmbeddedBroker, free_port
 from ops.embedded.postgres import EmbeddedPostgres
+from ops.embedded.workers import ChildProcess, worker_argv
 from ops.jobs.ingest import SAMPLE_DIR
 from runtime.broker import ensure_topics
 from runtime.exits import EXIT_FAIL, EXIT_OK
@@ -80,10 +81,9 @@ def _bars(n: int) -> list[Bar]:
 
 
 def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 2)
+    """Seconds in, milliseconds out."""
+    p = percentile(xs, q)
+    return None if p is None else round(p * 1000, 2)
 
 
 class Observers:
@@ -155,11 +155,11 @@ async def run(bars_per_level: int, levels: tuple[int, ...]) -> dict[str, Any]:
                "TRADEFLOW_LOG_LEVEL": "WARNING"}
         env.pop("TRADEFLOW_DASHBOARD_TOKEN", None)
         env.pop("TRADEFLOW_DASHBOARD_TOKEN_FILE", None)
-        log = open(ROOT / "artifacts" / "bench_dashboard_worker.log", "wb")  # noqa: SIM115 - closed below
-        worker = subprocess.Popen(  # noqa: S603 - our own module, fixed argv
-            [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", broker.bootstrap, "--namespace", NAMESPACE,
-             "--dsn", pg.dsn, "--web-port", str(port), "--agents", "trading", "dashboard"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        worker = ChildProcess(
+            "bench-dashboard-worker",
+            worker_argv(broker.bootstrap, "trading", "dashboard", namespace=NAMESPACE, dsn=pg.dsn, web_port=port),
+            ROOT / "artifacts" / "bench_dashboard_worker.log", env=env, cwd=ROOT, append=False,
+        ).start()
         base = f"http://127.0.0.1:{port}/dashboard"
         obs = Observers()
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(obs.topic(broker.bootstrap))]
@@ -181,13 +181,7 @@ async def run(bars_per_level: int, levels: tuple[int, ...]) -> dict[str, Any]:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(10)
-            log.close()
+            worker.stop(timeout=30)
     return {"bars_per_level": bars_per_level, "worker_agents": ["trading", "dashboard"], "levels": results,
             "machine_cpus": os.cpu_count()}
 

@@ -31,10 +31,10 @@ from agents.features.batch import feature_matrix
 from agents.features.engine import FeatureEngine
 from agents.features.spec import FEATURE_SET_VERSION
 from topics.records import Bar, Timeframe
+from topics.units import NS_PER_HOUR, NS_PER_SECOND
 
 DEFAULT_CSV = Path("/work/shared/data/binance_btcusdt_1h_2017_2022.csv")
 TARGET_PER_SECOND = 200_000
-_HOUR_NS = 3_600_000_000_000
 
 
 # ---------------------------------------------------------------------------
@@ -49,11 +49,11 @@ def load_bars(path: Path) -> list[Bar]:
         rows = csv.reader(f)
         next(rows)  # header
         for ts, o, h, lo, c, v in rows:
-            open_time = int(datetime.fromisoformat(ts).timestamp()) * 1_000_000_000
+            open_time = int(datetime.fromisoformat(ts).timestamp()) * NS_PER_SECOND
             bars.append(
                 Bar.new(
-                    ts_init=open_time + _HOUR_NS,
-                    ts_event=open_time + _HOUR_NS,
+                    ts_init=open_time + NS_PER_HOUR,
+                    ts_event=open_time + NS_PER_HOUR,
                     venue="binance",
                     symbol="BTC/USDT",
                     timeframe=Timeframe.H1,

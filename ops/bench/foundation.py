@@ -19,8 +19,6 @@ import contextlib
 import itertools
 import json
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -29,8 +27,10 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.bench.stats import percentile
+from ops.embedded.broker import EmbeddedBroker
 from ops.embedded.postgres import EmbeddedPostgres
+from ops.embedded.workers import ChildProcess, worker_argv
 from runtime.broker import ensure_topics
 from runtime.exits import EXIT_OK
 from runtime.publish import RecordPublisher
@@ -41,10 +41,10 @@ from storage.sink import SinkConfig, TopicSink
 from topics.catalogue import physical_name
 from topics.records import Bar, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_HOUR
 
-H = 3_600_000_000_000
 _SEQ = itertools.count()  # unique open times across latency runs
-T0 = 1_500_000_000_000_000_000 // H * H
+T0 = 1_500_000_000_000_000_000 // NS_PER_HOUR * NS_PER_HOUR
 
 
 def _bars(n: int, offset: int = 0, ts_init: int | None = None) -> list[Bar]:
@@ -53,17 +53,19 @@ def _bars(n: int, offset: int = 0, ts_init: int | None = None) -> list[Bar]:
         px = 100.0 + (i % 101)
         out.append(
             Bar.new(
-                ts_init=ts_init or T0, ts_event=T0 + (i + 1) * H, venue="bench", symbol="BTC/USDT",
-                timeframe=Timeframe.H1, open_time=T0 + i * H, open=px, high=px + 1, low=px - 1, close=px + 0.5,
-                volume=1.0 + i % 3, trade_count=i % 50, is_closed=True, revision=0, source="bench",
+                ts_init=ts_init or T0, ts_event=T0 + (i + 1) * NS_PER_HOUR, venue="bench", symbol="BTC/USDT",
+                timeframe=Timeframe.H1, open_time=T0 + i * NS_PER_HOUR, open=px, high=px + 1, low=px - 1,
+                close=px + 0.5, volume=1.0 + i % 3, trade_count=i % 50, is_closed=True, revision=0, source="bench",
             )
         )
     return out
 
 
 def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
+    p = percentile(xs, q)
+    if p is None:
+        raise ValueError("no latency samples")
+    return round(p, 2)
 
 
 # ---------------------------------------------------------------------------
@@ -227,11 +229,8 @@ async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_di
     ns = f"bl{uuid.uuid4().hex[:6]}"
     await ensure_topics(bootstrap, namespace=ns)
     out: dict[str, Any] = {"seconds_per_rate": seconds}
-    log = open(log_dir / "bench-worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", bootstrap, "--namespace", ns, "--web-port",
-         str(free_port()), "--agents", "bars-checker"], stdout=log, stderr=subprocess.STDOUT,
-    )
+    worker = ChildProcess("bench-worker", worker_argv(bootstrap, "bars-checker", namespace=ns),
+                          log_dir / "bench-worker.log", append=False).start()
     try:
         # wait until the agent forwards (group joined, partitions assigned)
         await _wait_forwarding(bootstrap, ns)
@@ -241,17 +240,15 @@ async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_di
             base = await _paced_latency(bootstrap, physical_name("market.ticks", ns), physical_name("market.ticks", ns),
                                         rate, seconds)
             out[f"{rate}_per_s"] = {
-                "agent_hop_p50_ms": round(_pct(lat, 0.5), 2),
-                "agent_hop_p99_ms": round(_pct(lat, 0.99), 2),
-                "baseline_broker_only_p50_ms": round(_pct(base, 0.5), 2),
-                "baseline_broker_only_p99_ms": round(_pct(base, 0.99), 2),
+                "agent_hop_p50_ms": _pct(lat, 0.5),
+                "agent_hop_p99_ms": _pct(lat, 0.99),
+                "baseline_broker_only_p50_ms": _pct(base, 0.5),
+                "baseline_broker_only_p99_ms": _pct(base, 0.99),
                 "samples": len(lat),
             }
             print(f"  latency @{rate}/s: {out[f'{rate}_per_s']}", flush=True)
     finally:
-        worker.terminate()
-        worker.wait(30)
-        log.close()
+        worker.stop(timeout=30)
     return out
 
 

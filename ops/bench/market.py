@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -26,8 +25,9 @@ from aiokafka import AIOKafkaConsumer
 from agents.clock import EventClock
 from agents.features.pipeline import FeaturePipeline
 from agents.market.csv_import import import_csv_file
-from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.embedded.broker import EmbeddedBroker
 from ops.embedded.postgres import EmbeddedPostgres
+from ops.embedded.workers import ChildProcess, worker_argv
 from ops.jobs.ingest import SAMPLE_DIR, import_file
 from runtime.broker import ensure_topics
 from runtime.exits import EXIT_OK
@@ -102,10 +102,8 @@ async def bench_features_agent(bootstrap: str, repeats: int, log_dir: Path) -> d
         cons = AIOKafkaConsumer(physical_name("features", ns), bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=20)
         await cons.start()
-        with open(log_dir / f"bench-features-{ns}.log", "wb") as log:
-            worker = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", bootstrap, "--namespace", ns,
-                 "--web-port", str(free_port()), "--agents", "features"], stdout=log, stderr=subprocess.STDOUT)
+        worker = ChildProcess("bench-features", worker_argv(bootstrap, "features", namespace=ns),
+                              log_dir / f"bench-features-{ns}.log", append=False).start()
         try:
             got, first = 0, None
             deadline = time.monotonic() + 300
@@ -120,8 +118,7 @@ async def bench_features_agent(bootstrap: str, repeats: int, log_dir: Path) -> d
             assert first is not None
             rates.append(len(bars) / (time.perf_counter() - first))
         finally:
-            worker.terminate()
-            worker.wait(30)
+            worker.stop(timeout=30)
             await cons.stop()
         print(f"  features agent: {rates[-1]:,.0f} bars/s (in-process pipeline {in_process:,.0f}/s)", flush=True)
     m = statistics.median(rates)

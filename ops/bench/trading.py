@@ -52,7 +52,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -65,7 +64,8 @@ from agents.control.signing import ControlVerifier, Keyring, load_keyring, new_c
 from agents.portfolio.engine import PortfolioState
 from agents.risk.config import RiskConfig
 from agents.risk.engine import RiskEngine
-from ops.embedded.broker import free_port
+from ops.bench.stats import percentile
+from ops.embedded.workers import ChildProcess, worker_argv
 from runtime.broker import ensure_topics
 from runtime.exits import EXIT_OK
 from topics.catalogue import DEFAULT_TOPIC, physical_name
@@ -80,14 +80,14 @@ from topics.records import (
     Timeframe,
 )
 from topics.schema import Record, codec_for
+from topics.units import NS_PER_HOUR, NS_PER_MINUTE
 
-H = 3_600_000_000_000
-NOW = 1_609_459_200_000_000_000 + 2 * H
+NOW = 1_609_459_200_000_000_000 + 2 * NS_PER_HOUR
 
 
 def _bar(symbol: str, close: float) -> Bar:
     return Bar.new(ts_init=NOW, ts_event=NOW, venue="binance", symbol=symbol, timeframe=Timeframe.H1,
-                   open_time=NOW - H, open=close, high=close, low=close, close=close, volume=1_000.0,
+                   open_time=NOW - NS_PER_HOUR, open=close, high=close, low=close, close=close, volume=1_000.0,
                    trade_count=None, is_closed=True, revision=0, source="bench")
 
 
@@ -153,7 +153,6 @@ def _checkpoint_cost(n_bars: int) -> dict[str, float]:
 # (b), (c): the trading agent on the embedded broker -- pure helpers first
 # ---------------------------------------------------------------------------
 
-MIN_NS = 60 * 1_000_000_000
 BENCH_KEY_ID = "bench"
 #: Symbols the worker may trade; each phase gets its own, so one phase's orders in flight never meet another's.
 PHASE_SYMBOLS = {"decision_100": "BTC/USDT", "decision_1000": "ETH/USDT", "paired_100": "SOL/USDT",
@@ -177,13 +176,12 @@ KILL_SIGNAL_RATE = 100
 
 def percentiles(latencies_ms: list[float]) -> dict[str, float | int | None]:
     """p50/p95/p99/max (nearest rank) and the sample count; ``None`` when there are no samples."""
-    s = sorted(latencies_ms)
-
     def q(p: float) -> float | None:
-        return round(s[min(len(s) - 1, int(p * len(s)))], 2) if s else None
+        v = percentile(latencies_ms, p)
+        return None if v is None else round(v, 2)
 
-    return {"samples": len(s), "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
-            "max_ms": round(s[-1], 2) if s else None}
+    return {"samples": len(latencies_ms), "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
+            "max_ms": q(1.0)}
 
 
 def bench_signal(symbol: str, i: int, ts_ns: int) -> Signal:
@@ -206,7 +204,7 @@ def bench_bar(symbol: str, open_time: int, price: float) -> Bar:
     Its close (``ts_event``) may lie up to a minute ahead of the wall clock: the agent bounds its clock by
     the message's arrival time, so a bar from the future cannot move time forward.
     """
-    return Bar.new(ts_init=open_time, ts_event=open_time + MIN_NS, venue="bench", symbol=symbol,
+    return Bar.new(ts_init=open_time, ts_event=open_time + NS_PER_MINUTE, venue="bench", symbol=symbol,
                    timeframe=Timeframe.M1, open_time=open_time, open=price, high=price, low=price, close=price,
                    volume=1e9, trade_count=None, is_closed=True, revision=0, source="bench")
 
@@ -630,10 +628,8 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
            "TRADEFLOW_TRADING_SYMBOLS": ",".join(PHASE_SYMBOLS.values()), "TRADEFLOW_TRADING_ACCOUNT": "bench"}
     keyring = load_keyring(env)
     n = {100: 300, 1000: 1000} if quick else {100: 600, 1000: 3000}
-    log = open(log_dir / "bench-trading-worker.log", "wb")  # noqa: SIM115 - closed in finally
-    worker = subprocess.Popen(  # noqa: S603 - fixed argv
-        [sys.executable, "-m", "ops.cli", "worker", "--bootstrap", bootstrap, "--namespace", ns, "--dsn", dsn,
-         "--web-port", str(free_port()), "--agents", "trading"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    worker = ChildProcess("bench-trading-worker", worker_argv(bootstrap, "trading", namespace=ns, dsn=dsn),
+                          log_dir / "bench-trading-worker.log", env=env, append=False).start()
     col = Collector(bootstrap, ns, ("orders.updates", "fills", "risk.decisions", "portfolio.state", "control.audit"))
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     out: dict[str, Any] = {}
@@ -645,7 +641,7 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
         for name, value in BENCH_LIMITS.items():
             await _control(pacer, keyring, ControlCommand.SET_LIMIT, {"name": name, "value": value},
                            f"benchmark: {name} lifted")
-        warm = time.time_ns() // MIN_NS * MIN_NS - 2 * MIN_NS
+        warm = time.time_ns() // NS_PER_MINUTE * NS_PER_MINUTE - 2 * NS_PER_MINUTE
         for symbol in PHASE_SYMBOLS.values():
             await pacer.send(bench_bar(symbol, warm, BASE_PRICE[symbol]), "market.bars")
         await col.wait(lambda: len(col.records["portfolio.state"]) >= len(PHASE_SYMBOLS), 120,
@@ -672,14 +668,8 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
     finally:
         await prod.stop()
         await col.stop()
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
-        log.close()
-    out["worker_exit_code"] = worker.returncode
+        exit_code = worker.stop(timeout=30)
+    out["worker_exit_code"] = exit_code
     return out
 
 

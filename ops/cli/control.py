@@ -46,6 +46,7 @@ from runtime.exits import EXIT_INFRA, EXIT_OK, EXIT_USAGE
 from runtime.publish import RecordPublisher
 from topics.records import ControlCommand, ControlEvent
 from topics.schema import JsonScalar
+from topics.units import NS_PER_SECOND
 
 __all__ = ["EXIT_INFRA", "EXIT_OK", "EXIT_USAGE", "UsageError", "add_parsers", "build_event", "publish_event"]
 
@@ -134,7 +135,7 @@ def build_event(
     key_id = (a.key_id or env_str(KEY_ID_ENV, "", environ)).strip().lower()
     keyring = keyring_for(key_id, environ)
     now = now_ns()
-    expires_at = None if a.expires_in_s is None else now + int(a.expires_in_s * 1_000_000_000)
+    expires_at = None if a.expires_in_s is None else now + int(a.expires_in_s * NS_PER_SECOND)
     return new_control_event(
         command=command,
         scope=scope,

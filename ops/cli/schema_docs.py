@@ -14,6 +14,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from topics.catalogue import TOPICS
 from topics.schema import Record, _Constraint
+from topics.units import MS_PER_DAY
 
 BEGIN = "<!-- BEGIN GENERATED SCHEMAS (tradeflow topics) -->"
 END = "<!-- END GENERATED SCHEMAS -->"
@@ -54,7 +55,7 @@ def catalogue_markdown() -> str:
         "|---|---|---|---|---|---|",
     ]
     for t in TOPICS:
-        ret = "forever" if t.retention_ms is None else f"{t.retention_ms // 86_400_000} d"
+        ret = "forever" if t.retention_ms is None else f"{t.retention_ms // MS_PER_DAY} d"
         out.append(
             f"| `{t.name}` | {t.record.__name__} v{t.record.SCHEMA_VERSION} | `{t.key}` | {t.partitions} "
             f"| {t.cleanup.value} | {ret} |"

@@ -34,10 +34,11 @@ Folding rules
 from __future__ import annotations
 
 import re
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.seen import SeenIds
 from topics.records import (
     Alert,
     ControlAudit,
@@ -51,10 +52,9 @@ from topics.records import (
     Signal,
 )
 from topics.schema import Record
+from topics.units import NS_PER_SECOND
 
 __all__ = ["TOPICS", "DashboardConfig", "DashboardState", "ParsedSwitch", "parse_switch"]
-
-NS = 1_000_000_000
 
 #: The catalogue topics the dashboard folds (the agent subscribes to exactly these).
 TOPICS: tuple[str, ...] = (
@@ -105,8 +105,8 @@ class DashboardConfig:
     recent: int = 20
     max_symbols: int = 500
     dedupe_window: int = 100_000
-    rate_window_ns: int = 10 * NS
-    rate_sample_ns: int = 1 * NS
+    rate_window_ns: int = 10 * NS_PER_SECOND
+    rate_sample_ns: int = NS_PER_SECOND
 
 
 @dataclass(slots=True)
@@ -159,7 +159,8 @@ class DashboardState:
         self.config = config or DashboardConfig()
         self.version = 0
         self.event_now_ns: int | None = None
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        #: event ids already folded; a repeated id counts as the newest again
+        self._seen: SeenIds[str] = SeenIds(self.config.dedupe_window, refresh_on_hit=True)
         self._signals: dict[str, Signal] = {}
         self._portfolios: dict[str, PortfolioSnapshot] = {}
         self._curves: dict[str, _Curve] = {}
@@ -184,21 +185,12 @@ class DashboardState:
 
     def apply(self, record: Record) -> bool:
         """Fold one decoded record; returns whether the view changed."""
-        if self._duplicate(record.event_id):
+        if not self._seen.add(record.event_id):
             return False
         changed = self._dispatch(record)
         if changed:
             self.version += 1
         return changed
-
-    def _duplicate(self, event_id: str) -> bool:
-        if event_id in self._seen:
-            self._seen.move_to_end(event_id)
-            return True
-        self._seen[event_id] = None
-        if len(self._seen) > self.config.dedupe_window:
-            self._seen.popitem(last=False)
-        return False
 
     def _dispatch(self, r: Record) -> bool:
         if isinstance(r, Signal):
@@ -318,7 +310,7 @@ class DashboardState:
         if not self._samples:
             return dict.fromkeys(TOPICS)
         t0, c0 = self._samples[0]
-        dt = (now_ns - t0) / NS
+        dt = (now_ns - t0) / NS_PER_SECOND
         if dt <= 0:
             return dict.fromkeys(TOPICS)
         return {t: (self._consumed[t] - c0.get(t, 0)) / dt for t in TOPICS}

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,8 +32,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from agents.clock import EventClock
 from agents.features.pipeline import FeaturePipeline
 from agents.market.csv_import import import_csv_file
-from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.embedded.broker import EmbeddedBroker
 from ops.embedded.postgres import EmbeddedPostgres
+from ops.embedded.workers import ChildProcess, cli_argv, worker_argv
 from ops.jobs.ingest import SAMPLE_DIR, SAMPLE_FILES, ImportReport, SampleFile, import_file
 from runtime.broker import ensure_topics
 from runtime.exits import EXIT_OK
@@ -62,28 +61,9 @@ class RunOptions:
     timeout_s: float = 900.0
 
 
-class Child:
-    """A worker subprocess whose output goes to a log file."""
-
-    def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603 - our own CLI
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}; log tail:\n{tail}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def _child(name: str, argv: list[str], log_dir: Path) -> ChildProcess:
+    """A worker subprocess whose output goes to ``<log_dir>/<name>.log``."""
+    return ChildProcess(name, argv, log_dir / f"{name}.log").start()
 
 
 def _samples(opts: RunOptions) -> list[tuple[Path, SampleFile]]:
@@ -108,23 +88,21 @@ def run_main_job(opts: RunOptions) -> int:
     pg = EmbeddedPostgres(data_dir=data_dir / "pg", persistent=True)
     pg.start()
     broker = EmbeddedBroker(log_path=log_dir / "tansu.log")
-    children: list[Child] = []
+    children: list[ChildProcess] = []
     try:
         broker.start()
         if opts.fresh_db:
             asyncio.run(_recreate_db(pg))
         asyncio.run(migrate_dsn(pg.dsn))
         asyncio.run(ensure_topics(broker.bootstrap))
-        cli = [sys.executable, "-m", "ops.cli"]
         for agent in PIPELINE_AGENTS:  # one process per agent: they use separate cores
-            children.append(Child(f"worker-{agent}", [*cli, "worker", "--bootstrap", broker.bootstrap, "--web-port",
-                                                      str(free_port()), "--agents", agent], log_dir))
-        children.append(Child("sink", [*cli, "sink", "--bootstrap", broker.bootstrap, "--dsn", pg.dsn], log_dir))
+            children.append(_child(f"worker-{agent}", worker_argv(broker.bootstrap, agent), log_dir))
+        children.append(_child("sink", cli_argv("sink", "--bootstrap", broker.bootstrap, "--dsn", pg.dsn), log_dir))
         summary = asyncio.run(_main(opts, pg.dsn, broker.bootstrap, children))
         summary["research"] = _research(pg.dsn, broker.bootstrap, children, log_dir)
     finally:
         for c in children:
-            c.stop()
+            c.stop(timeout=20, kill_timeout=5)
         broker.stop()
         pg.stop()
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -140,7 +118,7 @@ async def _recreate_db(pg: EmbeddedPostgres) -> None:
         await conn.close()
 
 
-async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child]) -> dict[str, Any]:
+async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[ChildProcess]) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn)
     before = await table_counts(conn)
     reports: list[ImportReport] = []
@@ -221,7 +199,7 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
     }
 
 
-async def _wait_committed(bootstrap: str, want: dict[str, int], children: list[Child], deadline: float) -> None:
+async def _wait_committed(bootstrap: str, want: dict[str, int], children: list[ChildProcess], deadline: float) -> None:
     """Until the sink group's committed offsets cover ``want[topic]`` messages per topic."""
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="tradeflow-sink", enable_auto_commit=False)
     await probe.start()
@@ -288,22 +266,22 @@ BACKTEST_ARGS = ("--symbols", "BTC/USDT", "--from", "2021-01-01", "--to", "2022-
                  "--polarity", "auto_train_ic", "--source", "prod")
 
 
-def _research(dsn: str, bootstrap: str, children: list[Child], log_dir: Path) -> dict[str, Any]:
+def _research(dsn: str, bootstrap: str, children: list[ChildProcess], log_dir: Path) -> dict[str, Any]:
     """Backtest (results into Postgres) and gates (results on ``gates.results`` -> the sink -> Postgres),
     through the operator CLI, as a researcher would run them."""
     import json
 
-    cli = [sys.executable, "-m", "ops.cli"]
     t0 = time.perf_counter()
-    bt = subprocess.run([*cli, "backtest", "run", "--dsn", dsn, *BACKTEST_ARGS], capture_output=True, text=True,  # noqa: S603
+    bt = subprocess.run(cli_argv("backtest", "run", "--dsn", dsn, *BACKTEST_ARGS), capture_output=True, text=True,  # noqa: S603
                         timeout=900, check=False)
     (log_dir / "backtest.log").write_text(bt.stdout + bt.stderr)
     if bt.returncode != 0:
         raise RuntimeError(f"backtest failed (exit {bt.returncode}): {bt.stderr[-2000:]}")
     backtest = json.loads(bt.stdout.strip().splitlines()[-1])
     backtest_s = time.perf_counter() - t0
-    gates = subprocess.run([*cli, "gates", "evaluate", "--dsn", dsn, "--bootstrap", bootstrap, "--track",  # noqa: S603
-                            backtest["track"], "--json"], capture_output=True, text=True, timeout=300, check=False)
+    gates = subprocess.run(cli_argv("gates", "evaluate", "--dsn", dsn, "--bootstrap", bootstrap, "--track",  # noqa: S603
+                                    backtest["track"], "--json"), capture_output=True, text=True, timeout=300,
+                           check=False)
     (log_dir / "gates.log").write_text(gates.stdout + gates.stderr)
     if gates.returncode not in (0, 1):  # 1 = a gate failed / not ready: a verdict, not an error
         raise RuntimeError(f"gates evaluate failed (exit {gates.returncode}): {gates.stderr[-2000:]}")

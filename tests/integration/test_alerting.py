@@ -27,7 +27,9 @@ from typing import Any
 import pytest
 
 from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.embedded.workers import ChildProcess
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import ROOT, Procs, wait_until
 from topics.records import Bar, Timeframe
 
@@ -61,21 +63,13 @@ class Prometheus:
             "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
         }))
         self.log = tmp / "prometheus.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
-            )
+        self.proc = ChildProcess("prometheus", [PROMETHEUS, f"--config.file={config}",
+                                                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                                                f"--web.listen-address=127.0.0.1:{self.port}"],
+                                 self.log, cwd=tmp, append=False).start()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.proc.stop(timeout=15)
 
     async def get(self, path: str, **params: str) -> Any:
         url = f"{self.url}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
@@ -96,13 +90,8 @@ class Prometheus:
 
 def good_bars(n: int) -> list[Bar]:
     t0 = 1_700_000_000_000_000_000 // Timeframe.H1.nanos * Timeframe.H1.nanos
-    return [
-        Bar.new(ts_init=t0 + (i + 1) * Timeframe.H1.nanos, ts_event=t0 + (i + 1) * Timeframe.H1.nanos,
-                venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, open_time=t0 + i * Timeframe.H1.nanos,
-                open=100.0, high=101.0, low=99.0, close=100.5, volume=10.0, trade_count=None, is_closed=True,
-                revision=0, source="test")
-        for i in range(n)
-    ]
+    return [builders.bar(open_time=t0 + i * Timeframe.H1.nanos, open=100.0, high=101.0, low=99.0, close=100.5,
+                         volume=10.0) for i in range(n)]
 
 
 def slo_cli(*args: str) -> tuple[int, dict[str, Any]]:

@@ -10,25 +10,25 @@ import pytest
 from agents.market.bars import AggregatorConfig, BarAggregator
 from ops.embedded.broker import EmbeddedBroker
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import Procs, wait_until
 from topics.records import AggressorSide, Bar, Tick, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_MINUTE
+from topics.units import NS_PER_SECOND as S
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-T0 = 1_700_000_040_000_000_000 // 60_000_000_000 * 60_000_000_000
-S = 1_000_000_000
-
-
+T0 = 1_700_000_040_000_000_000 // NS_PER_MINUTE * NS_PER_MINUTE
 def _ticks(n: int) -> list[Tick]:
     rng = random.Random(3)
     out, px = [], 37_000.0
     for i in range(n):
         px *= 1 + rng.gauss(0, 2e-4)
         ts = T0 + i * 500_000_000  # two trades a second over n/2 seconds
-        out.append(Tick.new(ts_event=ts, ts_init=ts, venue="binance", symbol="BTC/USDT", trade_id=str(10_000 + i),
-                            price=round(px, 2), quantity=round(rng.uniform(0.001, 0.5), 6),
-                            aggressor=rng.choice([AggressorSide.BUY, AggressorSide.SELL])))
+        out.append(builders.tick(trade_id=str(10_000 + i), ts=ts, price=round(px, 2),
+                                 quantity=round(rng.uniform(0.001, 0.5), 6),
+                                 aggressor=rng.choice([AggressorSide.BUY, AggressorSide.SELL])))
     return out
 
 
@@ -37,8 +37,7 @@ async def test_ticks_when_aggregated_by_the_agent_then_closed_bars_in_postgres_e
 ) -> None:
     ticks = _ticks(720)  # six minutes
     # the tick that moves the watermark past the last minute's close
-    closer = Tick.new(ts_event=T0 + 400 * S, ts_init=T0 + 400 * S, venue="binance", symbol="BTC/USDT",
-                      trade_id="closer", price=37_000.0, quantity=0.01, aggressor=AggressorSide.BUY)
+    closer = builders.tick(trade_id="closer", ts=T0 + 400 * S, price=37_000.0, quantity=0.01)
 
     class _Clock:
         now = 0

@@ -41,12 +41,13 @@ import aiohttp
 import pytest
 
 from ops.embedded.broker import EmbeddedBroker, free_port
+from ops.embedded.workers import ChildProcess
 from ops.jobs.ingest import SAMPLE_DIR
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import ARTIFACTS, ROOT, Procs, wait_until
 from topics.records import (
     Bar,
-    Comparator,
     GateResult,
     GateStatus,
     ModelRegistryEvent,
@@ -54,13 +55,13 @@ from topics.records import (
     Signal,
     Timeframe,
 )
+from topics.units import NS_PER_MINUTE as MIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 TOKEN = "dash-token-NEVER-LOG-5c1e9a7f3b2d4e60"
 SECRET = "fake-control-secret-NEVER-LOG-91d3e5a7c2b4"
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
-MIN = 60 * 1_000_000_000
 H = Timeframe.H1.nanos
 BTC_FILE, BTC_START = "binance_btcusdt_1h_2017_2022.csv", "2020-10-03 02:00:00+00:00"
 
@@ -79,32 +80,27 @@ def btc_bars(n: int, last_close: int) -> list[Bar]:
         close = last_close - (n - 1 - j) * H
         o, hi, lo, c = (float(r[k]) for k in ("open", "high", "low", "close"))
         assert (hi - lo) / o < 0.02, "a calm window: no volatility breaker"
-        out.append(Bar.new(ts_init=close, ts_event=close, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1,
-                           open_time=close - H, open=o, high=hi, low=lo, close=c, volume=float(r["volume"]),
-                           trade_count=None, is_closed=True, revision=0, source=f"csv-restamped:{BTC_FILE}"))
+        out.append(builders.bar(open_time=close - H, open=o, high=hi, low=lo, close=c, volume=float(r["volume"]),
+                                source=f"csv-restamped:{BTC_FILE}"))
     return out
 
 
 def signal(symbol: str, ts: int, score: float, tag: str) -> Signal:
-    up = 0.5 + score / 2
-    return Signal.new(ts_init=ts, ts_event=ts, symbol=symbol, model_id="mlp-btc", model_version="1", horizon="1h",
-                      p_up=up, p_flat=0.0, p_down=1.0 - up, expected_return=0.02 * score, score=score, shadow=False,
-                      feature_event_id=f"features-{tag}", lineage_id="dashboard-test")
+    return builders.signal(symbol=symbol, ts=ts, score=score, model_id="mlp-btc", expected_return=0.02 * score,
+                           feature_event_id=f"features-{tag}", lineage_id="dashboard-test")
 
 
 def gate(ts: int, status: GateStatus, value: float | None, blockers: tuple[str, ...]) -> GateResult:
-    return GateResult.new(ts_init=ts, ts_event=ts, gate="readiness", track="paper", metric="daily_sharpe",
-                          status=status, value=value, threshold=1.5, comparator=Comparator.GE,
-                          window_start=ts - 30 * 24 * H, window_end=ts, observations=30, blockers=blockers,
-                          config_hash=f"cfg-{status.value}")
+    return builders.gate_result(status=status, value=value, metric="daily_sharpe", window_end=ts, blockers=blockers,
+                                config_hash=f"cfg-{status.value}")
 
 
 def registry(ts: int, version: str, stage: ModelStage) -> ModelRegistryEvent:
-    return ModelRegistryEvent.new(ts_init=ts, ts_event=ts, model_id="mlp-btc", version=version, stage=stage,
-                                  feature_set_version="fs-v1", config={"hidden": 32}, data_start=ts - 400 * 24 * H,
-                                  data_end=ts - 30 * 24 * H, seed=7, metrics={"val_loss": 0.69},
-                                  checkpoint_path=f"var/models/mlp-btc-{version}.pt",
-                                  checkpoint_sha256="c0ffee" * 10 + "abcd")
+    return builders.registry_event(
+        version=version, stage=stage, ts=ts, model_id="mlp-btc", feature_set_version="fs-v1", config={"hidden": 32},
+        data_start=ts - 400 * 24 * H, data_end=ts - 30 * 24 * H, seed=7, metrics={"val_loss": 0.69},
+        checkpoint_path=f"var/models/mlp-btc-{version}.pt", checkpoint_sha256="c0ffee" * 10 + "abcd",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -174,12 +170,13 @@ class Browser:
 @contextlib.asynccontextmanager
 async def chromium(tmp: Path) -> AsyncIterator[Browser]:
     port = free_port()
-    log = (tmp / "chromium.log").open("wb")
-    proc = subprocess.Popen(
+    proc = ChildProcess(
+        "chromium",
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--no-first-run", "--no-default-browser-check", f"--remote-debugging-port={port}",
          f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1400,2000", "about:blank"],
-        stdout=log, stderr=subprocess.STDOUT)
+        tmp / "chromium.log", append=False,
+    ).start()
     try:
         async def up() -> bool:
             try:
@@ -198,13 +195,7 @@ async def chromium(tmp: Path) -> AsyncIterator[Browser]:
             await browser.call("Runtime.enable")
             yield browser
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        proc.stop(timeout=10)
 
 
 # ---------------------------------------------------------------------------

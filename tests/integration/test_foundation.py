@@ -12,15 +12,16 @@ import pytest
 
 from ops.embedded.broker import EmbeddedBroker
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import Procs, wait_until
 from tests.factories import sample
 from topics.catalogue import TOPICS
-from topics.records import Bar, Timeframe
+from topics.records import Bar
 from topics.schema import codec_for
+from topics.units import NS_PER_HOUR as H
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-H = 3_600_000_000_000
 T0 = 1_600_000_000_000_000_000 // H * H
 
 
@@ -28,13 +29,8 @@ def make_bars(n: int, symbol: str = "BTC/USDT", start: int = T0, revision: int =
     out = []
     for i in range(n):
         px = 100.0 + (i % 97) * 0.5
-        out.append(
-            Bar.new(
-                ts_init=start, ts_event=start + (i + 1) * H, venue="binance", symbol=symbol, timeframe=Timeframe.H1,
-                open_time=start + i * H, open=px, high=px + 1.0, low=px - 1.0, close=px + 0.25, volume=float(i % 7),
-                trade_count=i, is_closed=True, revision=revision, source="test",
-            )
-        )
+        out.append(builders.bar(symbol=symbol, open_time=start + i * H, open=px, high=px + 1.0, low=px - 1.0,
+                                close=px + 0.25, volume=float(i % 7), trade_count=i, revision=revision, ts_init=start))
     return out
 
 

@@ -23,8 +23,9 @@ import pytest
 from agents.execution.interface import client_order_id_for
 from ops.embedded.broker import EmbeddedBroker
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import ROOT, Procs, wait_until
-from topics.records import Fill, Liquidity, Side
+from topics.records import Fill, Side
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -108,9 +109,8 @@ def paper_fills(orders: list[Any]) -> list[Fill]:
         d = 1 if side == "buy" else -1
         price = ref * (1 + d * 3.5e-4)  # paper: 2 bps slippage + 1.5 bps impact
         ns = int((ts + timedelta(minutes=1)).timestamp()) * 10**9
-        out.append(Fill.new(ts_event=ns, ts_init=ns, client_order_id=coid, fill_id=f"{coid[:10]}-0", adapter="paper",
-                            symbol="BTC/USDT", side=Side(side), price=price, quantity=q, fee=q * price * 1e-3,
-                            fee_currency="USDT", liquidity=Liquidity.TAKER, slippage_bps=2.0, impact_bps=1.5))
+        out.append(builders.fill(side=Side(side), quantity=q, price=price, fee=q * price * 1e-3, client_order_id=coid,
+                                 fill_id=f"{coid[:10]}-0", slippage_bps=2.0, impact_bps=1.5, ts=ns))
     return out
 
 

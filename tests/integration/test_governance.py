@@ -32,15 +32,16 @@ from agents.control.signing import Keyring, new_control_event
 from agents.governance.config import DEFAULT_REQUIRED_GATES
 from ops.embedded.broker import EmbeddedBroker
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import ROOT, Proc, Procs, wait_until
-from topics.records import Comparator, ControlCommand, GateResult, GateStatus, ModelRegistryEvent, ModelStage
+from topics.records import ControlCommand, GateResult, GateStatus, ModelRegistryEvent, ModelStage
+from topics.units import NS_PER_HOUR as HOUR
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 SECRET = "fake-governance-secret-NEVER-LOG-4e1d7a"
 MODEL = "mlp-btcusdt-1h"
 SYMBOL = "BTC/USDT"
-HOUR = 3_600_000_000_000
 P, F = GateStatus.PASSED, GateStatus.FAILED
 
 
@@ -54,11 +55,10 @@ def gov_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def registry(version: str, stage: ModelStage, ts: int) -> ModelRegistryEvent:
-    return ModelRegistryEvent.new(
-        ts_init=ts, ts_event=ts, model_id=MODEL, version=version, stage=stage, feature_set_version="fs1",
-        config={"symbol": SYMBOL, "timeframe": "1h", "window": 8}, data_start=ts - 400 * 24 * HOUR,
-        data_end=ts - 24 * HOUR, seed=7, metrics={"val_ic": 0.03}, checkpoint_path=f"/m/{version}.ckpt",
-        checkpoint_sha256="cd" * 32,
+    return builders.registry_event(
+        version=version, stage=stage, ts=ts, model_id=MODEL, config={"symbol": SYMBOL, "timeframe": "1h", "window": 8},
+        data_start=ts - 400 * 24 * HOUR, data_end=ts - 24 * HOUR, seed=7, metrics={"val_ic": 0.03},
+        checkpoint_path=f"/m/{version}.ckpt", checkpoint_sha256="cd" * 32,
     )
 
 
@@ -67,11 +67,9 @@ def evaluation(end: int, status: GateStatus) -> list[GateResult]:
     out = []
     for req in DEFAULT_REQUIRED_GATES:
         gate, _, metric = req.partition(":")
-        out.append(GateResult.new(
-            ts_init=end, ts_event=end, gate=gate, track=MODEL, metric=metric, status=status,
-            value=2.0 if status is P else 0.2, threshold=1.5, comparator=Comparator.GE,
-            window_start=end - 30 * 24 * HOUR, window_end=end, observations=30, blockers=() if status is P
-            else (f"{metric} below threshold",), config_hash="gates-test",
+        out.append(builders.gate_result(
+            status=status, value=2.0 if status is P else 0.2, gate=gate, track=MODEL, metric=metric, window_end=end,
+            blockers=() if status is P else (f"{metric} below threshold",), config_hash="gates-test",
         ))
     return out
 

@@ -15,9 +15,11 @@ import pytest
 
 from ops.embedded.broker import EmbeddedBroker, free_port
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import ROOT
 from topics.records import Signal
 from topics.schema import codec_for
+from topics.units import NS_PER_HOUR, NS_PER_SECOND
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -28,10 +30,9 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def signal(symbol: str, i: int) -> Signal:
-    ts = time.time_ns() // 1_000_000_000 * 1_000_000_000 - 3600_000_000_000 + i * 1_000_000_000
-    return Signal.new(ts_init=ts, ts_event=ts, symbol=symbol, model_id="m", model_version="1", horizon="1h",
-                      p_up=0.6, p_flat=0.0, p_down=0.4, expected_return=0.01, score=0.2, shadow=False,
-                      feature_event_id=f"f{i}", lineage_id="l")
+    ts = time.time_ns() // NS_PER_SECOND * NS_PER_SECOND - NS_PER_HOUR + i * NS_PER_SECOND
+    return builders.signal(symbol=symbol, ts=ts, p_up=0.6, p_down=0.4, expected_return=0.01, score=0.2,
+                           feature_event_id=f"f{i}")
 
 
 async def test_tail_prints_signals_as_json_lines_filters_by_symbol_and_reports_a_bad_record_then_goes_on(

@@ -43,17 +43,18 @@ from agents.trading.settings import TradingSettings
 from ops.embedded.broker import EmbeddedBroker
 from ops.jobs.ingest import SAMPLE_DIR
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import ROOT, Procs, wait_until
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import Bar, ControlCommand, ControlEvent, Signal, Timeframe
 from topics.schema import Record, codec_for, event_id_for
+from topics.units import NS_PER_MINUTE as MIN
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 #: A known fake secret: scenario 4 greps every log and row for it.
 SECRET = "fake-control-secret-NEVER-LOG-7f3a9c1e5b2d"
 FILE_SECRET = "fake-file-secret-NEVER-LOG-0b8e4d2a6c9f1357"
-MIN = 60 * 1_000_000_000
 H = Timeframe.H1.nanos
 HALF = Timeframe.M30.nanos
 BTC_FILE = ("binance_btcusdt_1h_2017_2022.csv", "binance", "BTC/USDT", Timeframe.H1, "2020-10-03 02:00:00+00:00")
@@ -85,21 +86,14 @@ def bars(file: tuple[str, str, str, Timeframe, str], n: int, last_close: int) ->
         close = last_close - (n - 1 - j) * tf.nanos
         o, hi, lo, c = (float(r[k]) for k in ("open", "high", "low", "close"))
         assert (hi - lo) / o < 0.02, "the chosen window must be calm (no volatility breaker)"
-        out.append(Bar.new(
-            ts_init=close, ts_event=close, venue=venue, symbol=symbol, timeframe=tf, open_time=close - tf.nanos,
-            open=o, high=hi, low=lo, close=c, volume=float(r["volume"]), trade_count=None, is_closed=True,
-            revision=0, source=f"csv-restamped:{name}",
-        ))
+        out.append(builders.bar(venue=venue, symbol=symbol, timeframe=tf, open_time=close - tf.nanos, open=o, high=hi,
+                                low=lo, close=c, volume=float(r["volume"]), source=f"csv-restamped:{name}"))
     return out
 
 
 def signal(symbol: str, ts: int, score: float, tag: str) -> Signal:
-    up = 0.5 + score / 2
-    return Signal.new(
-        ts_init=ts, ts_event=ts, symbol=symbol, model_id="stub-momentum", model_version="1", horizon="1h",
-        p_up=up, p_flat=0.0, p_down=1.0 - up, expected_return=0.02 * score, score=score, shadow=False,
-        feature_event_id=f"features-{tag}", lineage_id="test",
-    )
+    return builders.signal(symbol=symbol, ts=ts, score=score, model_id="stub-momentum", expected_return=0.02 * score,
+                           feature_event_id=f"features-{tag}", lineage_id="test")
 
 
 def tamper(event: ControlEvent, **changes: Any) -> ControlEvent:

@@ -27,18 +27,18 @@ from backtest.replay import ReplayConfig, ReplayModel, ReplayResult, replay
 from backtest.walkforward import WalkForwardSpec, train_walk_forward
 from models.config import ModelConfig
 from models.dataset import closes_by_open_time
-from topics.records import Bar, Fill, Liquidity, PortfolioSnapshot, Side, Timeframe
+from tests import builders
+from topics.records import Bar, Fill, PortfolioSnapshot, Side, Timeframe
+from topics.units import NS_PER_DAY as DAY
 
-DAY = 86_400 * 1_000_000_000
 T0 = 1_600_000_000_000_000_000 - 1_600_000_000_000_000_000 % DAY
 CSV = Path(__file__).resolve().parents[2] / "ops" / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"
 
 
 def fill(side: Side, qty: float, price: float, fee: float, *, n: int, slip: float = 2.0, impact: float = 0.0,
          symbol: str = "BTC/USDT") -> Fill:
-    return Fill.new(ts_init=T0 + n, ts_event=T0 + n, client_order_id=f"tf{n:030d}", fill_id=str(n), adapter="paper",
-                    symbol=symbol, side=side, price=price, quantity=qty, fee=fee, fee_currency="USDT",
-                    liquidity=Liquidity.TAKER, slippage_bps=slip, impact_bps=impact)
+    return builders.fill(side=side, quantity=qty, price=price, fee=fee, symbol=symbol, client_order_id=f"tf{n:030d}",
+                         fill_id=str(n), slippage_bps=slip, impact_bps=impact, ts=T0 + n)
 
 
 def test_daily_sharpe_follows_the_contract_formula() -> None:

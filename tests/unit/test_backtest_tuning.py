@@ -30,12 +30,10 @@ from backtest.tuning import (
 )
 from topics.records import Timeframe
 from topics.schema import TS_MIN_NS
+from topics.units import NS_PER_DAY as DAY
+from topics.units import NS_PER_HOUR as H
 
 DATA = Path(__file__).resolve().parents[2] / "ops" / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"
-DAY = 86_400 * 1_000_000_000
-H = 3_600 * 1_000_000_000
-
-
 @pytest.fixture(scope="module")
 def prices() -> PriceSeries:
     bars = import_csv_file(DATA, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=TS_MIN_NS).bars

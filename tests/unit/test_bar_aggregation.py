@@ -11,27 +11,19 @@ from hypothesis import strategies as st
 
 from agents.clock import EventClock
 from agents.market.bars import AggregationResult, AggregatorConfig, BarAggregator, DroppedTick, DropReason
-from topics.records import AggressorSide, Bar, Tick, Timeframe
+from tests import builders
+from topics.records import Bar, Tick, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_SECOND as S
 
 T0 = 1_699_999_800_000_000_000  # 2023-11-14 22:10:00 UTC, a 5-minute boundary
 assert T0 % Timeframe.M5.nanos == 0
-S = 1_000_000_000
 M = 60 * S
 TS_INIT = 1_800_000_000_000_000_000
 
 
 def tick(trade_id: str, ts: int, price: float, qty: float = 1.0, symbol: str = "BTC/USDT") -> Tick:
-    return Tick.new(
-        ts_init=TS_INIT,
-        ts_event=ts,
-        venue="binance",
-        symbol=symbol,
-        trade_id=trade_id,
-        price=price,
-        quantity=qty,
-        aggressor=AggressorSide.BUY,
-    )
+    return builders.tick(trade_id=trade_id, ts=ts, price=price, quantity=qty, symbol=symbol, ts_init=TS_INIT)
 
 
 def aggregator(*timeframes: Timeframe, grace_ns: int = 2 * S, max_lateness_ns: int = 15 * M) -> BarAggregator:

@@ -11,7 +11,6 @@ from agents.risk.config import RiskConfig
 from agents.trading.core import TradingConfig, TradingCore
 from ops.bench.trading import (
     BASE_PRICE,
-    MIN_NS,
     PHASE_SYMBOLS,
     Decision,
     bench_bar,
@@ -23,11 +22,10 @@ from ops.bench.trading import (
     percentiles,
 )
 from topics.records import ControlCommand, Fill, OrderUpdate, RiskDecision, Timeframe
+from topics.units import NS_PER_MINUTE
+from topics.units import NS_PER_MS as MS
 
 T = 1_800_000_000_000_000_000
-MS = 1_000_000
-
-
 def test_percentiles_nearest_rank_and_missing_is_none() -> None:
     p = percentiles([float(x) for x in range(1, 101)])
     assert (p["samples"], p["p50_ms"], p["p95_ms"], p["p99_ms"], p["max_ms"]) == (100, 51.0, 96.0, 100.0, 100.0)
@@ -86,7 +84,7 @@ def test_synthetic_stream_trades_fills_profitably_and_the_kill_switch_blocks() -
 
     assert control(ControlCommand.SET_LIMIT, {"name": "max_orders_per_window", "value": 1_000_000}, T) == "accepted"
     symbol = PHASE_SYMBOLS["paired_100"]
-    core.on_bar(bench_bar(symbol, T - 2 * MIN_NS, BASE_PRICE[symbol]), T)
+    core.on_bar(bench_bar(symbol, T - 2 * NS_PER_MINUTE, BASE_PRICE[symbol]), T)
     now = T
     verdicts: list[str] = []
     fills = 0

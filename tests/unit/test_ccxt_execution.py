@@ -24,12 +24,12 @@ from agents.execution.ccxt_live import (
     make_execution_exchange,
 )
 from agents.execution.interface import ExecReason, MarketContext, client_order_id_for
+from tests import builders
 from tests.fixtures.ccxt.replay import Interaction, ReplayTransport
 from topics.records import (
     Fill,
     OrderIntent,
     OrderStatus,
-    OrderType,
     OrderUpdate,
     RiskDecision,
     RiskVerdict,
@@ -38,7 +38,6 @@ from topics.records import (
 
 pytestmark = pytest.mark.timeout(20)
 
-S = 1_000_000_000
 NOW = 1_609_495_200_000_000_000  # 2021-01-01 10:00 UTC
 KEYS = {"apiKey": "test-key", "secret": "test-secret-0123456789abcdef0123456789"}
 
@@ -122,7 +121,7 @@ async def _close_exchanges() -> AsyncIterator[None]:
         await _open.pop().close()
 
 
-_seq = 0
+_signal_ids = builders.Numbered("sig-")
 
 
 def order(
@@ -134,36 +133,9 @@ def order(
     limit: float | None = None,
     verdict: RiskVerdict = RiskVerdict.APPROVED,
 ) -> tuple[OrderIntent, RiskDecision]:
-    global _seq
-    _seq += 1
-    it = OrderIntent.new(
-        ts_init=NOW,
-        ts_event=NOW,
-        strategy_id="s1",
-        track="live",
-        symbol=symbol,
-        side=side,
-        quantity=qty,
-        order_type=OrderType.LIMIT if limit else OrderType.MARKET,
-        limit_price=limit,
-        reduce_only=reduce_only,
-        target_position=0.0,
-        signal_event_id=f"sig-{_seq}",
-    )
-    ok = verdict is not RiskVerdict.REJECTED
-    dec = RiskDecision.new(
-        ts_init=NOW,
-        ts_event=NOW,
-        causation_id=it.event_id,
-        intent_event_id=it.event_id,
-        strategy_id="s1",
-        symbol=symbol,
-        verdict=verdict,
-        requested_quantity=qty,
-        approved_quantity=qty if ok else 0.0,
-        reasons=(),
-    )
-    return it, dec
+    it = builders.intent(side=side, quantity=qty, symbol=symbol, track="live", limit_price=limit,
+                         reduce_only=reduce_only, signal_event_id=_signal_ids(), ts=NOW)
+    return it, builders.decision(it, verdict=verdict)
 
 
 def mkt(symbol: str = "BTC/USDT", price: float = 29_000.0) -> MarketContext:

@@ -43,11 +43,12 @@ from agents.market.history import HistoryReport, download_history, history_check
 from tests.fixtures.ccxt.replay import ReplayTransport, load_fixture
 from topics.records import AggressorSide, Bar, Timeframe
 from topics.schema import ErrorReason, Record, codec_for
+from topics.units import NS_PER_HOUR
+from topics.units import NS_PER_MS as MS
 
 pytestmark = pytest.mark.timeout(10)
 
-MS = 1_000_000
-HOUR_MS = 3_600_000
+HOUR_MS = NS_PER_HOUR // MS
 #: 2021-01-01 00:00 UTC .. 10:00, the open times of the recorded Binance 1h candles.
 T0_MS = 1_609_459_200_000
 OPENS_MS = [T0_MS + i * HOUR_MS for i in range(12)]

@@ -35,17 +35,18 @@ from agents.market.live import (
     LiveSettings,
     StreamKind,
     StreamSpec,
-    TradeDeduper,
     Transport,
 )
+from runtime.seen import SeenIds
 from tests.fixtures.ccxt.replay import ReplayTransport, load_fixture
 from topics.records import AggressorSide, Bar, Tick, Timeframe
 from topics.schema import Record
+from topics.units import NS_PER_HOUR
+from topics.units import NS_PER_MS as MS
 
 pytestmark = pytest.mark.timeout(15)
 
-MS = 1_000_000
-HOUR_MS = 3_600_000
+HOUR_MS = NS_PER_HOUR // MS
 T0_MS = 1_609_459_200_000  # 2021-01-01 00:00 UTC
 WALL_0930_NS = (T0_MS + 9 * HOUR_MS + 30 * 60_000) * MS
 WALL_1000_30_NS = (T0_MS + 10 * HOUR_MS + 30_000) * MS
@@ -341,9 +342,9 @@ def test_candle_tracker_on_websocket_updates_then_last_values_close_the_bar() ->
 
 
 def test_trade_deduper_at_capacity_then_oldest_forgotten() -> None:
-    dedupe = TradeDeduper(capacity=2)
-    assert [dedupe.seen(i) for i in ("a", "b", "a", "c", "b")] == [False, False, True, False, True]
-    assert dedupe.seen("a") is False  # the oldest id, evicted when "c" arrived
+    dedupe: SeenIds[str] = SeenIds(capacity=2)  # what the collector dedupes trade ids with
+    assert [not dedupe.add(i) for i in ("a", "b", "a", "c", "b")] == [False, False, True, False, True]
+    assert dedupe.add("a") is True  # the oldest id, evicted when "c" arrived
     assert len(dedupe) == 2
 
 

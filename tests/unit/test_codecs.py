@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import builders
 from tests.factories import strategy_for
-from topics.records import ALL_RECORDS, Bar, DeadLetter, Signal, Timeframe
+from topics.records import ALL_RECORDS, Bar, DeadLetter, Signal
 from topics.schema import ErrorReason, Record, RecordError, codec_for, event_id_for
+from topics.units import NS_PER_HOUR as H
 
-H = 3_600_000_000_000
 T0 = 1_600_000_000_000_000_000 // H * H
 
 
@@ -33,11 +35,8 @@ def test_any_valid_record_when_encoded_then_decodes_to_an_equal_record(cls: type
 
 
 def _bar(**overrides: object) -> dict[str, object]:
-    b = Bar.new(
-        ts_init=T0, ts_event=T0 + H, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, open_time=T0,
-        open=100.0, high=110.0, low=90.0, close=105.0, volume=12.5, trade_count=3, is_closed=True, revision=0,
-        source="test",
-    )
+    b = builders.bar(open_time=T0, open=100.0, high=110.0, low=90.0, close=105.0, volume=12.5, trade_count=3,
+                     ts_init=T0)
     d = codec_for(Bar).to_dict(b)
     d.update(overrides)
     return d
@@ -76,10 +75,7 @@ def test_malformed_bar_when_decoded_then_record_error_names_the_reason(
 
 
 def test_signal_probabilities_not_summing_to_one_when_decoded_then_invalid_value() -> None:
-    sig = Signal.new(
-        ts_init=T0, ts_event=T0, symbol="BTC/USDT", model_id="m", model_version="1", horizon="1h", p_up=0.5,
-        p_flat=0.3, p_down=0.2, expected_return=0.001, score=0.3, shadow=False, feature_event_id="f", lineage_id="l",
-    )
+    sig = builders.signal(ts=T0, p_up=0.5, p_flat=0.3, p_down=0.2, expected_return=0.001, score=0.3)
     d = codec_for(Signal).to_dict(sig)
     d["p_up"] = 0.9
     with pytest.raises(RecordError) as info:
@@ -88,12 +84,10 @@ def test_signal_probabilities_not_summing_to_one_when_decoded_then_invalid_value
 
 
 def test_same_identity_when_built_twice_then_same_event_id_and_different_identity_differs() -> None:
-    a = Bar.new(ts_init=1, ts_event=T0, venue="v", symbol="BTC/USDT", timeframe=Timeframe.H1, open_time=T0, open=1.0,
-                high=1.0, low=1.0, close=1.0, volume=0.0, trade_count=0, is_closed=True, revision=0, source="s")
-    b = Bar.new(ts_init=999, ts_event=T0, venue="v", symbol="BTC/USDT", timeframe=Timeframe.H1, open_time=T0, open=2.0,
-                high=2.0, low=2.0, close=2.0, volume=1.0, trade_count=0, is_closed=True, revision=0, source="s")
-    c = Bar.new(ts_init=1, ts_event=T0, venue="v", symbol="BTC/USDT", timeframe=Timeframe.H1, open_time=T0, open=1.0,
-                high=1.0, low=1.0, close=1.0, volume=0.0, trade_count=0, is_closed=True, revision=1, source="s")
+    bar = functools.partial(builders.bar, venue="v", open_time=T0, ts_event=T0, trade_count=0, source="s")
+    a = bar(ts_init=1, open=1.0, volume=0.0)
+    b = bar(ts_init=999, open=2.0, volume=1.0)
+    c = bar(ts_init=1, open=1.0, volume=0.0, revision=1)
     assert a.event_id == b.event_id  # identity = venue, symbol, timeframe, open_time, revision
     assert a.event_id != c.event_id
     assert a.correlation_id == a.event_id and a.causation_id is None

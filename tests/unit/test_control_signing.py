@@ -27,8 +27,8 @@ from runtime.env import ConfigError
 from tests.factories import strategy_for
 from topics.records import ControlCommand, ControlEvent
 from topics.schema import codec_for
+from topics.units import NS_PER_SECOND as S
 
-S = 1_000_000_000
 NOW = 1_609_459_200_000_000_000 + 3600 * S
 SECRET = b"s" * 40
 OTHER_SECRET = b"o" * 40

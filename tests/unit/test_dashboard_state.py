@@ -14,10 +14,10 @@ from agents.risk.killswitch import KillScope, KillSwitch
 from ops.dashboard.agent import DashboardSettings, authorized, load_token, render_page
 from ops.dashboard.hub import SseHub, sse_frame
 from ops.dashboard.state import TOPICS, DashboardConfig, DashboardState, parse_switch
+from tests import builders
 from topics.catalogue import BY_NAME
 from topics.records import (
     Alert,
-    Comparator,
     ControlAudit,
     ControlOutcome,
     DeadLetter,
@@ -31,17 +31,13 @@ from topics.records import (
     Severity,
     Signal,
 )
+from topics.units import NS_PER_HOUR as H
+from topics.units import NS_PER_SECOND as S
 
 T0 = 1_700_000_000_000_000_000
-S = 1_000_000_000
-H = 3600 * S
-
-
 def signal(symbol: str, ts: int, score: float) -> Signal:
-    up = 0.5 + score / 2
-    return Signal.new(ts_init=ts, ts_event=ts, symbol=symbol, model_id="m", model_version="1", horizon="1h", p_up=up,
-                      p_flat=0.0, p_down=1 - up, expected_return=0.01 * score, score=score, shadow=False,
-                      feature_event_id=f"f-{symbol}-{ts}", lineage_id="l")
+    return builders.signal(symbol=symbol, ts=ts, score=score, expected_return=0.01 * score,
+                           feature_event_id=f"f-{symbol}-{ts}")
 
 
 def snapshot(ts: int, equity: float, qty: float = 0.5, account: str = "paper") -> PortfolioSnapshot:
@@ -71,15 +67,13 @@ def audit(ts: int, command: str, changes: tuple[str, ...], outcome: ControlOutco
 
 
 def gate(ts: int, status: GateStatus, value: float | None, blockers: tuple[str, ...]) -> GateResult:
-    return GateResult.new(ts_init=ts, ts_event=ts, gate="readiness", track="paper", metric="sharpe", status=status,
-                          value=value, threshold=1.5, comparator=Comparator.GE, window_start=T0 - 30 * 24 * H,
-                          window_end=ts, observations=12, blockers=blockers, config_hash=f"g{ts}")
+    return builders.gate_result(status=status, value=value, metric="sharpe", window_start=T0 - 30 * 24 * H,
+                                window_end=ts, observations=12, blockers=blockers, config_hash=f"g{ts}")
 
 
 def model(ts: int, version: str, stage: ModelStage) -> ModelRegistryEvent:
-    return ModelRegistryEvent.new(ts_init=ts, ts_event=ts, model_id="mlp-btc", version=version, stage=stage,
-                                  feature_set_version="fs1", config={}, data_start=T0 - H, data_end=T0, seed=1,
-                                  metrics={"val_loss": 0.5}, checkpoint_path="x", checkpoint_sha256="ab" * 32)
+    return builders.registry_event(version=version, stage=stage, ts=ts, model_id="mlp-btc", data_start=T0 - H,
+                                   data_end=T0, metrics={"val_loss": 0.5}, checkpoint_path="x")
 
 
 def dead(offset: int, reason: str) -> DeadLetter:

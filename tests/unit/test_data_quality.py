@@ -13,6 +13,7 @@ import pytest
 from agents.clock import EventClock
 from agents.market.csv_import import import_csv_file
 from agents.market.quality import Check, DataQualityEngine, QualityConfig, QualityPolicy
+from tests import builders
 from topics.records import Bar, DataQualityEvent, Severity, Timeframe
 from topics.schema import codec_for
 
@@ -249,26 +250,9 @@ def bar(
     venue: str = "binance",
 ) -> Bar:
     c = o if c is None else c
-    h = max(o, c) * 1.001 if h is None else h
-    lo = min(o, c) * 0.999 if lo is None else lo
-    open_time = T0 + i * H
-    return Bar.new(
-        ts_init=TS_INIT,
-        ts_event=open_time + H,
-        venue=venue,
-        symbol=symbol,
-        timeframe=Timeframe.H1,
-        open_time=open_time,
-        open=o,
-        high=h,
-        low=lo,
-        close=c,
-        volume=v,
-        trade_count=0,
-        is_closed=closed,
-        revision=revision,
-        source="test",
-    )
+    return builders.bar(symbol=symbol, venue=venue, open_time=T0 + i * H, open=o, close=c,
+                        high=max(o, c) * 1.001 if h is None else h, low=min(o, c) * 0.999 if lo is None else lo,
+                        volume=v, trade_count=0, is_closed=closed, revision=revision, ts_init=TS_INIT)
 
 
 def walk(n: int, start: int = 0, price: float = 100.0) -> list[Bar]:

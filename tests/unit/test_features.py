@@ -24,13 +24,15 @@ from agents.features.spec import (
     lineage_matches,
     parse_lineage_id,
 )
+from tests import builders
 from topics.records import Bar, FeatureVector, Timeframe
 from topics.schema import codec_for
+from topics.units import NS_PER_HOUR as HOUR
+from topics.units import NS_PER_YEAR
 
-HOUR = 3_600_000_000_000
 T0 = 1_600_000_000_000_000_000 // HOUR * HOUR  # 2020-09-13 12:00 UTC
 W = DEFAULT_SPEC.window
-TS_INIT = T0 + 10**9 * 3600 * 24 * 365 * 5
+TS_INIT = T0 + 5 * NS_PER_YEAR
 
 # Running sums (engine) and fresh numpy sums (batch) round differently, so the
 # two agree to rounding, not bit for bit: ~1e-13 relative on real data. The
@@ -48,24 +50,9 @@ PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 
 def make_bar(i: int, close: float, volume: float, *, spread: float = 0.0, revision: int = 0) -> Bar:
     """Bar number ``i`` of a BTC/USDT 1h stream; high/low ``spread`` around the close."""
-    ot = T0 + i * HOUR
-    return Bar.new(
-        ts_init=ot + HOUR,
-        ts_event=ot + HOUR,
-        venue="binance",
-        symbol="BTC/USDT",
-        timeframe=Timeframe.H1,
-        open_time=ot,
-        open=close,
-        high=round(close * (1.0 + spread), 2),
-        low=round(close * (1.0 - spread), 2),
-        close=close,
-        volume=volume,
-        trade_count=0,
-        is_closed=True,
-        revision=revision,
-        source="test",
-    )
+    return builders.bar(open_time=T0 + i * HOUR, open=close, high=round(close * (1.0 + spread), 2),
+                        low=round(close * (1.0 - spread), 2), close=close, volume=volume, trade_count=0,
+                        revision=revision)
 
 
 @st.composite

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from agents.gates.config import NS_PER_DAY, GateConfig, parse_duration_ns
+from agents.gates.config import GateConfig, parse_duration_ns
 from agents.gates.engine import (
     GATE_HARD_METRICS,
     GATE_PARITY,
@@ -27,9 +27,10 @@ from agents.gates.engine import (
 )
 from topics.records import Comparator, GateResult, GateStatus
 from topics.schema import codec_for
+from topics.units import NS_PER_DAY, NS_PER_SECOND
+from topics.units import NS_PER_HOUR as H
 
-NOW = 1_767_225_600 * 10**9  # 2026-01-01 UTC
-H = 3600 * 10**9
+NOW = 1_767_225_600 * NS_PER_SECOND  # 2026-01-01 UTC
 GOOD = {"sharpe_daily": 2.1, "max_drawdown": 0.05, "reject_rate": 0.0}
 P, F, INS = GateStatus.PASSED, GateStatus.FAILED, GateStatus.INSUFFICIENT_OBSERVATION
 

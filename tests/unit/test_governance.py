@@ -13,6 +13,7 @@ import pytest
 from agents.control.signing import Keyring, new_control_event
 from agents.governance.config import GovernanceConfig, capital_fraction, next_stage
 from agents.governance.engine import GovernanceEngine, Step, track_for
+from tests import builders
 from topics.records import (
     Alert,
     ControlAudit,
@@ -27,11 +28,10 @@ from topics.records import (
     RolloutDecision,
     RolloutTrigger,
 )
-from topics.records import Comparator as Cmp
 from topics.schema import Record, codec_for
+from topics.units import NS_PER_DAY as DAY
 
 KEYRING = Keyring({"ops1": b"g" * 40})
-DAY = 86_400_000_000_000
 T0 = 1_700_000_000_000_000_000
 MODEL = "mlp-btcusdt-1h"
 BTC = "BTC/USDT"
@@ -47,21 +47,18 @@ def config(**overrides: object) -> GovernanceConfig:
 
 def registry(version: str, stage: ModelStage, ts: int, *, model_id: str = MODEL, symbol: str = BTC
              ) -> ModelRegistryEvent:
-    return ModelRegistryEvent.new(
-        ts_init=ts, ts_event=ts, model_id=model_id, version=version, stage=stage, feature_set_version="fs1",
+    return builders.registry_event(
+        version=version, stage=stage, ts=ts, model_id=model_id,
         config={"symbol": symbol, "timeframe": "1h", "window": 8}, data_start=T0 - 400 * DAY,
         data_end=T0 - 100 * DAY, seed=7, metrics={"val_ic": 0.03}, checkpoint_path=f"/m/{version}.ckpt",
-        checkpoint_sha256="ab" * 32,
     )
 
 
 def gate(req: str, status: GateStatus, end: int, *, track: str = MODEL, ts: int | None = None) -> GateResult:
     g, _, metric = req.partition(":")
-    return GateResult.new(
-        ts_init=end, ts_event=end if ts is None else ts, gate=g, track=track, metric=metric, status=status,
-        value=None if status is I else (2.0 if status is P else 0.1), threshold=1.5, comparator=Cmp.GE,
-        window_start=end - 30 * DAY, window_end=end, observations=0 if status is I else 30, blockers=(),
-        config_hash="gates-cfg",
+    return builders.gate_result(
+        status=status, value=None if status is I else (2.0 if status is P else 0.1), gate=g, track=track, metric=metric,
+        window_end=end, observations=0 if status is I else 30, ts=end if ts is None else ts, ts_init=end,
     )
 
 

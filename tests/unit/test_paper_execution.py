@@ -11,27 +11,25 @@ import pytest
 from agents.clock import EventClock
 from agents.execution.interface import ExecReason, MarketContext, client_order_id_for
 from agents.execution.paper import PaperConfig, PaperExecutionAdapter, PaperExecutionEngine
+from tests import builders
 from topics.records import (
     Bar,
     Fill,
     OrderIntent,
     OrderStatus,
-    OrderType,
     OrderUpdate,
     RiskDecision,
     RiskVerdict,
     Side,
-    Timeframe,
 )
 from topics.schema import Record
+from topics.units import NS_PER_HOUR as H
 
-S = 1_000_000_000
-H = 3600 * S
 T0 = 1_609_459_200_000_000_000
 NOW = T0 + 3 * H  # decisions at the close of the 02:00 bar
 BTC = "BTC/USDT"
 
-_seq = 0
+_signal_ids = builders.Numbered("sig-")
 
 
 def order(
@@ -43,56 +41,14 @@ def order(
     limit: float | None = None,
     symbol: str = BTC,
 ) -> tuple[OrderIntent, RiskDecision]:
-    global _seq
-    _seq += 1
-    it = OrderIntent.new(
-        ts_init=NOW,
-        ts_event=NOW,
-        strategy_id="s1",
-        track="paper",
-        symbol=symbol,
-        side=side,
-        quantity=qty,
-        order_type=OrderType.LIMIT if limit else OrderType.MARKET,
-        limit_price=limit,
-        reduce_only=False,
-        target_position=qty,
-        signal_event_id=f"sig-{_seq}",
-    )
-    ok = verdict is not RiskVerdict.REJECTED
-    dec = RiskDecision.new(
-        ts_init=NOW,
-        ts_event=NOW,
-        causation_id=it.event_id,
-        intent_event_id=it.event_id,
-        strategy_id="s1",
-        symbol=symbol,
-        verdict=verdict,
-        requested_quantity=qty,
-        approved_quantity=(qty if approved is None else approved) if ok else 0.0,
-        reasons=(),
-    )
-    return it, dec
+    it = builders.intent(side=side, quantity=qty, symbol=symbol, limit_price=limit, target_position=qty,
+                         signal_event_id=_signal_ids(), ts=NOW)
+    return it, builders.decision(it, verdict=verdict, approved=approved)
 
 
 def bar(open_: float = 30_000.0, volume: float = 100.0, *, open_time: int = NOW, symbol: str = BTC) -> Bar:
-    return Bar.new(
-        ts_init=open_time + H,
-        ts_event=open_time + H,
-        venue="binance",
-        symbol=symbol,
-        timeframe=Timeframe.H1,
-        open_time=open_time,
-        open=open_,
-        high=open_ * 1.01,
-        low=open_ * 0.99,
-        close=open_,
-        volume=volume,
-        trade_count=None,
-        is_closed=True,
-        revision=0,
-        source="test",
-    )
+    return builders.bar(symbol=symbol, open_time=open_time, open=open_, high=open_ * 1.01, low=open_ * 0.99,
+                        volume=volume)
 
 
 def engine(config: PaperConfig | None = None) -> PaperExecutionEngine:
@@ -240,8 +196,7 @@ def test_default_config_then_no_random_rejects_over_many_orders() -> None:
 
 def test_seeded_timeouts_then_same_outcome_each_run_and_seed_matters() -> None:
     def run(seed: int) -> list[str]:
-        global _seq
-        _seq = 1000  # same intents in every run
+        _signal_ids.last = 1000  # same intents in every run
         eng = engine(PaperConfig(default_timeout_probability=0.5, seed=seed))
         for _ in range(40):
             eng.submit(*order(qty=0.01))

@@ -10,15 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.portfolio.engine import NS_PER_DAY, PortfolioConfig, PortfolioEngine
-from topics.records import Bar, Fill, Liquidity, Side, Timeframe
+from agents.portfolio.engine import PortfolioConfig, PortfolioEngine
+from tests import builders
+from topics.records import Bar, Fill, Side
+from topics.units import NS_PER_DAY
+from topics.units import NS_PER_HOUR as H
 
-H = 3_600_000_000_000
 T0 = 1_609_459_200_000_000_000  # 2021-01-01 00:00 UTC
 BTC = "BTC/USDT"
 ETH = "ETH/USDT"
 
-_fill_seq = 0
+_fill_ids = builders.Numbered("f")
 
 
 def fill(
@@ -32,44 +34,13 @@ def fill(
     fee_currency: str = "USDT",
     fill_id: str | None = None,
 ) -> Fill:
-    global _fill_seq
-    _fill_seq += 1
-    return Fill.new(
-        ts_init=ts,
-        ts_event=ts,
-        client_order_id="tfcoid",
-        fill_id=fill_id or f"f{_fill_seq}",
-        adapter="test",
-        symbol=symbol,
-        side=side,
-        price=price,
-        quantity=qty,
-        fee=fee,
-        fee_currency=fee_currency,
-        liquidity=Liquidity.TAKER,
-        slippage_bps=0.0,
-        impact_bps=0.0,
-    )
+    number = _fill_ids()  # every fill takes a number, named or not
+    return builders.fill(side=side, quantity=qty, price=price, fee=fee, fee_currency=fee_currency, symbol=symbol,
+                         client_order_id="tfcoid", fill_id=fill_id or number, adapter="test", ts=ts)
 
 
 def bar(close: float, *, symbol: str = BTC, open_time: int = T0) -> Bar:
-    return Bar.new(
-        ts_init=open_time + H,
-        ts_event=open_time + H,
-        venue="binance",
-        symbol=symbol,
-        timeframe=Timeframe.H1,
-        open_time=open_time,
-        open=close,
-        high=close,
-        low=close,
-        close=close,
-        volume=100.0,
-        trade_count=None,
-        is_closed=True,
-        revision=0,
-        source="test",
-    )
+    return builders.bar(symbol=symbol, open_time=open_time, open=close, close=close, volume=100.0)
 
 
 def test_long_round_trip_with_fees_then_realized_pnl_and_cash_exact() -> None:

@@ -32,6 +32,7 @@ from backtest.reference import (
     run_sma_cross,
     sma,
 )
+from tests import builders
 from topics.records import Bar, Side, Timeframe
 from topics.schema import TS_MIN_NS
 
@@ -230,12 +231,8 @@ def test_fractional_units_match_vectorbt(prices: PriceSeries, bars: tuple[Bar, .
 def _bars(closes: Sequence[float], opens: Sequence[float] | None = None, symbol: str = "BTC/USDT") -> list[Bar]:
     t0 = 1_600_000_000 * 1_000_000_000 // H * H
     opens = opens if opens is not None else closes
-    return [
-        Bar.new(ts_init=t0, ts_event=t0 + (i + 1) * H, venue="binance", symbol=symbol, timeframe=Timeframe.H1,
-                open_time=t0 + i * H, open=o, high=max(o, c), low=min(o, c), close=c, volume=1.0,
-                trade_count=None, is_closed=True, revision=0, source="test")
-        for i, (o, c) in enumerate(zip(opens, closes, strict=True))
-    ]
+    return [builders.bar(symbol=symbol, open_time=t0 + i * H, open=o, close=c, ts_init=t0)
+            for i, (o, c) in enumerate(zip(opens, closes, strict=True))]
 
 
 def test_sma_and_strict_crossings() -> None:

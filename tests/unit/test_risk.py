@@ -12,11 +12,11 @@ import pytest
 
 from agents.clock import EventClock
 from agents.control.signing import AuditOutcome, ControlVerifier, Keyring, VerifyReason, new_control_event
-from agents.execution.interface import client_order_id_for
 from agents.portfolio.engine import PortfolioState, Position
 from agents.risk.config import RiskConfig
 from agents.risk.engine import ControlReason, RiskEngine, RiskReason
 from agents.risk.killswitch import KillScope, KillSwitchBoard
+from tests import builders
 from topics.records import (
     Bar,
     ControlCommand,
@@ -31,15 +31,15 @@ from topics.records import (
     Timeframe,
 )
 from topics.schema import JsonScalar, codec_for
+from topics.units import NS_PER_HOUR as H
+from topics.units import NS_PER_SECOND as S
 
-S = 1_000_000_000
-H = 3600 * S
 T0 = 1_609_459_200_000_000_000  # 2021-01-01 00:00 UTC
 NOW = T0 + 2 * H + 30 * 60 * S  # 02:30 UTC
 BTC, ETH = "BTC/USDT", "ETH/USDT"
 KEYRING = Keyring({"ops1": b"k" * 40})
 
-_seq = 0
+_signal_ids = builders.Numbered("sig-")
 
 
 def make_engine(config: RiskConfig | None = None) -> tuple[RiskEngine, EventClock]:
@@ -61,24 +61,8 @@ def bar(
     open_time: int = NOW - H,
     tf: Timeframe = Timeframe.H1,
 ) -> Bar:
-    o = close if open_ is None else open_
-    return Bar.new(
-        ts_init=open_time + tf.nanos,
-        ts_event=open_time + tf.nanos,
-        venue="binance",
-        symbol=symbol,
-        timeframe=tf,
-        open_time=open_time,
-        open=o,
-        high=high if high is not None else max(o, close),
-        low=low if low is not None else min(o, close),
-        close=close,
-        volume=1_000.0,
-        trade_count=None,
-        is_closed=True,
-        revision=0,
-        source="test",
-    )
+    return builders.bar(symbol=symbol, open_time=open_time, timeframe=tf, open=close if open_ is None else open_,
+                        high=high, low=low, close=close, volume=1_000.0)
 
 
 def intent(
@@ -91,22 +75,8 @@ def intent(
     reduce_only: bool = False,
     limit_price: float | None = None,
 ) -> OrderIntent:
-    global _seq
-    _seq += 1
-    return OrderIntent.new(
-        ts_init=NOW,
-        ts_event=NOW,
-        strategy_id=strategy,
-        track=track,
-        symbol=symbol,
-        side=side,
-        quantity=qty,
-        order_type=OrderType.LIMIT if limit_price else OrderType.MARKET,
-        limit_price=limit_price,
-        reduce_only=reduce_only,
-        target_position=0.0,
-        signal_event_id=f"sig-{_seq}",
-    )
+    return builders.intent(side=side, quantity=qty, symbol=symbol, strategy_id=strategy, track=track,
+                           reduce_only=reduce_only, limit_price=limit_price, signal_event_id=_signal_ids(), ts=NOW)
 
 
 def state(
@@ -456,21 +426,8 @@ def test_several_rules_at_once_then_every_reason_listed_in_stable_order() -> Non
 
 
 def _update(it: OrderIntent, status: OrderStatus, qty: float, filled: float) -> OrderUpdate:
-    return OrderUpdate.new(
-        ts_init=NOW,
-        ts_event=NOW,
-        client_order_id=client_order_id_for(it.event_id),
-        venue_order_id=None,
-        adapter="paper",
-        symbol=it.symbol,
-        side=it.side,
-        order_type=OrderType.MARKET,
-        quantity=qty,
-        filled_quantity=filled,
-        avg_fill_price=30_000.0 if filled else None,
-        status=status,
-        reason=None,
-    )
+    return builders.update(it, status=status, quantity=qty, filled=filled, order_type=OrderType.MARKET,
+                           avg_fill_price=30_000.0 if filled else None, ts=NOW)
 
 
 def test_exit_in_flight_then_second_exit_rejected_and_fill_releases_it() -> None:

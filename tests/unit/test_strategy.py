@@ -10,15 +10,14 @@ from types import MappingProxyType
 import pytest
 
 from agents.clock import EventClock
-from agents.execution.interface import client_order_id_for
 from agents.portfolio.engine import PortfolioState, Position
 from agents.strategy.config import StrategyConfig
 from agents.strategy.engine import SizingAdjustment, SizingReason, StrategyEngine
-from topics.records import Bar, OrderIntent, OrderStatus, OrderType, OrderUpdate, Side, Signal, Timeframe
+from tests import builders
+from topics.records import OrderIntent, OrderStatus, OrderType, OrderUpdate, Side, Signal
 from topics.schema import codec_for
+from topics.units import NS_PER_HOUR as H
 
-S = 1_000_000_000
-H = 3600 * S
 T0 = 1_609_459_200_000_000_000  # 2021-01-01 00:00 UTC
 NOW = T0 + 3 * H  # signals of the 02:00 bar close at 03:00 UTC
 BTC, ETH = "BTC/USDT", "ETH/USDT"
@@ -30,25 +29,7 @@ def make_engine(
 ) -> StrategyEngine:
     engine = StrategyEngine(config or StrategyConfig(), EventClock(now))
     for symbol, price in PRICES.items():
-        engine.on_bar(
-            Bar.new(
-                ts_init=now,
-                ts_event=now,
-                venue="binance",
-                symbol=symbol,
-                timeframe=Timeframe.H1,
-                open_time=now - H,
-                open=price,
-                high=price,
-                low=price,
-                close=price,
-                volume=1e3,
-                trade_count=None,
-                is_closed=True,
-                revision=0,
-                source="test",
-            )
-        )
+        engine.on_bar(builders.bar(symbol=symbol, open_time=now - H, open=price, volume=1e3, ts_event=now))
     engine.on_portfolio(state or PortfolioState.initial(100_000.0, now))
     return engine
 
@@ -71,29 +52,12 @@ def holding(symbol: str, qty: float, *, drawdown: float = 0.0, equity: float = 1
     )
 
 
-_seq = 0
+_feature_ids = builders.Numbered("fe-")
 
 
 def signal(score: float, *, symbol: str = BTC, er: float = 0.01, shadow: bool = False, ts: int = NOW) -> Signal:
-    global _seq
-    _seq += 1
-    up = max(0.0, min(1.0, 0.5 + score / 2))
-    return Signal.new(
-        ts_init=ts,
-        ts_event=ts,
-        symbol=symbol,
-        model_id="m1",
-        model_version="v1",
-        horizon="1h",
-        p_up=up,
-        p_flat=0.0,
-        p_down=1.0 - up,
-        expected_return=er,
-        score=score,
-        shadow=shadow,
-        feature_event_id=f"fe-{_seq}",
-        lineage_id="lin",
-    )
+    return builders.signal(score=score, symbol=symbol, ts=ts, model_id="m1", model_version="v1", expected_return=er,
+                           shadow=shadow, feature_event_id=_feature_ids(), lineage_id="lin")
 
 
 def curve(score: float, gain: float = 2.0) -> float:
@@ -254,21 +218,7 @@ def test_invalid_config_then_refused_with_reason() -> None:
 
 
 def _update(it: OrderIntent, status: OrderStatus, qty: float, filled: float) -> OrderUpdate:
-    return OrderUpdate.new(
-        ts_init=NOW,
-        ts_event=NOW,
-        client_order_id=client_order_id_for(it.event_id),
-        venue_order_id=None,
-        adapter="paper",
-        symbol=it.symbol,
-        side=it.side,
-        order_type=it.order_type,
-        quantity=qty,
-        filled_quantity=filled,
-        avg_fill_price=None,
-        status=status,
-        reason=None,
-    )
+    return builders.update(it, status=status, quantity=qty, filled=filled, ts=NOW)
 
 
 def test_order_still_in_flight_then_next_signal_does_not_order_it_again() -> None:

@@ -13,18 +13,16 @@ import pytest
 
 from agents.execution.interface import client_order_id_for
 from agents.trading.core import TradingConfig, TradingCore
+from tests import builders
 from tests.unit.test_trading_determinism import KEYRING, load_bars
-from topics.records import Fill, OrderIntent, OrderStatus, OrderType, OrderUpdate, RiskDecision, RiskVerdict, Side
+from topics.records import Fill, OrderIntent, OrderStatus, OrderType, OrderUpdate, RiskDecision, RiskVerdict
 from topics.schema import Record
 
 
 def _intent(core: TradingCore, **changes: Any) -> OrderIntent:
     now = core.clock.now_ns()
-    base = OrderIntent.new(
-        ts_init=now, ts_event=now, strategy_id="manual", track="paper", symbol="BTC/USDT", side=Side.BUY,
-        quantity=0.01, order_type=OrderType.MARKET, limit_price=None, reduce_only=False, target_position=0.01,
-        signal_event_id=f"bad-{sorted(changes.items())!r}",
-    )
+    base = builders.intent(quantity=0.01, strategy_id="manual", target_position=0.01,
+                           signal_event_id=f"bad-{sorted(changes.items())!r}", ts=now)
     return dataclasses.replace(base, **changes)
 
 

@@ -17,6 +17,7 @@ from agents.execution.interface import client_order_id_for
 from agents.execution.paper import PaperConfig
 from agents.trading.core import BarSkip, TradingConfig, TradingCore
 from agents.trading.settings import TradingSettings
+from tests import builders
 from tests.unit.test_trading_determinism import KEYRING, load_bars, run, stub_signal
 from topics.records import (
     Alert,
@@ -345,11 +346,9 @@ def test_held_signals_survive_a_checkpoint() -> None:
 
 
 def _registry(stage: ModelStage, ts: int, version: str = "1") -> ModelRegistryEvent:
-    return ModelRegistryEvent.new(
-        ts_init=ts, ts_event=ts, model_id="stub-momentum", version=version, stage=stage, feature_set_version="fs1",
-        config={"symbol": "BTC/USDT", "timeframe": "1h"}, data_start=ts - 100 * H, data_end=ts - H, seed=1,
-        metrics={}, checkpoint_path="/m/1.ckpt", checkpoint_sha256="ab" * 32,
-    )
+    return builders.registry_event(version=version, stage=stage, ts=ts, model_id="stub-momentum",
+                                   config={"symbol": "BTC/USDT", "timeframe": "1h"}, data_start=ts - 100 * H,
+                                   data_end=ts - H)
 
 
 @pytest.mark.parametrize(("stage", "fraction"), [(ModelStage.CANARY_10, 0.1), (ModelStage.CANARY_30, 0.3),

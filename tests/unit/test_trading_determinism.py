@@ -29,8 +29,10 @@ from agents.risk.config import RiskConfig
 from agents.risk.engine import RiskEngine
 from agents.strategy.config import StrategyConfig
 from agents.strategy.engine import StrategyEngine
+from tests import builders
 from topics.records import Bar, ControlCommand, Fill, OrderIntent, RiskDecision, RiskVerdict, Signal, Timeframe
 from topics.schema import Record, codec_for
+from topics.units import NS_PER_SECOND
 
 CSV = Path(__file__).resolve().parents[2] / "ops" / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"
 START = "2021-01-01 00:00:00+00:00"
@@ -46,26 +48,11 @@ def load_bars() -> list[Bar]:
         for row in rows:
             if row["timestamp"] < START:
                 continue
-            open_time = int(datetime.fromisoformat(row["timestamp"]).timestamp()) * 1_000_000_000
-            bars.append(
-                Bar.new(
-                    ts_init=open_time + H,
-                    ts_event=open_time + H,
-                    venue="binance",
-                    symbol="BTC/USDT",
-                    timeframe=Timeframe.H1,
-                    open_time=open_time,
-                    open=float(row["open"]),
-                    high=float(row["high"]),
-                    low=float(row["low"]),
-                    close=float(row["close"]),
-                    volume=float(row["volume"]),
-                    trade_count=None,
-                    is_closed=True,
-                    revision=0,
-                    source="csv:binance_btcusdt_1h_2017_2022.csv",
-                )
-            )
+            open_time = int(datetime.fromisoformat(row["timestamp"]).timestamp()) * NS_PER_SECOND
+            bars.append(builders.bar(
+                open_time=open_time, open=float(row["open"]), high=float(row["high"]), low=float(row["low"]),
+                close=float(row["close"]), volume=float(row["volume"]), source="csv:binance_btcusdt_1h_2017_2022.csv",
+            ))
             if len(bars) == N_BARS:
                 break
     return bars
@@ -75,23 +62,8 @@ def stub_signal(bars: list[Bar], i: int) -> Signal:
     """A deterministic stand-in model: 3-bar momentum through tanh."""
     momentum = bars[i].close / bars[max(0, i - 3)].close - 1.0
     score = math.tanh(momentum * 40.0)
-    up = 0.5 + score / 2
-    return Signal.new(
-        ts_init=bars[i].ts_event,
-        ts_event=bars[i].ts_event,
-        symbol="BTC/USDT",
-        model_id="stub-momentum",
-        model_version="1",
-        horizon="1h",
-        p_up=up,
-        p_flat=0.0,
-        p_down=1.0 - up,
-        expected_return=momentum / 2,
-        score=score,
-        shadow=i % 17 == 0,
-        feature_event_id=bars[i].event_id,
-        lineage_id="stub",
-    )
+    return builders.signal(score=score, ts=bars[i].ts_event, model_id="stub-momentum", expected_return=momentum / 2,
+                           shadow=i % 17 == 0, feature_event_id=bars[i].event_id, lineage_id="stub")
 
 
 def encode(record: Any) -> bytes:

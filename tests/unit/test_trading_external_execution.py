@@ -36,6 +36,7 @@ from agents.execution.paper import PaperConfig
 from agents.trading.core import ExecutionMode, Step, TradingConfig, TradingCore
 from agents.trading.settings import TradingSettings, load_exchange_credentials
 from backtest.audit import replay_outputs
+from tests import builders
 from tests.fixtures.ccxt.replay import ReplayTransport
 from tests.unit.test_trading_core import _kill
 from tests.unit.test_trading_determinism import KEYRING, load_bars, stub_signal
@@ -43,7 +44,6 @@ from topics.records import (
     Bar,
     ControlCommand,
     Fill,
-    Liquidity,
     OrderIntent,
     OrderStatus,
     OrderUpdate,
@@ -73,11 +73,10 @@ def filling_venue(intent: OrderIntent, decision: RiskDecision, market: MarketCon
                             filled_quantity=filled, avg_fill_price=avg, reason=None, venue_order_id="v-" + coid,
                             ts_event=decision.ts_event, ts_init=stamp, causation_id=decision.event_id)
 
-    fill = Fill.new(ts_init=stamp, correlation_id=intent.correlation_id, causation_id=decision.event_id,
-                    ts_event=decision.ts_event, client_order_id=coid, fill_id="f-" + coid, adapter=ADAPTER,
-                    symbol=intent.symbol, side=intent.side, price=market.last_price, quantity=qty,
-                    fee=qty * market.last_price * 0.001, fee_currency="USDT", liquidity=Liquidity.TAKER,
-                    slippage_bps=0.0, impact_bps=0.0)
+    fill = builders.fill(side=intent.side, quantity=qty, price=market.last_price, fee=qty * market.last_price * 0.001,
+                         symbol=intent.symbol, client_order_id=coid, fill_id="f-" + coid, adapter=ADAPTER,
+                         ts=decision.ts_event, ts_init=stamp, correlation_id=intent.correlation_id,
+                         causation_id=decision.event_id)
     return [upd(OrderStatus.NEW, 0.0, None), upd(OrderStatus.ACKNOWLEDGED, 0.0, None), fill,
             upd(OrderStatus.FILLED, qty, market.last_price)]
 

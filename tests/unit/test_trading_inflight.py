@@ -9,17 +9,15 @@ import math
 import random
 
 from agents.execution.interface import InFlightOrders
-from topics.records import OrderStatus, OrderType, OrderUpdate, Side
+from tests import builders
+from topics.records import OrderStatus, OrderUpdate, Side
 
 TTL = 1_000
 
 
 def _update(coid: str, symbol: str, side: Side, status: OrderStatus, qty: float, filled: float) -> OrderUpdate:
-    return OrderUpdate.new(
-        ts_init=1, ts_event=1, client_order_id=coid, venue_order_id=None, adapter="paper", symbol=symbol,
-        side=side, order_type=OrderType.MARKET, quantity=qty, filled_quantity=filled, avg_fill_price=None,
-        status=status, reason=None,
-    )
+    return builders.update(client_order_id=coid, symbol=symbol, side=side, status=status, quantity=qty, filled=filled,
+                           ts=1)
 
 
 def test_orders_added_then_all_ended_then_net_exactly_zero() -> None:

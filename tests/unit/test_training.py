@@ -45,6 +45,7 @@ from models.dataset import (
 from models.inference import predict_windows
 from models.metrics import evaluate_predictions
 from models.training import TrainResult, train
+from tests import builders
 from topics.records import Bar, FeatureVector, Timeframe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,21 +92,8 @@ def real_btc_vectors(start: int = 30_000, n_bars: int = 6_000) -> tuple[tuple[Fe
             (high[i] - low[i]) / close[i],
             math.log((volume[i] + 1e-8) / (float(np.mean(volume[i - 23 : i + 1])) + 1e-8)),
         )
-        vectors.append(
-            FeatureVector.new(
-                ts_init=int(t[i]) + H,
-                ts_event=int(t[i]) + H,
-                venue="binance",
-                symbol="BTC/USDT",
-                timeframe=Timeframe.H1,
-                bar_open_time=int(t[i]),
-                feature_set_version="test-fs1",
-                data_version="csv",
-                lineage_id=f"test-{t[i]}",
-                names=NAMES,
-                values=tuple(float(v) for v in values),
-            )
-        )
+        vectors.append(builders.vector(bar_open_time=int(t[i]), names=NAMES, values=tuple(float(v) for v in values),
+                                       feature_set_version="test-fs1", data_version="csv", lineage_id=f"test-{t[i]}"))
     closes = {int(a): float(b) for a, b in zip(t, close, strict=True)}
     return tuple(vectors), closes
 
@@ -128,19 +116,8 @@ SMALL = ModelConfig(family="mlp", window=16, hidden_sizes=(32, 16), max_epochs=2
 def _synthetic_vectors(n: int, skip: frozenset[int] = frozenset()) -> list[FeatureVector]:
     t0 = 1_600_000_000 // 3600 * 3600 * 10**9
     return [
-        FeatureVector.new(
-            ts_init=t0 + (i + 1) * H,
-            ts_event=t0 + (i + 1) * H,
-            venue="v",
-            symbol="BTC/USDT",
-            timeframe=Timeframe.H1,
-            bar_open_time=t0 + i * H,
-            feature_set_version="fs-t",
-            data_version="d",
-            lineage_id="l",
-            names=("a", "b"),
-            values=(float(i), float(-i)),
-        )
+        builders.vector(bar_open_time=t0 + i * H, names=("a", "b"), values=(float(i), float(-i)), venue="v",
+                        feature_set_version="fs-t", data_version="d")
         for i in range(n)
         if i not in skip
     ]
@@ -193,23 +170,7 @@ def test_bars_with_revisions_then_closes_from_highest_closed_revision() -> None:
     t0 = 1_600_000_000 // 3600 * 3600 * 10**9
 
     def bar(i: int, close: float, revision: int, closed: bool = True) -> Bar:
-        return Bar.new(
-            ts_init=t0 + (i + 1) * H,
-            ts_event=t0 + (i + 1) * H,
-            venue="v",
-            symbol="BTC/USDT",
-            timeframe=Timeframe.H1,
-            open_time=t0 + i * H,
-            open=close,
-            high=close,
-            low=close,
-            close=close,
-            volume=1.0,
-            trade_count=None,
-            is_closed=closed,
-            revision=revision,
-            source="test",
-        )
+        return builders.bar(venue="v", open_time=t0 + i * H, open=close, is_closed=closed, revision=revision)
 
     closes = closes_by_open_time([bar(0, 10.0, 1), bar(0, 9.0, 0), bar(1, 11.0, 0), bar(2, 12.0, 0, closed=False)])
     assert closes == {t0: 10.0, t0 + H: 11.0}
