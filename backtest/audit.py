@@ -1,75 +1,21 @@
 """Audit: replay a recorded time range through the trading core and prove the
 decisions come out again, byte for byte, or name the first one that does not.
 
-What is compared
-----------------
-The trading agent is the one place decisions are made (sizing, risk, paper
-execution, portfolio: :class:`~agents.trading.core.TradingCore`). Its inputs
-are recorded by the sink in ``ev_signals``, ``ev_market_bars``,
-``ev_control`` and ``ev_model_registry``; its outputs in ``ev_order_intents``, ``ev_risk_decisions``,
-``ev_order_updates``, ``ev_fills``, ``ev_portfolio_state``,
-``ev_control_audit`` and ``ev_ops_alerts``, each row holding the record
-exactly as it was on the wire. An audit
+An audit loads every recorded input of the account (``ev_signals``, ``ev_market_bars``,
+``ev_control``, ``ev_model_registry``) from the start of its history, feeds them in the order
+the agent applied them to a fresh :class:`~agents.trading.core.TradingCore` with the same
+configuration and no wall clock, and compares the outputs stamped in ``[start, end)`` with
+the recorded rows: both sides ordered by ``(ts_init, topic, event_id)`` and hashed with
+:mod:`topics.streamhash` (the *decision hash*); on a difference, the first divergent record
+side by side with the differing fields.
 
-1. loads every recorded input of the account from the start of the history
-   (``history_from_ns``, default: the beginning) up to the end of the range,
-   in the order the agent consumed them (below), decodes them with the same
-   strict codecs the agent uses;
-2. feeds them to a fresh ``TradingCore`` built from the same configuration
-   (the same environment variables the live agent reads) with no wall clock:
-   state at the start of the range is rebuilt from the history, not assumed;
-3. takes the outputs whose ``ts_init`` (the core's event-time clock) lies in
-   ``[start, end)`` on both sides, orders each side canonically by
-   ``(ts_init, topic, event_id)`` and hashes the records with the project's
-   one stream framing (:mod:`topics.streamhash`, also the backtest replay's):
-   the *decision hash*. Equal hashes mean every
-   recorded decision was re-derived with identical bytes (event ids are
-   content hashes, payloads include every field), and nothing extra came out;
-4. otherwise walks both sides in that order and reports the first divergent
-   record with both versions side by side and the fields that differ.
+Input order: the agent's input journal (``trading_input_journal``) when there is one, else
+the canonical ``(ts_event, registry < control < bars < signals, symbol, partition, offset)``;
+the report says which. A ccxt account's venue answers are journaled inputs, replayed through
+``on_execution``, so it is audited from its journal only. Counterfactual mode (``overrides``)
+replays the same inputs under another configuration and reports the difference as information.
 
-Scope of an account's outputs: intents and risk decisions of its strategy id,
-order updates and fills of those intents' client order ids, portfolio
-snapshots of the account, control audits of the risk component and the
-account's alerts. The ``control_undecodable`` alert is left out: its input
-never decoded, so it is in the dead letters, not among the inputs to replay.
-
-Input order
------------
-Inputs come from three topics; the live agent saw them in arrival order, the
-one thing about a live run that is not a function of the records. The audit
-uses the agent's input journal (``trading_input_journal``: one row per
-applied input, in order, with the arrival bound of the core's clock, written
-by the agent in the transaction of its state checkpoint) when the account
-has one, replayed from its first entry; otherwise the canonical
-order ``(ts_event, registry < control < bars < signals, symbol, partition, offset)``, which is
-the arrival order of a live feed whose records are stamped on arrival. A
-divergence under the canonical order can mean the live arrival order was
-different; the report says which order it used.
-
-External execution
-------------------
-With a venue adapter (``TRADEFLOW_EXECUTION_ADAPTER=ccxt``) the venue's
-answers (order updates, fills) are *inputs* of the decision process: they
-move positions and in-flight quantities, hence later sizing and risk
-verdicts, and no replay can re-derive them (the venue is not a function of
-the records). The agent journals each answer right after the input whose
-order caused it (topic ``orders.updates`` / ``fills``); the audit loads them
-from ``ev_order_updates`` / ``ev_fills`` and replays them through
-``TradingCore.on_execution`` at that place. They are outputs too, and stay
-in the compared stream: the replay re-emits each one stamped with the
-replayed clock, so the comparison checks the answers were applied at the
-same event time and that every published answer was journaled (and vice
-versa); what it *proves* is the decisions around them. The
-canonical order has no place for venue answers, so an external-execution
-account is audited from its journal only.
-
-Counterfactual mode
--------------------
-The same recorded inputs under another configuration (``overrides``, e.g.
-``risk.max_order_notional=5000``): the report then describes how the
-decision stream would have differed (counts, final equity, first
-divergence); it is information, not a failure.
+Design: docs/audit.md#audit-replay
 """
 
 from __future__ import annotations

@@ -4,54 +4,14 @@
 value (e.g. no fills: fees 0.0, trade_count 0.0). Amounts are in the quote
 currency; ``initial_cash`` is the account's starting equity.
 
-Formulas
---------
-``pnl_after_costs``
-    total: final equity - initial cash. Per symbol: realized + unrealized PnL
-    - fees of the symbol in the last portfolio snapshot (these sum to the
-    total). Fill prices already include slippage and impact, so this is
-    after every cost.
-``fees`` / ``slippage`` / ``impact``
-    sums over fills: ``fee``; ``q x ref x slippage_bps / 1e4``;
-    ``q x ref x impact_bps / 1e4``, with ``ref`` the bar open the paper
-    engine priced from: ``price / (1 + s x (slippage_bps + impact_bps) / 1e4)``,
-    ``s`` = +1 buy, -1 sell (:mod:`agents.execution.paper`).
-``pnl``
-    before costs: ``pnl_after_costs + fees + slippage + impact``.
-``sharpe_daily``
-    ``e_d`` = the last equity of each UTC day that has equity points (a point
-    stamped exactly 00:00, the close of the 23:00 bar, belongs to the day it
-    closes; per
-    symbol: the symbol's sleeve ``initial_cash + pnl_after_costs(symbol)``
-    after each bar); ``e_0`` = ``initial_cash`` (the equity before the first
-    day); ``r_d = e_d / e_{d-1} - 1`` for each observed day;
-    ``sharpe = mean(r_d) / stdev(r_d, ddof=1) x sqrt(365)``; ``None`` when
-    fewer than 2 days (fewer than 2 returns) or the stdev is 0. Days without
-    data are not filled in (crypto trades every day; a gap is a data gap).
-``max_drawdown``
-    ``max((peak - e) / peak)`` over the same curve (peak starting at
-    ``initial_cash``); ``None`` without any equity point.
-``turnover``
-    sum of fill notionals / ``initial_cash``.
-``trade_count``
-    number of fills (executions). ``round_trips`` (extra): closed round trips.
-``win_rate``
-    share of closed round trips with PnL (realized - fees of both legs, a
-    flip's fee split pro rata, the portfolio engine's rule) > 0; ``None``
-    without a closed round trip.
-``reject_rate``
-    execution rejects / orders sent to execution: an order is a client order
-    id with an order update; risk-blocked orders (``reason = risk_blocked``)
-    never reached execution and count in neither; a reject is a terminal
-    ``rejected`` update. ``None`` without an order sent.
-``observation_days``
-    distinct UTC days with a traded bar (of the symbol; total: of any symbol).
-``lineage_coverage``
-    share of risk decisions whose lineage is known: the intent's
-    ``signal_event_id`` is a signal of this run whose (model id, version) is
-    in the run lineage (with the feature set version the model was trained
-    on) and whose feature lineage id parses; or, for a protective exit (caused by a bar), a bar of the input.
-    ``None`` without a decision.
+Metrics: ``pnl_after_costs`` (fill prices include slippage and impact), ``fees`` /
+``slippage`` / ``impact`` (recovered from the paper engine's bps), ``pnl`` before costs,
+``sharpe_daily`` (each UTC day's last equity, ``mean / stdev(ddof=1) x sqrt(365)``, ``None``
+below 2 returns or at zero stdev), ``max_drawdown``, ``turnover``, ``trade_count``,
+``win_rate`` over closed round trips, ``reject_rate`` (venue rejects / orders sent to
+execution, risk blocks in neither), ``observation_days``, ``lineage_coverage``.
+
+Design: docs/replay.md#metric-formulas
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pure helpers for a paper-vs-backtest parity session (issue #6: parity by construction).
+"""Pure helpers for a paper-vs-backtest parity session (parity by construction).
 
 A parity session replays recorded bars through the *live* pipeline on the
 broker (``features`` -> ``inference`` -> ``trading``) and through

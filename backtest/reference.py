@@ -1,48 +1,18 @@
-"""Reference strategy: SMA crossover on close, long-only, the accounting proof of issue #6.
+"""Reference strategy: SMA crossover on close, long-only, the proof of the backtest accounting.
 
-Why it exists: a backtest number is only worth something if its accounting is
-right. This engine is small enough to check against an established open-source
-engine fill by fill (``tests/unit/test_reference_strategy.py`` runs
-backtesting.py and vectorbt on the same bundled Binance BTC/USDT 1h bars and
-compares final equity to the cent, trade count, fees and every fill), and fast
-enough to be the workload of parameter tuning (:mod:`backtest.tuning`).
+Small enough to check fill by fill against established engines
+(``tests/unit/test_reference_strategy.py`` runs backtesting.py and vectorbt on the bundled
+Binance BTC/USDT 1h bars: final equity to the cent, trade count, fees, every fill) and fast
+enough to be the workload of :mod:`backtest.tuning`.
 
-Rules (all deterministic, event time only, no I/O)
---------------------------------------------------
-- ``sma_fast[i]`` / ``sma_slow[i]``: simple moving averages of the last
-  ``fast`` / ``slow`` closes up to and including bar ``i``; undefined (NaN)
-  for the first ``window - 1`` bars. Computed as a float64 running sum
-  (``cumsum`` differences): O(n), and on the bundled data its sign of
-  ``fast - slow`` agrees with pandas' ``rolling().mean()`` (what the peers use)
-  on every bar for every (fast, slow) pair tried in 5..50 x 20..300.
-- A cross up at bar ``i``: ``fast[i-1] < slow[i-1]`` and ``fast[i] > slow[i]``;
-  a cross down the mirror image. Strict on both sides, exactly
-  ``backtesting.lib.crossover``: equal averages are neither above nor below, so
-  touching and turning back is no cross. No cross can be seen before both
-  averages exist at ``i - 1`` (bar index ``slow``).
-- Decided at bar ``i``'s close, an order fills at bar ``i + 1``'s open (no
-  look-ahead). A cross on the last bar has no next bar and does not trade.
-- Long-only: a cross up while flat buys, a cross down while long sells the
-  whole position; other crosses do nothing.
-- Fee on every fill: ``fee_rate * notional`` (``notional = quantity * price``),
-  paid from cash.
-- All-in sizing on the whole cash: ``quantity = (cash / (1 + fee_rate)) / price``,
-  rounded *down* to a multiple of ``lot_size``: the most that cash can pay for
-  including the fee. ``lot_size=1.0`` (default) trades whole units, which is
-  how ``backtesting.Backtest`` sizes orders (and vectorbt with
-  ``size_granularity=1``); the formula is vectorbt's ``buy_nb`` verbatim, and
-  backtesting.py's ``cash * (1 - eps) // (price * (1 + fee))`` differs from it
-  only within ~1e-16 of a whole unit. ``lot_size=None`` is fractional: the whole
-  cash is spent (vectorbt's default ``size=inf``). Whole units need enough cash
-  for at least one unit (default 1,000,000 quote for BTC at up to ~69k); an
-  entry that cannot buy one lot is skipped and counted in
-  :attr:`ReferenceResult.skipped_entries` (the peers cancel / reject it too).
-- Equity at each bar is ``cash + quantity * close`` (marked at the close); the
-  final equity marks an open position at the last close, without an exit fee.
+Rules (deterministic, event time only, no I/O): SMAs of the last ``fast`` / ``slow`` closes;
+a strict cross (exactly ``backtesting.lib.crossover``) decided at bar ``i``'s close fills at
+bar ``i + 1``'s open; a cross up while flat buys, a cross down while long sells everything;
+fee ``fee_rate * notional`` from cash; all-in sizing ``(cash / (1 + fee_rate)) / price``
+rounded down to ``lot_size`` (an entry that cannot buy one lot is skipped and counted);
+equity is marked at each close, an open position at the last close without an exit fee.
 
-Performance: signals are vectorised numpy; the Python loop runs once per
-crossing (hundreds on 42k bars), not per bar, and the equity curve is two
-``cumsum`` over the fill deltas. See ``ops/bench/backtest.py`` for bars/s.
+Design: docs/reference_strategy.md#reference-strategy
 """
 
 from __future__ import annotations

@@ -1,64 +1,21 @@
 """Replay driver: recorded bars -> the live engines, in-process, on event time.
 
-Python API (what other modules call)
-------------------------------------
-``replay(bars, config, model) -> ReplayResult(records, hash, fills, equity, ...)``
-    A pure function of (input bars, :class:`ReplayConfig`, :class:`ReplayModel`):
-    no I/O, no wall clock, no unseeded randomness. The same inputs, config and
-    model give a byte-identical output record stream, summarised by
-    :func:`decision_hash`. ``run_backtest(request, dsn) -> run_id`` in
-    :mod:`backtest.runs` wraps it with Postgres input and output.
+``replay(bars, config, model) -> ReplayResult`` is a pure function of (input bars,
+:class:`ReplayConfig`, :class:`ReplayModel`): no I/O, no wall clock, no unseeded randomness,
+so the same inputs give a byte-identical record stream, summarised by :func:`decision_hash`
+(sha256 over ``KIND || 0x00 || 8-byte length || codec bytes`` per record).
+:func:`backtest.runs.run_backtest` wraps it with Postgres input and output.
 
-Which engines, in which order
------------------------------
-The live pipeline is ``market.bars -> [features] -> features -> [inference]
--> signals -> [trading]`` with the trading agent also reading
-``market.bars`` directly. A bar reaches the trading agent one hop earlier
-than the signal derived from it (two more hops: features, inference), so a
-replay feeds, per *bar close time* (all bars with the same ``open_time``,
-ordered by symbol then venue):
+Order, per bar close time: every bar through the feature pipeline and
+:meth:`TradingCore.on_bar <agents.trading.core.TradingCore.on_bar>`, then each feature vector
+of that time through model inference (exactly :class:`models.serving.InferenceStep`) and
+:meth:`TradingCore.on_signal`: a bar reaches the trading agent before the signal derived from
+it. The trading composition is the live agent's class, never re-implemented; bars before
+``config.trade_from_ns`` are warm-up, never traded. Inference runs in large batches up front,
+bit-identical to the streaming worker. A segment with ``polarity = -1`` swaps up and down and
+marks its ``model_version`` ``+inv``.
 
-1. for each bar: :class:`~agents.features.pipeline.FeaturePipeline` ``on_bar``
-   (data-quality findings, then the feature vector unless blocked), then
-   :meth:`TradingCore.on_bar <agents.trading.core.TradingCore.on_bar>`
-   (paper fills at this bar's open, portfolio mark, risk mark / protective exits);
-2. then, for each feature vector of that close time, in the same bar order:
-   model inference (the window of the last ``model.window`` consecutive
-   vectors, exactly :class:`models.serving.InferenceStep`) -> one
-   :class:`~topics.records.Signal` per serving model segment ->
-   :meth:`TradingCore.on_signal`.
-
-The trading composition itself (strategy -> risk -> paper -> portfolio) is
-:class:`~agents.trading.core.TradingCore`, the class the live agent runs;
-it is called, never re-implemented. Bars before ``config.trade_from_ns`` are
-warm-up: they go through the feature pipeline only (features and model
-windows need history) and are never traded.
-
-Inference runs in large batches (one ``predict_batch`` per model segment and
-block of rows) before the trading pass. That is not a shortcut around the
-order above: feature vectors do not depend on trading, and
-:func:`models.inference.predict_windows` gives bit-identical rows however
-they are batched (fixed-shape padded chunks), so each signal is the one the
-streaming worker would have produced. ``ts_init`` of every output is event
-time (the bar close), so two replays are byte-identical, not just equal.
-
-Decision hash
--------------
-``sha256`` over, for every output record in stream order,
-``KIND || 0x00 || len(payload) as 8-byte big-endian || payload`` where the
-payload is ``codec_for(type(record)).encode(record)`` (the bytes the live
-agents publish). The stream holds data-quality findings, feature vectors,
-signals, order intents, risk decisions, order updates, fills, portfolio
-snapshots and alerts. A one-bar change of the input changes the features of
-the next ``window`` bars and therefore the hash.
-
-Polarity
---------
-A :class:`ModelSegment` may carry ``polarity = -1`` (chosen on its training
-span, see :mod:`backtest.walkforward`): the model's probabilities of up and
-down are swapped, and the expected return and the score negated, before the
-signal is built; its ``model_version`` gets a ``+inv`` suffix so an
-inverted signal never shares an event id with the plain one.
+Design: docs/replay.md#replay-driver
 """
 
 from __future__ import annotations

@@ -1,37 +1,19 @@
 """Backtest runs: a request in, a run record with fills, equity and metrics in Postgres out.
 
-Python API
-----------
 ``run_backtest(request, dsn) -> run_id`` (sync) / ``await arun_backtest(request, dsn)``:
-the run's life cycle, each step a row state in ``backtest_runs``:
+``run_id`` is the sha256 of the request's canonical JSON (a re-run gets
+``<sha256>-<attempt>``; a request whose latest attempt succeeded returns that run, idempotent);
+the run is inserted ``running`` with config and lineage; bars are read (Postgres, or the
+``market.bars`` topic with Postgres for what retention dropped); the model comes from the
+registry (hash-verified) or :mod:`backtest.walkforward`; then :func:`backtest.replay.replay`
+and :func:`backtest.metrics.compute_metrics`; results and ``succeeded`` in one transaction.
 
-1. ``run_id`` = sha256 of the request's canonical JSON (sorted keys, no
-   whitespace); a re-run of the same request (the previous attempt failed,
-   was superseded or is stuck ``running``, or ``rerun=True``) gets
-   ``<sha256>-<attempt>``. The same request whose latest attempt succeeded
-   returns that run id without running again (idempotent);
-2. the run record is inserted as ``running`` with config, config hash and
-   the lineage known up front (code digest, engine versions);
-3. bars are read per symbol in one query each, warm-up included (or, with
-   ``data_source="broker"``, from the ``market.bars`` topic in large
-   fetches, Postgres filling in what retention dropped); the model
-   is loaded from the registry (checkpoint hash-verified) or trained
-   walk-forward in-process (:mod:`backtest.walkforward`);
-4. :func:`backtest.replay.replay`, then :func:`backtest.metrics.compute_metrics`;
-5. fills, equity, metrics and ``succeeded`` (+ lineage, decision hash) in one
-   transaction.
+Any exception after the insert marks the run ``failed`` and is raised again:
+:class:`BacktestRequestError` (a ``ValueError``) for a bad request, :class:`BacktestFailed`
+otherwise, both with ``run_id``. Bars with ``start <= open_time < end`` are traded; up to
+``warmup_bars`` before ``start`` only feed features and model windows.
 
-Any exception after (2) marks the run ``failed`` with the error text and is
-raised again: :class:`BacktestRequestError` (a ``ValueError``) for a bad
-request (inverted dates or an empty range, an unknown symbol i.e. no bars
-of it in Postgres, a missing model ...), :class:`BacktestFailed` for
-anything else. Both carry ``run_id``. A request that cannot even be tagged
-(unknown ``source``) raises ``ValueError`` before any row is written.
-
-Range semantics: bars with ``start <= open_time < end`` are traded; up to
-``warmup_bars`` bars before ``start`` feed only the feature pipeline and the
-model windows. A walk-forward model trains on the loaded bars (warm-up
-included) and trades only from its first test window on.
+Design: docs/replay.md#backtest-runs
 """
 
 from __future__ import annotations

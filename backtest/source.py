@@ -5,21 +5,16 @@ reads each from its first retained offset to the high-water mark that fetch
 responses report (tansu's ``end_offsets`` can be wrong, the fetch high-water
 mark is not), with big fetches (``max_records`` per ``getmany``), and keeps
 the closed bars of the wanted symbols and timeframe with
-``start_ns <= open_time < end_ns``. There is no per-event round trip: a
-40k-bar topic is a handful of fetches.
+``start_ns <= open_time < end_ns``. There is no per-event round trip.
 
 Nothing is dropped silently: a message that does not decode as a
-:class:`~topics.records.Bar` is counted in :class:`TopicRead` (the sink has
-dead-lettered it with the reason already; a replay only reports how many).
-Revisions and redeliveries are resolved by the replay
-(:func:`backtest.replay.order_bars`: the highest revision per key), which is
-the rule of the ``bars`` projection, so a replay from the topic and one from
-Postgres see the same bars.
+:class:`~topics.records.Bar` is counted in :class:`TopicRead` (the sink has already
+dead-lettered it). Revisions and redeliveries are resolved by the replay
+(:func:`backtest.replay.order_bars`: the highest revision per key, the rule of the ``bars``
+projection), so a replay from the topic and one from Postgres see the same bars. Which
+bars come from the topic and which from Postgres is decided by :mod:`backtest.runs`.
 
-The "broker where it still holds them, Postgres where it does not" rule is
-applied by :mod:`backtest.runs`: per symbol, the topic's bars from the first
-open time it still holds; earlier bars of the range (dropped by retention)
-from Postgres.
+Design: docs/replay.md#bars-from-the-topic
 """
 
 from __future__ import annotations

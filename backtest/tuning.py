@@ -1,39 +1,19 @@
 """Parameter tuning of the reference strategy: grid and optuna searches in parallel worker processes.
 
 Each candidate ``(fast, slow)`` is a full backtest of
-:func:`backtest.reference.run_sma_cross` with the study's fixed costs (fee
-rate, initial cash, lot size). Candidates run in a pool of worker processes
-(``spawn``: no state inherited from the caller); results come back in
-*submission* order (``Pool.map``), so the result list, the ranking and the
+:func:`backtest.reference.run_sma_cross` with the study's fixed costs. Candidates run in a
+``spawn`` process pool; results come back in *submission* order, so results, ranking and
 persisted rows do not depend on which worker finished first.
 
-Objective (maximised): daily Sharpe after costs, the contract's formula
-of :mod:`backtest.sharpe` (the same as ``backtest_metrics.sharpe_daily``):
-the equity curve sampled at each UTC day's last bar close, the initial cash
-before the first day, daily returns ``r_d = e_d / e_{d-1} - 1``,
-``sharpe = mean(r_d) / stdev(r_d, ddof=1) * sqrt(365)``; ``None`` (missing,
-not 0.0) with fewer than 2 daily returns or a zero stdev.
+Objective (maximised): daily Sharpe after costs (:mod:`backtest.sharpe`, the formula of
+``backtest_metrics.sharpe_daily``). A candidate below ``min_trades`` round trips or
+``min_turnover``, or with an undefined score, is *infeasible* with its reason and never wins;
+ranking is feasible first, score descending, earlier trial on ties. Optuna runs a seeded
+``TPESampler`` in batches of ``workers`` trials told in trial order: the same seed and worker
+count give the same trials. :func:`persist` writes ``tuning_studies`` / ``tuning_trials``
+idempotently; differing results for a stored study are an error, never an overwrite.
 
-Activity constraints: a candidate with fewer than ``min_trades`` round trips
-or a turnover (traded notional, both sides, over the run's mean equity) below
-``min_turnover`` is *infeasible*, with the reason, and so is one whose score
-is undefined. Infeasible candidates are never winners, whatever their score:
-"never trade" (a flat equity curve) cannot win. Ranking: feasible first by
-score descending, ties broken by the earlier trial number.
-
-Optuna: ``TPESampler(seed=...)``, each trial's activity constraints set with
-``Trial.set_constraint`` (so the sampler steers away from infeasible regions), run
-in batches of ``workers`` trials (ask a batch, evaluate it in parallel, tell in
-trial order): the same seed and worker count give the same trials. An optuna
-candidate with ``fast >= slow`` is not run and is recorded infeasible. The
-study is in memory, or in PostgreSQL (optuna's RDB storage) when a storage URL
-is given; a persisted study with trials already done is continued, not
-restarted.
-
-Persistence (:func:`persist`): ``tuning_studies`` / ``tuning_trials``
-(migration 011). Same study id + same params -> the same row (``ON CONFLICT
-DO NOTHING``); a re-run whose results differ from the stored ones, or a study
-id reused with another config, is an error, never a silent overwrite.
+Design: docs/reference_strategy.md#tuning
 """
 
 from __future__ import annotations

@@ -1,37 +1,15 @@
 """Walk-forward model windows trained in-process (CPU torch, seeded) for a replay.
 
-Per symbol, with the feature vectors the replay's own feature pass produces
-and the bars' closes as labels (:func:`models.dataset.build_dataset`):
+Per symbol, on the replay's own feature vectors with the bars' closes as labels: the rows
+are cut by :func:`models.dataset.walk_forward_splits` into ``n_windows + 1`` time blocks
+(purged by the label horizon); window k trains on everything before block k (last 20 % for
+early stopping) with :func:`models.training.train` on ``cpu``, so the replay is
+bit-reproducible; its polarity (``normal``, ``auto_train_ic``, ``auto_train_pnl``) is chosen
+on its training rows only; its model serves block k up to block k+1 (the last one to the end
+of the data). Bars before the first test block are never traded. Every window's lineage
+(spans, row counts, checkpoint sha256, polarity and its statistic) goes to the run record.
 
-1. the rows are cut by :func:`models.dataset.walk_forward_splits` into
-   ``n_windows + 1`` time blocks (purge = the label horizon, so no training
-   label reaches into the block it is tested on); window k trains on
-   everything before block k and is *tested* on block k;
-2. each window's training rows get an inner time split (last 20 % for early
-   stopping, purged) and :func:`models.training.train` fits the configured
-   family (the code the training worker runs; ``device`` forced to ``cpu``
-   so the weights, hence the replay, are bit-reproducible);
-3. the polarity of the window is chosen on its *training* rows only
-   (never the test block):
-
-   ``normal``
-       +1;
-   ``auto_train_ic``
-       the sign of the Spearman IC of the model's score against the realised
-       forward return on the training rows (+1 when the IC is undefined or 0);
-   ``auto_train_pnl``
-       the sign of the after-cost total return of the raw strategy
-       ``sign(score)`` (flat within ``signal_threshold``) held over
-       non-overlapping training rows, costs ``fee_bps + slippage_bps`` of the
-       model config (+1 when it is exactly 0);
-4. the window's model serves decision times from the first row of block k to
-   the first row of block k+1 (the last window: to the end of the data, so
-   the final ``horizon`` bars without labels are traded too).
-
-The bars before the first test block are never traded by a walk-forward
-model (there is no model yet). Every window's lineage (train/test span, row
-counts, checkpoint sha256, polarity and the statistic that chose it) is
-returned for the run record.
+Design: docs/replay.md#walk-forward-windows
 """
 
 from __future__ import annotations

@@ -1,41 +1,19 @@
 """Supervised samples from a feature stream, and time-ordered splits.
 
-Rows and look-ahead
--------------------
-A row is one decision time ``t`` (a bar's open time; the decision is taken at
-that bar's close). Its input is the window of the ``W`` feature vectors of bars
-``t - (W-1) bar .. t``, all consecutive (a window across a missing bar is not
-a row). Its label comes from a separate input, the closes keyed by bar open
-time, never from the features: ``y_return = ln(close[t + h bars] / close[t])``
-and ``y_class = down / flat / up`` by ``flat_band``. Nothing after bar t's close
-enters the input; the label needs closes up to bar ``t + h``, so the last ``h``
-bars produce no row.
+Rows: one decision time ``t`` (a bar's open time, decided at its close); input the window of
+the ``W`` consecutive feature vectors ending at ``t`` (no row across a missing bar); label
+from the closes only, never the features: ``y_return = ln(close[t + h bars] / close[t])``
+and ``y_class`` down / flat / up by ``flat_band``. Nothing after bar t's close enters the
+input; the last ``h`` bars give no row. The dataset keeps one ``[T, F]`` matrix, not a copy
+per window.
 
-The window matrix is not materialised per row: the dataset keeps one
-``[T, F]`` matrix of vectors and each row names its newest vector, so a
-40k-bar, 64-bar-window set costs one feature matrix, not 64 copies.
+Splits: walk-forward folds train on everything before their validation block minus a
+*purge* zone (rows whose label interval reaches the block; use ``purge =
+dataset.horizon_ns``) and *embargo* zones after every earlier validation block;
+:func:`holdout_split` gives train / validation / untouched test, purged at both boundaries.
+Standardisation is fitted on training rows only (:func:`fit_standardizer`).
 
-Splits
-------
-Walk-forward: the rows are cut by time into ``n_folds + 1`` contiguous
-segments; fold k validates on segment k and trains on everything before it,
-minus:
-
-- the *purge* zone: a training row at t whose label interval ``(t, t+purge]``
-  reaches the validation block (``t + purge > first validation time``) is
-  dropped, because its label overlaps the returns the model is scored on.
-  Use ``purge = dataset.horizon_ns``;
-- the *embargo* zones: rows in ``(end of validation block j, + embargo]`` for
-  every earlier fold j are dropped from later folds' training. Later folds
-  train on earlier validation blocks; rows right after a block share feature
-  lookbacks and volatility regime with it, and a tuner that picked its
-  hyperparameters on block j's score should not then fit them on block j's
-  immediate aftermath. With ``embargo = 0`` these are plain purged
-  walk-forward splits.
-
-:func:`holdout_split` gives the final train / validation / untouched test
-layout, purged at both boundaries. Standardisation statistics are fitted on
-training rows only (:func:`fit_standardizer`).
+Design: docs/model_internals.md#datasets-and-splits
 """
 
 from __future__ import annotations

@@ -5,22 +5,14 @@ an expected return and a score. Training metrics, offline batch inference and
 the streaming worker all call it, so a model is scored exactly the way it is
 served.
 
-Batch-composition invariance
-----------------------------
-On CPU, a float32 matmul over B rows does not promise the same bits for a row
-as a matmul over 1 row: BLAS picks different kernels (gemv vs gemm) and
-blockings by shape, and a row's result moves by ~1e-7. A streaming worker
-that micro-batches whatever arrived would then publish signals that depend on
-which other symbols happened to share its batch, and a replay would not
-reproduce them. So the model always runs on fixed-shape chunks of
-``chunk_rows`` rows, the last one zero-padded: every row is computed by the
-same kernel with the same shapes, and its outputs are bit-identical however
-the caller batches (tested: one by one == in a batch of 64, exactly). The
-post-processing (softmax, score) is per-row float64 numpy. The price is that a
-single row costs one ``chunk_rows`` forward pass; for these small models that
-is a few tens of microseconds (see ``ops/bench/models.py``). Bit-identity
-holds for one ``chunk_rows`` on one machine/library build; CUDA kernels give
-no such promise, so on GPU the outputs agree to float32 rounding only.
+Batch-composition invariance: BLAS picks kernels by shape, so on CPU a row's float32 result
+depends on its batch. The model therefore always runs on fixed-shape chunks of
+``chunk_rows`` rows (the last zero-padded) and post-processes per row in float64: a row's
+outputs are bit-identical however the caller batches, so a replay reproduces the streaming
+worker's signals. Bit-identity holds for one ``chunk_rows`` on one machine and library
+build; on CUDA outputs agree to float32 rounding only.
+
+Design: docs/model_internals.md#batch-composition-invariance
 """
 
 from __future__ import annotations

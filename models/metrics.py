@@ -5,45 +5,15 @@ predictions and realised outcomes, so the same code scores a net, the linear
 baseline or a replayed signal stream, and each is checked on hand-computed
 examples in the tests.
 
-Definitions (N rows, classes 0 = down, 1 = flat, 2 = up)
---------------------------------------------------------
-- ``log_loss = -(1/N) sum_i ln max(p_i[y_i], 1e-15)``.
-- ``accuracy = (1/N) #{i : argmax p_i = y_i}`` (ties go to the lowest class).
-- ``balanced_accuracy = mean over classes c present in y of recall_c``,
-  ``recall_c = #{i : y_i = c, pred_i = c} / #{i : y_i = c}``. Chance is
-  ``1 / (number of classes present)`` whatever the class balance, which is why
-  it is the headline skill measure for imbalanced flat bands.
-- ``majority_rate``: share of the most frequent class; what "always predict
-  the majority" would score on accuracy.
-- ``ic`` (information coefficient) = Spearman rank correlation of predicted
-  expected return and realised return: the Pearson correlation of their
-  ranks, ties sharing their average rank. Undefined (left out) when either side
-  is constant or N < 2.
+Metrics: ``log_loss``, ``accuracy``, ``balanced_accuracy`` (the headline skill measure:
+chance is 1 / classes present), ``majority_rate``, ``ic`` (Spearman of expected vs realised
+return). ``strategy_pnl`` trades ``sign(score)`` beyond a threshold on non-overlapping
+periods (a horizon-h label never counts twice), pays ``(fee_bps + slippage_bps) / 1e4`` per
+unit of position change, and reports compounded return, Sharpe annualised by periods per
+year, trades, turnover, drawdown, exposure and buy-and-hold. An undefined value (constant
+inputs, fewer than 2 periods, zero std) is left out, never 0.0.
 
-Strategy PnL (``strategy_pnl``)
--------------------------------
-Evaluated on non-overlapping periods (:func:`non_overlapping_rows`: a row is
-used when it starts at least one horizon after the previously used row), so a
-horizon-h label is never counted twice. Period i holds position
-``p_i = sign(score_i)`` if ``|score_i| > threshold`` else 0, with
-``score = p_up - p_down``, over the realised next-horizon log return ``R_i``:
-
-- ``r_i = p_i (exp(R_i) - 1) - cost |p_i - p_{i-1}|``, ``p_{-1} = 0``,
-  ``cost = (fee_bps + slippage_bps) / 1e4`` (a flip from +1 to -1 pays twice);
-  the position still open at the end is marked to market, not closed;
-- ``total_return = prod_i (1 + r_i) - 1`` (compounded);
-- ``sharpe = mean(r) / std(r, ddof=1) * sqrt(periods_per_year)``, with
-  ``periods_per_year = 365 days / (horizon_bars * bar length)`` (crypto trades
-  around the clock); undefined (left out) when fewer than 2 periods or
-  ``std = 0``, e.g. a model that never trades: 0.0 would read as a measured
-  value;
-- ``trade_count = #{i : p_i != p_{i-1}}`` (position changes);
-  ``turnover = sum_i |p_i - p_{i-1}|``;
-- ``max_drawdown = max_i (1 - E_i / max_{j<=i} E_j)`` on the compounded
-  equity ``E`` starting at 1;
-- ``exposure = #{i : p_i != 0} / n_periods``;
-- ``buy_hold_total_return = prod_i exp(R_i) - 1`` over the same periods (no
-  costs), the passive comparison.
+Design: docs/model_internals.md#validation-metrics (every formula)
 """
 
 from __future__ import annotations

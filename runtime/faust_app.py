@@ -2,7 +2,7 @@
 
 No module-level app: ``create_app(settings)`` builds one per worker process.
 
-Tuning (measured on tansu, see DESIGN.md):
+Tuning (measured on tansu; docs/operations.md#the-embedded-default-faust-tuning-and-binaries):
 - ``broker_session_timeout`` 6 s: group join waits session_timeout/2;
 - fetch wait 20 ms (``TRADEFLOW_FETCH_WAIT_MS``) instead of faust's hard-coded
   1.5 s (p50 ~600 ms -> ~30 ms): faust does not expose it, so the transport's

@@ -32,7 +32,7 @@ SINK_COMMIT_SECONDS = Histogram(
 SINK_DB_ERRORS = Counter("tradeflow_sink_db_errors_total", "Database errors seen by the sink (retried)", ["kind"])
 BROKER_UP = Gauge("tradeflow_broker_up", "1 when the last broker probe succeeded")
 
-# --- issue #7: alerting and SLOs -------------------------------------------------------------
+# --- alerting and SLOs ----------------------------------------------------------------------
 # Metrics named by deploy/prometheus/alerts.yml. The ones whose producers live in modules owned by
 # other domains (gates, dashboard, inference) are defined here so the rule file and the producers
 # share one definition: import them from here, never redefine the name (prometheus_client refuses
@@ -85,7 +85,7 @@ def set_consumer_lag(consumer: str, topic: str, partition: int, highwater: int |
     """Set ``tradeflow_consumer_lag`` for one partition; return the lag, or None when unknown.
 
     ``highwater`` must be the one the fetch responses reported (tansu's ``end_offsets`` can be off by a
-    batch, see DESIGN.md). Unknown (no fetch yet, or nothing committed yet) leaves the series unset
+    batch). Unknown (no fetch yet, or nothing committed yet) leaves the series unset
     instead of writing a 0 that would read as "caught up".
     """
     if highwater is None or committed is None:

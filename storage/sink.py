@@ -315,7 +315,7 @@ class TopicSink:
         """``tradeflow_consumer_lag{consumer="sink"}``: fetch high-water mark - offset this process committed.
 
         The high-water mark is aiokafka's, from the last fetch response (tansu's ``end_offsets`` can be
-        wrong, see DESIGN.md). A partition this process has not committed yet has no series (unknown,
+        wrong). A partition this process has not committed yet has no series (unknown,
         not 0).
         """
         assert self.consumer is not None

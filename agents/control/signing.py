@@ -1,51 +1,19 @@
 """Signed control events: canonical form, HMAC-SHA256 signing, verification,
 the keyring, and the audit outcome every consumer emits per command.
 
-Canonical form (version 1)
---------------------------
-The signed bytes are ``b"tradeflow.control.v1\\n"`` followed by the record's
-wire JSON (the strict codec's field set, every field except ``signature``)
-serialised by orjson with sorted keys and no whitespace. The domain prefix
-keeps a control signature from ever being valid for another message type
-signed with the same key. ``signature`` is ``"hmac-sha256:" + hex digest``;
-the scheme prefix leaves room for Ed25519 without ambiguity.
+Signed bytes: ``b"tradeflow.control.v1\\n"`` + the record's canonical wire JSON without
+``signature``; ``signature = "hmac-sha256:" + hex digest``. :class:`ControlVerifier` checks,
+the first failure deciding the reason: unsigned, malformed signature, unknown key, bad
+signature (constant time), expired, stale, not yet valid, replayed ``(key_id, nonce)``,
+nonce cache full (fail closed). The signature comes before the time rules and only authentic
+nonces are remembered, so forged traffic can neither probe the clock nor fill the cache; a
+redelivered command is ``replayed`` and changes nothing. Verification never raises.
 
-Verification (:class:`ControlVerifier`)
----------------------------------------
-Checks, in this order, the first failure deciding the reason:
+Keyring: ``TRADEFLOW_CONTROL_KEY_<ID>`` or ``TRADEFLOW_CONTROL_KEY_<ID>_FILE`` (never the
+command line or a record), UTF-8 or ``hex:<hex>``, at least 32 bytes; no repr or error
+message ever includes a secret.
 
-1. ``unsigned``: empty signature;
-2. ``malformed_signature``: not ``hmac-sha256:<64 hex>``;
-3. ``unknown_key``: key id not in the keyring;
-4. ``bad_signature``: HMAC mismatch (forged or altered), compared in
-   constant time;
-5. ``expired``: ``expires_at`` is set and ``expires_at < now``;
-6. ``stale``: ``ts_event`` older than ``max_age_ns`` before now;
-7. ``not_yet_valid``: ``ts_event`` more than ``max_future_skew_ns`` ahead;
-8. ``replayed``: the ``(key_id, nonce)`` pair was accepted before;
-9. ``nonce_cache_full``: too many live nonces (fail closed: never evict a
-   nonce that could still be replayed).
-
-The nonce cache is bounded by time: a nonce older than
-``max_age_ns + max_future_skew_ns`` can be forgotten because a replay of it is
-already rejected as stale. The signature is checked before the time rules so
-that an attacker cannot probe the clock window with unsigned messages, and
-nonces are only remembered for authentic messages, so forged traffic cannot
-fill the cache. Verification never raises on bad input: anything malformed is
-a ``malformed`` verdict.
-
-Redelivery of a command (at-least-once) looks exactly like a replay and is
-rejected as ``replayed`` without changing anything; that is harmless because
-the first delivery was applied.
-
-Keyring
--------
-Secrets come from the environment or files, never from the command line or a
-record. ``TRADEFLOW_CONTROL_KEY_<ID>=<secret>`` or
-``TRADEFLOW_CONTROL_KEY_<ID>_FILE=<path>`` defines key id ``<id>`` (lower
-case). A secret is the UTF-8 bytes of the value, or hex when written
-``hex:<hex>``; at least 32 bytes. The keyring's ``repr`` lists key ids only,
-and no error message includes a secret.
+Design: docs/risk.md#signed-control
 """
 
 from __future__ import annotations

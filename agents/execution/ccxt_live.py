@@ -7,57 +7,13 @@ and fill records. Everything that decides (the risk verdict, the sizing)
 happened upstream; this layer only validates against the venue's rules,
 sends, and classifies what came back.
 
-Idempotency
------------
-The client order id is :func:`~agents.execution.interface.client_order_id_for`
-of the intent, passed in the venue's own parameter (``clientOid`` on Bitget,
-``newClientOrderId`` on Binance, ``client_order_id`` on Coinbase, whose ccxt
-wrapper would otherwise replace the unified ``clientOrderId`` with a random
-uuid). Consequences:
+Invariants: the client order id is derived from the intent and sent in the venue's own
+parameter, so a retry or redelivery can never place a second order (a duplicate-id answer is
+``acknowledged`` / ``already_placed``); errors are classified into reasons, retriable ones
+retried with the same id. ``dry_run`` (the default) sends nothing: orders are validated
+against the loaded markets, which a markets snapshot can pin for offline, reproducible runs.
 
-- a retry after a network error or a timeout (the order may have landed)
-  reuses the same id, so the venue refuses a second order;
-- the venue's "duplicate client order id" answer means *already placed*: it
-  becomes an ``acknowledged`` update with reason ``already_placed``, never a
-  second order nor a reject;
-- the adapter also remembers the ids it submitted (bounded) and ignores a
-  redelivered intent before any network call.
-
-After the last retriable failure the order's fate is unknown at the venue;
-it is reported ``rejected`` with the failure reason, and a later redelivery
-of the same intent is safe (same id).
-
-Error classification (ccxt exception and venue message -> reason, retriable)
------------------------------------------------------------------------------
-:func:`classify_execution_error` reads :func:`agents.venue.ccxt.classify`:
-``credentials_missing`` (no key configured; checked before sending),
-``auth_failed`` (signature, key, permission), ``rate_limited`` (retriable),
-``venue_timeout`` (retriable), ``network_error`` (retriable),
-``symbol_not_supported``, ``precision_invalid``, ``min_amount``,
-``min_notional``, ``position_rule`` (reduce-only, position/margin mode),
-``insufficient_funds``, else ``venue_error``. Venues map many rules to the
-same ccxt class (``InvalidOrder``), so the venue message decides between
-precision, minimum notional and position rules.
-
-Dry run
--------
-With ``dry_run`` (the default) nothing is sent: the order is validated
-against the loaded market (amount precision via ``amount_to_precision``,
-``limits.amount.min``, ``limits.cost.min`` at the reference price, market
-type) and reported as ``new`` then ``cancelled`` with reason ``dry_run``, or
-``rejected`` with the rule it broke. Live mode additionally needs credentials,
-configures leverage, margin mode and position mode once per perpetual
-symbol, and sends. :meth:`CcxtExecutionAdapter.connect` loads markets within a
-bounded time and raises :class:`ExecutionUnavailable` when the venue cannot
-be reached: offline, live mode fails at start-up, loudly.
-
-Markets snapshot
-----------------
-:func:`dump_markets_snapshot` / :func:`load_markets_snapshot`: ccxt's own
-``exchange.markets`` (unified symbol -> unified market, after
-``load_markets()``) as JSON. ``exchange.set_markets(snapshot)`` then gives
-the same validation answers offline as the venue's markets at recording
-time: a dry run against pinned rules is reproducible.
+Design: docs/trading_engines.md#ccxt-execution
 """
 
 from __future__ import annotations

@@ -6,48 +6,14 @@ the only randomness is a ``random.Random(seed)`` held in the engine, drawn in
 submission order. :class:`PaperExecutionAdapter` wraps it in the async
 :class:`~agents.execution.interface.ExecutionAdapter` interface.
 
-Fill model (parameters in :class:`PaperConfig`)
------------------------------------------------
-An approved order becomes eligible on the first bar of its symbol with
-``open_time >= decision.ts_event``: the decision was made at a bar's close,
-so the next bar's open is the first price it could trade at (no look-ahead).
-On each eligible bar, in submission order:
+Fill model (:class:`PaperConfig`): an approved order trades from the first bar opening at or
+after its decision (no look-ahead), at the open moved against it by slippage plus
+participation-scaled impact, capped at ``max_participation`` of the bar's volume, taker fee
+on notional; the rest carries for at most ``1 + max_retries`` bars. Every refusal has a reason code
+(:class:`~agents.execution.interface.ExecReason`). A redelivered order (same client order id)
+is ignored: no second order, no second fill.
 
-- capacity: ``max_participation x bar.volume`` (base units) shared by the
-  orders filling on that bar; ``fill_qty = min(remaining, capacity left)``;
-- participation ``= fill_qty / bar.volume``;
-  ``impact_bps = impact_coefficient_bps x participation``;
-- price: ``open x (1 + (slippage_bps + impact_bps) / 10_000)`` for a buy,
-  ``open x (1 - (slippage_bps + impact_bps) / 10_000)`` for a sell;
-- fee: ``fill_qty x price x fee_bps / 10_000`` in the quote currency (taker);
-- the ``Fill`` records ``slippage_bps`` and ``impact_bps`` as used.
-
-What does not fill carries to the next bar; an order gets at most
-``1 + max_retries`` bars, then the rest expires (``no_fill_after_retries``).
-A limit order only fills on a bar whose modelled price is at or better than
-its limit.
-
-Explainable refusals (reason codes of :class:`~agents.execution.interface.ExecReason`):
-
-- ``risk_blocked``: the decision was ``rejected`` (recorded so every intent
-  has a terminal order record; gates count venue rejects separately);
-- ``invalid_quantity``: approved quantity not a positive finite number;
-- ``slippage_too_wide``: the modelled price is more than ``max_slippage_bps``
-  from the arrival price (the ``MarketContext`` price at submission, else the
-  bar open): a gap through the decision price is not filled blindly;
-- ``no_fill_after_retries``: see above (status ``expired``);
-- ``venue_timeout``: simulated venue timeout, drawn per order per eligible
-  bar with the symbol's ``timeout_probability`` (default 0: no random
-  refusals unless configured).
-
-A refusal before any fill is ``rejected``; after a partial fill the rest is
-``cancelled`` with the reason; ``no_fill_after_retries`` is always ``expired``.
-
-Idempotency: a redelivered (intent, decision) has the same client order id
-and is ignored: no second order, no second fill. The seen-set is bounded
-(``max_seen_orders``, oldest forgotten first); an agent restarting from
-scratch seeds it with :meth:`PaperExecutionEngine.remember` from the orders
-topic.
+Design: docs/trading_engines.md#paper-execution
 """
 
 from __future__ import annotations

@@ -5,91 +5,15 @@ no randomness. State is per (venue, symbol, timeframe) stream, in a
 :class:`SymbolState` that round-trips through a dict of plain JSON types so an
 agent can keep it in a faust table. Each bar costs O(1) amortized work.
 
-Features (default :class:`~agents.features.spec.FeatureSpec`, in output order)
--------------------------------------------------------------------------------
-Notation: bar ``t`` is the newest; ``c`` close, ``h`` high, ``l`` low, ``v``
-base volume, ``r_i = ln c_i - ln c_{i-1}``; std is the population std (ddof 0).
+Invariants: every feature is a function of the last ``spec.window`` bars (73) and nothing
+older; exponential averages are seeded inside that window, so batch, live, replayed and
+restored computations agree. The first ``window - 1`` bars give no vector. Window sums are
+fresh sums (two-stack sliding window), never add/subtract running sums, so a flat window has
+exactly zero variance. A stream accepts only bars after its last open time (a redelivered
+latest bar returns the same vector again); anything else raises :class:`BarRejected` with
+what to do (``duplicate``: skip; ``revised`` / ``out_of_order``: reset and replay).
 
-``ret_{h}`` (h = 1, 3, 6, 12, 24, 72)
-    log return ``ln c_t - ln c_{t-h}``.
-``vol_{n}`` (n = 12, 24, 72)
-    realized volatility: std of the last n one-bar log returns.
-``zclose_{n}`` (n = 24, 72)
-    ``(c_t - mean) / std`` of the last n closes; 0 when they are all equal.
-``rsi_14``
-    Wilder RSI on close-to-close price changes: ``100 * G / (G + L)`` with G, L
-    the Wilder averages (alpha = 1/14) of gains and losses; 50 when both are 0.
-``atr_14``
-    Wilder average true range (``max(h, c_prev) - min(l, c_prev)``) / ``c_t``.
-``volz_24``
-    ``(v_t - mean) / std`` of the last 24 volumes; 0 when they are all equal.
-``logvolratio_24``
-    ``ln((v_t + eps) / (mean_24(v) + eps))``, eps = ``volume_epsilon`` (1e-8).
-``range``
-    ``(h_t - l_t) / c_t``.
-``clv``
-    close location value ``(c_t - l_t) / (h_t - l_t)``; 0.5 when ``h_t <= l_t``.
-``momvol_24``
-    ``ret_24 / max(vol_24, vol_floor)``, vol_floor = 1e-4.
-``hour_sin``, ``hour_cos``, ``dow_sin``, ``dow_cos``
-    sin/cos of ``2 pi * (time of day / 1 day)`` and ``2 pi * weekday / 7``
-    (Monday = 0) of the bar's open time, UTC.
-``drawdown_72``
-    ``c_t / max(last 72 closes) - 1`` (<= 0).
-``macd_12_26``
-    ``(EMA_12 - EMA_26) / c_t`` of closes, EMA alpha = 2 / (n + 1).
-
-Finite windows. Every feature is a function of the last ``spec.window`` bars
-(73 by default) and nothing older. The exponential averages (RSI, ATR, EMAs)
-are the textbook recursions *run over that window*: seeded with the simple
-mean of the window's first ``period`` inputs, then updated for every later
-input (exactly what a charting tool shows when given only those bars). This
-costs a little fidelity against a since-inception average (the seed keeps a
-weight of (1 - alpha)^(inputs - period), 1-3 % by default) and buys three
-things: the lineage id names every bar a value depends on; training features
-from the batch equal live features whenever either started (so does a replay
-begun ``window - 1`` bars early, to rounding, ~1e-13; a restored
-:class:`SymbolState` continues bit for bit); a revised bar invalidates exactly
-the next ``window`` vectors.
-
-Warm-up. The first ``window - 1`` bars of a stream produce no vector
-(``None``); the ``window``-th bar produces the first one.
-
-Records. A :class:`~topics.records.FeatureVector` has the bar's ``ts_event``
-(its close), ``causation_id`` = the bar's event id, ``correlation_id`` = the
-bar's, ``data_version`` from the engine's config, ``feature_set_version`` from
-the spec, and ``lineage_id`` naming its window (format and verification in
-:mod:`agents.features.spec`); its event id hashes (symbol, timeframe,
-bar_open_time, feature_set_version, data_version), so a recomputed vector
-replaces the old one in idempotent sinks.
-
-Numerics. Rolling sums never subtract the value leaving the window: each
-window aggregate is a suffix sum over the previous block of the window's length
-(computed once per block from the ring) plus a running sum over the current
-block (the two-stack sliding-window technique). Running add/subtract sums keep
-the rounding residue of values long gone, which after a large move swamps a
-quiet window (a z-score or RSI of ticks after a crash); here each aggregate is
-a fresh sum of the values now in the window. Variance sums are taken around a
-shift, the first value of the current block, which is always inside the
-window, so cancellation is bounded by the window length and a flat window
-gives exactly zero variance. Results still differ from a from-scratch
-computation by rounding (~1e-13 relative), which is why the tests compare
-with a tolerance. Divisions that can meet zero use the documented rules above
-(0 / 0.5 / 50 for flat windows, ``eps``, ``vol_floor``); with inputs inside
-:data:`PRICE_RANGE` and :data:`VOLUME_MAX` every value is finite.
-
-Ordering, revisions, gaps. A stream accepts only bars strictly after its last
-open time. Anything else raises :class:`BarRejected` and leaves the state
-untouched, with a reason saying what the agent should do: the latest bar
-redelivered (same event id) is not an error, ``update`` returns the same
-vector again so at-least-once delivery loses nothing; an older redelivered bar
-is ``duplicate`` (skip); a different bar for an open time already seen
-(typically a higher ``revision``) is ``revised`` and an older unknown bar is
-``out_of_order``: both need a recompute, i.e. :meth:`FeatureEngine.reset` and a
-replay of the stream from ``window - 1`` bars before the bar. In-progress bars
-(``is_closed`` false) are ``not_closed``. Consecutive bars are treated as
-consecutive whatever the time between them: gap detection and blocking belong
-to the data-quality layer upstream.
+Design: docs/market_data.md#feature-engine (every formula, numerics, records)
 """
 
 from __future__ import annotations

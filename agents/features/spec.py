@@ -2,36 +2,18 @@
 reference and every reader: parameters, stable feature names, the version
 string derived from them, numeric floors, and the lineage-id format.
 
-Nothing here computes a feature. The engine (:mod:`agents.features.engine`)
-and the batch reference (:mod:`agents.features.batch`) implement the formulas
-independently; this module only pins down *which* features, with *which*
-parameters, under *which* version, so that the two can be compared and a
+Nothing here computes a feature; it pins down *which* features, with *which* parameters,
+under *which* version, so the engine and :mod:`agents.features.batch` can be compared and a
 model can refuse vectors of a feature set it was not trained on.
+``FeatureSpec.version = "fs1." + sha256(names, parameters, floors, ALGORITHM_REVISION)[:12]``;
+a formula change that keeps the parameters must bump :data:`ALGORITHM_REVISION`.
 
-Feature-set version
--------------------
-``FeatureSpec.version`` is ``"fs1." + sha256(canonical JSON of the names, every
-parameter, the floors and ALGORITHM_REVISION)[:12]``. Any parameter change
-changes the names or the hash, so a vector can never be mistaken for one of
-another feature set. A formula change that keeps the parameters must bump
-:data:`ALGORITHM_REVISION` (with a changelog line) for the same reason.
+A vector names its window of bars as
+``lin1-<first_open_time_ns>-<last_open_time_ns>-<n_bars>-<digest:032x>``, the digest the sum
+mod 2**128 of :func:`lineage_element` over the bars' event ids; :func:`lineage_matches`
+checks it against the bars in Postgres (guards against accidents, not forgery).
 
-Lineage id
-----------
-Every feature depends on exactly the last ``lookback`` bars of its stream (no
-feature has memory beyond that window, see the engine docstring), so a vector
-names that window::
-
-    lin1-<first_open_time_ns>-<last_open_time_ns>-<n_bars>-<digest:032x>
-
-``digest`` is the sum, modulo 2**128, of :func:`lineage_element` over the
-event ids of the window's bars. A reader resolves it by selecting the bars of
-the vector's (venue, symbol, timeframe) with ``first <= open_time <= last``
-and checks with :func:`lineage_matches` that exactly those ``n_bars`` bars, in
-the revisions the engine saw, produced it. The sum is order-independent, but a
-bar's event id hashes its open time and revision, so the set of ids fixes the
-sequence. The digest guards against accidents (a revised bar, a missing bar),
-not against an adversary who can forge bars.
+Design: docs/market_data.md#feature-set-and-lineage
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Gate configuration: every threshold as versioned, hashable data.
 
-Defaults are the ones the replaced system ran with (DESIGN.md, "Gates and
-numbers"): daily Sharpe >= 1.5, max drawdown < 0.12, execution reject rate
-< 1 %, parity deviation <= 10 % over 7 and 30 days. Numbers DESIGN.md does
-not give are chosen here and explained next to their field.
+Defaults are the ones the replaced system ran with: daily Sharpe >= 1.5, max
+drawdown < 0.12, execution reject rate < 1 %, parity deviation <= 10 % over 7
+and 30 days. Numbers it did not give are chosen here and explained next to
+their field (docs/gates.md#gate-configuration).
 
 A threshold can only change through a new config: every
 :class:`~topics.records.GateResult` carries the threshold it was judged
@@ -88,7 +88,7 @@ class GateConfig:
 
     # -- parity (backtest vs paper on matched filled orders) ----------------
     parity_windows_ns: tuple[int, ...] = (7 * NS_PER_DAY, 30 * NS_PER_DAY)
-    #: Largest relative deviation that passes (DESIGN.md: 10 %).
+    #: Largest relative deviation that passes (the replaced system's 10 %).
     parity_tolerance: float = 0.10
     #: Denominator floor in quote currency: a backtest whose matched orders net
     #: to ~0 cash (a flat round trip) must not turn a few cents of gap into an

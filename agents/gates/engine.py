@@ -6,77 +6,15 @@ backtest fills, paper fills) and an explicit evaluation time ``now_ns`` in,
 now_ns``; ids from :meth:`Record.new`, so the same evaluation gives the same
 ids and a redelivered result is the same event). No I/O, no clock.
 
-Evidence
---------
-Only *valid* runs count: ``status = 'succeeded'``, ``source`` in
-``GateConfig.sources`` (``prod`` by default) and not superseded
-(``superseded_by IS NULL``). Failed, running, superseded and non-prod runs
-never feed a gate, however good their numbers; the blockers say how many were
-excluded and why. The hard metrics use the latest valid run finished in the
-lookback ``[now - lookback, now]``; readiness counts them.
+Rules: only valid runs count (``succeeded``, a configured source, not superseded). Missing is
+``insufficient_observation`` with ``value = None``, never a pass; 0.0 is a value. Hard
+metrics read the latest valid run's total. Parity matches backtest and paper orders by
+client order id per 7/30-day window and symbol: ``|C_paper - C_backtest| /
+max(|C_backtest|, parity_floor) <= parity_tolerance``, the gap split exactly into quantity,
+price, slippage, impact and fee (:class:`ParityOutcome`). Readiness passes only with every
+required gate passed, enough valid runs and a prod-only config; blockers name what is missing.
 
-States
-------
-A zero is a value: a reject rate of ``0.0`` is compared (and passes ``< 0.01``).
-Missing is a state: no valid run, a metric row that is absent, NULL or NaN
-gives ``insufficient_observation`` with ``value = None`` and a blocker that
-says why, never a made-up number and never a pass.
-
-Hard metrics (gate ``hard_metrics``)
--------------------------------------
-One result per configured metric (``sharpe_daily >= 1.5``, ``max_drawdown
-< 0.12``, ``reject_rate < 0.01``) read from the run total (symbol ``'*'`` of
-``backtest_metrics``); ``observations`` is the number of valid runs in the
-lookback (the value is the latest one's).
-
-Parity (gate ``parity``, metric ``relative_deviation_<window>:<symbol>``)
----------------------------------------------------------------------------
-Per window (7 and 30 days ending at ``now``) and symbol, backtest and paper
-orders are matched by ``client_order_id`` (deterministic per intent, so the
-same intent has the same id in both). An order's fills are summed; it lies in
-the window when its first fill does. Backtest fills come from the valid runs
-whose range overlaps the window (the latest run wins when runs share an
-order); paper fills (``ev_fills``) count only on the runs' symbols and inside
-their ranges, where a backtest could have produced the same order.
-
-For each order the *execution cash flow* is ``C = s * N - fee`` with ``s = +1``
-for a sell and ``-1`` for a buy and ``N`` the fill notional (costs included
-in the price). Over the matched orders of a symbol::
-
-    relative_deviation = |C_paper - C_backtest| / max(|C_backtest|, parity_floor)
-
-which passes when ``<= parity_tolerance``. The floor keeps a backtest whose
-orders net to ~0 (a flat round trip) from turning cents into an infinite
-deviation. Fewer than ``parity_min_matched`` matched orders is
-``insufficient_observation`` (value still reported when there is one);
-unmatched orders on either side are listed as blockers and fail the gate when
-they exceed ``parity_max_unmatched_fraction`` of all orders.
-
-Cost attribution of the gap ``C_paper - C_backtest`` (positive: paper did
-better) splits it exactly into five parts, per matched order with reference
-(pre-cost) notional ``R = q * p_ref``::
-
-    quantity = s * (q_p - q_b) * p_ref_b      (fill size differs)
-    price    = s * q_p * (p_ref_p - p_ref_b)  (reference price / timing differs)
-    slippage = -(slippage_p - slippage_b)
-    impact   = -(impact_p - impact_b)
-    fee      = -(fee_p - fee_b)
-
-Backtest fills carry their costs in quote (``slippage_cost``, ``impact_cost``);
-paper fills carry bps of the reference price (``price = p_ref * (1 ± (slip +
-impact) / 1e4)``, + for a buy), so ``p_ref`` is recovered from either. The
-attribution goes into :class:`ParityOutcome` (the CLI stores it in
-``gate_parity_attribution``; ``GateResult`` has no field for it).
-
-Readiness (gate ``readiness``, metric ``valid_runs``)
------------------------------------------------------
-``value`` = valid runs in the lookback, ``threshold`` = ``min_valid_runs``.
-Ready (``passed``) only with no blockers: every required gate (each hard
-metric; parity per window and per symbol of the track's runs) present and
-passed, enough valid runs, and a prod-only config. Blockers name every
-failing gate, every missing or unobserved gate, and ``insufficient runs: k <
-n``. ``failed`` when a gate failed (or the config admits non-prod runs);
-``insufficient_observation`` when only evidence is lacking.
+Design: docs/gates.md#gate-engine
 """
 
 from __future__ import annotations

@@ -3,27 +3,19 @@ rollout decisions (``governance.audit``), stage changes (``models.registry``),
 control audits (``control.audit``) and alerts (``ops.alerts``).
 
 Thin: decode (or dead-letter), call :class:`~agents.governance.engine.GovernanceEngine`,
-send what it returns, count it. The three inputs are one faust stream
-dispatched by topic, so the engine sees one ordered sequence of events and
-its own registry changes come back to it as no-ops.
-
-Singleton: the input topics have one partition each, so one worker of the
-group owns them and a second instance is a hot standby that takes over on a
-rebalance. Run exactly one group (``--agents governance``).
-
-Restart: before consuming, the agent reads ``models.registry`` and
-``governance.audit`` from the beginning (plain consumers, no group) and
-rebuilds the engine state from them (:meth:`GovernanceEngine.restore`): the
-stages, the per-rollout window floors and counters, and the control commands
-already handled. A gate result or command redelivered after a crash is
-therefore neither counted nor applied twice. The read stops at the first empty
-fetch after the topic's data (tansu's end offsets are not trusted).
+send what it returns, count it. The three inputs are one faust stream dispatched by topic.
+Singleton: the inputs have one partition each; run exactly one group (``--agents
+governance``), a second instance is a hot standby. On start it rebuilds the engine from
+``models.registry`` and ``governance.audit`` read from the beginning, so a redelivered gate
+result or command is neither counted nor applied twice.
 
 Configuration (environment): ``TRADEFLOW_GOVERNANCE_WINDOWS_TO_PROMOTE``,
 ``TRADEFLOW_GOVERNANCE_WINDOWS_TO_ROLLBACK``, ``TRADEFLOW_GOVERNANCE_REQUIRED_GATES``
 (see :mod:`agents.governance.config`) and the control keys
 ``TRADEFLOW_CONTROL_KEY_<ID>`` / ``_FILE``. Without a control key the agent
 refuses to start: manual rollback must always be possible.
+
+Design: docs/rollout.md#governance-agent
 """
 
 from __future__ import annotations

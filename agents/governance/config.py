@@ -45,7 +45,7 @@ PROMOTION_LADDER: tuple[ModelStage, ...] = (
 
 #: The gates of :mod:`agents.gates.engine`, as ``tradeflow gates evaluate``
 #: publishes them for a track in one evaluation (same ``window_end``): the three
-#: hard metrics of DESIGN.md and readiness (every gate incl. parity, plus the
+#: hard metrics of agents.gates.config and readiness (every gate incl. parity, plus the
 #: minimum number of valid runs). Override per deployment with
 #: ``TRADEFLOW_GOVERNANCE_REQUIRED_GATES``. A metric may itself contain ``:``
 #: (parity's ``relative_deviation_30d:BTC/USDT``): the gate is before the first.
@@ -158,6 +158,6 @@ def capital_fraction(stage: ModelStage, config: GovernanceConfig | None = None) 
     """Share of capital for ``stage`` under ``config`` (default rules when None).
 
     The inference agent stamps signals of canary versions; the strategy scales
-    its target position by this (see the governance README section).
+    its target position by this (see docs/governance.md).
     """
     return (config or _DEFAULT).capital_fraction(stage)

@@ -8,72 +8,16 @@ events, ``gates.results`` and signed ``control`` commands. Outputs: one
 changes it implies (``models.registry``), and for control commands a
 ``ControlAudit`` (plus an ``Alert`` when a command failed verification).
 
-Rollouts
---------
-A model version serves one symbol (``config["symbol"]`` of its registry
-event), so a rollout is keyed by ``(model_id, symbol)``. It has at most one
-*candidate* (a version in ``shadow``, ``canary_10`` or ``canary_30``) and at
-most one *active* version. The version under evaluation (the *subject*) is
-the candidate, or, when there is none, the active version: an active model
-keeps being watched and is rolled back when it degrades.
+Rules: the registry is the source of truth for stages; a rollout has at most one candidate
+and one active version, and the subject (candidate, else active) is what gate results judge.
+A gate window is decided once, when every required ``gate:metric`` has a result: ``passed``,
+``failed``, or ``insufficient_observation`` (breaks a passing streak, keeps the failing
+count). ``windows_to_promote`` passing windows move the candidate one step up
+(shadow -> canary_10 -> canary_30 -> active); ``windows_to_rollback`` failing windows roll
+the subject back and reactivate the previous version. Signed manual commands act only when
+verified; one event-time clock as in the trading core.
 
-The registry is the source of truth for stages: any registry event (the
-trainer's, an operator tool's, governance's own echo) is folded in, latest
-per (model_id, version) by (``ts_event``, ``event_id``). A version put into
-``shadow`` (or a canary stage) by someone else becomes the candidate.
-
-Gate windows
-------------
-A :class:`~topics.records.GateResult` addresses rollouts through its
-``track``: ``<model_id>`` addresses every symbol's rollout of that model,
-``<model_id>@<symbol>`` one. It judges the rollout's current subject (gate
-results carry no version). Only the configured ``gate:metric`` pairs count;
-others are ignored. Results are grouped into windows by ``window_end``; a
-window is decided once, when every required pair has a result for it:
-
-- ``passed`` when all are ``passed``;
-- ``failed`` when any is ``failed`` (a definite failure outweighs missing data);
-- ``insufficient_observation`` otherwise. Such a window neither advances nor
-  counts as a failure: it breaks the run of passing windows (promotion needs
-  *consecutive* evidence) and leaves the failing count as it was (a degrading
-  model cannot escape rollback by producing too little data).
-
-Each window counts once: a decided window sets the rollout's floor to its
-``window_end``, and any result for a window at or before the floor (a
-redelivery, a late result, a window that ended before the current stage
-began) is ignored. Incomplete windows are kept (at most
-``max_pending_windows`` per rollout, oldest dropped undecided) and are
-discarded when a later window is decided.
-
-Decisions per decided window: ``windows_to_promote`` consecutive passing
-windows move the candidate one step up the ladder (shadow -> canary_10 ->
-canary_30 -> active) and start the new stage at zero; ``windows_to_rollback``
-consecutive failing windows roll the subject back: it goes to
-``rolled_back``, and the version that was active before it (still active
-during a canary, or the one retired when it became active) is published as
-``active`` again, if there is one. Anything else is a ``hold``. Promotion to
-``active`` retires the previously active version (kept as the rollback
-target).
-
-Manual commands
----------------
-``rollout_promote`` / ``rollout_rollback`` (params ``model_id``, ``version``)
-act only after :class:`~agents.control.signing.ControlVerifier` accepted the
-signature, freshness and nonce. A command that fails verification, or asks
-for an impossible transition (unknown version, nothing above ``active``, a
-second candidate while one is in rollout), changes nothing and is audited as
-``rejected``. ``promote`` of a ``registered`` version makes it the candidate
-in ``shadow``. Other commands are audited ``ignored`` (``not_for_governance``).
-
-Time
-----
-One event-time clock (:class:`~agents.trading.core.StreamClock`): moved by
-each input's ``ts_event``, never backwards, never past ``arrival_ns`` when the
-live agent passes its wall clock. A command whose signature is not authentic
-is verified at its own time and the clock is put back, as in the trading
-core. ``ts_init`` of every output is this clock; a published registry event
-is stamped strictly after the version's previous one, so readers that keep
-the latest per (model_id, version) by ``ts_event`` see the change.
+Design: docs/rollout.md#governance-engine
 """
 
 from __future__ import annotations

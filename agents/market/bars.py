@@ -4,34 +4,15 @@ The :class:`BarAggregator` is a pure engine: ``on_tick(tick)`` returns the bars
 (and the ticks it refused, with a reason) that this tick causes; it does no I/O
 and reads no clock except the injected one for ``ts_init``.
 
-Time model, per ``(venue, symbol)`` stream:
+Time model per ``(venue, symbol)``: a tick belongs to the bar containing its ``ts_event``;
+a bar is emitted closed once the watermark (largest ``ts_event`` minus ``grace_ns``) passes
+its close, so disorder within the grace gives exactly the sorted stream's bars; a later tick
+re-emits the bar with ``revision + 1``; past ``max_lateness_ns`` a tick is ``too_late``; a
+repeated ``trade_id`` is a ``duplicate``. Open and close are the first and last ticks by
+``(ts_event, trade_id)`` and volume is ``math.fsum``, so any arrival order gives the same
+bar. ``flush()`` emits what is left as partial bars (``is_closed=False``).
 
-* A tick belongs to the bar ``[open, open + timeframe)`` that contains its
-  ``ts_event``; arrival order never decides anything.
-* The *watermark* is the largest ``ts_event`` seen minus ``grace_ns``. A bar is
-  emitted closed (revision 0) once ``watermark >= close``. So ticks that arrive
-  out of order by at most ``grace_ns`` give exactly the bars a sorted stream
-  gives: same values, same revision, same event ids.
-* A tick for a bar that was already emitted (later than the grace) updates the
-  bar and emits it again with ``revision + 1`` at once; downstream readers keep
-  the highest revision per ``(venue, symbol, timeframe, open_time)``.
-* Once ``watermark >= close + max_lateness_ns`` a bar is final and forgotten; a
-  tick for it comes back in :attr:`AggregationResult.dropped` with reason
-  ``too_late`` (per timeframe: a tick can be too late for 1m and still in time
-  for 1h).
-* A tick whose ``trade_id`` was already counted (at-least-once redelivery) is
-  reported as ``duplicate`` and not counted again.
-* Intervals without ticks produce no bar (there is nothing to put in it); the
-  data-quality engine reports the gap.
-
-Open is the first tick by ``(ts_event, trade_id)``, close the last: ties in
-event time are broken by trade id, not by arrival, so any arrival order gives
-the same bar. Volume is ``math.fsum`` of the quantities (correctly rounded,
-hence independent of summation order).
-
-``flush()`` ends a stream: it emits every bar not yet emitted as a partial bar
-(``is_closed=False``); if ticks keep coming, the bar is emitted closed later
-with the next revision.
+Design: docs/market_data.md#bar-aggregation
 """
 
 from __future__ import annotations

@@ -1,30 +1,16 @@
 """ccxt's unified JSON -> our records. The only place exchange data becomes a
 :class:`~topics.records.Tick` or :class:`~topics.records.Bar`.
 
-ccxt has already turned each exchange's wire format into its unified shapes
-(a trade dict, an ``[ts_ms, open, high, low, close, volume]`` row); these
-functions turn those into records and validate them with the very codec the
-consumers use, so a row that would be dead-lettered downstream is rejected
-here instead, as an :class:`ExchangeDataError` the caller can dead-letter.
-
-Bar revisions and event time
-----------------------------
-A bar is observed many times while it forms and once more when it closes;
-:class:`~topics.records.Bar` tells the observations apart by ``revision``
-and readers keep the highest. Collectors here set ``revision`` to *how many
-milliseconds of the bar the values cover*:
-
-- a closed bar covers the whole timeframe: ``revision = timeframe_ms``, so a
-  re-download of a closed bar yields the same ``event_id`` (idempotent);
-- a forming bar covers ``ts_init - open_time`` (clamped to
-  ``[0, timeframe_ms - 1]``): later observations rank higher, and every one
-  ranks below the closed bar.
-
-``ts_event`` is ``open_time + revision`` in the same spirit: the close time
-for a closed bar (as the record documents), the observation time for a
-forming one, so an event clock driven by bars never jumps into the future.
+Rows are validated with the very codec the consumers use, so a row that would be
+dead-lettered downstream is rejected here as an :class:`ExchangeDataError` the caller can
+dead-letter. A bar's ``revision`` is how many milliseconds of the bar its values cover: a
+closed bar is ``timeframe_ms`` (a re-download has the same ``event_id``), a forming one
+``ts_init - open_time`` clamped below it; ``ts_event = open_time + revision``, so an event
+clock driven by bars never jumps into the future.
 
 Nothing here does I/O or reads a clock; ``ts_init`` is passed in.
+
+Design: docs/market_data.md#ccxt-parsing
 """
 
 from __future__ import annotations

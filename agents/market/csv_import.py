@@ -1,42 +1,20 @@
 """CSV candle files -> :class:`~topics.records.Bar` records.
 
-Two formats are recognised from the file's first lines, no flag needed:
-
-``shared``
-    ``timestamp,open,high,low,close,volume`` with ISO-8601 timestamps (UTC;
-    a timestamp without an offset is read as UTC because the format says so),
-    one row per candle, ascending. This is the layout of ``ops/sample_data``.
-``cryptodatadownload``
-    A CryptoDataDownload export: a banner line (``https://www.CryptoDataDownload.com``),
-    then a header such as ``unix,date,symbol,open,high,low,close,Volume BTC,Volume USDT,tradecount``
-    (older exports: ``Unix Timestamp,Date,Symbol,Open,High,Low,Close,Volume``), rows newest
-    first. The exchange switched the unix column from seconds to milliseconds on
-    2020-08-02, so the unit is decided per row from the magnitude. The ``date`` and
-    ``symbol`` columns are ignored: the unix column is unambiguous, the caller names the
-    market. The base-currency volume column (``Volume <BASE>``) is used.
+Two formats, recognised from the file's first lines: ``shared``
+(``timestamp,open,high,low,close,volume``, ISO-8601 UTC, ascending; the layout of
+``ops/sample_data``) and ``cryptodatadownload`` (banner line, newest-first rows, unix seconds
+or milliseconds decided per row, the ``Volume <BASE>`` column).
 
 Every row either becomes a bar, or comes back as a :class:`RejectedRow` (line number,
-stable reason code, the original text) or a :class:`DuplicateRow`. Nothing is dropped
-silently: the caller dead-letters rejects and counts duplicates. Rows that are valid
-records but wrong as candles (high below low, gaps, spikes) are *not* rejected here;
-that is the data-quality engine's job (:mod:`agents.market.quality`), which must see
-them to report them.
+stable reason code, the original text) or a :class:`DuplicateRow`: nothing is dropped
+silently. Rows that are valid records but wrong as candles are left to
+:mod:`agents.market.quality`, which must see them to report them. Bars are closed, revision
+0, ``source="csv:<filename>"``, ``ts_event`` = open time + timeframe; ``ts_init`` is passed
+in (no clock). Entry points: :func:`import_csv_file`, :func:`parse_csv_text` /
+:func:`parse_csv_lines`, and the streaming :class:`CsvBarReader` / :func:`iter_csv_file`.
+Bad rows never raise; a file that is not a candle CSV raises :class:`CsvFormatError`.
 
-Bars are closed (``is_closed=True``), revision 0, ``source="csv:<filename>"``,
-``trade_count`` null when the file has none, ``ts_event`` = close time = open time +
-timeframe. Parsing uses the :mod:`csv` module and builds records directly (the event
-id is the same sha256 that :meth:`Record.new` computes, with the constant prefix
-hashed once), which keeps it above 100k rows/s on one core
-(~120-130k rows/s measured on the sample files).
-
-Entry points: :func:`import_csv_file` (a whole ``.csv``/``.csv.gz`` file, bars
-sorted), :func:`parse_csv_text` / :func:`parse_csv_lines` (in-memory input), and
-the streaming :class:`CsvBarReader` / :func:`iter_csv_file` (file order, constant
-memory apart from duplicate detection) for files too large to hold as records.
-Rows that do not parse never raise; a file that is not a candle CSV at all raises
-:class:`CsvFormatError`.
-
-Nothing here reads a clock: ``ts_init`` is passed in by the caller.
+Design: docs/market_data.md#csv-import
 """
 
 from __future__ import annotations

@@ -3,25 +3,14 @@ ccxt factory and error classification (both from :mod:`agents.venue.ccxt`),
 backoff, and the two outbound interfaces (:class:`Publisher`,
 :class:`CheckpointStore`) with their simple implementations.
 
-Error tree (what the caller should do, not where it came from)
---------------------------------------------------------------
-- :func:`classify_error` maps any exception raised by ccxt to a
-  :class:`FailureReason` (a metric label) and a ``retriable`` flag, from
-  :func:`agents.venue.ccxt.classify`. Retriable: rate limits, network errors,
-  an exchange that is down or answered garbage. Fatal: bad credentials,
-  unknown symbol, unsupported call, rejected request, anything unnamed.
-- :class:`CollectorError` is the base of what the collectors raise:
+Errors say what the caller should do: :func:`classify_error` maps a ccxt exception to a
+:class:`FailureReason` and a ``retriable`` flag (rate limits, network, exchange down or
+garbage are retriable; anything else is fatal). :class:`CollectorError` is the base of what
+the collectors raise: :class:`UnsupportedExchangeError`, :class:`ExchangeUnreachable`,
+:class:`FatalExchangeError` (needs a human), :class:`RetriesExhausted`. One bad row is a
+:class:`~agents.market.ccxt_parse.ExchangeDataError`: dead-letter it and carry on.
 
-  - :class:`UnsupportedExchangeError` (also a ``ValueError``): the config names
-    an exchange or market type this module does not build;
-  - :class:`ExchangeUnreachable`: start-up could not reach the exchange within
-    a bounded time; live mode refuses to start instead of retrying forever;
-  - :class:`FatalExchangeError`: the exchange said no in a way retrying cannot
-    fix (needs a human: fix the symbol, the keys, the config);
-  - :class:`RetriesExhausted`: a retriable failure outlived its attempts.
-
-- :class:`~agents.market.ccxt_parse.ExchangeDataError` (a ``RecordError``):
-  one bad row; dead-letter it and carry on.
+Design: docs/market_data.md#exchange-errors
 """
 
 from __future__ import annotations

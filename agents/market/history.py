@@ -1,29 +1,15 @@
 """Paginated, resumable OHLCV history download through ccxt's ``fetch_ohlcv``.
 
-One call downloads one (exchange, symbol, timeframe) range ``[start, end)``
-page by page and publishes each page as Bars before asking for the next:
+One call downloads one (exchange, symbol, timeframe) range ``[start, end)`` page by page,
+publishing each page as Bars before asking for the next. Candles are published in strictly
+increasing open time (repeats dropped); after each page the last *closed* candle's open time
+is checkpointed, so a restart resumes after it and the forming candle is fetched again.
+Retriable failures back off with seeded jitter for a bounded number of attempts, then raise
+:class:`RetriesExhausted`; fatal ones raise :class:`FatalExchangeError` at once. Delivery is
+at-least-once: a crash between a page and its checkpoint republishes that page with the same
+event ids.
 
-- each request starts just past the last candle already published
-  (``since = last_open_ms + 1``); the loop ends at ``end``, on an empty page,
-  or on a page that brings nothing new (a venue stuck on its latest candle);
-- candles are published in strictly increasing open time; one that repeats
-  or precedes a published candle is dropped (venues differ in whether
-  ``since`` is inclusive, rounded, or ignored, and a restart re-reads a page);
-- after a page is published, the open time of its last *closed* candle is
-  saved as the checkpoint, so a restarted download resumes after it; the
-  still-forming candle at "now" is published (``is_closed=False``) but never
-  checkpointed, so the next run fetches it again and publishes it closed;
-- retriable failures (rate limit, network, exchange down) back off
-  exponentially with seeded jitter for a bounded number of attempts, then
-  raise :class:`RetriesExhausted`; fatal ones raise
-  :class:`FatalExchangeError` at once, unretried.
-
-Rate limits are respected twice over: ccxt's throttler (``enableRateLimit``)
-spaces the requests, and a ``RateLimitExceeded`` that still happens backs off
-for at least ``BackoffPolicy.rate_limited_min_s``.
-
-Delivery is at-least-once: a crash between publishing a page and saving its
-checkpoint republishes that page, with the same event ids.
+Design: docs/market_data.md#history-download
 """
 
 from __future__ import annotations

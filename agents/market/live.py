@@ -2,27 +2,16 @@
 
 :class:`LiveCollector` runs one task per stream (trades per symbol, OHLCV per
 symbol and timeframe). Each stream prefers ccxt.pro websockets
-(``watch_trades`` / ``watch_ohlcv``) and polls REST (``fetch_trades`` /
-``fetch_ohlcv`` every ``poll_interval_s``) when the venue has no websocket
-for it or the websocket keeps failing; after ``ws_reprobe_after_s`` on REST
-it tries the websocket again.
+(``watch_trades`` / ``watch_ohlcv``) and polls REST when the venue has no websocket for it or
+the websocket keeps failing, re-probing the websocket after ``ws_reprobe_after_s``.
 
-Failure handling, by what the error means (:func:`classify_error`):
+Failures by meaning (:func:`classify_error`): an unreachable venue at start-up raises
+:class:`ExchangeUnreachable` within a hard time bound (:meth:`LiveCollector.preflight`);
+later retriable errors reconnect with capped, jittered backoff indefinitely; fatal ones and
+publisher errors stop the collector. Trades are deduplicated by trade id in bounded memory;
+a full REST page sharing no id with what was seen is counted as a suspected gap.
 
-- at start-up, :meth:`LiveCollector.preflight` loads markets (and the server
-  time) under a hard time bound and raises :class:`ExchangeUnreachable` if
-  the venue cannot be reached: an offline machine fails in seconds with a
-  message naming the host, instead of retrying forever;
-- after start-up, retriable errors reconnect with capped exponential backoff
-  (seeded jitter) indefinitely, counted per stream and reason;
-- fatal errors (bad symbol, auth, unsupported) stop the collector with
-  :class:`FatalExchangeError`; a publisher error (lost broker) stops it too,
-  unchanged.
-
-Trades are deduplicated by trade id per symbol in bounded memory (REST polls
-return overlapping windows; a websocket reconnect may replay); a REST page
-that is full and shares no id with what was already seen means trades fell
-between two polls, which is counted and logged as a suspected gap.
+Design: docs/market_data.md#live-collector
 """
 
 from __future__ import annotations

@@ -6,58 +6,15 @@ the end of a finite input (``finish``); it returns
 :class:`~topics.records.DataQualityEvent` records and keeps, per
 ``(venue, symbol, timeframe)`` stream, whether trading on that data is blocked.
 
-Checks (``DataQualityEvent.check``), with the severity each one reports:
+Checks (:class:`Check`): gaps, duplicates and revisions, out-of-order bars, stale feed, OHLC
+inconsistency, spikes (absolute range, open jump, robust return z-score), zero volume,
+partial bars. :class:`QualityPolicy` decides which findings block (default: every error); a
+blocked stream is released, and a ``released`` event reported, after
+``release_after_clean_bars`` clean bars; warnings do not break a clean streak. Rolling
+statistics keep a bar's first version. Events are deterministic, with ids from
+``(venue, symbol, timeframe, check, ref_time)``, so a replay dedupes.
 
-==========================  ========  =================================================
-check                       severity  what it means
-==========================  ========  =================================================
-``gap``                     warning / missing bars between consecutive open times; ``value`` =
-                            error     number missing, ``ref_time`` = first missing open time;
-                                      error from ``gap_error_bars`` missing bars on
-``duplicate``               info      the same bar again with identical values (redelivery)
-``conflicting_revision``    error     the same open time and revision with different values
-``revised``                 info      a higher revision replaced a bar (late data)
-``stale_revision``          info      a lower revision than one already seen (ignored)
-``out_of_order``            info /    a bar older than the newest one: info when it fills a
-                            warning   remembered gap, warning when older than the history
-``stale_feed``              error     no new bar for more than ``stale_after_bars`` timeframes
-``ohlc_inconsistent``       error     high < max(open, close, low) or low > min(open, close)
-``spike_range``             error     intra-bar range ``high/low - 1`` above ``max_bar_range``
-``spike_open_jump``         warning   ``|open / previous close - 1|`` above ``max_open_jump``
-``spike_return``            warning   close-to-close log return more than ``spike_mad_z``
-                                      robust z (median/MAD of the previous returns) away
-``zero_volume``             warning / a bar with no traded volume; ``value`` = bars in the run;
-                            error     error from ``zero_volume_error_bars`` in a row (a halt)
-``partial``                 warning   a bar that is not complete (``is_closed`` False, or
-                                      the last bar of a finite input judged partial by
-                                      :meth:`DataQualityEngine.finish`)
-``released``                info      a blocked stream had enough clean bars to trade again
-==========================  ========  =================================================
-
-Why the spike checks look like this: crypto returns are fat-tailed, so a robust
-z-score alone either fires on every real crash (March 2020 on the Binance
-history moves 20% in an hour) or misses a print that is impossible *within*
-one bar. The absolute range check needs no history, so it also works during
-the robust check's warm-up, which is where the worst data errors sit (an
-exchange's first candle: Binance BTC/USDT opens at 16199.91 with low 4261.32,
-a 280% range). The open-jump check catches bars whose open does not continue
-the previous close, which on a continuous market is a data error, not a move.
-
-Blocking: :class:`QualityPolicy` decides which findings block (by default
-everything at severity error). A blocking finding blocks its stream; the
-stream is released after ``release_after_clean_bars`` consecutive new bars
-without a blocking finding, and the release is itself reported (``released``).
-Warnings do not interrupt a clean streak: a zero-volume hour is worth knowing
-about, not a reason to stay out of the market.
-
-Bars are expected in open-time order per stream (as the importer and the
-aggregator produce them). A repeat of a known open time is classified
-(duplicate / revised / stale or conflicting revision) and a revision is
-re-checked on its own values; rolling statistics (returns, volumes) keep the
-first version, so a late correction cannot rewrite what earlier checks saw.
-
-Events are deterministic: the same bars give the same events with the same
-ids (``(venue, symbol, timeframe, check, ref_time)``), so a replay dedupes.
+Design: docs/market_data.md#data-quality-checks (the table of checks and severities)
 """
 
 from __future__ import annotations

@@ -5,44 +5,14 @@ time comes from the records), no I/O. The snapshot it returns,
 :class:`PortfolioState`, is what the strategy and the risk engine size and
 gate against.
 
-Accounting (one quote currency, cash-based, long and short alike)
-------------------------------------------------------------------
-A fill of signed quantity ``s`` (+ buy, - sell) at price ``p`` with fee ``f``:
+Invariants: one quote currency, cash-based, long and short alike;
+``equity = initial_cash + realized - fees + sum(q * (mark - avg))`` always holds. Marks are
+bar closes (a late, older mark is ignored). Drawdown is from the peak equity since the start;
+UTC days reset the day's start and peak equity; a round trip's PnL (realized minus both legs'
+fees) drives ``consecutive_losses``. Duplicate fills (same ``event_id``, bounded window)
+change nothing.
 
-- ``cash -= s * p + f``;
-- if it opens or increases the position (flat, or same sign): the average
-  price becomes the quantity-weighted mean of the old average and ``p``;
-- if it reduces, closes or flips: the closing part ``c = min(|s|, |q|)``
-  realizes ``c * (p - avg) * sign(q)``; a flip opens the remainder at ``p``;
-  the average price of what is left is unchanged;
-- ``equity = cash + sum(q * mark)``, so that always
-  ``equity = initial_cash + realized - fees + sum(q * (mark - avg))``.
-
-Perpetual swaps use the same linear accounting (USDT-margined PnL); funding
-is not modelled here. Fees are in the quote currency; a fee charged in the
-base currency is converted at the fill price; any other fee currency is
-counted in ``foreign_fee_fills`` and taken at face value, so a reader can see
-that equity is approximate rather than trusting it silently.
-
-Marks are bar closes. A mark older than the one held (late bar) is ignored; a
-symbol with no bar yet is marked at its first fill price.
-
-Risk state
-----------
-- ``drawdown = (peak_equity - equity) / peak_equity`` with the peak over all
-  states since the start;
-- the UTC day of the latest event time splits days: at the first event of a
-  new day, ``day_start_equity`` and ``day_peak_equity`` reset to the equity
-  carried over; ``intraday_drawdown`` is from the day's peak, ``daily_pnl``
-  from its start (``daily_return = daily_pnl / day_start_equity``);
-- a *round trip* is a position from flat (or a flip) back to flat (or the
-  next flip); its PnL is realized PnL minus the fees of both legs, the fee of
-  a flip's fill split pro rata between the closing and the opening part.
-  ``consecutive_losses`` counts losing round trips in a row (a loss is PnL
-  < 0), reset to 0 by any non-losing one.
-
-Duplicate fills (at-least-once delivery) are recognised by ``event_id`` over a
-bounded window (``max_seen_fills``) and change nothing.
+Design: docs/trading_engines.md#portfolio-engine
 """
 
 from __future__ import annotations

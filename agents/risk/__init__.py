@@ -1,7 +1,8 @@
 """Pre-trade risk: decisions with reasons, kill switches, verified control.
 
 See :mod:`agents.risk.engine` for the rules, :mod:`agents.risk.config` for
-the limits (DESIGN.md defaults) and :mod:`agents.risk.killswitch` for scopes.
+the limits and their defaults and :mod:`agents.risk.killswitch` for scopes.
+Design: docs/risk.md
 """
 
 from agents.risk.config import SETTABLE_LIMITS, RiskConfig

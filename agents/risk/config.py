@@ -1,26 +1,17 @@
 """Risk configuration: every pre-trade limit as versioned, hashable data.
 
-Defaults are the ones the replaced system ran with (DESIGN.md, "Risk defaults
-it used"); where DESIGN.md names a rule but no number (daily loss,
-consecutive losses, notional caps, order rate) the value chosen here is
-stated next to the field. Every decision the engine makes can be traced to a
-``(version, config_hash())`` pair: the hash covers every field, so two
+Defaults are the ones the replaced system ran with (max drawdown 0.12, warn 0.08, near-limit
+0.10, stop-loss 1.8 %, take-profit 3.6 %, intraday halt 5 %, breaker BTC 5 % / ETH 6 %);
+values it did not give are explained next to their field. Every decision the engine makes
+can be traced to a ``(version, config_hash())`` pair: the hash covers every field, so two
 configs that could decide differently never share a hash.
-
-Drawdown tiers (fractions of peak equity, checked on the portfolio state):
-
-====================  ======  ===============================================
-tier                  default effect on *opening* exposure
-====================  ======  ===============================================
-``drawdown_warn``     0.08    opening size scaled by ``warn_size_scale`` (0.5)
-``drawdown_near_limit`` 0.10  reduce-only: opening part rejected
-``max_drawdown``      0.12    reduce-only (the strategy goes flat at this tier)
-====================  ======  ===============================================
 
 Operators may change a whitelisted subset at runtime with a signed
 ``set_limit`` control event (:data:`SETTABLE_LIMITS`); the new config is
 re-validated as a whole, so a change that breaks an invariant (warn above
 near-limit, say) is refused and audited, never half-applied.
+
+Design: docs/risk.md#risk-configuration (defaults and drawdown tiers)
 """
 
 from __future__ import annotations
@@ -46,7 +37,7 @@ __all__ = [
     "stable_config_hash",
 ]
 
-#: DESIGN.md drawdown tiers; the strategy's own drawdown-aware caps reuse them
+#: Drawdown tiers (docs/risk.md#drawdown-tiers); the strategy's own drawdown-aware caps reuse them
 #: so the two engines cannot drift apart silently.
 MAX_DRAWDOWN = 0.12
 DRAWDOWN_NEAR_LIMIT = 0.10

@@ -6,76 +6,16 @@ records, protective exit intents, kill-switch changes and control audits.
 Time is the injected clock's; no I/O, no randomness. A denial is a decision
 with reason codes, never an exception.
 
-Decision procedure (``on_intent``)
-----------------------------------
-An intent's quantity is split against the current position into a *closing*
-part (reduces the position, at most its size) and an *opening* part (the
-rest: new or increased exposure, or the far side of a flip). Rules then act:
+Decision procedure (``on_intent``): the quantity is split into a closing and an opening part;
+hard rejects refuse everything (bad quantity or symbol, no or stale price, no portfolio
+state, far from market, order rate, a kill switch); loss and drawdown limits block the
+opening part only; the warn tier and the symbol cap shrink it; ``max_order_notional`` cuts
+the whole order. ``reasons`` lists every rule that acted, in :class:`RiskReason` order. A
+redelivered intent gets its cached decision; exposure counts the orders still in flight.
+``on_mark`` runs the volatility breaker and stop-loss / take-profit exits; ``on_control``
+applies verified commands only, each audited.
 
-- hard rejects (everything refused): ``invalid_quantity``, ``unknown_symbol``,
-  ``no_market_price``, ``stale_market_price``, ``no_portfolio_state`` (limits
-  cannot be checked, so nothing passes), ``price_far_from_market``,
-  ``order_rate_limit``, and a kill switch (``kill_switch_<scope>``) unless
-  ``kill_switch_allows_reduce_only`` (then only the opening part is blocked);
-- opening blocked (exits still pass): ``max_drawdown``,
-  ``drawdown_near_limit``, ``daily_loss_limit``, ``consecutive_loss_limit``,
-  ``intraday_drawdown_halt``, ``reduce_only_violation`` (an intent flagged
-  reduce-only that would open), ``max_symbol_notional`` once at the cap;
-- opening shrunk: ``drawdown_warn`` (x ``warn_size_scale``),
-  ``max_symbol_notional`` (to what fits under the cap);
-- whole order shrunk: ``max_order_notional`` (opening part cut first).
-
-The verdict is ``rejected`` (approved 0) after a hard reject or when nothing
-is left, ``reduced`` when less than requested is left, else ``approved``.
-``reasons`` lists every rule that changed the outcome, in the fixed order of
-:class:`RiskReason`, so equal inputs give byte-equal records. A protective
-exit the engine emitted itself carries its trigger (``stop_loss`` /
-``take_profit``) in its decision's reasons even when approved.
-
-A redelivered intent (same event id) gets the cached decision back: the
-decision is a function of the intent, not of how often it arrived, and the
-order-rate window counts it once.
-
-Exposure is the latest portfolio position (``on_portfolio``) plus the
-*in-flight* quantity: orders this engine approved whose fills have not yet
-been seen. ``on_execution`` (order updates and fills of the execution
-stream) keeps :class:`~agents.execution.interface.InFlightOrders` current;
-an order no update ever ends is dropped after ``pending_order_ttl_ns``.
-Without this, a stop-loss exit and a strategy exit decided on the same bar
-would both be approved against the same long and turn it into a short. The
-driver must feed a fill to the portfolio and to ``on_execution`` together
-(the replay does; the agents do within one message's handling), otherwise
-exposure is briefly off by that fill.
-
-Marks and protective exits (``on_mark``)
-----------------------------------------
-Each bar updates the symbol's mark (its close, newest event time wins) and:
-
-- volatility breaker: the bar's range ``(high - low) / open`` above
-  ``RiskConfig.vol_threshold_for(symbol, UTC hour of the open, timeframe)``
-  engages a *global* kill switch set by ``risk:volatility_breaker`` until
-  ``now + vol_halt_ns`` (re-trips extend it);
-- stop-loss / take-profit: with a position open, its return at the bar close
-  ``sign(q) * (close / avg_price - 1)`` at or below ``-stop_loss`` or at or
-  above ``take_profit`` produces one reduce-only market exit intent for the
-  whole position (strategy ``protective_strategy_id``, identity the bar's
-  event id). It is evaluated at the close because an exit decided on a bar
-  executes at the next bar's open anyway; intrabar touches are not claimed.
-  One exit is emitted per (symbol, round trip, size); the exit goes out on the
-  intents topic and comes back through ``on_intent`` like any other, so the
-  kill-switch policy applies to it too.
-
-Control (``on_control``)
-------------------------
-Only verified commands act (see :mod:`agents.control.signing`): kill switch
-on/off for any scope, and ``set_limit`` for :data:`~agents.risk.config.SETTABLE_LIMITS`
-on scope ``global``. Every command, accepted or not, yields one
-:class:`~agents.control.signing.ControlAudit`.
-
-Loss-streak cool-down: when ``consecutive_losses`` first reaches the limit
-(or grows past the count already served), opening is paused for
-``consecutive_loss_cooldown_ns``; afterwards trading resumes until the
-streak grows again. Without it a streak could never end: no new trade, no win.
+Design: docs/risk.md#risk-engine
 """
 
 from __future__ import annotations

@@ -1,24 +1,16 @@
 """Kill switches: who may not open positions, why, and until when.
 
-A switch has a scope and a target:
-
-- ``global`` (target ``*``): every strategy, every track, every symbol;
-- ``track`` (target a track name, e.g. ``paper``, ``live-bitget``);
-- ``strategy`` (target a strategy id);
-- ``symbol`` (target a unified symbol): not in the original brief, added
-  because a per-market halt (delisting, venue incident) is the common case
-  operators otherwise emulate with a global switch.
-
-Switches are keyed by ``(scope, target, set_by)``: the operator's switch and
-the volatility breaker's switch on the same scope coexist, and releasing one
-setter's automatic switch never silently lifts a human's. Engaging the same
-key again merges: the later reason wins, and the expiry is the later of the
-two (``None``, "until released", beats any time), so an automatic re-trip can
-extend but never shorten a halt. An operator ``release`` of a scope and target
-removes every setter's switch there: the operator is the override.
+A switch has a scope (``global`` with target ``*``, ``track``, ``strategy``, ``symbol``) and a
+target. Switches are keyed by ``(scope, target, set_by)``: the operator's switch and the
+volatility breaker's on the same scope coexist, and releasing an automatic switch never lifts
+a human's. Engaging the same key again merges: the later reason wins, the later expiry wins
+(``None``, "until released", beats any time). An operator ``release`` of a scope and target
+removes every setter's switch there.
 
 Expiry is event time (``expires_at_ns``, exclusive); nothing here reads a
 clock: callers pass ``now_ns`` from the engine's injected clock.
+
+Design: docs/risk.md#kill-switches
 """
 
 from __future__ import annotations

@@ -6,40 +6,15 @@ last portfolio snapshot, the last price per symbol and the ids of signals
 already handled; no I/O, no randomness. Every signal yields a
 :class:`SizingDecision` saying what was done and why, with the intent (if any).
 
-From signal to target (parameters in :class:`~agents.strategy.config.StrategyConfig`)
-----------------------------------------------------------------------------------------
-1. Skipped outright: duplicates (event id seen), ``shadow`` signals (a shadow
-   model is observed, never traded), stale signals (older than
-   ``max_signal_age_ns``), no price yet, no portfolio state yet.
-2. Direction with hysteresis on the score ``s``: from flat, open only when
-   ``|s| >= entry_threshold``; while holding direction ``d``, keep it while
-   ``s * d >= exit_threshold``, flip when ``s * d <= -entry_threshold``,
-   otherwise go flat. The gap between the thresholds stops a score hovering
-   near one line from churning the position.
-3. Size: ``size(s)`` (tanh curve) x ``max_position_fraction`` x equity x
-   ``bucket_scale[bucket(asset)]`` x ``hour_scale[UTC hour of the signal]``,
-   capped at the symbol's ``cap_notional``.
-4. Drawdown-aware caps on the portfolio's peak drawdown: at ``drawdown_warn``
-   (0.08) the target shrinks by ``drawdown_warn_scale``; at
-   ``drawdown_reduce_only`` (0.10) it may only move toward flat; at
-   ``drawdown_flat`` (0.12) it is flat. The risk engine enforces the same tiers
-   independently (defence in depth; the tiers come from one constant).
-5. Cost penalty: a change that adds exposure (grows the position or flips
-   it) needs a directional edge ``expected_return * sign(target)`` of at
-   least ``round_trip_cost`` = ``cost_multiple x 2 x (fee_bps + slippage_bps)``
-   (entry and exit). Otherwise the position is left as is, or, for a flip,
-   only closed. Reducing risk is never cost-penalised.
-6. Order: ``delta = target - current``. Skipped when zero, when it is a
-   same-direction resize smaller than ``rebalance_band x cap`` (churn guard),
-   or below ``min_order_notional``. Otherwise one market intent: identity
-   (strategy_id, symbol, signal event id), causation the signal,
-   ``reduce_only`` when it only shrinks the position toward flat.
+Procedure (parameters in :class:`~agents.strategy.config.StrategyConfig`): skip duplicates,
+shadow and stale signals; direction with hysteresis (``entry_threshold`` / ``exit_threshold``);
+size ``tanh`` x ``max_position_fraction`` x equity x bucket and hour scales, capped per symbol;
+drawdown tiers 0.08 / 0.10 / 0.12 shrink, reduce-only, flat; added exposure needs an edge of
+at least the round-trip cost; the delta becomes one market intent unless inside the rebalance
+band or below ``min_order_notional``. The current position includes the orders still in
+flight, so a signal arriving before the previous fill never orders the same change twice.
 
-The current position is the latest portfolio snapshot's plus the orders
-still in flight (:class:`~agents.execution.interface.InFlightOrders`, fed by
-``on_execution``), so a signal arriving before the previous order filled
-does not order the same change twice; a rejected or reduced order corrects
-itself through its terminal or acknowledged update.
+Design: docs/trading_engines.md#strategy-engine
 """
 
 from __future__ import annotations

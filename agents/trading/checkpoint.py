@@ -1,40 +1,17 @@
 """Trading-core checkpoints: the engines' exact state plus the input offsets it covers.
 
-Why a checkpoint and not a replay of the input topics: a replay is exact only
-when every input since the account started is still retained (90 days for
-``signals``, and tansu retains nothing across a broker restart), and it gets
-slower every day. A checkpoint is exact by construction: it *is* the state
-(strategy, risk incl. kill switches and the nonce cache, paper execution incl.
-working orders, its seen set and its RNG, portfolio, the event-time clock),
-taken between two input messages, together with the next offset of every
-input partition. Feeding the inputs from those offsets into the restored core
-is the uninterrupted run's continuation, so the outputs are byte-identical and
-their deterministic event ids let every sink drop the ones already written.
+A checkpoint *is* the state (every engine, the clock), taken between two input messages with
+the next offset of every input partition, so re-feeding the inputs from those offsets gives
+byte-identical outputs. Format: a pickle of the :class:`~agents.trading.core.TradingCore`
+graph without the keyring (re-attached from the environment on load), authenticated by
+HMAC-SHA256 under a key derived from the account's control keys before it is unpickled.
 
-Format: a pickle of the :class:`~agents.trading.core.TradingCore` object graph.
-The control keyring is *not* in it (``Keyring`` refuses pickling, and a secret
-must not land in a database row): it is written as a reference (a global
-naming :func:`_keyring_ref`, resolved only by this module's unpickler; rows
-written before that carry a persistent id, still accepted) and re-attached
-from the environment on load. The pickler is tuned for speed, not shape:
-no per-object Python hook (a ``persistent_id`` is called for every object,
-ints and strings included), and slotted dataclasses, the bulk of the state
-(cached risk decisions), are reduced with their field names looked up once
-per class instead of per object, to the very bytes the standard reduction
-gives. Pickle executes code on load, so a
-checkpoint is authenticated before it is unpickled: HMAC-SHA256 over the
-format, account, configuration hash, offsets, counter and state, under a key
-derived from one of the account's control keys (``key_id``, the first in
-sorted order). A row written by anyone without that key is refused, loudly.
+Refusals (:class:`CheckpointError`, the worker exits with code 2): another account's row, an
+unreadable ``format``, another configuration hash, an unknown key id, a bad MAC, a state
+that does not unpickle. The row is read and written by :mod:`storage.trading`; when the agent
+takes and restores one: :mod:`agents.trading.checkpointer`.
 
-Refusals (:class:`CheckpointError`, the worker exits with code 2): another
-account's row, a ``format`` this code neither writes nor upgrades, a start-up
-configuration hash that differs from the one the state was built with (the
-state belongs to that configuration; delete the row to start the account
-flat), an unknown key id
-(the signing key was removed from the keyring), a bad MAC, a state that does
-not unpickle. The row is read and written by :mod:`storage.trading`; when
-the agent takes a checkpoint and restores one: :mod:`agents.trading.checkpointer`.
+Design: docs/trading_engines.md#trading-checkpoints
 """
 
 from __future__ import annotations

@@ -1,113 +1,24 @@
 """Trading core: strategy -> risk -> execution -> portfolio for one account,
 composed in one fixed order. Pure and synchronous.
 
-The four engines are tested alone; this module is the *one* place that says
-in which order they see each event, so the live agent
-(:mod:`agents.trading.agent`), a backtest and an audit replay drive the same
-composition and produce byte-identical records from the same input sequence
-(the order is the one pinned by ``tests/unit/test_trading_determinism.py``).
+The one place that says in which order the engines see each event: the live agent
+(:mod:`agents.trading.agent`), a backtest and an audit replay drive this same composition, so
+the same input sequence gives byte-identical records (pinned by
+``tests/unit/test_trading_determinism.py``). Each ``on_*`` call returns a :class:`Step`
+with its output records in publish order:
 
-Per input (each call returns a :class:`Step` with the output records, in
-the order they must be published):
+- ``on_bar``: clock to the close; paper fills at this bar's open; portfolio mark; risk mark
+  (volatility breaker, stop-loss / take-profit exits). A bar not after the last one is skipped.
+- ``on_signal``: sized, decided and submitted in the same call. A signal that overtook its own
+  bar is held until that bar arrives (bounded by ``signal_bar_wait_ns`` / ``max_held_signals``).
+- ``on_registry`` / ``on_control``: rollout stage (share of capital) / verified control.
+- ``execution="external"``: approved orders leave in ``Step.to_submit``; the venue's answers
+  come back through ``on_execution`` as inputs.
 
-``on_bar`` (closed bars only; per symbol, a bar whose ``open_time`` is not
-after the last traded one is skipped: a redelivered or revised bar never
-fills an order twice, and a bar of a timeframe the account does not trade is
-ignored):
+One event-time clock (:class:`StreamClock`): never backwards, never past ``arrival_ns``, not
+moved by forged control; it stamps every output's ``ts_init``.
 
-1. the clock advances to the bar's close;
-2. paper execution fills working orders at this bar's open: order updates
-   and fills, each fed back to risk and strategy (in-flight tracking) and,
-   for fills, to the portfolio;
-3. the portfolio marks the symbol at the close: one ``PortfolioSnapshot``,
-   fed to strategy and risk;
-4. the strategy takes the close as its price; risk marks it, which may trip
-   the volatility breaker (an alert per engaged switch) and emit protective
-   stop-loss / take-profit exits, each decided and submitted like an intent
-   (its ``reason`` field names the trigger).
-
-``on_signal``: the clock advances to the signal's time; the strategy sizes
-it (a duplicate event id is skipped there); an intent is decided by risk and
-submitted to paper execution with the symbol's last close as arrival price.
-Intents never leave and come back through the broker: an intent, its
-decision and its order updates are produced in one call, so a redelivered
-signal can never race its own decision.
-
-Event-time alignment of signals and bars
-----------------------------------------
-A signal is derived from a bar (its ``ts_event`` is that bar's close), but
-it reaches the core on another topic, three hops later, with no ordering
-guarantee against the bar itself: the trading consumer can see the signal of
-bar ``i`` before bar ``i``. Sized then, it would use bar ``i - 1``'s price
-and be filled at bar ``i``'s open, one bar earlier than a replay (which
-always feeds the bar first) fills it. So a signal stamped at a close
-of its symbol's traded bar series that has not arrived yet (the last bar's
-close plus whole bar periods; a signal off that grid, from a sub-bar or
-external source, has no bar to wait for) is *held* and applied right after
-the first bar of that symbol closing at or after its time: the output is the same whichever
-of the two arrived first, which is what makes paper = backtest hold by
-construction rather than by timing. A held signal whose bar does not come is
-not kept forever: once a bar or signal arrives more than
-``TradingConfig.signal_bar_wait_ns`` of arrival time after it (live only: a
-replay passes no arrival time; control and registry events do not count, so
-forged traffic cannot move anything), or when more than
-``TradingConfig.max_held_signals`` are held (oldest first), it is applied
-with what the core has (it may then be sized as stale). ``max_held_signals
-= 0`` turns the alignment off. Held signals are
-part of the core's state (checkpointed); the holding depends only on the
-input order and the arrival bounds, both journaled, so an audit replay
-reproduces it.
-
-``on_registry``: the model version's rollout stage is recorded; a signal is
-sized with its version's share of capital (canary 10 % / 30 %, active 100 %;
-a version off the ladder trades nothing; a version the registry never
-announced, 1.0).
-
-``on_control``: risk verifies and applies it (kill switch, limits); one
-``ControlAudit`` record; a command that failed verification also raises an
-``Alert``.
-
-Execution modes
----------------
-``TradingConfig.execution`` picks who executes approved orders:
-
-- ``paper`` (default): the in-process paper engine, as described above; a
-  ``Step`` never has anything to submit.
-- ``external``: a venue adapter outside the core (ccxt, live or dry run:
-  :mod:`agents.execution.ccxt_live`). The core stays pure and synchronous,
-  so it cannot await a venue; instead a decision is split in two halves.
-  ``_decide`` records intent and decision exactly as in paper mode (risk and
-  strategy count the order in flight from its decision on) and returns each
-  approved / reduced order in ``Step.to_submit``; the caller sends it and
-  feeds every answer back through ``on_execution``, which applies it to risk,
-  strategy and (fills) the portfolio like a paper record and returns it as
-  the step's output. A decision that must not reach a venue (``rejected``,
-  a decision for another intent, a non-positive quantity) gets the very
-  refusal record paper execution emits (``rejected`` / ``risk_blocked`` ...),
-  produced in-process: nothing is ever handed out for it. Bars make no paper
-  fills (the paper engine holds no working order in this mode); marks,
-  breaker and protective exits are unchanged. Every client order id is
-  handed out at most once (the paper engine's bounded seen-set, part of the
-  checkpointed state), so a redelivered intent is never submitted twice.
-  The venue's answers are *inputs* of the decision process (they change
-  positions and in-flight quantities, hence later sizing and risk); the
-  agent journals them and the audit replays them through ``on_execution``.
-
-Time
-----
-One event-time clock shared by the engines (:class:`StreamClock`). It moves
-to each input's ``ts_event``, never backwards, and never beyond
-``arrival_ns`` when the caller passes one: the live agent passes its wall
-clock, so a record stamped in the future cannot push time (and expiries,
-staleness) ahead of reality; a replay passes nothing. A control command
-moves the clock only when its signature is authentic: an unauthenticated
-message is verified at the command's time (for its audit stamp) and then
-the clock is put back, so forged traffic changes nothing, time included.
-Because ``ts_init`` of every output is this clock, live and replayed
-outputs are byte-identical, not just equal in content. ``on_execution``
-does not move the clock (venue time is not stream time) and re-stamps the
-venue record's ``ts_init`` with it (its event id does not depend on
-``ts_init``), whatever clock the adapter used.
+Design: docs/trading_engines.md#trading-core
 """
 
 from __future__ import annotations

@@ -1,30 +1,18 @@
 """Reference-strategy benchmark (``python -m ops.bench.backtest``): bars/s vs backtesting.py and vectorbt.
 
-Issue #6's goal: the reference strategy (:mod:`backtest.reference`) at least
-2x faster than backtesting.py while identical in results. One run, the same
-data (the bundled Binance BTC/USDT 1h file, 42,287 bars, read once with the
-project's importer into ``Bar`` records), for each parameter set:
+Goal: the reference strategy (:mod:`backtest.reference`) at least 2x faster than
+backtesting.py while identical in results. On the bundled Binance BTC/USDT 1h file (42,287
+bars, read once into ``Bar`` records), for each parameter set: ``reference`` (on a prepared
+:class:`~backtest.reference.PriceSeries`), ``reference_from_bars`` (building it from the
+records each time), ``backtesting.py`` and ``vectorbt``.
 
-- ``reference``: :func:`~backtest.reference.run_sma_cross` on a prepared
-  :class:`~backtest.reference.PriceSeries`;
-- ``reference_from_bars``: the same plus building the ``PriceSeries`` from the
-  ``Bar`` records each time (the cost a caller holding records pays);
-- ``backtesting.py``: ``Backtest(df, SmaCross, ...)`` + ``run()``, with its
-  progress bar switched off (it only costs the peer time);
-- ``vectorbt``: ``MA.run`` x2, crossings, ``Portfolio.from_signals`` (fills at
-  the next open), ``final_value()``.
+Timed: the strategy run from an in-memory input. Not timed: imports, CSV parsing
+(``load_s`` is reported separately), building the DataFrame, one warm-up run per engine.
+``bars/s`` = bars / median seconds of ``--repeats`` runs (default 5). Results are compared
+after timing (final equity to the cent, trade count, fees, every fill); a mismatch exits 1.
+JSON goes to ``artifacts/bench_backtest.json``.
 
-What is timed: the strategy run from an in-memory input (PriceSeries or the
-peer's pandas DataFrame). Not timed: imports, CSV parsing (``load_s`` is
-reported separately), building the DataFrame, and one warm-up run per engine
-(vectorbt compiles its numba kernels on first use). ``bars/s`` = bars in the
-file / median seconds of ``--repeats`` runs (default 5). Results are compared
-after timing (final equity to the cent, trade count, fees, every fill) and the
-verdict is printed and stored; a mismatch exits 1. JSON goes to
-``artifacts/bench_backtest.json``.
-
-The full-pipeline replay (:mod:`backtest.replay`, another module) is not
-benchmarked here.
+Method: docs/benchmarks.md#reference-strategy-benchmark
 """
 
 from __future__ import annotations

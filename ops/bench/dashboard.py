@@ -4,26 +4,15 @@ Question: how fast does the page learn about a new event, and how many
 open dashboards can one worker serve before the pipeline it shares the
 worker with gets slower?
 
-Setup (the embedded default, nothing faked): a tansu broker, a throwaway
-PostgreSQL (trading checkpoints, the dashboard's database probe), one worker
-hosting the ``trading`` agent *and* the ``dashboard`` agent (the small
-deployment: the page is served by a pipeline worker), real BTC/USDT hourly
-candles from the bundled file re-stamped into the recent past. For each
-client count N (0, 1, 10, 50, 100, 200) the bench opens N server-sent-event
-streams on ``/dashboard/events`` (one probe that parses every snapshot, N-1
-load clients that read and discard), then publishes bars one at a time to
-``market.bars`` and measures, per bar, from the publish call to:
+Setup (the embedded default, nothing faked): one worker hosting the ``trading`` and
+``dashboard`` agents; for N = 0, 1, 10, 50, 100, 200 server-sent-event clients (one probe
+parsing every snapshot), real BTC/USDT hourly bars are published one at a time and timed
+from the publish to ``pipeline`` (the trading agent's ``portfolio.state`` for that bar at a
+plain consumer) and ``dashboard`` (the probe's first snapshot as of that bar). Reported per
+N: p50/p99 of both, frames published, clients dropped as slow. The bench's clients, the
+broker and the worker share the machine's CPU.
 
-- ``pipeline``: the trading agent's ``portfolio.state`` record for that bar
-  reaching a plain aiokafka consumer (bar -> trading agent -> broker): the
-  pipeline latency the dashboard must not raise;
-- ``dashboard``: the probe's first SSE snapshot whose portfolio is as of
-  that bar (bar -> trading agent -> broker -> dashboard agent -> SSE).
-
-Reported per N: p50/p99 of both, frames the worker published, clients
-dropped as slow. Caveat: on the 2-core VM the bench's own clients, the broker
-and the worker share the CPU, so high N measures the whole machine, not the
-worker alone; the figures say where it bends on this machine.
+Method: docs/benchmarks.md#dashboard-benchmark
 """
 
 from __future__ import annotations

@@ -2,25 +2,15 @@
 
 ``python -m ops.bench.models [--out artifacts/bench_models.json]``
 
-Measured in one run, on this machine:
+Measured in one run, on this machine: inference through
+:func:`models.inference.predict_windows` (what the streaming worker calls) for batch sizes
+1 to 512, samples/s and p50/p99 batch latency, with the linear baseline as the comparison
+and ``mlp_unpadded`` showing what the batch-invariance padding costs; and training
+throughput of :func:`models.training.train` per epoch (``(t3 - t1) / 2`` from a 1-epoch and
+a 3-epoch run, median of 3), on CPU and on CUDA when present. Inputs are seeded random
+windows of the production shape (24 features, window 32); each device is named in the JSON.
 
-- inference through :func:`models.inference.predict_windows` (exactly what the
-  ``Predictor`` and the streaming worker call: float64 windows in, fixed
-  64-row padded chunks, float64 softmax out) for batch sizes 1, 8, 32, 128,
-  512: samples/s at the median batch latency, and p50/p99 batch latency over
-  every timed call of every repeat. The linear baseline is measured the same
-  way as the comparison baseline; ``mlp_unpadded`` (chunk = batch) shows what
-  the batch-invariance padding costs;
-- training throughput of :func:`models.training.train` per epoch: one run of
-  1 epoch and one of 3 epochs on the same data, ``(t3 - t1) / 2`` is one
-  epoch (the training pass plus its validation pass) without the fixed costs
-  (model build, final metrics), after a warm-up run, median of 3; samples/s =
-  training rows / epoch seconds. On
-  CPU, and on CUDA when present.
-
-Inputs are seeded random windows of the production shape (24 features, as
-the fs1 feature set, window 32): throughput does not depend on the values.
-Each device is named in the JSON output.
+Method: docs/benchmarks.md#model-benchmark
 """
 
 from __future__ import annotations

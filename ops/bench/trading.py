@@ -1,45 +1,20 @@
 """Trading-core benchmarks (``python -m ops.bench.trading [--quick] [--out artifacts/bench_trading.json]``).
 
-(a) risk decisions per second: the pure risk engine alone (every rule
-    evaluated, kill-switch board checked) deciding distinct small intents
-    alternating buy/sell on BTC and ETH, the order rate limit lifted, with
-    0 / 500 / 5,000 orders already in flight (no fills come back, so every
-    approved order stays in flight). Median of 5 runs; baseline in the same
-    run: the strict decode of the same intents. Before the in-flight book
-    became O(1) (issue #5) this fell linearly: ~18.7k/s at 500, ~2.4k/s at
-    5,000 in flight.
-(d) checkpoint cost: sealing the whole trading core (pickle + HMAC) after the
-    determinism scenario (real BTC candles, stub signals), median of 5: what
-    the trading agent adds per micro-batch for exact restart recovery.
+(a) risk decisions per second: the pure risk engine alone with 0 / 500 / 5,000 orders in
+    flight (baseline: strict decoding of the same intents);
+(d) checkpoint cost: sealing the whole trading core (pickle + HMAC) after the determinism
+    scenario;
+(b) signal -> order latency on the embedded broker (one ``tradeflow worker --agents trading``
+    subprocess, checkpoints on) at 100/s and 1,000/s: signal -> first order update
+    (``decision``) and signal -> fill with a fill bar after each signal (``fill``); baseline:
+    the broker alone on one topic at the same rate;
+(c) kill command -> orders blocked: publish of a signed global ``kill_switch_on`` -> the first
+    decision rejected with ``kill_switch_global``, checking per trial that no order got out
+    while it was on. Target: p99 under 1 s.
 
-(b) signal -> order latency on the embedded broker (tansu + PostgreSQL +
-    one ``tradeflow worker --agents trading`` subprocess, checkpoints on):
-    signals published at a steady 100/s and 1,000/s with ``ts_init`` = the
-    publish time, score alternating +-0.3 so every signal flips the position
-    and becomes an order (the order rate limit and the loss halts are lifted by signed
-    ``set_limit`` first, as an operator would). Two measurements:
-    ``decision``: signal published -> its order's FIRST update (``new`` or
-    ``rejected``) consumed from ``orders.updates``: the decision has left the
-    agent. ``fill``: each signal is followed at once by the next 1m bar
-    (paper execution fills at the next bar's open; in live trading the wait
-    for that bar is market time, not system latency), latency = signal
-    published -> its fill consumed from ``fills``; the rate is signals/s (the
-    agent gets twice as many messages). Matching: an order update / fill
-    carries the intent's correlation id, which is the signal's event id.
-    The first tenth of each run is dropped (warm-up). Baseline in the same
-    run: the broker alone, signals published -> consumed on one topic at
-    the same rate.
-(c) kill command -> orders blocked: signals stream at 100/s, each followed
-    by its fill bar once decided (200 messages/s); a signed global
-    ``kill_switch_on`` is published; latency = publish -> the first risk
-    decision consumed that is rejected with ``kill_switch_global``. Checked
-    per trial (decisions are keyed by symbol, so one partition holds them in
-    the agent's order): no decision after that one and received before the
-    ``kill_switch_off`` was published let an order out, approved or reduced
-    (``approved_while_on``);
-    ``approved_in_window`` counts orders decided between the publish and the
-    block (the in-flight window the latency measures). Then off, wait for
-    approvals again, repeat. Target: p99 under 1 s.
+Medians over repeats; the first tenth of each latency run is dropped.
+
+Method: docs/benchmarks.md#trading-benchmark; figures: docs/performance.md
 """
 
 from __future__ import annotations

@@ -6,33 +6,19 @@
                              [--json] [--every 15m --metrics-port N]
     tradeflow gates status [--track T] [--json]
 
-``evaluate`` loads the track's backtest runs (``backtest_runs``/``_metrics``/
-``_fills``) and paper fills (``ev_fills``) from PostgreSQL, runs the pure
-engine (:mod:`agents.gates.engine`: hard metrics, parity per 7/30-day window
-and symbol, readiness), records the config under its hash and the parity cost
-attribution, publishes every :class:`~topics.records.GateResult` on
-``gates.results`` (acks=all; the sink stores them in ``ev_gate_results``),
-sets ``tradeflow_gate_status{gate,track,metric}`` and prints each result with
-its blockers. The evaluation time is the wall clock at this edge, or
-``--as-of`` (a re-run for the same time and config gives the same event ids,
-which every consumer deduplicates). ``--every`` repeats it (a service);
-``--metrics-port`` then serves the gauge.
-
-``status`` prints the current result per gate/track/metric (view
-``gate_current``) with blockers and attribution.
-
-Thresholds change only through ``--set`` (e.g. ``--set sharpe_daily=2.0``);
-the changed config gets a new ``config_hash``, which every result carries and
-``gate_configs`` resolves. ``--source`` picks which run source feeds the gates;
-anything but ``prod`` can evaluate but never makes a track ready.
-
-Without ``--track``, ``evaluate`` takes the tracks in ``TRADEFLOW_GATES_TRACKS``
-(comma separated), else every track that has a backtest run.
+``evaluate`` loads the track's backtest runs and paper fills from PostgreSQL, runs
+:mod:`agents.gates.engine`, stores the config under its hash and the parity attribution,
+publishes every result on ``gates.results`` and prints it with its blockers; the evaluation
+time is the wall clock or ``--as-of`` (same time and config: same event ids). ``--every``
+repeats it as a service. Without ``--track``: ``TRADEFLOW_GATES_TRACKS``, else every track
+with a run. ``status`` prints the current result per gate/track/metric (``gate_current``).
 
 Exit codes: 0 every gate passed and every track is ready; 1 a gate failed or
 a readiness is not ``passed`` (insufficient evidence is not ready; no track
 at all is not ready either); 2 usage;
 3 database or broker unreachable, or the database not migrated.
+
+Design: docs/gates.md#tradeflow-gates
 """
 
 from __future__ import annotations

@@ -5,24 +5,18 @@
     tradeflow tune grid   --fast 5,10,20 --slow 30:200:10 [common options]
     tradeflow tune optuna --fast-range 2:100 --slow-range 10:400 --trials 60 --seed 7 [--optuna-storage postgres]
 
-Common options: ``--file`` (a candle CSV, default the bundled Binance BTC/USDT
-1h file, read with the project's importer), ``--fee-rate``, ``--initial-cash``,
-``--lot-size`` (``1`` whole units, ``fractional``), the activity constraints
-``--min-trades`` / ``--min-turnover``, ``--workers`` (parallel processes),
-``--study-id`` (default: derived from the config, so a re-run is the same
-study), ``--dsn`` and ``--no-persist``.
-
-Candidates are backtests of :mod:`backtest.reference` run by
-:mod:`backtest.tuning` (objective, constraints and ranking documented there);
-the study and every trial go to ``tuning_studies`` / ``tuning_trials``
-(``tuning_leaderboard`` ranks them). One JSON document is printed: the study
-id, the data fingerprint, counts of feasible/infeasible candidates with
-reasons, the winner and the leaderboard.
+Common options: ``--file`` (default the bundled Binance BTC/USDT 1h file), ``--fee-rate``,
+``--initial-cash``, ``--lot-size`` (``1`` whole units, ``fractional``), ``--min-trades`` /
+``--min-turnover``, ``--workers``, ``--study-id`` (default: derived from the config),
+``--dsn`` and ``--no-persist``. Candidates are run by :mod:`backtest.tuning`; one JSON
+document is printed (study id, data fingerprint, feasibility counts, winner, leaderboard).
 
 Exit codes: 0 a feasible winner was found (and persisted); 1 the search ran
 but no candidate is feasible, or the study id is taken by another config;
 2 usage (bad arguments, unreadable or non-candle file); 3 PostgreSQL
 unreachable or not migrated.
+
+Design: docs/reference_strategy.md#tradeflow-tune
 """
 
 from __future__ import annotations

@@ -1,40 +1,20 @@
 """Dashboard agent: the dashboard topics in, a read-only web page out.
 
-``tradeflow worker --agents dashboard [--web-host 127.0.0.1] [--web-port N]``
-serves, on the worker's own web server (faust's aiohttp, the one that
-serves ``/metrics`` and ``/health``):
-
-- ``GET /dashboard``: the page (HTML with its CSS and JS inlined: no CDN, no
-  second request that would need the token again);
-- ``GET /dashboard/state``: the current snapshot as JSON;
-- ``GET /dashboard/events``: server-sent events, one full snapshot per
-  update (coalesced to at most one every ``TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS``,
-  default 50 ms, and at least one per second for the health figures).
+``tradeflow worker --agents dashboard [--web-host 127.0.0.1] [--web-port N]`` serves, on the
+worker's own web server (the one with ``/metrics`` and ``/health``), ``GET /dashboard`` (the
+page, CSS and JS inlined), ``GET /dashboard/state`` (the snapshot as JSON) and
+``GET /dashboard/events`` (server-sent events, one full snapshot per update, at most one
+every ``TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS``).
 
 Thin: decode (or dead-letter), fold into :class:`~ops.dashboard.state.DashboardState`,
-mark dirty. A separate task serializes the snapshot once and hands the
-bytes to :class:`~ops.dashboard.hub.SseHub`, which never blocks (bounded
-per-client queues; a slow client is dropped and counted). Read-only: the page
-has no control; operators use the signed ``tradeflow control`` commands.
+mark dirty. A separate task serializes the snapshot once and hands the bytes to
+:class:`~ops.dashboard.hub.SseHub`, which never blocks (a slow client is dropped and
+counted). Read-only: operators use the signed ``tradeflow control`` commands. With
+``TRADEFLOW_DASHBOARD_TOKEN`` (or ``TRADEFLOW_DASHBOARD_TOKEN_FILE``) every route needs the
+token (constant-time compare, 401 otherwise); it is never logged. The view is in memory: a
+restarted worker shows only what arrives after its committed offsets.
 
-Access: bound to the worker's ``--web-host`` (default 127.0.0.1). With
-``TRADEFLOW_DASHBOARD_TOKEN`` (or ``TRADEFLOW_DASHBOARD_TOKEN_FILE``) set,
-every dashboard route needs ``Authorization: Bearer <token>`` or
-``?token=<token>`` (constant-time compare) and answers 401 otherwise. The
-token is never logged (faust's web server keeps no access log; the
-``Referrer-Policy: no-referrer`` header keeps it out of referrers).
-
-Health: records/s per topic (messages this agent consumed), consumer lag
-per topic (this agent's consumer: high-water mark from the fetches minus the
-next offset it will process, summed over the partitions it has read; also
-exported as ``tradeflow_consumer_lag{consumer="dashboard"}``), dead letters by
-reason, the broker (the worker's watchdog probe, ``tradeflow_broker_up``)
-and the database (``SELECT 1`` on ``--dsn`` every 5 s, 1 s timeout; "down"
-with the error class, never the DSN).
-
-Known gap: the view model is in memory. A restarted dashboard worker resumes
-from its group's committed offsets and shows only what arrives afterwards
-(latest-state topics included) until the records are republished.
+Design: docs/dashboard.md#dashboard-agent
 """
 
 from __future__ import annotations

@@ -1,34 +1,16 @@
 """The dashboard's view model: records in, one JSON-ready snapshot out. Pure.
 
-Why a pure engine here too: the page must show what the topics say, not what
-a particular worker happened to see in a particular order, and the folding
-rules (latest per key, dedupe, kill-switch bookkeeping, equity thinning) are
-the part worth unit-testing without a broker. Nothing here reads a clock or
-does I/O: every method that needs "now" takes it as an argument (wall time
-for the health figures, which are about the process, not the market).
+The page must show what the topics say, not what one worker happened to see in one order,
+and the folding rules are worth unit-testing without a broker. Nothing here reads a clock or
+does I/O: every method that needs "now" takes it as an argument.
 
-Folding rules
--------------
-- latest per key wins by event time, never by arrival: a redelivered or
-  late older record never replaces a newer one (``signals`` per symbol,
-  ``portfolio.state`` per account, ``gates.results`` per gate/track/metric,
-  ``models.registry`` per model/version);
-- counters (dead letters, risk verdicts) dedupe on ``event_id`` within a
-  bounded window, so at-least-once redelivery does not inflate them;
-- kill switches: ``control.audit`` rows that were *accepted* carry
-  ``changes`` lines ``engaged <KillSwitch.describe()>`` /
-  ``released <KillSwitch.describe()>``, and the volatility breaker's
-  ``ops.alerts`` ``kill_switch_engaged`` message carries the same text. The
-  records have no structured expiry field, so that text is parsed
-  (:func:`parse_switch`; the unit test builds it with the real
-  ``describe()`` so a format change fails loudly). A switch is shown while
-  the event time the dashboard has seen is before its expiry;
-- the equity curve keeps at most ``equity_points`` points per account: when
-  full, every other point is dropped and the sampling stride doubles, so the
-  whole history stays visible at a bounded cost; the newest point is always
-  kept;
-- missing is ``None`` (JSON null), never 0: a gate with no value, a rate
-  with one sample, an unknown database status.
+Folding rules: latest per key wins by event time, never by arrival; counters dedupe on
+``event_id`` in a bounded window; kill switches are tracked from the ``describe()`` text of
+accepted ``control.audit`` changes and breaker alerts (:func:`parse_switch`) and shown until
+their expiry in event time; the equity curve keeps at most ``equity_points`` points per
+account (thinned by doubling the stride, newest always kept); missing is ``None``, never 0.
+
+Design: docs/dashboard.md#dashboard-state
 """
 
 from __future__ import annotations

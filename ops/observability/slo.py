@@ -12,7 +12,7 @@ the highest finite bound), so ``tradeflow slo`` and the alert rules read the sam
 Missing is a state: a histogram without observations has quantile ``None`` and an SLO without data
 is ``no_data``, never a 0 that would read as "fast" or "never failed".
 
-The objectives (the issue's alert thresholds, see ``deploy/prometheus/alerts.yml``):
+The objectives (the alert thresholds of ``deploy/prometheus/alerts.yml``):
 
 - availability (Prometheus ``up`` / a successful scrape) >= 99.9 %;
 - execution reject rate (terminal order updates ``rejected``, risk blocks excluded) <= 1 %;

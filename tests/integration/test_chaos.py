@@ -90,7 +90,7 @@ async def fetchval(dsn: str, sql: str) -> Any:
 async def committed_total(bootstrap: str, group: str, topic: str) -> int:
     """Sum of the group's committed offsets on the catalogue ``topic`` (namespaced physical name).
 
-    ``committed()`` works on tansu; listing a group's offsets breaks the connection (DESIGN.md).
+    ``committed()`` works on tansu; listing a group's offsets breaks the connection.
     """
     physical, partitions = topic, spec(topic.split(".", 1)[1]).partitions
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)

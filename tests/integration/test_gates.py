@@ -1,7 +1,7 @@
 """``tradeflow gates`` on the real broker and PostgreSQL.
 
-Backtest runs, metrics and fills are rows in the migration-007 tables (the
-contract of /tmp/briefs/schema.md); paper fills are real ``Fill`` records
+Backtest runs, metrics and fills are rows in the migration-007 tables
+(``storage/migrations/007_backtests.sql``); paper fills are real ``Fill`` records
 published to the broker and stored by the real sink. The CLI (a subprocess,
 as an operator or cron runs it) evaluates, publishes ``GateResult`` records
 that the sink stores, and its exit code is what a script would trust.

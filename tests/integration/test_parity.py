@@ -1,31 +1,18 @@
-"""Parity by construction (issue #6): a paper session on the embedded broker over
+"""Parity by construction: a paper session on the embedded broker over
 recorded bars and a backtest of the same bars produce the same fills, and the
 parity gate passes with deviation 0.
 
-Scenario (all real parts): 1,250 consecutive Binance BTC/USDT 1h candles from
-the bundled file (``agents.market.csv_import``, 2021-09/11, no gap), with their
-recorded timestamps: the trading agent's clock is bounded by arrival, which
-2021 bars never reach, and the gates take the session's end as evaluation time
-(``--as-of``). Nothing depends on the wall clock, so the scenario (model,
-signals, the number of fills) is the same on every run.
+Scenario (all real parts, nothing depends on the wall clock): 1,250 consecutive Binance
+BTC/USDT 1h candles from the bundled file. The first 1,000 train a small MLP in-process
+(the trainer's own service), announced ``active`` on ``models.registry``; the last 250 are
+published one at a time to a paper session (``features``, ``inference``, ``trading`` workers
+and a sink), each once the previous bar's effects were consumed
+(:func:`backtest.parity_session.settled`); a ``prod`` backtest of the same 250 bars uses the
+same model version and costs. The filled client order ids are the same set, every fill agrees
+within 1e-9 relative, and ``tradeflow gates evaluate --as-of <session end>`` passes parity in
+both windows (7 and 30 days).
 
-1. Training: the first 1,000 bars and their feature vectors go through a
-   second namespace's sink into PostgreSQL, and the trainer's own service
-   (:class:`gpu_workers.training_service.TrainingService`, CPU, seeded, few
-   epochs) trains and checkpoints a small MLP in-process. Its registry event
-   and an ``active`` copy are published on the session's ``models.registry``.
-2. Paper session: ``features``, ``inference`` and ``trading`` workers plus a
-   sink on the session namespace; the last 250 bars are published to
-   ``market.bars`` one at a time, each only once everything the previous bar
-   caused (vector, signal) was consumed downstream, as an hour between bars
-   would guarantee live (:func:`backtest.parity_session.settled`).
-3. Backtest of the same 250 bars (from the ``bars`` table the sink wrote, no
-   warm-up: the paper session had none either), source ``prod``, the
-   registry model by ``model_id@version``, costs equal to the paper adapter's.
-4. The filled client order ids are the same set; every fill agrees in price,
-   quantity and fee within 1e-9 relative; ``tradeflow gates evaluate --as-of
-   <session end>`` reports parity passed with deviation <= 1e-9 in both
-   windows (7 and 30 days), every fill of the session matched.
+Design: docs/gates.md#parity-session
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The alert rules: promtool (Debian's ``prometheus`` package) validates them and runs their unit tests,
-and every condition the issue lists has a rule with a severity, a duration and its annotations.
+and every required alert condition (docs/operations.md#metrics-and-alerts) has a rule with a severity,
+a duration and its annotations.
 
 The metric names the rules use must be the ones the code exposes: each is checked against the
 registry of a process that imported every instrumented module.
@@ -21,7 +22,7 @@ RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
-#: issue #7's conditions -> (alert, metric it must read, threshold text that must appear in the expression)
+#: required alert conditions -> (alert, metric it must read, threshold text that must appear in the expression)
 CONDITIONS = {
     "reject rate > 1% for 5m": ("ExecutionRejectRateHigh", "tradeflow_order_updates_total", "> 0.01"),
     "API availability < 99.9%": ("ApiAvailabilityLow", "up", "< 0.999"),

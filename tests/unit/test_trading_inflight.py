@@ -1,5 +1,5 @@
 """The in-flight order book shared by strategy and risk: O(1) per operation
-(risk decisions/s no longer fall with the orders in flight), exact sums (no
+(risk decisions/s do not fall with the orders in flight), exact sums (no
 float residue after adds and removals), expiry after the TTL, and the same
 answers as a straightforward scan over the orders."""
 
