@@ -27,14 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	$(PY) -m ops.cli bench --out artifacts/bench.json
-	$(PY) -m ops.bench.features
-	$(PY) -m ops.bench.market
-	$(PY) -m ops.bench.models
-	$(PY) -m ops.bench.trading
-	$(PY) -m ops.bench.replay
-	$(PY) -m ops.bench.backtest
-	$(PY) -m ops.bench.dashboard
+	$(PY) -m ops.cli bench all
 
 clean:
 	rm -rf $(VENV) var artifacts .pytest_cache .mypy_cache .ruff_cache

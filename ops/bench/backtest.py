@@ -1,4 +1,4 @@
-"""Reference-strategy benchmark (``python -m ops.bench.backtest``): bars/s vs backtesting.py and vectorbt.
+"""Reference-strategy benchmark (``tradeflow bench backtest``): bars/s vs backtesting.py and vectorbt.
 
 Goal: the reference strategy (:mod:`backtest.reference`) at least 2x faster than
 backtesting.py while identical in results. On the bundled Binance BTC/USDT 1h file (42,287
@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -219,7 +218,7 @@ def _versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ops.bench.backtest", description=__doc__,
+    ap = argparse.ArgumentParser(prog="tradeflow bench backtest", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per engine (median reported); >= 5")
     ap.add_argument("--fee-rate", type=float, default=0.001)
@@ -275,6 +274,3 @@ def _print_table(report: dict[str, Any]) -> None:
     print(f"all identical: {report['all_identical']}; min speedup vs backtesting.py: "
           f"{report['min_speedup_vs_backtesting_py']:.1f}x; goal met: {report['goal_met']}")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Dashboard benchmark (``python -m ops.bench.dashboard [--quick] [--out artifacts/bench_dashboard.json]``).
+"""Dashboard benchmark (``tradeflow bench dashboard [--quick] [--out artifacts/bench_dashboard.json]``).
 
 Question: how fast does the page learn about a new event, and how many
 open dashboards can one worker serve before the pipeline it shares the
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import json
 import os
@@ -217,7 +216,7 @@ async def _level(n: int, count: int, it: Any, pub: RecordPublisher, session: aio
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ops.bench.dashboard", description=__doc__,
+    p = argparse.ArgumentParser(prog="tradeflow bench dashboard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="artifacts/bench_dashboard.json")
     p.add_argument("--quick", action="store_true", help="fewer bars and client levels (smoke run)")
@@ -237,7 +236,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     return EXIT_OK
 
-
-if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())

@@ -1,6 +1,6 @@
 """Feature engine benchmark on the real BTC/USDT 1h file (one core).
 
-Run: ``.venv/bin/python -m ops.bench.features [--csv PATH] [--repeats 5]``.
+Run: ``tradeflow bench features [--csv PATH] [--repeats 5]``.
 
 Measured in one process, each repeated and reported as the median:
 - ``engine_values``: bar-updates/s of ``FeatureEngine.advance`` (the engine
@@ -100,11 +100,11 @@ def engine_records(bars: list[Bar]) -> None:
         update(bar, ts_init)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tradeflow bench features", description=__doc__.splitlines()[0])
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     bars = load_bars(args.csv)
     n = len(bars)
@@ -129,7 +129,4 @@ def main() -> None:
             indent=2,
         )
     )
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -14,6 +14,7 @@ Medians over repeats. Results go to a JSON file and stdout.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import itertools
@@ -265,8 +266,12 @@ async def _wait_forwarding(bootstrap: str, ns: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def main(out_path: str, quick: bool = False) -> int:
-    out = Path(out_path)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tradeflow bench foundation", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("artifacts/bench.json"))
+    ap.add_argument("--quick", action="store_true", help="smaller runs (smoke)")
+    a = ap.parse_args(argv)
+    out, quick = a.out, a.quick
     out.parent.mkdir(parents=True, exist_ok=True)
     n_produce, n_sink, repeats, secs = (20_000, 20_000, 1, 5.0) if quick else (200_000, 300_000, 3, 20.0)
     results: dict[str, Any] = {"machine": _machine()}

@@ -1,4 +1,4 @@
-"""Market-data benchmarks on the embedded default (``python -m ops.bench.market``).
+"""Market-data benchmarks on the embedded default (``tradeflow bench market``).
 
 - history import rate: the real Binance file (42,287 bars) from CSV to rows in
   Postgres (parse + publish + sink), vs the CSV parse alone (baseline);
@@ -10,10 +10,10 @@ Medians over repeats; JSON to stdout and ``artifacts/bench_market.json``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -126,8 +126,10 @@ async def bench_features_agent(bootstrap: str, repeats: int, log_dir: Path) -> d
             "baseline_in_process_pipeline_bars_per_s": round(in_process), "ratio": round(m / in_process, 3)}
 
 
-def main() -> int:
-    out = Path("artifacts/bench_market.json")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="tradeflow bench market", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("artifacts/bench_market.json"))
+    out = ap.parse_args(argv).out
     out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     with EmbeddedBroker(log_path=out.parent / "bench-market-tansu.log") as b, EmbeddedPostgres(persistent=True) as pg:
@@ -139,6 +141,3 @@ def main() -> int:
     print(json.dumps(results, indent=2))
     return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

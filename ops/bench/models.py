@@ -1,6 +1,6 @@
 """Model benchmarks: inference rate and latency, training throughput.
 
-``python -m ops.bench.models [--out artifacts/bench_models.json]``
+``tradeflow bench models [--out artifacts/bench_models.json]``
 
 Measured in one run, on this machine: inference through
 :func:`models.inference.predict_windows` (what the streaming worker calls) for batch sizes
@@ -152,7 +152,7 @@ def bench_training(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ops.bench.models", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(prog="tradeflow bench models", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--out", type=Path, default=Path("artifacts/bench_models.json"))
     p.add_argument("--window", type=int, default=32)
     p.add_argument("--features", type=int, default=24)
@@ -198,6 +198,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}")
     return EXIT_OK
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Replay benchmark (b): the full pipeline with model inference on CPU, in bars/s.
 
-``python -m ops.bench.replay [--quick] [--out artifacts/bench_replay.json]``
+``tradeflow bench replay [--quick] [--out artifacts/bench_replay.json]``
 
 Input: the bundled real Binance BTC/USDT 1h candles (``ops/sample_data``),
 the last ``--bars`` of them. Model: walk-forward MLP windows trained
@@ -56,7 +56,8 @@ def _timed(bars: list[Bar], config: ReplayConfig, model: ReplayModel, repeat: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="tradeflow bench replay", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("artifacts/bench_replay.json"))
     p.add_argument("--bars", type=int, default=20_000)
     p.add_argument("--windows", type=int, default=4)
@@ -99,6 +100,3 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(out["replay"]), json.dumps(out["baseline_no_model"]))
     return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Trading-core benchmarks (``python -m ops.bench.trading [--quick] [--out artifacts/bench_trading.json]``).
+"""Trading-core benchmarks (``tradeflow bench trading [--quick] [--out artifacts/bench_trading.json]``).
 
 (a) risk decisions per second: the pure risk engine alone with 0 / 500 / 5,000 orders in
     flight (baseline: strict decoding of the same intents);
@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import statistics
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -697,7 +696,7 @@ def broker_table(broker: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ops.bench.trading", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="tradeflow bench trading", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer intents, signals and kill trials (under 90 s)")
     ap.add_argument("--out", default="artifacts/bench_trading.json", help="JSON result file")
     ap.add_argument("--engine-only", action="store_true",
@@ -734,6 +733,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written to {a.out}")
     return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -206,9 +206,9 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from ops.bench.foundation import main as bench_main
+    from ops import bench
 
-    return bench_main(a.out, quick=a.quick)
+    return bench.run(a.name, a.args)
 
 
 # ---------------------------------------------------------------------------
@@ -334,9 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     infra(sp, dsn=True)
     sp.set_defaults(fn=cmd_migrate)
 
-    sp = sub.add_parser("bench", help="run the foundation benchmarks on the embedded default")
-    sp.add_argument("--out", default="artifacts/bench.json")
-    sp.add_argument("--quick", action="store_true", help="smaller volumes (smoke run)")
+    from ops.bench import BENCHMARKS
+
+    sp = sub.add_parser("bench", help="run a benchmark (`all`: every one, as `make bench` does)",
+                        description="\n".join(f"{k:<11} {v}" for k, v in BENCHMARKS.items()),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("name", choices=[*BENCHMARKS, "all"])
+    sp.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)")
     sp.set_defaults(fn=cmd_bench)
     return p
 
