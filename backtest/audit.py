@@ -59,10 +59,21 @@ __all__ = [
     "replay_outputs",
 ]
 
-INPUTS: tuple[tuple[str, type[Record]], ...] = (("models.registry", ModelRegistryEvent), ("control", ControlEvent),
-                                                ("market.bars", Bar), ("signals", Signal))
-OUTPUTS = ("orders.intents", "risk.decisions", "orders.updates", "fills", "portfolio.state", "control.audit",
-           "ops.alerts")
+INPUTS: tuple[tuple[str, type[Record]], ...] = (
+    ("models.registry", ModelRegistryEvent),
+    ("control", ControlEvent),
+    ("market.bars", Bar),
+    ("signals", Signal),
+)
+OUTPUTS = (
+    "orders.intents",
+    "risk.decisions",
+    "orders.updates",
+    "fills",
+    "portfolio.state",
+    "control.audit",
+    "ops.alerts",
+)
 #: Venue answers: inputs of an external-execution account, found only through its journal.
 EXECUTION_INPUTS: tuple[tuple[str, type[Record]], ...] = (("orders.updates", OrderUpdate), ("fills", Fill))
 _OUTPUT_RANK = {name: i for i, name in enumerate(OUTPUTS)}
@@ -118,8 +129,10 @@ class Divergence:
         rec, rep = fmt(self.recorded), fmt(self.replayed)
         keys = sorted(set(rec) | set(rep))
         width = max((len(k) for k in keys), default=5)
-        lines = [f"first divergence: {self.topic} event {self.event_id} at ts_init {self.ts_init}",
-                 f"  {'field':<{width}}  {'recorded':<40}  replayed"]
+        lines = [
+            f"first divergence: {self.topic} event {self.event_id} at ts_init {self.ts_init}",
+            f"  {'field':<{width}}  {'recorded':<40}  replayed",
+        ]
         if self.recorded is None:
             lines.append("  (not in the recorded stream: the replay produced a record the live run did not)")
         if self.replayed is None:
@@ -157,8 +170,9 @@ def _differing(p: str, q: str) -> tuple[str, ...]:
     return tuple(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))
 
 
-def replay_outputs(config: TradingConfig, keyring: Keyring,
-                   inputs: Iterable[tuple[Record, int | None]]) -> list[Record]:
+def replay_outputs(
+    config: TradingConfig, keyring: Keyring, inputs: Iterable[tuple[Record, int | None]]
+) -> list[Record]:
     """Every output of a fresh core fed ``(input, arrival bound)`` in order (no wall clock)."""
     core = TradingCore(config, keyring)
     out: list[Record] = []
@@ -291,20 +305,33 @@ class AuditReport:
     def as_json(self) -> dict[str, Any]:
         d = self.divergence
         return {
-            "identical": self.identical, "order": self.order, "inputs": self.inputs, "recorded": self.recorded,
-            "replayed": self.replayed, "recorded_hash": self.recorded_hash, "replayed_hash": self.replayed_hash,
-            "counts": {k: list(v) for k, v in self.counts.items()}, "counterfactual": self.counterfactual,
-            "overrides": self.overrides, "final_equity": list(self.final_equity),
-            "divergence": None if d is None else {
-                "topic": d.topic, "ts_init": d.ts_init, "event_id": d.event_id, "fields": list(d.fields),
+            "identical": self.identical,
+            "order": self.order,
+            "inputs": self.inputs,
+            "recorded": self.recorded,
+            "replayed": self.replayed,
+            "recorded_hash": self.recorded_hash,
+            "replayed_hash": self.replayed_hash,
+            "counts": {k: list(v) for k, v in self.counts.items()},
+            "counterfactual": self.counterfactual,
+            "overrides": self.overrides,
+            "final_equity": list(self.final_equity),
+            "divergence": None
+            if d is None
+            else {
+                "topic": d.topic,
+                "ts_init": d.ts_init,
+                "event_id": d.event_id,
+                "fields": list(d.fields),
                 "recorded": None if d.recorded is None else json.loads(d.recorded),
                 "replayed": None if d.replayed is None else json.loads(d.replayed),
             },
         }
 
 
-async def load_inputs(conn: Conn, config: TradingConfig, history_from_ns: int,
-                      end_ns: int) -> tuple[list[tuple[Record, int | None]], str]:
+async def load_inputs(
+    conn: Conn, config: TradingConfig, history_from_ns: int, end_ns: int
+) -> tuple[list[tuple[Record, int | None]], str]:
     """The account's recorded inputs with their arrival bounds, in consumption order; and which order that is.
 
     With a journal: every journaled input (from the first: the state is rebuilt
@@ -320,19 +347,23 @@ async def load_inputs(conn: Conn, config: TradingConfig, history_from_ns: int,
             payloads.update(await recorded.payloads(conn, name, ids))
         missing = [r.event_id for r in journal if r.event_id not in payloads]
         if missing:
-            raise ValueError(f"{len(missing)} journaled inputs are not stored yet (first {missing[0]}); "
-                             "wait for the sink to catch up and run the audit again")
-        return [(codec_for(classes[r.topic]).decode(payloads[r.event_id]), r.arrival_ns)
-                for r in journal], "journal"
+            raise ValueError(
+                f"{len(missing)} journaled inputs are not stored yet (first {missing[0]}); "
+                "wait for the sink to catch up and run the audit again"
+            )
+        return [(codec_for(classes[r.topic]).decode(payloads[r.event_id]), r.arrival_ns) for r in journal], "journal"
     if config.execution is ExecutionMode.EXTERNAL:
-        raise ValueError(f"account {config.account!r} uses external execution: its venue answers are inputs, "
-                         "and only the agent's input journal says where they were applied; it has no journal")
+        raise ValueError(
+            f"account {config.account!r} uses external execution: its venue answers are inputs, "
+            "and only the agent's input journal says where they were applied; it has no journal"
+        )
     timeframes = [t.value for t in config.timeframes]
     loaded: list[tuple[tuple[int, int, str, int, int], Record]] = []
     for name, cls in INPUTS:
         codec = codec_for(cls)
-        for r in await recorded.inputs_in_range(conn, name, history_from_ns, end_ns,
-                                                timeframes if cls is Bar else None):
+        for r in await recorded.inputs_in_range(
+            conn, name, history_from_ns, end_ns, timeframes if cls is Bar else None
+        ):
             rec = codec.decode(r.payload)
             tie = str(getattr(rec, "symbol", ""))
             loaded.append(((r.ts_event, _INPUT_RANK[name], tie, r.kafka_partition, r.kafka_offset), rec))
@@ -350,8 +381,16 @@ async def load_recorded(conn: Conn, start_ns: int, end_ns: int) -> list[tuple[Re
     return out
 
 
-async def audit(dsn: str, config: TradingConfig, keyring: Keyring, start_ns: int, end_ns: int, *,
-                history_from_ns: int = 0, overrides: Mapping[str, str] | None = None) -> AuditReport:
+async def audit(
+    dsn: str,
+    config: TradingConfig,
+    keyring: Keyring,
+    start_ns: int,
+    end_ns: int,
+    *,
+    history_from_ns: int = 0,
+    overrides: Mapping[str, str] | None = None,
+) -> AuditReport:
     """Replay ``[history_from, end)`` and compare the outputs in ``[start, end)`` with the recorded ones."""
     if start_ns >= end_ns:
         raise ValueError("the range is empty or inverted: --from must be before --to")
@@ -365,15 +404,26 @@ async def audit(dsn: str, config: TradingConfig, keyring: Keyring, start_ns: int
     finally:
         await conn.close()
     replayed_all = [r for r in replay_outputs(replay_config, keyring, inputs) if start_ns <= r.ts_init < end_ns]
-    coids = {client_order_id_for(r.event_id) for r in (*(rec for rec, _ in recorded_all), *replayed_all)
-             if isinstance(r, OrderIntent) and r.strategy_id == config.strategy.strategy_id}
+    coids = {
+        client_order_id_for(r.event_id)
+        for r in (*(rec for rec, _ in recorded_all), *replayed_all)
+        if isinstance(r, OrderIntent) and r.strategy_id == config.strategy.strategy_id
+    }
     recorded = [it for r, it in recorded_all if in_scope(r, config, coids)]
     replayed = [item_of(r) for r in replayed_all if in_scope(r, replay_config, coids)]
     counts = {t: (sum(1 for i in recorded if i.topic == t), sum(1 for i in replayed if i.topic == t)) for t in OUTPUTS}
     return AuditReport(
-        start_ns=start_ns, end_ns=end_ns, order=order, inputs=len(inputs), recorded=len(recorded),
-        replayed=len(replayed), recorded_hash=decision_hash(recorded), replayed_hash=decision_hash(replayed),
-        counts=counts, divergence=compare(recorded, replayed), counterfactual=bool(overrides),
+        start_ns=start_ns,
+        end_ns=end_ns,
+        order=order,
+        inputs=len(inputs),
+        recorded=len(recorded),
+        replayed=len(replayed),
+        recorded_hash=decision_hash(recorded),
+        replayed_hash=decision_hash(replayed),
+        counts=counts,
+        divergence=compare(recorded, replayed),
+        counterfactual=bool(overrides),
         overrides=dict(overrides or {}),
         final_equity=(_final_equity(recorded), _final_equity(replayed)),
     )
@@ -386,4 +436,3 @@ def _final_equity(items: Sequence[Item]) -> float | None:
     last = max(snaps, key=lambda i: i.key)
     value = json.loads(last.payload).get("equity")
     return None if value is None else float(value)
-

@@ -48,8 +48,20 @@ __all__ = [
 
 TOTAL = "*"
 METRIC_NAMES = (
-    "pnl", "pnl_after_costs", "fees", "slippage", "impact", "sharpe_daily", "max_drawdown", "turnover",
-    "trade_count", "win_rate", "reject_rate", "observation_days", "lineage_coverage", "round_trips",
+    "pnl",
+    "pnl_after_costs",
+    "fees",
+    "slippage",
+    "impact",
+    "sharpe_daily",
+    "max_drawdown",
+    "turnover",
+    "trade_count",
+    "win_rate",
+    "reject_rate",
+    "observation_days",
+    "lineage_coverage",
+    "round_trips",
 )
 _RISK_BLOCKED = "risk_blocked"
 _QTY_EPS = 1e-12
@@ -156,8 +168,11 @@ def compute_metrics(
         curve = _curve(result, snaps, sym, initial_cash)
         out[(sym, "sharpe_daily")] = daily_sharpe(curve, initial_cash)
         out[(sym, "max_drawdown")] = max_drawdown((e for _, e in curve), initial_cash)
-        days = result.traded_days.get(sym, frozenset()) if sym != TOTAL else frozenset().union(
-            *result.traded_days.values())
+        days = (
+            result.traded_days.get(sym, frozenset())
+            if sym != TOTAL
+            else frozenset().union(*result.traded_days.values())
+        )
         out[(sym, "observation_days")] = float(len(days))
 
     # -- round trips ---------------------------------------------------------------------
@@ -195,8 +210,9 @@ def compute_metrics(
     return out
 
 
-def _known(intent: OrderIntent | None, signals: Mapping[str, Signal], bars: frozenset[str],
-           lineage: LineageKeys) -> bool:
+def _known(
+    intent: OrderIntent | None, signals: Mapping[str, Signal], bars: frozenset[str], lineage: LineageKeys
+) -> bool:
     if intent is None:
         return False
     sig = signals.get(intent.signal_event_id)
@@ -212,12 +228,14 @@ def _known(intent: OrderIntent | None, signals: Mapping[str, Signal], bars: froz
     return True
 
 
-def _curve(result: ReplayResult, snaps: Sequence[PortfolioSnapshot], sym: str,
-           initial: float) -> list[tuple[int, float]]:
+def _curve(
+    result: ReplayResult, snaps: Sequence[PortfolioSnapshot], sym: str, initial: float
+) -> list[tuple[int, float]]:
     if sym == TOTAL:
         return [(p.ts_ns, p.equity) for p in result.equity]
     by_ts: dict[int, float] = {}
     for s in snaps:
-        by_ts[s.as_of_ns] = initial + s.realized_pnls.get(sym, 0.0) + s.unrealized_pnls.get(sym, 0.0) - s.fees.get(
-            sym, 0.0)
+        by_ts[s.as_of_ns] = (
+            initial + s.realized_pnls.get(sym, 0.0) + s.unrealized_pnls.get(sym, 0.0) - s.fees.get(sym, 0.0)
+        )
     return sorted(by_ts.items())

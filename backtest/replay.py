@@ -133,8 +133,16 @@ class ReplayModel:
         """One checkpoint per symbol for all time: ``{symbol: (predictor, model_id, version, horizon)}``."""
         return cls(
             tuple(
-                ModelSegment(symbol=s, start_ns=0, end_ns=_FOREVER, predictor=p, model_id=m, model_version=v,
-                             horizon=h, label="checkpoint")
+                ModelSegment(
+                    symbol=s,
+                    start_ns=0,
+                    end_ns=_FOREVER,
+                    predictor=p,
+                    model_id=m,
+                    model_version=v,
+                    horizon=h,
+                    label="checkpoint",
+                )
                 for s, (p, m, v, h) in sorted(predictors.items())
             )
         )
@@ -207,8 +215,7 @@ def decision_hash(records: Iterable[Record]) -> str:
 
 
 def _flip(p: Prediction) -> Prediction:
-    return Prediction(p_down=p.p_up, p_flat=p.p_flat, p_up=p.p_down, expected_return=-p.expected_return,
-                      score=-p.score)
+    return Prediction(p_down=p.p_up, p_flat=p.p_flat, p_up=p.p_down, expected_return=-p.expected_return, score=-p.score)
 
 
 def _infer(vectors: Sequence[FeatureVector | None], model: ReplayModel, trade_from: int) -> list[list[Signal]]:
@@ -240,8 +247,15 @@ def _infer(vectors: Sequence[FeatureVector | None], model: ReplayModel, trade_fr
             if seg.polarity == -1:
                 prediction = _flip(prediction)
             newest = [w[-1] for w in windows[start : start + _INFERENCE_BLOCK]]
-            sigs = to_signals(prediction, newest, model_id=seg.model_id, model_version=seg.signal_version,
-                              horizon=seg.horizon, shadow=False, ts_init=0)
+            sigs = to_signals(
+                prediction,
+                newest,
+                model_id=seg.model_id,
+                model_version=seg.signal_version,
+                horizon=seg.horizon,
+                shadow=False,
+                ts_init=0,
+            )
             for pos, sig, fv in zip(rows, sigs, newest, strict=True):
                 out[pos].append(dataclasses.replace(sig, ts_init=fv.ts_event))
     return out

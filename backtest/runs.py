@@ -135,13 +135,24 @@ class BacktestRequest:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "symbols": list(self.symbols), "start_ns": self.start_ns, "end_ns": self.end_ns,
-            "timeframe": self.timeframe.value, "venue": self.venue, "source": self.source, "track": self.track,
-            "strategy": self.strategy, "fee_bps": self.fee_bps, "slippage_bps": self.slippage_bps,
-            "impact_coefficient_bps": self.impact_coefficient_bps, "initial_cash": self.initial_cash,
-            "models": list(self.models), "walk_forward_windows": self.walk_forward_windows,
-            "model_params": dict(sorted(self.model_params.items())), "polarity": self.polarity,
-            "warmup_bars": self.warmup_bars, "data_source": self.data_source,
+            "symbols": list(self.symbols),
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "timeframe": self.timeframe.value,
+            "venue": self.venue,
+            "source": self.source,
+            "track": self.track,
+            "strategy": self.strategy,
+            "fee_bps": self.fee_bps,
+            "slippage_bps": self.slippage_bps,
+            "impact_coefficient_bps": self.impact_coefficient_bps,
+            "initial_cash": self.initial_cash,
+            "models": list(self.models),
+            "walk_forward_windows": self.walk_forward_windows,
+            "model_params": dict(sorted(self.model_params.items())),
+            "polarity": self.polarity,
+            "warmup_bars": self.warmup_bars,
+            "data_source": self.data_source,
         }
 
     def request_hash(self) -> str:
@@ -197,21 +208,28 @@ class BacktestRequest:
         return out
 
     def trading_config(self) -> TradingConfig:
-        strategy = dataclasses.replace(STRATEGIES[self.strategy], fee_bps=self.fee_bps,
-                                       slippage_bps=self.slippage_bps)
+        strategy = dataclasses.replace(STRATEGIES[self.strategy], fee_bps=self.fee_bps, slippage_bps=self.slippage_bps)
         return TradingConfig(
             account="backtest",
             timeframes=(self.timeframe,),
             strategy=strategy,
             risk=RiskConfig(allowed_symbols=self.symbols),
-            paper=PaperConfig(fee_bps=self.fee_bps, slippage_bps=self.slippage_bps,
-                              impact_coefficient_bps=self.impact_coefficient_bps),
+            paper=PaperConfig(
+                fee_bps=self.fee_bps, slippage_bps=self.slippage_bps, impact_coefficient_bps=self.impact_coefficient_bps
+            ),
             portfolio=PortfolioConfig(initial_cash=self.initial_cash),
         )
 
     def walk_forward_model(self) -> ModelConfig:
-        params: dict[str, Any] = {"window": 16, "hidden_sizes": "32", "max_epochs": 20, "seed": 7,
-                                  **self.model_params, "device": "cpu", "num_threads": 1}
+        params: dict[str, Any] = {
+            "window": 16,
+            "hidden_sizes": "32",
+            "max_epochs": 20,
+            "seed": 7,
+            **self.model_params,
+            "device": "cpu",
+            "num_threads": 1,
+        }
         if type(params["hidden_sizes"]) is int:  # one layer, as a CLI "--hp hidden_sizes=16" parses
             params["hidden_sizes"] = str(params["hidden_sizes"])
         return ModelConfig.from_dict(params)
@@ -254,22 +272,27 @@ def _hash_json(doc: Any) -> str:
 # ---------------------------------------------------------------------------
 
 
-def run_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = False,
-                 broker: tuple[str, str] | None = None) -> str:
+def run_backtest(
+    request: BacktestRequest, dsn: str, *, rerun: bool = False, broker: tuple[str, str] | None = None
+) -> str:
     """Synchronous :func:`arun_backtest` (not from inside a running event loop)."""
     return asyncio.run(arun_backtest(request, dsn, rerun=rerun, broker=broker))
 
 
-async def arun_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = False,
-                        broker: tuple[str, str] | None = None) -> str:
+async def arun_backtest(
+    request: BacktestRequest, dsn: str, *, rerun: bool = False, broker: tuple[str, str] | None = None
+) -> str:
     """Run (or return the finished run of) ``request``; the run id. See the module docstring.
 
     ``broker`` = (bootstrap, namespace), needed when ``request.data_source == "broker"``.
     """
     rhash = request.request_hash()
     config = _config_doc(request)
-    lineage: dict[str, Any] = {"code_digest": code_digest(), "feature_set_version": DEFAULT_SPEC.version,
-                               "data_source": "postgres:bars"}
+    lineage: dict[str, Any] = {
+        "code_digest": code_digest(),
+        "feature_set_version": DEFAULT_SPEC.version,
+        "data_source": "postgres:bars",
+    }
     conn = await asyncpg.connect(dsn)
     try:
         last = await backtests.latest_attempt(conn, rhash)
@@ -277,10 +300,19 @@ async def arun_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = Fal
             return last[0]
         attempt = 1 if last is None else last[2] + 1
         run_id = rhash if attempt == 1 else f"{rhash}-{attempt}"
-        row = backtests.RunRow(run_id=run_id, request_hash=rhash, attempt=attempt, source=request.source,
-                               track=request.track_name, symbols=request.symbols, range_start_ns=request.start_ns,
-                               range_end_ns=request.end_ns, config=config, config_hash=_hash_json(config),
-                               lineage=lineage)
+        row = backtests.RunRow(
+            run_id=run_id,
+            request_hash=rhash,
+            attempt=attempt,
+            source=request.source,
+            track=request.track_name,
+            symbols=request.symbols,
+            range_start_ns=request.start_ns,
+            range_end_ns=request.end_ns,
+            config=config,
+            config_hash=_hash_json(config),
+            lineage=lineage,
+        )
         problems = request.problems()
         if problems:
             message = "bad backtest request: " + "; ".join(problems)
@@ -304,8 +336,9 @@ async def arun_backtest(request: BacktestRequest, dsn: str, *, rerun: bool = Fal
         await conn.close()
 
 
-async def _load_bars(conn: Conn, request: BacktestRequest, warmup: int, lineage: dict[str, Any],
-                     broker: tuple[str, str] | None) -> list[Bar]:
+async def _load_bars(
+    conn: Conn, request: BacktestRequest, warmup: int, lineage: dict[str, Any], broker: tuple[str, str] | None
+) -> list[Bar]:
     """Per symbol: topic bars where the broker holds them, Postgres bars before that (or all of them)."""
     tf = request.timeframe
     lo = request.start_ns - warmup * tf.nanos
@@ -315,16 +348,22 @@ async def _load_bars(conn: Conn, request: BacktestRequest, warmup: int, lineage:
             raise ValueError("data_source 'broker' needs the broker's bootstrap address")
         read = await read_topic_bars(broker[0], broker[1], request.symbols, tf, lo, request.end_ns)
         topic = read.bars
-        lineage["broker_read"] = {"messages": read.messages, "undecodable": read.undecodable,
-                                  "partitions": read.partitions, "matching_bars": len(read.bars)}
+        lineage["broker_read"] = {
+            "messages": read.messages,
+            "undecodable": read.undecodable,
+            "partitions": read.partitions,
+            "matching_bars": len(read.bars),
+        }
     bars: list[Bar] = []
     data: dict[str, Any] = {}
     for sym in request.symbols:
         mine = [b for b in topic if b.symbol == sym]
         venues = sorted(set(await symbol_venues(conn, sym, tf)) | {b.venue for b in mine})
         if not venues:
-            raise ValueError(f"unknown symbol {sym!r}: no {tf.value} bars of it in Postgres"
-                             + (" or on the broker" if request.data_source == "broker" else ""))
+            raise ValueError(
+                f"unknown symbol {sym!r}: no {tf.value} bars of it in Postgres"
+                + (" or on the broker" if request.data_source == "broker" else "")
+            )
         if request.venue is not None:
             if request.venue not in venues:
                 raise ValueError(f"no {tf.value} bars of {sym} from venue {request.venue!r} (venues: {venues})")
@@ -339,20 +378,25 @@ async def _load_bars(conn: Conn, request: BacktestRequest, warmup: int, lineage:
         sym_bars = order_bars([*mine, *rows])
         in_range = sum(1 for b in sym_bars if b.open_time >= request.start_ns)
         if in_range == 0:
-            raise ValueError(f"empty range: no {tf.value} bars of {sym} with {request.start_ns} <= open_time < "
-                             f"{request.end_ns}")
-        data[sym] = {"venue": venue, "bars_in_range": in_range, "warmup_bars": len(sym_bars) - in_range,
-                     "from_broker": len(mine), "from_postgres": len(rows),
-                     "sources": sorted({b.source for b in sym_bars}),
-                     "bar_digest": _hash_json(sorted(b.event_id for b in sym_bars))[:16]}
+            raise ValueError(
+                f"empty range: no {tf.value} bars of {sym} with {request.start_ns} <= open_time < {request.end_ns}"
+            )
+        data[sym] = {
+            "venue": venue,
+            "bars_in_range": in_range,
+            "warmup_bars": len(sym_bars) - in_range,
+            "from_broker": len(mine),
+            "from_postgres": len(rows),
+            "sources": sorted({b.source for b in sym_bars}),
+            "bar_digest": _hash_json(sorted(b.event_id for b in sym_bars))[:16],
+        }
         bars.extend(sym_bars)
     lineage["data"] = data
     lineage["data_source"] = "broker+postgres" if request.data_source == "broker" else "postgres:bars"
     return bars
 
 
-async def _registry_model(conn: Conn, request: BacktestRequest,
-                          lineage: dict[str, Any]) -> ReplayModel:
+async def _registry_model(conn: Conn, request: BacktestRequest, lineage: dict[str, Any]) -> ReplayModel:
     predictors: dict[str, tuple[Predictor, str, str, str]] = {}
     models = []
     for ref in request.models:
@@ -367,14 +411,24 @@ async def _registry_model(conn: Conn, request: BacktestRequest,
         if sym in predictors:
             raise ValueError(f"two models for {sym}")
         if cfg.get("timeframe") != request.timeframe.value:
-            raise ValueError(f"model {ref} is for {cfg.get('timeframe')} bars, the request for "
-                             f"{request.timeframe.value}")
-        pred = await asyncio.to_thread(Predictor.from_checkpoint, Path(entry["checkpoint_path"]),
-                                       entry["checkpoint_sha256"])
+            raise ValueError(
+                f"model {ref} is for {cfg.get('timeframe')} bars, the request for {request.timeframe.value}"
+            )
+        pred = await asyncio.to_thread(
+            Predictor.from_checkpoint, Path(entry["checkpoint_path"]), entry["checkpoint_sha256"]
+        )
         predictors[sym] = (pred, model_id, version, f"{cfg['horizon_bars']}x{cfg['timeframe']}")
-        models.append({"model_id": model_id, "version": version, "symbol": sym, "stage": entry["stage"],
-                       "checkpoint_sha256": entry["checkpoint_sha256"],
-                       "feature_set_version": pred.feature_set_version, "polarity": 1})
+        models.append(
+            {
+                "model_id": model_id,
+                "version": version,
+                "symbol": sym,
+                "stage": entry["stage"],
+                "checkpoint_sha256": entry["checkpoint_sha256"],
+                "feature_set_version": pred.feature_set_version,
+                "polarity": 1,
+            }
+        )
     missing = [s for s in request.symbols if s not in predictors]
     if missing:
         raise ValueError(f"no model named for {missing}")
@@ -389,8 +443,9 @@ def _warmup(request: BacktestRequest) -> int:
     return DEFAULT_SPEC.window + window
 
 
-async def _prepare(conn: Conn, request: BacktestRequest, lineage: dict[str, Any],
-                   broker: tuple[str, str] | None) -> tuple[list[Bar], ReplayConfig, ReplayModel]:
+async def _prepare(
+    conn: Conn, request: BacktestRequest, lineage: dict[str, Any], broker: tuple[str, str] | None
+) -> tuple[list[Bar], ReplayConfig, ReplayModel]:
     """Bars (one query per symbol) and the model; raises ValueError for a bad request."""
     problems = request.problems()
     if problems:
@@ -398,8 +453,11 @@ async def _prepare(conn: Conn, request: BacktestRequest, lineage: dict[str, Any]
     bars = await _load_bars(conn, request, _warmup(request), lineage, broker)
     config = ReplayConfig(trading=request.trading_config(), trade_from_ns=request.start_ns)
     if request.walk_forward_windows > 0:
-        spec = WalkForwardSpec(n_windows=request.walk_forward_windows, model=request.walk_forward_model(),
-                               polarity=PolarityMode(request.polarity))
+        spec = WalkForwardSpec(
+            n_windows=request.walk_forward_windows,
+            model=request.walk_forward_model(),
+            polarity=PolarityMode(request.polarity),
+        )
         closes = {s: closes_by_open_time(b for b in bars if b.symbol == s) for s in request.symbols}
         horizon = f"{spec.model.horizon_bars}x{request.timeframe.value}"
         model, windows = await asyncio.to_thread(train_walk_forward, bars, closes, spec, config.spec, horizon)
@@ -410,11 +468,15 @@ async def _prepare(conn: Conn, request: BacktestRequest, lineage: dict[str, Any]
     return bars, config, model
 
 
-async def areplay_request(request: BacktestRequest, dsn: str, *,
-                          broker: tuple[str, str] | None = None) -> tuple[ReplayResult, dict[str, Any]]:
+async def areplay_request(
+    request: BacktestRequest, dsn: str, *, broker: tuple[str, str] | None = None
+) -> tuple[ReplayResult, dict[str, Any]]:
     """Replay a request's bars and model without writing a run (``tradeflow replay``): (result, lineage)."""
-    lineage: dict[str, Any] = {"code_digest": code_digest(), "feature_set_version": DEFAULT_SPEC.version,
-                               "data_source": "postgres:bars"}
+    lineage: dict[str, Any] = {
+        "code_digest": code_digest(),
+        "feature_set_version": DEFAULT_SPEC.version,
+        "data_source": "postgres:bars",
+    }
     conn = await asyncpg.connect(dsn)
     try:
         bars, config, model = await _prepare(conn, request, lineage, broker)
@@ -424,18 +486,31 @@ async def areplay_request(request: BacktestRequest, dsn: str, *,
     return result, lineage
 
 
-async def _execute(conn: Conn, request: BacktestRequest, run_id: str, lineage: dict[str, Any],
-                   broker: tuple[str, str] | None) -> None:
+async def _execute(
+    conn: Conn, request: BacktestRequest, run_id: str, lineage: dict[str, Any], broker: tuple[str, str] | None
+) -> None:
     bars, config, model = await _prepare(conn, request, lineage, broker)
     result = await asyncio.to_thread(replay, bars, config, model)
     keys = _lineage_keys(lineage["models"])
     metrics = compute_metrics(result, symbols=request.symbols, initial_cash=request.initial_cash, lineage=keys)
-    lineage["replay"] = {"n_bars": result.n_bars, "n_traded_bars": result.n_traded_bars,
-                         "n_records": len(result.records), "n_signals": len(result.signals),
-                         "n_fills": len(result.fills)}
-    await backtests.write_success(conn, run_id, fills=_fill_rows(result), equity=[
-        (p.ts_ns, p.equity, p.drawdown) for p in result.equity], metrics=metrics, lineage=lineage,
-        decision_hash=result.hash, n_records=len(result.records), n_bars=result.n_bars)
+    lineage["replay"] = {
+        "n_bars": result.n_bars,
+        "n_traded_bars": result.n_traded_bars,
+        "n_records": len(result.records),
+        "n_signals": len(result.signals),
+        "n_fills": len(result.fills),
+    }
+    await backtests.write_success(
+        conn,
+        run_id,
+        fills=_fill_rows(result),
+        equity=[(p.ts_ns, p.equity, p.drawdown) for p in result.equity],
+        metrics=metrics,
+        lineage=lineage,
+        decision_hash=result.hash,
+        n_records=len(result.records),
+        n_bars=result.n_bars,
+    )
 
 
 def _lineage_keys(models: Sequence[Mapping[str, Any]]) -> LineageKeys:
@@ -452,6 +527,20 @@ def _fill_rows(result: ReplayResult) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     for seq, f in enumerate(result.fills):
         c = fill_costs(f)
-        rows.append((seq, f.symbol, f.side.value, f.ts_event, f.quantity, f.price, c.notional, c.fee, c.slippage,
-                     c.impact, f.client_order_id, f.event_id))
+        rows.append(
+            (
+                seq,
+                f.symbol,
+                f.side.value,
+                f.ts_event,
+                f.quantity,
+                f.price,
+                c.notional,
+                c.fee,
+                c.slippage,
+                c.impact,
+                f.client_order_id,
+                f.event_id,
+            )
+        )
     return rows

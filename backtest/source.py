@@ -63,9 +63,15 @@ async def read_topic_bars(
     wanted = frozenset(symbols)
     codec = codec_for(Bar)
     out = TopicRead()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=50,
-                                max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(name) or set()
@@ -92,8 +98,12 @@ async def read_topic_bars(
                     except RecordError:
                         out.undecodable += 1
                         continue
-                    if (bar.symbol in wanted and bar.timeframe is timeframe and bar.is_closed
-                            and start_ns <= bar.open_time < end_ns):
+                    if (
+                        bar.symbol in wanted
+                        and bar.timeframe is timeframe
+                        and bar.is_closed
+                        and start_ns <= bar.open_time < end_ns
+                    ):
                         out.bars.append(bar)
             for tp in list(pending):
                 hw = consumer.highwater(tp)

@@ -87,8 +87,9 @@ class TuningCosts:
     lot_size: float | None = 1.0
 
     def params(self, fast: int, slow: int) -> SmaCrossParams:
-        return SmaCrossParams(fast, slow, fee_rate=self.fee_rate, initial_cash=self.initial_cash,
-                              lot_size=self.lot_size)
+        return SmaCrossParams(
+            fast, slow, fee_rate=self.fee_rate, initial_cash=self.initial_cash, lot_size=self.lot_size
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +148,9 @@ def check_constraints(metrics: Mapping[str, float | int | None], c: Constraints)
     return reasons
 
 
-def evaluate(prices: PriceSeries, costs: TuningCosts, constraints: Constraints, number: int,
-             fast: int, slow: int) -> TrialResult:
+def evaluate(
+    prices: PriceSeries, costs: TuningCosts, constraints: Constraints, number: int, fast: int, slow: int
+) -> TrialResult:
     """Backtest one candidate and judge it. Pure: same inputs, same result."""
     if not fast < slow:
         return TrialResult(number, fast, slow, {}, None, False, f"invalid params: fast {fast} >= slow {slow}")
@@ -165,8 +167,9 @@ def evaluate(prices: PriceSeries, costs: TuningCosts, constraints: Constraints, 
     }
     reasons = check_constraints(metrics, constraints)
     score = metrics[OBJECTIVE]
-    return TrialResult(number, fast, slow, metrics, None if score is None else float(score), not reasons,
-                       "; ".join(reasons) or None)
+    return TrialResult(
+        number, fast, slow, metrics, None if score is None else float(score), not reasons, "; ".join(reasons) or None
+    )
 
 
 def rank(trials: Iterable[TrialResult]) -> list[TrialResult]:
@@ -226,8 +229,9 @@ class _Evaluator:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._args = (prices, costs, constraints)
-        self._pool = (multiprocessing.get_context("spawn").Pool(workers, _init_worker, self._args)
-                      if workers > 1 else None)
+        self._pool = (
+            multiprocessing.get_context("spawn").Pool(workers, _init_worker, self._args) if workers > 1 else None
+        )
         self._workers = workers
 
     def __enter__(self) -> _Evaluator:
@@ -246,8 +250,15 @@ class _Evaluator:
         return self._pool.map(_evaluate_in_worker, jobs, chunksize=chunk)
 
 
-def run_grid(prices: PriceSeries, costs: TuningCosts, constraints: Constraints, fasts: Sequence[int],
-             slows: Sequence[int], *, workers: int = 2) -> list[TrialResult]:
+def run_grid(
+    prices: PriceSeries,
+    costs: TuningCosts,
+    constraints: Constraints,
+    fasts: Sequence[int],
+    slows: Sequence[int],
+    *,
+    workers: int = 2,
+) -> list[TrialResult]:
     """Exhaustive search; results in grid order whatever the completion order."""
     jobs = [(n, f, s) for n, (f, s) in enumerate(grid_candidates(fasts, slows))]
     if not jobs:
@@ -256,24 +267,38 @@ def run_grid(prices: PriceSeries, costs: TuningCosts, constraints: Constraints, 
         return ev.map(jobs)
 
 
-def run_optuna(prices: PriceSeries, costs: TuningCosts, constraints: Constraints, *,
-               fast_range: tuple[int, int], slow_range: tuple[int, int], n_trials: int, seed: int,
-               workers: int = 2, storage_url: str | None = None, study_name: str = "tune") -> list[TrialResult]:
+def run_optuna(
+    prices: PriceSeries,
+    costs: TuningCosts,
+    constraints: Constraints,
+    *,
+    fast_range: tuple[int, int],
+    slow_range: tuple[int, int],
+    n_trials: int,
+    seed: int,
+    workers: int = 2,
+    storage_url: str | None = None,
+    study_name: str = "tune",
+) -> list[TrialResult]:
     """TPE search in batches of ``workers``; returns every trial of the study in trial-number order."""
     import optuna
 
     if n_trials < 1:
         raise ValueError("n_trials must be >= 1")
     sampler = optuna.samplers.TPESampler(seed=seed)  # reads the constraints each trial sets (_tell)
-    study = optuna.create_study(study_name=study_name, storage=storage_url, direction="maximize", sampler=sampler,
-                                load_if_exists=storage_url is not None)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage_url,
+        direction="maximize",
+        sampler=sampler,
+        load_if_exists=storage_url is not None,
+    )
     done = [t for t in study.trials if t.state.is_finished()]
     remaining = n_trials - len(done)
     with _Evaluator(prices, costs, constraints, workers) as ev:
         while remaining > 0:
             batch = [study.ask() for _ in range(min(workers, remaining))]
-            jobs = [(t.number, t.suggest_int("fast", *fast_range), t.suggest_int("slow", *slow_range))
-                    for t in batch]
+            jobs = [(t.number, t.suggest_int("fast", *fast_range), t.suggest_int("slow", *slow_range)) for t in batch]
             for trial, result in zip(batch, ev.map(jobs), strict=True):
                 _tell(study, trial, result, constraints)
             remaining -= len(batch)
@@ -288,8 +313,7 @@ def _tell(study: Any, trial: Any, r: TrialResult, c: Constraints) -> None:
     # Optuna's convention: feasible when every value is <= 0. An unevaluated candidate violates both.
     trial.set_constraint("min_trades", float(c.min_trades - trades) if isinstance(trades, int) else 1.0)
     trial.set_constraint("min_turnover", float(c.min_turnover - turnover) if isinstance(turnover, float) else 1.0)
-    trial.set_user_attr("result", {"metrics": r.metrics, "score": r.score, "feasible": r.feasible,
-                                   "reason": r.reason})
+    trial.set_user_attr("result", {"metrics": r.metrics, "score": r.score, "feasible": r.feasible, "reason": r.reason})
     if r.score is None:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
     else:
@@ -298,8 +322,15 @@ def _tell(study: Any, trial: Any, r: TrialResult, c: Constraints) -> None:
 
 def _from_frozen(t: Any) -> TrialResult:
     saved = t.user_attrs["result"]
-    return TrialResult(t.number, int(t.params["fast"]), int(t.params["slow"]), dict(saved["metrics"]),
-                       saved["score"], bool(saved["feasible"]), saved["reason"])
+    return TrialResult(
+        t.number,
+        int(t.params["fast"]),
+        int(t.params["slow"]),
+        dict(saved["metrics"]),
+        saved["score"],
+        bool(saved["feasible"]),
+        saved["reason"],
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -321,16 +352,22 @@ class StudySpec:
         return _sha256(_canonical({"config": self.config, "data_source": self.data_source}))
 
     @classmethod
-    def derive(cls, method: str, config: Mapping[str, Any], data_source: Mapping[str, Any],
-               study_id: str | None = None) -> StudySpec:
+    def derive(
+        cls, method: str, config: Mapping[str, Any], data_source: Mapping[str, Any], study_id: str | None = None
+    ) -> StudySpec:
         """``study_id`` or, by default, a deterministic id from the config: re-running is idempotent."""
         probe = cls("", method, config, data_source)
         return cls(study_id or f"{STRATEGY}-{method}-{probe.config_hash[:16]}", method, config, data_source)
 
 
 def study_config(costs: TuningCosts, constraints: Constraints, space: Mapping[str, Any]) -> dict[str, Any]:
-    return {"strategy": STRATEGY, "objective": OBJECTIVE, "costs": asdict(costs),
-            "constraints": asdict(constraints), "space": dict(space)}
+    return {
+        "strategy": STRATEGY,
+        "objective": OBJECTIVE,
+        "costs": asdict(costs),
+        "constraints": asdict(constraints),
+        "space": dict(space),
+    }
 
 
 def _canonical(obj: Any) -> str:
@@ -359,22 +396,44 @@ async def persist(dsn: str, spec: StudySpec, trials: Sequence[TrialResult]) -> d
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
-            await tuning_store.insert_study(conn, spec.study_id, spec.method, STRATEGY, OBJECTIVE,
-                                            _canonical(spec.config), spec.config_hash, _canonical(spec.data_source))
+            await tuning_store.insert_study(
+                conn,
+                spec.study_id,
+                spec.method,
+                STRATEGY,
+                OBJECTIVE,
+                _canonical(spec.config),
+                spec.config_hash,
+                _canonical(spec.data_source),
+            )
             stored_hash = await tuning_store.study_config_hash(conn, spec.study_id)
             if stored_hash != spec.config_hash:
-                raise StudyConflictError(f"study {spec.study_id!r} exists with another config "
-                                         f"(hash {(stored_hash or '')[:12]} != {spec.config_hash[:12]}); "
-                                         "use a new study id")
-            new = await tuning_store.insert_trials(conn, spec.study_id, [
-                tuning_store.TrialRow(key=t.key, number=t.number, params=_canonical(t.params),
-                                      metrics=_canonical(t.metrics), score=t.score, feasible=t.feasible,
-                                      reason=t.reason)
-                for t in rows])
+                raise StudyConflictError(
+                    f"study {spec.study_id!r} exists with another config "
+                    f"(hash {(stored_hash or '')[:12]} != {spec.config_hash[:12]}); "
+                    "use a new study id"
+                )
+            new = await tuning_store.insert_trials(
+                conn,
+                spec.study_id,
+                [
+                    tuning_store.TrialRow(
+                        key=t.key,
+                        number=t.number,
+                        params=_canonical(t.params),
+                        metrics=_canonical(t.metrics),
+                        score=t.score,
+                        feasible=t.feasible,
+                        reason=t.reason,
+                    )
+                    for t in rows
+                ],
+            )
             known = [t for t in rows if t.key not in new]
             if known:
-                _check_existing(spec.study_id, known,
-                                await tuning_store.stored_trials(conn, spec.study_id, [t.key for t in known]))
+                _check_existing(
+                    spec.study_id, known, await tuning_store.stored_trials(conn, spec.study_id, [t.key for t in known])
+                )
     finally:
         await conn.close()
     return {"trials_new": len(new), "trials_already_stored": len(rows) - len(new)}
@@ -384,11 +443,17 @@ def _check_existing(study_id: str, trials: Sequence[TrialResult], stored: Mappin
     """Every already-stored trial must have been stored with the results it has now."""
     for t in trials:
         row = stored[t.key]
-        same = (json.loads(row.metrics) == t.metrics and row.score == t.score
-                and row.feasible == t.feasible and row.reason == t.reason)
+        same = (
+            json.loads(row.metrics) == t.metrics
+            and row.score == t.score
+            and row.feasible == t.feasible
+            and row.reason == t.reason
+        )
         if not same:
-            raise StudyConflictError(f"study {study_id!r} trial {t.params} is stored with other results; "
-                                     "the code or data changed: use a new study id")
+            raise StudyConflictError(
+                f"study {study_id!r} trial {t.params} is stored with other results; "
+                "the code or data changed: use a new study id"
+            )
 
 
 def summary(trials: Sequence[TrialResult], top: int = 5) -> dict[str, Any]:
@@ -413,4 +478,3 @@ def summary(trials: Sequence[TrialResult], top: int = 5) -> dict[str, Any]:
         "best": None if winner is None else row(winner),
         "leaderboard": [row(t) for t in ranked[:top]],
     }
-

@@ -79,12 +79,20 @@ class WindowLineage:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "symbol": self.symbol, "label": self.label, "model_id": self.model_id,
-            "model_version": self.model_version, "checkpoint_sha256": self.checkpoint_sha256,
-            "train_rows": self.train_rows, "validation_rows": self.validation_rows, "test_rows": self.test_rows,
-            "train_start_ns": self.train_start_ns, "train_end_ns": self.train_end_ns,
-            "serve_start_ns": self.serve_start_ns, "serve_end_ns": self.serve_end_ns,
-            "polarity": self.polarity, "polarity_mode": self.polarity_mode,
+            "symbol": self.symbol,
+            "label": self.label,
+            "model_id": self.model_id,
+            "model_version": self.model_version,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "train_rows": self.train_rows,
+            "validation_rows": self.validation_rows,
+            "test_rows": self.test_rows,
+            "train_start_ns": self.train_start_ns,
+            "train_end_ns": self.train_end_ns,
+            "serve_start_ns": self.serve_start_ns,
+            "serve_end_ns": self.serve_end_ns,
+            "polarity": self.polarity,
+            "polarity_mode": self.polarity_mode,
             "polarity_statistic": self.polarity_statistic,
         }
 
@@ -102,8 +110,13 @@ def feature_vectors(bars: Sequence[Bar], spec: FeatureSpec) -> dict[str, list[Fe
     return out
 
 
-def choose_polarity(mode: PolarityMode, score: np.ndarray[Any, np.dtype[np.float64]], ds: WindowDataset,
-                    rows: np.ndarray[Any, np.dtype[np.int64]], config: ModelConfig) -> tuple[int, float | None]:
+def choose_polarity(
+    mode: PolarityMode,
+    score: np.ndarray[Any, np.dtype[np.float64]],
+    ds: WindowDataset,
+    rows: np.ndarray[Any, np.dtype[np.int64]],
+    config: ModelConfig,
+) -> tuple[int, float | None]:
     """(polarity, statistic) on training rows; see the module docstring."""
     if mode is PolarityMode.NORMAL:
         return 1, None
@@ -111,8 +124,12 @@ def choose_polarity(mode: PolarityMode, score: np.ndarray[Any, np.dtype[np.float
         ic = spearman_ic(score, ds.y_return[rows])
         return (-1 if ic is not None and ic < 0 else 1), ic
     keep = non_overlapping_rows(ds.timestamps[rows], ds.horizon_ns)
-    report = strategy_pnl(positions_from_scores(score[keep], config.signal_threshold), ds.y_return[rows][keep],
-                          cost_bps=config.cost_bps, periods_per_year=ds.periods_per_year)
+    report = strategy_pnl(
+        positions_from_scores(score[keep], config.signal_threshold),
+        ds.y_return[rows][keep],
+        cost_bps=config.cost_bps,
+        periods_per_year=ds.periods_per_year,
+    )
     return (-1 if report.total_return < 0 else 1), report.total_return
 
 
@@ -137,8 +154,9 @@ def train_walk_forward(
         vecs = vectors.get(symbol, [])
         if not vecs:
             raise ValueError(f"walk-forward: no feature vectors for {symbol} (fewer bars than the feature window)")
-        ds = build_dataset(vecs, closes[symbol], window=cfg.window, horizon_bars=cfg.horizon_bars,
-                           flat_band=cfg.flat_band)
+        ds = build_dataset(
+            vecs, closes[symbol], window=cfg.window, horizon_bars=cfg.horizon_bars, flat_band=cfg.flat_band
+        )
         folds = walk_forward_splits(ds.timestamps, spec.n_windows, purge=ds.horizon_ns, embargo=0)
         starts = [int(ds.timestamps[f.validation[0]]) for f in folds]
         for k, fold in enumerate(folds):
@@ -153,15 +171,37 @@ def train_walk_forward(
             model_id = f"wf-{cfg.family}-{symbol.replace('/', '').replace(':', '-').lower()}"
             version = sha[:12]
             label = f"wf{k + 1}/{spec.n_windows}"
-            segments.append(ModelSegment(symbol=symbol, start_ns=starts[k], end_ns=end, predictor=predictor,
-                                         model_id=model_id, model_version=version, horizon=horizon,
-                                         polarity=polarity, label=label))
+            segments.append(
+                ModelSegment(
+                    symbol=symbol,
+                    start_ns=starts[k],
+                    end_ns=end,
+                    predictor=predictor,
+                    model_id=model_id,
+                    model_version=version,
+                    horizon=horizon,
+                    polarity=polarity,
+                    label=label,
+                )
+            )
             train_ts = ds.timestamps[fold.train]
-            lineage.append(WindowLineage(
-                symbol=symbol, label=label, model_id=model_id, model_version=version, checkpoint_sha256=sha,
-                train_rows=len(split.train), validation_rows=len(split.validation), test_rows=len(fold.validation),
-                train_start_ns=int(train_ts.min()), train_end_ns=int(train_ts.max()),
-                serve_start_ns=starts[k], serve_end_ns=None if end == _FOREVER else end,
-                polarity=polarity, polarity_mode=spec.polarity.value, polarity_statistic=stat,
-            ))
+            lineage.append(
+                WindowLineage(
+                    symbol=symbol,
+                    label=label,
+                    model_id=model_id,
+                    model_version=version,
+                    checkpoint_sha256=sha,
+                    train_rows=len(split.train),
+                    validation_rows=len(split.validation),
+                    test_rows=len(fold.validation),
+                    train_start_ns=int(train_ts.min()),
+                    train_end_ns=int(train_ts.max()),
+                    serve_start_ns=starts[k],
+                    serve_end_ns=None if end == _FOREVER else end,
+                    polarity=polarity,
+                    polarity_mode=spec.polarity.value,
+                    polarity_statistic=stat,
+                )
+            )
     return ReplayModel(tuple(segments)), tuple(lineage)

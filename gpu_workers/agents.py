@@ -42,10 +42,14 @@ INFERENCE = "inference"
 BATCH_MAX = 256
 BATCH_WAIT_S = 0.01
 
-INFERENCE_BATCH = Histogram("tradeflow_inference_batch_rows", "Rows per predict_batch call",
-                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
-INFERENCE_SECONDS = Histogram("tradeflow_inference_batch_seconds", "predict_batch latency",
-                              buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25))
+INFERENCE_BATCH = Histogram(
+    "tradeflow_inference_batch_rows", "Rows per predict_batch call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+)
+INFERENCE_SECONDS = Histogram(
+    "tradeflow_inference_batch_seconds",
+    "predict_batch latency",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
 CHECKPOINTS_REFUSED = Counter("tradeflow_checkpoints_refused_total", "Checkpoints refused", ["reason"])
 JOBS = Counter("tradeflow_train_jobs_total", "Training jobs", ["status"])
 
@@ -97,8 +101,9 @@ class _Models:
         try:
             p = Predictor.from_checkpoint(Path(s.event.checkpoint_path), s.event.checkpoint_sha256)
         except (ModelCheckpointError, OSError) as exc:
-            err = (exc if isinstance(exc, ModelCheckpointError)
-                   else ModelCheckpointError(f"cannot read checkpoint: {exc}"))
+            err = (
+                exc if isinstance(exc, ModelCheckpointError) else ModelCheckpointError(f"cannot read checkpoint: {exc}")
+            )
             self.refused[key] = str(err)
             return err
         self.loaded[key] = p
@@ -119,8 +124,14 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
 
     @app.task  # type: ignore[untyped-decorator]
     async def follow_registry() -> None:
-        consumer = AIOKafkaConsumer(ctx.topic("models.registry"), bootstrap_servers=ctx.bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=50)
+        consumer = AIOKafkaConsumer(
+            ctx.topic("models.registry"),
+            bootstrap_servers=ctx.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+        )
         await consumer.start()
         codec = codec_for(ModelRegistryEvent)
         try:
@@ -177,9 +188,15 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
                 INFERENCE_SECONDS.observe(time.perf_counter() - t1)
                 INFERENCE_BATCH.observe(len(windows))
                 cfg = served.event.config
-                for sig in to_signals(prediction, newest, model_id=served.model_id, model_version=served.version,
-                                      horizon=f"{cfg['horizon_bars']}x{cfg['timeframe']}", shadow=served.shadow,
-                                      ts_init=now):
+                for sig in to_signals(
+                    prediction,
+                    newest,
+                    model_id=served.model_id,
+                    model_version=served.version,
+                    horizon=f"{cfg['horizon_bars']}x{cfg['timeframe']}",
+                    shadow=served.shadow,
+                    ts_init=now,
+                ):
                     signals.send_soon(key=sig.key(), value=sig_codec.encode(sig))
                     n_signals.inc()
             latency.observe(time.perf_counter() - t0)
@@ -190,11 +207,16 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
 async def _refuse(ctx: AgentContext, alerts: Any, served: Served, err: ModelCheckpointError) -> None:
     reason = type(err).__name__
     CHECKPOINTS_REFUSED.labels(reason).inc()
-    log.critical("checkpoint_refused", model_id=served.model_id, version=served.version, reason=reason,
-                 detail=str(err)[:300])
+    log.critical(
+        "checkpoint_refused", model_id=served.model_id, version=served.version, reason=reason, detail=str(err)[:300]
+    )
     alert = Alert.new(
-        ts_event=served.event.ts_event, ts_init=ctx.wall_clock(), causation_id=served.event.event_id,
-        severity=Severity.CRITICAL, source=INFERENCE, code="checkpoint_refused",
+        ts_event=served.event.ts_event,
+        ts_init=ctx.wall_clock(),
+        causation_id=served.event.event_id,
+        severity=Severity.CRITICAL,
+        source=INFERENCE,
+        code="checkpoint_refused",
         message=f"{served.model_id}@{served.version}: {err}"[:1000],
         dedupe_key=f"{served.model_id}@{served.version}",
         labels={"model_id": served.model_id, "version": served.version, "reason": reason},

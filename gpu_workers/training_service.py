@@ -60,8 +60,9 @@ def model_id_for(family: str, symbol: str, timeframe: str) -> str:
 
 
 class TrainingService:
-    def __init__(self, dsn: str, artifacts_dir: Path, validation_fraction: float = 0.2,
-                 test_fraction: float = 0.1) -> None:
+    def __init__(
+        self, dsn: str, artifacts_dir: Path, validation_fraction: float = 0.2, test_fraction: float = 0.1
+    ) -> None:
         self.dsn = dsn
         self.artifacts_dir = artifacts_dir
         self.validation_fraction = validation_fraction
@@ -76,17 +77,31 @@ class TrainingService:
         return TrainOutcome(self._result(job, ts_init, JobStatus.SUCCEEDED, None, metrics, artifacts), registry)
 
     @staticmethod
-    def _result(job: TrainJob, ts_init: int, status: JobStatus, reason: str | None, metrics: dict[str, float],
-                artifacts: dict[str, str]) -> JobResult:
+    def _result(
+        job: TrainJob,
+        ts_init: int,
+        status: JobStatus,
+        reason: str | None,
+        metrics: dict[str, float],
+        artifacts: dict[str, str],
+    ) -> JobResult:
         return JobResult.new(
-            ts_event=job.ts_event, ts_init=ts_init, correlation_id=job.correlation_id, causation_id=job.event_id,
-            job_id=job.job_id, job_type=JobType.TRAIN, status=status, reason=reason, metrics=metrics,
+            ts_event=job.ts_event,
+            ts_init=ts_init,
+            correlation_id=job.correlation_id,
+            causation_id=job.event_id,
+            job_id=job.job_id,
+            job_type=JobType.TRAIN,
+            status=status,
+            reason=reason,
+            metrics=metrics,
             artifacts=artifacts,
         )
 
     # -- the job ------------------------------------------------------------------
-    async def _run(self, job: TrainJob, ts_init: int) -> tuple[tuple[ModelRegistryEvent, ...], dict[str, float],
-                                                             dict[str, str]]:
+    async def _run(
+        self, job: TrainJob, ts_init: int
+    ) -> tuple[tuple[ModelRegistryEvent, ...], dict[str, float], dict[str, str]]:
         try:
             config = ModelConfig.from_train_job(job)
         except InvalidConfig as exc:
@@ -111,29 +126,45 @@ class TrainingService:
             artifacts[sym] = f"{ev.model_id}@{ev.version}"
         return tuple(registry), metrics, artifacts
 
-    async def _load(self, conn: Conn, job: TrainJob, symbol: str) -> tuple[str, list[FeatureVector],
-                                                                          dict[int, float]]:
+    async def _load(self, conn: Conn, job: TrainJob, symbol: str) -> tuple[str, list[FeatureVector], dict[int, float]]:
         known = await count_bars(conn, symbol, job.timeframe)
         if not known:
             raise JobFailed("unknown_symbol", f"no {job.timeframe.value} bars for {symbol!r}")
-        vectors = await feature_vectors(conn, symbol, job.timeframe, job.feature_set_version, job.data_start,
-                                        job.data_end)
+        vectors = await feature_vectors(
+            conn, symbol, job.timeframe, job.feature_set_version, job.data_start, job.data_end
+        )
         if len(vectors) < MIN_ROWS:
-            raise JobFailed("insufficient_data", f"{len(vectors)} feature vectors of {job.feature_set_version} for "
-                            f"{symbol} in the range (need >= {MIN_ROWS})")
+            raise JobFailed(
+                "insufficient_data",
+                f"{len(vectors)} feature vectors of {job.feature_set_version} for "
+                f"{symbol} in the range (need >= {MIN_ROWS})",
+            )
         venues = {v.venue for v in vectors}
         if len(venues) != 1:
             raise JobFailed("ambiguous_venue", f"{symbol} has features from several venues {sorted(venues)}")
         venue = venues.pop()
         return venue, vectors, await closes_from(conn, venue, symbol, job.timeframe, job.data_start)
 
-    async def _train_one(self, job: TrainJob, config: ModelConfig, symbol: str, venue: str,
-                         vectors: list[FeatureVector], closes: dict[int, float], ts_init: int) -> ModelRegistryEvent:
+    async def _train_one(
+        self,
+        job: TrainJob,
+        config: ModelConfig,
+        symbol: str,
+        venue: str,
+        vectors: list[FeatureVector],
+        closes: dict[int, float],
+        ts_init: int,
+    ) -> ModelRegistryEvent:
         try:
-            ds = build_dataset(vectors, closes, window=config.window, horizon_bars=config.horizon_bars,
-                               flat_band=config.flat_band)
-            split = holdout_split(ds.timestamps, validation_fraction=self.validation_fraction,
-                                  test_fraction=self.test_fraction, purge=ds.horizon_ns)
+            ds = build_dataset(
+                vectors, closes, window=config.window, horizon_bars=config.horizon_bars, flat_band=config.flat_band
+            )
+            split = holdout_split(
+                ds.timestamps,
+                validation_fraction=self.validation_fraction,
+                test_fraction=self.test_fraction,
+                purge=ds.horizon_ns,
+            )
         except (DatasetError, SplitError) as exc:
             raise JobFailed("insufficient_data", str(exc)) from None
         model_id = model_id_for(config.family, symbol, job.timeframe.value)
@@ -148,15 +179,35 @@ class TrainingService:
         path.parent.mkdir(parents=True, exist_ok=True)
         sha = await asyncio.to_thread(result.save, path)
         assert sha == sha256_hex(path.read_bytes())
-        cfg: dict[str, str | int | float | bool] = {**config.to_dict(), "symbol": symbol, "venue": venue,
-                                                    "timeframe": job.timeframe.value}
-        log.info("model_trained", model_id=model_id, version=version, job_id=job.job_id, device=result.device,
-                 epochs=result.metrics.get("epochs_run"), val_log_loss=result.metrics.get("val_log_loss"))
+        cfg: dict[str, str | int | float | bool] = {
+            **config.to_dict(),
+            "symbol": symbol,
+            "venue": venue,
+            "timeframe": job.timeframe.value,
+        }
+        log.info(
+            "model_trained",
+            model_id=model_id,
+            version=version,
+            job_id=job.job_id,
+            device=result.device,
+            epochs=result.metrics.get("epochs_run"),
+            val_log_loss=result.metrics.get("val_log_loss"),
+        )
         return ModelRegistryEvent.new(
-            ts_event=job.ts_event, ts_init=ts_init, correlation_id=job.correlation_id, causation_id=job.event_id,
-            model_id=model_id, version=version, stage=ModelStage.REGISTERED,
-            feature_set_version=result.feature_set_version, config=cfg, data_start=result.data_start,
-            data_end=result.data_end, seed=config.seed,
+            ts_event=job.ts_event,
+            ts_init=ts_init,
+            correlation_id=job.correlation_id,
+            causation_id=job.event_id,
+            model_id=model_id,
+            version=version,
+            stage=ModelStage.REGISTERED,
+            feature_set_version=result.feature_set_version,
+            config=cfg,
+            data_start=result.data_start,
+            data_end=result.data_end,
+            seed=config.seed,
             metrics={k: float(v) for k, v in result.metrics.items()},
-            checkpoint_path=str(path), checkpoint_sha256=sha,
+            checkpoint_path=str(path),
+            checkpoint_sha256=sha,
         )

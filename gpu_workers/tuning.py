@@ -69,12 +69,24 @@ def _sample(trial: optuna.Trial, space: dict[str, tuple[Any, ...]]) -> dict[str,
     return out
 
 
-async def tune(spec: TuneSpec, *, dsn: str, bootstrap: str, namespace: str, artifacts: Path,
-               space: dict[str, tuple[Any, ...]] | None = None) -> optuna.Study:
+async def tune(
+    spec: TuneSpec,
+    *,
+    dsn: str,
+    bootstrap: str,
+    namespace: str,
+    artifacts: Path,
+    space: dict[str, tuple[Any, ...]] | None = None,
+) -> optuna.Study:
     space = space or DEFAULT_SPACE
     storage = optuna.storages.RDBStorage(sqlalchemy_url(dsn))
-    study = optuna.create_study(study_name=spec.study, storage=storage, direction="minimize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    study = optuna.create_study(
+        study_name=spec.study,
+        storage=storage,
+        direction="minimize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+    )
     service = TrainingService(dsn, artifacts)
     async with RecordPublisher(bootstrap, namespace, name="tuner") as pub:
         for _ in range(spec.trials):
@@ -82,9 +94,16 @@ async def tune(spec: TuneSpec, *, dsn: str, bootstrap: str, namespace: str, arti
             params = {**_sample(trial, space), **dict(spec.fixed)}
             now = time.time_ns()
             job = TrainJob.new(
-                ts_event=now, ts_init=now, job_id=f"{spec.study}-trial-{trial.number}", model_family=spec.family,
-                symbols=(spec.symbol,), timeframe=spec.timeframe, data_start=spec.data_start,
-                data_end=spec.data_end, feature_set_version=spec.feature_set_version, seed=spec.seed,
+                ts_event=now,
+                ts_init=now,
+                job_id=f"{spec.study}-trial-{trial.number}",
+                model_family=spec.family,
+                symbols=(spec.symbol,),
+                timeframe=spec.timeframe,
+                data_start=spec.data_start,
+                data_end=spec.data_end,
+                feature_set_version=spec.feature_set_version,
+                seed=spec.seed,
                 hyperparams=params,
             )
             await pub.publish([job])
@@ -102,7 +121,13 @@ async def tune(spec: TuneSpec, *, dsn: str, bootstrap: str, namespace: str, arti
             else:
                 trial.set_user_attr("failure", res.reason or "no val_log_loss")
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            log.info("trial_done", study=spec.study, trial=trial.number, status=res.status.value,
-                     val_log_loss=res.metrics.get("val_log_loss"), reason=res.reason)
+            log.info(
+                "trial_done",
+                study=spec.study,
+                trial=trial.number,
+                status=res.status.value,
+                val_log_loss=res.metrics.get("val_log_loss"),
+                reason=res.reason,
+            )
             await asyncio.sleep(0)
     return study

@@ -62,8 +62,10 @@ class RolloutState:
             k = (ev.model_id, shadow)
             if k not in best or (best[k].ts_event, best[k].version) < (ev.ts_event, ev.version):
                 best[k] = ev
-        return sorted((Served(ev.model_id, ev.version, shadow, ev) for (_, shadow), ev in best.items()),
-                      key=lambda s: (s.model_id, s.shadow))
+        return sorted(
+            (Served(ev.model_id, ev.version, shadow, ev) for (_, shadow), ev in best.items()),
+            key=lambda s: (s.model_id, s.shadow),
+        )
 
 
 @dataclass

@@ -108,12 +108,26 @@ def decode_message(
     except bad_input as err:
         reason = err.reason.value if isinstance(err, RecordError) else ErrorReason.INVALID_VALUE.value
         DEAD_LETTERS.labels(consumer, topic, reason).inc()
-        log.warning("dead_letter", consumer=consumer, topic=topic, partition=partition, offset=offset,
-                    reason=reason, detail=str(err)[:200])
+        log.warning(
+            "dead_letter",
+            consumer=consumer,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            reason=reason,
+            detail=str(err)[:200],
+        )
         dead_letters(
             dead_letter_for(
-                consumer=consumer, topic=topic, partition=partition, offset=offset, key=key, value=value,
-                error=err, ts_event=ts_event, ts_init=ts_init(),
+                consumer=consumer,
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                key=key,
+                value=value,
+                error=err,
+                ts_event=ts_event,
+                ts_init=ts_init(),
             )
         )
         return None
@@ -125,8 +139,15 @@ async def decode_or_dead_letter(ctx: AgentContext, consumer: str, topic: str, cl
     msg = event.message
     dead: list[DeadLetter] = []
     record = decode_message(
-        codec_for(cls), consumer=consumer, topic=topic, partition=msg.partition, offset=msg.offset, key=msg.key,
-        value=msg.value, ts_event=int(msg.timestamp * 1e9) if msg.timestamp else 0, ts_init=ctx.wall_clock,
+        codec_for(cls),
+        consumer=consumer,
+        topic=topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        ts_event=int(msg.timestamp * 1e9) if msg.timestamp else 0,
+        ts_init=ctx.wall_clock,
         dead_letters=dead.append,
     )
     for dl in dead:

@@ -162,8 +162,11 @@ class BrokerWatchdog:
         tp = TopicPartition(self.expect[0], 0)
         try:
             if self._marker is None:
-                marker = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                          group_id=f"tradeflow-watchdog-{uuid.uuid4().hex}")
+                marker = AIOKafkaConsumer(
+                    bootstrap_servers=self.bootstrap,
+                    enable_auto_commit=False,
+                    group_id=f"tradeflow-watchdog-{uuid.uuid4().hex}",
+                )
                 await asyncio.wait_for(marker.start(), 5.0)
                 marker.assign([tp])
                 await asyncio.wait_for(marker.commit({tp: _MARKER_OFFSET}), 5.0)
@@ -171,8 +174,10 @@ class BrokerWatchdog:
                 return
             got = await asyncio.wait_for(self._marker.committed(tp), 5.0)
             if got != _MARKER_OFFSET:
-                raise BrokerLost(f"{_MARKER_LOST} on {self.bootstrap} (watchdog offset {got!r}, expected "
-                                 f"{_MARKER_OFFSET}): the broker was restarted empty and topics recreated")
+                raise BrokerLost(
+                    f"{_MARKER_LOST} on {self.bootstrap} (watchdog offset {got!r}, expected "
+                    f"{_MARKER_OFFSET}): the broker was restarted empty and topics recreated"
+                )
             await asyncio.wait_for(self._marker.commit({tp: _MARKER_OFFSET}), 5.0)
         except (TimeoutError, KafkaError, OSError) as exc:
             raise BrokerLost(f"broker {self.bootstrap} unreachable: {type(exc).__name__}: {exc}") from exc

@@ -10,9 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS_IN = Counter("tradeflow_records_in_total", "Records consumed", ["consumer", "topic"])
 RECORDS_OUT = Counter("tradeflow_records_out_total", "Records produced", ["producer", "topic"])
-DEAD_LETTERS = Counter(
-    "tradeflow_dead_letters_total", "Messages dead-lettered", ["consumer", "topic", "reason"]
-)
+DEAD_LETTERS = Counter("tradeflow_dead_letters_total", "Messages dead-lettered", ["consumer", "topic", "reason"])
 PROCESS_LATENCY = Histogram(
     "tradeflow_processing_seconds",
     "Time to process one record or batch",
@@ -26,7 +24,8 @@ SINK_BATCH = Histogram(
     buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
 )
 SINK_COMMIT_SECONDS = Histogram(
-    "tradeflow_sink_commit_seconds", "Database transaction time per sink batch",
+    "tradeflow_sink_commit_seconds",
+    "Database transaction time per sink batch",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SINK_DB_ERRORS = Counter("tradeflow_sink_db_errors_total", "Database errors seen by the sink (retried)", ["kind"])
@@ -77,11 +76,12 @@ def gate_status_value(status: str) -> float:
 def logical_topic(physical: str, namespace: str) -> str:
     """The catalogue name of a broker topic (strips the ``namespace.`` prefix) for metric labels."""
     prefix = f"{namespace}." if namespace else ""
-    return physical[len(prefix):] if prefix and physical.startswith(prefix) else physical
+    return physical[len(prefix) :] if prefix and physical.startswith(prefix) else physical
 
 
-def set_consumer_lag(consumer: str, topic: str, partition: int, highwater: int | None,
-                     committed: int | None) -> int | None:
+def set_consumer_lag(
+    consumer: str, topic: str, partition: int, highwater: int | None, committed: int | None
+) -> int | None:
     """Set ``tradeflow_consumer_lag`` for one partition; return the lag, or None when unknown.
 
     ``highwater`` must be the one the fetch responses reported (tansu's ``end_offsets`` can be off by a

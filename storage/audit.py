@@ -44,10 +44,11 @@ async def journal(conn: Conn, account: str) -> list[JournalEntry]:
     if not exists:
         return []
     rows = await conn.fetch(
-        "SELECT seq, topic, event_id, arrival_ns FROM trading_input_journal WHERE account = $1 ORDER BY seq",
-        account)
-    return [JournalEntry(seq=r["seq"], topic=r["topic"], event_id=r["event_id"], arrival_ns=r["arrival_ns"])
-            for r in rows]
+        "SELECT seq, topic, event_id, arrival_ns FROM trading_input_journal WHERE account = $1 ORDER BY seq", account
+    )
+    return [
+        JournalEntry(seq=r["seq"], topic=r["topic"], event_id=r["event_id"], arrival_ns=r["arrival_ns"]) for r in rows
+    ]
 
 
 async def payloads(conn: Conn, topic: str, event_ids: Sequence[str]) -> dict[str, str]:
@@ -56,16 +57,26 @@ async def payloads(conn: Conn, topic: str, event_ids: Sequence[str]) -> dict[str
     return {r["event_id"]: r["p"] for r in await conn.fetch(sql, event_ids)}
 
 
-async def inputs_in_range(conn: Conn, topic: str, start_ns: int, end_ns: int,
-                          timeframes: Sequence[str] | None = None) -> list[StoredInput]:
+async def inputs_in_range(
+    conn: Conn, topic: str, start_ns: int, end_ns: int, timeframes: Sequence[str] | None = None
+) -> list[StoredInput]:
     """Records of a topic with ``start_ns <= ts_event < end_ns`` (bars: of these timeframes only), unordered."""
     extra = " AND payload->>'timeframe' = ANY($3::text[])" if timeframes is not None else ""
     args: list[object] = [start_ns, end_ns] + ([list(timeframes)] if timeframes is not None else [])
-    sql = (f"SELECT event_id, ts_event, kafka_partition, kafka_offset, payload::text AS p "  # noqa: S608
-           f"FROM {spec(topic).table} WHERE ts_event >= $1 AND ts_event < $2{extra}")  # table names from the catalogue
-    return [StoredInput(event_id=r["event_id"], ts_event=r["ts_event"], kafka_partition=r["kafka_partition"],
-                        kafka_offset=r["kafka_offset"], payload=r["p"])
-            for r in await conn.fetch(sql, *args)]
+    sql = (
+        f"SELECT event_id, ts_event, kafka_partition, kafka_offset, payload::text AS p "  # noqa: S608
+        f"FROM {spec(topic).table} WHERE ts_event >= $1 AND ts_event < $2{extra}"
+    )  # table names from the catalogue
+    return [
+        StoredInput(
+            event_id=r["event_id"],
+            ts_event=r["ts_event"],
+            kafka_partition=r["kafka_partition"],
+            kafka_offset=r["kafka_offset"],
+            payload=r["p"],
+        )
+        for r in await conn.fetch(sql, *args)
+    ]
 
 
 async def outputs_in_range(conn: Conn, topic: str, start_ns: int, end_ns: int) -> list[str]:

@@ -73,9 +73,19 @@ async def insert_run(conn: Conn, run: RunRow, *, status: str = "running", error:
         "config_hash, lineage, request_hash, attempt, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
         "$9::jsonb, $10, $11::jsonb, $12, $13, CASE WHEN $3 = 'failed' THEN now() END) "
         "ON CONFLICT (run_id) DO NOTHING",
-        run.run_id, run.source, status, error, run.track, list(run.symbols), ns_to_dt(run.range_start_ns),
-        ns_to_dt(run.range_end_ns), _json(dict(run.config)), run.config_hash, _json(dict(run.lineage)),
-        run.request_hash, run.attempt,
+        run.run_id,
+        run.source,
+        status,
+        error,
+        run.track,
+        list(run.symbols),
+        ns_to_dt(run.range_start_ns),
+        ns_to_dt(run.range_end_ns),
+        _json(dict(run.config)),
+        run.config_hash,
+        _json(dict(run.lineage)),
+        run.request_hash,
+        run.attempt,
     )
     return status_line.endswith(" 1")
 
@@ -84,7 +94,9 @@ async def mark_failed(conn: Conn, run_id: str, error: str, lineage: Mapping[str,
     await conn.execute(
         "UPDATE backtest_runs SET status = 'failed', error = $2, finished_at = now(), "
         "lineage = COALESCE($3::jsonb, lineage) WHERE run_id = $1 AND status = 'running'",
-        run_id, error[:4000], None if lineage is None else _json(dict(lineage)),
+        run_id,
+        error[:4000],
+        None if lineage is None else _json(dict(lineage)),
     )
 
 
@@ -110,22 +122,42 @@ async def write_success(
             await conn.copy_records_to_table(
                 "backtest_fills",
                 records=[(run_id, f[0], f[1], f[2], ns_to_dt(f[3]), *f[4:11], f[3], f[11]) for f in fills],
-                columns=("run_id", "seq", "symbol", "side", "ts", "quantity", "price", "notional", "fee",
-                         "slippage_cost", "impact_cost", "client_order_id", "ts_ns", "fill_event_id"),
+                columns=(
+                    "run_id",
+                    "seq",
+                    "symbol",
+                    "side",
+                    "ts",
+                    "quantity",
+                    "price",
+                    "notional",
+                    "fee",
+                    "slippage_cost",
+                    "impact_cost",
+                    "client_order_id",
+                    "ts_ns",
+                    "fill_event_id",
+                ),
             )
         if equity:
             await conn.copy_records_to_table(
-                "backtest_equity", records=[(run_id, ns_to_dt(t), e, d) for t, e, d in equity],
+                "backtest_equity",
+                records=[(run_id, ns_to_dt(t), e, d) for t, e, d in equity],
                 columns=("run_id", "ts", "equity", "drawdown"),
             )
         await conn.copy_records_to_table(
-            "backtest_metrics", records=[(run_id, s, m, v) for (s, m), v in sorted(metrics.items())],
+            "backtest_metrics",
+            records=[(run_id, s, m, v) for (s, m), v in sorted(metrics.items())],
             columns=("run_id", "symbol", "metric", "value"),
         )
         done = await conn.execute(
             "UPDATE backtest_runs SET status = 'succeeded', lineage = $2::jsonb, decision_hash = $3, "
             "n_records = $4, n_bars = $5, finished_at = now() WHERE run_id = $1 AND status = 'running'",
-            run_id, _json(dict(lineage)), decision_hash, n_records, n_bars,
+            run_id,
+            _json(dict(lineage)),
+            decision_hash,
+            n_records,
+            n_bars,
         )
         if not done.endswith(" 1"):
             raise RuntimeError(f"run {run_id} is no longer 'running' (superseded meanwhile?): results not written")
@@ -149,17 +181,22 @@ async def supersede(conn: Conn, run_id: str, reason: str, by: str | None = None)
         await conn.execute(
             "UPDATE backtest_runs SET status = 'superseded', superseded_by = $2, supersede_reason = $3, "
             "finished_at = COALESCE(finished_at, now()) WHERE run_id = $1",
-            run_id, by, reason.strip(),
+            run_id,
+            by,
+            reason.strip(),
         )
 
 
-async def list_runs(conn: Conn, *, limit: int = 50, track: str | None = None,
-                    source: str | None = None) -> list[Mapping[str, Any]]:
+async def list_runs(
+    conn: Conn, *, limit: int = 50, track: str | None = None, source: str | None = None
+) -> list[Mapping[str, Any]]:
     rows = await conn.fetch(
         "SELECT run_id, created_at, source, status, track, symbols, range_start, range_end, decision_hash, "
         "error, superseded_by FROM backtest_runs WHERE ($1::text IS NULL OR track = $1) "
         "AND ($2::text IS NULL OR source = $2) ORDER BY created_at DESC, run_id LIMIT $3",
-        track, source, limit,
+        track,
+        source,
+        limit,
     )
     return [dict(r) for r in rows]
 
@@ -175,8 +212,9 @@ async def fetch_run(conn: Conn, run_id: str) -> Mapping[str, Any] | None:
     out = {k: v for k, v in dict(row).items() if k not in ("config", "lineage", "config_json", "lineage_json")}
     out["config"] = json.loads(row["config_json"])
     out["lineage"] = json.loads(row["lineage_json"])
-    metrics = await conn.fetch("SELECT symbol, metric, value FROM backtest_metrics WHERE run_id = $1 "
-                               "ORDER BY symbol, metric", run_id)
+    metrics = await conn.fetch(
+        "SELECT symbol, metric, value FROM backtest_metrics WHERE run_id = $1 ORDER BY symbol, metric", run_id
+    )
     out["metrics"] = {f"{m['symbol']}:{m['metric']}": m["value"] for m in metrics}
     out["fills"] = await conn.fetchval("SELECT count(*) FROM backtest_fills WHERE run_id = $1", run_id)
     out["equity_points"] = await conn.fetchval("SELECT count(*) FROM backtest_equity WHERE run_id = $1", run_id)

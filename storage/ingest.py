@@ -22,5 +22,6 @@ async def save_checkpoint(conn: Conn, key: str, last_open_time_ns: int) -> None:
         "INSERT INTO ingest_checkpoints (key, last_open_time_ns) VALUES ($1, $2) "
         "ON CONFLICT (key) DO UPDATE SET last_open_time_ns = GREATEST(ingest_checkpoints.last_open_time_ns,"
         " EXCLUDED.last_open_time_ns), updated_at = now()",
-        key, last_open_time_ns,
+        key,
+        last_open_time_ns,
     )

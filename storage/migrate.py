@@ -74,7 +74,9 @@ async def migrate(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) ->
                 await conn.execute(m.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, sha256) VALUES ($1, $2, $3)",
-                    m.version, m.name, m.sha256,
+                    m.version,
+                    m.name,
+                    m.sha256,
                 )
             applied_now.append(m.version)
             log.info("migration_applied", version=m.version, name=m.name)

@@ -43,7 +43,8 @@ async def registry_entry(conn: Conn, model_id: str, version: str) -> Mapping[str
     row = await conn.fetchrow(
         "SELECT model_id, version, stage, feature_set_version, checkpoint_path, checkpoint_sha256, config::text "
         "AS config FROM model_registry WHERE model_id = $1 AND version = $2 ORDER BY ts_event DESC LIMIT 1",
-        model_id, version,
+        model_id,
+        version,
     )
     if row is None:
         return None

@@ -32,6 +32,8 @@ SELECT * FROM rollout_audit
 WHERE ($1::text IS NULL OR model_id = $1) AND ($2::text IS NULL OR symbol = $2)
 ORDER BY ts_event DESC, kafka_offset DESC LIMIT $3
 """,
-        model_id, symbol, limit,
+        model_id,
+        symbol,
+        limit,
     )
     return [dict(r) for r in rows]

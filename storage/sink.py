@@ -67,8 +67,21 @@ EVENT_COLUMNS = (
     "payload",
 )
 BAR_COLUMNS = (
-    "venue", "symbol", "timeframe", "open_time", "close_time", "open", "high", "low", "close",
-    "volume", "trade_count", "is_closed", "revision", "source", "event_id",
+    "venue",
+    "symbol",
+    "timeframe",
+    "open_time",
+    "close_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "trade_count",
+    "is_closed",
+    "revision",
+    "source",
+    "event_id",
 )
 
 _Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -143,28 +156,67 @@ class _TopicDecoder:
     def row(self, msg: ConsumerRecord[bytes, bytes], rec: Record) -> tuple[Any, ...]:
         key = msg.key.decode("utf-8", "replace") if msg.key is not None else None
         return (
-            rec.event_id, rec.schema_version, rec.ts_event, rec.ts_init, rec.correlation_id,
-            rec.causation_id, msg.partition, msg.offset, key, msg.value.decode("utf-8"),
+            rec.event_id,
+            rec.schema_version,
+            rec.ts_event,
+            rec.ts_init,
+            rec.correlation_id,
+            rec.causation_id,
+            msg.partition,
+            msg.offset,
+            key,
+            msg.value.decode("utf-8"),
         )
 
 
 FEATURE_COLUMNS = (
-    "event_id", "venue", "symbol", "timeframe", "bar_open_time", "feature_set_version", "data_version",
-    "lineage_id", "bar_event_id", "names", "vals",
+    "event_id",
+    "venue",
+    "symbol",
+    "timeframe",
+    "bar_open_time",
+    "feature_set_version",
+    "data_version",
+    "lineage_id",
+    "bar_event_id",
+    "names",
+    "vals",
 )
 
 
 def _feature_row(f: FeatureVector) -> tuple[Any, ...]:
     return (
-        f.event_id, f.venue, f.symbol, f.timeframe.value, f.bar_open_time, f.feature_set_version, f.data_version,
-        f.lineage_id, f.causation_id, list(f.names), list(f.values),
+        f.event_id,
+        f.venue,
+        f.symbol,
+        f.timeframe.value,
+        f.bar_open_time,
+        f.feature_set_version,
+        f.data_version,
+        f.lineage_id,
+        f.causation_id,
+        list(f.names),
+        list(f.values),
     )
 
 
 def _bar_row(b: Bar) -> tuple[Any, ...]:
     return (
-        b.venue, b.symbol, b.timeframe.value, b.open_time, b.open_time + b.timeframe.nanos, b.open, b.high,
-        b.low, b.close, b.volume, b.trade_count, b.is_closed, b.revision, b.source, b.event_id,
+        b.venue,
+        b.symbol,
+        b.timeframe.value,
+        b.open_time,
+        b.open_time + b.timeframe.nanos,
+        b.open,
+        b.high,
+        b.low,
+        b.close,
+        b.volume,
+        b.trade_count,
+        b.is_closed,
+        b.revision,
+        b.source,
+        b.event_id,
     )
 
 
@@ -177,8 +229,7 @@ class TopicSink:
         self.cfg = cfg
         self._wall_ns = wall_ns
         self._decoders = {
-            physical_name(n, cfg.namespace): _TopicDecoder(spec(n), physical_name(n, cfg.namespace))
-            for n in cfg.topics
+            physical_name(n, cfg.namespace): _TopicDecoder(spec(n), physical_name(n, cfg.namespace)) for n in cfg.topics
         }
         self._dlq_topic = physical_name("deadletter", cfg.namespace)
         self._dlq_codec = codec_for(DeadLetter)
@@ -195,7 +246,10 @@ class TopicSink:
     async def open_pool(self) -> None:
         """The sink's PostgreSQL pool (its sessions are named ``tradeflow-sink`` in pg_stat_activity)."""
         self.pool = await asyncpg.create_pool(
-            self.cfg.dsn, min_size=1, max_size=2, command_timeout=self.cfg.db_timeout_s,
+            self.cfg.dsn,
+            min_size=1,
+            max_size=2,
+            command_timeout=self.cfg.db_timeout_s,
             server_settings={"application_name": "tradeflow-sink"},
         )
 
@@ -277,9 +331,17 @@ class TopicSink:
             RECORDS_IN.labels(self.consumer_name, dec.spec.name).inc(len(msgs))
             for msg in msgs:
                 rec = decode_message(
-                    codec, consumer=self.consumer_name, topic=dec.spec.name, partition=msg.partition,
-                    offset=msg.offset, key=msg.key, value=msg.value, ts_event=msg.timestamp * NS_PER_MS,
-                    ts_init=stamp, dead_letters=dead.append, bad_input=RecordError,
+                    codec,
+                    consumer=self.consumer_name,
+                    topic=dec.spec.name,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    key=msg.key,
+                    value=msg.value,
+                    ts_event=msg.timestamp * NS_PER_MS,
+                    ts_init=stamp,
+                    dead_letters=dead.append,
+                    bad_input=RecordError,
                 )
                 if rec is None:
                     continue
@@ -289,8 +351,9 @@ class TopicSink:
                 elif dec.is_features:
                     features.append(_feature_row(rec))  # type: ignore[arg-type]
             offsets[tp] = msgs[-1].offset + 1
-        return _Decoded(rows=rows, bars=bars, features=features, dead=dead, offsets=offsets,
-                        n=sum(len(v) for v in batch.values()))
+        return _Decoded(
+            rows=rows, bars=bars, features=features, dead=dead, offsets=offsets, n=sum(len(v) for v in batch.values())
+        )
 
     async def process(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Decode and persist one batch (no pipelining)."""
@@ -324,8 +387,9 @@ class TopicSink:
             dec = self._decoders.get(tp.topic)
             if dec is None:
                 continue
-            set_consumer_lag(self.consumer_name, dec.spec.name, tp.partition, self.consumer.highwater(tp),
-                             self._committed.get(tp))
+            set_consumer_lag(
+                self.consumer_name, dec.spec.name, tp.partition, self.consumer.highwater(tp), self._committed.get(tp)
+            )
 
     async def _write_with_retry(self, d: _Decoded) -> None:
         delay = 0.1
@@ -366,8 +430,7 @@ class TopicSink:
             conn.add_termination_listener(on_lost)
             body = asyncio.ensure_future(self._write_tx(conn, d))
             try:
-                await asyncio.wait({body, lost}, timeout=self.cfg.db_timeout_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({body, lost}, timeout=self.cfg.db_timeout_s, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 await _abandon(conn, body)
                 raise
@@ -444,9 +507,7 @@ class TopicSink:
             return
         except asyncpg.UniqueViolationError:
             pass
-        await conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS _stage_bars (LIKE bars) ON COMMIT DELETE ROWS"
-        )
+        await conn.execute("CREATE TEMP TABLE IF NOT EXISTS _stage_bars (LIKE bars) ON COMMIT DELETE ROWS")
         await conn.copy_records_to_table("_stage_bars", records=list(best.values()), columns=BAR_COLUMNS)
         cols = ", ".join(BAR_COLUMNS)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in BAR_COLUMNS[4:])

@@ -107,7 +107,8 @@ async def migration_version(conn: Conn) -> int | None:
 async def portfolios(conn: Conn) -> list[PortfolioRow]:
     rows = await conn.fetch(
         "SELECT account, equity, cash, drawdown, realized_pnl, unrealized_pnl, fees_paid, quantities::text AS q, "
-        "as_of_ns FROM portfolio_latest ORDER BY account")
+        "as_of_ns FROM portfolio_latest ORDER BY account"
+    )
     return [cast(PortfolioRow, dict(r)) for r in rows]
 
 
@@ -115,20 +116,23 @@ async def kill_switch_commands(conn: Conn) -> list[KillSwitchRow]:
     rows = await conn.fetch(
         "SELECT DISTINCT ON (scope, target) command, scope, target, operator, reason, ts_event "
         "FROM control_audit WHERE outcome = 'accepted' AND component = 'risk' "
-        "AND command IN ('kill_switch_on', 'kill_switch_off') ORDER BY scope, target, ts_event DESC")
+        "AND command IN ('kill_switch_on', 'kill_switch_off') ORDER BY scope, target, ts_event DESC"
+    )
     return [cast(KillSwitchRow, dict(r)) for r in rows]
 
 
 async def current_gates(conn: Conn) -> list[GateRow]:
     rows = await conn.fetch(
         "SELECT gate, track, metric, status, value, threshold, comparator, blockers::text AS blockers "
-        "FROM gate_current ORDER BY track, gate, metric")
+        "FROM gate_current ORDER BY track, gate, metric"
+    )
     return [cast(GateRow, dict(r)) for r in rows]
 
 
 async def rollout(conn: Conn) -> list[RolloutRow]:
     rows = await conn.fetch(
-        "SELECT model_id, symbol, version, stage, action, reason FROM rollout_status ORDER BY model_id, symbol")
+        "SELECT model_id, symbol, version, stage, action, reason FROM rollout_status ORDER BY model_id, symbol"
+    )
     return [cast(RolloutRow, dict(r)) for r in rows]
 
 
@@ -136,7 +140,8 @@ async def top_dead_letters(conn: Conn) -> list[DeadLetterCount]:
     """The ten most frequent (consumer, source topic, reason) of the dead letters."""
     rows = await conn.fetch(
         "SELECT consumer, source_topic, reason, count(*) AS n FROM dead_letters GROUP BY 1, 2, 3 ORDER BY 4 DESC "
-        "LIMIT 10")
+        "LIMIT 10"
+    )
     return [cast(DeadLetterCount, dict(r)) for r in rows]
 
 

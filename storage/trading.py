@@ -17,8 +17,15 @@ from typing import NamedTuple
 import asyncpg
 import orjson
 
-__all__ = ["Checkpoint", "JournalRow", "Offsets", "insert_journal", "load_checkpoint", "save_checkpoint",
-           "upsert_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "JournalRow",
+    "Offsets",
+    "insert_journal",
+    "load_checkpoint",
+    "save_checkpoint",
+    "upsert_checkpoint",
+]
 
 #: physical topic -> partition -> next offset to read.
 Offsets = Mapping[str, Mapping[int, int]]
@@ -88,9 +95,18 @@ async def insert_journal(conn: asyncpg.Connection, rows: Sequence[JournalRow]) -
 async def upsert_checkpoint(conn: asyncpg.Connection, cp: Checkpoint) -> None:
     """Upsert the account's row (one statement: it is either the old row or the new one)."""
     offsets = {t: {str(p): int(o) for p, o in parts.items()} for t, parts in cp.offsets.items()}
-    await conn.execute(_UPSERT, cp.account, cp.format, cp.config_hash, cp.key_id,
-                       orjson.dumps(offsets, option=orjson.OPT_SORT_KEYS).decode(), cp.events_applied, cp.state,
-                       cp.mac, cp.state_sha256)
+    await conn.execute(
+        _UPSERT,
+        cp.account,
+        cp.format,
+        cp.config_hash,
+        cp.key_id,
+        orjson.dumps(offsets, option=orjson.OPT_SORT_KEYS).decode(),
+        cp.events_applied,
+        cp.state,
+        cp.mac,
+        cp.state_sha256,
+    )
 
 
 async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, journal: Sequence[JournalRow] = ()) -> None:
@@ -107,6 +123,13 @@ async def load_checkpoint(conn: asyncpg.Connection, account: str) -> Checkpoint 
         return None
     raw = orjson.loads(row["offsets"])
     offsets = {str(t): {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
-    return Checkpoint(account=row["account"], format=row["format"], config_hash=row["config_hash"],
-                      key_id=row["key_id"], offsets=offsets, events_applied=row["events_applied"],
-                      state=bytes(row["state"]), mac=row["mac"])
+    return Checkpoint(
+        account=row["account"],
+        format=row["format"],
+        config_hash=row["config_hash"],
+        key_id=row["key_id"],
+        offsets=offsets,
+        events_applied=row["events_applied"],
+        state=bytes(row["state"]),
+        mac=row["mac"],
+    )

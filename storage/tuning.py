@@ -51,8 +51,16 @@ class StoredTrial:
     reason: str | None
 
 
-async def insert_study(conn: Conn, study_id: str, method: str, strategy: str, objective: str, config: str,
-                       config_hash: str, data_source: str) -> None:
+async def insert_study(
+    conn: Conn,
+    study_id: str,
+    method: str,
+    strategy: str,
+    objective: str,
+    config: str,
+    config_hash: str,
+    data_source: str,
+) -> None:
     """The study row (``config`` and ``data_source`` as JSON text) unless the study id is stored already."""
     await conn.execute(_INSERT_STUDY, study_id, method, strategy, objective, config, config_hash, data_source)
 
@@ -66,9 +74,16 @@ async def study_config_hash(conn: Conn, study_id: str) -> str | None:
 async def insert_trials(conn: Conn, study_id: str, trials: Sequence[TrialRow]) -> set[str]:
     """Write the trials whose key is new to the study; returns those keys."""
     inserted = await conn.fetch(
-        _INSERT_TRIALS, study_id, [t.key for t in trials], [t.number for t in trials], [t.params for t in trials],
-        [t.metrics for t in trials], [t.score for t in trials], [t.feasible for t in trials],
-        [t.reason for t in trials])
+        _INSERT_TRIALS,
+        study_id,
+        [t.key for t in trials],
+        [t.number for t in trials],
+        [t.params for t in trials],
+        [t.metrics for t in trials],
+        [t.score for t in trials],
+        [t.feasible for t in trials],
+        [t.reason for t in trials],
+    )
     return {r["trial_key"] for r in inserted}
 
 
@@ -76,6 +91,11 @@ async def stored_trials(conn: Conn, study_id: str, keys: Sequence[str]) -> dict[
     """The stored results of these trials of the study, by trial key."""
     rows = await conn.fetch(
         "SELECT trial_key, metrics::text, score, feasible, reason FROM tuning_trials "
-        "WHERE study_id = $1 AND trial_key = ANY($2::text[])", study_id, list(keys))
-    return {r["trial_key"]: StoredTrial(metrics=r["metrics"], score=r["score"], feasible=r["feasible"],
-                                        reason=r["reason"]) for r in rows}
+        "WHERE study_id = $1 AND trial_key = ANY($2::text[])",
+        study_id,
+        list(keys),
+    )
+    return {
+        r["trial_key"]: StoredTrial(metrics=r["metrics"], score=r["score"], feasible=r["feasible"], reason=r["reason"])
+        for r in rows
+    }

@@ -96,10 +96,21 @@ def bar(
     close = open if close is None else close
     ts_event = open_time + timeframe.nanos if ts_event is None else ts_event
     return Bar.new(
-        ts_init=ts_event if ts_init is None else ts_init, ts_event=ts_event, venue=venue, symbol=symbol,
-        timeframe=timeframe, open_time=open_time, open=open, high=max(open, close) if high is None else high,
-        low=min(open, close) if low is None else low, close=close, volume=volume, trade_count=trade_count,
-        is_closed=is_closed, revision=revision, source=source,
+        ts_init=ts_event if ts_init is None else ts_init,
+        ts_event=ts_event,
+        venue=venue,
+        symbol=symbol,
+        timeframe=timeframe,
+        open_time=open_time,
+        open=open,
+        high=max(open, close) if high is None else high,
+        low=min(open, close) if low is None else low,
+        close=close,
+        volume=volume,
+        trade_count=trade_count,
+        is_closed=is_closed,
+        revision=revision,
+        source=source,
     )
 
 
@@ -115,8 +126,16 @@ def tick(
     ts_init: int | None = None,
 ) -> Tick:
     """A trade at ``ts`` (``ts_event``; ``ts_init`` too unless given)."""
-    return Tick.new(ts_init=ts if ts_init is None else ts_init, ts_event=ts, venue=venue, symbol=symbol,
-                    trade_id=trade_id, price=price, quantity=quantity, aggressor=aggressor)
+    return Tick.new(
+        ts_init=ts if ts_init is None else ts_init,
+        ts_event=ts,
+        venue=venue,
+        symbol=symbol,
+        trade_id=trade_id,
+        price=price,
+        quantity=quantity,
+        aggressor=aggressor,
+    )
 
 
 def signal(
@@ -139,10 +158,20 @@ def signal(
     """A signal at ``ts``; ``p_up`` = 0.5 + score / 2 (within [0, 1]) and ``p_down`` the rest unless given."""
     up = max(0.0, min(1.0, 0.5 + score / 2)) if p_up is None else p_up
     return Signal.new(
-        ts_init=ts if ts_init is None else ts_init, ts_event=ts, symbol=symbol, model_id=model_id,
-        model_version=model_version, horizon=horizon, p_up=up, p_flat=p_flat,
-        p_down=1.0 - up - p_flat if p_down is None else p_down, expected_return=expected_return, score=score,
-        shadow=shadow, feature_event_id=feature_event_id, lineage_id=lineage_id,
+        ts_init=ts if ts_init is None else ts_init,
+        ts_event=ts,
+        symbol=symbol,
+        model_id=model_id,
+        model_version=model_version,
+        horizon=horizon,
+        p_up=up,
+        p_flat=p_flat,
+        p_down=1.0 - up - p_flat if p_down is None else p_down,
+        expected_return=expected_return,
+        score=score,
+        shadow=shadow,
+        feature_event_id=feature_event_id,
+        lineage_id=lineage_id,
     )
 
 
@@ -166,9 +195,19 @@ def intent(
     if order_type is None:
         order_type = OrderType.LIMIT if limit_price else OrderType.MARKET
     return OrderIntent.new(
-        ts_init=ts if ts_init is None else ts_init, ts_event=ts, strategy_id=strategy_id, track=track,
-        symbol=symbol, side=side, quantity=quantity, order_type=order_type, limit_price=limit_price,
-        reduce_only=reduce_only, target_position=target_position, signal_event_id=signal_event_id, reason=reason,
+        ts_init=ts if ts_init is None else ts_init,
+        ts_event=ts,
+        strategy_id=strategy_id,
+        track=track,
+        symbol=symbol,
+        side=side,
+        quantity=quantity,
+        order_type=order_type,
+        limit_price=limit_price,
+        reduce_only=reduce_only,
+        target_position=target_position,
+        signal_event_id=signal_event_id,
+        reason=reason,
     )
 
 
@@ -185,9 +224,15 @@ def decision(
     ts = of.ts_event if ts is None else ts
     granted = of.quantity if approved is None else approved
     return RiskDecision.new(
-        ts_init=ts if ts_init is None else ts_init, ts_event=ts, causation_id=of.event_id,
-        intent_event_id=of.event_id, strategy_id=of.strategy_id, symbol=of.symbol, verdict=verdict,
-        requested_quantity=of.quantity, approved_quantity=0.0 if verdict is RiskVerdict.REJECTED else granted,
+        ts_init=ts if ts_init is None else ts_init,
+        ts_event=ts,
+        causation_id=of.event_id,
+        intent_event_id=of.event_id,
+        strategy_id=of.strategy_id,
+        symbol=of.symbol,
+        verdict=verdict,
+        requested_quantity=of.quantity,
+        approved_quantity=0.0 if verdict is RiskVerdict.REJECTED else granted,
         reasons=reasons,
     )
 
@@ -216,11 +261,19 @@ def update(
         side = of.side if side is None else side
         order_type = of.order_type if order_type is None else order_type
     return OrderUpdate.new(
-        ts_init=ts if ts_init is None else ts_init, ts_event=ts,
-        client_order_id="c1" if client_order_id is None else client_order_id, venue_order_id=venue_order_id,
-        adapter=adapter, symbol=BTC if symbol is None else symbol, side=Side.BUY if side is None else side,
-        order_type=OrderType.MARKET if order_type is None else order_type, quantity=quantity,
-        filled_quantity=filled, avg_fill_price=avg_fill_price, status=status, reason=reason,
+        ts_init=ts if ts_init is None else ts_init,
+        ts_event=ts,
+        client_order_id="c1" if client_order_id is None else client_order_id,
+        venue_order_id=venue_order_id,
+        adapter=adapter,
+        symbol=BTC if symbol is None else symbol,
+        side=Side.BUY if side is None else side,
+        order_type=OrderType.MARKET if order_type is None else order_type,
+        quantity=quantity,
+        filled_quantity=filled,
+        avg_fill_price=avg_fill_price,
+        status=status,
+        reason=reason,
     )
 
 
@@ -245,10 +298,22 @@ def fill(
 ) -> Fill:
     """A fill at ``ts``."""
     return Fill.new(
-        ts_init=ts if ts_init is None else ts_init, ts_event=ts, correlation_id=correlation_id,
-        causation_id=causation_id, client_order_id=client_order_id, fill_id=fill_id, adapter=adapter,
-        symbol=symbol, side=side, price=price, quantity=quantity, fee=fee, fee_currency=fee_currency,
-        liquidity=liquidity, slippage_bps=slippage_bps, impact_bps=impact_bps,
+        ts_init=ts if ts_init is None else ts_init,
+        ts_event=ts,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        client_order_id=client_order_id,
+        fill_id=fill_id,
+        adapter=adapter,
+        symbol=symbol,
+        side=side,
+        price=price,
+        quantity=quantity,
+        fee=fee,
+        fee_currency=fee_currency,
+        liquidity=liquidity,
+        slippage_bps=slippage_bps,
+        impact_bps=impact_bps,
     )
 
 
@@ -270,9 +335,17 @@ def vector(
     """Features of the bar opening at ``bar_open_time``, stamped at its close unless ``ts_event`` is given."""
     ts_event = bar_open_time + timeframe.nanos if ts_event is None else ts_event
     return FeatureVector.new(
-        ts_init=ts_event if ts_init is None else ts_init, ts_event=ts_event, causation_id=causation_id,
-        venue=venue, symbol=symbol, timeframe=timeframe, bar_open_time=bar_open_time,
-        feature_set_version=feature_set_version, data_version=data_version, lineage_id=lineage_id, names=names,
+        ts_init=ts_event if ts_init is None else ts_init,
+        ts_event=ts_event,
+        causation_id=causation_id,
+        venue=venue,
+        symbol=symbol,
+        timeframe=timeframe,
+        bar_open_time=bar_open_time,
+        feature_set_version=feature_set_version,
+        data_version=data_version,
+        lineage_id=lineage_id,
+        names=names,
         values=values,
     )
 
@@ -294,11 +367,19 @@ def registry_event(
 ) -> ModelRegistryEvent:
     """A model version at ``stage``, announced at ``ts``; trained on the 100 days before it unless given."""
     return ModelRegistryEvent.new(
-        ts_init=ts, ts_event=ts, model_id=model_id, version=version, stage=stage,
-        feature_set_version=feature_set_version, config={} if config is None else config,
+        ts_init=ts,
+        ts_event=ts,
+        model_id=model_id,
+        version=version,
+        stage=stage,
+        feature_set_version=feature_set_version,
+        config={} if config is None else config,
         data_start=ts - 100 * NS_PER_DAY if data_start is None else data_start,
-        data_end=ts if data_end is None else data_end, seed=seed, metrics={} if metrics is None else metrics,
-        checkpoint_path=checkpoint_path, checkpoint_sha256=checkpoint_sha256,
+        data_end=ts if data_end is None else data_end,
+        seed=seed,
+        metrics={} if metrics is None else metrics,
+        checkpoint_path=checkpoint_path,
+        checkpoint_sha256=checkpoint_sha256,
     )
 
 
@@ -322,8 +403,18 @@ def gate_result(
     """A gate's verdict on the 30 days up to ``window_end`` (unless ``window_start``), stamped at its end."""
     ts = window_end if ts is None else ts
     return GateResult.new(
-        ts_init=ts if ts_init is None else ts_init, ts_event=ts, gate=gate, track=track, metric=metric,
-        status=status, value=value, threshold=threshold, comparator=comparator,
+        ts_init=ts if ts_init is None else ts_init,
+        ts_event=ts,
+        gate=gate,
+        track=track,
+        metric=metric,
+        status=status,
+        value=value,
+        threshold=threshold,
+        comparator=comparator,
         window_start=window_end - 30 * NS_PER_DAY if window_start is None else window_start,
-        window_end=window_end, observations=observations, blockers=blockers, config_hash=config_hash,
+        window_end=window_end,
+        observations=observations,
+        blockers=blockers,
+        config_hash=config_hash,
     )

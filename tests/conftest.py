@@ -83,8 +83,9 @@ class Procs:
         return self.cli("sink", "sink", "--bootstrap", bootstrap, "--namespace", namespace, "--dsn", dsn, *extra)
 
     def _start(self, name: str, argv: list[str]) -> Proc:
-        p = Proc(name, argv, self.tmp / f"{name}-{len(self.all)}.log", env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                 cwd=ROOT)
+        p = Proc(
+            name, argv, self.tmp / f"{name}-{len(self.all)}.log", env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT
+        )
         self.all.append(p)
         return p.start()
 
@@ -114,8 +115,9 @@ async def wait_until(
             return
         for p in watch.all if watch else ():
             if p.popen is not None and p.popen.poll() is not None and p.popen.returncode not in (0, -9, -15):
-                raise AssertionError(f"{p.name} exited {p.popen.returncode} while waiting for {what}:\n"
-                                     + p.output()[-3000:])
+                raise AssertionError(
+                    f"{p.name} exited {p.popen.returncode} while waiting for {what}:\n" + p.output()[-3000:]
+                )
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
         await asyncio.sleep(every)

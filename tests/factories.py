@@ -66,8 +66,11 @@ def strategy_for(cls: type[Record]) -> st.SearchStrategy[Any]:
     kwargs["schema_version"] = st.just(cls.SCHEMA_VERSION)
     if cls.KIND == "signal":  # probabilities must sum to one: draw two cut points
         cuts = st.tuples(st.floats(0, 1), st.floats(0, 1)).map(sorted)
-        return st.builds(lambda c, **kw: cls(p_up=c[0], p_flat=c[1] - c[0], p_down=1.0 - c[1], **kw), cuts,
-                         **{k: v for k, v in kwargs.items() if not k.startswith("p_")}).filter(_valid)
+        return st.builds(
+            lambda c, **kw: cls(p_up=c[0], p_flat=c[1] - c[0], p_down=1.0 - c[1], **kw),
+            cuts,
+            **{k: v for k, v in kwargs.items() if not k.startswith("p_")},
+        ).filter(_valid)
     return st.builds(cls, **kwargs).filter(_valid)
 
 

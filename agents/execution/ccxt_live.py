@@ -130,8 +130,9 @@ def make_execution_exchange(
     only the traded market type loaded, no currencies."""
     # margin pairs are a signed extra call we never trade
     options = {"fetchMargins": False} if config.exchange_id == "binance" else None
-    return build_exchange(config.exchange_id, config.market_type, credentials=credentials, options=options,
-                          timeout_ms=timeout_ms)
+    return build_exchange(
+        config.exchange_id, config.market_type, credentials=credentials, options=options, timeout_ms=timeout_ms
+    )
 
 
 def dump_markets_snapshot(exchange: Any) -> str:

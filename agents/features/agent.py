@@ -33,12 +33,8 @@ NAME = "features"
 BATCH_MAX = 500
 BATCH_WAIT_S = 0.005
 
-FEATURES_SUPPRESSED = Counter(
-    "tradeflow_features_suppressed_total", "Feature vectors withheld", ["reason"]
-)
-QUALITY_FINDINGS = Counter(
-    "tradeflow_data_quality_findings_total", "Data-quality findings", ["check", "severity"]
-)
+FEATURES_SUPPRESSED = Counter("tradeflow_features_suppressed_total", "Feature vectors withheld", ["reason"])
+QUALITY_FINDINGS = Counter("tradeflow_data_quality_findings_total", "Data-quality findings", ["check", "severity"])
 
 
 def register(app: Any, ctx: AgentContext, clock: Clock | None = None) -> Any:
@@ -46,8 +42,9 @@ def register(app: Any, ctx: AgentContext, clock: Clock | None = None) -> Any:
     features_out = app.topic(ctx.topic("features"))
     quality_out = app.topic(ctx.topic("market.data_quality"))
     # values are orjson bytes (the app's serializers are raw bytes throughout)
-    state = app.Table("feature-state", default=None, partitions=8, key_type=bytes, value_type=bytes,
-                      use_partitioner=True)
+    state = app.Table(
+        "feature-state", default=None, partitions=8, key_type=bytes, value_type=bytes, use_partitioner=True
+    )
     pipeline = FeaturePipeline(clock or FunctionClock(ctx.wall_clock))
     fv_codec = codec_for(FeatureVector)
     dq_codec = codec_for(DataQualityEvent)
@@ -93,8 +90,14 @@ def register(app: Any, ctx: AgentContext, clock: Clock | None = None) -> Any:
                 elif out.rejected is not None:
                     FEATURES_SUPPRESSED.labels(out.rejected.value).inc()
                     if out.needs_recompute:
-                        log.warning("feature_recompute_needed", symbol=bar.symbol, timeframe=bar.timeframe.value,
-                                    open_time=bar.open_time, reason=out.rejected.value, event_id=bar.event_id)
+                        log.warning(
+                            "feature_recompute_needed",
+                            symbol=bar.symbol,
+                            timeframe=bar.timeframe.value,
+                            open_time=bar.open_time,
+                            reason=out.rejected.value,
+                            event_id=bar.event_id,
+                        )
                 snap = pipeline.snapshot(bar)
                 if snap is not None:
                     touched.setdefault(key, {})[f"{bar.source}|{bar.venue}"] = snap

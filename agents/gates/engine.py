@@ -183,8 +183,13 @@ class Attribution:
     fee: float
 
     def parts(self) -> dict[str, float]:
-        return {"quantity": self.quantity, "price": self.price, "slippage": self.slippage,
-                "impact": self.impact, "fee": self.fee}
+        return {
+            "quantity": self.quantity,
+            "price": self.price,
+            "slippage": self.slippage,
+            "impact": self.impact,
+            "fee": self.fee,
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,8 +337,10 @@ def evaluate_hard_metrics(track: str, runs: Sequence[RunInfo], cfg: GateConfig, 
         value: float | None = None
         if latest is None:
             status = GateStatus.INSUFFICIENT_OBSERVATION
-            blockers.append(f"{spec.metric}: no valid run (succeeded, source in {list(cfg.sources)}, "
-                            "not superseded) finished in the lookback")
+            blockers.append(
+                f"{spec.metric}: no valid run (succeeded, source in {list(cfg.sources)}, "
+                "not superseded) finished in the lookback"
+            )
         else:
             raw = latest.metrics.get(spec.metric)
             value = _observed(raw)
@@ -345,15 +352,28 @@ def evaluate_hard_metrics(track: str, runs: Sequence[RunInfo], cfg: GateConfig, 
                 status = GateStatus.PASSED
             else:
                 status = GateStatus.FAILED
-                blockers.append(f"{spec.metric} = {value:.6g} fails {spec.comparator.value} {spec.threshold:g} "
-                                f"(run {latest.run_id})")
+                blockers.append(
+                    f"{spec.metric} = {value:.6g} fails {spec.comparator.value} {spec.threshold:g} "
+                    f"(run {latest.run_id})"
+                )
         if excluded is not None and status is not GateStatus.PASSED:
             blockers.append(excluded)
-        out.append(_result(
-            cfg, now_ns, gate=GATE_HARD_METRICS, track=track, metric=spec.metric, status=status, value=value,
-            threshold=spec.threshold, comparator=spec.comparator, window_start=now_ns - cfg.lookback_ns,
-            observations=len(evidence), blockers=blockers,
-        ))
+        out.append(
+            _result(
+                cfg,
+                now_ns,
+                gate=GATE_HARD_METRICS,
+                track=track,
+                metric=spec.metric,
+                status=status,
+                value=value,
+                threshold=spec.threshold,
+                comparator=spec.comparator,
+                window_start=now_ns - cfg.lookback_ns,
+                observations=len(evidence),
+                blockers=blockers,
+            )
+        )
     return out
 
 
@@ -363,8 +383,12 @@ def evaluate_hard_metrics(track: str, runs: Sequence[RunInfo], cfg: GateConfig, 
 
 
 def _overlaps(run: RunInfo, start: int, end: int) -> bool:
-    return (run.range_start_ns is not None and run.range_end_ns is not None
-            and run.range_start_ns < end and run.range_end_ns > start)
+    return (
+        run.range_start_ns is not None
+        and run.range_end_ns is not None
+        and run.range_start_ns < end
+        and run.range_end_ns > start
+    )
 
 
 def _backtest_orders(fills: Iterable[BacktestFill], runs: Sequence[RunInfo]) -> dict[str, OrderCash]:
@@ -380,10 +404,14 @@ def _backtest_orders(fills: Iterable[BacktestFill], runs: Sequence[RunInfo]) -> 
     for coid, fs in by_order.items():
         sign = 1 if fs[0].side == "sell" else -1
         out[coid] = OrderCash(
-            client_order_id=coid, symbol=fs[0].symbol, side=fs[0].side, first_ts_ns=min(f.ts_ns for f in fs),
+            client_order_id=coid,
+            symbol=fs[0].symbol,
+            side=fs[0].side,
+            first_ts_ns=min(f.ts_ns for f in fs),
             quantity=sum(f.quantity for f in fs),
             ref_notional=sum(f.notional + sign * (f.slippage_cost + f.impact_cost) for f in fs),
-            slippage=sum(f.slippage_cost for f in fs), impact=sum(f.impact_cost for f in fs),
+            slippage=sum(f.slippage_cost for f in fs),
+            impact=sum(f.impact_cost for f in fs),
             fee=sum(f.fee for f in fs),
         )
     return out
@@ -398,8 +426,12 @@ def _paper_orders(fills: Iterable[PaperFill]) -> dict[str, OrderCash]:
         direction = 1 if fs[0].side == "buy" else -1  # buys pay above the reference price
         refs = [f.quantity * f.price / (1 + direction * (f.slippage_bps + f.impact_bps) / _BPS) for f in fs]
         out[coid] = OrderCash(
-            client_order_id=coid, symbol=fs[0].symbol, side=fs[0].side, first_ts_ns=min(f.ts_ns for f in fs),
-            quantity=sum(f.quantity for f in fs), ref_notional=sum(refs),
+            client_order_id=coid,
+            symbol=fs[0].symbol,
+            side=fs[0].side,
+            first_ts_ns=min(f.ts_ns for f in fs),
+            quantity=sum(f.quantity for f in fs),
+            ref_notional=sum(refs),
             slippage=sum(r * f.slippage_bps / _BPS for r, f in zip(refs, fs, strict=True)),
             impact=sum(r * f.impact_bps / _BPS for r, f in zip(refs, fs, strict=True)),
             fee=sum(f.fee for f in fs),
@@ -419,9 +451,17 @@ def _attribute(pairs: Sequence[tuple[OrderCash, OrderCash]]) -> Attribution:
         fee -= p.fee - b.fee
         bt_cash += b.cash
         paper_cash += p.cash
-    return Attribution(matched_orders=len(pairs), backtest_cash=bt_cash, paper_cash=paper_cash,
-                       gap=paper_cash - bt_cash, quantity=quantity, price=price, slippage=slippage,
-                       impact=impact, fee=fee)
+    return Attribution(
+        matched_orders=len(pairs),
+        backtest_cash=bt_cash,
+        paper_cash=paper_cash,
+        gap=paper_cash - bt_cash,
+        quantity=quantity,
+        price=price,
+        slippage=slippage,
+        impact=impact,
+        fee=fee,
+    )
 
 
 def _listed(kind: str, ids: Sequence[str], limit: int) -> list[str]:
@@ -432,15 +472,22 @@ def _listed(kind: str, ids: Sequence[str], limit: int) -> list[str]:
 
 
 def _parity_symbol(
-    track: str, symbol: str, window_ns: int, bt: Mapping[str, OrderCash], paper: Mapping[str, OrderCash],
-    cfg: GateConfig, now_ns: int,
+    track: str,
+    symbol: str,
+    window_ns: int,
+    bt: Mapping[str, OrderCash],
+    paper: Mapping[str, OrderCash],
+    cfg: GateConfig,
+    now_ns: int,
 ) -> ParityOutcome:
     pairs: list[tuple[OrderCash, OrderCash]] = []
     blockers: list[str] = []
     for coid in sorted(set(bt) & set(paper)):
         if bt[coid].side != paper[coid].side or bt[coid].quantity <= 0 or paper[coid].quantity <= 0:
-            blockers.append(f"order {coid} does not match: backtest {bt[coid].side} {bt[coid].quantity:g}, "
-                            f"paper {paper[coid].side} {paper[coid].quantity:g}")
+            blockers.append(
+                f"order {coid} does not match: backtest {bt[coid].side} {bt[coid].quantity:g}, "
+                f"paper {paper[coid].side} {paper[coid].quantity:g}"
+            )
             continue
         pairs.append((bt[coid], paper[coid]))
     only_bt = sorted(set(bt) - set(paper))
@@ -467,12 +514,27 @@ def _parity_symbol(
         blockers.append(f"gap {attribution.gap:+.2f} (paper - backtest cash): {parts}")
     blockers += _listed("backtest", only_bt, cfg.max_listed) + _listed("paper", only_paper, cfg.max_listed)
     result = _result(
-        cfg, now_ns, gate=GATE_PARITY, track=track, metric=parity_metric(window_ns, symbol), status=status,
-        value=value, threshold=cfg.parity_tolerance, comparator=Comparator.LE, window_start=now_ns - window_ns,
-        observations=len(pairs), blockers=blockers,
+        cfg,
+        now_ns,
+        gate=GATE_PARITY,
+        track=track,
+        metric=parity_metric(window_ns, symbol),
+        status=status,
+        value=value,
+        threshold=cfg.parity_tolerance,
+        comparator=Comparator.LE,
+        window_start=now_ns - window_ns,
+        observations=len(pairs),
+        blockers=blockers,
     )
-    return ParityOutcome(result=result, symbol=symbol, window_ns=window_ns, attribution=attribution,
-                         unmatched_backtest=tuple(only_bt), unmatched_paper=tuple(only_paper))
+    return ParityOutcome(
+        result=result,
+        symbol=symbol,
+        window_ns=window_ns,
+        attribution=attribution,
+        unmatched_backtest=tuple(only_bt),
+        unmatched_paper=tuple(only_paper),
+    )
 
 
 def evaluate_parity(inputs: TrackInputs, cfg: GateConfig, now_ns: int) -> list[ParityOutcome]:
@@ -486,29 +548,46 @@ def evaluate_parity(inputs: TrackInputs, cfg: GateConfig, now_ns: int) -> list[P
         if not symbols:
             out.append(_no_parity_runs(inputs.track, window_ns, cfg, now_ns))
             continue
-        bt_all = {k: o for k, o in _backtest_orders(inputs.backtest_fills, runs).items()
-                  if start <= o.first_ts_ns < now_ns}
+        bt_all = {
+            k: o for k, o in _backtest_orders(inputs.backtest_fills, runs).items() if start <= o.first_ts_ns < now_ns
+        }
         for symbol in symbols:
-            spans = [(max(r.range_start_ns or 0, start), min(r.range_end_ns or 0, now_ns))
-                     for r in runs if symbol in r.symbols]
+            spans = [
+                (max(r.range_start_ns or 0, start), min(r.range_end_ns or 0, now_ns))
+                for r in runs
+                if symbol in r.symbols
+            ]
             paper_fills = [f for f in inputs.paper_fills if f.symbol == symbol]
-            paper = {k: o for k, o in _paper_orders(paper_fills).items()
-                     if any(lo <= o.first_ts_ns < hi for lo, hi in spans)}
+            paper = {
+                k: o for k, o in _paper_orders(paper_fills).items() if any(lo <= o.first_ts_ns < hi for lo, hi in spans)
+            }
             bt = {k: o for k, o in bt_all.items() if o.symbol == symbol}
             out.append(_parity_symbol(inputs.track, symbol, window_ns, bt, paper, cfg, now_ns))
     return out
 
 
 def _no_parity_runs(track: str, window_ns: int, cfg: GateConfig, now_ns: int) -> ParityOutcome:
-    blocker = (f"no valid backtest run (succeeded, source in {list(cfg.sources)}, not superseded) "
-               f"covers the last {window_label(window_ns)}")
-    result = _result(
-        cfg, now_ns, gate=GATE_PARITY, track=track, metric=parity_metric(window_ns, "*"),
-        status=GateStatus.INSUFFICIENT_OBSERVATION, value=None, threshold=cfg.parity_tolerance,
-        comparator=Comparator.LE, window_start=now_ns - window_ns, observations=0, blockers=(blocker,),
+    blocker = (
+        f"no valid backtest run (succeeded, source in {list(cfg.sources)}, not superseded) "
+        f"covers the last {window_label(window_ns)}"
     )
-    return ParityOutcome(result=result, symbol="*", window_ns=window_ns, attribution=None,
-                         unmatched_backtest=(), unmatched_paper=())
+    result = _result(
+        cfg,
+        now_ns,
+        gate=GATE_PARITY,
+        track=track,
+        metric=parity_metric(window_ns, "*"),
+        status=GateStatus.INSUFFICIENT_OBSERVATION,
+        value=None,
+        threshold=cfg.parity_tolerance,
+        comparator=Comparator.LE,
+        window_start=now_ns - window_ns,
+        observations=0,
+        blockers=(blocker,),
+    )
+    return ParityOutcome(
+        result=result, symbol="*", window_ns=window_ns, attribution=None, unmatched_backtest=(), unmatched_paper=()
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -556,12 +635,20 @@ def evaluate_readiness(
     if not cfg.prod_only:
         failed = True
         blockers.append(f"sources {list(cfg.sources)} are not prod-like: only prod runs can make a track ready")
-    status = (GateStatus.PASSED if not blockers
-              else GateStatus.FAILED if failed else GateStatus.INSUFFICIENT_OBSERVATION)
+    status = GateStatus.PASSED if not blockers else GateStatus.FAILED if failed else GateStatus.INSUFFICIENT_OBSERVATION
     return _result(
-        cfg, now_ns, gate=GATE_READINESS, track=track, metric=READINESS_METRIC, status=status,
-        value=float(n_valid), threshold=float(cfg.min_valid_runs), comparator=Comparator.GE,
-        window_start=now_ns - cfg.lookback_ns, observations=n_valid, blockers=blockers,
+        cfg,
+        now_ns,
+        gate=GATE_READINESS,
+        track=track,
+        metric=READINESS_METRIC,
+        status=status,
+        value=float(n_valid),
+        threshold=float(cfg.min_valid_runs),
+        comparator=Comparator.GE,
+        window_start=now_ns - cfg.lookback_ns,
+        observations=n_valid,
+        blockers=blockers,
     )
 
 
@@ -573,8 +660,9 @@ def evaluate_readiness(
 def evaluate_track(inputs: TrackInputs, cfg: GateConfig, now_ns: int) -> Evaluation:
     """Hard metrics, parity, then readiness over both; deterministic in (inputs, cfg, now)."""
     runs = tuple(r for r in inputs.runs if r.track == inputs.track)
-    scoped = TrackInputs(track=inputs.track, runs=runs, backtest_fills=inputs.backtest_fills,
-                         paper_fills=inputs.paper_fills)
+    scoped = TrackInputs(
+        track=inputs.track, runs=runs, backtest_fills=inputs.backtest_fills, paper_fills=inputs.paper_fills
+    )
     hard = evaluate_hard_metrics(inputs.track, runs, cfg, now_ns)
     parity = evaluate_parity(scoped, cfg, now_ns)
     results = [*hard, *(p.result for p in parity)]

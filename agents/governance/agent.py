@@ -64,10 +64,12 @@ OUTPUTS: dict[type[Record], str] = {
 }
 OUTPUT_TOPICS = ("governance.audit", "models.registry", "control.audit", "ops.alerts")
 
-DECISIONS = Counter("tradeflow_governance_decisions_total", "Rollout decisions by action and trigger",
-                    ["action", "trigger"])
-GOV_CONTROL = Counter("tradeflow_governance_control_total", "Control commands handled by governance",
-                      ["outcome", "reason"])
+DECISIONS = Counter(
+    "tradeflow_governance_decisions_total", "Rollout decisions by action and trigger", ["action", "trigger"]
+)
+GOV_CONTROL = Counter(
+    "tradeflow_governance_control_total", "Control commands handled by governance", ["outcome", "reason"]
+)
 
 
 def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = None) -> Any:
@@ -79,9 +81,15 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         log.critical("governance_agent_refused_to_start", reason=str(exc))
         raise SystemExit(EXIT_CONFIG) from None
     engine = GovernanceEngine(config, keyring)
-    log.info("governance_agent_configured", config_hash=config.config_hash(), version=config.version,
-             windows_to_promote=config.windows_to_promote, windows_to_rollback=config.windows_to_rollback,
-             required_gates=list(config.required_gates), control_key_ids=list(keyring.key_ids))
+    log.info(
+        "governance_agent_configured",
+        config_hash=config.config_hash(),
+        version=config.version,
+        windows_to_promote=config.windows_to_promote,
+        windows_to_rollback=config.windows_to_rollback,
+        required_gates=list(config.required_gates),
+        control_key_ids=list(keyring.key_ids),
+    )
 
     handlers: dict[str, tuple[str, type[Record], Callable[[Any, int], Step]]] = {
         ctx.topic("gates.results"): ("gates.results", GateResult, engine.on_gate),
@@ -104,21 +112,43 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         for d in step.decisions:
             DECISIONS.labels(d.action.value, d.trigger.value).inc()
             emit = log.warning if d.action.value in ("rollback", "manual_rollback", "rejected") else log.info
-            emit("rollout_decision", model_id=d.model_id, version=d.version, symbol=d.symbol, action=d.action.value,
-                 from_stage=d.from_stage, to_stage=d.to_stage, reason=d.reason, actor=d.actor,
-                 window_end=d.window_end, decision_id=d.event_id)
+            emit(
+                "rollout_decision",
+                model_id=d.model_id,
+                version=d.version,
+                symbol=d.symbol,
+                action=d.action.value,
+                from_stage=d.from_stage,
+                to_stage=d.to_stage,
+                reason=d.reason,
+                actor=d.actor,
+                window_end=d.window_end,
+                decision_id=d.event_id,
+            )
         if step.audit is not None:
             GOV_CONTROL.labels(step.audit.outcome.value, step.audit.reason).inc()
             emit = log.error if step.audit.alert else log.info
-            emit("control_command", component=NAME, outcome=step.audit.outcome.value, reason=step.audit.reason,
-                 command=step.audit.command, target=step.audit.target, claimed_key_id=step.audit.key_id,
-                 control_event_id=step.audit.control_event_id, changes=list(step.audit.changes))
+            emit(
+                "control_command",
+                component=NAME,
+                outcome=step.audit.outcome.value,
+                reason=step.audit.reason,
+                command=step.audit.command,
+                target=step.audit.target,
+                claimed_key_id=step.audit.key_id,
+                control_event_id=step.audit.control_event_id,
+                changes=list(step.audit.changes),
+            )
 
     def undecodable_control(event: Any) -> Alert:
         now = ctx.wall_clock()
         msg = event.message
         return Alert.new(
-            ts_init=now, ts_event=now, severity=Severity.ERROR, source=NAME, code="control_undecodable",
+            ts_init=now,
+            ts_event=now,
+            severity=Severity.ERROR,
+            source=NAME,
+            code="control_undecodable",
             message=f"undecodable message on the control topic (partition {msg.partition}, offset {msg.offset}); "
             "see the dead-letter topic",
             dedupe_key=f"{NAME}|{msg.topic}|{msg.partition}|{msg.offset}",
@@ -155,15 +185,25 @@ async def _restore(ctx: AgentContext, engine: GovernanceEngine) -> None:
     decisions = await _read_all(ctx, "governance.audit", RolloutDecision)
     for d in decisions:
         engine.restore(d)
-    log.info("governance_state_restored", registry_events=len(registry), decisions=len(decisions),
-             rollouts=sum(1 for _ in engine.rollouts()))
+    log.info(
+        "governance_state_restored",
+        registry_events=len(registry),
+        decisions=len(decisions),
+        rollouts=sum(1 for _ in engine.rollouts()),
+    )
 
 
 async def _read_all(ctx: AgentContext, topic: str, cls: type[R]) -> list[R]:
     """Every decodable record of ``topic`` from the beginning (invalid ones are the
     stream's to dead-letter; here they are skipped with a warning)."""
-    consumer = AIOKafkaConsumer(ctx.topic(topic), bootstrap_servers=ctx.bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(
+        ctx.topic(topic),
+        bootstrap_servers=ctx.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+    )
     await consumer.start()
     codec = codec_for(cls)
     out: list[R] = []

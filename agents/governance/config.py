@@ -56,6 +56,7 @@ DEFAULT_REQUIRED_GATES: tuple[str, ...] = (
     "readiness:valid_runs",
 )
 
+
 def next_stage(stage: ModelStage) -> ModelStage | None:
     """The stage after ``stage`` on the ladder (``registered`` -> ``shadow``); None at the top or off it."""
     if stage is ModelStage.REGISTERED:

@@ -183,8 +183,17 @@ class GovernanceEngine:
         r = self._rollouts.get((model_id, symbol))
         if r is None:
             return None
-        return RolloutView(r.model_id, r.symbol, r.active, r.previous_active, r.candidate, r.candidate_stage,
-                           r.passing, r.failing, r.floor_ns)
+        return RolloutView(
+            r.model_id,
+            r.symbol,
+            r.active,
+            r.previous_active,
+            r.candidate,
+            r.candidate_stage,
+            r.passing,
+            r.failing,
+            r.floor_ns,
+        )
 
     def rollouts(self) -> Iterator[RolloutView]:
         for model_id, symbol in sorted(self._rollouts):
@@ -342,13 +351,17 @@ class GovernanceEngine:
             r.failing += 1
             r.passing = 0
             failed = sorted(k for k, v in w.gates.items() if v == GateStatus.FAILED.value)
-            reason = (f"{Reason.FAILING}: {r.failing}/{cfg.windows_to_rollback} consecutive failing windows "
-                      f"(failed: {', '.join(failed)})")
+            reason = (
+                f"{Reason.FAILING}: {r.failing}/{cfg.windows_to_rollback} consecutive failing windows "
+                f"(failed: {', '.join(failed)})"
+            )
         else:
             r.passing = 0
             insufficient = sorted(k for k, v in w.gates.items() if v == GateStatus.INSUFFICIENT_OBSERVATION.value)
-            reason = (f"{Reason.INSUFFICIENT}: {', '.join(insufficient)}; neither advances nor counts as a failure "
-                      f"(failing windows stay {r.failing}/{cfg.windows_to_rollback})")
+            reason = (
+                f"{Reason.INSUFFICIENT}: {', '.join(insufficient)}; neither advances nor counts as a failure "
+                f"(failing windows stay {r.failing}/{cfg.windows_to_rollback})"
+            )
         passing, failing = r.passing, r.failing
         if r.failing >= cfg.windows_to_rollback:
             action, to_stage = RolloutAction.ROLLBACK, ModelStage.ROLLED_BACK
@@ -361,8 +374,9 @@ class GovernanceEngine:
         elif version != r.candidate and w.status is GateStatus.PASSED:
             reason = f"{Reason.MONITORING}: {reason}"
         now = self.clock.now_ns()
-        decision_id = event_id_for(RolloutDecision.KIND, r.model_id, r.symbol, version, RolloutTrigger.GATES.value,
-                                   cause.event_id)
+        decision_id = event_id_for(
+            RolloutDecision.KIND, r.model_id, r.symbol, version, RolloutTrigger.GATES.value, cause.event_id
+        )
         registry, restored = self._transition(r, version, stage, to_stage, decision_id, now)
         decision = RolloutDecision.new(
             event_id=decision_id,
@@ -428,8 +442,9 @@ class GovernanceEngine:
     ) -> ModelRegistryEvent:
         """``version``'s latest registry record at ``stage``, stamped after it; folded in at once."""
         last = self._versions[(model_id, version)]
-        fields = {f.name: getattr(last, f.name) for f in dataclasses.fields(ModelRegistryEvent)
-                  if f.name not in _ENVELOPE}
+        fields = {
+            f.name: getattr(last, f.name) for f in dataclasses.fields(ModelRegistryEvent) if f.name not in _ENVELOPE
+        }
         fields["stage"] = stage
         ev = ModelRegistryEvent.new(
             event_id=event_id_for(ModelRegistryEvent.KIND, model_id, version, stage.value, decision_id),
@@ -457,16 +472,16 @@ class GovernanceEngine:
             self.clock.restore(before)
         is_rollout = event.command in ROLLOUT_COMMANDS
         if not verdict.ok:
-            audit = self._audit(event, AuditOutcome.REJECTED, verdict.reason.value, verdict.detail, (), now,
-                                alert=True)
+            audit = self._audit(event, AuditOutcome.REJECTED, verdict.reason.value, verdict.detail, (), now, alert=True)
             records: list[Record] = [audit_record(audit, event), self._alert(audit)]
             decisions: tuple[RolloutDecision, ...] = ()
             if is_rollout:
                 decisions = (self._rejected(event, verdict.reason.value, verdict.detail, now),)
             return Step(records=(*decisions, *records), decisions=decisions, audit=audit)
         if not is_rollout:
-            audit = self._audit(event, AuditOutcome.IGNORED, Reason.NOT_FOR_GOVERNANCE, "handled by risk", (), now,
-                                alert=False)
+            audit = self._audit(
+                event, AuditOutcome.IGNORED, Reason.NOT_FOR_GOVERNANCE, "handled by risk", (), now, alert=False
+            )
             return Step(records=(audit_record(audit, event),), audit=audit)
         return self._apply_manual(event, now)
 
@@ -475,8 +490,7 @@ class GovernanceEngine:
         if not isinstance(model_id, str) or not isinstance(version, str) or not model_id or not version:
             return self._refuse(event, Reason.INVALID_PARAMS, "params need string model_id and version", now)
         if event.target != model_id:
-            return self._refuse(event, Reason.INVALID_PARAMS, f"target {event.target!r} != model_id {model_id!r}",
-                                now)
+            return self._refuse(event, Reason.INVALID_PARAMS, f"target {event.target!r} != model_id {model_id!r}", now)
         known = self._versions.get((model_id, version))
         symbol = None if known is None else _symbol_of(known)
         if known is None or symbol is None:
@@ -486,48 +500,106 @@ class GovernanceEngine:
         if event.command is ControlCommand.ROLLOUT_PROMOTE:
             to_stage = next_stage(stage)
             if to_stage is None:
-                return self._refuse(event, Reason.NO_NEXT_STAGE, f"{version} is {stage.value}: nothing to promote to",
-                                    now, r, stage)
+                return self._refuse(
+                    event, Reason.NO_NEXT_STAGE, f"{version} is {stage.value}: nothing to promote to", now, r, stage
+                )
             if r.candidate is not None and r.candidate != version:
-                return self._refuse(event, Reason.CANDIDATE_IN_ROLLOUT,
-                                    f"{r.candidate} is in rollout ({r.candidate_stage}); roll it back first", now, r,
-                                    stage)
+                return self._refuse(
+                    event,
+                    Reason.CANDIDATE_IN_ROLLOUT,
+                    f"{r.candidate} is in rollout ({r.candidate_stage}); roll it back first",
+                    now,
+                    r,
+                    stage,
+                )
             action = RolloutAction.MANUAL_PROMOTE
         else:
             if version not in (r.candidate, r.active):
-                return self._refuse(event, Reason.NOT_IN_ROLLOUT, f"{version} is {stage.value}: not in rollout", now,
-                                    r, stage)
+                return self._refuse(
+                    event, Reason.NOT_IN_ROLLOUT, f"{version} is {stage.value}: not in rollout", now, r, stage
+                )
             to_stage, action = ModelStage.ROLLED_BACK, RolloutAction.MANUAL_ROLLBACK
-        decision_id = event_id_for(RolloutDecision.KIND, model_id, symbol, version, RolloutTrigger.CONTROL.value,
-                                   event.event_id)
+        decision_id = event_id_for(
+            RolloutDecision.KIND, model_id, symbol, version, RolloutTrigger.CONTROL.value, event.event_id
+        )
         registry, restored = self._transition(r, version, stage, to_stage, decision_id, now)
         r.restart(now)  # evidence gathered before an operator's intervention does not carry over
         changes = tuple(f"{ev.version}: -> {ev.stage.value}" for ev in registry)
         audit = self._audit(event, AuditOutcome.ACCEPTED, Reason.APPLIED, "", changes, now, alert=False)
-        decision = self._manual_decision(event, decision_id, model_id, version, symbol, stage, to_stage, action,
-                                         f"{Reason.APPLIED}: {event.reason}".rstrip(": "), restored, r, now)
+        decision = self._manual_decision(
+            event,
+            decision_id,
+            model_id,
+            version,
+            symbol,
+            stage,
+            to_stage,
+            action,
+            f"{Reason.APPLIED}: {event.reason}".rstrip(": "),
+            restored,
+            r,
+            now,
+        )
         return Step(records=(decision, *registry, audit_record(audit, event)), decisions=(decision,), audit=audit)
 
-    def _refuse(self, event: ControlEvent, reason: str, detail: str, now: int, r: _Rollout | None = None,
-                stage: ModelStage | None = None) -> Step:
+    def _refuse(
+        self,
+        event: ControlEvent,
+        reason: str,
+        detail: str,
+        now: int,
+        r: _Rollout | None = None,
+        stage: ModelStage | None = None,
+    ) -> Step:
         """An authentic command that cannot be applied: audited, nothing changes."""
         audit = self._audit(event, AuditOutcome.REJECTED, reason, detail, (), now, alert=False)
         decision = self._rejected(event, reason, detail, now, r, stage)
         return Step(records=(decision, audit_record(audit, event)), decisions=(decision,), audit=audit)
 
-    def _rejected(self, event: ControlEvent, reason: str, detail: str, now: int, r: _Rollout | None = None,
-                  stage: ModelStage | None = None) -> RolloutDecision:
+    def _rejected(
+        self,
+        event: ControlEvent,
+        reason: str,
+        detail: str,
+        now: int,
+        r: _Rollout | None = None,
+        stage: ModelStage | None = None,
+    ) -> RolloutDecision:
         model_id, version = _claimed(event, "model_id"), _claimed(event, "version")
         symbol = None if r is None else r.symbol
-        decision_id = event_id_for(RolloutDecision.KIND, model_id, symbol, version, RolloutTrigger.CONTROL.value,
-                                   _text(event.event_id))
-        return self._manual_decision(event, decision_id, model_id, version, symbol, stage, stage,
-                                     RolloutAction.REJECTED, f"{reason}: {detail}" if detail else reason, None, r, now)
+        decision_id = event_id_for(
+            RolloutDecision.KIND, model_id, symbol, version, RolloutTrigger.CONTROL.value, _text(event.event_id)
+        )
+        return self._manual_decision(
+            event,
+            decision_id,
+            model_id,
+            version,
+            symbol,
+            stage,
+            stage,
+            RolloutAction.REJECTED,
+            f"{reason}: {detail}" if detail else reason,
+            None,
+            r,
+            now,
+        )
 
-    def _manual_decision(self, event: ControlEvent, decision_id: str, model_id: str, version: str,
-                         symbol: str | None, from_stage: ModelStage | None, to_stage: ModelStage | None,
-                         action: RolloutAction, reason: str, restored: str | None, r: _Rollout | None,
-                         now: int) -> RolloutDecision:
+    def _manual_decision(
+        self,
+        event: ControlEvent,
+        decision_id: str,
+        model_id: str,
+        version: str,
+        symbol: str | None,
+        from_stage: ModelStage | None,
+        to_stage: ModelStage | None,
+        action: RolloutAction,
+        reason: str,
+        restored: str | None,
+        r: _Rollout | None,
+        now: int,
+    ) -> RolloutDecision:
         cfg = self.config
         return RolloutDecision.new(
             event_id=decision_id,
@@ -558,11 +630,29 @@ class GovernanceEngine:
             cause_event_id=_text(event.event_id),
         )
 
-    def _audit(self, event: ControlEvent, outcome: AuditOutcome, reason: str, detail: str,
-               changes: tuple[str, ...], now: int, *, alert: bool) -> EngineAudit:
-        return audit_for(event, component=self.config.component, outcome=outcome, reason=reason, detail=detail,
-                         alert=alert, changes=changes, config_hash_before=self._config_hash,
-                         config_hash_after=self._config_hash, ts_init=now)
+    def _audit(
+        self,
+        event: ControlEvent,
+        outcome: AuditOutcome,
+        reason: str,
+        detail: str,
+        changes: tuple[str, ...],
+        now: int,
+        *,
+        alert: bool,
+    ) -> EngineAudit:
+        return audit_for(
+            event,
+            component=self.config.component,
+            outcome=outcome,
+            reason=reason,
+            detail=detail,
+            alert=alert,
+            changes=changes,
+            config_hash_before=self._config_hash,
+            config_hash_after=self._config_hash,
+            ts_init=now,
+        )
 
     def _alert(self, audit: EngineAudit) -> Alert:
         return Alert.new(
@@ -575,9 +665,14 @@ class GovernanceEngine:
             message=f"control command {audit.command} {audit.scope}:{audit.target} rejected by {audit.component}: "
             f"{audit.reason}" + (f" ({audit.detail})" if audit.detail else ""),
             dedupe_key=audit.audit_id,
-            labels={"component": audit.component, "reason": audit.reason, "command": audit.command,
-                    "claimed_key_id": audit.key_id, "claimed_operator": audit.operator,
-                    "control_event_id": audit.control_event_id},
+            labels={
+                "component": audit.component,
+                "reason": audit.reason,
+                "command": audit.command,
+                "claimed_key_id": audit.key_id,
+                "claimed_operator": audit.operator,
+                "control_event_id": audit.control_event_id,
+            },
         )
 
     def _signature_authentic(self, event: ControlEvent) -> bool:

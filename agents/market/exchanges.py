@@ -131,8 +131,15 @@ def make_exchange(cfg: ExchangeConfig, pro: bool = False, credentials: Mapping[s
     """The ccxt async exchange (``ccxt.pro`` when ``pro``) for a config
     (:func:`agents.venue.ccxt.build_exchange`). The caller owns the instance
     and must ``await exchange.close()``."""
-    return build_exchange(cfg.exchange_id, cfg.market_type, credentials=credentials, options=cfg.options, pro=pro,
-                          timeout_ms=cfg.request_timeout_ms, load_currencies=cfg.load_currencies)
+    return build_exchange(
+        cfg.exchange_id,
+        cfg.market_type,
+        credentials=credentials,
+        options=cfg.options,
+        pro=pro,
+        timeout_ms=cfg.request_timeout_ms,
+        load_currencies=cfg.load_currencies,
+    )
 
 
 # ---------------------------------------------------------------------------

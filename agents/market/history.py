@@ -161,8 +161,7 @@ async def download_history(
 
     checkpoint_frozen = False
     while cursor_ms < end_ms:
-        rows, attempts = await _fetch_page(exchange, symbol, tf, cursor_ms, page_limit, policy, rng, sleep,
-                                           count_call)
+        rows, attempts = await _fetch_page(exchange, symbol, tf, cursor_ms, page_limit, policy, rng, sleep, count_call)
         requests += attempts
         retries += attempts - 1
         if not rows:

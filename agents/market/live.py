@@ -162,8 +162,27 @@ class CollectorMetrics:
             ["exchange", "stream", "transport"],
             # Up to 30 min: the ingest-p95 alert's 120 s threshold must fall inside a finite bucket
             # (histogram_quantile reports the highest finite bound for anything beyond it).
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 90.0, 120.0,
-                     180.0, 300.0, 600.0, 1800.0),
+            buckets=(
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+                10.0,
+                30.0,
+                60.0,
+                90.0,
+                120.0,
+                180.0,
+                300.0,
+                600.0,
+                1800.0,
+            ),
             registry=registry,
         )
 

@@ -75,10 +75,15 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
     live = LiveState(core)
     restore(live, ctx.dsn, keyring, config_hash)
     adapter = start_execution(settings, env, live)
-    log.info("trading_agent_configured", account=settings.account, adapter=settings.adapter,
-             timeframes=[t.value for t in settings.timeframes],
-             symbols=list(live.core.config.risk.allowed_symbols), control_key_ids=list(keyring.key_ids),
-             config_hash=config_hash)
+    log.info(
+        "trading_agent_configured",
+        account=settings.account,
+        adapter=settings.adapter,
+        timeframes=[t.value for t in settings.timeframes],
+        symbols=list(live.core.config.risk.allowed_symbols),
+        control_key_ids=list(keyring.key_ids),
+        config_hash=config_hash,
+    )
     worker = TradingWorker(app, ctx, live, adapter, keyring=keyring, config_hash=config_hash)
     app.on_partitions_assigned.connect(worker.require_every_partition)
     return app.agent(app.topic(*worker.handlers), name=NAME)(crash_worker_on_bug(app, NAME)(worker.run))
@@ -92,8 +97,12 @@ def _configure(env: Mapping[str, str]) -> tuple[TradingSettings, Keyring, Tradin
         keyring = load_keyring(env)
         core = TradingCore(settings.config(), keyring)
     except ValueError as exc:
-        hint = ("; TRADEFLOW_CONTROL_KEY_ID defines a key named 'id' (the CLI's key id variable is "
-                "TRADEFLOW_CONTROL_SIGNING_KEY_ID)" if "TRADEFLOW_CONTROL_KEY_ID" in env else "")
+        hint = (
+            "; TRADEFLOW_CONTROL_KEY_ID defines a key named 'id' (the CLI's key id variable is "
+            "TRADEFLOW_CONTROL_SIGNING_KEY_ID)"
+            if "TRADEFLOW_CONTROL_KEY_ID" in env
+            else ""
+        )
         log.critical("trading_agent_refused_to_start", reason=str(exc) + hint)
         raise SystemExit(EXIT_CONFIG) from None
     return settings, keyring, core
@@ -115,16 +124,30 @@ class TradingWorker:
     """One account's agent: the state it carries (``live``, the checkpointer, the adapter) and one
     method per duty. Batches run under the checkpointer's gate, so a snapshot never falls mid-message."""
 
-    def __init__(self, app: Any, ctx: AgentContext, live: LiveState, adapter: CcxtExecutionAdapter | None, *,
-                 keyring: Keyring, config_hash: str) -> None:
+    def __init__(
+        self,
+        app: Any,
+        ctx: AgentContext,
+        live: LiveState,
+        adapter: CcxtExecutionAdapter | None,
+        *,
+        keyring: Keyring,
+        config_hash: str,
+    ) -> None:
         self.app = app
         self.ctx = ctx
         self.live = live
         self.adapter = adapter
         self.account = live.core.config.account
-        self.checkpointer = Checkpointer(live, keyring=keyring, config_hash=config_hash, dsn=ctx.dsn,
-                                         every_batch=adapter is not None, flush=self.flush_producer,
-                                         crash=self.crash)
+        self.checkpointer = Checkpointer(
+            live,
+            keyring=keyring,
+            config_hash=config_hash,
+            dsn=ctx.dsn,
+            every_batch=adapter is not None,
+            flush=self.flush_producer,
+            crash=self.crash,
+        )
         #: physical input topic -> (logical name, record class, core method)
         self.handlers: dict[str, tuple[str, type[Record], _Handler]] = {
             ctx.topic("signals"): ("signals", Signal, TradingCore.on_signal),
@@ -138,7 +161,8 @@ class TradingWorker:
         self.out_counters = {name: RECORDS_OUT.labels(NAME, name) for name in OUTPUTS}
         self.latency = PROCESS_LATENCY.labels(NAME)
         self.submit_seconds = m.EXECUTION_SUBMIT_SECONDS.labels(
-            self.account, adapter.name if adapter is not None else "paper")
+            self.account, adapter.name if adapter is not None else "paper"
+        )
 
     # -- partitions ----------------------------------------------------------------------------
 
@@ -151,8 +175,12 @@ class TradingWorker:
                 owned[tp.topic] += 1
         missing = {t: f"{owned[t]}/{n}" for t, n in self.expected.items() if owned[t] != n}
         if missing:
-            log.critical("trading_agent_not_singleton", account=self.account, owned=missing,
-                         hint="exactly one worker may run the trading agent of an account")
+            log.critical(
+                "trading_agent_not_singleton",
+                account=self.account,
+                owned=missing,
+                hint="exactly one worker may run the trading agent of an account",
+            )
             await self.app.crash(RuntimeError(f"trading agent must own every input partition, owns {missing}"))
             return
         faust_adapter.after_every_seek(self.app.consumer, self.seek_inputs)  # faust's recovery seeks next
@@ -195,7 +223,8 @@ class TradingWorker:
             else:
                 arrival = _arrival_ns(msg)
                 self.checkpointer.journal(
-                    JournalRow(self.account, live.events, name, msg.partition, msg.offset, rec.event_id, arrival))
+                    JournalRow(self.account, live.events, name, msg.partition, msg.offset, rec.event_id, arrival)
+                )
                 step = handle(live.core, rec, arrival)
                 for out in step.records:
                     await self.publish(out)
@@ -218,8 +247,17 @@ class TradingWorker:
             answers = await self.adapter.submit(intent, decision, market)
             self.submit_seconds.observe(time.perf_counter() - t0)
             for answer in answers:
-                self.checkpointer.journal(JournalRow(self.account, live.events, DEFAULT_TOPIC[type(answer)],
-                                                     NOT_CONSUMED, NOT_CONSUMED, answer.event_id, None))
+                self.checkpointer.journal(
+                    JournalRow(
+                        self.account,
+                        live.events,
+                        DEFAULT_TOPIC[type(answer)],
+                        NOT_CONSUMED,
+                        NOT_CONSUMED,
+                        answer.event_id,
+                        None,
+                    )
+                )
                 for out in live.core.on_execution(answer).records:
                     await self.publish(out)
                 live.events += 1
@@ -232,8 +270,9 @@ class TradingWorker:
         checkpoint, which fails (and crashes the worker before its offsets are saved) on any send error.
         """
         name = DEFAULT_TOPIC[type(rec)]
-        self.checkpointer.sent(await faust_adapter.send(
-            self.app, self.out_names[name], rec.key(), codec_for(type(rec)).encode(rec)))
+        self.checkpointer.sent(
+            await faust_adapter.send(self.app, self.out_names[name], rec.key(), codec_for(type(rec)).encode(rec))
+        )
         self.out_counters[name].inc()
         if isinstance(rec, RiskDecision):
             m.RISK_VERDICTS.labels(self.account, rec.verdict.value).inc()
@@ -272,10 +311,18 @@ class TradingWorker:
         if step.audit is not None:
             m.CONTROL.labels(account, step.audit.outcome.value, step.audit.reason).inc()
             emit = log.error if step.audit.alert else log.info
-            emit("control_command", account=account, outcome=step.audit.outcome.value, reason=step.audit.reason,
-                 command=step.audit.command, scope=step.audit.scope, target=step.audit.target,
-                 claimed_key_id=step.audit.key_id, control_event_id=step.audit.control_event_id,
-                 changes=list(step.audit.changes))
+            emit(
+                "control_command",
+                account=account,
+                outcome=step.audit.outcome.value,
+                reason=step.audit.reason,
+                command=step.audit.command,
+                scope=step.audit.scope,
+                target=step.audit.target,
+                claimed_key_id=step.audit.key_id,
+                control_event_id=step.audit.control_event_id,
+                changes=list(step.audit.changes),
+            )
         for switch in step.engaged:
             log.warning("kill_switch_engaged", account=account, switch=switch.describe())
         if step.bar_skipped is not None:

@@ -85,10 +85,15 @@ def _dataclass_fields(cls: type) -> tuple[str, ...]:
     names = _DATACLASS_FIELDS.get(cls)
     if names is None:
         names = ()
-        if (_STANDARD_GETSTATE is not None and dataclasses.is_dataclass(cls)
-                and getattr(cls, "__getstate__", None) is _STANDARD_GETSTATE
-                and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
-                and not hasattr(cls, "__getnewargs_ex__") and not hasattr(cls, "__getnewargs__")):
+        if (
+            _STANDARD_GETSTATE is not None
+            and dataclasses.is_dataclass(cls)
+            and getattr(cls, "__getstate__", None) is _STANDARD_GETSTATE
+            and cls.__reduce_ex__ is object.__reduce_ex__
+            and cls.__reduce__ is object.__reduce__
+            and not hasattr(cls, "__getnewargs_ex__")
+            and not hasattr(cls, "__getnewargs__")
+        ):
             names = tuple(f.name for f in dataclasses.fields(cls))
         _DATACLASS_FIELDS[cls] = names
     return names
@@ -97,8 +102,11 @@ def _dataclass_fields(cls: type) -> tuple[str, ...]:
 class _CorePickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.dispatch_table = {**copyreg.dispatch_table, MappingProxyType: _reduce_mappingproxy,
-                               Keyring: _reduce_keyring}
+        self.dispatch_table = {
+            **copyreg.dispatch_table,
+            MappingProxyType: _reduce_mappingproxy,
+            Keyring: _reduce_keyring,
+        }
 
     def reducer_override(self, obj: Any) -> Any:
         """Slotted dataclasses without ``dataclasses.fields()`` per object; everything else as usual."""
@@ -161,18 +169,22 @@ def _offsets_json(offsets: Offsets) -> bytes:
     return orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
 
 
-def _mac(key: bytes, *, account: str, fmt: int, config_hash: str, offsets: Offsets, events: int,
-         state: bytes) -> str:
+def _mac(key: bytes, *, account: str, fmt: int, config_hash: str, offsets: Offsets, events: int, state: bytes) -> str:
     mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in (account.encode(), str(fmt).encode(), config_hash.encode(), _offsets_json(offsets),
-                 str(events).encode(), hashlib.sha256(state).digest()):
+    for part in (
+        account.encode(),
+        str(fmt).encode(),
+        config_hash.encode(),
+        _offsets_json(offsets),
+        str(events).encode(),
+        hashlib.sha256(state).digest(),
+    ):
         mac.update(len(part).to_bytes(8, "big"))
         mac.update(part)
     return mac.hexdigest()
 
 
-def seal(core: TradingCore, *, config_hash: str, offsets: Offsets, events_applied: int,
-         keyring: Keyring) -> Checkpoint:
+def seal(core: TradingCore, *, config_hash: str, offsets: Offsets, events_applied: int, keyring: Keyring) -> Checkpoint:
     """Snapshot ``core`` now (synchronously: the caller must not be mid-message) and sign it."""
     if not keyring.key_ids:
         raise CheckpointError("no control key to seal the checkpoint with")
@@ -180,10 +192,25 @@ def seal(core: TradingCore, *, config_hash: str, offsets: Offsets, events_applie
     state = dump_core(core)
     frozen = {t: dict(parts) for t, parts in offsets.items()}
     account = core.config.account
-    mac = _mac(_mac_key(keyring, key_id), account=account, fmt=FORMAT, config_hash=config_hash, offsets=frozen,
-               events=events_applied, state=state)
-    return Checkpoint(account=account, format=FORMAT, config_hash=config_hash, key_id=key_id, offsets=frozen,
-                      events_applied=events_applied, state=state, mac=mac)
+    mac = _mac(
+        _mac_key(keyring, key_id),
+        account=account,
+        fmt=FORMAT,
+        config_hash=config_hash,
+        offsets=frozen,
+        events=events_applied,
+        state=state,
+    )
+    return Checkpoint(
+        account=account,
+        format=FORMAT,
+        config_hash=config_hash,
+        key_id=key_id,
+        offsets=frozen,
+        events_applied=events_applied,
+        state=state,
+        mac=mac,
+    )
 
 
 def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_hash: str) -> TradingCore:
@@ -191,19 +218,29 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
     if cp.account != account:
         raise CheckpointError(f"checkpoint belongs to account {cp.account!r}, not {account!r}")
     if cp.format != FORMAT and cp.format not in _UPGRADABLE:
-        raise CheckpointError(f"checkpoint format {cp.format} is not this code's {FORMAT}; delete the row to "
-                              "start the account flat")
+        raise CheckpointError(
+            f"checkpoint format {cp.format} is not this code's {FORMAT}; delete the row to start the account flat"
+        )
     if cp.config_hash != config_hash:
         raise CheckpointError(
             f"checkpoint was built with trading configuration {cp.config_hash}, this worker runs {config_hash}; "
             "start with the same TRADEFLOW_TRADING_* settings, or delete the account's trading_checkpoints row "
             "to start it flat"
         )
-    expected = _mac(_mac_key(keyring, cp.key_id), account=cp.account, fmt=cp.format, config_hash=cp.config_hash,
-                    offsets=cp.offsets, events=cp.events_applied, state=cp.state)
+    expected = _mac(
+        _mac_key(keyring, cp.key_id),
+        account=cp.account,
+        fmt=cp.format,
+        config_hash=cp.config_hash,
+        offsets=cp.offsets,
+        events=cp.events_applied,
+        state=cp.state,
+    )
     if not hmac.compare_digest(expected, cp.mac):
-        raise CheckpointError("checkpoint MAC does not verify: the row was not written by this account's "
-                              "trading agent (or was altered); refusing to load it")
+        raise CheckpointError(
+            "checkpoint MAC does not verify: the row was not written by this account's "
+            "trading agent (or was altered); refusing to load it"
+        )
     try:
         core = load_core(cp.state, keyring)
         if cp.format != FORMAT:

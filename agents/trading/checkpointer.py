@@ -100,8 +100,14 @@ def restore(live: LiveState, dsn: str, keyring: Keyring, config_hash: str) -> No
         live.core = open_checkpoint(cp, keyring, account=account, config_hash=config_hash)
         live.position = {(t, p): o for t, parts in cp.offsets.items() for p, o in parts.items()}
         live.events = cp.events_applied
-        log.info("trading_checkpoint_restored", account=account, events_applied=cp.events_applied,
-                 offsets=live.offsets(), state_bytes=len(cp.state), state_sha256=cp.state_sha256)
+        log.info(
+            "trading_checkpoint_restored",
+            account=account,
+            events_applied=cp.events_applied,
+            offsets=live.offsets(),
+            state_bytes=len(cp.state),
+            state_sha256=cp.state_sha256,
+        )
 
     loop = asyncio.new_event_loop()
     try:
@@ -126,8 +132,17 @@ class Checkpointer:
     ``crash`` stops the worker when the idle checkpoint fails.
     """
 
-    def __init__(self, live: LiveState, *, keyring: Keyring, config_hash: str, dsn: str, every_batch: bool,
-                 flush: Callable[[], Awaitable[None]], crash: Callable[[Exception], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        live: LiveState,
+        *,
+        keyring: Keyring,
+        config_hash: str,
+        dsn: str,
+        every_batch: bool,
+        flush: Callable[[], Awaitable[None]],
+        crash: Callable[[Exception], Awaitable[None]],
+    ) -> None:
         self.live = live
         self.keyring = keyring
         self.config_hash = config_hash
@@ -202,8 +217,13 @@ class Checkpointer:
         the worker. Returns how long it took (s)."""
         t0 = time.perf_counter()
         live = self.live
-        cp = seal(live.core, config_hash=self.config_hash, offsets=live.offsets(), events_applied=live.events,
-                  keyring=self.keyring)
+        cp = seal(
+            live.core,
+            config_hash=self.config_hash,
+            offsets=live.offsets(),
+            events_applied=live.events,
+            keyring=self.keyring,
+        )
         await self.flush()
         sent, self.deliveries = self.deliveries, []
         for done in sent:

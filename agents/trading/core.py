@@ -203,17 +203,20 @@ class TradingCore:
             if last is not None and bar.open_time <= last.open_time:
                 skipped = BarSkip.NOT_NEWER
         if skipped is not None:
-            return Step(records=tuple(out), sizings=tuple(sizings), bar_skipped=skipped,
-                        to_submit=tuple(submit), released_unaligned=overdue)
+            return Step(
+                records=tuple(out),
+                sizings=tuple(sizings),
+                bar_skipped=skipped,
+                to_submit=tuple(submit),
+                released_unaligned=overdue,
+            )
         self._last_bar[bar.symbol] = bar
         self.clock.advance(bar.ts_event, arrival_ns)
         if self.config.execution is ExecutionMode.PAPER:
             for rec in self.paper.on_bar(bar):
                 self._executed(rec, out)
         state = self.portfolio.on_bar(bar)
-        out.append(
-            snapshot_record(state, config=self.config, cause=bar, ts_init=self.clock.now_ns())
-        )
+        out.append(snapshot_record(state, config=self.config, cause=bar, ts_init=self.clock.now_ns()))
         self.strategy.on_portfolio(state)
         self.risk.on_portfolio(state)
         self.strategy.on_bar(bar)
@@ -225,10 +228,16 @@ class TradingCore:
             self._decide(dataclasses.replace(exit_.intent, reason=exit_.reason.value), out, submit)
         # the signals that waited for this bar, in arrival order
         if self._held:
-            self._apply_held(lambda sig, _: sig.symbol == bar.symbol and sig.ts_event <= bar.ts_event,
-                             out, submit, sizings)
-        return Step(records=tuple(out), sizings=tuple(sizings), engaged=marked.engaged, to_submit=tuple(submit),
-                    released_unaligned=overdue)
+            self._apply_held(
+                lambda sig, _: sig.symbol == bar.symbol and sig.ts_event <= bar.ts_event, out, submit, sizings
+            )
+        return Step(
+            records=tuple(out),
+            sizings=tuple(sizings),
+            engaged=marked.engaged,
+            to_submit=tuple(submit),
+            released_unaligned=overdue,
+        )
 
     def on_signal(self, signal: Signal, arrival_ns: int | None = None) -> Step:
         out: list[Record] = []
@@ -244,8 +253,13 @@ class TradingCore:
                     self._apply_signal(held, held_arrival, out, submit, sizings)
                 overdue += excess
             # the input itself is the newest: never among the excess (max_held_signals > 0 here)
-            return Step(records=tuple(out), sizings=tuple(sizings), to_submit=tuple(submit), held=True,
-                        released_unaligned=overdue)
+            return Step(
+                records=tuple(out),
+                sizings=tuple(sizings),
+                to_submit=tuple(submit),
+                held=True,
+                released_unaligned=overdue,
+            )
         self._apply_signal(signal, arrival_ns, out, submit, sizings)
         return Step(records=tuple(out), sizings=tuple(sizings), to_submit=tuple(submit), released_unaligned=overdue)
 
@@ -271,24 +285,36 @@ class TradingCore:
         """Signals waiting for their bar, in arrival order."""
         return tuple(s for s, _ in self._held)
 
-    def _apply_signal(self, signal: Signal, arrival_ns: int | None, out: list[Record], submit: list[Submission],
-                      sizings: list[SizingDecision]) -> None:
+    def _apply_signal(
+        self,
+        signal: Signal,
+        arrival_ns: int | None,
+        out: list[Record],
+        submit: list[Submission],
+        sizings: list[SizingDecision],
+    ) -> None:
         self.clock.advance(signal.ts_event, arrival_ns)
         sizing = self.strategy.on_signal(signal, self.capital_fraction(signal.model_id, signal.model_version))
         sizings.append(sizing)
         if sizing.intent is not None:
             self._decide(sizing.intent, out, submit)
 
-    def _release_overdue(self, arrival_ns: int | None, out: list[Record], submit: list[Submission],
-                         sizings: list[SizingDecision]) -> int:
+    def _release_overdue(
+        self, arrival_ns: int | None, out: list[Record], submit: list[Submission], sizings: list[SizingDecision]
+    ) -> int:
         """Apply the held signals that waited longer than ``signal_bar_wait_ns`` (arrival time) for their bar."""
         if arrival_ns is None or not self._held:
             return 0
         limit = arrival_ns - self.config.signal_bar_wait_ns
         return self._apply_held(lambda _, arrived: arrived is not None and arrived < limit, out, submit, sizings)
 
-    def _apply_held(self, release: Callable[[Signal, int | None], bool], out: list[Record],
-                    submit: list[Submission], sizings: list[SizingDecision]) -> int:
+    def _apply_held(
+        self,
+        release: Callable[[Signal, int | None], bool],
+        out: list[Record],
+        submit: list[Submission],
+        sizings: list[SizingDecision],
+    ) -> int:
         """Apply (in arrival order) and drop the held signals ``release`` picks; how many."""
         ready = [h for h in self._held if release(*h)]
         if ready:
@@ -309,8 +335,10 @@ class TradingCore:
         if self.config.execution is not ExecutionMode.EXTERNAL:
             raise ValueError("on_execution needs external execution; paper execution fills in-process")
         if not self.paper.seen(record.client_order_id):
-            raise ValueError(f"{type(record).__name__} {record.event_id} is for client order id "
-                             f"{record.client_order_id}, which this core never submitted")
+            raise ValueError(
+                f"{type(record).__name__} {record.event_id} is for client order id "
+                f"{record.client_order_id}, which this core never submitted"
+            )
         now = self.clock.now_ns()
         stamped = record if record.ts_init == now else dataclasses.replace(record, ts_init=now)
         out: list[Record] = []

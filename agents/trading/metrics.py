@@ -46,12 +46,16 @@ INPUTS_SKIPPED = Counter(
     "tradeflow_trading_inputs_skipped_total", "Input messages already in the restored state", ["account", "topic"]
 )
 CHECKPOINT_SECONDS = Histogram(
-    "tradeflow_trading_checkpoint_seconds", "Snapshot + producer flush + upsert of one checkpoint", ["account"],
+    "tradeflow_trading_checkpoint_seconds",
+    "Snapshot + producer flush + upsert of one checkpoint",
+    ["account"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 CHECKPOINT_BYTES = Gauge("tradeflow_trading_checkpoint_bytes", "Size of the last checkpoint's state", ["account"])
 DRAWDOWN = Gauge("tradeflow_portfolio_drawdown", "Peak-to-now drawdown (fraction)", ["account"])
 EXECUTION_SUBMIT_SECONDS = Histogram(
-    "tradeflow_execution_submit_seconds", "One order through an external execution adapter", ["account", "adapter"],
+    "tradeflow_execution_submit_seconds",
+    "One order through an external execution adapter",
+    ["account", "adapter"],
     buckets=(0.0005, 0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0),
 )

@@ -88,8 +88,10 @@ class ExecutionSettings:
     def from_env(cls, env: Mapping[str, str]) -> ExecutionSettings:
         venue = env_str("TRADEFLOW_EXECUTION_VENUE", "", env)
         if not venue:
-            raise ConfigError("TRADEFLOW_EXECUTION_ADAPTER=ccxt: ccxt execution is not wired to a venue; set "
-                              "TRADEFLOW_EXECUTION_VENUE (binance, bitget or coinbase)")
+            raise ConfigError(
+                "TRADEFLOW_EXECUTION_ADAPTER=ccxt: ccxt execution is not wired to a venue; set "
+                "TRADEFLOW_EXECUTION_VENUE (binance, bitget or coinbase)"
+            )
         leverage_set = bool(env_str("TRADEFLOW_EXECUTION_LEVERAGE", "", env))
         leverage = env_int("TRADEFLOW_EXECUTION_LEVERAGE", 0, env) if leverage_set else None
         settings = cls(
@@ -102,8 +104,10 @@ class ExecutionSettings:
             markets_file=env_str("TRADEFLOW_EXECUTION_MARKETS_FILE", "", env) or None,
         )
         if settings.markets_file is not None and not settings.dry_run:
-            raise ConfigError("TRADEFLOW_EXECUTION_MARKETS_FILE pins market rules for dry runs only; live sending "
-                              "(TRADEFLOW_EXECUTION_DRY_RUN=0) loads the venue's current markets")
+            raise ConfigError(
+                "TRADEFLOW_EXECUTION_MARKETS_FILE pins market rules for dry runs only; live sending "
+                "(TRADEFLOW_EXECUTION_DRY_RUN=0) loads the venue's current markets"
+            )
         settings.live_config()  # the adapter's own validation (venue x market, leverage, modes)
         return settings
 
@@ -112,8 +116,11 @@ class ExecutionSettings:
 
         try:
             return LiveExecutionConfig(
-                exchange_id=self.venue, market_type=VenueMarket(self.market), dry_run=self.dry_run,
-                leverage=self.leverage, margin_mode=MarginMode(self.margin_mode),
+                exchange_id=self.venue,
+                market_type=VenueMarket(self.market),
+                dry_run=self.dry_run,
+                leverage=self.leverage,
+                margin_mode=MarginMode(self.margin_mode),
                 position_mode=PositionMode(self.position_mode),
             )
         except ValueError as exc:
@@ -145,8 +152,7 @@ class TradingSettings:
     def from_env(cls, env: Mapping[str, str]) -> TradingSettings:
         adapter = env_str("TRADEFLOW_EXECUTION_ADAPTER", "paper", env)
         if adapter not in ADAPTERS:
-            raise ConfigError(
-                f"TRADEFLOW_EXECUTION_ADAPTER={adapter!r}: the trading agent supports {list(ADAPTERS)}")
+            raise ConfigError(f"TRADEFLOW_EXECUTION_ADAPTER={adapter!r}: the trading agent supports {list(ADAPTERS)}")
         execution = ExecutionSettings.from_env(env) if adapter == "ccxt" else None
         try:
             timeframes = tuple(Timeframe(t) for t in env_list("TRADEFLOW_TRADING_TIMEFRAMES", (), env))
@@ -163,10 +169,15 @@ class TradingSettings:
 
     def config(self) -> TradingConfig:
         risk = RiskConfig(allowed_symbols=self.symbols) if self.symbols else RiskConfig()
-        config = TradingConfig(account=self.account, timeframes=self.timeframes, risk=risk,
-                               signal_bar_wait_ns=round(self.signal_bar_wait_s * 1e9))
+        config = TradingConfig(
+            account=self.account,
+            timeframes=self.timeframes,
+            risk=risk,
+            signal_bar_wait_ns=round(self.signal_bar_wait_s * 1e9),
+        )
         if self.execution is None:
             return config
         # paper.adapter labels the refusals the core emits for orders it never sends
-        return dataclasses.replace(config, execution=ExecutionMode.EXTERNAL,
-                                   paper=PaperConfig(adapter=self.execution.adapter))
+        return dataclasses.replace(
+            config, execution=ExecutionMode.EXTERNAL, paper=PaperConfig(adapter=self.execution.adapter)
+        )

@@ -58,14 +58,17 @@ def start_execution(settings: TradingSettings, env: Mapping[str, str], live: Liv
     try:
         credentials = load_exchange_credentials(env)
         if not config.dry_run and not credentials:
-            raise ConfigError("TRADEFLOW_EXECUTION_DRY_RUN=0 sends orders and needs TRADEFLOW_EXCHANGE_API_KEY and "
-                             "TRADEFLOW_EXCHANGE_SECRET (or their _FILE variants)")
+            raise ConfigError(
+                "TRADEFLOW_EXECUTION_DRY_RUN=0 sends orders and needs TRADEFLOW_EXCHANGE_API_KEY and "
+                "TRADEFLOW_EXCHANGE_SECRET (or their _FILE variants)"
+            )
         if ex.markets_file is not None:
             try:
                 text = Path(ex.markets_file).read_text(encoding="utf-8")
             except OSError as exc:
-                raise ConfigError(f"TRADEFLOW_EXECUTION_MARKETS_FILE: cannot read {ex.markets_file} "
-                                 f"({exc.strerror})") from None
+                raise ConfigError(
+                    f"TRADEFLOW_EXECUTION_MARKETS_FILE: cannot read {ex.markets_file} ({exc.strerror})"
+                ) from None
             markets = load_markets_snapshot(text)
             source = f"file {ex.markets_file} sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     except ValueError as exc:  # names variables and paths, never credential values (a bad snapshot too)
@@ -85,14 +88,26 @@ def start_execution(settings: TradingSettings, env: Mapping[str, str], live: Liv
         try:
             markets = loop.run_until_complete(fetch())
         except ExecutionUnavailable as exc:
-            log.critical("trading_execution_unavailable", account=account, adapter=config.adapter,
-                         dry_run=config.dry_run, error=str(exc))
+            log.critical(
+                "trading_execution_unavailable",
+                account=account,
+                adapter=config.adapter,
+                dry_run=config.dry_run,
+                error=str(exc),
+            )
             raise SystemExit(EXIT_INFRA) from None
         finally:
             loop.close()
         source = "venue"
     exchange = make_execution_exchange(config, credentials or None)
     exchange.set_markets(markets)
-    log.info("trading_execution_ready", account=account, adapter=config.adapter, dry_run=config.dry_run,
-             markets=len(markets), markets_source=source, credentials=bool(credentials))
+    log.info(
+        "trading_execution_ready",
+        account=account,
+        adapter=config.adapter,
+        dry_run=config.dry_run,
+        markets=len(markets),
+        markets_source=source,
+        credentials=bool(credentials),
+    )
     return CcxtExecutionAdapter(exchange, config, clock)

@@ -175,10 +175,15 @@ _BY_CLASS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Ve
     (TimeoutError, VenueReason.TIMEOUT),
     (ConnectionError, VenueReason.NETWORK_ERROR),
 )
-_RETRIABLE = frozenset({
-    VenueReason.RATE_LIMITED, VenueReason.EXCHANGE_UNAVAILABLE, VenueReason.TIMEOUT, VenueReason.NETWORK_ERROR,
-    VenueReason.BAD_RESPONSE,
-})
+_RETRIABLE = frozenset(
+    {
+        VenueReason.RATE_LIMITED,
+        VenueReason.EXCHANGE_UNAVAILABLE,
+        VenueReason.TIMEOUT,
+        VenueReason.NETWORK_ERROR,
+        VenueReason.BAD_RESPONSE,
+    }
+)
 #: Reasons whose ccxt class is a broad ExchangeError: the message names the rule.
 _RULE_NAMED_BY_MESSAGE = frozenset({VenueReason.NOT_SUPPORTED, VenueReason.BAD_REQUEST, VenueReason.EXCHANGE_ERROR})
 #: OperationFailed outside NetworkError: the message may say it is transient.
@@ -196,17 +201,50 @@ _DUPLICATE_HINTS = (
 # Venues map many order rules to the same ccxt class (InvalidOrder), so the
 # message decides; checked in this order, the first match wins.
 _RULE_HINTS: tuple[tuple[VenueHint, tuple[str, ...]], ...] = (
-    (VenueHint.POSITION_RULE, (
-        "reduceonly", "reduce only", "reduce-only", "position side", "unilateral", "hedge mode", "one-way",
-        "one way", "position mode", "margin mode", "no position", "position is not enough", "leverage",
-    )),
-    (VenueHint.PRECISION, (
-        "precision", "lot_size", "checkbdscale", "price_filter", "decimal", "scale error", "step size", "increment",
-    )),
-    (VenueHint.MIN_NOTIONAL, (
-        "notional", "less than the minimum amount", "minimum order value", "min_notional", "minimum amount",
-        "quote_min_size", "too small", "minimum size",
-    )),
+    (
+        VenueHint.POSITION_RULE,
+        (
+            "reduceonly",
+            "reduce only",
+            "reduce-only",
+            "position side",
+            "unilateral",
+            "hedge mode",
+            "one-way",
+            "one way",
+            "position mode",
+            "margin mode",
+            "no position",
+            "position is not enough",
+            "leverage",
+        ),
+    ),
+    (
+        VenueHint.PRECISION,
+        (
+            "precision",
+            "lot_size",
+            "checkbdscale",
+            "price_filter",
+            "decimal",
+            "scale error",
+            "step size",
+            "increment",
+        ),
+    ),
+    (
+        VenueHint.MIN_NOTIONAL,
+        (
+            "notional",
+            "less than the minimum amount",
+            "minimum order value",
+            "min_notional",
+            "minimum amount",
+            "quote_min_size",
+            "too small",
+            "minimum size",
+        ),
+    ),
     (VenueHint.SYMBOL, ("invalid symbol", "symbol not")),
 )
 

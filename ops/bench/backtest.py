@@ -110,14 +110,15 @@ def _backtesting_py(frame: Any, p: SmaCrossParams) -> tuple[Callable[[], Any], C
         still_open = list(stats["_strategy"].trades)
         fills: list[Fill] = []
         for row in closed.itertuples():
-            fills += [(row.EntryTime.value, float(row.EntryPrice), float(row.Size)),
-                      (row.ExitTime.value, float(row.ExitPrice), -float(row.Size))]
+            fills += [
+                (row.EntryTime.value, float(row.EntryPrice), float(row.Size)),
+                (row.ExitTime.value, float(row.ExitPrice), -float(row.Size)),
+            ]
         fees = float(closed["Commission"].sum())
         for t in still_open:
             fills.append((t.entry_time.value, float(t.entry_price), float(t.size)))
             fees += t.size * t.entry_price * p.fee_rate
-        return Outcome(float(stats["Equity Final [$]"]), len(closed) + len(still_open), fees,
-                       tuple(sorted(fills)))
+        return Outcome(float(stats["Equity Final [$]"]), len(closed) + len(still_open), fees, tuple(sorted(fills)))
 
     return run, outcome
 
@@ -132,16 +133,26 @@ def _vectorbt(frame: Any, p: SmaCrossParams) -> tuple[Callable[[], Any], Callabl
         slow = vbt.MA.run(close, p.slow)
         entries = fast.ma_crossed_above(slow).shift(1, fill_value=False)
         exits = fast.ma_crossed_below(slow).shift(1, fill_value=False)
-        pf = vbt.Portfolio.from_signals(close, entries, exits, price=open_, fees=p.fee_rate,
-                                        init_cash=p.initial_cash, size=np.inf, direction="longonly",
-                                        size_granularity=np.nan if p.lot_size is None else p.lot_size)
+        pf = vbt.Portfolio.from_signals(
+            close,
+            entries,
+            exits,
+            price=open_,
+            fees=p.fee_rate,
+            init_cash=p.initial_cash,
+            size=np.inf,
+            direction="longonly",
+            size_granularity=np.nan if p.lot_size is None else p.lot_size,
+        )
         return pf, float(pf.final_value())
 
     def outcome(res: Any) -> Outcome:
         pf, final = res
         o = pf.orders.records_readable
-        fills = tuple((ts.value, float(px), float(sz) if side == "Buy" else -float(sz))
-                      for ts, px, sz, side in zip(o["Timestamp"], o["Price"], o["Size"], o["Side"], strict=True))
+        fills = tuple(
+            (ts.value, float(px), float(sz) if side == "Buy" else -float(sz))
+            for ts, px, sz, side in zip(o["Timestamp"], o["Price"], o["Size"], o["Side"], strict=True)
+        )
         return Outcome(final, int((o["Side"] == "Buy").sum()), float(o["Fees"].sum()), fills)
 
     return run, outcome
@@ -176,8 +187,9 @@ def compare(ours: Outcome, peer: Outcome) -> dict[str, Any]:
     return checks
 
 
-def bench_params(bars: tuple[Bar, ...], prices: PriceSeries, frame: Any, p: SmaCrossParams,
-                 repeats: int) -> dict[str, Any]:
+def bench_params(
+    bars: tuple[Bar, ...], prices: PriceSeries, frame: Any, p: SmaCrossParams, repeats: int
+) -> dict[str, Any]:
     n = len(prices)
     engines: dict[str, tuple[Callable[[], Any], Callable[[Any], Outcome]]] = {
         "reference": (lambda: run_sma_cross(prices, p), _reference_outcome),
@@ -218,8 +230,9 @@ def _versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tradeflow bench backtest", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="tradeflow bench backtest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per engine (median reported); >= 5")
     ap.add_argument("--fee-rate", type=float, default=0.001)
     ap.add_argument("--out", default=str(OUT))
@@ -233,16 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     bars = parsed.bars
     prices = PriceSeries.from_bars(bars)
     frame = _frame(bars)
-    results = [bench_params(bars, prices, frame, SmaCrossParams(f, s, fee_rate=a.fee_rate), a.repeats)
-               for f, s in PARAM_SETS]
-    identical = all(r["identical_vs_backtesting_py"]["identical"] and r["identical_vs_vectorbt"]["identical"]
-                    for r in results)
+    results = [
+        bench_params(bars, prices, frame, SmaCrossParams(f, s, fee_rate=a.fee_rate), a.repeats) for f, s in PARAM_SETS
+    ]
+    identical = all(
+        r["identical_vs_backtesting_py"]["identical"] and r["identical_vs_vectorbt"]["identical"] for r in results
+    )
     min_speedup = min(r["speedup_vs_backtesting_py"] for r in results)
     report = {
         "benchmark": "reference SMA crossover vs backtesting.py vs vectorbt",
         "data": {"file": DATA.name, "bars": len(bars), "load_s": load_s, "load_included_in_bars_per_s": False},
         "timing": "median of repeats after one untimed warm-up; imports, CSV parsing and DataFrame building "
-                  "excluded; reference_from_bars includes Bar records -> PriceSeries",
+        "excluded; reference_from_bars includes Bar records -> PriceSeries",
         "repeats": a.repeats,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), **_versions()},
         "param_sets": results,
@@ -261,16 +276,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_table(report: dict[str, Any]) -> None:
     d = report["data"]
-    print(f"{d['file']}: {d['bars']} bars (CSV load {d['load_s']:.2f}s, not in bars/s); "
-          f"median of {report['repeats']} runs")
+    print(
+        f"{d['file']}: {d['bars']} bars (CSV load {d['load_s']:.2f}s, not in bars/s); "
+        f"median of {report['repeats']} runs"
+    )
     print(f"{'fast/slow':<10}{'engine':<22}{'median_s':>10}{'bars/s':>14}{'time vs ref':>14}  identical")
     for r in report["param_sets"]:
         ref = r["engines"]["reference"]["median_s"]
         for name, e in r["engines"].items():
-            same = {"backtesting.py": r["identical_vs_backtesting_py"]["identical"],
-                    "vectorbt": r["identical_vs_vectorbt"]["identical"]}.get(name, "")
-            print(f"{r['fast']}/{r['slow']:<7}{name:<22}{e['median_s']:>10.4f}{e['bars_per_s']:>14,.0f}"
-                  f"{e['median_s'] / ref:>14.1f}  {same}")
-    print(f"all identical: {report['all_identical']}; min speedup vs backtesting.py: "
-          f"{report['min_speedup_vs_backtesting_py']:.1f}x; goal met: {report['goal_met']}")
-
+            same = {
+                "backtesting.py": r["identical_vs_backtesting_py"]["identical"],
+                "vectorbt": r["identical_vs_vectorbt"]["identical"],
+            }.get(name, "")
+            print(
+                f"{r['fast']}/{r['slow']:<7}{name:<22}{e['median_s']:>10.4f}{e['bars_per_s']:>14,.0f}"
+                f"{e['median_s'] / ref:>14.1f}  {same}"
+            )
+    print(
+        f"all identical: {report['all_identical']}; min speedup vs backtesting.py: "
+        f"{report['min_speedup_vs_backtesting_py']:.1f}x; goal met: {report['goal_met']}"
+    )

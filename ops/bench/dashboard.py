@@ -61,10 +61,25 @@ def _bars(n: int) -> list[Bar]:
     out = []
     for j, r in enumerate(rows):
         close = last - (n - 1 - j) * H
-        out.append(Bar.new(ts_init=close, ts_event=close, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1,
-                           open_time=close - H, open=float(r["open"]), high=float(r["high"]), low=float(r["low"]),
-                           close=float(r["close"]), volume=float(r["volume"]), trade_count=None, is_closed=True,
-                           revision=0, source=f"bench:{BTC_FILE}"))
+        out.append(
+            Bar.new(
+                ts_init=close,
+                ts_event=close,
+                venue="binance",
+                symbol="BTC/USDT",
+                timeframe=Timeframe.H1,
+                open_time=close - H,
+                open=float(r["open"]),
+                high=float(r["high"]),
+                low=float(r["low"]),
+                close=float(r["close"]),
+                volume=float(r["volume"]),
+                trade_count=None,
+                is_closed=True,
+                revision=0,
+                source=f"bench:{BTC_FILE}",
+            )
+        )
     return out
 
 
@@ -82,8 +97,13 @@ class Observers:
         self.dashboard: dict[str, float] = {}
 
     async def topic(self, bootstrap: str) -> None:
-        consumer = AIOKafkaConsumer(physical_name("portfolio.state", NAMESPACE), bootstrap_servers=bootstrap,
-                                    group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=10)
+        consumer = AIOKafkaConsumer(
+            physical_name("portfolio.state", NAMESPACE),
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
+        )
         await consumer.start()
         codec = codec_for(PortfolioSnapshot)
         try:
@@ -138,23 +158,32 @@ async def run(bars_per_level: int, levels: tuple[int, ...]) -> dict[str, Any]:
         await ensure_topics(broker.bootstrap, namespace=NAMESPACE)
         await migrate_dsn(pg.dsn)  # the trading agent keeps checkpoints there; the dashboard probes it
         port = free_port()
-        env = {**os.environ, "TRADEFLOW_CONTROL_KEY_BENCH": "bench-control-key-" + "x" * 32,
-               "TRADEFLOW_TRADING_SYMBOLS": "BTC/USDT", "TRADEFLOW_TRADING_TIMEFRAMES": "1h",
-               "TRADEFLOW_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "TRADEFLOW_CONTROL_KEY_BENCH": "bench-control-key-" + "x" * 32,
+            "TRADEFLOW_TRADING_SYMBOLS": "BTC/USDT",
+            "TRADEFLOW_TRADING_TIMEFRAMES": "1h",
+            "TRADEFLOW_LOG_LEVEL": "WARNING",
+        }
         env.pop("TRADEFLOW_DASHBOARD_TOKEN", None)
         env.pop("TRADEFLOW_DASHBOARD_TOKEN_FILE", None)
         worker = ChildProcess(
             "bench-dashboard-worker",
             worker_argv(broker.bootstrap, "trading", "dashboard", namespace=NAMESPACE, dsn=pg.dsn, web_port=port),
-            ROOT / "artifacts" / "bench_dashboard_worker.log", env=env, cwd=ROOT, append=False,
+            ROOT / "artifacts" / "bench_dashboard_worker.log",
+            env=env,
+            cwd=ROOT,
+            append=False,
         ).start()
         base = f"http://127.0.0.1:{port}/dashboard"
         obs = Observers()
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(obs.topic(broker.bootstrap))]
         results: list[dict[str, Any]] = []
         try:
-            async with RecordPublisher(broker.bootstrap, NAMESPACE, name="bench", linger_ms=0) as pub, \
-                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            async with (
+                RecordPublisher(broker.bootstrap, NAMESPACE, name="bench", linger_ms=0) as pub,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
+            ):
                 it = iter(bars)
                 # warm-up: the worker joins its group; wait for the first bars to come through
                 for _ in range(5):
@@ -170,12 +199,17 @@ async def run(bars_per_level: int, levels: tuple[int, ...]) -> dict[str, Any]:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             worker.stop(timeout=30)
-    return {"bars_per_level": bars_per_level, "worker_agents": ["trading", "dashboard"], "levels": results,
-            "machine_cpus": os.cpu_count()}
+    return {
+        "bars_per_level": bars_per_level,
+        "worker_agents": ["trading", "dashboard"],
+        "levels": results,
+        "machine_cpus": os.cpu_count(),
+    }
 
 
-async def _level(n: int, count: int, it: Any, pub: RecordPublisher, session: aiohttp.ClientSession, base: str,
-                 obs: Observers) -> dict[str, Any]:
+async def _level(
+    n: int, count: int, it: Any, pub: RecordPublisher, session: aiohttp.ClientSession, base: str, obs: Observers
+) -> dict[str, Any]:
     load: list[asyncio.Task[None]] = []
     if n:
         ready = asyncio.Event()
@@ -205,9 +239,11 @@ async def _level(n: int, count: int, it: Any, pub: RecordPublisher, session: aio
     await asyncio.sleep(0.5)
     return {
         "clients": n,
-        "pipeline_ms_p50": _pct(pipe, 0.5), "pipeline_ms_p99": _pct(pipe, 0.99),
+        "pipeline_ms_p50": _pct(pipe, 0.5),
+        "pipeline_ms_p99": _pct(pipe, 0.99),
         "pipeline_ms_mean": round(statistics.fmean(pipe) * 1000, 2),
-        "dashboard_ms_p50": _pct(dash, 0.5), "dashboard_ms_p99": _pct(dash, 0.99),
+        "dashboard_ms_p50": _pct(dash, 0.5),
+        "dashboard_ms_p99": _pct(dash, 0.99),
         "connected_during": after["clients"]["connected"],
         "dropped_slow_clients": after["clients"]["dropped"] - before["clients"]["dropped"],
         "bars": count,
@@ -216,8 +252,9 @@ async def _level(n: int, count: int, it: Any, pub: RecordPublisher, session: aio
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tradeflow bench dashboard", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tradeflow bench dashboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="artifacts/bench_dashboard.json")
     p.add_argument("--quick", action="store_true", help="fewer bars and client levels (smoke run)")
     p.add_argument("--bars", type=int, default=0, help="bars per client level (default 40, quick 10)")
@@ -235,4 +272,3 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return EXIT_OK
-

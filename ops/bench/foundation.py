@@ -54,9 +54,21 @@ def _bars(n: int, offset: int = 0, ts_init: int | None = None) -> list[Bar]:
         px = 100.0 + (i % 101)
         out.append(
             Bar.new(
-                ts_init=ts_init or T0, ts_event=T0 + (i + 1) * NS_PER_HOUR, venue="bench", symbol="BTC/USDT",
-                timeframe=Timeframe.H1, open_time=T0 + i * NS_PER_HOUR, open=px, high=px + 1, low=px - 1,
-                close=px + 0.5, volume=1.0 + i % 3, trade_count=i % 50, is_closed=True, revision=0, source="bench",
+                ts_init=ts_init or T0,
+                ts_event=T0 + (i + 1) * NS_PER_HOUR,
+                venue="bench",
+                symbol="BTC/USDT",
+                timeframe=Timeframe.H1,
+                open_time=T0 + i * NS_PER_HOUR,
+                open=px,
+                high=px + 1,
+                low=px - 1,
+                close=px + 0.5,
+                volume=1.0 + i % 3,
+                trade_count=i % 50,
+                is_closed=True,
+                revision=0,
+                source="bench",
             )
         )
     return out
@@ -127,8 +139,9 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         async with RecordPublisher(bootstrap, ns) as pub:
             for i in range(0, n, 20_000):
                 await pub.publish(bars[i : i + 20_000], topic=topic)
-        sink = TopicSink(SinkConfig(bootstrap=bootstrap, dsn=dsn, namespace=ns, topics=(topic,),
-                                    group_id=f"bench-{ns}"))
+        sink = TopicSink(
+            SinkConfig(bootstrap=bootstrap, dsn=dsn, namespace=ns, topics=(topic,), group_id=f"bench-{ns}")
+        )
         await sink.start()
         t = time.perf_counter()
         runner = asyncio.create_task(sink.run())
@@ -151,8 +164,10 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         batch_sizes += sizes
         # baseline: bare COPY of identical rows into an identical empty table
         enc = codec_for(Bar).encode
-        rows = [(b.event_id, 1, b.ts_event, b.ts_init, b.correlation_id, None, 0, i, "k", enc(b).decode())
-                for i, b in enumerate(bars)]
+        rows = [
+            (b.event_id, 1, b.ts_event, b.ts_init, b.correlation_id, None, 0, i, "k", enc(b).decode())
+            for i, b in enumerate(bars)
+        ]
         conn = await asyncpg.connect(dsn)
         await create_copy_baseline(conn)
         t = time.perf_counter()
@@ -160,8 +175,11 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
             await copy_baseline_batch(conn, rows[i : i + 20_000])
         copy_rates.append(n / (time.perf_counter() - t))
         await conn.close()
-        print(f"  sink run {r + 1}: {rates[-1]:,.0f} records/s (bare COPY {copy_rates[-1]:,.0f}/s), "
-              f"{sink.batches} batches", flush=True)
+        print(
+            f"  sink run {r + 1}: {rates[-1]:,.0f} records/s (bare COPY {copy_rates[-1]:,.0f}/s), "
+            f"{sink.batches} batches",
+            flush=True,
+        )
     m, mc = statistics.median(rates), statistics.median(copy_rates)
     return {
         "records": n,
@@ -188,8 +206,14 @@ async def _paced_latency(bootstrap: str, src: str, dst: str, rate: int, seconds:
     codec = codec_for(Bar)
     # Only records stamped after this run started count (seek_to_end is unreliable on tansu).
     run_started = time.time_ns()
-    cons = AIOKafkaConsumer(dst, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=10,
-                            group_id=None, enable_auto_commit=False)
+    cons = AIOKafkaConsumer(
+        dst,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+        group_id=None,
+        enable_auto_commit=False,
+    )
     await cons.start()
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await prod.start()
@@ -230,16 +254,18 @@ async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_di
     ns = f"bl{uuid.uuid4().hex[:6]}"
     await ensure_topics(bootstrap, namespace=ns)
     out: dict[str, Any] = {"seconds_per_rate": seconds}
-    worker = ChildProcess("bench-worker", worker_argv(bootstrap, "bars-checker", namespace=ns),
-                          log_dir / "bench-worker.log", append=False).start()
+    worker = ChildProcess(
+        "bench-worker", worker_argv(bootstrap, "bars-checker", namespace=ns), log_dir / "bench-worker.log", append=False
+    ).start()
     try:
         # wait until the agent forwards (group joined, partitions assigned)
         await _wait_forwarding(bootstrap, ns)
         src, dst = physical_name("market.bars.raw", ns), physical_name("market.bars", ns)
         for rate in rates:
             lat = await _paced_latency(bootstrap, src, dst, rate, seconds)
-            base = await _paced_latency(bootstrap, physical_name("market.ticks", ns), physical_name("market.ticks", ns),
-                                        rate, seconds)
+            base = await _paced_latency(
+                bootstrap, physical_name("market.ticks", ns), physical_name("market.ticks", ns), rate, seconds
+            )
             out[f"{rate}_per_s"] = {
                 "agent_hop_p50_ms": _pct(lat, 0.5),
                 "agent_hop_p99_ms": _pct(lat, 0.99),
@@ -256,8 +282,9 @@ async def bench_latency(bootstrap: str, rates: list[int], seconds: float, log_di
 async def _wait_forwarding(bootstrap: str, ns: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        lat = await _paced_latency(bootstrap, physical_name("market.bars.raw", ns), physical_name("market.bars", ns),
-                                   20, 1.0)
+        lat = await _paced_latency(
+            bootstrap, physical_name("market.bars.raw", ns), physical_name("market.bars", ns), 20, 1.0
+        )
         if lat:
             return
     raise RuntimeError("bars-checker did not start forwarding within 60 s")
@@ -275,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     n_produce, n_sink, repeats, secs = (20_000, 20_000, 1, 5.0) if quick else (200_000, 300_000, 3, 20.0)
     results: dict[str, Any] = {"machine": _machine()}
-    with EmbeddedBroker(log_path=out.parent / "bench-tansu.log") as b, EmbeddedPostgres(persistent=True,
-                                                                                      data_dir=None) as pg:
+    with (
+        EmbeddedBroker(log_path=out.parent / "bench-tansu.log") as b,
+        EmbeddedPostgres(persistent=True, data_dir=None) as pg,
+    ):
         print("produce ...", flush=True)
         results["produce"] = asyncio.run(bench_produce(b.bootstrap, n_produce, repeats))
         print("sink ...", flush=True)

@@ -56,13 +56,15 @@ async def bench_import(bootstrap: str, pg: EmbeddedPostgres, repeats: int) -> di
     rates, parse_rates = [], []
     for _ in range(repeats):
         t = time.perf_counter()
-        n = len(import_csv_file(FILE, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1,
-                                ts_init=TS_MIN_NS).bars)
+        n = len(
+            import_csv_file(FILE, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=TS_MIN_NS).bars
+        )
         parse_rates.append(n / (time.perf_counter() - t))
         ns, dsn = f"bi{uuid.uuid4().hex[:6]}", await _fresh_db(pg)
         await ensure_topics(bootstrap, namespace=ns)
-        sink = TopicSink(SinkConfig(bootstrap=bootstrap, dsn=dsn, namespace=ns, topics=("market.bars.raw",),
-                                    group_id=f"bench-{ns}"))
+        sink = TopicSink(
+            SinkConfig(bootstrap=bootstrap, dsn=dsn, namespace=ns, topics=("market.bars.raw",), group_id=f"bench-{ns}")
+        )
         await sink.start()
         runner = asyncio.create_task(sink.run())
         await asyncio.sleep(4)  # group joined before the clock starts
@@ -77,13 +79,19 @@ async def bench_import(bootstrap: str, pg: EmbeddedPostgres, repeats: int) -> di
         await sink.stop()
         print(f"  import: {rates[-1]:,.0f} bars/s file->Postgres (parse alone {parse_rates[-1]:,.0f}/s)", flush=True)
     m, b = statistics.median(rates), statistics.median(parse_rates)
-    return {"bars": n, "repeats": repeats, "file_to_postgres_bars_per_s_median": round(m),
-            "baseline_csv_parse_bars_per_s_median": round(b), "ratio": round(m / b, 3)}
+    return {
+        "bars": n,
+        "repeats": repeats,
+        "file_to_postgres_bars_per_s_median": round(m),
+        "baseline_csv_parse_bars_per_s_median": round(b),
+        "ratio": round(m / b, 3),
+    }
 
 
 async def bench_features_agent(bootstrap: str, repeats: int, log_dir: Path) -> dict[str, Any]:
-    bars = list(import_csv_file(FILE, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1,
-                                ts_init=TS_MIN_NS).bars)[:20_000]
+    bars = list(
+        import_csv_file(FILE, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=TS_MIN_NS).bars
+    )[:20_000]
     clock = EventClock()
     pipe = FeaturePipeline(clock)
     expected = 0
@@ -99,11 +107,20 @@ async def bench_features_agent(bootstrap: str, repeats: int, log_dir: Path) -> d
         await ensure_topics(bootstrap, namespace=ns)
         async with RecordPublisher(bootstrap, ns) as pub:
             await pub.publish(bars, topic="market.bars")
-        cons = AIOKafkaConsumer(physical_name("features", ns), bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=20)
+        cons = AIOKafkaConsumer(
+            physical_name("features", ns),
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
+        )
         await cons.start()
-        worker = ChildProcess("bench-features", worker_argv(bootstrap, "features", namespace=ns),
-                              log_dir / f"bench-features-{ns}.log", append=False).start()
+        worker = ChildProcess(
+            "bench-features",
+            worker_argv(bootstrap, "features", namespace=ns),
+            log_dir / f"bench-features-{ns}.log",
+            append=False,
+        ).start()
         try:
             got, first = 0, None
             deadline = time.monotonic() + 300
@@ -122,8 +139,13 @@ async def bench_features_agent(bootstrap: str, repeats: int, log_dir: Path) -> d
             await cons.stop()
         print(f"  features agent: {rates[-1]:,.0f} bars/s (in-process pipeline {in_process:,.0f}/s)", flush=True)
     m = statistics.median(rates)
-    return {"bars": len(bars), "repeats": repeats, "agent_bars_per_s_median": round(m),
-            "baseline_in_process_pipeline_bars_per_s": round(in_process), "ratio": round(m / in_process, 3)}
+    return {
+        "bars": len(bars),
+        "repeats": repeats,
+        "agent_bars_per_s_median": round(m),
+        "baseline_in_process_pipeline_bars_per_s": round(in_process),
+        "ratio": round(m / in_process, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,4 +162,3 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return EXIT_OK
-

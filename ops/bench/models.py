@@ -197,4 +197,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
     return EXIT_OK
-

@@ -56,8 +56,9 @@ def _timed(bars: list[Bar], config: ReplayConfig, model: ReplayModel, repeat: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tradeflow bench replay", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tradeflow bench replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("artifacts/bench_replay.json"))
     p.add_argument("--bars", type=int, default=20_000)
     p.add_argument("--windows", type=int, default=4)
@@ -66,14 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     n_bars, repeat = (2_000, 1) if a.quick else (a.bars, a.repeat)
     torch.set_num_threads(1)
-    parsed = import_csv_file(CSV, venue="binance", symbol=SYMBOL, timeframe=Timeframe.H1,
-                             ts_init=1_700_000_000_000_000_000)
+    parsed = import_csv_file(
+        CSV, venue="binance", symbol=SYMBOL, timeframe=Timeframe.H1, ts_init=1_700_000_000_000_000_000
+    )
     bars = list(parsed.bars[-n_bars:])
     model_cfg = ModelConfig(family="mlp", window=16, hidden_sizes=(64, 32), max_epochs=5, device="cpu", seed=7)
     t0 = time.perf_counter()
-    model, lineage = train_walk_forward(bars, {SYMBOL: closes_by_open_time(bars)},
-                                        WalkForwardSpec(n_windows=a.windows, model=model_cfg),
-                                        ReplayConfig().spec, "1x1h")
+    model, lineage = train_walk_forward(
+        bars,
+        {SYMBOL: closes_by_open_time(bars)},
+        WalkForwardSpec(n_windows=a.windows, model=model_cfg),
+        ReplayConfig().spec,
+        "1x1h",
+    )
     train_s = time.perf_counter() - t0
     config = ReplayConfig(trading=TradingConfig(risk=RiskConfig(allowed_symbols=(SYMBOL,))))
     times, result = _timed(bars, config, model, repeat)
@@ -81,22 +87,38 @@ def main(argv: list[str] | None = None) -> int:
     med, base_med = statistics.median(times), statistics.median(base_times)
     out = {
         "benchmark": "replay_full_pipeline_cpu_inference",
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": sys.version.split()[0],
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
-        "input": {"file": CSV.name, "symbol": SYMBOL, "bars": len(bars)},
-        "model": {"family": model_cfg.family, "window": model_cfg.window, "hidden_sizes": list(model_cfg.hidden_sizes),
-                  "walk_forward_windows": len(lineage), "train_seconds": round(train_s, 2)},
-        "replay": {
-            "median_seconds": round(med, 3), "runs_seconds": [round(t, 3) for t in times],
-            "bars_per_second": round(len(bars) / med, 1), "signals": len(result.signals),
-            "signals_per_second": round(len(result.signals) / med, 1), "records": len(result.records),
-            "fills": len(result.fills), "decision_hash": result.hash, "identical_hash_runs": repeat,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
         },
-        "baseline_no_model": {"median_seconds": round(base_med, 3), "bars_per_second": round(len(bars) / base_med, 1),
-                              "records": len(base.records)},
+        "input": {"file": CSV.name, "symbol": SYMBOL, "bars": len(bars)},
+        "model": {
+            "family": model_cfg.family,
+            "window": model_cfg.window,
+            "hidden_sizes": list(model_cfg.hidden_sizes),
+            "walk_forward_windows": len(lineage),
+            "train_seconds": round(train_s, 2),
+        },
+        "replay": {
+            "median_seconds": round(med, 3),
+            "runs_seconds": [round(t, 3) for t in times],
+            "bars_per_second": round(len(bars) / med, 1),
+            "signals": len(result.signals),
+            "signals_per_second": round(len(result.signals) / med, 1),
+            "records": len(result.records),
+            "fills": len(result.fills),
+            "decision_hash": result.hash,
+            "identical_hash_runs": repeat,
+        },
+        "baseline_no_model": {
+            "median_seconds": round(base_med, 3),
+            "bars_per_second": round(len(bars) / base_med, 1),
+            "records": len(base.records),
+        },
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out["replay"]), json.dumps(out["baseline_no_model"]))
     return EXIT_OK
-

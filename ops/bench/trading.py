@@ -60,19 +60,44 @@ NOW = 1_609_459_200_000_000_000 + 2 * NS_PER_HOUR
 
 
 def _bar(symbol: str, close: float) -> Bar:
-    return Bar.new(ts_init=NOW, ts_event=NOW, venue="binance", symbol=symbol, timeframe=Timeframe.H1,
-                   open_time=NOW - NS_PER_HOUR, open=close, high=close, low=close, close=close, volume=1_000.0,
-                   trade_count=None, is_closed=True, revision=0, source="bench")
+    return Bar.new(
+        ts_init=NOW,
+        ts_event=NOW,
+        venue="binance",
+        symbol=symbol,
+        timeframe=Timeframe.H1,
+        open_time=NOW - NS_PER_HOUR,
+        open=close,
+        high=close,
+        low=close,
+        close=close,
+        volume=1_000.0,
+        trade_count=None,
+        is_closed=True,
+        revision=0,
+        source="bench",
+    )
 
 
 def _intents(n: int) -> list[OrderIntent]:
     out = []
     for i in range(n):
-        out.append(OrderIntent.new(
-            ts_init=NOW, ts_event=NOW, strategy_id="s1", track="paper", symbol=("BTC/USDT", "ETH/USDT")[i % 2],
-            side=(Side.BUY, Side.SELL)[(i // 2) % 2], quantity=0.01 if i % 2 == 0 else 0.1,
-            order_type=OrderType.MARKET, limit_price=None, reduce_only=False, target_position=0.0,
-            signal_event_id=f"sig-{i}"))
+        out.append(
+            OrderIntent.new(
+                ts_init=NOW,
+                ts_event=NOW,
+                strategy_id="s1",
+                track="paper",
+                symbol=("BTC/USDT", "ETH/USDT")[i % 2],
+                side=(Side.BUY, Side.SELL)[(i // 2) % 2],
+                quantity=0.01 if i % 2 == 0 else 0.1,
+                order_type=OrderType.MARKET,
+                limit_price=None,
+                reduce_only=False,
+                target_position=0.0,
+                signal_event_id=f"sig-{i}",
+            )
+        )
     return out
 
 
@@ -120,8 +145,13 @@ def _checkpoint_cost(n_bars: int) -> dict[str, float]:
         open_checkpoint(cp, KEYRING, account=core.config.account, config_hash="bench")
         open_ms.append((time.perf_counter() - t) * 1e3)
         size = len(cp.state)
-    return {"inputs": 2 * n_bars, "state_bytes": size, "seal_ms_median": round(statistics.median(seal_ms), 3),
-            "restore_ms_median": round(statistics.median(open_ms), 3)}
+    return {
+        "inputs": 2 * n_bars,
+        "state_bytes": size,
+        "seal_ms_median": round(statistics.median(seal_ms), 3),
+        "restore_ms_median": round(statistics.median(open_ms), 3),
+    }
+
 
 # ---------------------------------------------------------------------------
 # (b), (c): the trading agent on the embedded broker -- pure helpers first
@@ -129,8 +159,13 @@ def _checkpoint_cost(n_bars: int) -> dict[str, float]:
 
 BENCH_KEY_ID = "bench"
 #: Symbols the worker may trade; each phase gets its own, so one phase's orders in flight never meet another's.
-PHASE_SYMBOLS = {"decision_100": "BTC/USDT", "decision_1000": "ETH/USDT", "paired_100": "SOL/USDT",
-                 "paired_1000": "BNB/USDT", "kill": "XRP/USDT"}
+PHASE_SYMBOLS = {
+    "decision_100": "BTC/USDT",
+    "decision_1000": "ETH/USDT",
+    "paired_100": "SOL/USDT",
+    "paired_1000": "BNB/USDT",
+    "kill": "XRP/USDT",
+}
 BASE_PRICE = {"BTC/USDT": 30_000.0, "ETH/USDT": 2_000.0, "SOL/USDT": 100.0, "BNB/USDT": 300.0, "XRP/USDT": 0.5}
 #: Half the swing between consecutive fill bars: buys fill 0.3 % below the base, sells 0.3 % above, so every
 #: round trip earns more than its costs (24 bps) and the consecutive-loss / daily-loss halts never trip, while
@@ -142,20 +177,24 @@ SCORE = 0.3
 #: a signal before the previous one's fill bar is back, so two opposite orders can fill on one bar at one price:
 #: a round trip that only pays costs, and five of them in a row halted trading (``consecutive_loss_limit``),
 #: after which every later phase measured rejections instead of orders.
-BENCH_LIMITS: dict[str, float] = {"max_orders_per_window": 1_000_000, "consecutive_loss_limit": 1000,
-                                  "daily_loss_limit": 0.5, "intraday_drawdown_halt": 0.5}
+BENCH_LIMITS: dict[str, float] = {
+    "max_orders_per_window": 1_000_000,
+    "consecutive_loss_limit": 1000,
+    "daily_loss_limit": 0.5,
+    "intraday_drawdown_halt": 0.5,
+}
 KILL_REASON = "kill_switch_global"
 KILL_SIGNAL_RATE = 100
 
 
 def percentiles(latencies_ms: list[float]) -> dict[str, float | int | None]:
     """p50/p95/p99/max (nearest rank) and the sample count; ``None`` when there are no samples."""
+
     def q(p: float) -> float | None:
         v = percentile(latencies_ms, p)
         return None if v is None else round(v, 2)
 
-    return {"samples": len(latencies_ms), "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
-            "max_ms": q(1.0)}
+    return {"samples": len(latencies_ms), "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99), "max_ms": q(1.0)}
 
 
 def bench_signal(symbol: str, i: int, ts_ns: int) -> Signal:
@@ -166,10 +205,22 @@ def bench_signal(symbol: str, i: int, ts_ns: int) -> Signal:
     """
     score = SCORE if i % 2 == 0 else -SCORE
     up = 0.5 + score / 2
-    return Signal.new(ts_init=ts_ns, ts_event=ts_ns, symbol=symbol, model_id="bench", model_version="1",
-                      horizon="1h", p_up=up, p_flat=0.0, p_down=1.0 - up, expected_return=0.02 * score,
-                      score=score, shadow=False, feature_event_id=f"bench-{symbol}-{i}-{ts_ns}",
-                      lineage_id="bench-trading")
+    return Signal.new(
+        ts_init=ts_ns,
+        ts_event=ts_ns,
+        symbol=symbol,
+        model_id="bench",
+        model_version="1",
+        horizon="1h",
+        p_up=up,
+        p_flat=0.0,
+        p_down=1.0 - up,
+        expected_return=0.02 * score,
+        score=score,
+        shadow=False,
+        feature_event_id=f"bench-{symbol}-{i}-{ts_ns}",
+        lineage_id="bench-trading",
+    )
 
 
 def bench_bar(symbol: str, open_time: int, price: float) -> Bar:
@@ -178,9 +229,23 @@ def bench_bar(symbol: str, open_time: int, price: float) -> Bar:
     Its close (``ts_event``) may lie up to a minute ahead of the wall clock: the agent bounds its clock by
     the message's arrival time, so a bar from the future cannot move time forward.
     """
-    return Bar.new(ts_init=open_time, ts_event=open_time + NS_PER_MINUTE, venue="bench", symbol=symbol,
-                   timeframe=Timeframe.M1, open_time=open_time, open=price, high=price, low=price, close=price,
-                   volume=1e9, trade_count=None, is_closed=True, revision=0, source="bench")
+    return Bar.new(
+        ts_init=open_time,
+        ts_event=open_time + NS_PER_MINUTE,
+        venue="bench",
+        symbol=symbol,
+        timeframe=Timeframe.M1,
+        open_time=open_time,
+        open=price,
+        high=price,
+        low=price,
+        close=price,
+        volume=1e9,
+        trade_count=None,
+        is_closed=True,
+        revision=0,
+        source="bench",
+    )
 
 
 def fill_bar(symbol: str, i: int, after_ns: int) -> Bar:
@@ -200,7 +265,7 @@ def first_latencies(sent_ns: dict[str, int], received: list[tuple[int, str]], dr
         if corr in sent_ns and corr not in first:
             first[corr] = recv
     order = sorted(sent_ns, key=sent_ns.__getitem__)
-    kept = order[int(len(order) * drop_first):]
+    kept = order[int(len(order) * drop_first) :]
     return [(first[s] - sent_ns[s]) / 1e6 for s in kept if s in first]
 
 
@@ -292,9 +357,14 @@ class Collector:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        self._consumer = AIOKafkaConsumer(*self.names, bootstrap_servers=self._bootstrap, group_id=None,
-                                          auto_offset_reset="earliest", enable_auto_commit=False,
-                                          fetch_max_wait_ms=10)
+        self._consumer = AIOKafkaConsumer(
+            *self.names,
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,
+        )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run())
 
@@ -336,8 +406,11 @@ class Collector:
             await self._consumer.stop()
 
     def correlations(self, topic: str, status: frozenset[str] | None = None) -> list[tuple[int, str]]:
-        return [(r, d["correlation_id"]) for r, _, _, d in self.records[topic]
-                if status is None or d.get("status") in status]
+        return [
+            (r, d["correlation_id"])
+            for r, _, _, d in self.records[topic]
+            if status is None or d.get("status") in status
+        ]
 
     def decisions(self, symbol: str) -> list[Decision]:
         return list(self.by_symbol.get(symbol, ()))
@@ -361,8 +434,9 @@ class Pacer:
 
     async def send(self, rec: Record, topic: str | None = None) -> Any:
         name = topic or DEFAULT_TOPIC[type(rec)]
-        return await self.producer.send(physical_name(name, self.namespace), codec_for(type(rec)).encode(rec),
-                                        key=rec.key())
+        return await self.producer.send(
+            physical_name(name, self.namespace), codec_for(type(rec)).encode(rec), key=rec.key()
+        )
 
     async def run(self, n: int, rate: float, make: Any) -> tuple[dict[str, int], float]:
         """Call ``make(i, ts_ns)`` (returns the records to send) ``n`` times at ``rate``/s; achieved rate."""
@@ -410,7 +484,7 @@ class BarFeeder:
                     bar = fill_bar(self.symbol, i, ts)
                     self.bar_sent[sid] = time.time_ns()
                     self._futs.append(await self.pacer.send(bar, "market.bars"))
-                elif not any(s in self.col.decided for _, s, _ in self.signals[j + 1:j + 50]):
+                elif not any(s in self.col.decided for _, s, _ in self.signals[j + 1 : j + 50]):
                     break
                 j += 1
             with contextlib.suppress(TimeoutError):
@@ -422,13 +496,25 @@ def _topic_of(rec: Record) -> str | None:
     return "market.bars" if isinstance(rec, Bar) else None  # checked bars: what the trading agent reads
 
 
-async def _control(pacer: Pacer, keyring: Keyring, command: ControlCommand, params: dict[str, Any],
-                   reason: str) -> tuple[ControlEvent, int]:
+async def _control(
+    pacer: Pacer, keyring: Keyring, command: ControlCommand, params: dict[str, Any], reason: str
+) -> tuple[ControlEvent, int]:
     """Sign and publish one control command; its publish time (taken before the send)."""
     now = time.time_ns()
-    ev = new_control_event(command=command, scope="global", target="*", params=params, reason=reason,
-                           operator="bench", key_id=BENCH_KEY_ID, nonce=secrets.token_hex(16), ts_event=now,
-                           ts_init=now, expires_at=None, keyring=keyring)
+    ev = new_control_event(
+        command=command,
+        scope="global",
+        target="*",
+        params=params,
+        reason=reason,
+        operator="bench",
+        key_id=BENCH_KEY_ID,
+        nonce=secrets.token_hex(16),
+        ts_event=now,
+        ts_init=now,
+        expires_at=None,
+        keyring=keyring,
+    )
     await (await pacer.send(ev))
     return ev, now
 
@@ -444,8 +530,9 @@ async def _broker_baseline(bootstrap: str, rate: int, n: int) -> dict[str, Any]:
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await prod.start()
     try:
-        sent, achieved = await Pacer(prod, ns).run(n, rate, lambda i, ts: ((bench_signal("BTC/USDT", i, ts),),
-                                                                           _topic_of))
+        sent, achieved = await Pacer(prod, ns).run(
+            n, rate, lambda i, ts: ((bench_signal("BTC/USDT", i, ts),), _topic_of)
+        )
         await col.wait(lambda: len(col.records["signals"]) >= n, 60, "the baseline consumer")
         ids = [(r, d["event_id"]) for r, _, _, d in col.records["signals"]]
         lat = first_latencies(sent, ids)
@@ -482,10 +569,12 @@ async def _order_latency(pacer: Pacer, col: Collector, mode: str, rate: int, n: 
     t_sent = time.perf_counter()
     out: dict[str, Any] = {"symbol": symbol, "signals": n, "achieved_rate_per_s": round(achieved, 1)}
     kinds: dict[str, tuple[str, frozenset[str] | None]] = {
-        "first_update": ("orders.updates", frozenset({"new", "rejected"}))}
+        "first_update": ("orders.updates", frozenset({"new", "rejected"}))
+    }
     if mode == "paired":
         kinds["fill"] = ("fills", None)
     for name, (topic, status) in kinds.items():
+
         def got(topic: str = topic, status: frozenset[str] | None = status) -> list[tuple[int, str]]:
             return col.correlations(topic, status)
 
@@ -582,13 +671,21 @@ async def _kill_trials(pacer: Pacer, col: Collector, keyring: Keyring, trials: i
     lat = [j.latency_ms for j in judged if j.latency_ms is not None]
     stats = percentiles(lat)
     p99 = stats["p99_ms"]
-    return {"symbol": symbol, "signal_rate_per_s": rate, "trials_planned": trials, "aborted": aborted,
-            "trials": len(judged), "blocked_trials": len(lat),
-            **stats, "target_p99_ms": 1000.0, "target_met": None if p99 is None else p99 < 1000.0,
-            "approved_in_window_total": sum(j.approved_in_window for j in judged),
-            "approved_while_on_total": sum(j.approved_while_on for j in judged),
-            "rejected_after_release_total": sum(j.rejected_after_release for j in judged),
-            "latencies_ms": [round(x, 2) for x in lat]}
+    return {
+        "symbol": symbol,
+        "signal_rate_per_s": rate,
+        "trials_planned": trials,
+        "aborted": aborted,
+        "trials": len(judged),
+        "blocked_trials": len(lat),
+        **stats,
+        "target_p99_ms": 1000.0,
+        "target_met": None if p99 is None else p99 < 1000.0,
+        "approved_in_window_total": sum(j.approved_in_window for j in judged),
+        "approved_while_on_total": sum(j.approved_while_on for j in judged),
+        "rejected_after_release_total": sum(j.rejected_after_release for j in judged),
+        "latencies_ms": [round(x, 2) for x in lat],
+    }
 
 
 async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path) -> dict[str, Any]:
@@ -597,13 +694,24 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
 
     ns = f"btr{uuid.uuid4().hex[:6]}"
     await ensure_topics(bootstrap, namespace=ns)
-    env = {**os.environ, "TRADEFLOW_DSN": dsn, f"TRADEFLOW_CONTROL_KEY_{BENCH_KEY_ID.upper()}": secrets.token_hex(32),
-           "TRADEFLOW_CONTROL_SIGNING_KEY_ID": BENCH_KEY_ID, "TRADEFLOW_TRADING_TIMEFRAMES": "1m",
-           "TRADEFLOW_TRADING_SYMBOLS": ",".join(PHASE_SYMBOLS.values()), "TRADEFLOW_TRADING_ACCOUNT": "bench"}
+    env = {
+        **os.environ,
+        "TRADEFLOW_DSN": dsn,
+        f"TRADEFLOW_CONTROL_KEY_{BENCH_KEY_ID.upper()}": secrets.token_hex(32),
+        "TRADEFLOW_CONTROL_SIGNING_KEY_ID": BENCH_KEY_ID,
+        "TRADEFLOW_TRADING_TIMEFRAMES": "1m",
+        "TRADEFLOW_TRADING_SYMBOLS": ",".join(PHASE_SYMBOLS.values()),
+        "TRADEFLOW_TRADING_ACCOUNT": "bench",
+    }
     keyring = load_keyring(env)
     n = {100: 300, 1000: 1000} if quick else {100: 600, 1000: 3000}
-    worker = ChildProcess("bench-trading-worker", worker_argv(bootstrap, "trading", namespace=ns, dsn=dsn),
-                          log_dir / "bench-trading-worker.log", env=env, append=False).start()
+    worker = ChildProcess(
+        "bench-trading-worker",
+        worker_argv(bootstrap, "trading", namespace=ns, dsn=dsn),
+        log_dir / "bench-trading-worker.log",
+        env=env,
+        append=False,
+    ).start()
     col = Collector(bootstrap, ns, ("orders.updates", "fills", "risk.decisions", "portfolio.state", "control.audit"))
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     out: dict[str, Any] = {}
@@ -613,13 +721,17 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
         pacer = Pacer(prod, ns)
         t_start = time.perf_counter()
         for name, value in BENCH_LIMITS.items():
-            await _control(pacer, keyring, ControlCommand.SET_LIMIT, {"name": name, "value": value},
-                           f"benchmark: {name} lifted")
+            await _control(
+                pacer, keyring, ControlCommand.SET_LIMIT, {"name": name, "value": value}, f"benchmark: {name} lifted"
+            )
         warm = time.time_ns() // NS_PER_MINUTE * NS_PER_MINUTE - 2 * NS_PER_MINUTE
         for symbol in PHASE_SYMBOLS.values():
             await pacer.send(bench_bar(symbol, warm, BASE_PRICE[symbol]), "market.bars")
-        await col.wait(lambda: len(col.records["portfolio.state"]) >= len(PHASE_SYMBOLS), 120,
-                       "the trading worker to mark every symbol (start-up)")
+        await col.wait(
+            lambda: len(col.records["portfolio.state"]) >= len(PHASE_SYMBOLS),
+            120,
+            "the trading worker to mark every symbol (start-up)",
+        )
         await col.wait(lambda: len(col.records["control.audit"]) >= len(BENCH_LIMITS), 30, "the limits' audits")
         for *_, audit in col.records["control.audit"]:
             if audit["outcome"] != "accepted":
@@ -632,8 +744,10 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
         out["kill"] = await _kill_trials(pacer, col, keyring, 5 if quick else 20, KILL_SIGNAL_RATE)
         print(f"  kill: {json.dumps({k: v for k, v in out['kill'].items() if k != 'latencies_ms'})}", flush=True)
         for rate in (100, 1000):
-            out[f"{rate}_per_s"] = {"paired": await _order_latency(pacer, col, "paired", rate, n[rate]),
-                                    "baseline_broker_only": await _broker_baseline(bootstrap, rate, n[rate])}
+            out[f"{rate}_per_s"] = {
+                "paired": await _order_latency(pacer, col, "paired", rate, n[rate]),
+                "baseline_broker_only": await _broker_baseline(bootstrap, rate, n[rate]),
+            }
             print(f"  @{rate}/s: {json.dumps(out[f'{rate}_per_s'])}", flush=True)
         for rate in (100, 1000):  # last: their orders never fill and stay in the checkpointed state
             out[f"{rate}_per_s"]["signals_only"] = await _order_latency(pacer, col, "decision", rate, n[rate])
@@ -654,11 +768,12 @@ def _broker_part(out_dir: Path, quick: bool) -> dict[str, Any]:
     from storage.migrate import migrate_dsn
 
     # persistent=True: fsync on, so the per-batch checkpoint costs what it costs in production (temp dir)
-    with EmbeddedBroker(log_path=out_dir / "bench-trading-tansu.log") as b, \
-            EmbeddedPostgres(persistent=True, data_dir=None) as pg:
+    with (
+        EmbeddedBroker(log_path=out_dir / "bench-trading-tansu.log") as b,
+        EmbeddedPostgres(persistent=True, data_dir=None) as pg,
+    ):
         asyncio.run(migrate_dsn(pg.dsn))
         return asyncio.run(_agent_benchmarks(b.bootstrap, pg.dsn, quick, out_dir))
-
 
 
 def _ms(v: object) -> str:
@@ -667,31 +782,39 @@ def _ms(v: object) -> str:
 
 def broker_table(broker: dict[str, Any]) -> list[str]:
     """Human-readable lines for (b) and (c)."""
-    lines = [f"{'rate/s':>6} {'measure':<34} {'achieved/s':>10} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} "
-             f"{'p99 ms':>8} {'no rec':>6}"]
+    lines = [
+        f"{'rate/s':>6} {'measure':<34} {'achieved/s':>10} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'no rec':>6}"
+    ]
     for rate in (100, 1000):
         row = broker.get(f"{rate}_per_s")
         if not isinstance(row, dict):
             continue
-        cells = [(f"{run}: signal->{what}", row[run]["achieved_rate_per_s"], row[run][f"signal_to_{what}"])
-                 for run, what in (("paired", "first_update"), ("paired", "fill"), ("signals_only", "first_update"))
-                 if run in row]
+        cells = [
+            (f"{run}: signal->{what}", row[run]["achieved_rate_per_s"], row[run][f"signal_to_{what}"])
+            for run, what in (("paired", "first_update"), ("paired", "fill"), ("signals_only", "first_update"))
+            if run in row
+        ]
         if "paired" in row:
             cells.insert(2, ("paired: bar->fill", row["paired"]["achieved_rate_per_s"], row["paired"]["bar_to_fill"]))
         base = row["baseline_broker_only"]
         cells.append(("broker only (baseline)", base["achieved_rate_per_s"], base))
         for name, achieved, r in cells:
-            lines.append(f"{rate:>6} {name:<34} {achieved:>10} {r['samples']:>5} "
-                         f"{_ms(r['p50_ms']):>8} {_ms(r['p95_ms']):>8} {_ms(r['p99_ms']):>8} "
-                         f"{r.get('signals_without_record', '-'):>6}")
+            lines.append(
+                f"{rate:>6} {name:<34} {achieved:>10} {r['samples']:>5} "
+                f"{_ms(r['p50_ms']):>8} {_ms(r['p95_ms']):>8} {_ms(r['p99_ms']):>8} "
+                f"{r.get('signals_without_record', '-'):>6}"
+            )
     k = broker.get("kill")
     if isinstance(k, dict):
         met = {True: "met", False: "NOT met", None: "unknown"}[k["target_met"]]
-        lines.append(f"kill -> blocked @{k['signal_rate_per_s']}/s signals, {k['blocked_trials']}/{k['trials']} "
-                     f"trials: p50 {_ms(k['p50_ms'])} ms, p99 {_ms(k['p99_ms'])} ms, max {_ms(k['max_ms'])} ms "
-                     f"(target p99 < 1000 ms: {met}); orders out in the window {k['approved_in_window_total']}, "
-                     f"while on {k['approved_while_on_total']}, kill-rejected after release "
-                     f"{k['rejected_after_release_total']}")
+        lines.append(
+            f"kill -> blocked @{k['signal_rate_per_s']}/s signals, {k['blocked_trials']}/{k['trials']} "
+            f"trials: p50 {_ms(k['p50_ms'])} ms, p99 {_ms(k['p99_ms'])} ms, max {_ms(k['max_ms'])} ms "
+            f"(target p99 < 1000 ms: {met}); orders out in the window {k['approved_in_window_total']}, "
+            f"while on {k['approved_while_on_total']}, kill-rejected after release "
+            f"{k['rejected_after_release_total']}"
+        )
     return lines
 
 
@@ -699,8 +822,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tradeflow bench trading", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer intents, signals and kill trials (under 90 s)")
     ap.add_argument("--out", default="artifacts/bench_trading.json", help="JSON result file")
-    ap.add_argument("--engine-only", action="store_true",
-                    help="only (a) and (d): no broker, PostgreSQL or worker")
+    ap.add_argument("--engine-only", action="store_true", help="only (a) and (d): no broker, PostgreSQL or worker")
     a = ap.parse_args(argv)
     measured = 1_000 if a.quick else 5_000
     result: dict[str, object] = {"repeats": 5, "measured_intents": measured, "risk": []}
@@ -709,9 +831,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = [_risk_rate(in_flight, measured) for _ in range(5)]
         m = statistics.median(r[0] for r in runs)
         b = statistics.median(r[1] for r in runs)
-        row = {"in_flight_at_start": in_flight, "risk_decisions_per_s_median": round(m),
-               "baseline_intent_decode_per_s_median": round(b), "ratio": round(m / b, 3),
-               "verdicts_last_run": runs[-1][2]}
+        row = {
+            "in_flight_at_start": in_flight,
+            "risk_decisions_per_s_median": round(m),
+            "baseline_intent_decode_per_s_median": round(b),
+            "ratio": round(m / b, 3),
+            "verdicts_last_run": runs[-1][2],
+        }
         rows.append(row)
     result["risk"] = rows
     result["checkpoint"] = _checkpoint_cost(100 if a.quick else 400)
@@ -723,13 +849,16 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'in flight':>10} {'decisions/s':>12} {'decode/s':>10} {'ratio':>6}")
     for row in rows:
-        print(f"{row['in_flight_at_start']:>10} {row['risk_decisions_per_s_median']:>12} "
-              f"{row['baseline_intent_decode_per_s_median']:>10} {row['ratio']:>6}")
-    cp = result["checkpoint"]
-    print(f"checkpoint after {cp['inputs']} inputs: {cp['state_bytes']} bytes, "  # type: ignore[index]
-          f"seal {cp['seal_ms_median']} ms, restore {cp['restore_ms_median']} ms")  # type: ignore[index]
+        print(
+            f"{row['in_flight_at_start']:>10} {row['risk_decisions_per_s_median']:>12} "
+            f"{row['baseline_intent_decode_per_s_median']:>10} {row['ratio']:>6}"
+        )
+    cp: dict[str, Any] = result["checkpoint"]  # type: ignore[assignment]
+    print(
+        f"checkpoint after {cp['inputs']} inputs: {cp['state_bytes']} bytes, "
+        f"seal {cp['seal_ms_median']} ms, restore {cp['restore_ms_median']} ms"
+    )
     if "broker" in result:
         print("\n".join(broker_table(result["broker"])))  # type: ignore[arg-type]
     print(f"written to {a.out}")
     return EXIT_OK
-

@@ -66,15 +66,25 @@ def _pair(text: str) -> tuple[str, str]:
 
 def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
     sp = sub.add_parser(
-        "audit", help="replay a recorded range through the trading core; prove identical decisions or name the "
-        "first divergence", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "audit",
+        help="replay a recorded range through the trading core; prove identical decisions or name the first divergence",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     infra(sp, dsn=True)
     sp.add_argument("--from", dest="start", required=True, help="range start, ISO date/time (UTC)")
     sp.add_argument("--to", dest="end", required=True, help="range end (exclusive), ISO date/time (UTC)")
     sp.add_argument("--account", default="", help="account to audit (default TRADEFLOW_TRADING_ACCOUNT or paper)")
-    sp.add_argument("--history-from", default="",
-                    help="replay inputs from here to rebuild state (default: the whole recorded history)")
-    sp.add_argument("--set", action="append", metavar="NAME=VALUE",
-                    help="counterfactual: replay under another setting, e.g. risk.max_order_notional=5000")
+    sp.add_argument(
+        "--history-from",
+        default="",
+        help="replay inputs from here to rebuild state (default: the whole recorded history)",
+    )
+    sp.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="counterfactual: replay under another setting, e.g. risk.max_order_notional=5000",
+    )
     sp.add_argument("--json", action="store_true", help="one JSON object instead of the text report")
     sp.set_defaults(fn=cmd_audit)

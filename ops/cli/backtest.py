@@ -62,11 +62,23 @@ def _request(a: argparse.Namespace) -> Any:
     from backtest.runs import BacktestRequest
 
     return BacktestRequest(
-        symbols=tuple(a.symbols), start_ns=parse_when(a.start), end_ns=parse_when(a.end),
-        timeframe=Timeframe(a.timeframe), venue=a.venue, source=a.source, track=a.track, strategy=a.strategy,
-        fee_bps=a.fee_bps, slippage_bps=a.slippage_bps, impact_coefficient_bps=a.impact_coef_bps,
-        initial_cash=a.initial_cash, models=tuple(a.models or ()), walk_forward_windows=a.walk_forward,
-        model_params=_params(a.hp or []), polarity=a.polarity, warmup_bars=a.warmup_bars,
+        symbols=tuple(a.symbols),
+        start_ns=parse_when(a.start),
+        end_ns=parse_when(a.end),
+        timeframe=Timeframe(a.timeframe),
+        venue=a.venue,
+        source=a.source,
+        track=a.track,
+        strategy=a.strategy,
+        fee_bps=a.fee_bps,
+        slippage_bps=a.slippage_bps,
+        impact_coefficient_bps=a.impact_coef_bps,
+        initial_cash=a.initial_cash,
+        models=tuple(a.models or ()),
+        walk_forward_windows=a.walk_forward,
+        model_params=_params(a.hp or []),
+        polarity=a.polarity,
+        warmup_bars=a.warmup_bars,
         data_source=a.data_source,
     )
 
@@ -124,23 +136,37 @@ def cmd_run(a: argparse.Namespace) -> int:
         return EXIT_FAIL
     row = asyncio.run(_with_conn(a.dsn, lambda c: backtests.fetch_run(c, run_id)))
     metrics = {k[2:]: v for k, v in row["metrics"].items() if k.startswith("*:")}
-    print(json.dumps({"run_id": run_id, "status": row["status"], "decision_hash": row["decision_hash"],
-                      "track": row["track"], "source": row["source"], "fills": row["fills"],
-                      "metrics": metrics}, sort_keys=True))
+    print(
+        json.dumps(
+            {
+                "run_id": run_id,
+                "status": row["status"],
+                "decision_hash": row["decision_hash"],
+                "track": row["track"],
+                "source": row["source"],
+                "fills": row["fills"],
+                "metrics": metrics,
+            },
+            sort_keys=True,
+        )
+    )
     return EXIT_OK
 
 
 @_db_errors
 def cmd_list(a: argparse.Namespace) -> int:
-    rows = asyncio.run(_with_conn(a.dsn, lambda c: backtests.list_runs(c, limit=a.limit, track=a.track,
-                                                                       source=a.source)))
+    rows = asyncio.run(
+        _with_conn(a.dsn, lambda c: backtests.list_runs(c, limit=a.limit, track=a.track, source=a.source))
+    )
     if not rows:
         print("no backtest runs")
         return EXIT_OK
     print(f"{'run_id':<20} {'status':<11} {'source':<11} {'track':<36} {'symbols':<20} {'created_at'}")
     for r in rows:
-        print(f"{r['run_id'][:18]:<20} {r['status']:<11} {r['source']:<11} {r['track'][:35]:<36} "
-              f"{','.join(r['symbols'])[:19]:<20} {r['created_at']:%Y-%m-%d %H:%M:%S}")
+        print(
+            f"{r['run_id'][:18]:<20} {r['status']:<11} {r['source']:<11} {r['track'][:35]:<36} "
+            f"{','.join(r['symbols'])[:19]:<20} {r['created_at']:%Y-%m-%d %H:%M:%S}"
+        )
     return EXIT_OK
 
 
@@ -183,10 +209,21 @@ def cmd_replay(a: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"replay failed: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    print(json.dumps({"decision_hash": result.hash, "records": len(result.records), "bars": result.n_bars,
-                      "traded_bars": result.n_traded_bars, "signals": len(result.signals),
-                      "fills": len(result.fills), "data": lineage.get("data"),
-                      "broker_read": lineage.get("broker_read")}, sort_keys=True))
+    print(
+        json.dumps(
+            {
+                "decision_hash": result.hash,
+                "records": len(result.records),
+                "bars": result.n_bars,
+                "traded_bars": result.n_traded_bars,
+                "signals": len(result.signals),
+                "fills": len(result.fills),
+                "data": lineage.get("data"),
+                "broker_read": lineage.get("broker_read"),
+            },
+            sort_keys=True,
+        )
+    )
     return EXIT_OK
 
 
@@ -201,16 +238,21 @@ def _request_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="tanh-sizer")
     p.add_argument("--fee-bps", type=float, default=10.0)
     p.add_argument("--slippage-bps", type=float, default=2.0)
-    p.add_argument("--impact-coef-bps", type=float, default=100.0,
-                   help="impact in bps per unit of bar-volume participation")
+    p.add_argument(
+        "--impact-coef-bps", type=float, default=100.0, help="impact in bps per unit of bar-volume participation"
+    )
     p.add_argument("--initial-cash", type=float, default=100_000.0)
     p.add_argument("--model", dest="models", action="append", help="registry model_id@version (one per symbol)")
     p.add_argument("--walk-forward", type=int, default=0, help="train N walk-forward windows in-process (CPU)")
     p.add_argument("--hp", action="append", help="walk-forward model hyperparameter name=value (repeatable)")
     p.add_argument("--polarity", default="normal", choices=["normal", "auto_train_ic", "auto_train_pnl"])
     p.add_argument("--warmup-bars", type=int, default=None)
-    p.add_argument("--data-source", default="postgres", choices=["postgres", "broker"],
-                   help="bars table, or the market.bars topic (large fetches; Postgres for what it no longer holds)")
+    p.add_argument(
+        "--data-source",
+        default="postgres",
+        choices=["postgres", "broker"],
+        help="bars table, or the market.bars topic (large fetches; Postgres for what it no longer holds)",
+    )
 
 
 def add_parsers(sub: Any, infra: Any) -> None:

@@ -98,8 +98,12 @@ def command_fields(a: argparse.Namespace) -> tuple[ControlCommand, str, str, dic
     if a.control_command == "set-limit":
         if a.name not in SETTABLE_LIMITS:
             raise UsageError(f"{a.name!r} is not a settable limit; one of {sorted(SETTABLE_LIMITS)}")
-        return ControlCommand.SET_LIMIT, KillScope.GLOBAL.value, GLOBAL_TARGET, {
-            "name": a.name, "value": _limit_value(a.value)}
+        return (
+            ControlCommand.SET_LIMIT,
+            KillScope.GLOBAL.value,
+            GLOBAL_TARGET,
+            {"name": a.name, "value": _limit_value(a.value)},
+        )
     if a.control_command == "rollout":
         if not a.model_id or not a.version:
             raise UsageError("rollout needs --model-id and --version")
@@ -115,8 +119,11 @@ def keyring_for(key_id: str, environ: Mapping[str, str]) -> Keyring:
     try:
         keyring = load_keyring(environ)
     except ValueError as exc:
-        hint = (f" ({_CLASHING_ENV} is read as a key named 'id': name the signing key id in {KEY_ID_ENV})"
-                if _CLASHING_ENV in environ else "")
+        hint = (
+            f" ({_CLASHING_ENV} is read as a key named 'id': name the signing key id in {KEY_ID_ENV})"
+            if _CLASHING_ENV in environ
+            else ""
+        )
         raise UsageError(f"{exc}{hint}") from None
     if key_id not in keyring:
         env_name = "TRADEFLOW_CONTROL_KEY_" + key_id.upper()
@@ -176,14 +183,27 @@ def cmd_control(a: argparse.Namespace) -> int:
     try:
         asyncio.run(publish_event(event, a.bootstrap, a.namespace, a.timeout_s))
     except (KafkaError, OSError, TimeoutError) as exc:
-        print(f"tradeflow control: broker unreachable at {a.bootstrap} ({type(exc).__name__}); nothing was sent "
-              "(or its acknowledgement was lost: check control.audit before re-sending)", file=sys.stderr)
+        print(
+            f"tradeflow control: broker unreachable at {a.bootstrap} ({type(exc).__name__}); nothing was sent "
+            "(or its acknowledgement was lost: check control.audit before re-sending)",
+            file=sys.stderr,
+        )
         return EXIT_INFRA
-    print(json.dumps({
-        "event_id": event.event_id, "command": event.command.value, "scope": event.scope, "target": event.target,
-        "params": event.params, "key_id": event.key_id, "nonce": event.nonce, "ts_event": event.ts_event,
-        "topic": "control",
-    }))
+    print(
+        json.dumps(
+            {
+                "event_id": event.event_id,
+                "command": event.command.value,
+                "scope": event.scope,
+                "target": event.target,
+                "params": event.params,
+                "key_id": event.key_id,
+                "nonce": event.nonce,
+                "ts_event": event.ts_event,
+                "topic": "control",
+            }
+        )
+    )
     return EXIT_OK
 
 
@@ -194,20 +214,35 @@ def cmd_control(a: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any, infra: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``control`` and its subcommands to the ``tradeflow`` parser."""
-    sp = sub.add_parser("control", help="publish a signed operator command (kill switch, limit, rollout)",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = sub.add_parser(
+        "control",
+        help="publish a signed operator command (kill switch, limit, rollout)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     csub = sp.add_subparsers(dest="control_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         infra(p)
-        p.add_argument("--key-id", default="", help=f"signing key id (env {KEY_ID_ENV}); the secret comes from "
-                       "TRADEFLOW_CONTROL_KEY_<ID> or TRADEFLOW_CONTROL_KEY_<ID>_FILE, never from an argument")
-        p.add_argument("--operator", default=env_str("TRADEFLOW_OPERATOR", "") or _user(),
-                       help="who is acting (env TRADEFLOW_OPERATOR; default the OS user)")
+        p.add_argument(
+            "--key-id",
+            default="",
+            help=f"signing key id (env {KEY_ID_ENV}); the secret comes from "
+            "TRADEFLOW_CONTROL_KEY_<ID> or TRADEFLOW_CONTROL_KEY_<ID>_FILE, never from an argument",
+        )
+        p.add_argument(
+            "--operator",
+            default=env_str("TRADEFLOW_OPERATOR", "") or _user(),
+            help="who is acting (env TRADEFLOW_OPERATOR; default the OS user)",
+        )
         p.add_argument("--reason", default="", help="why (recorded in the audit trail)")
-        p.add_argument("--expires-in-s", type=float, default=None,
-                       help="consumers refuse the command after this many seconds (default: only the 5-minute "
-                       "freshness window applies)")
+        p.add_argument(
+            "--expires-in-s",
+            type=float,
+            default=None,
+            help="consumers refuse the command after this many seconds (default: only the 5-minute "
+            "freshness window applies)",
+        )
         p.add_argument("--timeout-s", type=float, default=15.0, help="give up publishing after this long (exit 3)")
         p.set_defaults(fn=cmd_control)
 
@@ -218,8 +253,11 @@ def add_parsers(sub: Any, infra: Callable[[argparse.ArgumentParser], None]) -> N
     ks.add_argument("--ttl-s", type=float, default=None, help="on: release automatically after N seconds")
     common(ks)
 
-    sl = csub.add_parser("set-limit", help="change a risk limit at runtime",
-                         description="settable: " + ", ".join(sorted(SETTABLE_LIMITS)))
+    sl = csub.add_parser(
+        "set-limit",
+        help="change a risk limit at runtime",
+        description="settable: " + ", ".join(sorted(SETTABLE_LIMITS)),
+    )
     sl.add_argument("name")
     sl.add_argument("value")
     common(sl)

@@ -144,19 +144,32 @@ def format_result(r: GateResult | dict[str, Any]) -> str:
     """One result as text: status, gate/metric, value vs threshold, evidence, blockers indented."""
     d = _as_dict(r)
     value = "missing" if d["value"] is None else f"{d['value']:.6g}"
-    lines = [f"{d['status']:<24} {d['track']} {d['gate']}/{d['metric']}  value={value} "
-             f"(pass: {d['comparator']} {d['threshold']:g})  observations={d['observations']}  "
-             f"config={d['config_hash']}"]
+    lines = [
+        f"{d['status']:<24} {d['track']} {d['gate']}/{d['metric']}  value={value} "
+        f"(pass: {d['comparator']} {d['threshold']:g})  observations={d['observations']}  "
+        f"config={d['config_hash']}"
+    ]
     lines += [f"    - {b}" for b in d["blockers"]]
     return "\n".join(lines)
 
 
 def _as_dict(r: GateResult | dict[str, Any]) -> dict[str, Any]:
     if isinstance(r, GateResult):
-        return {"result_id": r.event_id, "gate": r.gate, "track": r.track, "metric": r.metric,
-                "status": r.status.value, "value": r.value, "threshold": r.threshold,
-                "comparator": r.comparator.value, "window_start_ns": r.window_start, "window_end_ns": r.window_end,
-                "observations": r.observations, "blockers": list(r.blockers), "config_hash": r.config_hash}
+        return {
+            "result_id": r.event_id,
+            "gate": r.gate,
+            "track": r.track,
+            "metric": r.metric,
+            "status": r.status.value,
+            "value": r.value,
+            "threshold": r.threshold,
+            "comparator": r.comparator.value,
+            "window_start_ns": r.window_start,
+            "window_end_ns": r.window_end,
+            "observations": r.observations,
+            "blockers": list(r.blockers),
+            "config_hash": r.config_hash,
+        }
     return r
 
 
@@ -167,8 +180,12 @@ def _print_evaluation(ev: Evaluation, as_json: bool) -> None:
         att = attributions.get(r.event_id)
         if as_json:
             if att is not None:
-                d["attribution"] = {"gap": att.gap, "backtest_cash": att.backtest_cash,
-                                    "paper_cash": att.paper_cash, **att.parts()}
+                d["attribution"] = {
+                    "gap": att.gap,
+                    "backtest_cash": att.backtest_cash,
+                    "paper_cash": att.paper_cash,
+                    **att.parts(),
+                }
             print(json.dumps(d))
         else:
             print(format_result(d))
@@ -211,8 +228,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             when = now_ns if now_ns is not None else time.time_ns()
             statuses: list[tuple[str, str]] = []
             for track in tracks or await _all_tracks(a.dsn, a.timeout_s):
-                ev = await evaluate_once(track, cfg, when, dsn=a.dsn, bootstrap=a.bootstrap,
-                                         namespace=a.namespace, timeout_s=a.timeout_s)
+                ev = await evaluate_once(
+                    track, cfg, when, dsn=a.dsn, bootstrap=a.bootstrap, namespace=a.namespace, timeout_s=a.timeout_s
+                )
                 _print_evaluation(ev, a.json)
                 statuses += [(r.gate, r.status.value) for r in ev.results]
             if not statuses:
@@ -252,9 +270,24 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(f"no gate results{' for track ' + a.track if a.track else ''}: not evaluated is not ready")
         return EXIT_FAIL
     for row in rows:
-        d = {k: row[k] for k in ("result_id", "gate", "track", "metric", "status", "value", "threshold",
-                                 "comparator", "window_start_ns", "window_end_ns", "observations", "blockers",
-                                 "config_hash")}
+        d = {
+            k: row[k]
+            for k in (
+                "result_id",
+                "gate",
+                "track",
+                "metric",
+                "status",
+                "value",
+                "threshold",
+                "comparator",
+                "window_start_ns",
+                "window_end_ns",
+                "observations",
+                "blockers",
+                "config_hash",
+            )
+        }
         d["blockers"] = list(d["blockers"])
         if row["gap"] is not None:
             d["attribution"] = {k: row[k] for k in ("gap", "quantity", "price", "slippage", "impact", "fee")}
@@ -274,21 +307,37 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
     """Add ``gates evaluate`` and ``gates status`` to the ``tradeflow`` parser."""
-    sp = sub.add_parser("gates", help="evaluate gates (hard metrics, parity, readiness) or show their state",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = sub.add_parser(
+        "gates",
+        help="evaluate gates (hard metrics, parity, readiness) or show their state",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     gsub = sp.add_subparsers(dest="gates_command", required=True)
 
     ev = gsub.add_parser("evaluate", help="evaluate a track's gates, publish the results, exit 1 unless ready")
     infra(ev, dsn=True)
-    ev.add_argument("--track", action="append", default=None,
-                    help=f"backtest_runs.track to evaluate (repeatable; default: env {TRACKS_ENV}, "
-                    "else every track that has backtest runs)")
+    ev.add_argument(
+        "--track",
+        action="append",
+        default=None,
+        help=f"backtest_runs.track to evaluate (repeatable; default: env {TRACKS_ENV}, "
+        "else every track that has backtest runs)",
+    )
     ev.add_argument("--lookback", default="30d", help="runs finished this long before now are evidence (s|m|h|d)")
-    ev.add_argument("--source", default="prod", choices=VALID_SOURCES,
-                    help="run source that feeds the gates (only prod can make a track ready)")
+    ev.add_argument(
+        "--source",
+        default="prod",
+        choices=VALID_SOURCES,
+        help="run source that feeds the gates (only prod can make a track ready)",
+    )
     ev.add_argument("--as-of", default=None, help="evaluation time, ISO UTC (default: now)")
-    ev.add_argument("--set", action="append", metavar="NAME=VALUE",
-                    help="override a threshold/rule (recorded in the result's config_hash), e.g. sharpe_daily=2.0")
+    ev.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a threshold/rule (recorded in the result's config_hash), e.g. sharpe_daily=2.0",
+    )
     ev.add_argument("--json", action="store_true", help="one JSON object per result")
     ev.add_argument("--every", default=None, help="repeat every DURATION (a service; exits only on errors)")
     ev.add_argument("--metrics-port", type=int, default=0, help="with --every: serve /metrics on this port")

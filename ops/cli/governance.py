@@ -62,14 +62,28 @@ def status_rows(stages: list[Any], latest: list[Any]) -> list[dict[str, Any]]:
     for r in stages:
         key = (r["model_id"], r["symbol"] or "?")
         row = by_key.setdefault(key, {"model_id": key[0], "symbol": key[1], "versions": [], "decision": None})
-        row["versions"].append({"version": r["version"], "stage": r["stage"],
-                                "capital_fraction": _fraction(r["stage"])})
+        row["versions"].append(
+            {"version": r["version"], "stage": r["stage"], "capital_fraction": _fraction(r["stage"])}
+        )
     for d in latest:
         key = (d["model_id"], d["symbol"])
         row = by_key.setdefault(key, {"model_id": key[0], "symbol": key[1], "versions": [], "decision": None})
-        row["decision"] = {k: d[k] for k in ("version", "stage", "action", "reason", "passing_windows",
-                                             "failing_windows", "windows_to_promote", "windows_to_rollback",
-                                             "window_end", "config_hash", "ts_event")}
+        row["decision"] = {
+            k: d[k]
+            for k in (
+                "version",
+                "stage",
+                "action",
+                "reason",
+                "passing_windows",
+                "failing_windows",
+                "windows_to_promote",
+                "windows_to_rollback",
+                "window_end",
+                "config_hash",
+                "ts_event",
+            )
+        }
     return [by_key[k] for k in sorted(by_key)]
 
 
@@ -95,9 +109,11 @@ def cmd_rollout_status(a: argparse.Namespace) -> int:
         if d is None:
             print("    governance: no decision yet")
         else:
-            print(f"    governance: {d['action']} {d['version']} -> {d['stage']} | passing "
-                  f"{d['passing_windows']}/{d['windows_to_promote']} failing {d['failing_windows']}/"
-                  f"{d['windows_to_rollback']} | config {d['config_hash']} | {d['reason']}")
+            print(
+                f"    governance: {d['action']} {d['version']} -> {d['stage']} | passing "
+                f"{d['passing_windows']}/{d['windows_to_promote']} failing {d['failing_windows']}/"
+                f"{d['windows_to_rollback']} | config {d['config_hash']} | {d['reason']}"
+            )
     return EXIT_OK
 
 
@@ -106,8 +122,7 @@ def cmd_rollout_audit(a: argparse.Namespace) -> int:
         print("tradeflow rollout audit: --limit must be >= 1", file=sys.stderr)
         return EXIT_USAGE
     try:
-        rows = asyncio.run(_fetch(a.dsn, a.timeout_s,
-                                  lambda c: rollout.audit_trail(c, a.model_id, a.symbol, a.limit)))
+        rows = asyncio.run(_fetch(a.dsn, a.timeout_s, lambda c: rollout.audit_trail(c, a.model_id, a.symbol, a.limit)))
     except _DB_ERRORS as exc:
         print(f"tradeflow rollout: database unreachable ({type(exc).__name__})", file=sys.stderr)
         return EXIT_INFRA
@@ -122,17 +137,23 @@ def cmd_rollout_audit(a: argparse.Namespace) -> int:
             print(json.dumps(d, default=str))
         else:
             window = "" if d["window_end"] is None else f" window_end={d['window_end']} ({d['window_status']})"
-            print(f"{d['ts_event']} {d['model_id']} {d['symbol'] or '*'} {d['version']}: {d['action']} "
-                  f"{d['from_stage']} -> {d['to_stage']} by {d['actor']} [{d['trigger']}]{window} "
-                  f"passing {d['passing_windows']}/{d['windows_to_promote']} failing "
-                  f"{d['failing_windows']}/{d['windows_to_rollback']} config {d['config_hash']}: {d['reason']}")
+            print(
+                f"{d['ts_event']} {d['model_id']} {d['symbol'] or '*'} {d['version']}: {d['action']} "
+                f"{d['from_stage']} -> {d['to_stage']} by {d['actor']} [{d['trigger']}]{window} "
+                f"passing {d['passing_windows']}/{d['windows_to_promote']} failing "
+                f"{d['failing_windows']}/{d['windows_to_rollback']} config {d['config_hash']}: {d['reason']}"
+            )
     return EXIT_OK
 
 
 def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
     """Add ``rollout status`` / ``rollout audit`` to the ``tradeflow`` parser."""
-    sp = sub.add_parser("rollout", help="model rollout status and governance audit trail",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = sub.add_parser(
+        "rollout",
+        help="model rollout status and governance audit trail",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     rsub = sp.add_subparsers(dest="rollout_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:

@@ -72,14 +72,27 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
         a.web_port = free_port()
     app_id = a.app_id or "tradeflow-" + "-".join(sorted(a.agents)) + (f"-{a.namespace}" if a.namespace else "")
-    app = create_app(WorkerSettings(app_id=app_id, bootstrap=a.bootstrap, namespace=a.namespace, web_port=a.web_port,
-                                    web_host=a.web_host, data_dir=env_str("TRADEFLOW_DATA_DIR", "var"),
-                                    fetch_wait_ms=env_int("TRADEFLOW_FETCH_WAIT_MS", 20, minimum=0)))
+    app = create_app(
+        WorkerSettings(
+            app_id=app_id,
+            bootstrap=a.bootstrap,
+            namespace=a.namespace,
+            web_port=a.web_port,
+            web_host=a.web_host,
+            data_dir=env_str("TRADEFLOW_DATA_DIR", "var"),
+            fetch_wait_ms=env_int("TRADEFLOW_FETCH_WAIT_MS", 20, minimum=0),
+        )
+    )
     ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace, bootstrap=a.bootstrap, dsn=a.dsn)
     for name in a.agents:
         registry[name](app, ctx)
-    worker = faust.Worker(app, loglevel=a.log_level.lower(), quiet=True, redirect_stdouts=False,
-                          logging_config=logs.stdlib_config(a.log_level))
+    worker = faust.Worker(
+        app,
+        loglevel=a.log_level.lower(),
+        quiet=True,
+        redirect_stdouts=False,
+        logging_config=logs.stdlib_config(a.log_level),
+    )
     worker.execute_from_commandline()  # exits the process; non-zero on crash (e.g. BrokerLost)
     return EXIT_OK
 
@@ -132,11 +145,14 @@ def cmd_ingest_csv(a: argparse.Namespace) -> int:
         async with RecordPublisher(a.bootstrap, a.namespace, name="csv-import") as pub:
             total = 0
             for f in a.files:
-                rep = await import_file(Path(f), venue=a.venue, symbol=a.symbol, timeframe=Timeframe(a.timeframe),
-                                        publisher=pub)
+                rep = await import_file(
+                    Path(f), venue=a.venue, symbol=a.symbol, timeframe=Timeframe(a.timeframe), publisher=pub
+                )
                 total += rep.bars
-                print(f"{rep.file}: {rep.bars} bars -> market.bars.raw, {rep.rejects} rows dead-lettered, "
-                      f"{rep.duplicates} duplicate rows reported ({rep.bars / max(rep.seconds, 1e-9):,.0f} bars/s)")
+                print(
+                    f"{rep.file}: {rep.bars} bars -> market.bars.raw, {rep.rejects} rows dead-lettered, "
+                    f"{rep.duplicates} duplicate rows reported ({rep.bars / max(rep.seconds, 1e-9):,.0f} bars/s)"
+                )
         return EXIT_OK if total else EXIT_FAIL
 
     return asyncio.run(main())
@@ -147,10 +163,20 @@ def cmd_ingest_history(a: argparse.Namespace) -> int:
     from ops.jobs.collect import history
 
     try:
-        rep = asyncio.run(history(
-            exchange_id=a.exchange, market_type=a.market_type, symbol=a.symbol, timeframe=a.timeframe, start=a.start,
-            end=a.end, bootstrap=a.bootstrap, namespace=a.namespace, dsn=a.dsn, metrics_port=a.metrics_port,
-        ))
+        rep = asyncio.run(
+            history(
+                exchange_id=a.exchange,
+                market_type=a.market_type,
+                symbol=a.symbol,
+                timeframe=a.timeframe,
+                start=a.start,
+                end=a.end,
+                bootstrap=a.bootstrap,
+                namespace=a.namespace,
+                dsn=a.dsn,
+                metrics_port=a.metrics_port,
+            )
+        )
     except CollectorError as exc:
         print(f"history download failed: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -163,9 +189,17 @@ def cmd_collect(a: argparse.Namespace) -> int:
     from ops.jobs.collect import live
 
     try:
-        asyncio.run(live(exchange_id=a.exchange, market_type=a.market_type, symbols=a.symbols,
-                         timeframes=a.timeframes, bootstrap=a.bootstrap, namespace=a.namespace,
-                         metrics_port=a.metrics_port))
+        asyncio.run(
+            live(
+                exchange_id=a.exchange,
+                market_type=a.market_type,
+                symbols=a.symbols,
+                timeframes=a.timeframes,
+                bootstrap=a.bootstrap,
+                namespace=a.namespace,
+                metrics_port=a.metrics_port,
+            )
+        )
     except CollectorError as exc:
         print(f"live collection stopped: {exc}", file=sys.stderr)
         return EXIT_INFRA
@@ -224,17 +258,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def infra(sp: argparse.ArgumentParser, dsn: bool = False) -> None:
-        sp.add_argument("--bootstrap", default=env_str("TRADEFLOW_BOOTSTRAP", "127.0.0.1:9092"),
-                        help="Kafka bootstrap servers (env TRADEFLOW_BOOTSTRAP)")
-        sp.add_argument("--namespace", default=env_str("TRADEFLOW_NAMESPACE", ""),
-                        help="topic name prefix isolating a deployment or test run")
+        sp.add_argument(
+            "--bootstrap",
+            default=env_str("TRADEFLOW_BOOTSTRAP", "127.0.0.1:9092"),
+            help="Kafka bootstrap servers (env TRADEFLOW_BOOTSTRAP)",
+        )
+        sp.add_argument(
+            "--namespace",
+            default=env_str("TRADEFLOW_NAMESPACE", ""),
+            help="topic name prefix isolating a deployment or test run",
+        )
         if dsn:
-            sp.add_argument("--dsn", default=env_str("TRADEFLOW_DSN", "postgresql://postgres@127.0.0.1/tradeflow"),
-                            help="PostgreSQL DSN (env TRADEFLOW_DSN)")
+            sp.add_argument(
+                "--dsn",
+                default=env_str("TRADEFLOW_DSN", "postgresql://postgres@127.0.0.1/tradeflow"),
+                help="PostgreSQL DSN (env TRADEFLOW_DSN)",
+            )
 
     sp = sub.add_parser("run", help="start the embedded default (broker, Postgres, workers) and run the main job")
-    sp.add_argument("--data-dir", default=env_str("TRADEFLOW_DATA_DIR", "var"),
-                    help="where the persistent Postgres cluster and logs live")
+    sp.add_argument(
+        "--data-dir",
+        default=env_str("TRADEFLOW_DATA_DIR", "var"),
+        help="where the persistent Postgres cluster and logs live",
+    )
     sp.add_argument("--file", dest="files", action="append", help="CSV to import (default: bundled sample data)")
     sp.add_argument("--fresh-db", action="store_true", help="drop and recreate the database before the run")
     sp.set_defaults(fn=cmd_run)
@@ -244,8 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--agents", nargs="+", required=True, help="agent names")
     sp.add_argument("--app-id", default="")
     sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port (0: any free port)")
-    sp.add_argument("--web-host", default=env_str("TRADEFLOW_WEB_HOST", "127.0.0.1"),
-                    help="bind address of the worker's web server (default loopback only)")
+    sp.add_argument(
+        "--web-host",
+        default=env_str("TRADEFLOW_WEB_HOST", "127.0.0.1"),
+        help="bind address of the worker's web server (default loopback only)",
+    )
     sp.set_defaults(fn=cmd_worker)
 
     sp = sub.add_parser("sink", help="persist catalogued topics into Postgres (consumer group)")
@@ -253,8 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--group", default="tradeflow-sink")
     sp.add_argument("--topics", nargs="*", help="catalogue names (default: all)")
     sp.add_argument("--metrics-port", type=int, default=0)
-    sp.add_argument("--metrics-host", default=env_str("TRADEFLOW_METRICS_HOST", "127.0.0.1"),
-                    help="bind address of /metrics (default loopback; 0.0.0.0 in containers)")
+    sp.add_argument(
+        "--metrics-host",
+        default=env_str("TRADEFLOW_METRICS_HOST", "127.0.0.1"),
+        help="bind address of /metrics (default loopback; 0.0.0.0 in containers)",
+    )
     sp.set_defaults(fn=cmd_sink)
 
     sp = sub.add_parser("ingest", help="load market data: a CSV file or an exchange's history")
@@ -324,9 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)
     sp.add_argument("--create", action="store_true", help="create every catalogued topic (idempotent)")
-    sp.add_argument("--config", action="store_true",
-                    help="print the configuration reference instead (every TRADEFLOW_* variable; "
-                    "docs/configuration.md)")
+    sp.add_argument(
+        "--config",
+        action="store_true",
+        help="print the configuration reference instead (every TRADEFLOW_* variable; docs/configuration.md)",
+    )
     sp.add_argument("--replication-factor", type=int, default=1)
     sp.set_defaults(fn=cmd_topics)
 
@@ -336,9 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ops.bench import BENCHMARKS
 
-    sp = sub.add_parser("bench", help="run a benchmark (`all`: every one, as `make bench` does)",
-                        description="\n".join(f"{k:<11} {v}" for k, v in BENCHMARKS.items()),
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = sub.add_parser(
+        "bench",
+        help="run a benchmark (`all`: every one, as `make bench` does)",
+        description="\n".join(f"{k:<11} {v}" for k, v in BENCHMARKS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sp.add_argument("name", choices=[*BENCHMARKS, "all"])
     sp.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)")
     sp.set_defaults(fn=cmd_bench)
@@ -359,12 +416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tradeflow: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KafkaConnectionError as exc:
-        print(f"tradeflow: broker unreachable ({exc}); is it running? (--bootstrap / TRADEFLOW_BOOTSTRAP)",
-              file=sys.stderr)
+        print(
+            f"tradeflow: broker unreachable ({exc}); is it running? (--bootstrap / TRADEFLOW_BOOTSTRAP)",
+            file=sys.stderr,
+        )
         return EXIT_INFRA
     except OSError as exc:  # asyncpg connection refused and friends
         print(f"tradeflow: infrastructure unreachable: {exc}", file=sys.stderr)
         return EXIT_INFRA
     return rc
-
-

@@ -42,9 +42,16 @@ def _hyperparams(pairs: list[str]) -> dict[str, str | int | float | bool]:
 def cmd_train_submit(a: argparse.Namespace) -> int:
     now = time.time_ns()
     job = TrainJob.new(
-        ts_event=now, ts_init=now, job_id=a.job_id or f"train-{uuid.uuid4().hex[:12]}", model_family=a.family,
-        symbols=tuple(a.symbols), timeframe=Timeframe(a.timeframe), data_start=parse_when(a.start),
-        data_end=parse_when(a.end), feature_set_version=a.feature_set_version, seed=a.seed,
+        ts_event=now,
+        ts_init=now,
+        job_id=a.job_id or f"train-{uuid.uuid4().hex[:12]}",
+        model_family=a.family,
+        symbols=tuple(a.symbols),
+        timeframe=Timeframe(a.timeframe),
+        data_start=parse_when(a.start),
+        data_end=parse_when(a.end),
+        feature_set_version=a.feature_set_version,
+        seed=a.seed,
         hyperparams=_hyperparams(a.hp or []),
     )
 
@@ -75,8 +82,11 @@ def cmd_models_list(a: argparse.Namespace) -> int:
 
         def f(k: str, m: dict[str, float] = m) -> str:
             return f"{m[k]:.4f}" if k in m else "n/a"
-        print(f"{r['model_id']:<28} {r['version']:<14} {r['stage']:<12} {f('val_log_loss'):>12} {f('val_ic'):>8} "
-              f"{f('val_pnl_sharpe'):>10}")
+
+        print(
+            f"{r['model_id']:<28} {r['version']:<14} {r['stage']:<12} {f('val_log_loss'):>12} {f('val_ic'):>8} "
+            f"{f('val_pnl_sharpe'):>10}"
+        )
     return EXIT_OK
 
 
@@ -102,8 +112,16 @@ def cmd_models_show(a: argparse.Namespace) -> int:
 
 def cmd_train_ddp(a: argparse.Namespace) -> int:
     """torchrun over gpu_workers.ddp: one process per GPU (or CPU processes with gloo)."""
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
-            "-m", "gpu_workers.ddp", *a.ddp_args]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={a.nproc}",
+        "-m",
+        "gpu_workers.ddp",
+        *a.ddp_args,
+    ]
     return subprocess.call(argv, env=os.environ.copy())  # noqa: S603 - our own module
 
 
@@ -111,16 +129,34 @@ def cmd_train_tune(a: argparse.Namespace) -> int:
     from gpu_workers.agents import artifacts_dir
     from gpu_workers.tuning import TuneSpec, tune
 
-    spec = TuneSpec(study=a.study, family=a.family, symbol=a.symbol, timeframe=Timeframe(a.timeframe),
-                    data_start=parse_when(a.start), data_end=parse_when(a.end),
-                    feature_set_version=a.feature_set_version, trials=a.trials, seed=a.seed,
-                    fixed=tuple(_hyperparams(a.hp or []).items()))
-    study = asyncio.run(tune(spec, dsn=a.dsn, bootstrap=a.bootstrap, namespace=a.namespace,
-                             artifacts=artifacts_dir()))
+    spec = TuneSpec(
+        study=a.study,
+        family=a.family,
+        symbol=a.symbol,
+        timeframe=Timeframe(a.timeframe),
+        data_start=parse_when(a.start),
+        data_end=parse_when(a.end),
+        feature_set_version=a.feature_set_version,
+        trials=a.trials,
+        seed=a.seed,
+        fixed=tuple(_hyperparams(a.hp or []).items()),
+    )
+    study = asyncio.run(tune(spec, dsn=a.dsn, bootstrap=a.bootstrap, namespace=a.namespace, artifacts=artifacts_dir()))
     done = [t for t in study.trials if t.value is not None]
-    print(json.dumps({"study": study.study_name, "trials": len(study.trials), "completed": len(done),
-                      "best": None if not done else {"value": study.best_value, "params": study.best_params,
-                                                     **study.best_trial.user_attrs}}, indent=2, default=str))
+    print(
+        json.dumps(
+            {
+                "study": study.study_name,
+                "trials": len(study.trials),
+                "completed": len(done),
+                "best": None
+                if not done
+                else {"value": study.best_value, "params": study.best_params, **study.best_trial.user_attrs},
+            },
+            indent=2,
+            default=str,
+        )
+    )
     return EXIT_OK if done else EXIT_FAIL
 
 

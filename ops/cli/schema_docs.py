@@ -67,6 +67,12 @@ def catalogue_markdown() -> str:
         seen.add(t.record)
         topics = ", ".join(f"`{x.name}`" for x in TOPICS if x.record is t.record)
         doc = " ".join((t.record.__doc__ or "").split())
-        out += ["", f"#### {t.record.__name__} (schema_version {t.record.SCHEMA_VERSION}) on {topics}", "", doc, "",
-                record_table(t.record)]
+        out += [
+            "",
+            f"#### {t.record.__name__} (schema_version {t.record.SCHEMA_VERSION}) on {topics}",
+            "",
+            doc,
+            "",
+            record_table(t.record),
+        ]
     return "\n".join(out)

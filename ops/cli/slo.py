@@ -57,8 +57,9 @@ def _get(url: str, timeout_s: float) -> str:
     return body.decode("utf-8")
 
 
-def from_targets(targets: Sequence[str], timeout_s: float = 5.0,
-                 fetch: Callable[[str, float], str] = _get) -> SloReport:
+def from_targets(
+    targets: Sequence[str], timeout_s: float = 5.0, fetch: Callable[[str, float], str] = _get
+) -> SloReport:
     """Scrape every target concurrently; a target that fails or serves garbage counts as down."""
     urls = [metrics_url(t) for t in targets]
 
@@ -99,12 +100,19 @@ def _names(base: str, timeout_s: float, fetch: Callable[[str, float], str]) -> l
     return names
 
 
-def from_prometheus(base: str, window: str = "1h", job_regex: str = "tradeflow.*", timeout_s: float = 10.0,
-                    fetch: Callable[[str, float], str] = _get) -> SloReport:
+def from_prometheus(
+    base: str,
+    window: str = "1h",
+    job_regex: str = "tradeflow.*",
+    timeout_s: float = 10.0,
+    fetch: Callable[[str, float], str] = _get,
+) -> SloReport:
     """The same report over the last ``window`` from a Prometheus server (raises PrometheusError)."""
     names = _names(base, timeout_s, fetch)
-    wanted = sorted({n for n in names if n.endswith("_seconds_bucket")}
-                    | {n for r in RATIOS for n in (r.numerator, r.denominator) if n in names})
+    wanted = sorted(
+        {n for n in names if n.endswith("_seconds_bucket")}
+        | {n for r in RATIOS for n in (r.numerator, r.denominator) if n in names}
+    )
     samples: list[Sample] = []
     for name in wanted:
         expr = f'increase({{__name__="{name}",job=~"{job_regex}"}}[{window}])'
@@ -124,8 +132,11 @@ def cmd_slo(a: argparse.Namespace) -> int:
         print(f"--window must look like 30m, 1h, 7d; got {a.window!r}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        report = (from_prometheus(a.prometheus, a.window, a.job_regex, a.timeout_s) if a.prometheus
-                  else from_targets(a.targets, a.timeout_s))
+        report = (
+            from_prometheus(a.prometheus, a.window, a.job_regex, a.timeout_s)
+            if a.prometheus
+            else from_targets(a.targets, a.timeout_s)
+        )
     except PrometheusError as exc:
         print(f"tradeflow slo: Prometheus unreachable: {exc}", file=sys.stderr)
         return EXIT_INFRA
@@ -135,8 +146,13 @@ def cmd_slo(a: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any, infra: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``slo`` (alias ``health``) to the ``tradeflow`` parser. ``infra`` is unused: no broker/DB."""
-    sp = sub.add_parser("slo", aliases=["health"], help="p50/p95/p99 latencies, availability and SLO verdicts",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = sub.add_parser(
+        "slo",
+        aliases=["health"],
+        help="p50/p95/p99 latencies, availability and SLO verdicts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--targets", nargs="+", metavar="URL", help="worker /metrics URLs (or host:port)")
     src.add_argument("--prometheus", metavar="URL", help="Prometheus server base URL")

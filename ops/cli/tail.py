@@ -65,7 +65,10 @@ async def _tail(a: argparse.Namespace) -> int:
     codec = codec_for(s.record)
     topic = physical_name(a.topic, a.namespace)
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=a.bootstrap, group_id=a.group or None, enable_auto_commit=False,
+        topic,
+        bootstrap_servers=a.bootstrap,
+        group_id=a.group or None,
+        enable_auto_commit=False,
         auto_offset_reset="earliest" if a.from_beginning else "latest",
     )
     await consumer.start()
@@ -79,8 +82,10 @@ async def _tail(a: argparse.Namespace) -> int:
                     try:
                         rec = codec.decode(m.value or b"")
                     except RecordError as exc:
-                        print(f"invalid record at {tp.topic}[{tp.partition}]@{m.offset}: {exc.reason.value}: "
-                              f"{exc}", file=sys.stderr)
+                        print(
+                            f"invalid record at {tp.topic}[{tp.partition}]@{m.offset}: {exc.reason.value}: {exc}",
+                            file=sys.stderr,
+                        )
                         continue
                     if a.symbol and getattr(rec, "symbol", None) != a.symbol:
                         continue
@@ -156,23 +161,34 @@ async def _status(dsn: str, bootstrap: str, namespace: str) -> dict[str, Any]:
 
 def _print_status(r: dict[str, Any]) -> None:
     b = r["broker"]
-    print(f"broker    {'UP' if b['up'] else 'DOWN'} {b['bootstrap']}"
-          + (f"  missing topics: {', '.join(b['missing_topics'])}" if b.get("missing_topics") else "")
-          + (f"  ({b['error']})" if b.get("error") else ""))
+    print(
+        f"broker    {'UP' if b['up'] else 'DOWN'} {b['bootstrap']}"
+        + (f"  missing topics: {', '.join(b['missing_topics'])}" if b.get("missing_topics") else "")
+        + (f"  ({b['error']})" if b.get("error") else "")
+    )
     d = r["database"]
-    print(f"database  {'UP' if d['up'] else 'DOWN'}" + (f" migration {d['migration']}" if d.get("migration") else "")
-          + (f"  ({d['error']})" if d.get("error") else ""))
+    print(
+        f"database  {'UP' if d['up'] else 'DOWN'}"
+        + (f" migration {d['migration']}" if d.get("migration") else "")
+        + (f"  ({d['error']})" if d.get("error") else "")
+    )
     for p in r.get("portfolios", []):
-        print(f"account   {p['account']}: equity {p['equity']:.2f} cash {p['cash']:.2f} drawdown {p['drawdown']:.4f} "
-              f"realized {p['realized_pnl']:.2f} unrealized {p['unrealized_pnl']:.2f} fees {p['fees_paid']:.2f} "
-              f"positions {p['q']}")
+        print(
+            f"account   {p['account']}: equity {p['equity']:.2f} cash {p['cash']:.2f} drawdown {p['drawdown']:.4f} "
+            f"realized {p['realized_pnl']:.2f} unrealized {p['unrealized_pnl']:.2f} fees {p['fees_paid']:.2f} "
+            f"positions {p['q']}"
+        )
     on = [k for k in r.get("kill_switch_commands", []) if k["command"] == "kill_switch_on"]
-    print(f"kill      {len(on)} scope(s) last switched on by an operator"
-          + "".join(f"\n          {k['scope']}:{k['target']} by {k['operator']}: {k['reason']}" for k in on))
+    print(
+        f"kill      {len(on)} scope(s) last switched on by an operator"
+        + "".join(f"\n          {k['scope']}:{k['target']} by {k['operator']}: {k['reason']}" for k in on)
+    )
     for g in r.get("gates", []):
         value = "missing" if g["value"] is None else f"{g['value']:.4f}"
-        print(f"gate      {g['track']} {g['gate']}:{g['metric']} {g['status']} (value {value} {g['comparator']} "
-              f"{g['threshold']})" + (f" blockers {g['blockers']}" if g["blockers"] not in (None, "[]") else ""))
+        print(
+            f"gate      {g['track']} {g['gate']}:{g['metric']} {g['status']} (value {value} {g['comparator']} "
+            f"{g['threshold']})" + (f" blockers {g['blockers']}" if g["blockers"] not in (None, "[]") else "")
+        )
     for m in r.get("rollout", []):
         print(f"rollout   {m['model_id']} {m['symbol']} v{m['version']}: {m['stage']} ({m['action']}: {m['reason']})")
     for x in r.get("dead_letters", []):
@@ -180,8 +196,12 @@ def _print_status(r: dict[str, Any]) -> None:
 
 
 def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
-    sp = sub.add_parser("tail", help="print records of a topic as JSON lines (live consumer; the outside-consumer "
-                        "example)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = sub.add_parser(
+        "tail",
+        help="print records of a topic as JSON lines (live consumer; the outside-consumer example)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     infra(sp)
     sp.add_argument("topic", help="catalogue name, e.g. signals")
     sp.add_argument("--from-beginning", action="store_true", help="start at the oldest retained record")
@@ -191,8 +211,12 @@ def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
     sp.add_argument("--idle-exit-s", type=float, default=0.0, help="stop after this long without records (0: never)")
     sp.set_defaults(fn=cmd_tail)
 
-    sp = sub.add_parser("status", help="broker, database, portfolios, kill switches, gates, rollout, dead letters",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = sub.add_parser(
+        "status",
+        help="broker, database, portfolios, kill switches, gates, rollout, dead letters",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     infra(sp, dsn=True)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_status)

@@ -97,23 +97,32 @@ def _lot_size(text: str) -> float | None:
 def _load(a: argparse.Namespace) -> tuple[PriceSeries, dict[str, Any]]:
     path = Path(a.file)
     try:
-        parsed = import_csv_file(path, venue=a.venue, symbol=a.symbol, timeframe=Timeframe(a.timeframe),
-                                 ts_init=TS_MIN_NS)
+        parsed = import_csv_file(
+            path, venue=a.venue, symbol=a.symbol, timeframe=Timeframe(a.timeframe), ts_init=TS_MIN_NS
+        )
         prices = PriceSeries.from_bars(parsed.bars)
     except (OSError, CsvFormatError, ReferenceInputError, ValueError) as exc:
         raise UsageError(f"cannot use {path}: {exc}") from None
-    source = {"file": path.name, **price_fingerprint(prices), "rejected_rows": len(parsed.rejects),
-              "duplicate_rows": len(parsed.duplicates)}
+    source = {
+        "file": path.name,
+        **price_fingerprint(prices),
+        "rejected_rows": len(parsed.rejects),
+        "duplicate_rows": len(parsed.duplicates),
+    }
     return prices, source
 
 
-def _search(a: argparse.Namespace, prices: PriceSeries, source: dict[str, Any], costs: TuningCosts,
-            constraints: Constraints) -> tuple[StudySpec, list[TrialResult]]:
+def _search(
+    a: argparse.Namespace, prices: PriceSeries, source: dict[str, Any], costs: TuningCosts, constraints: Constraints
+) -> tuple[StudySpec, list[TrialResult]]:
     if a.tune_method == "grid":
         fasts, slows = parse_int_list(a.fast), parse_int_list(a.slow)
-        spec = StudySpec.derive("grid", study_config(costs, constraints, {"fast": sorted(set(fasts)),
-                                                                          "slow": sorted(set(slows))}),
-                                source, a.study_id or None)
+        spec = StudySpec.derive(
+            "grid",
+            study_config(costs, constraints, {"fast": sorted(set(fasts)), "slow": sorted(set(slows))}),
+            source,
+            a.study_id or None,
+        )
         try:
             return spec, run_grid(prices, costs, constraints, fasts, slows, workers=a.workers)
         except ValueError as exc:
@@ -121,13 +130,27 @@ def _search(a: argparse.Namespace, prices: PriceSeries, source: dict[str, Any], 
     fast_range, slow_range = parse_range(a.fast_range), parse_range(a.slow_range)
     if a.trials < 1:
         raise UsageError("--trials must be >= 1")
-    space = {"fast": list(fast_range), "slow": list(slow_range), "n_trials": a.trials, "seed": a.seed,
-             "batch": a.workers}  # the batch size shapes TPE's proposals, so it is part of the study
+    space = {
+        "fast": list(fast_range),
+        "slow": list(slow_range),
+        "n_trials": a.trials,
+        "seed": a.seed,
+        "batch": a.workers,
+    }  # the batch size shapes TPE's proposals, so it is part of the study
     spec = StudySpec.derive("optuna", study_config(costs, constraints, space), source, a.study_id or None)
     storage = _optuna_url(a.dsn) if a.optuna_storage == "postgres" else None
-    return spec, run_optuna(prices, costs, constraints, fast_range=fast_range, slow_range=slow_range,
-                            n_trials=a.trials, seed=a.seed, workers=a.workers, storage_url=storage,
-                            study_name=spec.study_id)
+    return spec, run_optuna(
+        prices,
+        costs,
+        constraints,
+        fast_range=fast_range,
+        slow_range=slow_range,
+        n_trials=a.trials,
+        seed=a.seed,
+        workers=a.workers,
+        storage_url=storage,
+        study_name=spec.study_id,
+    )
 
 
 def _optuna_url(dsn: str) -> str:
@@ -156,8 +179,13 @@ def cmd_tune(a: argparse.Namespace) -> int:
             print(f"tradeflow tune: optuna storage unreachable: {type(exc).__name__}", file=sys.stderr)
             return EXIT_INFRA
         raise
-    out: dict[str, Any] = {"study_id": spec.study_id, "method": spec.method, "config": spec.config,
-                           "data_source": source, **summary(trials, top=a.top)}
+    out: dict[str, Any] = {
+        "study_id": spec.study_id,
+        "method": spec.method,
+        "config": spec.config,
+        "data_source": source,
+        **summary(trials, top=a.top),
+    }
     if not a.no_persist:
         try:
             out["persisted"] = asyncio.run(persist(a.dsn, spec, trials))
@@ -179,8 +207,12 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any, infra: Any) -> None:
     """Add ``tune`` and its subcommands to the ``tradeflow`` parser."""
-    sp = sub.add_parser("tune", help="grid / optuna search over the reference strategy's parameters",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp = sub.add_parser(
+        "tune",
+        help="grid / optuna search over the reference strategy's parameters",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tsub = sp.add_subparsers(dest="tune_method", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -193,10 +225,15 @@ def add_parsers(sub: Any, infra: Any) -> None:
         p.add_argument("--initial-cash", type=float, default=1_000_000.0)
         p.add_argument("--lot-size", default="1", help="order size granularity, or 'fractional' (default 1)")
         p.add_argument("--min-trades", type=int, default=10, help="fewer round trips: infeasible")
-        p.add_argument("--min-turnover", type=float, default=1.0,
-                       help="traded notional / mean equity below this: infeasible")
-        p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                       help="parallel worker processes (optuna: also its batch size)")
+        p.add_argument(
+            "--min-turnover", type=float, default=1.0, help="traded notional / mean equity below this: infeasible"
+        )
+        p.add_argument(
+            "--workers",
+            type=int,
+            default=min(2, os.cpu_count() or 1),
+            help="parallel worker processes (optuna: also its batch size)",
+        )
         p.add_argument("--study-id", default="", help="default: derived from the config (re-runs are idempotent)")
         p.add_argument("--top", type=int, default=5, help="leaderboard length in the output")
         p.add_argument("--no-persist", action="store_true", help="do not write the study to PostgreSQL")
@@ -212,6 +249,10 @@ def add_parsers(sub: Any, infra: Any) -> None:
     o.add_argument("--slow-range", default="10:400", help="LO:HI inclusive")
     o.add_argument("--trials", type=int, default=50)
     o.add_argument("--seed", type=int, default=7)
-    o.add_argument("--optuna-storage", choices=["memory", "postgres"], default="memory",
-                   help="where optuna keeps the study itself (postgres: the --dsn database, resumable)")
+    o.add_argument(
+        "--optuna-storage",
+        choices=["memory", "postgres"],
+        default="memory",
+        help="where optuna keeps the study itself (postgres: the --dsn database, resumable)",
+    )
     common(o)

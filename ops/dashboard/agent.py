@@ -76,8 +76,10 @@ class DashboardSettings:
         return self._token
 
     def __repr__(self) -> str:
-        return (f"DashboardSettings(token={'set' if self._token else 'none'}, "
-                f"min_interval_s={self.min_interval_s}, queue_size={self.queue_size})")
+        return (
+            f"DashboardSettings(token={'set' if self._token else 'none'}, "
+            f"min_interval_s={self.min_interval_s}, queue_size={self.queue_size})"
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DashboardSettings:
@@ -86,7 +88,8 @@ class DashboardSettings:
         queue = env_int("TRADEFLOW_DASHBOARD_QUEUE", 8, env)
         if not 0 <= interval_ms <= 10_000 or queue < 1:
             raise ConfigError(
-                "TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS must be in [0, 10000], TRADEFLOW_DASHBOARD_QUEUE >= 1")
+                "TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS must be in [0, 10000], TRADEFLOW_DASHBOARD_QUEUE >= 1"
+            )
         return cls(load_token(env), interval_ms / 1000, queue)
 
 
@@ -132,8 +135,12 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
     except ValueError as exc:  # messages name variables, never the token
         log.critical("dashboard_refused_to_start", reason=str(exc))
         raise SystemExit(EXIT_CONFIG) from None
-    log.info("dashboard_configured", token_required=settings.token is not None,
-             min_interval_ms=settings.min_interval_s * 1000, queue=settings.queue_size)
+    log.info(
+        "dashboard_configured",
+        token_required=settings.token is not None,
+        min_interval_ms=settings.min_interval_s * 1000,
+        queue=settings.queue_size,
+    )
 
     state = DashboardState()
     hub = SseHub(queue_size=settings.queue_size)
@@ -147,8 +154,11 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         return int(ctx.wall_clock())
 
     def refuse() -> web.Response:
-        return web.json_response({"error": "unauthorized"}, status=401,
-                                 headers={**SECURITY_HEADERS, "WWW-Authenticate": 'Bearer realm="tradeflow"'})
+        return web.json_response(
+            {"error": "unauthorized"},
+            status=401,
+            headers={**SECURITY_HEADERS, "WWW-Authenticate": 'Bearer realm="tradeflow"'},
+        )
 
     def allowed(request: Any) -> bool:
         return authorized(settings.token, request.headers, request.query)
@@ -252,8 +262,9 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         client = hub.connect()
         if client is None:
             return web.json_response({"error": "too many dashboard clients"}, status=503, headers=SECURITY_HEADERS)
-        resp = web.StreamResponse(headers={**SECURITY_HEADERS, "Content-Type": "text/event-stream",
-                                           "X-Accel-Buffering": "no"})
+        resp = web.StreamResponse(
+            headers={**SECURITY_HEADERS, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+        )
         try:
             await resp.prepare(request)
             await resp.write(b"retry: 2000\n\n")

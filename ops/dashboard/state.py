@@ -75,8 +75,13 @@ def parse_switch(text: str) -> ParsedSwitch | None:
     if m is None:
         return None
     until = m.group("until")
-    return ParsedSwitch(scope=m.group("scope"), target=m.group("target"), reason=m.group("reason"),
-                        set_by=m.group("set_by"), expires_at_ns=None if until is None else int(until))
+    return ParsedSwitch(
+        scope=m.group("scope"),
+        target=m.group("target"),
+        reason=m.group("reason"),
+        set_by=m.group("set_by"),
+        expires_at_ns=None if until is None else int(until),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +135,15 @@ class _Switch:
     expires_at_ns: int | None
 
     def view(self) -> dict[str, Any]:
-        return {"component": self.component, "scope": self.scope, "target": self.target, "reason": self.reason,
-                "set_by": self.set_by, "set_at_ns": self.set_at_ns, "expires_at_ns": self.expires_at_ns}
+        return {
+            "component": self.component,
+            "scope": self.scope,
+            "target": self.target,
+            "reason": self.reason,
+            "set_by": self.set_by,
+            "set_at_ns": self.set_at_ns,
+            "expires_at_ns": self.expires_at_ns,
+        }
 
 
 class DashboardState:
@@ -216,17 +228,36 @@ class DashboardState:
     def _on_risk(self, d: RiskDecision) -> bool:
         self._verdicts[d.verdict.value] += 1
         if d.verdict is not RiskVerdict.APPROVED:
-            self._risk_recent.appendleft({
-                "ts_ns": d.ts_event, "symbol": d.symbol, "strategy_id": d.strategy_id, "verdict": d.verdict.value,
-                "requested": d.requested_quantity, "approved": d.approved_quantity, "reasons": list(d.reasons)})
+            self._risk_recent.appendleft(
+                {
+                    "ts_ns": d.ts_event,
+                    "symbol": d.symbol,
+                    "strategy_id": d.strategy_id,
+                    "verdict": d.verdict.value,
+                    "requested": d.requested_quantity,
+                    "approved": d.approved_quantity,
+                    "reasons": list(d.reasons),
+                }
+            )
         return True
 
     def _on_audit(self, a: ControlAudit) -> bool:
         self._advance(a.ts_init)
-        self._control.appendleft({
-            "ts_ns": a.ts_init, "component": a.component, "command": a.command, "scope": a.scope,
-            "target": a.target, "operator": a.operator, "outcome": a.outcome.value, "reason": a.reason,
-            "detail": a.detail, "changes": list(a.changes), "alert": a.alert})
+        self._control.appendleft(
+            {
+                "ts_ns": a.ts_init,
+                "component": a.component,
+                "command": a.command,
+                "scope": a.scope,
+                "target": a.target,
+                "operator": a.operator,
+                "outcome": a.outcome.value,
+                "reason": a.reason,
+                "detail": a.detail,
+                "changes": list(a.changes),
+                "alert": a.alert,
+            }
+        )
         if a.outcome is ControlOutcome.ACCEPTED:
             for change in a.changes:
                 verb, _, text = change.partition(" ")
@@ -241,24 +272,45 @@ class DashboardState:
 
     def _on_alert(self, a: Alert) -> bool:
         self._advance(a.ts_event)
-        self._alerts.appendleft({"ts_ns": a.ts_event, "severity": a.severity.value, "source": a.source,
-                                 "code": a.code, "message": a.message})
+        self._alerts.appendleft(
+            {
+                "ts_ns": a.ts_event,
+                "severity": a.severity.value,
+                "source": a.source,
+                "code": a.code,
+                "message": a.message,
+            }
+        )
         if a.code == "kill_switch_engaged" and a.message.startswith(_BREAKER_PREFIX):
-            parsed = parse_switch(a.message[len(_BREAKER_PREFIX):])
+            parsed = parse_switch(a.message[len(_BREAKER_PREFIX) :])
             if parsed is not None:
                 self._engage(a.source, parsed, a.ts_event)
         return True
 
     def _engage(self, component: str, p: ParsedSwitch, at: int) -> None:
         self._switches[(component, p.scope, p.target, p.set_by)] = _Switch(
-            component=component, scope=p.scope, target=p.target, reason=p.reason, set_by=p.set_by, set_at_ns=at,
-            expires_at_ns=p.expires_at_ns)
+            component=component,
+            scope=p.scope,
+            target=p.target,
+            reason=p.reason,
+            set_by=p.set_by,
+            set_at_ns=at,
+            expires_at_ns=p.expires_at_ns,
+        )
 
     def _on_dead_letter(self, d: DeadLetter) -> bool:
         self._dead[(d.consumer, d.source_topic, d.reason)] += 1
-        self._dead_recent.appendleft({"ts_ns": d.ts_event, "consumer": d.consumer, "topic": d.source_topic,
-                                      "partition": d.source_partition, "offset": d.source_offset,
-                                      "reason": d.reason, "detail": d.detail[:300]})
+        self._dead_recent.appendleft(
+            {
+                "ts_ns": d.ts_event,
+                "consumer": d.consumer,
+                "topic": d.source_topic,
+                "partition": d.source_partition,
+                "offset": d.source_offset,
+                "reason": d.reason,
+                "detail": d.detail[:300],
+            }
+        )
         return True
 
     # ------------------------------------------------------------------
@@ -319,10 +371,13 @@ class DashboardState:
             "health": {
                 "broker": self._broker,
                 "database": self._db,
-                "topics": [{"topic": t, "consumed": self._consumed[t], "rate": rates[t], "lag": self._lag.get(t)}
-                           for t in TOPICS],
-                "dead_letters": [{"consumer": c, "topic": t, "reason": r, "count": n}
-                                 for (c, t, r), n in sorted(self._dead.items())],
+                "topics": [
+                    {"topic": t, "consumed": self._consumed[t], "rate": rates[t], "lag": self._lag.get(t)}
+                    for t in TOPICS
+                ],
+                "dead_letters": [
+                    {"consumer": c, "topic": t, "reason": r, "count": n} for (c, t, r), n in sorted(self._dead.items())
+                ],
                 "dead_letters_total": sum(self._dead.values()),
                 "dead_letters_recent": list(self._dead_recent),
             },
@@ -350,32 +405,81 @@ def _latest(table: dict[Any, Any], key: Any, rec: Any) -> bool:
 
 
 def _signal_view(s: Signal) -> dict[str, Any]:
-    return {"symbol": s.symbol, "model_id": s.model_id, "model_version": s.model_version, "horizon": s.horizon,
-            "score": s.score, "p_up": s.p_up, "p_flat": s.p_flat, "p_down": s.p_down,
-            "expected_return": s.expected_return, "shadow": s.shadow, "ts_ns": s.ts_event}
+    return {
+        "symbol": s.symbol,
+        "model_id": s.model_id,
+        "model_version": s.model_version,
+        "horizon": s.horizon,
+        "score": s.score,
+        "p_up": s.p_up,
+        "p_flat": s.p_flat,
+        "p_down": s.p_down,
+        "expected_return": s.expected_return,
+        "shadow": s.shadow,
+        "ts_ns": s.ts_event,
+    }
 
 
 def _portfolio_view(p: PortfolioSnapshot, curve: _Curve) -> dict[str, Any]:
     symbols = sorted(set(p.quantities) | set(p.realized_pnls))
-    positions = [{"symbol": s, "quantity": p.quantities.get(s, 0.0), "avg_price": p.avg_prices.get(s),
-                  "mark_price": p.mark_prices.get(s), "unrealized_pnl": p.unrealized_pnls.get(s),
-                  "realized_pnl": p.realized_pnls.get(s), "fees": p.fees.get(s)} for s in symbols]
-    return {"account": p.account, "as_of_ns": p.as_of_ns, "as_of_event_id": p.as_of_event_id,
-            "quote_currency": p.quote_currency, "equity": p.equity, "cash": p.cash, "peak_equity": p.peak_equity,
-            "drawdown": p.drawdown, "intraday_drawdown": p.intraday_drawdown, "daily_pnl": p.daily_pnl,
-            "daily_return": p.daily_return, "realized_pnl": p.realized_pnl, "unrealized_pnl": p.unrealized_pnl,
-            "fees_paid": p.fees_paid, "consecutive_losses": p.consecutive_losses, "closed_trades": p.closed_trades,
-            "positions": positions, "equity_curve": curve.view()}
+    positions = [
+        {
+            "symbol": s,
+            "quantity": p.quantities.get(s, 0.0),
+            "avg_price": p.avg_prices.get(s),
+            "mark_price": p.mark_prices.get(s),
+            "unrealized_pnl": p.unrealized_pnls.get(s),
+            "realized_pnl": p.realized_pnls.get(s),
+            "fees": p.fees.get(s),
+        }
+        for s in symbols
+    ]
+    return {
+        "account": p.account,
+        "as_of_ns": p.as_of_ns,
+        "as_of_event_id": p.as_of_event_id,
+        "quote_currency": p.quote_currency,
+        "equity": p.equity,
+        "cash": p.cash,
+        "peak_equity": p.peak_equity,
+        "drawdown": p.drawdown,
+        "intraday_drawdown": p.intraday_drawdown,
+        "daily_pnl": p.daily_pnl,
+        "daily_return": p.daily_return,
+        "realized_pnl": p.realized_pnl,
+        "unrealized_pnl": p.unrealized_pnl,
+        "fees_paid": p.fees_paid,
+        "consecutive_losses": p.consecutive_losses,
+        "closed_trades": p.closed_trades,
+        "positions": positions,
+        "equity_curve": curve.view(),
+    }
 
 
 def _gate_view(g: GateResult) -> dict[str, Any]:
-    return {"gate": g.gate, "track": g.track, "metric": g.metric, "status": g.status.value, "value": g.value,
-            "threshold": g.threshold, "comparator": g.comparator.value, "observations": g.observations,
-            "blockers": list(g.blockers), "window_start_ns": g.window_start, "window_end_ns": g.window_end,
-            "ts_ns": g.ts_event}
+    return {
+        "gate": g.gate,
+        "track": g.track,
+        "metric": g.metric,
+        "status": g.status.value,
+        "value": g.value,
+        "threshold": g.threshold,
+        "comparator": g.comparator.value,
+        "observations": g.observations,
+        "blockers": list(g.blockers),
+        "window_start_ns": g.window_start,
+        "window_end_ns": g.window_end,
+        "ts_ns": g.ts_event,
+    }
 
 
 def _model_view(m: ModelRegistryEvent) -> dict[str, Any]:
-    return {"model_id": m.model_id, "version": m.version, "stage": m.stage.value,
-            "feature_set_version": m.feature_set_version, "metrics": dict(sorted(m.metrics.items())[:8]),
-            "checkpoint_sha256": m.checkpoint_sha256[:12], "ts_ns": m.ts_event}
+    return {
+        "model_id": m.model_id,
+        "version": m.version,
+        "stage": m.stage.value,
+        "feature_set_version": m.feature_set_version,
+        "metrics": dict(sorted(m.metrics.items())[:8]),
+        "checkpoint_sha256": m.checkpoint_sha256[:12],
+        "ts_ns": m.ts_event,
+    }

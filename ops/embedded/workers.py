@@ -26,8 +26,9 @@ def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "ops.cli", *args]
 
 
-def worker_argv(bootstrap: str, *agents: str, namespace: str | None = None, dsn: str | None = None,
-                web_port: int | None = None) -> list[str]:
+def worker_argv(
+    bootstrap: str, *agents: str, namespace: str | None = None, dsn: str | None = None, web_port: int | None = None
+) -> list[str]:
     """A ``tradeflow worker`` hosting ``agents``; its web port is a free one unless given."""
     argv = ["worker", "--bootstrap", bootstrap]
     if namespace is not None:
@@ -74,8 +75,9 @@ class ChildProcess:
     def check_alive(self) -> None:
         """Raise (with the log's tail) when the child has exited."""
         if self.popen is not None and self.popen.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with code {self.popen.returncode}; log tail:\n"
-                               f"{self.output()[-2000:]}")
+            raise RuntimeError(
+                f"{self.name} exited with code {self.popen.returncode}; log tail:\n{self.output()[-2000:]}"
+            )
 
     def kill(self) -> None:
         """SIGKILL, no grace: a crash, as a drill needs it."""

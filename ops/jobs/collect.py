@@ -62,8 +62,17 @@ def reject_to_dead_letter(publisher: RecordPublisher, consumer: str, source: str
         DEAD_LETTERS.labels(consumer, "exchange", err.reason.value).inc()
         now = time.time_ns()
         raw = json.dumps(err.raw, default=str).encode()
-        dl = dead_letter_for(consumer=consumer, topic=source, partition=0, offset=seq, key=None, value=raw,
-                             error=err, ts_event=now, ts_init=now)
+        dl = dead_letter_for(
+            consumer=consumer,
+            topic=source,
+            partition=0,
+            offset=seq,
+            key=None,
+            value=raw,
+            error=err,
+            ts_event=now,
+            ts_init=now,
+        )
         await publisher.publish([dl], topic="deadletter")
 
     return on_reject
@@ -78,8 +87,17 @@ def serve_metrics(port: int) -> None:
 
 
 async def history(
-    *, exchange_id: str, market_type: str, symbol: str, timeframe: str, start: str, end: str, bootstrap: str,
-    namespace: str, dsn: str, metrics_port: int = 0,
+    *,
+    exchange_id: str,
+    market_type: str,
+    symbol: str,
+    timeframe: str,
+    start: str,
+    end: str,
+    bootstrap: str,
+    namespace: str,
+    dsn: str,
+    metrics_port: int = 0,
 ) -> dict[str, Any]:
     serve_metrics(metrics_port)
     cfg = ExchangeConfig(exchange_id=exchange_id, market_type=MarketType(market_type), symbols=(symbol,))
@@ -87,8 +105,14 @@ async def history(
     try:
         async with RecordPublisher(bootstrap, namespace, name=f"history:{exchange_id}") as pub:
             rep = await download_history(
-                ex, symbol, Timeframe(timeframe), parse_when(start), parse_when(end), pub,
-                PostgresCheckpointStore(dsn), wall_clock=time.time_ns,
+                ex,
+                symbol,
+                Timeframe(timeframe),
+                parse_when(start),
+                parse_when(end),
+                pub,
+                PostgresCheckpointStore(dsn),
+                wall_clock=time.time_ns,
                 on_reject=reject_to_dead_letter(pub, f"history:{exchange_id}", f"exchange:{exchange_id}:{symbol}"),
             )
         return asdict(rep)
@@ -96,12 +120,22 @@ async def history(
         await ex.close()
 
 
-async def live(*, exchange_id: str, market_type: str, symbols: list[str], timeframes: list[str], bootstrap: str,
-               namespace: str, metrics_port: int = 0) -> None:
+async def live(
+    *,
+    exchange_id: str,
+    market_type: str,
+    symbols: list[str],
+    timeframes: list[str],
+    bootstrap: str,
+    namespace: str,
+    metrics_port: int = 0,
+) -> None:
     from agents.market.live import LiveCollector
 
     cfg = ExchangeConfig(
-        exchange_id=exchange_id, market_type=MarketType(market_type), symbols=tuple(symbols),
+        exchange_id=exchange_id,
+        market_type=MarketType(market_type),
+        symbols=tuple(symbols),
         timeframes=tuple(Timeframe(t) for t in timeframes),
     )
     ex = make_exchange(cfg, pro=True)
@@ -109,7 +143,10 @@ async def live(*, exchange_id: str, market_type: str, symbols: list[str], timefr
     pub = RecordPublisher(bootstrap, namespace, name=f"live:{exchange_id}")
     try:
         collector = LiveCollector(
-            ex, cfg, pub, wall_clock=time.time_ns,
+            ex,
+            cfg,
+            pub,
+            wall_clock=time.time_ns,
             on_reject=reject_to_dead_letter(pub, f"live:{exchange_id}", f"exchange:{exchange_id}"),
         )
         await collector.preflight()  # the exchange first: fails fast with ExchangeUnreachable when offline

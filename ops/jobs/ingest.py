@@ -89,19 +89,35 @@ async def import_file(
             rep.rejects += 1
             err = RecordError(ErrorReason.INVALID_VALUE, item.detail)
             dead.append(
-                dead_letter_for(consumer="csv-import", topic=f"file:{path.name}", partition=0, offset=item.line_no,
-                                key=None, value=item.raw.encode(), error=err, ts_event=now, ts_init=now,
-                                reason=item.reason.value)
+                dead_letter_for(
+                    consumer="csv-import",
+                    topic=f"file:{path.name}",
+                    partition=0,
+                    offset=item.line_no,
+                    key=None,
+                    value=item.raw.encode(),
+                    error=err,
+                    ts_event=now,
+                    ts_init=now,
+                    reason=item.reason.value,
+                )
             )
         elif isinstance(item, DuplicateRow):
             rep.duplicates += 1
             dq.append(
                 DataQualityEvent.new(
-                    ts_event=item.open_time + timeframe.nanos, ts_init=now, venue=venue, symbol=symbol,
-                    timeframe=timeframe, check="duplicate", severity=Severity.WARNING if item.identical
-                    else Severity.ERROR, ref_time=item.open_time, value=float(item.line_no),
+                    ts_event=item.open_time + timeframe.nanos,
+                    ts_init=now,
+                    venue=venue,
+                    symbol=symbol,
+                    timeframe=timeframe,
+                    check="duplicate",
+                    severity=Severity.WARNING if item.identical else Severity.ERROR,
+                    ref_time=item.open_time,
+                    value=float(item.line_no),
                     detail=f"{path.name} line {item.line_no} repeats line {item.first_line_no}"
-                    + ("" if item.identical else " with different values"), blocking=not item.identical,
+                    + ("" if item.identical else " with different values"),
+                    blocking=not item.identical,
                 )
             )
     await publisher.publish(pending, topic=topic)

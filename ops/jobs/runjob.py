@@ -127,8 +127,14 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
         for path, s in _samples(opts):
             rep = await import_file(path, venue=s.venue, symbol=s.symbol, timeframe=s.timeframe, publisher=pub)
             reports.append(rep)
-            log.info("imported", file=rep.file, bars=rep.bars, rejects=rep.rejects, duplicates=rep.duplicates,
-                     seconds=round(rep.seconds, 2))
+            log.info(
+                "imported",
+                file=rep.file,
+                bars=rep.bars,
+                rejects=rep.rejects,
+                duplicates=rep.duplicates,
+                seconds=round(rep.seconds, 2),
+            )
     import_s = time.perf_counter() - t0
     expected = sum(r.bars for r in reports)
     replay = _replay_features(opts)
@@ -238,8 +244,7 @@ def _replay_features(opts: RunOptions) -> _Replay:
     for path, s in _samples(opts):
         clock = EventClock()
         pipe = FeaturePipeline(clock)
-        for bar in import_csv_file(path, venue=s.venue, symbol=s.symbol, timeframe=s.timeframe,
-                                   ts_init=TS_MIN_NS).bars:
+        for bar in import_csv_file(path, venue=s.venue, symbol=s.symbol, timeframe=s.timeframe, ts_init=TS_MIN_NS).bars:
             clock.advance(bar.ts_event)
             o = pipe.on_bar(bar)
             if o.features is not None:
@@ -262,8 +267,20 @@ def _digest(items: Iterable[tuple[str, tuple[float, ...]]]) -> str:
 #: The research step of the main job: a walk-forward backtest of the tanh-sizer on model signals
 #: (MLP trained in-process per window, polarity chosen on each training span) over a year of the
 #: bundled Binance BTC/USDT 1h bars, then the gates on its track.
-BACKTEST_ARGS = ("--symbols", "BTC/USDT", "--from", "2021-01-01", "--to", "2022-01-01", "--walk-forward", "4",
-                 "--polarity", "auto_train_ic", "--source", "prod")
+BACKTEST_ARGS = (
+    "--symbols",
+    "BTC/USDT",
+    "--from",
+    "2021-01-01",
+    "--to",
+    "2022-01-01",
+    "--walk-forward",
+    "4",
+    "--polarity",
+    "auto_train_ic",
+    "--source",
+    "prod",
+)
 
 
 def _research(dsn: str, bootstrap: str, children: list[ChildProcess], log_dir: Path) -> dict[str, Any]:
@@ -272,16 +289,35 @@ def _research(dsn: str, bootstrap: str, children: list[ChildProcess], log_dir: P
     import json
 
     t0 = time.perf_counter()
-    bt = subprocess.run(cli_argv("backtest", "run", "--dsn", dsn, *BACKTEST_ARGS), capture_output=True, text=True,  # noqa: S603
-                        timeout=900, check=False)
+    bt = subprocess.run(  # noqa: S603 - argv is ours
+        cli_argv("backtest", "run", "--dsn", dsn, *BACKTEST_ARGS),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     (log_dir / "backtest.log").write_text(bt.stdout + bt.stderr)
     if bt.returncode != 0:
         raise RuntimeError(f"backtest failed (exit {bt.returncode}): {bt.stderr[-2000:]}")
     backtest = json.loads(bt.stdout.strip().splitlines()[-1])
     backtest_s = time.perf_counter() - t0
-    gates = subprocess.run(cli_argv("gates", "evaluate", "--dsn", dsn, "--bootstrap", bootstrap, "--track",  # noqa: S603
-                                    backtest["track"], "--json"), capture_output=True, text=True, timeout=300,
-                           check=False)
+    gates = subprocess.run(  # noqa: S603 - argv is ours
+        cli_argv(
+            "gates",
+            "evaluate",
+            "--dsn",
+            dsn,
+            "--bootstrap",
+            bootstrap,
+            "--track",
+            backtest["track"],
+            "--json",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     (log_dir / "gates.log").write_text(gates.stdout + gates.stderr)
     if gates.returncode not in (0, 1):  # 1 = a gate failed / not ready: a verdict, not an error
         raise RuntimeError(f"gates evaluate failed (exit {gates.returncode}): {gates.stderr[-2000:]}")
@@ -302,30 +338,43 @@ def _research(dsn: str, bootstrap: str, children: list[ChildProcess], log_dir: P
         finally:
             await conn.close()
 
-    return {"backtest": backtest, "backtest_seconds": round(backtest_s, 1), "gates": results,
-            "gates_exit": gates.returncode, "gate_rows_stored": asyncio.run(stored())}
+    return {
+        "backtest": backtest,
+        "backtest_seconds": round(backtest_s, 1),
+        "gates": results,
+        "gates_exit": gates.returncode,
+        "gate_rows_stored": asyncio.run(stored()),
+    }
 
 
 def _print_summary(s: dict[str, Any]) -> None:
     print("\n=== tradeflow run: summary ===")
     for r in s["imports"]:
-        print(f"imported {r['file']}: {r['bars']} bars, {r['rejects']} rejected rows, "
-              f"{r['duplicates']} duplicate rows, partial last candle: {'yes' if r['partial_last'] else 'no'} "
-              f"({r['seconds']:.2f}s)")
-    print(f"import {s['import_seconds']}s; pipeline drained in {s['pipeline_seconds']}s "
-          f"({s['bars_per_second_end_to_end']} bars/s end to end)")
+        print(
+            f"imported {r['file']}: {r['bars']} bars, {r['rejects']} rejected rows, "
+            f"{r['duplicates']} duplicate rows, partial last candle: {'yes' if r['partial_last'] else 'no'} "
+            f"({r['seconds']:.2f}s)"
+        )
+    print(
+        f"import {s['import_seconds']}s; pipeline drained in {s['pipeline_seconds']}s "
+        f"({s['bars_per_second_end_to_end']} bars/s end to end)"
+    )
     print("\nPostgres rows per table (new this run):")
     for table, v in s["tables"].items():
         print(f"  {table:<24} {v['rows']:>9}  (+{v['new_this_run']})")
     f = s["features"]
-    print(f"\nfeatures: {f['via_agents']} via the agents, {f['via_in_process_replay']} via in-process replay of the "
-          f"same engines; identical: {f['identical']} (sha256 {f['digest'][:16]}); "
-          f"{f['withheld_by_quality_block']} withheld by quality blocks, {f['warm_up_bars']} warm-up bars")
+    print(
+        f"\nfeatures: {f['via_agents']} via the agents, {f['via_in_process_replay']} via in-process replay of the "
+        f"same engines; identical: {f['identical']} (sha256 {f['digest'][:16]}); "
+        f"{f['withheld_by_quality_block']} withheld by quality blocks, {f['warm_up_bars']} warm-up bars"
+    )
     print("\ndata-quality findings (venue symbol timeframe check severity: count, first at):")
     for d in s["data_quality"]:
         first = datetime.fromtimestamp(d["first"] / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M")
-        print(f"  {d['venue']:<10} {d['symbol']:<9} {d['timeframe']:<4} {d['check_name']:<20} {d['severity']:<8} "
-              f"{d['n']:>5}  {first}")
+        print(
+            f"  {d['venue']:<10} {d['symbol']:<9} {d['timeframe']:<4} {d['check_name']:<20} {d['severity']:<8} "
+            f"{d['n']:>5}  {first}"
+        )
     print("\ndead letters by consumer/source/reason:")
     for d in s["dead_letters"] or []:
         print(f"  {d['consumer']:<14} {d['source_topic']:<40} {d['reason']:<20} {d['n']}")
@@ -335,17 +384,34 @@ def _print_summary(s: dict[str, Any]) -> None:
     if r:
         b = r["backtest"]
         m = b["metrics"]
-        print(f"\nbacktest {b['run_id'][:16]} ({b['status']}, source {b['source']}, track {b['track']}, "
-              f"{r['backtest_seconds']}s): decision hash {b['decision_hash'][:16]}, {b['fills']} fills")
-        for k in ("pnl_after_costs", "fees", "slippage", "impact", "sharpe_daily", "max_drawdown", "turnover",
-                  "trade_count", "win_rate", "reject_rate", "observation_days"):
+        print(
+            f"\nbacktest {b['run_id'][:16]} ({b['status']}, source {b['source']}, track {b['track']}, "
+            f"{r['backtest_seconds']}s): decision hash {b['decision_hash'][:16]}, {b['fills']} fills"
+        )
+        for k in (
+            "pnl_after_costs",
+            "fees",
+            "slippage",
+            "impact",
+            "sharpe_daily",
+            "max_drawdown",
+            "turnover",
+            "trade_count",
+            "win_rate",
+            "reject_rate",
+            "observation_days",
+        ):
             v = m.get(k)
             print(f"  {k:<18} {'missing' if v is None else round(v, 4)}")
-        print(f"gates on that track (exit {r['gates_exit']}: {'ready' if r['gates_exit'] == 0 else 'not ready'}; "
-              f"{r['gate_rows_stored']}/{len(r['gates'])} results stored via the broker):")
+        print(
+            f"gates on that track (exit {r['gates_exit']}: {'ready' if r['gates_exit'] == 0 else 'not ready'}; "
+            f"{r['gate_rows_stored']}/{len(r['gates'])} results stored via the broker):"
+        )
         for g in r["gates"]:
             value = "missing" if g.get("value") is None else round(g["value"], 4)
-            print(f"  {g['gate']:<10} {g['metric']:<16} {g['status']:<24} value {value} "
-                  f"{g.get('comparator', '')} {g.get('threshold', '')}"
-                  + (f"  blockers: {'; '.join(g['blockers'])}" if g.get("blockers") else ""))
+            print(
+                f"  {g['gate']:<10} {g['metric']:<16} {g['status']:<24} value {value} "
+                f"{g.get('comparator', '')} {g.get('threshold', '')}"
+                + (f"  blockers: {'; '.join(g['blockers'])}" if g.get("blockers") else "")
+            )
     print(f"\ntotal {s['total_seconds']}s; data in {s['data_dir']}")

@@ -160,12 +160,12 @@ class LatencyRow:
 
 def histogram_families(samples: Iterable[Sample]) -> list[str]:
     """Names (without ``_bucket``) of the histograms measured in seconds among ``samples``."""
-    return sorted({s.name[: -len("_bucket")] for s in samples
-                   if s.name.endswith("_seconds_bucket") and "le" in s.label_map})
+    return sorted(
+        {s.name[: -len("_bucket")] for s in samples if s.name.endswith("_seconds_bucket") and "le" in s.label_map}
+    )
 
 
-def latency_rows(samples: Sequence[Sample], family: str,
-                 quantiles: Sequence[float] = QUANTILES) -> list[LatencyRow]:
+def latency_rows(samples: Sequence[Sample], family: str, quantiles: Sequence[float] = QUANTILES) -> list[LatencyRow]:
     """One row per label set of ``family`` (origin labels summed away), in label order."""
     groups: dict[tuple[tuple[str, str], ...], dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for s in samples:
@@ -181,8 +181,7 @@ def latency_rows(samples: Sequence[Sample], family: str,
     for key in sorted(groups):
         buckets = sorted(groups[key].items())
         total = buckets[-1][1] if buckets and math.isinf(buckets[-1][0]) else 0.0
-        rows.append(LatencyRow(family, key, total,
-                               tuple((q, histogram_quantile(q, buckets)) for q in quantiles)))
+        rows.append(LatencyRow(family, key, total, tuple((q, histogram_quantile(q, buckets)) for q in quantiles)))
     return rows
 
 
@@ -213,7 +212,8 @@ class Ratio:
 
 def _terminal_not_risk(labels: Labels) -> bool:
     return labels.get("status") in {"filled", "cancelled", "rejected", "expired"} and (
-        labels.get("reason") != "risk_blocked")
+        labels.get("reason") != "risk_blocked"
+    )
 
 
 def _rejected_not_risk(labels: Labels) -> bool:
@@ -221,16 +221,42 @@ def _rejected_not_risk(labels: Labels) -> bool:
 
 
 RATIOS: tuple[Ratio, ...] = (
-    Ratio("execution_reject_rate", "tradeflow_order_updates_total", "tradeflow_order_updates_total",
-          _rejected_not_risk, _terminal_not_risk, ("max", 0.01),
-          "orders ending rejected / orders ending (risk blocks excluded)"),
-    Ratio("collector_success", "market_collector_calls_total", "market_collector_calls_total",
-          lambda lab: lab.get("outcome") == "success", _any, ("min", 0.95),
-          "successful exchange calls / all exchange calls"),
-    Ratio("risk_reject_rate", "tradeflow_risk_decisions_total", "tradeflow_risk_decisions_total",
-          lambda lab: lab.get("verdict") == "rejected", _any, None, "risk decisions rejected / all"),
-    Ratio("dead_letter_ratio", "tradeflow_dead_letters_total", "tradeflow_records_in_total",
-          _any, _any, None, "messages dead-lettered / messages consumed"),
+    Ratio(
+        "execution_reject_rate",
+        "tradeflow_order_updates_total",
+        "tradeflow_order_updates_total",
+        _rejected_not_risk,
+        _terminal_not_risk,
+        ("max", 0.01),
+        "orders ending rejected / orders ending (risk blocks excluded)",
+    ),
+    Ratio(
+        "collector_success",
+        "market_collector_calls_total",
+        "market_collector_calls_total",
+        lambda lab: lab.get("outcome") == "success",
+        _any,
+        ("min", 0.95),
+        "successful exchange calls / all exchange calls",
+    ),
+    Ratio(
+        "risk_reject_rate",
+        "tradeflow_risk_decisions_total",
+        "tradeflow_risk_decisions_total",
+        lambda lab: lab.get("verdict") == "rejected",
+        _any,
+        None,
+        "risk decisions rejected / all",
+    ),
+    Ratio(
+        "dead_letter_ratio",
+        "tradeflow_dead_letters_total",
+        "tradeflow_records_in_total",
+        _any,
+        _any,
+        None,
+        "messages dead-lettered / messages consumed",
+    ),
 )
 
 #: family -> (quantile, max seconds): every label set of the family must meet it.
@@ -306,23 +332,35 @@ def _objective_text(objective: tuple[str, float] | None) -> str:
     return f"{'>=' if kind == 'min' else '<='} {bound:g}"
 
 
-def evaluate(samples: Sequence[Sample], up: Mapping[str, float], *, source: str, window: str,
-             families: Sequence[str] | None = None) -> SloReport:
+def evaluate(
+    samples: Sequence[Sample],
+    up: Mapping[str, float],
+    *,
+    source: str,
+    window: str,
+    families: Sequence[str] | None = None,
+) -> SloReport:
     """Every latency histogram's quantiles and every SLO's status.
 
     ``up`` maps each target (or Prometheus instance) to its availability in [0, 1]. ``families``
     defaults to every ``*_seconds`` histogram in ``samples`` plus the ones with an objective.
     """
-    names = sorted(set(families if families is not None else histogram_families(samples))
-                   | set(HISTOGRAM_OBJECTIVES))
+    names = sorted(set(families if families is not None else histogram_families(samples)) | set(HISTOGRAM_OBJECTIVES))
     rows = tuple(row for fam in names for row in latency_rows(samples, fam))
-    results = [SloResult("availability", availability(up), _objective_text(("min", AVAILABILITY_OBJECTIVE)),
-                         _judge(availability(up), ("min", AVAILABILITY_OBJECTIVE)),
-                         f"{sum(1 for v in up.values() if v >= 1.0)}/{len(up)} targets fully up")]
+    results = [
+        SloResult(
+            "availability",
+            availability(up),
+            _objective_text(("min", AVAILABILITY_OBJECTIVE)),
+            _judge(availability(up), ("min", AVAILABILITY_OBJECTIVE)),
+            f"{sum(1 for v in up.values() if v >= 1.0)}/{len(up)} targets fully up",
+        )
+    ]
     for ratio in RATIOS:
         value = ratio_value(samples, ratio)
-        results.append(SloResult(ratio.name, value, _objective_text(ratio.objective), _judge(value, ratio.objective),
-                                 ratio.doc))
+        results.append(
+            SloResult(ratio.name, value, _objective_text(ratio.objective), _judge(value, ratio.objective), ratio.doc)
+        )
     for fam, (q, bound) in sorted(HISTOGRAM_OBJECTIVES.items()):
         fam_rows = [r for r in rows if r.family == fam]
         if not fam_rows or all(r.quantile(q) is None for r in fam_rows):
@@ -330,8 +368,15 @@ def evaluate(samples: Sequence[Sample], up: Mapping[str, float], *, source: str,
             continue
         for r in fam_rows:
             value = r.quantile(q)
-            results.append(SloResult(f"{fam} p{q * 100:g} [{r.group_text}]", value, f"<= {bound:g}",
-                                     _judge(value, ("max", bound)), f"{r.count:g} observations"))
+            results.append(
+                SloResult(
+                    f"{fam} p{q * 100:g} [{r.group_text}]",
+                    value,
+                    f"<= {bound:g}",
+                    _judge(value, ("max", bound)),
+                    f"{r.count:g} observations",
+                )
+            )
     return SloReport(source=source, window=window, up=dict(up), latencies=rows, results=tuple(results))
 
 
@@ -345,11 +390,16 @@ def render(report: SloReport) -> str:
     """Human-readable report: targets, latency quantiles, SLO table, verdict."""
     lines = [f"source: {report.source}  window: {report.window}", "", "targets:"]
     lines += [f"  {t}  availability {_fmt(v)}" for t, v in sorted(report.up.items())] or ["  (none)"]
-    lines += ["", "latency (seconds):", f"  {'histogram':<38} {'labels':<44} {'count':>9} "
-              + " ".join(f"{'p' + format(q * 100, 'g'):>10}" for q in QUANTILES)]
+    lines += [
+        "",
+        "latency (seconds):",
+        f"  {'histogram':<38} {'labels':<44} {'count':>9} "
+        + " ".join(f"{'p' + format(q * 100, 'g'):>10}" for q in QUANTILES),
+    ]
     for r in report.latencies:
-        lines.append(f"  {r.family:<38} {r.group_text:<44} {r.count:>9g} "
-                     + " ".join(f"{_fmt(v):>10}" for _, v in r.quantiles))
+        lines.append(
+            f"  {r.family:<38} {r.group_text:<44} {r.count:>9g} " + " ".join(f"{_fmt(v):>10}" for _, v in r.quantiles)
+        )
     if not report.latencies:
         lines.append("  (no histogram observations)")
     lines += ["", "SLOs:"]
@@ -366,11 +416,17 @@ def as_json(report: SloReport) -> dict[str, object]:
         "window": report.window,
         "up": dict(report.up),
         "latency": [
-            {"histogram": r.family, "labels": dict(r.group), "count": r.count,
-             **{f"p{q * 100:g}": v for q, v in r.quantiles}}
+            {
+                "histogram": r.family,
+                "labels": dict(r.group),
+                "count": r.count,
+                **{f"p{q * 100:g}": v for q, v in r.quantiles},
+            }
             for r in report.latencies
         ],
-        "slos": [{"name": r.name, "value": r.value, "objective": r.objective, "status": r.status.value,
-                  "detail": r.detail} for r in report.results],
+        "slos": [
+            {"name": r.name, "value": r.value, "objective": r.objective, "status": r.status.value, "detail": r.detail}
+            for r in report.results
+        ],
         "breached": [r.name for r in report.breached],
     }

@@ -57,16 +57,28 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         rules = rules_for_test(tmp / "alerts.yml")
         config = tmp / "prometheus.yml"
-        config.write_text(json.dumps({  # JSON is YAML
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-            "rule_files": [str(rules)],
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
-        }))
+        config.write_text(
+            json.dumps(
+                {  # JSON is YAML
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+                    "rule_files": [str(rules)],
+                    "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
+                }
+            )
+        )
         self.log = tmp / "prometheus.log"
-        self.proc = ChildProcess("prometheus", [PROMETHEUS, f"--config.file={config}",
-                                                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                                                f"--web.listen-address=127.0.0.1:{self.port}"],
-                                 self.log, cwd=tmp, append=False).start()
+        self.proc = ChildProcess(
+            "prometheus",
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            self.log,
+            cwd=tmp,
+            append=False,
+        ).start()
 
     def stop(self) -> None:
         self.proc.stop(timeout=15)
@@ -90,13 +102,16 @@ class Prometheus:
 
 def good_bars(n: int) -> list[Bar]:
     t0 = 1_700_000_000_000_000_000 // Timeframe.H1.nanos * Timeframe.H1.nanos
-    return [builders.bar(open_time=t0 + i * Timeframe.H1.nanos, open=100.0, high=101.0, low=99.0, close=100.5,
-                         volume=10.0) for i in range(n)]
+    return [
+        builders.bar(open_time=t0 + i * Timeframe.H1.nanos, open=100.0, high=101.0, low=99.0, close=100.5, volume=10.0)
+        for i in range(n)
+    ]
 
 
 def slo_cli(*args: str) -> tuple[int, dict[str, Any]]:
-    out = subprocess.run([sys.executable, "-m", "ops.cli", "slo", *args, "--json"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "slo", *args, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode in (0, 1), out.stdout + out.stderr
     return out.returncode, json.loads(out.stdout)
 
@@ -104,8 +119,12 @@ def slo_cli(*args: str) -> tuple[int, dict[str, Any]]:
 def metric_value(text: str, name: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == name and set(labels.items()) <= set(s.labels.items()))
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name and set(labels.items()) <= set(s.labels.items())
+    )
 
 
 async def test_dead_letter_spike_fires_in_prometheus_and_slo_agrees(
@@ -117,13 +136,15 @@ async def test_dead_letter_spike_fires_in_prometheus_and_slo_agrees(
     async def scrape() -> str:
         try:
             return await asyncio.to_thread(
-                lambda: urllib.request.urlopen(f"http://{target}/metrics", timeout=2).read().decode())
+                lambda: urllib.request.urlopen(f"http://{target}/metrics", timeout=2).read().decode()
+            )
         except OSError:
             return ""
 
     await wait_until(lambda: _truthy(scrape()), 60, "the worker's /metrics", watch=procs)
     prom = Prometheus(tmp_path, [target])
     try:
+
         async def scraped_up() -> bool:
             return any(r["value"][1] == "1" for r in await prom.query(f'up{{job="{JOB}"}}'))
 
@@ -165,8 +186,11 @@ async def test_dead_letter_spike_fires_in_prometheus_and_slo_agrees(
         # --- consumer lag: high-water - committed, per partition, back to 0 once everything is committed --
         async def caught_up() -> bool:
             text = await scrape()
-            return ("tradeflow_consumer_lag{" in text and 'topic="market.bars.raw"' in text
-                    and metric_value(text, "tradeflow_consumer_lag", topic="market.bars.raw") == 0)
+            return (
+                "tradeflow_consumer_lag{" in text
+                and 'topic="market.bars.raw"' in text
+                and metric_value(text, "tradeflow_consumer_lag", topic="market.bars.raw") == 0
+            )
 
         await wait_until(caught_up, 30, "tradeflow_consumer_lag of market.bars.raw reported and 0")
         lag = await prom.query('sum(tradeflow_consumer_lag{topic="market.bars.raw"})')
@@ -179,8 +203,11 @@ async def test_dead_letter_spike_fires_in_prometheus_and_slo_agrees(
         assert slos["dead_letter_ratio"]["value"] == pytest.approx(N_BAD / (N_GOOD + N_BAD))
         assert slos["execution_reject_rate"]["status"] == "no_data"  # no trading agent here: missing, not 0
         assert code == (1 if report["breached"] else 0)
-        rows = {r["labels"].get("consumer"): r for r in report["latency"]
-                if r["histogram"] == "tradeflow_processing_seconds"}
+        rows = {
+            r["labels"].get("consumer"): r
+            for r in report["latency"]
+            if r["histogram"] == "tradeflow_processing_seconds"
+        }
         ours = rows["bars-checker"]
         assert ours["count"] >= 1
         # the same quantiles as Prometheus' histogram_quantile over the same (now static) buckets
@@ -196,8 +223,10 @@ async def test_dead_letter_spike_fires_in_prometheus_and_slo_agrees(
         assert slos["availability"]["value"] == 1.0
         # increase() cannot see what a series held at its first scrape: present, maybe lower than lifetime
         assert slos["dead_letter_ratio"]["value"] is not None
-        assert any(r["histogram"] == "tradeflow_processing_seconds" and r["labels"].get("consumer") == "bars-checker"
-                   for r in report["latency"])
+        assert any(
+            r["histogram"] == "tradeflow_processing_seconds" and r["labels"].get("consumer") == "bars-checker"
+            for r in report["latency"]
+        )
         assert code == (1 if report["breached"] else 0)
     finally:
         prom.stop()

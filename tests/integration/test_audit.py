@@ -44,14 +44,24 @@ def iso(ns: int) -> str:
 
 
 def audit_cli(dsn: str, *args: str) -> tuple[int, dict[str, Any], str]:
-    proc = subprocess.run([sys.executable, "-m", "ops.cli", "audit", "--dsn", dsn, *args, "--json"], cwd=ROOT,
-                          env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "audit", "--dsn", dsn, *args, "--json"],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = proc.stdout.strip().splitlines()
     return proc.returncode, (json.loads(out[-1]) if out and proc.returncode in (0, 1) else {}), proc.stderr
 
 
 async def test_recorded_session_replays_to_the_same_hash_and_a_tampered_bar_is_named_as_first_divergence(
-    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring  # noqa: F811
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    trading_env: Keyring,  # noqa: F811
 ) -> None:
     a = anchor_ns()
     btc = bars(BTC_FILE, 6, a)
@@ -84,11 +94,13 @@ async def test_recorded_session_replays_to_the_same_hash_and_a_tampered_bar_is_n
     victim = eth[5]
     conn = await asyncpg.connect(dsn)
     try:
-        payload = json.loads(await conn.fetchval("SELECT payload::text FROM ev_market_bars WHERE event_id=$1",
-                                                 victim.event_id))
+        payload = json.loads(
+            await conn.fetchval("SELECT payload::text FROM ev_market_bars WHERE event_id=$1", victim.event_id)
+        )
         payload["close"] = payload["close"] * 1.01
-        await conn.execute("UPDATE ev_market_bars SET payload = $2::json WHERE event_id = $1", victim.event_id,
-                           json.dumps(payload))
+        await conn.execute(
+            "UPDATE ev_market_bars SET payload = $2::json WHERE event_id = $1", victim.event_id, json.dumps(payload)
+        )
     finally:
         await conn.close()
     rc3, rep3, err3 = audit_cli(dsn, *window)
@@ -102,13 +114,23 @@ async def test_recorded_session_replays_to_the_same_hash_and_a_tampered_bar_is_n
     assert div["replayed"]["mark_prices"]["ETH/USD"] == pytest.approx(victim.close * 1.01)
 
     # text report names it side by side
-    proc = subprocess.run([sys.executable, "-m", "ops.cli", "audit", "--dsn", dsn, *window], cwd=ROOT,
-                          env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "audit", "--dsn", dsn, *window],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "first divergence: portfolio.state" in proc.stdout and "DIVERGENT" in proc.stdout
 
 
 async def test_counterfactual_setting_is_reported_and_bad_requests_exit_2(
-    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring  # noqa: F811
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    trading_env: Keyring,  # noqa: F811
 ) -> None:
     a = anchor_ns()
     btc = bars(BTC_FILE, 4, a)
@@ -123,8 +145,7 @@ async def test_counterfactual_setting_is_reported_and_bad_requests_exit_2(
         await feed.cli(dsn, "kill-switch", "off", "--reason", "audit drill over")
         await feed.send(signal("BTC/USDT", time.time_ns(), 0.9, "c1"), btc[2], btc[3])
     out = await assert_live_equals_replay(dsn, feed, trading_env)
-    assert [d.verdict.value for d in sorted(out["risk.decisions"], key=lambda d: d.ts_init)] == ["rejected",
-                                                                                                  "approved"]
+    assert [d.verdict.value for d in sorted(out["risk.decisions"], key=lambda d: d.ts_init)] == ["rejected", "approved"]
     window = ("--from", iso(a - 4 * H), "--to", iso(time.time_ns() + H))
     rc, base, err = audit_cli(dsn, *window)
     assert rc == 0 and base["identical"] and base["order"] == "journal", (base.get("divergence"), err)

@@ -39,8 +39,9 @@ HP = {"window": 8, "hidden_sizes": "16", "max_epochs": 3, "seed": 11}
 
 
 def _bars() -> list[Bar]:
-    parsed = import_csv_file(CSV, venue="binance", symbol=SYMBOL, timeframe=Timeframe.H1,
-                             ts_init=1_700_000_000_000_000_000)
+    parsed = import_csv_file(
+        CSV, venue="binance", symbol=SYMBOL, timeframe=Timeframe.H1, ts_init=1_700_000_000_000_000_000
+    )
     return list(parsed.bars[30_000:30_700])
 
 
@@ -58,8 +59,14 @@ async def _load(dsn: str) -> None:
 
 
 def _wf(**kw: Any) -> BacktestRequest:
-    base: dict[str, Any] = {"symbols": (SYMBOL,), "start_ns": START, "end_ns": END, "walk_forward_windows": 2,
-                            "model_params": HP, "source": "async_test"}
+    base: dict[str, Any] = {
+        "symbols": (SYMBOL,),
+        "start_ns": START,
+        "end_ns": END,
+        "walk_forward_windows": 2,
+        "model_params": HP,
+        "source": "async_test",
+    }
     return BacktestRequest(**{**base, **kw})
 
 
@@ -72,8 +79,10 @@ async def _run_row(dsn: str, run_id: str) -> dict[str, Any]:
         out["lineage"] = json.loads(out.pop("lin"))
         out["n_fills"] = await conn.fetchval("SELECT count(*) FROM backtest_fills WHERE run_id = $1", run_id)
         out["n_equity"] = await conn.fetchval("SELECT count(*) FROM backtest_equity WHERE run_id = $1", run_id)
-        out["metrics"] = {(r["symbol"], r["metric"]): r["value"] for r in await conn.fetch(
-            "SELECT symbol, metric, value FROM backtest_metrics WHERE run_id = $1", run_id)}
+        out["metrics"] = {
+            (r["symbol"], r["metric"]): r["value"]
+            for r in await conn.fetch("SELECT symbol, metric, value FROM backtest_metrics WHERE run_id = $1", run_id)
+        }
         return out
     finally:
         await conn.close()
@@ -115,8 +124,9 @@ async def test_walk_forward_run_is_recorded_idempotent_and_reproducible(dsn: str
         ({"models": ("nope@v1",), "walk_forward_windows": 0, "model_params": {}}, "not in the registry"),
     ],
 )
-async def test_bad_requests_fail_with_a_clear_error_and_a_failed_run(dsn: str, kw: dict[str, Any],
-                                                                     message: str) -> None:
+async def test_bad_requests_fail_with_a_clear_error_and_a_failed_run(
+    dsn: str, kw: dict[str, Any], message: str
+) -> None:
     await _load(dsn)
     with pytest.raises(BacktestRequestError, match=message) as err:
         await arun_backtest(_wf(**kw), dsn)
@@ -148,10 +158,15 @@ async def test_supersede_keeps_every_run(dsn: str) -> None:
         await store.supersede(conn, failed, "wrong symbol in the request", by=good)
         with pytest.raises(ValueError, match="already superseded"):
             await store.supersede(conn, failed, "again")
-        row = await conn.fetchrow("SELECT status, superseded_by, supersede_reason, error FROM backtest_runs "
-                                  "WHERE run_id = $1", failed)
-        assert dict(row) == {"status": "superseded", "superseded_by": good,
-                             "supersede_reason": "wrong symbol in the request", "error": row["error"]}
+        row = await conn.fetchrow(
+            "SELECT status, superseded_by, supersede_reason, error FROM backtest_runs WHERE run_id = $1", failed
+        )
+        assert dict(row) == {
+            "status": "superseded",
+            "superseded_by": good,
+            "supersede_reason": "wrong symbol in the request",
+            "error": row["error"],
+        }
         assert "unknown symbol" in row["error"]  # the history stays
         assert await conn.fetchval("SELECT count(*) FROM backtest_runs") == 2
     finally:
@@ -170,10 +185,18 @@ async def _register_model(dsn: str, tmp: Path) -> tuple[str, Path, str]:
     path = tmp / "m.ckpt"
     sha = result.save(path)
     ev = ModelRegistryEvent.new(
-        ts_event=END, ts_init=END, model_id="mlp-btcusdt-1h", version="v1", stage=ModelStage.REGISTERED,
+        ts_event=END,
+        ts_init=END,
+        model_id="mlp-btcusdt-1h",
+        version="v1",
+        stage=ModelStage.REGISTERED,
         feature_set_version=DEFAULT_SPEC.version,
         config={**cfg.to_dict(), "symbol": SYMBOL, "venue": "binance", "timeframe": "1h"},
-        data_start=result.data_start, data_end=result.data_end, seed=2, metrics={}, checkpoint_path=str(path),
+        data_start=result.data_start,
+        data_end=result.data_end,
+        seed=2,
+        metrics={},
+        checkpoint_path=str(path),
         checkpoint_sha256=sha,
     )
     conn = await asyncpg.connect(dsn)
@@ -181,8 +204,14 @@ async def _register_model(dsn: str, tmp: Path) -> tuple[str, Path, str]:
         await conn.execute(
             "INSERT INTO ev_model_registry (event_id, schema_version, ts_event, ts_init, correlation_id, "
             "causation_id, kafka_partition, kafka_offset, msg_key, payload) VALUES ($1,$2,$3,$4,$5,$6,0,0,$7,$8)",
-            ev.event_id, ev.schema_version, ev.ts_event, ev.ts_init, ev.correlation_id, ev.causation_id,
-            ev.key().decode(), codec_for(ModelRegistryEvent).encode(ev).decode(),
+            ev.event_id,
+            ev.schema_version,
+            ev.ts_event,
+            ev.ts_init,
+            ev.correlation_id,
+            ev.causation_id,
+            ev.key().decode(),
+            codec_for(ModelRegistryEvent).encode(ev).decode(),
         )
     finally:
         await conn.close()
@@ -192,14 +221,21 @@ async def _register_model(dsn: str, tmp: Path) -> tuple[str, Path, str]:
 async def test_registry_model_run_and_a_tampered_checkpoint(dsn: str, tmp_path: Path) -> None:
     await _load(dsn)
     ref, path, sha = await _register_model(dsn, tmp_path)
-    req = BacktestRequest(symbols=(SYMBOL,), start_ns=BARS[400].open_time, end_ns=END, models=(ref,),
-                          source="smoke")
+    req = BacktestRequest(symbols=(SYMBOL,), start_ns=BARS[400].open_time, end_ns=END, models=(ref,), source="smoke")
     run_id = await arun_backtest(req, dsn)
     row = await _run_row(dsn, run_id)
     assert row["status"] == "succeeded" and row["track"] == f"tanh-sizer:{ref}"
-    assert row["lineage"]["models"] == [{"model_id": "mlp-btcusdt-1h", "version": "v1", "symbol": SYMBOL,
-                                         "stage": "registered", "checkpoint_sha256": sha,
-                                         "feature_set_version": DEFAULT_SPEC.version, "polarity": 1}]
+    assert row["lineage"]["models"] == [
+        {
+            "model_id": "mlp-btcusdt-1h",
+            "version": "v1",
+            "symbol": SYMBOL,
+            "stage": "registered",
+            "checkpoint_sha256": sha,
+            "feature_set_version": DEFAULT_SPEC.version,
+            "polarity": 1,
+        }
+    ]
     assert row["lineage"]["replay"]["n_signals"] > 0
     assert row["metrics"][("*", "lineage_coverage")] in (None, 1.0)  # None only without any decision
     # the checkpoint changes on disk: refused, the run fails with the reason
@@ -214,8 +250,9 @@ async def test_registry_model_run_and_a_tampered_checkpoint(dsn: str, tmp_path: 
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 async def test_cli_exit_codes_and_replay_hash(dsn: str) -> None:
@@ -256,8 +293,7 @@ def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).isoformat()
 
 
-async def test_broker_source_with_postgres_for_what_retention_dropped(dsn: str, broker: Any,
-                                                                       namespace: str) -> None:
+async def test_broker_source_with_postgres_for_what_retention_dropped(dsn: str, broker: Any, namespace: str) -> None:
     """The topic holds only the newer bars (older ones "expired"); Postgres has all of them.
     The run reads the topic in large fetches, fills in the older part from Postgres, and
     decides exactly what the Postgres-only run decides."""

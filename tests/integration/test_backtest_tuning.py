@@ -44,9 +44,13 @@ def prices() -> PriceSeries:
 async def _rows(dsn: str, study_id: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:
-        return list(await conn.fetch(
-            "SELECT trial_key, trial_number, params::text, metrics::text, score, feasible, reason FROM tuning_trials "
-            "WHERE study_id = $1 ORDER BY trial_number", study_id))
+        return list(
+            await conn.fetch(
+                "SELECT trial_key, trial_number, params::text, metrics::text, score, feasible, reason "
+                "FROM tuning_trials WHERE study_id = $1 ORDER BY trial_number",
+                study_id,
+            )
+        )
     finally:
         await conn.close()
 
@@ -55,8 +59,9 @@ async def test_grid_study_persisted_idempotently_and_conflicts_refused(dsn: str,
     costs, constraints = TuningCosts(), Constraints(min_trades=15, min_turnover=5.0)
     fasts, slows = [5, 10, 20], [30, 60, 2500]
     trials = run_grid(prices, costs, constraints, fasts, slows, workers=2)
-    spec = StudySpec.derive("grid", study_config(costs, constraints, {"fast": fasts, "slow": slows}),
-                            price_fingerprint(prices))
+    spec = StudySpec.derive(
+        "grid", study_config(costs, constraints, {"fast": fasts, "slow": slows}), price_fingerprint(prices)
+    )
     assert await persist(dsn, spec, trials) == {"trials_new": len(trials), "trials_already_stored": 0}
     first = await _rows(dsn, spec.study_id)
     assert len(first) == len(trials) == 9
@@ -78,8 +83,9 @@ async def test_grid_study_persisted_idempotently_and_conflicts_refused(dsn: str,
     # The leaderboard view agrees with the code's ranking; infeasible trials are never in it.
     conn = await asyncpg.connect(dsn)
     try:
-        board = await conn.fetch("SELECT rank, trial_number FROM tuning_leaderboard WHERE study_id = $1 "
-                                 "ORDER BY rank", spec.study_id)
+        board = await conn.fetch(
+            "SELECT rank, trial_number FROM tuning_leaderboard WHERE study_id = $1 ORDER BY rank", spec.study_id
+        )
     finally:
         await conn.close()
     winner = best(trials)
@@ -97,13 +103,18 @@ async def test_grid_study_persisted_idempotently_and_conflicts_refused(dsn: str,
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ops.cli", "tune", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=180, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", "tune", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 async def test_cli_grid_and_optuna_on_postgres(dsn: str) -> None:
-    grid = ("grid", "--fast", "10,20", "--slow", "50:150:50", "--min-trades", "20", "--min-turnover", "5",
-            "--dsn", dsn)
+    grid = ("grid", "--fast", "10,20", "--slow", "50:150:50", "--min-trades", "20", "--min-turnover", "5", "--dsn", dsn)
     first = await asyncio.to_thread(_cli, *grid)
     assert first.returncode == 0, first.stderr
     out = json.loads(first.stdout)
@@ -114,8 +125,25 @@ async def test_cli_grid_and_optuna_on_postgres(dsn: str) -> None:
     assert json.loads(rerun.stdout)["persisted"] == {"trials_new": 0, "trials_already_stored": 6}
     assert json.loads(rerun.stdout)["best"] == out["best"]
 
-    optuna_args = ("optuna", "--fast-range", "2:40", "--slow-range", "20:300", "--trials", "8", "--seed", "3",
-                   "--optuna-storage", "postgres", "--min-trades", "20", "--min-turnover", "5", "--dsn", dsn)
+    optuna_args = (
+        "optuna",
+        "--fast-range",
+        "2:40",
+        "--slow-range",
+        "20:300",
+        "--trials",
+        "8",
+        "--seed",
+        "3",
+        "--optuna-storage",
+        "postgres",
+        "--min-trades",
+        "20",
+        "--min-turnover",
+        "5",
+        "--dsn",
+        dsn,
+    )
     o1 = await asyncio.to_thread(_cli, *optuna_args)
     assert o1.returncode in (0, 1), o1.stderr  # 1 only if no candidate was feasible; both are honest outcomes
     study_id = json.loads(o1.stdout)["study_id"]
@@ -136,7 +164,6 @@ async def test_cli_exit_codes(dsn: str) -> None:
     r = await asyncio.to_thread(_cli, "grid", "--fast", "10", "--slow", "50", "--file", "/nonexistent.csv")
     assert r.returncode == 2 and "cannot use" in r.stderr
     # Activity constraints nobody can meet: the search runs, no winner, exit 1 (and it is persisted).
-    r = await asyncio.to_thread(_cli, "grid", "--fast", "10", "--slow", "50", "--min-trades", "100000",
-                                "--dsn", dsn)
+    r = await asyncio.to_thread(_cli, "grid", "--fast", "10", "--slow", "50", "--min-trades", "100000", "--dsn", dsn)
     assert r.returncode == 1 and "no candidate" in r.stderr
     assert json.loads(r.stdout)["best"] is None and json.loads(r.stdout)["infeasible"] == 1

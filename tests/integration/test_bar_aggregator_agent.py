@@ -20,15 +20,23 @@ from topics.units import NS_PER_SECOND as S
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 T0 = 1_700_000_040_000_000_000 // NS_PER_MINUTE * NS_PER_MINUTE
+
+
 def _ticks(n: int) -> list[Tick]:
     rng = random.Random(3)
     out, px = [], 37_000.0
     for i in range(n):
         px *= 1 + rng.gauss(0, 2e-4)
         ts = T0 + i * 500_000_000  # two trades a second over n/2 seconds
-        out.append(builders.tick(trade_id=str(10_000 + i), ts=ts, price=round(px, 2),
-                                 quantity=round(rng.uniform(0.001, 0.5), 6),
-                                 aggressor=rng.choice([AggressorSide.BUY, AggressorSide.SELL])))
+        out.append(
+            builders.tick(
+                trade_id=str(10_000 + i),
+                ts=ts,
+                price=round(px, 2),
+                quantity=round(rng.uniform(0.001, 0.5), 6),
+                aggressor=rng.choice([AggressorSide.BUY, AggressorSide.SELL]),
+            )
+        )
     return out
 
 

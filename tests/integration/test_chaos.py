@@ -57,8 +57,11 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return {}
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def metric(port: int, name: str, **labels: str) -> float:
@@ -132,8 +135,9 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
     await migrate_dsn(dsn)
     group, mport = f"chaos-sink-{namespace}", free_port()
     topic = physical_name("market.bars", namespace)
-    sink = procs.sink(broker.bootstrap, namespace, dsn, "--topics", "market.bars", "--group", group,
-                      "--metrics-port", str(mport))
+    sink = procs.sink(
+        broker.bootstrap, namespace, dsn, "--topics", "market.bars", "--group", group, "--metrics-port", str(mport)
+    )
     first, slow = make_bars(3_000), make_bars(2_000, symbol="ADA/USDT")
     during, after = make_bars(6_000, symbol="ETH/USDT"), make_bars(2_000, symbol="SOL/USDT")
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
@@ -143,8 +147,9 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
             return int(await fetchval(dsn, "SELECT count(*) FROM ev_market_bars")) >= n
 
         await wait_until(lambda: stored(len(first)), 60, "the first batch stored", watch=procs)
-        await wait_until(lambda: _ge_committed(broker.bootstrap, group, topic, len(first)), 30,
-                         "the first batch's offsets committed")
+        await wait_until(
+            lambda: _ge_committed(broker.bootstrap, group, topic, len(first)), 30, "the first batch's offsets committed"
+        )
 
         # slow: another session holds the event table locked for 4 s; the sink's write waits, commits nothing
         locker = await asyncpg.connect(dsn)
@@ -162,7 +167,7 @@ async def test_database_down_mid_stream_when_restarted_then_sink_backed_off_and_
         # down: Postgres stops while records keep streaming in (the sink is mid-write)
         async def stream() -> None:
             for i in range(0, len(during), 100):
-                await pub.publish(during[i:i + 100], topic="market.bars")
+                await pub.publish(during[i : i + 100], topic="market.bars")
                 await asyncio.sleep(0.03)
 
         producer = asyncio.create_task(stream())
@@ -214,7 +219,10 @@ async def _sink_sessions(dsn: str, state: str, statement: str = "") -> list[int]
     try:
         rows = await conn.fetch(
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'tradeflow-sink' AND state = $1"
-            " AND starts_with(query, $2)", state, statement)
+            " AND starts_with(query, $2)",
+            state,
+            statement,
+        )
         return [r["pid"] for r in rows]
     finally:
         await conn.close()
@@ -223,8 +231,13 @@ async def _sink_sessions(dsn: str, state: str, statement: str = "") -> list[int]
 def _sink_db_errors() -> float:
     from prometheus_client import REGISTRY
 
-    return sum(s.value for fam in REGISTRY.collect() if fam.name == "tradeflow_sink_db_errors"
-               for s in fam.samples if s.name == "tradeflow_sink_db_errors_total")
+    return sum(
+        s.value
+        for fam in REGISTRY.collect()
+        if fam.name == "tradeflow_sink_db_errors"
+        for s in fam.samples
+        if s.name == "tradeflow_sink_db_errors_total"
+    )
 
 
 #: a write whose session was killed must be retried long before the sink's 30 s statement deadline would
@@ -232,8 +245,11 @@ def _sink_db_errors() -> float:
 KILLED_WRITE_RETRIED_WITHIN_S = 20.0
 
 
-@pytest.mark.parametrize("statement", ['COPY "ev_market_bars"', 'COPY "bars"', None],
-                         ids=["mid-event-copy", "mid-projection-copy", "idle-in-pool"])
+@pytest.mark.parametrize(
+    "statement",
+    ['COPY "ev_market_bars"', 'COPY "bars"', None],
+    ids=["mid-event-copy", "mid-projection-copy", "idle-in-pool"],
+)
 async def test_sink_session_killed_when_writing_then_retried_on_fresh_connection_and_stored_once(
     own_pg: EmbeddedPostgres, statement: str | None
 ) -> None:
@@ -256,8 +272,10 @@ async def test_sink_session_killed_when_writing_then_retried_on_fresh_connection
     warmup, bars = make_bars(50, symbol="DOT/USDT"), make_bars(60_000, symbol="XRP/USDT")
 
     def decoded(batch: list[Any], first_offset: int) -> Any:
-        msgs = [ConsumerRecord(dec.physical, 0, first_offset + i, 0, 0, b.key(), dec.codec.encode(b), None, 0, 0, ())
-                for i, b in enumerate(batch)]
+        msgs = [
+            ConsumerRecord(dec.physical, 0, first_offset + i, 0, 0, b.key(), dec.codec.encode(b), None, 0, 0, ())
+            for i, b in enumerate(batch)
+        ]
         return sink.decode({TopicPartition(dec.physical, 0): msgs})
 
     errors_before = _sink_db_errors()
@@ -297,8 +315,10 @@ async def test_sink_session_killed_when_writing_then_retried_on_fresh_connection
         assert len(ids) == len(set(ids)) == len(warmup) + len(bars)
         assert set(ids) == {b.event_id for b in warmup + bars}
         assert await conn.fetchval("SELECT count(*) FROM bars") == len(warmup) + len(bars)
-        assert not set(killed) & {r["pid"] for r in await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'tradeflow-sink'")}
+        assert not set(killed) & {
+            r["pid"]
+            for r in await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = 'tradeflow-sink'")
+        }
     finally:
         await conn.close()
 
@@ -353,8 +373,20 @@ async def test_broker_killed_under_trading_when_restarted_empty_then_workers_sto
     try:
         await ensure_topics(b.bootstrap, namespace=ns)
         port = free_port()
-        worker = procs.cli("worker", "worker", "--bootstrap", b.bootstrap, "--namespace", ns, "--dsn", dsn,
-                           "--web-port", str(port), "--agents", "trading")
+        worker = procs.cli(
+            "worker",
+            "worker",
+            "--bootstrap",
+            b.bootstrap,
+            "--namespace",
+            ns,
+            "--dsn",
+            dsn,
+            "--web-port",
+            str(port),
+            "--agents",
+            "trading",
+        )
         worker.extra["web_port"] = port
         sink = procs.sink(b.bootstrap, ns, dsn)
         async with RecordPublisher(b.bootstrap, ns) as pub:
@@ -378,14 +410,18 @@ async def test_broker_killed_under_trading_when_restarted_empty_then_workers_sto
         if topics_back_at_once:
             await ensure_topics(b2.bootstrap, namespace=ns)
 
-        await wait_until(lambda: _true(not worker.alive and not sink.alive), BROKER_LOST_BOUND_S,
-                         f"trading worker and sink to stop within {BROKER_LOST_BOUND_S}s of the broker loss")
+        await wait_until(
+            lambda: _true(not worker.alive and not sink.alive),
+            BROKER_LOST_BOUND_S,
+            f"trading worker and sink to stop within {BROKER_LOST_BOUND_S}s of the broker loss",
+        )
         stopped_after = time.monotonic() - t_kill
         assert worker.popen is not None and worker.popen.returncode not in (0, None), worker.output()[-3000:]
         assert sink.popen is not None and sink.popen.returncode == 3, sink.output()[-3000:]
         for proc in (worker, sink):
-            lost = [e for e in log_events(proc)
-                    if "broker_lost" in str(e.get("event")) and e.get("level") == "critical"]
+            lost = [
+                e for e in log_events(proc) if "broker_lost" in str(e.get("event")) and e.get("level") == "critical"
+            ]
             assert lost, f"{proc.name}: no critical broker_lost log:\n{proc.output()[-3000:]}"
 
         # nothing goes on silently: the topics are back and a new signal + bar arrive, yet no order is made
@@ -482,11 +518,17 @@ async def chaos_exchange() -> AsyncIterator[Any]:
 
     built: list[tuple[ChaosVenue, Any]] = []
 
-    async def make(script: list[Reply], *, max_attempts: int = 3, timeout_ms: int = 400,
-                   jitter_s: float = 0.08, seed: int = 7) -> tuple[ChaosVenue, CcxtExecutionAdapter]:
+    async def make(
+        script: list[Reply], *, max_attempts: int = 3, timeout_ms: int = 400, jitter_s: float = 0.08, seed: int = 7
+    ) -> tuple[ChaosVenue, CcxtExecutionAdapter]:
         venue = await ChaosVenue(script, jitter_s, seed).start()
-        config = LiveExecutionConfig(exchange_id="binance", dry_run=False, max_attempts=max_attempts,
-                                     retry_base_delay_s=0.05, connect_timeout_s=10)
+        config = LiveExecutionConfig(
+            exchange_id="binance",
+            dry_run=False,
+            max_attempts=max_attempts,
+            retry_base_delay_s=0.05,
+            connect_timeout_s=10,
+        )
         exchange = make_execution_exchange(config, KEYS, timeout_ms=timeout_ms)
         for name, url in list(exchange.urls["api"].items()):
             if isinstance(url, str):
@@ -503,8 +545,15 @@ async def chaos_exchange() -> AsyncIterator[Any]:
 
 
 def _rate_limited() -> Reply:
-    return (0.0, 429, {"code": -1003, "msg": "Too much request weight used; current limit is 6000 request weight "
-                                              "per 1 MINUTE. Please use WebSocket Streams for live updates."})
+    return (
+        0.0,
+        429,
+        {
+            "code": -1003,
+            "msg": "Too much request weight used; current limit is 6000 request weight "
+            "per 1 MINUTE. Please use WebSocket Streams for live updates.",
+        },
+    )
 
 
 async def test_exchange_rate_limited_with_jitter_then_retried_with_backoff_and_filled_once(chaos_exchange: Any) -> None:
@@ -539,13 +588,19 @@ async def test_exchange_timeout_then_retry_and_duplicate_answer_means_already_pl
         (_rate_limited(), "rate_limited", 3),  # retriable: every attempt used, then the classified reject
         ((0.0, 503, "<html><body><h1>503 Service Unavailable</h1></body></html>"), "network_error", 3),
         ((0.0, 200, "drop"), "network_error", 3),
-        ((0.0, 400, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
-         "network_error", 3),  # Binance DISCONNECTED: ccxt OperationFailed, transient
+        (
+            (0.0, 400, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
+            "network_error",
+            3,
+        ),  # Binance DISCONNECTED: ccxt OperationFailed, transient
         ((1.0, 200, {}), "venue_timeout", 3),  # every answer slower than the client timeout
         ((0.0, 400, {"code": -1022, "msg": "Signature for this request is not valid."}), "auth_failed", 1),
         ((0.0, 401, {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}), "auth_failed", 1),
-        ((0.0, 400, {"code": -2010, "msg": "Account has insufficient balance for requested action."}),
-         "insufficient_funds", 1),
+        (
+            (0.0, 400, {"code": -2010, "msg": "Account has insufficient balance for requested action."}),
+            "insufficient_funds",
+            1,
+        ),
     ],
 )
 async def test_exchange_failing_every_attempt_then_retries_within_limit_and_classified_reject(
@@ -588,13 +643,28 @@ async def test_degraded_model_when_real_gates_evaluate_it_then_they_fail_and_gov
     from tests.integration.test_governance import MODEL, consumed, decisions, registry, stages, start_worker
     from topics.records import ModelStage
 
-    procs.sink(broker.bootstrap, namespace, dsn, "--topics", "gates.results", "governance.audit", "models.registry",
-               "control.audit", "ops.alerts")
+    procs.sink(
+        broker.bootstrap,
+        namespace,
+        dsn,
+        "--topics",
+        "gates.results",
+        "governance.audit",
+        "models.registry",
+        "control.audit",
+        "ops.alerts",
+    )
     worker = await start_worker(procs, broker, namespace)
     t0 = int((AS_OF - timedelta(days=10)).timestamp()) * 10**9
     async with RecordPublisher(broker.bootstrap, namespace, name="chaos") as pub:
-        await pub.publish([registry("v1", ModelStage.REGISTERED, t0), registry("v1", ModelStage.ACTIVE, t0 + 1),
-                           registry("v2", ModelStage.REGISTERED, t0 + 2), registry("v2", ModelStage.SHADOW, t0 + 3)])
+        await pub.publish(
+            [
+                registry("v1", ModelStage.REGISTERED, t0),
+                registry("v1", ModelStage.ACTIVE, t0 + 1),
+                registry("v2", ModelStage.REGISTERED, t0 + 2),
+                registry("v2", ModelStage.SHADOW, t0 + 3),
+            ]
+        )
 
     async def registry_seen() -> bool:
         return await consumed(worker, "models.registry") >= 4
@@ -626,7 +696,9 @@ async def test_degraded_model_when_real_gates_evaluate_it_then_they_fail_and_gov
     await wait_until(rolled_back, 60, "v2 rolled back and v1 still active in model_registry", watch=procs)
     audit = await decisions(dsn)
     assert [(r["version"], r["action"], r["from_stage"], r["to_stage"]) for r in audit] == [
-        ("v2", "hold", "shadow", "shadow"), ("v2", "rollback", "shadow", "rolled_back")]
+        ("v2", "hold", "shadow", "shadow"),
+        ("v2", "rollback", "shadow", "rolled_back"),
+    ]
     last = audit[-1]
     assert last["trigger"] == "gates" and last["window_status"] == "failed"
     assert set(json.loads(last["gate_result_ids"])) <= published  # decided on what the real gates published

@@ -80,26 +80,57 @@ def btc_bars(n: int, last_close: int) -> list[Bar]:
         close = last_close - (n - 1 - j) * H
         o, hi, lo, c = (float(r[k]) for k in ("open", "high", "low", "close"))
         assert (hi - lo) / o < 0.02, "a calm window: no volatility breaker"
-        out.append(builders.bar(open_time=close - H, open=o, high=hi, low=lo, close=c, volume=float(r["volume"]),
-                                source=f"csv-restamped:{BTC_FILE}"))
+        out.append(
+            builders.bar(
+                open_time=close - H,
+                open=o,
+                high=hi,
+                low=lo,
+                close=c,
+                volume=float(r["volume"]),
+                source=f"csv-restamped:{BTC_FILE}",
+            )
+        )
     return out
 
 
 def signal(symbol: str, ts: int, score: float, tag: str) -> Signal:
-    return builders.signal(symbol=symbol, ts=ts, score=score, model_id="mlp-btc", expected_return=0.02 * score,
-                           feature_event_id=f"features-{tag}", lineage_id="dashboard-test")
+    return builders.signal(
+        symbol=symbol,
+        ts=ts,
+        score=score,
+        model_id="mlp-btc",
+        expected_return=0.02 * score,
+        feature_event_id=f"features-{tag}",
+        lineage_id="dashboard-test",
+    )
 
 
 def gate(ts: int, status: GateStatus, value: float | None, blockers: tuple[str, ...]) -> GateResult:
-    return builders.gate_result(status=status, value=value, metric="daily_sharpe", window_end=ts, blockers=blockers,
-                                config_hash=f"cfg-{status.value}")
+    return builders.gate_result(
+        status=status,
+        value=value,
+        metric="daily_sharpe",
+        window_end=ts,
+        blockers=blockers,
+        config_hash=f"cfg-{status.value}",
+    )
 
 
 def registry(ts: int, version: str, stage: ModelStage) -> ModelRegistryEvent:
     return builders.registry_event(
-        version=version, stage=stage, ts=ts, model_id="mlp-btc", feature_set_version="fs-v1", config={"hidden": 32},
-        data_start=ts - 400 * 24 * H, data_end=ts - 30 * 24 * H, seed=7, metrics={"val_loss": 0.69},
-        checkpoint_path=f"var/models/mlp-btc-{version}.pt", checkpoint_sha256="c0ffee" * 10 + "abcd",
+        version=version,
+        stage=stage,
+        ts=ts,
+        model_id="mlp-btc",
+        feature_set_version="fs-v1",
+        config={"hidden": 32},
+        data_start=ts - 400 * 24 * H,
+        data_end=ts - 30 * 24 * H,
+        seed=7,
+        metrics={"val_loss": 0.69},
+        checkpoint_path=f"var/models/mlp-btc-{version}.pt",
+        checkpoint_sha256="c0ffee" * 10 + "abcd",
     )
 
 
@@ -172,12 +203,24 @@ async def chromium(tmp: Path) -> AsyncIterator[Browser]:
     port = free_port()
     proc = ChildProcess(
         "chromium",
-        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--no-first-run", "--no-default-browser-check", f"--remote-debugging-port={port}",
-         f"--user-data-dir={tmp / 'chromium-profile'}", "--window-size=1400,2000", "about:blank"],
-        tmp / "chromium.log", append=False,
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            f"--remote-debugging-port={port}",
+            f"--user-data-dir={tmp / 'chromium-profile'}",
+            "--window-size=1400,2000",
+            "about:blank",
+        ],
+        tmp / "chromium.log",
+        append=False,
     ).start()
     try:
+
         async def up() -> bool:
             try:
                 status, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/json/version")
@@ -188,8 +231,10 @@ async def chromium(tmp: Path) -> AsyncIterator[Browser]:
         await wait_until(up, 30, "chromium's DevTools endpoint")
         _, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/json/list")
         page = next(t for t in json.loads(body) if t["type"] == "page")
-        async with aiohttp.ClientSession() as session, session.ws_connect(
-                page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws,
+        ):
             browser = Browser(ws)
             await browser.call("Page.enable")
             await browser.call("Runtime.enable")
@@ -230,9 +275,14 @@ class Dash:
 
 
 def control_cli(broker: EmbeddedBroker, namespace: str, *args: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "ops.cli", "control", *args, "--bootstrap", broker.bootstrap,
-                           "--namespace", namespace], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "control", *args, "--bootstrap", broker.bootstrap, "--namespace", namespace],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -263,8 +313,21 @@ async def test_dashboard_in_chromium_shows_live_state_and_refuses_without_token(
     a = time.time_ns() // MIN * MIN - 30 * MIN
     bars = btc_bars(6, a)  # closes a-5h .. a
     port = free_port()
-    worker = procs.cli("worker", "worker", "--bootstrap", broker.bootstrap, "--namespace", namespace, "--dsn", dsn,
-                       "--web-port", str(port), "--agents", "trading", "dashboard")
+    worker = procs.cli(
+        "worker",
+        "worker",
+        "--bootstrap",
+        broker.bootstrap,
+        "--namespace",
+        namespace,
+        "--dsn",
+        dsn,
+        "--web-port",
+        str(port),
+        "--agents",
+        "trading",
+        "dashboard",
+    )
     dash = Dash(port)
     await dash.until("the dashboard to serve its state", lambda s: True, procs, timeout=90)
 
@@ -272,37 +335,50 @@ async def test_dashboard_in_chromium_shows_live_state_and_refuses_without_token(
     for path in ("", "/state", "/events"):
         assert (await asyncio.to_thread(http_get, dash.base + path))[0] == 401, path
         assert (await asyncio.to_thread(http_get, dash.base + path + "?token=wrong-token-0123456789"))[0] == 401
-        assert (await asyncio.to_thread(
-            http_get, dash.base + path, {"Authorization": "Bearer wrong-token-0123456789"}))[0] == 401
+        assert (
+            await asyncio.to_thread(http_get, dash.base + path, {"Authorization": "Bearer wrong-token-0123456789"})
+        )[0] == 401
     status, page = await asyncio.to_thread(http_get, dash.base + "?token=" + TOKEN)
     assert status == 200 and b"<title>tradeflow status</title>" in page
 
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
         # --- bars and a signal through the trading agent: a position, PnL, equity points
         await pub.publish(bars[:3], topic="market.bars")
-        await dash.until("portfolio state after the third bar", lambda s: any(
-            p["as_of_event_id"] == bars[2].event_id for p in s["portfolios"]), procs)
+        await dash.until(
+            "portfolio state after the third bar",
+            lambda s: any(p["as_of_event_id"] == bars[2].event_id for p in s["portfolios"]),
+            procs,
+        )
         await pub.publish([signal("BTC/USDT", bars[2].ts_event, 0.9, "s1")])
         await dash.until("an approved risk decision", lambda s: s["risk"]["verdicts"]["approved"] >= 1, procs)
         await pub.publish([bars[3]], topic="market.bars")
         s = await dash.until("a BTC position", lambda s: (position(s, "BTC/USDT") or 0) > 0, procs)
         qty = position(s, "BTC/USDT")
         # --- a signed kill switch through the real CLI, gates, registry, a dead letter
-        await asyncio.to_thread(control_cli, broker, namespace, "kill-switch", "on", "--reason",
-                                "drill: dashboard halt", "--ttl-s", "7200")
+        await asyncio.to_thread(
+            control_cli, broker, namespace, "kill-switch", "on", "--reason", "drill: dashboard halt", "--ttl-s", "7200"
+        )
         await pub.publish([gate(a, GateStatus.FAILED, 0.456, ("daily_sharpe 0.456 < 1.5",))])
         await pub.publish([registry(a - 2 * H, "1", ModelStage.ACTIVE), registry(a - H, "2", ModelStage.SHADOW)])
         await pub.send_raw("signals", b"{not json", key=b"BTC/USDT")
-        await dash.until("kill switch, gate, models and a dead letter", lambda s: (
-            len(s["risk"]["kill_switches"]) == 1 and len(s["gates"]) == 1 and len(s["models"]) == 2
-            and s["health"]["dead_letters_total"] >= 1), procs)
+        await dash.until(
+            "kill switch, gate, models and a dead letter",
+            lambda s: (
+                len(s["risk"]["kill_switches"]) == 1
+                and len(s["gates"]) == 1
+                and len(s["models"]) == 2
+                and s["health"]["dead_letters_total"] >= 1
+            ),
+            procs,
+        )
 
         async with chromium(tmp_path) as browser:
             await browser.call("Page.navigate", url=f"{dash.base}?token={TOKEN}")
             await browser.wait_text("signals", "BTC/USDT", "0.9000", "mlp-btc v1")
             await browser.wait_text("portfolio", "account paper", "BTC/USDT", f"{qty:,.6f}", "equity curve (4 points)")
-            await browser.wait_text("risk", "drill: dashboard halt", "operator:alice", "kill_switch_on", "accepted",
-                                    "approved")
+            await browser.wait_text(
+                "risk", "drill: dashboard halt", "operator:alice", "kill_switch_on", "accepted", "approved"
+            )
             await browser.wait_text("gates", "readiness", "failed", "0.4560", "daily_sharpe 0.456 < 1.5")
             await browser.wait_text("models", "active", "shadow", "fs-v1")
             await browser.wait_text("health", "broker", "up", "database", "dead letters", "deadletter")
@@ -314,8 +390,7 @@ async def test_dashboard_in_chromium_shows_live_state_and_refuses_without_token(
             await browser.eval("window.__noReload = 'still-here'")
             frames = await browser.eval("window.__dashboard.frames")
             await pub.publish([signal("BTC/USDT", bars[3].ts_event, -0.35, "s2")])
-            await pub.publish([gate(a + MIN, GateStatus.INSUFFICIENT_OBSERVATION, None,
-                                    ("observations 12 < 30",))])
+            await pub.publish([gate(a + MIN, GateStatus.INSUFFICIENT_OBSERVATION, None, ("observations 12 < 30",))])
             await pub.publish([registry(a, "2", ModelStage.CANARY_10)])
             await asyncio.to_thread(control_cli, broker, namespace, "kill-switch", "off", "--reason", "drill over")
             await pub.publish(bars[4:6], topic="market.bars")
@@ -356,8 +431,20 @@ async def test_slow_client_is_dropped_and_counted_while_others_keep_up(
     monkeypatch.setenv("TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS", "0")
     monkeypatch.setenv("TRADEFLOW_DASHBOARD_QUEUE", "2")
     port = free_port()
-    procs.cli("worker", "worker", "--bootstrap", broker.bootstrap, "--namespace", namespace, "--dsn", dsn,
-              "--web-port", str(port), "--agents", "dashboard")
+    procs.cli(
+        "worker",
+        "worker",
+        "--bootstrap",
+        broker.bootstrap,
+        "--namespace",
+        namespace,
+        "--dsn",
+        dsn,
+        "--web-port",
+        str(port),
+        "--agents",
+        "dashboard",
+    )
     dash = Dash(port)
     dash.auth = {}
     await dash.until("the dashboard to serve its state", lambda s: True, procs, timeout=90)
@@ -380,8 +467,11 @@ async def test_slow_client_is_dropped_and_counted_while_others_keep_up(
                     seen.append(len(json.loads(data)["gates"]))
 
     try:
-        async with aiohttp.ClientSession() as session, session.get(dash.base + "/events") as stream, \
-                RecordPublisher(broker.bootstrap, namespace) as pub:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(dash.base + "/events") as stream,
+            RecordPublisher(broker.bootstrap, namespace) as pub,
+        ):
             task = asyncio.create_task(reader(stream))
             await dash.until("both streams connected", lambda s: s["clients"]["connected"] == 2, procs)
             a = time.time_ns()
@@ -411,7 +501,19 @@ async def _true(value: bool) -> bool:
 
 def dataclasses_replace_gate(g: GateResult, name: str) -> GateResult:
     """``g`` as gate ``name`` (its own key and event id)."""
-    return GateResult.new(ts_init=g.ts_init, ts_event=g.ts_event, gate=name, track=g.track, metric=g.metric,
-                          status=g.status, value=g.value, threshold=g.threshold, comparator=g.comparator,
-                          window_start=g.window_start, window_end=g.window_end, observations=g.observations,
-                          blockers=g.blockers, config_hash=g.config_hash)
+    return GateResult.new(
+        ts_init=g.ts_init,
+        ts_event=g.ts_event,
+        gate=name,
+        track=g.track,
+        metric=g.metric,
+        status=g.status,
+        value=g.value,
+        threshold=g.threshold,
+        comparator=g.comparator,
+        window_start=g.window_start,
+        window_end=g.window_end,
+        observations=g.observations,
+        blockers=g.blockers,
+        config_hash=g.config_hash,
+    )

@@ -29,8 +29,20 @@ def make_bars(n: int, symbol: str = "BTC/USDT", start: int = T0, revision: int =
     out = []
     for i in range(n):
         px = 100.0 + (i % 97) * 0.5
-        out.append(builders.bar(symbol=symbol, open_time=start + i * H, open=px, high=px + 1.0, low=px - 1.0,
-                                close=px + 0.25, volume=float(i % 7), trade_count=i, revision=revision, ts_init=start))
+        out.append(
+            builders.bar(
+                symbol=symbol,
+                open_time=start + i * H,
+                open=px,
+                high=px + 1.0,
+                low=px - 1.0,
+                close=px + 0.25,
+                volume=float(i % 7),
+                trade_count=i,
+                revision=revision,
+                ts_init=start,
+            )
+        )
     return out
 
 

@@ -58,28 +58,60 @@ async def ensure_backtest_tables(conn: asyncpg.Connection) -> None:
 
 async def insert(conn: asyncpg.Connection, table: str, row: dict[str, Any], extras: dict[str, Any]) -> None:
     """Insert the contract columns plus any NOT NULL extra column the real migration added."""
-    cols = {r["column_name"] for r in await conn.fetch(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = $1 AND is_nullable = 'NO' "
-        "AND column_default IS NULL", table)}
+    cols = {
+        r["column_name"]
+        for r in await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = $1 AND is_nullable = 'NO' "
+            "AND column_default IS NULL",
+            table,
+        )
+    }
     row = {**row, **{k: v for k, v in extras.items() if k in cols and k not in row}}
     names = list(row)
-    await conn.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES "
-                       f"({', '.join(f'${i + 1}' for i in range(len(names)))})", *row.values())
+    await conn.execute(
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(f'${i + 1}' for i in range(len(names)))})",
+        *row.values(),
+    )
 
 
-async def add_run(conn: asyncpg.Connection, run_id: str, track: str, *, age_days: float, metrics: dict[str, Any],
-                  source: str = "prod", status: str = "succeeded", superseded_by: str | None = None) -> None:
+async def add_run(
+    conn: asyncpg.Connection,
+    run_id: str,
+    track: str,
+    *,
+    age_days: float,
+    metrics: dict[str, Any],
+    source: str = "prod",
+    status: str = "succeeded",
+    superseded_by: str | None = None,
+) -> None:
     finished = AS_OF - timedelta(days=age_days)
-    await insert(conn, "backtest_runs", {
-        "run_id": run_id, "created_at": finished - timedelta(minutes=5), "source": source, "status": status,
-        "error": "replay crashed: bad bar" if status == "failed" else None, "track": track,
-        "symbols": ["BTC/USDT"], "range_start": AS_OF - timedelta(days=35), "range_end": AS_OF,
-        "config": "{}", "config_hash": "cfg", "lineage": "{}", "superseded_by": superseded_by,
-        "supersede_reason": "stale data" if status == "superseded" else None, "finished_at": finished,
-    }, {"request_hash": run_id.split("#")[0]})
+    await insert(
+        conn,
+        "backtest_runs",
+        {
+            "run_id": run_id,
+            "created_at": finished - timedelta(minutes=5),
+            "source": source,
+            "status": status,
+            "error": "replay crashed: bad bar" if status == "failed" else None,
+            "track": track,
+            "symbols": ["BTC/USDT"],
+            "range_start": AS_OF - timedelta(days=35),
+            "range_end": AS_OF,
+            "config": "{}",
+            "config_hash": "cfg",
+            "lineage": "{}",
+            "superseded_by": superseded_by,
+            "supersede_reason": "stale data" if status == "superseded" else None,
+            "finished_at": finished,
+        },
+        {"request_hash": run_id.split("#")[0]},
+    )
     for name, value in metrics.items():
-        await conn.execute("INSERT INTO backtest_metrics (run_id, symbol, metric, value) VALUES ($1, '*', $2, $3)",
-                           run_id, name, value)
+        await conn.execute(
+            "INSERT INTO backtest_metrics (run_id, symbol, metric, value) VALUES ($1, '*', $2, $3)", run_id, name, value
+        )
 
 
 def round_trips(n: int) -> list[tuple[str, str, datetime, float, float]]:
@@ -87,8 +119,15 @@ def round_trips(n: int) -> list[tuple[str, str, datetime, float, float]]:
     out = []
     for i in range(2 * n):
         coid = client_order_id_for(f"gates-test-intent-{i}")
-        out.append((coid, "buy" if i % 2 == 0 else "sell", AS_OF - timedelta(days=5) + timedelta(hours=4 * i),
-                    30_000.0 + 50.0 * i, 0.05))
+        out.append(
+            (
+                coid,
+                "buy" if i % 2 == 0 else "sell",
+                AS_OF - timedelta(days=5) + timedelta(hours=4 * i),
+                30_000.0 + 50.0 * i,
+                0.05,
+            )
+        )
     return out
 
 
@@ -96,11 +135,25 @@ async def add_backtest_fills(conn: asyncpg.Connection, run_id: str, orders: list
     for seq, (coid, side, ts, ref, q) in enumerate(orders):
         d = 1 if side == "buy" else -1
         price = ref * (1 + d * 3e-4)  # 2 bps slippage + 1 bp impact
-        await insert(conn, "backtest_fills", {
-            "run_id": run_id, "seq": seq, "symbol": "BTC/USDT", "side": side, "ts": ts, "quantity": q,
-            "price": price, "notional": q * price, "fee": q * price * 1e-3, "slippage_cost": q * ref * 2e-4,
-            "impact_cost": q * ref * 1e-4, "client_order_id": coid,
-        }, {"ts_ns": int(ts.timestamp()) * 10**9, "fill_event_id": f"{run_id}-{seq}"})
+        await insert(
+            conn,
+            "backtest_fills",
+            {
+                "run_id": run_id,
+                "seq": seq,
+                "symbol": "BTC/USDT",
+                "side": side,
+                "ts": ts,
+                "quantity": q,
+                "price": price,
+                "notional": q * price,
+                "fee": q * price * 1e-3,
+                "slippage_cost": q * ref * 2e-4,
+                "impact_cost": q * ref * 1e-4,
+                "client_order_id": coid,
+            },
+            {"ts_ns": int(ts.timestamp()) * 10**9, "fill_event_id": f"{run_id}-{seq}"},
+        )
 
 
 def paper_fills(orders: list[Any]) -> list[Fill]:
@@ -109,15 +162,32 @@ def paper_fills(orders: list[Any]) -> list[Fill]:
         d = 1 if side == "buy" else -1
         price = ref * (1 + d * 3.5e-4)  # paper: 2 bps slippage + 1.5 bps impact
         ns = int((ts + timedelta(minutes=1)).timestamp()) * 10**9
-        out.append(builders.fill(side=Side(side), quantity=q, price=price, fee=q * price * 1e-3, client_order_id=coid,
-                                 fill_id=f"{coid[:10]}-0", slippage_bps=2.0, impact_bps=1.5, ts=ns))
+        out.append(
+            builders.fill(
+                side=Side(side),
+                quantity=q,
+                price=price,
+                fee=q * price * 1e-3,
+                client_order_id=coid,
+                fill_id=f"{coid[:10]}-0",
+                slippage_bps=2.0,
+                impact_bps=1.5,
+                ts=ns,
+            )
+        )
     return out
 
 
 async def gates(*args: str, timeout: float = 90) -> tuple[int, list[dict[str, Any]], str]:
     proc = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "ops.cli", "gates", *args], cwd=ROOT, env=dict(os.environ),
-        capture_output=True, text=True, timeout=timeout)
+        subprocess.run,
+        [sys.executable, "-m", "ops.cli", "gates", *args],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc.returncode, rows, proc.stdout + proc.stderr
 
@@ -138,16 +208,29 @@ async def test_ready_track_passes_bad_track_fails_and_status_reads_postgres(
         await add_backtest_fills(conn, "ready-0", orders)
         # Never evidence, however good or bad: superseded, failed and non-prod runs.
         terrible = {"sharpe_daily": -3.0, "max_drawdown": 0.5, "reject_rate": 0.3}
-        await add_run(conn, "ready-superseded", READY_TRACK, age_days=0.5, metrics=terrible, status="superseded",
-                      superseded_by="ready-0")
+        await add_run(
+            conn,
+            "ready-superseded",
+            READY_TRACK,
+            age_days=0.5,
+            metrics=terrible,
+            status="superseded",
+            superseded_by="ready-0",
+        )
         await add_run(conn, "ready-failed", READY_TRACK, age_days=0.4, metrics=terrible, status="failed")
         await add_run(conn, "ready-smoke", READY_TRACK, age_days=0.3, metrics=terrible, source="smoke")
         # The bad track: one valid run with a negative Sharpe, a drawdown breach and a 0.0 reject rate,
         # plus a superseded run whose great numbers must not rescue it.
-        await add_run(conn, "bad-0", BAD_TRACK, age_days=1.0,
-                      metrics={"sharpe_daily": -0.7, "max_drawdown": 0.15, "reject_rate": 0.0})
-        await add_run(conn, "bad-old-great", BAD_TRACK, age_days=0.5, metrics=GOOD, status="superseded",
-                      superseded_by="bad-0")
+        await add_run(
+            conn,
+            "bad-0",
+            BAD_TRACK,
+            age_days=1.0,
+            metrics={"sharpe_daily": -0.7, "max_drawdown": 0.15, "reject_rate": 0.0},
+        )
+        await add_run(
+            conn, "bad-old-great", BAD_TRACK, age_days=0.5, metrics=GOOD, status="superseded", superseded_by="bad-0"
+        )
 
         procs.sink(broker.bootstrap, namespace, dsn, "--topics", "fills", "gates.results")
         async with RecordPublisher(broker.bootstrap, namespace) as pub:
@@ -161,7 +244,8 @@ async def test_ready_track_passes_bad_track_fails_and_status_reads_postgres(
         infra = ["--dsn", dsn, "--bootstrap", broker.bootstrap, "--namespace", namespace, "--as-of", AS_OF.isoformat()]
         (rc_ok, ok, out_ok), (rc_bad, bad, out_bad) = await asyncio.gather(
             gates("evaluate", "--track", READY_TRACK, "--json", *infra),
-            gates("evaluate", "--track", BAD_TRACK, "--json", *infra))
+            gates("evaluate", "--track", BAD_TRACK, "--json", *infra),
+        )
 
         # -- the ready track: everything passes, exit 0 ----------------------------------------
         assert rc_ok == 0, out_ok
@@ -174,8 +258,9 @@ async def test_ready_track_passes_bad_track_fails_and_status_reads_postgres(
             p = g[f"relative_deviation_{window}:BTC/USDT"]
             assert p["status"] == "passed" and p["observations"] == 24 and 0 < p["value"] <= 0.10
             att = p["attribution"]
-            assert att["impact"] < 0 and sum(att[k] for k in ("quantity", "price", "slippage", "impact", "fee")) \
-                == pytest.approx(att["gap"], abs=1e-6)
+            assert att["impact"] < 0 and sum(
+                att[k] for k in ("quantity", "price", "slippage", "impact", "fee")
+            ) == pytest.approx(att["gap"], abs=1e-6)
 
         # -- the bad track: each hard gate fails for its own reason, exit 1 -------------------
         assert rc_bad == 1, out_bad
@@ -218,8 +303,9 @@ async def test_ready_track_passes_bad_track_fails_and_status_reads_postgres(
         assert {r["result_id"] for r in every} == {r["result_id"] for r in ok + bad}
 
         # -- a stricter threshold only through config, recorded in the result --------------------
-        rc_strict, strict, out = await gates("evaluate", "--track", READY_TRACK, "--json", "--set",
-                                             "sharpe_daily=3.0", *infra)
+        rc_strict, strict, out = await gates(
+            "evaluate", "--track", READY_TRACK, "--json", "--set", "sharpe_daily=3.0", *infra
+        )
         assert rc_strict == 1, out
         s = by_metric(strict)["sharpe_daily"]
         assert (s["status"], s["threshold"]) == ("failed", 3.0) and s["config_hash"] != g["sharpe_daily"]["config_hash"]

@@ -43,10 +43,18 @@ async def test_btc_and_eth_files_when_imported_then_features_in_postgres_equal_r
     broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, tmp_path: Path
 ) -> None:
     files = [
-        (_subset(SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv", tmp_path / "btc.csv", ROWS), "binance",
-         "BTC/USDT", Timeframe.H1),
-        (_subset(SAMPLE_DIR / "gymcrypto_ethusd_30m_2017_2019.csv", tmp_path / "eth.csv", ROWS), "gymcrypto",
-         "ETH/USD", Timeframe.M30),
+        (
+            _subset(SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv", tmp_path / "btc.csv", ROWS),
+            "binance",
+            "BTC/USDT",
+            Timeframe.H1,
+        ),
+        (
+            _subset(SAMPLE_DIR / "gymcrypto_ethusd_30m_2017_2019.csv", tmp_path / "eth.csv", ROWS),
+            "gymcrypto",
+            "ETH/USD",
+            Timeframe.M30,
+        ),
     ]
     # What the pipeline must produce: the same pure code, replayed in-process over the same bars.
     expected: dict[str, FeatureVector] = {}
@@ -72,8 +80,12 @@ async def test_btc_and_eth_files_when_imported_then_features_in_postgres_equal_r
             rep = await import_file(path, venue=venue, symbol=symbol, timeframe=tf, publisher=pub)
             assert rep.bars == ROWS
 
-    await wait_until(lambda: _ge(dsn, "SELECT count(*) FROM feature_snapshots", len(expected)), 150,
-                     f"{len(expected)} feature snapshots", watch=procs)
+    await wait_until(
+        lambda: _ge(dsn, "SELECT count(*) FROM feature_snapshots", len(expected)),
+        150,
+        f"{len(expected)} feature snapshots",
+        watch=procs,
+    )
     await wait_until(lambda: _ge(dsn, "SELECT count(*) FROM ev_data_quality", n_findings), 30, "quality findings")
     conn = await asyncpg.connect(dsn)
     try:
@@ -91,7 +103,11 @@ async def test_btc_and_eth_files_when_imported_then_features_in_postgres_equal_r
             bar_rows = await conn.fetch(
                 "SELECT event_id FROM bars WHERE venue=$1 AND symbol=$2 AND timeframe=$3 "
                 "AND open_time BETWEEN $4 AND $5 ORDER BY open_time",
-                fv.venue, fv.symbol, fv.timeframe.value, ref.first_open_time, ref.last_open_time,
+                fv.venue,
+                fv.symbol,
+                fv.timeframe.value,
+                ref.first_open_time,
+                ref.last_open_time,
             )
             window = [all_bars[r["event_id"]] for r in bar_rows]
             assert lineage_matches(fv.lineage_id, window)
@@ -117,11 +133,20 @@ async def test_full_binance_file_when_imported_then_partial_last_candle_is_repor
     from topics.records import DataQualityEvent
 
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
-        rep = await import_file(SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv", venue="binance", symbol="BTC/USDT",
-                                timeframe=Timeframe.H1, publisher=pub)
+        rep = await import_file(
+            SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv",
+            venue="binance",
+            symbol="BTC/USDT",
+            timeframe=Timeframe.H1,
+            publisher=pub,
+        )
     assert rep.bars == 42_287 and rep.partial_last == 1
-    cons = AIOKafkaConsumer(physical_name("market.data_quality", namespace), bootstrap_servers=broker.bootstrap,
-                            group_id=None, auto_offset_reset="earliest")
+    cons = AIOKafkaConsumer(
+        physical_name("market.data_quality", namespace),
+        bootstrap_servers=broker.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
     await cons.start()
     try:
         batch = await cons.getmany(timeout_ms=5000)
@@ -133,7 +158,11 @@ async def test_full_binance_file_when_imported_then_partial_last_candle_is_repor
 
 
 async def test_feed_that_stops_when_stale_check_is_on_then_stale_feed_finding_is_stored(
-    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, tmp_path: Path,
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = _subset(SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv", tmp_path / "btc.csv", 20)

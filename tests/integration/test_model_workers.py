@@ -43,8 +43,9 @@ def _data(tmp: Path) -> tuple[list[Bar], list[FeatureVector]]:
     path = tmp / "btc.csv"
     with src.open() as f:
         path.write_text("".join(itertools.islice(f, ROWS + 1)))
-    bars = list(import_csv_file(path, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1,
-                                ts_init=TS_MIN_NS).bars)
+    bars = list(
+        import_csv_file(path, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=TS_MIN_NS).bars
+    )
     clock = EventClock()
     pipe = FeaturePipeline(clock)
     vectors = []
@@ -58,9 +59,17 @@ def _data(tmp: Path) -> tuple[list[Bar], list[FeatureVector]]:
 
 def _job(job_id: str, bars: list[Bar], **over: object) -> TrainJob:
     fields: dict[str, object] = dict(  # noqa: C408 - keyword form reads as the record
-        ts_event=bars[-1].ts_event, ts_init=bars[-1].ts_event, job_id=job_id, model_family="mlp",
-        symbols=("BTC/USDT",), timeframe=Timeframe.H1, data_start=bars[0].open_time, data_end=bars[-1].ts_event,
-        feature_set_version=FEATURE_SET_VERSION, seed=11, hyperparams=dict(HP),
+        ts_event=bars[-1].ts_event,
+        ts_init=bars[-1].ts_event,
+        job_id=job_id,
+        model_family="mlp",
+        symbols=("BTC/USDT",),
+        timeframe=Timeframe.H1,
+        data_start=bars[0].open_time,
+        data_end=bars[-1].ts_event,
+        feature_set_version=FEATURE_SET_VERSION,
+        seed=11,
+        hyperparams=dict(HP),
     )
     fields.update(over)
     return TrainJob.new(**fields)  # type: ignore[arg-type]
@@ -91,8 +100,20 @@ async def test_jobs_when_trained_and_served_then_registry_results_and_signals_ma
     await wait_until(persisted, 60, "features persisted", watch=procs)
 
     # -- training: one good job, three bad specs; the worker survives them all -------
-    trainer = procs.cli("trainer", "worker", "--bootstrap", broker.bootstrap, "--namespace", namespace, "--dsn", dsn,
-                        "--web-port", "0", "--agents", "trainer")
+    trainer = procs.cli(
+        "trainer",
+        "worker",
+        "--bootstrap",
+        broker.bootstrap,
+        "--namespace",
+        namespace,
+        "--dsn",
+        dsn,
+        "--web-port",
+        "0",
+        "--agents",
+        "trainer",
+    )
     good = _job("job-good", bars)
     bad = [
         (_job("job-bad-lr", bars, hyperparams={**HP, "lr": -0.1}), "invalid_hyperparameter"),
@@ -122,8 +143,10 @@ async def test_jobs_when_trained_and_served_then_registry_results_and_signals_ma
 
     reg_rows = await _fetch(dsn, "SELECT payload::text AS p FROM ev_model_registry")
     (registered,) = [codec_for(ModelRegistryEvent).decode(r["p"]) for r in reg_rows]
-    assert registered.stage is ModelStage.REGISTERED and ok.artifacts["BTC/USDT"] == f"{registered.model_id}@" \
-        f"{registered.version}"
+    assert (
+        registered.stage is ModelStage.REGISTERED
+        and ok.artifacts["BTC/USDT"] == f"{registered.model_id}@{registered.version}"
+    )
     assert Path(registered.checkpoint_path).exists()
     # the operator CLI reads the registry from Postgres
     lst = procs.cli("models-list", "models", "list", "--dsn", dsn)
@@ -134,35 +157,69 @@ async def test_jobs_when_trained_and_served_then_registry_results_and_signals_ma
     assert registered.checkpoint_sha256 in show.output() and "val_log_loss" in show.output()
 
     # -- inference: the version goes active; a tampered shadow version is refused --------
-    active = dataclasses.replace(registered, stage=ModelStage.ACTIVE, ts_event=registered.ts_event + 1,
-                                 event_id=registered.event_id + "-active")
-    tampered = dataclasses.replace(registered, stage=ModelStage.SHADOW, version=registered.version + "x",
-                                   ts_event=registered.ts_event + 2, event_id=registered.event_id + "-shadow",
-                                   checkpoint_sha256="0" * 64)
+    active = dataclasses.replace(
+        registered, stage=ModelStage.ACTIVE, ts_event=registered.ts_event + 1, event_id=registered.event_id + "-active"
+    )
+    tampered = dataclasses.replace(
+        registered,
+        stage=ModelStage.SHADOW,
+        version=registered.version + "x",
+        ts_event=registered.ts_event + 2,
+        event_id=registered.event_id + "-shadow",
+        checkpoint_sha256="0" * 64,
+    )
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
         await pub.publish([active, tampered])
-    procs.cli("inference", "worker", "--bootstrap", broker.bootstrap, "--namespace", namespace, "--web-port", "0",
-              "--agents", "inference")
+    procs.cli(
+        "inference",
+        "worker",
+        "--bootstrap",
+        broker.bootstrap,
+        "--namespace",
+        namespace,
+        "--web-port",
+        "0",
+        "--agents",
+        "inference",
+    )
 
     predictor = Predictor.from_checkpoint(Path(registered.checkpoint_path), registered.checkpoint_sha256)
     w = predictor.window
-    windows = [vectors[i - w + 1 : i + 1] for i in range(w - 1, len(vectors))
-               if vectors[i].bar_open_time - vectors[i - w + 1].bar_open_time == (w - 1) * Timeframe.H1.nanos]
-    offline = to_signals(predictor.predict_batch(windows), [win[-1] for win in windows], model_id=registered.model_id,
-                         model_version=registered.version, horizon=f"{HP.get('horizon_bars', 1)}x1h", shadow=False,
-                         ts_init=TS_MIN_NS)
+    windows = [
+        vectors[i - w + 1 : i + 1]
+        for i in range(w - 1, len(vectors))
+        if vectors[i].bar_open_time - vectors[i - w + 1].bar_open_time == (w - 1) * Timeframe.H1.nanos
+    ]
+    offline = to_signals(
+        predictor.predict_batch(windows),
+        [win[-1] for win in windows],
+        model_id=registered.model_id,
+        model_version=registered.version,
+        horizon=f"{HP.get('horizon_bars', 1)}x1h",
+        shadow=False,
+        ts_init=TS_MIN_NS,
+    )
 
     async def signals_in() -> bool:
         return len(await _fetch(dsn, "SELECT 1 FROM ev_signals")) >= len(offline)
 
     await wait_until(signals_in, 90, f"{len(offline)} signals", watch=procs)
-    got = {s.event_id: s for s in (codec_for(Signal).decode(r["p"]) for r in
-                                   await _fetch(dsn, "SELECT payload::text AS p FROM ev_signals"))}
+    got = {
+        s.event_id: s
+        for s in (
+            codec_for(Signal).decode(r["p"]) for r in await _fetch(dsn, "SELECT payload::text AS p FROM ev_signals")
+        )
+    }
     assert set(got) == {s.event_id for s in offline}  # no shadow signals from the refused version
     for s in offline:
         g = got[s.event_id]
         assert (g.p_up, g.p_flat, g.p_down, g.expected_return, g.score) == (
-            s.p_up, s.p_flat, s.p_down, s.expected_return, s.score), "worker and offline inference must agree exactly"
+            s.p_up,
+            s.p_flat,
+            s.p_down,
+            s.expected_return,
+            s.score,
+        ), "worker and offline inference must agree exactly"
         assert not g.shadow and g.model_version == registered.version
 
     async def alerted() -> bool:
@@ -193,9 +250,17 @@ async def test_optuna_study_when_run_then_trials_are_training_jobs_and_study_per
         return bool(rows[0]["n"] >= len(vectors))
 
     await wait_until(persisted, 60, "features persisted", watch=procs)
-    spec = TuneSpec(study="t1", family="mlp", symbol="BTC/USDT", timeframe=Timeframe.H1,
-                    data_start=bars[0].open_time, data_end=bars[-1].ts_event, feature_set_version=FEATURE_SET_VERSION,
-                    trials=3, fixed=(("max_epochs", 3), ("patience", 1), ("num_threads", 1)))
+    spec = TuneSpec(
+        study="t1",
+        family="mlp",
+        symbol="BTC/USDT",
+        timeframe=Timeframe.H1,
+        data_start=bars[0].open_time,
+        data_end=bars[-1].ts_event,
+        feature_set_version=FEATURE_SET_VERSION,
+        trials=3,
+        fixed=(("max_epochs", 3), ("patience", 1), ("num_threads", 1)),
+    )
     space = {"lr": ("float", 1e-3, 1e-2, True), "window": ("int", 4, 8)}
     await tune(spec, dsn=dsn, bootstrap=broker.bootstrap, namespace=namespace, artifacts=tmp_path / "m", space=space)
 

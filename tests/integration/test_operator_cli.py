@@ -25,14 +25,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=ROOT, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def signal(symbol: str, i: int) -> Signal:
     ts = time.time_ns() // NS_PER_SECOND * NS_PER_SECOND - NS_PER_HOUR + i * NS_PER_SECOND
-    return builders.signal(symbol=symbol, ts=ts, p_up=0.6, p_down=0.4, expected_return=0.01, score=0.2,
-                           feature_event_id=f"f{i}")
+    return builders.signal(
+        symbol=symbol, ts=ts, p_up=0.6, p_down=0.4, expected_return=0.01, score=0.2, feature_event_id=f"f{i}"
+    )
 
 
 async def test_tail_prints_signals_as_json_lines_filters_by_symbol_and_reports_a_bad_record_then_goes_on(

@@ -60,8 +60,14 @@ SYMBOL = "BTC/USDT"
 #: trades often enough for >= 10 matched orders in the 7-day gate window.
 FIRST_ROW, N_TRAIN, N_SESSION = 32_400, 1_000, 250
 HP: dict[str, str | int | float | bool] = {
-    "window": 8, "hidden_sizes": "16", "max_epochs": 8, "patience": 2, "batch_size": 128, "lr": 0.01,
-    "num_threads": 1, "device": "cpu",
+    "window": 8,
+    "hidden_sizes": "16",
+    "max_epochs": 8,
+    "patience": 2,
+    "batch_size": 128,
+    "lr": 0.01,
+    "num_threads": 1,
+    "device": "cpu",
 }
 REL = 1e-9
 
@@ -73,8 +79,13 @@ REL = 1e-9
 
 def recorded_bars() -> tuple[list[Bar], list[Bar]]:
     """(training bars, session bars): consecutive real candles as recorded."""
-    parsed = import_csv_file(SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv", venue="binance", symbol=SYMBOL,
-                             timeframe=Timeframe.H1, ts_init=TS_MIN_NS)
+    parsed = import_csv_file(
+        SAMPLE_DIR / "binance_btcusdt_1h_2017_2022.csv",
+        venue="binance",
+        symbol=SYMBOL,
+        timeframe=Timeframe.H1,
+        ts_init=TS_MIN_NS,
+    )
     bars = list(parsed.bars)[FIRST_ROW : FIRST_ROW + N_TRAIN + N_SESSION]
     assert all(b.open_time - a.open_time == H for a, b in itertools.pairwise(bars)), "the window has a gap"
     return bars[:N_TRAIN], bars[N_TRAIN:]
@@ -109,8 +120,13 @@ async def count(dsn: str, sql: str, *args: object) -> int:
 # ---------------------------------------------------------------------------
 
 
-async def train_model(broker: EmbeddedBroker, dsn: str, procs: Procs, bars: list[Bar], artifacts: Path,
-                      ) -> ModelRegistryEvent:
+async def train_model(
+    broker: EmbeddedBroker,
+    dsn: str,
+    procs: Procs,
+    bars: list[Bar],
+    artifacts: Path,
+) -> ModelRegistryEvent:
     """Persist training bars + features through a sink (own namespace), train, return the registry event."""
     train_ns = f"{os.urandom(5).hex()}train"
     await ensure_topics(broker.bootstrap, namespace=train_ns)
@@ -122,14 +138,24 @@ async def train_model(broker: EmbeddedBroker, dsn: str, procs: Procs, bars: list
 
     async def persisted() -> bool:
         return await count(dsn, "SELECT count(*) FROM feature_snapshots") >= len(vectors) and await count(
-            dsn, "SELECT count(*) FROM bars") >= len(bars)
+            dsn, "SELECT count(*) FROM bars"
+        ) >= len(bars)
 
     await wait_until(persisted, 60, "training bars and features persisted", watch=procs)
     sink.stop()
-    job = TrainJob.new(ts_event=bars[-1].ts_event, ts_init=bars[-1].ts_event, job_id="parity-model",
-                       model_family="mlp", symbols=(SYMBOL,), timeframe=Timeframe.H1, data_start=bars[0].open_time,
-                       data_end=bars[-1].ts_event, feature_set_version=FEATURE_SET_VERSION, seed=11,
-                       hyperparams=dict(HP))
+    job = TrainJob.new(
+        ts_event=bars[-1].ts_event,
+        ts_init=bars[-1].ts_event,
+        job_id="parity-model",
+        model_family="mlp",
+        symbols=(SYMBOL,),
+        timeframe=Timeframe.H1,
+        data_start=bars[0].open_time,
+        data_end=bars[-1].ts_event,
+        feature_set_version=FEATURE_SET_VERSION,
+        seed=11,
+        hyperparams=dict(HP),
+    )
     outcome = await TrainingService(dsn, artifacts).run_job(job, bars[-1].ts_event)
     assert outcome.result.status is JobStatus.SUCCEEDED, outcome.result.reason
     (registered,) = outcome.registry
@@ -154,8 +180,11 @@ class Workers:
             text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=2).read().decode())
         except OSError:
             return {}
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
 
     async def metric(self, worker: str, name: str, **labels: str) -> float:
         want = set(labels.items())
@@ -180,8 +209,9 @@ class Workers:
         )
 
 
-async def paper_session(broker: EmbeddedBroker, namespace: str, procs: Procs, workers: Workers,
-                        bars: list[Bar]) -> PipelineCounts:
+async def paper_session(
+    broker: EmbeddedBroker, namespace: str, procs: Procs, workers: Workers, bars: list[Bar]
+) -> PipelineCounts:
     """Publish ``bars`` one at a time, each after everything the previous one caused was consumed."""
     last = PipelineCounts(0, 0, 0, 0, 0, 0)
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
@@ -193,8 +223,7 @@ async def paper_session(broker: EmbeddedBroker, namespace: str, procs: Procs, wo
                 last = await workers.counts()
                 return settled(last, n)
 
-            await wait_until(done, 90 if n == 1 else 30, f"bar {n} and its signal consumed", every=0.02,
-                             watch=procs)
+            await wait_until(done, 90 if n == 1 else 30, f"bar {n} and its signal consumed", every=0.02, watch=procs)
     return last
 
 
@@ -204,7 +233,12 @@ async def paper_session(broker: EmbeddedBroker, namespace: str, procs: Procs, wo
 
 
 async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_identically_and_parity_passes(
-    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TRADEFLOW_DSN", dsn)  # the trading agent's checkpoints
     monkeypatch.setenv("TRADEFLOW_CONTROL_KEY_OPS1", "parity-test-control-key-0123456789abcdef")
@@ -218,8 +252,9 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
     trading = procs.worker(broker.bootstrap, namespace, "trading")
     procs.sink(broker.bootstrap, namespace, dsn)
     registered = await train_model(broker, dsn, procs, train_bars, tmp_path / "models")
-    active = dataclasses.replace(registered, stage=ModelStage.ACTIVE, ts_event=registered.ts_event + 1,
-                                 event_id=registered.event_id + "-active")
+    active = dataclasses.replace(
+        registered, stage=ModelStage.ACTIVE, ts_event=registered.ts_event + 1, event_id=registered.event_id + "-active"
+    )
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
         await pub.publish([registered, active])
     inference = procs.worker(broker.bootstrap, namespace, "inference")
@@ -227,15 +262,15 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
 
     final = await paper_session(broker, namespace, procs, workers, session)
     assert final.inference_out >= N_SESSION // 2, final  # the model scored the session, not a trickle
-    paper_fills_sent = await workers.metric("trading", "tradeflow_records_out_total", producer="trading",
-                                            topic="fills")
+    paper_fills_sent = await workers.metric("trading", "tradeflow_records_out_total", producer="trading", topic="fills")
 
     async def stored() -> bool:
-        return (await count(dsn, "SELECT count(*) FROM ev_fills") >= paper_fills_sent
-                and await count(dsn, "SELECT count(*) FROM ev_portfolio_state") >= N_SESSION
-                and await count(dsn, "SELECT count(*) FROM bars WHERE open_time >= $1", session[0].open_time)
-                >= N_SESSION
-                and await count(dsn, "SELECT count(*) FROM model_registry") >= 1)
+        return (
+            await count(dsn, "SELECT count(*) FROM ev_fills") >= paper_fills_sent
+            and await count(dsn, "SELECT count(*) FROM ev_portfolio_state") >= N_SESSION
+            and await count(dsn, "SELECT count(*) FROM bars WHERE open_time >= $1", session[0].open_time) >= N_SESSION
+            and await count(dsn, "SELECT count(*) FROM model_registry") >= 1
+        )
 
     await wait_until(stored, 60, "the sink to store the session's fills, snapshots, bars and registry", watch=procs)
 
@@ -263,16 +298,25 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
             if ts != last_close:
                 assert last_close is None or ts == last_close + H, (row, ts, last_close)
                 overtaken += 1
-    aligned = {outcome: await workers.metric("trading", "tradeflow_trading_signals_aligned_total", outcome=outcome)
-               for outcome in ("held", "released_without_bar")}
+    aligned = {
+        outcome: await workers.metric("trading", "tradeflow_trading_signals_aligned_total", outcome=outcome)
+        for outcome in ("held", "released_without_bar")
+    }
     assert aligned == {"held": overtaken, "released_without_bar": 0}, aligned
 
     # -- the backtest: same bars, same model, same costs as the paper adapter -------------------
     request = BacktestRequest(
-        symbols=(SYMBOL,), start_ns=session[0].open_time, end_ns=session[-1].open_time + H, venue="binance",
-        source="prod", models=(f"{registered.model_id}@{registered.version}",), warmup_bars=0,
-        fee_bps=PaperConfig().fee_bps, slippage_bps=PaperConfig().slippage_bps,
-        impact_coefficient_bps=PaperConfig().impact_coefficient_bps, initial_cash=PortfolioConfig().initial_cash,
+        symbols=(SYMBOL,),
+        start_ns=session[0].open_time,
+        end_ns=session[-1].open_time + H,
+        venue="binance",
+        source="prod",
+        models=(f"{registered.model_id}@{registered.version}",),
+        warmup_bars=0,
+        fee_bps=PaperConfig().fee_bps,
+        slippage_bps=PaperConfig().slippage_bps,
+        impact_coefficient_bps=PaperConfig().impact_coefficient_bps,
+        initial_cash=PortfolioConfig().initial_cash,
     )
     live_cfg = TradingSettings.from_env(os.environ).config()
     bt_cfg = request.trading_config()
@@ -282,8 +326,11 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
     assert bt_cfg.portfolio.config_hash() == live_cfg.portfolio.config_hash()
     run_id = await arun_backtest(request, dsn)
 
-    bt_rows = await fetch(dsn, "SELECT client_order_id, side, quantity, price, fee FROM backtest_fills "
-                               "WHERE run_id = $1 ORDER BY seq", run_id)
+    bt_rows = await fetch(
+        dsn,
+        "SELECT client_order_id, side, quantity, price, fee FROM backtest_fills WHERE run_id = $1 ORDER BY seq",
+        run_id,
+    )
     paper_rows = [json.loads(r["p"]) for r in await fetch(dsn, "SELECT payload::text AS p FROM ev_fills")]
     assert len(paper_rows) == paper_fills_sent
     backtest = {r["client_order_id"]: r for r in bt_rows}
@@ -302,10 +349,31 @@ async def test_paper_session_on_the_broker_and_backtest_of_the_same_bars_fill_id
     as_of = datetime.fromtimestamp(request.end_ns // 10**9, UTC).isoformat()  # the session's end, on a second
     assert request.end_ns % 10**9 == 0
     gates = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "ops.cli", "gates", "evaluate", "--track", track, "--json",
-                         "--as-of", as_of,
-                         "--dsn", dsn, "--bootstrap", broker.bootstrap, "--namespace", namespace],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60)
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "gates",
+            "evaluate",
+            "--track",
+            track,
+            "--json",
+            "--as-of",
+            as_of,
+            "--dsn",
+            dsn,
+            "--bootstrap",
+            broker.bootstrap,
+            "--namespace",
+            namespace,
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     # exit 1: the hard metrics and readiness see no run finished in the lookback before 2021; parity must pass
     assert gates.returncode in (0, 1), gates.stderr[-2000:]
     results: list[dict[str, Any]] = [json.loads(line) for line in gates.stdout.splitlines() if line.startswith("{")]

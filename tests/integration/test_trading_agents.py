@@ -59,8 +59,15 @@ H = Timeframe.H1.nanos
 HALF = Timeframe.M30.nanos
 BTC_FILE = ("binance_btcusdt_1h_2017_2022.csv", "binance", "BTC/USDT", Timeframe.H1, "2020-10-03 02:00:00+00:00")
 ETH_FILE = ("gymcrypto_ethusd_30m_2017_2019.csv", "gymcrypto", "ETH/USD", Timeframe.M30, "2017-11-27 18:30:00+00:00")
-OUTPUT_TOPICS = ("orders.intents", "risk.decisions", "orders.updates", "fills", "portfolio.state", "control.audit",
-                 "ops.alerts")
+OUTPUT_TOPICS = (
+    "orders.intents",
+    "risk.decisions",
+    "orders.updates",
+    "fills",
+    "portfolio.state",
+    "control.audit",
+    "ops.alerts",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -80,20 +87,40 @@ def bars(file: tuple[str, str, str, Timeframe, str], n: int, last_close: int) ->
         rows = [r for r in csv.DictReader(fh) if r["timestamp"] >= start][:n]
     assert len(rows) == n and rows[0]["timestamp"] == start
     assert datetime.fromisoformat(rows[-1]["timestamp"]) == datetime.fromisoformat(start) + (n - 1) * (
-        datetime.fromisoformat(rows[1]["timestamp"]) - datetime.fromisoformat(rows[0]["timestamp"]))  # no gap
+        datetime.fromisoformat(rows[1]["timestamp"]) - datetime.fromisoformat(rows[0]["timestamp"])
+    )  # no gap
     out = []
     for j, r in enumerate(rows):
         close = last_close - (n - 1 - j) * tf.nanos
         o, hi, lo, c = (float(r[k]) for k in ("open", "high", "low", "close"))
         assert (hi - lo) / o < 0.02, "the chosen window must be calm (no volatility breaker)"
-        out.append(builders.bar(venue=venue, symbol=symbol, timeframe=tf, open_time=close - tf.nanos, open=o, high=hi,
-                                low=lo, close=c, volume=float(r["volume"]), source=f"csv-restamped:{name}"))
+        out.append(
+            builders.bar(
+                venue=venue,
+                symbol=symbol,
+                timeframe=tf,
+                open_time=close - tf.nanos,
+                open=o,
+                high=hi,
+                low=lo,
+                close=c,
+                volume=float(r["volume"]),
+                source=f"csv-restamped:{name}",
+            )
+        )
     return out
 
 
 def signal(symbol: str, ts: int, score: float, tag: str) -> Signal:
-    return builders.signal(symbol=symbol, ts=ts, score=score, model_id="stub-momentum", expected_return=0.02 * score,
-                           feature_event_id=f"features-{tag}", lineage_id="test")
+    return builders.signal(
+        symbol=symbol,
+        ts=ts,
+        score=score,
+        model_id="stub-momentum",
+        expected_return=0.02 * score,
+        feature_event_id=f"features-{tag}",
+        lineage_id="test",
+    )
 
 
 def tamper(event: ControlEvent, **changes: Any) -> ControlEvent:
@@ -139,7 +166,8 @@ class Feed:
             return {}
         return {
             (s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
         }
 
     async def metric(self, name: str, **labels: str) -> float:
@@ -161,8 +189,9 @@ class Feed:
     async def send(self, *records: Record, timeout: float = 30) -> None:
         for rec in records:
             topic = "market.bars" if isinstance(rec, Bar) else None  # checked bars: what the agent reads
-            await self._after(lambda r=rec, t=topic: self.pub.publish([r], topic=t), what=type(rec).__name__,
-                              timeout=timeout)
+            await self._after(
+                lambda r=rec, t=topic: self.pub.publish([r], topic=t), what=type(rec).__name__, timeout=timeout
+            )
             self.inputs.append(rec)
 
     async def raw(self, topic: str, value: bytes) -> None:
@@ -174,9 +203,23 @@ class Feed:
 
         async def run() -> None:
             proc = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-m", "ops.cli", "control", *args, "--bootstrap",
-                                 self.pub.bootstrap, "--namespace", self.pub.namespace],
-                cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60,
+                subprocess.run,
+                [
+                    sys.executable,
+                    "-m",
+                    "ops.cli",
+                    "control",
+                    *args,
+                    "--bootstrap",
+                    self.pub.bootstrap,
+                    "--namespace",
+                    self.pub.namespace,
+                ],
+                cwd=ROOT,
+                env=dict(os.environ),
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             CLI_OUTPUT.append(proc.stdout + proc.stderr)
             assert proc.returncode == 0, proc.stderr[-2000:]
@@ -185,9 +228,12 @@ class Feed:
         await self._after(run, what=f"control {' '.join(args)}")
         conn = await asyncpg.connect(dsn)
         try:
+
             async def stored() -> bool:
-                return bool(await conn.fetchval("SELECT count(*) FROM ev_control WHERE event_id=$1",
-                                                result["event_id"]))
+                return bool(
+                    await conn.fetchval("SELECT count(*) FROM ev_control WHERE event_id=$1", result["event_id"])
+                )
+
             await wait_until(stored, 30, "the control command in ev_control")
             payload = await conn.fetchval("SELECT payload::text FROM ev_control WHERE event_id=$1", result["event_id"])
         finally:
@@ -219,14 +265,17 @@ def replay(inputs: Sequence[Record], keyring: Keyring) -> list[Record]:
 async def rows(dsn: str, topic: str) -> dict[str, str]:
     conn = await asyncpg.connect(dsn)
     try:
-        return {r["event_id"]: r["p"] for r in await conn.fetch(
-            f"SELECT event_id, payload::text AS p FROM {spec(topic).table}")}
+        return {
+            r["event_id"]: r["p"]
+            for r in await conn.fetch(f"SELECT event_id, payload::text AS p FROM {spec(topic).table}")
+        }
     finally:
         await conn.close()
 
 
-async def assert_live_equals_replay(dsn: str, feed: Feed, keyring: Keyring,
-                                    extra_alerts: int = 0) -> dict[str, list[Any]]:
+async def assert_live_equals_replay(
+    dsn: str, feed: Feed, keyring: Keyring, extra_alerts: int = 0
+) -> dict[str, list[Any]]:
     """Wait until the sink stored what the replay produces; compare byte for byte. Returns decoded rows."""
     expected: dict[str, dict[str, str]] = {t: {} for t in OUTPUT_TOPICS}
     for rec in replay(feed.inputs, keyring):
@@ -331,8 +380,14 @@ async def test_signed_kill_switch_from_the_cli_then_every_intent_rejected_until_
     decisions = sorted(out["risk.decisions"], key=lambda d: d.ts_init)
     intents = {i.event_id: i for i in out["orders.intents"]}
     assert len(decisions) == 3
-    k1, k2, k3 = (next(d for d in decisions if intents[d.intent_event_id].signal_event_id ==
-                       signal("BTC/USDT", a - H, s, t).event_id) for s, t in ((0.9, "k1"), (0.95, "k2"), (0.9, "k3")))
+    k1, k2, k3 = (
+        next(
+            d
+            for d in decisions
+            if intents[d.intent_event_id].signal_event_id == signal("BTC/USDT", a - H, s, t).event_id
+        )
+        for s, t in ((0.9, "k1"), (0.95, "k2"), (0.9, "k3"))
+    )
     for d in (k1, k2):  # while the switch is on: rejected for that reason alone, never filled
         assert d.verdict.value == "rejected" and d.reasons == ("kill_switch_global",)
     assert k3.verdict.value == "approved"
@@ -354,8 +409,18 @@ async def test_forged_unsigned_and_replayed_control_then_nothing_changes_and_eac
 
     def cmd(command: ControlCommand, nonce: str, keyring: Keyring, key_id: str = "ops1") -> ControlEvent:
         return new_control_event(
-            command=command, scope="global", target="*", params={}, reason="test", operator="mallory",
-            key_id=key_id, nonce=nonce, ts_event=now, ts_init=now, expires_at=None, keyring=keyring,
+            command=command,
+            scope="global",
+            target="*",
+            params={},
+            reason="test",
+            operator="mallory",
+            key_id=key_id,
+            nonce=nonce,
+            ts_event=now,
+            ts_init=now,
+            expires_at=None,
+            keyring=keyring,
         )
 
     wrong = Keyring({"ops1": b"an-attackers-guess-at-the-key-0123456789", "ops9": b"x" * 40})
@@ -377,17 +442,20 @@ async def test_forged_unsigned_and_replayed_control_then_nothing_changes_and_eac
 
     out = await assert_live_equals_replay(dsn, feed, trading_env, extra_alerts=1)
     audits = {(x.control_event_id, x.reason): x for x in out["control.audit"]}
-    rejected = {(forged.event_id, "bad_signature"), (unknown.event_id, "unknown_key"),
-                (unsigned.event_id, "unsigned"), (altered.event_id, "bad_signature"),
-                (genuine_on.event_id, "replayed")}
+    rejected = {
+        (forged.event_id, "bad_signature"),
+        (unknown.event_id, "unknown_key"),
+        (unsigned.event_id, "unsigned"),
+        (altered.event_id, "bad_signature"),
+        (genuine_on.event_id, "replayed"),
+    }
     assert rejected | {(genuine_on.event_id, "applied"), (genuine_off.event_id, "applied")} == set(audits)
     for key in rejected:
         assert audits[key].outcome.value == "rejected" and audits[key].alert and audits[key].changes == ()
     alerts = out["ops.alerts"]
     by_audit = {al.dedupe_key: al for al in alerts if al.code == "control_rejected"}
     assert set(by_audit) == {audits[k].event_id for k in rejected}
-    assert {al.labels["reason"] for al in by_audit.values()} == {"bad_signature", "unknown_key", "unsigned",
-                                                                  "replayed"}
+    assert {al.labels["reason"] for al in by_audit.values()} == {"bad_signature", "unknown_key", "unsigned", "replayed"}
     assert [al.code for al in alerts if al.code != "control_rejected"] == ["control_undecodable"]
     # nothing the rejected commands claimed took effect: the order after them went through and filled
     (decision,) = out["risk.decisions"]
@@ -404,8 +472,13 @@ async def test_forged_unsigned_and_replayed_control_then_nothing_changes_and_eac
 
 
 async def test_control_keys_in_env_and_file_then_no_secret_in_any_log_or_row(
-    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    trading_env: Keyring,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     key_file = tmp_path / "ops2.key"
     key_file.write_text(FILE_SECRET + "\n")
@@ -419,8 +492,9 @@ async def test_control_keys_in_env_and_file_then_no_secret_in_any_log_or_row(
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
         feed = Feed(pub, procs, port)
         await feed.send(*bars(BTC_FILE, 2, a - H), timeout=90)
-        await feed.cli(dsn, "kill-switch", "on", "--scope", "symbol", "--target", "ETH/USD", "--reason", "r",
-                       "--ttl-s", "600")
+        await feed.cli(
+            dsn, "kill-switch", "on", "--scope", "symbol", "--target", "ETH/USD", "--reason", "r", "--ttl-s", "600"
+        )
         await feed.cli(dsn, "set-limit", "max_order_notional", "20000", "--key-id", "ops2")
         await feed.cli(dsn, "rollout", "promote", "--model-id", "m1", "--version", "3")
         rollout = feed.inputs[-1]
@@ -433,28 +507,47 @@ async def test_control_keys_in_env_and_file_then_no_secret_in_any_log_or_row(
         ("kill-switch", "on", "--reason", "x", "--key-id", "ops7"): 2,
         ("kill-switch", "on", "--reason", "x", "--bootstrap", "127.0.0.1:1", "--timeout-s", "5"): 3,
     }
-    results = await asyncio.gather(*(asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "ops.cli", "control", *args], cwd=ROOT, env=dict(os.environ),
-        capture_output=True, text=True, timeout=60) for args in refusals))
+    results = await asyncio.gather(
+        *(
+            asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "ops.cli", "control", *args],
+                cwd=ROOT,
+                env=dict(os.environ),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for args in refusals
+        )
+    )
     for proc, rc in zip(results, refusals.values(), strict=True):
         CLI_OUTPUT.append(proc.stdout + proc.stderr)
         assert proc.returncode == rc, proc.stderr[-1000:]
 
     out = await assert_live_equals_replay(dsn, feed, keyring)
     reasons = sorted((x.command, x.outcome.value, x.reason) for x in out["control.audit"])
-    assert reasons == [("kill_switch_on", "accepted", "applied"), ("rollout_promote", "ignored", "not_for_risk"),
-                       ("rollout_promote", "rejected", "bad_signature"), ("set_limit", "accepted", "applied")]
+    assert reasons == [
+        ("kill_switch_on", "accepted", "applied"),
+        ("rollout_promote", "ignored", "not_for_risk"),
+        ("rollout_promote", "rejected", "bad_signature"),
+        ("set_limit", "accepted", "applied"),
+    ]
     for p in procs.all:
         p.stop()
     logs = "\n".join([p.output() for p in procs.all] + CLI_OUTPUT)
     assert "control_command" in logs and "trading_agent_configured" in logs  # the logs are the real ones
     conn = await asyncpg.connect(dsn)
     try:
-        tables = [r["table_name"] for r in await conn.fetch(
-            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'ev_%'")]
+        tables = [
+            r["table_name"]
+            for r in await conn.fetch("SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'ev_%'")
+        ]
         payloads = "\n".join([str(v) for t in tables for v in await conn.fetch(f"SELECT payload::text FROM {t}")])
-        dead = [base64.b64decode(r["b"]).decode(errors="replace") for r in await conn.fetch(
-            "SELECT payload->>'original_b64' AS b FROM ev_dead_letters")]
+        dead = [
+            base64.b64decode(r["b"]).decode(errors="replace")
+            for r in await conn.fetch("SELECT payload->>'original_b64' AS b FROM ev_dead_letters")
+        ]
     finally:
         await conn.close()
     assert len(payloads) > 1000

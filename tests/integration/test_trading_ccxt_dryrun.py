@@ -65,8 +65,13 @@ async def table(dsn: str, topic: str, cls: type) -> list:  # type: ignore[type-a
 
 
 async def test_ccxt_dry_run_then_validated_not_sent_rule_breaks_rejected_kill_switch_blocks_and_audit_identical(
-    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: object,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    trading_env: object,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     markets = tmp_path / "binance_spot_markets.snapshot.json"
     await recorded_markets(markets)
@@ -79,8 +84,11 @@ async def test_ccxt_dry_run_then_validated_not_sent_rule_breaks_rejected_kill_sw
     btc = bars(BTC_FILE, 5, a)  # closes a-4h .. a
     eth = bars(ETH_FILE, 5, a - HALF)  # ETH/USD: allowed by risk, not listed on Binance spot
     port = await start(broker, namespace, dsn, procs)
-    s_ok, s_unlisted, s_killed = (signal("BTC/USDT", a - H, 0.9, "ok"), signal("ETH/USD", a - H, 0.9, "unlisted"),
-                                  signal("BTC/USDT", a - H, 0.95, "killed"))
+    s_ok, s_unlisted, s_killed = (
+        signal("BTC/USDT", a - H, 0.9, "ok"),
+        signal("ETH/USD", a - H, 0.9, "unlisted"),
+        signal("BTC/USDT", a - H, 0.95, "killed"),
+    )
     async with RecordPublisher(broker.bootstrap, namespace) as pub:
         feed = Feed(pub, procs, port)
         await feed.send(*sorted(btc[:4] + eth[:4], key=lambda b: (b.ts_event, b.symbol)), timeout=90)
@@ -88,14 +96,21 @@ async def test_ccxt_dry_run_then_validated_not_sent_rule_breaks_rejected_kill_sw
         await feed.cli(dsn, "kill-switch", "on", "--reason", "dry-run drill")
         await feed.send(s_killed, eth[4], btc[4])
         assert await feed.metric("tradeflow_execution_submit_seconds_count", adapter=ADAPTER) == 2  # not the killed
-        for status, reason, n in (("new", "dry_run", 1), ("cancelled", "dry_run", 1),
-                                  ("rejected", "symbol_not_supported", 1), ("rejected", "risk_blocked", 1)):
-            assert await feed.metric("tradeflow_order_updates_total", adapter=ADAPTER, status=status,
-                                     reason=reason) == n, (status, reason)
+        for status, reason, n in (
+            ("new", "dry_run", 1),
+            ("cancelled", "dry_run", 1),
+            ("rejected", "symbol_not_supported", 1),
+            ("rejected", "risk_blocked", 1),
+        ):
+            assert (
+                await feed.metric("tradeflow_order_updates_total", adapter=ADAPTER, status=status, reason=reason) == n
+            ), (status, reason)
 
     async def stored() -> bool:
-        return len(await table(dsn, "orders.updates", OrderUpdate)) >= 4 and \
-            len(await table(dsn, "risk.decisions", RiskDecision)) >= 3
+        return (
+            len(await table(dsn, "orders.updates", OrderUpdate)) >= 4
+            and len(await table(dsn, "risk.decisions", RiskDecision)) >= 3
+        )
 
     await wait_until(stored, 30, "the order updates in Postgres", watch=procs)
     intents = {i.signal_event_id: i for i in await table(dsn, "orders.intents", OrderIntent)}
@@ -117,14 +132,19 @@ async def test_ccxt_dry_run_then_validated_not_sent_rule_breaks_rejected_kill_sw
     conn = await asyncpg.connect(dsn)
     try:
         assert await conn.fetchval("SELECT count(*) FROM ev_fills") == 0  # a dry run never fills
-        journaled = await conn.fetch("SELECT topic, kafka_partition, arrival_ns FROM trading_input_journal "
-                                     "WHERE topic IN ('orders.updates', 'fills') ORDER BY seq")
+        journaled = await conn.fetch(
+            "SELECT topic, kafka_partition, arrival_ns FROM trading_input_journal "
+            "WHERE topic IN ('orders.updates', 'fills') ORDER BY seq"
+        )
         # the adapter's three answers are journaled as inputs; the in-process risk_blocked refusal is not
-        assert [(r["topic"], r["kafka_partition"], r["arrival_ns"]) for r in journaled] == \
-            [("orders.updates", -1, None)] * 3
+        assert [(r["topic"], r["kafka_partition"], r["arrival_ns"]) for r in journaled] == [
+            ("orders.updates", -1, None)
+        ] * 3
         # nothing was sent: the worker never reached the venue (markets from the file, validation only)
-        assert await conn.fetchval("SELECT count(*) FROM ev_order_updates WHERE payload->>'venue_order_id' "
-                                   "IS NOT NULL") == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM ev_order_updates WHERE payload->>'venue_order_id' IS NOT NULL")
+            == 0
+        )
     finally:
         await conn.close()
     for p in procs.all:

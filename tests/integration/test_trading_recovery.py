@@ -64,8 +64,9 @@ async def checkpointed(dsn: str) -> int:
 
 async def raw_topic(bootstrap: str, topic: str) -> list[bytes]:
     """Every message value on ``topic`` (all partitions), read from the beginning."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     await consumer.start()
     out: list[bytes] = []
     try:
@@ -94,7 +95,11 @@ def replay_core(inputs: list[Record], keyring: Keyring) -> TradingCore:
 
 
 async def test_worker_sigkilled_mid_stream_then_restart_resumes_exactly_and_orders_execute_once(
-    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring  # noqa: F811
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    trading_env: Keyring,  # noqa: F811
 ) -> None:
     a = anchor_ns()
     btc = bars(BTC_FILE, 8, a)  # closes a-7h .. a

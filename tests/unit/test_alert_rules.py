@@ -26,8 +26,11 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 CONDITIONS = {
     "reject rate > 1% for 5m": ("ExecutionRejectRateHigh", "tradeflow_order_updates_total", "> 0.01"),
     "API availability < 99.9%": ("ApiAvailabilityLow", "up", "< 0.999"),
-    "signal latency p99 degraded": ("SignalLatencyP99Degraded", "tradeflow_signal_latency_seconds_bucket",
-                                    "histogram_quantile(0.99"),
+    "signal latency p99 degraded": (
+        "SignalLatencyP99Degraded",
+        "tradeflow_signal_latency_seconds_bucket",
+        "histogram_quantile(0.99",
+    ),
     "dead-letter spike": ("DeadLetterSpike", "tradeflow_dead_letters_total", "> 10"),
     "collector success < 95%": ("CollectorSuccessLow", "market_collector_calls_total", "< 0.95"),
     "ingest p95 > 120 s": ("IngestLatencyP95High", "market_ingest_latency_seconds_bucket", "> 120"),
@@ -117,8 +120,11 @@ def test_rule_metrics_are_the_ones_the_code_exposes() -> None:
     from agents.market.live import default_collector_metrics
 
     default_collector_metrics()
-    exposed = {s for fam in REGISTRY.collect() for s in
-               (fam.name, f"{fam.name}_total", f"{fam.name}_bucket", f"{fam.name}_count")}
+    exposed = {
+        s
+        for fam in REGISTRY.collect()
+        for s in (fam.name, f"{fam.name}_total", f"{fam.name}_bucket", f"{fam.name}_count")
+    }
     used = {m for r in rules().values() for m in re.findall(r"\b((?:tradeflow|market)_[a-z_]+)\b", r["expr"])}
     assert used, "the rules read no tradeflow metric"
     assert used <= exposed, sorted(used - exposed)

@@ -15,8 +15,11 @@ def item(ts: int, topic: str, eid: str, **payload: object) -> Item:
 
 
 def test_identical_streams_in_any_order_have_one_hash_and_no_divergence() -> None:
-    a = [item(1, "orders.intents", "i1", q=1.0), item(1, "risk.decisions", "d1", v="approved"),
-         item(2, "fills", "f1", p=10.0)]
+    a = [
+        item(1, "orders.intents", "i1", q=1.0),
+        item(1, "risk.decisions", "d1", v="approved"),
+        item(2, "fills", "f1", p=10.0),
+    ]
     assert decision_hash(a) == decision_hash(list(reversed(a)))
     assert compare(a, list(reversed(a))) is None
 
@@ -45,8 +48,9 @@ def test_empty_streams_are_identical_and_the_hash_is_that_of_nothing() -> None:
 
 
 def test_overrides_parse_by_field_type_and_unknown_or_unparsable_settings_are_refused() -> None:
-    cfg = apply_overrides(TradingConfig(), {"risk.max_order_notional": "5000", "strategy.entry_threshold": "0.4",
-                                            "account": "shadow"})
+    cfg = apply_overrides(
+        TradingConfig(), {"risk.max_order_notional": "5000", "strategy.entry_threshold": "0.4", "account": "shadow"}
+    )
     assert cfg.risk.max_order_notional == 5000.0 and cfg.strategy.entry_threshold == 0.4 and cfg.account == "shadow"
     assert cfg.risk.config_hash() != TradingConfig().risk.config_hash()
     with pytest.raises(ValueError, match="no field 'nope'"):

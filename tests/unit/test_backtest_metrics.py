@@ -35,16 +35,39 @@ T0 = 1_600_000_000_000_000_000 - 1_600_000_000_000_000_000 % DAY
 CSV = Path(__file__).resolve().parents[2] / "ops" / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"
 
 
-def fill(side: Side, qty: float, price: float, fee: float, *, n: int, slip: float = 2.0, impact: float = 0.0,
-         symbol: str = "BTC/USDT") -> Fill:
-    return builders.fill(side=side, quantity=qty, price=price, fee=fee, symbol=symbol, client_order_id=f"tf{n:030d}",
-                         fill_id=str(n), slippage_bps=slip, impact_bps=impact, ts=T0 + n)
+def fill(
+    side: Side,
+    qty: float,
+    price: float,
+    fee: float,
+    *,
+    n: int,
+    slip: float = 2.0,
+    impact: float = 0.0,
+    symbol: str = "BTC/USDT",
+) -> Fill:
+    return builders.fill(
+        side=side,
+        quantity=qty,
+        price=price,
+        fee=fee,
+        symbol=symbol,
+        client_order_id=f"tf{n:030d}",
+        fill_id=str(n),
+        slippage_bps=slip,
+        impact_bps=impact,
+        ts=T0 + n,
+    )
 
 
 def test_daily_sharpe_follows_the_contract_formula() -> None:
     # intraday points: only each day's last equity counts; base = initial equity
-    curve = [(T0 + 3_600 * 10**9, 99_000.0), (T0 + DAY - 1, 101_000.0), (T0 + DAY + 5, 100_000.0),
-             (T0 + 2 * DAY + 5, 103_000.0)]
+    curve = [
+        (T0 + 3_600 * 10**9, 99_000.0),
+        (T0 + DAY - 1, 101_000.0),
+        (T0 + DAY + 5, 100_000.0),
+        (T0 + 2 * DAY + 5, 103_000.0),
+    ]
     r = [101_000 / 100_000 - 1, 100_000 / 101_000 - 1, 103_000 / 100_000 - 1]
     expected = statistics.fmean(r) / statistics.stdev(r) * math.sqrt(365)
     assert daily_sharpe(curve, 100_000.0) == pytest.approx(expected, rel=1e-12)
@@ -97,12 +120,17 @@ def test_round_trips_match_the_portfolio_engine_including_a_flip() -> None:
 
 @pytest.fixture(scope="module")
 def real_run() -> tuple[ReplayResult, dict[tuple[str, str], float | None]]:
-    bars: list[Bar] = list(import_csv_file(CSV, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1,
-                                           ts_init=1_700_000_000_000_000_000).bars[30_000:30_600])
-    spec = WalkForwardSpec(n_windows=2, model=ModelConfig(window=8, hidden_sizes=(16,), max_epochs=4,
-                                                          device="cpu", seed=5))
-    model, lineage = train_walk_forward(bars, {"BTC/USDT": closes_by_open_time(bars)}, spec,
-                                        ReplayConfig().spec, "1x1h")
+    bars: list[Bar] = list(
+        import_csv_file(
+            CSV, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=1_700_000_000_000_000_000
+        ).bars[30_000:30_600]
+    )
+    spec = WalkForwardSpec(
+        n_windows=2, model=ModelConfig(window=8, hidden_sizes=(16,), max_epochs=4, device="cpu", seed=5)
+    )
+    model, lineage = train_walk_forward(
+        bars, {"BTC/USDT": closes_by_open_time(bars)}, spec, ReplayConfig().spec, "1x1h"
+    )
     cfg = ReplayConfig(trading=TradingConfig(risk=RiskConfig(allowed_symbols=("BTC/USDT",))))
     res = replay(bars, cfg, model)
     keys = LineageKeys({(w.model_id, w.model_version): cfg.spec.version for w in lineage})
@@ -138,10 +166,14 @@ def test_unknown_lineage_lowers_coverage(real_run: tuple[ReplayResult, dict[tupl
 
 
 def test_no_activity_gives_zeros_and_missing_states() -> None:
-    bars = list(import_csv_file(CSV, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1,
-                                ts_init=1_700_000_000_000_000_000).bars[:100])
-    res = replay(bars, ReplayConfig(trading=TradingConfig(risk=RiskConfig(allowed_symbols=("BTC/USDT",)))),
-                 ReplayModel(()))
+    bars = list(
+        import_csv_file(
+            CSV, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=1_700_000_000_000_000_000
+        ).bars[:100]
+    )
+    res = replay(
+        bars, ReplayConfig(trading=TradingConfig(risk=RiskConfig(allowed_symbols=("BTC/USDT",)))), ReplayModel(())
+    )
     m = compute_metrics(res, symbols=("BTC/USDT",), initial_cash=100_000.0, lineage=LineageKeys({}))
     assert m[(TOTAL, "fees")] == 0.0 and m[(TOTAL, "trade_count")] == 0.0 and m[(TOTAL, "pnl_after_costs")] == 0.0
     assert m[(TOTAL, "win_rate")] is None and m[(TOTAL, "reject_rate")] is None

@@ -34,6 +34,8 @@ from topics.units import NS_PER_DAY as DAY
 from topics.units import NS_PER_HOUR as H
 
 DATA = Path(__file__).resolve().parents[2] / "ops" / "sample_data" / "binance_btcusdt_1h_2017_2022.csv"
+
+
 @pytest.fixture(scope="module")
 def prices() -> PriceSeries:
     bars = import_csv_file(DATA, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=TS_MIN_NS).bars
@@ -48,8 +50,19 @@ def _trial(number: int, score: float | None, feasible: bool, fast: int = 5, slow
 def test_daily_sharpe_formula_and_missing_states() -> None:
     t0 = 1_600_000_000 * 10**9 // DAY * DAY
     # Four days, two bars each; the day's last bar closes at 00:00 of the next day (counts to its own day).
-    close_time = np.array([t0 + 12 * H, t0 + DAY, t0 + DAY + 12 * H, t0 + 2 * DAY, t0 + 2 * DAY + 12 * H,
-                           t0 + 3 * DAY, t0 + 3 * DAY + 12 * H, t0 + 4 * DAY], dtype=np.int64)
+    close_time = np.array(
+        [
+            t0 + 12 * H,
+            t0 + DAY,
+            t0 + DAY + 12 * H,
+            t0 + 2 * DAY,
+            t0 + 2 * DAY + 12 * H,
+            t0 + 3 * DAY,
+            t0 + 3 * DAY + 12 * H,
+            t0 + 4 * DAY,
+        ],
+        dtype=np.int64,
+    )
     equity = np.array([99.0, 100.0, 50.0, 110.0, 1.0, 99.0, 7.0, 108.9])
     # the project's one formula (backtest.sharpe): the initial cash is the equity before the first day
     r = np.array([100.0 / 100.0 - 1, 110.0 / 100.0 - 1, 99.0 / 110.0 - 1, 108.9 / 99.0 - 1])
@@ -71,7 +84,8 @@ def test_constraints_make_never_trade_infeasible_whatever_the_score() -> None:
     reasons = check_constraints({"trade_count": 0, "turnover": 0.0, "sharpe_daily": 9.9}, c)
     assert reasons == ["trade_count 0 < min_trades 10", "turnover 0 < min_turnover 2"]
     assert check_constraints({"trade_count": 50, "turnover": 9.0, "sharpe_daily": None}, c) == [
-        "sharpe_daily undefined (fewer than 2 daily returns or zero variance)"]
+        "sharpe_daily undefined (fewer than 2 daily returns or zero variance)"
+    ]
     # The best score is infeasible: it is not the winner, and not in the ranking at all.
     trials = [_trial(0, 5.0, False), _trial(1, 1.0, True), _trial(2, 1.0, True), _trial(3, 0.5, True)]
     assert best(trials) is trials[1]  # tie on score: the earlier trial
@@ -110,16 +124,16 @@ def test_grid_parallel_equals_serial_in_order(prices: PriceSeries) -> None:
     assert any(t.feasible for t in serial) and any(not t.feasible for t in serial)
     winner = best(serial)
     assert winner is not None and winner.feasible
-    assert all(winner.score is not None and t.score is not None and winner.score >= t.score
-               for t in serial if t.feasible)
+    assert all(
+        winner.score is not None and t.score is not None and winner.score >= t.score for t in serial if t.feasible
+    )
 
 
 def test_optuna_seeded_is_reproducible_and_parallel(prices: PriceSeries) -> None:
     costs, c = TuningCosts(), Constraints(min_trades=20, min_turnover=5.0)
 
     def search() -> list[TrialResult]:
-        return run_optuna(prices, costs, c, fast_range=(2, 60), slow_range=(10, 240), n_trials=12, seed=7,
-                          workers=2)
+        return run_optuna(prices, costs, c, fast_range=(2, 60), slow_range=(10, 240), n_trials=12, seed=7, workers=2)
 
     a, b = search(), search()
     assert a == b

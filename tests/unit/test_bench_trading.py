@@ -26,6 +26,8 @@ from topics.units import NS_PER_MINUTE
 from topics.units import NS_PER_MS as MS
 
 T = 1_800_000_000_000_000_000
+
+
 def test_percentiles_nearest_rank_and_missing_is_none() -> None:
     p = percentiles([float(x) for x in range(1, 101)])
     assert (p["samples"], p["p50_ms"], p["p95_ms"], p["p99_ms"], p["max_ms"]) == (100, 51.0, 96.0, 100.0, 100.0)
@@ -47,8 +49,14 @@ def _d(offset: int, recv_ms: int, verdict: str, killed: bool = False) -> Decisio
 
 def test_kill_trial_latency_window_and_no_violation() -> None:
     on, off, end = T + 100 * MS, T + 600 * MS, T + 2000 * MS
-    ds = [_d(1, 50, "approved"), _d(2, 120, "approved"), _d(3, 180, "rejected", True),
-          _d(4, 300, "rejected", True), _d(5, 650, "rejected", True), _d(6, 700, "approved")]
+    ds = [
+        _d(1, 50, "approved"),
+        _d(2, 120, "approved"),
+        _d(3, 180, "rejected", True),
+        _d(4, 300, "rejected", True),
+        _d(5, 650, "rejected", True),
+        _d(6, 700, "approved"),
+    ]
     j = judge_kill_trial(ds, on, off, end)
     assert j.latency_ms == 80.0
     assert (j.approved_in_window, j.approved_while_on, j.rejected_after_release) == (1, 0, 0)
@@ -70,14 +78,26 @@ def test_paced_times_are_steady() -> None:
 def test_synthetic_stream_trades_fills_profitably_and_the_kill_switch_blocks() -> None:
     """Every signal flips the position into an approved order; its bar fills it; kill on rejects all."""
     keyring = Keyring({"bench": b"k" * 40})
-    cfg = TradingConfig(account="bench", timeframes=(Timeframe.M1,),
-                        risk=RiskConfig(allowed_symbols=tuple(PHASE_SYMBOLS.values())))
+    cfg = TradingConfig(
+        account="bench", timeframes=(Timeframe.M1,), risk=RiskConfig(allowed_symbols=tuple(PHASE_SYMBOLS.values()))
+    )
     core = TradingCore(cfg, keyring)
 
     def control(command: ControlCommand, params: dict[str, str | int], now: int) -> str:
-        ev = new_control_event(command=command, scope="global", target="*", params=params, reason="t",
-                               operator="t", key_id="bench", nonce=f"n{now}", ts_event=now, ts_init=now,
-                               expires_at=None, keyring=keyring)
+        ev = new_control_event(
+            command=command,
+            scope="global",
+            target="*",
+            params=params,
+            reason="t",
+            operator="t",
+            key_id="bench",
+            nonce=f"n{now}",
+            ts_event=now,
+            ts_init=now,
+            expires_at=None,
+            keyring=keyring,
+        )
         audit = core.on_control(ev, now + MS).audit
         assert audit is not None
         return audit.outcome.value

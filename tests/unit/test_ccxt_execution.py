@@ -133,8 +133,16 @@ def order(
     limit: float | None = None,
     verdict: RiskVerdict = RiskVerdict.APPROVED,
 ) -> tuple[OrderIntent, RiskDecision]:
-    it = builders.intent(side=side, quantity=qty, symbol=symbol, track="live", limit_price=limit,
-                         reduce_only=reduce_only, signal_event_id=_signal_ids(), ts=NOW)
+    it = builders.intent(
+        side=side,
+        quantity=qty,
+        symbol=symbol,
+        track="live",
+        limit_price=limit,
+        reduce_only=reduce_only,
+        signal_event_id=_signal_ids(),
+        ts=NOW,
+    )
     return it, builders.decision(it, verdict=verdict)
 
 

@@ -228,12 +228,36 @@ async def test_forming_candle_then_next_run_publishes_it_closed(replayed: Exchan
 @pytest.mark.parametrize(
     ("exchange_id", "market_type", "symbol", "fixture", "timeframe", "csv_path", "first", "end_index"),
     [
-        ("bitget", "swap", "BTC/USDT:USDT", "bitget_swap_candles_btcusdt_1h.json", Timeframe.H1, BINANCE_CSV,
-         "2021-01-01 00:00", 6),
-        ("okx", "spot", "BTC/USDT", "okx_spot_candles_btcusdt_1h.json", Timeframe.H1, BINANCE_CSV,
-         "2021-01-01 00:00", 6),
-        ("coinbase", "spot", "BTC/USD", "coinbase_spot_candles_btcusd_30m.json", Timeframe.M30, COINBASE_CSV,
-         "2019-06-01 00:00", 6),
+        (
+            "bitget",
+            "swap",
+            "BTC/USDT:USDT",
+            "bitget_swap_candles_btcusdt_1h.json",
+            Timeframe.H1,
+            BINANCE_CSV,
+            "2021-01-01 00:00",
+            6,
+        ),
+        (
+            "okx",
+            "spot",
+            "BTC/USDT",
+            "okx_spot_candles_btcusdt_1h.json",
+            Timeframe.H1,
+            BINANCE_CSV,
+            "2021-01-01 00:00",
+            6,
+        ),
+        (
+            "coinbase",
+            "spot",
+            "BTC/USD",
+            "coinbase_spot_candles_btcusd_30m.json",
+            Timeframe.M30,
+            COINBASE_CSV,
+            "2019-06-01 00:00",
+            6,
+        ),
     ],
 )
 async def test_recorded_candles_of_each_venue_then_bars_match_source_data(
@@ -406,15 +430,23 @@ def test_good_ohlcv_row_then_bar_with_deterministic_id() -> None:
 @pytest.mark.parametrize(
     ("trade", "reason"),
     [
-        ({"id": "1", "symbol": "BTC/USDT", "timestamp": T0_MS, "price": 0.0, "amount": 1.0, "side": "buy"},
-         ErrorReason.OUT_OF_RANGE),
+        (
+            {"id": "1", "symbol": "BTC/USDT", "timestamp": T0_MS, "price": 0.0, "amount": 1.0, "side": "buy"},
+            ErrorReason.OUT_OF_RANGE,
+        ),
         ({"id": "1", "timestamp": T0_MS, "price": 1.0, "amount": 1.0, "side": "buy"}, ErrorReason.MISSING_FIELD),
-        ({"id": "1", "symbol": "BTC/USDT", "timestamp": None, "price": 1.0, "amount": 1.0, "side": "buy"},
-         ErrorReason.WRONG_TYPE),
-        ({"id": "1", "symbol": "BTC/USDT", "timestamp": T0_MS, "price": 1.0, "amount": 1.0, "side": "long"},
-         ErrorReason.UNKNOWN_ENUM),
-        ({"id": "1", "symbol": "btc-usdt", "timestamp": T0_MS, "price": 1.0, "amount": 1.0, "side": "buy"},
-         ErrorReason.BAD_SYMBOL),
+        (
+            {"id": "1", "symbol": "BTC/USDT", "timestamp": None, "price": 1.0, "amount": 1.0, "side": "buy"},
+            ErrorReason.WRONG_TYPE,
+        ),
+        (
+            {"id": "1", "symbol": "BTC/USDT", "timestamp": T0_MS, "price": 1.0, "amount": 1.0, "side": "long"},
+            ErrorReason.UNKNOWN_ENUM,
+        ),
+        (
+            {"id": "1", "symbol": "btc-usdt", "timestamp": T0_MS, "price": 1.0, "amount": 1.0, "side": "buy"},
+            ErrorReason.BAD_SYMBOL,
+        ),
     ],
 )
 def test_bad_trade_then_exchange_data_error_with_reason(trade: dict[str, Any], reason: ErrorReason) -> None:
@@ -571,8 +603,12 @@ async def test_config_per_supported_exchange_then_configured_ccxt_instances() ->
             if exchange_id == "coinbase" and market_type == "swap":
                 continue
             cfg = ExchangeConfig.from_mapping(
-                {"exchange_id": exchange_id, "market_type": market_type, "symbols": [symbols[market_type]],
-                 "timeframes": ["1m", "1h"]}
+                {
+                    "exchange_id": exchange_id,
+                    "market_type": market_type,
+                    "symbols": [symbols[market_type]],
+                    "timeframes": ["1m", "1h"],
+                }
             )
             for pro in (False, True):
                 exchange = make_exchange(cfg, pro=pro, credentials={"apiKey": "k", "secret": "s"})

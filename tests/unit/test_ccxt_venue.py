@@ -31,24 +31,34 @@ from agents.venue.ccxt import (
         (ConnectionResetError(), VenueError(VenueReason.NETWORK_ERROR, True)),
         (ccxt.NullResponse("x"), VenueError(VenueReason.BAD_RESPONSE, True)),
         (ccxt.BadResponse("please try again"), VenueError(VenueReason.BAD_RESPONSE, True, hint=VenueHint.TRY_AGAIN)),
-        (ccxt.AuthenticationError('binance requires "apiKey" credential'),
-         VenueError(VenueReason.CREDENTIALS_MISSING, False)),
+        (
+            ccxt.AuthenticationError('binance requires "apiKey" credential'),
+            VenueError(VenueReason.CREDENTIALS_MISSING, False),
+        ),
         (ccxt.PermissionDenied("x"), VenueError(VenueReason.AUTH_FAILED, False)),
         (ccxt.BadSymbol("x"), VenueError(VenueReason.BAD_SYMBOL, False)),
         (ccxt.InsufficientFunds("x"), VenueError(VenueReason.INSUFFICIENT_FUNDS, False)),
         (ccxt.NotSupported("x"), VenueError(VenueReason.NOT_SUPPORTED, False)),
         (ccxt.ArgumentsRequired("x"), VenueError(VenueReason.BAD_REQUEST, False)),
-        (ccxt.InvalidOrder("ReduceOnly Order is rejected."),
-         VenueError(VenueReason.EXCHANGE_ERROR, False, hint=VenueHint.POSITION_RULE)),
-        (ccxt.InvalidOrder("Filter failure: LOT_SIZE"),
-         VenueError(VenueReason.EXCHANGE_ERROR, False, hint=VenueHint.PRECISION)),
-        (ccxt.BadRequest("order value below the minimum order value"),
-         VenueError(VenueReason.BAD_REQUEST, False, hint=VenueHint.MIN_NOTIONAL)),
+        (
+            ccxt.InvalidOrder("ReduceOnly Order is rejected."),
+            VenueError(VenueReason.EXCHANGE_ERROR, False, hint=VenueHint.POSITION_RULE),
+        ),
+        (
+            ccxt.InvalidOrder("Filter failure: LOT_SIZE"),
+            VenueError(VenueReason.EXCHANGE_ERROR, False, hint=VenueHint.PRECISION),
+        ),
+        (
+            ccxt.BadRequest("order value below the minimum order value"),
+            VenueError(VenueReason.BAD_REQUEST, False, hint=VenueHint.MIN_NOTIONAL),
+        ),
         (ccxt.ExchangeError("Invalid symbol."), VenueError(VenueReason.EXCHANGE_ERROR, False, hint=VenueHint.SYMBOL)),
         (ccxt.DuplicateOrderId("x"), VenueError(VenueReason.EXCHANGE_ERROR, False, duplicate=True)),
         (ccxt.InvalidOrder("Duplicate clientOid"), VenueError(VenueReason.EXCHANGE_ERROR, False, duplicate=True)),
-        (ccxt.OperationFailed("Internal error; unable to process your request. Please try again."),
-         VenueError(VenueReason.OPERATION_FAILED, True, hint=VenueHint.TRY_AGAIN)),
+        (
+            ccxt.OperationFailed("Internal error; unable to process your request. Please try again."),
+            VenueError(VenueReason.OPERATION_FAILED, True, hint=VenueHint.TRY_AGAIN),
+        ),
         (ccxt.CancelPending("x"), VenueError(VenueReason.OPERATION_FAILED, False)),
         (KeyError("x"), VenueError(VenueReason.UNKNOWN, False)),
     ],
@@ -69,8 +79,14 @@ async def test_factory_per_venue_and_market_type_then_configured_instances() -> 
         for venue in sorted(VENUES):
             for market_type in market_types(venue):
                 for pro in (False, True):
-                    exchange = build_exchange(venue, market_type, credentials={"apiKey": "k"}, pro=pro,
-                                              options={"fetchMargins": False}, timeout_ms=1234)
+                    exchange = build_exchange(
+                        venue,
+                        market_type,
+                        credentials={"apiKey": "k"},
+                        pro=pro,
+                        options={"fetchMargins": False},
+                        timeout_ms=1234,
+                    )
                     built.append(exchange)
                     assert exchange.id == venue and exchange.enableRateLimit is True and exchange.timeout == 1234
                     assert exchange.options["defaultType"] == market_type.value

@@ -12,8 +12,9 @@ import pytest
 from ops.embedded.workers import ChildProcess, cli_argv, worker_argv
 
 PRINT_AND_WAIT = "import sys, time; print('ready', flush=True); time.sleep(60)"
-IGNORE_TERM = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
-               "time.sleep(60)")
+IGNORE_TERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+)
 
 
 def _until_ready(p: ChildProcess) -> None:
@@ -62,8 +63,22 @@ def test_never_started_then_stop_and_kill_do_nothing(tmp_path: Path) -> None:
 def test_worker_argv_then_the_cli_worker_command() -> None:
     assert cli_argv("sink", "--dsn", "x") == [sys.executable, "-m", "ops.cli", "sink", "--dsn", "x"]
     assert worker_argv("b:1", "features", "trading", namespace="ns", dsn="d", web_port=8) == cli_argv(
-        "worker", "--bootstrap", "b:1", "--namespace", "ns", "--dsn", "d", "--web-port", "8", "--agents", "features",
-        "trading")
+        "worker",
+        "--bootstrap",
+        "b:1",
+        "--namespace",
+        "ns",
+        "--dsn",
+        "d",
+        "--web-port",
+        "8",
+        "--agents",
+        "features",
+        "trading",
+    )
     port_and_agent = worker_argv("b:1", "features")[-4:]
-    assert port_and_agent[0] == "--web-port" and int(port_and_agent[1]) > 0 and port_and_agent[2:] == [
-        "--agents", "features"]
+    assert (
+        port_and_agent[0] == "--web-port"
+        and int(port_and_agent[1]) > 0
+        and port_and_agent[2:] == ["--agents", "features"]
+    )

@@ -35,8 +35,9 @@ def test_any_valid_record_when_encoded_then_decodes_to_an_equal_record(cls: type
 
 
 def _bar(**overrides: object) -> dict[str, object]:
-    b = builders.bar(open_time=T0, open=100.0, high=110.0, low=90.0, close=105.0, volume=12.5, trade_count=3,
-                     ts_init=T0)
+    b = builders.bar(
+        open_time=T0, open=100.0, high=110.0, low=90.0, close=105.0, volume=12.5, trade_count=3, ts_init=T0
+    )
     d = codec_for(Bar).to_dict(b)
     d.update(overrides)
     return d
@@ -99,8 +100,9 @@ def test_dead_letter_of_oversize_message_when_encoded_then_still_decodes() -> No
 
     raw = b"x" * 400_000
     err = RecordError(ErrorReason.OVERSIZE, "too big")
-    dl = dead_letter_for(consumer="c", topic="t", partition=0, offset=5, key=None, value=raw, error=err,
-                         ts_event=T0, ts_init=T0)
+    dl = dead_letter_for(
+        consumer="c", topic="t", partition=0, offset=5, key=None, value=raw, error=err, ts_event=T0, ts_init=T0
+    )
     back = codec_for(DeadLetter).decode(codec_for(DeadLetter).encode(dl))
     assert back.original_size == 400_000 and back.reason == "oversize"
 

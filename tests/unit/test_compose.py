@@ -114,7 +114,10 @@ def _docker_compose_config() -> None:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text("x" * 32)
         res = subprocess.run(
-            ["docker", "compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, check=False,
+            ["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
+            capture_output=True,
+            text=True,
+            check=False,
             cwd=ROOT,
         )
     finally:
@@ -250,8 +253,9 @@ def test_prometheus_config_when_checked_by_promtool_then_valid_with_the_project_
     assert rules.exists(), "deploy/prometheus/alerts.yml (the project's alert rules) is missing"
     text = (PROM_DIR / "prometheus.yml").read_text().replace("/etc/prometheus/alerts.yml", str(rules))
     (tmp_path / "prometheus.yml").write_text(text)
-    res = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
-                         text=True, check=False)
+    res = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, check=False
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -310,7 +314,11 @@ async def test_topics_create_when_run_then_each_topic_has_catalogue_cleanup_poli
     ns = f"c{tmp_path.name[-8:].replace('_', '')}"
     res = subprocess.run(  # the same command the topics-init service runs (replication factor 1 on one node)
         [sys.executable, "-m", "ops.cli", "topics", "--create", "--bootstrap", broker.bootstrap, "--namespace", ns],
-        capture_output=True, text=True, check=False, cwd=ROOT, timeout=90,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=90,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)

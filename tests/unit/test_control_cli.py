@@ -26,16 +26,41 @@ def parse(*argv: str) -> argparse.Namespace:
     ("argv", "command", "scope", "target", "params"),
     [
         (("kill-switch", "on", "--reason", "r"), ControlCommand.KILL_SWITCH_ON, "global", "*", {}),
-        (("kill-switch", "on", "--reason", "r", "--ttl-s", "90"), ControlCommand.KILL_SWITCH_ON, "global", "*",
-         {"duration_s": 90.0}),
-        (("kill-switch", "off", "--scope", "strategy", "--target", "tanh-sizer"), ControlCommand.KILL_SWITCH_OFF,
-         "strategy", "tanh-sizer", {}),
-        (("set-limit", "max_orders_per_window", "12"), ControlCommand.SET_LIMIT, "global", "*",
-         {"name": "max_orders_per_window", "value": 12}),
-        (("set-limit", "stop_loss", "0.02"), ControlCommand.SET_LIMIT, "global", "*",
-         {"name": "stop_loss", "value": 0.02}),
-        (("rollout", "rollback", "--model-id", "m1", "--version", "7"), ControlCommand.ROLLOUT_ROLLBACK, "model",
-         "m1", {"model_id": "m1", "version": "7"}),
+        (
+            ("kill-switch", "on", "--reason", "r", "--ttl-s", "90"),
+            ControlCommand.KILL_SWITCH_ON,
+            "global",
+            "*",
+            {"duration_s": 90.0},
+        ),
+        (
+            ("kill-switch", "off", "--scope", "strategy", "--target", "tanh-sizer"),
+            ControlCommand.KILL_SWITCH_OFF,
+            "strategy",
+            "tanh-sizer",
+            {},
+        ),
+        (
+            ("set-limit", "max_orders_per_window", "12"),
+            ControlCommand.SET_LIMIT,
+            "global",
+            "*",
+            {"name": "max_orders_per_window", "value": 12},
+        ),
+        (
+            ("set-limit", "stop_loss", "0.02"),
+            ControlCommand.SET_LIMIT,
+            "global",
+            "*",
+            {"name": "stop_loss", "value": 0.02},
+        ),
+        (
+            ("rollout", "rollback", "--model-id", "m1", "--version", "7"),
+            ControlCommand.ROLLOUT_ROLLBACK,
+            "model",
+            "m1",
+            {"model_id": "m1", "version": "7"},
+        ),
     ],
 )
 def test_command_line_when_built_then_signed_event_verifies(
@@ -85,8 +110,9 @@ def test_unreachable_broker_when_run_then_exit_3_and_nothing_secret_printed(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("TRADEFLOW_CONTROL_KEY_OPS1", SECRET)
-    args = parse("kill-switch", "on", "--reason", "r", "--key-id", "ops1", "--bootstrap", "127.0.0.1:1",
-                 "--timeout-s", "10")
+    args = parse(
+        "kill-switch", "on", "--reason", "r", "--key-id", "ops1", "--bootstrap", "127.0.0.1:1", "--timeout-s", "10"
+    )
     assert cmd_control(args) == EXIT_INFRA
     out = capsys.readouterr()
     assert "broker unreachable" in out.err and SECRET not in out.out + out.err

@@ -28,6 +28,8 @@ from topics.units import NS_PER_HOUR as H
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "ops" / "sample_data"
 TS_INIT = 1_700_000_000_000_000_000
+
+
 def ns(text: str) -> int:
     """'2017-08-17 04:00' (UTC) -> epoch ns."""
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()) * 1_000_000_000

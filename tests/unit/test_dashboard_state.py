@@ -35,51 +35,127 @@ from topics.units import NS_PER_HOUR as H
 from topics.units import NS_PER_SECOND as S
 
 T0 = 1_700_000_000_000_000_000
+
+
 def signal(symbol: str, ts: int, score: float) -> Signal:
-    return builders.signal(symbol=symbol, ts=ts, score=score, expected_return=0.01 * score,
-                           feature_event_id=f"f-{symbol}-{ts}")
+    return builders.signal(
+        symbol=symbol, ts=ts, score=score, expected_return=0.01 * score, feature_event_id=f"f-{symbol}-{ts}"
+    )
 
 
 def snapshot(ts: int, equity: float, qty: float = 0.5, account: str = "paper") -> PortfolioSnapshot:
     return PortfolioSnapshot.new(
-        ts_init=ts, ts_event=ts, account=account, as_of_ns=ts, as_of_event_id=f"bar-{ts}", quote_currency="USDT",
-        cash=equity - 100.0, equity=equity, peak_equity=max(equity, 100_000.0), drawdown=0.0, day_start_ns=T0,
-        day_start_equity=100_000.0, day_peak_equity=100_000.0, intraday_drawdown=0.0, daily_pnl=equity - 100_000.0,
-        daily_return=0.0, realized_pnl=0.0, unrealized_pnl=1.5, fees_paid=0.25, consecutive_losses=0,
-        closed_trades=0, losing_trades=0, fills_applied=1, foreign_fee_fills=0, quantities={"BTC/USDT": qty},
-        avg_prices={"BTC/USDT": 20_000.0}, mark_prices={"BTC/USDT": 20_003.0}, mark_ts_ns={"BTC/USDT": ts},
-        realized_pnls={"BTC/USDT": 0.0}, unrealized_pnls={"BTC/USDT": 1.5}, fees={"BTC/USDT": 0.25},
-        opened_at_ns={"BTC/USDT": T0}, config_hash="c")
+        ts_init=ts,
+        ts_event=ts,
+        account=account,
+        as_of_ns=ts,
+        as_of_event_id=f"bar-{ts}",
+        quote_currency="USDT",
+        cash=equity - 100.0,
+        equity=equity,
+        peak_equity=max(equity, 100_000.0),
+        drawdown=0.0,
+        day_start_ns=T0,
+        day_start_equity=100_000.0,
+        day_peak_equity=100_000.0,
+        intraday_drawdown=0.0,
+        daily_pnl=equity - 100_000.0,
+        daily_return=0.0,
+        realized_pnl=0.0,
+        unrealized_pnl=1.5,
+        fees_paid=0.25,
+        consecutive_losses=0,
+        closed_trades=0,
+        losing_trades=0,
+        fills_applied=1,
+        foreign_fee_fills=0,
+        quantities={"BTC/USDT": qty},
+        avg_prices={"BTC/USDT": 20_000.0},
+        mark_prices={"BTC/USDT": 20_003.0},
+        mark_ts_ns={"BTC/USDT": ts},
+        realized_pnls={"BTC/USDT": 0.0},
+        unrealized_pnls={"BTC/USDT": 1.5},
+        fees={"BTC/USDT": 0.25},
+        opened_at_ns={"BTC/USDT": T0},
+        config_hash="c",
+    )
 
 
 def switch_text(scope: KillScope, target: str, reason: str, set_by: str, expires: int | None) -> str:
-    return KillSwitch(scope=scope, target=target, reason=reason, set_by=set_by, set_at_ns=T0,
-                      expires_at_ns=expires).describe()
+    return KillSwitch(
+        scope=scope, target=target, reason=reason, set_by=set_by, set_at_ns=T0, expires_at_ns=expires
+    ).describe()
 
 
-def audit(ts: int, command: str, changes: tuple[str, ...], outcome: ControlOutcome = ControlOutcome.ACCEPTED,
-          reason: str = "applied", nonce: str = "n1") -> ControlAudit:
+def audit(
+    ts: int,
+    command: str,
+    changes: tuple[str, ...],
+    outcome: ControlOutcome = ControlOutcome.ACCEPTED,
+    reason: str = "applied",
+    nonce: str = "n1",
+) -> ControlAudit:
     return ControlAudit.new(
-        ts_init=ts, ts_event=ts, component="risk:paper", control_event_id=f"ce-{nonce}", command=command,
-        scope="global", target="*", operator="alice", key_id="ops1", nonce=nonce, outcome=outcome, reason=reason,
-        detail="", alert=outcome is ControlOutcome.REJECTED, changes=changes, config_hash_before="a",
-        config_hash_after="b")
+        ts_init=ts,
+        ts_event=ts,
+        component="risk:paper",
+        control_event_id=f"ce-{nonce}",
+        command=command,
+        scope="global",
+        target="*",
+        operator="alice",
+        key_id="ops1",
+        nonce=nonce,
+        outcome=outcome,
+        reason=reason,
+        detail="",
+        alert=outcome is ControlOutcome.REJECTED,
+        changes=changes,
+        config_hash_before="a",
+        config_hash_after="b",
+    )
 
 
 def gate(ts: int, status: GateStatus, value: float | None, blockers: tuple[str, ...]) -> GateResult:
-    return builders.gate_result(status=status, value=value, metric="sharpe", window_start=T0 - 30 * 24 * H,
-                                window_end=ts, observations=12, blockers=blockers, config_hash=f"g{ts}")
+    return builders.gate_result(
+        status=status,
+        value=value,
+        metric="sharpe",
+        window_start=T0 - 30 * 24 * H,
+        window_end=ts,
+        observations=12,
+        blockers=blockers,
+        config_hash=f"g{ts}",
+    )
 
 
 def model(ts: int, version: str, stage: ModelStage) -> ModelRegistryEvent:
-    return builders.registry_event(version=version, stage=stage, ts=ts, model_id="mlp-btc", data_start=T0 - H,
-                                   data_end=T0, metrics={"val_loss": 0.5}, checkpoint_path="x")
+    return builders.registry_event(
+        version=version,
+        stage=stage,
+        ts=ts,
+        model_id="mlp-btc",
+        data_start=T0 - H,
+        data_end=T0,
+        metrics={"val_loss": 0.5},
+        checkpoint_path="x",
+    )
 
 
 def dead(offset: int, reason: str) -> DeadLetter:
-    return DeadLetter.new(ts_init=T0, ts_event=T0, consumer="sink", source_topic="signals", source_partition=0,
-                          source_offset=offset, reason=reason, detail="bad", original_key_b64=None,
-                          original_b64="eA==", original_size=1)
+    return DeadLetter.new(
+        ts_init=T0,
+        ts_event=T0,
+        consumer="sink",
+        source_topic="signals",
+        source_partition=0,
+        source_offset=offset,
+        reason=reason,
+        detail="bad",
+        original_key_b64=None,
+        original_b64="eA==",
+        original_size=1,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -92,14 +168,35 @@ def test_topics_are_catalogued_with_the_record_types_folded() -> None:
     for name in TOPICS:
         assert name in BY_NAME
     # every catalogued record type of those topics is handled (no TypeError)
-    records: list[Any] = [signal("BTC/USDT", T0, 0.2), snapshot(T0, 100_000.0),
-                          RiskDecision.new(ts_init=T0, ts_event=T0, intent_event_id="i", strategy_id="s",
-                                           symbol="BTC/USDT", verdict=RiskVerdict.APPROVED, requested_quantity=1.0,
-                                           approved_quantity=1.0, reasons=()),
-                          audit(T0, "set_limit", ()), gate(T0, GateStatus.PASSED, 2.0, ()),
-                          model(T0, "1", ModelStage.SHADOW), dead(1, "invalid_json"),
-                          Alert.new(ts_init=T0, ts_event=T0, severity=Severity.INFO, source="x", code="c",
-                                    message="m", dedupe_key="d", labels={})]
+    records: list[Any] = [
+        signal("BTC/USDT", T0, 0.2),
+        snapshot(T0, 100_000.0),
+        RiskDecision.new(
+            ts_init=T0,
+            ts_event=T0,
+            intent_event_id="i",
+            strategy_id="s",
+            symbol="BTC/USDT",
+            verdict=RiskVerdict.APPROVED,
+            requested_quantity=1.0,
+            approved_quantity=1.0,
+            reasons=(),
+        ),
+        audit(T0, "set_limit", ()),
+        gate(T0, GateStatus.PASSED, 2.0, ()),
+        model(T0, "1", ModelStage.SHADOW),
+        dead(1, "invalid_json"),
+        Alert.new(
+            ts_init=T0,
+            ts_event=T0,
+            severity=Severity.INFO,
+            source="x",
+            code="c",
+            message="m",
+            dedupe_key="d",
+            labels={},
+        ),
+    ]
     assert {BY_NAME[n].record for n in TOPICS} == {type(r) for r in records}
     assert all(st.apply(r) for r in records)
 
@@ -126,17 +223,30 @@ def test_portfolio_latest_and_equity_curve_bounded_with_newest_point_kept() -> N
     assert len(curve) <= 9
     assert curve[0] == [T0, 100_000.0] and curve[-1] == [T0 + 99 * H, 100_099.0]
     assert [c[0] for c in curve] == sorted(c[0] for c in curve)
-    assert p["positions"] == [{"symbol": "BTC/USDT", "quantity": 0.5, "avg_price": 20_000.0, "mark_price": 20_003.0,
-                               "unrealized_pnl": 1.5, "realized_pnl": 0.0, "fees": 0.25}]
+    assert p["positions"] == [
+        {
+            "symbol": "BTC/USDT",
+            "quantity": 0.5,
+            "avg_price": 20_000.0,
+            "mark_price": 20_003.0,
+            "unrealized_pnl": 1.5,
+            "realized_pnl": 0.0,
+            "fees": 0.25,
+        }
+    ]
 
 
 def test_parse_switch_reads_the_real_describe_format() -> None:
-    text = switch_text(KillScope.SYMBOL, "BTC/USDT:USDT", "venue incident (ticket 42): halt", "operator:alice",
-                       T0 + H)
+    text = switch_text(KillScope.SYMBOL, "BTC/USDT:USDT", "venue incident (ticket 42): halt", "operator:alice", T0 + H)
     p = parse_switch(text)
     assert p is not None
     assert (p.scope, p.target, p.reason, p.set_by, p.expires_at_ns) == (
-        "symbol", "BTC/USDT:USDT", "venue incident (ticket 42): halt", "operator:alice", T0 + H)
+        "symbol",
+        "BTC/USDT:USDT",
+        "venue incident (ticket 42): halt",
+        "operator:alice",
+        T0 + H,
+    )
     g = parse_switch(switch_text(KillScope.GLOBAL, "*", "maintenance", "operator:bob", None))
     assert g is not None and g.target == "*" and g.expires_at_ns is None
     assert parse_switch("set_limit: 1 -> 2") is None
@@ -147,14 +257,25 @@ def test_kill_switches_from_audit_and_breaker_alert_expire_and_release() -> None
     op = switch_text(KillScope.GLOBAL, "*", "maintenance window", "operator:alice", T0 + 2 * H)
     st.apply(audit(T0, "kill_switch_on", (f"engaged {op}",)))
     br = switch_text(KillScope.GLOBAL, "*", "volatility 7.1% > 5.0% on BTC/USDT", "breaker:volatility", T0 + H)
-    st.apply(Alert.new(ts_init=T0, ts_event=T0, severity=Severity.WARNING, source="risk:paper",
-                       code="kill_switch_engaged", message=f"kill switch engaged: {br}", dedupe_key="k", labels={}))
+    st.apply(
+        Alert.new(
+            ts_init=T0,
+            ts_event=T0,
+            severity=Severity.WARNING,
+            source="risk:paper",
+            code="kill_switch_engaged",
+            message=f"kill switch engaged: {br}",
+            dedupe_key="k",
+            labels={},
+        )
+    )
     # a rejected (forged) command changes nothing
     st.apply(audit(T0, "kill_switch_off", (f"released {op}",), ControlOutcome.REJECTED, "bad_signature", "n2"))
     ks = st.view(T0)["risk"]["kill_switches"]
     assert [(k["set_by"], k["reason"], k["expires_at_ns"]) for k in ks] == [
         ("breaker:volatility", "volatility 7.1% > 5.0% on BTC/USDT", T0 + H),
-        ("operator:alice", "maintenance window", T0 + 2 * H)]
+        ("operator:alice", "maintenance window", T0 + 2 * H),
+    ]
     st.apply(snapshot(T0 + H, 100_000.0))  # event time reaches the breaker's expiry
     assert [k["set_by"] for k in st.view(T0)["risk"]["kill_switches"]] == ["operator:alice"]
     st.apply(audit(T0 + H + 1, "kill_switch_off", (f"released {op}",), nonce="n3"))
@@ -267,8 +388,11 @@ def test_token_from_env_or_file_and_checks(tmp_path: Path) -> None:
 
 
 def test_token_set_but_blank_then_refused_not_an_open_dashboard(tmp_path: Path) -> None:
-    for env in ({"TRADEFLOW_DASHBOARD_TOKEN": ""}, {"TRADEFLOW_DASHBOARD_TOKEN": "   "},
-                {"TRADEFLOW_DASHBOARD_TOKEN_FILE": ""}):
+    for env in (
+        {"TRADEFLOW_DASHBOARD_TOKEN": ""},
+        {"TRADEFLOW_DASHBOARD_TOKEN": "   "},
+        {"TRADEFLOW_DASHBOARD_TOKEN_FILE": ""},
+    ):
         with pytest.raises(ValueError, match="at least 16"):
             load_token(env)
     blank = tmp_path / "blank"

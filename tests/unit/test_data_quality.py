@@ -250,9 +250,20 @@ def bar(
     venue: str = "binance",
 ) -> Bar:
     c = o if c is None else c
-    return builders.bar(symbol=symbol, venue=venue, open_time=T0 + i * H, open=o, close=c,
-                        high=max(o, c) * 1.001 if h is None else h, low=min(o, c) * 0.999 if lo is None else lo,
-                        volume=v, trade_count=0, is_closed=closed, revision=revision, ts_init=TS_INIT)
+    return builders.bar(
+        symbol=symbol,
+        venue=venue,
+        open_time=T0 + i * H,
+        open=o,
+        close=c,
+        high=max(o, c) * 1.001 if h is None else h,
+        low=min(o, c) * 0.999 if lo is None else lo,
+        volume=v,
+        trade_count=0,
+        is_closed=closed,
+        revision=revision,
+        ts_init=TS_INIT,
+    )
 
 
 def walk(n: int, start: int = 0, price: float = 100.0) -> list[Bar]:

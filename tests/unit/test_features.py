@@ -50,9 +50,16 @@ PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 
 def make_bar(i: int, close: float, volume: float, *, spread: float = 0.0, revision: int = 0) -> Bar:
     """Bar number ``i`` of a BTC/USDT 1h stream; high/low ``spread`` around the close."""
-    return builders.bar(open_time=T0 + i * HOUR, open=close, high=round(close * (1.0 + spread), 2),
-                        low=round(close * (1.0 - spread), 2), close=close, volume=volume, trade_count=0,
-                        revision=revision)
+    return builders.bar(
+        open_time=T0 + i * HOUR,
+        open=close,
+        high=round(close * (1.0 + spread), 2),
+        low=round(close * (1.0 - spread), 2),
+        close=close,
+        volume=volume,
+        trade_count=0,
+        revision=revision,
+    )
 
 
 @st.composite

@@ -35,13 +35,32 @@ GOOD = {"sharpe_daily": 2.1, "max_drawdown": 0.05, "reject_rate": 0.0}
 P, F, INS = GateStatus.PASSED, GateStatus.FAILED, GateStatus.INSUFFICIENT_OBSERVATION
 
 
-def run(run_id: str, metrics: Mapping[str, float | None] = GOOD, *, age_days: float = 1.0, source: str = "prod",
-        status: str = "succeeded", superseded_by: str | None = None, symbols: tuple[str, ...] = ("BTC/USDT",),
-        track: str = "t1", span_days: int = 40) -> RunInfo:
+def run(
+    run_id: str,
+    metrics: Mapping[str, float | None] = GOOD,
+    *,
+    age_days: float = 1.0,
+    source: str = "prod",
+    status: str = "succeeded",
+    superseded_by: str | None = None,
+    symbols: tuple[str, ...] = ("BTC/USDT",),
+    track: str = "t1",
+    span_days: int = 40,
+) -> RunInfo:
     done = NOW - int(age_days * NS_PER_DAY)
-    return RunInfo(run_id=run_id, track=track, source=source, status=status, superseded_by=superseded_by,
-                   symbols=symbols, range_start_ns=NOW - span_days * NS_PER_DAY, range_end_ns=NOW,
-                   created_at_ns=done - H, finished_at_ns=done, metrics=dict(metrics))
+    return RunInfo(
+        run_id=run_id,
+        track=track,
+        source=source,
+        status=status,
+        superseded_by=superseded_by,
+        symbols=symbols,
+        range_start_ns=NOW - span_days * NS_PER_DAY,
+        range_end_ns=NOW,
+        created_at_ns=done - H,
+        finished_at_ns=done,
+        metrics=dict(metrics),
+    )
 
 
 def by_metric(results: list[GateResult]) -> dict[str, GateResult]:
@@ -92,8 +111,10 @@ def test_zero_reject_rate_passes_as_a_value_not_missing() -> None:
     assert roundtrip(r).value == 0.0
 
 
-@pytest.mark.parametrize("metrics", [{**GOOD, "reject_rate": None}, {"sharpe_daily": 2.0, "max_drawdown": 0.01},
-                                     {**GOOD, "reject_rate": math.nan}])
+@pytest.mark.parametrize(
+    "metrics",
+    [{**GOOD, "reject_rate": None}, {"sharpe_daily": 2.0, "max_drawdown": 0.01}, {**GOOD, "reject_rate": math.nan}],
+)
 def test_missing_metric_is_insufficient_with_none_value(metrics: dict[str, float | None]) -> None:
     r = by_metric(evaluate_hard_metrics("t1", [run("r1", metrics)], GateConfig(), NOW))["reject_rate"]
     assert r.status is INS and r.value is None
@@ -121,8 +142,9 @@ def test_superseded_failed_and_non_prod_runs_never_count() -> None:
     sharpe = by_metric(evaluate_hard_metrics("t1", runs, GateConfig(), NOW))["sharpe_daily"]
     assert sharpe.status is F and sharpe.value == -1.0 and sharpe.observations == 1
     excluded = [b for b in sharpe.blockers if b.startswith("excluded runs")]
-    assert excluded == ["excluded runs in lookback: 1 failed, 1 running, 1 source maintenance, 1 source smoke, "
-                        "2 superseded"]
+    assert excluded == [
+        "excluded runs in lookback: 1 failed, 1 running, 1 source maintenance, 1 source smoke, 2 superseded"
+    ]
 
 
 def test_only_excluded_runs_is_insufficient_not_pass() -> None:
@@ -151,9 +173,17 @@ def test_threshold_override_is_recorded_in_result_and_hash() -> None:
     assert (r.status, r.threshold, r.config_hash) == (F, 2.5, strict.config_hash())
 
 
-@pytest.mark.parametrize("overrides", [{"nope": 1}, {"sharpe_daily": "abc"}, {"parity_floor": 0},
-                                       {"min_valid_runs": "1.5"}, {"sources": "prod,bogus"},
-                                       {"max_drawdown": "inf"}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"nope": 1},
+        {"sharpe_daily": "abc"},
+        {"parity_floor": 0},
+        {"min_valid_runs": "1.5"},
+        {"sources": "prod,bogus"},
+        {"max_drawdown": "inf"},
+    ],
+)
 def test_bad_override_is_a_clear_error(overrides: dict[str, float | int | str]) -> None:
     with pytest.raises(ValueError):
         GateConfig().with_overrides(overrides)
@@ -177,9 +207,17 @@ def test_same_inputs_give_identical_results_and_ids() -> None:
 # ---------------------------------------------------------------------------
 
 
-def fills(n: int, *, days_ago: float = 2.0, drift: float = 1.0, paper_adverse_bps: float = 0.0,
-          paper_qty_scale: float = 1.0, symbol: str = "BTC/USDT", run_id: str = "r1",
-          prefix: str = "tf") -> tuple[list[BacktestFill], list[PaperFill]]:
+def fills(
+    n: int,
+    *,
+    days_ago: float = 2.0,
+    drift: float = 1.0,
+    paper_adverse_bps: float = 0.0,
+    paper_qty_scale: float = 1.0,
+    symbol: str = "BTC/USDT",
+    run_id: str = "r1",
+    prefix: str = "tf",
+) -> tuple[list[BacktestFill], list[PaperFill]]:
     """``n`` round trips (buy then sell) with slippage, impact and fees on both sides."""
     bt: list[BacktestFill] = []
     paper: list[PaperFill] = []
@@ -192,19 +230,47 @@ def fills(n: int, *, days_ago: float = 2.0, drift: float = 1.0, paper_adverse_bp
         slip_bps, imp_bps, fee_bps = 2.0, 1.0, 10.0
         price = ref * (1 + d * (slip_bps + imp_bps) / 1e4)
         coid = f"{prefix}{symbol[:3]}{i:04d}"
-        bt.append(BacktestFill(run_id=run_id, seq=i, client_order_id=coid, symbol=symbol, side=side, ts_ns=ts,
-                               quantity=q, price=price, notional=q * price, fee=q * price * fee_bps / 1e4,
-                               slippage_cost=q * ref * slip_bps / 1e4, impact_cost=q * ref * imp_bps / 1e4))
+        bt.append(
+            BacktestFill(
+                run_id=run_id,
+                seq=i,
+                client_order_id=coid,
+                symbol=symbol,
+                side=side,
+                ts_ns=ts,
+                quantity=q,
+                price=price,
+                notional=q * price,
+                fee=q * price * fee_bps / 1e4,
+                slippage_cost=q * ref * slip_bps / 1e4,
+                impact_cost=q * ref * imp_bps / 1e4,
+            )
+        )
         pref, pq = ref * (1 + d * paper_adverse_bps / 1e4), q * paper_qty_scale
         pprice = pref * (1 + d * (slip_bps + 2 * imp_bps) / 1e4)
-        paper.append(PaperFill(client_order_id=coid, fill_id=f"f{i}", symbol=symbol, side=side, ts_ns=ts + 60 * 10**9,
-                               quantity=pq, price=pprice, fee=pq * pprice * fee_bps / 1e4, slippage_bps=slip_bps,
-                               impact_bps=2 * imp_bps))
+        paper.append(
+            PaperFill(
+                client_order_id=coid,
+                fill_id=f"f{i}",
+                symbol=symbol,
+                side=side,
+                ts_ns=ts + 60 * 10**9,
+                quantity=pq,
+                price=pprice,
+                fee=pq * pprice * fee_bps / 1e4,
+                slippage_bps=slip_bps,
+                impact_bps=2 * imp_bps,
+            )
+        )
     return bt, paper
 
 
-def parity(bt: list[BacktestFill], paper: list[PaperFill], cfg: GateConfig | None = None,
-           runs: tuple[RunInfo, ...] | None = None) -> dict[str, ParityOutcome]:
+def parity(
+    bt: list[BacktestFill],
+    paper: list[PaperFill],
+    cfg: GateConfig | None = None,
+    runs: tuple[RunInfo, ...] | None = None,
+) -> dict[str, ParityOutcome]:
     inputs = TrackInputs(track="t1", runs=runs or (run("r1"),), backtest_fills=tuple(bt), paper_fills=tuple(paper))
     return {o.result.metric: o for o in evaluate_parity(inputs, cfg or GateConfig(), NOW)}
 
@@ -287,8 +353,17 @@ def test_parity_without_valid_run_is_insufficient_per_window() -> None:
 
 def test_parity_newest_run_wins_a_shared_order() -> None:
     bt_old, paper = fills(12, run_id="old")
-    bt_new = [BacktestFill(**{**{f: getattr(b, f) for f in b.__slots__}, "run_id": "new",
-                              "price": b.price * 1.01, "notional": b.notional * 1.01}) for b in bt_old]
+    bt_new = [
+        BacktestFill(
+            **{
+                **{f: getattr(b, f) for f in b.__slots__},
+                "run_id": "new",
+                "price": b.price * 1.01,
+                "notional": b.notional * 1.01,
+            }
+        )
+        for b in bt_old
+    ]
     runs = (run("old", age_days=3), run("new", age_days=1))
     new_wins = parity(bt_old + bt_new, paper, runs=runs)[parity_metric(30 * NS_PER_DAY, "BTC/USDT")]
     only_old = parity(bt_old, paper, runs=runs[:1])[parity_metric(30 * NS_PER_DAY, "BTC/USDT")]
@@ -298,8 +373,7 @@ def test_parity_newest_run_wins_a_shared_order() -> None:
 def test_parity_paper_fills_outside_backtest_range_are_not_unmatched() -> None:
     bt, paper = fills(12)
     _, late = fills(2, days_ago=0.01, prefix="late")
-    short = RunInfo(**{**{f: getattr(run("r1"), f) for f in RunInfo.__slots__},
-                       "range_end_ns": NOW - NS_PER_DAY})
+    short = RunInfo(**{**{f: getattr(run("r1"), f) for f in RunInfo.__slots__}, "range_end_ns": NOW - NS_PER_DAY})
     res = parity(bt, paper + late, runs=(short,))[parity_metric(30 * NS_PER_DAY, "BTC/USDT")].result
     assert res.status is P and not any("late" in b for b in res.blockers)
 
@@ -311,8 +385,9 @@ def test_parity_paper_fills_outside_backtest_range_are_not_unmatched() -> None:
 
 def track(runs: tuple[RunInfo, ...], n_round_trips: int = 12, cfg: GateConfig | None = None) -> Evaluation:
     bt, paper = fills(n_round_trips)
-    return evaluate_track(TrackInputs(track="t1", runs=runs, backtest_fills=tuple(bt), paper_fills=tuple(paper)),
-                          cfg or GateConfig(), NOW)
+    return evaluate_track(
+        TrackInputs(track="t1", runs=runs, backtest_fills=tuple(bt), paper_fills=tuple(paper)), cfg or GateConfig(), NOW
+    )
 
 
 def test_ready_when_all_gates_pass_and_runs_suffice() -> None:
@@ -339,10 +414,14 @@ def test_every_blocker_listed_when_many_fail() -> None:
     rd = track(runs, n_round_trips=2).readiness
     assert rd.status is F
     text = "\n".join(rd.blockers)
-    for needle in ("failed gate: hard_metrics/sharpe_daily", "failed gate: hard_metrics/max_drawdown",
-                   "insufficient observation: hard_metrics/reject_rate = missing",
-                   "insufficient observation: parity/relative_deviation_7d:BTC/USDT",
-                   "insufficient observation: parity/relative_deviation_30d:BTC/USDT", "insufficient runs: 1 < 3"):
+    for needle in (
+        "failed gate: hard_metrics/sharpe_daily",
+        "failed gate: hard_metrics/max_drawdown",
+        "insufficient observation: hard_metrics/reject_rate = missing",
+        "insufficient observation: parity/relative_deviation_7d:BTC/USDT",
+        "insufficient observation: parity/relative_deviation_30d:BTC/USDT",
+        "insufficient runs: 1 < 3",
+    ):
         assert needle in text
 
 

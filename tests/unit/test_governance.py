@@ -45,25 +45,41 @@ def config(**overrides: object) -> GovernanceConfig:
     return GovernanceConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def registry(version: str, stage: ModelStage, ts: int, *, model_id: str = MODEL, symbol: str = BTC
-             ) -> ModelRegistryEvent:
+def registry(
+    version: str, stage: ModelStage, ts: int, *, model_id: str = MODEL, symbol: str = BTC
+) -> ModelRegistryEvent:
     return builders.registry_event(
-        version=version, stage=stage, ts=ts, model_id=model_id,
-        config={"symbol": symbol, "timeframe": "1h", "window": 8}, data_start=T0 - 400 * DAY,
-        data_end=T0 - 100 * DAY, seed=7, metrics={"val_ic": 0.03}, checkpoint_path=f"/m/{version}.ckpt",
+        version=version,
+        stage=stage,
+        ts=ts,
+        model_id=model_id,
+        config={"symbol": symbol, "timeframe": "1h", "window": 8},
+        data_start=T0 - 400 * DAY,
+        data_end=T0 - 100 * DAY,
+        seed=7,
+        metrics={"val_ic": 0.03},
+        checkpoint_path=f"/m/{version}.ckpt",
     )
 
 
 def gate(req: str, status: GateStatus, end: int, *, track: str = MODEL, ts: int | None = None) -> GateResult:
     g, _, metric = req.partition(":")
     return builders.gate_result(
-        status=status, value=None if status is I else (2.0 if status is P else 0.1), gate=g, track=track, metric=metric,
-        window_end=end, observations=0 if status is I else 30, ts=end if ts is None else ts, ts_init=end,
+        status=status,
+        value=None if status is I else (2.0 if status is P else 0.1),
+        gate=g,
+        track=track,
+        metric=metric,
+        window_end=end,
+        observations=0 if status is I else 30,
+        ts=end if ts is None else ts,
+        ts_init=end,
     )
 
 
-def window(engine: GovernanceEngine, day: int, statuses: Sequence[GateStatus] | GateStatus,
-           *, track: str = MODEL) -> Step:
+def window(
+    engine: GovernanceEngine, day: int, statuses: Sequence[GateStatus] | GateStatus, *, track: str = MODEL
+) -> Step:
     """All required gate results of window ``day``; returns the step of the result that completed it."""
     per = [statuses] * len(REQUIRED) if isinstance(statuses, GateStatus) else list(statuses)
     steps = [engine.on_gate(gate(req, st, T0 + day * DAY, track=track)) for req, st in zip(REQUIRED, per, strict=True)]
@@ -88,12 +104,22 @@ def stages(step: Step) -> list[tuple[str, ModelStage]]:
     return [(r.version, r.stage) for r in step.records if isinstance(r, ModelRegistryEvent)]
 
 
-def control(command: ControlCommand, version: str, nonce: str, ts: int, *, model_id: str = MODEL,
-            keyring: Keyring = KEYRING) -> ControlEvent:
+def control(
+    command: ControlCommand, version: str, nonce: str, ts: int, *, model_id: str = MODEL, keyring: Keyring = KEYRING
+) -> ControlEvent:
     return new_control_event(
-        command=command, scope="model", target=model_id, params={"model_id": model_id, "version": version},
-        reason="operator drill", operator="alice", key_id="ops1", nonce=nonce, ts_event=ts, ts_init=ts,
-        expires_at=None, keyring=keyring,
+        command=command,
+        scope="model",
+        target=model_id,
+        params={"model_id": model_id, "version": version},
+        reason="operator drill",
+        operator="alice",
+        key_id="ops1",
+        nonce=nonce,
+        ts_event=ts,
+        ts_init=ts,
+        expires_at=None,
+        keyring=keyring,
     )
 
 
@@ -108,8 +134,9 @@ def wire(records: Sequence[Record]) -> list[bytes]:
 
 def test_default_config_when_built_then_ladder_fractions_and_stable_hash() -> None:
     cfg = GovernanceConfig()
-    assert [capital_fraction(s) for s in (ModelStage.SHADOW, ModelStage.CANARY_10, ModelStage.CANARY_30,
-                                          ModelStage.ACTIVE)] == [0.0, 0.1, 0.3, 1.0]
+    assert [
+        capital_fraction(s) for s in (ModelStage.SHADOW, ModelStage.CANARY_10, ModelStage.CANARY_30, ModelStage.ACTIVE)
+    ] == [0.0, 0.1, 0.3, 1.0]
     for off in (ModelStage.REGISTERED, ModelStage.RETIRED, ModelStage.ROLLED_BACK):
         assert capital_fraction(off) == 0.0
     assert cfg.config_hash() == GovernanceConfig().config_hash()
@@ -119,22 +146,26 @@ def test_default_config_when_built_then_ladder_fractions_and_stable_hash() -> No
     assert next_stage(ModelStage.ACTIVE) is None
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"windows_to_promote": 0}, "windows_to_promote"),
-    ({"windows_to_rollback": 0}, "windows_to_rollback"),
-    ({"required_gates": ()}, "at least one"),
-    ({"required_gates": ("sharpe",)}, "not 'gate:metric'"),
-    ({"shadow_fraction": 0.05}, "shadow signals never trade"),
-    ({"canary_10_fraction": 0.5}, "must not decrease"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"windows_to_promote": 0}, "windows_to_promote"),
+        ({"windows_to_rollback": 0}, "windows_to_rollback"),
+        ({"required_gates": ()}, "at least one"),
+        ({"required_gates": ("sharpe",)}, "not 'gate:metric'"),
+        ({"shadow_fraction": 0.05}, "shadow signals never trade"),
+        ({"canary_10_fraction": 0.5}, "must not decrease"),
+    ],
+)
 def test_invalid_config_when_built_then_refused_with_the_rule(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         config(**overrides)
 
 
 def test_config_from_env_when_set_then_used_and_bad_value_names_the_variable() -> None:
-    cfg = GovernanceConfig.from_env({"TRADEFLOW_GOVERNANCE_WINDOWS_TO_PROMOTE": "4",
-                                     "TRADEFLOW_GOVERNANCE_REQUIRED_GATES": "a:b, c:d"})
+    cfg = GovernanceConfig.from_env(
+        {"TRADEFLOW_GOVERNANCE_WINDOWS_TO_PROMOTE": "4", "TRADEFLOW_GOVERNANCE_REQUIRED_GATES": "a:b, c:d"}
+    )
     assert cfg.windows_to_promote == 4 and cfg.required_gates == ("a:b", "c:d")
     assert GovernanceConfig.from_env({}) == GovernanceConfig()
     with pytest.raises(ValueError, match="TRADEFLOW_GOVERNANCE_WINDOWS_TO_ROLLBACK"):
@@ -162,12 +193,19 @@ def test_shadow_model_when_windows_pass_then_promoted_through_every_stage_and_ol
         assert d.config_hash == config().config_hash()
     H, PR = RolloutAction.HOLD, RolloutAction.PROMOTE
     assert seen == [
-        ("v2", ModelStage.SHADOW, ModelStage.SHADOW, H), ("v2", ModelStage.SHADOW, ModelStage.CANARY_10, PR),
-        ("v2", ModelStage.CANARY_10, ModelStage.CANARY_10, H), ("v2", ModelStage.CANARY_10, ModelStage.CANARY_30, PR),
-        ("v2", ModelStage.CANARY_30, ModelStage.CANARY_30, H), ("v2", ModelStage.CANARY_30, ModelStage.ACTIVE, PR),
+        ("v2", ModelStage.SHADOW, ModelStage.SHADOW, H),
+        ("v2", ModelStage.SHADOW, ModelStage.CANARY_10, PR),
+        ("v2", ModelStage.CANARY_10, ModelStage.CANARY_10, H),
+        ("v2", ModelStage.CANARY_10, ModelStage.CANARY_30, PR),
+        ("v2", ModelStage.CANARY_30, ModelStage.CANARY_30, H),
+        ("v2", ModelStage.CANARY_30, ModelStage.ACTIVE, PR),
     ]
-    assert published == [("v2", ModelStage.CANARY_10), ("v2", ModelStage.CANARY_30), ("v2", ModelStage.ACTIVE),
-                         ("v1", ModelStage.RETIRED)]
+    assert published == [
+        ("v2", ModelStage.CANARY_10),
+        ("v2", ModelStage.CANARY_30),
+        ("v2", ModelStage.ACTIVE),
+        ("v1", ModelStage.RETIRED),
+    ]
     view = eng.rollout(MODEL, BTC)
     assert view is not None and (view.active, view.previous_active, view.candidate) == ("v2", "v1", None)
     assert eng.stage_of(MODEL, "v1") is ModelStage.RETIRED
@@ -180,8 +218,12 @@ def test_published_registry_event_when_built_then_copies_the_version_and_is_stam
     (ev,) = [r for r in step.records if isinstance(r, ModelRegistryEvent)]
     original = registry("v2", ModelStage.SHADOW, T0 - 9 * DAY)
     assert ev.stage is ModelStage.CANARY_10 and ev.ts_event > original.ts_event
-    assert (ev.config, ev.checkpoint_sha256, ev.metrics, ev.seed) == (original.config, original.checkpoint_sha256,
-                                                                      original.metrics, original.seed)
+    assert (ev.config, ev.checkpoint_sha256, ev.metrics, ev.seed) == (
+        original.config,
+        original.checkpoint_sha256,
+        original.metrics,
+        original.seed,
+    )
     (d,) = decisions(step)
     assert ev.causation_id == d.event_id and ev.event_id != original.event_id
 
@@ -294,7 +336,11 @@ def test_canary_when_windows_fail_then_rolled_back_and_active_version_republishe
     step = window(eng, 4, F)
     (d,) = decisions(step)
     assert (d.action, d.from_stage, d.to_stage, d.restored_version) == (
-        RolloutAction.ROLLBACK, ModelStage.CANARY_10, ModelStage.ROLLED_BACK, "v1")
+        RolloutAction.ROLLBACK,
+        ModelStage.CANARY_10,
+        ModelStage.ROLLED_BACK,
+        "v1",
+    )
     assert d.failing_windows == 2 and "windows_failed" in d.reason
     assert stages(step) == [("v2", ModelStage.ROLLED_BACK), ("v1", ModelStage.ACTIVE)]
     view = eng.rollout(MODEL, BTC)
@@ -312,8 +358,12 @@ def test_active_model_when_it_degrades_after_full_rollout_then_previous_version_
     window(eng, 7, F)
     step = window(eng, 8, F)
     (d,) = decisions(step)
-    assert (d.version, d.action, d.from_stage, d.restored_version) == ("v2", RolloutAction.ROLLBACK,
-                                                                      ModelStage.ACTIVE, "v1")
+    assert (d.version, d.action, d.from_stage, d.restored_version) == (
+        "v2",
+        RolloutAction.ROLLBACK,
+        ModelStage.ACTIVE,
+        "v1",
+    )
     assert stages(step) == [("v2", ModelStage.ROLLED_BACK), ("v1", ModelStage.ACTIVE)]
 
 
@@ -341,13 +391,16 @@ def test_signed_manual_promote_when_verified_then_applied_and_audited_both_ways(
     step = eng.on_control(control(ControlCommand.ROLLOUT_PROMOTE, "v2", "n1", now), arrival_ns=now)
     (d,) = decisions(step)
     assert (d.action, d.from_stage, d.to_stage, d.trigger, d.actor) == (
-        RolloutAction.MANUAL_PROMOTE, ModelStage.SHADOW, ModelStage.CANARY_10, RolloutTrigger.CONTROL,
-        "operator:alice")
+        RolloutAction.MANUAL_PROMOTE,
+        ModelStage.SHADOW,
+        ModelStage.CANARY_10,
+        RolloutTrigger.CONTROL,
+        "operator:alice",
+    )
     assert d.window_end is None and "operator drill" in d.reason
     assert stages(step) == [("v2", ModelStage.CANARY_10)]
     (a,) = audits(step)
-    assert a.outcome is ControlOutcome.ACCEPTED and a.component == "governance" and a.changes == (
-        "v2: -> canary_10",)
+    assert a.outcome is ControlOutcome.ACCEPTED and a.component == "governance" and a.changes == ("v2: -> canary_10",)
 
 
 def test_signed_manual_promote_of_registered_version_then_it_enters_shadow() -> None:
@@ -395,18 +448,31 @@ def test_replayed_manual_command_when_received_again_then_rejected_as_replayed()
 def test_expired_manual_command_when_received_then_rejected_as_expired() -> None:
     eng = engine_with_active_and_shadow()
     cmd = new_control_event(
-        command=ControlCommand.ROLLOUT_PROMOTE, scope="model", target=MODEL,
-        params={"model_id": MODEL, "version": "v2"}, reason="", operator="bob", key_id="ops1", nonce="n9",
-        ts_event=T0, ts_init=T0, expires_at=T0 - 1, keyring=KEYRING)
+        command=ControlCommand.ROLLOUT_PROMOTE,
+        scope="model",
+        target=MODEL,
+        params={"model_id": MODEL, "version": "v2"},
+        reason="",
+        operator="bob",
+        key_id="ops1",
+        nonce="n9",
+        ts_event=T0,
+        ts_init=T0,
+        expires_at=T0 - 1,
+        keyring=KEYRING,
+    )
     (d,) = decisions(eng.on_control(cmd))
     assert d.action is RolloutAction.REJECTED and d.reason.startswith("expired")
 
 
-@pytest.mark.parametrize("command, version, reason", [
-    (ControlCommand.ROLLOUT_PROMOTE, "v404", "unknown_version"),
-    (ControlCommand.ROLLOUT_PROMOTE, "v1", "no_next_stage"),
-    (ControlCommand.ROLLOUT_ROLLBACK, "v0", "not_in_rollout"),
-])
+@pytest.mark.parametrize(
+    "command, version, reason",
+    [
+        (ControlCommand.ROLLOUT_PROMOTE, "v404", "unknown_version"),
+        (ControlCommand.ROLLOUT_PROMOTE, "v1", "no_next_stage"),
+        (ControlCommand.ROLLOUT_ROLLBACK, "v0", "not_in_rollout"),
+    ],
+)
 def test_authentic_impossible_transition_when_commanded_then_rejected_and_nothing_changes(
     command: ControlCommand, version: str, reason: str
 ) -> None:
@@ -431,8 +497,19 @@ def test_second_candidate_when_promoted_while_one_is_in_rollout_then_rejected() 
 def test_kill_switch_command_when_received_then_audited_ignored_not_for_governance() -> None:
     eng = engine_with_active_and_shadow()
     cmd = new_control_event(
-        command=ControlCommand.KILL_SWITCH_ON, scope="global", target="*", params={}, reason="halt",
-        operator="alice", key_id="ops1", nonce="k1", ts_event=T0, ts_init=T0, expires_at=None, keyring=KEYRING)
+        command=ControlCommand.KILL_SWITCH_ON,
+        scope="global",
+        target="*",
+        params={},
+        reason="halt",
+        operator="alice",
+        key_id="ops1",
+        nonce="k1",
+        ts_event=T0,
+        ts_init=T0,
+        expires_at=None,
+        keyring=KEYRING,
+    )
     step = eng.on_control(cmd)
     assert decisions(step) == []
     (a,) = audits(step)
@@ -442,9 +519,19 @@ def test_kill_switch_command_when_received_then_audited_ignored_not_for_governan
 def test_manual_command_when_params_malformed_then_rejected_invalid_params() -> None:
     eng = engine_with_active_and_shadow()
     cmd = new_control_event(
-        command=ControlCommand.ROLLOUT_PROMOTE, scope="model", target=MODEL, params={"model_id": MODEL, "version": 3},
-        reason="", operator="alice", key_id="ops1", nonce="p1", ts_event=T0, ts_init=T0, expires_at=None,
-        keyring=KEYRING)
+        command=ControlCommand.ROLLOUT_PROMOTE,
+        scope="model",
+        target=MODEL,
+        params={"model_id": MODEL, "version": 3},
+        reason="",
+        operator="alice",
+        key_id="ops1",
+        nonce="p1",
+        ts_event=T0,
+        ts_init=T0,
+        expires_at=None,
+        keyring=KEYRING,
+    )
     (d,) = decisions(eng.on_control(cmd))
     assert d.action is RolloutAction.REJECTED and d.reason.startswith("invalid_params")
 
@@ -467,8 +554,9 @@ def scenario(eng: GovernanceEngine) -> list[Record]:
     for day in range(1, 5):
         out += window(eng, day, P).records
     out += eng.on_control(control(ControlCommand.ROLLOUT_PROMOTE, "v2", "n1", T0 + 4 * DAY + 1)).records
-    forged = dataclasses.replace(control(ControlCommand.ROLLOUT_ROLLBACK, "v2", "n2", T0 + 4 * DAY + 2),
-                                 signature="hmac-sha256:" + "0" * 64)
+    forged = dataclasses.replace(
+        control(ControlCommand.ROLLOUT_ROLLBACK, "v2", "n2", T0 + 4 * DAY + 2), signature="hmac-sha256:" + "0" * 64
+    )
     out += eng.on_control(forged).records
     for day in range(5, 8):
         out += window(eng, day, [F, P, I]).records
@@ -503,10 +591,12 @@ def test_decision_key_when_symbol_unknown_then_model_and_star() -> None:
 
 def test_restarted_engine_when_restored_from_registry_and_audit_then_redelivery_counts_nothing_twice() -> None:
     first = engine_with_active_and_shadow()
-    registry_log = [registry("v1", ModelStage.REGISTERED, T0 - 20 * DAY),
-                    registry("v1", ModelStage.ACTIVE, T0 - 19 * DAY),
-                    registry("v2", ModelStage.REGISTERED, T0 - 10 * DAY),
-                    registry("v2", ModelStage.SHADOW, T0 - 9 * DAY)]
+    registry_log = [
+        registry("v1", ModelStage.REGISTERED, T0 - 20 * DAY),
+        registry("v1", ModelStage.ACTIVE, T0 - 19 * DAY),
+        registry("v2", ModelStage.REGISTERED, T0 - 10 * DAY),
+        registry("v2", ModelStage.SHADOW, T0 - 9 * DAY),
+    ]
     out: list[Record] = []
     out += window(first, 1, P).records
     out += window(first, 2, P).records  # -> canary_10

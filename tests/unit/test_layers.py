@@ -121,6 +121,7 @@ def test_layer_check_then_catches_an_upward_import_and_a_cycle() -> None:
 #: An SQL statement in a string: storage/ is its only home.
 _SQL = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE TABLE)\b")
 
+
 def _docstrings(tree: ast.AST) -> set[int]:
     """ids of the docstring constants of a module, its classes and functions (prose about SQL is no SQL)."""
     out: set[int] = set()
@@ -141,8 +142,7 @@ def _sql_strings(source: str, filename: str) -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
             skip |= {id(v) for v in node.values}
-            texts.append((node.lineno, "".join(v.value if isinstance(v, ast.Constant) else "x"
-                                               for v in node.values)))
+            texts.append((node.lineno, "".join(v.value if isinstance(v, ast.Constant) else "x" for v in node.values)))
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
             texts.append((node.lineno, node.value))
@@ -156,8 +156,9 @@ def test_sql_then_only_in_storage() -> None:
             continue
         for path in sorted((ROOT / package).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            offenders += [f"{rel}:{line}: {text.strip()[:60]!r}"
-                          for line, text in _sql_strings(path.read_text(), str(path))]
+            offenders += [
+                f"{rel}:{line}: {text.strip()[:60]!r}" for line, text in _sql_strings(path.read_text(), str(path))
+            ]
     assert offenders == []
 
 
@@ -166,7 +167,7 @@ def test_sql_check_then_catches_statements_not_prose() -> None:
     source = (
         '"""Reads ``SELECT 1`` now and then."""\n'
         'Q = "SELECT a FROM t"\n'
-        'def f(t):\n'
+        "def f(t):\n"
         '    """Runs DELETE FROM for you."""\n'
         '    return f"UPDATE {t} SET x = 1", "INSERT INTO t VALUES (1)", "select the best one"\n'
     )

@@ -41,14 +41,22 @@ def order(
     limit: float | None = None,
     symbol: str = BTC,
 ) -> tuple[OrderIntent, RiskDecision]:
-    it = builders.intent(side=side, quantity=qty, symbol=symbol, limit_price=limit, target_position=qty,
-                         signal_event_id=_signal_ids(), ts=NOW)
+    it = builders.intent(
+        side=side,
+        quantity=qty,
+        symbol=symbol,
+        limit_price=limit,
+        target_position=qty,
+        signal_event_id=_signal_ids(),
+        ts=NOW,
+    )
     return it, builders.decision(it, verdict=verdict, approved=approved)
 
 
 def bar(open_: float = 30_000.0, volume: float = 100.0, *, open_time: int = NOW, symbol: str = BTC) -> Bar:
-    return builders.bar(symbol=symbol, open_time=open_time, open=open_, high=open_ * 1.01, low=open_ * 0.99,
-                        volume=volume)
+    return builders.bar(
+        symbol=symbol, open_time=open_time, open=open_, high=open_ * 1.01, low=open_ * 0.99, volume=volume
+    )
 
 
 def engine(config: PaperConfig | None = None) -> PaperExecutionEngine:

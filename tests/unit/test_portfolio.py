@@ -35,8 +35,18 @@ def fill(
     fill_id: str | None = None,
 ) -> Fill:
     number = _fill_ids()  # every fill takes a number, named or not
-    return builders.fill(side=side, quantity=qty, price=price, fee=fee, fee_currency=fee_currency, symbol=symbol,
-                         client_order_id="tfcoid", fill_id=fill_id or number, adapter="test", ts=ts)
+    return builders.fill(
+        side=side,
+        quantity=qty,
+        price=price,
+        fee=fee,
+        fee_currency=fee_currency,
+        symbol=symbol,
+        client_order_id="tfcoid",
+        fill_id=fill_id or number,
+        adapter="test",
+        ts=ts,
+    )
 
 
 def bar(close: float, *, symbol: str = BTC, open_time: int = T0) -> Bar:

@@ -144,15 +144,23 @@ def run_vectorbt(bars: Sequence[Bar], p: SmaCrossParams) -> PeerRun:
         entries = fast.ma_crossed_above(slow).shift(1, fill_value=False)
         exits = fast.ma_crossed_below(slow).shift(1, fill_value=False)
         pf = vbt.Portfolio.from_signals(
-            frame["Close"], entries, exits, price=frame["Open"], fees=p.fee_rate, init_cash=p.initial_cash,
-            size=np.inf, size_granularity=np.nan if p.lot_size is None else p.lot_size, direction="longonly",
+            frame["Close"],
+            entries,
+            exits,
+            price=frame["Open"],
+            fees=p.fee_rate,
+            init_cash=p.initial_cash,
+            size=np.inf,
+            size_granularity=np.nan if p.lot_size is None else p.lot_size,
+            direction="longonly",
         )
         orders = pf.orders.records_readable
         final = float(pf.final_value())
     fills = [
         (ts.value, float(price), float(size) if side == "Buy" else -float(size))
-        for ts, price, size, side in zip(orders["Timestamp"], orders["Price"], orders["Size"], orders["Side"],
-                                         strict=True)
+        for ts, price, size, side in zip(
+            orders["Timestamp"], orders["Price"], orders["Size"], orders["Side"], strict=True
+        )
     ]
     return PeerRun(
         final_equity=final,
@@ -231,8 +239,10 @@ def test_fractional_units_match_vectorbt(prices: PriceSeries, bars: tuple[Bar, .
 def _bars(closes: Sequence[float], opens: Sequence[float] | None = None, symbol: str = "BTC/USDT") -> list[Bar]:
     t0 = 1_600_000_000 * 1_000_000_000 // H * H
     opens = opens if opens is not None else closes
-    return [builders.bar(symbol=symbol, open_time=t0 + i * H, open=o, close=c, ts_init=t0)
-            for i, (o, c) in enumerate(zip(opens, closes, strict=True))]
+    return [
+        builders.bar(symbol=symbol, open_time=t0 + i * H, open=o, close=c, ts_init=t0)
+        for i, (o, c) in enumerate(zip(opens, closes, strict=True))
+    ]
 
 
 def test_sma_and_strict_crossings() -> None:
@@ -272,8 +282,9 @@ def test_cross_on_last_bar_does_not_trade_and_unaffordable_entry_is_counted() ->
     closes = [10.0, 9.0, 12.0, 12.0]
     r = run_sma_cross(PriceSeries.from_bars(_bars(closes)), SmaCrossParams(1, 2, fee_rate=0.0, initial_cash=5.0))
     assert r.fills == () and r.skipped_entries == 1 and r.final_equity == 5.0
-    frac = run_sma_cross(PriceSeries.from_bars(_bars(closes)),
-                         SmaCrossParams(1, 2, fee_rate=0.0, initial_cash=5.0, lot_size=None))
+    frac = run_sma_cross(
+        PriceSeries.from_bars(_bars(closes)), SmaCrossParams(1, 2, fee_rate=0.0, initial_cash=5.0, lot_size=None)
+    )
     assert frac.fills[0].quantity == pytest.approx(5.0 / 12.0) and frac.trades[0].is_open
 
 

@@ -70,8 +70,9 @@ def test_one_changed_bar_changes_the_hash(bars: list[Bar], model: ReplayModel) -
     base = replay(bars, _config(), model)
     i = 400
     changed = list(bars)
-    changed[i] = dataclasses.replace(bars[i], close=bars[i].close * 1.001, high=max(bars[i].high,
-                                                                                 bars[i].close * 1.001))
+    changed[i] = dataclasses.replace(
+        bars[i], close=bars[i].close * 1.001, high=max(bars[i].high, bars[i].close * 1.001)
+    )
     other = replay(changed, _config(), model)
     assert other.hash != base.hash
     # records strictly before the changed bar are identical
@@ -104,8 +105,9 @@ def test_batched_inference_equals_the_streaming_worker(bars: list[Bar], model: R
         fv = fvs[sig.feature_event_id]
         seg = model.segment_for(sig.symbol, fv.bar_open_time)
         assert seg is not None
-        history = sorted((v for v in fvs.values() if v.bar_open_time <= fv.bar_open_time),
-                         key=lambda v: v.bar_open_time)[-seg.predictor.window:]
+        history = sorted(
+            (v for v in fvs.values() if v.bar_open_time <= fv.bar_open_time), key=lambda v: v.bar_open_time
+        )[-seg.predictor.window :]
         alone = seg.predictor.predict_batch([history])
         assert np.float64(sig.score) == alone.score[0] * seg.polarity
         checked += 1
@@ -147,13 +149,22 @@ def test_overlapping_segments_are_refused(model: ReplayModel) -> None:
     with pytest.raises(ValueError, match="overlap"):
         ReplayModel((seg, dataclasses.replace(seg, start_ns=seg.start_ns + 1, label="x")))
     with pytest.raises(ValueError, match="polarity"):
-        ModelSegment(symbol=SYMBOL, start_ns=0, end_ns=1, predictor=seg.predictor, model_id="m",
-                     model_version="v", horizon="1x1h", polarity=0)
+        ModelSegment(
+            symbol=SYMBOL,
+            start_ns=0,
+            end_ns=1,
+            predictor=seg.predictor,
+            model_id="m",
+            model_version="v",
+            horizon="1x1h",
+            polarity=0,
+        )
 
 
 def test_revisions_and_open_bars_follow_the_projection_rule(bars: list[Bar]) -> None:
-    revised = dataclasses.replace(bars[10], revision=1, close=bars[10].close * 1.01,
-                                  high=max(bars[10].high, bars[10].close * 1.01))
+    revised = dataclasses.replace(
+        bars[10], revision=1, close=bars[10].close * 1.01, high=max(bars[10].high, bars[10].close * 1.01)
+    )
     open_bar = dataclasses.replace(bars[11], is_closed=False, revision=5)
     out = order_bars([*bars[:20], revised, open_bar])
     assert len(out) == 20

@@ -61,8 +61,16 @@ def bar(
     open_time: int = NOW - H,
     tf: Timeframe = Timeframe.H1,
 ) -> Bar:
-    return builders.bar(symbol=symbol, open_time=open_time, timeframe=tf, open=close if open_ is None else open_,
-                        high=high, low=low, close=close, volume=1_000.0)
+    return builders.bar(
+        symbol=symbol,
+        open_time=open_time,
+        timeframe=tf,
+        open=close if open_ is None else open_,
+        high=high,
+        low=low,
+        close=close,
+        volume=1_000.0,
+    )
 
 
 def intent(
@@ -75,8 +83,17 @@ def intent(
     reduce_only: bool = False,
     limit_price: float | None = None,
 ) -> OrderIntent:
-    return builders.intent(side=side, quantity=qty, symbol=symbol, strategy_id=strategy, track=track,
-                           reduce_only=reduce_only, limit_price=limit_price, signal_event_id=_signal_ids(), ts=NOW)
+    return builders.intent(
+        side=side,
+        quantity=qty,
+        symbol=symbol,
+        strategy_id=strategy,
+        track=track,
+        reduce_only=reduce_only,
+        limit_price=limit_price,
+        signal_event_id=_signal_ids(),
+        ts=NOW,
+    )
 
 
 def state(
@@ -426,8 +443,15 @@ def test_several_rules_at_once_then_every_reason_listed_in_stable_order() -> Non
 
 
 def _update(it: OrderIntent, status: OrderStatus, qty: float, filled: float) -> OrderUpdate:
-    return builders.update(it, status=status, quantity=qty, filled=filled, order_type=OrderType.MARKET,
-                           avg_fill_price=30_000.0 if filled else None, ts=NOW)
+    return builders.update(
+        it,
+        status=status,
+        quantity=qty,
+        filled=filled,
+        order_type=OrderType.MARKET,
+        avg_fill_price=30_000.0 if filled else None,
+        ts=NOW,
+    )
 
 
 def test_exit_in_flight_then_second_exit_rejected_and_fill_releases_it() -> None:

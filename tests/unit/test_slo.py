@@ -97,13 +97,20 @@ def test_quantiles_match_promtool(tmp_path: Path) -> None:
     """Prometheus' own histogram_quantile over the same buckets (promtool expression tests) agrees."""
     rows = slo.latency_rows(samples(), "tradeflow_processing_seconds")
     assert len(rows) == 1 and rows[0].count == 200  # both instances summed
-    series = [{"series": f'tradeflow_processing_seconds_bucket{{instance="{s.label_map["instance"]}",'
-                         f'consumer="bars-checker",le="{s.label_map["le"]}"}}', "values": f"{s.value:g}"}
-              for s in samples() if s.name == "tradeflow_processing_seconds_bucket"]
+    series = [
+        {
+            "series": f'tradeflow_processing_seconds_bucket{{instance="{s.label_map["instance"]}",'
+            f'consumer="bars-checker",le="{s.label_map["le"]}"}}',
+            "values": f"{s.value:g}",
+        }
+        for s in samples()
+        if s.name == "tradeflow_processing_seconds_bucket"
+    ]
     expr = "histogram_quantile({q}, sum by (le) (tradeflow_processing_seconds_bucket))"
-    tests: list[dict[str, Any]] = [{"expr": expr.format(q=q), "eval_time": "0m",
-                                    "exp_samples": [{"labels": "{}", "value": rows[0].quantile(q)}]}
-                                   for q in slo.QUANTILES]
+    tests: list[dict[str, Any]] = [
+        {"expr": expr.format(q=q), "eval_time": "0m", "exp_samples": [{"labels": "{}", "value": rows[0].quantile(q)}]}
+        for q in slo.QUANTILES
+    ]
     doc = {"rule_files": [], "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]}
     path = tmp_path / "quantiles_test.yml"
     path.write_text(yaml.safe_dump(doc))
@@ -148,8 +155,7 @@ def test_report_on_the_fixed_sample() -> None:
     # nothing measured: no data, not "0 seconds"
     assert res["tradeflow_signal_latency_seconds p99"].status is slo.Status.NO_DATA
     assert res["tradeflow_signal_latency_seconds p99"].value is None
-    assert {r.name for r in report.breached} == {
-        "execution_reject_rate", ingest.name, proc.name}
+    assert {r.name for r in report.breached} == {"execution_reject_rate", ingest.name, proc.name}
     text = slo.render(report)
     assert "verdict: BREACHED" in text and "n/a" in text
 
@@ -181,17 +187,44 @@ def test_from_prometheus_uses_increase_over_the_window() -> None:
     def fetch(url: str, timeout_s: float) -> str:
         queries.append(url)
         if url.endswith("/api/v1/label/__name__/values"):
-            return json.dumps({"status": "success", "data": [
-                "up", "tradeflow_processing_seconds_bucket", "market_collector_calls_total"]})
+            return json.dumps(
+                {
+                    "status": "success",
+                    "data": ["up", "tradeflow_processing_seconds_bucket", "market_collector_calls_total"],
+                }
+            )
         if "avg_over_time" in url:
-            return json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-                {"metric": {"job": "tradeflow", "instance": "w:1"}, "value": [0, "0.9995"]}]}})
+            return json.dumps(
+                {
+                    "status": "success",
+                    "data": {
+                        "resultType": "vector",
+                        "result": [{"metric": {"job": "tradeflow", "instance": "w:1"}, "value": [0, "0.9995"]}],
+                    },
+                }
+            )
         if "processing_seconds" in url:
-            return json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-                {"metric": {"consumer": "x", "le": le, "instance": "w:1"}, "value": [0, v]}
-                for le, v in (("0.1", "50"), ("1", "100"), ("+Inf", "100"))]}})
-        return json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-            {"metric": {"exchange": "okx", "outcome": "failure"}, "value": [0, "NaN"]}]}})
+            return json.dumps(
+                {
+                    "status": "success",
+                    "data": {
+                        "resultType": "vector",
+                        "result": [
+                            {"metric": {"consumer": "x", "le": le, "instance": "w:1"}, "value": [0, v]}
+                            for le, v in (("0.1", "50"), ("1", "100"), ("+Inf", "100"))
+                        ],
+                    },
+                }
+            )
+        return json.dumps(
+            {
+                "status": "success",
+                "data": {
+                    "resultType": "vector",
+                    "result": [{"metric": {"exchange": "okx", "outcome": "failure"}, "value": [0, "NaN"]}],
+                },
+            }
+        )
 
     report = slo_cli.from_prometheus("http://prom:9090", window="30m", fetch=fetch)
     assert any("increase" in q and "%5B30m%5D" in q for q in queries)
@@ -202,8 +235,9 @@ def test_from_prometheus_uses_increase_over_the_window() -> None:
 
 
 def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    ns = argparse.Namespace(prometheus="http://127.0.0.1:1", window="1h", job_regex="tradeflow.*", timeout_s=0.5,
-                            targets=None, json=False)
+    ns = argparse.Namespace(
+        prometheus="http://127.0.0.1:1", window="1h", job_regex="tradeflow.*", timeout_s=0.5, targets=None, json=False
+    )
     assert slo_cli.cmd_slo(ns) == slo_cli.EXIT_INFRA  # nothing listens on port 1
     ns.window = "an hour"
     assert slo_cli.cmd_slo(ns) == 2

@@ -56,8 +56,17 @@ _feature_ids = builders.Numbered("fe-")
 
 
 def signal(score: float, *, symbol: str = BTC, er: float = 0.01, shadow: bool = False, ts: int = NOW) -> Signal:
-    return builders.signal(score=score, symbol=symbol, ts=ts, model_id="m1", model_version="v1", expected_return=er,
-                           shadow=shadow, feature_event_id=_feature_ids(), lineage_id="lin")
+    return builders.signal(
+        score=score,
+        symbol=symbol,
+        ts=ts,
+        model_id="m1",
+        model_version="v1",
+        expected_return=er,
+        shadow=shadow,
+        feature_event_id=_feature_ids(),
+        lineage_id="lin",
+    )
 
 
 def curve(score: float, gain: float = 2.0) -> float:

@@ -21,8 +21,13 @@ from topics.schema import Record
 
 def _intent(core: TradingCore, **changes: Any) -> OrderIntent:
     now = core.clock.now_ns()
-    base = builders.intent(quantity=0.01, strategy_id="manual", target_position=0.01,
-                           signal_event_id=f"bad-{sorted(changes.items())!r}", ts=now)
+    base = builders.intent(
+        quantity=0.01,
+        strategy_id="manual",
+        target_position=0.01,
+        signal_event_id=f"bad-{sorted(changes.items())!r}",
+        ts=now,
+    )
     return dataclasses.replace(base, **changes)
 
 

@@ -34,9 +34,19 @@ def inputs() -> list[Input]:
         out.append(bar)
         if i == 60:
             cmd = new_control_event(
-                command=ControlCommand.KILL_SWITCH_ON, scope="global", target="*", params={"duration_s": 4 * 3600},
-                reason="drill", operator="alice", key_id="ops1", nonce="n-60", ts_event=bar.ts_event,
-                ts_init=bar.ts_event, expires_at=None, keyring=KEYRING)
+                command=ControlCommand.KILL_SWITCH_ON,
+                scope="global",
+                target="*",
+                params={"duration_s": 4 * 3600},
+                reason="drill",
+                operator="alice",
+                key_id="ops1",
+                nonce="n-60",
+                ts_event=bar.ts_event,
+                ts_init=bar.ts_event,
+                expires_at=None,
+                keyring=KEYRING,
+            )
             out += [cmd, dataclasses.replace(cmd, command=ControlCommand.KILL_SWITCH_OFF, nonce="n-61")]
         out.append(stub_signal(bars, i))
     return out
@@ -103,16 +113,24 @@ def test_sealed_state_then_holds_no_secret_and_keyring_reattached() -> None:
         ({}, "paper", "h1", Keyring({"ops2": SECRET}), "not in the keyring"),
         ({}, "paper", "h1", Keyring({"ops1": b"another-secret-0123456789abcdefghijkl"}), "MAC does not verify"),
     ],
-    ids=["forged_mac", "swapped_state", "moved_offsets", "changed_counter", "foreign_account", "other_config",
-         "other_format", "signing_key_removed", "other_secret"],
+    ids=[
+        "forged_mac",
+        "swapped_state",
+        "moved_offsets",
+        "changed_counter",
+        "foreign_account",
+        "other_config",
+        "other_format",
+        "signing_key_removed",
+        "other_secret",
+    ],
 )
 def test_bad_checkpoint_then_refused_before_unpickling(
     change: dict[str, object], account: str, config_hash: str, keyring: Keyring, message: str
 ) -> None:
     core = TradingCore(CONFIG, KEYRING)
     feed(core, inputs()[:20])
-    cp = dataclasses.replace(seal(core, config_hash="h1", offsets=OFFSETS, events_applied=1, keyring=KEYRING),
-                             **change)  # type: ignore[arg-type]
+    cp = dataclasses.replace(seal(core, config_hash="h1", offsets=OFFSETS, events_applied=1, keyring=KEYRING), **change)  # type: ignore[arg-type]
     with pytest.raises(CheckpointError, match=message):
         open_checkpoint(cp, keyring, account=account, config_hash=config_hash)
 
@@ -132,8 +150,11 @@ def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None
     class Standard(pickle.Pickler):  # the same dispatch table, without the per-class field cache
         def __init__(self, f: io.BytesIO) -> None:
             super().__init__(f, protocol=pickle.HIGHEST_PROTOCOL)
-            self.dispatch_table = {**copyreg.dispatch_table, MappingProxyType: ck._reduce_mappingproxy,
-                                   Keyring: ck._reduce_keyring}
+            self.dispatch_table = {
+                **copyreg.dispatch_table,
+                MappingProxyType: ck._reduce_mappingproxy,
+                Keyring: ck._reduce_keyring,
+            }
 
     buf = io.BytesIO()
     Standard(buf).dump(core)
@@ -162,10 +183,25 @@ def test_format_2_checkpoint_then_seen_ids_upgraded_and_outputs_byte_identical()
     first.portfolio._seen, first.portfolio._seen_order = set(ids[2]), deque(ids[2])  # type: ignore[assignment,attr-defined]
     first.risk._exited = OrderedDict.fromkeys(ids[3])  # type: ignore[assignment]
     state = dump_core(first)
-    mac = ck._mac(ck._mac_key(KEYRING, "ops1"), account=CONFIG.account, fmt=2, config_hash="h1", offsets=OFFSETS,
-                  events=split, state=state)
-    cp = ck.Checkpoint(account=CONFIG.account, format=2, config_hash="h1", key_id="ops1", offsets=OFFSETS,
-                       events_applied=split, state=state, mac=mac)
+    mac = ck._mac(
+        ck._mac_key(KEYRING, "ops1"),
+        account=CONFIG.account,
+        fmt=2,
+        config_hash="h1",
+        offsets=OFFSETS,
+        events=split,
+        state=state,
+    )
+    cp = ck.Checkpoint(
+        account=CONFIG.account,
+        format=2,
+        config_hash="h1",
+        key_id="ops1",
+        offsets=OFFSETS,
+        events_applied=split,
+        state=state,
+        mac=mac,
+    )
     restored = open_checkpoint(cp, KEYRING, account=CONFIG.account, config_hash="h1")
     caches = (restored.strategy._seen, restored.paper._seen, restored.portfolio._seen, restored.risk._exited)
     assert all(isinstance(c, SeenIds) for c in caches) and [list(c) for c in caches] == ids

@@ -49,9 +49,18 @@ def _core(**overrides: Any) -> TradingCore:
 
 def _kill(bar: Bar, nonce: str, command: ControlCommand = ControlCommand.KILL_SWITCH_ON) -> ControlEvent:
     return new_control_event(
-        command=command, scope="global", target="*", params={"duration_s": 6 * 3600} if command.value.endswith("on")
-        else {}, reason="drill", operator="alice", key_id="ops1", nonce=nonce, ts_event=bar.ts_event,
-        ts_init=bar.ts_event, expires_at=None, keyring=KEYRING,
+        command=command,
+        scope="global",
+        target="*",
+        params={"duration_s": 6 * 3600} if command.value.endswith("on") else {},
+        reason="drill",
+        operator="alice",
+        key_id="ops1",
+        nonce=nonce,
+        ts_event=bar.ts_event,
+        ts_init=bar.ts_event,
+        expires_at=None,
+        keyring=KEYRING,
     )
 
 
@@ -80,10 +89,7 @@ def _wire(rec: Record) -> bytes:
 
 def test_core_when_driven_then_same_engine_records_as_the_hand_driven_engines() -> None:
     bars = load_bars()
-    expected = [
-        line for line in run(bars)
-        if line.split(b":", 1)[0] in {c.__name__.encode() for c in ENGINE_RECORDS}
-    ]
+    expected = [line for line in run(bars) if line.split(b":", 1)[0] in {c.__name__.encode() for c in ENGINE_RECORDS}]
     got: list[bytes] = []
     for rec in drive(_core(), bars):
         if isinstance(rec, ENGINE_RECORDS):
@@ -126,14 +132,14 @@ def test_kill_switch_then_intents_rejected_and_audit_id_is_the_record_identity()
     step = core.on_control(_kill(bars[29], "k-1"))
     (audit,) = step.records
     assert isinstance(audit, ControlAudit) and audit.outcome.value == "accepted" and audit.reason == "applied"
-    assert audit.event_id == event_id_for("control_audit", audit.component, audit.control_event_id,
-                                          audit.outcome.value, audit.reason)
+    assert audit.event_id == event_id_for(
+        "control_audit", audit.component, audit.control_event_id, audit.outcome.value, audit.reason
+    )
     strong = dataclasses.replace(stub_signal(bars, 29), score=0.9, expected_return=0.02, shadow=False)
     strong = dataclasses.replace(strong, event_id="strong-29")
     out = core.on_signal(strong).records
     decisions = [r for r in out if isinstance(r, RiskDecision)]
-    assert decisions and all(d.verdict is RiskVerdict.REJECTED and "kill_switch_global" in d.reasons
-                             for d in decisions)
+    assert decisions and all(d.verdict is RiskVerdict.REJECTED and "kill_switch_global" in d.reasons for d in decisions)
     assert not [r for r in out if isinstance(r, Fill)]
 
 
@@ -148,8 +154,17 @@ def test_forged_and_unsigned_control_then_nothing_changes_and_an_alert_is_raised
     forged = dataclasses.replace(genuine, nonce="f-1", ts_event=future)  # signature no longer matches
     unsigned = dataclasses.replace(genuine, nonce="u-1", ts_event=future, signature="")
     other_key = new_control_event(
-        command=ControlCommand.KILL_SWITCH_ON, scope="global", target="*", params={}, reason="x", operator="mallory",
-        key_id="ops1", nonce="o-1", ts_event=future, ts_init=future, expires_at=None,
+        command=ControlCommand.KILL_SWITCH_ON,
+        scope="global",
+        target="*",
+        params={},
+        reason="x",
+        operator="mallory",
+        key_id="ops1",
+        nonce="o-1",
+        ts_event=future,
+        ts_init=future,
+        expires_at=None,
         keyring=Keyring({"ops1": b"not-the-real-key-0123456789abcdef"}),
     )
     for bad, reason in ((forged, "bad_signature"), (unsigned, "unsigned"), (other_key, "bad_signature")):
@@ -216,8 +231,13 @@ def test_clock_when_advanced_then_bounded_by_arrival_and_monotone() -> None:
 
 
 def test_settings_when_read_from_env_then_parsed_or_refused() -> None:
-    s = TradingSettings.from_env({"TRADEFLOW_TRADING_SYMBOLS": "BTC/USDT, ETH/USD", "TRADEFLOW_TRADING_TIMEFRAMES":
-                                  "1h,30m", "TRADEFLOW_TRADING_ACCOUNT": "acct1"})
+    s = TradingSettings.from_env(
+        {
+            "TRADEFLOW_TRADING_SYMBOLS": "BTC/USDT, ETH/USD",
+            "TRADEFLOW_TRADING_TIMEFRAMES": "1h,30m",
+            "TRADEFLOW_TRADING_ACCOUNT": "acct1",
+        }
+    )
     cfg = s.config()
     assert cfg.account == "acct1" and cfg.risk.allowed_symbols == ("BTC/USDT", "ETH/USD")
     assert cfg.timeframes == (Timeframe.H1, Timeframe.M30)
@@ -229,8 +249,10 @@ def test_settings_when_read_from_env_then_parsed_or_refused() -> None:
     with pytest.raises(ValueError, match="TIMEFRAMES"):
         TradingSettings.from_env({"TRADEFLOW_TRADING_TIMEFRAMES": "7h"})
     assert cfg.signal_bar_wait_ns == 60 * 10**9
-    assert TradingSettings.from_env({"TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S": "2.5"}).config().signal_bar_wait_ns \
+    assert (
+        TradingSettings.from_env({"TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S": "2.5"}).config().signal_bar_wait_ns
         == 2_500_000_000
+    )
     for bad in ("soon", "-1", "nan", "inf"):
         with pytest.raises(ValueError, match="SIGNAL_BAR_WAIT_S"):
             TradingSettings.from_env({"TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S": bad})
@@ -308,8 +330,7 @@ def test_signal_whose_bar_never_comes_then_applied_after_the_wait_and_counted() 
     assert core.on_control(_kill(bars[5], "n-w"), t + 60 * 10**9).sizings == ()
     assert len(core.held_signals()) == 2
     step = core.on_bar(dataclasses.replace(bars[5], symbol="SOL/USDT"), t + 33 * 10**9)  # > 30 s after both
-    assert step.released_unaligned == 2 and [s.signal_event_id for s in step.sizings] == [late.event_id,
-                                                                                            other.event_id]
+    assert step.released_unaligned == 2 and [s.signal_event_id for s in step.sizings] == [late.event_id, other.event_id]
     assert core.held_signals() == ()
     # a replay passes no arrival time: a held signal then waits for its bar, however far the stream goes
     replayed = _core(signal_bar_wait_ns=0)
@@ -322,8 +343,10 @@ def test_more_signals_held_than_the_capacity_then_the_oldest_is_applied() -> Non
     bars = load_bars()[:10]
     core = _core(max_held_signals=2)
     core.on_bar(bars[2])
-    sigs = [dataclasses.replace(stub_signal(bars, 3), ts_event=bars[2].ts_event + k * H, event_id=f"s{k}")
-            for k in (1, 2, 3)]
+    sigs = [
+        dataclasses.replace(stub_signal(bars, 3), ts_event=bars[2].ts_event + k * H, event_id=f"s{k}")
+        for k in (1, 2, 3)
+    ]
     assert core.on_signal(sigs[0]).held and core.on_signal(sigs[1]).held
     step = core.on_signal(sigs[2])
     assert step.held and step.released_unaligned == 1 and step.sizings[0].signal_event_id == "s1"
@@ -346,13 +369,20 @@ def test_held_signals_survive_a_checkpoint() -> None:
 
 
 def _registry(stage: ModelStage, ts: int, version: str = "1") -> ModelRegistryEvent:
-    return builders.registry_event(version=version, stage=stage, ts=ts, model_id="stub-momentum",
-                                   config={"symbol": "BTC/USDT", "timeframe": "1h"}, data_start=ts - 100 * H,
-                                   data_end=ts - H)
+    return builders.registry_event(
+        version=version,
+        stage=stage,
+        ts=ts,
+        model_id="stub-momentum",
+        config={"symbol": "BTC/USDT", "timeframe": "1h"},
+        data_start=ts - 100 * H,
+        data_end=ts - H,
+    )
 
 
-@pytest.mark.parametrize(("stage", "fraction"), [(ModelStage.CANARY_10, 0.1), (ModelStage.CANARY_30, 0.3),
-                                                 (ModelStage.ACTIVE, 1.0)])
+@pytest.mark.parametrize(
+    ("stage", "fraction"), [(ModelStage.CANARY_10, 0.1), (ModelStage.CANARY_30, 0.3), (ModelStage.ACTIVE, 1.0)]
+)
 def test_rollout_stage_of_the_signals_model_then_order_scaled_to_its_capital_fraction(
     stage: ModelStage, fraction: float
 ) -> None:
@@ -376,8 +406,9 @@ def test_rollout_stage_of_the_signals_model_then_order_scaled_to_its_capital_fra
     assert ("rollout_fraction" in adjustments) == (fraction < 1.0)
 
 
-@pytest.mark.parametrize("stage", [ModelStage.ROLLED_BACK, ModelStage.RETIRED, ModelStage.REGISTERED,
-                                   ModelStage.SHADOW])
+@pytest.mark.parametrize(
+    "stage", [ModelStage.ROLLED_BACK, ModelStage.RETIRED, ModelStage.REGISTERED, ModelStage.SHADOW]
+)
 def test_model_version_off_the_ladder_then_its_signal_trades_nothing(stage: ModelStage) -> None:
     bars = load_bars()
     core = _core(paper=PaperConfig())

@@ -49,10 +49,17 @@ def load_bars() -> list[Bar]:
             if row["timestamp"] < START:
                 continue
             open_time = int(datetime.fromisoformat(row["timestamp"]).timestamp()) * NS_PER_SECOND
-            bars.append(builders.bar(
-                open_time=open_time, open=float(row["open"]), high=float(row["high"]), low=float(row["low"]),
-                close=float(row["close"]), volume=float(row["volume"]), source="csv:binance_btcusdt_1h_2017_2022.csv",
-            ))
+            bars.append(
+                builders.bar(
+                    open_time=open_time,
+                    open=float(row["open"]),
+                    high=float(row["high"]),
+                    low=float(row["low"]),
+                    close=float(row["close"]),
+                    volume=float(row["volume"]),
+                    source="csv:binance_btcusdt_1h_2017_2022.csv",
+                )
+            )
             if len(bars) == N_BARS:
                 break
     return bars
@@ -62,8 +69,15 @@ def stub_signal(bars: list[Bar], i: int) -> Signal:
     """A deterministic stand-in model: 3-bar momentum through tanh."""
     momentum = bars[i].close / bars[max(0, i - 3)].close - 1.0
     score = math.tanh(momentum * 40.0)
-    return builders.signal(score=score, ts=bars[i].ts_event, model_id="stub-momentum", expected_return=momentum / 2,
-                           shadow=i % 17 == 0, feature_event_id=bars[i].event_id, lineage_id="stub")
+    return builders.signal(
+        score=score,
+        ts=bars[i].ts_event,
+        model_id="stub-momentum",
+        expected_return=momentum / 2,
+        shadow=i % 17 == 0,
+        feature_event_id=bars[i].event_id,
+        lineage_id="stub",
+    )
 
 
 def encode(record: Any) -> bytes:

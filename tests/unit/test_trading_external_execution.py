@@ -69,20 +69,46 @@ def filling_venue(intent: OrderIntent, decision: RiskDecision, market: MarketCon
     stamp = decision.ts_event + 12_345
 
     def upd(status: OrderStatus, filled: float, avg: float | None) -> OrderUpdate:
-        return build_update(adapter=ADAPTER, client_order_id=coid, intent=intent, status=status, quantity=qty,
-                            filled_quantity=filled, avg_fill_price=avg, reason=None, venue_order_id="v-" + coid,
-                            ts_event=decision.ts_event, ts_init=stamp, causation_id=decision.event_id)
+        return build_update(
+            adapter=ADAPTER,
+            client_order_id=coid,
+            intent=intent,
+            status=status,
+            quantity=qty,
+            filled_quantity=filled,
+            avg_fill_price=avg,
+            reason=None,
+            venue_order_id="v-" + coid,
+            ts_event=decision.ts_event,
+            ts_init=stamp,
+            causation_id=decision.event_id,
+        )
 
-    fill = builders.fill(side=intent.side, quantity=qty, price=market.last_price, fee=qty * market.last_price * 0.001,
-                         symbol=intent.symbol, client_order_id=coid, fill_id="f-" + coid, adapter=ADAPTER,
-                         ts=decision.ts_event, ts_init=stamp, correlation_id=intent.correlation_id,
-                         causation_id=decision.event_id)
-    return [upd(OrderStatus.NEW, 0.0, None), upd(OrderStatus.ACKNOWLEDGED, 0.0, None), fill,
-            upd(OrderStatus.FILLED, qty, market.last_price)]
+    fill = builders.fill(
+        side=intent.side,
+        quantity=qty,
+        price=market.last_price,
+        fee=qty * market.last_price * 0.001,
+        symbol=intent.symbol,
+        client_order_id=coid,
+        fill_id="f-" + coid,
+        adapter=ADAPTER,
+        ts=decision.ts_event,
+        ts_init=stamp,
+        correlation_id=intent.correlation_id,
+        causation_id=decision.event_id,
+    )
+    return [
+        upd(OrderStatus.NEW, 0.0, None),
+        upd(OrderStatus.ACKNOWLEDGED, 0.0, None),
+        fill,
+        upd(OrderStatus.FILLED, qty, market.last_price),
+    ]
 
 
-def run(core: TradingCore, steps: list[tuple[Record, Callable[[], Step]]],
-        venue: Venue) -> tuple[list[Record], list[tuple[Record, int | None]]]:
+def run(
+    core: TradingCore, steps: list[tuple[Record, Callable[[], Step]]], venue: Venue
+) -> tuple[list[Record], list[tuple[Record, int | None]]]:
     """What the agent does: apply each input, send its orders, feed the answers back. Returns the
     outputs and the journal (inputs and answers in applied order)."""
     out: list[Record] = []
@@ -222,8 +248,11 @@ def test_external_session_twice_and_replayed_from_its_journal_then_byte_identica
     prefix = journal[: next_bar + 1]
     fill = prefix[last_fill][0]
     assert isinstance(fill, Fill)
-    tampered = [*prefix[:last_fill], (dataclasses.replace(fill, price=fill.price * 1.01), None),
-                *prefix[last_fill + 1:]]
+    tampered = [
+        *prefix[:last_fill],
+        (dataclasses.replace(fill, price=fill.price * 1.01), None),
+        *prefix[last_fill + 1 :],
+    ]
     honest, changed = replay_outputs(EXTERNAL, KEYRING, prefix), replay_outputs(EXTERNAL, KEYRING, tampered)
     assert _wire(honest) == _wire(out1[: len(honest)])
     assert _wire(honest[:-1]) != _wire(changed[:-1]) or _wire(honest) != _wire(changed)
@@ -273,8 +302,12 @@ async def test_dry_run_adapter_from_a_markets_snapshot_then_new_cancelled_or_rej
     snapshot = await _snapshot()
     assert set(load_markets_snapshot(snapshot)) == {"BTC/USDT", "ETH/USDT", "LUNA/USDT"}
     bars = load_bars()
-    core = TradingCore(dataclasses.replace(EXTERNAL, risk=dataclasses.replace(
-        EXTERNAL.risk, allowed_symbols=("BTC/USDT", "LUNA/USDT"))), KEYRING)
+    core = TradingCore(
+        dataclasses.replace(
+            EXTERNAL, risk=dataclasses.replace(EXTERNAL.risk, allowed_symbols=("BTC/USDT", "LUNA/USDT"))
+        ),
+        KEYRING,
+    )
     adapter = dry_run_adapter(core, snapshot)
     for bar in bars[:30]:
         core.on_bar(bar)
@@ -286,8 +319,9 @@ async def test_dry_run_adapter_from_a_markets_snapshot_then_new_cancelled_or_rej
                 answers += core.on_execution(answer).records
     btc = [(u.status, u.reason) for u in answers if isinstance(u, OrderUpdate) and u.symbol == "BTC/USDT"]
     assert btc == [(OrderStatus.NEW, "dry_run"), (OrderStatus.CANCELLED, "dry_run")]
-    assert all(isinstance(u, OrderUpdate) and u.adapter == ADAPTER and u.ts_init == core.clock.now_ns()
-               for u in answers)
+    assert all(
+        isinstance(u, OrderUpdate) and u.adapter == ADAPTER and u.ts_init == core.clock.now_ns() for u in answers
+    )
     assert adapter.sent_client_order_ids == []  # nothing sent
     luna = [(u.status, u.reason) for u in answers if isinstance(u, OrderUpdate) and u.symbol == "LUNA/USDT"]
     assert luna == [(OrderStatus.REJECTED, "symbol_not_supported")]  # listed, but not trading (status BREAK)
@@ -299,8 +333,9 @@ async def test_dry_run_adapter_from_a_markets_snapshot_then_new_cancelled_or_rej
 async def test_symbol_not_listed_in_the_snapshot_then_rejected_with_that_rule() -> None:
     snapshot = await _snapshot()
     bars = [dataclasses.replace(b, symbol="DOGE/USDT") for b in load_bars()[:30]]
-    core = TradingCore(dataclasses.replace(EXTERNAL, risk=dataclasses.replace(
-        EXTERNAL.risk, allowed_symbols=("DOGE/USDT",))), KEYRING)
+    core = TradingCore(
+        dataclasses.replace(EXTERNAL, risk=dataclasses.replace(EXTERNAL.risk, allowed_symbols=("DOGE/USDT",))), KEYRING
+    )
     adapter = dry_run_adapter(core, snapshot)
     for bar in bars:
         core.on_bar(bar)
@@ -312,9 +347,12 @@ async def test_symbol_not_listed_in_the_snapshot_then_rejected_with_that_rule() 
 
 
 def test_markets_snapshot_when_malformed_then_refused_with_reason() -> None:
-    for text, match in (("[]", "non-empty JSON object"), ("{", "not JSON"),
-                        ('{"BTC/USDT": {"symbol": "ETH/USDT"}}', "not a ccxt market"),
-                        ('{"BTC/USDT": {"symbol": "BTC/USDT", "id": "BTCUSDT"}}', "lacks")):
+    for text, match in (
+        ("[]", "non-empty JSON object"),
+        ("{", "not JSON"),
+        ('{"BTC/USDT": {"symbol": "ETH/USDT"}}', "not a ccxt market"),
+        ('{"BTC/USDT": {"symbol": "BTC/USDT", "id": "BTCUSDT"}}', "lacks"),
+    ):
         with pytest.raises(ValueError, match=match):
             load_markets_snapshot(text)
 
@@ -331,19 +369,30 @@ def test_ccxt_settings_from_env_then_external_config_dry_run_by_default_or_refus
     cfg = s.config()
     assert cfg.execution is ExecutionMode.EXTERNAL and cfg.paper.adapter == ADAPTER
     assert TradingSettings.from_env({}).config().execution is ExecutionMode.PAPER
-    swap = TradingSettings.from_env({**env, "TRADEFLOW_EXECUTION_VENUE": "bitget", "TRADEFLOW_EXECUTION_MARKET":
-                                     "swap", "TRADEFLOW_EXECUTION_LEVERAGE": "3", "TRADEFLOW_EXECUTION_DRY_RUN": "0",
-                                     "TRADEFLOW_EXECUTION_MARGIN_MODE": "isolated"}).execution
+    swap = TradingSettings.from_env(
+        {
+            **env,
+            "TRADEFLOW_EXECUTION_VENUE": "bitget",
+            "TRADEFLOW_EXECUTION_MARKET": "swap",
+            "TRADEFLOW_EXECUTION_LEVERAGE": "3",
+            "TRADEFLOW_EXECUTION_DRY_RUN": "0",
+            "TRADEFLOW_EXECUTION_MARGIN_MODE": "isolated",
+        }
+    ).execution
     assert swap is not None and not swap.dry_run and swap.live_config().leverage == 3
     refused = {
         "TRADEFLOW_EXECUTION_VENUE": ({"TRADEFLOW_EXECUTION_VENUE": ""}, "not wired to a venue"),
         "kraken": ({"TRADEFLOW_EXECUTION_VENUE": "kraken"}, "not supported"),
-        "coinbase swap": ({"TRADEFLOW_EXECUTION_VENUE": "coinbase", "TRADEFLOW_EXECUTION_MARKET": "swap"},
-                          "not supported"),
+        "coinbase swap": (
+            {"TRADEFLOW_EXECUTION_VENUE": "coinbase", "TRADEFLOW_EXECUTION_MARKET": "swap"},
+            "not supported",
+        ),
         "spot leverage": ({"TRADEFLOW_EXECUTION_LEVERAGE": "5"}, "leverage"),
         "dry run flag": ({"TRADEFLOW_EXECUTION_DRY_RUN": "maybe"}, "expected 1 or 0"),
-        "live with snapshot": ({"TRADEFLOW_EXECUTION_DRY_RUN": "0", "TRADEFLOW_EXECUTION_MARKETS_FILE": "m.json"},
-                               "dry runs only"),
+        "live with snapshot": (
+            {"TRADEFLOW_EXECUTION_DRY_RUN": "0", "TRADEFLOW_EXECUTION_MARKETS_FILE": "m.json"},
+            "dry runs only",
+        ),
     }
     for changes, match in refused.values():
         with pytest.raises(ValueError, match=match):
@@ -354,13 +403,13 @@ def test_exchange_credentials_from_env_or_file_then_loaded_and_never_in_errors(t
     secret = "s3cr3t-NEVER-IN-AN-ERROR-1234567890"
     path = tmp_path / "secret"
     path.write_text(secret + "\n")
-    creds = load_exchange_credentials({"TRADEFLOW_EXCHANGE_API_KEY": "k1", "TRADEFLOW_EXCHANGE_SECRET_FILE":
-                                       str(path)})
+    creds = load_exchange_credentials({"TRADEFLOW_EXCHANGE_API_KEY": "k1", "TRADEFLOW_EXCHANGE_SECRET_FILE": str(path)})
     assert creds == {"apiKey": "k1", "secret": secret}
     assert load_exchange_credentials({}) == {}
-    for env, match in (({"TRADEFLOW_EXCHANGE_SECRET": secret, "TRADEFLOW_EXCHANGE_SECRET_FILE": str(path)},
-                        "not both"),
-                       ({"TRADEFLOW_EXCHANGE_SECRET_FILE": str(tmp_path / "missing")}, "cannot read")):
+    for env, match in (
+        ({"TRADEFLOW_EXCHANGE_SECRET": secret, "TRADEFLOW_EXCHANGE_SECRET_FILE": str(path)}, "not both"),
+        ({"TRADEFLOW_EXCHANGE_SECRET_FILE": str(tmp_path / "missing")}, "cannot read"),
+    ):
         with pytest.raises(ValueError, match=match) as err:
             load_exchange_credentials(env)
         assert secret not in str(err.value)
@@ -399,8 +448,10 @@ def test_start_with_a_markets_snapshot_then_adapter_ready_offline(tmp_path: Path
 
 
 def test_start_misconfigured_then_exit_2(tmp_path: Path) -> None:
-    for env in ({**CCXT_ENV, "TRADEFLOW_EXECUTION_DRY_RUN": "0"},  # live sending without credentials
-                {**CCXT_ENV, "TRADEFLOW_EXECUTION_MARKETS_FILE": str(tmp_path / "missing.json")}):
+    for env in (
+        {**CCXT_ENV, "TRADEFLOW_EXECUTION_DRY_RUN": "0"},  # live sending without credentials
+        {**CCXT_ENV, "TRADEFLOW_EXECUTION_MARKETS_FILE": str(tmp_path / "missing.json")},
+    ):
         with pytest.raises(SystemExit) as exit_:
             _start(env)
         assert exit_.value.code == 2

@@ -16,8 +16,9 @@ TTL = 1_000
 
 
 def _update(coid: str, symbol: str, side: Side, status: OrderStatus, qty: float, filled: float) -> OrderUpdate:
-    return builders.update(client_order_id=coid, symbol=symbol, side=side, status=status, quantity=qty, filled=filled,
-                           ts=1)
+    return builders.update(
+        client_order_id=coid, symbol=symbol, side=side, status=status, quantity=qty, filled=filled, ts=1
+    )
 
 
 def test_orders_added_then_all_ended_then_net_exactly_zero() -> None:

@@ -92,8 +92,16 @@ def real_btc_vectors(start: int = 30_000, n_bars: int = 6_000) -> tuple[tuple[Fe
             (high[i] - low[i]) / close[i],
             math.log((volume[i] + 1e-8) / (float(np.mean(volume[i - 23 : i + 1])) + 1e-8)),
         )
-        vectors.append(builders.vector(bar_open_time=int(t[i]), names=NAMES, values=tuple(float(v) for v in values),
-                                       feature_set_version="test-fs1", data_version="csv", lineage_id=f"test-{t[i]}"))
+        vectors.append(
+            builders.vector(
+                bar_open_time=int(t[i]),
+                names=NAMES,
+                values=tuple(float(v) for v in values),
+                feature_set_version="test-fs1",
+                data_version="csv",
+                lineage_id=f"test-{t[i]}",
+            )
+        )
     closes = {int(a): float(b) for a, b in zip(t, close, strict=True)}
     return tuple(vectors), closes
 
@@ -116,8 +124,14 @@ SMALL = ModelConfig(family="mlp", window=16, hidden_sizes=(32, 16), max_epochs=2
 def _synthetic_vectors(n: int, skip: frozenset[int] = frozenset()) -> list[FeatureVector]:
     t0 = 1_600_000_000 // 3600 * 3600 * 10**9
     return [
-        builders.vector(bar_open_time=t0 + i * H, names=("a", "b"), values=(float(i), float(-i)), venue="v",
-                        feature_set_version="fs-t", data_version="d")
+        builders.vector(
+            bar_open_time=t0 + i * H,
+            names=("a", "b"),
+            values=(float(i), float(-i)),
+            venue="v",
+            feature_set_version="fs-t",
+            data_version="d",
+        )
         for i in range(n)
         if i not in skip
     ]
