@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from agents.clock import StreamClock
-from agents.control.audit import audit_record
+from agents.control.audit import audit_record, rejected_alert
 from agents.control.signing import (
     AuditOutcome,
     ControlVerifier,
@@ -51,7 +51,6 @@ from topics.records import (
     RolloutAction,
     RolloutDecision,
     RolloutTrigger,
-    Severity,
 )
 from topics.schema import Record, event_id_for
 
@@ -655,25 +654,7 @@ class GovernanceEngine:
         )
 
     def _alert(self, audit: EngineAudit) -> Alert:
-        return Alert.new(
-            ts_init=audit.ts_init,
-            causation_id=audit.audit_id,
-            ts_event=audit.ts_init,
-            severity=Severity.ERROR,
-            source=self.config.component,
-            code="control_rejected",
-            message=f"control command {audit.command} {audit.scope}:{audit.target} rejected by {audit.component}: "
-            f"{audit.reason}" + (f" ({audit.detail})" if audit.detail else ""),
-            dedupe_key=audit.audit_id,
-            labels={
-                "component": audit.component,
-                "reason": audit.reason,
-                "command": audit.command,
-                "claimed_key_id": audit.key_id,
-                "claimed_operator": audit.operator,
-                "control_event_id": audit.control_event_id,
-            },
-        )
+        return rejected_alert(audit, source=self.config.component, ts_event=audit.ts_init)
 
     def _signature_authentic(self, event: ControlEvent) -> bool:
         secret = self._keyring.secret(event.key_id) if isinstance(event.key_id, str) else None

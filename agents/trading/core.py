@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agents.clock import StreamClock
-from agents.control.audit import audit_record
+from agents.control.audit import audit_record, rejected_alert
 from agents.control.signing import ControlAudit as EngineAudit
 from agents.control.signing import ControlVerifier, Keyring, VerifierConfig, compute_signature
 from agents.execution.interface import ExecutionRecord, MarketContext, client_order_id_for
@@ -487,31 +487,8 @@ def snapshot_record(state: PortfolioState, *, config: TradingConfig, cause: Bar,
 
 
 def alert_for_audit(audit: EngineAudit, config: TradingConfig) -> Alert:
-    """A control command that failed verification: an operator must see it.
-
-    The labels repeat what the message *claimed* (key id, operator): useful
-    to find the sender, never a proof of identity.
-    """
-    return Alert.new(
-        ts_init=audit.ts_init,
-        causation_id=audit.audit_id,
-        ts_event=audit.ts_event,
-        severity=Severity.ERROR,
-        source=config.component,
-        code="control_rejected",
-        message=f"control command {audit.command} {audit.scope}:{audit.target} rejected by {audit.component}: "
-        f"{audit.reason}" + (f" ({audit.detail})" if audit.detail else ""),
-        dedupe_key=audit.audit_id,
-        labels={
-            "account": config.account,
-            "component": audit.component,
-            "reason": audit.reason,
-            "command": audit.command,
-            "claimed_key_id": audit.key_id,
-            "claimed_operator": audit.operator,
-            "control_event_id": audit.control_event_id,
-        },
-    )
+    """A control command that failed verification, labelled with the account."""
+    return rejected_alert(audit, source=config.component, ts_event=audit.ts_event, labels={"account": config.account})
 
 
 def _breaker_alert(switch: KillSwitch, config: TradingConfig, bar: Bar, now: int) -> Alert:
