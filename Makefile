@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml ops/bootstrap.sh
 deps: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m ops.cli run
+	$(PY) -m ops.cli up
 
 test: $(STAMP)
 	$(PY) -m pytest -q

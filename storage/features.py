@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from storage.connection import Conn
 from topics.records import FeatureVector, Timeframe
 
-__all__ = ["count_stored", "feature_vectors", "values_of"]
+__all__ = ["count_stored", "feature_vectors", "last_open_time", "values_of"]
 
 
 async def feature_vectors(
@@ -64,3 +64,15 @@ async def values_of(conn: Conn, event_ids: Sequence[str]) -> list[tuple[str, tup
     """(event_id, values) of the stored ones of these vectors, in no particular order."""
     rows = await conn.fetch("SELECT event_id, vals FROM feature_snapshots WHERE event_id = ANY($1::text[])", event_ids)
     return [(r["event_id"], tuple(r["vals"])) for r in rows]
+
+
+async def last_open_time(conn: Conn, symbol: str, timeframe: Timeframe, feature_set_version: str) -> int | None:
+    """The newest stored vector's bar open time for one stream (None when there is none)."""
+    value = await conn.fetchval(
+        "SELECT max(bar_open_time) FROM feature_snapshots WHERE symbol = $1 AND timeframe = $2"
+        " AND feature_set_version = $3",
+        symbol,
+        timeframe.value,
+        feature_set_version,
+    )
+    return None if value is None else int(value)

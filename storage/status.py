@@ -169,3 +169,17 @@ async def table_counts(conn: Conn) -> dict[str, int]:
     out["bars"] = int(await conn.fetchval("SELECT count(*) FROM bars"))
     out["feature_snapshots"] = int(await conn.fetchval("SELECT count(*) FROM feature_snapshots"))
     return out
+
+
+async def pipeline_counts(conn: Conn) -> dict[str, int]:
+    """What a running platform has done so far: bars, feature vectors, signals, intents, fills."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM ev_market_bars) AS bars,"
+        " (SELECT count(*) FROM feature_snapshots) AS features,"
+        " (SELECT count(*) FROM ev_signals) AS signals,"
+        " (SELECT count(*) FROM ev_order_intents) AS intents,"
+        " (SELECT count(*) FROM ev_risk_decisions) AS risk_decisions,"
+        " (SELECT count(*) FROM ev_fills) AS fills"
+    )
+    assert row is not None  # a SELECT of scalar subqueries always returns one row
+    return {k: int(v) for k, v in dict(row).items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -232,7 +233,7 @@ def cmd_migrate(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_run(a: argparse.Namespace) -> int:
+def cmd_backfill(a: argparse.Namespace) -> int:
     from ops.jobs.runjob import RunOptions, run_main_job
 
     opts = RunOptions(data_dir=Path(a.data_dir), files=tuple(a.files) if a.files else (), fresh_db=a.fresh_db)
@@ -275,7 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
                 help="PostgreSQL DSN (env TRADEFLOW_DSN)",
             )
 
-    sp = sub.add_parser("run", help="start the embedded default (broker, Postgres, workers) and run the main job")
+    from ops.cli.up import add_parsers as add_up_parsers
+
+    add_up_parsers(sub)
+
+    sp = sub.add_parser(
+        "backfill",
+        help="one-shot batch job: import the bundled history, backtest it and evaluate the gates, then stop",
+    )
     sp.add_argument(
         "--data-dir",
         default=env_str("TRADEFLOW_DATA_DIR", "var"),
@@ -283,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--file", dest="files", action="append", help="CSV to import (default: bundled sample data)")
     sp.add_argument("--fresh-db", action="store_true", help="drop and recreate the database before the run")
-    sp.set_defaults(fn=cmd_run)
+    sp.set_defaults(fn=cmd_backfill)
 
     sp = sub.add_parser("worker", help="run a faust worker hosting the given agents")
     infra(sp, dsn=True)
@@ -403,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ops.embedded.platform import cli_env_from_platform
+
+    # a running `tradeflow up` on the data dir supplies the defaults (flags and the environment still win)
+    os.environ.update(cli_env_from_platform(os.environ, Path(env_str("TRADEFLOW_DATA_DIR", "var"))))
     parser = build_parser()
     a = parser.parse_args(argv)
     logs.configure(a.log_level)

@@ -105,7 +105,8 @@ class EmbeddedPostgres:
             os.chown(parent, pw.pw_uid, pw.pw_gid)
         return self.data_dir
 
-    def start(self, timeout_s: float = 60.0) -> EmbeddedPostgres:
+    def init(self) -> Path:
+        """The data dir, with a cluster in it (initdb on first use) and a port chosen; returns the dir."""
         bindir = pg_bindir()
         data = self._prepare_dir()
         if not (data / "PG_VERSION").exists():
@@ -122,16 +123,40 @@ class EmbeddedPostgres:
             )
         if self.port == 0:
             self.port = free_port()
+        return data
+
+    def server_options(self) -> list[str]:
+        assert self.data_dir is not None, "init() first"
         opts = [
             f"-p {self.port}",
             "-h 127.0.0.1",
-            f"-k {data}",
+            f"-k {self.data_dir}",
             "-c max_connections=100",
             "-c shared_buffers=256MB",
             "-c max_wal_size=2GB",
         ]
         if not self.persistent:
             opts += ["-c fsync=off", "-c full_page_writes=off"]
+        return opts
+
+    def server_argv(self) -> list[str]:
+        """The server in the foreground (for a process supervisor; run it as :attr:`os_user`)."""
+        assert self.data_dir is not None, "init() first"
+        argv = [str(pg_bindir() / "postgres"), "-D", str(self.data_dir)]
+        for opt in self.server_options():
+            flag, _, value = opt.partition(" ")
+            argv += [flag, value]
+        return argv
+
+    @property
+    def os_user(self) -> str | None:
+        """The OS user the server runs as: ``postgres`` when we are root (it refuses root), else us."""
+        return "postgres" if os.geteuid() == 0 else None
+
+    def start(self, timeout_s: float = 60.0) -> EmbeddedPostgres:
+        bindir = pg_bindir()
+        data = self.init()
+        opts = self.server_options()
         logfile = data.parent / "postgres.log"
         self._run(
             str(bindir / "pg_ctl"),

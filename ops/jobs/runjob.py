@@ -1,4 +1,4 @@
-"""``tradeflow run``: the embedded default and the main job, end to end.
+"""``tradeflow backfill``: the one-shot batch job on the embedded default, end to end.
 
 1. a persistent PostgreSQL cluster under ``<data-dir>/pg`` (migrations applied);
 2. a tansu broker on a free 127.0.0.1 port, every catalogued topic created;
@@ -348,7 +348,7 @@ def _research(dsn: str, bootstrap: str, children: list[ChildProcess], log_dir: P
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    print("\n=== tradeflow run: summary ===")
+    print("\n=== tradeflow backfill: summary ===")
     for r in s["imports"]:
         print(
             f"imported {r['file']}: {r['bars']} bars, {r['rejects']} rejected rows, "

@@ -288,7 +288,7 @@ def test_registry_defaults_then_match_the_code(monkeypatch: pytest.MonkeyPatch) 
     assert sink.namespace == _default("TRADEFLOW_NAMESPACE")
     assert sink.metrics_host == _default("TRADEFLOW_METRICS_HOST")
     assert sink.log_level == _default("TRADEFLOW_LOG_LEVEL")
-    assert build_parser().parse_args(["run"]).data_dir == _default("TRADEFLOW_DATA_DIR")
+    assert build_parser().parse_args(["backfill"]).data_dir == _default("TRADEFLOW_DATA_DIR")
 
 
 def test_cli_defaults_then_read_when_the_parser_is_built(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,720 @@
+"""``tradeflow up``: the whole platform on one machine, started in dependency order and supervised.
+
+Layout under the data dir: ``run/`` (``platform.json``: addresses, pids, token and key files;
+``supervisord.conf``; the lock a second ``up`` finds), ``logs/`` (one log per program),
+``pg/`` (the PostgreSQL cluster), ``objectstore/`` (SeaweedFS data and its generated
+credentials), ``secrets/`` (the operator's control key, the dashboard token; mode 0600),
+``models/`` (checkpoints), ``faust/`` (worker state). Ports are chosen on the first start and
+kept, so a restart comes back on the same addresses.
+
+Start order: object store -> broker -> topics -> PostgreSQL -> migrations -> sink and agents ->
+the recorded-market feed (history up to the training end at full speed, then paced) -> a model
+trained through ``jobs.train`` and promoted by a signed command when none is active. Stop (Ctrl-C,
+SIGTERM, ``--for``): the feed and agents first, the infrastructure last. Design and the
+operator's view: docs/operations.md#the-running-platform.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from runtime.errors import BadInput
+
+__all__ = ["AlreadyRunning", "Layout", "UpOptions", "running_platform"]
+
+log = structlog.get_logger("ops.embedded.platform")
+
+#: key id of the operator's control key generated per data dir
+OPERATOR_KEY_ID = "operator"
+
+
+class AlreadyRunning(BadInput, RuntimeError):
+    """Another ``tradeflow up`` holds this data dir."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the platform keeps everything under its data dir."""
+
+    data_dir: Path
+
+    @property
+    def run(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def secrets(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def platform_file(self) -> Path:
+        return self.run / "platform.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run / "up.lock"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.run / "ports.json"
+
+    @property
+    def control_key_file(self) -> Path:
+        return self.secrets / f"control-{OPERATOR_KEY_ID}.key"
+
+    @property
+    def dashboard_token_file(self) -> Path:
+        return self.secrets / "dashboard.token"
+
+    def make(self) -> Layout:
+        for d in (self.run, self.logs, self.data_dir / "models", self.data_dir / "faust"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.secrets, 0o700)
+        return self
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    data_dir: Path
+    #: run this long, print a summary and stop (None: until Ctrl-C / SIGTERM)
+    run_for_s: float | None = None
+    #: bars per second per stream once the feed is live (event time stays the recorded time)
+    pace: float = 1.0
+    #: ``s3`` (durable, on the local object store) or ``memory`` (tests where durability is not the point)
+    broker_storage: str = "s3"
+    #: the recorded feed: history before this is published at full speed (features warm, training data)
+    live_from: str = "2021-01-01"
+    train_from: str = "2020-01-01"
+    web_host: str = "127.0.0.1"
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# files: secrets, ports, lock, platform.json
+# ---------------------------------------------------------------------------
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create ``path`` readable by its owner only from the first byte on (never world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def ensure_secret(path: Path, nbytes: int = 32) -> Path:
+    """A random hex secret in ``path`` (created once, kept across restarts); returns the path, never the value."""
+    if not path.exists():
+        write_private(path, secrets.token_hex(nbytes) + "\n")
+        log.info("secret_created", path=str(path))
+    return path
+
+
+def load_ports(layout: Layout, names: tuple[str, ...]) -> dict[str, int]:
+    """The platform's ports, chosen once (free on 127.0.0.1) and kept in ``run/ports.json``."""
+    from ops.embedded.broker import free_port
+
+    ports: dict[str, int] = json.loads(layout.ports_file.read_text()) if layout.ports_file.exists() else {}
+    taken = set(ports.values())
+    for name in names:
+        while name not in ports:
+            port = free_port()
+            if port not in taken:
+                ports[name] = port
+                taken.add(port)
+    layout.ports_file.write_text(json.dumps(ports, indent=2, sort_keys=True))
+    return ports
+
+
+@contextlib.contextmanager
+def exclusive(layout: Layout) -> Iterator[None]:
+    """Hold the data dir: a second ``tradeflow up`` on it fails with :class:`AlreadyRunning`."""
+    fd = os.open(layout.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = running_platform(layout.data_dir)
+            pid = holder.get("pid") if holder else "?"
+            raise AlreadyRunning(
+                f"a platform is already running on {layout.data_dir} (tradeflow up, pid {pid}); "
+                f"stop it first (Ctrl-C in its terminal, or kill -TERM {pid})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def running_platform(data_dir: Path) -> dict[str, Any] | None:
+    """What ``run/platform.json`` says about the platform on ``data_dir`` (None when there is none)."""
+    path = Layout(data_dir).platform_file
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+@dataclass
+class PlatformInfo:
+    """``run/platform.json``: how every ``tradeflow`` command finds the running platform."""
+
+    pid: int
+    data_dir: str
+    bootstrap: str
+    dsn: str
+    namespace: str
+    dashboard_url: str
+    dashboard_token_file: str
+    control_key_id: str
+    control_key_file: str
+    broker_storage: str
+    started_at: str
+    programs: dict[str, int] = field(default_factory=dict)
+
+    def write(self, layout: Layout) -> None:
+        tmp = layout.platform_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        tmp.replace(layout.platform_file)
+
+
+def cli_env_from_platform(environ: Mapping[str, str], data_dir: Path) -> dict[str, str]:
+    """Environment defaults a ``tradeflow`` command takes from the running platform (flags and the
+    environment still override): bootstrap, DSN, namespace, the operator's control key."""
+    info = running_platform(data_dir)
+    if not info or not _alive(int(info.get("pid", 0))):
+        return {}
+    out = {
+        "TRADEFLOW_BOOTSTRAP": info["bootstrap"],
+        "TRADEFLOW_DSN": info["dsn"],
+        "TRADEFLOW_NAMESPACE": info["namespace"],
+    }
+    key_var = f"TRADEFLOW_CONTROL_KEY_{info['control_key_id'].upper()}"
+    if not any(k.startswith("TRADEFLOW_CONTROL_KEY_") for k in environ):
+        out[key_var + "_FILE"] = info["control_key_file"]
+        out["TRADEFLOW_CONTROL_SIGNING_KEY_ID"] = info["control_key_id"]
+    return {k: v for k, v in out.items() if k not in environ}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_signals() -> tuple[signal.Signals, ...]:
+    return (signal.SIGINT, signal.SIGTERM)
+
+
+# ---------------------------------------------------------------------------
+# the platform
+# ---------------------------------------------------------------------------
+
+#: stop order: the feed and the deciders first, the sink after them (it drains what they sent), the
+#: infrastructure last
+STOP_ORDER = (
+    "feed",
+    "gates",
+    "trading",
+    "governance",
+    "models",
+    "market",
+    "dashboard",
+    "sink",
+    "broker",
+    "postgres",
+    "objectstore",
+)
+PORTS = (
+    "broker",
+    "postgres",
+    "dashboard",
+    "market_web",
+    "models_web",
+    "trading_web",
+    "governance_web",
+    "sink_metrics",
+    "gates_metrics",
+    "feed_metrics",
+    "s3",
+)
+TRADED_SYMBOL = "BTC/USDT"
+MODEL_ID = "mlp-btcusdt-1h"
+FEED_FILE = "binance_btcusdt_1h_2017_2022.csv"
+
+
+class Platform:
+    """One ``tradeflow up``: owns the supervisor and the programs it runs."""
+
+    def __init__(self, opts: UpOptions) -> None:
+        from ops.embedded.postgres import EmbeddedPostgres
+
+        self.opts = opts
+        self.layout = Layout(opts.data_dir.resolve()).make()
+        self.ports = load_ports(self.layout, PORTS)
+        self.pg = EmbeddedPostgres(
+            data_dir=self.layout.data_dir / "pg" / "data", port=self.ports["postgres"], persistent=True
+        )
+        self.bootstrap = f"127.0.0.1:{self.ports['broker']}"
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.ports['postgres']}/tradeflow"
+        ensure_secret(self.layout.control_key_file)
+        ensure_secret(self.layout.dashboard_token_file)
+        self.supervisor: Any = None
+        self.started_at = time.time()
+
+    # -- programs ------------------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        """What every agent process gets: addresses, data dirs, the key and token *files* (never values)."""
+        return {
+            "TRADEFLOW_BOOTSTRAP": self.bootstrap,
+            "TRADEFLOW_DSN": self.dsn,
+            "TRADEFLOW_NAMESPACE": "",
+            "TRADEFLOW_DATA_DIR": str(self.layout.data_dir),
+            "TRADEFLOW_ARTIFACTS": str(self.layout.data_dir / "models"),
+            f"TRADEFLOW_CONTROL_KEY_{OPERATOR_KEY_ID.upper()}_FILE": str(self.layout.control_key_file),
+            "TRADEFLOW_CONTROL_SIGNING_KEY_ID": OPERATOR_KEY_ID,
+            "TRADEFLOW_DASHBOARD_TOKEN_FILE": str(self.layout.dashboard_token_file),
+            "TRADEFLOW_TRADING_ACCOUNT": "paper",
+            "PYTHONUNBUFFERED": "1",
+            **dict(self.opts.extra_env),
+        }
+
+    def programs(self) -> list[Any]:
+        from ops.embedded.broker import tansu_binary
+        from ops.embedded.supervisor import Program
+        from ops.embedded.workers import cli_argv
+
+        p, env = self.ports, self.env()
+        infra = ["--bootstrap", self.bootstrap, "--namespace", ""]
+
+        def worker(name: str, port: str, *agents: str) -> Program:
+            argv = cli_argv(
+                "worker",
+                *infra,
+                "--dsn",
+                self.dsn,
+                "--app-id",
+                f"tradeflow-{name}",
+                "--web-port",
+                str(p[port]),
+                "--web-host",
+                self.opts.web_host,
+                "--agents",
+                *agents,
+            )
+            return Program(name, argv, env, startsecs=3)
+
+        storage, broker_env = "memory://tansu/", {}
+        progs: list[Program] = []
+        if self.opts.broker_storage == "s3":
+            store = self.objectstore()
+            progs.append(Program("objectstore", store.argv(), {}, startsecs=2, stopwaitsecs=15))
+            storage, broker_env = "s3://tansu/", dict(store.env_for_clients())
+        progs += [
+            Program(
+                "broker",
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    f"tcp://127.0.0.1:{p['broker']}",
+                    "--advertised-listener-url",
+                    f"tcp://127.0.0.1:{p['broker']}",
+                    "--storage-engine",
+                    storage,
+                ],
+                broker_env,
+                startsecs=1,
+                stopwaitsecs=10,
+            ),
+            Program(
+                "postgres",
+                self.pg.server_argv(),
+                {},
+                user=self.pg.os_user,
+                startsecs=2,
+                stopwaitsecs=30,
+                stopsignal="INT",
+            ),
+            Program(
+                "sink",
+                cli_argv("sink", *infra, "--dsn", self.dsn, "--metrics-port", str(p["sink_metrics"])),
+                env,
+                startsecs=3,
+            ),
+            worker("market", "market_web", "bars-checker", "features"),
+            worker("models", "models_web", "trainer", "inference"),
+            worker("trading", "trading_web", "trading"),
+            worker("governance", "governance_web", "governance"),
+            worker("dashboard", "dashboard", "dashboard"),
+            Program(
+                "gates",
+                cli_argv(
+                    "gates",
+                    "evaluate",
+                    *infra,
+                    "--dsn",
+                    self.dsn,
+                    "--every",
+                    "15m",
+                    "--metrics-port",
+                    str(p["gates_metrics"]),
+                ),
+                env,
+                startsecs=3,
+            ),
+            Program(
+                "feed",
+                cli_argv(
+                    "feed",
+                    *infra,
+                    "--dsn",
+                    self.dsn,
+                    "--file",
+                    FEED_FILE,
+                    "--pace",
+                    str(self.opts.pace),
+                    "--live-from",
+                    self.opts.live_from,
+                    "--metrics-port",
+                    str(p["feed_metrics"]),
+                ),
+                env,
+                startsecs=3,
+            ),
+        ]
+        return progs
+
+    def objectstore(self) -> Any:
+        from ops.embedded.objectstore import ObjectStoreConfig
+
+        return ObjectStoreConfig.load_or_create(self.layout.data_dir / "objectstore", s3_port=self.ports["s3"])
+
+    # -- start ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from ops.embedded.supervisor import Supervisor
+
+        self.pg.init()
+        programs = self.programs()
+        self.supervisor = Supervisor(programs, self.layout.run, self.layout.logs).start()
+        names = [p.name for p in programs]
+        if "objectstore" in names:
+            self._start("objectstore")
+            self.objectstore().wait_ready_and_bucket("tansu")
+        self._start("broker")
+        self._run_async(self._broker_ready())
+        self._start("postgres")
+        self._run_async(self._database_ready())
+        for name in ("sink", "market", "models", "trading", "governance", "dashboard", "gates", "feed"):
+            self._start(name)
+        self.write_info()
+        log.info("platform_started", programs=len(names), seconds=round(time.time() - self.started_at, 1))
+
+    def _start(self, name: str) -> None:
+        t0 = time.monotonic()
+        self.supervisor.start_program(name)
+        log.info(
+            "program_started", program=name, pid=self.supervisor.pid(name), seconds=round(time.monotonic() - t0, 2)
+        )
+
+    @staticmethod
+    def _run_async(coro: Any) -> Any:
+        import asyncio
+
+        return asyncio.run(coro)
+
+    async def _broker_ready(self, timeout_s: float = 60.0) -> None:
+        from runtime.broker import BrokerLost, ensure_topics, probe
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await probe(self.bootstrap, [], timeout_s=5.0)
+                break
+            except BrokerLost:
+                if time.monotonic() > deadline:
+                    raise
+                await _sleep(0.2)
+        await ensure_topics(self.bootstrap)
+
+    async def _database_ready(self, timeout_s: float = 60.0) -> None:
+        import asyncpg
+
+        from storage.databases import create_database
+        from storage.migrate import migrate_dsn
+
+        admin_dsn = self.dsn.rsplit("/", 1)[0] + "/postgres"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                conn = await asyncpg.connect(admin_dsn, timeout=5)
+                break
+            except (OSError, asyncpg.CannotConnectNowError):
+                if time.monotonic() > deadline:
+                    raise
+                await _sleep(0.2)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'tradeflow'"):
+                await create_database(conn, "tradeflow")
+        finally:
+            await conn.close()
+        applied = await migrate_dsn(self.dsn)
+        log.info("database_ready", dsn=self.dsn, migrations_applied=applied)
+
+    def write_info(self) -> None:
+        PlatformInfo(
+            pid=os.getpid(),
+            data_dir=str(self.layout.data_dir),
+            bootstrap=self.bootstrap,
+            dsn=self.dsn,
+            namespace="",
+            dashboard_url=self.dashboard_url,
+            dashboard_token_file=str(self.layout.dashboard_token_file),
+            control_key_id=OPERATOR_KEY_ID,
+            control_key_file=str(self.layout.control_key_file),
+            broker_storage=self.opts.broker_storage,
+            started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
+            programs={n: int(s["pid"]) for n, s in self.supervisor.states().items()},
+        ).write(self.layout)
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.opts.web_host}:{self.ports['dashboard']}/"
+
+    # -- a model to serve ----------------------------------------------------------------------------
+
+    async def _serving_model(self) -> str | None:
+        """``model_id@version`` of a version in an active stage, else None."""
+        import asyncpg
+
+        from storage import registry
+
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        try:
+            rows = await registry.current_stages(conn, MODEL_ID)
+        finally:
+            await conn.close()
+        active = [r for r in rows if r["stage"] in ("active", "canary_30", "canary_10")]
+        return f"{active[-1]['model_id']}@{active[-1]['version']}" if active else None
+
+    async def _model_bootstrap(self, timeout_s: float = 600.0) -> str:
+        """Train through ``jobs.train`` once the feed's history is in, then promote by signed commands."""
+        import asyncpg
+
+        from agents.features.spec import FEATURE_SET_VERSION
+        from storage import registry
+        from storage.features import last_open_time
+        from topics.records import Timeframe
+        from topics.units import NS_PER_HOUR, parse_when
+
+        if (serving := await self._serving_model()) is not None:
+            return serving
+        live_from = parse_when(self.opts.live_from)
+        deadline = time.monotonic() + timeout_s
+        while True:  # the feed publishes the history before live_from first, at full speed
+            conn = await asyncpg.connect(self.dsn, timeout=10)
+            try:
+                last = await last_open_time(conn, TRADED_SYMBOL, Timeframe.H1, FEATURE_SET_VERSION)
+            finally:
+                await conn.close()
+            if last is not None and last >= live_from - NS_PER_HOUR:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"features up to {self.opts.live_from} not stored within {timeout_s:.0f} s")
+            await _sleep(1.0)
+        job_id = f"up-bootstrap-{int(time.time())}"
+        self._cli(
+            "train",
+            "submit",
+            "--job-id",
+            job_id,
+            "--family",
+            "mlp",
+            "--symbols",
+            TRADED_SYMBOL,
+            "--timeframe",
+            "1h",
+            "--start",
+            self.opts.train_from,
+            "--end",
+            self.opts.live_from,
+        )
+        log.info("model_training_submitted", job_id=job_id, start=self.opts.train_from, end=self.opts.live_from)
+        version = None
+        while version is None:
+            conn = await asyncpg.connect(self.dsn, timeout=10)
+            try:
+                rows = await registry.current_stages(conn, MODEL_ID)
+            finally:
+                await conn.close()
+            version = rows[-1]["version"] if rows else None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no model registered for job {job_id} within {timeout_s:.0f} s")
+            await _sleep(0.5)
+        for _ in ("shadow", "canary_10", "canary_30", "active"):
+            self._cli(
+                "control",
+                "rollout",
+                "promote",
+                "--model-id",
+                MODEL_ID,
+                "--version",
+                version,
+                "--reason",
+                "tradeflow up: first model of this platform",
+            )
+            await _sleep(0.5)
+        while (serving := await self._serving_model()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{MODEL_ID}@{version} not promoted within {timeout_s:.0f} s")
+            await _sleep(0.5)
+        return serving
+
+    def _cli(self, *args: str) -> str:
+        import subprocess
+
+        from ops.embedded.workers import cli_argv
+
+        res = subprocess.run(  # noqa: S603 - our own argv
+            cli_argv(*args),
+            env={**os.environ, **self.env()},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"tradeflow {' '.join(args[:3])} failed ({res.returncode}): {res.stderr[-1500:]}")
+        return res.stdout
+
+    # -- run, watch, stop ----------------------------------------------------------------------------
+
+    def watch(self, until: float | None, stop: list[int]) -> None:
+        """Poll the supervisor until ``until`` (monotonic) or a stop signal; raise CrashLoop on a loop."""
+        from ops.embedded.supervisor import CrashLoop, CrashWatch
+
+        crashes = CrashWatch()
+        while not stop and (until is None or time.monotonic() < until):
+            now = time.monotonic()
+            for name, info in self.supervisor.states().items():
+                reason = crashes.observe(name, info["statename"], int(info["pid"]), now)
+                if reason is not None:
+                    raise CrashLoop(name, reason, self.supervisor.tail(name))
+                if info["statename"] in ("EXITED", "BACKOFF"):
+                    log.error(
+                        "program_exited",
+                        program=name,
+                        exit_status=info.get("exitstatus"),
+                        restarts=crashes.restarts.get(name, 0),
+                    )
+            time.sleep(0.5)
+        self.restarts = dict(crashes.restarts)
+
+    async def summary(self) -> dict[str, Any]:
+        import asyncpg
+
+        from storage.status import pipeline_counts
+
+        conn = await asyncpg.connect(self.dsn, timeout=10)
+        try:
+            counts = await pipeline_counts(conn)
+        finally:
+            await conn.close()
+        return {"seconds": round(time.time() - self.started_at, 1), **counts, "restarts": getattr(self, "restarts", {})}
+
+    def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.shutdown(order=STOP_ORDER)
+            log.info("platform_stopped")
+        self.layout.platform_file.unlink(missing_ok=True)
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+def banner(p: Platform, serving: str | None) -> str:
+    return "\n".join(
+        [
+            "",
+            "tradeflow is up" + (f", serving {serving}" if serving else ""),
+            f"  dashboard   {p.dashboard_url}  (token in {p.layout.dashboard_token_file})",
+            f"  broker      {p.bootstrap}  ({p.opts.broker_storage} storage)",
+            f"  database    {p.dsn}",
+            f"  logs        {p.layout.logs}/  (supervisorctl -c {p.layout.run / 'supervisord.conf'} status)",
+            "  try, in a second shell:",
+            "    tradeflow tail signals",
+            "    tradeflow status",
+            "    tradeflow control kill-switch on --scope global --reason 'drill'",
+            "    tradeflow rollout status",
+            "    tradeflow audit --last 10m",
+            "  Ctrl-C stops the platform; `tradeflow up` again resumes where it stopped.",
+            "",
+        ]
+    )
+
+
+def up(opts: UpOptions) -> int:
+    """Bring the platform up, keep it up until Ctrl-C / SIGTERM / ``run_for_s``; 0 on a clean stop."""
+    from ops.embedded.supervisor import CrashLoop
+    from runtime.exits import EXIT_FAIL, EXIT_OK
+
+    layout = Layout(opts.data_dir.resolve()).make()
+    stop: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: stop.append(signum)) for s in _stop_signals()}
+    with exclusive(layout):
+        platform = Platform(opts)
+        try:
+            platform.start()
+            serving = platform._run_async(platform._model_bootstrap())
+            platform.write_info()
+            print(banner(platform, serving), flush=True)
+            until = None if opts.run_for_s is None else platform_started_monotonic() + opts.run_for_s
+            platform.watch(until, stop)
+            print(json.dumps(platform._run_async(platform.summary())), flush=True)
+            return EXIT_OK
+        except CrashLoop as exc:
+            log.critical("platform_crash_loop", program=exc.program, reason=str(exc).splitlines()[0])
+            print(str(exc), file=sys.stderr, flush=True)
+            return EXIT_FAIL
+        finally:
+            platform.stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+_T0 = time.monotonic()
+
+
+def platform_started_monotonic() -> float:
+    return _T0
