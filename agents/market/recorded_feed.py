@@ -197,8 +197,9 @@ def advance_positions(positions: Mapping[StreamKey, int], published: Iterable[Ba
 class PacePlan:
     """When (wall seconds after the run's start) each event time is due.
 
-    ``market_s_per_wall_s``: seconds of market time played per wall second. A run starts at
-    its first tick (``origin_ts_event``, due at 0); a restart starts a new plan at the next
+    ``market_s_per_wall_s``: seconds of market time played per wall second. The tick at
+    ``origin_ts_event`` is due at 0 (the run's first, unless there is a warm-up: earlier
+    ticks have negative due times and go out at once, in order); a restart starts a new plan at the next
     bar (no burst to catch up the time the feed was down). Gaps in the data play as silence
     of proportional length, as a live market's would.
     """
@@ -207,14 +208,20 @@ class PacePlan:
     market_s_per_wall_s: float
 
     @classmethod
-    def for_pace(cls, pace: float, timeframes: Iterable[Timeframe], origin_ts_event: int) -> PacePlan:
+    def for_pace(
+        cls, pace: float, timeframes: Iterable[Timeframe], first_ts_event: int, warmup_bars: int = 0
+    ) -> PacePlan:
         """``pace`` bars per wall second of the longest timeframe fed (shorter ones publish
         proportionally more): 1.0 over the bundled files = one 1h bar per second per symbol,
-        two 30m bars per second per 30m symbol."""
+        two 30m bars per second per 30m symbol. ``warmup_bars`` (of the longest timeframe) after
+        ``first_ts_event`` are due at once: history before the live market opens, so that the
+        consumers' warm-up (the features' 73 bars) does not take minutes of wall time."""
         if not (math.isfinite(pace) and pace > 0):
             raise FeedError(f"pace must be a positive number of bars per second, got {pace}")
+        if warmup_bars < 0:
+            raise FeedError(f"warmup_bars must be >= 0, got {warmup_bars}")
         longest = max((tf.nanos for tf in timeframes), default=Timeframe.H1.nanos)
-        return cls(origin_ts_event, pace * longest / NS_PER_SECOND)
+        return cls(first_ts_event + warmup_bars * longest, pace * longest / NS_PER_SECOND)
 
     def due_s(self, ts_event: int) -> float:
         """Wall seconds after the run's start at which the tick closing at ``ts_event`` is due."""

@@ -1,16 +1,17 @@
 """``tradeflow feed``: the recorded-market feed, the bundled candles played as a live market.
 
-``tradeflow feed [--file NAME ...] [--pace 1.0] [--from ISO] [--max-bars N] [--feed NAME]``
+``tradeflow feed [--file NAME ...] [--pace 1.0] [--from ISO] [--max-bars N] [--warmup N] [--feed NAME]``
     Publishes the recorded bars to ``market.bars.raw`` in event-time order (every bar
     closing at the same instant together, across symbols) at ``--pace`` bars per second
     of the longest timeframe fed: 1.0 over the bundled files is one 1h bar per second
     per symbol (and two 30m bars per second per 30m symbol). Each file is one stream
     with a fixed identity (``source=recorded:<file name>``), so restarts and chunks
     continue one feature stream. It resumes after the last bar the broker acknowledged
-    (positions in PostgreSQL, table ``feed_positions``); ``--from`` skips earlier bars
-    on a first start. At the end of the data it logs ``feed_exhausted`` and idles until
-    stopped; SIGTERM / SIGINT stop it cleanly (exit 0). Exit 3 when the broker or the
-    database is lost (a restart resumes), 2 for a bad command line.
+    (positions in PostgreSQL, table ``feed_positions``); on a first start ``--from``
+    skips earlier bars and ``--warmup N`` publishes N bars at once before pacing. At
+    the end of the data it logs ``feed_exhausted`` and idles until stopped; SIGTERM /
+    SIGINT stop it cleanly (exit 0). Exit 3 when the broker or the database is lost
+    (a restart resumes), 2 for a bad command line.
     Design: docs/market_data.md#recorded-market-feed
 """
 
@@ -53,6 +54,7 @@ def cmd_feed(a: argparse.Namespace) -> int:
             pace=a.pace,
             start_open_time=start,
             max_bars=a.max_bars,
+            warmup_bars=a.warmup,
         )
         for f in files:
             if not f.path.is_file():
@@ -115,6 +117,13 @@ def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
         "--from", dest="start", metavar="ISO", help="ISO date/time (UTC): skip bars opening earlier on a first start"
     )
     sp.add_argument("--max-bars", type=int, metavar="N", help="stop after publishing N bars in this run (exit 0)")
+    sp.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        metavar="N",
+        help="on a fresh feed, publish the first N bars (longest timeframe) at once, then pace (features need 73)",
+    )
     sp.add_argument(
         "--feed", default="recorded", help="the feed's name: positions are kept per feed (default recorded)"
     )

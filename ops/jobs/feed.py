@@ -135,6 +135,9 @@ class FeedOptions:
     pace: float = 1.0  #: bars per wall second of the longest timeframe fed
     start_open_time: int | None = None  #: skip bars opening earlier (a later stored position wins)
     max_bars: int | None = None  #: stop (return) after publishing this many bars in this run
+    #: on a fresh feed (no stored position for any stream fed), this many bars of the longest
+    #: timeframe go out at once before the pace applies (consumers' warm-up; the features need 73)
+    warmup_bars: int = 0
     topic: str = "market.bars.raw"
     max_batch: int = 5_000  #: most bars in one publish when ticks fell due together
 
@@ -145,7 +148,7 @@ class FeedOptions:
             raise FeedError(f"max_bars must be >= 1, got {self.max_bars}")
         if not self.feed:
             raise FeedError("the feed needs a name")
-        PacePlan.for_pace(self.pace, [f.timeframe for f in self.files], 0)  # validates pace
+        PacePlan.for_pace(self.pace, [f.timeframe for f in self.files], 0, self.warmup_bars)  # validates
 
 
 @dataclass
@@ -202,6 +205,7 @@ async def run_feed(
             streams=[f"{s.source} {s.venue} {s.symbol} {s.timeframe.value}" for s in streams],
             remaining=sum(schedule.remaining().values()),
             resumed=len(positions),
+            warmup_bars=0 if positions else opts.warmup_bars,
         )
         async with RecordPublisher(opts.bootstrap, opts.namespace, name=f"feed:{opts.feed}") as pub:
             await _play(opts, schedule, stop, pub, conn, sources, rep, wall_clock, monotonic)
@@ -224,7 +228,8 @@ async def _play(
     ticks = schedule.ticks()
     head: Tick | None = next(ticks, None)
     t0 = monotonic()
-    plan = None if head is None else PacePlan.for_pace(opts.pace, schedule.timeframes, head.ts_event)
+    warmup = 0 if rep.resumed_from else opts.warmup_bars
+    plan = None if head is None else PacePlan.for_pace(opts.pace, schedule.timeframes, head.ts_event, warmup)
     lag_gauge, event_gauge = FEED_LAG.labels(opts.feed), FEED_EVENT_TIME.labels(opts.feed)
     FEED_EXHAUSTED.labels(opts.feed).set(0)
     next_progress = t0 + PROGRESS_EVERY_S

@@ -168,6 +168,30 @@ async def test_feed_when_ticks_fall_due_faster_than_a_publish_then_they_go_out_t
     assert [b.open_time for b in got] == [b.open_time for b in expected_bars([BTC_1H], START)[KEY_1H][:n]]
 
 
+async def test_fresh_feed_when_warmup_given_then_those_bars_go_out_at_once_and_a_resumed_feed_paces_at_once(
+    broker: EmbeddedBroker, namespace: str, dsn: str
+) -> None:
+    def opts(pace: float, max_bars: int) -> FeedOptions:
+        return FeedOptions(
+            files=bundled_files([BTC_1H]),
+            bootstrap=broker.bootstrap,
+            dsn=dsn,
+            namespace=namespace,
+            feed="warm",
+            pace=pace,
+            start_open_time=parse_when(START),
+            max_bars=max_bars,
+            warmup_bars=80,
+        )
+
+    fresh = await asyncio.wait_for(run_feed(opts(1.0, 80), asyncio.Event()), 60)
+    assert fresh.published == 80 and fresh.wall_s < 20  # paced from the first bar it would take 79 s
+    resumed = await asyncio.wait_for(run_feed(opts(2.0, 3), asyncio.Event()), 60)
+    assert resumed.published == 3 and resumed.wall_s >= 0.95  # the 3rd tick is due 1 s in: no warm-up again
+    got = await read_topic(broker.bootstrap, namespace, "market.bars.raw", Bar, 83)
+    assert [b.open_time for b in got] == [b.open_time for b in expected_bars([BTC_1H], START)[KEY_1H][:83]]
+
+
 def feed_cli(procs: Procs, broker: EmbeddedBroker, namespace: str, dsn: str, *args: str) -> Proc:
     return procs.cli(
         "feed", "feed", "--bootstrap", broker.bootstrap, "--namespace", namespace, "--dsn", dsn, "--from", START, *args

@@ -166,16 +166,20 @@ def test_stamp_when_already_stamped_then_same_object() -> None:
 
 
 def test_pace_when_one_over_the_bundled_timeframes_then_one_1h_bar_per_second_two_30m() -> None:
-    plan = PacePlan.for_pace(1.0, [Timeframe.H1, Timeframe.M30, Timeframe.M30], origin_ts_event=T0)
+    plan = PacePlan.for_pace(1.0, [Timeframe.H1, Timeframe.M30, Timeframe.M30], first_ts_event=T0)
     assert plan.due_s(T0) == 0.0
     assert plan.due_s(T0 + NS_PER_HOUR) == pytest.approx(1.0)
     assert plan.due_s(T0 + 30 * NS_PER_MINUTE) == pytest.approx(0.5)
     assert plan.planned_ts_event(2.5) == T0 + 150 * NS_PER_MINUTE
-    only_30m = PacePlan.for_pace(4.0, [Timeframe.M30], origin_ts_event=T0)
+    only_30m = PacePlan.for_pace(4.0, [Timeframe.M30], first_ts_event=T0)
     assert only_30m.due_s(T0 + NS_PER_HOUR) == pytest.approx(0.5)  # 4 30m bars per second
+    warm = PacePlan.for_pace(1.0, [Timeframe.H1, Timeframe.M30], T0, warmup_bars=80)
+    assert warm.due_s(T0) == pytest.approx(-80.0) and warm.due_s(T0 + 80 * NS_PER_HOUR) == 0.0
+    with pytest.raises(FeedError, match="warmup"):
+        PacePlan.for_pace(1.0, [Timeframe.H1], T0, warmup_bars=-1)
     for bad in (0.0, -1.0, math.nan, math.inf):
         with pytest.raises(FeedError, match="pace"):
-            PacePlan.for_pace(bad, [Timeframe.H1], origin_ts_event=T0)
+            PacePlan.for_pace(bad, [Timeframe.H1], first_ts_event=T0)
 
 
 def _head(name: str, venue: str, symbol: str, tf: Timeframe, rows: int) -> FeedStream:
