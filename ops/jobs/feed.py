@@ -247,7 +247,7 @@ async def _play(
         # Every tick due by now, in order, as one publish (bounded): the feed keeps the plan's pace
         # under load instead of adding each publish's latency to the next tick's due time.
         now_s = monotonic() - t0
-        first_due = plan.due_s(head.ts_event)
+        first_due = max(0.0, plan.due_s(head.ts_event))  # warm-up ticks are due at the start
         batch: list[Bar] = []
         while head is not None and plan.due_s(head.ts_event) <= now_s and len(batch) < opts.max_batch:
             room = None if budget is None else budget - len(batch)

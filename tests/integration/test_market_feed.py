@@ -186,6 +186,7 @@ async def test_fresh_feed_when_warmup_given_then_those_bars_go_out_at_once_and_a
 
     fresh = await asyncio.wait_for(run_feed(opts(1.0, 80), asyncio.Event()), 60)
     assert fresh.published == 80 and fresh.wall_s < 20  # paced from the first bar it would take 79 s
+    assert fresh.max_lag_s < 20  # warm-up bars are due at the start, not 80 s before it
     resumed = await asyncio.wait_for(run_feed(opts(2.0, 3), asyncio.Event()), 60)
     assert resumed.published == 3 and resumed.wall_s >= 0.95  # the 3rd tick is due 1 s in: no warm-up again
     got = await read_topic(broker.bootstrap, namespace, "market.bars.raw", Bar, 83)
