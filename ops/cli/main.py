@@ -381,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parsers(sub, infra)
 
+    from ops.cli.feed import add_parsers as add_feed_parsers
+
+    add_feed_parsers(sub, infra)
+
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)
     sp.add_argument("--create", action="store_true", help="create every catalogued topic (idempotent)")
