@@ -390,27 +390,29 @@ class Platform:
                 env,
                 startsecs=3,
             ),
-            Program(
-                "feed",
-                cli_argv(
-                    "feed",
-                    *infra,
-                    "--dsn",
-                    self.dsn,
-                    "--file",
-                    FEED_FILE,
-                    "--pace",
-                    str(self.opts.pace),
-                    "--live-from",
-                    self.opts.live_from,
-                    "--metrics-port",
-                    str(p["feed_metrics"]),
-                ),
-                env,
-                startsecs=3,
-            ),
+            Program("feed", cli_argv("feed", *infra, "--dsn", self.dsn, *self.feed_args()), env, startsecs=3),
         ]
         return progs
+
+    def feed_args(self) -> list[str]:
+        """The recorded feed: from a few days before the training window (the features' warm-up), the
+        history up to ``live_from`` at once (training data, warm features), then paced."""
+        from topics.units import NS_PER_DAY, NS_PER_HOUR, parse_when
+
+        start = parse_when(self.opts.train_from) - 5 * NS_PER_DAY
+        warmup = (parse_when(self.opts.live_from) - start) // NS_PER_HOUR
+        return [
+            "--file",
+            FEED_FILE,
+            "--pace",
+            str(self.opts.pace),
+            "--from",
+            _iso(start),
+            "--warmup",
+            str(warmup),
+            "--metrics-port",
+            str(self.ports["feed_metrics"]),
+        ]
 
     def objectstore(self) -> Any:
         from ops.embedded.objectstore import ObjectStoreConfig
@@ -433,8 +435,11 @@ class Platform:
         self._run_async(self._broker_ready())
         self._start("postgres")
         self._run_async(self._database_ready())
-        for name in ("sink", "market", "models", "trading", "governance", "dashboard", "gates", "feed"):
-            self._start(name)
+        agents = ["sink", "market", "models", "trading", "governance", "dashboard", "gates"]
+        t0 = time.monotonic()
+        self.supervisor.start_programs(agents)
+        log.info("programs_started", programs=agents, seconds=round(time.monotonic() - t0, 2))
+        self._start("feed")
         self.write_info()
         log.info("platform_started", programs=len(names), seconds=round(time.time() - self.started_at, 1))
 
@@ -655,6 +660,10 @@ class Platform:
             self.supervisor.shutdown(order=STOP_ORDER)
             log.info("platform_stopped")
         self.layout.platform_file.unlink(missing_ok=True)
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
 
 
 async def _sleep(seconds: float) -> None:

@@ -219,6 +219,27 @@ class Supervisor:
                     f"{name} did not start ({exc.faultString}); log tail:\n{self.tail(name)}"
                 ) from None
 
+    def start_programs(self, names: Sequence[str], timeout_s: float = 60.0) -> None:
+        """Start ``names`` together and wait until each is RUNNING (past its ``startsecs``)."""
+        for name in names:
+            try:
+                self.rpc.supervisor.startProcess(name, False)
+            except xmlrpc.client.Fault as exc:
+                if "ALREADY_STARTED" not in exc.faultString:
+                    raise SupervisorError(f"{name} did not start ({exc.faultString})") from None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = self.states()
+            for name in names:
+                if states[name]["statename"] == "FATAL":  # BACKOFF: supervisord retries
+                    raise SupervisorError(f"{name} did not start; log tail:\n{self.tail(name)}")
+            if all(states[n]["statename"] == "RUNNING" for n in names):
+                return
+            if time.monotonic() > deadline:
+                pending = [n for n in names if states[n]["statename"] != "RUNNING"]
+                raise SupervisorError(f"not running within {timeout_s:.0f} s: {pending}")
+            time.sleep(0.1)
+
     def stop_program(self, name: str) -> None:
         try:
             self.rpc.supervisor.stopProcess(name, True)

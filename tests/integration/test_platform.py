@@ -39,7 +39,7 @@ class Up:
 
     def start(self, *extra: str) -> Up:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603
+            self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ops.cli", "up", "--data-dir", str(self.data_dir), "--pace", "4", *extra],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=self.env(),
             )
@@ -64,7 +64,7 @@ class Up:
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """A ``tradeflow`` command from a second shell: no flags, the running platform supplies them."""
-        return subprocess.run(  # noqa: S603
+        return subprocess.run(
             [sys.executable, "-m", "ops.cli", *args], cwd=ROOT, env=self.env(), capture_output=True, text=True,
             timeout=timeout, check=False,
         )
@@ -111,7 +111,7 @@ def test_up_then_platform_file_and_a_second_up_refused(platform: Up) -> None:
     token_file = Path(info["dashboard_token_file"])
     assert token_file.stat().st_mode & 0o077 == 0  # the owner's only
     assert token_file.read_text().strip() not in platform.output()  # never printed
-    second = subprocess.run(  # noqa: S603
+    second = subprocess.run(
         [sys.executable, "-m", "ops.cli", "up", "--data-dir", str(platform.data_dir), "--for", "5"],
         cwd=ROOT, env=platform.env(), capture_output=True, text=True, timeout=60, check=False,
     )
