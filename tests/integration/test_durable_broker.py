@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 import ops.embedded.broker as broker_module
 import ops.embedded.objectstore as objectstore_module
 from ops.embedded.broker import DurableBroker
+from ops.embedded.objectstore import ObjectStoreError
 from runtime.broker import ensure_topics
 from runtime.publish import RecordPublisher
 from tests.builders import T0, bar
@@ -215,11 +216,14 @@ async def test_start_then_credentials_private_and_secret_in_no_log_repr_or_argv(
         assert secret not in text
 
 
-async def test_second_start_then_same_credentials_ports_and_log(tmp_path: Path) -> None:
+async def test_second_start_then_same_credentials_ports_and_log_and_refused_while_running(tmp_path: Path) -> None:
     data = tmp_path / "data"
     ns = f"t{uuid.uuid4().hex[:10]}"
     sent = bars(30)
     with DurableBroker(data) as first:
+        with pytest.raises(ObjectStoreError, match="in use"):  # one store per data dir
+            DurableBroker(data).start()
+        assert first.object_store.alive and first.broker.alive
         await asyncio.wait_for(ensure_topics(first.bootstrap, [spec(TOPIC)], namespace=ns), 60)
         async with RecordPublisher(first.bootstrap, namespace=ns) as pub:
             await asyncio.wait_for(pub.publish(sent), 60)
