@@ -117,18 +117,29 @@ class ObjectStorePorts:
         return taken
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, the file mode 0600 from its creation on."""
+def _write_file(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
+    """Write ``data`` to ``path`` atomically, with ``mode`` from the file's creation on.
+
+    ``replace`` False: only when ``path`` does not exist yet (two first starts
+    racing keep one file); returns whether this call wrote it.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if replace:
+        os.replace(tmp, path)
+        return True
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        tmp.unlink()
 
 
 def _read_private(path: Path) -> bytes:
@@ -160,6 +171,7 @@ class ObjectStoreConfig:
         """
         root = Path(data_dir).resolve() / "objectstore"
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root.chmod(0o700)  # it holds the secret, also when someone made it before us
         (root / "data").mkdir(exist_ok=True, mode=0o700)
         config = cls(
             root=root,
@@ -198,7 +210,7 @@ class ObjectStoreConfig:
                 }
             ]
         }
-        _write_private(self.identities_path, json.dumps(doc).encode())
+        _write_file(self.identities_path, json.dumps(doc).encode(), 0o600, replace=True)
 
     def argv(self) -> list[str]:
         """``weed server`` with master, volume, filer and S3 on 127.0.0.1; no secret in it (``ps`` shows argv)."""
@@ -241,29 +253,28 @@ class ObjectStoreConfig:
 
 
 def _load_or_create_credentials(path: Path) -> S3Credentials:
-    if path.exists():
-        try:
-            doc = json.loads(_read_private(path))
-            return S3Credentials(access_key=str(doc["access_key"]), secret_key=str(doc["secret_key"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ObjectStoreError(f"{path} is not a credentials file ({type(exc).__name__})") from None
-    creds = S3Credentials.generate()
-    _write_private(path, json.dumps({"access_key": creds.access_key, "secret_key": creds.secret_key}).encode())
-    log.info("objectstore_credentials_created", path=str(path))
-    return creds
+    if not path.exists():
+        creds = S3Credentials.generate()
+        doc = {"access_key": creds.access_key, "secret_key": creds.secret_key}
+        if _write_file(path, json.dumps(doc).encode(), 0o600, replace=False):
+            log.info("objectstore_credentials_created", path=str(path))
+            return creds
+    try:
+        doc = json.loads(_read_private(path))
+        return S3Credentials(access_key=str(doc["access_key"]), secret_key=str(doc["secret_key"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ObjectStoreError(f"{path} is not a credentials file ({type(exc).__name__})") from None
 
 
 def _load_or_create_ports(path: Path) -> ObjectStorePorts:
-    if path.exists():
-        try:
-            return ObjectStorePorts(**{k: int(v) for k, v in json.loads(path.read_text()).items()})
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ObjectStoreError(f"{path} is not a ports file: {exc}") from None
-    ports = ObjectStorePorts.choose()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(ports), indent=2) + "\n")
-    os.replace(tmp, path)
-    return ports
+    if not path.exists():
+        ports = ObjectStorePorts.choose()
+        if _write_file(path, (json.dumps(asdict(ports), indent=2) + "\n").encode(), 0o644, replace=False):
+            return ports
+    try:
+        return ObjectStorePorts(**{k: int(v) for k, v in json.loads(path.read_text()).items()})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ObjectStoreError(f"{path} is not a ports file: {exc}") from None
 
 
 @dataclass
