@@ -400,6 +400,68 @@ async def test_signed_kill_switch_from_the_cli_then_every_intent_rejected_until_
     assert await feed.metric("tradeflow_kill_switches_active") == 0
 
 
+async def test_signals_not_traded_then_status_shows_signals_in_intents_out_and_why(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
+) -> None:
+    """``tradeflow status`` says per account what became of the signals: from the agent's input journal
+    (each signal's sizing reason; a signal held for its bar gets its reason once applied) and the risk
+    decisions on its intents."""
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 4, a)  # closes a-3h, a-2h, a-1h, a
+    port = await start(broker, namespace, dsn, procs)
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, port)
+        await feed.send(btc[0], btc[1], timeout=90)
+        weak = signal("BTC/USDT", a - 2 * H, 0.1, "weak")  # at the last close: |score| below the entry threshold
+        await feed.send(weak, weak)  # and delivered twice
+        await feed.cli(dsn, "kill-switch", "on", "--reason", "status drill")
+        held = signal("BTC/USDT", a - H, 0.9, "held")  # ahead of its bar: held, then an intent the switch denies
+        await feed.send(held, btc[2])
+        await feed.cli(dsn, "kill-switch", "off", "--reason", "drill over")
+        await feed.send(signal("BTC/USDT", a - H, 0.95, "strong"), btc[3])  # an order, approved and filled
+    await assert_live_equals_replay(dsn, feed, trading_env)
+
+    conn = await asyncpg.connect(dsn)
+    try:
+
+        async def journaled() -> bool:
+            outcomes = await conn.fetch("SELECT outcome FROM trading_input_journal WHERE topic = 'signals'")
+            return len(outcomes) == 4 and all(r["outcome"] not in (None, "held") for r in outcomes)
+
+        await wait_until(journaled, 30, "every signal journaled with its outcome (held one updated)")
+    finally:
+        await conn.close()
+
+    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = ["--dsn", dsn, "--bootstrap", broker.bootstrap, "--namespace", namespace, *extra]
+        return subprocess.run(
+            [sys.executable, "-m", "ops.cli", "status", *argv],
+            cwd=ROOT,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    result = status("--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["trading"] == [
+        {
+            "account": "paper",
+            "signals_in": 4,
+            "intents_out": 2,
+            "held": 0,
+            "verdicts": {"approved": 1, "rejected": 1},
+            "skipped": [{"reason": "below_entry_threshold", "n": 1}, {"reason": "duplicate_signal", "n": 1}],
+            "denied": [{"reason": "kill_switch_global", "n": 1}],
+        }
+    ]
+    text = status().stdout
+    assert "signals   paper: 4 in, 2 intents out (1 approved, 1 rejected)" in text
+    assert "not traded: below_entry_threshold 1, duplicate_signal 1" in text
+    assert "denied: kill_switch_global 1" in text
+
+
 async def test_forged_unsigned_and_replayed_control_then_nothing_changes_and_each_is_audited_and_alerted(
     broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
 ) -> None:
