@@ -225,9 +225,15 @@ def cmd_topics(a: argparse.Namespace) -> int:
 
 
 def cmd_migrate(a: argparse.Namespace) -> int:
-    from storage.migrate import migrate_dsn
+    from storage.migrate import DatabaseUnreachable, ensure_database, migrate_dsn, where
 
-    applied = asyncio.run(migrate_dsn(a.dsn))
+    try:
+        if asyncio.run(ensure_database(a.dsn)):
+            print(f"created database {where(a.dsn)}")
+        applied = asyncio.run(migrate_dsn(a.dsn))
+    except DatabaseUnreachable as exc:  # one line, never a traceback nor the password
+        print(f"tradeflow migrate: {exc}", file=sys.stderr)
+        return EXIT_INFRA
     print(f"applied migrations: {applied or 'none pending'}")
     return EXIT_OK
 
@@ -384,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--replication-factor", type=int, default=1)
     sp.set_defaults(fn=cmd_topics)
 
-    sp = sub.add_parser("migrate", help="apply SQL migrations")
+    sp = sub.add_parser(
+        "migrate", help="create the database if missing, apply SQL migrations (exit 3: PostgreSQL unreachable)"
+    )
     infra(sp, dsn=True)
     sp.set_defaults(fn=cmd_migrate)
 
