@@ -65,7 +65,9 @@ class OpeningStatus:
     """Answer to "may this strategy open a position here, now?".
 
     ``until_ns`` is meaningful only when blocked: the time the last blocking
-    switch expires, or ``None`` when at least one lasts until released.
+    switch expires, or ``None`` when at least one lasts until released. It is
+    informational: switches of both time domains may block at once, each
+    expiring on its own clock (``switches``).
     """
 
     allowed: bool
