@@ -115,6 +115,38 @@ VARIABLES: tuple[Variable, ...] = (
         "arrival-time seconds a signal waits for its bar before it is applied without it",
         group="trading",
     ),
+    _V(
+        "TRADEFLOW_STRATEGY_ENTRY_THRESHOLD",
+        "0.2",
+        "|score| a signal needs to open a position from flat (or to flip); "
+        "at runtime: `control set-limit strategy.entry_threshold`",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_EXIT_THRESHOLD",
+        "0.05",
+        "a held position is kept while score x direction >= this (below the entry threshold)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_MAX_POSITION_FRACTION",
+        "0.2",
+        "full-size position as a fraction of equity",
+        group="trading",
+    ),
+    _V("TRADEFLOW_STRATEGY_MIN_ORDER_NOTIONAL", "10", "smallest order worth sending (quote)", group="trading"),
+    _V(
+        "TRADEFLOW_STRATEGY_REBALANCE_BAND",
+        "0.1",
+        "same-direction resizes smaller than this fraction of the symbol cap are skipped",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_COST_MULTIPLE",
+        "1",
+        "added exposure needs an expected edge of this many round-trip costs",
+        group="trading",
+    ),
     _V("TRADEFLOW_EXECUTION_ADAPTER", "paper", "`paper` (simulated fills) or `ccxt` (a venue)", group="trading"),
     _V(
         "TRADEFLOW_EXECUTION_VENUE",

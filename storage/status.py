@@ -1,7 +1,7 @@
 """Operator overviews: what ``tradeflow status`` shows and the run job's summary counts.
 
-Read-only. A view that is missing (database not migrated) raises
-``asyncpg.UndefinedTableError``; the caller says what to do about it.
+Read-only. A view or column that is missing (database not migrated) raises
+``asyncpg.UndefinedTableError`` / ``UndefinedColumnError``; the caller says what to do about it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ __all__ = [
     "GateRow",
     "KillSwitchRow",
     "PortfolioRow",
+    "ReasonCount",
     "RolloutRow",
+    "TradingFlowRow",
     "current_gates",
     "data_quality_counts",
     "dead_letter_counts",
@@ -27,6 +29,7 @@ __all__ = [
     "rollout",
     "table_counts",
     "top_dead_letters",
+    "trading_flow",
 ]
 
 
@@ -77,6 +80,30 @@ class RolloutRow(TypedDict):
     stage: str
     action: str
     reason: str
+
+
+class ReasonCount(TypedDict):
+    reason: str
+    n: int
+
+
+class TradingFlowRow(TypedDict):
+    """What became of an account's signals, from its input journal and the risk decisions.
+
+    ``intents_out``: signals the strategy turned into an order intent; ``held``: signals
+    waiting for their bar; ``verdicts``: the risk decisions on those intents;
+    ``skipped``: the sizing reasons of the signals that made no intent (``unrecorded``:
+    journaled before migration 014); ``denied``: the reasons of the decisions that
+    rejected or reduced them; both most frequent first.
+    """
+
+    account: str
+    signals_in: int
+    intents_out: int
+    held: int
+    verdicts: dict[str, int]
+    skipped: list[ReasonCount]
+    denied: list[ReasonCount]
 
 
 class DeadLetterCount(TypedDict):
@@ -183,3 +210,73 @@ async def pipeline_counts(conn: Conn) -> dict[str, int]:
     )
     assert row is not None  # a SELECT of scalar subqueries always returns one row
     return {k: int(v) for k, v in dict(row).items()}
+
+
+_FLOW = """
+SELECT account,
+       count(*) AS signals_in,
+       count(*) FILTER (WHERE outcome = 'order') AS intents_out,
+       count(*) FILTER (WHERE outcome = 'held') AS held
+FROM trading_input_journal WHERE topic = 'signals' GROUP BY account ORDER BY account
+"""
+
+_SKIPPED = """
+SELECT account, reason, n FROM (
+    SELECT account, coalesce(outcome, 'unrecorded') AS reason, count(*) AS n,
+           row_number() OVER (PARTITION BY account ORDER BY count(*) DESC, coalesce(outcome, 'unrecorded')) AS k
+    FROM trading_input_journal
+    WHERE topic = 'signals' AND outcome IS DISTINCT FROM 'order' AND outcome IS DISTINCT FROM 'held'
+    GROUP BY account, coalesce(outcome, 'unrecorded')
+) ranked WHERE k <= $1 ORDER BY account, n DESC, reason
+"""
+
+#: The decisions on the intents of an account's signals (a signal journaled twice counts once).
+_VERDICTS = """
+WITH signals AS (SELECT DISTINCT account, event_id FROM trading_input_journal WHERE topic = 'signals')
+SELECT s.account, d.payload->>'verdict' AS verdict, count(*) AS n
+FROM ev_risk_decisions d
+JOIN ev_order_intents i ON i.event_id = d.payload->>'intent_event_id'
+JOIN signals s ON s.event_id = i.payload->>'signal_event_id'
+GROUP BY 1, 2 ORDER BY 1, 2
+"""
+
+#: The reasons of the decisions that rejected or reduced them, most frequent first.
+_DENIED = """
+WITH signals AS (SELECT DISTINCT account, event_id FROM trading_input_journal WHERE topic = 'signals')
+SELECT account, reason, n FROM (
+    SELECT s.account, r.reason, count(*) AS n,
+           row_number() OVER (PARTITION BY s.account ORDER BY count(*) DESC, r.reason) AS k
+    FROM ev_risk_decisions d
+    JOIN ev_order_intents i ON i.event_id = d.payload->>'intent_event_id'
+    JOIN signals s ON s.event_id = i.payload->>'signal_event_id'
+    CROSS JOIN LATERAL json_array_elements_text(d.payload->'reasons') AS r(reason)
+    WHERE d.payload->>'verdict' <> 'approved'
+    GROUP BY s.account, r.reason
+) ranked WHERE k <= $1 ORDER BY account, n DESC, reason
+"""
+
+
+async def trading_flow(conn: Conn, top: int = 5) -> list[TradingFlowRow]:
+    """Per account: signals in, intents out, held, the verdicts on its intents, the ``top`` skip reasons
+    and denial reasons (see :class:`TradingFlowRow`). Needs migration 014."""
+    flows: dict[str, TradingFlowRow] = {
+        r["account"]: TradingFlowRow(
+            account=r["account"],
+            signals_in=r["signals_in"],
+            intents_out=r["intents_out"],
+            held=r["held"],
+            verdicts={},
+            skipped=[],
+            denied=[],
+        )
+        for r in await conn.fetch(_FLOW)
+    }
+    for r in await conn.fetch(_SKIPPED, top):
+        flows[r["account"]]["skipped"].append(ReasonCount(reason=r["reason"], n=r["n"]))
+    for r in await conn.fetch(_VERDICTS):
+        if r["account"] in flows:
+            flows[r["account"]]["verdicts"][r["verdict"]] = r["n"]
+    for r in await conn.fetch(_DENIED, top):
+        if r["account"] in flows:
+            flows[r["account"]]["denied"].append(ReasonCount(reason=r["reason"], n=r["n"]))
+    return list(flows.values())

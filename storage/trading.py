@@ -1,5 +1,6 @@
 """The trading agent's tables: its checkpoint row (``trading_checkpoints``,
-migration 010) and its input journal (``trading_input_journal``, migration 012).
+migration 010) and its input journal (``trading_input_journal``, migrations 012 and 014:
+each signal's outcome).
 
 A checkpoint and the journal rows of the inputs it covers are written in one
 transaction (:func:`save_checkpoint`), so a saved state always has the input
@@ -19,11 +20,13 @@ import orjson
 
 __all__ = [
     "Checkpoint",
+    "HeldOutcome",
     "JournalRow",
     "Offsets",
     "insert_journal",
     "load_checkpoint",
     "save_checkpoint",
+    "set_held_outcomes",
     "upsert_checkpoint",
 ]
 
@@ -53,7 +56,8 @@ class JournalRow(NamedTuple):
     """One ``trading_input_journal`` row: an input in the order it was applied.
 
     An execution answer (from the venue, not the broker) has partition and
-    offset ``-1`` and no arrival.
+    offset ``-1`` and no arrival. ``outcome`` (signals only, migration 014): the
+    strategy's sizing reason, or ``held`` while the signal waits for its bar.
     """
 
     account: str
@@ -63,12 +67,26 @@ class JournalRow(NamedTuple):
     kafka_offset: int
     event_id: str
     arrival_ns: int | None
+    outcome: str | None = None
 
+
+#: A held signal's outcome once applied: (event id, sizing reason).
+HeldOutcome = tuple[str, str]
 
 _JOURNAL_INSERT = (
-    "INSERT INTO trading_input_journal (account, seq, topic, kafka_partition, kafka_offset, event_id, arrival_ns) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (account, seq) DO NOTHING"
+    "INSERT INTO trading_input_journal "
+    "(account, seq, topic, kafka_partition, kafka_offset, event_id, arrival_ns, outcome) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account, seq) DO NOTHING"
 )
+
+#: The earliest row of the signal still ``held`` gets its outcome (a signal delivered twice is two rows).
+_HELD_OUTCOME = """
+UPDATE trading_input_journal SET outcome = $3
+WHERE account = $1 AND seq = (
+    SELECT min(seq) FROM trading_input_journal
+    WHERE account = $1 AND event_id = $2 AND topic = 'signals' AND outcome = 'held'
+)
+"""
 
 _UPSERT = """
 INSERT INTO trading_checkpoints
@@ -109,10 +127,23 @@ async def upsert_checkpoint(conn: asyncpg.Connection, cp: Checkpoint) -> None:
     )
 
 
-async def save_checkpoint(conn: asyncpg.Connection, cp: Checkpoint, journal: Sequence[JournalRow] = ()) -> None:
-    """The journal rows of the inputs since the last checkpoint and the new row, in one transaction."""
+async def set_held_outcomes(conn: asyncpg.Connection, account: str, outcomes: Sequence[HeldOutcome]) -> None:
+    """Record, in order, what became of signals journaled as ``held`` (each: its earliest held row)."""
+    if outcomes:
+        await conn.executemany(_HELD_OUTCOME, [(account, event_id, reason) for event_id, reason in outcomes])
+
+
+async def save_checkpoint(
+    conn: asyncpg.Connection,
+    cp: Checkpoint,
+    journal: Sequence[JournalRow] = (),
+    held_outcomes: Sequence[HeldOutcome] = (),
+) -> None:
+    """The journal rows of the inputs since the last checkpoint (then the outcomes of the held signals
+    applied since) and the new row, in one transaction."""
     async with conn.transaction():
         await insert_journal(conn, journal)
+        await set_held_outcomes(conn, cp.account, held_outcomes)
         await upsert_checkpoint(conn, cp)
 
 

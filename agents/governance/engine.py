@@ -15,7 +15,8 @@ A gate window is decided once, when every required ``gate:metric`` has a result:
 count). ``windows_to_promote`` passing windows move the candidate one step up
 (shadow -> canary_10 -> canary_30 -> active); ``windows_to_rollback`` failing windows roll
 the subject back and reactivate the previous version. Signed manual commands act only when
-verified; one event-time clock as in the trading core.
+verified; a promote may name its target stage (param ``to``): one decision per stage passed, so
+the audit trail still has every stage. One clock, moved by every input (registry, gates, control).
 
 Design: docs/rollout.md#governance-engine
 """
@@ -75,6 +76,7 @@ class Reason:
     INVALID_PARAMS = "invalid_params"
     UNKNOWN_VERSION = "unknown_version"
     NO_NEXT_STAGE = "no_next_stage"
+    TARGET_NOT_ABOVE = "target_not_above"
     CANDIDATE_IN_ROLLOUT = "candidate_in_rollout"
     NOT_IN_ROLLOUT = "not_in_rollout"
 
@@ -490,6 +492,11 @@ class GovernanceEngine:
             return self._refuse(event, Reason.INVALID_PARAMS, "params need string model_id and version", now)
         if event.target != model_id:
             return self._refuse(event, Reason.INVALID_PARAMS, f"target {event.target!r} != model_id {model_id!r}", now)
+        to = event.params.get("to")
+        if to is not None and (event.command is not ControlCommand.ROLLOUT_PROMOTE or to not in _LADDER_NAMES):
+            return self._refuse(
+                event, Reason.INVALID_PARAMS, f"'to' names a promote's target stage, one of {list(_LADDER_NAMES)}", now
+            )
         known = self._versions.get((model_id, version))
         symbol = None if known is None else _symbol_of(known)
         if known is None or symbol is None:
@@ -497,10 +504,14 @@ class GovernanceEngine:
         r = self._rollout(model_id, symbol)
         stage = known.stage
         if event.command is ControlCommand.ROLLOUT_PROMOTE:
-            to_stage = next_stage(stage)
-            if to_stage is None:
+            steps = _promotion_path(stage, None if to is None else ModelStage(to))
+            if not steps:
+                if next_stage(stage) is None:
+                    return self._refuse(
+                        event, Reason.NO_NEXT_STAGE, f"{version} is {stage.value}: nothing to promote to", now, r, stage
+                    )
                 return self._refuse(
-                    event, Reason.NO_NEXT_STAGE, f"{version} is {stage.value}: nothing to promote to", now, r, stage
+                    event, Reason.TARGET_NOT_ABOVE, f"{version} is {stage.value}: {to} is not above it", now, r, stage
                 )
             if r.candidate is not None and r.candidate != version:
                 return self._refuse(
@@ -517,29 +528,46 @@ class GovernanceEngine:
                 return self._refuse(
                     event, Reason.NOT_IN_ROLLOUT, f"{version} is {stage.value}: not in rollout", now, r, stage
                 )
-            to_stage, action = ModelStage.ROLLED_BACK, RolloutAction.MANUAL_ROLLBACK
-        decision_id = event_id_for(
-            RolloutDecision.KIND, model_id, symbol, version, RolloutTrigger.CONTROL.value, event.event_id
-        )
-        registry, restored = self._transition(r, version, stage, to_stage, decision_id, now)
+            steps, action = [ModelStage.ROLLED_BACK], RolloutAction.MANUAL_ROLLBACK
+        # one decision per stage passed, each with its registry events: the trail names every stage
+        out: list[Record] = []
+        decisions: list[RolloutDecision] = []
+        changes: list[str] = []
+        reason = f"{Reason.APPLIED}: {event.reason}".rstrip(": ")
+        from_stage = stage
+        for i, to_stage in enumerate(steps):
+            decision_id = event_id_for(
+                RolloutDecision.KIND,
+                model_id,
+                symbol,
+                version,
+                RolloutTrigger.CONTROL.value,
+                event.event_id,
+                *(() if i == 0 else (to_stage.value,)),
+            )
+            registry, restored = self._transition(r, version, from_stage, to_stage, decision_id, now)
+            step_reason = reason if len(steps) == 1 else f"{reason} (step {i + 1}/{len(steps)} to {steps[-1].value})"
+            decision = self._manual_decision(
+                event,
+                decision_id,
+                model_id,
+                version,
+                symbol,
+                from_stage,
+                to_stage,
+                action,
+                step_reason,
+                restored,
+                r,
+                now,
+            )
+            decisions.append(decision)
+            out += [decision, *registry]
+            changes += [f"{ev.version}: -> {ev.stage.value}" for ev in registry]
+            from_stage = to_stage
         r.restart(now)  # evidence gathered before an operator's intervention does not carry over
-        changes = tuple(f"{ev.version}: -> {ev.stage.value}" for ev in registry)
-        audit = self._audit(event, AuditOutcome.ACCEPTED, Reason.APPLIED, "", changes, now, alert=False)
-        decision = self._manual_decision(
-            event,
-            decision_id,
-            model_id,
-            version,
-            symbol,
-            stage,
-            to_stage,
-            action,
-            f"{Reason.APPLIED}: {event.reason}".rstrip(": "),
-            restored,
-            r,
-            now,
-        )
-        return Step(records=(decision, *registry, audit_record(audit, event)), decisions=(decision,), audit=audit)
+        audit = self._audit(event, AuditOutcome.ACCEPTED, Reason.APPLIED, "", tuple(changes), now, alert=False)
+        return Step(records=(*out, audit_record(audit, event)), decisions=tuple(decisions), audit=audit)
 
     def _refuse(
         self,
@@ -671,6 +699,22 @@ class GovernanceEngine:
 # ---------------------------------------------------------------------------
 
 _ENVELOPE = frozenset(f.name for f in dataclasses.fields(Record))
+
+
+_LADDER_NAMES = tuple(s.value for s in PROMOTION_LADDER)
+
+
+def _promotion_path(stage: ModelStage, to: ModelStage | None) -> list[ModelStage]:
+    """The stages a promote passes, in order: the next one, or every one up to ``to`` (empty: none)."""
+    path: list[ModelStage] = []
+    current: ModelStage | None = stage
+    while current is not None and current is not to:
+        current = next_stage(current)
+        if current is not None:
+            path.append(current)
+        if to is None:
+            break
+    return path if to is None or (path and path[-1] is to) else []
 
 
 def _symbol_of(ev: ModelRegistryEvent) -> str | None:

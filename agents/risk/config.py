@@ -34,6 +34,7 @@ __all__ = [
     "LimitSpec",
     "RiskConfig",
     "base_asset",
+    "limit_problems",
     "stable_config_hash",
 ]
 
@@ -85,6 +86,24 @@ SETTABLE_LIMITS: Mapping[str, LimitSpec] = MappingProxyType(
         "max_orders_per_window": LimitSpec(int, 1, 1_000_000, low_inclusive=True),
     }
 )
+
+
+def limit_problems(config: object, specs: Mapping[str, LimitSpec]) -> list[str]:
+    """The settable fields of ``config`` outside their :class:`LimitSpec` (empty when all fit)."""
+    out: list[str] = []
+    for name, spec in specs.items():
+        value = getattr(config, name)
+        if spec.kind is int and type(value) is not int:
+            out.append(f"{name} must be an integer")
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            out.append(f"{name} must be a finite number")
+            continue
+        low_ok = value >= spec.low if spec.low_inclusive else value > spec.low
+        if not low_ok or value > spec.high:
+            bracket = "[" if spec.low_inclusive else "("
+            out.append(f"{name}={value!r} outside {bracket}{spec.low}, {spec.high}]")
+    return out
 
 
 def _frozen_map(value: Mapping[str, float]) -> Mapping[str, float]:
@@ -171,18 +190,7 @@ class RiskConfig:
 
     def problems(self) -> list[str]:
         """Every invariant the config breaks (empty when valid)."""
-        out: list[str] = []
-        for name, spec in SETTABLE_LIMITS.items():
-            value = getattr(self, name)
-            if spec.kind is int and type(value) is not int:
-                out.append(f"{name} must be an integer")
-                continue
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                out.append(f"{name} must be a finite number")
-                continue
-            low_ok = value >= spec.low if spec.low_inclusive else value > spec.low
-            if not low_ok or value > spec.high:
-                out.append(f"{name}={value!r} outside ({spec.low}, {spec.high}]")
+        out = limit_problems(self, SETTABLE_LIMITS)
         if not out and not self.drawdown_warn < self.drawdown_near_limit <= self.max_drawdown:
             out.append("drawdown tiers must satisfy warn < near_limit <= max")
         for name in (

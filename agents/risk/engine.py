@@ -3,8 +3,9 @@
 Pure and deterministic. Inputs: order intents, marks (bars), the portfolio
 state, and signed control events; outputs: :class:`~topics.records.RiskDecision`
 records, protective exit intents, kill-switch changes and control audits.
-Time is the injected clock's; no I/O, no randomness. A denial is a decision
-with reason codes, never an exception.
+Time is injected: market time (decisions, marks, the breaker, the loss-streak pause) and
+wall/arrival time (control verification, operator kill switches); no I/O, no randomness.
+A denial is a decision with reason codes, never an exception.
 
 Decision procedure (``on_intent``): the quantity is split into a closing and an opening part;
 hard rejects refuse everything (bad quantity or symbol, no or stale price, no portfolio
@@ -13,7 +14,8 @@ opening part only; the warn tier and the symbol cap shrink it; ``max_order_notio
 the whole order. ``reasons`` lists every rule that acted, in :class:`RiskReason` order. A
 redelivered intent gets its cached decision; exposure counts the orders still in flight.
 ``on_mark`` runs the volatility breaker and stop-loss / take-profit exits; ``on_control``
-applies verified commands only, each audited.
+applies verified commands only, each audited; a ``set_limit`` that relaxes a limit releases
+the pause it caused and the audit names the pauses still in force.
 
 Design: docs/risk.md#risk-engine
 """
@@ -24,14 +26,16 @@ import dataclasses
 import enum
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from agents.clock import Clock
+from agents.clock import Clock, TimeDomain
+from agents.confighash import stable_config_hash
 from agents.control.signing import AuditOutcome, ControlAudit, ControlVerifier, audit_for
 from agents.execution.interface import InFlightOrders, client_order_id_for
 from agents.portfolio.engine import PortfolioState
-from agents.risk.config import SETTABLE_LIMITS, RiskConfig
+from agents.risk.config import SETTABLE_LIMITS, LimitSpec, RiskConfig
 from agents.risk.killswitch import KillScope, KillSwitch, KillSwitchBoard, OpeningStatus
 from runtime.seen import SeenIds
 from topics.records import (
@@ -52,6 +56,7 @@ __all__ = [
     "COMPONENT",
     "VOLATILITY_BREAKER_SETTER",
     "ControlReason",
+    "DelegatedLimits",
     "MarkOutcome",
     "ProtectiveExit",
     "RiskEngine",
@@ -152,9 +157,13 @@ class RiskEngine:
         verifier: ControlVerifier,
         *,
         max_cached_decisions: int = 100_000,
+        wall_clock: Clock | None = None,
     ) -> None:
         self.config = config
+        #: Market time: decisions, marks, the breaker, the loss-streak pause.
         self.clock = clock
+        #: Wall/arrival time: control verification and operator kill switches (default: ``clock``).
+        self.wall_clock = clock if wall_clock is None else wall_clock
         self.verifier = verifier
         self.kill_switches = KillSwitchBoard()
         self._portfolio: PortfolioState | None = None
@@ -192,7 +201,9 @@ class RiskEngine:
         return held + self._in_flight.net(symbol, self.clock.now_ns())
 
     def opening_status(self, strategy_id: str, track: str, symbol: str) -> OpeningStatus:
-        return self.kill_switches.opening_status(strategy_id, track, symbol, self.clock.now_ns())
+        return self.kill_switches.opening_status(
+            strategy_id, track, symbol, self.clock.now_ns(), self.wall_clock.now_ns()
+        )
 
     def on_mark(self, bar: Bar) -> MarkOutcome:
         """Update the mark; run the volatility breaker and stop-loss / take-profit."""
@@ -314,7 +325,9 @@ class RiskEngine:
             opening = 0.0
 
         # -- kill switches ---------------------------------------------------------
-        status = self.kill_switches.opening_status(intent.strategy_id, intent.track, intent.symbol, now)
+        status = self.kill_switches.opening_status(
+            intent.strategy_id, intent.track, intent.symbol, now, self.wall_clock.now_ns()
+        )
         if not status.allowed:
             kill_reasons = {_KILL_REASON[s.scope] for s in status.switches}
             if cfg.kill_switch_allows_reduce_only:
@@ -421,18 +434,26 @@ class RiskEngine:
     # ------------------------------------------------------------------
     # Control
     # ------------------------------------------------------------------
+    # ------------------------------------------------------------------
 
-    def on_control(self, event: ControlEvent) -> ControlAudit:
-        """Verify and apply one control command; always one audit, never an exception."""
-        now = self.clock.now_ns()
-        before = self.config.config_hash()
+    def on_control(self, event: ControlEvent, delegated: DelegatedLimits | None = None) -> ControlAudit:
+        """Verify and apply one control command; always one audit, never an exception.
+
+        Time is the wall clock's (verification, an operator switch's start and expiry, the
+        audit's ``ts_init``). ``delegated``: another engine's limits a ``set_limit`` may name;
+        the audit then carries that engine's configuration hashes.
+        """
+        now = self.wall_clock.now_ns()
+        owner = _limit_owner(event, delegated)
+        config_hash = self._config_hash if owner is None else owner.config_hash
+        before = config_hash()
         verdict = self.verifier.verify(event, now)
         if not verdict.ok:
             return self._audit(
-                event, AuditOutcome.REJECTED, verdict.reason.value, verdict.detail, (), before, now, alert=True
+                event, AuditOutcome.REJECTED, verdict.reason.value, verdict.detail, (), before, config_hash(), now, True
             )
         try:
-            outcome, reason, detail, changes = self._apply(event, now)
+            outcome, reason, detail, changes = self._apply(event, now, owner)
         except Exception as exc:  # an authentic but malformed command is still only a rejection
             outcome, reason, detail, changes = (
                 AuditOutcome.REJECTED,
@@ -440,7 +461,10 @@ class RiskEngine:
                 type(exc).__name__,
                 (),
             )
-        return self._audit(event, outcome, reason.value, detail, changes, before, now, alert=False)
+        return self._audit(event, outcome, reason.value, detail, changes, before, config_hash(), now, False)
+
+    def _config_hash(self) -> str:
+        return self.config.config_hash()
 
     def _audit(
         self,
@@ -450,8 +474,8 @@ class RiskEngine:
         detail: str,
         changes: tuple[str, ...],
         before: str,
+        after: str,
         now: int,
-        *,
         alert: bool,
     ) -> ControlAudit:
         return audit_for(
@@ -463,16 +487,18 @@ class RiskEngine:
             alert=alert,
             changes=changes,
             config_hash_before=before,
-            config_hash_after=self.config.config_hash(),
+            config_hash_after=after,
             ts_init=now,
         )
 
-    def _apply(self, event: ControlEvent, now: int) -> tuple[AuditOutcome, ControlReason, str, tuple[str, ...]]:
+    def _apply(
+        self, event: ControlEvent, now: int, owner: DelegatedLimits | None
+    ) -> tuple[AuditOutcome, ControlReason, str, tuple[str, ...]]:
         command = event.command
         if command in (ControlCommand.ROLLOUT_PROMOTE, ControlCommand.ROLLOUT_ROLLBACK):
             return AuditOutcome.IGNORED, ControlReason.NOT_FOR_RISK, "handled by governance", ()
         if command is ControlCommand.SET_LIMIT:
-            return self._set_limit(event)
+            return self._set_limit(event, owner)
         try:
             scope = KillScope(event.scope)
         except ValueError:
@@ -480,11 +506,11 @@ class RiskEngine:
         if scope is not KillScope.GLOBAL and not event.target:
             return AuditOutcome.REJECTED, ControlReason.MISSING_TARGET, f"scope {scope.value} needs a target", ()
         if command is ControlCommand.KILL_SWITCH_OFF:
-            released = self.kill_switches.release(scope, event.target, now)
+            released = self.kill_switches.release(scope, event.target, self.clock.now_ns(), now)
             if not released:
                 return AuditOutcome.ACCEPTED, ControlReason.NO_CHANGE, "nothing engaged", ()
             return AuditOutcome.ACCEPTED, ControlReason.APPLIED, "", tuple(f"released {s.describe()}" for s in released)
-        # KILL_SWITCH_ON
+        # KILL_SWITCH_ON: an operator's switch lives in wall time (started now, expiring after its duration)
         expires = _expiry_from_params(event, now)
         if isinstance(expires, str):
             return AuditOutcome.REJECTED, ControlReason.INVALID_PARAMS, expires, ()
@@ -495,17 +521,25 @@ class RiskEngine:
             set_by=f"operator:{event.operator}",
             now_ns=now,
             expires_at_ns=expires,
+            domain=TimeDomain.WALL,
         )
         return AuditOutcome.ACCEPTED, ControlReason.APPLIED, "", (f"engaged {switch.describe()}",)
 
-    def _set_limit(self, event: ControlEvent) -> tuple[AuditOutcome, ControlReason, str, tuple[str, ...]]:
+    def _set_limit(
+        self, event: ControlEvent, owner: DelegatedLimits | None
+    ) -> tuple[AuditOutcome, ControlReason, str, tuple[str, ...]]:
         if event.scope != KillScope.GLOBAL.value:
             return AuditOutcome.REJECTED, ControlReason.UNKNOWN_SCOPE, "set_limit applies to scope 'global'", ()
         name = event.params.get("name")
         value = event.params.get("value")
         if not isinstance(name, str) or set(event.params) != {"name", "value"}:
             return AuditOutcome.REJECTED, ControlReason.INVALID_PARAMS, "params must be {name, value}", ()
+        config: Any = self.config
+        field = name
         spec = SETTABLE_LIMITS.get(name)
+        if owner is not None:
+            field = name[len(owner.prefix) :]
+            spec, config = owner.specs[field], owner.get()
         if spec is None:
             return AuditOutcome.REJECTED, ControlReason.UNKNOWN_LIMIT, f"{name!r} is not settable", ()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -516,16 +550,109 @@ class RiskEngine:
             new_value: int | float = int(value)
         else:
             new_value = float(value)
-        old_value = getattr(self.config, name)
+        old_value = getattr(config, field)
         try:
-            update: dict[str, Any] = {name: new_value}
-            new_config = dataclasses.replace(self.config, **update)
+            update: dict[str, Any] = {field: new_value}
+            new_config = dataclasses.replace(config, **update)
         except ValueError as exc:
             return AuditOutcome.REJECTED, ControlReason.INVALID_VALUE, str(exc), ()
-        if new_config == self.config:
+        if new_config == config:
             return AuditOutcome.ACCEPTED, ControlReason.NO_CHANGE, f"{name} already {old_value!r}", ()
+        change = f"{name}: {old_value!r} -> {new_value!r}"
+        if owner is not None:
+            owner.put(new_config)
+            return AuditOutcome.ACCEPTED, ControlReason.APPLIED, "", (change,)
+        return self._relax(name, new_config, change)
+
+    # ------------------------------------------------------------------
+    # Pauses: the rules that stop opening exposure until a limit is back
+    # ------------------------------------------------------------------
+
+    def _relax(
+        self, name: str, new_config: RiskConfig, change: str
+    ) -> tuple[AuditOutcome, ControlReason, str, tuple[str, ...]]:
+        """Apply a new risk config; release the pause a relaxed limit started, and say which pauses stay."""
+        now = self.clock.now_ns()  # pauses are market time
+        before = self.pauses(now)
         self.config = new_config
-        return AuditOutcome.ACCEPTED, ControlReason.APPLIED, "", (f"{name}: {old_value!r} -> {new_value!r}",)
+        state = self._portfolio
+        if name == RiskReason.CONSECUTIVE_LOSS_LIMIT and name in before and state is not None:
+            streak = state.consecutive_losses
+            if streak < new_config.consecutive_loss_limit:  # this streak is served: it never pauses again
+                self._loss_cooldown_until = None
+                self._loss_streak_served = max(self._loss_streak_served, streak)
+        after = self.pauses(now)
+        changes = [change] + [f"released the {k} pause (was: {v})" for k, v in before.items() if k not in after]
+        notes = []
+        for k, v in after.items():
+            if k not in before:
+                notes.append(f"opening now paused by {k}: {v}")
+            elif k == name:
+                notes.append(f"{k} pause not released: {v}")
+            else:
+                notes.append(f"opening still paused by {k}: {v}")
+        return AuditOutcome.ACCEPTED, ControlReason.APPLIED, "; ".join(notes), tuple(changes)
+
+    def pauses(self, now_ns: int | None = None) -> dict[str, str]:
+        """The limits that pause opening exposure now (limit name -> why), in :class:`RiskReason` order.
+
+        Market time (``now_ns``, default the clock's). Kill switches are not pauses of a limit: they
+        are listed by :attr:`kill_switches`.
+        """
+        now = self.clock.now_ns() if now_ns is None else now_ns
+        state, cfg = self._portfolio, self.config
+        out: dict[str, str] = {}
+        if state is None:
+            return out
+        if state.drawdown >= cfg.max_drawdown:
+            out[RiskReason.MAX_DRAWDOWN] = f"drawdown {state.drawdown:.4f} >= {cfg.max_drawdown}"
+        elif state.drawdown >= cfg.drawdown_near_limit:
+            out[RiskReason.DRAWDOWN_NEAR_LIMIT] = f"drawdown {state.drawdown:.4f} >= {cfg.drawdown_near_limit}"
+        if state.intraday_drawdown >= cfg.intraday_drawdown_halt:
+            out[RiskReason.INTRADAY_DRAWDOWN_HALT] = (
+                f"intraday drawdown {state.intraday_drawdown:.4f} >= {cfg.intraday_drawdown_halt}"
+            )
+        if state.daily_return <= -cfg.daily_loss_limit:
+            out[RiskReason.DAILY_LOSS_LIMIT] = f"daily return {state.daily_return:.4f} <= -{cfg.daily_loss_limit}"
+        streak, limit = state.consecutive_losses, cfg.consecutive_loss_limit
+        served = 0 if streak < self._loss_streak_served else self._loss_streak_served
+        until = self._loss_cooldown_until
+        if until is not None and now < until:
+            out[RiskReason.CONSECUTIVE_LOSS_LIMIT] = (
+                f"{streak} consecutive losses ({'>=' if streak >= limit else '<'} limit {limit}), "
+                f"paused until {until} (market time)"
+            )
+        elif streak >= limit and streak > served:
+            out[RiskReason.CONSECUTIVE_LOSS_LIMIT] = f"{streak} consecutive losses >= limit {limit}"
+        return {str(k): v for k, v in out.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class DelegatedLimits:
+    """Another engine's limits a signed ``set_limit`` may change through :meth:`RiskEngine.on_control`.
+
+    Names are ``prefix + field`` for the fields of ``specs``; the risk engine verifies, validates
+    (range, then the config's own invariants) and audits the command as for its own limits.
+    ``get`` reads that engine's config (a frozen dataclass), ``put`` installs the new one.
+    """
+
+    prefix: str
+    specs: Mapping[str, LimitSpec]
+    get: Callable[[], Any]
+    put: Callable[[Any], None]
+
+    def config_hash(self) -> str:
+        return stable_config_hash(self.get())
+
+
+def _limit_owner(event: ControlEvent, delegated: DelegatedLimits | None) -> DelegatedLimits | None:
+    """``delegated`` when ``event`` is a ``set_limit`` naming one of its limits."""
+    if delegated is None or event.command is not ControlCommand.SET_LIMIT or not isinstance(event.params, dict):
+        return None
+    name = event.params.get("name")
+    if isinstance(name, str) and name.startswith(delegated.prefix) and name[len(delegated.prefix) :] in delegated.specs:
+        return delegated
+    return None
 
 
 def _expiry_from_params(event: ControlEvent, now: int) -> int | str | None:

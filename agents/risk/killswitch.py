@@ -7,8 +7,10 @@ a human's. Engaging the same key again merges: the later reason wins, the later 
 (``None``, "until released", beats any time). An operator ``release`` of a scope and target
 removes every setter's switch there.
 
-Expiry is event time (``expires_at_ns``, exclusive); nothing here reads a
-clock: callers pass ``now_ns`` from the engine's injected clock.
+Expiry (``expires_at_ns``, exclusive) is in the switch's own time domain: market time for
+the volatility breaker, wall/arrival time for an operator's switch
+(:class:`~agents.clock.TimeDomain`). Nothing here reads a clock: callers pass ``now_ns``
+(market) and ``wall_ns`` (wall; omitted: the same as ``now_ns``) from the engine's clocks.
 
 Design: docs/risk.md#kill-switches
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+from agents.clock import TimeDomain
 
 __all__ = ["GLOBAL_TARGET", "KillScope", "KillSwitch", "KillSwitchBoard", "OpeningStatus"]
 
@@ -37,11 +41,19 @@ class KillSwitch:
     reason: str
     set_by: str
     set_at_ns: int
-    #: Exclusive end in event time; None: until released.
+    #: Exclusive end in this switch's time domain; None: until released.
     expires_at_ns: int | None
+    #: The clock ``set_at_ns`` and ``expires_at_ns`` are read on.
+    domain: TimeDomain = TimeDomain.MARKET
 
     def active(self, now_ns: int) -> bool:
+        """Whether it is in force at ``now_ns`` of its own domain."""
         return self.expires_at_ns is None or now_ns < self.expires_at_ns
+
+    def active_at(self, now_ns: int, wall_ns: int | None = None) -> bool:
+        """Whether it is in force, given the market time and the wall time (``None``: ``now_ns``)."""
+        wall = now_ns if wall_ns is None else wall_ns
+        return self.active(wall if self.domain is TimeDomain.WALL else now_ns)
 
     def describe(self) -> str:
         until = "until released" if self.expires_at_ns is None else f"until {self.expires_at_ns}"
@@ -53,7 +65,9 @@ class OpeningStatus:
     """Answer to "may this strategy open a position here, now?".
 
     ``until_ns`` is meaningful only when blocked: the time the last blocking
-    switch expires, or ``None`` when at least one lasts until released.
+    switch expires, or ``None`` when at least one lasts until released. It is
+    informational: switches of both time domains may block at once, each
+    expiring on its own clock (``switches``).
     """
 
     allowed: bool
@@ -83,8 +97,9 @@ class KillSwitchBoard:
         set_by: str,
         now_ns: int,
         expires_at_ns: int | None = None,
+        domain: TimeDomain = TimeDomain.MARKET,
     ) -> KillSwitch:
-        """Engage (or extend) a switch; effective for every decision from ``now_ns``."""
+        """Engage (or extend) a switch; effective for every decision from ``now_ns`` (of ``domain``)."""
         scope = KillScope(scope)
         target = self._target(scope, target)
         key = (scope, target, set_by)
@@ -101,30 +116,33 @@ class KillSwitchBoard:
             set_by=set_by,
             set_at_ns=now_ns,
             expires_at_ns=expires_at_ns,
+            domain=domain,
         )
         self._switches[key] = switch
         return switch
 
-    def release(self, scope: KillScope, target: str, now_ns: int) -> tuple[KillSwitch, ...]:
+    def release(self, scope: KillScope, target: str, now_ns: int, wall_ns: int | None = None) -> tuple[KillSwitch, ...]:
         """Remove every setter's switch on ``(scope, target)``; returns the ones that were active."""
         scope = KillScope(scope)
         target = self._target(scope, target)
         keys = sorted(k for k in self._switches if k[0] is scope and k[1] == target)
         released = tuple(self._switches.pop(k) for k in keys)
-        return tuple(s for s in released if s.active(now_ns))
+        return tuple(s for s in released if s.active_at(now_ns, wall_ns))
 
-    def active(self, now_ns: int) -> tuple[KillSwitch, ...]:
+    def active(self, now_ns: int, wall_ns: int | None = None) -> tuple[KillSwitch, ...]:
         """Active switches (expired ones are pruned), sorted by scope, target, setter."""
-        expired = [k for k, s in self._switches.items() if not s.active(now_ns)]
+        expired = [k for k, s in self._switches.items() if not s.active_at(now_ns, wall_ns)]
         for k in expired:
             del self._switches[k]
         return tuple(self._switches[k] for k in sorted(self._switches))
 
-    def opening_status(self, strategy_id: str, track: str, symbol: str, now_ns: int) -> OpeningStatus:
-        """Whether ``strategy_id`` on ``track`` may open exposure in ``symbol`` at ``now_ns``."""
+    def opening_status(
+        self, strategy_id: str, track: str, symbol: str, now_ns: int, wall_ns: int | None = None
+    ) -> OpeningStatus:
+        """Whether ``strategy_id`` on ``track`` may open exposure in ``symbol`` at ``now_ns`` (and ``wall_ns``)."""
         matching = tuple(
             s
-            for s in self.active(now_ns)
+            for s in self.active(now_ns, wall_ns)
             if s.scope is KillScope.GLOBAL
             or (s.scope is KillScope.TRACK and s.target == track)
             or (s.scope is KillScope.STRATEGY and s.target == strategy_id)

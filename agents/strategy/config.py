@@ -4,6 +4,11 @@ Every field feeds :meth:`StrategyConfig.config_hash`, so an intent can be
 traced to the exact parameters that sized it. Changing a default here is a
 new strategy version: bump ``version`` (changelog below).
 
+Operators may change the whitelisted parameters of :data:`SETTABLE_PARAMS` at start
+(``TRADEFLOW_STRATEGY_<NAME>``, read by :mod:`agents.trading.settings`) and at runtime with a
+signed ``set_limit`` named ``strategy.<name>`` (applied and audited by the risk engine, like its
+own limits: the audit carries this config's hash before and after).
+
 Version changelog
 -----------------
 - ``sizing-v1``: tanh score curve, entry/exit hysteresis, volatility buckets
@@ -23,12 +28,30 @@ from agents.risk.config import (
     DRAWDOWN_NEAR_LIMIT,
     DRAWDOWN_WARN,
     MAX_DRAWDOWN,
+    LimitSpec,
     base_asset,
+    limit_problems,
     stable_config_hash,
 )
 from topics.units import NS_PER_HOUR
 
-__all__ = ["DEFAULT_HOUR_SCALE", "StrategyConfig"]
+__all__ = ["DEFAULT_HOUR_SCALE", "LIMIT_PREFIX", "SETTABLE_PARAMS", "StrategyConfig"]
+
+#: ``set_limit`` names of the strategy's parameters: ``strategy.entry_threshold`` ...
+LIMIT_PREFIX = "strategy."
+
+#: name -> range of the parameters an operator may set at start or by a signed ``set_limit``.
+#: The config re-validates as a whole (``exit_threshold < entry_threshold`` ...).
+SETTABLE_PARAMS: Mapping[str, LimitSpec] = MappingProxyType(
+    {
+        "entry_threshold": LimitSpec(float, 0.0, 1.0),
+        "exit_threshold": LimitSpec(float, 0.0, 1.0, low_inclusive=True),
+        "max_position_fraction": LimitSpec(float, 0.0, 10.0),
+        "min_order_notional": LimitSpec(float, 0.0, 1e12, low_inclusive=True),
+        "rebalance_band": LimitSpec(float, 0.0, 1.0, low_inclusive=True),
+        "cost_multiple": LimitSpec(float, 0.0, 100.0, low_inclusive=True),
+    }
+)
 
 #: Size multiplier per UTC hour. 13:00-16:59 UTC (US open, macro prints) has
 #: the widest intraday ranges on BTC/ETH, so positions are 20 % smaller there:
@@ -111,7 +134,7 @@ class StrategyConfig:
         object.__setattr__(self, "symbol_vol_bucket", _frozen(self.symbol_vol_bucket))
         object.__setattr__(self, "bucket_scale", _frozen(self.bucket_scale))
         object.__setattr__(self, "hour_scale", tuple(self.hour_scale))
-        problems: list[str] = []
+        problems = limit_problems(self, SETTABLE_PARAMS)
         if not 0 <= self.exit_threshold < self.entry_threshold <= 1:
             problems.append("need 0 <= exit_threshold < entry_threshold <= 1 (hysteresis)")
         if not (math.isfinite(self.curve_gain) and self.curve_gain > 0):

@@ -222,10 +222,8 @@ class TradingWorker:
                     await self.publish(self.undecodable_control(event))
             else:
                 arrival = _arrival_ns(msg)
-                self.checkpointer.journal(
-                    JournalRow(self.account, live.events, name, msg.partition, msg.offset, rec.event_id, arrival)
-                )
                 step = handle(live.core, rec, arrival)
+                self.journal(name, msg, rec.event_id, arrival, step)
                 for out in step.records:
                     await self.publish(out)
                 self.observe(step)
@@ -234,6 +232,22 @@ class TradingWorker:
             self.checkpointer.applied()
             if step is not None:
                 await self.execute(step)
+
+    def journal(self, name: str, msg: Any, event_id: str, arrival: int | None, step: Step) -> None:
+        """The input's journal row, with what became of it when it is a signal: its sizing reason, or
+        ``held``; the held signals the step applied get theirs (``tradeflow status`` reads both)."""
+        sizings = step.sizings
+        outcome = None
+        if name == "signals":
+            if step.held:
+                outcome = "held"
+            elif sizings:  # the input's own sizing comes last, after the held signals the step released
+                outcome, sizings = sizings[-1].reason.value, sizings[:-1]
+        self.checkpointer.journal(
+            JournalRow(self.account, self.live.events, name, msg.partition, msg.offset, event_id, arrival, outcome)
+        )
+        for released in sizings:
+            self.checkpointer.held_outcome(released.signal_event_id, released.reason.value)
 
     async def execute(self, step: Step) -> None:
         """Send the step's orders; each answer is journaled, applied by the core and published, in order."""

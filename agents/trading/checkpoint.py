@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from agents.clock import ArrivalClock, TimeDomain
 from agents.control.signing import Keyring
 from agents.trading.core import TradingCore
 from runtime.errors import NeedsOperator
@@ -37,8 +38,8 @@ __all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoi
 
 #: Bumped whenever an engine's attributes change shape: an old pickle is then refused, unless
 #: :func:`_upgrade` still reads it (its format is in ``_UPGRADABLE``).
-FORMAT = 3  # 3: the engines' seen-id caches are runtime.seen.SeenIds; 2: TradingCore._held
-_UPGRADABLE = frozenset({2})
+FORMAT = 4  # 4: TradingCore.wall_clock, KillSwitch.domain; 3: runtime.seen.SeenIds; 2: TradingCore._held
+_UPGRADABLE = frozenset({2, 3})
 _MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
 _KEYRING_REF = "tradeflow:keyring"
 
@@ -243,8 +244,10 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
         )
     try:
         core = load_core(cp.state, keyring)
-        if cp.format != FORMAT:
-            _upgrade(core)
+        if cp.format == 2:
+            _upgrade_seen_ids(core)
+        if cp.format in (2, 3):
+            _upgrade_time_domains(core)
     except CheckpointError:
         raise
     except Exception as exc:
@@ -252,7 +255,22 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
     return core
 
 
-def _upgrade(core: TradingCore) -> None:
+def _upgrade_time_domains(core: TradingCore) -> None:
+    """A format-2/3 core with this code's two time domains.
+
+    Its one clock was both: the wall clock starts there, and a kill switch set by an operator
+    (``operator:<name>``) is a wall-time switch, the breaker's a market-time one.
+    """
+    if "wall_clock" not in vars(core):
+        core.wall_clock = ArrivalClock(core.clock, core.clock.now_ns())
+    core.risk.wall_clock = core.wall_clock
+    for switch in core.risk.kill_switches._switches.values():
+        if not hasattr(switch, "domain"):
+            domain = TimeDomain.WALL if switch.set_by.startswith("operator:") else TimeDomain.MARKET
+            object.__setattr__(switch, "domain", domain)
+
+
+def _upgrade_seen_ids(core: TradingCore) -> None:
     """A format-2 core in this code's shape: the same seen ids, in the same order, as :class:`SeenIds`.
 
     Format 2 held them as ``OrderedDict`` keys (strategy signals, paper orders, risk exits) and as a set

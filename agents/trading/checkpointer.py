@@ -12,7 +12,8 @@ inputs since the checkpoint are re-processed, to the same outputs and ids.
 
 One checkpoint, under :attr:`Checkpointer.gate` (never mid-message): seal
 core + offsets -> flush the producer and check every delivery since the last
-one -> journal rows + row upsert in one transaction
+one -> journal rows (with each signal's outcome, and the outcomes of held
+signals applied since) + row upsert in one transaction
 (:func:`storage.trading.save_checkpoint`). Any failure raises: the worker
 crashes instead of going on with state it could not save. The format is
 :mod:`agents.trading.checkpoint`; the design, ``docs/trading_agent.md``.
@@ -33,7 +34,7 @@ from agents.trading.checkpoint import CheckpointError, open_checkpoint, seal
 from agents.trading.core import TradingCore
 from agents.trading.metrics import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
 from runtime.exits import EXIT_CONFIG, EXIT_INFRA
-from storage.trading import JournalRow, load_checkpoint, save_checkpoint
+from storage.trading import HeldOutcome, JournalRow, load_checkpoint, save_checkpoint
 
 __all__ = [
     "CHECKPOINT_DB_TIMEOUT_S",
@@ -157,6 +158,7 @@ class Checkpointer:
         self.account = live.core.config.account
         self.deliveries: list[Awaitable[Any]] = []  # the producer's futures of the outputs since the last one
         self.pending: list[JournalRow] = []  # journal rows of the inputs applied since the last checkpoint
+        self.held_outcomes: list[HeldOutcome] = []  # what became of held signals applied since then
         self.unsaved = 0  # inputs applied since the last checkpoint
         self.last_checkpoint = 0.0  # monotonic
         self.last_batch = 0.0  # monotonic
@@ -170,6 +172,10 @@ class Checkpointer:
 
     def journal(self, row: JournalRow) -> None:
         self.pending.append(row)
+
+    def held_outcome(self, signal_event_id: str, reason: str) -> None:
+        """A signal journaled as ``held`` was applied: its row gets ``reason`` with the next checkpoint."""
+        self.held_outcomes.append((signal_event_id, reason))
 
     def applied(self) -> None:
         self.unsaved += 1
@@ -188,8 +194,9 @@ class Checkpointer:
 
     async def checkpoint_pending(self) -> None:
         """Checkpoint the inputs applied since the last one (caller holds :attr:`gate`)."""
-        self.last_cost = await self.checkpoint(self.pending)
+        self.last_cost = await self.checkpoint(self.pending, self.held_outcomes)
         self.pending.clear()
+        self.held_outcomes.clear()
         self.unsaved = 0
         self.last_checkpoint = time.monotonic()
 
@@ -212,7 +219,7 @@ class Checkpointer:
         except Exception as exc:  # a checkpoint that cannot be written: crash, as in the agent body
             await self.crash(exc)
 
-    async def checkpoint(self, journal: list[JournalRow]) -> float:
+    async def checkpoint(self, journal: list[JournalRow], held_outcomes: list[HeldOutcome] | None = None) -> float:
         """Snapshot -> flush outputs -> journal + upsert in one transaction; an exception here crashes
         the worker. Returns how long it took (s)."""
         t0 = time.perf_counter()
@@ -231,7 +238,7 @@ class Checkpointer:
         if self.db is None:
             # a checkpoint that gets no answer crashes the worker (restart resumes from the last one)
             self.db = await asyncpg.connect(self.dsn, command_timeout=CHECKPOINT_DB_TIMEOUT_S)
-        await save_checkpoint(self.db, cp, journal)
+        await save_checkpoint(self.db, cp, journal, held_outcomes or ())
         took = time.perf_counter() - t0
         self.seconds.observe(took)
         CHECKPOINT_BYTES.labels(self.account).set(len(cp.state))

@@ -15,8 +15,10 @@ with its output records in publish order:
 - ``execution="external"``: approved orders leave in ``Step.to_submit``; the venue's answers
   come back through ``on_execution`` as inputs.
 
-One event-time clock (:class:`StreamClock`): never backwards, never past ``arrival_ns``, not
-moved by forged control; it stamps every output's ``ts_init``.
+Two time domains: market time (:class:`StreamClock`, moved by bars and signals only: never
+backwards, never past ``arrival_ns``; it stamps the outputs of market inputs) and wall/arrival
+time (:class:`ArrivalClock`, moved by arrivals and authentic commands; control verification,
+operator kill switches and control audits). A command never moves market time.
 
 Design: docs/trading_engines.md#trading-core
 """
@@ -30,7 +32,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agents.clock import StreamClock
+from agents.clock import ArrivalClock, StreamClock
 from agents.control.audit import audit_record, rejected_alert
 from agents.control.signing import ControlAudit as EngineAudit
 from agents.control.signing import ControlVerifier, Keyring, VerifierConfig, compute_signature
@@ -39,9 +41,9 @@ from agents.execution.paper import PaperConfig, PaperExecutionEngine
 from agents.governance.config import GovernanceConfig
 from agents.portfolio.engine import PortfolioConfig, PortfolioEngine, PortfolioState
 from agents.risk.config import RiskConfig
-from agents.risk.engine import RiskEngine
+from agents.risk.engine import DelegatedLimits, RiskEngine
 from agents.risk.killswitch import KillSwitch
-from agents.strategy.config import StrategyConfig
+from agents.strategy.config import LIMIT_PREFIX, SETTABLE_PARAMS, StrategyConfig
 from agents.strategy.engine import SizingDecision, StrategyEngine
 from topics.records import (
     Alert,
@@ -173,10 +175,15 @@ class TradingCore:
 
     def __init__(self, config: TradingConfig, keyring: Keyring) -> None:
         self.config = config
+        #: Market time (bars, signals); see the module docstring.
         self.clock = StreamClock()
+        #: Wall/arrival time (arrivals, operator commands); never behind ``clock``.
+        self.wall_clock = ArrivalClock(self.clock)
         self._keyring = keyring
         self.strategy = StrategyEngine(config.strategy, self.clock)
-        self.risk = RiskEngine(config.risk, self.clock, ControlVerifier(keyring, config.verifier))
+        self.risk = RiskEngine(
+            config.risk, self.clock, ControlVerifier(keyring, config.verifier), wall_clock=self.wall_clock
+        )
         self.paper = PaperExecutionEngine(config.paper, self.clock)
         self.portfolio = PortfolioEngine(config.portfolio)
         self._last_bar: dict[str, Bar] = {}
@@ -189,6 +196,7 @@ class TradingCore:
     # -- inputs -----------------------------------------------------------------
 
     def on_bar(self, bar: Bar, arrival_ns: int | None = None) -> Step:
+        self.wall_clock.arrived(arrival_ns)
         out: list[Record] = []
         submit: list[Submission] = []
         sizings: list[SizingDecision] = []
@@ -240,6 +248,7 @@ class TradingCore:
         )
 
     def on_signal(self, signal: Signal, arrival_ns: int | None = None) -> Step:
+        self.wall_clock.arrived(arrival_ns)
         out: list[Record] = []
         submit: list[Submission] = []
         sizings: list[SizingDecision] = []
@@ -346,12 +355,17 @@ class TradingCore:
         return Step(records=tuple(out))
 
     def on_control(self, event: ControlEvent, arrival_ns: int | None = None) -> Step:
+        """A signed command, in wall time: it moves the wall clock (when authentic), never market time.
+
+        ``set_limit`` names the risk engine's limits or the strategy's (``strategy.<name>``).
+        """
         authentic = self._signature_authentic(event)
-        before = self.clock.now_ns()
-        self.clock.advance(event.ts_event, arrival_ns)
-        audit = self.risk.on_control(event)
+        before = self.wall_clock.own_ns()
+        self.wall_clock.advance(event.ts_event, arrival_ns)
+        strategy_limits = DelegatedLimits(LIMIT_PREFIX, SETTABLE_PARAMS, self._strategy_config, self._set_strategy)
+        audit = self.risk.on_control(event, strategy_limits)
         if not authentic:
-            self.clock.restore(before)
+            self.wall_clock.restore(before)
         record = audit_record(audit, event)
         out: list[Record] = [record]
         if audit.alert:
@@ -386,9 +400,19 @@ class TradingCore:
         return self.portfolio.state()
 
     def active_kill_switches(self) -> tuple[KillSwitch, ...]:
-        return self.risk.kill_switches.active(self.clock.now_ns())
+        return self.risk.kill_switches.active(self.clock.now_ns(), self.wall_clock.now_ns())
+
+    def pauses(self) -> dict[str, str]:
+        """Risk limits pausing opening exposure now (limit -> why): :meth:`RiskEngine.pauses`."""
+        return self.risk.pauses()
 
     # -- internals ------------------------------------------------------------------
+
+    def _strategy_config(self) -> StrategyConfig:
+        return self.strategy.config
+
+    def _set_strategy(self, config: StrategyConfig) -> None:
+        self.strategy.config = config
 
     def _signature_authentic(self, event: ControlEvent) -> bool:
         secret = self._keyring.secret(event.key_id)

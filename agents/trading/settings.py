@@ -1,5 +1,7 @@
-"""The trading agent's configuration (``TRADEFLOW_TRADING_*``, ``TRADEFLOW_EXECUTION_*``,
-``TRADEFLOW_EXCHANGE_*``), parsed once at start-up from the mapping passed in.
+"""The trading agent's configuration (``TRADEFLOW_TRADING_*``, ``TRADEFLOW_STRATEGY_*``,
+``TRADEFLOW_EXECUTION_*``, ``TRADEFLOW_EXCHANGE_*``), parsed once at start-up from the mapping
+passed in. The strategy's parameters of :data:`~agents.strategy.config.SETTABLE_PARAMS` are
+set here at start and by a signed ``set_limit strategy.<name>`` at runtime.
 
 The audit builds its configuration from the same settings, so it replays in
 the mode that traded. Every error is a :class:`~runtime.env.ConfigError`
@@ -13,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agents.execution.paper import PaperConfig
 from agents.risk.config import RiskConfig
+from agents.strategy.config import StrategyConfig
 from agents.trading.core import ExecutionMode, TradingConfig
 from runtime.env import ConfigError, env_float, env_int, env_list, env_str, read_secret
 from topics.records import Timeframe
@@ -24,7 +27,14 @@ from topics.records import Timeframe
 if TYPE_CHECKING:
     from agents.execution.ccxt_live import LiveExecutionConfig
 
-__all__ = ["ADAPTERS", "ExecutionSettings", "TradingSettings", "load_exchange_credentials"]
+__all__ = [
+    "ADAPTERS",
+    "STRATEGY_VARIABLES",
+    "ExecutionSettings",
+    "TradingSettings",
+    "load_exchange_credentials",
+    "strategy_from_env",
+]
 
 ADAPTERS = ("paper", "ccxt")
 
@@ -36,6 +46,30 @@ _CREDENTIAL_VARS = {
     "secret": "TRADEFLOW_EXCHANGE_SECRET",
     "password": "TRADEFLOW_EXCHANGE_PASSWORD",
 }
+
+
+#: StrategyConfig field -> the variable setting it at start: one per parameter of
+#: :data:`~agents.strategy.config.SETTABLE_PARAMS` (a test keeps the two equal).
+STRATEGY_VARIABLES: Mapping[str, str] = {
+    "entry_threshold": "TRADEFLOW_STRATEGY_ENTRY_THRESHOLD",
+    "exit_threshold": "TRADEFLOW_STRATEGY_EXIT_THRESHOLD",
+    "max_position_fraction": "TRADEFLOW_STRATEGY_MAX_POSITION_FRACTION",
+    "min_order_notional": "TRADEFLOW_STRATEGY_MIN_ORDER_NOTIONAL",
+    "rebalance_band": "TRADEFLOW_STRATEGY_REBALANCE_BAND",
+    "cost_multiple": "TRADEFLOW_STRATEGY_COST_MULTIPLE",
+}
+
+
+def strategy_from_env(env: Mapping[str, str]) -> StrategyConfig:
+    """The strategy config with the ``TRADEFLOW_STRATEGY_*`` values set (unset: the defaults)."""
+    updates: dict[str, Any] = {
+        name: env_float(var, 0.0, env) for name, var in STRATEGY_VARIABLES.items() if env_str(var, "", env)
+    }
+    try:
+        return StrategyConfig(**updates)
+    except ValueError as exc:
+        names = ", ".join(STRATEGY_VARIABLES[n] for n in sorted(updates))
+        raise ConfigError(f"{names}: {exc}") from None
 
 
 def load_exchange_credentials(env: Mapping[str, str]) -> dict[str, str]:
@@ -147,6 +181,7 @@ class TradingSettings:
     execution: ExecutionSettings | None = None
     #: How long a signal that arrived before its bar waits for it (arrival time, seconds).
     signal_bar_wait_s: float = 60.0
+    strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TradingSettings:
@@ -165,6 +200,7 @@ class TradingSettings:
             timeframes=timeframes or (Timeframe.H1,),
             execution=execution,
             signal_bar_wait_s=env_float("TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S", 60.0, env, minimum=0.0),
+            strategy=strategy_from_env(env),
         )
 
     def config(self) -> TradingConfig:
@@ -172,6 +208,7 @@ class TradingSettings:
         config = TradingConfig(
             account=self.account,
             timeframes=self.timeframes,
+            strategy=self.strategy,
             risk=risk,
             signal_bar_wait_ns=round(self.signal_bar_wait_s * 1e9),
         )

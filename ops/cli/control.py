@@ -3,8 +3,8 @@
 ::
 
     tradeflow control kill-switch on|off [--scope global|track|strategy|symbol] [--target X] --reason "..." [--ttl-s N]
-    tradeflow control set-limit NAME VALUE [--reason "..."]
-    tradeflow control rollout promote|rollback --model-id M --version V [--reason "..."]
+    tradeflow control set-limit NAME VALUE [--reason "..."]      (risk limits; strategy.<name> for the strategy's)
+    tradeflow control rollout promote|rollback --model-id M --version V [--to STAGE] [--reason "..."]
 
 Each builds a :class:`~topics.records.ControlEvent` with the key id, a fresh
 random nonce and the current time, signs it (HMAC-SHA256, see
@@ -38,8 +38,10 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from agents.control.signing import Keyring, load_keyring, new_control_event
+from agents.governance.config import PROMOTION_LADDER
 from agents.risk.config import SETTABLE_LIMITS
 from agents.risk.killswitch import GLOBAL_TARGET, KillScope
+from agents.strategy.config import LIMIT_PREFIX, SETTABLE_PARAMS
 from ops.cli.usage import UsageError
 from runtime.env import env_str
 from runtime.exits import EXIT_INFRA, EXIT_OK, EXIT_USAGE
@@ -55,6 +57,8 @@ __all__ = ["EXIT_INFRA", "EXIT_OK", "EXIT_USAGE", "UsageError", "add_parsers", "
 KEY_ID_ENV = "TRADEFLOW_CONTROL_SIGNING_KEY_ID"
 _CLASHING_ENV = "TRADEFLOW_CONTROL_KEY_ID"
 _INT = re.compile(r"^[+-]?\d+$")
+#: Every name ``set-limit`` takes: the risk engine's limits, then the strategy's parameters.
+SETTABLE_NAMES: tuple[str, ...] = (*sorted(SETTABLE_LIMITS), *(LIMIT_PREFIX + n for n in sorted(SETTABLE_PARAMS)))
 
 
 # ---------------------------------------------------------------------------
@@ -96,8 +100,8 @@ def command_fields(a: argparse.Namespace) -> tuple[ControlCommand, str, str, dic
             command = ControlCommand.KILL_SWITCH_OFF
         return command, scope.value, target, params
     if a.control_command == "set-limit":
-        if a.name not in SETTABLE_LIMITS:
-            raise UsageError(f"{a.name!r} is not a settable limit; one of {sorted(SETTABLE_LIMITS)}")
+        if a.name not in SETTABLE_NAMES:
+            raise UsageError(f"{a.name!r} is not a settable limit; one of {list(SETTABLE_NAMES)}")
         return (
             ControlCommand.SET_LIMIT,
             KillScope.GLOBAL.value,
@@ -108,7 +112,12 @@ def command_fields(a: argparse.Namespace) -> tuple[ControlCommand, str, str, dic
         if not a.model_id or not a.version:
             raise UsageError("rollout needs --model-id and --version")
         command = ControlCommand.ROLLOUT_PROMOTE if a.action == "promote" else ControlCommand.ROLLOUT_ROLLBACK
-        return command, "model", a.model_id, {"model_id": a.model_id, "version": a.version}
+        rollout: dict[str, JsonScalar] = {"model_id": a.model_id, "version": a.version}
+        if a.to is not None:
+            if command is not ControlCommand.ROLLOUT_PROMOTE:
+                raise UsageError("--to only applies to rollout promote")
+            rollout["to"] = a.to
+        return command, "model", a.model_id, rollout
     raise UsageError(f"unknown control command {a.control_command!r}")
 
 
@@ -255,8 +264,8 @@ def add_parsers(sub: Any, infra: Callable[[argparse.ArgumentParser], None]) -> N
 
     sl = csub.add_parser(
         "set-limit",
-        help="change a risk limit at runtime",
-        description="settable: " + ", ".join(sorted(SETTABLE_LIMITS)),
+        help="change a risk limit or a strategy parameter at runtime",
+        description="settable: " + ", ".join(SETTABLE_NAMES),
     )
     sl.add_argument("name")
     sl.add_argument("value")
@@ -266,6 +275,13 @@ def add_parsers(sub: Any, infra: Callable[[argparse.ArgumentParser], None]) -> N
     ro.add_argument("action", choices=["promote", "rollback"])
     ro.add_argument("--model-id", required=True)
     ro.add_argument("--version", required=True)
+    ro.add_argument(
+        "--to",
+        choices=[s.value for s in PROMOTION_LADDER],
+        default=None,
+        help="promote: straight to this stage (governance still records one decision per stage passed); "
+        "default: the next stage",
+    )
     common(ro)
 
 

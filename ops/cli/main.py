@@ -52,6 +52,54 @@ def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
     }
 
 
+#: What each agent of :func:`_agent_registry` reads, writes and needs: ``tradeflow worker --help``.
+#: name -> (topics in, topics out, environment and flags it needs). A test keeps it equal to the agents.
+AGENT_NEEDS: dict[str, tuple[str, str, str]] = {
+    "bars-checker": ("market.bars.raw", "market.bars", "-"),
+    "bar-aggregator": ("market.ticks", "market.bars.raw", "TRADEFLOW_BAR_TIMEFRAMES (default 1m)"),
+    "features": (
+        "market.bars",
+        "features, market.data_quality",
+        "TRADEFLOW_STALE_CHECK_S (live feeds; default 0 = off)",
+    ),
+    "inference": (
+        "features, models.registry",
+        "signals, ops.alerts",
+        "a model version in models.registry (shadow, canary or active) whose checkpoint this machine can read",
+    ),
+    "trading": (
+        "signals, market.bars, control, models.registry",
+        "orders.intents, risk.decisions, orders.updates, fills, portfolio.state, control.audit, ops.alerts",
+        "TRADEFLOW_DSN / --dsn (checkpoint, journal), TRADEFLOW_CONTROL_KEY_<ID>; optional TRADEFLOW_TRADING_*, "
+        "TRADEFLOW_STRATEGY_*, TRADEFLOW_EXECUTION_*; one worker per account",
+    ),
+    "governance": (
+        "gates.results, control, models.registry",
+        "governance.audit, models.registry, control.audit, ops.alerts",
+        "TRADEFLOW_CONTROL_KEY_<ID>; optional TRADEFLOW_GOVERNANCE_*; one worker",
+    ),
+    "trainer": (
+        "jobs.train",
+        "jobs.results, models.registry",
+        "TRADEFLOW_DSN / --dsn (reads features), TRADEFLOW_ARTIFACTS (checkpoints, default var/models)",
+    ),
+    "dashboard": (
+        "signals, portfolio.state, risk.decisions, control.audit, ops.alerts, gates.results, models.registry, "
+        "deadletter",
+        "the page on --web-port (/dashboard)",
+        "TRADEFLOW_DASHBOARD_TOKEN(_FILE) (the token every route asks for); optional TRADEFLOW_DSN (database probe)",
+    ),
+}
+
+
+def _agents_help() -> str:
+    """The agents table for ``worker --help`` (every worker also needs the broker: --bootstrap)."""
+    lines = ["agents (every one also needs the broker: --bootstrap / TRADEFLOW_BOOTSTRAP):", ""]
+    for name, (inputs, outputs, needs) in AGENT_NEEDS.items():
+        lines += [f"  {name}", f"      in:    {inputs}", f"      out:   {outputs}", f"      needs: {needs}"]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------
 # worker / sink / infra
 # ---------------------------------------------------------------------------
@@ -226,9 +274,15 @@ def cmd_topics(a: argparse.Namespace) -> int:
 
 
 def cmd_migrate(a: argparse.Namespace) -> int:
-    from storage.migrate import migrate_dsn
+    from storage.migrate import DatabaseUnreachable, ensure_database, migrate_dsn, where
 
-    applied = asyncio.run(migrate_dsn(a.dsn))
+    try:
+        if asyncio.run(ensure_database(a.dsn)):
+            print(f"created database {where(a.dsn)}")
+        applied = asyncio.run(migrate_dsn(a.dsn))
+    except DatabaseUnreachable as exc:  # one line, never a traceback nor the password
+        print(f"tradeflow migrate: {exc}", file=sys.stderr)
+        return EXIT_INFRA
     print(f"applied migrations: {applied or 'none pending'}")
     return EXIT_OK
 
@@ -293,9 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fresh-db", action="store_true", help="drop and recreate the database before the run")
     sp.set_defaults(fn=cmd_backfill)
 
-    sp = sub.add_parser("worker", help="run a faust worker hosting the given agents")
+    sp = sub.add_parser(
+        "worker",
+        help="run a faust worker hosting the given agents",
+        epilog=_agents_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     infra(sp, dsn=True)
-    sp.add_argument("--agents", nargs="+", required=True, help="agent names")
+    sp.add_argument("--agents", nargs="+", required=True, help="agent names: " + ", ".join(AGENT_NEEDS))
     sp.add_argument("--app-id", default="")
     sp.add_argument("--web-port", type=int, default=6066, help="/metrics and /health port (0: any free port)")
     sp.add_argument(
@@ -396,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--replication-factor", type=int, default=1)
     sp.set_defaults(fn=cmd_topics)
 
-    sp = sub.add_parser("migrate", help="apply SQL migrations")
+    sp = sub.add_parser(
+        "migrate", help="create the database if missing, apply SQL migrations (exit 3: PostgreSQL unreachable)"
+    )
     infra(sp, dsn=True)
     sp.set_defaults(fn=cmd_migrate)
 

@@ -14,7 +14,9 @@
 ``tradeflow status``
     One screen of state from PostgreSQL and the broker: broker reachable and
     every catalogued topic present, database reachable and its migration
-    version, latest portfolio per account, kill-switch commands in force
+    version, latest portfolio per account, per account the signals in, intents
+    out and the top reasons a signal was not traded or an order was denied
+    (the trading journal and the risk decisions), kill-switch commands in force
     according to the control audit, current gate results with blockers, model
     rollout stages, dead letters. Exit 0 when broker and database are up, 3
     otherwise (the sections that could be read are still printed).
@@ -148,11 +150,12 @@ async def _status(dsn: str, bootstrap: str, namespace: str) -> dict[str, Any]:
         version = await status.migration_version(conn)
         out["database"] = {"up": True, "migration": version}
         out["portfolios"] = await status.portfolios(conn)
+        out["trading"] = await status.trading_flow(conn)
         out["kill_switch_commands"] = await status.kill_switch_commands(conn)
         out["gates"] = await status.current_gates(conn)
         out["rollout"] = await status.rollout(conn)
         out["dead_letters"] = await status.top_dead_letters(conn)
-    except asyncpg.UndefinedTableError as exc:
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError) as exc:
         out["database"] = {"up": True, "error": f"not migrated: {exc} (run `tradeflow migrate`)"}
     finally:
         await conn.close()
@@ -178,6 +181,16 @@ def _print_status(r: dict[str, Any]) -> None:
             f"realized {p['realized_pnl']:.2f} unrealized {p['unrealized_pnl']:.2f} fees {p['fees_paid']:.2f} "
             f"positions {p['q']}"
         )
+    for t in r.get("trading", []):
+        verdicts = ", ".join(f"{n} {v}" for v, n in sorted(t["verdicts"].items()))
+        print(
+            f"signals   {t['account']}: {t['signals_in']} in, {t['intents_out']} intents out"
+            + (f" ({verdicts})" if verdicts else "")
+            + (f", {t['held']} waiting for their bar" if t["held"] else "")
+        )
+        for label, reasons in (("not traded", t["skipped"]), ("denied", t["denied"])):
+            if reasons:
+                print(f"          {label}: " + ", ".join(f"{x['reason']} {x['n']}" for x in reasons))
     on = [k for k in r.get("kill_switch_commands", []) if k["command"] == "kill_switch_on"]
     print(
         f"kill      {len(on)} scope(s) last switched on by an operator"
@@ -213,7 +226,8 @@ def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
 
     sp = sub.add_parser(
         "status",
-        help="broker, database, portfolios, kill switches, gates, rollout, dead letters",
+        help="broker, database, portfolios, signals in / intents out and why not traded, kill switches, gates, "
+        "rollout, dead letters",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

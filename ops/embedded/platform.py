@@ -262,7 +262,6 @@ PORTS = (
     "sink_metrics",
     "gates_metrics",
     "feed_metrics",
-    "s3",
 )
 TRADED_SYMBOL = "BTC/USDT"
 MODEL_ID = "mlp-btcusdt-1h"
@@ -286,6 +285,7 @@ class Platform:
         ensure_secret(self.layout.control_key_file)
         ensure_secret(self.layout.dashboard_token_file)
         self.supervisor: Any = None
+        self._objectstore: Any = None
         self.started_at = time.time()
 
     # -- programs ------------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ class Platform:
         progs: list[Program] = []
         if self.opts.broker_storage == "s3":
             store = self.objectstore()
-            progs.append(Program("objectstore", store.argv(), {}, startsecs=2, stopwaitsecs=15))
+            progs.append(Program("objectstore", store.argv(), {}, cwd=store.root, startsecs=2, stopwaitsecs=20))
             storage, broker_env = "s3://tansu/", dict(store.env_for_clients())
         progs += [
             Program(
@@ -415,9 +415,12 @@ class Platform:
         ]
 
     def objectstore(self) -> Any:
+        """The object store's configuration: ports and credentials chosen once per data dir and kept."""
         from ops.embedded.objectstore import ObjectStoreConfig
 
-        return ObjectStoreConfig.load_or_create(self.layout.data_dir / "objectstore", s3_port=self.ports["s3"])
+        if self._objectstore is None:
+            self._objectstore = ObjectStoreConfig.prepare(self.layout.data_dir)
+        return self._objectstore
 
     # -- start ---------------------------------------------------------------------------------------
 
@@ -429,8 +432,16 @@ class Platform:
         self.supervisor = Supervisor(programs, self.layout.run, self.layout.logs).start()
         names = [p.name for p in programs]
         if "objectstore" in names:
+            from ops.embedded.objectstore import EmbeddedObjectStore
+
             self._start("objectstore")
-            self.objectstore().wait_ready_and_bucket("tansu")
+            store = EmbeddedObjectStore(self.objectstore())  # the running one: a client, not a process
+            deadline = time.monotonic() + 60
+            while not store.ready():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"object store {store.endpoint} not ready within 60 s")
+                time.sleep(0.2)
+            store.ensure_bucket("tansu")
         self._start("broker")
         self._run_async(self._broker_ready())
         self._start("postgres")

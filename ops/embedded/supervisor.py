@@ -52,6 +52,7 @@ class Program:
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)
     user: str | None = None
+    cwd: Path | None = None
     #: seconds a start must survive to count as started (supervisord ``startsecs``)
     startsecs: int = 2
     #: SIGTERM, then SIGKILL after this many seconds
@@ -106,6 +107,7 @@ def render_conf(programs: Sequence[Program], run_dir: Path, log_dir: Path) -> st
             "stdout_logfile_maxbytes=50MB",
             "stdout_logfile_backups=3",
             *([f"user={p.user}"] if p.user else []),
+            *([f"directory={p.cwd}"] if p.cwd else []),
             *([f"environment={env}"] if env else []),
             "",
         ]

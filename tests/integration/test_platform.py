@@ -41,7 +41,10 @@ class Up:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ops.cli", "up", "--data-dir", str(self.data_dir), "--pace", "4", *extra],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=self.env(),
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while "tradeflow is up" not in self.output():
@@ -65,8 +68,13 @@ class Up:
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """A ``tradeflow`` command from a second shell: no flags, the running platform supplies them."""
         return subprocess.run(
-            [sys.executable, "-m", "ops.cli", *args], cwd=ROOT, env=self.env(), capture_output=True, text=True,
-            timeout=timeout, check=False,
+            [sys.executable, "-m", "ops.cli", *args],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def stop(self, timeout_s: float = 120) -> int:
@@ -113,7 +121,12 @@ def test_up_then_platform_file_and_a_second_up_refused(platform: Up) -> None:
     assert token_file.read_text().strip() not in platform.output()  # never printed
     second = subprocess.run(
         [sys.executable, "-m", "ops.cli", "up", "--data-dir", str(platform.data_dir), "--for", "5"],
-        cwd=ROOT, env=platform.env(), capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        env=platform.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert second.returncode == 2, second.stdout + second.stderr
     assert "already running" in second.stdout + second.stderr
@@ -121,8 +134,12 @@ def test_up_then_platform_file_and_a_second_up_refused(platform: Up) -> None:
 
 def test_signal_consumer_then_live_signals_from_a_plain_kafka_client(platform: Up) -> None:
     async def read() -> list[Signal]:
-        consumer = AIOKafkaConsumer("signals", bootstrap_servers=platform.info["bootstrap"],
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            "signals",
+            bootstrap_servers=platform.info["bootstrap"],
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         await consumer.start()
         try:
             got: list[Signal] = []
@@ -153,9 +170,17 @@ def test_sigkill_of_a_worker_then_restarted_without_duplicate_rows(platform: Up)
     pid = platform.info["programs"]["market"]
     os.kill(pid, signal.SIGKILL)
     before = asyncio.run(_count(dsn, "SELECT count(*) FROM ev_market_bars"))
-    _wait(lambda: asyncio.run(_count(dsn, "SELECT count(*) FROM ev_market_bars")) > before + 5, 180,
-          "the pipeline to catch up after the restart", platform)
-    dupes = asyncio.run(_count(
-        dsn, "SELECT count(*) FROM (SELECT symbol, timeframe, open_time FROM bars "
-             "GROUP BY 1, 2, 3 HAVING count(*) > 1) d"))
+    _wait(
+        lambda: asyncio.run(_count(dsn, "SELECT count(*) FROM ev_market_bars")) > before + 5,
+        180,
+        "the pipeline to catch up after the restart",
+        platform,
+    )
+    dupes = asyncio.run(
+        _count(
+            dsn,
+            "SELECT count(*) FROM (SELECT symbol, timeframe, open_time FROM bars "
+            "GROUP BY 1, 2, 3 HAVING count(*) > 1) d",
+        )
+    )
     assert dupes == 0

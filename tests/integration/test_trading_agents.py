@@ -10,9 +10,10 @@ signed commands carry the wall time), so its inputs must look live.
 
 Inputs are fed one at a time, each after the previous one was consumed
 (the worker's ``tradeflow_records_in_total``), so the order the agent saw is
-known; the same inputs in the same order through the in-process
-:class:`~agents.trading.core.TradingCore` (a replay) must give the rows the
-sink stored, byte for byte: live = replay.
+known; the same inputs in the order of the agent's input journal, with the
+arrival bounds it journaled, through the in-process
+:class:`~agents.trading.core.TradingCore` (a replay, as ``tradeflow audit`` does)
+must give the rows the sink stored, byte for byte: live = replay.
 """
 
 from __future__ import annotations
@@ -247,19 +248,37 @@ class Feed:
 CLI_OUTPUT: list[str] = []
 
 
-def replay(inputs: Sequence[Record], keyring: Keyring) -> list[Record]:
-    """The same inputs through the in-process core (no wall clock: a replay)."""
+def replay(inputs: Sequence[Record], keyring: Keyring, arrivals: Sequence[int | None] | None = None) -> list[Record]:
+    """The same inputs through the in-process core, with the arrival bounds the agent used (its journal's):
+    wall/arrival time decides control verification and stamps control audits (docs/trading_engines.md)."""
     core = TradingCore(TradingSettings.from_env(os.environ).config(), keyring)
     out: list[Record] = []
-    for rec in inputs:
+    for rec, arrival in zip(inputs, arrivals or [None] * len(inputs), strict=True):
         if isinstance(rec, Bar):
-            out += core.on_bar(rec).records
+            out += core.on_bar(rec, arrival).records
         elif isinstance(rec, Signal):
-            out += core.on_signal(rec).records
+            out += core.on_signal(rec, arrival).records
         else:
             assert isinstance(rec, ControlEvent)
-            out += core.on_control(rec).records
+            out += core.on_control(rec, arrival).records
     return out
+
+
+async def journaled(dsn: str, feed: Feed) -> tuple[list[Record], list[int | None]]:
+    """The feed's inputs in the order the agent applied them, with their arrival bounds, from its journal."""
+    conn = await asyncpg.connect(dsn)
+    try:
+
+        async def complete() -> bool:
+            return bool(await conn.fetchval("SELECT count(*) FROM trading_input_journal") >= len(feed.inputs))
+
+        await wait_until(complete, 30, "the trading agent to journal every input", watch=feed.procs)
+        rows = await conn.fetch("SELECT event_id, arrival_ns FROM trading_input_journal ORDER BY seq")
+    finally:
+        await conn.close()
+    by_id = {rec.event_id: rec for rec in feed.inputs}
+    assert sorted(r["event_id"] for r in rows) == sorted(rec.event_id for rec in feed.inputs)
+    return [by_id[r["event_id"]] for r in rows], [r["arrival_ns"] for r in rows]
 
 
 async def rows(dsn: str, topic: str) -> dict[str, str]:
@@ -278,7 +297,8 @@ async def assert_live_equals_replay(
 ) -> dict[str, list[Any]]:
     """Wait until the sink stored what the replay produces; compare byte for byte. Returns decoded rows."""
     expected: dict[str, dict[str, str]] = {t: {} for t in OUTPUT_TOPICS}
-    for rec in replay(feed.inputs, keyring):
+    inputs, arrivals = await journaled(dsn, feed)
+    for rec in replay(inputs, keyring, arrivals):
         expected[DEFAULT_TOPIC[type(rec)]][rec.event_id] = codec_for(type(rec)).encode(rec).decode()
 
     async def complete() -> bool:
@@ -398,6 +418,105 @@ async def test_signed_kill_switch_from_the_cli_then_every_intent_rejected_until_
     assert {u.reason for u in rejected} == {"risk_blocked"}
     assert out["ops.alerts"] == []
     assert await feed.metric("tradeflow_kill_switches_active") == 0
+
+
+async def test_signals_not_traded_then_status_shows_signals_in_intents_out_and_why(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
+) -> None:
+    """``tradeflow status`` says per account what became of the signals: from the agent's input journal
+    (each signal's sizing reason; a signal held for its bar gets its reason once applied) and the risk
+    decisions on its intents."""
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 4, a)  # closes a-3h, a-2h, a-1h, a
+    port = await start(broker, namespace, dsn, procs)
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, port)
+        await feed.send(btc[0], btc[1], timeout=90)
+        weak = signal("BTC/USDT", a - 2 * H, 0.1, "weak")  # at the last close: |score| below the entry threshold
+        await feed.send(weak, weak)  # and delivered twice
+        await feed.cli(dsn, "kill-switch", "on", "--reason", "status drill")
+        held = signal("BTC/USDT", a - H, 0.9, "held")  # ahead of its bar: held, then an intent the switch denies
+        await feed.send(held, btc[2])
+        await feed.cli(dsn, "kill-switch", "off", "--reason", "drill over")
+        await feed.send(signal("BTC/USDT", a - H, 0.95, "strong"), btc[3])  # an order, approved and filled
+    await assert_live_equals_replay(dsn, feed, trading_env)
+
+    conn = await asyncpg.connect(dsn)
+    try:
+
+        async def journaled() -> bool:
+            outcomes = await conn.fetch("SELECT outcome FROM trading_input_journal WHERE topic = 'signals'")
+            return len(outcomes) == 4 and all(r["outcome"] not in (None, "held") for r in outcomes)
+
+        await wait_until(journaled, 30, "every signal journaled with its outcome (held one updated)")
+    finally:
+        await conn.close()
+
+    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = ["--dsn", dsn, "--bootstrap", broker.bootstrap, "--namespace", namespace, *extra]
+        return subprocess.run(
+            [sys.executable, "-m", "ops.cli", "status", *argv],
+            cwd=ROOT,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    result = status("--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["trading"] == [
+        {
+            "account": "paper",
+            "signals_in": 4,
+            "intents_out": 2,
+            "held": 0,
+            "verdicts": {"approved": 1, "rejected": 1},
+            "skipped": [{"reason": "below_entry_threshold", "n": 1}, {"reason": "duplicate_signal", "n": 1}],
+            "denied": [{"reason": "kill_switch_global", "n": 1}],
+        }
+    ]
+    text = status().stdout
+    assert "signals   paper: 4 in, 2 intents out (1 approved, 1 rejected)" in text
+    assert "not traded: below_entry_threshold 1, duplicate_signal 1" in text
+    assert "denied: kill_switch_global 1" in text
+
+
+async def test_recorded_market_data_as_a_live_stream_when_commands_are_given_now_then_trading_follows_them(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
+) -> None:
+    """History replayed as live data: bars and signals keep their recorded 2020 times, the operator's commands
+    carry today's. A command never moves market time (docs/trading_engines.md#time-domains), so the kill switch
+    stops trading, its release resumes it, and a strategy threshold lowered by set-limit lets a weaker signal
+    trade; no signal is ever stale because of a command."""
+    first_open = int(datetime.fromisoformat(BTC_FILE[4]).timestamp()) * 10**9
+    btc = bars(BTC_FILE, 4, first_open + 4 * H)  # not re-stamped: the recorded closes
+    port = await start(broker, namespace, dsn, procs)
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, port)
+        await feed.send(btc[0], btc[1], timeout=90)
+        on = await feed.cli(dsn, "kill-switch", "on", "--reason", "history drill")
+        halted = signal("BTC/USDT", btc[1].ts_event, 0.9, "halted")
+        await feed.send(halted, btc[2])
+        await feed.cli(dsn, "kill-switch", "off", "--reason", "history drill over")
+        tuned = await feed.cli(dsn, "set-limit", "strategy.entry_threshold", "0.1")
+        weak = signal("BTC/USDT", btc[2].ts_event, 0.15, "weak")  # below the default 0.2, above 0.1
+        await feed.send(weak, btc[3])
+        assert await feed.metric("tradeflow_sizing_decisions_total", reason="stale_signal") == 0
+        assert await feed.metric("tradeflow_sizing_decisions_total", reason="order") == 2
+
+    out = await assert_live_equals_replay(dsn, feed, trading_env)
+    assert on.ts_event > btc[-1].ts_event + 365 * 24 * H  # the commands are years after the market data
+    intents = {i.signal_event_id: i for i in out["orders.intents"]}
+    decisions = {d.intent_event_id: d for d in out["risk.decisions"]}
+    assert decisions[intents[halted.event_id].event_id].reasons == ("kill_switch_global",)
+    approved = decisions[intents[weak.event_id].event_id]
+    assert approved.verdict.value == "approved"
+    assert [f.client_order_id for f in out["fills"]] == [client_order_id_for(approved.intent_event_id)]
+    assert all(d.ts_init < on.ts_event for d in out["risk.decisions"])  # market outputs keep market time
+    audit = next(a for a in out["control.audit"] if a.control_event_id == tuned.event_id)
+    assert audit.changes == ("strategy.entry_threshold: 0.2 -> 0.1",)
+    assert audit.config_hash_before != audit.config_hash_after
 
 
 async def test_forged_unsigned_and_replayed_control_then_nothing_changes_and_each_is_audited_and_alerted(

@@ -61,6 +61,20 @@ def parse(*argv: str) -> argparse.Namespace:
             "m1",
             {"model_id": "m1", "version": "7"},
         ),
+        (
+            ("rollout", "promote", "--model-id", "m1", "--version", "7", "--to", "active"),
+            ControlCommand.ROLLOUT_PROMOTE,
+            "model",
+            "m1",
+            {"model_id": "m1", "version": "7", "to": "active"},
+        ),
+        (
+            ("set-limit", "strategy.entry_threshold", "0.05"),
+            ControlCommand.SET_LIMIT,
+            "global",
+            "*",
+            {"name": "strategy.entry_threshold", "value": 0.05},
+        ),
     ],
 )
 def test_command_line_when_built_then_signed_event_verifies(
@@ -81,6 +95,8 @@ def test_command_line_when_built_then_signed_event_verifies(
         (("kill-switch", "off", "--ttl-s", "5"), ENV, "only applies"),
         (("kill-switch", "on", "--reason", "r", "--ttl-s", "-1"), ENV, "positive"),
         (("set-limit", "allowed_symbols", "1"), ENV, "not a settable limit"),
+        (("set-limit", "strategy.curve_gain", "1"), ENV, "not a settable limit"),
+        (("rollout", "rollback", "--model-id", "m", "--version", "1", "--to", "active"), ENV, "--to only applies"),
         (("set-limit", "stop_loss", "nan"), ENV, "finite"),
         (("set-limit", "stop_loss", "abc"), ENV, "must be a number"),
         (("kill-switch", "on", "--reason", "r"), {"TRADEFLOW_CONTROL_KEY_OPS1": SECRET}, "no key id"),

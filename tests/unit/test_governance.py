@@ -625,3 +625,101 @@ def test_registry_event_without_symbol_when_folded_then_noted_and_not_governed()
     step = eng.on_registry(ev)
     assert step.note is not None and "symbol" in step.note and list(eng.rollouts()) == []
     assert eng.stage_of(MODEL, "v9") is ModelStage.SHADOW
+
+
+# ---------------------------------------------------------------------------
+# promote to a named stage
+# ---------------------------------------------------------------------------
+
+
+def promote_to(
+    version: str, to: object, nonce: str, ts: int, command: ControlCommand = ControlCommand.ROLLOUT_PROMOTE
+) -> ControlEvent:
+    return new_control_event(
+        command=command,
+        scope="model",
+        target=MODEL,
+        params={"model_id": MODEL, "version": version, "to": to},  # type: ignore[dict-item]
+        reason="go live",
+        operator="alice",
+        key_id="ops1",
+        nonce=nonce,
+        ts_event=ts,
+        ts_init=ts,
+        expires_at=None,
+        keyring=KEYRING,
+    )
+
+
+def test_signed_promote_to_active_when_verified_then_every_stage_decided_and_announced_in_order() -> None:
+    eng = engine_with_active_and_shadow()
+    step = eng.on_control(promote_to("v2", "active", "t1", T0))
+    assert [(d.from_stage, d.to_stage, d.action) for d in decisions(step)] == [
+        (ModelStage.SHADOW, ModelStage.CANARY_10, RolloutAction.MANUAL_PROMOTE),
+        (ModelStage.CANARY_10, ModelStage.CANARY_30, RolloutAction.MANUAL_PROMOTE),
+        (ModelStage.CANARY_30, ModelStage.ACTIVE, RolloutAction.MANUAL_PROMOTE),
+    ]
+    assert [d.reason for d in decisions(step)] == [f"applied: go live (step {i}/3 to active)" for i in (1, 2, 3)]
+    assert len({d.event_id for d in decisions(step)}) == 3
+    assert stages(step) == [
+        ("v2", ModelStage.CANARY_10),
+        ("v2", ModelStage.CANARY_30),
+        ("v2", ModelStage.ACTIVE),
+        ("v1", ModelStage.RETIRED),
+    ]
+    # each registry event is stamped after the one before: the latest stage is the last announced
+    stamps = [r.ts_event for r in step.records if isinstance(r, ModelRegistryEvent) and r.version == "v2"]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3
+    (a,) = audits(step)
+    assert a.outcome is ControlOutcome.ACCEPTED
+    assert a.changes == ("v2: -> canary_10", "v2: -> canary_30", "v2: -> active", "v1: -> retired")
+    assert eng.stage_of(MODEL, "v2") is ModelStage.ACTIVE and eng.stage_of(MODEL, "v1") is ModelStage.RETIRED
+    view = eng.rollout(MODEL, BTC)
+    assert view is not None and (view.active, view.previous_active, view.candidate) == ("v2", "v1", None)
+    assert all(codec_for(type(r)).decode(codec_for(type(r)).encode(r)) == r for r in step.records)
+
+
+def test_promote_to_the_next_stage_when_named_then_same_as_a_plain_promote() -> None:
+    plain = engine_with_active_and_shadow().on_control(control(ControlCommand.ROLLOUT_PROMOTE, "v2", "n1", T0))
+    named = engine_with_active_and_shadow().on_control(promote_to("v2", "canary_10", "n1", T0))
+    assert [d.to_stage for d in decisions(named)] == [d.to_stage for d in decisions(plain)] == [ModelStage.CANARY_10]
+    assert stages(named) == stages(plain)
+    assert [d.event_id for d in decisions(named)] == [d.event_id for d in decisions(plain)]
+
+
+@pytest.mark.parametrize(
+    "version, to, command, reason",
+    [
+        ("v2", "shadow", ControlCommand.ROLLOUT_PROMOTE, "target_not_above"),
+        ("v1", "active", ControlCommand.ROLLOUT_PROMOTE, "no_next_stage"),
+        ("v2", "retired", ControlCommand.ROLLOUT_PROMOTE, "invalid_params"),
+        ("v2", 3, ControlCommand.ROLLOUT_PROMOTE, "invalid_params"),
+        ("v2", "active", ControlCommand.ROLLOUT_ROLLBACK, "invalid_params"),
+    ],
+)
+def test_promote_to_a_stage_it_cannot_reach_then_rejected_and_nothing_changes(
+    version: str, to: object, command: ControlCommand, reason: str
+) -> None:
+    eng = engine_with_active_and_shadow()
+    before = eng.rollout(MODEL, BTC)
+    step = eng.on_control(promote_to(version, to, "x1", T0, command))
+    (d,) = decisions(step)
+    assert d.action is RolloutAction.REJECTED and d.reason.startswith(reason)
+    (a,) = audits(step)
+    assert a.outcome is ControlOutcome.REJECTED and a.reason == reason
+    assert stages(step) == [] and eng.rollout(MODEL, BTC) == before
+
+
+def test_restarted_engine_after_a_promote_to_active_then_the_command_is_not_applied_twice() -> None:
+    eng = engine_with_active_and_shadow()
+    cmd = promote_to("v2", "active", "r1", T0)
+    step = eng.on_control(cmd)
+    again = engine_with_active_and_shadow()
+    for r in step.records:
+        if isinstance(r, ModelRegistryEvent):
+            again.on_registry(r)
+    for d in decisions(step):
+        again.restore(d)
+    (d,) = decisions(again.on_control(cmd))
+    assert d.action is RolloutAction.REJECTED and d.reason.startswith("replayed")
+    assert again.stage_of(MODEL, "v2") is ModelStage.ACTIVE

@@ -64,14 +64,21 @@ def _kill(bar: Bar, nonce: str, command: ControlCommand = ControlCommand.KILL_SW
     )
 
 
-def drive(core: TradingCore, bars: list[Bar], *, redeliver: bool = False, arrival: int | None = None) -> list[Record]:
+def drive(
+    core: TradingCore,
+    bars: list[Bar],
+    *,
+    redeliver: bool = False,
+    arrival: int | None = None,
+    commands: bool = True,
+) -> list[Record]:
     """The determinism test's inputs (bars, stub signals, a halt and a forged release at bar 100)."""
     out: list[Record] = []
     for i, bar in enumerate(bars):
         out += core.on_bar(bar, arrival).records
         if redeliver:
             assert core.on_bar(bar, arrival).bar_skipped == BarSkip.NOT_NEWER
-        if i == 100:
+        if i == 100 and commands:
             cmd = _kill(bar, "n-100")
             out += core.on_control(cmd, arrival).records
             forged = dataclasses.replace(cmd, command=ControlCommand.KILL_SWITCH_OFF, nonce="n-101")
@@ -109,11 +116,18 @@ def test_core_twice_and_with_redelivery_then_byte_identical() -> None:
 
 
 def test_core_with_a_later_arrival_bound_then_same_as_replay() -> None:
-    """The live agent bounds time by its wall clock; for records from the past that is replay."""
+    """The live agent bounds market time by the arrival time; for market records from the past that is replay.
+    A command is judged in arrival time: one that arrives ten hours after it was signed is stale."""
     bars = load_bars()[:150]
-    replay = [_wire(r) for r in drive(_core(), bars)]
-    live = [_wire(r) for r in drive(_core(), bars, arrival=bars[-1].ts_event + 10 * H)]
+    late = bars[-1].ts_event + 10 * H
+    replay = [_wire(r) for r in drive(_core(), bars, commands=False)]
+    live = [_wire(r) for r in drive(_core(), bars, arrival=late, commands=False)]
     assert live == replay
+    audits = [r for r in drive(_core(), bars, arrival=late) if isinstance(r, ControlAudit)]
+    assert [(a.outcome.value, a.reason, a.ts_init) for a in audits] == [
+        ("rejected", "stale", late),
+        ("rejected", "bad_signature", late),
+    ]
 
 
 def test_every_output_when_encoded_then_decodes_with_the_strict_codec() -> None:
