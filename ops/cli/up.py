@@ -64,7 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     sp.add_argument(
         "--live-from", default="2021-01-01", help="the feed publishes history before this at full speed, then paces"
     )
-    sp.add_argument("--train-from", default="2020-01-01", help="first model's training window start")
+    sp.add_argument("--train-from", default="2020-07-01", help="first model's training window start")
     sp.add_argument(
         "--web-host",
         default=env_str("TRADEFLOW_WEB_HOST", "127.0.0.1"),
