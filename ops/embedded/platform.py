@@ -722,7 +722,7 @@ def banner(p: Platform, serving: str | None) -> str:
             "    tradeflow status",
             "    tradeflow control kill-switch on --scope global --reason 'drill'",
             "    tradeflow rollout status",
-            "    tradeflow audit --last 10m",
+            "    tradeflow control set-limit strategy.entry_threshold 0.08 --reason 'fewer trades'",
             "  Ctrl-C stops the platform; `tradeflow up` again resumes where it stopped.",
             "",
         ]
