@@ -195,6 +195,8 @@ class PlatformInfo:
     broker_storage: str
     started_at: str
     programs: dict[str, int] = field(default_factory=dict)
+    #: the trading agent's configuration variables, so ``tradeflow audit`` rebuilds the config that traded
+    trading_env: dict[str, str] = field(default_factory=dict)
 
     def write(self, layout: Layout) -> None:
         tmp = layout.platform_file.with_suffix(".tmp")
@@ -209,6 +211,7 @@ def cli_env_from_platform(environ: Mapping[str, str], data_dir: Path) -> dict[st
     if not info or not _alive(int(info.get("pid", 0))):
         return {}
     out = {
+        **info.get("trading_env", {}),
         "TRADEFLOW_BOOTSTRAP": info["bootstrap"],
         "TRADEFLOW_DSN": info["dsn"],
         "TRADEFLOW_NAMESPACE": info["namespace"],
@@ -541,6 +544,11 @@ class Platform:
             broker_storage=self.opts.broker_storage,
             started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
             programs={n: int(s["pid"]) for n, s in self.supervisor.states().items()},
+            trading_env={
+                k: v
+                for k, v in {**os.environ, **self.env()}.items()
+                if k.startswith(("TRADEFLOW_TRADING_", "TRADEFLOW_STRATEGY_"))
+            },
         ).write(self.layout)
 
     @property
@@ -625,19 +633,19 @@ class Platform:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no model registered for job {job_id} within {timeout_s:.0f} s")
             await self._pause(0.5)
-        for _ in ("shadow", "canary_10", "canary_30", "active"):
-            self._cli(
-                "control",
-                "rollout",
-                "promote",
-                "--model-id",
-                MODEL_ID,
-                "--version",
-                version,
-                "--reason",
-                "tradeflow up: first model of this platform",
-            )
-            await self._pause(0.5)
+        self._cli(
+            "control",
+            "rollout",
+            "promote",
+            "--model-id",
+            MODEL_ID,
+            "--version",
+            version,
+            "--to",
+            "active",
+            "--reason",
+            "tradeflow up: first model of this platform",
+        )
         while (serving := await self._serving_model()) is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{MODEL_ID}@{version} not promoted within {timeout_s:.0f} s")
