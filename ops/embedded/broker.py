@@ -224,11 +224,31 @@ class DurableBroker:
             self.object_store.start(timeout_s)
             self.object_store.ensure_bucket(self.bucket, timeout_s)
             self.broker.start(timeout_s)
+            self._wait_serving(timeout_s)
         except BaseException:
             self.stop()
             raise
         log.info("durable_broker_started", bootstrap=self.bootstrap, endpoint=self.object_store.endpoint)
         return self
+
+    def _wait_serving(self, timeout_s: float) -> None:
+        """Listening is not serving: on object storage, wait until a metadata request is answered.
+        Run in a thread of its own, so that a caller already inside an event loop can start it."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        from runtime.broker import BrokerLost, probe
+
+        deadline = time.monotonic() + timeout_s
+        with ThreadPoolExecutor(1) as pool:
+            while True:
+                try:
+                    pool.submit(asyncio.run, probe(self.bootstrap, [], timeout_s=5.0)).result()
+                    return
+                except BrokerLost:
+                    if time.monotonic() > deadline:
+                        raise BrokerError(f"broker {self.bootstrap} not serving within {timeout_s:.0f} s") from None
+                    time.sleep(0.2)
 
     def stop(self) -> None:
         self.broker.stop()

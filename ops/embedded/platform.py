@@ -41,10 +41,6 @@ log = structlog.get_logger("ops.embedded.platform")
 OPERATOR_KEY_ID = "operator"
 
 
-class Interrupted(Exception):
-    """A stop signal or the end of ``--for`` arrived while the platform was still starting (not an error)."""
-
-
 class AlreadyRunning(BadInput, RuntimeError):
     """Another ``tradeflow up`` holds this data dir."""
 
@@ -507,26 +503,17 @@ class Platform:
         await ensure_topics(self.bootstrap)
 
     async def _database_ready(self, timeout_s: float = 60.0) -> None:
-        import asyncpg
+        from storage.migrate import DatabaseUnreachable, ensure_database, migrate_dsn
 
-        from storage.databases import create_database
-        from storage.migrate import migrate_dsn
-
-        admin_dsn = self.dsn.rsplit("/", 1)[0] + "/postgres"
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                conn = await asyncpg.connect(admin_dsn, timeout=5)
+                await ensure_database(self.dsn, timeout_s=5.0)
                 break
-            except (OSError, asyncpg.CannotConnectNowError):
+            except DatabaseUnreachable:
                 if time.monotonic() > deadline:
                     raise
                 await _sleep(0.2)
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'tradeflow'"):
-                await create_database(conn, "tradeflow")
-        finally:
-            await conn.close()
         applied = await migrate_dsn(self.dsn)
         log.info("database_ready", dsn=self.dsn, migrations_applied=applied)
 
@@ -571,16 +558,18 @@ class Platform:
         active = [r for r in rows if r["stage"] in ("active", "canary_30", "canary_10")]
         return f"{active[-1]['model_id']}@{active[-1]['version']}" if active else None
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep while waiting on the platform, but give up at a stop signal or the end of ``--for``,
-        and keep watching the programs (a crash loop stops the platform here too)."""
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep while waiting on the platform; False at a stop signal or the end of ``--for`` (give up),
+        and keep watching the programs meanwhile (a crash loop stops the platform here too)."""
         self.check()
         if self.stop_requested or (self.until is not None and time.monotonic() >= self.until):
-            raise Interrupted("stop requested while starting")
+            return False
         await _sleep(seconds)
+        return True
 
-    async def _model_bootstrap(self, timeout_s: float = 600.0) -> str:
-        """Train through ``jobs.train`` once the feed's history is in, then promote by signed commands."""
+    async def _model_bootstrap(self, timeout_s: float = 600.0) -> str | None:
+        """Train through ``jobs.train`` once the feed's history is in, then promote by a signed command.
+        None when a stop signal or the end of ``--for`` came first."""
         import asyncpg
 
         from agents.features.spec import FEATURE_SET_VERSION
@@ -603,7 +592,8 @@ class Platform:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"features up to {self.opts.live_from} not stored within {timeout_s:.0f} s")
-            await self._pause(1.0)
+            if not await self._pause(1.0):
+                return None
         job_id = f"up-bootstrap-{int(time.time())}"
         self._cli(
             "train",
@@ -632,7 +622,8 @@ class Platform:
             version = rows[-1]["version"] if rows else None
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no model registered for job {job_id} within {timeout_s:.0f} s")
-            await self._pause(0.5)
+            if not await self._pause(0.5):
+                return None
         self._cli(
             "control",
             "rollout",
@@ -649,7 +640,8 @@ class Platform:
         while (serving := await self._serving_model()) is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{MODEL_ID}@{version} not promoted within {timeout_s:.0f} s")
-            await self._pause(0.5)
+            if not await self._pause(0.5):
+                return None
         return serving
 
     def _cli(self, *args: str) -> str:
@@ -753,12 +745,13 @@ def up(opts: UpOptions) -> int:
         try:
             platform.start()
             serving = platform._run_async(platform._model_bootstrap())
-            platform.write_info()
-            print(banner(platform, serving), flush=True)
-            log.info("platform_ready", seconds=round(time.monotonic() - t0, 1), serving=serving)
-            platform.watch()
-        except Interrupted:
-            log.warning("platform_stopped_while_starting", seconds=round(time.monotonic() - t0, 1))
+            if serving is None:
+                log.warning("platform_stopped_while_starting", seconds=round(time.monotonic() - t0, 1))
+            else:
+                platform.write_info()
+                print(banner(platform, serving), flush=True)
+                log.info("platform_ready", seconds=round(time.monotonic() - t0, 1), serving=serving)
+                platform.watch()
         except CrashLoop as exc:
             log.critical("platform_crash_loop", program=exc.program, reason=str(exc).splitlines()[0])
             print(str(exc), file=sys.stderr, flush=True)

@@ -60,8 +60,8 @@ async def read_ids(bootstrap: str, topic: str, n: int, timeout_s: float = 60.0) 
     The high-water comes from fetch responses (tansu's list-offsets answer can be wrong).
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
     try:
+        await consumer.start()  # inside the try: a failed start must not leak the client into the next test
         tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
