@@ -202,6 +202,8 @@ class Supervisor:
             if self.popen.poll() is not None:
                 raise SupervisorError(f"supervisord exited with code {self.popen.returncode}: see {self.log_dir}")
             if time.monotonic() > deadline:
+                self.popen.terminate()  # never leave a supervisord behind that nobody drives
+                self.popen.wait(30)
                 raise SupervisorError(f"supervisord did not answer on {sock} within {timeout_s:.0f} s")
             time.sleep(0.1)
 
