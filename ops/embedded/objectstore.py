@@ -117,7 +117,7 @@ class ObjectStorePorts:
         return taken
 
 
-def _write_file(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
+def write_file(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
     """Write ``data`` to ``path`` atomically, with ``mode`` from the file's creation on.
 
     ``replace`` False: only when ``path`` does not exist yet (two first starts
@@ -210,7 +210,7 @@ class ObjectStoreConfig:
                 }
             ]
         }
-        _write_file(self.identities_path, json.dumps(doc).encode(), 0o600, replace=True)
+        write_file(self.identities_path, json.dumps(doc).encode(), 0o600, replace=True)
 
     def argv(self) -> list[str]:
         """``weed server`` with master, volume, filer and S3 on 127.0.0.1; no secret in it (``ps`` shows argv)."""
@@ -256,7 +256,7 @@ def _load_or_create_credentials(path: Path) -> S3Credentials:
     if not path.exists():
         creds = S3Credentials.generate()
         doc = {"access_key": creds.access_key, "secret_key": creds.secret_key}
-        if _write_file(path, json.dumps(doc).encode(), 0o600, replace=False):
+        if write_file(path, json.dumps(doc).encode(), 0o600, replace=False):
             log.info("objectstore_credentials_created", path=str(path))
             return creds
     try:
@@ -269,7 +269,7 @@ def _load_or_create_credentials(path: Path) -> S3Credentials:
 def _load_or_create_ports(path: Path) -> ObjectStorePorts:
     if not path.exists():
         ports = ObjectStorePorts.choose()
-        if _write_file(path, (json.dumps(asdict(ports), indent=2) + "\n").encode(), 0o644, replace=False):
+        if write_file(path, (json.dumps(asdict(ports), indent=2) + "\n").encode(), 0o644, replace=False):
             return ports
     try:
         return ObjectStorePorts(**{k: int(v) for k, v in json.loads(path.read_text()).items()})

@@ -112,18 +112,12 @@ class UpOptions:
 # ---------------------------------------------------------------------------
 
 
-def write_private(path: Path, text: str) -> None:
-    """Create ``path`` readable by its owner only from the first byte on (never world-readable)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-
-
 def ensure_secret(path: Path, nbytes: int = 32) -> Path:
-    """A random hex secret in ``path`` (created once, kept across restarts); returns the path, never the value."""
-    if not path.exists():
-        write_private(path, secrets.token_hex(nbytes) + "\n")
+    """A random hex secret in ``path`` (created once, mode 0600 from its first byte, kept across
+    restarts); returns the path, never the value."""
+    from ops.embedded.objectstore import write_file
+
+    if write_file(path, (secrets.token_hex(nbytes) + "\n").encode(), 0o600, replace=False):
         log.info("secret_created", path=str(path))
     return path
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ops.embedded.broker import MEMORY_STORAGE, DurableBroker, EmbeddedBroker, _shown
-from ops.embedded.objectstore import ObjectStoreConfig, ObjectStoreError, ObjectStorePorts, _write_file
+from ops.embedded.objectstore import ObjectStoreConfig, ObjectStoreError, ObjectStorePorts, write_file
 from runtime.errors import NeedsOperator
 
 
@@ -50,10 +50,10 @@ def test_prepare_then_secret_files_owner_only_from_their_creation(tmp_path: Path
 
 def test_first_writes_racing_then_one_file_kept(tmp_path: Path) -> None:
     path = tmp_path / "credentials.json"
-    assert _write_file(path, b"first", 0o600, replace=False)
-    assert not _write_file(path, b"second", 0o600, replace=False)
+    assert write_file(path, b"first", 0o600, replace=False)
+    assert not write_file(path, b"second", 0o600, replace=False)
     assert path.read_bytes() == b"first" and stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert _write_file(path, b"third", 0o600, replace=True) and path.read_bytes() == b"third"
+    assert write_file(path, b"third", 0o600, replace=True) and path.read_bytes() == b"third"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["credentials.json"]
 
 
