@@ -1,9 +1,5 @@
-"""``tradeflow up`` end to end: the platform as its users meet it, started by the command itself.
-
-One platform per module (starting it trains a model: ~a minute on 2 cores); the tests act on it from
-"a second shell" (subprocesses of ``tradeflow`` and a plain aiokafka consumer), then stop it with
-SIGTERM and bring it up again on the same data dir.
-"""
+"""``tradeflow up`` end to end: the four users' workflows and the faults the supervisor absorbs, on the
+package's one running platform (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -25,93 +19,9 @@ from aiokafka import AIOKafkaConsumer
 from topics.records import Signal
 from topics.schema import codec_for
 
+from .harness import ROOT, Up, count, rows, supervisorctl, wait
+
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 240
-
-
-class Up:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.log = data_dir.parent / "up.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.mark = 0
-
-    def start(self, *extra: str) -> Up:
-        self.mark = len(self.output())  # a restart appends to the same log: look only at what follows
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ops.cli", "up", "--data-dir", str(self.data_dir), "--pace", "4", *extra],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env(),
-            )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while "tradeflow is up" not in self.output()[self.mark :]:
-            assert self.proc.poll() is None, f"tradeflow up exited {self.proc.returncode}:\n{self.output()[-4000:]}"
-            assert time.monotonic() < deadline, f"not up within {READY_TIMEOUT_S} s:\n{self.output()[-4000:]}"
-            time.sleep(0.5)
-        return self
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TRADEFLOW_")}
-        return {**env, "TRADEFLOW_DATA_DIR": str(self.data_dir)}
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    @property
-    def info(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads((self.data_dir / "run" / "platform.json").read_text())
-        return data
-
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """A ``tradeflow`` command from a second shell: no flags, the running platform supplies them."""
-        return subprocess.run(
-            [sys.executable, "-m", "ops.cli", *args],
-            cwd=ROOT,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def stop(self, timeout_s: float = 120) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    up = Up(tmp_path_factory.mktemp("platform") / "data").start()
-    try:
-        yield up
-    finally:
-        up.stop()
-
-
-async def _count(dsn: str, sql: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval(sql))
-    finally:
-        await conn.close()
-
-
-def _wait(predicate: Any, timeout_s: float, what: str, up: Up) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{up.output()[-3000:]}"
-        time.sleep(0.5)
 
 
 def test_up_then_platform_file_and_a_second_up_refused(platform: Up) -> None:
@@ -163,74 +73,46 @@ def test_signal_consumer_then_live_signals_from_a_plain_kafka_client(platform: U
 
 
 def test_orders_and_fills_then_flow_while_the_feed_runs(platform: Up) -> None:
-    dsn = platform.info["dsn"]
-    _wait(lambda: asyncio.run(_count(dsn, "SELECT count(*) FROM ev_fills")) > 0, 240, "a paper fill", platform)
+    wait(lambda: rows(platform, "SELECT count(*) FROM ev_fills") > 0, 240, "a paper fill", platform)
 
 
 def test_operator_kill_switch_then_nothing_approved_until_released(platform: Up) -> None:
-    dsn = platform.info["dsn"]
     approved = "SELECT count(*) FROM ev_risk_decisions WHERE payload->>'verdict' = 'approved'"
     on = platform.cli("control", "kill-switch", "on", "--scope", "global", "--reason", "drill")
     assert on.returncode == 0, on.stderr
-    _wait(lambda: "kill      1 scope" in platform.cli("status").stdout, 30, "the kill switch in status", platform)
+    wait(lambda: "kill      1 scope" in platform.cli("status").stdout, 30, "the kill switch in status", platform)
     time.sleep(2)  # decisions in flight when it was engaged
-    frozen = asyncio.run(_count(dsn, approved))
-    decided = asyncio.run(_count(dsn, "SELECT count(*) FROM ev_risk_decisions"))
-    _wait(
-        lambda: asyncio.run(_count(dsn, "SELECT count(*) FROM ev_risk_decisions")) > decided + 2,
+    frozen = rows(platform, approved)
+    decided = rows(platform, "SELECT count(*) FROM ev_risk_decisions")
+    wait(
+        lambda: rows(platform, "SELECT count(*) FROM ev_risk_decisions") > decided + 2,
         120,
         "decisions while killed",
         platform,
     )
-    assert asyncio.run(_count(dsn, approved)) == frozen  # decided, none approved
+    assert rows(platform, approved) == frozen  # decided, none approved
     off = platform.cli("control", "kill-switch", "off", "--scope", "global", "--reason", "drill over")
     assert off.returncode == 0, off.stderr
-    _wait(lambda: asyncio.run(_count(dsn, approved)) > frozen, 180, "an approval after the release", platform)
-
-
-def _supervisorctl(platform: Up, *args: str) -> subprocess.CompletedProcess[str]:
-    conf = platform.data_dir / "run" / "supervisord.conf"
-    return subprocess.run(
-        [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    wait(lambda: rows(platform, approved) > frozen, 180, "an approval after the release", platform)
 
 
 def test_sigkill_of_a_worker_then_restarted_and_pipeline_catches_up(platform: Up) -> None:
-    dsn = platform.info["dsn"]
     pid = platform.info["programs"]["market"]
     os.kill(pid, signal.SIGKILL)
-    before = asyncio.run(_count(dsn, "SELECT count(*) FROM feature_snapshots"))
-    _wait(
-        lambda: asyncio.run(_count(dsn, "SELECT count(*) FROM feature_snapshots")) > before + 5,
+    before = rows(platform, "SELECT count(*) FROM feature_snapshots")
+    wait(
+        lambda: rows(platform, "SELECT count(*) FROM feature_snapshots") > before + 5,
         180,
         "features again after the restart",
         platform,
     )
-    ctl = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "supervisor.supervisorctl",
-            "-c",
-            str(platform.data_dir / "run" / "supervisord.conf"),
-            "pid",
-            "market",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    ctl = supervisorctl(platform, "pid", "market")
     assert int(ctl.stdout.strip()) not in (0, pid)  # restarted by the supervisor, not by the test
 
 
 def test_sigkill_of_the_broker_then_restarted_on_its_storage_without_losing_records_or_offsets(platform: Up) -> None:
     """The s3-backed log: what was acknowledged and committed before the kill is there after it."""
-    bootstrap, dsn = platform.info["bootstrap"], platform.info["dsn"]
+    bootstrap = platform.info["bootstrap"]
     before = asyncio.run(_log_state(bootstrap))
     assert sum(before["high"].values()) > 0 and sum(before["committed"].values()) > 0
     os.kill(platform.info["programs"]["broker"], signal.SIGKILL)
@@ -238,9 +120,9 @@ def test_sigkill_of_the_broker_then_restarted_on_its_storage_without_losing_reco
     after = asyncio.run(_log_state(bootstrap))
     assert all(after["high"][tp] >= n for tp, n in before["high"].items()), (before, after)
     assert all(after["committed"][tp] >= n for tp, n in before["committed"].items()), (before, after)
-    signals = asyncio.run(_count(dsn, "SELECT count(*) FROM ev_signals"))
-    _wait(
-        lambda: asyncio.run(_count(dsn, "SELECT count(*) FROM ev_signals")) > signals,
+    signals = rows(platform, "SELECT count(*) FROM ev_signals")
+    wait(
+        lambda: rows(platform, "SELECT count(*) FROM ev_signals") > signals,
         240,
         "signals again after the broker's restart",
         platform,
@@ -283,19 +165,19 @@ async def _log_state(bootstrap: str) -> dict[str, dict[int, int]]:
 
 def test_sigterm_then_clean_stop_and_up_again_resumes_on_the_same_data(platform: Up) -> None:
     dsn = platform.info["dsn"]
-    bars = asyncio.run(_count(dsn, "SELECT count(*) FROM ev_market_bars"))
-    signals = asyncio.run(_count(dsn, "SELECT count(*) FROM ev_signals"))
+    bars = rows(platform, "SELECT count(*) FROM ev_market_bars")
+    signals = rows(platform, "SELECT count(*) FROM ev_signals")
     assert platform.stop() == 0
     assert not (platform.data_dir / "run" / "platform.json").exists()
     platform.start()
     assert platform.info["dsn"] == dsn  # same ports, same database
-    _wait(
-        lambda: asyncio.run(_count(dsn, "SELECT count(*) FROM ev_signals")) > signals,
+    wait(
+        lambda: rows(platform, "SELECT count(*) FROM ev_signals") > signals,
         180,
         "new signals after the restart",
         platform,
     )
-    assert asyncio.run(_count(dsn, "SELECT count(*) FROM ev_market_bars")) >= bars
+    assert rows(platform, "SELECT count(*) FROM ev_market_bars") >= bars
     # the feed resumed after its last acknowledged bar: the stored recorded bars since the start of the
     # live part are exactly the file's rows over that span (no hole left by the restart)
     span = asyncio.run(_span(dsn))
@@ -305,7 +187,7 @@ def test_sigterm_then_clean_stop_and_up_again_resumes_on_the_same_data(platform:
         if span[0] <= _open_ns(line) <= span[1]
     )
     stored = asyncio.run(
-        _count(
+        count(
             dsn,
             (
                 "SELECT count(*) FROM bars WHERE symbol = 'BTC/USDT' AND timeframe = '1h' "
