@@ -20,10 +20,13 @@ Design: docs/audit.md#audit-replay
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -32,6 +35,7 @@ from agents.control.signing import Keyring
 from agents.execution.interface import client_order_id_for
 from agents.risk.engine import COMPONENT as RISK_COMPONENT
 from agents.trading.core import ExecutionMode, TradingConfig, TradingCore
+from runtime.errors import Retriable
 from storage import audit as recorded
 from storage.connection import Conn
 from topics.catalogue import DEFAULT_TOPIC, spec
@@ -49,14 +53,17 @@ from topics.schema import Record, codec_for
 from topics.streamhash import stream_hash
 
 __all__ = [
+    "FAR_FUTURE_NS",
     "AuditReport",
     "Divergence",
+    "SinkBehind",
     "apply_overrides",
     "audit",
     "compare",
     "decision_hash",
     "load_inputs",
     "replay_outputs",
+    "replay_steps",
 ]
 
 INPUTS: tuple[tuple[str, type[Record]], ...] = (
@@ -78,8 +85,14 @@ OUTPUTS = (
 EXECUTION_INPUTS: tuple[tuple[str, type[Record]], ...] = (("orders.updates", OrderUpdate), ("fills", Fill))
 _OUTPUT_RANK = {name: i for i, name in enumerate(OUTPUTS)}
 _INPUT_RANK = {name: i for i, (name, _) in enumerate(INPUTS)}
+#: An open end of the range (``tradeflow audit`` without ``--to``).
+FAR_FUTURE_NS = 2**63 - 1
 #: Alerts about inputs that never decoded: nothing to replay them from.
 NOT_REPLAYABLE_ALERTS = ("control_undecodable",)
+
+
+class SinkBehind(Retriable, RuntimeError):
+    """The sink has not stored the outputs the journal's inputs made yet: audit again when it has."""
 
 
 # ---------------------------------------------------------------------------
@@ -174,19 +187,26 @@ def replay_outputs(
     config: TradingConfig, keyring: Keyring, inputs: Iterable[tuple[Record, int | None]]
 ) -> list[Record]:
     """Every output of a fresh core fed ``(input, arrival bound)`` in order (no wall clock)."""
+    return [r for step in replay_steps(config, keyring, inputs) for r in step]
+
+
+def replay_steps(
+    config: TradingConfig, keyring: Keyring, inputs: Iterable[tuple[Record, int | None]]
+) -> list[tuple[Record, ...]]:
+    """The outputs of a fresh core fed ``(input, arrival bound)`` in order (no wall clock), input by input."""
     core = TradingCore(config, keyring)
-    out: list[Record] = []
+    out: list[tuple[Record, ...]] = []
     for rec, arrival in inputs:
         if isinstance(rec, Bar):
-            out += core.on_bar(rec, arrival).records
+            out.append(core.on_bar(rec, arrival).records)
         elif isinstance(rec, Signal):
-            out += core.on_signal(rec, arrival).records
+            out.append(core.on_signal(rec, arrival).records)
         elif isinstance(rec, ControlEvent):
-            out += core.on_control(rec, arrival).records
+            out.append(core.on_control(rec, arrival).records)
         elif isinstance(rec, ModelRegistryEvent):
-            out += core.on_registry(rec, arrival).records
+            out.append(core.on_registry(rec, arrival).records)
         elif isinstance(rec, OrderUpdate | Fill):  # a venue's answer (external execution; arrival is None)
-            out += core.on_execution(rec).records
+            out.append(core.on_execution(rec).records)
         else:  # pragma: no cover - load_inputs yields only these
             raise TypeError(f"not a trading input: {type(rec).__name__}")
     return out
@@ -274,6 +294,8 @@ class AuditReport:
     counterfactual: bool = False
     overrides: dict[str, str] = field(default_factory=dict)
     final_equity: tuple[float | None, float | None] = (None, None)
+    #: recorded outputs left out: made after the journal's last checkpoint (their inputs are not journaled yet)
+    beyond_horizon: int = 0
 
     @property
     def identical(self) -> bool:
@@ -287,6 +309,12 @@ class AuditReport:
             f"recorded decision hash  {self.recorded_hash}",
             f"replayed decision hash  {self.replayed_hash}",
         ]
+        lines.append(f"range (ts_init, market time): {_iso_ns(self.start_ns)} .. {_iso_ns(self.end_ns)}")
+        if self.beyond_horizon:
+            lines.append(
+                f"{self.beyond_horizon} recorded outputs after the journal's last checkpoint left out "
+                "(their inputs are journaled with the next one)"
+            )
         if self.overrides:
             lines.append("overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(self.overrides.items())))
         for topic, (a, b) in self.counts.items():
@@ -316,6 +344,9 @@ class AuditReport:
             "counterfactual": self.counterfactual,
             "overrides": self.overrides,
             "final_equity": list(self.final_equity),
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "beyond_horizon": self.beyond_horizon,
             "divergence": None
             if d is None
             else {
@@ -329,17 +360,29 @@ class AuditReport:
         }
 
 
-async def load_inputs(
-    conn: Conn, config: TradingConfig, history_from_ns: int, end_ns: int
-) -> tuple[list[tuple[Record, int | None]], str]:
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What an audit replays: ``(input, arrival bound)`` in consumption order, which order that is, and
+    for a journal the output horizon of its last checkpoint (empty: unknown, or no journal)."""
+
+    items: list[tuple[Record, int | None]]
+    order: str
+    horizon: dict[str, dict[int, int]] = field(default_factory=dict)
+    arrivals: list[int | None] = field(default_factory=list)
+
+
+async def load_inputs(conn: Conn, config: TradingConfig, history_from_ns: int, end_ns: int) -> Inputs:
     """The account's recorded inputs with their arrival bounds, in consumption order; and which order that is.
 
     With a journal: every journaled input (from the first: the state is rebuilt
-    from the account's whole history), with the arrival bound the agent used.
+    from the account's whole history), with the arrival bound the agent used,
+    and the output horizon saved with the journal's last rows (one snapshot).
     Without: inputs with ``history_from <= ts_event < end`` in canonical order.
     """
     classes = dict(INPUTS + EXECUTION_INPUTS)
-    journal = await recorded.journal(conn, config.account)
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        journal = await recorded.journal(conn, config.account)
+        horizon = await recorded.output_horizon(conn, config.account) if journal else {}
     if journal:
         payloads: dict[str, str] = {}
         for name in classes:
@@ -347,11 +390,12 @@ async def load_inputs(
             payloads.update(await recorded.payloads(conn, name, ids))
         missing = [r.event_id for r in journal if r.event_id not in payloads]
         if missing:
-            raise ValueError(
+            raise SinkBehind(
                 f"{len(missing)} journaled inputs are not stored yet (first {missing[0]}); "
                 "wait for the sink to catch up and run the audit again"
             )
-        return [(codec_for(classes[r.topic]).decode(payloads[r.event_id]), r.arrival_ns) for r in journal], "journal"
+        items = [(codec_for(classes[r.topic]).decode(payloads[r.event_id]), r.arrival_ns) for r in journal]
+        return Inputs(items, "journal", horizon, [r.arrival_ns for r in journal])
     if config.execution is ExecutionMode.EXTERNAL:
         raise ValueError(
             f"account {config.account!r} uses external execution: its venue answers are inputs, "
@@ -367,18 +411,48 @@ async def load_inputs(
             rec = codec.decode(r.payload)
             tie = str(getattr(rec, "symbol", ""))
             loaded.append(((r.ts_event, _INPUT_RANK[name], tie, r.kafka_partition, r.kafka_offset), rec))
-    return [(rec, None) for _, rec in sorted(loaded, key=lambda kv: kv[0])], "canonical"
+    return Inputs([(rec, None) for _, rec in sorted(loaded, key=lambda kv: kv[0])], "canonical")
 
 
-async def load_recorded(conn: Conn, start_ns: int, end_ns: int) -> list[tuple[Record, Item]]:
-    """Recorded outputs in the range: each decoded (for scoping) with its bytes exactly as stored."""
+async def load_recorded(
+    conn: Conn, start_ns: int, end_ns: int, horizon: Mapping[str, Mapping[int, int]]
+) -> tuple[list[tuple[Record, Item]], int]:
+    """Recorded outputs in the range: each decoded (for scoping) with its bytes exactly as stored; and
+    how many were left out past ``horizon`` (a non-empty horizon: outputs of a topic partition past its
+    offset there, or of a partition not in it, were sent after the journal's last checkpoint)."""
     out: list[tuple[Record, Item]] = []
+    beyond = 0
     for name in OUTPUTS:
         codec = codec_for(spec(name).record)
-        for p in await recorded.outputs_in_range(conn, name, start_ns, end_ns):
-            rec = codec.decode(p)
-            out.append((rec, Item(rec.ts_init, name, rec.event_id, p)))
-    return out
+        last = horizon.get(name, {})
+        for row in await recorded.outputs_in_range(conn, name, start_ns, end_ns):
+            rec = codec.decode(row.payload)
+            if horizon and row.kafka_offset > last.get(row.kafka_partition, -1):
+                beyond += 1
+                continue
+            out.append((rec, Item(rec.ts_init, name, rec.event_id, row.payload)))
+    return out, beyond
+
+
+async def wait_for_sink(conn: Conn, horizon: Mapping[str, Mapping[int, int]], settle_s: float) -> None:
+    """Wait until the sink stored every output up to ``horizon`` (it runs a little behind the agent's
+    checkpoints); :class:`SinkBehind` after ``settle_s``."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        behind = []
+        for topic, parts in sorted(horizon.items()):
+            stored = await recorded.stored_through(conn, topic)
+            behind += [
+                f"{topic}[{p}] {stored.get(p, -1)} < {o}" for p, o in sorted(parts.items()) if stored.get(p, -1) < o
+            ]
+        if not behind:
+            return
+        if time.monotonic() >= deadline:
+            raise SinkBehind(
+                f"the sink has not stored the trading agent's outputs up to its last checkpoint after {settle_s:.0f} s "
+                f"({', '.join(behind[:3])}); is the sink running? run the audit again when it has caught up"
+            )
+        await asyncio.sleep(0.5)
 
 
 async def audit(
@@ -390,20 +464,42 @@ async def audit(
     *,
     history_from_ns: int = 0,
     overrides: Mapping[str, str] | None = None,
+    since_arrival_ns: int | None = None,
+    settle_s: float = 30.0,
 ) -> AuditReport:
-    """Replay ``[history_from, end)`` and compare the outputs in ``[start, end)`` with the recorded ones."""
-    if start_ns >= end_ns:
+    """Replay ``[history_from, end)`` and compare the outputs in ``[start, end)`` with the recorded ones.
+
+    ``since_arrival_ns`` (``tradeflow audit --last``): the range starts at the first output made by an
+    input that arrived at or after that wall time (journal only; ``start_ns`` is then ignored).
+    With a journal, the recorded outputs are cut at its last checkpoint's output horizon, after waiting
+    up to ``settle_s`` for the sink to store everything up to there (:class:`SinkBehind` otherwise).
+    """
+    if since_arrival_ns is None and start_ns >= end_ns:
         raise ValueError("the range is empty or inverted: --from must be before --to")
-    if history_from_ns > start_ns:
+    if since_arrival_ns is None and history_from_ns > start_ns:
         raise ValueError("--history-from must not be after --from (state is rebuilt from the history)")
     replay_config = apply_overrides(config, overrides or {})
     conn = await asyncpg.connect(dsn)
     try:
-        inputs, order = await load_inputs(conn, config, history_from_ns, end_ns)
-        recorded_all = await load_recorded(conn, start_ns, end_ns)
+        deadline = time.monotonic() + settle_s
+        while True:  # the sink stores the journaled inputs a moment after the agent applied them
+            try:
+                inputs = await load_inputs(conn, config, history_from_ns, end_ns)
+                break
+            except SinkBehind:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        steps = replay_steps(replay_config, keyring, inputs.items)
+        if since_arrival_ns is not None:
+            start_ns = _window_start(inputs, steps, since_arrival_ns)
+        if inputs.horizon:
+            await wait_for_sink(conn, inputs.horizon, max(0.0, deadline - time.monotonic()))
+        recorded_all, beyond = await load_recorded(conn, start_ns, end_ns, inputs.horizon)
     finally:
         await conn.close()
-    replayed_all = [r for r in replay_outputs(replay_config, keyring, inputs) if start_ns <= r.ts_init < end_ns]
+    order = inputs.order
+    replayed_all = [r for step in steps for r in step if start_ns <= r.ts_init < end_ns]
     coids = {
         client_order_id_for(r.event_id)
         for r in (*(rec for rec, _ in recorded_all), *replayed_all)
@@ -416,7 +512,7 @@ async def audit(
         start_ns=start_ns,
         end_ns=end_ns,
         order=order,
-        inputs=len(inputs),
+        inputs=len(inputs.items),
         recorded=len(recorded),
         replayed=len(replayed),
         recorded_hash=decision_hash(recorded),
@@ -426,7 +522,31 @@ async def audit(
         counterfactual=bool(overrides),
         overrides=dict(overrides or {}),
         final_equity=(_final_equity(recorded), _final_equity(replayed)),
+        beyond_horizon=beyond,
     )
+
+
+def _window_start(inputs: Inputs, steps: Sequence[Sequence[Record]], since_arrival_ns: int) -> int:
+    """The earliest ``ts_init`` of an output made by an input that arrived at or after ``since_arrival_ns``."""
+    if inputs.order != "journal":
+        raise ValueError("--last needs the account's input journal (arrival times); give --from instead")
+    stamps = [
+        r.ts_init
+        for arrival, step in zip(inputs.arrivals, steps, strict=True)
+        if arrival is not None and arrival >= since_arrival_ns
+        for r in step
+    ]
+    if not stamps:
+        raise ValueError(
+            "no input of the account arrived in that window: nothing to audit (is the market feed running?)"
+        )
+    return min(stamps)
+
+
+def _iso_ns(ns: int) -> str:
+    if ns >= FAR_FUTURE_NS:
+        return "open"
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _final_equity(items: Sequence[Item]) -> float | None:

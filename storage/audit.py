@@ -3,18 +3,30 @@
 Records are read from their topic's event table (named by the catalogue), as
 the exact payload text the sink stored; decoding and ordering are the
 audit's. ``trading_input_journal`` (migration 012) is the trading agent's
-record of the order it applied its inputs in.
+record of the order it applied its inputs in; ``trading_checkpoints.output_offsets``
+(migration 015) is where its outputs stood when the journal was last written.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storage.connection import Conn
 from topics.catalogue import spec
 
-__all__ = ["JournalEntry", "StoredInput", "inputs_in_range", "journal", "outputs_in_range", "payloads"]
+__all__ = [
+    "JournalEntry",
+    "StoredInput",
+    "StoredOutput",
+    "inputs_in_range",
+    "journal",
+    "output_horizon",
+    "outputs_in_range",
+    "payloads",
+    "stored_through",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +45,15 @@ class StoredInput:
 
     event_id: str
     ts_event: int
+    kafka_partition: int
+    kafka_offset: int
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOutput:
+    """A stored output record as stored, with where the sink read it from."""
+
     kafka_partition: int
     kafka_offset: int
     payload: str
@@ -79,7 +100,32 @@ async def inputs_in_range(
     ]
 
 
-async def outputs_in_range(conn: Conn, topic: str, start_ns: int, end_ns: int) -> list[str]:
-    """Stored payloads of a topic's records with ``start_ns <= ts_init < end_ns``, unordered."""
-    sql = f"SELECT payload::text AS p FROM {spec(topic).table} WHERE ts_init >= $1 AND ts_init < $2"  # noqa: S608
-    return [r["p"] for r in await conn.fetch(sql, start_ns, end_ns)]
+async def outputs_in_range(conn: Conn, topic: str, start_ns: int, end_ns: int) -> list[StoredOutput]:
+    """A topic's stored records with ``start_ns <= ts_init < end_ns``, unordered."""
+    sql = (
+        f"SELECT kafka_partition, kafka_offset, payload::text AS p FROM {spec(topic).table} "  # noqa: S608
+        "WHERE ts_init >= $1 AND ts_init < $2"
+    )
+    return [
+        StoredOutput(r["kafka_partition"], r["kafka_offset"], r["p"]) for r in await conn.fetch(sql, start_ns, end_ns)
+    ]
+
+
+async def output_horizon(conn: Conn, account: str) -> dict[str, dict[int, int]]:
+    """topic -> partition -> the last offset the account's agent had delivered at its last checkpoint;
+    empty when unknown (no checkpoint, or one saved before migration 015)."""
+    has_column = await conn.fetchval(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_name = 'trading_checkpoints' AND column_name = 'output_offsets'"
+    )
+    if not has_column:
+        return {}
+    raw = await conn.fetchval("SELECT output_offsets FROM trading_checkpoints WHERE account = $1", account)
+    data = json.loads(raw) if isinstance(raw, str) else (raw or {})
+    return {str(t): {int(p): int(o) for p, o in parts.items()} for t, parts in data.items()}
+
+
+async def stored_through(conn: Conn, topic: str) -> dict[int, int]:
+    """partition -> the highest offset the sink stored of a topic (the sink commits in offset order)."""
+    sql = f"SELECT kafka_partition, max(kafka_offset) AS o FROM {spec(topic).table} GROUP BY kafka_partition"  # noqa: S608
+    return {r["kafka_partition"]: r["o"] for r in await conn.fetch(sql)}

@@ -1,6 +1,6 @@
 """The trading agent's tables: its checkpoint row (``trading_checkpoints``,
-migration 010) and its input journal (``trading_input_journal``, migrations 012 and 014:
-each signal's outcome).
+migration 010; 015: the output horizon) and its input journal (``trading_input_journal``,
+migrations 012 and 014: each signal's outcome).
 
 A checkpoint and the journal rows of the inputs it covers are written in one
 transaction (:func:`save_checkpoint`), so a saved state always has the input
@@ -25,6 +25,7 @@ __all__ = [
     "Offsets",
     "insert_journal",
     "load_checkpoint",
+    "load_output_offsets",
     "save_checkpoint",
     "set_held_outcomes",
     "upsert_checkpoint",
@@ -98,6 +99,7 @@ ON CONFLICT (account) DO UPDATE SET
     mac = EXCLUDED.mac, state_sha256 = EXCLUDED.state_sha256, updated_at = now()
 """
 
+_SET_OUTPUTS = "UPDATE trading_checkpoints SET output_offsets = $2::jsonb WHERE account = $1"
 _SELECT = (
     "SELECT account, format, config_hash, key_id, offsets::text AS offsets, events_applied, state, mac "
     "FROM trading_checkpoints WHERE account = $1"
@@ -112,14 +114,13 @@ async def insert_journal(conn: asyncpg.Connection, rows: Sequence[JournalRow]) -
 
 async def upsert_checkpoint(conn: asyncpg.Connection, cp: Checkpoint) -> None:
     """Upsert the account's row (one statement: it is either the old row or the new one)."""
-    offsets = {t: {str(p): int(o) for p, o in parts.items()} for t, parts in cp.offsets.items()}
     await conn.execute(
         _UPSERT,
         cp.account,
         cp.format,
         cp.config_hash,
         cp.key_id,
-        orjson.dumps(offsets, option=orjson.OPT_SORT_KEYS).decode(),
+        _offsets_json(cp.offsets),
         cp.events_applied,
         cp.state,
         cp.mac,
@@ -138,13 +139,32 @@ async def save_checkpoint(
     cp: Checkpoint,
     journal: Sequence[JournalRow] = (),
     held_outcomes: Sequence[HeldOutcome] = (),
+    output_offsets: Offsets | None = None,
 ) -> None:
     """The journal rows of the inputs since the last checkpoint (then the outcomes of the held signals
-    applied since) and the new row, in one transaction."""
+    applied since) and the new row, in one transaction; with ``output_offsets`` (topic -> partition ->
+    last offset delivered), the row's output horizon too."""
     async with conn.transaction():
         await insert_journal(conn, journal)
         await set_held_outcomes(conn, cp.account, held_outcomes)
         await upsert_checkpoint(conn, cp)
+        if output_offsets is not None:
+            await conn.execute(_SET_OUTPUTS, cp.account, _offsets_json(output_offsets))
+
+
+async def load_output_offsets(conn: asyncpg.Connection, account: str) -> dict[str, dict[int, int]]:
+    """The account's output horizon (migration 015): empty before its first checkpoint."""
+    raw = await conn.fetchval("SELECT output_offsets::text FROM trading_checkpoints WHERE account = $1", account)
+    return _offsets_of(orjson.loads(raw)) if raw else {}
+
+
+def _offsets_json(offsets: Offsets) -> str:
+    data = {t: {str(p): int(o) for p, o in parts.items()} for t, parts in offsets.items()}
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _offsets_of(raw: Mapping[str, Mapping[str, int]]) -> dict[str, dict[int, int]]:
+    return {str(t): {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
 
 
 async def load_checkpoint(conn: asyncpg.Connection, account: str) -> Checkpoint | None:
@@ -152,8 +172,7 @@ async def load_checkpoint(conn: asyncpg.Connection, account: str) -> Checkpoint 
     row = await conn.fetchrow(_SELECT, account)
     if row is None:
         return None
-    raw = orjson.loads(row["offsets"])
-    offsets = {str(t): {int(p): int(o) for p, o in parts.items()} for t, parts in raw.items()}
+    offsets = _offsets_of(orjson.loads(row["offsets"]))
     return Checkpoint(
         account=row["account"],
         format=row["format"],

@@ -285,7 +285,7 @@ class TradingWorker:
         """
         name = DEFAULT_TOPIC[type(rec)]
         self.checkpointer.sent(
-            await faust_adapter.send(self.app, self.out_names[name], rec.key(), codec_for(type(rec)).encode(rec))
+            name, await faust_adapter.send(self.app, self.out_names[name], rec.key(), codec_for(type(rec)).encode(rec))
         )
         self.out_counters[name].inc()
         if isinstance(rec, RiskDecision):

@@ -13,7 +13,9 @@ inputs since the checkpoint are re-processed, to the same outputs and ids.
 One checkpoint, under :attr:`Checkpointer.gate` (never mid-message): seal
 core + offsets -> flush the producer and check every delivery since the last
 one -> journal rows (with each signal's outcome, and the outcomes of held
-signals applied since) + row upsert in one transaction
+signals applied since) + row upsert + the output horizon (the last offset
+delivered per output partition: ``tradeflow audit`` compares the recorded
+outputs up to there, the ones the journaled inputs made) in one transaction
 (:func:`storage.trading.save_checkpoint`). Any failure raises: the worker
 crashes instead of going on with state it could not save. The format is
 :mod:`agents.trading.checkpoint`; the design, ``docs/trading_agent.md``.
@@ -34,7 +36,7 @@ from agents.trading.checkpoint import CheckpointError, open_checkpoint, seal
 from agents.trading.core import TradingCore
 from agents.trading.metrics import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
 from runtime.exits import EXIT_CONFIG, EXIT_INFRA
-from storage.trading import HeldOutcome, JournalRow, load_checkpoint, save_checkpoint
+from storage.trading import HeldOutcome, JournalRow, load_checkpoint, load_output_offsets, save_checkpoint
 
 __all__ = [
     "CHECKPOINT_DB_TIMEOUT_S",
@@ -156,7 +158,10 @@ class Checkpointer:
         #: a batch and a checkpoint never interleave: the snapshot is taken between messages
         self.gate = asyncio.Lock()
         self.account = live.core.config.account
-        self.deliveries: list[Awaitable[Any]] = []  # the producer's futures of the outputs since the last one
+        #: the producer's futures of the outputs since the last one, with their (logical) topic
+        self.deliveries: list[tuple[str, Awaitable[Any]]] = []
+        #: topic -> partition -> last offset delivered (loaded from the row at the first checkpoint)
+        self.outputs: dict[str, dict[int, int]] | None = None
         self.pending: list[JournalRow] = []  # journal rows of the inputs applied since the last checkpoint
         self.held_outcomes: list[HeldOutcome] = []  # what became of held signals applied since then
         self.unsaved = 0  # inputs applied since the last checkpoint
@@ -167,8 +172,8 @@ class Checkpointer:
         self.db: asyncpg.Connection | None = None
         self.seconds = CHECKPOINT_SECONDS.labels(self.account)
 
-    def sent(self, delivery: Awaitable[Any]) -> None:
-        self.deliveries.append(delivery)
+    def sent(self, topic: str, delivery: Awaitable[Any]) -> None:
+        self.deliveries.append((topic, delivery))
 
     def journal(self, row: JournalRow) -> None:
         self.pending.append(row)
@@ -233,12 +238,21 @@ class Checkpointer:
         )
         await self.flush()
         sent, self.deliveries = self.deliveries, []
-        for done in sent:
-            await done  # raises the send's error: this checkpoint must not cover an output that was lost
+        delivered: list[tuple[str, Any]] = []
+        for topic, done in sent:
+            # raises the send's error: this checkpoint must not cover an output that was lost
+            delivered.append((topic, await done))
         if self.db is None:
             # a checkpoint that gets no answer crashes the worker (restart resumes from the last one)
             self.db = await asyncpg.connect(self.dsn, command_timeout=CHECKPOINT_DB_TIMEOUT_S)
-        await save_checkpoint(self.db, cp, journal, held_outcomes or ())
+        if self.outputs is None:
+            self.outputs = await load_output_offsets(self.db, self.account)
+        for topic, meta in delivered:
+            partition, offset = getattr(meta, "partition", None), getattr(meta, "offset", None)
+            if isinstance(partition, int) and isinstance(offset, int):  # broker metadata (aiokafka)
+                parts = self.outputs.setdefault(topic, {})
+                parts[partition] = max(offset, parts.get(partition, -1))
+        await save_checkpoint(self.db, cp, journal, held_outcomes or (), self.outputs)
         took = time.perf_counter() - t0
         self.seconds.observe(took)
         CHECKPOINT_BYTES.labels(self.account).set(len(cp.state))

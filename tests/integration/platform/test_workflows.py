@@ -96,6 +96,22 @@ def test_operator_kill_switch_then_nothing_approved_until_released(platform: Up)
     wait(lambda: rows(platform, approved) > frozen, 180, "an approval after the release", platform)
 
 
+def test_auditor_then_the_last_minutes_of_the_running_platform_replay_to_the_same_hash(platform: Up) -> None:
+    """While the feed runs: outputs run ahead of the agent's journal; the audit cuts at its last checkpoint."""
+    wait(lambda: rows(platform, "SELECT count(*) FROM trading_input_journal") > 0, 120, "a journal", platform)
+    audit = platform.cli("audit", "--last", "2m", timeout=180)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "IDENTICAL" in audit.stdout, audit.stdout
+    report = platform.cli("audit", "--last", "2m", "--json", timeout=180)
+    assert report.returncode == 0, report.stdout + report.stderr
+    data = json.loads(report.stdout)
+    assert data["identical"] and data["order"] == "journal" and data["recorded"] > 0
+    assert data["recorded_hash"] == data["replayed_hash"]
+    # a counterfactual over the same window says how decisions would differ, and is not a verdict
+    what_if = platform.cli("audit", "--last", "2m", "--set", "strategy.entry_threshold=0.03", timeout=180)
+    assert what_if.returncode == 0 and "counterfactual" in what_if.stdout, what_if.stdout + what_if.stderr
+
+
 def test_sigkill_of_a_worker_then_restarted_and_pipeline_catches_up(platform: Up) -> None:
     pid = platform.info["programs"]["market"]
     os.kill(pid, signal.SIGKILL)
