@@ -250,9 +250,10 @@ class DurableBroker:
                         raise BrokerError(f"broker {self.bootstrap} not serving within {timeout_s:.0f} s") from None
                     time.sleep(0.2)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 20.0) -> None:
+        """tansu, then weed (SIGKILL after ``grace_s``: its filer waits 15 s on its own stream)."""
         self.broker.stop()
-        self.object_store.stop()
+        self.object_store.stop(grace_s)
 
     def __enter__(self) -> DurableBroker:
         return self.start()
