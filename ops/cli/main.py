@@ -445,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_feed_parsers(sub, infra)
 
+    from ops.cli.drill import add_parsers as add_drill_parsers
+
+    add_drill_parsers(sub)
+
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)
     sp.add_argument("--create", action="store_true", help="create every catalogued topic (idempotent)")
