@@ -95,6 +95,13 @@ VARIABLES: tuple[Variable, ...] = (
         "(0 = off: a replay of history would be stale by definition)",
         group="market",
     ),
+    _V(
+        "TRADEFLOW_EXCHANGE_API_URL",
+        "",
+        "`http(s)://host[:port]` that replaces the exchange's REST hosts for the live collector and "
+        "`tradeflow up --live` (a proxy or mirror of its API; websockets off then) (`collect --api-url`)",
+        group="market",
+    ),
     # -- trading -----------------------------------------------------------------------------
     _V(
         "TRADEFLOW_TRADING_ACCOUNT",

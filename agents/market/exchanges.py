@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agents.market.ccxt_parse import ExchangeDataError, ccxt_ohlcv_to_bar, ccxt_trade_to_tick
-from agents.venue.ccxt import VENUES, MarketType, VenueReason, build_exchange, classify, market_types
+from agents.venue.ccxt import VENUES, MarketType, VenueReason, build_exchange, check_api_url, classify, market_types
 from runtime.errors import BadInput, NeedsOperator, Retriable, TradeflowError
 from topics.records import Timeframe
 from topics.schema import Record
@@ -73,7 +73,10 @@ class ExchangeConfig:
 
     ``options`` are extra ccxt options merged over ours (escape hatch for
     venue quirks); ``load_currencies`` is off because market data needs none
-    and some venues serve currencies only to signed requests.
+    and some venues serve currencies only to signed requests. ``api_url``
+    sends every REST request to another base URL (a proxy or mirror of the
+    venue's API; websockets are off then: see
+    :func:`~agents.venue.ccxt.build_exchange`).
     """
 
     exchange_id: str
@@ -83,6 +86,7 @@ class ExchangeConfig:
     request_timeout_ms: int = 10_000
     load_currencies: bool = False
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    api_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.exchange_id not in SUPPORTED_EXCHANGES:
@@ -110,6 +114,8 @@ class ExchangeConfig:
         object.__setattr__(self, "timeframes", tuple(Timeframe(tf) for tf in self.timeframes))
         if self.request_timeout_ms <= 0:
             raise ValueError("request_timeout_ms must be > 0")
+        if self.api_url is not None:
+            object.__setattr__(self, "api_url", check_api_url(self.api_url))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ExchangeConfig:
@@ -124,6 +130,7 @@ class ExchangeConfig:
             request_timeout_ms=int(data.get("request_timeout_ms", 10_000)),
             load_currencies=bool(data.get("load_currencies", False)),
             options=dict(data.get("options", {})),
+            api_url=data.get("api_url") or None,
         )
 
 
@@ -139,6 +146,7 @@ def make_exchange(cfg: ExchangeConfig, pro: bool = False, credentials: Mapping[s
         pro=pro,
         timeout_ms=cfg.request_timeout_ms,
         load_currencies=cfg.load_currencies,
+        api_url=cfg.api_url,
     )
 
 

@@ -42,6 +42,7 @@ from agents.market.exchanges import (
     FatalExchangeError,
     Publisher,
     classify_error,
+    make_exchange,
 )
 from runtime.seen import SeenIds
 from topics.records import Bar, Tick, Timeframe
@@ -57,7 +58,9 @@ __all__ = [
     "StreamKind",
     "StreamSpec",
     "Transport",
+    "check_exchange",
     "default_collector_metrics",
+    "probe_exchange",
 ]
 
 log = structlog.get_logger(__name__)
@@ -269,6 +272,62 @@ class _StreamState:
     tracker: CandleTracker | None = None
 
 
+async def probe_exchange(
+    exchange: Any, config: ExchangeConfig, timeout_s: float
+) -> tuple[Mapping[str, Any], int | None]:
+    """The venue's markets and server time (ms; None when it does not tell), proving within
+    ``timeout_s`` that it is reachable and lists every configured symbol.
+
+    Raises :class:`ExchangeUnreachable` when the network or the venue does not
+    answer within ``timeout_s`` (or answers with a transport error),
+    :class:`FatalExchangeError` when it answers no (``bad_symbol`` for a symbol
+    it does not list). Used by :meth:`LiveCollector.preflight` and by
+    ``tradeflow up --live`` before it starts anything.
+    """
+    venue = exchange.id
+    try:
+        async with asyncio.timeout(timeout_s):
+            markets: Mapping[str, Any] = await exchange.load_markets()
+            server_ms: int | None = None
+            if exchange.has.get("fetchTime"):
+                server_ms = await exchange.fetch_time()
+    except TimeoutError as exc:
+        hosts = _describe_hosts(exchange)
+        raise ExchangeUnreachable(
+            f"{venue}: no answer from {hosts} within {timeout_s:g} s at start-up "
+            "(load_markets/fetch_time). Check the network, DNS, proxy and firewall; "
+            "live mode does not start without the exchange."
+        ) from exc
+    except Exception as exc:  # ccxt raises its own tree; classify_error sorts it
+        classification = classify_error(exc)
+        if classification.retriable:
+            hosts = _describe_hosts(exchange)
+            raise ExchangeUnreachable(
+                f"{venue}: cannot reach {hosts} at start-up ({classification.reason.value}: {exc}). "
+                "Check the network, DNS, proxy and firewall; live mode does not start without the exchange."
+            ) from exc
+        raise FatalExchangeError(classification.reason, f"{venue} start-up: {exc}") from exc
+    missing = [s for s in config.symbols if s not in markets]
+    if missing:
+        raise FatalExchangeError(
+            FailureReason.BAD_SYMBOL,
+            f"{venue} ({config.market_type.value}) has no market {missing}; {len(markets)} markets loaded",
+        )
+    return markets, server_ms
+
+
+async def check_exchange(config: ExchangeConfig, timeout_s: float = 10.0) -> int:
+    """:func:`probe_exchange` on an exchange instance of its own (closed after): the number of markets
+    the venue lists. Publishes nothing: ``tradeflow up --live`` calls it before it starts any process."""
+    exchange = make_exchange(config, pro=False)  # the probe is REST (load_markets, fetch_time)
+    try:
+        markets, _ = await probe_exchange(exchange, config, timeout_s)
+    finally:
+        await exchange.close()
+    log.info("live.exchange_reachable", venue=config.exchange_id, markets=len(markets), symbols=list(config.symbols))
+    return len(markets)
+
+
 class LiveCollector:
     """Live trades and candles of one exchange, published as records.
 
@@ -325,43 +384,9 @@ class LiveCollector:
         return state.transport if state is not None else None
 
     async def preflight(self) -> None:
-        """Prove the venue is reachable and the symbols exist, within a bound.
-
-        Raises :class:`ExchangeUnreachable` when the network or the venue does
-        not answer within ``preflight_timeout_s`` (or answers with a transport
-        error), :class:`FatalExchangeError` when it answers no.
-        """
-        timeout_s = self._settings.preflight_timeout_s
-        try:
-            async with asyncio.timeout(timeout_s):
-                markets: Mapping[str, Any] = await self._exchange.load_markets()
-                server_ms: int | None = None
-                if self._exchange.has.get("fetchTime"):
-                    server_ms = await self._exchange.fetch_time()
-        except TimeoutError as exc:
-            hosts = _describe_hosts(self._exchange)
-            raise ExchangeUnreachable(
-                f"{self.venue}: no answer from {hosts} within {timeout_s:g} s at start-up "
-                "(load_markets/fetch_time). Check the network, DNS, proxy and firewall; "
-                "live mode does not start without the exchange."
-            ) from exc
-        except Exception as exc:  # ccxt raises its own tree; classify_error sorts it
-            classification = classify_error(exc)
-            if classification.retriable:
-                hosts = _describe_hosts(self._exchange)
-                raise ExchangeUnreachable(
-                    f"{self.venue}: cannot reach {hosts} at start-up ({classification.reason.value}: {exc}). "
-                    "Check the network, DNS, proxy and firewall; live mode does not start without the exchange."
-                ) from exc
-            raise FatalExchangeError(classification.reason, f"{self.venue} start-up: {exc}") from exc
-
-        missing = [s for s in self._config.symbols if s not in markets]
-        if missing:
-            raise FatalExchangeError(
-                FailureReason.BAD_SYMBOL,
-                f"{self.venue} ({self._config.market_type.value}) has no market {missing}; "
-                f"{len(markets)} markets loaded",
-            )
+        """Prove the venue is reachable and the symbols exist, within a bound
+        (:func:`probe_exchange`); then read contract sizes and the clock skew."""
+        markets, server_ms = await probe_exchange(self._exchange, self._config, self._settings.preflight_timeout_s)
         for symbol in self._config.symbols:
             market = markets[symbol]
             size = market.get("contractSize") if market.get("contract") else None

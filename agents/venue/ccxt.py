@@ -19,6 +19,7 @@ order-update reasons for execution.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "VenueHint",
     "VenueReason",
     "build_exchange",
+    "check_api_url",
     "classify",
     "market_types",
 ]
@@ -76,6 +78,7 @@ def build_exchange(
     pro: bool = False,
     timeout_ms: int = 10_000,
     load_currencies: bool = False,
+    api_url: str | None = None,
 ) -> Any:
     """A ccxt async exchange (``ccxt.pro`` when ``pro``) for one venue and market type.
 
@@ -85,8 +88,11 @@ def build_exchange(
     over ours (venue quirks). Currencies are skipped unless
     ``load_currencies``: neither market data nor trading needs them
     (precision and limits come with the markets) and some venues serve them
-    only to signed requests. The caller owns the instance and must
-    ``await exchange.close()``.
+    only to signed requests. ``api_url`` (``scheme://host[:port]``) replaces
+    the scheme and host of every REST URL of the venue (a proxy or mirror of
+    its API; tests point it at a closed port); websockets would bypass it, so
+    with it the instance is plain REST whatever ``pro`` says. The caller owns
+    the instance and must ``await exchange.close()``.
     """
     if venue not in _MARKET_LOADING or market_type not in _MARKET_LOADING[venue]:
         raise ValueError(f"{venue} {MarketType(market_type).value} is not built here; venues: {sorted(VENUES)}")
@@ -104,7 +110,33 @@ def build_exchange(
         config["has"] = {"fetchCurrencies": False}
     if credentials:
         config.update(credentials)
-    return getattr(ccxt_pro if pro else ccxt_async, venue)(config)
+    if api_url is None:
+        return getattr(ccxt_pro if pro else ccxt_async, venue)(config)
+    base = check_api_url(api_url)
+    exchange = getattr(ccxt_async, venue)(config)
+    exchange.urls["api"] = _rebased(exchange.urls["api"], base)
+    return exchange
+
+
+_API_URL = re.compile(r"^https?://[^/?#\s]+$")
+
+
+def check_api_url(url: str) -> str:
+    """``url`` when it is a REST base for :func:`build_exchange` (``http(s)://host[:port]``, no path)."""
+    base = url.rstrip("/")
+    if not _API_URL.match(base):
+        raise ValueError(f"exchange API URL {url!r} must be http(s)://host[:port] with no path")
+    return base
+
+
+def _rebased(urls: Any, base: str) -> Any:
+    """ccxt's ``urls['api']`` (a string or nested dicts of them) with every http(s) scheme and host
+    replaced by ``base``; websocket URLs are left as they are."""
+    if isinstance(urls, str):
+        return re.sub(r"^https?://[^/]+", base, urls)
+    if isinstance(urls, dict):
+        return {k: _rebased(v, base) for k, v in urls.items()}
+    return urls
 
 
 # ---------------------------------------------------------------------------

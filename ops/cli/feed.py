@@ -1,6 +1,6 @@
 """``tradeflow feed``: the recorded-market feed, the bundled candles played as a live market.
 
-``tradeflow feed [--file NAME ...] [--pace 1.0] [--from ISO] [--max-bars N] [--warmup N] [--feed NAME]``
+``tradeflow feed [--file NAME ...] [--pace 1.0] [--from ISO] [--until ISO] [--max-bars N] [--warmup N] [--feed NAME]``
     Publishes the recorded bars to ``market.bars.raw`` in event-time order (every bar
     closing at the same instant together, across symbols) at ``--pace`` bars per second
     of the longest timeframe fed: 1.0 over the bundled files is one 1h bar per second
@@ -9,7 +9,9 @@
     continue one feature stream. It resumes after the last bar the broker acknowledged
     (positions in PostgreSQL, table ``feed_positions``); on a first start ``--from``
     skips earlier bars and ``--warmup N`` publishes N bars at once before pacing. At
-    the end of the data it logs ``feed_exhausted`` and idles until stopped; SIGTERM /
+    the end of the data it logs ``feed_exhausted`` and idles until stopped (with ``--until ISO``
+    it exits 0 instead once every bar closing at or before ISO is out: a one-shot import of
+    history that a rerun completes and never goes past); SIGTERM /
     SIGINT stop it cleanly (exit 0). Exit 3 when the broker or the database is lost
     (a restart resumes), 2 for a bad command line.
     Design: docs/market_data.md#recorded-market-feed
@@ -45,6 +47,7 @@ def cmd_feed(a: argparse.Namespace) -> int:
     try:
         files = tuple(feed_file(f) for f in a.files) if a.files else bundled_files()
         start = parse_when(a.start) if a.start else None
+        until = parse_when(a.until) if a.until else None
         opts = FeedOptions(
             files=files,
             bootstrap=a.bootstrap,
@@ -54,6 +57,7 @@ def cmd_feed(a: argparse.Namespace) -> int:
             pace=a.pace,
             start_open_time=start,
             max_bars=a.max_bars,
+            until=until,
             warmup_bars=a.warmup,
         )
         for f in files:
@@ -115,6 +119,11 @@ def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
     )
     sp.add_argument(
         "--from", dest="start", metavar="ISO", help="ISO date/time (UTC): skip bars opening earlier on a first start"
+    )
+    sp.add_argument(
+        "--until",
+        metavar="ISO",
+        help="ISO date/time (UTC): exit 0 once every bar closing at or before it is published (one-shot history)",
     )
     sp.add_argument("--max-bars", type=int, metavar="N", help="stop after publishing N bars in this run (exit 0)")
     sp.add_argument(

@@ -235,20 +235,15 @@ def cmd_ingest_history(a: argparse.Namespace) -> int:
 
 def cmd_collect(a: argparse.Namespace) -> int:
     from agents.market.exchanges import CollectorError
-    from ops.jobs.collect import live
+    from ops.jobs.collect import live, live_config
 
     try:
-        asyncio.run(
-            live(
-                exchange_id=a.exchange,
-                market_type=a.market_type,
-                symbols=a.symbols,
-                timeframes=a.timeframes,
-                bootstrap=a.bootstrap,
-                namespace=a.namespace,
-                metrics_port=a.metrics_port,
-            )
-        )
+        cfg = live_config(a.exchange, a.market_type, a.symbols, a.timeframes, a.api_url or None)
+    except ValueError as exc:  # the command line: fix it, a restart changes nothing
+        print(f"tradeflow collect: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        asyncio.run(live(cfg, bootstrap=a.bootstrap, namespace=a.namespace, metrics_port=a.metrics_port))
     except CollectorError as exc:
         print(f"live collection stopped: {exc}", file=sys.stderr)
         return EXIT_INFRA
@@ -403,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--symbols", nargs="+", required=True)
     sp.add_argument("--timeframes", nargs="*", default=["1m"])
     sp.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1:N (0: off)")
+    sp.add_argument(
+        "--api-url",
+        default=env_str("TRADEFLOW_EXCHANGE_API_URL", ""),
+        metavar="URL",
+        help="send the exchange's REST requests to this http(s)://host[:port] (a proxy or mirror; REST polling only)",
+    )
     sp.set_defaults(fn=cmd_collect)
 
     from ops.cli.models import add_parsers as add_model_parsers
@@ -443,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.cli.feed import add_parsers as add_feed_parsers
 
     add_feed_parsers(sub, infra)
+
+    from ops.cli.drill import add_parsers as add_drill_parsers
+
+    add_drill_parsers(sub)
 
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)

@@ -8,9 +8,12 @@ credentials), ``secrets/`` (the operator's control key, the dashboard token; mod
 kept, so a restart comes back on the same addresses.
 
 Start order: object store -> broker -> topics -> PostgreSQL -> migrations -> sink and agents ->
-the recorded-market feed (history up to the training end at full speed, then paced) -> a model
-trained through ``jobs.train`` and promoted by a signed command when none is active. Stop (Ctrl-C,
-SIGTERM, ``--for``): the feed and agents first, the infrastructure last. Design and the
+the market source -> a model trained through ``jobs.train`` and promoted by a signed command when
+none is active. The market source is the recorded-market feed (history up to the training end at
+full speed, then paced) or, with :class:`LiveMarket`, the ccxt live collector (``collect``): its
+exchange is probed before anything starts (:func:`check_live_market`), and the training history
+is the same bundled history, imported once by a one-shot ``feed --until``. Stop (Ctrl-C, SIGTERM,
+``--for``): the market source and agents first, the infrastructure last. Design and the
 operator's view: docs/operations.md#the-running-platform.
 """
 
@@ -27,13 +30,16 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from runtime.errors import BadInput
 
-__all__ = ["AlreadyRunning", "Layout", "UpOptions", "running_platform"]
+if TYPE_CHECKING:
+    from agents.market.exchanges import ExchangeConfig
+
+__all__ = ["AlreadyRunning", "Layout", "LiveMarket", "UpOptions", "check_live_market", "running_platform"]
 
 log = structlog.get_logger("ops.embedded.platform")
 
@@ -92,6 +98,49 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class LiveMarket:
+    """``tradeflow up --live``: the ccxt live collector on one exchange replaces the recorded feed."""
+
+    exchange: str
+    symbols: tuple[str, ...]
+    market_type: str = "spot"
+    #: candle timeframes collected (trades always are); 1h is what the platform's model trades on
+    timeframes: tuple[str, ...] = ("1h",)
+    #: REST base URL replacing the exchange's hosts (``TRADEFLOW_EXCHANGE_API_URL``; None: the venue's own)
+    api_url: str | None = None
+    #: how long the start-up probe of the exchange may take before ``up`` gives up (exit 3)
+    probe_timeout_s: float = 10.0
+
+    def config(self) -> ExchangeConfig:
+        """The collector's :class:`~agents.market.exchanges.ExchangeConfig` (``ValueError`` when invalid)."""
+        from agents.market.exchanges import ExchangeConfig, MarketType
+        from topics.records import Timeframe
+
+        return ExchangeConfig(
+            exchange_id=self.exchange,
+            market_type=MarketType(self.market_type),
+            symbols=self.symbols,
+            timeframes=tuple(Timeframe(t) for t in self.timeframes),
+            api_url=self.api_url,
+        )
+
+    def describe(self) -> str:
+        tf = ",".join(self.timeframes)
+        return f"live {self.exchange} {self.market_type} {' '.join(self.symbols)} {tf} (ccxt collector)"
+
+
+def check_live_market(live: LiveMarket) -> int:
+    """Probe the exchange of ``live`` (markets listed, symbols known) within its timeout; the number of
+    markets. Raises ``ValueError`` for a bad configuration, ``ExchangeUnreachable`` (the network or the
+    venue: exit 3) or ``FatalExchangeError`` (the venue said no, e.g. an unknown symbol)."""
+    import asyncio
+
+    from agents.market.live import check_exchange
+
+    return asyncio.run(check_exchange(live.config(), live.probe_timeout_s))
+
+
+@dataclass(frozen=True)
 class UpOptions:
     data_dir: Path
     #: run this long, print a summary and stop (None: until Ctrl-C / SIGTERM)
@@ -105,6 +154,8 @@ class UpOptions:
     train_from: str = "2020-07-01"
     web_host: str = "127.0.0.1"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: the market source: None, the recorded feed; else the ccxt live collector on that exchange
+    live: LiveMarket | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -184,6 +235,8 @@ class PlatformInfo:
     control_key_file: str
     broker_storage: str
     started_at: str
+    #: where market data comes from: the recorded feed or the live collector (exchange, symbols)
+    market: str = ""
     programs: dict[str, int] = field(default_factory=dict)
     #: the trading agent's configuration variables, so ``tradeflow audit`` rebuilds the config that traded
     trading_env: dict[str, str] = field(default_factory=dict)
@@ -237,6 +290,7 @@ def _stop_signals() -> tuple[signal.Signals, ...]:
 #: infrastructure last
 STOP_ORDER = (
     "feed",
+    "collect",
     "gates",
     "trading",
     "governance",
@@ -405,29 +459,70 @@ class Platform:
                 env,
                 startsecs=3,
             ),
-            Program("feed", cli_argv("feed", *infra, "--dsn", self.dsn, *self.feed_args()), env, startsecs=3),
+            self.market_program(infra, env),
         ]
         return progs
+
+    def market_program(self, infra: list[str], env: dict[str, str]) -> Any:
+        """The market source: ``feed`` (the recorded market) or, live, ``collect`` (the ccxt collector)."""
+        from ops.embedded.supervisor import Program
+        from ops.embedded.workers import cli_argv
+
+        live = self.opts.live
+        if live is None:
+            return Program("feed", cli_argv("feed", *infra, "--dsn", self.dsn, *self.feed_args()), env, startsecs=3)
+        argv = [
+            "collect",
+            *infra,
+            "--exchange",
+            live.exchange,
+            "--market-type",
+            live.market_type,
+            "--symbols",
+            *live.symbols,
+            "--timeframes",
+            *live.timeframes,
+            "--metrics-port",
+            str(self.ports["feed_metrics"]),
+        ]
+        if live.api_url is not None:
+            argv += ["--api-url", live.api_url]
+        return Program("collect", cli_argv(*argv), env, startsecs=3)
+
+    @property
+    def market_source(self) -> str:
+        """What ``market_program`` runs, in words (platform.json, the banner)."""
+        if self.opts.live is not None:
+            return self.opts.live.describe()
+        return f"recorded feed {FEED_FILE} at {self.opts.pace:g} bars/s"
 
     def feed_args(self) -> list[str]:
         """The recorded feed: from a few days before the training window (the features' warm-up), the
         history up to ``live_from`` at once (training data, warm features), then paced."""
+        return [*self._history_args(), "--metrics-port", str(self.ports["feed_metrics"])]
+
+    def training_history_args(self) -> list[str]:
+        """Live mode's one-shot import of the first model's training history: what the recorded feed
+        publishes at once (``feed_args``), up to ``live_from``, then exit (``--until``). A rerun after a
+        crash completes it; once it is complete a rerun publishes nothing."""
+        return [*self._history_args(), "--until", self.opts.live_from]
+
+    def _history_args(self) -> list[str]:
         from topics.units import NS_PER_DAY, NS_PER_HOUR, parse_when
 
         start = parse_when(self.opts.train_from) - 5 * NS_PER_DAY
         warmup = (parse_when(self.opts.live_from) - start) // NS_PER_HOUR
-        return [
-            "--file",
-            FEED_FILE,
-            "--pace",
-            str(self.opts.pace),
-            "--from",
-            _iso(start),
-            "--warmup",
-            str(warmup),
-            "--metrics-port",
-            str(self.ports["feed_metrics"]),
-        ]
+        return ["--file", FEED_FILE, "--pace", str(self.opts.pace), "--from", _iso(start), "--warmup", str(warmup)]
+
+    def _training_history(self) -> None:
+        """Before the live collector starts, when no model serves yet: the bundled history in, so the
+        first model trains as it does on the recorded feed (the collector brings no history)."""
+        if self._run_async(self._serving_model()) is not None:
+            return
+        t0 = time.monotonic()
+        infra = ["--bootstrap", self.bootstrap, "--namespace", ""]
+        out = self._cli("feed", *infra, "--dsn", self.dsn, *self.training_history_args())
+        log.info("training_history_imported", seconds=round(time.monotonic() - t0, 1), report=out.strip())
 
     def objectstore(self) -> Any:
         """The object store's configuration: ports and credentials chosen once per data dir and kept."""
@@ -465,7 +560,11 @@ class Platform:
         t0 = time.monotonic()
         self.supervisor.start_programs(agents)
         log.info("programs_started", programs=agents, seconds=round(time.monotonic() - t0, 2))
-        self._start("feed")
+        if self.opts.live is None:
+            self._start("feed")
+        else:
+            self._training_history()
+            self._start("collect")
         self.write_info()
         log.info("platform_started", programs=len(names), seconds=round(time.time() - self.started_at, 1))
 
@@ -523,6 +622,7 @@ class Platform:
             control_key_id=OPERATOR_KEY_ID,
             control_key_file=str(self.layout.control_key_file),
             broker_storage=self.opts.broker_storage,
+            market=self.market_source,
             started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
             programs={n: int(s["pid"]) for n, s in self.supervisor.states().items()},
             trading_env={
@@ -709,6 +809,7 @@ def banner(p: Platform, serving: str | None) -> str:
             "tradeflow is up" + (f", serving {serving}" if serving else ""),
             f"  dashboard   {p.dashboard_url}  (token in {p.layout.dashboard_token_file})",
             f"  broker      {p.bootstrap}  ({p.opts.broker_storage} storage)",
+            f"  market      {p.market_source}",
             f"  database    {p.dsn}",
             f"  logs        {p.layout.logs}/  (supervisorctl -c {p.layout.run / 'supervisord.conf'} status)",
             "  try, in a second shell:",
@@ -729,6 +830,9 @@ def up(opts: UpOptions) -> int:
     from runtime.exits import EXIT_FAIL, EXIT_OK
 
     t0 = time.monotonic()
+    if opts.live is not None:
+        # the exchange first: offline, `up --live` fails here, before it writes a file or starts a process
+        check_live_market(opts.live)
     layout = Layout(opts.data_dir.resolve()).make()
     with exclusive(layout):
         platform = Platform(opts)

@@ -120,34 +120,34 @@ async def history(
         await ex.close()
 
 
-async def live(
-    *,
-    exchange_id: str,
-    market_type: str,
-    symbols: list[str],
-    timeframes: list[str],
-    bootstrap: str,
-    namespace: str,
-    metrics_port: int = 0,
-) -> None:
-    from agents.market.live import LiveCollector
-
-    cfg = ExchangeConfig(
+def live_config(
+    exchange_id: str, market_type: str, symbols: list[str], timeframes: list[str], api_url: str | None = None
+) -> ExchangeConfig:
+    """The live collector's configuration from command-line values; ``ValueError`` (an
+    ``UnsupportedExchangeError`` among them) names what is wrong."""
+    return ExchangeConfig(
         exchange_id=exchange_id,
         market_type=MarketType(market_type),
         symbols=tuple(symbols),
         timeframes=tuple(Timeframe(t) for t in timeframes),
+        api_url=api_url,
     )
+
+
+async def live(cfg: ExchangeConfig, *, bootstrap: str, namespace: str, metrics_port: int = 0) -> None:
+    """Collect ``cfg``'s symbols live until stopped; ``ExchangeUnreachable`` at once when offline."""
+    from agents.market.live import LiveCollector
+
     ex = make_exchange(cfg, pro=True)
     serve_metrics(metrics_port)  # collector calls, ingest latency, dead letters
-    pub = RecordPublisher(bootstrap, namespace, name=f"live:{exchange_id}")
+    pub = RecordPublisher(bootstrap, namespace, name=f"live:{cfg.exchange_id}")
     try:
         collector = LiveCollector(
             ex,
             cfg,
             pub,
             wall_clock=time.time_ns,
-            on_reject=reject_to_dead_letter(pub, f"live:{exchange_id}", f"exchange:{exchange_id}"),
+            on_reject=reject_to_dead_letter(pub, f"live:{cfg.exchange_id}", f"exchange:{cfg.exchange_id}"),
         )
         await collector.preflight()  # the exchange first: fails fast with ExchangeUnreachable when offline
         await pub.start()

@@ -135,6 +135,9 @@ class FeedOptions:
     pace: float = 1.0  #: bars per wall second of the longest timeframe fed
     start_open_time: int | None = None  #: skip bars opening earlier (a later stored position wins)
     max_bars: int | None = None  #: stop (return) after publishing this many bars in this run
+    #: stop (return) once every bar closing at or before this event time (ns) is published: a one-shot
+    #: import of a stretch of history that a rerun completes and never goes past
+    until: int | None = None
     #: on a fresh feed (no stored position for any stream fed), this many bars of the longest
     #: timeframe go out at once before the pace applies (consumers' warm-up; the features need 73)
     warmup_bars: int = 0
@@ -160,7 +163,7 @@ class FeedReport:
     max_lag_s: float = 0.0
     wall_s: float = 0.0
     exhausted: bool = False
-    stopped_by: str = ""  #: ``stop`` (signal) or ``max_bars``
+    stopped_by: str = ""  #: ``stop`` (signal), ``max_bars`` or ``until``
     resumed_from: dict[StreamKey, int] = field(default_factory=dict)
     positions: dict[StreamKey, int] = field(default_factory=dict)
 
@@ -186,7 +189,8 @@ async def run_feed(
     wall_clock: Callable[[], int] = time.time_ns,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> FeedReport:
-    """Play the files until ``stop`` is set (or ``max_bars`` are out); returns what this run did.
+    """Play the files until ``stop`` is set (or ``max_bars`` are out, or every bar up to ``until``);
+    returns what this run did.
 
     Broker and database errors propagate (the caller exits 3; a restart resumes).
     """
@@ -234,7 +238,11 @@ async def _play(
     FEED_EXHAUSTED.labels(opts.feed).set(0)
     next_progress = t0 + PROGRESS_EVERY_S
     budget = opts.max_bars
+    until = opts.until
     while not stop.is_set():
+        if until is not None and (head is None or head.ts_event > until):
+            rep.stopped_by = "until"
+            break
         if head is None or plan is None:
             _exhausted(opts, rep, monotonic() - t0)
             await stop.wait()
@@ -249,7 +257,12 @@ async def _play(
         now_s = monotonic() - t0
         first_due = max(0.0, plan.due_s(head.ts_event))  # warm-up ticks are due at the start
         batch: list[Bar] = []
-        while head is not None and plan.due_s(head.ts_event) <= now_s and len(batch) < opts.max_batch:
+        while (
+            head is not None
+            and plan.due_s(head.ts_event) <= now_s
+            and len(batch) < opts.max_batch
+            and (until is None or head.ts_event <= until)
+        ):
             room = None if budget is None else budget - len(batch)
             if room is not None and room < len(head.bars):
                 batch.extend(head.bars[:room])  # the rest of this tick goes first in the next run

@@ -306,3 +306,36 @@ async def test_feed_when_the_data_ends_then_exhausted_idles_until_stopped_and_a_
         assert (rep.published, rep.exhausted, rep.stopped_by) == (published, True, "stop")
     got = await read_topic(broker.bootstrap, namespace, "market.bars.raw", Bar, 5)
     assert len(got) == 5 and {b.source for b in got} == {"recorded:five.csv"}
+
+
+async def test_feed_with_until_then_history_up_to_it_a_rerun_completes_it_and_then_publishes_nothing(
+    broker: EmbeddedBroker, namespace: str, dsn: str
+) -> None:
+    """``--until``: a one-shot import of a stretch of history (``tradeflow up --live`` imports the first
+    model's training history so): it exits once every bar closing by then is out, an interrupted
+    run is completed by the next one, and a complete one publishes nothing and exits at once."""
+    until = parse_when(START) + 50 * Timeframe.H1.nanos  # bars opening START .. START+49h close by then
+
+    def opts(max_bars: int | None) -> FeedOptions:
+        return FeedOptions(
+            files=bundled_files([BTC_1H]),
+            bootstrap=broker.bootstrap,
+            dsn=dsn,
+            namespace=namespace,
+            feed="history",
+            pace=1.0,
+            start_open_time=parse_when(START),
+            warmup_bars=500,  # more than the stretch: all of it at once, as `up --live` does
+            max_bars=max_bars,
+            until=until,
+        )
+
+    interrupted = await asyncio.wait_for(run_feed(opts(20), asyncio.Event()), 60)
+    assert (interrupted.published, interrupted.stopped_by) == (20, "max_bars")
+    completed = await asyncio.wait_for(run_feed(opts(None), asyncio.Event()), 60)
+    assert (completed.published, completed.stopped_by, completed.exhausted) == (30, "until", False)
+    assert completed.last_ts_event == until
+    again = await asyncio.wait_for(run_feed(opts(None), asyncio.Event()), 60)
+    assert (again.published, again.stopped_by) == (0, "until")
+    got = await read_topic(broker.bootstrap, namespace, "market.bars.raw", Bar, 50)
+    assert [b.open_time for b in got] == [b.open_time for b in expected_bars([BTC_1H], START)[KEY_1H][:50]]

@@ -111,3 +111,38 @@ def test_factory_when_venue_or_credentials_unknown_then_refused() -> None:
         build_exchange("coinbase", MarketType.SWAP)
     with pytest.raises(ValueError, match="unknown credential keys"):
         build_exchange("binance", MarketType.SPOT, credentials={"api_key": "k"})
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return []
+
+
+async def test_factory_with_an_api_url_then_every_rest_url_goes_there_and_no_websocket() -> None:
+    built = []
+    try:
+        for venue in sorted(VENUES):
+            for market_type in market_types(venue):
+                plain = build_exchange(venue, market_type, pro=True)
+                moved = build_exchange(venue, market_type, pro=True, api_url="http://127.0.0.1:9/")
+                built += [plain, moved]
+                rest = [u for u in _strings(plain.urls["api"]) if u.startswith("http")]
+                rebased = [u for u in _strings(moved.urls["api"]) if u.startswith("http")]
+                assert rest and len(rebased) == len(rest)
+                assert all(u.startswith("http://127.0.0.1:9/") or u == "http://127.0.0.1:9" for u in rebased)
+                # the paths stay the venue's: only the scheme and host change
+                assert sorted(u.split("/", 3)[3:] for u in rebased) == sorted(u.split("/", 3)[3:] for u in rest)
+                assert not moved.has.get("watchTrades") and not moved.has.get("watchOHLCV")  # REST only
+    finally:
+        for exchange in built:
+            exchange.timeout_on_exit = 0
+            await exchange.close()
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:9", "http://127.0.0.1:9/api", "127.0.0.1:9", "http://"])
+def test_factory_when_api_url_is_no_base_url_then_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="must be http"):
+        build_exchange("binance", MarketType.SPOT, api_url=url)

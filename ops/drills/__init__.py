@@ -1,0 +1,1 @@
+"""Drills: real processes broken on purpose, and reports of what was measured (``tradeflow drill``)."""
