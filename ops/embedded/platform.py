@@ -716,9 +716,7 @@ class Platform:
         changes = [
             change
             for name, info in states.items()
-            for change in self.availability.observe(
-                name, info["statename"], int(info["pid"]), now, str(info.get("description", ""))
-            )
+            for change in self.availability.observe(name, info["statename"], int(info["pid"]), now, _why(info))
         ]
         for change in changes:
             self._report(change)
@@ -789,6 +787,13 @@ class Platform:
             self.supervisor.shutdown(order=STOP_ORDER)
             log.info("platform_stopped")
         self.layout.platform_file.unlink(missing_ok=True)
+
+
+def _why(info: Mapping[str, Any]) -> str:
+    """What supervisord knows of why a program is not running (its description of an exit is a date)."""
+    if info["statename"] in ("EXITED", "BACKOFF", "FATAL"):
+        return str(info.get("spawnerr") or f"exit status {info.get('exitstatus')}")
+    return str(info.get("description", ""))
 
 
 class _Stopped:
