@@ -12,14 +12,17 @@
     reported on stderr with its reason and coordinates, never fatal.
 
 ``tradeflow status``
-    One screen of state from PostgreSQL and the broker: broker reachable and
+    One screen of state from PostgreSQL and the broker: when a ``tradeflow up``
+    runs on the data dir, its supervised programs (how many run, each one down
+    with supervisord's state), broker reachable and
     every catalogued topic present, database reachable and its migration
     version, latest portfolio per account, per account the signals in, intents
     out and the top reasons a signal was not traded or an order was denied
     (the trading journal and the risk decisions), kill-switch commands in force
     according to the control audit, current gate results with blockers, model
-    rollout stages, dead letters. Exit 0 when broker and database are up, 3
-    otherwise (the sections that could be read are still printed).
+    rollout stages, dead letters. Exit 0 when broker and database are up (and
+    no supervised object store, broker or PostgreSQL is down), 3 otherwise (the
+    sections that could be read are still printed).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.exits import EXIT_INFRA, EXIT_OK, EXIT_USAGE
+
+#: the supervised programs whose loss makes ``tradeflow status`` exit 3 (as broker and database do)
+INFRA = ("objectstore", "broker", "postgres")
 
 __all__ = ["add_parsers"]
 
@@ -115,11 +121,40 @@ async def _tail(a: argparse.Namespace) -> int:
 
 def cmd_status(a: argparse.Namespace) -> int:
     report = asyncio.run(_status(a.dsn, a.bootstrap, a.namespace))
+    report.update(_programs())
     if a.json:
         print(json.dumps(report, sort_keys=True, default=str))
     else:
         _print_status(report)
-    return EXIT_OK if report["broker"]["up"] and report["database"]["up"] else EXIT_INFRA
+    infra_down = [n for n in report.get("programs_down", {}) if n in INFRA]
+    return EXIT_OK if report["broker"]["up"] and report["database"]["up"] and not infra_down else EXIT_INFRA
+
+
+def _programs() -> dict[str, Any]:
+    """The supervised programs of a ``tradeflow up`` running on the data dir (none: an empty dict)."""
+    from pathlib import Path
+
+    from ops.embedded.platform import Layout, live_platform
+    from ops.embedded.supervisor import SupervisorError, program_states
+    from runtime.env import env_str
+
+    layout = Layout(Path(env_str("TRADEFLOW_DATA_DIR", "var")))
+    info = live_platform(layout.data_dir)
+    if info is None:
+        return {}
+    outages = {"outages": info.get("outages", [])}
+    try:
+        states = program_states(layout.run)
+    except SupervisorError as exc:
+        return {"programs": {}, "programs_down": {}, "programs_error": str(exc), **outages}
+    return {
+        **outages,
+        "programs": {n: s["statename"] for n, s in sorted(states.items())},
+        "programs_down": {
+            n: f"{s['statename']}: {s['description']}" for n, s in sorted(states.items()) if s["statename"] != "RUNNING"
+        },
+        "supervisor_conf": str(layout.run / "supervisord.conf"),
+    }
 
 
 async def _status(dsn: str, bootstrap: str, namespace: str) -> dict[str, Any]:
@@ -163,6 +198,17 @@ async def _status(dsn: str, bootstrap: str, namespace: str) -> dict[str, Any]:
 
 
 def _print_status(r: dict[str, Any]) -> None:
+    if "programs" in r:
+        running = sum(1 for state in r["programs"].values() if state == "RUNNING")
+        down = "".join(f"\n          DOWN {n} ({why})" for n, why in r["programs_down"].items())
+        print(
+            f"programs  {running} of {len(r['programs'])} RUNNING"
+            + (f"  ({r['programs_error']})" if r.get("programs_error") else "")
+            + down
+        )
+        for o in r.get("outages", [])[-5:]:
+            back = f"back at {o['back_at']} after {o['down_s']} s" if o["back_at"] else "STILL DOWN"
+            print(f"outage    {o['program']} down at {o['down_at']} ({o['state']}), {back}")
     b = r["broker"]
     print(
         f"broker    {'UP' if b['up'] else 'DOWN'} {b['bootstrap']}"

@@ -27,10 +27,10 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -39,9 +39,19 @@ from runtime.errors import BadInput
 if TYPE_CHECKING:
     from agents.market.exchanges import ExchangeConfig
 
-__all__ = ["AlreadyRunning", "Layout", "LiveMarket", "UpOptions", "check_live_market", "running_platform"]
+__all__ = [
+    "AlreadyRunning",
+    "Layout",
+    "LiveMarket",
+    "UpOptions",
+    "check_live_market",
+    "live_platform",
+    "running_platform",
+]
 
 log = structlog.get_logger("ops.embedded.platform")
+
+T = TypeVar("T")
 
 #: key id of the operator's control key generated per data dir
 OPERATOR_KEY_ID = "operator"
@@ -220,6 +230,12 @@ def running_platform(data_dir: Path) -> dict[str, Any] | None:
     return data
 
 
+def live_platform(data_dir: Path) -> dict[str, Any] | None:
+    """:func:`running_platform` when its ``tradeflow up`` is alive (a file left by one that was killed: None)."""
+    info = running_platform(data_dir)
+    return info if info and _alive(int(info.get("pid", 0))) else None
+
+
 @dataclass
 class PlatformInfo:
     """``run/platform.json``: how every ``tradeflow`` command finds the running platform."""
@@ -240,6 +256,9 @@ class PlatformInfo:
     programs: dict[str, int] = field(default_factory=dict)
     #: the trading agent's configuration variables, so ``tradeflow audit`` rebuilds the config that traded
     trading_env: dict[str, str] = field(default_factory=dict)
+    #: the latest programs that went down while running (newest last): program, state, down_at, back_at
+    #: (UTC ISO; None while down), down_s; ``tradeflow status`` prints them
+    outages: list[dict[str, Any]] = field(default_factory=list)
 
     def write(self, layout: Layout) -> None:
         tmp = layout.platform_file.with_suffix(".tmp")
@@ -250,8 +269,8 @@ class PlatformInfo:
 def cli_env_from_platform(environ: Mapping[str, str], data_dir: Path) -> dict[str, str]:
     """Environment defaults a ``tradeflow`` command takes from the running platform (flags and the
     environment still override): bootstrap, DSN, namespace, the operator's control key."""
-    info = running_platform(data_dir)
-    if not info or not _alive(int(info.get("pid", 0))):
+    info = live_platform(data_dir)
+    if info is None:
         return {}
     out = {
         **info.get("trading_env", {}),
@@ -314,6 +333,20 @@ PORTS = (
     "gates_metrics",
     "feed_metrics",
 )
+#: the infrastructure programs, and which of them each program needs (a program not named: all of them)
+INFRA = ("objectstore", "broker", "postgres")
+NEEDS = {"objectstore": (), "broker": ("objectstore",), "postgres": ()}
+#: a crash of a program within this long after something it needs came back is blamed on that outage
+#: (reconnecting clients, a restart waiting in supervisord's backoff), not counted toward a crash loop
+OUTAGE_GRACE_S = 60.0
+#: outages kept in ``platform.json`` (the logs keep every one)
+OUTAGES_KEPT = 20
+
+
+def needs(program: str) -> tuple[str, ...]:
+    return NEEDS.get(program, INFRA)
+
+
 TRADED_SYMBOL = "BTC/USDT"
 #: The paper account's strategy thresholds (the environment overrides them; a signed ``set-limit
 #: strategy.<name>`` changes them at runtime): the bootstrap model is small, |score| p90 ~0.07, so the
@@ -343,11 +376,14 @@ class Platform:
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.ports['postgres']}/tradeflow"
         ensure_secret(self.layout.control_key_file)
         ensure_secret(self.layout.dashboard_token_file)
-        from ops.embedded.supervisor import CrashWatch
+        from ops.embedded.supervisor import Availability, CrashWatch
 
         self.supervisor: Any = None
         self._objectstore: Any = None
         self.crashes = CrashWatch()
+        self.availability = Availability()
+        #: what ``platform.json`` keeps of the outages seen (see :meth:`_report`)
+        self.outages: list[dict[str, Any]] = []
         #: signals received (Ctrl-C, SIGTERM) and the end of ``--for`` (monotonic), set by :func:`up`
         self.stop_requested: list[int] = []
         self.until: float | None = None
@@ -630,6 +666,7 @@ class Platform:
                 for k, v in {**os.environ, **self.env()}.items()
                 if k.startswith(("TRADEFLOW_TRADING_", "TRADEFLOW_STRATEGY_"))
             },
+            outages=list(self.outages),
         ).write(self.layout)
 
     @property
@@ -638,17 +675,38 @@ class Platform:
 
     # -- a model to serve ----------------------------------------------------------------------------
 
-    async def _serving_model(self) -> str | None:
-        """``model_id@version`` of a version in an active stage, else None."""
+    async def _db(self, query: Callable[[Any], Awaitable[T]]) -> T | _Stopped:
+        """``query(conn)`` on a fresh connection. While PostgreSQL is unreachable (supervisord restarting
+        it after a crash) it is retried every second, loudly; :data:`STOPPED` at a stop signal."""
         import asyncpg
 
+        attempt = 0
+        while True:
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=10)
+                try:
+                    return await query(conn)
+                finally:
+                    await conn.close()
+            except (
+                OSError,
+                TimeoutError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.OperatorInterventionError,
+                asyncpg.InterfaceError,
+            ) as exc:
+                attempt += 1
+                log.error("database_unreachable", dsn=self.dsn, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+                if not await self._pause(1.0):
+                    return STOPPED
+
+    async def _serving_model(self) -> str | _Stopped | None:
+        """``model_id@version`` of a version in an active stage, else None."""
         from storage import registry
 
-        conn = await asyncpg.connect(self.dsn, timeout=10)
-        try:
-            rows = await registry.current_stages(conn, MODEL_ID)
-        finally:
-            await conn.close()
+        rows = await self._db(lambda conn: registry.current_stages(conn, MODEL_ID))
+        if isinstance(rows, _Stopped):
+            return rows
         active = [r for r in rows if r["stage"] in ("active", "canary_30", "canary_10")]
         return f"{active[-1]['model_id']}@{active[-1]['version']}" if active else None
 
@@ -664,8 +722,10 @@ class Platform:
     async def _model_bootstrap(self, timeout_s: float = 600.0) -> str | None:
         """Train through ``jobs.train`` once the feed's history is in, then promote by a signed command.
         None when a stop signal or the end of ``--for`` came first."""
-        import asyncpg
+        serving = await self._bootstrap_model(timeout_s)
+        return None if isinstance(serving, _Stopped) else serving
 
+    async def _bootstrap_model(self, timeout_s: float) -> str | _Stopped | None:
         from agents.features.spec import FEATURE_SET_VERSION
         from storage import registry
         from storage.features import last_open_time
@@ -677,11 +737,9 @@ class Platform:
         live_from = parse_when(self.opts.live_from)
         deadline = time.monotonic() + timeout_s
         while True:  # the feed publishes the history before live_from first, at full speed
-            conn = await asyncpg.connect(self.dsn, timeout=10)
-            try:
-                last = await last_open_time(conn, TRADED_SYMBOL, Timeframe.H1, FEATURE_SET_VERSION)
-            finally:
-                await conn.close()
+            last = await self._db(lambda conn: last_open_time(conn, TRADED_SYMBOL, Timeframe.H1, FEATURE_SET_VERSION))
+            if isinstance(last, _Stopped):
+                return last
             if last is not None and last >= live_from - NS_PER_HOUR:
                 break
             if time.monotonic() > deadline:
@@ -708,11 +766,9 @@ class Platform:
         log.info("model_training_submitted", job_id=job_id, start=self.opts.train_from, end=self.opts.live_from)
         version = None
         while version is None:
-            conn = await asyncpg.connect(self.dsn, timeout=10)
-            try:
-                rows = await registry.current_stages(conn, MODEL_ID)
-            finally:
-                await conn.close()
+            rows = await self._db(lambda conn: registry.current_stages(conn, MODEL_ID))
+            if isinstance(rows, _Stopped):
+                return rows
             version = rows[-1]["version"] if rows else None
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no model registered for job {job_id} within {timeout_s:.0f} s")
@@ -758,14 +814,63 @@ class Platform:
     # -- run, watch, stop ----------------------------------------------------------------------------
 
     def check(self) -> None:
-        """One look at every program: raise :class:`CrashLoop` when one keeps crashing."""
+        """One look at every program: log each one that goes down and comes back (loudly: a person
+        watching ``tradeflow up`` sees it), start again one that supervisord gave up on while something
+        it needs was down, and raise :class:`CrashLoop` when one keeps crashing on its own."""
         from ops.embedded.supervisor import CrashLoop
 
         now = time.monotonic()
-        for name, info in self.supervisor.states().items():
-            reason = self.crashes.observe(name, info["statename"], int(info["pid"]), now)
+        states = self.supervisor.states()
+        changes = [
+            change
+            for name, info in states.items()
+            for change in self.availability.observe(name, info["statename"], int(info["pid"]), now, _why(info))
+        ]
+        for change in changes:
+            self._report(change)
+        if changes and self.layout.platform_file.exists():
+            self.write_info()  # the new pids, and the outage for `tradeflow status`
+        down = self.availability.down()
+        for name, info in states.items():
+            state = info["statename"]
+            outage = self.availability.disturbed(needs(name), now, OUTAGE_GRACE_S)
+            reason = self.crashes.observe(name, state, int(info["pid"]), now, excused=bool(outage))
             if reason is not None:
                 raise CrashLoop(name, reason, self.supervisor.tail(name))
+            if state == "FATAL" and not any(n in down for n in needs(name)):
+                # supervisord gave up while what it needs was down (excused above): that is back now
+                log.warning("program_started_again", program=name, after_outage_of=outage)
+                self.supervisor.start_program(name, wait=False)
+
+    def _report(self, change: Any) -> None:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if change.up:
+            for o in reversed(self.outages):
+                if o["program"] == change.program and o["back_at"] is None:
+                    o.update(back_at=at, down_s=round(change.down_s, 1))
+                    break
+        else:
+            self.outages = [
+                *self.outages[-(OUTAGES_KEPT - 1) :],
+                {"program": change.program, "state": change.state, "down_at": at, "back_at": None, "down_s": None},
+            ]
+        if change.up:
+            log.warning(
+                "program_back",
+                program=change.program,
+                pid=change.pid,
+                down_s=round(change.down_s, 1),
+                restarts=self.crashes.restarts.get(change.program, 0),
+            )
+        else:
+            log.error(
+                "program_down",
+                program=change.program,
+                state=change.state,
+                description=change.description,
+                needed_by=[n for n in self.supervisor.programs if change.program in needs(n)],
+                action="supervisord restarts it",
+            )
 
     def watch(self) -> None:
         """Poll the programs until a stop signal or the end of ``--for``."""
@@ -790,6 +895,20 @@ class Platform:
             self.supervisor.shutdown(order=STOP_ORDER)
             log.info("platform_stopped")
         self.layout.platform_file.unlink(missing_ok=True)
+
+
+def _why(info: Mapping[str, Any]) -> str:
+    """What supervisord knows of why a program is not running (its description of an exit is a date)."""
+    if info["statename"] in ("EXITED", "BACKOFF", "FATAL"):
+        return str(info.get("spawnerr") or f"exit status {info.get('exitstatus')}")
+    return str(info.get("description", ""))
+
+
+class _Stopped:
+    """What :meth:`Platform._db` returns at a stop signal or the end of ``--for`` (the caller gives up)."""
+
+
+STOPPED = _Stopped()
 
 
 def _iso(ns: int) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,17 @@ from typing import Any
 
 from runtime.errors import NeedsOperator
 
-__all__ = ["CrashLoop", "CrashWatch", "Program", "Supervisor", "SupervisorError", "render_conf"]
+__all__ = [
+    "Availability",
+    "Change",
+    "CrashLoop",
+    "CrashWatch",
+    "Program",
+    "Supervisor",
+    "SupervisorError",
+    "program_states",
+    "render_conf",
+]
 
 
 class SupervisorError(NeedsOperator, RuntimeError):
@@ -119,7 +130,10 @@ class CrashWatch:
 
     Pure: fed polled (program, state name, pid, now) snapshots. One crash is an exit seen as
     ``EXITED``/``BACKOFF``, or a new pid of a running program whose exit fell between two polls;
-    ``FATAL`` (supervisord gave up on starting it) is a loop at once.
+    ``FATAL`` (supervisord gave up on starting it) is a loop at once. A crash observed with
+    ``excused`` (the caller knows a program it needs was down: a database or broker outage) is
+    counted in :attr:`restarts` but not toward a loop, and an excused ``FATAL`` is no loop: the
+    caller starts the program again once what it needs is back.
     """
 
     def __init__(self, max_crashes: int = 5, window_s: float = 300.0) -> None:
@@ -130,8 +144,11 @@ class CrashWatch:
         self._crashes: dict[str, deque[float]] = {}
         self.restarts: dict[str, int] = {}
 
-    def observe(self, program: str, state: str, pid: int, now: float) -> str | None:
+    def observe(self, program: str, state: str, pid: int, now: float, *, excused: bool = False) -> str | None:
         if state == "FATAL":
+            if excused:
+                self._down[program] = True
+                return None
             return "could not be started (supervisord gave up after its start retries)"
         crashed = False
         if state in ("EXITED", "BACKOFF"):
@@ -147,14 +164,111 @@ class CrashWatch:
             self._down[program] = False
         if not crashed:
             return None
+        self.restarts[program] = self.restarts.get(program, 0) + 1
+        if excused:
+            return None
         times = self._crashes.setdefault(program, deque())
         times.append(now)
-        self.restarts[program] = self.restarts.get(program, 0) + 1
         while times and now - times[0] > self.window_s:
             times.popleft()
         if len(times) >= self.max_crashes:
             return f"crashed {len(times)} times within {self.window_s:.0f} s"
         return None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A supervised program went down (``up`` False) or is running again (``up`` True, after ``down_s``)."""
+
+    program: str
+    up: bool
+    state: str
+    pid: int
+    down_s: float = 0.0
+    #: supervisord's description of the state (``exit status 1``, ``Exited too quickly``, ...)
+    description: str = ""
+
+
+class Availability:
+    """Which supervised programs are down, since when; ``observe`` returns what changed.
+
+    Pure: fed the same polled snapshots as :class:`CrashWatch`. A program that has run goes down
+    when it leaves ``RUNNING`` other than by a deliberate stop (``STOPPING``/``STOPPED``: not a
+    fault, not reported), and is back at its next ``RUNNING``. A new pid of a running program (its
+    exit and restart fell between two polls) is reported as down and back at once.
+    """
+
+    def __init__(self) -> None:
+        self._pid: dict[str, int] = {}
+        self._down_since: dict[str, float] = {}
+        self._back_at: dict[str, float] = {}
+
+    def observe(self, program: str, state: str, pid: int, now: float, description: str = "") -> list[Change]:
+        if state == "RUNNING":
+            last = self._pid.get(program)
+            self._pid[program] = pid
+            if program in self._down_since:
+                self._back_at[program] = now
+                return [Change(program, True, state, pid, now - self._down_since.pop(program), description)]
+            if last is not None and last != pid:
+                self._back_at[program] = now
+                return [
+                    Change(program, False, "EXITED", last, description="exited and restarted between two looks"),
+                    Change(program, True, state, pid, 0.0, description),
+                ]
+            return []
+        if state in ("STOPPING", "STOPPED"):
+            self._pid.pop(program, None)
+            self._down_since.pop(program, None)
+            return []
+        if program in self._pid and program not in self._down_since:
+            self._down_since[program] = now
+            return [Change(program, False, state, pid, description=description)]
+        return []
+
+    def down(self) -> dict[str, float]:
+        """Program -> when it went down, for every program down now."""
+        return dict(self._down_since)
+
+    def disturbed(self, programs: Sequence[str], now: float, grace_s: float) -> list[str]:
+        """Those of ``programs`` down now or back for less than ``grace_s`` (their dependants may still be
+        failing on the outage: reconnecting, or crashed and waiting for their restart)."""
+        return [
+            p for p in programs if p in self._down_since or (p in self._back_at and now - self._back_at[p] < grace_s)
+        ]
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout_s: float) -> None:
+        super().__init__("localhost", timeout=timeout_s)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path: str, timeout_s: float) -> None:
+        super().__init__()
+        self._path, self._timeout_s = path, timeout_s
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        return _UnixConnection(self._path, self._timeout_s)
+
+
+def program_states(run_dir: Path, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
+    """What the running platform's supervisord says of each program (``statename``, ``pid``,
+    ``description``, ...), for a second shell (``tradeflow status``). Raises :class:`SupervisorError`
+    when no supervisord answers on ``run_dir``'s socket."""
+    sock = run_dir / "supervisor.sock"
+    rpc: Any = xmlrpc.client.ServerProxy("http://localhost", transport=_UnixTransport(str(sock), timeout_s))
+    try:
+        return {p["name"]: p for p in rpc.supervisor.getAllProcessInfo()}
+    except (OSError, http.client.HTTPException, xmlrpc.client.Error) as exc:
+        raise SupervisorError(f"no supervisord answers on {sock}: {type(exc).__name__}: {exc}") from None
 
 
 class Supervisor:
@@ -213,10 +327,10 @@ class Supervisor:
             raise SupervisorError("supervisord not started")
         return self._rpc
 
-    def start_program(self, name: str) -> None:
-        """Start ``name`` and wait until it has run for its ``startsecs`` (supervisord's RUNNING)."""
+    def start_program(self, name: str, *, wait: bool = True) -> None:
+        """Start ``name`` and (``wait``) wait until it has run for its ``startsecs`` (supervisord's RUNNING)."""
         try:
-            self.rpc.supervisor.startProcess(name, True)
+            self.rpc.supervisor.startProcess(name, wait)
         except xmlrpc.client.Fault as exc:
             if "ALREADY_STARTED" not in exc.faultString:
                 raise SupervisorError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ops.embedded.supervisor import CrashWatch, Program, render_conf
+from ops.embedded.supervisor import Availability, Change, CrashWatch, Program, render_conf
 
 
 def test_one_crash_then_counted_once_whether_seen_as_exit_or_as_new_pid() -> None:
@@ -42,6 +42,48 @@ def test_fatal_then_loop_at_once_and_deliberate_stop_then_no_crash() -> None:
     w.observe("market", "STOPPED", 0, 1.0)
     assert w.observe("market", "RUNNING", 8, 2.0) is None
     assert w.restarts == {}
+
+
+def test_crashes_during_an_outage_then_counted_as_restarts_but_no_loop() -> None:
+    w = CrashWatch(max_crashes=2, window_s=60)
+    w.observe("trading", "RUNNING", 1, 0.0)
+    for i, t in enumerate((1.0, 3.0, 6.0), start=2):
+        w.observe("trading", "BACKOFF", 0, t, excused=True)
+        assert w.observe("trading", "STARTING", i, t + 0.5, excused=True) is None
+    assert w.observe("trading", "FATAL", 0, 10.0, excused=True) is None  # the caller starts it again
+    assert w.restarts == {"trading": 3}
+    w.observe("trading", "RUNNING", 9, 20.0)
+    w.observe("trading", "EXITED", 0, 30.0)  # on its own: counted
+    w.observe("trading", "RUNNING", 10, 31.0)
+    assert w.observe("trading", "RUNNING", 11, 32.0) == "crashed 2 times within 60 s"
+    assert w.observe("feed", "FATAL", 0, 33.0) is not None  # not excused: a loop at once
+
+
+def test_program_down_then_reported_once_and_back_with_its_downtime() -> None:
+    a = Availability()
+    assert a.observe("postgres", "STARTING", 5, 0.0) == []  # first start: not a fault
+    assert a.observe("postgres", "RUNNING", 5, 2.0) == []
+    assert a.observe("postgres", "BACKOFF", 0, 10.0, "Exited too quickly") == [
+        Change("postgres", False, "BACKOFF", 0, 0.0, "Exited too quickly")
+    ]
+    assert a.observe("postgres", "STARTING", 6, 11.0) == []  # still the same outage
+    assert a.down() == {"postgres": 10.0}
+    assert a.disturbed(["postgres", "broker"], 11.0, grace_s=30) == ["postgres"]
+    assert a.observe("postgres", "RUNNING", 6, 14.5) == [Change("postgres", True, "RUNNING", 6, 4.5)]
+    assert a.down() == {}
+    assert a.disturbed(["postgres"], 40.0, grace_s=30) == ["postgres"]  # dependants still recovering
+    assert a.disturbed(["postgres"], 45.0, grace_s=30) == []
+
+
+def test_restart_between_two_looks_then_down_and_back_and_deliberate_stop_then_nothing() -> None:
+    a = Availability()
+    a.observe("market", "RUNNING", 7, 0.0)
+    changes = a.observe("market", "RUNNING", 8, 1.0)
+    assert [(c.up, c.pid) for c in changes] == [(False, 7), (True, 8)]
+    assert a.observe("market", "STOPPING", 8, 2.0) == []
+    assert a.observe("market", "STOPPED", 0, 3.0) == []
+    assert a.observe("market", "STARTING", 9, 4.0) == []  # started again on purpose
+    assert a.observe("market", "RUNNING", 9, 5.0) == []
 
 
 def test_conf_when_rendered_then_argv_survives_supervisord_parsing(tmp_path: Path) -> None:

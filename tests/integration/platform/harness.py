@@ -46,7 +46,9 @@ class Up:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while "tradeflow is up" not in self.output()[self.mark :]:
             assert self.proc.poll() is None, f"tradeflow up exited {self.proc.returncode}:\n{self.output()[-4000:]}"
-            assert time.monotonic() < deadline, f"not up within {READY_TIMEOUT_S} s:\n{self.output()[-4000:]}"
+            if time.monotonic() > deadline:
+                self.stop()  # leave no platform behind that no test will stop
+                raise AssertionError(f"not up within {READY_TIMEOUT_S} s:\n{self.output()[-4000:]}")
             time.sleep(0.5)
         return self
 
