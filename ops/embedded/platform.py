@@ -534,7 +534,7 @@ class Platform:
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://{self.opts.web_host}:{self.ports['dashboard']}/"
+        return f"http://{self.opts.web_host}:{self.ports['dashboard']}/dashboard"
 
     # -- a model to serve ----------------------------------------------------------------------------
 
@@ -707,7 +707,7 @@ def banner(p: Platform, serving: str | None) -> str:
         [
             "",
             "tradeflow is up" + (f", serving {serving}" if serving else ""),
-            f"  dashboard   {p.dashboard_url}  (token in {p.layout.dashboard_token_file})",
+            f"  dashboard   {p.dashboard_url}?token=<the token in {p.layout.dashboard_token_file}>",
             f"  broker      {p.bootstrap}  ({p.opts.broker_storage} storage)",
             f"  database    {p.dsn}",
             f"  logs        {p.layout.logs}/  (supervisorctl -c {p.layout.run / 'supervisord.conf'} status)",
