@@ -362,6 +362,7 @@ class DashboardState:
             self.wall_now_ns = a.ts_init
         row = {
             "ts_ns": a.ts_init,
+            "control_event_id": a.control_event_id,
             "component": a.component,
             "command": a.command,
             "scope": a.scope,
@@ -424,7 +425,8 @@ class DashboardState:
         self._rollout_recent.appendleft(row)
         key = (d.model_id, d.symbol or "*")
         old = self._rollouts.get(key)
-        if old is None or (old.ts_event, old.event_id) <= (d.ts_event, d.event_id):
+        # the steps of one ``--to`` promote share their time: the one published last (the top stage) wins
+        if old is None or old.ts_event <= d.ts_event:
             self._rollouts[key] = d
         return True
 

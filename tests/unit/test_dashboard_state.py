@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ def rollout(
         actor="operator:alice",
         reason=f"applied: {action.value}",
         restored_version=None,
-        cause_event_id=f"ce-{ts}",
+        cause_event_id=f"ce-{ts}-{to_stage.value}",
     )
 
 
@@ -376,7 +377,9 @@ def test_rejected_control_commands_listed_apart_and_change_nothing() -> None:
     r = st.view(T0)["risk"]
     assert r["kill_switches"] == []
     assert r["control_rejected"] == 1
-    assert [(c["reason"], c["key_id"]) for c in r["control_rejected_recent"]] == [("unknown_key", "ops1")]
+    assert [(c["reason"], c["key_id"], c["control_event_id"]) for c in r["control_rejected_recent"]] == [
+        ("unknown_key", "ops1", "ce-n9")
+    ]
     assert [c["outcome"] for c in r["control"]] == ["accepted", "rejected"]
 
 
@@ -390,6 +393,11 @@ def test_serving_models_and_latest_rollout_decision() -> None:
         ("1", "active", 1.0),
         ("2", "canary_10", 0.1),
     ]
+    # one `--to active` command: a decision per stage, all stamped alike, published in ladder order
+    ladder = (ModelStage.REGISTERED, ModelStage.SHADOW, ModelStage.CANARY_10, ModelStage.CANARY_30, ModelStage.ACTIVE)
+    for a, b in itertools.pairwise(ladder):
+        st.apply(rollout(T0 + H + 1, "3", a, b, RolloutAction.MANUAL_PROMOTE))
+    assert [(d["version"], d["to_stage"]) for d in st.view(T0)["rollouts"]] == [("3", "active")]
     st.apply(model(T0 + 2 * H, "2", ModelStage.ROLLED_BACK))
     st.apply(rollout(T0 + 2 * H, "2", ModelStage.CANARY_10, ModelStage.ROLLED_BACK, RolloutAction.MANUAL_ROLLBACK))
     v = st.view(T0)
@@ -397,7 +405,7 @@ def test_serving_models_and_latest_rollout_decision() -> None:
     assert [(d["version"], d["to_stage"], d["action"]) for d in v["rollouts"]] == [
         ("2", "rolled_back", "manual_rollback")
     ]
-    assert [d["action"] for d in v["rollout_recent"]] == ["manual_rollback", "manual_promote"]
+    assert [d["action"] for d in v["rollout_recent"]][:2] == ["manual_rollback", "manual_promote"]
 
 
 def test_trading_flow_from_the_journal_kept_when_a_read_fails() -> None:

@@ -20,6 +20,8 @@
     if (v === null || v === undefined) return "n/a";
     return Number(v).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
   }
+  // the first 12 hex digits of a control event id (`tradeflow control` prints the whole id)
+  function shortId(id) { return id ? String(id).slice(0, 12) : ""; }
   function pct(v) { return v === null || v === undefined ? "n/a" : (v * 100).toFixed(2) + "%"; }
   function ts(ns) {
     if (ns === null || ns === undefined) return "n/a";
@@ -177,16 +179,17 @@
       s.expires_at_ns === null ? "until released" : ts(s.expires_at_ns)])), "none engaged", 5);
     fill("#risk-recent tbody", r.recent.map(d => row([ts(d.ts_ns), d.symbol, badge(d.verdict), { text: d.reasons.join(", "), cls: "wrap" }])), "none", 4);
     document.getElementById("rejected-total").textContent = String(r.control_rejected);
-    fill("#control-rejected tbody", r.control_rejected_recent.map(c => row([ts(c.ts_ns), c.component, c.command + " " + c.scope + ":" + c.target,
-      c.key_id + " / " + c.operator, { text: c.reason + (c.detail ? " (" + c.detail + ")" : ""), cls: "wrap bad-text" }])), "none", 5);
+    fill("#control-rejected tbody", r.control_rejected_recent.map(c => row([ts(c.ts_ns), shortId(c.control_event_id), c.component,
+      c.command + " " + c.scope + ":" + c.target, c.key_id + " / " + c.operator,
+      { text: c.reason + (c.detail ? " (" + c.detail + ")" : ""), cls: "wrap bad-text" }])), "none", 6);
     const halt = document.getElementById("halt");
     if (r.kill_switches.length) {
       halt.textContent = "HALTED: " + r.kill_switches.map(s => s.scope + ":" + s.target + " (" + s.set_by + ")").join(", ");
       halt.className = "badge bad";
     } else { halt.textContent = "no kill switch engaged"; halt.className = "badge ok"; }
-    fill("#control-audit tbody", r.control.map(c => row([ts(c.ts_ns), c.command, c.scope + ":" + c.target, c.operator, badge(c.outcome),
-      { text: c.reason + (c.detail ? " (" + c.detail + ")" : "") + (c.changes.length ? ": " + c.changes.join("; ") : ""), cls: "wrap" }])), "none", 6);
-    fill("#alerts tbody", r.alerts.map(a => row([ts(a.ts_ns), badge(a.severity), a.code, { text: a.message, cls: "wrap" }])), "none", 4);
+    fill("#control-audit tbody", r.control.map(c => row([ts(c.ts_ns), shortId(c.control_event_id), c.component, c.command, c.scope + ":" + c.target, c.operator, badge(c.outcome),
+      { text: c.reason + (c.detail ? " (" + c.detail + ")" : "") + (c.changes.length ? ": " + c.changes.join("; ") : ""), cls: "wrap" }])), "none", 8);
+    fill("#alerts tbody", r.alerts.slice(0, 10).map(a => row([ts(a.ts_ns), badge(a.severity), a.code, { text: a.message, cls: "wrap" }])), "none", 4);
   }
 
   function renderGates(list) {
