@@ -322,6 +322,7 @@ class Platform:
         }
 
     def programs(self) -> list[Any]:
+        from agents.strategy.config import StrategyConfig
         from ops.embedded.broker import tansu_binary
         from ops.embedded.supervisor import Program
         from ops.embedded.workers import cli_argv
@@ -397,6 +398,10 @@ class Platform:
                     *infra,
                     "--dsn",
                     self.dsn,
+                    # the paper account's track, with or without backtest runs: its gates are on the
+                    # dashboard from the start (insufficient observation until there is evidence)
+                    "--track",
+                    StrategyConfig().track,
                     "--every",
                     "15m",
                     "--metrics-port",
