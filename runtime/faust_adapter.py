@@ -24,21 +24,26 @@ from typing import Any
 
 __all__ = ["after_every_seek", "seek", "send"]
 
-_HOOKED = "_tradeflow_seek_hooked"
+_HOOKS = "_tradeflow_seek_hooks"
 
 
 def after_every_seek(consumer: Any, hook: Callable[[Any], Awaitable[None]]) -> None:
-    """Run ``hook(consumer)`` right after each of faust's own seeks (installed once per consumer)."""
-    if getattr(consumer, _HOOKED, False):
-        return
-    original = consumer.perform_seek
+    """Run ``hook(consumer)`` right after each of faust's own seeks. Idempotent per (consumer, hook);
+    the hooks of several agents sharing a worker's consumer run in the order they were added."""
+    hooks: list[Callable[[Any], Awaitable[None]]] | None = getattr(consumer, _HOOKS, None)
+    if hooks is None:
+        hooks = []
+        original = consumer.perform_seek
 
-    async def perform_seek() -> None:
-        await original()
-        await hook(consumer)
+        async def perform_seek() -> None:
+            await original()
+            for h in list(hooks):
+                await h(consumer)
 
-    consumer.perform_seek = perform_seek
-    setattr(consumer, _HOOKED, True)
+        consumer.perform_seek = perform_seek
+        setattr(consumer, _HOOKS, hooks)
+    if hook not in hooks:
+        hooks.append(hook)
 
 
 async def seek(consumer: Any, tp: Any, offset: int) -> None:

@@ -9,10 +9,12 @@ every ``TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS``).
 Thin: decode (or dead-letter), fold into :class:`~ops.dashboard.state.DashboardState`,
 mark dirty. A separate task serializes the snapshot once and hands the bytes to
 :class:`~ops.dashboard.hub.SseHub`, which never blocks (a slow client is dropped and
-counted). Read-only: operators use the signed ``tradeflow control`` commands. With
-``TRADEFLOW_DASHBOARD_TOKEN`` (or ``TRADEFLOW_DASHBOARD_TOKEN_FILE``) every route needs the
-token (constant-time compare, 401 otherwise); it is never logged. The view is in memory: a
-restarted worker shows only what arrives after its committed offsets.
+counted). Another probes the database every ``DB_PROBE_S`` and reads what became of the
+signals from the trading agent's journal (:func:`storage.status.trading_flow`, the rows of
+``tradeflow status``). Read-only: operators use the signed ``tradeflow control`` commands.
+With ``TRADEFLOW_DASHBOARD_TOKEN`` (or ``TRADEFLOW_DASHBOARD_TOKEN_FILE``) every route needs
+the token (constant-time compare, 401 otherwise); it is never logged. The view is in memory
+and commits no offsets: every start rebuilds it from the beginning of the retained topics.
 
 Design: docs/dashboard.md#dashboard-agent
 """
@@ -35,6 +37,7 @@ from prometheus_client import REGISTRY
 
 from ops.dashboard.hub import SseHub, sse_frame
 from ops.dashboard.state import TOPICS, DashboardState
+from runtime import faust_adapter
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
 from runtime.env import ConfigError, env_float, env_int, read_secret
 from runtime.exits import EXIT_CONFIG
@@ -48,11 +51,21 @@ log = structlog.get_logger("ops.dashboard")
 NAME = "dashboard"
 BATCH_MAX = 500
 BATCH_WAIT_S = 0.005
-DB_PROBE_S = 5.0
+#: the database probe, and the read of what became of the signals (``tradeflow status``'s rows)
+DB_PROBE_S = 2.0
 DB_TIMEOUT_S = 1.0
+FLOW_TIMEOUT_S = 10.0
+FLOW_MAX_SHARE = 0.2
+FLOW_TOP = 5
 KEEPALIVE_S = 15.0
 TOKEN_ENV = "TRADEFLOW_DASHBOARD_TOKEN"  # noqa: S105 - the variable's name, not a secret
 STATIC = Path(__file__).resolve().parent / "static"
+UNAUTHORIZED_PAGE = (
+    "<!doctype html><html lang=en><head><meta charset=utf-8><title>tradeflow: token needed</title></head>"
+    "<body><h1>401: this dashboard needs its token</h1><p>Open this address with <code>?token=</code> and the "
+    "contents of the token file (<code>tradeflow up</code> prints its path; by default "
+    "<code>var/secrets/dashboard.token</code>).</p></body></html>"
+)
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -160,6 +173,16 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             headers={**SECURITY_HEADERS, "WWW-Authenticate": 'Bearer realm="tradeflow"'},
         )
 
+    def refuse_page() -> web.Response:
+        # a person opened the URL without its token: say where the token is, in a page
+        return web.Response(
+            text=UNAUTHORIZED_PAGE,
+            status=401,
+            content_type="text/html",
+            charset="utf-8",
+            headers={**SECURITY_HEADERS, "WWW-Authenticate": 'Bearer realm="tradeflow"'},
+        )
+
     def allowed(request: Any) -> bool:
         return authorized(settings.token, request.headers, request.query)
 
@@ -178,7 +201,23 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         for name, n in lag.items():
             state.set_lag(name, n)
 
-    @app.agent(app.topic(*topics), name=NAME)  # type: ignore[untyped-decorator]
+    async def resume_where_the_view_is(consumer: Any) -> None:
+        # after each of faust's seeks: a partition this process has read goes on from the view's own
+        # position (never twice into the counters); one it has not read starts at the beginning, as
+        # nothing is committed (acks off below). A topic another agent of this worker commits (the
+        # trading agent's inputs, in a shared worker) follows that agent's position, never ours.
+        for tp in consumer.assignment():
+            if tp in next_offset and not app.topics.acks_enabled_for(tp.topic):
+                await faust_adapter.seek(consumer, tp, next_offset[tp])
+
+    async def on_assigned(sender: Any, assigned: Any = None, **_: Any) -> None:
+        faust_adapter.after_every_seek(app.consumer, resume_where_the_view_is)
+
+    app.on_partitions_assigned.connect(on_assigned)
+
+    # acks off: the group commits no offset, so every start reads the topics from the beginning and
+    # the view (latest states, kill switches, counters) is rebuilt from what the broker retains
+    @app.agent(app.topic(*topics, acks=False), name=NAME)  # type: ignore[untyped-decorator]
     @crash_worker_on_bug(app, NAME)
     async def fold(stream: Any) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
@@ -218,21 +257,34 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         import asyncpg
 
         from storage.databases import ping
+        from storage.status import trading_flow
 
         while True:
+            cost = 0.0
             try:
                 conn = await asyncio.wait_for(asyncpg.connect(ctx.dsn, timeout=DB_TIMEOUT_S), DB_TIMEOUT_S)
                 try:
                     await asyncio.wait_for(ping(conn), DB_TIMEOUT_S)
+                    state.set_database(True, "", wall())
+                    t0 = time.perf_counter()
+                    try:
+                        flow = await asyncio.wait_for(trading_flow(conn, FLOW_TOP), FLOW_TIMEOUT_S)
+                    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+                        state.set_trading_flow(None, wall(), "database not migrated (tradeflow migrate)")
+                    except (TimeoutError, asyncpg.PostgresError) as exc:
+                        state.set_trading_flow(None, wall(), type(exc).__name__)
+                    else:
+                        state.set_trading_flow(list(flow), wall())
+                    cost = time.perf_counter() - t0
                 finally:
                     await conn.close(timeout=DB_TIMEOUT_S)
-                state.set_database(True, "", wall())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the class only: an error text may carry the DSN
                 state.set_database(False, type(exc).__name__, wall())
             dirty.set()
-            await asyncio.sleep(DB_PROBE_S)
+            # the journal query grows with the journal: it may take at most FLOW_MAX_SHARE of the time
+            await asyncio.sleep(max(DB_PROBE_S, cost / FLOW_MAX_SHARE))
 
     async def end_streams(_: web.Application) -> None:
         # aiohttp runs on_shutdown before it waits for open handlers: without this an
@@ -244,7 +296,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
     @app.page("/dashboard")  # type: ignore[untyped-decorator]
     async def dashboard_page(self: Any, request: Any) -> Any:
         if not allowed(request):
-            return refuse()
+            return refuse_page()
         return web.Response(text=page, content_type="text/html", charset="utf-8", headers=SECURITY_HEADERS)
 
     @app.page("/dashboard/state")  # type: ignore[untyped-decorator]

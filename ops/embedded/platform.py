@@ -412,6 +412,7 @@ class Platform:
         }
 
     def programs(self) -> list[Any]:
+        from agents.strategy.config import StrategyConfig
         from ops.embedded.broker import tansu_binary
         from ops.embedded.supervisor import Program
         from ops.embedded.workers import cli_argv
@@ -487,6 +488,10 @@ class Platform:
                     *infra,
                     "--dsn",
                     self.dsn,
+                    # the paper account's track, with or without backtest runs: its gates are on the
+                    # dashboard from the start (insufficient observation until there is evidence)
+                    "--track",
+                    StrategyConfig().track,
                     "--every",
                     "15m",
                     "--metrics-port",
@@ -671,7 +676,7 @@ class Platform:
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://{self.opts.web_host}:{self.ports['dashboard']}/"
+        return f"http://{self.opts.web_host}:{self.ports['dashboard']}/dashboard"
 
     # -- a model to serve ----------------------------------------------------------------------------
 
@@ -926,7 +931,7 @@ def banner(p: Platform, serving: str | None) -> str:
         [
             "",
             "tradeflow is up" + (f", serving {serving}" if serving else ""),
-            f"  dashboard   {p.dashboard_url}  (token in {p.layout.dashboard_token_file})",
+            f"  dashboard   {p.dashboard_url}?token=<the token in {p.layout.dashboard_token_file}>",
             f"  broker      {p.bootstrap}  ({p.opts.broker_storage} storage)",
             f"  market      {p.market_source}",
             f"  database    {p.dsn}",

@@ -20,8 +20,6 @@ token appears in no log.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import csv
 import json
 import os
@@ -31,9 +29,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +36,10 @@ import aiohttp
 import pytest
 
 from ops.embedded.broker import EmbeddedBroker, free_port
-from ops.embedded.workers import ChildProcess
 from ops.jobs.ingest import SAMPLE_DIR
 from runtime.publish import RecordPublisher
 from tests import builders
+from tests.browser import CHROMIUM, chromium, http_get
 from tests.conftest import ARTIFACTS, ROOT, Procs, wait_until
 from topics.records import (
     Bar,
@@ -61,7 +56,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 TOKEN = "dash-token-NEVER-LOG-5c1e9a7f3b2d4e60"
 SECRET = "fake-control-secret-NEVER-LOG-91d3e5a7c2b4"
-CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
 H = Timeframe.H1.nanos
 BTC_FILE, BTC_START = "binance_btcusdt_1h_2017_2022.csv", "2020-10-03 02:00:00+00:00"
 
@@ -132,115 +126,6 @@ def registry(ts: int, version: str, stage: ModelStage) -> ModelRegistryEvent:
         checkpoint_path=f"var/models/mlp-btc-{version}.pt",
         checkpoint_sha256="c0ffee" * 10 + "abcd",
     )
-
-
-# ---------------------------------------------------------------------------
-# HTTP + Chromium (DevTools Protocol)
-# ---------------------------------------------------------------------------
-
-
-def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-class Browser:
-    """One headless Chromium page driven over CDP."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.n = 0
-
-    async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        self.n += 1
-        mid = self.n
-        await self.ws.send_str(json.dumps({"id": mid, "method": method, "params": params}))
-        while True:
-            msg = await asyncio.wait_for(self.ws.receive(), 30)
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                raise AssertionError(f"CDP connection closed: {msg.type}")
-            data = json.loads(msg.data)
-            if data.get("id") == mid:
-                if "error" in data:
-                    raise AssertionError(f"CDP {method}: {data['error']}")
-                result: dict[str, Any] = data["result"]
-                return result
-
-    async def eval(self, expression: str) -> Any:
-        r = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in r:
-            raise AssertionError(f"page script failed: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    async def text(self, element_id: str) -> str:
-        return str(await self.eval(f"(document.getElementById({element_id!r}) || {{textContent: ''}}).textContent"))
-
-    async def wait_text(self, element_id: str, *needles: str, timeout: float = 30) -> str:
-        last = ""
-
-        async def shown() -> bool:
-            nonlocal last
-            last = await self.text(element_id)
-            return all(n in last for n in needles)
-
-        try:
-            await wait_until(shown, timeout, f"#{element_id} to show {needles}", every=0.2)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; #{element_id} shows:\n{last}") from None
-        return last
-
-    async def screenshot(self, path: Path) -> None:
-        r = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        path.write_bytes(base64.b64decode(r["data"]))
-
-
-@contextlib.asynccontextmanager
-async def chromium(tmp: Path) -> AsyncIterator[Browser]:
-    port = free_port()
-    proc = ChildProcess(
-        "chromium",
-        [
-            CHROMIUM,
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--no-default-browser-check",
-            f"--remote-debugging-port={port}",
-            f"--user-data-dir={tmp / 'chromium-profile'}",
-            "--window-size=1400,2000",
-            "about:blank",
-        ],
-        tmp / "chromium.log",
-        append=False,
-    ).start()
-    try:
-
-        async def up() -> bool:
-            try:
-                status, _ = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/json/version")
-                return status == 200
-            except OSError:
-                return False
-
-        await wait_until(up, 30, "chromium's DevTools endpoint")
-        _, body = await asyncio.to_thread(http_get, f"http://127.0.0.1:{port}/json/list")
-        page = next(t for t in json.loads(body) if t["type"] == "page")
-        async with (
-            aiohttp.ClientSession() as session,
-            session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws,
-        ):
-            browser = Browser(ws)
-            await browser.call("Page.enable")
-            await browser.call("Runtime.enable")
-            yield browser
-    finally:
-        proc.stop(timeout=10)
 
 
 # ---------------------------------------------------------------------------

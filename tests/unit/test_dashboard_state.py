@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from agents.risk.killswitch import KillScope, KillSwitch
 from ops.dashboard.agent import DashboardSettings, authorized, load_token, render_page
 from ops.dashboard.hub import SseHub, sse_frame
 from ops.dashboard.state import TOPICS, DashboardConfig, DashboardState, parse_switch
+from storage.status import TradingFlowRow
 from tests import builders
 from topics.catalogue import BY_NAME
 from topics.records import (
@@ -25,10 +27,15 @@ from topics.records import (
     GateStatus,
     ModelRegistryEvent,
     ModelStage,
+    OrderStatus,
     PortfolioSnapshot,
     RiskDecision,
     RiskVerdict,
+    RolloutAction,
+    RolloutDecision,
+    RolloutTrigger,
     Severity,
+    Side,
     Signal,
 )
 from topics.units import NS_PER_HOUR as H
@@ -142,6 +149,36 @@ def model(ts: int, version: str, stage: ModelStage) -> ModelRegistryEvent:
     )
 
 
+def rollout(
+    ts: int, version: str, from_stage: ModelStage, to_stage: ModelStage, action: RolloutAction
+) -> RolloutDecision:
+    return RolloutDecision.new(
+        ts_init=ts,
+        ts_event=ts,
+        model_id="mlp-btc",
+        version=version,
+        symbol="BTC/USDT",
+        from_stage=from_stage,
+        to_stage=to_stage,
+        action=action,
+        trigger=RolloutTrigger.CONTROL,
+        window_start=None,
+        window_end=None,
+        window_status=None,
+        gates={},
+        gate_result_ids=(),
+        passing_windows=0,
+        failing_windows=0,
+        windows_to_promote=3,
+        windows_to_rollback=2,
+        config_hash="g",
+        actor="operator:alice",
+        reason=f"applied: {action.value}",
+        restored_version=None,
+        cause_event_id=f"ce-{ts}-{to_stage.value}",
+    )
+
+
 def dead(offset: int, reason: str) -> DeadLetter:
     return DeadLetter.new(
         ts_init=T0,
@@ -169,6 +206,10 @@ def test_topics_are_catalogued_with_the_record_types_folded() -> None:
         assert name in BY_NAME
     # every catalogued record type of those topics is handled (no TypeError)
     records: list[Any] = [
+        builders.bar(open_time=T0 - H),
+        builders.update(),
+        builders.fill(),
+        rollout(T0, "1", ModelStage.REGISTERED, ModelStage.SHADOW, RolloutAction.MANUAL_PROMOTE),
         signal("BTC/USDT", T0, 0.2),
         snapshot(T0, 100_000.0),
         RiskDecision.new(
@@ -283,6 +324,112 @@ def test_kill_switches_from_audit_and_breaker_alert_expire_and_release() -> None
     assert v["kill_switches"] == []
     assert [c["outcome"] for c in v["control"]] == ["accepted", "rejected", "accepted"]
     assert v["alerts"][0]["code"] == "kill_switch_engaged"
+
+
+def test_operator_switch_expires_on_the_wall_clock_breaker_on_market_time() -> None:
+    """A recorded market (event time years back) and an operator's TTL switch (wall time) side by side."""
+    st = DashboardState()
+    market = T0 - 1000 * H
+    st.apply(snapshot(market, 100_000.0))
+    op = switch_text(KillScope.GLOBAL, "*", "drill", "operator:alice", T0 + 60 * S)
+    st.apply(audit(T0, "kill_switch_on", (f"engaged {op}",)))
+    assert st.event_now_ns == market, "a command does not move market time"
+    assert [k["clock"] for k in st.view(T0 + 59 * S)["risk"]["kill_switches"]] == ["wall"]
+    st.apply(snapshot(market + H, 100_000.0))
+    assert st.view(T0 + 60 * S)["risk"]["kill_switches"] == [], "expired on the wall clock passed in"
+
+
+def test_prices_latest_closed_bar_per_stream_with_change_and_revisions() -> None:
+    st = DashboardState()
+    assert st.apply(builders.bar(open_time=T0, open=100.0, close=101.0))
+    assert not st.apply(builders.bar(open_time=T0 + H, open=101.0, close=99.0, is_closed=False)), "forming bar"
+    assert st.apply(builders.bar(open_time=T0 + H, open=101.0, close=103.02))
+    assert not st.apply(builders.bar(open_time=T0, open=100.0, close=50.0, revision=1)), "older bar"
+    assert st.apply(builders.bar(open_time=T0 + H, open=101.0, close=104.04, revision=1))
+    st.apply(builders.bar(symbol="ETH/USDT", open_time=T0, open=10.0))
+    prices = st.view(T0)["prices"]
+    assert [(p["symbol"], p["close"]) for p in prices] == [("BTC/USDT", 104.04), ("ETH/USDT", 10.0)]
+    assert prices[0]["change"] == pytest.approx(104.04 / 101.0 - 1) and prices[0]["ts_ns"] == T0 + 2 * H
+    assert prices[1]["change"] is None, "no previous bar: not observed, not 0"
+    assert st.event_now_ns == T0 + 2 * H
+
+
+def test_orders_fills_counted_once_newest_first() -> None:
+    st = DashboardState()
+    st.apply(builders.update(status=OrderStatus.NEW, ts=T0))
+    filled = builders.update(status=OrderStatus.FILLED, filled=0.1, avg_fill_price=100.5, ts=T0 + 1)
+    st.apply(filled)
+    st.apply(filled)  # redelivered
+    st.apply(builders.fill(price=100.5, fee=0.04, ts=T0 + 1))
+    st.apply(builders.fill(side=Side.SELL, fill_id="f2", client_order_id="c2", price=101.0, fee=0.05, ts=T0 + 2))
+    o = st.view(T0)["orders"]
+    assert o["statuses"]["new"] == 1 and o["statuses"]["filled"] == 1 and o["statuses"]["rejected"] == 0
+    assert o["fills"] == 2 and o["fees"] == {"USDT": pytest.approx(0.09)}
+    assert [(f["side"], f["price"]) for f in o["fills_recent"]] == [("sell", 101.0), ("buy", 100.5)]
+    assert o["recent"][0]["status"] == "filled" and o["recent"][0]["avg_fill_price"] == 100.5
+
+
+def test_rejected_control_commands_listed_apart_and_change_nothing() -> None:
+    st = DashboardState()
+    op = switch_text(KillScope.GLOBAL, "*", "forged", "operator:mallory", None)
+    st.apply(audit(T0, "kill_switch_on", (f"engaged {op}",), ControlOutcome.REJECTED, "unknown_key", "n9"))
+    st.apply(audit(T0 + 1, "set_limit", ()))
+    r = st.view(T0)["risk"]
+    assert r["kill_switches"] == []
+    assert r["control_rejected"] == 1
+    assert [(c["reason"], c["key_id"], c["control_event_id"]) for c in r["control_rejected_recent"]] == [
+        ("unknown_key", "ops1", "ce-n9")
+    ]
+    assert [c["outcome"] for c in r["control"]] == ["accepted", "rejected"]
+
+
+def test_serving_models_and_latest_rollout_decision() -> None:
+    st = DashboardState()
+    st.apply(model(T0, "1", ModelStage.ACTIVE))
+    st.apply(model(T0 + H, "2", ModelStage.CANARY_10))
+    st.apply(rollout(T0 + H, "2", ModelStage.SHADOW, ModelStage.CANARY_10, RolloutAction.MANUAL_PROMOTE))
+    v = st.view(T0)
+    assert [(m["version"], m["stage"], m["capital_fraction"]) for m in v["serving"]] == [
+        ("1", "active", 1.0),
+        ("2", "canary_10", 0.1),
+    ]
+    # one `--to active` command: a decision per stage, all stamped alike, published in ladder order
+    ladder = (ModelStage.REGISTERED, ModelStage.SHADOW, ModelStage.CANARY_10, ModelStage.CANARY_30, ModelStage.ACTIVE)
+    for a, b in itertools.pairwise(ladder):
+        st.apply(rollout(T0 + H + 1, "3", a, b, RolloutAction.MANUAL_PROMOTE))
+    assert [(d["version"], d["to_stage"]) for d in st.view(T0)["rollouts"]] == [("3", "active")]
+    st.apply(model(T0 + 2 * H, "2", ModelStage.ROLLED_BACK))
+    st.apply(rollout(T0 + 2 * H, "2", ModelStage.CANARY_10, ModelStage.ROLLED_BACK, RolloutAction.MANUAL_ROLLBACK))
+    v = st.view(T0)
+    assert [m["version"] for m in v["serving"]] == ["1"]
+    assert [(d["version"], d["to_stage"], d["action"]) for d in v["rollouts"]] == [
+        ("2", "rolled_back", "manual_rollback")
+    ]
+    assert [d["action"] for d in v["rollout_recent"]][:2] == ["manual_rollback", "manual_promote"]
+
+
+def test_trading_flow_from_the_journal_kept_when_a_read_fails() -> None:
+    st = DashboardState()
+    assert st.view(T0)["trading"] == {"accounts": [], "checked_at_ns": None, "error": None}
+    row = TradingFlowRow(
+        account="paper",
+        signals_in=10,
+        intents_out=3,
+        held=1,
+        verdicts={"approved": 2, "rejected": 1},
+        skipped=[{"reason": "below_entry_threshold", "n": 5}, {"reason": "edge_below_cost", "n": 1}],
+        denied=[{"reason": "kill_switch:global:*", "n": 1}],
+    )
+    v0 = st.version
+    assert st.set_trading_flow([row], T0)
+    assert not st.set_trading_flow([row], T0 + S), "same rows: no change"
+    assert st.set_trading_flow(None, T0 + 2 * S, "TimeoutError")
+    t = st.view(T0)["trading"]
+    assert t["error"] == "TimeoutError" and t["checked_at_ns"] == T0 + S, "the last rows stay, marked stale"
+    a = t["accounts"][0]
+    assert (a["signals_in"], a["intents_out"], a["held"]) == (10, 3, 1)
+    assert [r["reason"] for r in a["skipped"]] == ["below_entry_threshold", "edge_below_cost"]
+    assert st.version == v0 + 2
 
 
 def test_gates_latest_per_key_value_none_is_not_zero() -> None:

@@ -1,5 +1,5 @@
 """runtime.faust_adapter against a stand-in for faust's consumer: the hook runs
-after faust's own seek, once per consumer, and a seek past faust's commit
+after faust's own seek, each hook once per consumer, and a seek past faust's commit
 bookkeeping moves it along (never back)."""
 
 from __future__ import annotations
@@ -32,6 +32,24 @@ def test_hook_installed_twice_then_runs_once_after_fausts_seek() -> None:
     faust_adapter.after_every_seek(consumer, hook)
     asyncio.run(consumer.perform_seek())
     assert consumer.calls == ["faust", "hook"]
+
+
+def test_two_agents_hooks_on_one_consumer_then_both_run_in_order_each_once() -> None:
+    consumer = _Consumer()
+
+    class Agent:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def hook(self, c: Any) -> None:
+            c.calls.append(self.name)
+
+    trading, dashboard = Agent("trading"), Agent("dashboard")
+    for _ in range(2):  # every assignment adds them again: bound methods compare equal
+        faust_adapter.after_every_seek(consumer, trading.hook)
+        faust_adapter.after_every_seek(consumer, dashboard.hook)
+    asyncio.run(consumer.perform_seek())
+    assert consumer.calls == ["faust", "trading", "dashboard"]
 
 
 def test_seek_past_or_before_the_commit_then_bookkeeping_only_moves_forward() -> None:

@@ -20,6 +20,8 @@
     if (v === null || v === undefined) return "n/a";
     return Number(v).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
   }
+  // the first 12 hex digits of a control event id (`tradeflow control` prints the whole id)
+  function shortId(id) { return id ? String(id).slice(0, 12) : ""; }
   function pct(v) { return v === null || v === undefined ? "n/a" : (v * 100).toFixed(2) + "%"; }
   function ts(ns) {
     if (ns === null || ns === undefined) return "n/a";
@@ -79,6 +81,61 @@
     fill("#dead-letters tbody", h.dead_letters.map(d => row([d.consumer, d.topic, d.reason, { text: String(d.count), cls: "num" }])), "none", 4);
   }
 
+  function renderPrices(list) {
+    fill("#prices tbody", list.map(p => {
+      const tr = row([p.symbol, p.timeframe, { text: num(p.close, 2), cls: "num" },
+        { text: p.change === null ? "n/a" : (p.change >= 0 ? "+" : "") + pct(p.change), cls: "num " + (p.change === null ? "" : p.change >= 0 ? "up-move" : "down-move") },
+        { text: num(p.high, 2), cls: "num" }, { text: num(p.low, 2), cls: "num" }, { text: num(p.volume, 2), cls: "num" },
+        ts(p.ts_ns), { text: String(p.bars), cls: "num" }]);
+      tr.dataset.symbol = p.symbol; return tr;
+    }), "no bars yet", 9);
+  }
+
+  function reasonTable(title, rows, total, empty) {
+    const box = el("div");
+    box.appendChild(el("h3", title));
+    const t = el("table"); const head = el("tr");
+    for (const h of ["reason", "signals", "share"]) head.appendChild(el("th", h));
+    const thead = el("thead"); thead.appendChild(head); t.appendChild(thead); const tb = el("tbody"); t.appendChild(tb);
+    fill(tb, rows.map(r => row([{ text: r.reason, cls: "wrap" }, { text: String(r.n), cls: "num" },
+      { text: total ? (100 * r.n / total).toFixed(1) + "%" : "n/a", cls: "num" }])), empty, 3);
+    box.appendChild(t);
+    return box;
+  }
+
+  function renderTrading(t) {
+    const box = document.getElementById("trading-body");
+    box.replaceChildren();
+    if (!t.accounts.length) box.appendChild(el("p", t.error ? "not read: " + t.error : "no signal reached the trading agent yet", "empty"));
+    for (const a of t.accounts) {
+      const div = el("div"); div.dataset.account = a.account;
+      div.appendChild(el("h3", "account " + a.account));
+      const kvs = el("div", null, "row");
+      const notTraded = a.signals_in - a.intents_out - a.held;
+      kvs.append(kv("signals in", String(a.signals_in)), kv("intents out", String(a.intents_out)),
+        kv("held for their bar", String(a.held)), kv("not traded", String(notTraded), notTraded ? "warn" : ""),
+        ...Object.entries(a.verdicts).map(([k, n]) => kv("intents " + k, String(n))));
+      div.appendChild(kvs);
+      div.appendChild(reasonTable("top reasons signals were not traded", a.skipped, a.signals_in, "none: every signal made an intent"));
+      div.appendChild(reasonTable("top reasons intents were denied or reduced", a.denied, a.intents_out, "none"));
+      box.appendChild(div);
+    }
+    document.getElementById("trading-meta").textContent = "from the trading agent's input journal (as `tradeflow status`), read " +
+      ts(t.checked_at_ns) + (t.error ? " \u00b7 last read failed: " + t.error : "");
+  }
+
+  function renderOrders(o) {
+    const s = document.getElementById("order-statuses");
+    s.replaceChildren(kv("fills", String(o.fills)),
+      ...Object.entries(o.fees).map(([c, v]) => kv("fees " + c, num(v, 2))),
+      ...Object.entries(o.statuses).filter(([, n]) => n > 0).map(([k, n]) => kv("orders " + k, String(n), k === "rejected" ? "bad" : "")));
+    fill("#fills tbody", o.fills_recent.map(f => row([ts(f.ts_ns), f.symbol, badge(f.side), { text: num(f.quantity, 6), cls: "num" },
+      { text: num(f.price, 2), cls: "num" }, { text: num(f.fee, 4) + " " + f.fee_currency, cls: "num" }, f.liquidity])), "no fills yet", 7);
+    fill("#order-updates tbody", o.recent.map(u => row([ts(u.ts_ns), u.symbol, badge(u.side), { text: num(u.quantity, 6), cls: "num" },
+      { text: num(u.filled_quantity, 6), cls: "num" }, { text: num(u.avg_fill_price, 2), cls: "num" }, badge(u.status),
+      { text: u.reason || "", cls: "wrap" }])), "no orders yet", 8);
+  }
+
   function renderSignals(list) {
     fill("#signals tbody", list.map(s => {
       const tr = row([s.symbol, s.model_id + " v" + s.model_version + (s.shadow ? " (shadow)" : ""), { text: num(s.score, 4), cls: "num" },
@@ -121,9 +178,18 @@
     fill("#kill-switches tbody", r.kill_switches.map(s => row([s.scope, s.target, { text: s.reason, cls: "wrap" }, s.set_by,
       s.expires_at_ns === null ? "until released" : ts(s.expires_at_ns)])), "none engaged", 5);
     fill("#risk-recent tbody", r.recent.map(d => row([ts(d.ts_ns), d.symbol, badge(d.verdict), { text: d.reasons.join(", "), cls: "wrap" }])), "none", 4);
-    fill("#control-audit tbody", r.control.map(c => row([ts(c.ts_ns), c.command, c.scope + ":" + c.target, c.operator, badge(c.outcome),
-      { text: c.reason + (c.detail ? " (" + c.detail + ")" : "") + (c.changes.length ? ": " + c.changes.join("; ") : ""), cls: "wrap" }])), "none", 6);
-    fill("#alerts tbody", r.alerts.map(a => row([ts(a.ts_ns), badge(a.severity), a.code, { text: a.message, cls: "wrap" }])), "none", 4);
+    document.getElementById("rejected-total").textContent = String(r.control_rejected);
+    fill("#control-rejected tbody", r.control_rejected_recent.map(c => row([ts(c.ts_ns), shortId(c.control_event_id), c.component,
+      c.command + " " + c.scope + ":" + c.target, c.key_id + " / " + c.operator,
+      { text: c.reason + (c.detail ? " (" + c.detail + ")" : ""), cls: "wrap bad-text" }])), "none", 6);
+    const halt = document.getElementById("halt");
+    if (r.kill_switches.length) {
+      halt.textContent = "HALTED: " + r.kill_switches.map(s => s.scope + ":" + s.target + " (" + s.set_by + ")").join(", ");
+      halt.className = "badge bad";
+    } else { halt.textContent = "no kill switch engaged"; halt.className = "badge ok"; }
+    fill("#control-audit tbody", r.control.map(c => row([ts(c.ts_ns), shortId(c.control_event_id), c.component, c.command, c.scope + ":" + c.target, c.operator, badge(c.outcome),
+      { text: c.reason + (c.detail ? " (" + c.detail + ")" : "") + (c.changes.length ? ": " + c.changes.join("; ") : ""), cls: "wrap" }])), "none", 8);
+    fill("#alerts tbody", r.alerts.slice(0, 10).map(a => row([ts(a.ts_ns), badge(a.severity), a.code, { text: a.message, cls: "wrap" }])), "none", 4);
   }
 
   function renderGates(list) {
@@ -135,8 +201,17 @@
     }), "no gate results yet", 8);
   }
 
-  function renderModels(list) {
-    fill("#models tbody", list.map(m => {
+  function renderModels(list, serving, rollouts) {
+    fill("#serving tbody", serving.map(m => {
+      const tr = row([m.model_id, m.version, badge(m.stage), { text: (m.capital_fraction * 100).toFixed(0) + "%", cls: "num" }, ts(m.since_ns)]);
+      tr.dataset.model = m.model_id + "|" + m.version; return tr;
+    }), "no model serves: signals trade no capital", 5);
+    const sb = document.getElementById("serving-badge");
+    sb.textContent = serving.length ? "serving " + serving.map(m => m.model_id + " v" + m.version + " (" + m.stage + ")").join(", ") : "no model serving";
+    sb.className = "badge " + (serving.length ? "ok" : "warn");
+    fill("#rollouts tbody", rollouts.map(d => row([d.model_id, d.symbol || "*", d.version, badge(d.to_stage), d.action, d.actor,
+      { text: d.reason, cls: "wrap" }])), "no governance decision yet", 7);
+    fill("#versions tbody", list.map(m => {
       const tr = row([m.model_id, m.version, badge(m.stage), m.feature_set_version, m.checkpoint_sha256, ts(m.ts_ns)]);
       tr.dataset.model = m.model_id + "|" + m.version; return tr;
     }), "no models registered", 6);
@@ -144,11 +219,15 @@
 
   function render(snap) {
     renderHealth(snap.health, snap.clients || { connected: 0, dropped: 0 });
+    renderPrices(snap.prices);
     renderSignals(snap.signals);
+    document.getElementById("signals-seen").textContent = String(snap.signals_seen) + " seen";
+    renderTrading(snap.trading);
+    renderOrders(snap.orders);
     renderPortfolios(snap.portfolios);
     renderRisk(snap.risk);
     renderGates(snap.gates);
-    renderModels(snap.models);
+    renderModels(snap.models, snap.serving, snap.rollouts);
     document.getElementById("meta").textContent = "update #" + snap.version + " \u00b7 event time " + ts(snap.event_now_ns) +
       " \u00b7 server " + ts(snap.generated_at_ns);
     stats.frames += 1; stats.version = snap.version; stats.lastFrameAt = Date.now();

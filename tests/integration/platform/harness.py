@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,14 @@ class Up:
                 env=self.env(),
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while "tradeflow is up" not in self.output()[self.mark :]:
-            assert self.proc.poll() is None, f"tradeflow up exited {self.proc.returncode}:\n{self.output()[-4000:]}"
-            if time.monotonic() > deadline:
-                self.stop()  # leave no platform behind that no test will stop
-                raise AssertionError(f"not up within {READY_TIMEOUT_S} s:\n{self.output()[-4000:]}")
-            time.sleep(0.5)
+        try:
+            while "tradeflow is up" not in self.output()[self.mark :]:
+                assert self.proc.poll() is None, f"tradeflow up exited {self.proc.returncode}:\n{self.output()[-4000:]}"
+                assert time.monotonic() < deadline, f"not up within {READY_TIMEOUT_S} s:\n{self.output()[-4000:]}"
+                time.sleep(0.5)
+        except BaseException:
+            self.stop()  # a platform that did not come up is not left running behind the failed test
+            raise
         return self
 
     def env(self) -> dict[str, str]:
@@ -64,12 +67,15 @@ class Up:
         data: dict[str, Any] = json.loads((self.data_dir / "run" / "platform.json").read_text())
         return data
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """A ``tradeflow`` command from a second shell: no flags, the running platform supplies them."""
+    def cli(
+        self, *args: str, timeout: float = 60, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """A ``tradeflow`` command from a second shell: no flags, the running platform supplies them
+        (``env`` adds variables, e.g. another operator's key)."""
         return subprocess.run(
             [sys.executable, "-m", "ops.cli", *args],
             cwd=ROOT,
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
