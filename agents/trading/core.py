@@ -361,6 +361,8 @@ class TradingCore:
         """
         authentic = self._signature_authentic(event)
         before = self.wall_clock.own_ns()
+        if authentic:  # its arrival is wall time: a command that arrives after it expired is refused as expired
+            self.wall_clock.arrived(arrival_ns)
         self.wall_clock.advance(event.ts_event, arrival_ns)
         strategy_limits = DelegatedLimits(LIMIT_PREFIX, SETTABLE_PARAMS, self._strategy_config, self._set_strategy)
         audit = self.risk.on_control(event, strategy_limits)

@@ -196,6 +196,47 @@ def test_forged_and_unsigned_control_then_nothing_changes_and_an_alert_is_raised
     assert replay.audit is not None and replay.audit.reason == "replayed" and replay.audit.alert
 
 
+def test_authentic_command_arriving_after_it_expired_then_refused_as_expired_and_nothing_engaged() -> None:
+    bars = load_bars()[:10]
+    core = _core()
+    drive(core, bars)
+    t = bars[-1].ts_event
+    base = _kill(bars[-1], "late-1")
+    late = new_control_event(
+        command=base.command,
+        scope=base.scope,
+        target=base.target,
+        params=dict(base.params),
+        reason=base.reason,
+        operator=base.operator,
+        key_id=base.key_id,
+        nonce=base.nonce,
+        ts_event=t,
+        ts_init=t,
+        expires_at=t + 5 * 10**9,  # valid for 5 s ...
+        keyring=KEYRING,
+    )
+    step = core.on_control(late, arrival_ns=t + 10 * 10**9)  # ... delivered 10 s after it was signed
+    assert step.audit is not None and step.audit.outcome.value == "rejected" and step.audit.reason == "expired"
+    assert core.active_kill_switches() == ()
+    in_time = new_control_event(
+        command=late.command,
+        scope=late.scope,
+        target=late.target,
+        params=dict(late.params),
+        reason=late.reason,
+        operator=late.operator,
+        key_id=late.key_id,
+        nonce="late-2",
+        ts_event=t + 20 * 10**9,
+        ts_init=t + 20 * 10**9,
+        expires_at=t + 25 * 10**9,
+        keyring=KEYRING,
+    )
+    assert core.on_control(in_time, arrival_ns=t + 21 * 10**9).audit.outcome.value == "accepted"  # type: ignore[union-attr]
+    assert len(core.active_kill_switches()) == 1
+
+
 def test_duplicate_signal_and_bar_then_one_order_and_one_fill() -> None:
     bars = load_bars()
     core = _core(paper=PaperConfig())
