@@ -17,7 +17,9 @@ from ops.bench.platform import (
     met,
     pipeline_latencies,
     program_of,
+    stage_progress,
     summarize,
+    verdicts,
 )
 
 H = 3_600_000_000_000
@@ -150,3 +152,17 @@ def test_program_of_then_each_platform_process_named() -> None:
     assert program_of(worker) == "market"
     assert program_of(["/v/bin/python", "-m", "ops.cli", "sink", "--bootstrap", "x"]) == "sink"
     assert program_of(["/v/bin/python", "-c", "pass"]) is None
+
+
+def test_stage_progress_then_rate_and_lag_behind_the_feed_at_the_end() -> None:
+    st = stage_progress(_seen_with_three_bars(), 1000, 2000)
+    assert st["checked"] == {"per_s": 3.0, "behind_feed_at_end_s": 0.8}  # newest handled bar published at 1200
+    assert st["signals"] == {"per_s": 2.0, "behind_feed_at_end_s": 0.9}  # the last bar (1200) got none
+
+
+def test_verdicts_then_bars_without_signal_fail_the_latency_target_whatever_the_p99() -> None:
+    seen = _seen_with_three_bars()
+    result = {"latency": {"quiet": pipeline_latencies(seen, 1000, 1300)}}
+    row = verdicts(result)["bar_to_signal_p99_ms"]
+    assert row["value"] == 80.0 and row["met"] is False and "1 of 3 bars" in row["note"]
+    assert verdicts({})["ready_fresh_s"]["met"] is None  # not measured is never a pass
