@@ -156,7 +156,14 @@ def cmd_sink(a: argparse.Namespace) -> int:
     if a.metrics_port:
         start_http_server(a.metrics_port, addr=a.metrics_host)
     topics = tuple(a.topics) if a.topics else tuple(t.name for t in TOPICS)
-    cfg = SinkConfig(bootstrap=a.bootstrap, dsn=a.dsn, namespace=a.namespace, group_id=a.group, topics=topics)
+    cfg = SinkConfig(
+        bootstrap=a.bootstrap,
+        dsn=a.dsn,
+        namespace=a.namespace,
+        group_id=a.group,
+        topics=topics,
+        fetch_wait_ms=env_int("TRADEFLOW_SINK_FETCH_WAIT_MS", 20, minimum=0),
+    )
 
     async def main() -> int:
         sink = TopicSink(cfg)
