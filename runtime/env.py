@@ -59,6 +59,12 @@ VARIABLES: tuple[Variable, ...] = (
     _V("TRADEFLOW_DATA_DIR", "var", "persistent Postgres cluster, faust state and logs (`--data-dir`)"),
     _V("TRADEFLOW_LOG_LEVEL", "INFO", "JSON logs on stderr (structlog; faust/aiokafka logs too) (`--log-level`)"),
     _V("TRADEFLOW_FETCH_WAIT_MS", "20", "faust consumer fetch wait (faust hard-codes 1500 ms)"),
+    _V(
+        "TRADEFLOW_SINK_FETCH_WAIT_MS",
+        "20",
+        "the sink's consumer fetch wait; `tradeflow up` sets 500 on the s3-backed broker, which answers a fetch "
+        "with what it read from the object store within the wait (a shorter wait than those reads: no records)",
+    ),
     _V("TRADEFLOW_WEB_HOST", "127.0.0.1", "worker web server bind address (`--web-host`)"),
     _V(
         "TRADEFLOW_METRICS_HOST",

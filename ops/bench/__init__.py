@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "replay": "full replay: features -> inference -> trading, bars per second",
     "backtest": "reference strategy vs backtesting.py and vectorbt",
     "dashboard": "dashboard update latency and fan-out to clients",
+    "platform": "tradeflow up as operated: ready time, bar -> signal / fill at 10 bars/s, kill drills, memory (30 min)",
 }
 
 

@@ -32,24 +32,73 @@ from runtime.exits import EXIT_FAIL, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT
 log = structlog.get_logger("ops.cli")
 
 
-def _agent_registry() -> dict[str, Callable[[Any, Any], Any]]:
-    from agents.features import agent as features
-    from agents.governance import agent as governance
-    from agents.market import aggregator, checker
-    from agents.trading import agent as trading
-    from gpu_workers import agents as gpu
-    from ops.dashboard import agent as dashboard
+def _bars_checker() -> Callable[[Any, Any], Any]:
+    from agents.market import checker
 
-    return {
-        checker.NAME: checker.register,
-        aggregator.NAME: aggregator.register,
-        features.NAME: features.register,
-        trading.NAME: trading.register,
-        governance.NAME: governance.register,
-        gpu.TRAINER: gpu.register_trainer,
-        gpu.INFERENCE: gpu.register_inference,
-        dashboard.NAME: dashboard.register,
-    }
+    return checker.register
+
+
+def _bar_aggregator() -> Callable[[Any, Any], Any]:
+    from agents.market import aggregator
+
+    return aggregator.register
+
+
+def _features() -> Callable[[Any, Any], Any]:
+    from agents.features import agent
+
+    return agent.register
+
+
+def _trading() -> Callable[[Any, Any], Any]:
+    from agents.trading import agent
+
+    return agent.register
+
+
+def _governance() -> Callable[[Any, Any], Any]:
+    from agents.governance import agent
+
+    return agent.register
+
+
+def _trainer() -> Callable[[Any, Any], Any]:
+    from gpu_workers import agents
+
+    return agents.register_trainer
+
+
+def _inference() -> Callable[[Any, Any], Any]:
+    from gpu_workers import agents
+
+    return agents.register_inference
+
+
+def _dashboard() -> Callable[[Any, Any], Any]:
+    from ops.dashboard import agent
+
+    return agent.register
+
+
+#: agent name (each module's ``NAME``; a test keeps them equal) -> the loader of its ``register``. A worker
+#: imports only the modules of the agents it hosts: the trainer and inference module imports torch (~5 s and
+#: ~200 MiB per process), which no other worker needs.
+AGENT_LOADERS: dict[str, Callable[[], Callable[[Any, Any], Any]]] = {
+    "bars-checker": _bars_checker,
+    "bar-aggregator": _bar_aggregator,
+    "features": _features,
+    "trading": _trading,
+    "governance": _governance,
+    "trainer": _trainer,
+    "inference": _inference,
+    "dashboard": _dashboard,
+}
+
+
+def _agent_registry(names: Sequence[str] | None = None) -> dict[str, Callable[[Any, Any], Any]]:
+    """Agent name -> its ``register(app, ctx)``, importing only the modules of ``names`` (all when None);
+    unknown names are left out."""
+    return {n: AGENT_LOADERS[n]() for n in (AGENT_LOADERS if names is None else names) if n in AGENT_LOADERS}
 
 
 #: What each agent of :func:`_agent_registry` reads, writes and needs: ``tradeflow worker --help``.
@@ -111,11 +160,11 @@ def cmd_worker(a: argparse.Namespace) -> int:
     from runtime.agent import AgentContext
     from runtime.faust_app import WorkerSettings, create_app
 
-    registry = _agent_registry()
-    unknown = [n for n in a.agents if n not in registry]
+    unknown = [n for n in a.agents if n not in AGENT_LOADERS]
     if unknown:
-        print(f"unknown agents {unknown}; known: {sorted(registry)}", file=sys.stderr)
+        print(f"unknown agents {unknown}; known: {sorted(AGENT_LOADERS)}", file=sys.stderr)
         return EXIT_USAGE
+    registry = _agent_registry(a.agents)
     if a.web_port == 0:  # any free port
         from ops.embedded.broker import free_port
 
@@ -156,7 +205,14 @@ def cmd_sink(a: argparse.Namespace) -> int:
     if a.metrics_port:
         start_http_server(a.metrics_port, addr=a.metrics_host)
     topics = tuple(a.topics) if a.topics else tuple(t.name for t in TOPICS)
-    cfg = SinkConfig(bootstrap=a.bootstrap, dsn=a.dsn, namespace=a.namespace, group_id=a.group, topics=topics)
+    cfg = SinkConfig(
+        bootstrap=a.bootstrap,
+        dsn=a.dsn,
+        namespace=a.namespace,
+        group_id=a.group,
+        topics=topics,
+        fetch_wait_ms=env_int("TRADEFLOW_SINK_FETCH_WAIT_MS", 20, minimum=0),
+    )
 
     async def main() -> int:
         sink = TopicSink(cfg)

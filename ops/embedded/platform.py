@@ -406,8 +406,15 @@ class Platform:
             **{k: v for k, v in PAPER_STRATEGY.items() if k not in os.environ},
             "PYTHONUNBUFFERED": "1",
             # every empty fetch of a partition costs the s3-backed broker object-store requests: poll less
-            # often there (measured: 20 ms kept the object store at ~90 % of a core and the sink far behind)
-            **({"TRADEFLOW_FETCH_WAIT_MS": "100"} if self.opts.broker_storage == "s3" else {}),
+            # often there (measured: 20 ms kept the object store at ~90 % of a core and the sink far behind).
+            # The sink reads every topic's partitions in one fetch, and the s3 engine answers with what it read
+            # within the wait: with 20 ms on a busy machine it got no records at all for minutes (0 records in
+            # 15 s at 20 ms, 9/s at 100 ms, 129/s at 500 ms from the same offsets: docs/performance.md#platform)
+            **(
+                {"TRADEFLOW_FETCH_WAIT_MS": "100", "TRADEFLOW_SINK_FETCH_WAIT_MS": "500"}
+                if self.opts.broker_storage == "s3"
+                else {}
+            ),
             **dict(self.opts.extra_env),
         }
 

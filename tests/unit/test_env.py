@@ -265,11 +265,13 @@ def test_registry_defaults_then_match_the_code(monkeypatch: pytest.MonkeyPatch) 
     from ops.cli.main import build_parser
     from ops.dashboard.agent import DashboardSettings
     from runtime.faust_app import WorkerSettings
+    from storage.sink import SinkConfig
 
     for v in VARIABLES:
         monkeypatch.delenv(v.name, raising=False)
     worker = WorkerSettings(app_id="a", bootstrap="b")
     assert str(worker.fetch_wait_ms) == _default("TRADEFLOW_FETCH_WAIT_MS")
+    assert str(SinkConfig(bootstrap="b", dsn="d").fetch_wait_ms) == _default("TRADEFLOW_SINK_FETCH_WAIT_MS")
     assert worker.data_dir == _default("TRADEFLOW_DATA_DIR")
     assert worker.web_host == _default("TRADEFLOW_WEB_HOST")
     gov = GovernanceConfig.from_env({})

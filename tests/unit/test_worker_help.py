@@ -29,6 +29,35 @@ def test_agent_table_then_one_row_per_registered_agent_naming_catalogued_topics(
         assert needs, name
 
 
+def test_agent_registry_then_named_as_each_module_names_its_agent_and_loaded_only_when_hosted() -> None:
+    from agents.features import agent as features
+    from agents.market import aggregator, checker
+    from gpu_workers import agents as gpu
+    from ops.dashboard import agent as dashboard
+
+    modules = {
+        checker.NAME: checker.register,
+        aggregator.NAME: aggregator.register,
+        features.NAME: features.register,
+        trading.NAME: trading.register,
+        governance.NAME: governance.register,
+        gpu.TRAINER: gpu.register_trainer,
+        gpu.INFERENCE: gpu.register_inference,
+        dashboard.NAME: dashboard.register,
+    }
+    assert _agent_registry() == modules
+    assert list(_agent_registry(["trading", "nope"])) == ["trading"]
+    probe = (
+        "import sys; from ops.cli.main import _agent_registry; "
+        "_agent_registry(['bars-checker', 'features', 'trading', 'governance', 'dashboard']); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "False"  # a worker without the model agents does not import torch
+
+
 def test_agent_table_then_the_topics_the_agents_declare() -> None:
     assert _names(AGENT_NEEDS["trading"][0]) == trading.INPUTS
     assert _names(AGENT_NEEDS["trading"][1]) == trading.OUTPUTS
