@@ -9,6 +9,7 @@ lines (``pytest -s``): observations on a shared machine, not benchmarks (docs/re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -106,7 +107,8 @@ def test_sigkill_of_the_whole_platform_then_up_again_keeps_accounts_offsets_and_
     tree = [psutil.Process(platform.proc.pid), *psutil.Process(platform.proc.pid).children(recursive=True)]
     assert len(tree) >= 12  # up, supervisord, eleven programs (and their children)
     for p in tree:
-        p.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived child (a postgres backend) ended by itself
+            p.kill()
     t0 = time.monotonic()
     platform.proc.wait(30)
     wait(lambda: not [p for p in tree if _running(p)], 30, "every process of the platform gone", platform)
