@@ -133,10 +133,11 @@ AGENT_NEEDS: dict[str, tuple[str, str, str]] = {
         "TRADEFLOW_DSN / --dsn (reads features), TRADEFLOW_ARTIFACTS (checkpoints, default var/models)",
     ),
     "dashboard": (
-        "signals, portfolio.state, risk.decisions, control.audit, ops.alerts, gates.results, models.registry, "
-        "deadletter",
+        "market.bars, signals, portfolio.state, risk.decisions, orders.updates, fills, control.audit, "
+        "ops.alerts, gates.results, models.registry, governance.audit, deadletter",
         "the page on --web-port (/dashboard)",
-        "TRADEFLOW_DASHBOARD_TOKEN(_FILE) (the token every route asks for); optional TRADEFLOW_DSN (database probe)",
+        "TRADEFLOW_DASHBOARD_TOKEN(_FILE) (the token every route asks for); optional TRADEFLOW_DSN (database probe, "
+        "skip reasons)",
     ),
 }
 

@@ -245,9 +245,16 @@ def test_forged_command_then_neither_clock_moves() -> None:
     step = core.on_control(forged, WALL0 + 7200 * S)
     assert step.audit is not None and step.audit.reason == "bad_signature"
     assert (core.clock.now_ns(), core.wall_clock.now_ns()) == (market, wall)
-    step = core.on_control(genuine, WALL0 + 7200 * S)  # an authentic one moves wall time only
+    late = _command(ControlCommand.KILL_SWITCH_ON, "late", WALL0 + 3600 * S)
+    step = core.on_control(late, WALL0 + 7200 * S)  # authentic, but it arrived an hour after it was signed
+    assert step.audit is not None and step.audit.reason == "stale"
+    assert core.active_kill_switches() == ()
+    step = core.on_control(genuine, WALL0 + 7201 * S)  # an authentic one moves wall time only (to its arrival)
+    assert step.audit is not None and step.audit.reason == "stale"  # the same hour-old command
+    fresh = _command(ControlCommand.KILL_SWITCH_ON, "g2", WALL0 + 7202 * S)
+    step = core.on_control(fresh, WALL0 + 7203 * S)
     assert step.audit is not None and step.audit.reason == "applied"
-    assert (core.clock.now_ns(), core.wall_clock.now_ns()) == (market, WALL0 + 3600 * S)
+    assert (core.clock.now_ns(), core.wall_clock.now_ns()) == (market, WALL0 + 7203 * S)
 
 
 def test_format_3_checkpoint_with_one_clock_then_upgraded_to_two_domains_and_continues_identically() -> None:
