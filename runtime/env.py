@@ -160,6 +160,13 @@ VARIABLES: tuple[Variable, ...] = (
         "added exposure needs an expected edge of this many round-trip costs",
         group="trading",
     ),
+    _V(
+        "TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS",
+        "7200000000000",
+        "signals older than this in market time (ns; default 2 h) are not traded; "
+        "`tradeflow up` raises it with the feed's pace",
+        group="trading",
+    ),
     _V("TRADEFLOW_EXECUTION_ADAPTER", "paper", "`paper` (simulated fills) or `ccxt` (a venue)", group="trading"),
     _V(
         "TRADEFLOW_EXECUTION_VENUE",

@@ -50,6 +50,8 @@ SETTABLE_PARAMS: Mapping[str, LimitSpec] = MappingProxyType(
         "min_order_notional": LimitSpec(float, 0.0, 1e12, low_inclusive=True),
         "rebalance_band": LimitSpec(float, 0.0, 1.0, low_inclusive=True),
         "cost_multiple": LimitSpec(float, 0.0, 100.0, low_inclusive=True),
+        # market time (ns): a recorded feed played faster than real time needs more (see ``tradeflow up``)
+        "max_signal_age_ns": LimitSpec(int, 0, 30 * 24 * NS_PER_HOUR),
     }
 )
 

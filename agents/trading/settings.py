@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents.execution.paper import PaperConfig
 from agents.risk.config import RiskConfig
-from agents.strategy.config import StrategyConfig
+from agents.strategy.config import SETTABLE_PARAMS, StrategyConfig
 from agents.trading.core import ExecutionMode, TradingConfig
 from runtime.env import ConfigError, env_float, env_int, env_list, env_str, read_secret
 from topics.records import Timeframe
@@ -57,13 +57,16 @@ STRATEGY_VARIABLES: Mapping[str, str] = {
     "min_order_notional": "TRADEFLOW_STRATEGY_MIN_ORDER_NOTIONAL",
     "rebalance_band": "TRADEFLOW_STRATEGY_REBALANCE_BAND",
     "cost_multiple": "TRADEFLOW_STRATEGY_COST_MULTIPLE",
+    "max_signal_age_ns": "TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS",
 }
 
 
 def strategy_from_env(env: Mapping[str, str]) -> StrategyConfig:
     """The strategy config with the ``TRADEFLOW_STRATEGY_*`` values set (unset: the defaults)."""
     updates: dict[str, Any] = {
-        name: env_float(var, 0.0, env) for name, var in STRATEGY_VARIABLES.items() if env_str(var, "", env)
+        name: (env_int if SETTABLE_PARAMS[name].kind is int else env_float)(var, 0, env)
+        for name, var in STRATEGY_VARIABLES.items()
+        if env_str(var, "", env)
     }
     try:
         return StrategyConfig(**updates)

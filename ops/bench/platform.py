@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.bench.stats import percentile
+from runtime.errors import NeedsOperator
 from runtime.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from topics.catalogue import spec
 
@@ -472,7 +473,7 @@ class Collector:
             await asyncio.sleep(0.1)
 
 
-class NotReady(RuntimeError):
+class NotReady(NeedsOperator, RuntimeError):
     """``tradeflow up`` exited or did not become ready in time; ``reached`` says how far it got."""
 
     def __init__(self, message: str, reached: Mapping[str, Any]) -> None:

@@ -12,6 +12,12 @@ mark dirty. A separate task serializes the snapshot once and hands the bytes to
 counted). Another probes the database every ``DB_PROBE_S`` and reads what became of the
 signals from the trading agent's journal (:func:`storage.status.trading_flow`, the rows of
 ``tradeflow status``). Read-only: operators use the signed ``tradeflow control`` commands.
+
+The operator's path has a consumer of its own: ``control.audit`` and ``ops.alerts`` (kill switches,
+rejected commands, breaker alerts: a few records a day) are read by a plain aiokafka consumer, not by
+the faust agent, because one faust fetch covers every subscribed partition and on the s3-backed broker
+a pass over the busy market partitions took over a second on a loaded machine (the kill switch then
+showed 1.2 s after the command; docs/dashboard.md#dashboard-agent).
 With ``TRADEFLOW_DASHBOARD_TOKEN`` (or ``TRADEFLOW_DASHBOARD_TOKEN_FILE``) every route needs
 the token (constant-time compare, 401 otherwise); it is never logged. The view is in memory
 and commits no offsets: every start rebuilds it from the beginning of the retained topics.
@@ -58,6 +64,9 @@ FLOW_TIMEOUT_S = 10.0
 FLOW_MAX_SHARE = 0.2
 FLOW_TOP = 5
 KEEPALIVE_S = 15.0
+#: read by their own consumer (see above): few records, and the one an operator waits for
+FAST_TOPICS: tuple[str, ...] = ("control.audit", "ops.alerts")
+FAST_FETCH_WAIT_MS = 50
 TOKEN_ENV = "TRADEFLOW_DASHBOARD_TOKEN"  # noqa: S105 - the variable's name, not a secret
 STATIC = Path(__file__).resolve().parent / "static"
 UNAUTHORIZED_PAGE = (
@@ -104,6 +113,25 @@ class DashboardSettings:
                 "TRADEFLOW_DASHBOARD_MIN_INTERVAL_MS must be in [0, 10000], TRADEFLOW_DASHBOARD_QUEUE >= 1"
             )
         return cls(load_token(env), interval_ms / 1000, queue)
+
+
+class _Event:
+    """An aiokafka record as :func:`runtime.agent.decode_or_dead_letter` reads a faust event
+    (``event.message`` with partition, offset, key, value and a timestamp in seconds)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, record: Any) -> None:
+        self.message = _Message(record)
+
+
+class _Message:
+    __slots__ = ("key", "offset", "partition", "timestamp", "value")
+
+    def __init__(self, record: Any) -> None:
+        self.partition, self.offset = record.partition, record.offset
+        self.key, self.value = record.key, record.value
+        self.timestamp = record.timestamp / 1000 if record.timestamp is not None else None
 
 
 def load_token(env: Mapping[str, str]) -> bytes | None:
@@ -159,7 +187,9 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
     hub = SseHub(queue_size=settings.queue_size)
     dirty = asyncio.Event()
     page = render_page()
-    topics = {ctx.topic(name): (name, spec(name).record) for name in TOPICS}
+    fast = FAST_TOPICS if ctx.bootstrap else ()  # no bootstrap (a test app): one path for all
+    topics = {ctx.topic(name): (name, spec(name).record) for name in TOPICS if name not in fast}
+    fast_topics = {ctx.topic(name): (name, spec(name).record) for name in fast}
     next_offset: dict[Any, int] = {}
     latency = PROCESS_LATENCY.labels(NAME)
 
@@ -233,6 +263,51 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
             update_lag()
             dirty.set()
             latency.observe(time.perf_counter() - t0)
+
+    if fast_topics:
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def fold_operator_path() -> None:
+            from aiokafka import AIOKafkaConsumer
+
+            # no group, no commits: every start reads them from the beginning, like the agent
+            consumer = AIOKafkaConsumer(
+                *fast_topics,
+                bootstrap_servers=ctx.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=FAST_FETCH_WAIT_MS,
+            )
+            try:
+                await consumer.start()
+                while True:
+                    batches = await consumer.getmany(timeout_ms=1000, max_records=BATCH_MAX)
+                    if not batches:
+                        continue
+                    t0 = time.perf_counter()
+                    for tp, records in batches.items():
+                        name, cls = fast_topics[tp.topic]
+                        for msg in records:
+                            state.consumed(name)
+                            rec = await decode_or_dead_letter(ctx, NAME, name, cls, _Event(msg))
+                            if rec is not None:
+                                state.apply(rec)
+                        hw = consumer.highwater(tp)
+                        if hw is not None:
+                            behind = max(int(hw) - (records[-1].offset + 1), 0)
+                            state.set_lag(name, behind)
+                            CONSUMER_LAG.labels(NAME, name, str(tp.partition)).set(behind)
+                    dirty.set()
+                    latency.observe(time.perf_counter() - t0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # as crash_worker_on_bug: loud, and the supervisor restarts the worker
+                log.critical("agent_crashed", agent=f"{NAME}.operator_path", error=f"{type(exc).__name__}: {exc}")
+                await app.crash(exc)
+                raise
+            finally:
+                await consumer.stop()
 
     @app.task  # type: ignore[untyped-decorator]
     async def broadcast() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import secrets
 import signal
@@ -356,6 +357,14 @@ PAPER_STRATEGY = {
     "TRADEFLOW_STRATEGY_EXIT_THRESHOLD": "0.02",
     "TRADEFLOW_STRATEGY_COST_MULTIPLE": "0.25",
 }
+#: How far (wall seconds) the pipeline may fall behind a recorded feed before its signals are stale. The
+#: strategy judges a signal's age in market time (2 h by default, for a live market); a feed played at
+#: ``pace`` bars/s compresses market time, so at --pace 4 two hours are half a wall second, and any
+#: hiccup (a GC pause, a restarted worker catching up) would make every signal stale. ``tradeflow up``
+#: therefore sets ``TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS`` to what this many wall seconds are at the
+#: feed's pace (never below the 2 h default; the environment and a signed ``set-limit`` still override).
+SIGNAL_LAG_BUDGET_S = 10.0
+FEED_BAR_NS = 3_600_000_000_000  # the bundled feed's bars are 1 h
 MODEL_ID = "mlp-btcusdt-1h"
 FEED_FILE = "binance_btcusdt_1h_2017_2022.csv"
 
@@ -403,7 +412,7 @@ class Platform:
             "TRADEFLOW_CONTROL_SIGNING_KEY_ID": OPERATOR_KEY_ID,
             "TRADEFLOW_DASHBOARD_TOKEN_FILE": str(self.layout.dashboard_token_file),
             "TRADEFLOW_TRADING_ACCOUNT": "paper",
-            **{k: v for k, v in PAPER_STRATEGY.items() if k not in os.environ},
+            **{k: v for k, v in self.strategy_env().items() if k not in os.environ},
             "PYTHONUNBUFFERED": "1",
             # every empty fetch of a partition costs the s3-backed broker object-store requests: poll less
             # often there (measured: 20 ms kept the object store at ~90 % of a core and the sink far behind).
@@ -417,6 +426,18 @@ class Platform:
             ),
             **dict(self.opts.extra_env),
         }
+
+    def strategy_env(self) -> dict[str, str]:
+        """The paper account's strategy settings: :data:`PAPER_STRATEGY` and, on the recorded feed, a
+        signal age that follows its pace (:data:`SIGNAL_LAG_BUDGET_S`)."""
+        from agents.strategy.config import StrategyConfig
+
+        out = dict(PAPER_STRATEGY)
+        if self.opts.live is None:
+            default = StrategyConfig().max_signal_age_ns
+            paced = math.ceil(self.opts.pace * FEED_BAR_NS * SIGNAL_LAG_BUDGET_S)
+            out["TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS"] = str(max(default, paced))
+        return out
 
     def programs(self) -> list[Any]:
         from agents.strategy.config import StrategyConfig

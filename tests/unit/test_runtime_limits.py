@@ -116,6 +116,21 @@ def test_strategy_parameters_from_the_environment_then_in_the_trading_config() -
     assert TradingSettings.from_env({}).config() == TradingConfig()
 
 
+def test_max_signal_age_from_the_environment_and_by_set_limit_then_an_integer_of_market_ns() -> None:
+    ten_hours = 10 * 3_600_000_000_000
+    settings = TradingSettings.from_env({"TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS": str(ten_hours)})
+    assert settings.config().strategy.max_signal_age_ns == ten_hours
+    with pytest.raises(ConfigError, match="TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS must be an integer"):
+        TradingSettings.from_env({"TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS": "2.5"})
+    core = warmed_core()
+    step = core.on_control(set_limit("strategy.max_signal_age_ns", ten_hours, ts=core.clock.now_ns()))
+    assert step.audit is not None and step.audit.outcome == AuditOutcome.ACCEPTED, step.audit
+    assert core.strategy.config.max_signal_age_ns == ten_hours
+    refused = core.on_control(set_limit("strategy.max_signal_age_ns", 1.5, ts=core.clock.now_ns(), nonce="n2"))
+    assert refused.audit is not None and refused.audit.reason == ControlReason.INVALID_VALUE
+    assert core.strategy.config.max_signal_age_ns == ten_hours
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
