@@ -56,6 +56,10 @@ class LinearBaselineCore(nn.Module):
         logits = (design[:, None, :] * self.logit_coef.T[None, :, :]).sum(dim=2)
         return logits, unit_return
 
+    def forward_rows(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Row-invariant already (above)."""
+        return self.forward(z)
+
 
 @dataclass(frozen=True, slots=True)
 class BaselineFit:

@@ -5,12 +5,14 @@ an expected return and a score. Training metrics, offline batch inference and
 the streaming worker all call it, so a model is scored exactly the way it is
 served.
 
-Batch-composition invariance: BLAS picks kernels by shape, so on CPU a row's float32 result
-depends on its batch. The model therefore always runs on fixed-shape chunks of
-``chunk_rows`` rows (the last zero-padded) and post-processes per row in float64: a row's
-outputs are bit-identical however the caller batches, so a replay reproduces the streaming
-worker's signals. Bit-identity holds for one ``chunk_rows`` on one machine and library
-build; on CUDA outputs agree to float32 rounding only.
+Batch-composition invariance: a BLAS gemm computes a batch's rows with different kernels by
+position and thread split, so on CPU the model runs its row-invariant forward
+(:meth:`~models.nets.ForecastModel.forward_rows`: every linear map a per-row reduction) on
+fixed-shape chunks of ``chunk_rows`` rows (the last zero-padded, so elementwise kernels see one
+shape too) and post-processes per row in float64: a row's outputs are bit-identical however the
+caller batches, on every CPU kernel selection, so a replay reproduces the streaming worker's
+signals. On CUDA the plain (gemm) forward runs and outputs agree with the CPU's within the
+contract's tolerance (docs/determinism.md).
 
 Design: docs/model_internals.md#batch-composition-invariance
 """
@@ -101,7 +103,7 @@ def predict_windows(
                 stop = min(start + chunk_rows, n)
                 chunk.zero_()
                 chunk[: stop - start] = torch.from_numpy(x[start:stop]).to(dtype=dtype, device=device)
-                logits, expected = model(chunk)
+                logits, expected = model(chunk) if device.type == "cuda" else model.forward_rows(chunk)
                 logits_out[start:stop] = logits[: stop - start].to("cpu", torch.float64).numpy()
                 returns_out[start:stop] = expected[: stop - start].to("cpu", torch.float64).numpy()
     finally:

@@ -12,9 +12,19 @@ units. Training and inference call the same ``forward``, so there is one
 normalisation code path.
 
 Class order everywhere: 0 = down, 1 = flat, 2 = up.
+
+Row invariance: :meth:`ForecastModel.forward_rows` is what CPU inference runs. It computes every
+linear map as elementwise products and a sum over the input dimension (:func:`rowwise_linear`), not
+as a BLAS gemm: a gemm blocks the batch rows by position (a CPU's unrolled main loop, its tail rows,
+its thread split), so a row's last bit depended on where it sat in the batch on some kernel selections
+(MKL on AVX2 / SSE4.2, measured by ``tradeflow drill determinism``), while ATen's reduction runs every
+output through the same loop. Training keeps ``forward`` (gemm, cuDNN): the served outputs differ from
+the training-time forward by float32 rounding only. Design: docs/determinism.md.
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +39,31 @@ __all__ = [
     "GRUCore",
     "MLPCore",
     "build_model",
+    "rowwise_linear",
 ]
 
 N_CLASSES = 3
 CLASS_NAMES = ("down", "flat", "up")
+
+
+def rowwise_linear(x: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer(x)`` for ``x [B, in]`` with every row through the same reduction (module docstring)."""
+    y = (x.unsqueeze(-2) * layer.weight).sum(dim=-1)
+    return y if layer.bias is None else y + layer.bias
+
+
+def _rows(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)``, linear maps row-invariant; anything else (ReLU, eval-mode Dropout) is elementwise."""
+    if isinstance(module, nn.Linear):
+        return rowwise_linear(x, module)
+    if isinstance(module, nn.Sequential):
+        for m in module:
+            x = _rows(m, x)
+        return x
+    if isinstance(module, (nn.ReLU, nn.Dropout, nn.Identity)):
+        out: Tensor = module(x)
+        return out
+    raise TypeError(f"no row-invariant form for {type(module).__name__}")
 
 
 class MLPCore(nn.Module):
@@ -52,6 +83,10 @@ class MLPCore(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         hidden = self.body(z.flatten(start_dim=1))
         return self.class_head(hidden), self.return_head(hidden).squeeze(-1)
+
+    def forward_rows(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = _rows(self.body, z.flatten(start_dim=1))
+        return rowwise_linear(hidden, self.class_head), rowwise_linear(hidden, self.return_head).squeeze(-1)
 
 
 class GRUCore(nn.Module):
@@ -78,6 +113,27 @@ class GRUCore(nn.Module):
         _, last = self.gru(z)
         hidden = self.head(last[-1])
         return self.class_head(hidden), self.return_head(hidden).squeeze(-1)
+
+    def forward_rows(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The GRU's own equations (torch's gate order r, z, n) over its own parameters, each linear map
+        row-invariant: ``r = s(W_ir x + b_ir + W_hr h + b_hr)``, ``u = s(W_iz x + b_iz + W_hz h + b_hz)``,
+        ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - u) * n + u * h``."""
+        g = self.gru
+        w_ih, w_hh = cast(Tensor, g.weight_ih_l0), cast(Tensor, g.weight_hh_l0)
+        b_ih, b_hh = cast(Tensor, g.bias_ih_l0), cast(Tensor, g.bias_hh_l0)
+        size = g.hidden_size
+        h = z.new_zeros((z.shape[0], size))
+        # the input maps of every step at once: [B, T, 3H]
+        gi = (z.unsqueeze(-2) * w_ih).sum(dim=-1) + b_ih
+        for t in range(z.shape[1]):
+            gh = (h.unsqueeze(-2) * w_hh).sum(dim=-1) + b_hh
+            x_t = gi[:, t]
+            r = torch.sigmoid(x_t[:, :size] + gh[:, :size])
+            u = torch.sigmoid(x_t[:, size : 2 * size] + gh[:, size : 2 * size])
+            n = torch.tanh(x_t[:, 2 * size :] + r * gh[:, 2 * size :])
+            h = (1 - u) * n + u * h
+        hidden = _rows(self.head, h)
+        return rowwise_linear(hidden, self.class_head), rowwise_linear(hidden, self.return_head).squeeze(-1)
 
 
 class ForecastModel(nn.Module):
@@ -123,6 +179,17 @@ class ForecastModel(nn.Module):
         if x.dim() != 3 or x.shape[1] != self.window or x.shape[2] != self.n_features:
             raise ValueError(f"expected windows [B, {self.window}, {self.n_features}], got {list(x.shape)}")
         logits, unit_return = self.core(self.standardize(x))
+        return logits, unit_return * self.return_scale
+
+    def forward_rows(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` with a row's outputs independent of the rest of the batch and of its position in
+        it, on every CPU kernel selection (module docstring). What CPU inference runs."""
+        if x.dim() != 3 or x.shape[1] != self.window or x.shape[2] != self.n_features:
+            raise ValueError(f"expected windows [B, {self.window}, {self.n_features}], got {list(x.shape)}")
+        rows = getattr(self.core, "forward_rows", None)
+        if rows is None:
+            raise TypeError(f"{type(self.core).__name__} has no row-invariant forward")
+        logits, unit_return = rows(self.standardize(x))
         return logits, unit_return * self.return_scale
 
     def unit_outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,14 @@
     survived), 1 with the ones that did not, 3 when the object store or a broker could not start.
     Everything it starts is stopped before it exits; its data is a temporary dir unless
     ``--data-dir``. Design and measured figures: docs/cluster.md.
+
+``tradeflow drill determinism [--configs threads avx2 sse] [--json PATH]``
+    The determinism contract checked on this machine: every hash and bit-identity claim (event ids,
+    feature values, the audit's decision hash, predictions, batch invariance, checkpoint sha256)
+    computed here and again under other numeric configurations (BLAS kernels, ATen CPU capability,
+    thread counts; ``no-fma`` shows what a CPU without FMA3 would change), each compared bit for bit
+    or within its stated tolerance. Exit 0 when the contract holds, 1 naming the claims that do not.
+    Design: docs/determinism.md.
 """
 
 from __future__ import annotations
@@ -63,6 +71,12 @@ def cmd_drill_cluster(a: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAIL
 
 
+def cmd_drill_determinism(a: argparse.Namespace) -> int:
+    from ops.drills.determinism import main
+
+    return main(["--configs", *a.configs, *(["--json", a.json] if a.json else [])])
+
+
 def add_parsers(sub: Any, infra: Any = None) -> None:
     """Add ``drill`` to the ``tradeflow`` parser."""
     sp = sub.add_parser("drill", help="break real processes on purpose and report what was measured")
@@ -87,3 +101,15 @@ def add_parsers(sub: Any, infra: Any = None) -> None:
     )
     cp.add_argument("--json", action="store_true", help="the whole report as JSON")
     cp.set_defaults(fn=cmd_drill_cluster)
+
+    from ops.drills.determinism import CONFIGS, DEFAULT_CONFIGS
+
+    dp = dsub.add_parser(
+        "determinism",
+        help="the determinism contract checked here under other numeric configurations",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dp.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(DEFAULT_CONFIGS))
+    dp.add_argument("--json", default="", help="write the fingerprints and verdicts to this file")
+    dp.set_defaults(fn=cmd_drill_determinism)

@@ -97,6 +97,7 @@ def test_verified_file_that_is_not_a_checkpoint_then_checkpoint_error(tmp_path: 
         load_checkpoint(path, hashlib.sha256(buffer.getvalue()).hexdigest())
 
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("family", ["mlp", "gru", "linear_baseline"])
 def test_rows_one_by_one_then_bit_identical_to_a_batch_of_64(family: str, tmp_path: Path) -> None:
     """Exact equality, not a tolerance: the Predictor runs fixed-shape padded

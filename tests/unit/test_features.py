@@ -277,6 +277,7 @@ def test_flat_series_with_zero_volume_then_flat_defaults() -> None:
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.determinism
 @PROPERTY
 @given(series(min_bars=W + 1), st.data())
 def test_state_round_trip_mid_stream_then_identical_output(bars: list[Bar], data: st.DataObject) -> None:

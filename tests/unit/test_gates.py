@@ -196,6 +196,7 @@ def test_parse_duration() -> None:
             parse_duration_ns(bad)
 
 
+@pytest.mark.determinism
 def test_same_inputs_give_identical_results_and_ids() -> None:
     inputs = TrackInputs(track="t1", runs=(run("r1"), run("r2", age_days=2)))
     a, b = evaluate_track(inputs, GateConfig(), NOW), evaluate_track(inputs, GateConfig(), NOW)

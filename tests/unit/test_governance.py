@@ -563,6 +563,7 @@ def scenario(eng: GovernanceEngine) -> list[Record]:
     return out
 
 
+@pytest.mark.determinism
 def test_same_inputs_when_replayed_then_byte_identical_outputs_that_pass_the_strict_codec() -> None:
     first = scenario(engine_with_active_and_shadow())
     second = scenario(engine_with_active_and_shadow())

@@ -57,6 +57,7 @@ def _config(trade_from: int | None = None) -> ReplayConfig:
     return ReplayConfig(trading=TradingConfig(risk=RiskConfig(allowed_symbols=(SYMBOL,))), trade_from_ns=trade_from)
 
 
+@pytest.mark.determinism
 def test_same_inputs_give_the_same_hash_and_trade(bars: list[Bar], model: ReplayModel) -> None:
     a = replay(bars, _config(), model)
     b = replay(list(reversed(bars)), _config(), model)  # input order does not matter: replay orders by time

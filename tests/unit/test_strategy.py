@@ -95,6 +95,7 @@ def test_strong_signal_from_flat_then_buy_intent_sized_by_formula() -> None:
     assert it.correlation_id == sig.correlation_id and it.ts_init == NOW
 
 
+@pytest.mark.determinism
 def test_same_signal_in_two_engines_then_identical_intent_bytes() -> None:
     sig = signal(-0.7, er=-0.01)
     a = make_engine().on_signal(sig).intent

@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from agents.clock import TimeDomain
 from agents.control.signing import new_control_event
 from agents.execution.paper import PaperConfig
@@ -176,6 +178,7 @@ def test_recorded_market_as_live_stream_when_promote_kill_release_then_trading_f
     assert run.core.clock.now_ns() < WALL0 <= run.core.wall_clock.now_ns()
 
 
+@pytest.mark.determinism
 def test_recorded_market_as_live_stream_when_audited_from_its_journal_then_byte_identical() -> None:
     run = _live_run()
     replayed = replay_outputs(run.core.config, KEYRING, run.journal)

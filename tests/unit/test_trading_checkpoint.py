@@ -64,6 +64,7 @@ def feed(core: TradingCore, events: list[Input]) -> list[bytes]:
     return [type(r).__name__.encode() + b":" + codec_for(type(r)).encode(r) for r in out]
 
 
+@pytest.mark.determinism
 def test_restore_after_any_split_then_outputs_byte_identical_to_uninterrupted_run() -> None:
     events = inputs()
     whole = feed(TradingCore(CONFIG, KEYRING), events)

@@ -108,6 +108,7 @@ def test_core_when_driven_then_same_engine_records_as_the_hand_driven_engines() 
     assert sum(x.startswith(b"Fill:") for x in got) > 20
 
 
+@pytest.mark.determinism
 def test_core_twice_and_with_redelivery_then_byte_identical() -> None:
     bars = load_bars()
     first = [_wire(r) for r in drive(_core(), bars)]

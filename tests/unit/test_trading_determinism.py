@@ -167,6 +167,7 @@ def run(bars: list[Bar], *, redeliver: bool = False) -> list[bytes]:
     return out
 
 
+@pytest.mark.determinism
 def test_same_inputs_twice_then_byte_identical_outputs() -> None:
     bars = load_bars()
     assert len(bars) == N_BARS
@@ -223,6 +224,7 @@ def digest(outputs: list[bytes]) -> str:
     return hashlib.sha256(b"\n".join(outputs)).hexdigest()
 
 
+@pytest.mark.determinism
 def test_separate_processes_with_different_hash_seeds_then_same_digest() -> None:
     """Live and backtest run in different processes: set/dict hashing must not leak into outputs."""
     root = Path(__file__).resolve().parents[2]

@@ -385,6 +385,7 @@ def test_shuffled_training_labels_then_validation_at_chance() -> None:
     assert m["val_log_loss"] > 1.0  # ~ln 3 = 1.0986 for an uninformed 3-class forecast
 
 
+@pytest.mark.determinism
 def test_same_seed_twice_then_identical_weights_and_metrics() -> None:
     config = SMALL.replace(max_epochs=4, patience=2)
     ds = real_dataset(config, n_bars=2_000)
