@@ -6,12 +6,24 @@ mean(((expected_return - y_return) / return_scale)^2)``; ``return_scale`` is
 the train-set std of the label return, so both terms are O(1).
 
 Optimisation: AdamW; shuffled mini-batches (a ``DistributedSampler`` ordering,
-seeded by ``config.seed`` and the epoch, also in a single process, so a
-world-size-1 DDP run sees exactly the batches an in-process run sees); after
-every epoch the validation loss is measured, the best state is kept, and
-training stops after ``patience`` epochs without improvement; the best state is
-restored at the end. Validation therefore selects the epoch: its metrics are
-slightly optimistic, which is what ``Split.test`` is for.
+seeded by ``config.seed`` and the epoch, also in a single process: see
+:func:`epoch_shard`); after every epoch the validation loss is measured, the
+best state is kept, and training stops after ``patience`` epochs without
+improvement; the best state is restored at the end. Validation therefore
+selects the epoch: its metrics are slightly optimistic, which is what
+``Split.test`` is for.
+
+Data parallelism (:mod:`gpu_workers.ddp`): with ``W`` ranks of ``batch_size``
+rows each, step ``k`` of the ``W`` ranks together covers exactly the rows of
+step ``k`` of a single process with ``W * batch_size`` rows per step, and every
+training row carries weight exactly once per epoch (the sampler's padding
+copies carry weight 0). Each rank's loss is the sum of its rows' losses times
+``W / rows in the step over all ranks``; DDP averages the gradients over the
+``W`` ranks, so the step's gradient is the mean over the step's rows, as in
+the single process. A world-size-W run therefore equals the single-process run
+with ``W * batch_size`` up to float32 summation order (tested at W = 2), when
+``dropout`` is 0: every rank draws dropout masks from the same seeded stream,
+so with dropout the two agree in distribution only.
 
 Reproducibility: ``torch.manual_seed(seed)`` before the weights are built,
 deterministic algorithms on, ``num_threads`` intra-op threads; the caller's
@@ -27,11 +39,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -49,12 +62,20 @@ from runtime.errors import BadInput
 
 __all__ = [
     "DistContext",
+    "EpochShard",
     "EpochStats",
+    "StepObserver",
     "TrainResult",
     "TrainingDiverged",
+    "epoch_shard",
     "evaluate_model",
     "train",
 ]
+
+StepObserver = Callable[[int, int, IntArray], None]
+"""Called before each optimiser step with ``(epoch, step, rows)``: the 1-based
+epoch, the 0-based step, and the dataset rows that carry weight in this rank's
+loss for that step (indices into the dataset, not into ``split.train``)."""
 
 
 class TrainingDiverged(BadInput, RuntimeError):
@@ -67,7 +88,8 @@ class DistContext:
 
     With ``world_size > 1`` or ``wrap`` the model is wrapped in
     ``DistributedDataParallel``; each rank trains on its ``DistributedSampler``
-    shard of every epoch.
+    shard of every epoch (:func:`epoch_shard`). ``world_size`` must be the
+    size of the process group DDP averages gradients over.
     """
 
     rank: int
@@ -78,7 +100,8 @@ class DistContext:
 
 @dataclass(frozen=True, slots=True)
 class EpochStats:
-    """Mean training loss (this rank's shard) and validation loss of one epoch."""
+    """Mean training loss over the epoch's training rows (all ranks' shards
+    together) and validation loss of one epoch."""
 
     epoch: int
     train_loss: float
@@ -120,6 +143,49 @@ class TrainResult:
     def save(self, path: Path) -> str:
         """Write the checkpoint; returns its sha256 for the registry event."""
         return save_checkpoint(path, self.model, self.checkpoint_meta())
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EpochShard:
+    """One rank's training rows for one epoch, in step order.
+
+    ``positions``: indices into the training rows, as the ``DistributedSampler``
+    deals them to this rank (its padding copies included); ``real``: False for
+    a padding copy; ``step_rows[k]``: the real rows of step ``k`` over all ranks,
+    the denominator of that step's mean loss. Step ``k`` is
+    ``positions[k * batch_size : (k + 1) * batch_size]``.
+    """
+
+    positions: IntArray
+    real: npt.NDArray[np.bool_]
+    step_rows: tuple[int, ...]
+    batch_size: int
+
+
+def epoch_shard(n_rows: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> EpochShard:
+    """Rank ``rank``'s share of epoch ``epoch`` (0-based) of ``n_rows`` training rows.
+
+    ``DistributedSampler`` (shuffle, ``seed + epoch``) permutes the rows, pads
+    the permutation with its own first rows to a multiple of ``world_size``
+    and deals position ``p`` to rank ``p % world_size``: every rank gets
+    ``ceil(n_rows / world_size)`` rows, hence the same number of steps (DDP
+    needs every rank in every step). Step ``k`` of rank ``r`` holds positions
+    ``r + world_size * j`` for ``j`` in ``[k * batch_size, (k + 1) * batch_size)``,
+    so step ``k`` of all ranks together is the contiguous block of positions
+    ``[k * B * W, (k + 1) * B * W)``: step ``k`` of one process with
+    ``batch_size * world_size`` rows. Positions ``>= n_rows`` are the padding.
+    """
+    sampler: DistributedSampler[int] = DistributedSampler(
+        _RowCount(n_rows), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
+    )
+    sampler.set_epoch(epoch)
+    positions = np.fromiter(sampler, dtype=np.int64)
+    real = rank + world_size * np.arange(len(positions)) < n_rows
+    step_rows = tuple(
+        min(world_size * (start + batch_size), n_rows) - world_size * start
+        for start in range(0, len(positions), batch_size)
+    )
+    return EpochShard(positions=positions, real=real, step_rows=step_rows, batch_size=batch_size)
 
 
 class _RowCount(Dataset[int]):
@@ -164,11 +230,11 @@ def _determinism(num_threads: int, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[3]
 
 
-def _loss(model: nn.Module, x: Tensor, y_class: Tensor, y_return: Tensor, scale: float, weight: float) -> Tensor:
+def _row_losses(model: nn.Module, x: Tensor, y_class: Tensor, y_return: Tensor, scale: float, weight: float) -> Tensor:
+    """Per-row loss; its mean is the loss in the module docstring."""
     logits, expected = model(x)
-    ce = nn.functional.cross_entropy(logits, y_class)
-    mse = torch.mean(((expected - y_return) / scale) ** 2)
-    return ce + weight * mse
+    ce = nn.functional.cross_entropy(logits, y_class, reduction="none")
+    return ce + weight * torch.square((expected - y_return) / scale)
 
 
 def _validation_loss(
@@ -180,8 +246,7 @@ def _validation_loss(
     with torch.no_grad():
         for start in range(0, len(x), batch):
             sl = slice(start, start + batch)
-            n = len(x[sl])
-            total += float(_loss(model, x[sl], y_class[sl], y_return[sl], scale, weight)) * n
+            total += float(_row_losses(model, x[sl], y_class[sl], y_return[sl], scale, weight).sum())
     return total / len(x)
 
 
@@ -201,6 +266,7 @@ def _fit_gradient(
     split: Split,
     device: torch.device,
     ctx: DistContext | None,
+    on_step: StepObserver | None,
 ) -> tuple[tuple[EpochStats, ...], int]:
     scale = float(model.return_scale)
     weight = config.return_loss_weight
@@ -211,40 +277,39 @@ def _fit_gradient(
     if distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sampler: DistributedSampler[int] = DistributedSampler(
-        _RowCount(len(split.train)),
-        num_replicas=ctx.world_size if ctx else 1,
-        rank=ctx.rank if ctx else 0,
-        shuffle=True,
-        seed=config.seed,
-        drop_last=False,
-    )
+    rank, world_size = (ctx.rank, ctx.world_size) if ctx else (0, 1)
+    n_train = len(split.train)
     history: list[EpochStats] = []
     best_loss = math.inf
     best_state: dict[str, Tensor] = {}
     best_epoch = 0
     stale = 0
     for epoch in range(config.max_epochs):
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), dtype=torch.int64, device=device)
+        shard = epoch_shard(n_train, config.batch_size, config.seed, epoch, rank, world_size)
+        order = torch.from_numpy(shard.positions).to(device)
+        row_weight = torch.from_numpy(shard.real).to(dtype=torch.float32, device=device)
         net.train()
         total = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            loss = _loss(net, x_tr[idx], yc_tr[idx], yr_tr[idx], scale, weight)
+        for step, step_rows in enumerate(shard.step_rows):
+            sl = slice(step * config.batch_size, (step + 1) * config.batch_size)
+            idx = order[sl]
+            losses = _row_losses(net, x_tr[idx], yc_tr[idx], yr_tr[idx], scale, weight) * row_weight[sl]
+            # DDP divides the summed gradients by world_size: the step's gradient is the mean over its step_rows rows.
+            loss = losses.sum() * (world_size / step_rows)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)  # typed twin of loss.backward()
             optimizer.step()
-            total += loss.detach().to(torch.float64) * len(idx)  # no host sync per step
-            count += len(idx)
-        train_loss = float(total) / count
+            total += losses.detach().sum().to(torch.float64)  # no host sync per step
+            if on_step is not None:
+                on_step(epoch + 1, step, split.train[shard.positions[sl][shard.real[sl]]])
         val_loss = _validation_loss(model, x_va, yc_va, yr_va, scale, weight, max(config.batch_size, 1024))
-        if distributed and dist.is_initialized() and dist.get_world_size() > 1:
-            # Every rank must take the same early-stopping decision.
-            shared = torch.tensor([val_loss], dtype=torch.float64, device=device)
-            dist.all_reduce(shared)
-            val_loss = float(shared) / dist.get_world_size()
+        sums = torch.stack([total, torch.tensor(val_loss, dtype=torch.float64, device=device)])
+        if world_size > 1:
+            # Training loss over all shards; the validation loss is the same on every rank (same weights, all
+            # validation rows), averaged anyway so that every rank takes the same early-stopping decision.
+            dist.all_reduce(sums)
+        train_loss = float(sums[0]) / n_train
+        val_loss = float(sums[1]) / world_size
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(f"epoch {epoch + 1}: train loss {train_loss}, validation loss {val_loss}")
         history.append(EpochStats(epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss))
@@ -289,9 +354,18 @@ def evaluate_model(
     )
 
 
-def train(config: ModelConfig, dataset: WindowDataset, split: Split, *, ctx: DistContext | None = None) -> TrainResult:
+def train(
+    config: ModelConfig,
+    dataset: WindowDataset,
+    split: Split,
+    *,
+    ctx: DistContext | None = None,
+    on_step: StepObserver | None = None,
+) -> TrainResult:
     """Fit ``config.family`` on ``split.train``, select on ``split.validation``,
-    and score validation (and test) from predictions."""
+    and score validation (and test) from predictions. ``ctx``: this process's
+    place in a DDP job (None: a single process); ``on_step``: told which rows
+    each optimiser step trains on (gradient families only; for audits)."""
     if dataset.window != config.window or dataset.horizon_bars != config.horizon_bars:
         raise ValueError(
             f"dataset built with window {dataset.window} / horizon {dataset.horizon_bars}, "
@@ -313,7 +387,7 @@ def train(config: ModelConfig, dataset: WindowDataset, split: Split, *, ctx: Dis
             _fit_baseline(config, model, dataset, split)
         else:
             model.to(device)
-            history, best_epoch = _fit_gradient(config, model, dataset, split, device, ctx)
+            history, best_epoch = _fit_gradient(config, model, dataset, split, device, ctx, on_step)
             model.to("cpu")
         model.eval()
         metrics = evaluate_model(model, config, dataset, split.validation, "val")

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from agents.features.spec import FEATURE_SET_VERSION
-from runtime.exits import EXIT_FAIL, EXIT_OK
+from runtime.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from runtime.publish import RecordPublisher
 from storage import registry
 from topics.records import Timeframe, TrainJob
@@ -111,7 +111,19 @@ def cmd_models_show(a: argparse.Namespace) -> int:
 
 
 def cmd_train_ddp(a: argparse.Namespace) -> int:
-    """torchrun over gpu_workers.ddp: one process per GPU (or CPU processes with gloo)."""
+    """torchrun over gpu_workers.ddp: one process per GPU (or CPU processes with gloo).
+
+    A bad request (config, dataset, split) is refused here with exit 2 before
+    any process starts (torchrun would report it as exit 1); otherwise the exit
+    code is torchrun's: 0, or 1 when a rank failed.
+    """
+    from gpu_workers.ddp import check_request
+
+    ddp_args = a.ddp_args[1:] if a.ddp_args[:1] == ["--"] else a.ddp_args
+    reason = check_request(ddp_args)
+    if reason is not None:
+        print(f"tradeflow train ddp: bad request: {reason}", file=sys.stderr)
+        return EXIT_USAGE
     argv = [
         sys.executable,
         "-m",
@@ -120,7 +132,7 @@ def cmd_train_ddp(a: argparse.Namespace) -> int:
         f"--nproc_per_node={a.nproc}",
         "-m",
         "gpu_workers.ddp",
-        *a.ddp_args,
+        *ddp_args,
     ]
     return subprocess.call(argv, env=os.environ.copy())  # noqa: S603 - our own module
 

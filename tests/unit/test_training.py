@@ -9,25 +9,31 @@ candles' closes, passed separately.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.checkpoint import load_checkpoint
 from models.config import ModelConfig
 from models.dataset import (
     CLASS_DOWN,
@@ -44,7 +50,7 @@ from models.dataset import (
 )
 from models.inference import predict_windows
 from models.metrics import evaluate_predictions
-from models.training import TrainResult, train
+from models.training import TrainResult, epoch_shard, train
 from tests import builders
 from topics.records import Bar, FeatureVector, Timeframe
 
@@ -425,44 +431,209 @@ def test_dataset_built_for_another_window_then_refused() -> None:
 
 
 # ---------------------------------------------------------------------------
-# DDP entry point (torchrun, world size 1, gloo)
+# DDP: the shard plan, and torchrun at world sizes 1 and 2 (gloo on CPU)
 # ---------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_rows=st.integers(1, 300),
+    world_size=st.integers(1, 4),
+    batch_size=st.integers(1, 40),
+    seed=st.integers(0, 2**32),
+    epoch=st.integers(0, 5),
+)
+def test_epoch_shards_then_rows_once_and_each_step_is_the_combined_single_process_step(
+    n_rows: int, world_size: int, batch_size: int, seed: int, epoch: int
+) -> None:
+    shards = [epoch_shard(n_rows, batch_size, seed, epoch, rank, world_size) for rank in range(world_size)]
+    single = epoch_shard(n_rows, batch_size * world_size, seed, epoch, 0, 1)
+    assert single.real.all() and sorted(single.positions.tolist()) == list(range(n_rows))
+    assert len({s.step_rows for s in shards}) == 1  # every rank takes every step, with the same denominator
+    weighted = np.concatenate([s.positions[s.real] for s in shards])
+    assert sorted(weighted.tolist()) == list(range(n_rows))  # each row carries weight exactly once
+    assert len(shards[0].step_rows) == len(single.step_rows)
+    for k, rows in enumerate(shards[0].step_rows):
+        sl = slice(k * batch_size, (k + 1) * batch_size)  # how train() cuts a rank's step k
+        step = np.concatenate([s.positions[sl][s.real[sl]] for s in shards])
+        expected = single.positions[k * batch_size * world_size : (k + 1) * batch_size * world_size]
+        assert sorted(step.tolist()) == sorted(expected.tolist())
+        assert rows == single.step_rows[k] == len(expected)
+    assert all(len(s.positions) <= len(s.step_rows) * batch_size for s in shards)  # no row past the last step
+
+
+# One ``torchrun`` job per test, short: 3 epochs of 411 training rows (odd, so
+# rank 1 gets one padding copy, and 411 = 6 * 64 + 27, so the last step is partial).
+DDP_CONFIG = SMALL.replace(window=8, hidden_sizes=(16,), max_epochs=3, patience=3, dropout=0.0, batch_size=32)
+DDP_BARS = 602
+# Rank 0 and rank 1 each sum the gradient over 32 rows in float32, DDP adds the two
+# halves; the single process sums 64 rows in one GEMM. Same terms, another order:
+# each gradient element moves by float32 rounding (~1e-7 relative), and over 21
+# AdamW steps the weights (|w| <= 0.3) end up apart by about one float32 ulp
+# (1.5e-8 observed). 1e-6 leaves a wide margin and is still ~10^4 times smaller
+# than what different steps on the same rows give (batch 32 single process: ~1e-2).
+# AdamW divides by sqrt(v): a gradient component that is itself at rounding level
+# could flip sign and move one weight by ~lr; none does on this data.
+DDP_WEIGHT_ATOL = 1e-6
+# Losses and val_log_loss are means over ~100-400 float32 row losses: ~3e-7 relative observed.
+DDP_LOSS_RTOL = 1e-5
+TEST_RUN_TOKEN = "DDP_TEST_RUN_TOKEN"  # marks every process a launch starts (not configuration)
+
+
+def _tagged_pids(token: str) -> list[int]:
+    """Processes whose environment carries ``token``: every process a launch
+    started, whatever session it moved to (torchrun starts each rank in its own)."""
+    needle = f"{TEST_RUN_TOKEN}={token}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if needle in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _launch(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a launcher (torchrun, or the CLI that wraps it) from the repository
+    root with one intra-op thread, and leave no process of it behind: on a
+    timeout the launcher's group gets SIGTERM (torchrun then stops its ranks),
+    and whatever still carries this run's token is killed. A clean run must
+    leave nothing (asserted)."""
+    token = uuid.uuid4().hex
+    env = {**os.environ, "OMP_NUM_THREADS": "1", TEST_RUN_TOKEN: token}
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"{argv[2:5]} still running after {timeout} s:\n{stderr[-3000:]}")
+    finally:
+        leftovers = _tagged_pids(token)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert leftovers == [], f"processes left behind by {argv[2:5]}: {leftovers}"
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def _ddp_request(tmp_path: Path, config: ModelConfig, ds: WindowDataset) -> list[str]:
+    ds.save(tmp_path / "rows.npz")
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    return ["--config", str(tmp_path / "config.json"), "--dataset", str(tmp_path / "rows.npz")]
+
+
+def _torchrun(nproc: int, ddp_args: list[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return _launch([*argv, "-m", "gpu_workers.ddp", *ddp_args], timeout)
 
 
 def test_torchrun_world_size_one_then_same_checkpoint_as_in_process(tmp_path: Path) -> None:
     config = SMALL.replace(window=8, hidden_sizes=(16,), max_epochs=3, patience=2)
     ds = real_dataset(config, n_bars=1_500)
-    ds.save(tmp_path / "rows.npz")
-    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    request = _ddp_request(tmp_path, config, ds)
     split = holdout_split(ds.timestamps, validation_fraction=0.2, purge=ds.horizon_ns)
     in_process_sha = train(config, ds, split).save(tmp_path / "in_process.ckpt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=1",
-            "-m",
-            "gpu_workers.ddp",
-            "--config",
-            str(tmp_path / "config.json"),
-            "--dataset",
-            str(tmp_path / "rows.npz"),
-            "--out",
-            str(tmp_path / "ddp.ckpt"),
-            "--validation-fraction",
-            "0.2",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _torchrun(1, [*request, "--out", str(tmp_path / "ddp.ckpt"), "--validation-fraction", "0.2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "ddp.ckpt.json").read_text())
     assert doc["world_size"] == 1 and doc["device"] == "cpu"
     assert doc["sha256"] == in_process_sha  # DDP(gloo) at world size 1 == plain training, bit for bit
     assert doc["config_hash"] == config.config_hash()
+
+
+def test_torchrun_world_size_two_then_rows_split_once_and_weights_equal_combined_batch(tmp_path: Path) -> None:
+    ds = real_dataset(DDP_CONFIG, n_bars=DDP_BARS)
+    split = holdout_split(ds.timestamps, validation_fraction=0.2, purge=ds.horizon_ns)
+    n_train = len(split.train)
+    assert n_train % 2 == 1 and n_train % (2 * DDP_CONFIG.batch_size) != 0  # padding and a partial step, exercised
+    request = _ddp_request(tmp_path, DDP_CONFIG, ds)
+    started = time.perf_counter()
+    proc = _torchrun(2, [*request, "--out", str(tmp_path / "ddp.ckpt"), "--row-log", str(tmp_path / "rows")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"torchrun world size 2: {time.perf_counter() - started:.1f} s")
+    doc = json.loads((tmp_path / "ddp.ckpt.json").read_text())
+    assert doc["world_size"] == 2 and doc["device"] == "cpu"
+
+    # The reference: one process, twice the batch, the rows it trains on per step recorded the same way.
+    combined: dict[tuple[int, int], list[int]] = {}
+
+    def record(epoch: int, step: int, rows: npt.NDArray[np.int64]) -> None:
+        combined[epoch, step] = rows.tolist()
+
+    reference = train(DDP_CONFIG.replace(batch_size=2 * DDP_CONFIG.batch_size), ds, split, on_step=record)
+
+    # (a) What each rank trained on, as it recorded it: disjoint, complete, and per step the combined batch.
+    logs = [json.loads((tmp_path / "rows" / f"rows.rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [(log["rank"], log["world_size"]) for log in logs] == [(0, 2), (1, 2)]
+    per_rank = [{(epoch, step): rows for epoch, step, rows in log["steps"]} for log in logs]
+    assert per_rank[0].keys() == per_rank[1].keys() == combined.keys()
+    epochs = sorted({epoch for epoch, _ in combined})
+    assert epochs == [1, 2, 3]
+    orders = []
+    for epoch in epochs:
+        shards = [[row for (e, _), rows in sorted(steps.items()) if e == epoch for row in rows] for steps in per_rank]
+        assert not set(shards[0]) & set(shards[1])
+        assert sorted(shards[0] + shards[1]) == sorted(split.train.tolist())  # every row exactly once
+        assert abs(len(shards[0]) - len(shards[1])) == 1  # rank 1's padding copy carried no weight
+        orders.append(shards[0])
+    assert orders[0] != orders[1]  # reshuffled every epoch
+    for key, rows in combined.items():
+        assert sorted(per_rank[0][key] + per_rank[1][key]) == sorted(rows), key
+
+    # (b) Gradients synchronised: the weights equal the single process's with the combined batch.
+    ddp_state = load_checkpoint(tmp_path / "ddp.ckpt", doc["sha256"]).model.state_dict()
+    ref_state = reference.model.state_dict()
+    assert ddp_state.keys() == ref_state.keys()
+    for name, tensor in ref_state.items():
+        torch.testing.assert_close(ddp_state[name], tensor, rtol=0.0, atol=DDP_WEIGHT_ATOL, msg=name)
+    assert doc["best_epoch"] == reference.best_epoch
+    assert len(doc["history"]) == len(reference.history)
+    for got, want in zip(doc["history"], reference.history, strict=True):
+        assert got["train_loss"] == pytest.approx(want.train_loss, rel=DDP_LOSS_RTOL)  # all shards, not rank 0's
+        assert got["val_loss"] == pytest.approx(want.val_loss, rel=DDP_LOSS_RTOL)
+    assert doc["metrics"]["val_log_loss"] == pytest.approx(reference.metrics["val_log_loss"], rel=DDP_LOSS_RTOL)
+    # The tolerance tells steps apart: the same rows in per-rank batches without the other rank are far off.
+    unsynced = train(DDP_CONFIG, ds, split).model.state_dict()["core.body.0.weight"]
+    assert float((unsynced - ddp_state["core.body.0.weight"]).abs().max()) > 1_000 * DDP_WEIGHT_ATOL
+
+
+def test_cli_train_ddp_world_size_two_then_one_checkpoint_by_rank_zero_with_its_sha(tmp_path: Path) -> None:
+    config = DDP_CONFIG.replace(max_epochs=1)
+    request = _ddp_request(tmp_path, config, real_dataset(config, n_bars=DDP_BARS))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    cli = [sys.executable, "-m", "ops.cli", "train", "ddp", "--nproc", "2", "--"]
+    started = time.perf_counter()
+    proc = _launch([*cli, *request, "--out", str(out_dir / "m.ckpt"), "--result", str(out_dir / "r.json")], 180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"tradeflow train ddp --nproc 2: {time.perf_counter() - started:.1f} s")
+    doc = json.loads((out_dir / "r.json").read_text())
+    assert doc["world_size"] == 2 and doc["device"] == "cpu" and doc["split"] == "holdout"
+    assert doc["checkpoint"] == str(out_dir / "m.ckpt") and doc["config_hash"] == config.config_hash()
+    assert hashlib.sha256((out_dir / "m.ckpt").read_bytes()).hexdigest() == doc["sha256"]
+    # The rank that saves is the rank that announces, right after: one announcement, one writer.
+    announced = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert announced == [{"sha256": doc["sha256"], "world_size": 2, "device": "cpu"}]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["m.ckpt", "r.json"]  # no stray temp file
+
+
+def test_cli_train_ddp_bad_request_then_exit_2_before_any_rank_starts(tmp_path: Path) -> None:
+    request = _ddp_request(tmp_path, DDP_CONFIG, real_dataset(DDP_CONFIG, n_bars=DDP_BARS))
+    (tmp_path / "config.json").write_text(json.dumps({**DDP_CONFIG.to_dict(), "lr": -1.0}))
+    cli = [sys.executable, "-m", "ops.cli", "train", "ddp", "--nproc", "2", "--"]
+    proc = _launch([*cli, *request, "--out", str(tmp_path / "m.ckpt")], 60)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "bad request" in proc.stderr and "lr" in proc.stderr
+    assert "torch.distributed" not in proc.stderr  # refused before torchrun started
+    assert not (tmp_path / "m.ckpt").exists()
