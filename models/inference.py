@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_ROWS: Final = 64
+#: CUDA: rows per forward (bounds activation memory), and the size from which the input is pinned
+CUDA_SLICE_ROWS: Final = 16_384
+CUDA_PIN_ROWS: Final = 4_096
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -91,21 +94,15 @@ def predict_windows(
         raise FeatureMismatch(f"expected windows [N, {model.window}, {model.n_features}], got {list(x.shape)}")
     n = x.shape[0]
     device = device or torch.device("cpu")
-    dtype = model.input_mean.dtype
     logits_out = np.empty((n, 3), dtype=np.float64)
     returns_out = np.empty(n, dtype=np.float64)
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            chunk = torch.zeros((chunk_rows, model.window, model.n_features), dtype=dtype, device=device)
-            for start in range(0, n, chunk_rows):
-                stop = min(start + chunk_rows, n)
-                chunk.zero_()
-                chunk[: stop - start] = torch.from_numpy(x[start:stop]).to(dtype=dtype, device=device)
-                logits, expected = model(chunk) if device.type == "cuda" else model.forward_rows(chunk)
-                logits_out[start:stop] = logits[: stop - start].to("cpu", torch.float64).numpy()
-                returns_out[start:stop] = expected[: stop - start].to("cpu", torch.float64).numpy()
+        if device.type == "cuda":
+            _outputs_cuda(model, x, device, logits_out, returns_out)
+        else:
+            _outputs_cpu(model, x, chunk_rows, logits_out, returns_out)
     finally:
         model.train(was_training)
     shifted = logits_out - logits_out.max(axis=1, keepdims=True)
@@ -118,6 +115,65 @@ def predict_windows(
         expected_return=returns_out,
         score=probs[:, 2] - probs[:, 0],
     )
+
+
+def _outputs_cpu(
+    model: ForecastModel, x: FloatArray, chunk_rows: int, logits_out: FloatArray, returns_out: FloatArray
+) -> None:
+    """Row-invariant forward on fixed, zero-padded chunks (module docstring)."""
+    n, dtype = x.shape[0], model.input_mean.dtype
+    with torch.inference_mode():
+        chunk = torch.zeros((chunk_rows, model.window, model.n_features), dtype=dtype)
+        for start in range(0, n, chunk_rows):
+            stop = min(start + chunk_rows, n)
+            chunk.zero_()
+            chunk[: stop - start] = torch.from_numpy(x[start:stop]).to(dtype=dtype)
+            logits, expected = model.forward_rows(chunk)
+            logits_out[start:stop] = logits[: stop - start].to(torch.float64).numpy()
+            returns_out[start:stop] = expected[: stop - start].to(torch.float64).numpy()
+
+
+def _outputs_cuda(
+    model: ForecastModel, x: FloatArray, device: torch.device, logits_out: FloatArray, returns_out: FloatArray
+) -> None:
+    """The plain (gemm/cuDNN) forward in the model's dtype, in large slices of one device-resident copy of
+    the input: one host-to-device copy, one device-to-host copy, no padding (CUDA is compared with a
+    tolerance, docs/determinism.md). TF32 stays off (its 10-bit mantissa would exceed the tolerance)."""
+    dtype = model.input_mean.dtype
+    if next(model.parameters()).device != device:
+        raise ValueError(f"the model is on {next(model.parameters()).device}, not on {device}")
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+            _forward_cuda(model, x, device, dtype, logits_out, returns_out)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+
+
+def _forward_cuda(
+    model: ForecastModel,
+    x: FloatArray,
+    device: torch.device,
+    dtype: torch.dtype,
+    logits_out: FloatArray,
+    returns_out: FloatArray,
+) -> None:
+    n = x.shape[0]
+    with torch.inference_mode():
+        host = torch.from_numpy(x).to(dtype=dtype)
+        if n >= CUDA_PIN_ROWS:
+            host = host.pin_memory()
+        inputs = host.to(device, non_blocking=True)
+        logits = torch.empty((n, 3), dtype=torch.float64, device=device)
+        returns = torch.empty(n, dtype=torch.float64, device=device)
+        for start in range(0, n, CUDA_SLICE_ROWS):
+            stop = min(start + CUDA_SLICE_ROWS, n)
+            out_logits, out_returns = model(inputs[start:stop])
+            logits[start:stop] = out_logits.to(torch.float64)
+            returns[start:stop] = out_returns.to(torch.float64)
+        logits_out[:] = logits.cpu().numpy()
+        returns_out[:] = returns.cpu().numpy()
 
 
 class Predictor:

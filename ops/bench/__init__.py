@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "replay": "full replay: features -> inference -> trading, bars per second",
     "backtest": "reference strategy vs backtesting.py and vectorbt",
     "dashboard": "dashboard update latency and fan-out to clients",
+    "gpu": "GPU check: CUDA unit tests, torchrun on NCCL, inference and training on CUDA vs CPU (<= 5 min)",
     "platform": "tradeflow up as operated: ready time, bar -> signal / fill at 10 bars/s, kill drills, memory (30 min)",
 }
 
