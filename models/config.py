@@ -15,9 +15,13 @@ Versioning: ``config_version`` names the meaning of the fields. A change that
 alters what an existing field means, or adds a field whose default changes a
 result, bumps :data:`CONFIG_VERSION` with a changelog line here.
 
+Adding a *value* (a family) changes no existing config, its dict or its hash,
+so it does not bump the version; the family list is :data:`FAMILIES`.
+
 Changelog
 ---------
-- 1: initial fields.
+- 1: initial fields. Families since: ``tcn`` (added without a version bump:
+  existing configs keep their bytes and hashes, tested).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ __all__ = [
 ]
 
 CONFIG_VERSION: Final = 1
-FAMILIES: Final = ("mlp", "gru", "linear_baseline")
+FAMILIES: Final = ("mlp", "gru", "tcn", "linear_baseline")
 DEVICES: Final = ("auto", "cpu", "cuda")
 
 
@@ -67,11 +71,14 @@ class ModelConfig:
 
     Architecture
         ``family``: ``mlp`` (flattened window), ``gru`` (recurrent over the
-        window) or ``linear_baseline`` (closed-form ridge + Newton logistic, no
-        gradient training). ``window``: number of past feature vectors per
-        sample, the newest at the decision time. ``hidden_sizes``: MLP layer
-        widths; for the GRU the first entry is the recurrent state size and the
-        rest are the head's layers. ``dropout`` applies after hidden layers.
+        window), ``tcn`` (causal dilated convolutions over the window) or
+        ``linear_baseline`` (closed-form ridge + Newton logistic, no gradient
+        training). ``window``: number of past feature vectors per sample, the
+        newest at the decision time. ``hidden_sizes``: MLP layer widths; for
+        the GRU the first entry is the recurrent state size, for the TCN the
+        channel width of its convolution stack (whose depth follows from
+        ``window``), and the rest are the head's layers. ``dropout`` applies
+        after hidden layers.
         ``input_clip``: standardised inputs are clipped to +-this many standard
         deviations, so one extreme bar (exchange glitch, flash crash) cannot
         dominate a forward pass.

@@ -40,8 +40,10 @@ __all__ = [
     "ForecastModel",
     "GRUCore",
     "MLPCore",
+    "TCNCore",
     "build_model",
     "rowwise_linear",
+    "tcn_blocks",
 ]
 
 N_CLASSES = 3
@@ -49,7 +51,7 @@ CLASS_NAMES = ("down", "flat", "up")
 
 
 def rowwise_linear(x: Tensor, layer: nn.Linear) -> Tensor:
-    """``layer(x)`` for ``x [B, in]`` with every row through the same reduction (module docstring)."""
+    """``layer(x)`` for ``x [..., in]`` with every row through the same reduction (module docstring)."""
     y = (x.unsqueeze(-2) * layer.weight).sum(dim=-1)
     return y if layer.bias is None else y + layer.bias
 
@@ -148,6 +150,87 @@ class GRUCore(nn.Module):
         return rowwise_linear(hidden, self.class_head), rowwise_linear(hidden, self.return_head).squeeze(-1)
 
 
+def tcn_blocks(window: int) -> int:
+    """Residual blocks a :class:`TCNCore` stacks for ``window``: the fewest whose
+    receptive field ``2 ** blocks`` covers the window (at least one)."""
+    return max(1, (window - 1).bit_length())
+
+
+class TCNCore(nn.Module):
+    """Causal temporal convolutional network over the window; its newest step feeds an MLP head.
+
+    The network: a pointwise projection of the ``F`` features to ``C = hidden_sizes[0]``
+    channels, then ``n = tcn_blocks(W)`` residual blocks, block ``i`` mapping a sequence
+    ``h`` to ``h[t] + mix(dropout(relu(temporal(h[t - 2**i], h[t]))))``: a causal
+    convolution of kernel 2 and dilation ``2**i`` (steps before the window are zeros, as a
+    causally left-padded ``Conv1d`` sees them) and a pointwise mix, both ``Linear`` layers
+    over the channels. The channels at the newest step go through ReLU, dropout and the
+    head's layers ``hidden_sizes[1:]`` to the two heads. The newest step's receptive field is
+    ``2**n >= W`` steps, so the depth follows the window and needs no config field. No
+    normalisation layer: nothing depends on the batch, in training or in serving.
+
+    Only the newest step is read, so only the steps it depends on are computed: block ``i``
+    needs its input every ``2**i`` steps back from the newest, so each block pairs
+    neighbours and halves the sequence (``2**n - 1`` step evaluations in all instead of
+    ``n * W``). The result is the dilated TCN's output at the newest step (tested against a
+    full ``conv1d`` evaluation), at a fraction of its CPU cost.
+
+    Design: docs/models.md#the-tcn-family
+    """
+
+    def __init__(self, window: int, n_features: int, hidden_sizes: tuple[int, ...], dropout: float) -> None:
+        super().__init__()
+        channels = hidden_sizes[0]
+        blocks = tcn_blocks(window)
+        self.channels = channels
+        self.left_pad = 2**blocks - window
+        # Outputs of block i sit at steps (j + 1) * 2**(i+1) - 1 - left_pad: those before the
+        # window's first step (< 0) are the next block's causal padding, zeros.
+        self.leading_zeros = tuple(
+            sum(1 for j in range(2 ** (blocks - 1 - i)) if (j + 1) * 2 ** (i + 1) - 1 < self.left_pad)
+            for i in range(blocks)
+        )
+        self.project = nn.Linear(n_features, channels)
+        self.temporal = nn.ModuleList(nn.Linear(2 * channels, channels) for _ in range(blocks))
+        self.mix = nn.ModuleList(nn.Linear(channels, channels) for _ in range(blocks))
+        self.dropout = nn.Dropout(dropout)
+        layers: list[nn.Module] = [nn.ReLU(), nn.Dropout(dropout)]
+        width = channels
+        for h in hidden_sizes[1:]:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.head = nn.Sequential(*layers)
+        self.class_head = nn.Linear(width, N_CLASSES)
+        self.return_head = nn.Linear(width, 1)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.project(z)  # [B, W, C]
+        if self.left_pad:
+            h = torch.cat([h.new_zeros(h.shape[0], self.left_pad, self.channels), h], dim=1)
+        for temporal, mix, zeros in zip(self.temporal, self.mix, self.leading_zeros, strict=True):
+            past, now = h[:, 0::2], h[:, 1::2]  # each step with the one 2**i before it
+            h = now + mix(self.dropout(torch.relu(temporal(torch.cat([past, now], dim=2)))))
+            if zeros:
+                h = torch.cat([h.new_zeros(h.shape[0], zeros, self.channels), h[:, zeros:]], dim=1)
+        hidden = self.head(h[:, -1])
+        return self.class_head(hidden), self.return_head(hidden).squeeze(-1)
+
+    def forward_rows(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``forward`` with every linear map in the reduction form (:func:`rowwise_linear` over the
+        channels of each (row, step)): row-invariant, and the same bits on every kernel selection."""
+        h = rowwise_linear(z, self.project)  # [B, W, C]
+        if self.left_pad:
+            h = torch.cat([h.new_zeros(h.shape[0], self.left_pad, self.channels), h], dim=1)
+        for temporal, mix, zeros in zip(self.temporal, self.mix, self.leading_zeros, strict=True):
+            past, now = h[:, 0::2], h[:, 1::2]
+            step = torch.relu(rowwise_linear(torch.cat([past, now], dim=2), cast(nn.Linear, temporal)))
+            h = now + rowwise_linear(self.dropout(step), cast(nn.Linear, mix))
+            if zeros:
+                h = torch.cat([h.new_zeros(h.shape[0], zeros, self.channels), h[:, zeros:]], dim=1)
+        hidden = _rows(self.head, h[:, -1])
+        return rowwise_linear(hidden, self.class_head), rowwise_linear(hidden, self.return_head).squeeze(-1)
+
+
 class ForecastModel(nn.Module):
     """Raw window ``[B, W, F]`` -> ``(logits [B, 3], expected_return [B])``.
 
@@ -223,6 +306,8 @@ def build_model(config: ModelConfig, n_features: int) -> ForecastModel:
         core = MLPCore(config.window, n_features, config.hidden_sizes, config.dropout)
     elif config.family == "gru":
         core = GRUCore(n_features, config.hidden_sizes, config.dropout)
+    elif config.family == "tcn":
+        core = TCNCore(config.window, n_features, config.hidden_sizes, config.dropout)
     else:
         core = LinearBaselineCore(config.window, n_features)
         dtype = torch.float64

@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "features": "feature engine: incremental vs batch values per second",
     "market": "history import and the features agent on the broker vs in-process",
     "models": "training and inference rows per second (CPU)",
+    "walkforward": "out-of-sample walk-forward metrics of every model family on the bundled BTC 1h candles",
     "trading": "trading core and agent: intents/s, signal -> fill latency, kill -> blocked",
     "replay": "full replay: features -> inference -> trading, bars per second",
     "backtest": "reference strategy vs backtesting.py and vectorbt",

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "inference_cpu": {},
         "training": [],
     }
-    models = {f: _model(f, args.window, args.features, hidden) for f in ("linear_baseline", "mlp", "gru")}
+    models = {f: _model(f, args.window, args.features, hidden) for f in ("linear_baseline", "mlp", "gru", "tcn")}
     for family, model in models.items():
         out["inference_cpu"][family] = [
             bench_inference(model, b, args.repeats, DEFAULT_CHUNK_ROWS, args.min_seconds) for b in BATCH_SIZES
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if "cuda" in devices:
         out["cuda"] = torch.cuda.get_device_name(0)
     for device in devices:
-        for family in ("mlp", "gru"):
+        for family in ("mlp", "gru", "tcn"):
             row = bench_training(family, device, args.train_rows, args.window, args.features, hidden, args.threads, 3)
             out["training"].append(row)
             print(json.dumps(row))

@@ -177,7 +177,7 @@ def add_parsers(sub: Any, infra: Any) -> None:
     tsub = sp.add_subparsers(dest="train_cmd", required=True)
     tp = tsub.add_parser("submit", help="publish a jobs.train record (a trainer worker picks it up)")
     infra(tp)
-    tp.add_argument("--family", default="mlp", help="mlp | gru | linear_baseline")
+    tp.add_argument("--family", default="mlp", help="mlp | gru | tcn | linear_baseline")
     tp.add_argument("--symbols", nargs="+", required=True)
     tp.add_argument("--timeframe", default="1h")
     tp.add_argument("--start", required=True)

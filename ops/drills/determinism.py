@@ -106,6 +106,7 @@ CONTRACT: Mapping[str, Claim] = {
     ),
     "predictions.linear_baseline": Claim("identical", "runs, batches, thread counts, BLAS/ATen kernels"),
     "predictions.mlp": Claim("identical", "runs, batches, thread counts, BLAS/ATen kernels"),
+    "predictions.tcn": Claim("identical", "runs, batches, thread counts, BLAS/ATen kernels"),
     "predictions.gru": Claim(
         "tolerance", "BLAS/ATen kernels, CPUs, devices", 1e-4, within="runs, batches, thread counts"
     ),
@@ -203,7 +204,7 @@ def _predictions(vectors: Sequence[Any]) -> dict[str, Any]:
     windows = np.lib.stride_tricks.sliding_window_view(values, WINDOW, axis=0).transpose(0, 2, 1).copy()
     out: dict[str, Any] = {}
     invariant = True
-    for family in ("linear_baseline", "mlp", "gru"):
+    for family in ("linear_baseline", "mlp", "gru", "tcn"):
         torch.manual_seed(7)
         model = build_model(ModelConfig(family=family, window=WINDOW, hidden_sizes=(32, 16)), values.shape[1])
         with torch.no_grad():

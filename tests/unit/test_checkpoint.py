@@ -32,7 +32,7 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-@functools.lru_cache(maxsize=3)
+@functools.lru_cache(maxsize=4)
 def _trained(family: str) -> tuple[TrainResult, WindowDataset]:
     config = ModelConfig(family=family, window=12, hidden_sizes=(16, 8), max_epochs=3, patience=2, device="cpu")
     vectors, closes = real_btc_vectors(n_bars=2_000)
@@ -41,8 +41,9 @@ def _trained(family: str) -> tuple[TrainResult, WindowDataset]:
     return train(config, ds, split), ds
 
 
-def test_saved_checkpoint_then_loads_with_same_outputs_and_metadata(tmp_path: Path) -> None:
-    result, ds = _trained("mlp")
+@pytest.mark.parametrize("family", ["mlp", "tcn"])
+def test_saved_checkpoint_then_loads_with_same_outputs_and_metadata(family: str, tmp_path: Path) -> None:
+    result, ds = _trained(family)
     sha = result.save(tmp_path / "m.ckpt")
     assert sha == result.save(tmp_path / "elsewhere.ckpt")  # bytes depend on content only
     loaded = load_checkpoint(tmp_path / "m.ckpt", sha)
@@ -98,7 +99,7 @@ def test_verified_file_that_is_not_a_checkpoint_then_checkpoint_error(tmp_path: 
 
 
 @pytest.mark.determinism
-@pytest.mark.parametrize("family", ["mlp", "gru", "linear_baseline"])
+@pytest.mark.parametrize("family", ["mlp", "gru", "tcn", "linear_baseline"])
 def test_rows_one_by_one_then_bit_identical_to_a_batch_of_64(family: str, tmp_path: Path) -> None:
     """Exact equality, not a tolerance: the Predictor runs fixed-shape padded
     chunks, so a row's arithmetic does not depend on its batch (see

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -24,7 +27,7 @@ from models.metrics import (
     spearman_ic,
     strategy_pnl,
 )
-from models.nets import ForecastModel, build_model
+from models.nets import ForecastModel, TCNCore, build_model, tcn_blocks
 from topics.records import Timeframe, TrainJob
 from topics.schema import codec_for
 
@@ -113,6 +116,48 @@ def test_config_round_trip_through_train_job_record_then_equal_and_same_hash() -
     assert ModelConfig.from_dict({"hidden_sizes": [32, 16]}).hidden_sizes == (32, 16)
 
 
+# sha256 of the canonical config JSON, computed before the tcn family existed: adding a
+# family must not change an existing config's dict, bytes or hash (registry and checkpoints
+# key on them).
+PINNED_CONFIG_HASHES = (
+    ({}, "701f03d5aabf54f003c996b318b4a84fb47e35f67f4f00fd6b6ce47d59a1b4e9"),
+    (
+        {"family": "gru", "window": 24, "hidden_sizes": (32, 16), "lr": 3e-4, "seed": 7, "horizon_bars": 4},
+        "c59905d3c1fee55518e1b74b1fc35bac79415be77233319eeeb278db0f0a4e00",
+    ),
+    ({"family": "linear_baseline"}, "e94fc1fb2d3470402baaab07f64ac6b0c9577b05aca023dc98174efd11db507c"),
+)
+
+
+@pytest.mark.parametrize(("fields", "expected"), PINNED_CONFIG_HASHES)
+def test_existing_configs_after_tcn_added_then_same_bytes_and_hash(fields: dict[str, Any], expected: str) -> None:
+    config = ModelConfig(**fields)
+    canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    assert hashlib.sha256(canonical.encode()).hexdigest() == expected
+    assert config.config_hash() == expected
+    assert list(config.to_dict()) == [f.name for f in dataclasses.fields(ModelConfig)]  # no new field
+
+
+def test_tcn_train_job_then_config_round_trips_and_hashes_apart_from_mlp() -> None:
+    config = ModelConfig(family="tcn", window=32, hidden_sizes=(64, 32), seed=3)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert config.config_hash() != config.replace(family="mlp").config_hash()
+    job = TrainJob.new(
+        ts_init=1_700_000_000_000_000_000,
+        ts_event=1_700_000_000_000_000_000,
+        job_id="j-tcn",
+        model_family="tcn",
+        symbols=("BTC/USDT",),
+        timeframe=Timeframe.H1,
+        data_start=1_600_000_000_000_000_000,
+        data_end=1_700_000_000_000_000_000,
+        feature_set_version="fs1.x",
+        seed=3,
+        hyperparams={"window": 32, "hidden_sizes": "64,32"},
+    )
+    assert ModelConfig.from_train_job(job) == config  # what the trainer worker builds from a job
+
+
 def test_changed_hyperparameter_then_hash_changes() -> None:
     base = ModelConfig()
     assert base.config_hash() == ModelConfig().config_hash()
@@ -153,7 +198,7 @@ def test_cuda_requested_without_gpu_then_invalid_config() -> None:
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", ["mlp", "gru", "linear_baseline"])
+@pytest.mark.parametrize("family", ["mlp", "gru", "tcn", "linear_baseline"])
 def test_window_batch_through_each_family_then_three_logits_and_one_return(family: str) -> None:
     torch.manual_seed(0)
     config = ModelConfig(family=family, window=6, hidden_sizes=(8, 4))
@@ -164,6 +209,40 @@ def test_window_batch_through_each_family_then_three_logits_and_one_return(famil
     assert {"input_mean", "input_std", "return_scale"} <= set(model.state_dict())
     with pytest.raises(ValueError, match="expected windows"):
         model(torch.randn(7, 5, 5))
+
+
+def _dilated_tcn_reference(core: TCNCore, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook evaluation of the same weights: every step of every block, with
+    causally left-padded, dilated ``conv1d``s; read at the newest step."""
+    c = core.channels
+    h = torch.nn.functional.linear(z, core.project.weight, core.project.bias).transpose(1, 2)  # [B, C, W]
+    for i, (temporal, mix) in enumerate(zip(core.temporal, core.mix, strict=True)):
+        dilation = 2**i
+        kernel = torch.stack([temporal.weight[:, :c], temporal.weight[:, c:]], dim=2)  # taps: t - d, t
+        padded = torch.nn.functional.pad(h, (dilation, 0))
+        step = torch.relu(torch.nn.functional.conv1d(padded, kernel, temporal.bias, dilation=dilation))
+        h = h + torch.nn.functional.conv1d(step, mix.weight[:, :, None], mix.bias)
+    hidden = core.head(h[:, :, -1])
+    return core.class_head(hidden), core.return_head(hidden).squeeze(-1)
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 12, 16, 17])
+def test_tcn_newest_step_then_equals_full_dilated_causal_convolution(window: int) -> None:
+    torch.manual_seed(window)
+    model = build_model(ModelConfig(family="tcn", window=window, hidden_sizes=(32, 8)), n_features=3).eval()
+    core = model.core.double()
+    assert isinstance(core, TCNCore)
+    assert 2 ** tcn_blocks(window) >= window > 2 ** (tcn_blocks(window) - 1) or window == 1
+    z = torch.randn(64, window, 3, dtype=torch.float64)
+    with torch.no_grad():
+        logits, unit = core(z)
+        ref_logits, ref_unit = _dilated_tcn_reference(core, z)
+        torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-12)
+        torch.testing.assert_close(unit, ref_unit, rtol=0, atol=1e-12)
+        # Receptive field = the whole window: the oldest step moves the forecast.
+        older = z.clone()
+        older[:, 0] += 3.0
+        assert not torch.equal(core(older)[0], logits)
 
 
 def test_normalisation_installed_then_outputs_scale_with_return_scale() -> None:

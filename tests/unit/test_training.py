@@ -407,7 +407,17 @@ def test_same_seed_twice_then_identical_weights_and_metrics() -> None:
     )
 
 
-@pytest.mark.parametrize("family", ["gru", "linear_baseline"])
+def test_tcn_same_seed_twice_then_same_checkpoint_sha256(tmp_path: Path) -> None:
+    config = SMALL.replace(family="tcn", hidden_sizes=(16, 8), max_epochs=3, patience=2)
+    ds = real_dataset(config, n_bars=2_000)
+    split = walk_forward_splits(ds.timestamps, 3, purge=ds.horizon_ns, embargo=24 * H)[1]
+    first = train(config, ds, split)
+    assert first.save(tmp_path / "a.ckpt") == train(config, ds, split).save(tmp_path / "b.ckpt")
+    other = train(config.replace(seed=1), ds, split)
+    assert other.save(tmp_path / "c.ckpt") != first.save(tmp_path / "a.ckpt")
+
+
+@pytest.mark.parametrize("family", ["gru", "tcn", "linear_baseline"])
 def test_other_families_on_real_btc_then_trained_and_scored(family: str) -> None:
     config = SMALL.replace(family=family, hidden_sizes=(16,), max_epochs=3, patience=2)
     ds = real_dataset(config, n_bars=2_000)
@@ -538,8 +548,9 @@ def _torchrun(nproc: int, ddp_args: list[str], timeout: float = 180) -> subproce
     return _launch([*argv, "-m", "gpu_workers.ddp", *ddp_args], timeout)
 
 
-def test_torchrun_world_size_one_then_same_checkpoint_as_in_process(tmp_path: Path) -> None:
-    config = SMALL.replace(window=8, hidden_sizes=(16,), max_epochs=3, patience=2)
+@pytest.mark.parametrize("family", ["mlp", "tcn"])
+def test_torchrun_world_size_one_then_same_checkpoint_as_in_process(family: str, tmp_path: Path) -> None:
+    config = SMALL.replace(family=family, window=8, hidden_sizes=(16,), max_epochs=3, patience=2)
     ds = real_dataset(config, n_bars=1_500)
     request = _ddp_request(tmp_path, config, ds)
     split = holdout_split(ds.timestamps, validation_fraction=0.2, purge=ds.horizon_ns)
