@@ -22,8 +22,9 @@ copies carry weight 0). Each rank's loss is the sum of its rows' losses times
 ``W`` ranks, so the step's gradient is the mean over the step's rows, as in
 the single process. A world-size-W run therefore equals the single-process run
 with ``W * batch_size`` up to float32 summation order (tested at W = 2), when
-``dropout`` is 0: every rank draws dropout masks from the same seeded stream,
-so with dropout the two agree in distribution only.
+``dropout`` is 0: with dropout each rank draws its masks from a stream of its
+own (seeded from ``seed`` and the rank once the weights are built), so the two
+agree in distribution only.
 
 Reproducibility: ``torch.manual_seed(seed)`` before the weights are built,
 deterministic algorithms on, ``num_threads`` intra-op threads; the caller's
@@ -80,6 +81,10 @@ loss for that step (indices into the dataset, not into ``split.train``)."""
 
 class TrainingDiverged(BadInput, RuntimeError):
     """The loss became NaN/inf. Not retriable as is: lower the learning rate."""
+
+
+#: with world_size > 1, rank r's dropout stream is seeded with ``seed + DROPOUT_STREAM_STRIDE * (r + 1)``
+DROPOUT_STREAM_STRIDE = 1_000_003
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +386,10 @@ def train(
         model = build_model(config, dataset.n_features)
         mean, std = fit_standardizer(dataset, split.train)
         model.set_normalization(torch.from_numpy(mean), torch.from_numpy(std), return_scale(dataset, split.train))
+        if ctx is not None and ctx.world_size > 1:
+            # the weights are built (the same on every rank); dropout draws from a stream of the rank's
+            # own, so rows at one batch position on two ranks do not share a mask
+            torch.manual_seed(config.seed + DROPOUT_STREAM_STRIDE * (ctx.rank + 1))
         history: tuple[EpochStats, ...] = ()
         best_epoch = 0
         if config.family == "linear_baseline":
