@@ -16,16 +16,17 @@ Class order everywhere: 0 = down, 1 = flat, 2 = up.
 Row invariance: :meth:`ForecastModel.forward_rows` is what CPU inference runs. A BLAS gemm blocks the
 batch rows by position (a CPU's unrolled main loop, its tail rows, its thread split), so a row's last
 bit depended on where it sat in the batch on some kernel selections (MKL on AVX2 / SSE4.2, found by
-``tradeflow drill determinism``). The MLP's maps are elementwise products and a sum over the input
-dimension (:func:`rowwise_linear`: ATen's reduction runs every output through one loop, the same bits on
-every kernel selection measured); the GRU's are single-row products (:func:`_single_rows`: row-invariant,
-last bits per kernel, 1.7x the gemm's cost instead of 12x). Training keeps ``forward`` (gemm, cuDNN):
-served outputs differ from the training-time forward by float32 rounding only. Design:
-docs/determinism.md.
+``tradeflow drill determinism``). Two row-invariant forms: the MLP's maps are elementwise products and
+a sum over the input dimension (:func:`rowwise_linear`: ATen's reduction runs every output through one
+loop, the same bits on every kernel selection measured); the GRU's and the TCN's are single-row products
+(:func:`single_row_linear`: row-invariant, last bits per kernel, near the gemm's speed). Training keeps
+``forward`` (gemm, cuDNN): served outputs differ from the training-time forward by float32 rounding only.
+Design: docs/determinism.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -43,6 +44,7 @@ __all__ = [
     "TCNCore",
     "build_model",
     "rowwise_linear",
+    "single_row_linear",
     "tcn_blocks",
 ]
 
@@ -65,13 +67,20 @@ def _single_rows(x: Tensor, weight: Tensor) -> Tensor:
     return torch.bmm(x.unsqueeze(1), weight.t().unsqueeze(0).expand(x.shape[0], n_in, weight.shape[0])).squeeze(1)
 
 
-def _rows(module: nn.Module, x: Tensor) -> Tensor:
+def single_row_linear(x: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer(x)`` for ``x [..., in]`` as single-row products (:func:`_single_rows`)."""
+    shape = x.shape
+    y = _single_rows(x.reshape(-1, shape[-1]), layer.weight).reshape(*shape[:-1], layer.weight.shape[0])
+    return y if layer.bias is None else y + layer.bias
+
+
+def _rows(module: nn.Module, x: Tensor, linear: Callable[[Tensor, nn.Linear], Tensor] | None = None) -> Tensor:
     """``module(x)``, linear maps row-invariant; anything else (ReLU, eval-mode Dropout) is elementwise."""
     if isinstance(module, nn.Linear):
-        return rowwise_linear(x, module)
+        return (linear or rowwise_linear)(x, module)
     if isinstance(module, nn.Sequential):
         for m in module:
-            x = _rows(m, x)
+            x = _rows(m, x, linear)
         return x
     if isinstance(module, (nn.ReLU, nn.Dropout, nn.Identity)):
         out: Tensor = module(x)
@@ -146,8 +155,9 @@ class GRUCore(nn.Module):
             u = torch.sigmoid(x_t[:, size : 2 * size] + gh[:, size : 2 * size])
             n = torch.tanh(x_t[:, 2 * size :] + r * gh[:, 2 * size :])
             h = (1 - u) * n + u * h
-        hidden = _rows(self.head, h)
-        return rowwise_linear(hidden, self.class_head), rowwise_linear(hidden, self.return_head).squeeze(-1)
+        lin = single_row_linear
+        hidden = _rows(self.head, h, lin)
+        return lin(hidden, self.class_head), lin(hidden, self.return_head).squeeze(-1)
 
 
 def tcn_blocks(window: int) -> int:
@@ -216,19 +226,21 @@ class TCNCore(nn.Module):
         return self.class_head(hidden), self.return_head(hidden).squeeze(-1)
 
     def forward_rows(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """``forward`` with every linear map in the reduction form (:func:`rowwise_linear` over the
-        channels of each (row, step)): row-invariant, and the same bits on every kernel selection."""
-        h = rowwise_linear(z, self.project)  # [B, W, C]
+        """``forward`` with every linear map as single-row products (:func:`single_row_linear` over the
+        channels of each (row, step)): row-invariant on every kernel selection, last bits per kernel (the
+        reduction form gave the same bits everywhere at 2k rows/s on one core: too slow for the family)."""
+        lin = single_row_linear
+        h = lin(z, self.project)  # [B, W, C]
         if self.left_pad:
             h = torch.cat([h.new_zeros(h.shape[0], self.left_pad, self.channels), h], dim=1)
         for temporal, mix, zeros in zip(self.temporal, self.mix, self.leading_zeros, strict=True):
             past, now = h[:, 0::2], h[:, 1::2]
-            step = torch.relu(rowwise_linear(torch.cat([past, now], dim=2), cast(nn.Linear, temporal)))
-            h = now + rowwise_linear(self.dropout(step), cast(nn.Linear, mix))
+            step = torch.relu(lin(torch.cat([past, now], dim=2), cast(nn.Linear, temporal)))
+            h = now + lin(self.dropout(step), cast(nn.Linear, mix))
             if zeros:
                 h = torch.cat([h.new_zeros(h.shape[0], zeros, self.channels), h[:, zeros:]], dim=1)
-        hidden = _rows(self.head, h[:, -1])
-        return rowwise_linear(hidden, self.class_head), rowwise_linear(hidden, self.return_head).squeeze(-1)
+        hidden = _rows(self.head, h[:, -1], lin)
+        return lin(hidden, self.class_head), lin(hidden, self.return_head).squeeze(-1)
 
 
 class ForecastModel(nn.Module):

@@ -106,7 +106,9 @@ CONTRACT: Mapping[str, Claim] = {
     ),
     "predictions.linear_baseline": Claim("identical", "runs, batches, thread counts, BLAS/ATen kernels"),
     "predictions.mlp": Claim("identical", "runs, batches, thread counts, BLAS/ATen kernels"),
-    "predictions.tcn": Claim("identical", "runs, batches, thread counts, BLAS/ATen kernels"),
+    "predictions.tcn": Claim(
+        "tolerance", "BLAS/ATen kernels, CPUs, devices", 1e-4, within="runs, batches, thread counts"
+    ),
     "predictions.gru": Claim(
         "tolerance", "BLAS/ATen kernels, CPUs, devices", 1e-4, within="runs, batches, thread counts"
     ),

@@ -27,7 +27,6 @@ RECORDED = {
     "decisions": "3209af245cdde009d3e768b8450cbffd0a79797ac2840c8344c77f69ce4cacf0",
     "predictions.linear_baseline": "89be62ca2475a0f95339210613ce4a0748b855c07025be2f503fed70aecb0065",
     "predictions.mlp": "855cffc4964d87b616a7f7d2a380aa08b88b1dad3eadc90d9f1816d54e051cb8",
-    "predictions.tcn": "f7a050f5af506fc730fae4fff384f678e4b2ea0daacc35ecc736ec7bca7f5f81",
 }
 
 
