@@ -164,7 +164,7 @@ VARIABLES: tuple[Variable, ...] = (
         "TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS",
         "7200000000000",
         "signals older than this in market time (ns; default 2 h) are not traded; "
-        "`tradeflow up` raises it with the feed's pace",
+        "`tradeflow up` sets one week on the recorded feed",
         group="trading",
     ),
     _V("TRADEFLOW_EXECUTION_ADAPTER", "paper", "`paper` (simulated fills) or `ccxt` (a venue)", group="trading"),

@@ -16,6 +16,7 @@ loudly (exit code != 0) instead of consuming from an empty broker.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any, cast
@@ -44,14 +45,48 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _commit(self, offsets: Any) -> bool:
+        """No commit after a failed produce (see :class:`SendFailures`): the inputs whose outputs were
+        lost stay uncommitted, the worker stops, and its restart reads them again (at-least-once)."""
+        failures = cast("TunedApp", self.app).send_failures
+        if failures:
+            log.critical("commit_refused_after_a_failed_send", failed_sends=len(failures), error=failures[0])
+            return False
+        return bool(await super()._commit(offsets))
+
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
 
+class SendFailures(faust.Sensor):
+    """Every produce that failed, remembered on the app, and the worker stopped loudly.
+
+    faust's ``Topic.send_soon`` logs a failed delivery as a warning and goes on, and its consumer then
+    commits the inputs whose outputs were lost: seen on ``tradeflow up`` when the object store was
+    SIGKILLed under the bars-checker (one checked bar never written, its raw bar committed). With this
+    sensor the consumer commits nothing after the first failure (:meth:`_Consumer._commit`) and the
+    worker crashes; the supervisor restarts it and the uncommitted inputs are processed again.
+    """
+
+    def __init__(self, app: TunedApp) -> None:
+        super().__init__()
+        self._app = app
+        self._stopping: asyncio.Future[None] | None = None
+
+    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+        first = not self._app.send_failures
+        self._app.send_failures.append(f"{type(exc).__name__}: {exc}")
+        if first:
+            log.critical("produce_failed_worker_stopping", error=f"{type(exc).__name__}: {exc}")
+            self._stopping = asyncio.ensure_future(self._app.crash(exc))
+
+
 class TunedApp(faust.App):
     #: consumer fetch wait (ms); set from :class:`WorkerSettings` by :func:`create_app`
     fetch_wait_ms: int = 20
+    #: failed produces since start (:class:`SendFailures`): once there is one, nothing more is committed
+    send_failures: list[str]
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self, loop=self.loop)
@@ -101,6 +136,8 @@ def create_app(s: WorkerSettings) -> Any:
         datadir=os.path.join(data_root, "{conf.id}-data"),
     )
     app.fetch_wait_ms = s.fetch_wait_ms
+    app.send_failures = []
+    app.sensors.add(SendFailures(app))
 
     @app.page("/metrics")
     async def metrics(self: Any, request: Any) -> Any:

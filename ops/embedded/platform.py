@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import secrets
 import signal
@@ -357,14 +356,15 @@ PAPER_STRATEGY = {
     "TRADEFLOW_STRATEGY_EXIT_THRESHOLD": "0.02",
     "TRADEFLOW_STRATEGY_COST_MULTIPLE": "0.25",
 }
-#: How far (wall seconds) the pipeline may fall behind a recorded feed before its signals are stale. The
-#: strategy judges a signal's age in market time (2 h by default, for a live market); a feed played at
-#: ``pace`` bars/s compresses market time, so at --pace 4 two hours are half a wall second, and any
-#: hiccup (a GC pause, a restarted worker catching up) would make every signal stale. ``tradeflow up``
-#: therefore sets ``TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS`` to what this many wall seconds are at the
-#: feed's pace (never below the 2 h default; the environment and a signed ``set-limit`` still override).
-SIGNAL_LAG_BUDGET_S = 10.0
-FEED_BAR_NS = 3_600_000_000_000  # the bundled feed's bars are 1 h
+#: The strategy's maximum signal age on the recorded feed (market time). It judges a signal's age in
+#: market time (2 h by default, for a live market); a feed played at ``pace`` bars/s compresses market
+#: time, so at --pace 4 two hours were half a wall second and any hiccup (a GC pause, a restarted worker
+#: catching up) made every signal stale. One week of market time is 42 wall seconds at --pace 4 and 17
+#: at --pace 10. It does not follow ``--pace`` on purpose: the value is part of the trading configuration
+#: whose hash every trading checkpoint carries, so a restart at another pace must not change it (it did
+#: when it followed the pace: the trading worker refused its checkpoint). The environment and a signed
+#: ``set-limit strategy.max_signal_age_ns`` still override it.
+RECORDED_FEED_MAX_SIGNAL_AGE_NS = 7 * 24 * 3_600_000_000_000
 MODEL_ID = "mlp-btcusdt-1h"
 FEED_FILE = "binance_btcusdt_1h_2017_2022.csv"
 
@@ -428,15 +428,11 @@ class Platform:
         }
 
     def strategy_env(self) -> dict[str, str]:
-        """The paper account's strategy settings: :data:`PAPER_STRATEGY` and, on the recorded feed, a
-        signal age that follows its pace (:data:`SIGNAL_LAG_BUDGET_S`)."""
-        from agents.strategy.config import StrategyConfig
-
+        """The paper account's strategy settings: :data:`PAPER_STRATEGY` and, on the recorded feed,
+        :data:`RECORDED_FEED_MAX_SIGNAL_AGE_NS`."""
         out = dict(PAPER_STRATEGY)
         if self.opts.live is None:
-            default = StrategyConfig().max_signal_age_ns
-            paced = math.ceil(self.opts.pace * FEED_BAR_NS * SIGNAL_LAG_BUDGET_S)
-            out["TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS"] = str(max(default, paced))
+            out["TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS"] = str(RECORDED_FEED_MAX_SIGNAL_AGE_NS)
         return out
 
     def programs(self) -> list[Any]:

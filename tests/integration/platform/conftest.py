@@ -3,7 +3,7 @@
 Every test leaves the platform running; the tests run in file order (the dashboard, the faults, then the
 users' workflows). A restart is not free: after one the market worker rebuilds its faust tables from the
 s3 log and the pipeline catches up. Signals stay tradable meanwhile because ``tradeflow up`` sets the
-strategy's signal age from the feed's pace (10 s of wall time: docs/trading_engines.md#time-domains);
+strategy's signal age to a week of market time on the recorded feed (docs/trading_engines.md#time-domains);
 before that, at ``--pace 4`` the default 2 h were half a wall second, and the kill-switch test timed out
 when it ran after the fault tests.
 """
@@ -11,10 +11,20 @@ when it ran after the fault tests.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from .harness import Up
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) the package's tests go to one worker,
+    so they share one platform, as they do in a serial run."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.parent == here:
+            item.add_marker(pytest.mark.xdist_group("platform"))
 
 
 @pytest.fixture(scope="package")
