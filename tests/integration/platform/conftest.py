@@ -11,20 +11,10 @@ when it ran after the fault tests.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from .harness import Up
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) the package's tests go to one worker,
-    so they share one platform, as they do in a serial run."""
-    here = Path(__file__).parent
-    for item in items:
-        if item.path.parent == here:
-            item.add_marker(pytest.mark.xdist_group("platform"))
 
 
 @pytest.fixture(scope="package")
