@@ -67,6 +67,12 @@ def _single_rows(x: Tensor, weight: Tensor) -> Tensor:
     return torch.bmm(x.unsqueeze(1), weight.t().unsqueeze(0).expand(x.shape[0], n_in, weight.shape[0])).squeeze(1)
 
 
+def _apply(x: Tensor, layer: nn.Linear) -> Tensor:
+    """``layer(x)``: the training-time (gemm) form."""
+    out: Tensor = layer(x)
+    return out
+
+
 def single_row_linear(x: Tensor, layer: nn.Linear) -> Tensor:
     """``layer(x)`` for ``x [..., in]`` as single-row products (:func:`_single_rows`)."""
     shape = x.shape
@@ -214,27 +220,20 @@ class TCNCore(nn.Module):
         self.return_head = nn.Linear(width, 1)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.project(z)  # [B, W, C]
-        if self.left_pad:
-            h = torch.cat([h.new_zeros(h.shape[0], self.left_pad, self.channels), h], dim=1)
-        for temporal, mix, zeros in zip(self.temporal, self.mix, self.leading_zeros, strict=True):
-            past, now = h[:, 0::2], h[:, 1::2]  # each step with the one 2**i before it
-            h = now + mix(self.dropout(torch.relu(temporal(torch.cat([past, now], dim=2)))))
-            if zeros:
-                h = torch.cat([h.new_zeros(h.shape[0], zeros, self.channels), h[:, zeros:]], dim=1)
-        hidden = self.head(h[:, -1])
-        return self.class_head(hidden), self.return_head(hidden).squeeze(-1)
+        return self._run(z, _apply)
 
     def forward_rows(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``forward`` with every linear map as single-row products (:func:`single_row_linear` over the
         channels of each (row, step)): row-invariant on every kernel selection, last bits per kernel (the
         reduction form gave the same bits everywhere at 2k rows/s on one core: too slow for the family)."""
-        lin = single_row_linear
+        return self._run(z, single_row_linear)
+
+    def _run(self, z: Tensor, lin: Callable[[Tensor, nn.Linear], Tensor]) -> tuple[Tensor, Tensor]:
         h = lin(z, self.project)  # [B, W, C]
         if self.left_pad:
             h = torch.cat([h.new_zeros(h.shape[0], self.left_pad, self.channels), h], dim=1)
         for temporal, mix, zeros in zip(self.temporal, self.mix, self.leading_zeros, strict=True):
-            past, now = h[:, 0::2], h[:, 1::2]
+            past, now = h[:, 0::2], h[:, 1::2]  # each step with the one 2**i before it
             step = torch.relu(lin(torch.cat([past, now], dim=2), cast(nn.Linear, temporal)))
             h = now + lin(self.dropout(step), cast(nn.Linear, mix))
             if zeros:

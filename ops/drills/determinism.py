@@ -26,7 +26,6 @@ Design: docs/determinism.md
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -37,7 +36,6 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,37 +131,11 @@ def _sha(chunks: Iterator[bytes]) -> str:
 
 def load_bars(n: int = N_BARS) -> list[Any]:
     """The first ``n`` closed 1h bars from :data:`START` in the bundled CSV."""
-    from topics.records import Bar, Timeframe
-    from topics.units import NS_PER_HOUR, NS_PER_SECOND
+    from ops.bench.features import load_bars as read_csv
+    from topics.units import parse_when
 
-    bars: list[Bar] = []
-    with CSV.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row["timestamp"] < START:
-                continue
-            open_time = int(datetime.fromisoformat(row["timestamp"]).timestamp()) * NS_PER_SECOND
-            bars.append(
-                Bar.new(
-                    ts_init=open_time + NS_PER_HOUR,
-                    ts_event=open_time + NS_PER_HOUR,
-                    venue="binance",
-                    symbol="BTC/USDT",
-                    timeframe=Timeframe.H1,
-                    open_time=open_time,
-                    open=float(row["open"]),
-                    high=float(row["high"]),
-                    low=float(row["low"]),
-                    close=float(row["close"]),
-                    volume=float(row["volume"]),
-                    trade_count=0,
-                    is_closed=True,
-                    revision=0,
-                    source=f"csv:{CSV.name}",
-                )
-            )
-            if len(bars) == n:
-                break
-    return bars
+    start = parse_when(START)
+    return [b for b in read_csv(CSV) if b.open_time >= start][:n]
 
 
 def recorded_signal(vector: Any) -> Any:
@@ -258,6 +230,7 @@ def fingerprint() -> dict[str, Any]:
     from agents.features.pipeline import FeaturePipeline
     from agents.trading.core import TradingConfig, TradingCore
     from backtest.replay import decision_hash
+    from ops.bench.models import _cpu_name
     from topics.schema import Record
 
     t0 = time.perf_counter()
@@ -289,7 +262,7 @@ def fingerprint() -> dict[str, Any]:
     kinds = {type(r).__name__ for r in records}
     return {
         "config_env": {k: os.environ[k] for k in sorted(_CONFIG_KEYS) if k in os.environ},
-        "cpu": _cpu_name(),
+        "cpu": _cpu_name(),  # ops.bench.models
         "machine": platform.machine(),
         "torch": torch.__version__,
         "aten_capability": torch.backends.cpu.get_cpu_capability(),
@@ -304,16 +277,6 @@ def fingerprint() -> dict[str, Any]:
 
 
 _CONFIG_KEYS = frozenset(k for env in CONFIGS.values() for k in env)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------
