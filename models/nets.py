@@ -94,6 +94,18 @@ def _rows(module: nn.Module, x: Tensor, linear: Callable[[Tensor, nn.Linear], Te
     raise TypeError(f"no row-invariant form for {type(module).__name__}")
 
 
+def _heads(
+    first: list[nn.Module], width: int, hidden: tuple[int, ...], dropout: float
+) -> tuple[nn.Sequential, nn.Linear, nn.Linear]:
+    """The head of the sequence cores: ``first``, then ``Linear -> ReLU -> Dropout`` per ``hidden``
+    width, then the class and return heads (built in that order: the seeded initialisation follows it)."""
+    layers = list(first)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+        width = h
+    return nn.Sequential(*layers), nn.Linear(width, N_CLASSES), nn.Linear(width, 1)
+
+
 class MLPCore(nn.Module):
     """MLP over the flattened window: ``[B, W, F] -> [B, W*F] -> hidden -> heads``."""
 
@@ -128,14 +140,9 @@ class GRUCore(nn.Module):
     def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], dropout: float) -> None:
         super().__init__()
         self.gru = nn.GRU(n_features, hidden_sizes[0], batch_first=True)
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
-        width = hidden_sizes[0]
-        for h in hidden_sizes[1:]:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
-            width = h
-        self.head = nn.Sequential(*layers)
-        self.class_head = nn.Linear(width, N_CLASSES)
-        self.return_head = nn.Linear(width, 1)
+        self.head, self.class_head, self.return_head = _heads(
+            [nn.Dropout(dropout)], hidden_sizes[0], hidden_sizes[1:], dropout
+        )
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         _, last = self.gru(z)
@@ -210,14 +217,9 @@ class TCNCore(nn.Module):
         self.temporal = nn.ModuleList(nn.Linear(2 * channels, channels) for _ in range(blocks))
         self.mix = nn.ModuleList(nn.Linear(channels, channels) for _ in range(blocks))
         self.dropout = nn.Dropout(dropout)
-        layers: list[nn.Module] = [nn.ReLU(), nn.Dropout(dropout)]
-        width = channels
-        for h in hidden_sizes[1:]:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
-            width = h
-        self.head = nn.Sequential(*layers)
-        self.class_head = nn.Linear(width, N_CLASSES)
-        self.return_head = nn.Linear(width, 1)
+        self.head, self.class_head, self.return_head = _heads(
+            [nn.ReLU(), nn.Dropout(dropout)], channels, hidden_sizes[1:], dropout
+        )
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return self._run(z, _apply)
