@@ -64,8 +64,12 @@ async def journal(conn: Conn, account: str) -> list[JournalEntry]:
     exists = await conn.fetchval("SELECT to_regclass('trading_input_journal') IS NOT NULL")
     if not exists:
         return []
+    # the rows the checkpoint covers: the ones after it were written ahead of outputs that may not be
+    # delivered yet, and the output horizon (:func:`output_horizon`) is the checkpoint's
     rows = await conn.fetch(
-        "SELECT seq, topic, event_id, arrival_ns FROM trading_input_journal WHERE account = $1 ORDER BY seq", account
+        "SELECT seq, topic, event_id, arrival_ns FROM trading_input_journal WHERE account = $1 AND seq < "
+        "coalesce((SELECT events_applied FROM trading_checkpoints WHERE account = $1), 0) ORDER BY seq",
+        account,
     )
     return [
         JournalEntry(seq=r["seq"], topic=r["topic"], event_id=r["event_id"], arrival_ns=r["arrival_ns"]) for r in rows

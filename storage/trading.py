@@ -2,9 +2,13 @@
 migration 010; 015: the output horizon) and its input journal (``trading_input_journal``,
 migrations 012 and 014: each signal's outcome).
 
-A checkpoint and the journal rows of the inputs it covers are written in one
-transaction (:func:`save_checkpoint`), so a saved state always has the input
-order that built it. What a checkpoint *means* (its pickle, its MAC) is
+Journal rows are written ahead: a batch's rows (:func:`insert_journal`) before
+its outputs are sent, so after a crash the inputs applied since the checkpoint
+are re-applied in the order that made the outputs already on the broker
+(:func:`journal_after`). A checkpoint covers the rows below its
+``events_applied``; any rows still unwritten go in its transaction
+(:func:`save_checkpoint`), so a saved state always has the input order that
+built it. What a checkpoint *means* (its pickle, its MAC) is
 :mod:`agents.trading.checkpoint`; this module only moves rows.
 """
 
@@ -24,6 +28,7 @@ __all__ = [
     "JournalRow",
     "Offsets",
     "insert_journal",
+    "journal_after",
     "load_checkpoint",
     "load_output_offsets",
     "save_checkpoint",
@@ -110,6 +115,18 @@ async def insert_journal(conn: asyncpg.Connection, rows: Sequence[JournalRow]) -
     """Append journal rows (a row already there, same account and seq, is kept)."""
     if rows:
         await conn.executemany(_JOURNAL_INSERT, rows)
+
+
+async def journal_after(conn: asyncpg.Connection, account: str, seq: int) -> list[JournalRow]:
+    """The account's journal rows from ``seq`` on, in order: inputs applied (and outputs sent) after the
+    checkpoint whose ``events_applied`` is ``seq``."""
+    rows = await conn.fetch(
+        "SELECT account, seq, topic, kafka_partition, kafka_offset, event_id, arrival_ns, outcome "
+        "FROM trading_input_journal WHERE account = $1 AND seq >= $2 ORDER BY seq",
+        account,
+        seq,
+    )
+    return [JournalRow(*r.values()) for r in rows]
 
 
 async def upsert_checkpoint(conn: asyncpg.Connection, cp: Checkpoint) -> None:

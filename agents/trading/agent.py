@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -27,7 +27,7 @@ import structlog
 from agents.confighash import stable_config_hash
 from agents.control.signing import Keyring, load_keyring
 from agents.trading import metrics as m
-from agents.trading.checkpointer import Checkpointer, LiveState, restore
+from agents.trading.checkpointer import Checkpointer, JournalOrder, LiveState, restore
 from agents.trading.core import Step, TradingCore
 from agents.trading.settings import TradingSettings
 from agents.trading.venue import start_execution
@@ -163,6 +163,11 @@ class TradingWorker:
         self.submit_seconds = m.EXECUTION_SUBMIT_SECONDS.labels(
             self.account, adapter.name if adapter is not None else "paper"
         )
+        #: inputs applied before the last crash but after the checkpoint: re-applied first, in their order
+        self.replay = JournalOrder(
+            [(ctx.topic(r.topic), r.kafka_partition, r.kafka_offset) for r in live.ahead if r.kafka_offset >= 0]
+        )
+        live.ahead = []
 
     # -- partitions ----------------------------------------------------------------------------
 
@@ -188,6 +193,7 @@ class TradingWorker:
     async def seek_inputs(self, consumer: Any) -> None:
         """Every owned input partition to the in-memory state's position: the committed offsets never
         decide where this agent resumes."""
+        self.replay.reset()  # inputs it held back come again
         for tp in sorted(consumer.assignment()):
             if tp.topic in self.expected:
                 await faust_adapter.seek(consumer, tp, self.live.position.get((tp.topic, tp.partition), 0))
@@ -206,8 +212,18 @@ class TradingWorker:
             self.latency.observe(time.perf_counter() - t0)
 
     async def apply_batch(self, events: list[Any]) -> None:
-        """Each input through the core in order, outputs sent, journal rows to the checkpointer."""
+        """Each input through the core in order, its journal row written, then its outputs sent.
+
+        After a restart, the inputs journaled after the checkpoint go first, in the journal's order
+        (:class:`~agents.trading.checkpointer.JournalOrder`): the outputs already sent are then re-derived
+        byte for byte whatever order the broker delivers the topics in.
+        """
         live = self.live
+        if self.replay.active:
+            events = self.replay.order(events)
+            if not self.replay.active:
+                log.info("trading_journal_replayed", account=self.account, events_applied=live.events)
+        outputs: list[Record] = []
         for event in events:
             msg = event.message
             tp = (msg.topic, msg.partition)
@@ -219,19 +235,27 @@ class TradingWorker:
             step = None
             if rec is None:
                 if name == "control":  # garbage on the control topic may be an attack
-                    await self.publish(self.undecodable_control(event))
+                    outputs.append(self.undecodable_control(event))
             else:
                 arrival = _arrival_ns(msg)
                 step = handle(live.core, rec, arrival)
                 self.journal(name, msg, rec.event_id, arrival, step)
-                for out in step.records:
-                    await self.publish(out)
+                live.events += 1
+                outputs += step.records
                 self.observe(step)
             live.position[tp] = msg.offset + 1
-            live.events += 1
             self.checkpointer.applied()
-            if step is not None:
+            if step is not None and step.to_submit:
+                await self.send(outputs)
+                outputs = []
                 await self.execute(step)
+        await self.send(outputs)
+
+    async def send(self, outputs: Sequence[Record]) -> None:
+        """The journal rows of the inputs that made ``outputs`` written, then ``outputs`` sent in order."""
+        await self.checkpointer.write_ahead()
+        for out in outputs:
+            await self.publish(out)
 
     def journal(self, name: str, msg: Any, event_id: str, arrival: int | None, step: Step) -> None:
         """The input's journal row, with what became of it when it is a signal: its sizing reason, or
@@ -272,9 +296,8 @@ class TradingWorker:
                         None,
                     )
                 )
-                for out in live.core.on_execution(answer).records:
-                    await self.publish(out)
                 live.events += 1
+                await self.send(live.core.on_execution(answer).records)
 
     async def publish(self, rec: Record) -> None:
         """Hand ``rec`` to the producer (in call order, keyed like every producer of its topic).

@@ -10,6 +10,14 @@ input pauses for ``CHECKPOINT_IDLE_S``; with external execution after every
 batch. A longer interval costs nothing in correctness: after a crash the
 inputs since the checkpoint are re-processed, to the same outputs and ids.
 
+Write-ahead order: the inputs of the account's topics interleave as they
+arrive, and a re-read after a crash may interleave them otherwise (a signal
+before the bar it was applied after). So each batch's journal rows are
+written (:meth:`Checkpointer.write_ahead`) before its outputs are sent; at
+start-up :func:`restore` loads the rows after the checkpoint and
+:class:`JournalOrder` re-applies those inputs in that order, whatever order
+the broker delivers them in, before any other input.
+
 One checkpoint, under :attr:`Checkpointer.gate` (never mid-message): seal
 core + offsets -> flush the producer and check every delivery since the last
 one -> journal rows (with each signal's outcome, and the outcomes of held
@@ -25,7 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -35,8 +44,17 @@ from agents.control.signing import Keyring
 from agents.trading.checkpoint import CheckpointError, open_checkpoint, seal
 from agents.trading.core import TradingCore
 from agents.trading.metrics import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
+from runtime.errors import NeedsOperator
 from runtime.exits import EXIT_CONFIG, EXIT_INFRA
-from storage.trading import HeldOutcome, JournalRow, load_checkpoint, load_output_offsets, save_checkpoint
+from storage.trading import (
+    HeldOutcome,
+    JournalRow,
+    insert_journal,
+    journal_after,
+    load_checkpoint,
+    load_output_offsets,
+    save_checkpoint,
+)
 
 __all__ = [
     "CHECKPOINT_DB_TIMEOUT_S",
@@ -44,6 +62,8 @@ __all__ = [
     "CHECKPOINT_IDLE_S",
     "CHECKPOINT_MAX_SHARE",
     "Checkpointer",
+    "JournalGap",
+    "JournalOrder",
     "LiveState",
     "restore",
 ]
@@ -66,15 +86,18 @@ class LiveState:
     ``position[(topic, partition)]`` is the next offset whose message the
     state does *not* contain; it only moves forward, together with the core,
     one message at a time. ``events`` counts the inputs (and execution
-    answers) applied: the journal's sequence number.
+    answers) applied and journaled: the journal's sequence number. ``ahead``:
+    the journal rows written after the restored checkpoint (inputs applied,
+    outputs perhaps sent, state not saved), to re-apply first and in order.
     """
 
-    __slots__ = ("core", "events", "position")
+    __slots__ = ("ahead", "core", "events", "position")
 
     def __init__(self, core: TradingCore) -> None:
         self.core = core
         self.position: dict[tuple[str, int], int] = {}
         self.events = 0
+        self.ahead: list[JournalRow] = []
 
     def offsets(self) -> dict[str, dict[int, int]]:
         out: dict[str, dict[int, int]] = {}
@@ -95,8 +118,11 @@ def restore(live: LiveState, dsn: str, keyring: Keyring, config_hash: str) -> No
         conn = await asyncpg.connect(dsn)
         try:
             cp = await load_checkpoint(conn, account)
+            live.ahead = await journal_after(conn, account, 0 if cp is None else cp.events_applied)
         finally:
             await conn.close()
+        if live.ahead:
+            log.info("trading_journal_ahead", account=account, inputs=len(live.ahead), first_seq=live.ahead[0].seq)
         if cp is None:
             log.info("trading_checkpoint_none", account=account, resume="every input partition from offset 0")
             return
@@ -123,6 +149,62 @@ def restore(live: LiveState, dsn: str, keyring: Keyring, config_hash: str) -> No
         raise SystemExit(EXIT_INFRA) from None
     finally:
         loop.close()
+
+
+class JournalGap(NeedsOperator):
+    """An input the journal says was applied is not where the journal says it is on the broker (the
+    topic was recreated or truncated): the outputs already sent cannot be re-derived."""
+
+
+class JournalOrder:
+    """Inputs re-read after a restart, handed on in the order the journal (rows written ahead of the
+    checkpoint) says they were applied, whatever order the broker delivers them in.
+
+    ``plan``: the (physical topic, partition, offset) of each journaled input, in order. A message of a
+    partition is held until every plan entry before it is applied; one that is not in the plan but
+    below its partition's next entry (an input the state already holds, or an undecodable one, which
+    is never journaled) goes when reached; once the plan is done, what is held goes in arrival order.
+    """
+
+    def __init__(self, plan: Sequence[tuple[str, int, int]]) -> None:
+        self.plan = deque(plan)
+        self.held: dict[tuple[str, int], deque[tuple[int, Any]]] = {}
+        self.arrived = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.plan) or any(self.held.values())
+
+    def order(self, events: Sequence[Any]) -> list[Any]:
+        """The events that may be applied now, in the order to apply them (faust events: ``.message``)."""
+        for event in events:
+            msg = event.message
+            self.held.setdefault((msg.topic, msg.partition), deque()).append((self.arrived, event))
+            self.arrived += 1
+        ready: list[Any] = []
+        while self.plan:
+            topic, partition, offset = self.plan[0]
+            queue = self.held.get((topic, partition))
+            while queue and queue[0][1].message.offset < offset:
+                ready.append(queue.popleft()[1])
+            if not queue:
+                break  # the next journaled input has not been delivered yet
+            if queue[0][1].message.offset != offset:
+                raise JournalGap(
+                    f"the journal's next input is {topic}[{partition}]@{offset}, the broker delivered offset "
+                    f"{queue[0][1].message.offset}: the topic lost the journaled message"
+                )
+            ready.append(queue.popleft()[1])
+            self.plan.popleft()
+        if not self.plan:
+            rest = sorted((item for queue in self.held.values() for item in queue), key=lambda item: item[0])
+            ready += [event for _, event in rest]
+            self.held.clear()
+        return ready
+
+    def reset(self) -> None:
+        """The inputs were sought back (a rebalance): what is held will be delivered again."""
+        self.held.clear()
 
 
 class Checkpointer:
@@ -162,7 +244,7 @@ class Checkpointer:
         self.deliveries: list[tuple[str, Awaitable[Any]]] = []
         #: topic -> partition -> last offset delivered (loaded from the row at the first checkpoint)
         self.outputs: dict[str, dict[int, int]] | None = None
-        self.pending: list[JournalRow] = []  # journal rows of the inputs applied since the last checkpoint
+        self.pending: list[JournalRow] = []  # journal rows of inputs applied, not yet written
         self.held_outcomes: list[HeldOutcome] = []  # what became of held signals applied since then
         self.unsaved = 0  # inputs applied since the last checkpoint
         self.last_checkpoint = 0.0  # monotonic
@@ -177,6 +259,19 @@ class Checkpointer:
 
     def journal(self, row: JournalRow) -> None:
         self.pending.append(row)
+
+    async def write_ahead(self) -> None:
+        """Write the journal rows of the inputs applied so far, before their outputs are sent (caller
+        holds :attr:`gate`); a failure raises and the worker crashes, no output of them sent."""
+        if self.pending:
+            await insert_journal(await self.connection(), self.pending)
+            self.pending.clear()
+
+    async def connection(self) -> asyncpg.Connection:
+        if self.db is None:
+            # a statement that gets no answer crashes the worker (restart resumes from the last checkpoint)
+            self.db = await asyncpg.connect(self.dsn, command_timeout=CHECKPOINT_DB_TIMEOUT_S)
+        return self.db
 
     def held_outcome(self, signal_event_id: str, reason: str) -> None:
         """A signal journaled as ``held`` was applied: its row gets ``reason`` with the next checkpoint."""
@@ -242,17 +337,15 @@ class Checkpointer:
         for topic, done in sent:
             # raises the send's error: this checkpoint must not cover an output that was lost
             delivered.append((topic, await done))
-        if self.db is None:
-            # a checkpoint that gets no answer crashes the worker (restart resumes from the last one)
-            self.db = await asyncpg.connect(self.dsn, command_timeout=CHECKPOINT_DB_TIMEOUT_S)
+        db = await self.connection()
         if self.outputs is None:
-            self.outputs = await load_output_offsets(self.db, self.account)
+            self.outputs = await load_output_offsets(db, self.account)
         for topic, meta in delivered:
             partition, offset = getattr(meta, "partition", None), getattr(meta, "offset", None)
             if isinstance(partition, int) and isinstance(offset, int):  # broker metadata (aiokafka)
                 parts = self.outputs.setdefault(topic, {})
                 parts[partition] = max(offset, parts.get(partition, -1))
-        await save_checkpoint(self.db, cp, journal, held_outcomes or (), self.outputs)
+        await save_checkpoint(db, cp, journal, held_outcomes or (), self.outputs)
         took = time.perf_counter() - t0
         self.seconds.observe(took)
         CHECKPOINT_BYTES.labels(self.account).set(len(cp.state))

@@ -17,59 +17,22 @@ shared machine are noisy; the 1-minute load average is printed with them.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 from agents.features.batch import feature_matrix
 from agents.features.engine import FeatureEngine
 from agents.features.spec import FEATURE_SET_VERSION
-from topics.records import Bar, Timeframe
-from topics.units import NS_PER_HOUR, NS_PER_SECOND
+from ops.samples import load_bars
+from topics.records import Bar
 
 DEFAULT_CSV = Path("/work/shared/data/binance_btcusdt_1h_2017_2022.csv")
 TARGET_PER_SECOND = 200_000
-
-
-# ---------------------------------------------------------------------------
-# Input
-# ---------------------------------------------------------------------------
-
-
-def load_bars(path: Path) -> list[Bar]:
-    """``timestamp,open,high,low,close,volume`` rows (ISO-8601 UTC) -> closed 1h bars."""
-    bars = []
-    with path.open(newline="") as f:
-        rows = csv.reader(f)
-        next(rows)  # header
-        for ts, o, h, lo, c, v in rows:
-            open_time = int(datetime.fromisoformat(ts).timestamp()) * NS_PER_SECOND
-            bars.append(
-                Bar.new(
-                    ts_init=open_time + NS_PER_HOUR,
-                    ts_event=open_time + NS_PER_HOUR,
-                    venue="binance",
-                    symbol="BTC/USDT",
-                    timeframe=Timeframe.H1,
-                    open_time=open_time,
-                    open=float(o),
-                    high=float(h),
-                    low=float(lo),
-                    close=float(c),
-                    volume=float(v),
-                    trade_count=0,
-                    is_closed=True,
-                    revision=0,
-                    source=f"csv:{path.name}",
-                )
-            )
-    return bars
 
 
 # ---------------------------------------------------------------------------

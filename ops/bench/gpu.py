@@ -46,11 +46,11 @@ UNIT_TESTS = ["tests/unit/test_models.py", "tests/unit/test_training.py", "tests
 
 
 def _environment() -> dict[str, Any]:
-    from ops.bench.models import _cpu_name
+    from ops.host import cpu_name
 
     cuda = torch.cuda.is_available()
     return {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "cuda": cuda,

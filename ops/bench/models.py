@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -31,20 +30,11 @@ from models.dataset import WindowDataset, holdout_split, label_classes
 from models.inference import DEFAULT_CHUNK_ROWS, predict_windows
 from models.nets import ForecastModel, build_model
 from models.training import train
+from ops.host import cpu_name
 from runtime.exits import EXIT_OK
 from topics.records import Timeframe
 
 BATCH_SIZES = (1, 8, 32, 128, 512)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _model(family: str, window: int, n_features: int, hidden: tuple[int, ...]) -> ForecastModel:
@@ -166,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     out: dict[str, Any] = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "torch": torch.__version__,
         "threads": args.threads,
         "window": args.window,

@@ -131,7 +131,7 @@ def _sha(chunks: Iterator[bytes]) -> str:
 
 def load_bars(n: int = N_BARS) -> list[Any]:
     """The first ``n`` closed 1h bars from :data:`START` in the bundled CSV."""
-    from ops.bench.features import load_bars as read_csv
+    from ops.samples import load_bars as read_csv
     from topics.units import parse_when
 
     start = parse_when(START)
@@ -230,7 +230,7 @@ def fingerprint() -> dict[str, Any]:
     from agents.features.pipeline import FeaturePipeline
     from agents.trading.core import TradingConfig, TradingCore
     from backtest.replay import decision_hash
-    from ops.bench.models import _cpu_name
+    from ops.host import cpu_name
     from topics.schema import Record
 
     t0 = time.perf_counter()
@@ -262,7 +262,7 @@ def fingerprint() -> dict[str, Any]:
     kinds = {type(r).__name__ for r in records}
     return {
         "config_env": {k: os.environ[k] for k in sorted(_CONFIG_KEYS) if k in os.environ},
-        "cpu": _cpu_name(),  # ops.bench.models
+        "cpu": cpu_name(),
         "machine": platform.machine(),
         "torch": torch.__version__,
         "aten_capability": torch.backends.cpu.get_cpu_capability(),

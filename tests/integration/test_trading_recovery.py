@@ -13,6 +13,11 @@ each time, and the stream is finished. Then:
   one content per fill / per status (re-published copies are byte-identical);
 - the last portfolio snapshot's positions equal the signed sum of the fills;
 - the checkpoint left in PostgreSQL restores to the replay's final state.
+
+And a restart that re-reads the topics in another interleaving than the one
+first applied (the journal rows after the checkpoint were written ahead of
+the outputs) re-applies them in the journal's order: every output re-derived
+byte for byte.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from tests.integration.test_trading_agents import (  # noqa: F401 - trading_env 
     BTC_FILE,
     ETH_FILE,
     HALF,
+    OUTPUT_TOPICS,
     Feed,
     anchor_ns,
     assert_live_equals_replay,
@@ -45,7 +51,7 @@ from tests.integration.test_trading_agents import (  # noqa: F401 - trading_env 
     signal,
     trading_env,
 )
-from topics.catalogue import physical_name
+from topics.catalogue import physical_name, spec
 from topics.records import Bar, ControlEvent, Fill, OrderUpdate, Side, Signal
 from topics.schema import Record, codec_for
 
@@ -195,3 +201,53 @@ async def test_worker_sigkilled_mid_stream_then_restart_resumes_exactly_and_orde
     assert got.risk.verifier.nonce_count == expected.risk.verifier.nonce_count
     positions: Any = {k: v for k, v in got.portfolio_state().positions.items() if v.quantity}
     assert set(positions) <= {"BTC/USDT", "ETH/USD"}
+
+
+async def test_checkpoint_behind_the_journal_then_the_reread_inputs_are_applied_in_the_journal_order(
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    trading_env: Keyring,  # noqa: F811
+) -> None:
+    """Inputs fed one at a time, alternating topics; then the worker is killed and its checkpoint row
+    deleted, so every input is after the checkpoint (a crash before it was saved, at its widest).
+    The new worker re-reads the three topics from offset 0, delivered in fetch order (a topic's
+    backlog at a time), not the order first applied: it must apply them in the journal's order."""
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 8, a)
+    eth = bars(ETH_FILE, 5, a - HALF)
+    procs.sink(broker.bootstrap, namespace, dsn)
+    worker = procs.worker(broker.bootstrap, namespace, "trading")
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, worker.extra["web_port"])
+        await feed.send(*sorted(btc[:3] + eth[:2], key=lambda b: (b.ts_event, b.symbol)), timeout=90)
+        for i in range(3, 8):  # each bar's signal, then the next bar: a signal applied after its bar
+            ticks = [signal("BTC/USDT", btc[i - 1].ts_event, (0.9, -0.9, 0.6, -0.95, 0.3)[i - 3], f"s{i}"), btc[i]]
+            if i - 1 < len(eth):
+                ticks += [signal("ETH/USD", eth[i - 2].ts_event, (-0.8, 0.85, -0.7)[(i - 3) % 3], f"e{i}"), eth[i - 1]]
+            await feed.send(*ticks)
+
+    async def caught_up() -> bool:
+        return await checkpointed(dsn) == len(feed.inputs)
+
+    await wait_until(caught_up, 60, "the worker to checkpoint every input", watch=procs)
+    first = {t: await raw_topic(broker.bootstrap, physical_name(t, namespace)) for t in OUTPUT_TOPICS}
+    worker.kill()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DELETE FROM trading_checkpoints WHERE account = 'paper'")
+    finally:
+        await conn.close()
+
+    worker = procs.worker(broker.bootstrap, namespace, "trading")
+    await wait_until(caught_up, 90, "the restarted worker to re-apply every input", watch=procs)
+    assert "trading_journal_ahead" in worker.output() and "trading_journal_replayed" in worker.output()
+    for t in OUTPUT_TOPICS:  # every output re-derived: twice on the raw topic, one content per event id
+        raw = await raw_topic(broker.bootstrap, physical_name(t, namespace))
+        contents: dict[str, set[bytes]] = defaultdict(set)
+        for v in raw:
+            contents[codec_for(spec(t).record).decode(v).event_id].add(v)
+        assert sorted(raw) == sorted(first[t] * 2), f"{t}: the re-read inputs derived other outputs"
+        assert all(len(c) == 1 for c in contents.values()), f"{t}: an event id with two contents"
+    await assert_live_equals_replay(dsn, feed, trading_env)

@@ -8,12 +8,15 @@ is unpickled."""
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from agents.control.signing import Keyring, new_control_event
 from agents.execution.paper import PaperConfig
 from agents.trading.checkpoint import CheckpointError, dump_core, open_checkpoint, seal
+from agents.trading.checkpointer import JournalGap, JournalOrder
 from agents.trading.core import TradingConfig, TradingCore
 from tests.unit.test_trading_determinism import load_bars, stub_signal
 from topics.records import Bar, ControlCommand, ControlEvent, Signal
@@ -208,3 +211,58 @@ def test_format_2_checkpoint_then_seen_ids_upgraded_and_outputs_byte_identical()
     assert all(isinstance(c, SeenIds) for c in caches) and [list(c) for c in caches] == ids
     assert not hasattr(restored.portfolio, "_seen_order")
     assert head + feed(restored, events[split:]) == whole
+
+
+# ---------------------------------------------------------------------------
+# JournalOrder: inputs re-read after a restart, applied in the journal's order
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Msg:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class _Event:
+    message: _Msg
+
+
+def _ev(topic: str, partition: int, offset: int) -> _Event:
+    return _Event(_Msg(topic, partition, offset))
+
+
+def _ids(events: list[Any]) -> list[tuple[str, int, int]]:
+    return [(e.message.topic, e.message.partition, e.message.offset) for e in events]
+
+
+def test_journal_order_then_reread_inputs_come_out_in_the_journal_order() -> None:
+    """Journal: bar 0, signal 0, bar 1, signal 1. The broker re-delivers the bars' backlog first."""
+    order = JournalOrder([("bars", 0, 0), ("sig", 0, 0), ("bars", 0, 1), ("sig", 0, 1)])
+    assert order.order([_ev("bars", 0, 0), _ev("bars", 0, 1), _ev("bars", 0, 2)]) == [_ev("bars", 0, 0)]
+    assert order.active
+    # signal 0 arrives: it, then bar 1; signal 1 still missing, so bar 2 (not journaled) waits behind it
+    assert _ids(order.order([_ev("sig", 0, 0)])) == [("sig", 0, 0), ("bars", 0, 1)]
+    assert _ids(order.order([_ev("sig", 0, 1), _ev("sig", 0, 2)])) == [("sig", 0, 1), ("bars", 0, 2), ("sig", 0, 2)]
+    assert not order.active
+    assert _ids(order.order([_ev("bars", 0, 3)])) == [("bars", 0, 3)]  # then plain arrival order
+
+
+def test_journal_order_then_unjournaled_inputs_below_the_next_entry_pass_and_a_gap_is_refused() -> None:
+    order = JournalOrder([("sig", 0, 5), ("ctl", 0, 2)])
+    # offsets 3, 4 of sig: held by the state already, or undecodable (never journaled): they go when reached
+    assert _ids(order.order([_ev("ctl", 0, 2), _ev("sig", 0, 3), _ev("sig", 0, 4), _ev("sig", 0, 5)])) == [
+        ("sig", 0, 3),
+        ("sig", 0, 4),
+        ("sig", 0, 5),
+        ("ctl", 0, 2),
+    ]
+    gap = JournalOrder([("sig", 0, 5)])
+    with pytest.raises(JournalGap, match=r"sig\[0\]@5.*offset 6"):
+        gap.order([_ev("sig", 0, 6)])
+    held = JournalOrder([("sig", 0, 0), ("bars", 0, 0)])
+    assert held.order([_ev("bars", 0, 0)]) == []
+    held.reset()  # sought back: bar 0 will be delivered again, and is not kept twice
+    assert _ids(held.order([_ev("sig", 0, 0), _ev("bars", 0, 0)])) == [("sig", 0, 0), ("bars", 0, 0)]

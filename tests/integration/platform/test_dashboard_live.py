@@ -189,6 +189,8 @@ async def test_trader_opens_the_banner_url_then_every_panel_shows_live_values(pl
         bar_open = recorded_bars()[filled_at]["open"]
         assert abs(number(price) / bar_open - 1) < 0.01, (filled_at, price, bar_open)
         assert number(await kv(page, "orders", "fills")) >= 1
+        # orders.updates and fills are two topics the dashboard reads apart: the order's status may show later
+        await page.wait_text("order-statuses", "orders filled")
         assert number(await kv(page, "orders", "orders filled")) >= 1
         # positions, PnL, drawdown
         portfolio = await page.wait_text("portfolio", "account paper", "USDT", "equity curve")
