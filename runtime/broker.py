@@ -53,33 +53,39 @@ async def ensure_topics(
     Partition counts of pre-existing topics are checked: a topic auto-created
     with the wrong count is an error, not something to paper over.
     """
-    specs = list(specs)
+    wanted = {physical_name(s.name, namespace): (s.partitions, s.config()) for s in specs}
+    created = await _ensure(bootstrap, wanted, timeout_s, replication_factor)
+    log.info("topics_ready", count=len(wanted), created=created, namespace=namespace or None)
+    return list(wanted)
+
+
+async def ensure_internal_topic(bootstrap: str, name: str, partitions: int, timeout_s: float = 20.0) -> None:
+    """Create an agent's own compacted topic (a state changelog, outside the catalogue), or check its
+    partition count: its partition p must hold the state of input partition p."""
+    await _ensure(bootstrap, {name: (partitions, {"cleanup.policy": "compact"})}, timeout_s, 1)
+
+
+async def _ensure(
+    bootstrap: str, wanted: dict[str, tuple[int, dict[str, str]]], timeout_s: float, replication_factor: int
+) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         existing = set(await admin.list_topics())
-        wanted = {physical_name(s.name, namespace): s for s in specs}
         new = [
-            NewTopic(
-                name=name,
-                num_partitions=s.partitions,
-                replication_factor=replication_factor,
-                topic_configs=s.config(),
-            )
-            for name, s in wanted.items()
+            NewTopic(name=name, num_partitions=n, replication_factor=replication_factor, topic_configs=cfg)
+            for name, (n, cfg) in wanted.items()
             if name not in existing
         ]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-        described = await admin.describe_topics(list(wanted))
-        for d in described:
+        for d in await admin.describe_topics(list(wanted)):
             name = d["topic"]
             n = len(d["partitions"])
-            if n != wanted[name].partitions:
-                raise BrokerError(f"topic {name} has {n} partitions, catalogue says {wanted[name].partitions}")
-        log.info("topics_ready", count=len(wanted), created=len(new), namespace=namespace or None)
-        return list(wanted)
+            if n != wanted[name][0]:
+                raise BrokerError(f"topic {name} has {n} partitions, catalogue says {wanted[name][0]}")
+        return len(new)
     finally:
         await admin.close()
 

@@ -40,6 +40,13 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = cast("TunedApp", self.app).fetch_wait_ms
         return consumer
 
+    async def subscribe(self, topics: Any) -> None:
+        """No faust subscription at all when the worker hosts only getmany agents
+        (:mod:`runtime.batch_agent`): aiokafka refuses an empty topic list."""
+        topics = set(topics)
+        if topics:
+            await super().subscribe(topics)
+
 
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
@@ -90,6 +97,14 @@ class TunedApp(faust.App):
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self, loop=self.loop)
+
+    async def _wait_for_table_recovery_completed(self) -> bool:
+        """faust starts tasks, timers and the web server only once its tables recovered, which waits for
+        a partition assignment; a worker of getmany agents only (:mod:`runtime.batch_agent`) subscribes
+        to nothing through faust and gets none, so there it is done at once."""
+        if not self.agents and not self.tables:
+            return bool(self.should_stop)
+        return bool(await super()._wait_for_table_recovery_completed())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,318 @@
+"""Agents on aiokafka's getmany path: micro-batches in, outputs sent as a batch, offsets after the acks.
+
+Why not faust's stream: a profile of the features agent (py-spy, 20,000 bars already on the broker,
+``docs/performance.md#profiles``) found the worker's event loop saturated at about 1 ms a bar, of which
+the feature engine was a few per cent. The rest was faust's per-event path (the fetcher thread's
+hand-off, the conductor, the stream iterator, one ack per event), ``Topic.send_soon``'s producer
+buffer (one task per message), and a state snapshot per bar. :class:`BatchLoop` runs inside the same
+faust worker (its web page, metrics, broker watchdog, crash handling) with a consumer and a producer
+of its own:
+
+- ``getmany`` up to ``max_records`` records or ``within_ms`` (the latency bound), each partition's
+  records in offset order;
+- the handler (synchronous: decode, engine, encode) turns the batch into :class:`Output` s;
+- every output is handed to the producer without awaiting it; deliveries are awaited before offsets
+  are committed, so a commit never covers an input whose outputs could still be lost (a failed
+  delivery crashes the worker; the uncommitted inputs are redelivered: at-least-once, and every
+  consumer downstream is idempotent by event id);
+- offsets are committed at most every ``commit_every_s``, when the input pauses, and before a
+  partition is revoked.
+
+:class:`ChangelogStore` is per-partition key -> bytes state on a compacted topic of the agent's own
+(partition p holds the state of input partition p), read back when a partition is assigned: faust's
+table with ``use_partitioner``, on this path. A commit saves it the way Kafka Streams does: the
+outputs delivered first, then the keys changed since the last commit (their latest values),
+delivered, then the offsets. The state saved is therefore never ahead of delivered outputs (a
+restart cannot skip an input as already seen while its outputs were lost) and, once the offsets are
+committed, exactly the state of the inputs they cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, RebalanceInProgressError
+from aiokafka.structs import ConsumerRecord
+
+from runtime.broker import ensure_internal_topic
+from runtime.metrics import PROCESS_LATENCY, RECORDS_IN, RECORDS_OUT, logical_topic, set_consumer_lag
+
+__all__ = ["BatchLoop", "ChangelogStore", "Output"]
+
+log = structlog.get_logger("runtime.batch_agent")
+
+#: producer batches up to this size (bytes): a micro-batch of feature vectors fills few requests
+MAX_BATCH_BYTES = 512 * 1024
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+class Output(NamedTuple):
+    """One message to send: physical topic, key, value; ``partition`` None = the key's partition."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+
+
+Handler = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], list[Output]]
+
+
+class ChangelogStore:
+    """Key -> bytes for each owned input partition, saved on a compacted topic (module docstring)."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partitions = partitions
+        self.data: dict[int, dict[bytes, bytes]] = {}
+        self.dirty: set[tuple[int, bytes]] = set()
+
+    async def create(self) -> None:
+        await ensure_internal_topic(self.bootstrap, self.topic, self.partitions)
+
+    async def restore(self, partitions: Iterable[int]) -> None:
+        """Read the changelog partitions from their start to their end (the last value per key wins)."""
+        wanted = sorted(set(partitions) - set(self.data))
+        if not wanted:
+            return
+        t0 = time.perf_counter()
+        tps = [TopicPartition(self.topic, p) for p in wanted]
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+        )
+        await reader.start()
+        try:
+            reader.assign(tps)
+            await reader.seek_to_beginning(*tps)
+            ends = await reader.end_offsets(tps)
+            data: dict[int, dict[bytes, bytes]] = {p: {} for p in wanted}
+            todo = {tp for tp in tps if ends[tp] > 0}
+            while todo:
+                for tp, records in (await reader.getmany(*todo, timeout_ms=200)).items():
+                    for r in records:
+                        if r.key is not None and r.value is not None:
+                            data[tp.partition][r.key] = r.value
+                for tp in list(todo):
+                    # the fetch's high watermark (tansu's end_offsets may be one batch short)
+                    end = max(ends[tp], reader.highwater(tp) or 0)
+                    if await reader.position(tp) >= end:
+                        todo.discard(tp)
+        finally:
+            await reader.stop()
+        self.data.update(data)
+        log.info(
+            "changelog_restored",
+            topic=self.topic,
+            partitions=wanted,
+            keys=sum(len(d) for d in data.values()),
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        for p in gone:
+            self.data.pop(p, None)
+        self.dirty = {(p, k) for p, k in self.dirty if p not in gone}
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self.data.get(partition, {}).get(key)
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        """Set ``key``; it is saved with the next commit (:meth:`dirty_outputs`)."""
+        self.data.setdefault(partition, {})[key] = value
+        self.dirty.add((partition, key))
+
+    def dirty_outputs(self) -> list[Output]:
+        """The changelog messages of the keys set since the last call (their latest values)."""
+        out = [Output(self.topic, key, self.data[p][key], p) for p, key in sorted(self.dirty) if p in self.data]
+        self.dirty.clear()
+        return out
+
+
+@dataclass
+class _Pending:
+    """Deliveries not yet awaited and the input offsets they cover."""
+
+    deliveries: list[asyncio.Future[Any]]
+    offsets: dict[TopicPartition, int]
+
+
+class BatchLoop:
+    """One agent's consume -> handle -> produce -> commit loop (module docstring).
+
+    ``setup`` runs first (e.g. :meth:`ChangelogStore.create`); ``on_assigned`` / ``on_revoked`` run
+    inside the rebalance (before any record of an assigned partition is handled; after the revoked
+    partitions' outputs are delivered and committed). ``namespace`` only strips topic names for metric
+    labels.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap: str,
+        namespace: str = "",
+        group_id: str,
+        topics: Sequence[str],
+        handle: Handler,
+        crash: Callable[[BaseException], Awaitable[None]],
+        setup: Callable[[], Awaitable[None]] | None = None,
+        stores: Sequence[ChangelogStore] = (),
+        on_assigned: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
+        on_revoked: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
+        max_records: int = 2_000,
+        within_ms: int = 5,
+        fetch_wait_ms: int = 20,
+        commit_every_s: float = 0.5,
+    ) -> None:
+        self.name = name
+        self.bootstrap = bootstrap
+        self.namespace = namespace
+        self.group_id = group_id
+        self.topics = list(topics)
+        self.handle = handle
+        self.crash = crash
+        self.setup = setup
+        self.stores = list(stores)
+        self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
+        self.max_records = max_records
+        self.within_ms = within_ms
+        self.fetch_wait_ms = fetch_wait_ms
+        self.commit_every_s = commit_every_s
+        self.pending = _Pending([], {})
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.latency = PROCESS_LATENCY.labels(name)
+        self._in: dict[str, Any] = {}
+        self._out: dict[str, Any] = {}
+
+    async def run(self) -> None:
+        """The loop; any exception crashes the worker (the uncommitted inputs are redelivered)."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.critical("agent_crashed", agent=self.name, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+            await self.crash(exc)
+            raise
+
+    async def _run(self) -> None:
+        if self.setup is not None:
+            await self.setup()
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=1,
+            max_batch_size=MAX_BATCH_BYTES,
+            max_request_size=MAX_REQUEST_BYTES,
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.fetch_wait_ms,
+            session_timeout_ms=6_000,
+            heartbeat_interval_ms=1_000,
+            max_poll_records=self.max_records,
+        )
+        await self.producer.start()
+        try:
+            self.consumer.subscribe(self.topics, listener=_Listener(self))
+            await self.consumer.start()
+            try:
+                await self._loop(self.consumer, self.producer)
+            finally:
+                await self.consumer.stop()
+        finally:
+            await self.producer.stop()
+
+    async def _loop(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        last_commit = time.monotonic()
+        while True:
+            batch = await consumer.getmany(timeout_ms=self.within_ms if self.pending.offsets else 1_000)
+            if batch:
+                t0 = time.perf_counter()
+                records = [r for tp in sorted(batch) for r in batch[tp]]
+                for tp, rs in batch.items():
+                    self._counter(self._in, tp.topic, RECORDS_IN).inc(len(rs))
+                outputs = self.handle(records)
+                await self.send(producer, outputs)
+                for tp, rs in batch.items():
+                    self.pending.offsets[tp] = rs[-1].offset + 1
+                self.latency.observe(time.perf_counter() - t0)
+                for tp in batch:  # labelled by group, as faust's workers are; lag behind what is processed
+                    set_consumer_lag(
+                        self.group_id,
+                        logical_topic(tp.topic, self.namespace),
+                        tp.partition,
+                        consumer.highwater(tp),
+                        self.pending.offsets[tp],
+                    )
+            now = time.monotonic()
+            if self.pending.offsets and (not batch or now - last_commit >= self.commit_every_s):
+                await self.commit()
+                last_commit = now
+
+    async def send(self, producer: AIOKafkaProducer, outputs: Iterable[Output]) -> None:
+        deliveries = self.pending.deliveries
+        for out in outputs:
+            deliveries.append(await producer.send(out.topic, out.value, key=out.key, partition=out.partition))
+            self._counter(self._out, out.topic, RECORDS_OUT).inc()
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Await every delivery so far (a failure raises), save the stores' changed keys and await those,
+        then commit the inputs they cover."""
+        pending = self.pending
+        for step in range(2):  # the outputs delivered, then the state that follows from them
+            if pending.deliveries:
+                await asyncio.gather(*pending.deliveries)
+                pending.deliveries.clear()
+            if step == 0 and self.producer is not None:
+                for store in self.stores:
+                    await self.send(self.producer, store.dirty_outputs())
+        offsets = pending.offsets if only is None else {tp: o for tp, o in pending.offsets.items() if tp in only}
+        if offsets and self.consumer is not None:
+            try:
+                await self.consumer.commit(dict(offsets))
+            except (CommitFailedError, RebalanceInProgressError) as exc:
+                # the group is rebalancing: the revocation commits what this member still owns
+                log.warning("batch_agent_commit_deferred", agent=self.name, error=f"{type(exc).__name__}: {exc}")
+                return
+        for tp in list(offsets):
+            del pending.offsets[tp]
+
+    def _counter(self, cache: dict[str, Any], topic: str, metric: Any) -> Any:
+        c = cache.get(topic)
+        if c is None:
+            c = cache[topic] = metric.labels(self.name, logical_topic(topic, self.namespace))
+        return c
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: BatchLoop) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            await self.loop.commit(set(revoked))
+            if self.loop.on_revoked is not None:
+                await self.loop.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info(
+            "batch_agent_assigned",
+            agent=self.loop.name,
+            partitions=sorted(f"{t.topic}[{t.partition}]" for t in assigned),
+        )
+        if self.loop.on_assigned is not None:
+            await self.loop.on_assigned(set(assigned))
