@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, RebalanceInProgressError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from runtime.broker import ensure_internal_topic
@@ -50,6 +51,7 @@ log = structlog.get_logger("runtime.batch_agent")
 #: producer batches up to this size (bytes): a micro-batch of feature vectors fills few requests
 MAX_BATCH_BYTES = 512 * 1024
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
+_PARTITIONER = DefaultPartitioner()
 
 
 class Output(NamedTuple):
@@ -192,6 +194,7 @@ class BatchLoop:
         self.producer: AIOKafkaProducer | None = None
         self.latency = PROCESS_LATENCY.labels(name)
         self._in: dict[str, Any] = {}
+        self._partitions: dict[str, list[int]] = {}
         self._out: dict[str, Any] = {}
 
     async def run(self) -> None:
@@ -264,10 +267,29 @@ class BatchLoop:
                 last_commit = now
 
     async def send(self, producer: AIOKafkaProducer, outputs: Iterable[Output]) -> None:
-        deliveries = self.pending.deliveries
+        """Hand ``outputs`` to the producer as one record batch per partition (in order within each);
+        a keyed output goes to its key's partition under the Java client's murmur2 partitioner, as
+        every other producer of the platform sends it."""
+        by_partition: dict[tuple[str, int], list[Output]] = {}
         for out in outputs:
-            deliveries.append(await producer.send(out.topic, out.value, key=out.key, partition=out.partition))
-            self._counter(self._out, out.topic, RECORDS_OUT).inc()
+            partition = out.partition
+            if partition is None:
+                partitions = self._partitions.get(out.topic)
+                if partitions is None:
+                    partitions = self._partitions[out.topic] = sorted(await producer.partitions_for(out.topic))
+                partition = _PARTITIONER(out.key, partitions, partitions)
+            by_partition.setdefault((out.topic, partition), []).append(out)
+        deliveries = self.pending.deliveries
+        for (topic, partition), outs in by_partition.items():
+            batch = producer.create_batch()
+            for out in outs:
+                if batch.append(key=out.key, value=out.value, timestamp=None) is None:  # full: send it
+                    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=out.key, value=out.value, timestamp=None) is None:
+                        raise ValueError(f"a message of {len(out.value)} bytes does not fit a batch ({topic})")
+            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+            self._counter(self._out, topic, RECORDS_OUT).inc(len(outs))
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         """Await every delivery so far (a failure raises), save the stores' changed keys and await those,
