@@ -15,8 +15,9 @@ of its own:
   are committed, so a commit never covers an input whose outputs could still be lost (a failed
   delivery crashes the worker; the uncommitted inputs are redelivered: at-least-once, and every
   consumer downstream is idempotent by event id);
-- offsets are committed at most every ``commit_every_s``, when the input pauses, and before a
-  partition is revoked.
+- offsets are committed every ``commit_every_s`` (in the background, so the acks and the commit
+  do not hold up the next batches; one commit at a time, and one that failed crashes the worker)
+  and before a partition is revoked.
 
 :class:`ChangelogStore` is per-partition key -> bytes state on a compacted topic of the agent's own
 (partition p holds the state of input partition p), read back when a partition is assigned: faust's
@@ -30,6 +31,7 @@ committed, exactly the state of the inputs they cover.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -149,9 +151,9 @@ class _Pending:
 class BatchLoop:
     """One agent's consume -> handle -> produce -> commit loop (module docstring).
 
-    ``setup`` runs first (e.g. :meth:`ChangelogStore.create`); ``on_assigned`` / ``on_revoked`` run
-    inside the rebalance (before any record of an assigned partition is handled; after the revoked
-    partitions' outputs are delivered and committed). ``namespace`` only strips topic names for metric
+    ``setup`` runs first (e.g. :meth:`ChangelogStore.create`); ``on_assigned`` runs for partitions
+    newly assigned before the first of their records is handled; ``on_revoked`` inside the rebalance,
+    after the revoked partitions' outputs are delivered and committed. ``namespace`` only strips topic names for metric
     labels.
     """
 
@@ -195,6 +197,9 @@ class BatchLoop:
         self.latency = PROCESS_LATENCY.labels(name)
         self._in: dict[str, Any] = {}
         self._partitions: dict[str, list[int]] = {}
+        self._committing: asyncio.Future[None] | None = None
+        #: partitions whose ``on_assigned`` ran since they were (last) assigned
+        self._prepared: set[TopicPartition] = set()
         self._out: dict[str, Any] = {}
 
     async def run(self) -> None:
@@ -234,6 +239,10 @@ class BatchLoop:
             await self.consumer.start()
             try:
                 await self._loop(self.consumer, self.producer)
+            except asyncio.CancelledError:  # the worker stops: commit what was processed (best effort)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.commit(), timeout=5)
+                raise
             finally:
                 await self.consumer.stop()
         finally:
@@ -245,11 +254,18 @@ class BatchLoop:
             batch = await consumer.getmany(timeout_ms=self.within_ms if self.pending.offsets else 1_000)
             if batch:
                 t0 = time.perf_counter()
+                new = set(batch) - self._prepared
+                if new:
+                    # aiokafka may hand out a new partition's records before its assignment callback has
+                    # finished: the partition is prepared (e.g. its state read back) here, before any of them
+                    if self.on_assigned is not None:
+                        await self.on_assigned(new)
+                    self._prepared |= new
                 records = [r for tp in sorted(batch) for r in batch[tp]]
                 for tp, rs in batch.items():
                     self._counter(self._in, tp.topic, RECORDS_IN).inc(len(rs))
                 outputs = self.handle(records)
-                await self.send(producer, outputs)
+                self.pending.deliveries += await self.send(producer, outputs)
                 for tp, rs in batch.items():
                     self.pending.offsets[tp] = rs[-1].offset + 1
                 self.latency.observe(time.perf_counter() - t0)
@@ -261,15 +277,20 @@ class BatchLoop:
                         consumer.highwater(tp),
                         self.pending.offsets[tp],
                     )
+            committing = self._committing
+            if committing is not None and committing.done():
+                committing.result()  # a failed delivery or commit raises here: the worker crashes
+                self._committing = committing = None
             now = time.monotonic()
-            if self.pending.offsets and (not batch or now - last_commit >= self.commit_every_s):
-                await self.commit()
+            if committing is None and self.pending.offsets and now - last_commit >= self.commit_every_s:
+                # in the background: the next batches are not held up by the acks and the commit
+                self._committing = asyncio.ensure_future(self._commit(*self._cut()))
                 last_commit = now
 
-    async def send(self, producer: AIOKafkaProducer, outputs: Iterable[Output]) -> None:
+    async def send(self, producer: AIOKafkaProducer, outputs: Iterable[Output]) -> list[asyncio.Future[Any]]:
         """Hand ``outputs`` to the producer as one record batch per partition (in order within each);
         a keyed output goes to its key's partition under the Java client's murmur2 partitioner, as
-        every other producer of the platform sends it."""
+        every other producer of the platform sends it. Returns the deliveries."""
         by_partition: dict[tuple[str, int], list[Output]] = {}
         for out in outputs:
             partition = out.partition
@@ -279,7 +300,7 @@ class BatchLoop:
                     partitions = self._partitions[out.topic] = sorted(await producer.partitions_for(out.topic))
                 partition = _PARTITIONER(out.key, partitions, partitions)
             by_partition.setdefault((out.topic, partition), []).append(out)
-        deliveries = self.pending.deliveries
+        deliveries: list[asyncio.Future[Any]] = []
         for (topic, partition), outs in by_partition.items():
             batch = producer.create_batch()
             for out in outs:
@@ -290,28 +311,39 @@ class BatchLoop:
                         raise ValueError(f"a message of {len(out.value)} bytes does not fit a batch ({topic})")
             deliveries.append(await producer.send_batch(batch, topic, partition=partition))
             self._counter(self._out, topic, RECORDS_OUT).inc(len(outs))
+        return deliveries
 
-    async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        """Await every delivery so far (a failure raises), save the stores' changed keys and await those,
-        then commit the inputs they cover."""
+    def _cut(self) -> tuple[list[asyncio.Future[Any]], list[Output], dict[TopicPartition, int]]:
+        """What a commit covers, taken between batches: the deliveries so far, the stores' changed keys
+        (their values now, i.e. the state after exactly these inputs) and the offsets."""
         pending = self.pending
-        for step in range(2):  # the outputs delivered, then the state that follows from them
-            if pending.deliveries:
-                await asyncio.gather(*pending.deliveries)
-                pending.deliveries.clear()
-            if step == 0 and self.producer is not None:
-                for store in self.stores:
-                    await self.send(self.producer, store.dirty_outputs())
-        offsets = pending.offsets if only is None else {tp: o for tp, o in pending.offsets.items() if tp in only}
+        deliveries, pending.deliveries = pending.deliveries, []
+        offsets, pending.offsets = pending.offsets, {}
+        return deliveries, [o for store in self.stores for o in store.dirty_outputs()], offsets
+
+    async def _commit(
+        self, deliveries: list[asyncio.Future[Any]], state: list[Output], offsets: dict[TopicPartition, int]
+    ) -> None:
+        """The outputs delivered (a failure raises), then the state saved and delivered, then the offsets."""
+        if deliveries:
+            await asyncio.gather(*deliveries)
+        if state and self.producer is not None:
+            await asyncio.gather(*await self.send(self.producer, state))
         if offsets and self.consumer is not None:
             try:
-                await self.consumer.commit(dict(offsets))
+                await self.consumer.commit(offsets)
             except (CommitFailedError, RebalanceInProgressError) as exc:
                 # the group is rebalancing: the revocation commits what this member still owns
                 log.warning("batch_agent_commit_deferred", agent=self.name, error=f"{type(exc).__name__}: {exc}")
-                return
-        for tp in list(offsets):
-            del pending.offsets[tp]
+                for tp, offset in offsets.items():
+                    self.pending.offsets[tp] = max(offset, self.pending.offsets.get(tp, 0))
+
+    async def commit(self) -> None:
+        """Everything processed so far, now (a revocation): after any commit still running."""
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            await committing
+        await self._commit(*self._cut())
 
     def _counter(self, cache: dict[str, Any], topic: str, metric: Any) -> Any:
         c = cache.get(topic)
@@ -326,15 +358,12 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
-            await self.loop.commit(set(revoked))
+            await self.loop.commit()
+            self.loop._prepared -= set(revoked)
             if self.loop.on_revoked is not None:
                 await self.loop.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info(
-            "batch_agent_assigned",
-            agent=self.loop.name,
-            partitions=sorted(f"{t.topic}[{t.partition}]" for t in assigned),
-        )
-        if self.loop.on_assigned is not None:
-            await self.loop.on_assigned(set(assigned))
+        """Logged only: the loop prepares a partition when its first records arrive."""
+        names = sorted(f"{t.topic}[{t.partition}]" for t in assigned)
+        log.info("batch_agent_assigned", agent=self.loop.name, partitions=names)

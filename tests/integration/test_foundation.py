@@ -137,7 +137,7 @@ async def test_sink_killed_mid_stream_when_restarted_then_every_record_stored_ex
 async def test_checker_worker_killed_mid_stream_when_restarted_then_nothing_lost_nothing_doubled(
     broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs
 ) -> None:
-    n = 6_000
+    n = 60_000  # the getmany checker forwards ~30k bars/s: enough that the kill lands mid-stream
     bars = make_bars(n)
     worker = procs.worker(broker.bootstrap, namespace, "bars-checker")
     procs.sink(broker.bootstrap, namespace, dsn, "--topics", "market.bars")
