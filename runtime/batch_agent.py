@@ -35,7 +35,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -43,12 +43,17 @@ from aiokafka.errors import CommitFailedError, RebalanceInProgressError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
+from runtime.agent import decode_message
 from runtime.broker import ensure_internal_topic
 from runtime.metrics import PROCESS_LATENCY, RECORDS_IN, RECORDS_OUT, logical_topic, set_consumer_lag
+from topics.records import DeadLetter
+from topics.schema import Codec, Record, codec_for
 
-__all__ = ["BatchLoop", "ChangelogStore", "Output"]
+__all__ = ["BatchLoop", "ChangelogStore", "Output", "decode_or_dead_letter", "group_id"]
 
 log = structlog.get_logger("runtime.batch_agent")
+
+R = TypeVar("R", bound=Record)
 
 #: producer batches up to this size (bytes): a micro-batch of feature vectors fills few requests
 MAX_BATCH_BYTES = 512 * 1024
@@ -66,6 +71,38 @@ class Output(NamedTuple):
 
 
 Handler = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], list[Output]]
+
+_DEAD_LETTER = codec_for(DeadLetter)
+
+
+def decode_or_dead_letter(
+    codec: Codec[R],
+    r: ConsumerRecord[bytes, bytes],
+    *,
+    consumer: str,
+    topic: str,
+    wall_clock: Callable[[], int],
+    deadletter_topic: str,
+    outputs: list[Output],
+) -> R | None:
+    """Decode one consumed record (:func:`runtime.agent.decode_message`); one that is not a valid record
+    becomes a dead letter appended to ``outputs`` (sent with the batch) and None is returned."""
+
+    def dead_letter(dl: DeadLetter) -> None:
+        outputs.append(Output(deadletter_topic, dl.key(), _DEAD_LETTER.encode(dl)))
+
+    return decode_message(
+        codec,
+        consumer=consumer,
+        topic=topic,
+        partition=r.partition,
+        offset=r.offset,
+        key=r.key,
+        value=r.value,
+        ts_event=r.timestamp * 1_000_000 if r.timestamp and r.timestamp > 0 else 0,
+        ts_init=wall_clock,
+        dead_letters=dead_letter,
+    )
 
 
 class ChangelogStore:
@@ -140,6 +177,11 @@ class ChangelogStore:
         return out
 
 
+def group_id(app: Any, name: str) -> str:
+    """The consumer group of agent ``name`` in faust worker ``app`` (its app id carries the namespace)."""
+    return f"{app.conf.id}.{name}"
+
+
 @dataclass
 class _Pending:
     """Deliveries not yet awaited and the input offsets they cover."""
@@ -201,6 +243,27 @@ class BatchLoop:
         #: partitions whose ``on_assigned`` ran since they were (last) assigned
         self._prepared: set[TopicPartition] = set()
         self._out: dict[str, Any] = {}
+
+    @classmethod
+    def hosted(
+        cls, app: Any, ctx: Any, *, name: str, inputs: Sequence[str], handle: Handler, **options: Any
+    ) -> BatchLoop:
+        """A loop run as a task of faust worker ``app`` (started with it, crashing it on failure): group
+        ``<app id>.<name>``, the worker's broker, namespace and fetch wait; ``inputs`` are catalogue
+        names; ``options`` as for the constructor."""
+        loop = cls(
+            name=name,
+            bootstrap=ctx.bootstrap,
+            namespace=ctx.namespace,
+            group_id=group_id(app, name),
+            topics=[ctx.topic(n) for n in inputs],
+            handle=handle,
+            crash=app.crash,
+            fetch_wait_ms=app.fetch_wait_ms,
+            **options,
+        )
+        app.task(loop.run)
+        return loop
 
     async def run(self) -> None:
         """The loop; any exception crashes the worker (the uncommitted inputs are redelivered)."""

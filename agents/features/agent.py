@@ -24,12 +24,12 @@ from prometheus_client import Counter
 
 from agents.clock import Clock, FunctionClock
 from agents.features.pipeline import FeaturePipeline
-from runtime.agent import AgentContext, decode_message
-from runtime.batch_agent import BatchLoop, ChangelogStore, Output
+from runtime.agent import AgentContext
+from runtime.batch_agent import BatchLoop, ChangelogStore, Output, decode_or_dead_letter, group_id
 from runtime.env import env_float
 from runtime.metrics import RECORDS_OUT
 from topics.catalogue import spec
-from topics.records import Bar, DataQualityEvent, DeadLetter, FeatureVector
+from topics.records import Bar, DataQualityEvent, FeatureVector
 from topics.schema import codec_for
 
 log = structlog.get_logger("agents.features")
@@ -44,11 +44,10 @@ QUALITY_FINDINGS = Counter("tradeflow_data_quality_findings_total", "Data-qualit
 _BAR = codec_for(Bar)
 _FV = codec_for(FeatureVector)
 _DQ = codec_for(DataQualityEvent)
-_DL = codec_for(DeadLetter)
 
 
 def register(app: Any, ctx: AgentContext, clock: Clock | None = None) -> BatchLoop:
-    agent = FeaturesAgent(ctx, clock or FunctionClock(ctx.wall_clock), group_id=f"{app.conf.id}.{NAME}")
+    agent = FeaturesAgent(ctx, clock or FunctionClock(ctx.wall_clock), group_id=group_id(app, NAME))
     quality_out = app.topic(ctx.topic("market.data_quality"))
 
     stale_every_s = env_float("TRADEFLOW_STALE_CHECK_S", 0.0)
@@ -63,24 +62,19 @@ def register(app: Any, ctx: AgentContext, clock: Clock | None = None) -> BatchLo
                 QUALITY_FINDINGS.labels(f.check, f.severity.value).inc()
                 agent.n_quality.inc()
 
-    loop = BatchLoop(
+    return BatchLoop.hosted(
+        app,
+        ctx,
         name=NAME,
-        bootstrap=ctx.bootstrap,
-        namespace=ctx.namespace,
-        group_id=agent.group_id,
-        topics=[ctx.topic("market.bars")],
+        inputs=["market.bars"],
         handle=agent.handle,
-        crash=app.crash,
         setup=agent.store.create,
         stores=[agent.store],
         on_assigned=agent.assigned,
         on_revoked=agent.revoked,
         max_records=BATCH_MAX,
         within_ms=BATCH_WAIT_MS,
-        fetch_wait_ms=app.fetch_wait_ms,
     )
-    app.task(loop.run)
-    return loop
 
 
 class FeaturesAgent:
@@ -110,21 +104,15 @@ class FeaturesAgent:
         pipeline = self.pipeline
         touched: dict[tuple[int, bytes], dict[str, Bar]] = {}
 
-        def dead_letter(dl: DeadLetter) -> None:
-            outputs.append(Output(self.deadletter_topic, dl.key(), _DL.encode(dl)))
-
         for r in records:
-            bar = decode_message(
+            bar = decode_or_dead_letter(
                 _BAR,
+                r,
                 consumer=NAME,
                 topic="market.bars",
-                partition=r.partition,
-                offset=r.offset,
-                key=r.key,
-                value=r.value,
-                ts_event=r.timestamp * 1_000_000 if r.timestamp and r.timestamp > 0 else 0,
-                ts_init=self.ctx.wall_clock,
-                dead_letters=dead_letter,
+                wall_clock=self.ctx.wall_clock,
+                deadletter_topic=self.deadletter_topic,
+                outputs=outputs,
             )
             if bar is None:
                 continue

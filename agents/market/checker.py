@@ -15,9 +15,9 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from runtime.agent import AgentContext, decode_message
-from runtime.batch_agent import BatchLoop, Output
-from topics.records import Bar, DeadLetter
+from runtime.agent import AgentContext
+from runtime.batch_agent import BatchLoop, Output, decode_or_dead_letter
+from topics.records import Bar
 from topics.schema import codec_for
 
 NAME = "bars-checker"
@@ -25,7 +25,6 @@ BATCH_MAX = 2_000
 BATCH_WAIT_MS = 5
 
 _BAR = codec_for(Bar)
-_DL = codec_for(DeadLetter)
 
 
 def register(app: Any, ctx: AgentContext) -> BatchLoop:
@@ -34,38 +33,20 @@ def register(app: Any, ctx: AgentContext) -> BatchLoop:
 
     def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[Output]:
         outputs: list[Output] = []
-
-        def dead_letter(dl: DeadLetter) -> None:
-            outputs.append(Output(deadletter, dl.key(), _DL.encode(dl)))
-
         for r in records:
-            bar = decode_message(
+            bar = decode_or_dead_letter(
                 _BAR,
+                r,
                 consumer=NAME,
                 topic="market.bars.raw",
-                partition=r.partition,
-                offset=r.offset,
-                key=r.key,
-                value=r.value,
-                ts_event=r.timestamp * 1_000_000 if r.timestamp and r.timestamp > 0 else 0,
-                ts_init=ctx.wall_clock,
-                dead_letters=dead_letter,
+                wall_clock=ctx.wall_clock,
+                deadletter_topic=deadletter,
+                outputs=outputs,
             )
             if bar is not None and r.value is not None:
                 outputs.append(Output(bars_out, bar.key(), r.value))
         return outputs
 
-    loop = BatchLoop(
-        name=NAME,
-        bootstrap=ctx.bootstrap,
-        namespace=ctx.namespace,
-        group_id=f"{app.conf.id}.{NAME}",
-        topics=[ctx.topic("market.bars.raw")],
-        handle=handle,
-        crash=app.crash,
-        max_records=BATCH_MAX,
-        within_ms=BATCH_WAIT_MS,
-        fetch_wait_ms=app.fetch_wait_ms,
+    return BatchLoop.hosted(
+        app, ctx, name=NAME, inputs=["market.bars.raw"], handle=handle, max_records=BATCH_MAX, within_ms=BATCH_WAIT_MS
     )
-    app.task(loop.run)
-    return loop
