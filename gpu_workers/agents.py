@@ -5,8 +5,9 @@ scale by running more workers in the group (``jobs.train`` has 4 partitions).
 A bad spec ends in a failed JobResult; the worker stays up.
 
 inference: a consumer group on ``features`` (8 partitions: run up to 8
-instances). Micro-batches bounded by size and wait; windows scored per model
-version in one ``predict_batch`` call (CUDA when present). The versions to run
+instances), on the getmany loop (:class:`runtime.batch_agent.BatchLoop`).
+Micro-batches bounded by size and wait, across symbols; windows scored per
+model version in one ``predict_batch`` call (CUDA when present). The versions to run
 come from ``models.registry``, read from the beginning at start-up by a
 background task (the compacted-topic-as-state pattern; no reliance on broker
 compaction). A checkpoint whose sha256 does not match the registry is refused:
@@ -18,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
 from gpu_workers.training_service import TrainingService
@@ -30,8 +33,9 @@ from models.checkpoint import ModelCheckpointError
 from models.inference import Predictor, to_signals
 from models.serving import InferenceStep, RolloutState, Served
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.batch_agent import BatchLoop, Output, decode_record
 from runtime.env import env_str
-from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT, SIGNAL_LATENCY
+from runtime.metrics import SIGNAL_LATENCY
 from topics.records import Alert, FeatureVector, ModelRegistryEvent, Severity, Signal, TrainJob
 from topics.schema import RecordError, codec_for
 
@@ -39,8 +43,11 @@ log = structlog.get_logger("gpu_workers")
 
 TRAINER = "trainer"
 INFERENCE = "inference"
-BATCH_MAX = 256
-BATCH_WAIT_S = 0.01
+BATCH_MAX = 1_024
+BATCH_WAIT_MS = 10
+
+_FV = codec_for(FeatureVector)
+_SIGNAL = codec_for(Signal)
 
 INFERENCE_BATCH = Histogram(
     "tradeflow_inference_batch_rows", "Rows per predict_batch call", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -111,16 +118,13 @@ class _Models:
 
 
 def register_inference(app: Any, ctx: AgentContext) -> Any:
-    src = app.topic(ctx.topic("features"))
-    signals = app.topic(ctx.topic("signals"))
-    alerts = app.topic(ctx.topic("ops.alerts"))
+    signals = ctx.topic("signals")
+    alerts = ctx.topic("ops.alerts")
+    deadletter = ctx.topic("deadletter")
     rollout = RolloutState()
     registry_ready = asyncio.Event()
     step = InferenceStep()
     models = _Models()
-    sig_codec = codec_for(Signal)
-    n_signals = RECORDS_OUT.labels(INFERENCE, "signals")
-    latency = PROCESS_LATENCY.labels(INFERENCE)
 
     @app.task  # type: ignore[untyped-decorator]
     async def follow_registry() -> None:
@@ -152,59 +156,74 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
-    @app.agent(src, name=INFERENCE)  # type: ignore[untyped-decorator]
-    @crash_worker_on_bug(app, INFERENCE)
-    async def infer(stream: Any) -> None:
-        await registry_ready.wait()
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
-            t0 = time.perf_counter()
-            work: dict[tuple[str, str], tuple[Served, Predictor, list[list[FeatureVector]], list[FeatureVector]]] = {}
-            for event in events:
-                fv = await decode_or_dead_letter(ctx, INFERENCE, "features", FeatureVector, event)
-                if fv is None:
+    def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[Output]:
+        outputs: list[Output] = []
+        work: dict[tuple[str, str], tuple[Served, Predictor, list[list[FeatureVector]], list[FeatureVector]]] = {}
+        for r in records:
+            fv = decode_record(
+                _FV,
+                r,
+                consumer=INFERENCE,
+                topic="features",
+                wall_clock=ctx.wall_clock,
+                deadletter_topic=deadletter,
+                outputs=outputs,
+            )
+            if fv is None:
+                continue
+            buf = step.push(fv)
+            for served in rollout.serving(fv.symbol, fv.timeframe.value):
+                if served.event.feature_set_version != fv.feature_set_version:
                     continue
-                buf = step.push(fv)
-                for served in rollout.serving(fv.symbol, fv.timeframe.value):
-                    if served.event.feature_set_version != fv.feature_set_version:
-                        continue
-                    window = step.window_of(buf, fv, served.window)
-                    if window is None:
-                        continue
-                    pred = models.get(served)
-                    if isinstance(pred, ModelCheckpointError):
-                        await _refuse(ctx, alerts, served, pred)
-                        continue
-                    if pred is None:
-                        continue
-                    slot = work.setdefault((served.model_id, served.version), (served, pred, [], []))
-                    slot[2].append(window)
-                    slot[3].append(fv)
-            now = ctx.wall_clock()
-            for served, pred, windows, newest in work.values():
-                for fv in newest:  # feature produced -> signal produced (wall clock, incl. broker hop)
-                    SIGNAL_LATENCY.labels(served.model_id).observe(max(now - fv.ts_init, 0) / 1e9)
-                t1 = time.perf_counter()
-                prediction = pred.predict_batch(windows)
-                INFERENCE_SECONDS.observe(time.perf_counter() - t1)
-                INFERENCE_BATCH.observe(len(windows))
-                cfg = served.event.config
-                for sig in to_signals(
-                    prediction,
-                    newest,
-                    model_id=served.model_id,
-                    model_version=served.version,
-                    horizon=f"{cfg['horizon_bars']}x{cfg['timeframe']}",
-                    shadow=served.shadow,
-                    ts_init=now,
-                ):
-                    signals.send_soon(key=sig.key(), value=sig_codec.encode(sig))
-                    n_signals.inc()
-            latency.observe(time.perf_counter() - t0)
+                window = step.window_of(buf, fv, served.window)
+                if window is None:
+                    continue
+                pred = models.get(served)
+                if isinstance(pred, ModelCheckpointError):
+                    outputs.append(_refusal(ctx, alerts, served, pred))
+                    continue
+                if pred is None:
+                    continue
+                slot = work.setdefault((served.model_id, served.version), (served, pred, [], []))
+                slot[2].append(window)
+                slot[3].append(fv)
+        now = ctx.wall_clock()
+        for served, pred, windows, newest in work.values():
+            for fv in newest:  # feature produced -> signal produced (wall clock, incl. broker hop)
+                SIGNAL_LATENCY.labels(served.model_id).observe(max(now - fv.ts_init, 0) / 1e9)
+            t1 = time.perf_counter()
+            prediction = pred.predict_batch(windows)
+            INFERENCE_SECONDS.observe(time.perf_counter() - t1)
+            INFERENCE_BATCH.observe(len(windows))
+            cfg = served.event.config
+            for sig in to_signals(
+                prediction,
+                newest,
+                model_id=served.model_id,
+                model_version=served.version,
+                horizon=f"{cfg['horizon_bars']}x{cfg['timeframe']}",
+                shadow=served.shadow,
+                ts_init=now,
+            ):
+                outputs.append(Output(signals, sig.key(), _SIGNAL.encode(sig)))
+        return outputs
 
-    return infer
+    # micro-batches across symbols, one predict_batch per model version; scoring starts once the
+    # registry was read to its end (the versions to serve are known)
+    return BatchLoop.hosted(
+        app,
+        ctx,
+        name=INFERENCE,
+        inputs=["features"],
+        handle=handle,
+        setup=registry_ready.wait,
+        max_records=BATCH_MAX,
+        within_ms=BATCH_WAIT_MS,
+    )
 
 
-async def _refuse(ctx: AgentContext, alerts: Any, served: Served, err: ModelCheckpointError) -> None:
+def _refusal(ctx: AgentContext, alerts: str, served: Served, err: ModelCheckpointError) -> Output:
+    """A refused checkpoint: counted, logged at critical level, and an ``ops.alerts`` record to send."""
     reason = type(err).__name__
     CHECKPOINTS_REFUSED.labels(reason).inc()
     log.critical(
@@ -221,4 +240,4 @@ async def _refuse(ctx: AgentContext, alerts: Any, served: Served, err: ModelChec
         dedupe_key=f"{served.model_id}@{served.version}",
         labels={"model_id": served.model_id, "version": served.version, "reason": reason},
     )
-    await alerts.send(key=alert.key(), value=codec_for(Alert).encode(alert))
+    return Output(alerts, alert.key(), codec_for(Alert).encode(alert))

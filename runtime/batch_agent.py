@@ -49,7 +49,7 @@ from runtime.metrics import PROCESS_LATENCY, RECORDS_IN, RECORDS_OUT, logical_to
 from topics.records import DeadLetter
 from topics.schema import Codec, Record, codec_for
 
-__all__ = ["BatchLoop", "ChangelogStore", "Output", "decode_or_dead_letter", "group_id"]
+__all__ = ["BatchLoop", "ChangelogStore", "Output", "decode_record", "group_id"]
 
 log = structlog.get_logger("runtime.batch_agent")
 
@@ -75,7 +75,7 @@ Handler = Callable[[Sequence[ConsumerRecord[bytes, bytes]]], list[Output]]
 _DEAD_LETTER = codec_for(DeadLetter)
 
 
-def decode_or_dead_letter(
+def decode_record(
     codec: Codec[R],
     r: ConsumerRecord[bytes, bytes],
     *,

@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from agents.clock import Clock, FunctionClock
 from agents.features.pipeline import FeaturePipeline
 from runtime.agent import AgentContext
-from runtime.batch_agent import BatchLoop, ChangelogStore, Output, decode_or_dead_letter, group_id
+from runtime.batch_agent import BatchLoop, ChangelogStore, Output, decode_record, group_id
 from runtime.env import env_float
 from runtime.metrics import RECORDS_OUT
 from topics.catalogue import spec
@@ -105,7 +105,7 @@ class FeaturesAgent:
         touched: dict[tuple[int, bytes], dict[str, Bar]] = {}
 
         for r in records:
-            bar = decode_or_dead_letter(
+            bar = decode_record(
                 _BAR,
                 r,
                 consumer=NAME,

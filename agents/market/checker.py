@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 
 from runtime.agent import AgentContext
-from runtime.batch_agent import BatchLoop, Output, decode_or_dead_letter
+from runtime.batch_agent import BatchLoop, Output, decode_record
 from topics.records import Bar
 from topics.schema import codec_for
 
@@ -34,7 +34,7 @@ def register(app: Any, ctx: AgentContext) -> BatchLoop:
     def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[Output]:
         outputs: list[Output] = []
         for r in records:
-            bar = decode_or_dead_letter(
+            bar = decode_record(
                 _BAR,
                 r,
                 consumer=NAME,
