@@ -490,11 +490,11 @@ async def audit(
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(0.5)
+        if inputs.horizon:  # before the replay: its CPU time must not eat the sink's settle time
+            await wait_for_sink(conn, inputs.horizon, max(0.0, deadline - time.monotonic()))
         steps = replay_steps(replay_config, keyring, inputs.items)
         if since_arrival_ns is not None:
             start_ns = _window_start(inputs, steps, since_arrival_ns)
-        if inputs.horizon:
-            await wait_for_sink(conn, inputs.horizon, max(0.0, deadline - time.monotonic()))
         recorded_all, beyond = await load_recorded(conn, start_ns, end_ns, inputs.horizon)
     finally:
         await conn.close()
