@@ -49,7 +49,7 @@ class AgentContext:
         await self._dlq.send(key=dl.key(), value=codec_for(DeadLetter).encode(dl))
 
 
-_Body = Callable[[Any], Awaitable[None]]
+_Body = Callable[..., Awaitable[None]]
 
 
 def crash_worker_on_bug(app: Any, name: str) -> Callable[[_Body], _Body]:
@@ -64,9 +64,9 @@ def crash_worker_on_bug(app: Any, name: str) -> Callable[[_Body], _Body]:
 
     def wrap(body: _Body) -> _Body:
         @functools.wraps(body)
-        async def guarded(stream: Any) -> None:
+        async def guarded(*args: Any) -> None:
             try:
-                await body(stream)
+                await body(*args)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

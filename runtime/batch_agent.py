@@ -43,7 +43,7 @@ from aiokafka.errors import CommitFailedError, RebalanceInProgressError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
-from runtime.agent import decode_message
+from runtime.agent import crash_worker_on_bug, decode_message
 from runtime.broker import ensure_internal_topic
 from runtime.metrics import PROCESS_LATENCY, RECORDS_IN, RECORDS_OUT, logical_topic, set_consumer_lag
 from topics.records import DeadLetter
@@ -208,7 +208,6 @@ class BatchLoop:
         group_id: str,
         topics: Sequence[str],
         handle: Handler,
-        crash: Callable[[BaseException], Awaitable[None]],
         setup: Callable[[], Awaitable[None]] | None = None,
         stores: Sequence[ChangelogStore] = (),
         on_assigned: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
@@ -224,7 +223,6 @@ class BatchLoop:
         self.group_id = group_id
         self.topics = list(topics)
         self.handle = handle
-        self.crash = crash
         self.setup = setup
         self.stores = list(stores)
         self.on_assigned = on_assigned
@@ -258,25 +256,15 @@ class BatchLoop:
             group_id=group_id(app, name),
             topics=[ctx.topic(n) for n in inputs],
             handle=handle,
-            crash=app.crash,
             fetch_wait_ms=app.fetch_wait_ms,
             **options,
         )
-        app.task(loop.run)
+        app.task(crash_worker_on_bug(app, name)(loop.run))
         return loop
 
     async def run(self) -> None:
-        """The loop; any exception crashes the worker (the uncommitted inputs are redelivered)."""
-        try:
-            await self._run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.critical("agent_crashed", agent=self.name, error=f"{type(exc).__name__}: {exc}", exc_info=True)
-            await self.crash(exc)
-            raise
-
-    async def _run(self) -> None:
+        """The loop. Hosted, any exception crashes the worker (:func:`runtime.agent.crash_worker_on_bug`):
+        the uncommitted inputs are redelivered."""
         if self.setup is not None:
             await self.setup()
         self.producer = AIOKafkaProducer(
