@@ -7,7 +7,9 @@ the agent applied them to a fresh :class:`~agents.trading.core.TradingCore` with
 configuration and no wall clock, and compares the outputs stamped in ``[start, end)`` with
 the recorded rows: both sides ordered by ``(ts_init, topic, event_id)`` and hashed with
 :mod:`topics.streamhash` (the *decision hash*); on a difference, the first divergent record
-side by side with the differing fields.
+side by side with the differing fields. Compared: all of the account's outputs (:class:`Scope`:
+strategy intents and protective exits with their decisions, orders and fills, ...); a recorded
+row in the range outside it is counted in the report, never dropped unsaid.
 
 Input order: the agent's input journal (``trading_input_journal``) when there is one, else
 the canonical ``(ts_event, registry < control < bars < signals, symbol, partition, offset)``;
@@ -40,12 +42,15 @@ from storage import audit as recorded
 from storage.connection import Conn
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import (
+    Alert,
     Bar,
+    ControlAudit,
     ControlEvent,
     Fill,
     ModelRegistryEvent,
     OrderIntent,
     OrderUpdate,
+    PortfolioSnapshot,
     RiskDecision,
     Signal,
 )
@@ -56,6 +61,8 @@ __all__ = [
     "FAR_FUTURE_NS",
     "AuditReport",
     "Divergence",
+    "LeftOut",
+    "Scope",
     "SinkBehind",
     "apply_overrides",
     "audit",
@@ -64,6 +71,7 @@ __all__ = [
     "load_inputs",
     "replay_outputs",
     "replay_steps",
+    "split_scope",
 ]
 
 INPUTS: tuple[tuple[str, type[Record]], ...] = (
@@ -212,21 +220,110 @@ def replay_steps(
     return out
 
 
-def in_scope(rec: Record, config: TradingConfig, coids: set[str]) -> bool:
-    """Whether an output record belongs to this account's decision stream."""
-    if isinstance(rec, OrderIntent | RiskDecision):
-        return rec.strategy_id == config.strategy.strategy_id
-    if isinstance(rec, OrderUpdate | Fill):
-        return rec.client_order_id in coids
-    account = getattr(rec, "account", None)
-    if account is not None:
-        return bool(account == config.account)
-    component = getattr(rec, "component", None)
-    if component is not None:
-        return bool(component == RISK_COMPONENT)
-    source = getattr(rec, "source", None)
-    code = getattr(rec, "code", None)
-    return source == config.component and code not in NOT_REPLAYABLE_ALERTS
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which output records are one account's decision stream (see docs/audit.md#what-is-compared).
+
+    Intents of its strategy, and the risk engine's protective exits (stop loss, take profit) on its
+    track; the risk decisions, order updates and fills of those intents (``intent_ids``: every one
+    known, recorded or replayed, from the whole history: an order in the range can be for an intent
+    made before it); its portfolio snapshots, the risk component's control audits and its alerts.
+    A recorded record outside is left out of the comparison *and counted* in the report, by reason.
+    """
+
+    account: str
+    strategy_id: str
+    protective_strategy_id: str
+    track: str
+    alert_source: str
+    intent_ids: frozenset[str] = frozenset()
+    coids: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, config: TradingConfig, intent_ids: Iterable[str] = ()) -> Scope:
+        ids = frozenset(intent_ids)
+        return cls(
+            account=config.account,
+            strategy_id=config.strategy.strategy_id,
+            protective_strategy_id=config.risk.protective_strategy_id,
+            track=config.risk.track,
+            alert_source=config.component,
+            intent_ids=ids,
+            coids=frozenset(client_order_id_for(i) for i in ids),
+        )
+
+    @property
+    def strategy_ids(self) -> tuple[str, str]:
+        return (self.strategy_id, self.protective_strategy_id)
+
+    def owns_intent(self, strategy_id: str, track: str) -> bool:
+        """A strategy intent (any track), or a protective exit on this account's track."""
+        return strategy_id == self.strategy_id or (strategy_id == self.protective_strategy_id and track == self.track)
+
+    def exclusion(self, rec: Record) -> str | None:
+        """``None`` when ``rec`` is this account's; else why it is not (a short phrase for the report)."""
+        if isinstance(rec, OrderIntent):
+            return None if self.owns_intent(rec.strategy_id, rec.track) else "intent of another strategy or track"
+        if isinstance(rec, RiskDecision):
+            mine = rec.intent_event_id in self.intent_ids or rec.strategy_id == self.strategy_id
+            return None if mine else "decision on an intent not this account's"
+        if isinstance(rec, OrderUpdate | Fill):
+            return None if rec.client_order_id in self.coids else "order of an intent not this account's"
+        if isinstance(rec, PortfolioSnapshot):
+            return None if rec.account == self.account else "another account's portfolio"
+        if isinstance(rec, ControlAudit):
+            return None if rec.component == RISK_COMPONENT else "another component's control audit"
+        if isinstance(rec, Alert):
+            if rec.source != self.alert_source:
+                return "another source's alert"
+            if rec.code in NOT_REPLAYABLE_ALERTS:
+                return f"{rec.code} alert (its input never decoded: nothing to replay)"
+            return None
+        return f"not an output of the trading core ({type(rec).__name__})"  # pragma: no cover - OUTPUTS only
+
+    def describe(self) -> str:
+        return (
+            f"intents of strategy {self.strategy_id} and protective exits ({self.protective_strategy_id}, "
+            f"track {self.track}), with their risk decisions, order updates and fills; portfolio.state of "
+            f"account {self.account}; control.audit of component {RISK_COMPONENT}; ops.alerts of {self.alert_source}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """Records of one topic in the range left out of the comparison, and why."""
+
+    topic: str
+    reason: str
+    recorded: int
+    replayed: int
+
+
+def split_scope(
+    recorded: Sequence[tuple[Record, Item]], replayed: Sequence[Record], recorded_scope: Scope, replayed_scope: Scope
+) -> tuple[list[Item], list[Item], list[LeftOut]]:
+    """Both sides cut to the account's scope, and what each cut left out, counted by topic and reason."""
+    left: dict[tuple[str, str], list[int]] = {}
+    rec_in: list[Item] = []
+    for rec, it in recorded:
+        why = recorded_scope.exclusion(rec)
+        if why is None:
+            rec_in.append(it)
+        else:
+            left.setdefault((it.topic, why), [0, 0])[0] += 1
+    rep_in: list[Item] = []
+    for r in replayed:
+        it = item_of(r)
+        why = replayed_scope.exclusion(r)
+        if why is None:
+            rep_in.append(it)
+        else:
+            left.setdefault((it.topic, why), [0, 0])[1] += 1
+    out = [
+        LeftOut(t, why, a, b)
+        for (t, why), (a, b) in sorted(left.items(), key=lambda kv: (_OUTPUT_RANK[kv[0][0]], kv[0][1]))
+    ]
+    return rec_in, rep_in, out
 
 
 def apply_overrides(config: TradingConfig, overrides: Mapping[str, str]) -> TradingConfig:
@@ -296,10 +393,15 @@ class AuditReport:
     final_equity: tuple[float | None, float | None] = (None, None)
     #: recorded outputs left out: made after the journal's last checkpoint (their inputs are not journaled yet)
     beyond_horizon: int = 0
+    #: which records are the account's (:meth:`Scope.describe`), and the ones in the range outside it
+    scope: str = ""
+    left_out: tuple[LeftOut, ...] = ()
 
     @property
     def identical(self) -> bool:
-        return self.divergence is None and self.recorded_hash == self.replayed_hash
+        """Same hash, no divergent record and, kind by kind, as many records replayed as recorded."""
+        counts_equal = all(a == b for a, b in self.counts.values())
+        return self.divergence is None and self.recorded_hash == self.replayed_hash and counts_equal
 
     def render(self) -> str:
         head = "counterfactual" if self.counterfactual else "audit"
@@ -319,6 +421,12 @@ class AuditReport:
             lines.append("overrides: " + ", ".join(f"{k}={v}" for k, v in sorted(self.overrides.items())))
         for topic, (a, b) in self.counts.items():
             lines.append(f"  {topic:<16} recorded {a:>7}  replayed {b:>7}" + ("" if a == b else "  <-"))
+        if self.scope:
+            lines.append(f"compared: {self.scope}")
+        if self.left_out:
+            lines.append("left out of the comparison (in the range, outside that scope):")
+            for lo in self.left_out:
+                lines.append(f"  {lo.topic:<16} recorded {lo.recorded:>7}  replayed {lo.replayed:>7}  {lo.reason}")
         rec_eq, rep_eq = self.final_equity
         if rec_eq is not None or rep_eq is not None:
             lines.append(f"  final equity     recorded {rec_eq}  replayed {rep_eq}")
@@ -347,6 +455,11 @@ class AuditReport:
             "start_ns": self.start_ns,
             "end_ns": self.end_ns,
             "beyond_horizon": self.beyond_horizon,
+            "scope": self.scope,
+            "left_out": [
+                {"topic": lo.topic, "reason": lo.reason, "recorded": lo.recorded, "replayed": lo.replayed}
+                for lo in self.left_out
+            ],
             "divergence": None
             if d is None
             else {
@@ -496,34 +609,52 @@ async def audit(
         if since_arrival_ns is not None:
             start_ns = _window_start(inputs, steps, since_arrival_ns)
         recorded_all, beyond = await load_recorded(conn, start_ns, end_ns, inputs.horizon)
+        recorded_intents = await recorded.intent_tracks(conn, Scope.of(config).strategy_ids, end_ns)
     finally:
         await conn.close()
-    order = inputs.order
     replayed_all = [r for step in steps for r in step if start_ns <= r.ts_init < end_ns]
-    coids = {
-        client_order_id_for(r.event_id)
-        for r in (*(rec for rec, _ in recorded_all), *replayed_all)
-        if isinstance(r, OrderIntent) and r.strategy_id == config.strategy.strategy_id
+    recorded_scope, replayed_scope = _scopes(config, replay_config, recorded_intents, steps)
+    rec_items, rep_items, left_out = split_scope(recorded_all, replayed_all, recorded_scope, replayed_scope)
+    counts = {
+        t: (sum(1 for i in rec_items if i.topic == t), sum(1 for i in rep_items if i.topic == t)) for t in OUTPUTS
     }
-    recorded = [it for r, it in recorded_all if in_scope(r, config, coids)]
-    replayed = [item_of(r) for r in replayed_all if in_scope(r, replay_config, coids)]
-    counts = {t: (sum(1 for i in recorded if i.topic == t), sum(1 for i in replayed if i.topic == t)) for t in OUTPUTS}
     return AuditReport(
         start_ns=start_ns,
         end_ns=end_ns,
-        order=order,
+        order=inputs.order,
         inputs=len(inputs.items),
-        recorded=len(recorded),
-        replayed=len(replayed),
-        recorded_hash=decision_hash(recorded),
-        replayed_hash=decision_hash(replayed),
+        recorded=len(rec_items),
+        replayed=len(rep_items),
+        recorded_hash=decision_hash(rec_items),
+        replayed_hash=decision_hash(rep_items),
         counts=counts,
-        divergence=compare(recorded, replayed),
+        divergence=compare(rec_items, rep_items),
         counterfactual=bool(overrides),
         overrides=dict(overrides or {}),
-        final_equity=(_final_equity(recorded), _final_equity(replayed)),
+        final_equity=(_final_equity(rec_items), _final_equity(rep_items)),
         beyond_horizon=beyond,
+        scope=recorded_scope.describe(),
+        left_out=tuple(left_out),
     )
+
+
+def _scopes(
+    config: TradingConfig,
+    replay_config: TradingConfig,
+    recorded_intents: Mapping[str, tuple[str, str]],
+    steps: Sequence[Sequence[Record]],
+) -> tuple[Scope, Scope]:
+    """The scopes of the recorded (live configuration) and the replayed side (``--set`` applied), over one
+    set of intents: every one either side's rule owns, recorded or replayed, in the whole history."""
+    rec_rule, rep_rule = Scope.of(config), Scope.of(replay_config)
+    ids = {eid for eid, (sid, track) in recorded_intents.items() if rec_rule.owns_intent(sid, track)}
+    ids |= {
+        r.event_id
+        for step in steps
+        for r in step
+        if isinstance(r, OrderIntent) and rep_rule.owns_intent(r.strategy_id, r.track)
+    }
+    return Scope.of(config, ids), Scope.of(replay_config, ids)
 
 
 def _window_start(inputs: Inputs, steps: Sequence[Sequence[Record]], since_arrival_ns: int) -> int:

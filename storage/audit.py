@@ -21,6 +21,7 @@ __all__ = [
     "StoredInput",
     "StoredOutput",
     "inputs_in_range",
+    "intent_tracks",
     "journal",
     "output_horizon",
     "outputs_in_range",
@@ -113,6 +114,16 @@ async def outputs_in_range(conn: Conn, topic: str, start_ns: int, end_ns: int) -
     return [
         StoredOutput(r["kafka_partition"], r["kafka_offset"], r["p"]) for r in await conn.fetch(sql, start_ns, end_ns)
     ]
+
+
+async def intent_tracks(conn: Conn, strategy_ids: Sequence[str], end_ns: int) -> dict[str, tuple[str, str]]:
+    """event_id -> (strategy_id, track) of the stored intents of these strategies with ``ts_init < end_ns``
+    (the whole history: an order in a range can be for an intent made before it)."""
+    sql = (
+        "SELECT event_id, payload->>'strategy_id' AS s, payload->>'track' AS t FROM "  # noqa: S608
+        f"{spec('orders.intents').table} WHERE ts_init < $1 AND payload->>'strategy_id' = ANY($2::text[])"
+    )
+    return {r["event_id"]: (r["s"], r["t"]) for r in await conn.fetch(sql, end_ns, list(strategy_ids))}
 
 
 async def output_horizon(conn: Conn, account: str) -> dict[str, dict[int, int]]:

@@ -2,7 +2,9 @@
 by the sink; ``tradeflow audit`` replays the recorded inputs through the
 trading core and proves the recorded decisions come out again (same hash);
 one tampered bar gives another hash and the first divergence is named with
-both versions; a counterfactual setting is reported, not failed.
+both versions; a counterfactual setting is reported, not failed. A session
+with a stop-loss exit audits with every recorded order compared (counts equal
+to the rows in Postgres), and a tampered or deleted stop-loss order is named.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import asyncpg
 import pytest
 
 from agents.control.signing import Keyring
+from agents.execution.interface import client_order_id_for
 from ops.embedded.broker import EmbeddedBroker
 from runtime.publish import RecordPublisher
+from tests import builders
 from tests.conftest import ROOT, Procs
 from tests.integration.test_trading_agents import (
     BTC_FILE,
@@ -35,6 +39,8 @@ from tests.integration.test_trading_agents import (
     start,
     trading_env,  # noqa: F401 - fixture
 )
+from topics.catalogue import spec
+from topics.records import Bar, OrderIntent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -54,6 +60,127 @@ def audit_cli(dsn: str, *args: str) -> tuple[int, dict[str, Any], str]:
     )
     out = proc.stdout.strip().splitlines()
     return proc.returncode, (json.loads(out[-1]) if out and proc.returncode in (0, 1) else {}), proc.stderr
+
+
+def next_bar(prev: Bar, close: float) -> Bar:
+    """The bar after ``prev``: opens at its close, moves straight to ``close`` (same volume)."""
+    return builders.bar(
+        venue=prev.venue,
+        symbol=prev.symbol,
+        timeframe=prev.timeframe,
+        open_time=prev.ts_event,
+        open=prev.close,
+        high=max(prev.close, close),
+        low=min(prev.close, close),
+        close=close,
+        volume=prev.volume,
+        source=prev.source,
+    )
+
+
+async def record_stop_loss_session(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, keyring: Keyring
+) -> tuple[tuple[str, str], OrderIntent]:
+    """A long BTC position, then a 2.5 % drop: the risk engine's stop-loss exit (intent ``risk-protect``,
+    its decision, order updates and fill on the next bar), then a new long. The audit window and the
+    stop-loss intent."""
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 5, a - 2 * H)  # closes a-6h .. a-2h
+    drop = next_bar(btc[4], btc[4].open * 0.975)  # below the entry (btc[4]'s open) by more than stop_loss 1.8 %
+    after = next_bar(drop, drop.close * 1.001)  # the exit fills at its open
+    port = await start(broker, namespace, dsn, procs)
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, port)
+        await feed.send(*btc[:4], timeout=90)
+        await feed.send(signal("BTC/USDT", btc[3].ts_event, 0.9, "sl"))  # long: fills at btc[4]'s open
+        await feed.send(btc[4], drop, after)
+        # a new long after the exit: the stop-loss rows are then not the newest of their partitions (a deleted
+        # newest row reads as a sink that has not stored it yet: exit 3, not a divergence)
+        await feed.send(signal("BTC/USDT", after.ts_event, 0.9, "re"))
+    out = await assert_live_equals_replay(dsn, feed, keyring)
+    stops = [i for i in out["orders.intents"] if i.strategy_id == "risk-protect"]
+    assert [(i.reason, i.ts_init) for i in stops] == [("stop_loss", drop.ts_event)], out["orders.intents"]
+    stop_coid = client_order_id_for(stops[0].event_id)
+    assert [f.client_order_id for f in out["fills"]].count(stop_coid) == 1  # the exit filled
+    return ("--from", iso(a - 7 * H), "--to", iso(a + H)), stops[0]
+
+
+async def stored_counts(dsn: str, topics: tuple[str, ...]) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {t: int(await conn.fetchval(f"SELECT count(*) FROM {spec(t).table}")) for t in topics}
+    finally:
+        await conn.close()
+
+
+ORDER_TOPICS = ("orders.intents", "risk.decisions", "orders.updates", "fills")
+
+
+async def test_session_with_a_stop_loss_exit_audits_identical_with_every_recorded_order_compared(
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    trading_env: Keyring,  # noqa: F811
+) -> None:
+    window, _ = await record_stop_loss_session(broker, namespace, dsn, procs, trading_env)
+    rc, rep, err = audit_cli(dsn, *window)
+    assert rc == 0, (rep.get("divergence"), err)
+    stored = await stored_counts(dsn, ORDER_TOPICS)  # every row in Postgres is in the window
+    assert {t: rep["counts"][t] for t in ORDER_TOPICS} == {t: [n, n] for t, n in stored.items()}
+    assert rep["identical"] and rep["left_out"] == []
+    assert rep["counts"]["orders.intents"] == [3, 3] and rep["counts"]["fills"] == [2, 2]
+    assert "risk-protect" in rep["scope"]
+
+
+async def test_tampered_or_deleted_stop_loss_order_is_named_as_the_first_divergence(
+    broker: EmbeddedBroker,
+    namespace: str,
+    dsn: str,
+    procs: Procs,
+    trading_env: Keyring,  # noqa: F811
+) -> None:
+    window, stop = await record_stop_loss_session(broker, namespace, dsn, procs, trading_env)
+    conn = await asyncpg.connect(dsn)
+    try:
+        # the exit's fill at another price: the only change in the recording
+        row = await conn.fetchrow(
+            "SELECT event_id, payload::text AS p FROM ev_fills WHERE payload->>'client_order_id' = $1",
+            client_order_id_for(stop.event_id),
+        )
+        fill = json.loads(row["p"])
+        fill["price"] = fill["price"] * 0.99
+        await conn.execute(
+            "UPDATE ev_fills SET payload = $2::json WHERE event_id = $1", row["event_id"], json.dumps(fill)
+        )
+        rc, rep, err = audit_cli(dsn, *window)
+        assert rc == 1, (rep, err)
+        assert not rep["identical"] and rep["recorded_hash"] != rep["replayed_hash"]
+        div = rep["divergence"]
+        assert (div["topic"], div["event_id"], div["fields"]) == ("fills", row["event_id"], ["price"])
+        assert rep["counts"]["fills"] == [2, 2]
+
+        # the stop-loss intent deleted from the recording: the replay still makes it, counts differ
+        await conn.execute("DELETE FROM ev_order_intents WHERE event_id = $1", stop.event_id)
+    finally:
+        await conn.close()
+    rc, rep, err = audit_cli(dsn, *window)
+    assert rc == 1, (rep, err)
+    assert rep["counts"]["orders.intents"] == [2, 3] and rep["counts"]["risk.decisions"] == [3, 3]
+    div = rep["divergence"]
+    assert (div["topic"], div["event_id"], div["recorded"]) == ("orders.intents", stop.event_id, None)
+    assert div["replayed"]["reason"] == "stop_loss"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "audit", "--dsn", dsn, *window],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "DIVERGENT" in proc.stdout, proc.stdout
+    assert f"first divergence: orders.intents event {stop.event_id}" in proc.stdout
+    assert "orders.intents   recorded       2  replayed       3  <-" in proc.stdout
 
 
 async def test_recorded_session_replays_to_the_same_hash_and_a_tampered_bar_is_named_as_first_divergence(
