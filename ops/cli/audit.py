@@ -14,6 +14,11 @@ platform the recorded outputs run ahead of the agent's input journal (it is writ
 checkpoint): the audit compares the outputs up to the journal's last checkpoint (the *output
 horizon*, saved with it) and waits up to ``--settle`` seconds for the sink to store them.
 
+Compared: every output of the account in the range (its strategy's intents and the risk engine's
+stop-loss / take-profit exits with their decisions, order updates and fills; portfolio, control
+audits, alerts), recorded and replayed count side by side per kind; a recorded row left out
+(another account's, an undecodable command's alert) is counted in the report with its reason.
+
 Configuration is read from the same environment variables as the live
 trading agent (``TRADEFLOW_TRADING_*``, control keys for signature
 verification), so the audit rebuilds the very configuration that traded;
