@@ -100,7 +100,7 @@ def parse_duration_ns(text: str) -> int:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateConfig:
-    """Thresholds and evidence rules of the hard-metric, parity and readiness gates."""
+    """Thresholds and evidence rules of the hard-metric, execution, parity and readiness gates."""
 
     version: str = "gates-v2"
     #: Runs whose ``finished_at`` lies in ``[now - lookback, now]`` are evidence, and
