@@ -204,7 +204,7 @@ VARIABLES: tuple[Variable, ...] = (
     _V("TRADEFLOW_GOVERNANCE_WINDOWS_TO_ROLLBACK", "2", "failing gate windows before a rollback", group="governance"),
     _V(
         "TRADEFLOW_GOVERNANCE_REQUIRED_GATES",
-        "hard_metrics:sharpe_daily,hard_metrics:max_drawdown,hard_metrics:reject_rate,readiness:valid_runs",
+        "hard_metrics:sharpe_daily,hard_metrics:max_drawdown,execution:reject_rate,readiness:valid_runs",
         "`gate:metric` pairs that must all pass for a window to pass",
         group="governance",
     ),
@@ -212,6 +212,25 @@ VARIABLES: tuple[Variable, ...] = (
         "TRADEFLOW_GATES_TRACKS",
         "",
         "tracks `gates evaluate` evaluates without `--track` (comma list; unset: every track that has backtest runs)",
+        group="governance",
+    ),
+    _V(
+        "TRADEFLOW_GATES_LOOKBACK",
+        "180d",
+        "evidence window of `gates evaluate`: backtest runs finished and real orders placed this long before the "
+        "evaluation time (`--lookback` wins)",
+        group="governance",
+    ),
+    _V(
+        "TRADEFLOW_GATES_MIN_VALID_RUNS",
+        "20",
+        "valid runs in the lookback, each passing every hard metric, a track needs to be ready",
+        group="governance",
+    ),
+    _V(
+        "TRADEFLOW_GATES_REJECT_MIN_ORDERS",
+        "300",
+        "real paper/live orders in the lookback below which the reject-rate gate is `insufficient_observation`",
         group="governance",
     ),
     _V(

@@ -1,7 +1,7 @@
 """Gates in PostgreSQL: load evidence, record configs and attributions, read results.
 
-Reads the backtest tables of migration 007 (contract: run, fills, metrics)
-and paper fills from ``ev_fills``; writes ``gate_configs`` and
+Reads the backtest tables of migration 007 (contract: run, fills, metrics),
+paper fills from ``ev_fills`` and real order updates from ``ev_order_updates``; writes ``gate_configs`` and
 ``gate_parity_attribution`` (migration 008) idempotently (``ON CONFLICT``),
 so re-running an evaluation for the same time adds nothing. Gate results
 themselves reach Postgres through the topic and the sink, like every record;
@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 
 from agents.gates.config import GateConfig
-from agents.gates.engine import BacktestFill, PaperFill, ParityOutcome, RunInfo
+from agents.gates.engine import BacktestFill, ExecutionUpdate, PaperFill, ParityOutcome, RunInfo
 from storage.connection import Conn
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "list_tracks",
     "load_backtest_fills",
     "load_current",
+    "load_order_updates",
     "load_paper_fills",
     "load_runs",
     "missing_tables",
@@ -45,6 +46,7 @@ _REQUIRED_TABLES = (
     "backtest_fills",
     "backtest_metrics",
     "ev_fills",
+    "ev_order_updates",
     "gate_results",
     "gate_parity_attribution",
     "gate_configs",
@@ -79,7 +81,8 @@ async def load_runs(conn: Conn, track: str) -> list[RunInfo]:
     """Every run of the track, any status or source, with its run-total metrics (the engine filters)."""
     rows = await conn.fetch(
         "SELECT run_id, track, source, status, superseded_by, symbols, range_start, range_end, created_at, "
-        "finished_at FROM backtest_runs WHERE track = $1 ORDER BY run_id",
+        "finished_at, request_hash, config #>> '{request,initial_cash}' AS initial_cash "
+        "FROM backtest_runs WHERE track = $1 ORDER BY run_id",
         track,
     )
     ids = [r["run_id"] for r in rows]
@@ -101,9 +104,46 @@ async def load_runs(conn: Conn, track: str) -> list[RunInfo]:
             created_at_ns=to_ns(r["created_at"]),
             finished_at_ns=_opt_ns(r["finished_at"]),
             metrics=metrics[r["run_id"]],
+            request_hash=r["request_hash"],
+            initial_cash=_opt_float(r["initial_cash"]),
         )
         for r in rows
     ]
+
+
+def _opt_float(text: str | None) -> float | None:
+    """A number stored as JSON text; None when absent or not a number (the engine says why)."""
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
+
+
+async def load_order_updates(conn: Conn, symbols: Sequence[str], start_ns: int, end_ns: int) -> list[ExecutionUpdate]:
+    """Every update (``ev_order_updates``, stored by the sink) before ``end`` of each order on
+    ``symbols`` with an update in ``[start, end)``; the engine picks adapters and the window."""
+    rows = await conn.fetch(
+        "SELECT ts_event, payload FROM ev_order_updates WHERE ts_event < $2 AND payload->>'client_order_id' IN "
+        "(SELECT payload->>'client_order_id' FROM ev_order_updates WHERE ts_event >= $1 AND ts_event < $2 "
+        "AND payload->>'symbol' = ANY($3::text[])) ORDER BY ts_event, event_id",
+        start_ns,
+        end_ns,
+        list(symbols),
+    )
+    out: list[ExecutionUpdate] = []
+    for r in rows:
+        p: dict[str, Any] = json.loads(r["payload"])
+        out.append(
+            ExecutionUpdate(
+                client_order_id=p["client_order_id"],
+                adapter=p["adapter"],
+                symbol=p["symbol"],
+                status=p["status"],
+                reason=p.get("reason"),
+                ts_ns=r["ts_event"],
+            )
+        )
+    return out
 
 
 async def load_backtest_fills(conn: Conn, run_ids: Sequence[str], start_ns: int, end_ns: int) -> list[BacktestFill]:

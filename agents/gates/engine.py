@@ -1,62 +1,74 @@
-"""Gate engine: hard metrics, backtest-vs-paper parity and readiness.
+"""Gate engine: hard metrics, execution reject rate, backtest-vs-paper parity and readiness.
 
-Pure and deterministic: plain inputs (backtest runs with their metrics,
-backtest fills, paper fills) and an explicit evaluation time ``now_ns`` in,
-:class:`~topics.records.GateResult` records out (``ts_event = ts_init =
-now_ns``; ids from :meth:`Record.new`, so the same evaluation gives the same
-ids and a redelivered result is the same event). No I/O, no clock.
+Pure and deterministic: plain inputs (backtest runs with their metrics, backtest fills,
+paper fills, real order updates) and an explicit evaluation time ``now_ns`` in,
+:class:`~topics.records.GateResult` records out (``ts_event = ts_init = now_ns``; ids from
+:meth:`Record.new`, so the same evaluation gives the same ids). No I/O, no clock.
 
-Rules: only valid runs count (``succeeded``, a configured source, not superseded). Missing is
-``insufficient_observation`` with ``value = None``, never a pass; 0.0 is a value. Hard
-metrics read the latest valid run's total. Parity matches backtest and paper orders by
-client order id per 7/30-day window and symbol: ``|C_paper - C_backtest| /
-max(|C_backtest|, parity_floor) <= parity_tolerance``, the gap split exactly into quantity,
-price, slippage, impact and fee (:class:`ParityOutcome`). Readiness passes only with every
-required gate passed, enough valid runs and a prod-only config; blockers name what is missing.
+Rules: evidence is every valid run in the lookback (``succeeded``, a configured source, not
+superseded, the newest attempt of its request); a superseded run with metrics but no valid,
+newer replacement keeps the hard metrics from passing. Every hard metric must pass on every
+such run. The reject rate is real paper/live execution (``orders.updates``), insufficient
+below ``reject_min_orders``. Parity: ``|C_paper - C_backtest| / max(|C_backtest|,
+parity_return_floor * capital) <= parity_tolerance`` per 7/30-day window and symbol, the gap
+split into quantity, price, slippage, impact and fee. Readiness needs every required gate
+passed, ``min_valid_runs`` runs each passing every hard metric and a prod-only config.
+Missing is ``insufficient_observation``, never a pass; 0.0 is a value.
 
 Design: docs/gates.md#gate-engine
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from agents.gates.config import GateConfig
+from agents.execution.interface import ExecReason
+from agents.gates.config import EXECUTION_REJECT_METRIC, GateConfig
 from topics.records import Comparator, GateResult, GateStatus
 from topics.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE, NS_PER_SECOND
 
 __all__ = [
+    "GATE_EXECUTION",
     "GATE_HARD_METRICS",
     "GATE_PARITY",
     "GATE_READINESS",
     "Attribution",
     "BacktestFill",
     "Evaluation",
+    "Evidence",
+    "ExecutionUpdate",
     "OrderCash",
     "PaperFill",
     "ParityOutcome",
     "RunInfo",
     "TrackInputs",
     "compare",
+    "evaluate_execution",
     "evaluate_hard_metrics",
     "evaluate_parity",
     "evaluate_readiness",
     "evaluate_track",
+    "evidence",
     "evidence_runs",
     "exclusion_reason",
+    "execution_symbols",
     "parity_metric",
     "required_gates",
     "window_label",
 ]
 
 GATE_HARD_METRICS = "hard_metrics"
+GATE_EXECUTION = "execution"
 GATE_PARITY = "parity"
 GATE_READINESS = "readiness"
 READINESS_METRIC = "valid_runs"
 _BPS = 10_000.0
+#: Order-update reasons of orders that never reached a venue: not "sent", counted in neither side.
+_NOT_SENT = frozenset({ExecReason.RISK_BLOCKED.value, ExecReason.DRY_RUN.value})
 
 
 # ---------------------------------------------------------------------------
@@ -79,6 +91,18 @@ class RunInfo:
     created_at_ns: int
     finished_at_ns: int | None
     metrics: Mapping[str, float | None] = field(default_factory=lambda: MappingProxyType({}))
+    #: Groups the attempts of one request (re-runs); None: the run is its own request.
+    request_hash: str | None = None
+    #: The account's starting capital (``config.request.initial_cash``): the parity return base.
+    initial_cash: float | None = None
+
+    @property
+    def request_key(self) -> str:
+        return self.request_hash if self.request_hash is not None else self.run_id
+
+    @property
+    def superseded(self) -> bool:
+        return self.status == "superseded" or self.superseded_by is not None
 
     @property
     def done_ns(self) -> int:
@@ -125,6 +149,18 @@ class PaperFill:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutionUpdate:
+    """One ``orders.updates`` record of a paper or live account (``ev_order_updates``)."""
+
+    client_order_id: str
+    adapter: str
+    symbol: str
+    status: str
+    reason: str | None
+    ts_ns: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TrackInputs:
     """Everything the gates of one track read, already loaded."""
 
@@ -132,6 +168,7 @@ class TrackInputs:
     runs: tuple[RunInfo, ...]
     backtest_fills: tuple[BacktestFill, ...] = ()
     paper_fills: tuple[PaperFill, ...] = ()
+    order_updates: tuple[ExecutionUpdate, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -251,7 +288,7 @@ def parity_metric(window_ns: int, symbol: str) -> str:
 
 
 def exclusion_reason(run: RunInfo, cfg: GateConfig) -> str | None:
-    """Why a run does not feed gates (None: it is valid)."""
+    """Why a run is not valid evidence by itself (None: it is valid)."""
     if run.status != "succeeded":
         return run.status  # running, failed, superseded
     if run.superseded_by is not None:
@@ -261,24 +298,110 @@ def exclusion_reason(run: RunInfo, cfg: GateConfig) -> str | None:
     return None
 
 
-def evidence_runs(runs: Iterable[RunInfo], cfg: GateConfig, now_ns: int) -> list[RunInfo]:
-    """Valid runs finished in ``[now - lookback, now]``, newest first."""
-    start = now_ns - cfg.lookback_ns
-    valid = [r for r in runs if exclusion_reason(r, cfg) is None and start <= r.done_ns <= now_ns]
-    return sorted(valid, key=RunInfo.rank, reverse=True)
+# ---------------------------------------------------------------------------
+# Evidence: which runs the hard metrics and readiness read
+# ---------------------------------------------------------------------------
 
 
-def _excluded_summary(runs: Iterable[RunInfo], cfg: GateConfig, now_ns: int) -> str | None:
-    start = now_ns - cfg.lookback_ns
-    counts: dict[str, int] = {}
-    for r in runs:
-        if start <= r.done_ns <= now_ns:
-            reason = exclusion_reason(r, cfg)
-            if reason is not None:
-                counts[reason] = counts.get(reason, 0) + 1
-    if not counts:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evidence:
+    """The runs that are evidence at ``now`` and what keeps others from being it."""
+
+    #: Valid runs finished in the lookback, one per request (its newest attempt), newest first.
+    runs: tuple[RunInfo, ...]
+    #: One blocker per superseded run in the lookback whose evidence has no valid replacement.
+    unresolved: tuple[str, ...]
+    #: ``excluded runs in lookback: ...`` (None when none was excluded).
+    excluded: str | None
+
+
+def _replacement_problem(run: RunInfo, by_id: Mapping[str, RunInfo], cfg: GateConfig, now_ns: int) -> str | None:
+    """Why a superseded run has no valid replacement (None: it has one).
+
+    A replacement is the end of the ``superseded_by`` chain, a run of the same track that is
+    valid evidence itself and finished no earlier than the run it replaces (and by ``now``);
+    or, without one, a newer valid attempt of the same request (a re-run).
+    """
+    problem = "superseded without superseded_by"
+    seen = {run.run_id}
+    nxt = run.superseded_by
+    while nxt is not None:
+        if nxt in seen:
+            problem = f"superseded_by chain loops at {nxt}"
+            break
+        seen.add(nxt)
+        cand = by_id.get(nxt)
+        if cand is None:
+            problem = f"replacement {nxt} is not a run of this track"
+            break
+        if cand.superseded:
+            nxt = cand.superseded_by
+            problem = f"replacement {cand.run_id} is superseded without superseded_by"
+            continue
+        problem = _unfit_replacement(run, cand, cfg, now_ns) or ""
+        if not problem:
+            return None
+        break
+    rerun = (c for c in by_id.values() if c.run_id not in seen and c.request_key == run.request_key)
+    if any(_unfit_replacement(run, c, cfg, now_ns) is None for c in rerun):
         return None
-    return "excluded runs in lookback: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    return problem
+
+
+def _unfit_replacement(run: RunInfo, cand: RunInfo, cfg: GateConfig, now_ns: int) -> str | None:
+    reason = exclusion_reason(cand, cfg)
+    if reason is not None:
+        return f"replacement {cand.run_id} is {reason}"
+    if cand.done_ns < run.done_ns:
+        return f"replacement {cand.run_id} finished before the run it replaces"
+    if cand.done_ns > now_ns:
+        return f"replacement {cand.run_id} had not finished at the evaluation time"
+    return None
+
+
+def evidence(runs: Iterable[RunInfo], cfg: GateConfig, now_ns: int) -> Evidence:
+    """The evidence rule (docs/gates.md#evidence), for one track's runs."""
+    runs = list(runs)
+    start = now_ns - cfg.lookback_ns
+    by_id = {r.run_id: r for r in runs}
+    in_lookback = sorted((r for r in runs if start <= r.done_ns <= now_ns), key=RunInfo.rank, reverse=True)
+    newest: dict[str, RunInfo] = {}
+    for r in in_lookback:
+        if exclusion_reason(r, cfg) is None:
+            newest.setdefault(r.request_key, r)
+    counts: dict[str, int] = {}
+    unresolved: list[str] = []
+    for r in in_lookback:
+        reason = exclusion_reason(r, cfg)
+        if reason is None and newest[r.request_key] is not r:
+            reason = "older attempt"
+        if reason is not None:
+            counts[reason] = counts.get(reason, 0) + 1
+        # a superseded run that had produced evidence (metrics are written with 'succeeded'):
+        # withdrawing it without a replacement must not leave the older, better runs to decide
+        if r.superseded and r.source in cfg.sources and r.metrics:
+            why = _replacement_problem(r, by_id, cfg, now_ns)
+            if why is not None:
+                unresolved.append(
+                    f"superseded run {r.run_id} withdrew its evidence without a valid replacement ({why})"
+                )
+    excluded = None
+    if counts:
+        excluded = "excluded runs in lookback: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    valid = tuple(r for r in in_lookback if newest.get(r.request_key) is r)
+    return Evidence(runs=valid, unresolved=tuple(unresolved), excluded=excluded)
+
+
+def evidence_runs(runs: Iterable[RunInfo], cfg: GateConfig, now_ns: int) -> list[RunInfo]:
+    """Valid runs finished in ``[now - lookback, now]``, one per request, newest first."""
+    return list(evidence(runs, cfg, now_ns).runs)
+
+
+def _listed_more(lines: Sequence[str], limit: int, what: str) -> list[str]:
+    out = list(lines[:limit])
+    if len(lines) > limit:
+        out.append(f"... and {len(lines) - limit} more {what}")
+    return out
 
 
 def _result(
@@ -326,38 +449,59 @@ def _observed(value: float | None) -> float | None:
 # ---------------------------------------------------------------------------
 
 
+def _worst(values: Sequence[float], comparator: Comparator) -> float:
+    """The value nearest to failing: the smallest for ``>=``/``>``, the largest for ``<``/``<=``."""
+    return min(values) if comparator in (Comparator.GE, Comparator.GT) else max(values)
+
+
+def _missing_what(run: RunInfo, metric: str) -> str:
+    raw = run.metrics.get(metric)
+    return "absent" if metric not in run.metrics else ("NULL" if raw is None else f"{raw!r}")
+
+
 def evaluate_hard_metrics(track: str, runs: Sequence[RunInfo], cfg: GateConfig, now_ns: int) -> list[GateResult]:
-    """One result per configured hard metric from the latest valid run in the lookback."""
-    evidence = evidence_runs(runs, cfg, now_ns)
-    latest = evidence[0] if evidence else None
-    excluded = _excluded_summary(runs, cfg, now_ns)
+    """One result per configured hard metric over *every* evidence run (docs/gates.md#hard-metrics).
+
+    ``failed`` when any run fails; else ``insufficient_observation`` when any run lacks the
+    metric, no run is evidence, or a superseded run has no valid replacement; else ``passed``.
+    ``value`` is the worst observed value, ``observations`` the runs that have one.
+    """
+    ev = evidence(runs, cfg, now_ns)
     out: list[GateResult] = []
     for spec in cfg.hard_metrics:
+        observed: list[tuple[RunInfo, float]] = []
+        missing: list[str] = []
+        for r in ev.runs:
+            v = _observed(r.metrics.get(spec.metric))
+            if v is None:
+                missing.append(f"{spec.metric}: missing in run {r.run_id} ({_missing_what(r, spec.metric)})")
+            else:
+                observed.append((r, v))
+        failing = [
+            f"{spec.metric} = {v:.6g} fails {spec.comparator.value} {spec.threshold:g} (run {r.run_id})"
+            for r, v in observed
+            if not compare(v, spec.comparator, spec.threshold)
+        ]
         blockers: list[str] = []
-        value: float | None = None
-        if latest is None:
+        if not ev.runs:
             status = GateStatus.INSUFFICIENT_OBSERVATION
             blockers.append(
                 f"{spec.metric}: no valid run (succeeded, source in {list(cfg.sources)}, "
                 "not superseded) finished in the lookback"
             )
+        elif failing:
+            status = GateStatus.FAILED
+            if len(ev.runs) > 1:
+                blockers.append(f"{spec.metric}: {len(failing)} of {len(ev.runs)} valid runs fail")
+            blockers += _listed_more(failing, cfg.max_listed, "failing runs")
+        elif missing or ev.unresolved:
+            status = GateStatus.INSUFFICIENT_OBSERVATION
         else:
-            raw = latest.metrics.get(spec.metric)
-            value = _observed(raw)
-            if value is None:
-                status = GateStatus.INSUFFICIENT_OBSERVATION
-                what = "absent" if spec.metric not in latest.metrics else ("NULL" if raw is None else f"{raw!r}")
-                blockers.append(f"{spec.metric}: missing in run {latest.run_id} ({what})")
-            elif compare(value, spec.comparator, spec.threshold):
-                status = GateStatus.PASSED
-            else:
-                status = GateStatus.FAILED
-                blockers.append(
-                    f"{spec.metric} = {value:.6g} fails {spec.comparator.value} {spec.threshold:g} "
-                    f"(run {latest.run_id})"
-                )
-        if excluded is not None and status is not GateStatus.PASSED:
-            blockers.append(excluded)
+            status = GateStatus.PASSED
+        blockers += _listed_more(missing, cfg.max_listed, "runs missing it")
+        blockers += ev.unresolved
+        if ev.excluded is not None and status is not GateStatus.PASSED:
+            blockers.append(ev.excluded)
         out.append(
             _result(
                 cfg,
@@ -366,15 +510,123 @@ def evaluate_hard_metrics(track: str, runs: Sequence[RunInfo], cfg: GateConfig, 
                 track=track,
                 metric=spec.metric,
                 status=status,
-                value=value,
+                value=_worst([v for _, v in observed], spec.comparator) if observed else None,
                 threshold=spec.threshold,
                 comparator=spec.comparator,
                 window_start=now_ns - cfg.lookback_ns,
-                observations=len(evidence),
+                observations=len(observed),
                 blockers=blockers,
             )
         )
     return out
+
+
+def _passes_every_hard_metric(run: RunInfo, cfg: GateConfig) -> bool:
+    for spec in cfg.hard_metrics:
+        v = _observed(run.metrics.get(spec.metric))
+        if v is None or not compare(v, spec.comparator, spec.threshold):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Execution reject rate (real paper/live orders)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Order:
+    first_ts_ns: int
+    sent: bool
+    rejected: bool
+    reject_reason: str | None
+
+
+def _real_orders(updates: Iterable[ExecutionUpdate], symbols: Iterable[str], cfg: GateConfig) -> dict[str, _Order]:
+    """Orders of the configured adapters on ``symbols``: one per client order id, from all its updates."""
+    wanted = set(symbols)
+    by_order: dict[str, list[ExecutionUpdate]] = {}
+    for u in updates:
+        if u.symbol in wanted and cfg.adapter_counts(u.adapter):
+            by_order.setdefault(u.client_order_id, []).append(u)
+    out: dict[str, _Order] = {}
+    for coid, us in by_order.items():
+        rejects = sorted(
+            (u for u in us if u.status == "rejected" and u.reason not in _NOT_SENT),
+            key=lambda u: (u.ts_ns, u.reason or ""),
+        )
+        out[coid] = _Order(
+            first_ts_ns=min(u.ts_ns for u in us),
+            sent=not any(u.reason in _NOT_SENT for u in us),
+            rejected=bool(rejects),
+            reject_reason=(rejects[0].reason or "no reason") if rejects else None,
+        )
+    return out
+
+
+def evaluate_execution(
+    track: str, updates: Iterable[ExecutionUpdate], symbols: Sequence[str], cfg: GateConfig, now_ns: int
+) -> GateResult:
+    """The reject rate of real execution (docs/gates.md#execution-reject-rate).
+
+    Orders of the configured paper/live adapters on the track's symbols whose first update
+    lies in ``[now - lookback, now)``; risk-blocked and dry-run orders never reached a venue
+    and count in neither side. ``insufficient_observation`` below ``reject_min_orders``.
+    """
+    start = now_ns - cfg.lookback_ns
+    blockers: list[str] = []
+    value: float | None = None
+    n_sent = 0
+    if not symbols:
+        status = GateStatus.INSUFFICIENT_OBSERVATION
+        blockers.append("no valid run in the lookback names the symbols whose orders count")
+    else:
+        orders = [o for o in _real_orders(updates, symbols, cfg).values() if start <= o.first_ts_ns < now_ns]
+        sent = [o for o in orders if o.sent]
+        n_sent = len(sent)
+        rejected = [o for o in sent if o.rejected]
+        value = len(rejected) / n_sent if n_sent else None
+        shown = "missing" if value is None else f"{value:.6g}"
+        adapters = ", ".join(cfg.execution_adapters)
+        if n_sent < cfg.reject_min_orders:
+            status = GateStatus.INSUFFICIENT_OBSERVATION
+            blockers.append(
+                f"insufficient orders: {n_sent} < {cfg.reject_min_orders} sent by {adapters} on "
+                f"{', '.join(symbols)} ({len(rejected)} rejected, rate {shown})"
+            )
+        elif value is not None and compare(value, Comparator.LT, cfg.reject_rate_max):
+            status = GateStatus.PASSED
+        else:
+            status = GateStatus.FAILED
+            blockers.append(
+                f"{EXECUTION_REJECT_METRIC} = {shown} ({len(rejected)}/{n_sent} orders rejected) "
+                f"fails < {cfg.reject_rate_max:g}"
+            )
+        if rejected and status is not GateStatus.PASSED:
+            reasons: dict[str, int] = {}
+            for o in rejected:
+                key = o.reject_reason or "no reason"
+                reasons[key] = reasons.get(key, 0) + 1
+            blockers.append(
+                "rejects by reason: "
+                + ", ".join(f"{k} {n}" for k, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+            )
+        if len(orders) > n_sent and status is not GateStatus.PASSED:
+            blockers.append(f"{len(orders) - n_sent} orders never sent (risk blocked or dry run) not counted")
+    return _result(
+        cfg,
+        now_ns,
+        gate=GATE_EXECUTION,
+        track=track,
+        metric=EXECUTION_REJECT_METRIC,
+        status=status,
+        value=value,
+        threshold=cfg.reject_rate_max,
+        comparator=Comparator.LT,
+        window_start=start,
+        observations=n_sent,
+        blockers=blockers,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -477,9 +729,11 @@ def _parity_symbol(
     window_ns: int,
     bt: Mapping[str, OrderCash],
     paper: Mapping[str, OrderCash],
+    capital: float | None,
     cfg: GateConfig,
     now_ns: int,
 ) -> ParityOutcome:
+    """``capital``: the return base (the smallest ``initial_cash`` of the runs; None = unknown)."""
     pairs: list[tuple[OrderCash, OrderCash]] = []
     blockers: list[str] = []
     for coid in sorted(set(bt) & set(paper)):
@@ -496,9 +750,13 @@ def _parity_symbol(
     total = len(pairs) + unmatched
     attribution = _attribute(pairs) if pairs else None
     value: float | None = None
-    if attribution is not None:
-        value = abs(attribution.gap) / max(abs(attribution.backtest_cash), cfg.parity_floor)
-    if len(pairs) < cfg.parity_min_matched:
+    if attribution is not None and capital is not None:
+        # |R_paper - R_backtest| / max(|R_backtest|, floor) with R = cash / capital
+        value = abs(attribution.gap) / max(abs(attribution.backtest_cash), cfg.parity_return_floor * capital)
+    if capital is None:
+        status = GateStatus.INSUFFICIENT_OBSERVATION
+        blockers.insert(0, "capital unknown (a run without config.request.initial_cash): the return floor needs it")
+    elif len(pairs) < cfg.parity_min_matched:
         status = GateStatus.INSUFFICIENT_OBSERVATION
         blockers.insert(0, f"insufficient matched orders: {len(pairs)} < {cfg.parity_min_matched}")
     elif total and unmatched / total > cfg.parity_max_unmatched_fraction:
@@ -562,7 +820,10 @@ def evaluate_parity(inputs: TrackInputs, cfg: GateConfig, now_ns: int) -> list[P
                 k: o for k, o in _paper_orders(paper_fills).items() if any(lo <= o.first_ts_ns < hi for lo, hi in spans)
             }
             bt = {k: o for k, o in bt_all.items() if o.symbol == symbol}
-            out.append(_parity_symbol(inputs.track, symbol, window_ns, bt, paper, cfg, now_ns))
+            cash = [r.initial_cash for r in runs if symbol in r.symbols]
+            known = [c for c in cash if c is not None and math.isfinite(c) and c > 0]
+            capital = min(known) if known and len(known) == len(cash) else None
+            out.append(_parity_symbol(inputs.track, symbol, window_ns, bt, paper, capital, cfg, now_ns))
     return out
 
 
@@ -596,10 +857,11 @@ def _no_parity_runs(track: str, window_ns: int, cfg: GateConfig, now_ns: int) ->
 
 
 def required_gates(cfg: GateConfig, parity_symbols: Iterable[str]) -> list[tuple[str, str]]:
-    """(gate, metric) pairs a track must pass to be ready: every hard metric, and
-    parity in every window for every symbol its runs trade (``*`` when none)."""
+    """(gate, metric) pairs a track must pass to be ready: every hard metric, the execution
+    reject rate, and parity in every window for every symbol its runs trade (``*`` when none)."""
     symbols = sorted(set(parity_symbols)) or ["*"]
     out = [(GATE_HARD_METRICS, m.metric) for m in cfg.hard_metrics]
+    out.append((GATE_EXECUTION, EXECUTION_REJECT_METRIC))
     out += [(GATE_PARITY, parity_metric(w, s)) for w in cfg.parity_windows_ns for s in symbols]
     return out
 
@@ -617,7 +879,8 @@ def evaluate_readiness(
     cfg: GateConfig,
     now_ns: int,
 ) -> GateResult:
-    """Ready only when every required gate passed, runs suffice and the config is prod-only."""
+    """Ready only when every required gate passed, ``min_valid_runs`` evidence runs each pass
+    every hard metric and the config is prod-only. ``value``: the runs that pass them all."""
     blockers: list[str] = []
     failed = False
     for key in required:
@@ -629,9 +892,13 @@ def evaluate_readiness(
             blockers.append(f"failed gate: {_describe(r)}")
         elif r.status is GateStatus.INSUFFICIENT_OBSERVATION:
             blockers.append(f"insufficient observation: {_describe(r)}")
-    n_valid = len(evidence_runs(runs, cfg, now_ns))
-    if n_valid < cfg.min_valid_runs:
-        blockers.append(f"insufficient runs: {n_valid} < {cfg.min_valid_runs}")
+    valid = evidence_runs(runs, cfg, now_ns)
+    n_passing = sum(_passes_every_hard_metric(r, cfg) for r in valid)
+    if n_passing < cfg.min_valid_runs:
+        blockers.append(
+            f"insufficient runs: {n_passing} < {cfg.min_valid_runs} "
+            f"(valid runs in the lookback passing every hard metric, of {len(valid)} valid)"
+        )
     if not cfg.prod_only:
         failed = True
         blockers.append(f"sources {list(cfg.sources)} are not prod-like: only prod runs can make a track ready")
@@ -643,11 +910,11 @@ def evaluate_readiness(
         track=track,
         metric=READINESS_METRIC,
         status=status,
-        value=float(n_valid),
+        value=float(n_passing),
         threshold=float(cfg.min_valid_runs),
         comparator=Comparator.GE,
         window_start=now_ns - cfg.lookback_ns,
-        observations=n_valid,
+        observations=len(valid),
         blockers=blockers,
     )
 
@@ -657,15 +924,20 @@ def evaluate_readiness(
 # ---------------------------------------------------------------------------
 
 
+def execution_symbols(runs: Iterable[RunInfo], cfg: GateConfig, now_ns: int) -> list[str]:
+    """The symbols whose real orders feed a track's reject rate: those of its evidence runs."""
+    return sorted({s for r in evidence_runs(runs, cfg, now_ns) for s in r.symbols})
+
+
 def evaluate_track(inputs: TrackInputs, cfg: GateConfig, now_ns: int) -> Evaluation:
-    """Hard metrics, parity, then readiness over both; deterministic in (inputs, cfg, now)."""
+    """Hard metrics, execution, parity, then readiness over them; deterministic in (inputs, cfg, now)."""
     runs = tuple(r for r in inputs.runs if r.track == inputs.track)
-    scoped = TrackInputs(
-        track=inputs.track, runs=runs, backtest_fills=inputs.backtest_fills, paper_fills=inputs.paper_fills
-    )
+    scoped = dataclasses.replace(inputs, runs=runs)
     hard = evaluate_hard_metrics(inputs.track, runs, cfg, now_ns)
+    symbols = execution_symbols(runs, cfg, now_ns)
+    execution = evaluate_execution(inputs.track, inputs.order_updates, symbols, cfg, now_ns)
     parity = evaluate_parity(scoped, cfg, now_ns)
-    results = [*hard, *(p.result for p in parity)]
+    results = [*hard, execution, *(p.result for p in parity)]
     latest = {(r.gate, r.metric): r for r in results}
     # Every symbol any window saw is required in every window: a symbol the 30-day
     # window trades but the 7-day window has no run for is a missing 7-day gate.

@@ -44,15 +44,15 @@ PROMOTION_LADDER: tuple[ModelStage, ...] = (
 )
 
 #: The gates of :mod:`agents.gates.engine`, as ``tradeflow gates evaluate``
-#: publishes them for a track in one evaluation (same ``window_end``): the three
-#: hard metrics of agents.gates.config and readiness (every gate incl. parity, plus the
-#: minimum number of valid runs). Override per deployment with
+#: publishes them for a track in one evaluation (same ``window_end``): the two
+#: hard metrics of agents.gates.config, the real-execution reject rate and readiness
+#: (every gate incl. parity, plus the minimum number of valid runs). Override per deployment with
 #: ``TRADEFLOW_GOVERNANCE_REQUIRED_GATES``. A metric may itself contain ``:``
 #: (parity's ``relative_deviation_30d:BTC/USDT``): the gate is before the first.
 DEFAULT_REQUIRED_GATES: tuple[str, ...] = (
     "hard_metrics:sharpe_daily",
     "hard_metrics:max_drawdown",
-    "hard_metrics:reject_rate",
+    "execution:reject_rate",
     "readiness:valid_runs",
 )
 

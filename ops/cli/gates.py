@@ -2,16 +2,18 @@
 
 ::
 
-    tradeflow gates evaluate [--track T ...] [--lookback 30d] [--source prod] [--as-of ISO] [--set NAME=VALUE ...]
+    tradeflow gates evaluate [--track T ...] [--lookback 180d] [--source prod] [--as-of ISO] [--set NAME=VALUE ...]
                              [--json] [--every 15m --metrics-port N]
     tradeflow gates status [--track T] [--json]
 
-``evaluate`` loads the track's backtest runs and paper fills from PostgreSQL, runs
-:mod:`agents.gates.engine`, stores the config under its hash and the parity attribution,
+``evaluate`` loads the track's backtest runs, paper fills and real order updates from PostgreSQL,
+runs :mod:`agents.gates.engine`, stores the config under its hash and the parity attribution,
 publishes every result on ``gates.results`` and prints it with its blockers; the evaluation
 time is the wall clock or ``--as-of`` (same time and config: same event ids). ``--every``
 repeats it as a service. Without ``--track``: ``TRADEFLOW_GATES_TRACKS``, else every track
-with a run. ``status`` prints the current result per gate/track/metric (``gate_current``).
+with a run. The config is the default, then ``TRADEFLOW_GATES_LOOKBACK`` /
+``_MIN_VALID_RUNS`` / ``_REJECT_MIN_ORDERS``, then ``--lookback`` and ``--set``.
+``status`` prints the current result per gate/track/metric (``gate_current``).
 
 Exit codes: 0 every gate passed and every track is ready; 1 a gate failed or
 a readiness is not ``passed`` (insufficient evidence is not ready; no track
@@ -28,14 +30,14 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 from aiokafka.errors import KafkaError
 
 from agents.gates.config import VALID_SOURCES, GateConfig, parse_duration_ns
-from agents.gates.engine import Evaluation, TrackInputs, evaluate_track, exclusion_reason
+from agents.gates.engine import Evaluation, TrackInputs, evaluate_track, exclusion_reason, execution_symbols
 from ops.cli.usage import UsageError
 from runtime.env import env_list, env_str
 from runtime.errors import Retriable
@@ -62,18 +64,19 @@ class InfraError(Retriable, RuntimeError):
 # ---------------------------------------------------------------------------
 
 
-def build_config(a: argparse.Namespace) -> GateConfig:
-    """The config the command line asks for; UsageError names the bad argument."""
+def build_config(a: argparse.Namespace, environ: Mapping[str, str] | None = None) -> GateConfig:
+    """The config the environment and command line ask for; UsageError names the bad one."""
     overrides: dict[str, float | int | str] = {"sources": a.source}
     try:
-        overrides["lookback_ns"] = parse_duration_ns(a.lookback)
+        if a.lookback is not None:
+            overrides["lookback_ns"] = parse_duration_ns(a.lookback)
         for pair in a.set or []:
             name, sep, value = pair.partition("=")
             if not sep or not name:
                 raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
             overrides[name.strip()] = value.strip()
-        return GateConfig().with_overrides(overrides)
-    except ValueError as exc:
+        return GateConfig.from_env(environ).with_overrides(overrides)
+    except ValueError as exc:  # ConfigError included
         raise UsageError(str(exc)) from None
 
 
@@ -87,7 +90,15 @@ async def load_inputs(conn: asyncpg.Connection, track: str, cfg: GateConfig, now
     symbols = sorted({s for r in valid for s in r.symbols})
     bt = await store.load_backtest_fills(conn, [r.run_id for r in valid], start, now_ns)
     paper = await store.load_paper_fills(conn, symbols, cfg.paper_adapter, start, now_ns) if symbols else []
-    return TrackInputs(track=track, runs=tuple(runs), backtest_fills=tuple(bt), paper_fills=tuple(paper))
+    traded = execution_symbols([r for r in runs if r.track == track], cfg, now_ns)
+    updates = await store.load_order_updates(conn, traded, now_ns - cfg.lookback_ns, now_ns) if traded else []
+    return TrackInputs(
+        track=track,
+        runs=tuple(runs),
+        backtest_fills=tuple(bt),
+        paper_fills=tuple(paper),
+        order_updates=tuple(updates),
+    )
 
 
 async def evaluate_once(
@@ -324,7 +335,12 @@ def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
         help=f"backtest_runs.track to evaluate (repeatable; default: env {TRACKS_ENV}, "
         "else every track that has backtest runs)",
     )
-    ev.add_argument("--lookback", default="30d", help="runs finished this long before now are evidence (s|m|h|d)")
+    ev.add_argument(
+        "--lookback",
+        default=None,
+        help="runs finished and real orders placed this long before now are evidence (s|m|h|d; "
+        "default: env TRADEFLOW_GATES_LOOKBACK, else 180d)",
+    )
     ev.add_argument(
         "--source",
         default="prod",
