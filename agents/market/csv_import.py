@@ -221,16 +221,20 @@ def _layout_from_header(header: list[str], symbol: str, banner: bool) -> _Layout
 # ---------------------------------------------------------------------------
 
 
-class _NaiveTimestamp(ValueError):
-    pass
-
-
 def _iso_to_ns(text: str) -> int:
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
         # Local time or UTC? A guess would shift every bar by hours without a trace.
-        raise _NaiveTimestamp(f"{text!r} has no UTC offset (write +00:00 or Z)")
+        raise ValueError(f"{text!r} has no UTC offset (write +00:00 or Z)")
     return ((dt - _EPOCH) // _ONE_US) * 1000
+
+
+def _is_naive(text: str) -> bool:
+    """An ISO-8601 time without an offset (the slow path of a rejected timestamp)."""
+    try:
+        return datetime.fromisoformat(text).tzinfo is None
+    except ValueError:
+        return False
 
 
 def _unix_to_ns(text: str) -> int:
@@ -472,11 +476,11 @@ class _RowParser:
             # -- time --------------------------------------------------------
             try:
                 open_time = to_ns(fields[i_time].strip())
-            except _NaiveTimestamp as exc:
-                yield _reject(line_no, pending, RejectReason.NAIVE_TIMESTAMP, str(exc)[:200])
-                continue
             except (ValueError, OverflowError) as exc:
-                yield _reject(line_no, pending, RejectReason.BAD_TIMESTAMP, f"{fields[i_time]!r}: {exc}"[:200])
+                if not layout.unix_time and _is_naive(fields[i_time].strip()):
+                    yield _reject(line_no, pending, RejectReason.NAIVE_TIMESTAMP, str(exc)[:200])
+                else:
+                    yield _reject(line_no, pending, RejectReason.BAD_TIMESTAMP, f"{fields[i_time]!r}: {exc}"[:200])
                 continue
             if not (open_time >= TS_MIN_NS and open_time + tf_ns < TS_MAX_NS):
                 yield _reject(
