@@ -55,7 +55,7 @@ __all__ = [
     "open_csv_text",
     "parse_csv_lines",
     "parse_csv_text",
-    "scan_conflicts",
+    "scan_repeats",
 ]
 
 _INF = math.inf
@@ -339,18 +339,22 @@ if tuple(f.name for f in dataclasses.fields(Bar)) != (
 # ---------------------------------------------------------------------------
 
 
+_Values = tuple[float, float, float, float, float, int | None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Held:
-    """A row of an open time known to conflict: kept back for its :class:`ConflictingRows`."""
+    """A valid row of an open time that is repeated: kept back until every row has been read."""
 
     line_no: int
     raw: str
     open_time: int
+    values: _Values
 
 
 @dataclass(frozen=True, slots=True)
-class _Conflict:
-    """A valid row that disagrees with an earlier one (the first pass collects these)."""
+class _Repeat:
+    """A row whose open time an earlier row had (the first pass collects these)."""
 
     line_no: int
     open_time: int
@@ -421,10 +425,10 @@ class _RowParser:
 
     def rows(
         self, withhold: Collection[int], *, build: bool
-    ) -> Iterator[Bar | RejectedRow | DuplicateRow | _Held | _Conflict]:
-        """Bars, rejects, identical duplicates; rows of a ``withhold`` open time as :class:`_Held`;
-        a conflict outside ``withhold`` as :class:`_Conflict`. ``build=False`` (a first pass) yields
-        only the conflicts and builds no bar."""
+    ) -> Iterator[Bar | RejectedRow | DuplicateRow | _Held | _Repeat]:
+        """Bars and rejects; valid rows of a ``withhold`` open time as :class:`_Held`; a repeat
+        outside ``withhold`` as :class:`_Repeat`. ``build=False`` (the first pass) reads only the
+        open times: it yields their repeats (and rejects of bad times) and builds no bar."""
         reader = self._reader
         try:
             yield from self._rows(withhold, build)
@@ -433,7 +437,7 @@ class _RowParser:
 
     def _rows(
         self, withhold: Collection[int], build: bool
-    ) -> Iterator[Bar | RejectedRow | DuplicateRow | _Held | _Conflict]:
+    ) -> Iterator[Bar | RejectedRow | DuplicateRow | _Held | _Repeat]:
         spec = self.spec
         layout = self.layout
         reader = self._reader
@@ -447,7 +451,7 @@ class _RowParser:
         prefix = hashlib.sha256(Bar.KIND.encode())
         for part in (venue, symbol, str(timeframe)):
             prefix.update(b"\x1f" + part.encode())
-        seen: dict[int, tuple[int, tuple[float, float, float, float, float, int | None]]] = {}
+        seen: set[int] = set()
         n_fields = layout.n_fields
         i_time, i_o, i_h, i_l, i_c, i_v = (
             layout.i_time,
@@ -495,6 +499,13 @@ class _RowParser:
                     f"open time {_iso(open_time)} is not on a {timeframe.value} boundary",
                 )
                 continue
+            if not build:  # the first pass: open times only, numbers are parsed when it matters
+                if open_time in seen:
+                    yield _Repeat(line_no, open_time)
+                else:
+                    seen.add(open_time)
+                pending.clear()
+                continue
 
             # -- numbers: fast path; exact diagnosis only when it fails -------
             try:
@@ -516,27 +527,17 @@ class _RowParser:
                     continue
                 o, h, lo, c, v, trades = diagnosis
 
-            # -- repeats: an identical one is a no-op, a different one a conflict --
+            # -- repeated open times: decided once every row is read ----------
             if open_time in withhold:
-                yield _Held(line_no, "".join(pending), open_time)
+                yield _Held(line_no, "".join(pending), open_time, (o, h, lo, c, v, trades))
                 pending.clear()
                 continue
-            values = (o, h, lo, c, v, trades)
-            first = seen.get(open_time)
-            if first is not None:
-                if first[1] == values:
-                    if build:
-                        yield DuplicateRow(
-                            line_no=line_no, raw="".join(pending), open_time=open_time, first_line_no=first[0]
-                        )
-                else:
-                    yield _Conflict(line_no, open_time)
+            if open_time in seen:
+                yield _Repeat(line_no, open_time)  # the first pass saw no repeat: the input changed
                 pending.clear()
                 continue
-            seen[open_time] = (line_no, values)
+            seen.add(open_time)
             pending.clear()
-            if not build:
-                continue
 
             hasher = prefix.copy()
             hasher.update(b"\x1f%d\x1f0\x1f%b" % (open_time, source_b))
@@ -564,6 +565,28 @@ class _RowParser:
                 source,
             )
 
+    def bar(self, open_time: int, values: _Values) -> Bar:
+        """The bar of one row (the row loop builds the same record inline, for speed)."""
+        spec = self.spec
+        o, h, lo, c, v, trades = values
+        return Bar.new(
+            ts_init=spec.ts_init,
+            ts_event=open_time + spec.timeframe.nanos,
+            venue=spec.venue,
+            symbol=spec.symbol,
+            timeframe=spec.timeframe,
+            open_time=open_time,
+            open=o,
+            high=h,
+            low=lo,
+            close=c,
+            volume=v,
+            trade_count=trades,
+            is_closed=True,
+            revision=0,
+            source=spec.source,
+        )
+
 
 def _check_text(line: str, where: str) -> None:
     try:
@@ -579,14 +602,16 @@ class CsvBarReader:
     """Streaming parser: iterate it for bars, rejects, duplicates and conflicts.
 
     The header is read when the reader is built, so :attr:`format` is known (and
-    :class:`CsvFormatError` raised) before any row. Bars, rejects and duplicates come in
-    file order; each :class:`ConflictingRows` comes after the last row. No row of a
-    conflicting open time becomes a bar, so the reader must know them before the first
-    row: pass ``conflicts`` (from :func:`scan_conflicts` over the same input, as
+    :class:`CsvFormatError` raised) before any row. No row wins by coming first, so the
+    reader must know which open times repeat before the first row: a first pass reads
+    only the open times (:func:`scan_repeats`). Pass its result as ``repeated`` (as
     :func:`iter_csv_file` does with a first read of the file) and memory stays constant
-    except one entry per distinct open time (~150 bytes); without it the reader keeps the
-    input's lines and reads them twice. CryptoDataDownload files are newest first, so this
-    yields them descending; :func:`parse_csv_lines` sorts. A reader is single-pass.
+    except one entry per distinct open time; without it the reader keeps the input's
+    lines and reads them twice. Bars and rejects come in file order; the rows of a
+    repeated open time are held and decided after the last row (one bar and
+    :class:`DuplicateRow` items when they agree, a :class:`ConflictingRows` when not).
+    CryptoDataDownload files are newest first, so this yields them descending;
+    :func:`parse_csv_lines` sorts. A reader is single-pass.
     """
 
     def __init__(
@@ -598,7 +623,7 @@ class CsvBarReader:
         timeframe: Timeframe,
         ts_init: int,
         filename: str,
-        conflicts: Collection[int] | None = None,
+        repeated: Collection[int] | None = None,
     ) -> None:
         _check_spec(venue, symbol, timeframe, ts_init)
         spec = _Spec(venue, symbol, timeframe, ts_init, filename)
@@ -608,10 +633,10 @@ class CsvBarReader:
         self.ts_init = ts_init
         self.filename = filename
         self.source = spec.source
-        if conflicts is None:
+        if repeated is None:
             lines = list(lines)
-            conflicts = _conflicts_in(_RowParser(lines, spec))
-        self._withhold = frozenset(conflicts)
+            repeated = _repeats_in(_RowParser(lines, spec))
+        self._withhold = frozenset(repeated)
         self._parser = _RowParser(lines, spec)
         self.format: CsvFormat = self._parser.layout.format
 
@@ -623,30 +648,36 @@ class CsvBarReader:
         for item in self._parser.rows(self._withhold, build=True):
             if isinstance(item, _Held):
                 held.setdefault(item.open_time, []).append(item)
-            elif isinstance(item, _Conflict):
+            elif isinstance(item, _Repeat):
                 raise CsvFormatError(
-                    f"{self.filename} line {item.line_no}: rows for {_iso(item.open_time)} conflict that did not "
-                    "when the file was first read: was it changed while being read?"
+                    f"{self.filename} line {item.line_no}: {_iso(item.open_time)} repeats an earlier row, which it "
+                    "did not when the input was first read: was the file changed while being read?"
                 )
             else:
                 yield item
         for rows in held.values():
-            yield ConflictingRows(
-                open_time=rows[0].open_time,
-                line_nos=tuple(r.line_no for r in rows),
-                raws=tuple(r.raw for r in rows),
-            )
+            first = rows[0]
+            if all(r.values == first.values for r in rows):
+                yield self._parser.bar(first.open_time, first.values)
+                for r in rows[1:]:
+                    yield DuplicateRow(line_no=r.line_no, raw=r.raw, open_time=r.open_time, first_line_no=first.line_no)
+            else:
+                yield ConflictingRows(
+                    open_time=first.open_time,
+                    line_nos=tuple(r.line_no for r in rows),
+                    raws=tuple(r.raw for r in rows),
+                )
 
 
-def _conflicts_in(parser: _RowParser) -> frozenset[int]:
-    return frozenset(item.open_time for item in parser.rows((), build=False) if isinstance(item, _Conflict))
+def _repeats_in(parser: _RowParser) -> frozenset[int]:
+    return frozenset(item.open_time for item in parser.rows((), build=False) if isinstance(item, _Repeat))
 
 
-def scan_conflicts(
+def scan_repeats(
     lines: Iterable[str], *, venue: str, symbol: str, timeframe: Timeframe, filename: str
 ) -> frozenset[int]:
-    """First pass: the open times that valid rows of ``lines`` disagree about."""
-    return _conflicts_in(_RowParser(lines, _Spec(venue, symbol, timeframe, TS_MIN_NS, filename)))
+    """First pass: the open times that more than one row of ``lines`` has (numbers not parsed)."""
+    return _repeats_in(_RowParser(lines, _Spec(venue, symbol, timeframe, TS_MIN_NS, filename)))
 
 
 def _reject(line_no: int, pending: list[str], reason: RejectReason, detail: str) -> RejectedRow:
@@ -708,7 +739,7 @@ def parse_csv_lines(
     timeframe: Timeframe,
     ts_init: int,
     filename: str,
-    conflicts: Collection[int] | None = None,
+    repeated: Collection[int] | None = None,
 ) -> ParseResult:
     """Parse everything; bars sorted ascending by open time.
 
@@ -721,7 +752,7 @@ def parse_csv_lines(
         timeframe=timeframe,
         ts_init=ts_init,
         filename=filename,
-        conflicts=conflicts,
+        repeated=repeated,
     )
     bars: list[Bar] = []
     rejects: list[RejectedRow] = []
@@ -784,9 +815,9 @@ def _display_name(path: Path) -> str:
     return path.name[: -len(".gz")] if path.name.endswith(".gz") else path.name
 
 
-def _file_conflicts(p: Path, venue: str, symbol: str, timeframe: Timeframe) -> frozenset[int]:
+def _file_repeats(p: Path, venue: str, symbol: str, timeframe: Timeframe) -> frozenset[int]:
     with open_csv_text(p) as fh:
-        return scan_conflicts(fh, venue=venue, symbol=symbol, timeframe=timeframe, filename=_display_name(p))
+        return scan_repeats(fh, venue=venue, symbol=symbol, timeframe=timeframe, filename=_display_name(p))
 
 
 def iter_csv_file(
@@ -797,11 +828,11 @@ def iter_csv_file(
     timeframe: Timeframe,
     ts_init: int,
 ) -> Generator[CsvItem, None, None]:
-    """Stream a file (``.csv`` or ``.csv.gz``): a first read finds the conflicting open
-    times, the second yields items (:class:`CsvBarReader`); closes it when exhausted or closed."""
+    """Stream a file (``.csv`` or ``.csv.gz``): a first read finds the repeated open times,
+    the second yields items (:class:`CsvBarReader`); closes it when exhausted or closed."""
     p = Path(path)
     _check_spec(venue, symbol, timeframe, ts_init)
-    conflicts = _file_conflicts(p, venue, symbol, timeframe)
+    repeated = _file_repeats(p, venue, symbol, timeframe)
     with open_csv_text(p) as fh:
         yield from CsvBarReader(
             fh,
@@ -810,7 +841,7 @@ def iter_csv_file(
             timeframe=timeframe,
             ts_init=ts_init,
             filename=_display_name(p),
-            conflicts=conflicts,
+            repeated=repeated,
         )
 
 
@@ -825,7 +856,7 @@ def import_csv_file(
     """Read a whole candle file (``.csv`` or ``.csv.gz``); ``source="csv:<filename>"``."""
     p = Path(path)
     _check_spec(venue, symbol, timeframe, ts_init)
-    conflicts = _file_conflicts(p, venue, symbol, timeframe)
+    repeated = _file_repeats(p, venue, symbol, timeframe)
     with open_csv_text(p) as fh:
         return parse_csv_lines(
             fh,
@@ -834,5 +865,5 @@ def import_csv_file(
             timeframe=timeframe,
             ts_init=ts_init,
             filename=_display_name(p),
-            conflicts=conflicts,
+            repeated=repeated,
         )

@@ -354,6 +354,8 @@ def test_conflicting_rows_then_neither_is_a_bar_both_lines_reported_and_identica
     )
     assert "lines 2, 5" in result.conflicts[0].detail and "2021-01-01T00:00:00Z" in result.conflicts[0].detail
     assert result.rows_read == 4
+    held = parse(text.replace(CONFLICT, "")).bars  # 01:00 repeated identically: held, decided at the end
+    assert held == parse(HEADER + GOOD + "2021-01-01 01:00:00+00:00,105,107,104,106,4\n").bars
 
 
 def test_streaming_a_file_with_a_conflict_then_the_first_row_is_not_yielded_either(tmp_path: Path) -> None:
@@ -368,7 +370,7 @@ def test_streaming_a_file_with_a_conflict_then_the_first_row_is_not_yielded_eith
     assert isinstance(items[1], ConflictingRows) and items[1].line_nos == (2, 4)
 
 
-def test_streaming_reader_told_no_conflicts_then_a_conflict_is_an_error_not_a_first_win() -> None:
+def test_streaming_reader_told_no_repeats_then_a_repeat_is_an_error_not_a_first_win() -> None:
     reader = CsvBarReader(
         iter((HEADER + GOOD + CONFLICT).splitlines(keepends=True)),
         venue="binance",
@@ -376,7 +378,7 @@ def test_streaming_reader_told_no_conflicts_then_a_conflict_is_an_error_not_a_fi
         timeframe=Timeframe.H1,
         ts_init=TS_INIT,
         filename="x.csv",
-        conflicts=frozenset(),
+        repeated=frozenset(),
     )
     with pytest.raises(CsvFormatError, match=r"x\.csv line 3"):
         list(reader)
