@@ -180,3 +180,12 @@ async def test_ingest_csv_malformed_file_then_exit_2_and_conflicting_rows_withhe
     assert r.returncode == 0, r.stderr
     assert "twice.csv: 3 bars -> market.bars.raw" in r.stdout and "2 conflicting rows withheld" in r.stdout
     assert "not imported" in r.stderr
+
+
+def test_backfill_malformed_copy_of_a_bundled_file_then_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    path = _write(tmp_path, "binance_btcusdt_1h_2017_2022.csv", b"\xef\xbb\xbf" + GOOD.encode() + b"\xff\n")
+    r = _cli("backfill", "--data-dir", str(tmp_path / "var"), "--file", str(path))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "binance_btcusdt_1h_2017_2022.csv line 5: not UTF-8 text" in r.stderr
+    assert not (tmp_path / "var" / "pg").exists(), "nothing started for a file that cannot be imported"
