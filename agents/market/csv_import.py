@@ -1,7 +1,7 @@
 """CSV candle files -> :class:`~topics.records.Bar` records.
 
 Two formats, recognised from the file's first lines: ``shared``
-(``timestamp,open,high,low,close,volume``, ISO-8601 UTC, ascending; the layout of
+(``timestamp,open,high,low,close,volume``, ISO-8601 with an offset, ascending; the layout of
 ``ops/sample_data``) and ``cryptodatadownload`` (banner line, newest-first rows, unix seconds
 or milliseconds decided per row, the ``Volume <BASE>`` column).
 
@@ -423,9 +423,7 @@ class _RowParser:
             raise CsvFormatError(f"{self._where(reader.line_num)}: unreadable CSV: {exc}") from None
         raise CsvFormatError(f"{self.spec.filename}: empty input, no header line")
 
-    def rows(
-        self, withhold: Collection[int], *, build: bool
-    ) -> Iterator[Bar | RejectedRow | DuplicateRow | _Held | _Repeat]:
+    def rows(self, withhold: Collection[int], *, build: bool) -> Iterator[Bar | RejectedRow | _Held | _Repeat]:
         """Bars and rejects; valid rows of a ``withhold`` open time as :class:`_Held`; a repeat
         outside ``withhold`` as :class:`_Repeat`. ``build=False`` (the first pass) reads only the
         open times: it yields their repeats (and rejects of bad times) and builds no bar."""
@@ -435,9 +433,7 @@ class _RowParser:
         except csv.Error as exc:
             raise CsvFormatError(f"{self._where(reader.line_num)}: unreadable CSV: {exc}") from None
 
-    def _rows(
-        self, withhold: Collection[int], build: bool
-    ) -> Iterator[Bar | RejectedRow | DuplicateRow | _Held | _Repeat]:
+    def _rows(self, withhold: Collection[int], build: bool) -> Iterator[Bar | RejectedRow | _Held | _Repeat]:
         spec = self.spec
         layout = self.layout
         reader = self._reader
