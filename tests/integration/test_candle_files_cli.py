@@ -7,19 +7,26 @@ or its findings said out loud."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from ops.embedded.broker import EmbeddedBroker, free_port
 from tests.conftest import ROOT
+from topics.catalogue import physical_name
+from topics.records import DataQualityEvent, DeadLetter, Record
+from topics.schema import codec_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+R = TypeVar("R", bound=Record)
 
 HEADER = "timestamp,open,high,low,close,volume\n"
 
@@ -180,6 +187,28 @@ async def test_ingest_csv_malformed_file_then_exit_2_and_conflicting_rows_withhe
     assert r.returncode == 0, r.stderr
     assert "twice.csv: 3 bars -> market.bars.raw" in r.stdout and "2 conflicting rows withheld" in r.stdout
     assert "not imported" in r.stderr
+
+    dead = [d for d in await _read(broker, namespace, "deadletter", DeadLetter) if d.source_topic == "file:twice.csv"]
+    assert sorted((d.source_offset, d.reason) for d in dead) == [
+        (3, "conflicting_duplicate"),
+        (6, "conflicting_duplicate"),
+    ]
+    assert {base64.b64decode(d.original_b64).decode() for d in dead} == {rows[1], rows[1].replace(",11\n", ",12\n")}
+    findings = await _read(broker, namespace, "market.data_quality", DataQualityEvent)
+    (conflict,) = [f for f in findings if f.check == "duplicate"]
+    assert conflict.blocking and conflict.severity == "error" and "lines 3, 6" in conflict.detail
+
+
+async def _read(broker: EmbeddedBroker, namespace: str, topic: str, kind: type[R]) -> list[R]:
+    cons = AIOKafkaConsumer(
+        physical_name(topic, namespace), bootstrap_servers=broker.bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await cons.start()
+    try:
+        batch = await cons.getmany(timeout_ms=5000)
+    finally:
+        await cons.stop()
+    return [codec_for(kind).decode(m.value or b"") for msgs in batch.values() for m in msgs]
 
 
 def test_backfill_malformed_copy_of_a_bundled_file_then_exit_2_before_anything_starts(tmp_path: Path) -> None:
