@@ -1,18 +1,19 @@
 """CSV candle files -> :class:`~topics.records.Bar` records.
 
 Two formats, recognised from the file's first lines: ``shared``
-(``timestamp,open,high,low,close,volume``, ISO-8601 UTC, ascending; the layout of
+(``timestamp,open,high,low,close,volume``, ISO-8601 with an offset, ascending; the layout of
 ``ops/sample_data``) and ``cryptodatadownload`` (banner line, newest-first rows, unix seconds
 or milliseconds decided per row, the ``Volume <BASE>`` column).
 
-Every row either becomes a bar, or comes back as a :class:`RejectedRow` (line number,
-stable reason code, the original text) or a :class:`DuplicateRow`: nothing is dropped
-silently. Rows that are valid records but wrong as candles are left to
-:mod:`agents.market.quality`, which must see them to report them. Bars are closed, revision
-0, ``source="csv:<filename>"``, ``ts_event`` = open time + timeframe; ``ts_init`` is passed
-in (no clock). Entry points: :func:`import_csv_file`, :func:`parse_csv_text` /
-:func:`parse_csv_lines`, and the streaming :class:`CsvBarReader` / :func:`iter_csv_file`.
-Bad rows never raise; a file that is not a candle CSV raises :class:`CsvFormatError`.
+Every row becomes a bar, a :class:`RejectedRow` (line number, stable reason code, the
+original text; an impossible candle or a timestamp without a UTC offset is one), an
+identical :class:`DuplicateRow`, or part of a :class:`ConflictingRows` (rows that disagree
+about one open time: none of them becomes a bar). Nothing is dropped silently and no row
+wins by coming first. Bars are closed, revision 0, ``source="csv:<filename>"``,
+``ts_event`` = open time + timeframe; ``ts_init`` is passed in (no clock). Entry points:
+:func:`import_csv_file`, :func:`parse_csv_text` / :func:`parse_csv_lines`, and the
+streaming :class:`CsvBarReader` / :func:`iter_csv_file`. Bad rows never raise; a file that
+is not a readable candle CSV raises :class:`CsvFormatError` naming the file and line.
 
 Design: docs/market_data.md#csv-import
 """
@@ -26,7 +27,8 @@ import gzip
 import hashlib
 import io
 import math
-from collections.abc import Generator, Iterable, Iterator
+import zlib
+from collections.abc import Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
@@ -39,6 +41,7 @@ from topics.schema import TS_MAX_NS, TS_MIN_NS, codec_for, positional_constructo
 from topics.units import NS_PER_MS, NS_PER_SECOND, NS_PER_US
 
 __all__ = [
+    "ConflictingRows",
     "CsvBarReader",
     "CsvFormat",
     "CsvFormatError",
@@ -52,6 +55,7 @@ __all__ = [
     "open_csv_text",
     "parse_csv_lines",
     "parse_csv_text",
+    "scan_repeats",
 ]
 
 _INF = math.inf
@@ -73,8 +77,10 @@ class CsvFormat(enum.StrEnum):
 class CsvFormatError(BadInput, ValueError):
     """The file as a whole is not a candle CSV this module reads.
 
-    Not retriable and not per row: no header, unknown columns, an ambiguous volume
-    column. Row-level problems never raise; they become :class:`RejectedRow`.
+    Not retriable and not per row: empty input, no header, unknown columns, an ambiguous
+    volume column, a line the csv module cannot read (over 128 KiB), bytes that are not
+    UTF-8, corrupt compression. The message names the file and the line. Row-level
+    problems never raise; they become :class:`RejectedRow`.
     """
 
 
@@ -89,6 +95,8 @@ class RejectReason(enum.StrEnum):
     NON_POSITIVE_PRICE = "non_positive_price"
     NEGATIVE_VOLUME = "negative_volume"
     BAD_TRADE_COUNT = "bad_trade_count"
+    OHLC_INCONSISTENT = "ohlc_inconsistent"
+    NAIVE_TIMESTAMP = "naive_timestamp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +111,30 @@ class RejectedRow:
 
 @dataclass(frozen=True, slots=True)
 class DuplicateRow:
-    """A second row for an open time already read (the first one is kept).
-
-    ``identical`` is True for an exact duplicate (same prices, volume and trade
-    count), False for a conflicting one: the caller should treat the latter as
-    a data defect, not just redundancy.
-    """
+    """An exact repeat (same prices, volume and trade count) of an earlier row: a no-op."""
 
     line_no: int
     raw: str
     open_time: int
     first_line_no: int
-    identical: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictingRows:
+    """Valid rows that give one open time different values: none of them becomes a bar.
+
+    A data-quality error: the bar is missing until the file is fixed. ``line_nos`` and
+    ``raws`` are every row for that open time, in file order.
+    """
+
+    open_time: int
+    line_nos: tuple[int, ...]
+    raws: tuple[str, ...]
+
+    @property
+    def detail(self) -> str:
+        lines = ", ".join(map(str, self.line_nos))
+        return f"lines {lines} give {_iso(self.open_time)} different values; that bar is not imported"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +145,15 @@ class ParseResult:
     bars: tuple[Bar, ...]
     rejects: tuple[RejectedRow, ...]
     duplicates: tuple[DuplicateRow, ...]
+    conflicts: tuple[ConflictingRows, ...] = ()
 
     @property
     def rows_read(self) -> int:
-        return len(self.bars) + len(self.rejects) + len(self.duplicates)
+        conflicting = sum(len(c.line_nos) for c in self.conflicts)
+        return len(self.bars) + len(self.rejects) + len(self.duplicates) + conflicting
 
 
-CsvItem = Bar | RejectedRow | DuplicateRow
+CsvItem = Bar | RejectedRow | DuplicateRow | ConflictingRows
 
 
 # ---------------------------------------------------------------------------
@@ -202,8 +224,17 @@ def _layout_from_header(header: list[str], symbol: str, banner: bool) -> _Layout
 def _iso_to_ns(text: str) -> int:
     dt = datetime.fromisoformat(text)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
+        # Local time or UTC? A guess would shift every bar by hours without a trace.
+        raise ValueError(f"{text!r} has no UTC offset (write +00:00 or Z)")
     return ((dt - _EPOCH) // _ONE_US) * 1000
+
+
+def _is_naive(text: str) -> bool:
+    """An ISO-8601 time without an offset (the slow path of a rejected timestamp)."""
+    try:
+        return datetime.fromisoformat(text).tzinfo is None
+    except ValueError:
+        return False
 
 
 def _unix_to_ns(text: str) -> int:
@@ -260,6 +291,11 @@ def _diagnose(fields: list[str], layout: _Layout) -> RejectedRow | tuple[float, 
             return _why(RejectReason.BAD_TRADE_COUNT, f"tradecount={text!r} is not a non-negative integer")
         trades = int(t)
     o, h, lo, c, v = values
+    if not (lo <= o <= h and lo <= c <= h):
+        return _why(
+            RejectReason.OHLC_INCONSISTENT,
+            f"open {o:g} high {h:g} low {lo:g} close {c:g}: need low <= open, close <= high",
+        )
     return o, h, lo, c, v, trades
 
 
@@ -303,75 +339,115 @@ if tuple(f.name for f in dataclasses.fields(Bar)) != (
 # ---------------------------------------------------------------------------
 
 
-class CsvBarReader:
-    """Streaming parser: iterate it for bars, rejects and duplicates, in file order.
+_Values = tuple[float, float, float, float, float, int | None]
 
-    The header is read when the reader is built, so :attr:`format` is known
-    (and :class:`CsvFormatError` raised) before any row. Memory is constant
-    except one entry per distinct open time (~150 bytes), which duplicate
-    detection needs because a duplicate is not always adjacent. CryptoDataDownload
-    files are newest first, so this yields them descending; :func:`parse_csv_lines`
-    sorts. A reader is single-pass, like the line iterator it wraps.
-    """
 
-    def __init__(
-        self,
-        lines: Iterable[str],
-        *,
-        venue: str,
-        symbol: str,
-        timeframe: Timeframe,
-        ts_init: int,
-        filename: str,
-    ) -> None:
-        _check_spec(venue, symbol, timeframe, ts_init)
-        self.venue = venue
-        self.symbol = symbol
-        self.timeframe = timeframe
-        self.ts_init = ts_init
-        self.source = f"csv:{filename}"
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A valid row of an open time that is repeated: kept back until every row has been read."""
+
+    line_no: int
+    raw: str
+    open_time: int
+    values: _Values
+
+
+@dataclass(frozen=True, slots=True)
+class _Repeat:
+    """A row whose open time an earlier row had (the first pass collects these)."""
+
+    line_no: int
+    open_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    venue: str
+    symbol: str
+    timeframe: Timeframe
+    ts_init: int
+    filename: str
+
+    @property
+    def source(self) -> str:
+        return f"csv:{self.filename}"
+
+
+class _RowParser:
+    """One pass over the lines: the header, then one item per row (file order)."""
+
+    def __init__(self, lines: Iterable[str], spec: _Spec) -> None:
+        self.spec = spec
         self._pending: list[str] = []
         self._reader = csv.reader(self._remember(lines))
-        self._layout = self._read_header()
-        self.format: CsvFormat = self._layout.format
+        self.layout = self._read_header()
+
+    def _where(self, line_no: int) -> str:
+        return f"{self.spec.filename} line {line_no}"
 
     def _remember(self, src: Iterable[str]) -> Iterator[str]:
-        # Keep the physical lines of the current record so a reject carries its exact text.
+        # Keep the physical lines of the current record so a reject carries its exact text;
+        # check that each line is text (files are opened with surrogateescape: a bad byte
+        # becomes a lone surrogate here, found by line instead of by 8 KiB decode chunk).
         pending = self._pending
-        for line in src:
-            pending.append(line)
-            yield line
+        n = 0
+        try:
+            for line in src:
+                n += 1
+                if not line.isascii():
+                    if n == 1 and line.startswith("\ufeff"):
+                        line = line[1:]  # a byte-order mark, as spreadsheet exports write
+                    _check_text(line, self._where(n))
+                pending.append(line)
+                yield line
+        except (EOFError, zlib.error) as exc:
+            raise CsvFormatError(f"{self._where(n + 1)}: compressed data is corrupt or truncated: {exc}") from None
 
     def _read_header(self) -> _Layout:
         banner = False
-        for header in self._reader:
-            self._pending.clear()
-            text = ",".join(header)
-            if not text.strip():
-                continue
-            if not banner and _CDD_BANNER in text.lower():
-                banner = True
-                continue
-            return _layout_from_header(header, self.symbol, banner)
-        raise CsvFormatError("no header line: empty input")
+        reader = self._reader
+        try:
+            for header in reader:
+                self._pending.clear()
+                text = ",".join(header)
+                if not text.strip():
+                    continue
+                if not banner and _CDD_BANNER in text.lower():
+                    banner = True
+                    continue
+                try:
+                    return _layout_from_header(header, self.spec.symbol, banner)
+                except CsvFormatError as exc:
+                    raise CsvFormatError(f"{self._where(reader.line_num)}: {exc}") from None
+        except csv.Error as exc:
+            raise CsvFormatError(f"{self._where(reader.line_num)}: unreadable CSV: {exc}") from None
+        raise CsvFormatError(f"{self.spec.filename}: empty input, no header line")
 
-    def __iter__(self) -> Iterator[CsvItem]:
-        return self._rows()
+    def rows(self, withhold: Collection[int], *, build: bool) -> Iterator[Bar | RejectedRow | _Held | _Repeat]:
+        """Bars and rejects; valid rows of a ``withhold`` open time as :class:`_Held`; a repeat
+        outside ``withhold`` as :class:`_Repeat`. ``build=False`` (the first pass) reads only the
+        open times: it yields their repeats (and rejects of bad times) and builds no bar."""
+        reader = self._reader
+        try:
+            yield from self._rows(withhold, build)
+        except csv.Error as exc:
+            raise CsvFormatError(f"{self._where(reader.line_num)}: unreadable CSV: {exc}") from None
 
-    def _rows(self) -> Iterator[CsvItem]:
-        layout = self._layout
+    def _rows(self, withhold: Collection[int], build: bool) -> Iterator[Bar | RejectedRow | _Held | _Repeat]:
+        spec = self.spec
+        layout = self.layout
         reader = self._reader
         pending = self._pending
-        timeframe = self.timeframe
+        timeframe = spec.timeframe
         tf_ns = timeframe.nanos
-        venue, symbol, source, ts_init = self.venue, self.symbol, self.source, self.ts_init
+        venue, symbol, source, ts_init = spec.venue, spec.symbol, spec.source, spec.ts_init
         source_b = source.encode()
         schema_version = Bar.SCHEMA_VERSION
         # event_id_for(KIND, venue, symbol, timeframe, open_time, revision, source), constant prefix hashed once.
         prefix = hashlib.sha256(Bar.KIND.encode())
         for part in (venue, symbol, str(timeframe)):
             prefix.update(b"\x1f" + part.encode())
-        seen: dict[int, tuple[int, tuple[float, float, float, float, float, int | None]]] = {}
+        seen: set[int] = set()
         n_fields = layout.n_fields
         i_time, i_o, i_h, i_l, i_c, i_v = (
             layout.i_time,
@@ -401,7 +477,10 @@ class CsvBarReader:
             try:
                 open_time = to_ns(fields[i_time].strip())
             except (ValueError, OverflowError) as exc:
-                yield _reject(line_no, pending, RejectReason.BAD_TIMESTAMP, f"{fields[i_time]!r}: {exc}"[:200])
+                if not layout.unix_time and _is_naive(fields[i_time].strip()):
+                    yield _reject(line_no, pending, RejectReason.NAIVE_TIMESTAMP, str(exc)[:200])
+                else:
+                    yield _reject(line_no, pending, RejectReason.BAD_TIMESTAMP, f"{fields[i_time]!r}: {exc}"[:200])
                 continue
             if not (open_time >= TS_MIN_NS and open_time + tf_ns < TS_MAX_NS):
                 yield _reject(
@@ -416,6 +495,13 @@ class CsvBarReader:
                     f"open time {_iso(open_time)} is not on a {timeframe.value} boundary",
                 )
                 continue
+            if not build:  # the first pass: open times only, numbers are parsed when it matters
+                if open_time in seen:
+                    yield _Repeat(line_no, open_time)
+                else:
+                    seen.add(open_time)
+                pending.clear()
+                continue
 
             # -- numbers: fast path; exact diagnosis only when it fails -------
             try:
@@ -426,7 +512,7 @@ class CsvBarReader:
                 v = float(fields[i_v])
                 trades = None if i_trades is None else int(fields[i_trades])
                 # Chained comparisons are False for NaN, so they also reject NaN.
-                ok = 0.0 < o < inf and 0.0 < h < inf and 0.0 < lo < inf and 0.0 < c < inf
+                ok = 0.0 < lo <= o <= h < inf and lo <= c <= h
                 ok = ok and 0.0 <= v < inf and (trades is None or trades >= 0)
             except ValueError:
                 ok = False
@@ -437,20 +523,16 @@ class CsvBarReader:
                     continue
                 o, h, lo, c, v, trades = diagnosis
 
-            # -- duplicates ---------------------------------------------------
-            values = (o, h, lo, c, v, trades)
-            first = seen.get(open_time)
-            if first is not None:
-                yield DuplicateRow(
-                    line_no=line_no,
-                    raw="".join(pending),
-                    open_time=open_time,
-                    first_line_no=first[0],
-                    identical=first[1] == values,
-                )
+            # -- repeated open times: decided once every row is read ----------
+            if open_time in withhold:
+                yield _Held(line_no, "".join(pending), open_time, (o, h, lo, c, v, trades))
                 pending.clear()
                 continue
-            seen[open_time] = (line_no, values)
+            if open_time in seen:
+                yield _Repeat(line_no, open_time)  # the first pass saw no repeat: the input changed
+                pending.clear()
+                continue
+            seen.add(open_time)
             pending.clear()
 
             hasher = prefix.copy()
@@ -478,6 +560,120 @@ class CsvBarReader:
                 0,  # revision
                 source,
             )
+
+    def bar(self, open_time: int, values: _Values) -> Bar:
+        """The bar of one row (the row loop builds the same record inline, for speed)."""
+        spec = self.spec
+        o, h, lo, c, v, trades = values
+        return Bar.new(
+            ts_init=spec.ts_init,
+            ts_event=open_time + spec.timeframe.nanos,
+            venue=spec.venue,
+            symbol=spec.symbol,
+            timeframe=spec.timeframe,
+            open_time=open_time,
+            open=o,
+            high=h,
+            low=lo,
+            close=c,
+            volume=v,
+            trade_count=trades,
+            is_closed=True,
+            revision=0,
+            source=spec.source,
+        )
+
+
+def _check_text(line: str, where: str) -> None:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = line[exc.start : exc.end].encode("utf-8", "surrogateescape")
+        raise CsvFormatError(
+            f"{where}: not UTF-8 text (byte 0x{bad[:1].hex()} at column {exc.start + 1}); save the file as UTF-8"
+        ) from None
+
+
+class CsvBarReader:
+    """Streaming parser: iterate it for bars, rejects, duplicates and conflicts.
+
+    The header is read when the reader is built, so :attr:`format` is known (and
+    :class:`CsvFormatError` raised) before any row. No row wins by coming first, so the
+    reader must know which open times repeat before the first row: a first pass reads
+    only the open times (:func:`scan_repeats`). Pass its result as ``repeated`` (as
+    :func:`iter_csv_file` does with a first read of the file) and memory stays constant
+    except one entry per distinct open time; without it the reader keeps the input's
+    lines and reads them twice. Bars and rejects come in file order; the rows of a
+    repeated open time are held and decided after the last row (one bar and
+    :class:`DuplicateRow` items when they agree, a :class:`ConflictingRows` when not).
+    CryptoDataDownload files are newest first, so this yields them descending;
+    :func:`parse_csv_lines` sorts. A reader is single-pass.
+    """
+
+    def __init__(
+        self,
+        lines: Iterable[str],
+        *,
+        venue: str,
+        symbol: str,
+        timeframe: Timeframe,
+        ts_init: int,
+        filename: str,
+        repeated: Collection[int] | None = None,
+    ) -> None:
+        _check_spec(venue, symbol, timeframe, ts_init)
+        spec = _Spec(venue, symbol, timeframe, ts_init, filename)
+        self.venue = venue
+        self.symbol = symbol
+        self.timeframe = timeframe
+        self.ts_init = ts_init
+        self.filename = filename
+        self.source = spec.source
+        if repeated is None:
+            lines = list(lines)
+            repeated = _repeats_in(_RowParser(lines, spec))
+        self._withhold = frozenset(repeated)
+        self._parser = _RowParser(lines, spec)
+        self.format: CsvFormat = self._parser.layout.format
+
+    def __iter__(self) -> Iterator[CsvItem]:
+        return self._items()
+
+    def _items(self) -> Iterator[CsvItem]:
+        held: dict[int, list[_Held]] = {}
+        for item in self._parser.rows(self._withhold, build=True):
+            if isinstance(item, _Held):
+                held.setdefault(item.open_time, []).append(item)
+            elif isinstance(item, _Repeat):
+                raise CsvFormatError(
+                    f"{self.filename} line {item.line_no}: {_iso(item.open_time)} repeats an earlier row, which it "
+                    "did not when the input was first read: was the file changed while being read?"
+                )
+            else:
+                yield item
+        for rows in held.values():
+            first = rows[0]
+            if all(r.values == first.values for r in rows):
+                yield self._parser.bar(first.open_time, first.values)
+                for r in rows[1:]:
+                    yield DuplicateRow(line_no=r.line_no, raw=r.raw, open_time=r.open_time, first_line_no=first.line_no)
+            else:
+                yield ConflictingRows(
+                    open_time=first.open_time,
+                    line_nos=tuple(r.line_no for r in rows),
+                    raws=tuple(r.raw for r in rows),
+                )
+
+
+def _repeats_in(parser: _RowParser) -> frozenset[int]:
+    return frozenset(item.open_time for item in parser.rows((), build=False) if isinstance(item, _Repeat))
+
+
+def scan_repeats(
+    lines: Iterable[str], *, venue: str, symbol: str, timeframe: Timeframe, filename: str
+) -> frozenset[int]:
+    """First pass: the open times that more than one row of ``lines`` has (numbers not parsed)."""
+    return _repeats_in(_RowParser(lines, _Spec(venue, symbol, timeframe, TS_MIN_NS, filename)))
 
 
 def _reject(line_no: int, pending: list[str], reason: RejectReason, detail: str) -> RejectedRow:
@@ -539,15 +735,25 @@ def parse_csv_lines(
     timeframe: Timeframe,
     ts_init: int,
     filename: str,
+    repeated: Collection[int] | None = None,
 ) -> ParseResult:
     """Parse everything; bars sorted ascending by open time.
 
     Sorting a newest-first export is linear (timsort finds the descending run).
     """
-    reader = CsvBarReader(lines, venue=venue, symbol=symbol, timeframe=timeframe, ts_init=ts_init, filename=filename)
+    reader = CsvBarReader(
+        lines,
+        venue=venue,
+        symbol=symbol,
+        timeframe=timeframe,
+        ts_init=ts_init,
+        filename=filename,
+        repeated=repeated,
+    )
     bars: list[Bar] = []
     rejects: list[RejectedRow] = []
     duplicates: list[DuplicateRow] = []
+    conflicting: list[ConflictingRows] = []
     append_bar = bars.append
     for item in reader:
         if type(item) is Bar:
@@ -556,8 +762,16 @@ def parse_csv_lines(
             rejects.append(item)
         elif isinstance(item, DuplicateRow):
             duplicates.append(item)
+        elif isinstance(item, ConflictingRows):
+            conflicting.append(item)
     bars.sort(key=attrgetter("open_time"))
-    return ParseResult(format=reader.format, bars=tuple(bars), rejects=tuple(rejects), duplicates=tuple(duplicates))
+    return ParseResult(
+        format=reader.format,
+        bars=tuple(bars),
+        rejects=tuple(rejects),
+        duplicates=tuple(duplicates),
+        conflicts=tuple(conflicting),
+    )
 
 
 def parse_csv_text(
@@ -581,16 +795,25 @@ def parse_csv_text(
 
 
 def open_csv_text(path: str | Path) -> TextIO:
-    """Open a ``.csv`` or ``.csv.gz`` file as text the way :mod:`csv` wants it."""
+    """Open a ``.csv`` or ``.csv.gz`` file as text the way :mod:`csv` wants it.
+
+    Bytes that are not UTF-8 become lone surrogates, which the reader reports with
+    their line (a decode error would name only an 8 KiB chunk).
+    """
     p = Path(path)
     if p.suffix == ".gz":
-        return gzip.open(p, "rt", encoding="utf-8", newline="")
-    return p.open(encoding="utf-8", newline="")
+        return gzip.open(p, "rt", encoding="utf-8", errors="surrogateescape", newline="")
+    return p.open(encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def _display_name(path: Path) -> str:
     """The file's name without a compression suffix: the same data, the same source."""
     return path.name[: -len(".gz")] if path.name.endswith(".gz") else path.name
+
+
+def _file_repeats(p: Path, venue: str, symbol: str, timeframe: Timeframe) -> frozenset[int]:
+    with open_csv_text(p) as fh:
+        return scan_repeats(fh, venue=venue, symbol=symbol, timeframe=timeframe, filename=_display_name(p))
 
 
 def iter_csv_file(
@@ -601,11 +824,20 @@ def iter_csv_file(
     timeframe: Timeframe,
     ts_init: int,
 ) -> Generator[CsvItem, None, None]:
-    """Stream a file (``.csv`` or ``.csv.gz``) in file order; closes it when exhausted or closed."""
+    """Stream a file (``.csv`` or ``.csv.gz``): a first read finds the repeated open times,
+    the second yields items (:class:`CsvBarReader`); closes it when exhausted or closed."""
     p = Path(path)
+    _check_spec(venue, symbol, timeframe, ts_init)
+    repeated = _file_repeats(p, venue, symbol, timeframe)
     with open_csv_text(p) as fh:
         yield from CsvBarReader(
-            fh, venue=venue, symbol=symbol, timeframe=timeframe, ts_init=ts_init, filename=_display_name(p)
+            fh,
+            venue=venue,
+            symbol=symbol,
+            timeframe=timeframe,
+            ts_init=ts_init,
+            filename=_display_name(p),
+            repeated=repeated,
         )
 
 
@@ -619,7 +851,15 @@ def import_csv_file(
 ) -> ParseResult:
     """Read a whole candle file (``.csv`` or ``.csv.gz``); ``source="csv:<filename>"``."""
     p = Path(path)
+    _check_spec(venue, symbol, timeframe, ts_init)
+    repeated = _file_repeats(p, venue, symbol, timeframe)
     with open_csv_text(p) as fh:
         return parse_csv_lines(
-            fh, venue=venue, symbol=symbol, timeframe=timeframe, ts_init=ts_init, filename=_display_name(p)
+            fh,
+            venue=venue,
+            symbol=symbol,
+            timeframe=timeframe,
+            ts_init=ts_init,
+            filename=_display_name(p),
+            repeated=repeated,
         )

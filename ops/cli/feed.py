@@ -72,6 +72,9 @@ def cmd_feed(a: argparse.Namespace) -> int:
         start_http_server(a.metrics_port, addr="127.0.0.1")
     try:
         return asyncio.run(_main(opts))
+    except BadInput as exc:  # a file that is not a candle CSV (CsvFormatError names the file and line)
+        print(f"tradeflow feed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (KafkaError, asyncpg.PostgresError, OSError) as exc:
         log.critical("feed_infrastructure_lost", error=f"{type(exc).__name__}: {exc}")
         print(f"tradeflow feed: broker or database lost ({type(exc).__name__}: {exc})", file=sys.stderr)

@@ -243,22 +243,41 @@ def cmd_sink(a: argparse.Namespace) -> int:
 
 
 def cmd_ingest_csv(a: argparse.Namespace) -> int:
+    from agents.market.csv_import import CsvFormatError
     from ops.jobs.ingest import import_file
     from runtime.publish import RecordPublisher
     from topics.records import Timeframe
+
+    try:
+        timeframe = Timeframe(a.timeframe)
+    except ValueError:
+        print(
+            f"tradeflow ingest csv: --timeframe {a.timeframe!r} is not one of {[t.value for t in Timeframe]}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
     async def main() -> int:
         async with RecordPublisher(a.bootstrap, a.namespace, name="csv-import") as pub:
             total = 0
             for f in a.files:
-                rep = await import_file(
-                    Path(f), venue=a.venue, symbol=a.symbol, timeframe=Timeframe(a.timeframe), publisher=pub
-                )
+                try:
+                    rep = await import_file(Path(f), venue=a.venue, symbol=a.symbol, timeframe=timeframe, publisher=pub)
+                except (CsvFormatError, FileNotFoundError, IsADirectoryError) as exc:
+                    print(f"tradeflow ingest csv: cannot import {f}: {exc}", file=sys.stderr)
+                    return EXIT_USAGE
                 total += rep.bars
                 print(
                     f"{rep.file}: {rep.bars} bars -> market.bars.raw, {rep.rejects} rows dead-lettered, "
-                    f"{rep.duplicates} duplicate rows reported ({rep.bars / max(rep.seconds, 1e-9):,.0f} bars/s)"
+                    f"{rep.duplicates} duplicate rows reported, {rep.conflicting} conflicting rows withheld "
+                    f"({rep.bars / max(rep.seconds, 1e-9):,.0f} bars/s)"
                 )
+                if rep.conflicting:
+                    print(
+                        f"tradeflow ingest csv: {rep.file}: {rep.conflicting} rows disagree about their open time; "
+                        "those bars are not imported (see the deadletter topic for each line)",
+                        file=sys.stderr,
+                    )
         return EXIT_OK if total else EXIT_FAIL
 
     return asyncio.run(main())

@@ -11,10 +11,16 @@ Common options: ``--file`` (default the bundled Binance BTC/USDT 1h file), ``--f
 ``--dsn`` and ``--no-persist``. Candidates are run by :mod:`backtest.tuning`; one JSON
 document is printed (study id, data fingerprint, feasibility counts, winner, leaderboard).
 
+The file goes through the importer's row rules (rejected rows and rows that conflict
+about an open time are not used, and are listed on stderr) and the pipeline's
+data-quality checks and policy (``agents/market/quality.py``), reported under
+``data_quality``. The vectorised search cannot withhold the bars the policy blocks,
+so it says so on stderr when there are any; ``--require-clean`` refuses such a file.
+
 Exit codes: 0 a feasible winner was found (and persisted); 1 the search ran
 but no candidate is feasible, or the study id is taken by another config;
-2 usage (bad arguments, unreadable or non-candle file); 3 PostgreSQL
-unreachable or not migrated.
+2 usage (bad arguments, unreadable or non-candle file, a file with blocked bars
+under ``--require-clean``); 3 PostgreSQL unreachable or not migrated.
 
 Design: docs/reference_strategy.md#tradeflow-tune
 """
@@ -29,7 +35,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agents.market.csv_import import CsvFormatError, import_csv_file
+from agents.market.csv_import import CsvFormatError, ParseResult, import_csv_file
+from agents.market.quality import BarsAudit, audit_bars
 from backtest.reference import PriceSeries, ReferenceInputError
 from backtest.tuning import (
     Constraints,
@@ -94,7 +101,7 @@ def _lot_size(text: str) -> float | None:
         raise UsageError(f"--lot-size must be a number or 'fractional', got {text!r}") from None
 
 
-def _load(a: argparse.Namespace) -> tuple[PriceSeries, dict[str, Any]]:
+def _load(a: argparse.Namespace) -> tuple[PriceSeries, dict[str, Any], dict[str, Any]]:
     path = Path(a.file)
     try:
         parsed = import_csv_file(
@@ -109,7 +116,44 @@ def _load(a: argparse.Namespace) -> tuple[PriceSeries, dict[str, Any]]:
         "rejected_rows": len(parsed.rejects),
         "duplicate_rows": len(parsed.duplicates),
     }
-    return prices, source
+    audit = audit_bars(parsed.bars)
+    _warn_quality(path, parsed, audit)
+    if a.require_clean and (audit.blocking or parsed.conflicts or parsed.rejects):
+        raise UsageError(
+            f"{path}: --require-clean: {len(parsed.rejects)} rejected rows, {len(parsed.conflicts)} conflicting "
+            f"open times, {len(audit.blocking)} blocking data-quality findings"
+        )
+    quality = {
+        "policy": "pipeline defaults (agents/market/quality.py)",
+        "applied_to_search": False,
+        **audit.summary(),
+        "rejected_rows": [f"line {r.line_no}: {r.reason.value}: {r.detail}" for r in parsed.rejects[:20]],
+        "conflicting_rows": [c.detail for c in parsed.conflicts[:20]],
+    }
+    return prices, source, quality
+
+
+def _warn_quality(path: Path, parsed: ParseResult, audit: BarsAudit) -> None:
+    """Say on stderr what the file's rows and the data-quality policy found."""
+    for r in parsed.rejects[:10]:
+        print(
+            f"tradeflow tune: {path.name} line {r.line_no}: row not used: {r.reason.value}: {r.detail}", file=sys.stderr
+        )
+    if len(parsed.rejects) > 10:
+        print(f"tradeflow tune: {path.name}: {len(parsed.rejects)} rows not used in all", file=sys.stderr)
+    for c in parsed.conflicts[:10]:
+        print(f"tradeflow tune: {path.name}: {c.detail} (nor used here)", file=sys.stderr)
+    if len(parsed.conflicts) > 10:
+        print(f"tradeflow tune: {path.name}: {len(parsed.conflicts)} conflicting open times in all", file=sys.stderr)
+    if audit.blocking:
+        checks = ", ".join(f"{k} x{v}" for k, v in sorted(audit.findings.items()))
+        print(
+            f"tradeflow tune: WARNING: the pipeline's data-quality policy blocks {audit.withheld} of {audit.bars} "
+            f"bars of {path.name} ({len(audit.blocking)} blocking findings; all findings: {checks}). The pipeline "
+            "would not trade on them, but this search cannot withhold bars: its results include them "
+            "(details under data_quality; --require-clean refuses such a file)",
+            file=sys.stderr,
+        )
 
 
 def _search(
@@ -169,7 +213,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
         costs = TuningCosts(fee_rate=a.fee_rate, initial_cash=a.initial_cash, lot_size=_lot_size(a.lot_size))
         constraints = Constraints(min_trades=a.min_trades, min_turnover=a.min_turnover)
         costs.params(1, 2)  # validates the costs before any work
-        prices, source = _load(a)
+        prices, source, quality = _load(a)
         spec, trials = _search(a, prices, source, costs, constraints)
     except (UsageError, ReferenceInputError, ValueError) as exc:
         print(f"tradeflow tune: {exc}", file=sys.stderr)
@@ -184,6 +228,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
         "method": spec.method,
         "config": spec.config,
         "data_source": source,
+        "data_quality": quality,
         **summary(trials, top=a.top),
     }
     if not a.no_persist:
@@ -237,6 +282,11 @@ def add_parsers(sub: Any, infra: Any) -> None:
         p.add_argument("--study-id", default="", help="default: derived from the config (re-runs are idempotent)")
         p.add_argument("--top", type=int, default=5, help="leaderboard length in the output")
         p.add_argument("--no-persist", action="store_true", help="do not write the study to PostgreSQL")
+        p.add_argument(
+            "--require-clean",
+            action="store_true",
+            help="refuse (exit 2) a file with rejected or conflicting rows or bars the data-quality policy blocks",
+        )
         p.set_defaults(fn=cmd_tune)
 
     g = tsub.add_parser("grid", help="exhaustive search over fast x slow (pairs with fast < slow)")

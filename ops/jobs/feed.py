@@ -115,12 +115,24 @@ def feed_file(spec: str) -> FeedFile:
 
 
 def load_streams(files: Sequence[FeedFile], ts_init: int) -> tuple[FeedStream, ...]:
-    """Parse every file (rows that are no bar are logged and not played; ``ingest csv`` dead-letters them)."""
+    """Parse every file (rows that are no bar are logged and not played; ``ingest csv`` dead-letters them).
+
+    Rows that disagree about an open time are not played either: each such bar is logged
+    with its lines. A file that is not a candle CSV raises :class:`CsvFormatError`.
+    """
     out = []
     for f in files:
         res = import_csv_file(f.path, venue=f.venue, symbol=f.symbol, timeframe=f.timeframe, ts_init=ts_init)
-        if res.rejects or res.duplicates:
-            log.warning("feed_rows_skipped", file=f.name, rejected=len(res.rejects), duplicates=len(res.duplicates))
+        if res.rejects or res.duplicates or res.conflicts:
+            log.warning(
+                "feed_rows_skipped",
+                file=f.name,
+                rejected=len(res.rejects),
+                duplicates=len(res.duplicates),
+                conflicting_open_times=len(res.conflicts),
+            )
+        for c in res.conflicts:
+            log.error("feed_conflicting_rows", file=f.name, detail=c.detail)
         out.append(FeedStream(f.name, f.venue, f.symbol, f.timeframe, res.bars))
     return tuple(out)
 

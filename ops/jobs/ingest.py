@@ -1,8 +1,10 @@
 """File import: CSV candles -> ``market.bars.raw`` (the edge where files become records).
 
 Rows that cannot become bars are dead-lettered (consumer ``csv-import``,
-source ``file:<name>``, offset = line number, original text); duplicate rows
-become ``duplicate`` data-quality events. Nothing is dropped silently.
+source ``file:<name>``, offset = line number, original text); identical duplicate rows
+become warning ``duplicate`` data-quality events; rows that conflict about one open time
+are all dead-lettered (``conflicting_duplicate``), that bar is not imported, and a
+blocking ``duplicate`` error names their lines. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.clock import FunctionClock
-from agents.market.csv_import import DuplicateRow, RejectedRow, iter_csv_file
+from agents.market.csv_import import ConflictingRows, DuplicateRow, RejectedRow, iter_csv_file
 from agents.market.quality import DataQualityEngine, QualityConfig, QualityPolicy
 from runtime.publish import RecordPublisher
 from topics.deadletter import dead_letter_for
@@ -46,6 +48,7 @@ class ImportReport:
     bars: int = 0
     rejects: int = 0
     duplicates: int = 0
+    conflicting: int = 0  #: rows withheld because they disagree about their open time
     seconds: float = 0.0
     first_open_time: int | None = None
     last_open_time: int | None = None
@@ -112,12 +115,44 @@ async def import_file(
                     symbol=symbol,
                     timeframe=timeframe,
                     check="duplicate",
-                    severity=Severity.WARNING if item.identical else Severity.ERROR,
+                    severity=Severity.WARNING,
                     ref_time=item.open_time,
                     value=float(item.line_no),
-                    detail=f"{path.name} line {item.line_no} repeats line {item.first_line_no}"
-                    + ("" if item.identical else " with different values"),
-                    blocking=not item.identical,
+                    detail=f"{path.name} line {item.line_no} repeats line {item.first_line_no}",
+                    blocking=False,
+                )
+            )
+        elif isinstance(item, ConflictingRows):
+            rep.conflicting += len(item.line_nos)
+            err = RecordError(ErrorReason.INVALID_VALUE, item.detail)
+            for line_no, raw in zip(item.line_nos, item.raws, strict=True):
+                dead.append(
+                    dead_letter_for(
+                        consumer="csv-import",
+                        topic=f"file:{path.name}",
+                        partition=0,
+                        offset=line_no,
+                        key=None,
+                        value=raw.encode(),
+                        error=err,
+                        ts_event=now,
+                        ts_init=now,
+                        reason="conflicting_duplicate",
+                    )
+                )
+            dq.append(
+                DataQualityEvent.new(
+                    ts_event=item.open_time + timeframe.nanos,
+                    ts_init=now,
+                    venue=venue,
+                    symbol=symbol,
+                    timeframe=timeframe,
+                    check="duplicate",
+                    severity=Severity.ERROR,
+                    ref_time=item.open_time,
+                    value=float(item.line_nos[0]),
+                    detail=f"{path.name}: {item.detail}",
+                    blocking=True,
                 )
             )
     await publisher.publish(pending, topic=topic)

@@ -18,6 +18,7 @@ import hashlib
 import os
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,13 +32,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.clock import EventClock
 from agents.features.pipeline import FeaturePipeline
-from agents.market.csv_import import import_csv_file
+from agents.market.csv_import import CsvFormatError, import_csv_file
 from ops.embedded.broker import EmbeddedBroker
 from ops.embedded.postgres import EmbeddedPostgres
 from ops.embedded.workers import ChildProcess, cli_argv, worker_argv
 from ops.jobs.ingest import SAMPLE_DIR, SAMPLE_FILES, ImportReport, SampleFile, import_file
 from runtime.broker import ensure_topics
-from runtime.exits import EXIT_OK
+from runtime.exits import EXIT_OK, EXIT_USAGE
 from runtime.publish import RecordPublisher
 from storage.bars import count_checked
 from storage.databases import recreate_database
@@ -80,7 +81,21 @@ def _samples(opts: RunOptions) -> list[tuple[Path, SampleFile]]:
     return out
 
 
+def _unreadable(opts: RunOptions) -> str | None:
+    """Why a file to import cannot be read as a candle CSV (checked before anything starts)."""
+    for path, s in _samples(opts):
+        try:
+            import_csv_file(path, venue=s.venue, symbol=s.symbol, timeframe=s.timeframe, ts_init=TS_MIN_NS)
+        except (CsvFormatError, OSError) as exc:
+            return f"cannot use {path}: {exc}"
+    return None
+
+
 def run_main_job(opts: RunOptions) -> int:
+    problem = _unreadable(opts)
+    if problem is not None:
+        print(f"tradeflow backfill: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     data_dir = opts.data_dir.resolve()
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

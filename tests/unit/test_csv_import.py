@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import gzip
 import itertools
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agents.market.csv_import import (
+    ConflictingRows,
     CsvBarReader,
     CsvFormat,
     CsvFormatError,
@@ -279,6 +283,10 @@ GOOD = "2021-01-01 00:00:00+00:00,100,110,90,105,5\n"
         ("yesterday,100,110,90,105,5", RejectReason.BAD_TIMESTAMP, "yesterday"),
         ("1999-01-01 01:00:00+00:00,100,110,90,105,5", RejectReason.BAD_TIMESTAMP, "outside"),
         ("2021-01-01 01:30:00+00:00,100,110,90,105,5", RejectReason.MISALIGNED_TIME, "1h boundary"),
+        ("2021-01-01 01:00:00+00:00,100,90,110,105,5", RejectReason.OHLC_INCONSISTENT, "high 90 low 110"),
+        ("2021-01-01 01:00:00+00:00,120,110,90,105,5", RejectReason.OHLC_INCONSISTENT, "open 120"),
+        ("2021-01-01 01:00:00+00:00,100,110,90,80,5", RejectReason.OHLC_INCONSISTENT, "close 80"),
+        ("2021-01-01 01:00:00,100,110,90,105,5", RejectReason.NAIVE_TIMESTAMP, "no UTC offset"),
     ],
 )
 def test_bad_row_then_rejected_with_line_number_reason_and_original_text(
@@ -298,45 +306,166 @@ def test_bad_row_then_rejected_with_line_number_reason_and_original_text(
     assert reject.raw == row + "\n", "the exact original text, for the dead-letter record"
 
 
-def test_high_below_low_then_imported_for_the_quality_layer_not_rejected() -> None:
-    # A valid record but an impossible candle: the data-quality engine must see it to report it.
-    result = parse(HEADER + "2021-01-01 00:00:00+00:00,100,90,110,105,5\n")
-    assert len(result.bars) == 1 and result.rejects == ()
+@pytest.mark.parametrize(
+    "invalid",
+    [
+        "2021-01-01 00:00:00+00:00,100,90,110,105,5",  # high below low
+        "2021-01-01 00:00:00+00:00,100,104,90,105,5",  # close above high
+        "2021-01-01 00:00:00+00:00,100,110,90,105,-5",  # negative volume
+        "2021-01-01 00:00:00+00:00,NaN,110,90,105,5",  # NaN
+        "2021-01-01 00:00:00,100,110,90,106,5",  # naive timestamp, otherwise a valid row
+    ],
+)
+def test_invalid_row_before_the_real_one_then_rejected_and_the_real_row_is_the_bar(invalid: str) -> None:
+    result = parse(HEADER + invalid + "\n" + GOOD)
+
+    assert [(b.open_time, b.high, b.low, b.close, b.volume) for b in result.bars] == [
+        (ns("2021-01-01 00:00"), 110.0, 90.0, 105.0, 5.0)
+    ]
+    assert [r.line_no for r in result.rejects] == [2]
+    assert result.conflicts == () and result.duplicates == ()
 
 
-def test_duplicate_rows_then_first_kept_and_the_others_reported() -> None:
+CONFLICT = "2021-01-01 00:00:00+00:00,100,111,90,105,5\n"  # same open time as GOOD, different high
+
+
+def test_conflicting_rows_then_neither_is_a_bar_both_lines_reported_and_identical_ones_counted() -> None:
     text = (
         HEADER
-        + GOOD  # line 2: kept
+        + GOOD  # line 2
         + "2021-01-01 01:00:00+00:00,105,107,104,106,4\n"  # line 3
-        + GOOD  # line 4: exact duplicate of line 2
-        + "2021-01-01 00:00:00+00:00,100,111,90,105,5\n"  # line 5: same time, different high
+        + "2021-01-01 01:00:00+00:00,105,107,104,106,4\n"  # line 4: exact duplicate of line 3: a no-op
+        + CONFLICT  # line 5: disagrees with line 2
     )
 
     result = parse(text)
 
-    assert [b.open_time for b in result.bars] == [ns("2021-01-01 00:00"), ns("2021-01-01 01:00")]
-    assert result.bars[0].high == 110
+    assert [b.open_time for b in result.bars] == [ns("2021-01-01 01:00")]
     assert result.duplicates == (
-        DuplicateRow(line_no=4, raw=GOOD, open_time=ns("2021-01-01 00:00"), first_line_no=2, identical=True),
         DuplicateRow(
-            line_no=5,
-            raw="2021-01-01 00:00:00+00:00,100,111,90,105,5\n",
-            open_time=ns("2021-01-01 00:00"),
-            first_line_no=2,
-            identical=False,
+            line_no=4,
+            raw="2021-01-01 01:00:00+00:00,105,107,104,106,4\n",
+            open_time=ns("2021-01-01 01:00"),
+            first_line_no=3,
         ),
     )
+    assert result.conflicts == (
+        ConflictingRows(open_time=ns("2021-01-01 00:00"), line_nos=(2, 5), raws=(GOOD, CONFLICT)),
+    )
+    assert "lines 2, 5" in result.conflicts[0].detail and "2021-01-01T00:00:00Z" in result.conflicts[0].detail
     assert result.rows_read == 4
+    held = parse(text.replace(CONFLICT, "")).bars  # 01:00 repeated identically: held, decided at the end
+    assert held == parse(HEADER + GOOD + "2021-01-01 01:00:00+00:00,105,107,104,106,4\n").bars
 
 
-def test_offsets_and_naive_timestamps_then_converted_to_utc() -> None:
+def test_streaming_a_file_with_a_conflict_then_the_first_row_is_not_yielded_either(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv.gz"
+    path.write_bytes(
+        gzip.compress((HEADER + GOOD + "2021-01-01 01:00:00+00:00,105,107,104,106,4\n" + CONFLICT).encode())
+    )
+
+    items = list(iter_csv_file(path, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=TS_INIT))
+
+    assert [type(i).__name__ for i in items] == ["Bar", "ConflictingRows"]
+    assert isinstance(items[1], ConflictingRows) and items[1].line_nos == (2, 4)
+
+
+def test_streaming_reader_told_no_repeats_then_a_repeat_is_an_error_not_a_first_win() -> None:
+    reader = CsvBarReader(
+        iter((HEADER + GOOD + CONFLICT).splitlines(keepends=True)),
+        venue="binance",
+        symbol="BTC/USDT",
+        timeframe=Timeframe.H1,
+        ts_init=TS_INIT,
+        filename="x.csv",
+        repeated=frozenset(),
+    )
+    with pytest.raises(CsvFormatError, match=r"x\.csv line 3"):
+        list(reader)
+
+
+_ROWS = st.lists(
+    st.tuples(
+        st.integers(0, 5),  # hour
+        st.sampled_from(["100,110,90,105,5", "100,111,90,105,5", "100,90,110,105,5", "100,110,90,105,-1"]),
+        st.booleans(),  # naive timestamp
+    ),
+    max_size=12,
+)
+
+
+@given(rows=_ROWS, seed=st.randoms(use_true_random=False))
+def test_row_order_never_decides_which_row_wins(rows: list[tuple[int, str, bool]], seed: random.Random) -> None:
+    lines = [f"2021-01-01 {h:02d}:00:00{'' if naive else '+00:00'},{v}\n" for h, v, naive in rows]
+    shuffled = list(lines)
+    seed.shuffle(shuffled)
+
+    a, b = parse(HEADER + "".join(lines)), parse(HEADER + "".join(shuffled))
+
+    assert a.bars == b.bars
+    assert sorted(c.open_time for c in a.conflicts) == sorted(c.open_time for c in b.conflicts)
+    assert a.rows_read == b.rows_read == len(lines)
+    valid = {(h, v) for h, v, naive in rows if not naive and v in ("100,110,90,105,5", "100,111,90,105,5")}
+    by_hour = {h: {v for hh, v in valid if hh == h} for h, _ in valid}
+    assert {b.open_time for b in a.bars} == {ns(f"2021-01-01 {h:02d}:00") for h, vs in by_hour.items() if len(vs) == 1}
+    assert all(b.low <= min(b.open, b.close) and b.high >= max(b.open, b.close) for b in a.bars)
+
+
+def test_offsets_then_converted_to_utc() -> None:
     text = (
         HEADER
         + "2021-01-01T03:00:00+02:00,100,110,90,105,5\n"  # = 01:00 UTC
-        + "2021-01-01 02:00:00,100,110,90,105,5\n"  # naive: the format's zone, UTC
+        + "2021-01-01T02:00:00Z,100,110,90,105,5\n"
         + "\n"  # blank line: skipped, not a reject
     )
     result = parse(text)
     assert [b.open_time for b in result.bars] == [ns("2021-01-01 01:00"), ns("2021-01-01 02:00")]
     assert result.rejects == ()
+
+
+# ---------------------------------------------------------------------------
+# Files as spreadsheets and editors write them, and files that are not readable
+# ---------------------------------------------------------------------------
+
+
+def _import(path: Path) -> ParseResult:
+    return import_csv_file(path, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=TS_INIT)
+
+
+def test_byte_order_mark_then_accepted_like_the_same_file_without_it(tmp_path: Path) -> None:
+    with_bom, plain = tmp_path / "bom.csv", tmp_path / "plain.csv"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + (HEADER + GOOD).encode())
+    plain.write_text(HEADER + GOOD)
+
+    assert [b.open_time for b in _import(with_bom).bars] == [ns("2021-01-01 00:00")]
+    assert _import(with_bom).bars[0].high == _import(plain).bars[0].high
+    assert parse("\ufeff" + HEADER + GOOD).bars[0].close == 105.0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"bad\.csv: empty input"),
+        (b"\n\n", r"bad\.csv: empty input"),
+        (b"date,price\n2020-01-01,1\n", r"bad\.csv line 1: unrecognised candle CSV header"),
+        ((HEADER + GOOD).encode() + b"2021-01-01 01:00:00+00:00,1\xff0,110,90,105,5\n", r"bad\.csv line 3: not UTF-8"),
+        ((HEADER + GOOD).encode() + b'"' + b"x" * 140_000 + b'",1,1,1,1,1\n', r"bad\.csv line 3: .*field limit"),
+        ((HEADER + GOOD).encode() + b"9" * 140_000 + b"\n", r"bad\.csv line 3: .*field limit"),
+    ],
+)
+def test_unreadable_file_then_format_error_naming_the_file_and_line(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(CsvFormatError, match=message):
+        _import(path)
+    with pytest.raises(CsvFormatError, match=message):
+        list(iter_csv_file(path, venue="binance", symbol="BTC/USDT", timeframe=Timeframe.H1, ts_init=TS_INIT))
+
+
+def test_truncated_gzip_then_format_error_not_an_eof_error(tmp_path: Path) -> None:
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(gzip.compress((HEADER + GOOD * 50).encode())[:-12])
+    with pytest.raises(CsvFormatError, match=r"cut\.csv line \d+: compressed data is corrupt or truncated"):
+        _import(path)

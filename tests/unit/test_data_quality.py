@@ -12,7 +12,7 @@ import pytest
 
 from agents.clock import EventClock
 from agents.market.csv_import import import_csv_file
-from agents.market.quality import Check, DataQualityEngine, QualityConfig, QualityPolicy
+from agents.market.quality import Check, DataQualityEngine, QualityConfig, QualityPolicy, audit_bars
 from tests import builders
 from topics.records import Bar, DataQualityEvent, Severity, Timeframe
 from topics.schema import codec_for
@@ -572,3 +572,34 @@ def test_invalid_config_then_value_error(bad: dict[str, object]) -> None:
 def test_policy_both_always_and_never_blocking_then_value_error() -> None:
     with pytest.raises(ValueError, match="both"):
         QualityPolicy(always_block=frozenset({"gap"}), never_block=frozenset({"gap"}))
+
+
+# ---------------------------------------------------------------------------
+# audit_bars: the pipeline's checks and policy over a finite input (research on a file)
+# ---------------------------------------------------------------------------
+
+
+def test_audit_of_a_real_file_then_the_same_findings_as_the_engine() -> None:
+    bars, events, _ = real_run(BINANCE)
+    audit = audit_bars(bars)
+    counts: dict[str, int] = {}
+    for e in events:
+        counts[e.check] = counts.get(e.check, 0) + 1
+    assert audit.findings == counts
+    assert audit.bars == len(bars) and len(audit.blocking) == sum(e.blocking for e in events) > 0
+    assert 0 < audit.withheld < len(bars)
+
+
+def test_audit_of_a_gap_error_then_bars_withheld_until_the_policy_releases() -> None:
+    h = Timeframe.H1.nanos
+    times = [T0 + i * h for i in range(5)] + [T0 + i * h for i in range(9, 15)]  # 4 missing: a gap error
+    audit = audit_bars([builders.bar(open_time=t, open=100.0, close=100.0, volume=5.0) for t in times])
+
+    assert audit.findings.get("gap") == 1 and audit.findings.get("released") == 1
+    assert [e.check for e in audit.blocking] == ["gap"]
+    # blocked at the bar after the gap and the two clean bars after it; the third clean bar releases
+    assert audit.withheld == QualityPolicy().release_after_clean_bars
+    summary = audit.summary()
+    assert summary["bars_withheld_by_policy"] == 3 and summary["blocking_findings"] == 1
+    clean = audit_bars([builders.bar(open_time=T0 + i * h, open=100.0, close=100.0, volume=5.0) for i in range(6)])
+    assert clean.withheld == 0 and clean.blocking == ()
