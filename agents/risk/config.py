@@ -64,7 +64,7 @@ DEFAULT_ALLOWED_SYMBOLS: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "BTC/USDT:US
 DEFAULT_VOL_HOUR_MULTIPLIERS: tuple[float, ...] = (1.4,) * 8 + (1.0,) * 9 + (1.2,) * 7
 
 #: Breaker threshold per base asset: BTC 5 % and ETH 6 % as the replaced system; SOL 8 % (our
-#: choice: SOL's hourly moves run about 1.5x ETH's, so 8 % is as rare for SOL as 6 % for ETH).
+#: choice: SOL moves more than ETH, so above ETH's 6 %; the same as ``vol_threshold_default``).
 DEFAULT_VOL_THRESHOLDS: Mapping[str, float] = MappingProxyType({"BTC": 0.05, "ETH": 0.06, "SOL": 0.08})
 
 
