@@ -167,6 +167,58 @@ VARIABLES: tuple[Variable, ...] = (
         "`tradeflow up` sets one week on the recorded feed",
         group="trading",
     ),
+    _V(
+        "TRADEFLOW_RISK_VOL_BREAKER_MODE",
+        "return",
+        "volatility breaker: `return` (absolute return over the window) or `range` (one bar's "
+        "(high - low) / open); at runtime: `control set-limit vol_breaker_mode` (every `TRADEFLOW_RISK_VOL_*` "
+        "is a `set-limit` name too, see docs/risk.md)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_VOL_THRESHOLDS",
+        "BTC=0.05,ETH=0.06,SOL=0.08",
+        "breaker threshold per base asset or exact symbol (`KEY=FRACTION`, comma list; replaces the table); "
+        "at runtime one entry: `set-limit vol_threshold.<KEY>`",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_VOL_THRESHOLD_DEFAULT",
+        "0.08",
+        "breaker threshold of a symbol the table does not name",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_VOL_HOUR_MULTIPLIERS",
+        "00-07=1.4,08-16=1.0,17-23=1.2",
+        "breaker threshold multiplier per UTC hour of the bar's open (`HH-HH=X`, every hour once); "
+        "at runtime: `set-limit vol_hour_multiplier.<HH or HH-HH>`",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_VOL_WINDOW_BARS",
+        "0",
+        "return mode: the window in bars of the series; 0: `TRADEFLOW_RISK_VOL_WINDOW_NS` of market time",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_VOL_WINDOW_NS",
+        "3600000000000",
+        "return mode: the window in market time (ns; default 1 h) when the bar count is 0",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_VOL_REFERENCE_TIMEFRAME_NS",
+        "3600000000000",
+        "range mode: the bar timeframe the thresholds are for (ns; default 1 h; others scale by sqrt(tf / ref))",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_VOL_HALT_NS",
+        "60000000000",
+        "how long (market time, ns; default 60 s) the breaker's global kill switch stays on",
+        group="trading",
+    ),
     _V("TRADEFLOW_EXECUTION_ADAPTER", "paper", "`paper` (simulated fills) or `ccxt` (a venue)", group="trading"),
     _V(
         "TRADEFLOW_EXECUTION_VENUE",

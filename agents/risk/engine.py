@@ -13,9 +13,10 @@ state, far from market, order rate, a kill switch); loss and drawdown limits blo
 opening part only; the warn tier and the symbol cap shrink it; ``max_order_notional`` cuts
 the whole order. ``reasons`` lists every rule that acted, in :class:`RiskReason` order. A
 redelivered intent gets its cached decision; exposure counts the orders still in flight.
-``on_mark`` runs the volatility breaker and stop-loss / take-profit exits; ``on_control``
-applies verified commands only, each audited; a ``set_limit`` that relaxes a limit releases
-the pause it caused and the audit names the pauses still in force.
+``on_mark`` runs the volatility breaker (:mod:`agents.risk.breaker`: a global kill switch for
+``vol_halt_ns`` of market time) and stop-loss / take-profit exits; ``on_control`` applies
+verified commands only, each audited; a ``set_limit`` that relaxes a limit releases the pause
+it caused and the audit names the pauses still in force.
 
 Design: docs/risk.md#risk-engine
 """
@@ -28,6 +29,7 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from agents.clock import Clock, TimeDomain
@@ -35,7 +37,8 @@ from agents.confighash import stable_config_hash
 from agents.control.signing import AuditOutcome, ControlAudit, ControlVerifier, audit_for
 from agents.execution.interface import InFlightOrders, client_order_id_for
 from agents.portfolio.engine import PortfolioState
-from agents.risk.config import SETTABLE_LIMITS, LimitSpec, RiskConfig
+from agents.risk.breaker import VolatilityBreaker
+from agents.risk.config import LimitSpec, RiskConfig, coerce_limit, resolve_limit
 from agents.risk.killswitch import KillScope, KillSwitch, KillSwitchBoard, OpeningStatus
 from runtime.seen import SeenIds
 from topics.records import (
@@ -50,7 +53,7 @@ from topics.records import (
     RiskVerdict,
     Side,
 )
-from topics.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_SECOND
+from topics.units import NS_PER_SECOND
 
 __all__ = [
     "COMPONENT",
@@ -166,6 +169,8 @@ class RiskEngine:
         self.wall_clock = clock if wall_clock is None else wall_clock
         self.verifier = verifier
         self.kill_switches = KillSwitchBoard()
+        #: The breaker's window of recent bars (market time; part of the checkpointed state).
+        self.breaker = VolatilityBreaker()
         self._portfolio: PortfolioState | None = None
         self._marks: dict[str, _Mark] = {}
         self._order_times: deque[int] = deque()
@@ -213,16 +218,13 @@ class RiskEngine:
             self._marks[bar.symbol] = _Mark(bar.close, bar.ts_event)
         engaged: list[KillSwitch] = []
         # -- volatility breaker ------------------------------------------------
-        hour = (bar.open_time % NS_PER_DAY) // NS_PER_HOUR
-        threshold = self.config.vol_threshold_for(bar.symbol, hour, bar.timeframe.nanos)
-        bar_range = (bar.high - bar.low) / bar.open
-        if bar_range > threshold:
+        trip = self.breaker.on_bar(bar, self.config)
+        if trip is not None:
             engaged.append(
                 self.kill_switches.engage(
                     KillScope.GLOBAL,
                     "*",
-                    reason=f"{RiskReason.VOLATILITY_BREAKER.value}: {bar.symbol} {bar.timeframe.value} "
-                    f"range {bar_range:.4f} > {threshold:.4f} at hour {hour:02d} UTC",
+                    reason=f"{RiskReason.VOLATILITY_BREAKER.value}: {trip.describe()}",
                     set_by=VOLATILITY_BREAKER_SETTER,
                     now_ns=now,
                     expires_at_ns=now + self.config.vol_halt_ns,
@@ -534,26 +536,24 @@ class RiskEngine:
         value = event.params.get("value")
         if not isinstance(name, str) or set(event.params) != {"name", "value"}:
             return AuditOutcome.REJECTED, ControlReason.INVALID_PARAMS, "params must be {name, value}", ()
-        config: Any = self.config
-        field = name
-        spec = SETTABLE_LIMITS.get(name)
+        apply: Callable[[int | float | str], Any]
+        spec: LimitSpec
+        config: Any
         if owner is not None:
             field = name[len(owner.prefix) :]
             spec, config = owner.specs[field], owner.get()
-        if spec is None:
-            return AuditOutcome.REJECTED, ControlReason.UNKNOWN_LIMIT, f"{name!r} is not settable", ()
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return AuditOutcome.REJECTED, ControlReason.INVALID_VALUE, f"{name} needs a number", ()
-        if spec.kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                return AuditOutcome.REJECTED, ControlReason.INVALID_VALUE, f"{name} needs an integer", ()
-            new_value: int | float = int(value)
+            old_value = getattr(config, field)
+            apply = partial(_replace_field, config, field)
         else:
-            new_value = float(value)
-        old_value = getattr(config, field)
+            resolved = resolve_limit(name, self.config)
+            if isinstance(resolved, str):
+                return AuditOutcome.REJECTED, ControlReason.UNKNOWN_LIMIT, resolved, ()
+            spec, config = resolved, self.config
+            old_value = config.limit_value(name)
+            apply = partial(config.with_limit, name)
         try:
-            update: dict[str, Any] = {field: new_value}
-            new_config = dataclasses.replace(config, **update)
+            new_value = coerce_limit(name, spec, value)
+            new_config = apply(new_value)
         except ValueError as exc:
             return AuditOutcome.REJECTED, ControlReason.INVALID_VALUE, str(exc), ()
         if new_config == config:
@@ -643,6 +643,10 @@ class DelegatedLimits:
 
     def config_hash(self) -> str:
         return stable_config_hash(self.get())
+
+
+def _replace_field(config: Any, field: str, value: int | float | str) -> Any:
+    return dataclasses.replace(config, **{field: value})
 
 
 def _limit_owner(event: ControlEvent, delegated: DelegatedLimits | None) -> DelegatedLimits | None:

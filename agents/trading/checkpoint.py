@@ -27,19 +27,20 @@ from typing import Any
 
 import orjson
 
-from agents.clock import ArrivalClock, TimeDomain
 from agents.control.signing import Keyring
 from agents.trading.core import TradingCore
 from runtime.errors import NeedsOperator
-from runtime.seen import SeenIds
 from storage.trading import Checkpoint, Offsets
 
 __all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoint", "seal"]
 
-#: Bumped whenever an engine's attributes change shape: an old pickle is then refused, unless
-#: :func:`_upgrade` still reads it (its format is in ``_UPGRADABLE``).
-FORMAT = 4  # 4: TradingCore.wall_clock, KillSwitch.domain; 3: runtime.seen.SeenIds; 2: TradingCore._held
-_UPGRADABLE = frozenset({2, 3})
+#: Bumped whenever an engine's attributes change shape: an old pickle is then refused, with the
+#: reason from ``_REFUSED``.
+FORMAT = 5  # 5: RiskEngine.breaker, RiskConfig's breaker fields; 4: TradingCore.wall_clock, KillSwitch.domain
+#: Older formats and why this code cannot read them.
+_REFUSED: dict[int, str] = dict.fromkeys(
+    (2, 3, 4), "it predates the volatility breaker's window state and its runtime-settable configuration"
+)
 _MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
 _KEYRING_REF = "tradeflow:keyring"
 
@@ -218,15 +219,17 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
     """Verify ``cp`` (account, format, configuration, MAC) and restore its core."""
     if cp.account != account:
         raise CheckpointError(f"checkpoint belongs to account {cp.account!r}, not {account!r}")
-    if cp.format != FORMAT and cp.format not in _UPGRADABLE:
+    if cp.format != FORMAT:
+        why = _REFUSED.get(cp.format, "this code never wrote it")
         raise CheckpointError(
-            f"checkpoint format {cp.format} is not this code's {FORMAT}; delete the row to start the account flat"
+            f"checkpoint format {cp.format} is not this code's {FORMAT} ({why}); delete the account's "
+            "trading_checkpoints row to start it flat"
         )
     if cp.config_hash != config_hash:
         raise CheckpointError(
             f"checkpoint was built with trading configuration {cp.config_hash}, this worker runs {config_hash}; "
-            "start with the same TRADEFLOW_TRADING_* settings, or delete the account's trading_checkpoints row "
-            "to start it flat"
+            "start with the same TRADEFLOW_TRADING_* / TRADEFLOW_STRATEGY_* / TRADEFLOW_RISK_* settings, or "
+            "delete the account's trading_checkpoints row to start it flat"
         )
     expected = _mac(
         _mac_key(keyring, cp.key_id),
@@ -243,41 +246,8 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
             "trading agent (or was altered); refusing to load it"
         )
     try:
-        core = load_core(cp.state, keyring)
-        if cp.format == 2:
-            _upgrade_seen_ids(core)
-        if cp.format in (2, 3):
-            _upgrade_time_domains(core)
+        return load_core(cp.state, keyring)
     except CheckpointError:
         raise
     except Exception as exc:
         raise CheckpointError(f"checkpoint state does not load: {type(exc).__name__}: {exc}") from None
-    return core
-
-
-def _upgrade_time_domains(core: TradingCore) -> None:
-    """A format-2/3 core with this code's two time domains.
-
-    Its one clock was both: the wall clock starts there, and a kill switch set by an operator
-    (``operator:<name>``) is a wall-time switch, the breaker's a market-time one.
-    """
-    if "wall_clock" not in vars(core):
-        core.wall_clock = ArrivalClock(core.clock, core.clock.now_ns())
-    core.risk.wall_clock = core.wall_clock
-    for switch in core.risk.kill_switches._switches.values():
-        if not hasattr(switch, "domain"):
-            domain = TimeDomain.WALL if switch.set_by.startswith("operator:") else TimeDomain.MARKET
-            object.__setattr__(switch, "domain", domain)
-
-
-def _upgrade_seen_ids(core: TradingCore) -> None:
-    """A format-2 core in this code's shape: the same seen ids, in the same order, as :class:`SeenIds`.
-
-    Format 2 held them as ``OrderedDict`` keys (strategy signals, paper orders, risk exits) and as a set
-    plus a deque giving their order (portfolio fills); the capacities are the ones they were bounded by.
-    """
-    strategy, paper, risk, portfolio = core.strategy, core.paper, core.risk, core.portfolio
-    strategy._seen = SeenIds(strategy.config.max_seen_signals, strategy._seen)
-    paper._seen = SeenIds(paper.config.max_seen_orders, paper._seen)
-    risk._exited = SeenIds(risk._max_cached, risk._exited)
-    portfolio._seen = SeenIds(portfolio.config.max_seen_fills, vars(portfolio).pop("_seen_order"))

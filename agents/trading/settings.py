@@ -1,7 +1,8 @@
 """The trading agent's configuration (``TRADEFLOW_TRADING_*``, ``TRADEFLOW_STRATEGY_*``,
-``TRADEFLOW_EXECUTION_*``, ``TRADEFLOW_EXCHANGE_*``), parsed once at start-up from the mapping
-passed in. The strategy's parameters of :data:`~agents.strategy.config.SETTABLE_PARAMS` are
-set here at start and by a signed ``set_limit strategy.<name>`` at runtime.
+``TRADEFLOW_RISK_*``, ``TRADEFLOW_EXECUTION_*``, ``TRADEFLOW_EXCHANGE_*``), parsed once at
+start-up from the mapping passed in. The strategy's parameters of
+:data:`~agents.strategy.config.SETTABLE_PARAMS` and the volatility breaker's
+(:data:`RISK_VARIABLES`) are set here at start and by a signed ``set_limit`` at runtime.
 
 The audit builds its configuration from the same settings, so it replays in
 the mode that traded. Every error is a :class:`~runtime.env.ConfigError`
@@ -18,7 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agents.execution.paper import PaperConfig
-from agents.risk.config import RiskConfig
+from agents.risk.config import (
+    SETTABLE_LIMITS,
+    RiskConfig,
+    hour_multipliers_from_text,
+    thresholds_from_text,
+)
 from agents.strategy.config import SETTABLE_PARAMS, StrategyConfig
 from agents.trading.core import ExecutionMode, TradingConfig
 from runtime.env import ConfigError, env_float, env_int, env_list, env_str, read_secret
@@ -29,10 +35,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADAPTERS",
+    "RISK_VARIABLES",
     "STRATEGY_VARIABLES",
     "ExecutionSettings",
     "TradingSettings",
     "load_exchange_credentials",
+    "risk_from_env",
     "strategy_from_env",
 ]
 
@@ -72,6 +80,47 @@ def strategy_from_env(env: Mapping[str, str]) -> StrategyConfig:
         return StrategyConfig(**updates)
     except ValueError as exc:
         names = ", ".join(STRATEGY_VARIABLES[n] for n in sorted(updates))
+        raise ConfigError(f"{names}: {exc}") from None
+
+
+#: RiskConfig field -> the variable setting the volatility breaker's default at start (each also
+#: settable at runtime: ``set_limit <field>``; the tables per entry, see :data:`KEYED_LIMITS`).
+RISK_VARIABLES: Mapping[str, str] = {
+    "vol_breaker_mode": "TRADEFLOW_RISK_VOL_BREAKER_MODE",
+    "vol_thresholds": "TRADEFLOW_RISK_VOL_THRESHOLDS",
+    "vol_threshold_default": "TRADEFLOW_RISK_VOL_THRESHOLD_DEFAULT",
+    "vol_hour_multipliers": "TRADEFLOW_RISK_VOL_HOUR_MULTIPLIERS",
+    "vol_window_bars": "TRADEFLOW_RISK_VOL_WINDOW_BARS",
+    "vol_window_ns": "TRADEFLOW_RISK_VOL_WINDOW_NS",
+    "vol_reference_timeframe_ns": "TRADEFLOW_RISK_VOL_REFERENCE_TIMEFRAME_NS",
+    "vol_halt_ns": "TRADEFLOW_RISK_VOL_HALT_NS",
+}
+
+
+def risk_from_env(env: Mapping[str, str]) -> RiskConfig:
+    """The risk config with the ``TRADEFLOW_RISK_*`` values set (unset: the defaults)."""
+    updates: dict[str, Any] = {}
+    for name, var in RISK_VARIABLES.items():
+        text = env_str(var, "", env)
+        if not text:
+            continue
+        try:
+            if name == "vol_thresholds":
+                updates[name] = thresholds_from_text(text)
+            elif name == "vol_hour_multipliers":
+                updates[name] = hour_multipliers_from_text(text)
+            elif name == "vol_breaker_mode":
+                updates[name] = text
+            elif SETTABLE_LIMITS[name].kind is int:
+                updates[name] = env_int(var, 0, env)
+            else:
+                updates[name] = env_float(var, 0.0, env)
+        except ValueError as exc:
+            raise ConfigError(f"{var}: {exc}") from None
+    try:
+        return RiskConfig(**updates)
+    except ValueError as exc:
+        names = ", ".join(RISK_VARIABLES[n] for n in sorted(updates))
         raise ConfigError(f"{names}: {exc}") from None
 
 
@@ -185,6 +234,8 @@ class TradingSettings:
     #: How long a signal that arrived before its bar waits for it (arrival time, seconds).
     signal_bar_wait_s: float = 60.0
     strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
+    #: The risk limits (the breaker's from ``TRADEFLOW_RISK_*``); ``symbols`` replaces ``allowed_symbols``.
+    risk: RiskConfig = dataclasses.field(default_factory=RiskConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TradingSettings:
@@ -204,10 +255,11 @@ class TradingSettings:
             execution=execution,
             signal_bar_wait_s=env_float("TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S", 60.0, env, minimum=0.0),
             strategy=strategy_from_env(env),
+            risk=risk_from_env(env),
         )
 
     def config(self) -> TradingConfig:
-        risk = RiskConfig(allowed_symbols=self.symbols) if self.symbols else RiskConfig()
+        risk = dataclasses.replace(self.risk, allowed_symbols=self.symbols) if self.symbols else self.risk
         config = TradingConfig(
             account=self.account,
             timeframes=self.timeframes,

@@ -3,7 +3,8 @@
 ::
 
     tradeflow control kill-switch on|off [--scope global|track|strategy|symbol] [--target X] --reason "..." [--ttl-s N]
-    tradeflow control set-limit NAME VALUE [--reason "..."]      (risk limits; strategy.<name> for the strategy's)
+    tradeflow control set-limit NAME VALUE [--reason "..."]      (risk limits; strategy.<name> for the strategy's;
+                                                                 vol_threshold.<asset>, vol_hour_multiplier.<HH[-HH]>)
     tradeflow control rollout promote|rollback --model-id M --version V [--to STAGE] [--reason "..."]
 
 Each builds a :class:`~topics.records.ControlEvent` with the key id, a fresh
@@ -39,7 +40,7 @@ from aiokafka.errors import KafkaError
 
 from agents.control.signing import Keyring, load_keyring, new_control_event
 from agents.governance.config import PROMOTION_LADDER
-from agents.risk.config import SETTABLE_LIMITS
+from agents.risk.config import KEYED_LIMITS, SETTABLE_LIMITS, LimitSpec, resolve_limit
 from agents.risk.killswitch import GLOBAL_TARGET, KillScope
 from agents.strategy.config import LIMIT_PREFIX, SETTABLE_PARAMS
 from ops.cli.usage import UsageError
@@ -57,8 +58,23 @@ __all__ = ["EXIT_INFRA", "EXIT_OK", "EXIT_USAGE", "UsageError", "add_parsers", "
 KEY_ID_ENV = "TRADEFLOW_CONTROL_SIGNING_KEY_ID"
 _CLASHING_ENV = "TRADEFLOW_CONTROL_KEY_ID"
 _INT = re.compile(r"^[+-]?\d+$")
-#: Every name ``set-limit`` takes: the risk engine's limits, then the strategy's parameters.
-SETTABLE_NAMES: tuple[str, ...] = (*sorted(SETTABLE_LIMITS), *(LIMIT_PREFIX + n for n in sorted(SETTABLE_PARAMS)))
+#: Every name ``set-limit`` takes: the risk engine's limits, its breaker tables' entries (``<table>.<key>``),
+#: then the strategy's parameters.
+SETTABLE_NAMES: tuple[str, ...] = (
+    *sorted(SETTABLE_LIMITS),
+    *(f"{t}.<key>" for t in sorted(KEYED_LIMITS)),
+    *(LIMIT_PREFIX + n for n in sorted(SETTABLE_PARAMS)),
+)
+
+
+def _limit_spec(name: str) -> LimitSpec:
+    """The spec of a ``set-limit`` name (the risk engine checks a table key against its config)."""
+    if name.startswith(LIMIT_PREFIX) and name[len(LIMIT_PREFIX) :] in SETTABLE_PARAMS:
+        return SETTABLE_PARAMS[name[len(LIMIT_PREFIX) :]]
+    spec = resolve_limit(name)
+    if isinstance(spec, str):
+        raise UsageError(f"{name!r} is not a settable limit ({spec}); one of {list(SETTABLE_NAMES)}")
+    return spec
 
 
 # ---------------------------------------------------------------------------
@@ -66,7 +82,11 @@ SETTABLE_NAMES: tuple[str, ...] = (*sorted(SETTABLE_LIMITS), *(LIMIT_PREFIX + n 
 # ---------------------------------------------------------------------------
 
 
-def _limit_value(text: str) -> int | float:
+def _limit_value(text: str, spec: LimitSpec) -> int | float | str:
+    if spec.kind is str:
+        if text not in spec.choices:
+            raise UsageError(f"VALUE must be one of {list(spec.choices)}, got {text!r}")
+        return text
     try:
         value: int | float = int(text) if _INT.match(text) else float(text)
     except ValueError:
@@ -100,13 +120,12 @@ def command_fields(a: argparse.Namespace) -> tuple[ControlCommand, str, str, dic
             command = ControlCommand.KILL_SWITCH_OFF
         return command, scope.value, target, params
     if a.control_command == "set-limit":
-        if a.name not in SETTABLE_NAMES:
-            raise UsageError(f"{a.name!r} is not a settable limit; one of {list(SETTABLE_NAMES)}")
+        spec = _limit_spec(a.name)
         return (
             ControlCommand.SET_LIMIT,
             KillScope.GLOBAL.value,
             GLOBAL_TARGET,
-            {"name": a.name, "value": _limit_value(a.value)},
+            {"name": a.name, "value": _limit_value(a.value, spec)},
         )
     if a.control_command == "rollout":
         if not a.model_id or not a.version:

@@ -420,6 +420,41 @@ async def test_signed_kill_switch_from_the_cli_then_every_intent_rejected_until_
     assert await feed.metric("tradeflow_kill_switches_active") == 0
 
 
+async def test_breaker_limits_set_from_the_cli_then_it_trips_halts_60s_of_market_time_and_audits_the_hashes(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
+) -> None:
+    """A signed ``set-limit vol_threshold.BTC`` makes the breaker trip on a calm real bar: the signal stamped
+    at that bar's close is refused by the global halt; set back, the next bar's signal trades. Each audit
+    carries the risk config's hash before and after; live = replay."""
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 4, a)  # closes a-3h, a-2h, a-1h, a; btc[2]'s return is +0.055 %
+    start_hash = TradingSettings.from_env(os.environ).config().risk.config_hash()
+    port = await start(broker, namespace, dsn, procs)
+    async with RecordPublisher(broker.bootstrap, namespace) as pub:
+        feed = Feed(pub, procs, port)
+        await feed.send(btc[0], btc[1], timeout=90)
+        tight = await feed.cli(dsn, "set-limit", "vol_threshold.BTC", "0.0001", "--reason", "drill: trip it")
+        await feed.send(btc[2], signal("BTC/USDT", a - H, 0.9, "b1"))
+        back = await feed.cli(dsn, "set-limit", "vol_threshold.BTC", "0.05", "--reason", "drill over")
+        await feed.send(btc[3], signal("BTC/USDT", a, 0.9, "b2"))
+
+    out = await assert_live_equals_replay(dsn, feed, trading_env)
+    audits = {x.control_event_id: x for x in out["control.audit"]}
+    first, second = audits[tight.event_id], audits[back.event_id]
+    assert (first.reason, second.reason) == ("applied", "applied")
+    assert first.changes == ("vol_threshold.BTC: 0.05 -> 0.0001",)
+    assert first.config_hash_before == start_hash != first.config_hash_after == second.config_hash_before
+    assert second.config_hash_after == start_hash  # back to the start-up value: the same config, the same hash
+    (alert,) = out["ops.alerts"]
+    assert alert.code == "kill_switch_engaged" and "volatility_breaker" in alert.message
+    assert f"until {a - H + 60 * 10**9})" in alert.message  # 60 s of market time from btc[2]'s close
+    intents = {i.event_id: i for i in out["orders.intents"]}
+    verdicts = {intents[d.intent_event_id].signal_event_id: d for d in out["risk.decisions"]}
+    b1 = verdicts[signal("BTC/USDT", a - H, 0.9, "b1").event_id]
+    assert b1.verdict.value == "rejected" and b1.reasons == ("kill_switch_global",)
+    assert verdicts[signal("BTC/USDT", a, 0.9, "b2").event_id].verdict.value == "approved"
+
+
 async def test_signals_not_traded_then_status_shows_signals_in_intents_out_and_why(
     broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
 ) -> None:

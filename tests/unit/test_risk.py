@@ -13,7 +13,7 @@ import pytest
 from agents.clock import EventClock
 from agents.control.signing import AuditOutcome, ControlVerifier, Keyring, VerifyReason, new_control_event
 from agents.portfolio.engine import PortfolioState, Position
-from agents.risk.config import RiskConfig
+from agents.risk.config import BreakerMode, RiskConfig
 from agents.risk.engine import ControlReason, RiskEngine, RiskReason
 from agents.risk.killswitch import KillScope, KillSwitchBoard
 from tests import builders
@@ -174,7 +174,8 @@ def test_default_config_then_matches_design_md_risk_defaults() -> None:
     assert (cfg.max_drawdown, cfg.drawdown_warn, cfg.drawdown_near_limit) == (0.12, 0.08, 0.10)
     assert (cfg.stop_loss, cfg.take_profit, cfg.intraday_drawdown_halt) == (0.018, 0.036, 0.05)
     assert cfg.vol_thresholds["BTC"] == 0.05 and cfg.vol_thresholds["ETH"] == 0.06
-    assert len(cfg.vol_hour_multipliers) == 24
+    assert cfg.vol_breaker_mode is BreakerMode.RETURN and cfg.vol_halt_ns == 60 * S
+    assert cfg.vol_hour_multipliers == (1.4,) * 8 + (1.0,) * 9 + (1.2,) * 7
     assert cfg.config_hash() == RiskConfig().config_hash()
     assert cfg.config_hash() != RiskConfig(max_drawdown=0.11).config_hash()
 
@@ -516,15 +517,16 @@ def test_short_above_take_profit_then_buy_back_exit() -> None:
     assert exit_.intent.side is Side.BUY and exit_.intent.quantity == 2.0
 
 
-def test_btc_bar_range_above_threshold_then_global_kill_switch_for_halt_time() -> None:
-    engine, clock = make_engine()
-    out = engine.on_mark(bar(BTC, 30_000.0, open_=30_000.0, high=31_000.0, low=29_400.0))  # 5.33 % at 01:00
+def test_btc_bar_range_above_threshold_in_range_mode_then_global_kill_switch_for_halt_time() -> None:
+    engine, clock = make_engine(RiskConfig(vol_breaker_mode=BreakerMode.RANGE))
+    # range 10 % at 01:30 UTC (x1.4: threshold 7 %), no return at all
+    out = engine.on_mark(bar(BTC, 30_000.0, open_=30_000.0, high=32_400.0, low=29_400.0))
     (switch,) = out.engaged
-    assert switch.scope is KillScope.GLOBAL and switch.expires_at_ns == NOW + H
-    assert "volatility_breaker" in switch.reason
+    assert switch.scope is KillScope.GLOBAL and switch.expires_at_ns == NOW + 60 * S
+    assert "volatility_breaker" in switch.reason and "range 0.1000 > 0.0700" in switch.reason
     d = engine.on_intent(intent(symbol=ETH, qty=1.0))
     assert d.verdict is RiskVerdict.REJECTED and reasons(d) == {RiskReason.KILL_SWITCH_GLOBAL}
-    clock.advance(NOW + H)
+    clock.advance(NOW + 60 * S)
     engine.on_mark(bar(ETH, 1_000.0, open_time=NOW))
     assert engine.on_intent(intent(symbol=ETH, qty=1.0)).verdict is RiskVerdict.APPROVED
 
@@ -532,26 +534,27 @@ def test_btc_bar_range_above_threshold_then_global_kill_switch_for_halt_time() -
 @pytest.mark.parametrize(
     ("symbol", "range_", "hour", "trips"),
     [
-        (ETH, 0.055, 2, False),  # ETH's threshold is 6 %
-        (ETH, 0.065, 2, True),
-        (BTC, 0.055, 14, False),  # 13-16 UTC: x1.25 -> 6.25 %
-        (BTC, 0.065, 14, True),
-        ("SOL/USDT", 0.075, 2, False),  # default 8 %
+        (ETH, 0.059, 9, False),  # ETH's threshold is 6 % (08-16 UTC: x1.0)
+        (ETH, 0.061, 9, True),
+        (BTC, 0.059, 17, False),  # 17-23 UTC: x1.2 -> 6 %
+        (BTC, 0.061, 17, True),
+        ("XRP/USDT", 0.075, 9, False),  # the default 8 %
     ],
 )
-def test_breaker_thresholds_per_symbol_and_hour_then_trip_as_configured(
+def test_breaker_range_mode_thresholds_per_symbol_and_hour_then_trip_as_configured(
     symbol: str, range_: float, hour: int, trips: bool
 ) -> None:
-    engine, _ = make_engine()
+    engine, _ = make_engine(RiskConfig(vol_breaker_mode=BreakerMode.RANGE))
     out = engine.on_mark(bar(symbol, 100.0, open_=100.0, high=100.0 * (1 + range_), low=100.0, open_time=T0 + hour * H))
     assert bool(out.engaged) is trips
 
 
-def test_breaker_on_4h_bar_then_threshold_scaled_by_sqrt_time() -> None:
-    engine, _ = make_engine()
-    quiet = bar(BTC, 100.0, open_=100.0, high=109.0, low=100.0, open_time=T0, tf=Timeframe.H4)  # 9 % < 10 %
+def test_breaker_range_mode_on_4h_bar_then_threshold_scaled_by_sqrt_time() -> None:
+    engine, _ = make_engine(RiskConfig(vol_breaker_mode=BreakerMode.RANGE))
+    # 00:00 UTC: 5 % x1.4 x sqrt(4) = 14 %
+    quiet = bar(BTC, 100.0, open_=100.0, high=113.0, low=100.0, open_time=T0, tf=Timeframe.H4)
     assert engine.on_mark(quiet).engaged == ()
-    wild = bar(BTC, 100.0, open_=100.0, high=111.0, low=100.0, open_time=T0 + 4 * H, tf=Timeframe.H4)
+    wild = bar(BTC, 100.0, open_=100.0, high=115.0, low=100.0, open_time=T0 + 4 * H, tf=Timeframe.H4)
     assert len(engine.on_mark(wild).engaged) == 1
 
 

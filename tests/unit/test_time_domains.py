@@ -19,7 +19,6 @@ from agents.governance.config import GovernanceConfig
 from agents.governance.engine import GovernanceEngine
 from agents.risk.config import RiskConfig
 from agents.strategy.engine import SizingReason
-from agents.trading import checkpoint as ck
 from agents.trading.core import Step, TradingConfig, TradingCore
 from backtest.audit import replay_outputs
 from tests import builders
@@ -258,61 +257,3 @@ def test_forged_command_then_neither_clock_moves() -> None:
     step = core.on_control(fresh, WALL0 + 7203 * S)
     assert step.audit is not None and step.audit.reason == "applied"
     assert (core.clock.now_ns(), core.wall_clock.now_ns()) == (market, WALL0 + 7203 * S)
-
-
-def test_format_3_checkpoint_with_one_clock_then_upgraded_to_two_domains_and_continues_identically() -> None:
-    """A format-3 core had one clock and kill switches without a domain: the wall clock starts at its
-    time, an operator's switch becomes a wall-time switch, the breaker's stays in market time."""
-    bars = load_bars()[:60]
-    inputs: list[tuple[Record, int | None]] = []
-    for i, bar in enumerate(bars):
-        inputs.append((bar, None))
-        if i == 20:
-            inputs.append((_command(ControlCommand.KILL_SWITCH_ON, "k", bar.ts_event, {"duration_s": 7200}), None))
-        inputs.append((stub_signal(bars, i), None))
-    whole = replay_outputs(_core().config, KEYRING, inputs)
-    split = 45
-    first = _core()
-    head = replay_outputs_into(first, inputs[:split])
-    (switch,) = first.active_kill_switches()
-    assert switch.domain is TimeDomain.WALL
-    # the same state as format 3 wrote it: no wall clock, switches without a domain
-    del first.wall_clock, first.risk.wall_clock
-    fields = ck._dataclass_fields(type(switch))
-    ck._DATACLASS_FIELDS[type(switch)] = tuple(f for f in fields if f != "domain")
-    try:
-        state = ck.dump_core(first)
-    finally:
-        ck._DATACLASS_FIELDS[type(switch)] = fields
-    offsets = {"signals": {0: 1}}
-    mac = ck._mac(
-        ck._mac_key(KEYRING, "ops1"), account="paper", fmt=3, config_hash="h", offsets=offsets, events=1, state=state
-    )
-    cp = ck.Checkpoint(
-        account="paper",
-        format=3,
-        config_hash="h",
-        key_id="ops1",
-        offsets=offsets,
-        events_applied=1,
-        state=state,
-        mac=mac,
-    )
-    restored = ck.open_checkpoint(cp, KEYRING, account="paper", config_hash="h")
-    (upgraded,) = restored.active_kill_switches()
-    assert upgraded.domain is TimeDomain.WALL and restored.wall_clock.now_ns() == restored.clock.now_ns()
-    assert restored.risk.wall_clock is restored.wall_clock
-    assert [_wire(r) for r in head + replay_outputs_into(restored, inputs[split:])] == [_wire(r) for r in whole]
-
-
-def replay_outputs_into(core: TradingCore, inputs: list[tuple[Record, int | None]]) -> list[Record]:
-    out: list[Record] = []
-    for rec, arrival in inputs:
-        if isinstance(rec, Bar):
-            out += core.on_bar(rec, arrival).records
-        elif isinstance(rec, Signal):
-            out += core.on_signal(rec, arrival).records
-        else:
-            assert isinstance(rec, ControlEvent)
-            out += core.on_control(rec, arrival).records
-    return out

@@ -167,50 +167,29 @@ def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None
     assert restored.portfolio_state() == core.portfolio_state() and restored.clock.now_ns() == core.clock.now_ns()
 
 
-def test_format_2_checkpoint_then_seen_ids_upgraded_and_outputs_byte_identical() -> None:
-    """Format 2 held the seen ids as ``OrderedDict`` keys and (portfolio) a set plus a deque in arrival
-    order; such a row restores to the same ids, in the same order, and continues like the whole run."""
-    from collections import OrderedDict, deque
-
+@pytest.mark.parametrize("fmt", [2, 3, 4])
+def test_row_of_an_older_format_then_refused_with_why_before_unpickling(fmt: int) -> None:
+    """Formats before 5 hold no breaker window and the old risk configuration's layout: refused, saying so."""
     from agents.trading import checkpoint as ck
-    from runtime.seen import SeenIds
 
-    events = inputs()
-    whole = feed(TradingCore(CONFIG, KEYRING), events)
-    split = 250
-    first = TradingCore(CONFIG, KEYRING)
-    head = feed(first, events[:split])
-    ids = [list(s) for s in (first.strategy._seen, first.paper._seen, first.portfolio._seen, first.risk._exited)]
-    assert all(ids)  # every cache holds something at this split
-    first.strategy._seen = OrderedDict.fromkeys(ids[0])  # type: ignore[assignment]
-    first.paper._seen = OrderedDict.fromkeys(ids[1])  # type: ignore[assignment]
-    first.portfolio._seen, first.portfolio._seen_order = set(ids[2]), deque(ids[2])  # type: ignore[assignment,attr-defined]
-    first.risk._exited = OrderedDict.fromkeys(ids[3])  # type: ignore[assignment]
-    state = dump_core(first)
+    core = TradingCore(CONFIG, KEYRING)
+    feed(core, inputs()[:20])
+    state = b"\x80\x05N."  # never unpickled: the format is refused first
     mac = ck._mac(
-        ck._mac_key(KEYRING, "ops1"),
-        account=CONFIG.account,
-        fmt=2,
-        config_hash="h1",
-        offsets=OFFSETS,
-        events=split,
-        state=state,
+        ck._mac_key(KEYRING, "ops1"), account="paper", fmt=fmt, config_hash="h1", offsets=OFFSETS, events=1, state=state
     )
     cp = ck.Checkpoint(
-        account=CONFIG.account,
-        format=2,
+        account="paper",
+        format=fmt,
         config_hash="h1",
         key_id="ops1",
         offsets=OFFSETS,
-        events_applied=split,
+        events_applied=1,
         state=state,
         mac=mac,
     )
-    restored = open_checkpoint(cp, KEYRING, account=CONFIG.account, config_hash="h1")
-    caches = (restored.strategy._seen, restored.paper._seen, restored.portfolio._seen, restored.risk._exited)
-    assert all(isinstance(c, SeenIds) for c in caches) and [list(c) for c in caches] == ids
-    assert not hasattr(restored.portfolio, "_seen_order")
-    assert head + feed(restored, events[split:]) == whole
+    with pytest.raises(CheckpointError, match=f"format {fmt} is not this code's 5 .*volatility breaker.*row"):
+        open_checkpoint(cp, KEYRING, account="paper", config_hash="h1")
 
 
 # ---------------------------------------------------------------------------

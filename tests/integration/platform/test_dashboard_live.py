@@ -168,7 +168,7 @@ async def test_trader_opens_the_banner_url_then_every_panel_shows_live_values(pl
     async with dashboard(platform, tmp_path) as page:
         await page.wait_text("conn", "live")
         await page.wait_text("serving-badge", f"serving {model_id} v{version} (active)")
-        halt = await page.text("halt")  # the volatility breaker may halt for an hour of market time
+        halt = await page.text("halt")  # the volatility breaker may halt (60 s of market time by default)
         assert halt == "no kill switch engaged" or halt.startswith("HALTED: "), halt
         assert OPERATOR_SWITCH not in halt, "an operator's kill switch left engaged"
         await page.wait_text("health", "broker", "up", "database", "market.bars", "signals")
