@@ -22,21 +22,41 @@ import asyncpg
 import orjson
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, ProcessCollector, generate_latest
 
 from runtime.errors import BadInput
 from storage.alert_notifications import NotifiedAlert, record
+from storage.migrate import where
 
-__all__ = ["ALERT_ROWS", "NOTIFICATIONS", "BadNotification", "make_app", "parse_listen", "parse_notification", "serve"]
+__all__ = [
+    "ALERT_ROWS",
+    "NOTIFICATIONS",
+    "RECEIVER_REGISTRY",
+    "BadNotification",
+    "make_app",
+    "parse_listen",
+    "parse_notification",
+    "serve",
+]
 
 log = structlog.get_logger("ops.alerts")
 
+#: What the receiver's /metrics serves: its own counters and the process, not the default registry, whose
+#: modules' gauges (a never-started broker watchdog's tradeflow_broker_up 0) would raise alerts about
+#: work this process does not do.
+RECEIVER_REGISTRY = CollectorRegistry()
+ProcessCollector(registry=RECEIVER_REGISTRY)
 #: Payloads by outcome (recorded | rejected | failed) and reason (a BadNotification code, or "database").
 NOTIFICATIONS = Counter(
-    "tradeflow_alert_notifications_total", "Alertmanager notifications received", ["outcome", "reason"]
+    "tradeflow_alert_notifications_total",
+    "Alertmanager notifications received",
+    ["outcome", "reason"],
+    registry=RECEIVER_REGISTRY,
 )
 #: Alerts of recorded notifications: a new row (inserted) or one more delivery of a recorded state (repeated).
-ALERT_ROWS = Counter("tradeflow_alert_rows_total", "Alerts of recorded notifications", ["result"])
+ALERT_ROWS = Counter(
+    "tradeflow_alert_rows_total", "Alerts of recorded notifications", ["result"], registry=RECEIVER_REGISTRY
+)
 
 _STATUSES = ("firing", "resolved")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{1,64}$")
@@ -187,7 +207,7 @@ def make_app(pool: asyncpg.Pool) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         # aiohttp refuses a charset inside content_type; the exposition format is ASCII.
-        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(RECEIVER_REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health(_: web.Request) -> web.Response:
         return _reply(200, status="ok")
@@ -215,7 +235,7 @@ async def serve(dsn: str, host: str, port: int) -> None:
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
-        log.info("alert_receiver_listening", url=f"http://{host}:{port}/alerts")
+        log.info("alert_receiver_listening", url=f"http://{host}:{port}/alerts", database=where(dsn))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
