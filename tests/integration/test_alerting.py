@@ -5,15 +5,16 @@ The worker is the ``bars-checker`` agent on the real broker, fed good bars and t
 malformed messages, which it dead-letters (``tradeflow_dead_letters_total``): ``DeadLetterSpike``
 must go from inactive to firing.
 
-Test override (the only one): Prometheus loads a *copy* of ``deploy/prometheus/alerts.yml`` in which
-every ``for:`` duration is replaced by ``1s`` (evaluation every second), so a rule that waits minutes
-in production fires within seconds here. Expressions, thresholds and windows are unchanged.
+Test overrides: Prometheus loads a *copy* of ``deploy/prometheus/alerts.yml`` in which every ``for:``
+duration is replaced by ``1s`` (evaluation every second), so a rule that waits minutes in production
+fires within seconds here. Expressions, thresholds and windows are unchanged. Prometheus re-sends firing
+alerts every second (``--rules.alert.resend-delay``; an alert that fires before Prometheus has discovered
+its Alertmanager waits for the next re-send).
 
 The notification path: Prometheus (the real rules plus one ``vector(1)`` test alert) -> Debian's real
 Alertmanager on ``deploy/alertmanager/alertmanager.yml`` -> ``tradeflow alerts receive`` -> PostgreSQL.
-Its overrides: Prometheus re-sends firing alerts every second (``--rules.alert.resend-delay``: the test
-alert fires before Prometheus has discovered the Alertmanager); the webhook URLs (Debian's Alertmanager 0.25 has no webhook ``url_file``: the operators'
-webhook becomes a closed local port, the record's our receiver) and group_wait / group_interval /
+Alertmanager's overrides: the webhook URLs (Debian's 0.25 has no webhook ``url_file``: the operators'
+webhook becomes a closed local port, the record's URL our receiver) and group_wait / group_interval /
 repeat_interval shortened to seconds, so a repeat arrives within the test.
 """
 
