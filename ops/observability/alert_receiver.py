@@ -82,17 +82,22 @@ def _field(obj: Mapping[str, Any], name: str, where: str) -> Any:
     return obj[name]
 
 
+def _storable(value: Any) -> bool:
+    """A string PostgreSQL can store (text and jsonb refuse NUL)."""
+    return isinstance(value, str) and "\x00" not in value
+
+
 def _text(obj: Mapping[str, Any], name: str, where: str, *, empty: bool = False) -> str:
     value = _field(obj, name, where)
-    if not isinstance(value, str) or (not empty and not value):
-        raise BadNotification("bad_field", f"{where}{name} must be a{'' if empty else ' non-empty'} string")
-    return value
+    if not _storable(value) or (not empty and not value):
+        raise BadNotification("bad_field", f"{where}{name} must be a{'' if empty else ' non-empty'} string without NUL")
+    return str(value)
 
 
 def _strings(obj: Mapping[str, Any], name: str, where: str) -> dict[str, str]:
     value = _field(obj, name, where)
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise BadNotification("bad_field", f"{where}{name} must be an object of strings")
+    if not isinstance(value, dict) or not all(_storable(k) and _storable(v) for k, v in value.items()):
+        raise BadNotification("bad_field", f"{where}{name} must be an object of strings without NUL")
     return dict(value)
 
 
@@ -172,7 +177,12 @@ def make_app(pool: asyncpg.Pool) -> web.Application:
     """The receiver's routes over a connection pool."""
 
     async def receive(request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            NOTIFICATIONS.labels("rejected", "too_large").inc()
+            log.warning("alert_notification_rejected", reason="too_large", remote=request.remote, limit=MAX_BODY_BYTES)
+            return _reply(413, error="too_large", detail=f"the body exceeds {MAX_BODY_BYTES} bytes")
         try:
             alerts = parse_notification(body)
         except BadNotification as exc:

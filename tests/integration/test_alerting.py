@@ -501,5 +501,37 @@ async def test_receiver_when_notifications_resent_or_bad_then_one_row_per_state_
         log = procs.all[0].output()
         assert log.count("alert_notification_rejected") == len(bad), log[-3000:]
         assert "unsupported_version" in log
+
+        listed = subprocess.run(
+            [sys.executable, "-m", "ops.cli", "alerts", "list", "--dsn", dsn, "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        states = [(r["status"], r["starts_at"], r["deliveries"]) for r in json.loads(listed.stdout)]
+        assert sorted(states) == [
+            ("firing", "2026-12-05 04:40:01.500000+00:00", 3),
+            ("firing", "2026-12-05 06:00:00+00:00", 1),
+            ("resolved", "2026-12-05 04:40:01.500000+00:00", 2),
+        ]
     finally:
         await conn.close()
+
+
+async def test_receiver_when_the_database_is_down_then_503_for_a_retry_and_it_keeps_serving(procs: Procs) -> None:
+    receiver = start_receiver(procs, f"postgresql://tradeflow@127.0.0.1:{free_port()}/tradeflow")  # nothing there
+    await wait_healthy(procs, receiver)
+    for _ in range(2):
+        code, answer = await http("POST", f"http://{receiver}/alerts", orjson.dumps(notification()))
+        assert code == 503, answer  # a 5xx: Alertmanager retries the notification
+        assert orjson.loads(answer)["error"] == "database"
+    too_large = b" " * (5 * 1024 * 1024)
+    code, answer = await http("POST", f"http://{receiver}/alerts", too_large)
+    assert code == 413 and orjson.loads(answer)["error"] == "too_large"
+    assert (await http("GET", f"http://{receiver}/health"))[0] == 200
+    metrics = (await http("GET", f"http://{receiver}/metrics"))[1].decode()
+    assert metric_value(metrics, "tradeflow_alert_notifications_total", outcome="failed", reason="database") == 2
+    assert procs.all[0].alive
+    assert procs.all[0].output().count("alert_notification_not_recorded") == 2

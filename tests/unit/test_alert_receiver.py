@@ -102,6 +102,9 @@ def _broken(path: tuple[Any, ...], value: Any = None, delete: bool = False) -> b
         (_broken(("alerts", 0, "startsAt"), "0001-01-01T00:00:00Z"), "bad_field", "zero time"),
         (_broken(("alerts", 1, "endsAt"), "0001-01-01T00:00:00Z"), "bad_field", "alerts[1].endsAt"),
         (_broken(("alerts", 1, "generatorURL"), None), "bad_field", "alerts[1].generatorURL"),
+        (_broken(("alerts", 0, "labels"), {"alertname": "A\x00"}), "bad_field", "alerts[0].labels"),
+        (_broken(("alerts", 0, "annotations"), {"x\x00": "y"}), "bad_field", "alerts[0].annotations"),
+        (_broken(("receiver",), "ops\x00"), "bad_field", "without NUL"),
     ],
 )
 def test_a_bad_payload_when_parsed_then_bad_notification_with_a_stable_reason(
