@@ -6,8 +6,13 @@ VENV="${1:-.venv}"
 
 need_apt=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need_apt+=(postgresql); fi
-# promtool validates the alert rules (tests); chromium renders the dashboard in its test.
-if ! command -v promtool >/dev/null 2>&1; then need_apt+=(prometheus); fi
+# promtool validates the alert rules (tests), prometheus runs them in the alerting test; amtool validates the
+# Alertmanager config and Debian's prometheus-alertmanager delivers to `tradeflow alerts receive` in that test;
+# chromium renders the dashboard in its test.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then need_apt+=(prometheus); fi
+if ! command -v amtool >/dev/null 2>&1 || ! command -v prometheus-alertmanager >/dev/null 2>&1; then
+  need_apt+=(prometheus-alertmanager)
+fi
 if ! command -v chromium >/dev/null 2>&1; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=""; fi
@@ -15,7 +20,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-# Debian starts a default cluster on install; the project runs its own clusters.
+# Debian starts a default cluster (and a prometheus / alertmanager service) on install; the project runs its own.
 
 PYTHON="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then

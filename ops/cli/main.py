@@ -501,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_governance_parsers(sub, infra)
 
+    from ops.cli.alerts import add_parsers as add_alerts_parsers
+
+    add_alerts_parsers(sub, infra)
+
     from ops.cli.slo import add_parsers as add_slo_parsers
 
     add_slo_parsers(sub, infra)

@@ -36,8 +36,10 @@ CONDITIONS = {
     "ingest p95 > 120 s": ("IngestLatencyP95High", "market_ingest_latency_seconds_bucket", "> 120"),
     "gate failed": ("GateFailed", "tradeflow_gate_status", "== 0"),
     "kill switch engaged": ("KillSwitchEngaged", "tradeflow_kill_switches_active", "> 0"),
+    "reject reason skew (order rejects)": ("RejectReasonSkew", "tradeflow_order_updates_total", "> 0.8"),
+    "reject reason skew (risk reasons)": ("RejectReasonSkew", "tradeflow_risk_reasons_total", ">= 20"),
 }
-EXPECTED_FOR = {"ExecutionRejectRateHigh": "5m", "RiskRejectRateHigh": "5m"}
+EXPECTED_FOR = {"ExecutionRejectRateHigh": "5m", "RiskRejectRateHigh": "5m", "RejectReasonSkew": "5m"}
 
 
 def rules() -> dict[str, dict[str, Any]]:
