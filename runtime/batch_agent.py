@@ -49,7 +49,17 @@ from runtime.metrics import PROCESS_LATENCY, RECORDS_IN, RECORDS_OUT, logical_to
 from topics.records import DeadLetter
 from topics.schema import Codec, Record, codec_for
 
-__all__ = ["BatchLoop", "ChangelogStore", "Output", "decode_record", "group_id"]
+__all__ = [
+    "BatchLoop",
+    "ChangelogStore",
+    "Delivery",
+    "Output",
+    "batch_consumer",
+    "batch_producer",
+    "decode_record",
+    "group_id",
+    "send_batches",
+]
 
 log = structlog.get_logger("runtime.batch_agent")
 
@@ -177,6 +187,74 @@ class ChangelogStore:
         return out
 
 
+class Delivery(NamedTuple):
+    """One record batch handed to the producer: ``future`` resolves to its metadata (the offset of its
+    first record) or raises the send's error; its records are ``offset .. offset + records - 1``."""
+
+    topic: str
+    partition: int
+    records: int
+    future: asyncio.Future[Any]
+
+
+async def send_batches(
+    producer: AIOKafkaProducer, outputs: Iterable[Output], partitions: dict[str, list[int]]
+) -> list[Delivery]:
+    """Hand ``outputs`` to the producer as one record batch per partition (in order within each), not
+    awaiting their delivery; a keyed output goes to its key's partition under the Java client's murmur2
+    partitioner, as every other producer of the platform sends it. ``partitions`` caches each topic's
+    partition list."""
+    by_partition: dict[tuple[str, int], list[Output]] = {}
+    for out in outputs:
+        partition = out.partition
+        if partition is None:
+            known = partitions.get(out.topic)
+            if known is None:
+                known = partitions[out.topic] = sorted(await producer.partitions_for(out.topic))
+            partition = _PARTITIONER(out.key, known, known)
+        by_partition.setdefault((out.topic, partition), []).append(out)
+    deliveries: list[Delivery] = []
+    for (topic, partition), outs in by_partition.items():
+        batch, n = producer.create_batch(), 0
+        for out in outs:
+            if batch.append(key=out.key, value=out.value, timestamp=None) is None:  # full: send it
+                deliveries.append(
+                    Delivery(topic, partition, n, await producer.send_batch(batch, topic, partition=partition))
+                )
+                batch, n = producer.create_batch(), 0
+                if batch.append(key=out.key, value=out.value, timestamp=None) is None:
+                    raise ValueError(f"a message of {len(out.value)} bytes does not fit a batch ({topic})")
+            n += 1
+        deliveries.append(Delivery(topic, partition, n, await producer.send_batch(batch, topic, partition=partition)))
+    return deliveries
+
+
+def batch_producer(bootstrap: str) -> AIOKafkaProducer:
+    """The producer of a getmany agent: acks from every replica, batches up to ``MAX_BATCH_BYTES``."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=1,
+        max_batch_size=MAX_BATCH_BYTES,
+        max_request_size=MAX_REQUEST_BYTES,
+    )
+
+
+def batch_consumer(bootstrap: str, group_id: str, *, fetch_wait_ms: int, max_records: int) -> AIOKafkaConsumer:
+    """The consumer of a getmany agent: a group member committing by hand, from the start when the group
+    has no offsets."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_wait_ms,
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1_000,
+        max_poll_records=max_records,
+    )
+
+
 def group_id(app: Any, name: str) -> str:
     """The consumer group of agent ``name`` in faust worker ``app`` (its app id carries the namespace)."""
     return f"{app.conf.id}.{name}"
@@ -267,22 +345,9 @@ class BatchLoop:
         the uncommitted inputs are redelivered."""
         if self.setup is not None:
             await self.setup()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            acks="all",
-            linger_ms=1,
-            max_batch_size=MAX_BATCH_BYTES,
-            max_request_size=MAX_REQUEST_BYTES,
-        )
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.fetch_wait_ms,
-            session_timeout_ms=6_000,
-            heartbeat_interval_ms=1_000,
-            max_poll_records=self.max_records,
+        self.producer = batch_producer(self.bootstrap)
+        self.consumer = batch_consumer(
+            self.bootstrap, self.group_id, fetch_wait_ms=self.fetch_wait_ms, max_records=self.max_records
         )
         await self.producer.start()
         try:
@@ -339,30 +404,11 @@ class BatchLoop:
                 last_commit = now
 
     async def send(self, producer: AIOKafkaProducer, outputs: Iterable[Output]) -> list[asyncio.Future[Any]]:
-        """Hand ``outputs`` to the producer as one record batch per partition (in order within each);
-        a keyed output goes to its key's partition under the Java client's murmur2 partitioner, as
-        every other producer of the platform sends it. Returns the deliveries."""
-        by_partition: dict[tuple[str, int], list[Output]] = {}
-        for out in outputs:
-            partition = out.partition
-            if partition is None:
-                partitions = self._partitions.get(out.topic)
-                if partitions is None:
-                    partitions = self._partitions[out.topic] = sorted(await producer.partitions_for(out.topic))
-                partition = _PARTITIONER(out.key, partitions, partitions)
-            by_partition.setdefault((out.topic, partition), []).append(out)
-        deliveries: list[asyncio.Future[Any]] = []
-        for (topic, partition), outs in by_partition.items():
-            batch = producer.create_batch()
-            for out in outs:
-                if batch.append(key=out.key, value=out.value, timestamp=None) is None:  # full: send it
-                    deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    if batch.append(key=out.key, value=out.value, timestamp=None) is None:
-                        raise ValueError(f"a message of {len(out.value)} bytes does not fit a batch ({topic})")
-            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-            self._counter(self._out, topic, RECORDS_OUT).inc(len(outs))
-        return deliveries
+        """Hand ``outputs`` to the producer (:func:`send_batches`), counted per topic; the deliveries."""
+        sent = await send_batches(producer, outputs, self._partitions)
+        for d in sent:
+            self._counter(self._out, d.topic, RECORDS_OUT).inc(d.records)
+        return [d.future for d in sent]
 
     def _cut(self) -> tuple[list[asyncio.Future[Any]], list[Output], dict[TopicPartition, int]]:
         """What a commit covers, taken between batches: the deliveries so far, the stores' changed keys

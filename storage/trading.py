@@ -79,10 +79,13 @@ class JournalRow(NamedTuple):
 #: A held signal's outcome once applied: (event id, sizing reason).
 HeldOutcome = tuple[str, str]
 
+#: One statement for a whole batch of rows (one array per column): a round trip and a parse per batch,
+#: where ``executemany`` sends a bind + execute per row.
 _JOURNAL_INSERT = (
     "INSERT INTO trading_input_journal "
     "(account, seq, topic, kafka_partition, kafka_offset, event_id, arrival_ns, outcome) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account, seq) DO NOTHING"
+    "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::integer[], $5::bigint[], $6::text[], "
+    "$7::bigint[], $8::text[]) ON CONFLICT (account, seq) DO NOTHING"
 )
 
 #: The earliest row of the signal still ``held`` gets its outcome (a signal delivered twice is two rows).
@@ -114,7 +117,7 @@ _SELECT = (
 async def insert_journal(conn: asyncpg.Connection, rows: Sequence[JournalRow]) -> None:
     """Append journal rows (a row already there, same account and seq, is kept)."""
     if rows:
-        await conn.executemany(_JOURNAL_INSERT, rows)
+        await conn.execute(_JOURNAL_INSERT, *(list(column) for column in zip(*rows, strict=True)))
 
 
 async def journal_after(conn: asyncpg.Connection, account: str, seq: int) -> list[JournalRow]:

@@ -4,12 +4,14 @@ audits, alerts, for one account.
 
 Thin: decode (or dead-letter), call :class:`~agents.trading.core.TradingCore`,
 send what it returns, count it. The order of operations lives in the core,
-not here, so live and replay cannot drift apart. One stream of the four
-inputs, handled one message at a time; exactly one worker per account (it
+not here, so live and replay cannot drift apart. A getmany loop over the four
+inputs (micro-batches, merged in broker-timestamp order, each partition in
+offset order; outputs sent as one record batch per partition,
+:func:`runtime.batch_agent.send_batches`); exactly one worker per account (it
 crashes unless it owns every input partition). At-least-once in, idempotent
 out. Exact restart recovery: :mod:`agents.trading.checkpointer` (each input
-is sought to the restored state's position through
-:mod:`runtime.faust_adapter`). External execution: each approved order is
+is sought to the restored state's position on assignment; the group's
+committed offsets only follow the checkpoints). External execution: each approved order is
 awaited through the ccxt adapter (:mod:`agents.trading.venue`) and its
 answers go back through the core and into the input journal. Configuration:
 :mod:`agents.trading.settings`. The design in full: ``docs/trading_agent.md``.
@@ -17,12 +19,16 @@ answers go back through the core and into the input journal. Configuration:
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+from aiokafka.structs import ConsumerRecord
 
 from agents.confighash import stable_config_hash
 from agents.control.signing import Keyring, load_keyring
@@ -31,14 +37,14 @@ from agents.trading.checkpointer import Checkpointer, JournalOrder, LiveState, r
 from agents.trading.core import Step, TradingCore
 from agents.trading.settings import TradingSettings
 from agents.trading.venue import start_execution
-from runtime import faust_adapter
-from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.agent import AgentContext, crash_worker_on_bug
+from runtime.batch_agent import Output, batch_consumer, batch_producer, decode_record, group_id, send_batches
 from runtime.exits import EXIT_CONFIG
-from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
+from runtime.metrics import PROCESS_LATENCY, RECORDS_IN, RECORDS_OUT, logical_topic, set_consumer_lag
 from storage.trading import JournalRow
 from topics.catalogue import DEFAULT_TOPIC, spec
 from topics.records import Alert, Bar, ControlEvent, ModelRegistryEvent, OrderUpdate, RiskDecision, Severity, Signal
-from topics.schema import Record, codec_for
+from topics.schema import Codec, Record, codec_for
 
 if TYPE_CHECKING:
     from agents.execution.ccxt_live import CcxtExecutionAdapter
@@ -48,8 +54,9 @@ __all__ = ["NAME", "TradingWorker", "register"]
 log = structlog.get_logger("agents.trading")
 
 NAME = "trading"
-BATCH_MAX = 200
-BATCH_WAIT_S = 0.005
+BATCH_MAX = 2_000
+#: getmany's wait when nothing is buffered (it returns as soon as records are)
+IDLE_POLL_MS = 1_000
 
 INPUTS = ("signals", "market.bars", "control", "models.registry")
 OUTPUTS = (
@@ -67,7 +74,7 @@ NOT_CONSUMED = -1
 _Handler = Callable[[TradingCore, Any, int | None], Step]
 
 
-def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = None) -> Any:
+def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = None) -> TradingWorker:
     """Configure (or exit 2), restore the checkpoint (or exit 2/3), start execution (or exit 2/3), wire."""
     env = os.environ if environ is None else environ
     settings, keyring, core = _configure(env)
@@ -85,8 +92,8 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         config_hash=config_hash,
     )
     worker = TradingWorker(app, ctx, live, adapter, keyring=keyring, config_hash=config_hash)
-    app.on_partitions_assigned.connect(worker.require_every_partition)
-    return app.agent(app.topic(*worker.handlers), name=NAME)(crash_worker_on_bug(app, NAME)(worker.run))
+    app.task(crash_worker_on_bug(app, NAME)(worker.run))
+    return worker
 
 
 def _configure(env: Mapping[str, str]) -> tuple[TradingSettings, Keyring, TradingCore]:
@@ -108,16 +115,22 @@ def _configure(env: Mapping[str, str]) -> tuple[TradingSettings, Keyring, Tradin
     return settings, keyring, core
 
 
-def _arrival_ns(msg: Any) -> int | None:
+def _arrival_ns(rec: ConsumerRecord[bytes, bytes]) -> int | None:
     """Upper bound of the message's arrival: the end of its broker timestamp's millisecond.
 
     A property of the message, so a re-processed message meets the same
     clock bound as the first time (the wall clock would not).
     """
-    ts = msg.timestamp
+    ts = rec.timestamp
     if not ts or ts <= 0:
         return None
-    return round(float(ts) * 1000) * 1_000_000 + 999_999
+    return int(ts) * 1_000_000 + 999_999
+
+
+def _in_arrival_order(batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[Any]:
+    """A fetch's records merged across partitions by broker timestamp (ties: topic, partition), each
+    partition's in offset order: the order the inputs reached the broker, as far as it is known."""
+    return list(heapq.merge(*(batch[tp] for tp in sorted(batch)), key=lambda r: r.timestamp if r.timestamp > 0 else 0))
 
 
 class TradingWorker:
@@ -147,7 +160,14 @@ class TradingWorker:
             every_batch=adapter is not None,
             flush=self.flush_producer,
             crash=self.crash,
+            saved=self.commit_positions,
         )
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.group_id = group_id(app, NAME)
+        self.partitions: dict[str, list[int]] = {}  # output topic -> its partitions (send_batches' cache)
+        #: outputs of the inputs applied so far in this batch, not yet handed to the producer
+        self.outbox: list[Output] = []
         #: physical input topic -> (logical name, record class, core method)
         self.handlers: dict[str, tuple[str, type[Record], _Handler]] = {
             ctx.topic("signals"): ("signals", Signal, TradingCore.on_signal),
@@ -158,7 +178,11 @@ class TradingWorker:
         #: physical input topic -> its partition count: the agent must own all of them
         self.expected = {ctx.topic(n): spec(n).partitions for n in INPUTS}
         self.out_names = {name: ctx.topic(name) for name in OUTPUTS}
+        self.logical = {physical: name for name, physical in self.out_names.items()}
+        self.logical[ctx.topic("deadletter")] = "deadletter"
         self.out_counters = {name: RECORDS_OUT.labels(NAME, name) for name in OUTPUTS}
+        self.in_counters = {name: RECORDS_IN.labels(NAME, name) for name in INPUTS}
+        self.codecs: dict[str, Codec[Any]] = {name: codec_for(cls) for name, cls, _ in self.handlers.values()}
         self.latency = PROCESS_LATENCY.labels(NAME)
         self.submit_seconds = m.EXECUTION_SUBMIT_SECONDS.labels(
             self.account, adapter.name if adapter is not None else "paper"
@@ -171,11 +195,18 @@ class TradingWorker:
 
     # -- partitions ----------------------------------------------------------------------------
 
-    async def require_every_partition(self, sender: Any, assigned: Any = None, **_: Any) -> None:
-        """faust's assignment callback, before the fetcher resumes: crash unless every input partition is
-        ours (a second instance would split the account's risk state)."""
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
+        """The group's assignment: every input partition sought to the in-memory state's position (the
+        committed offsets never decide where this agent resumes), then a crash unless every input
+        partition is ours (a second instance would split the account's risk state)."""
+        consumer = self.consumer
+        assert consumer is not None
+        self.replay.reset()  # inputs it held back come again
+        for tp in sorted(assigned):
+            if tp.topic in self.expected:
+                consumer.seek(tp, self.live.position.get((tp.topic, tp.partition), 0))
         owned: dict[str, int] = dict.fromkeys(self.expected, 0)
-        for tp in assigned or ():
+        for tp in assigned:
             if tp.topic in owned:
                 owned[tp.topic] += 1
         missing = {t: f"{owned[t]}/{n}" for t, n in self.expected.items() if owned[t] != n}
@@ -188,30 +219,62 @@ class TradingWorker:
             )
             await self.app.crash(RuntimeError(f"trading agent must own every input partition, owns {missing}"))
             return
-        faust_adapter.after_every_seek(self.app.consumer, self.seek_inputs)  # faust's recovery seeks next
-
-    async def seek_inputs(self, consumer: Any) -> None:
-        """Every owned input partition to the in-memory state's position: the committed offsets never
-        decide where this agent resumes."""
-        self.replay.reset()  # inputs it held back come again
-        for tp in sorted(consumer.assignment()):
-            if tp.topic in self.expected:
-                await faust_adapter.seek(consumer, tp, self.live.position.get((tp.topic, tp.partition), 0))
         log.info("trading_inputs_sought", account=self.account, offsets=self.live.offsets())
 
-    # -- the stream ----------------------------------------------------------------------------
+    async def commit_positions(self, offsets: Mapping[str, Mapping[int, int]]) -> None:
+        """After a checkpoint: its input positions as the group's committed offsets, for lag monitors and
+        ``kafka-consumer-groups`` (never where this agent resumes: the checkpoint is). A rebalance in
+        progress defers it to the next checkpoint."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        positions = {TopicPartition(t, p): o for t, parts in offsets.items() for p, o in parts.items() if o > 0}
+        if not positions:
+            return
+        try:
+            await consumer.commit(positions)
+        except (CommitFailedError, RebalanceInProgressError, IllegalStateError) as exc:
+            log.warning("trading_offsets_commit_deferred", account=self.account, error=f"{type(exc).__name__}: {exc}")
 
-    async def run(self, stream: Any) -> None:
-        """The agent body: batches through the core, then checkpoint (now or when idle) and gauges."""
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WAIT_S):
-            t0 = time.perf_counter()
-            async with self.checkpointer.gate:
-                await self.apply_batch(events)
-                await self.checkpointer.after_batch()
-            self.set_gauges()
-            self.latency.observe(time.perf_counter() - t0)
+    # -- the loop ------------------------------------------------------------------------------
 
-    async def apply_batch(self, events: list[Any]) -> None:
+    async def run(self) -> None:
+        """The agent body (a task of the faust worker; an exception crashes the worker): batches through
+        the core, then checkpoint (now or when idle) and gauges."""
+        ctx = self.ctx
+        self.producer = producer = batch_producer(ctx.bootstrap)
+        self.consumer = consumer = batch_consumer(
+            ctx.bootstrap, self.group_id, fetch_wait_ms=self.app.fetch_wait_ms, max_records=BATCH_MAX
+        )
+        await producer.start()
+        try:
+            consumer.subscribe(list(self.handlers), listener=_Assignment(self))
+            await consumer.start()
+            try:
+                while True:
+                    batch = await consumer.getmany(timeout_ms=IDLE_POLL_MS)
+                    if not batch:
+                        continue
+                    t0 = time.perf_counter()
+                    async with self.checkpointer.gate:
+                        await self.apply_batch(_in_arrival_order(batch))
+                        await self.checkpointer.after_batch()
+                    self.set_gauges()
+                    self.latency.observe(time.perf_counter() - t0)
+                    for tp in batch:
+                        set_consumer_lag(
+                            self.group_id,
+                            logical_topic(tp.topic, ctx.namespace),
+                            tp.partition,
+                            consumer.highwater(tp),
+                            self.live.position.get((tp.topic, tp.partition), 0),
+                        )
+            finally:
+                await consumer.stop()
+        finally:
+            await producer.stop()
+
+    async def apply_batch(self, records: list[Any]) -> None:
         """Each input through the core in order, its journal row written, then its outputs sent.
 
         After a restart, the inputs journaled after the checkpoint go first, in the journal's order
@@ -220,44 +283,71 @@ class TradingWorker:
         """
         live = self.live
         if self.replay.active:
-            events = self.replay.order(events)
+            records = self.replay.order(records)
             if not self.replay.active:
                 log.info("trading_journal_replayed", account=self.account, events_applied=live.events)
-        outputs: list[Record] = []
-        for event in events:
-            msg = event.message
-            tp = (msg.topic, msg.partition)
-            name, cls, handle = self.handlers[msg.topic]
-            if msg.offset < live.position.get(tp, 0):  # a redelivery the state already holds
+        for r in records:
+            tp = (r.topic, r.partition)
+            name, _, handle = self.handlers[r.topic]
+            if r.offset < live.position.get(tp, 0):  # a redelivery the state already holds
                 m.INPUTS_SKIPPED.labels(self.account, name).inc()
                 continue
-            rec = await decode_or_dead_letter(self.ctx, NAME, name, cls, event)
+            self.in_counters[name].inc()
+            rec = decode_record(
+                self.codecs[name],
+                r,
+                consumer=NAME,
+                topic=name,
+                wall_clock=self.ctx.wall_clock,
+                deadletter_topic=self.ctx.topic("deadletter"),
+                outputs=self.outbox,
+            )
             step = None
             if rec is None:
                 if name == "control":  # garbage on the control topic may be an attack
-                    outputs.append(self.undecodable_control(event))
+                    self.emit([self.undecodable_control(r)])
             else:
-                arrival = _arrival_ns(msg)
+                arrival = _arrival_ns(r)
                 step = handle(live.core, rec, arrival)
-                self.journal(name, msg, rec.event_id, arrival, step)
+                self.journal(name, r, rec.event_id, arrival, step)
                 live.events += 1
-                outputs += step.records
+                self.emit(step.records)
                 self.observe(step)
-            live.position[tp] = msg.offset + 1
+            live.position[tp] = r.offset + 1
             self.checkpointer.applied()
             if step is not None and step.to_submit:
-                await self.send(outputs)
-                outputs = []
+                await self.send()
                 await self.execute(step)
-        await self.send(outputs)
+        await self.send()
 
-    async def send(self, outputs: Sequence[Record]) -> None:
-        """The journal rows of the inputs that made ``outputs`` written, then ``outputs`` sent in order."""
+    def emit(self, records: Sequence[Record]) -> None:
+        """``records`` into the outbox (encoded, keyed like every producer of their topic), counted."""
+        for rec in records:
+            name = DEFAULT_TOPIC[type(rec)]
+            self.outbox.append(Output(self.out_names[name], rec.key(), codec_for(type(rec)).encode(rec)))
+            self.out_counters[name].inc()
+            if isinstance(rec, RiskDecision):
+                m.RISK_VERDICTS.labels(self.account, rec.verdict.value).inc()
+                for reason in rec.reasons:
+                    m.RISK_REASONS.labels(self.account, reason).inc()
+            elif isinstance(rec, OrderUpdate):
+                m.ORDER_UPDATES.labels(self.account, rec.adapter, rec.status.value, rec.reason or "").inc()
+
+    async def send(self) -> None:
+        """The journal rows of the inputs that made the outbox written, then the outbox handed to the
+        producer (one record batch per partition, in order within each). Delivery is awaited by the next
+        checkpoint, which fails (and crashes the worker before its offsets are saved) on any send error."""
         await self.checkpointer.write_ahead()
-        for out in outputs:
-            await self.publish(out)
+        if not self.outbox:
+            return
+        outbox, self.outbox = self.outbox, []
+        assert self.producer is not None
+        for delivery in await send_batches(self.producer, outbox, self.partitions):
+            self.checkpointer.sent(self.logical[delivery.topic], delivery)
 
-    def journal(self, name: str, msg: Any, event_id: str, arrival: int | None, step: Step) -> None:
+    def journal(
+        self, name: str, msg: ConsumerRecord[bytes, bytes], event_id: str, arrival: int | None, step: Step
+    ) -> None:
         """The input's journal row, with what became of it when it is a signal: its sizing reason, or
         ``held``; the held signals the step applied get theirs (``tradeflow status`` reads both)."""
         sizings = step.sizings
@@ -297,29 +387,10 @@ class TradingWorker:
                     )
                 )
                 live.events += 1
-                await self.send(live.core.on_execution(answer).records)
+                self.emit(live.core.on_execution(answer).records)
+                await self.send()
 
-    async def publish(self, rec: Record) -> None:
-        """Hand ``rec`` to the producer (in call order, keyed like every producer of its topic).
-
-        Straight to faust's producer, not through ``Topic.send_soon``'s buffer: that per-message path
-        was most of the agent's own CPU (a profile at 1,000 signals/s). Delivery is awaited by the next
-        checkpoint, which fails (and crashes the worker before its offsets are saved) on any send error.
-        """
-        name = DEFAULT_TOPIC[type(rec)]
-        self.checkpointer.sent(
-            name, await faust_adapter.send(self.app, self.out_names[name], rec.key(), codec_for(type(rec)).encode(rec))
-        )
-        self.out_counters[name].inc()
-        if isinstance(rec, RiskDecision):
-            m.RISK_VERDICTS.labels(self.account, rec.verdict.value).inc()
-            for reason in rec.reasons:
-                m.RISK_REASONS.labels(self.account, reason).inc()
-        elif isinstance(rec, OrderUpdate):
-            m.ORDER_UPDATES.labels(self.account, rec.adapter, rec.status.value, rec.reason or "").inc()
-
-    def undecodable_control(self, event: Any) -> Alert:
-        msg = event.message
+    def undecodable_control(self, msg: ConsumerRecord[bytes, bytes]) -> Alert:
         arrival = _arrival_ns(msg)
         now = self.ctx.wall_clock() if arrival is None else arrival  # the message's time: same on re-processing
         return Alert.new(
@@ -376,9 +447,21 @@ class TradingWorker:
     # -- for the checkpointer ------------------------------------------------------------------
 
     async def flush_producer(self) -> None:
-        await self.app.producer.flush()
+        if self.producer is not None:
+            await self.producer.flush()
 
     async def crash(self, exc: Exception) -> None:
         """A checkpoint that cannot be written outside the agent body: crash, as the body would."""
         log.critical("agent_crashed", agent=NAME, error=f"{type(exc).__name__}: {exc}", exc_info=True)
         await self.app.crash(exc)
+
+
+class _Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: TradingWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Nothing to commit: the checkpoint, not the group, holds this agent's position."""
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.worker.assigned(set(assigned))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -44,6 +44,7 @@ from agents.control.signing import Keyring
 from agents.trading.checkpoint import CheckpointError, open_checkpoint, seal
 from agents.trading.core import TradingCore
 from agents.trading.metrics import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
+from runtime.batch_agent import Delivery
 from runtime.errors import NeedsOperator
 from runtime.exits import EXIT_CONFIG, EXIT_INFRA
 from storage.trading import (
@@ -164,6 +165,7 @@ class JournalOrder:
     partition is held until every plan entry before it is applied; one that is not in the plan but
     below its partition's next entry (an input the state already holds, or an undecodable one, which
     is never journaled) goes when reached; once the plan is done, what is held goes in arrival order.
+    Records: anything with ``topic``, ``partition`` and ``offset`` (aiokafka's ``ConsumerRecord``).
     """
 
     def __init__(self, plan: Sequence[tuple[str, int, int]]) -> None:
@@ -175,30 +177,29 @@ class JournalOrder:
     def active(self) -> bool:
         return bool(self.plan) or any(self.held.values())
 
-    def order(self, events: Sequence[Any]) -> list[Any]:
-        """The events that may be applied now, in the order to apply them (faust events: ``.message``)."""
-        for event in events:
-            msg = event.message
-            self.held.setdefault((msg.topic, msg.partition), deque()).append((self.arrived, event))
+    def order(self, records: Sequence[Any]) -> list[Any]:
+        """The records that may be applied now, in the order to apply them."""
+        for rec in records:
+            self.held.setdefault((rec.topic, rec.partition), deque()).append((self.arrived, rec))
             self.arrived += 1
         ready: list[Any] = []
         while self.plan:
             topic, partition, offset = self.plan[0]
             queue = self.held.get((topic, partition))
-            while queue and queue[0][1].message.offset < offset:
+            while queue and queue[0][1].offset < offset:
                 ready.append(queue.popleft()[1])
             if not queue:
                 break  # the next journaled input has not been delivered yet
-            if queue[0][1].message.offset != offset:
+            if queue[0][1].offset != offset:
                 raise JournalGap(
                     f"the journal's next input is {topic}[{partition}]@{offset}, the broker delivered offset "
-                    f"{queue[0][1].message.offset}: the topic lost the journaled message"
+                    f"{queue[0][1].offset}: the topic lost the journaled message"
                 )
             ready.append(queue.popleft()[1])
             self.plan.popleft()
         if not self.plan:
             rest = sorted((item for queue in self.held.values() for item in queue), key=lambda item: item[0])
-            ready += [event for _, event in rest]
+            ready += [rec for _, rec in rest]
             self.held.clear()
         return ready
 
@@ -227,6 +228,7 @@ class Checkpointer:
         every_batch: bool,
         flush: Callable[[], Awaitable[None]],
         crash: Callable[[Exception], Awaitable[None]],
+        saved: Callable[[Mapping[str, Mapping[int, int]]], Awaitable[None]] | None = None,
     ) -> None:
         self.live = live
         self.keyring = keyring
@@ -237,11 +239,12 @@ class Checkpointer:
         self.every_batch = every_batch
         self.flush = flush
         self.crash = crash
+        self.saved = saved
         #: a batch and a checkpoint never interleave: the snapshot is taken between messages
         self.gate = asyncio.Lock()
         self.account = live.core.config.account
-        #: the producer's futures of the outputs since the last one, with their (logical) topic
-        self.deliveries: list[tuple[str, Awaitable[Any]]] = []
+        #: the record batches handed to the producer since the last one, with their (logical) topic
+        self.deliveries: list[tuple[str, Delivery]] = []
         #: topic -> partition -> last offset delivered (loaded from the row at the first checkpoint)
         self.outputs: dict[str, dict[int, int]] | None = None
         self.pending: list[JournalRow] = []  # journal rows of inputs applied, not yet written
@@ -254,7 +257,7 @@ class Checkpointer:
         self.db: asyncpg.Connection | None = None
         self.seconds = CHECKPOINT_SECONDS.labels(self.account)
 
-    def sent(self, topic: str, delivery: Awaitable[Any]) -> None:
+    def sent(self, topic: str, delivery: Delivery) -> None:
         self.deliveries.append((topic, delivery))
 
     def journal(self, row: JournalRow) -> None:
@@ -333,19 +336,22 @@ class Checkpointer:
         )
         await self.flush()
         sent, self.deliveries = self.deliveries, []
-        delivered: list[tuple[str, Any]] = []
-        for topic, done in sent:
+        delivered: list[tuple[str, int, int]] = []  # (topic, partition, offset of the batch's last record)
+        for topic, d in sent:
             # raises the send's error: this checkpoint must not cover an output that was lost
-            delivered.append((topic, await done))
+            meta = await d.future
+            offset = getattr(meta, "offset", None)
+            if isinstance(offset, int):  # broker metadata: the offset of the batch's first record
+                delivered.append((topic, d.partition, offset + d.records - 1))
         db = await self.connection()
         if self.outputs is None:
             self.outputs = await load_output_offsets(db, self.account)
-        for topic, meta in delivered:
-            partition, offset = getattr(meta, "partition", None), getattr(meta, "offset", None)
-            if isinstance(partition, int) and isinstance(offset, int):  # broker metadata (aiokafka)
-                parts = self.outputs.setdefault(topic, {})
-                parts[partition] = max(offset, parts.get(partition, -1))
+        for topic, partition, last in delivered:
+            parts = self.outputs.setdefault(topic, {})
+            parts[partition] = max(last, parts.get(partition, -1))
         await save_checkpoint(db, cp, journal, held_outcomes or (), self.outputs)
+        if self.saved is not None:
+            await self.saved(cp.offsets)
         took = time.perf_counter() - t0
         self.seconds.observe(took)
         CHECKPOINT_BYTES.labels(self.account).set(len(cp.state))

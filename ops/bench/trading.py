@@ -164,13 +164,25 @@ PHASE_SYMBOLS = {
     "decision_1000": "ETH/USDT",
     "paired_100": "SOL/USDT",
     "paired_1000": "BNB/USDT",
+    "paired_3000": "LTC/USDT",
+    "drain": "ADA/USDT",
     "kill": "XRP/USDT",
 }
-BASE_PRICE = {"BTC/USDT": 30_000.0, "ETH/USDT": 2_000.0, "SOL/USDT": 100.0, "BNB/USDT": 300.0, "XRP/USDT": 0.5}
+BASE_PRICE = {
+    "BTC/USDT": 30_000.0,
+    "ETH/USDT": 2_000.0,
+    "SOL/USDT": 100.0,
+    "BNB/USDT": 300.0,
+    "XRP/USDT": 0.5,
+    "LTC/USDT": 80.0,
+    "ADA/USDT": 0.4,
+}
 #: Half the swing between consecutive fill bars: buys fill 0.3 % below the base, sells 0.3 % above, so every
 #: round trip earns more than its costs (24 bps) and the consecutive-loss / daily-loss halts never trip, while
 #: a fill stays within paper execution's 100 bps slippage guard of the arrival price (the last close).
 SWING = 0.003
+#: rates of the paired runs (signals/s, each with its fill bar); the signals-only runs are at 100 and 1,000/s
+PAIRED_RATES = (100, 1000, 3000)
 SCORE = 0.3
 #: Limits lifted for the benchmark account by signed ``set_limit`` commands, as an operator would for a latency
 #: test: the order rate limit (30 per window by default), and the loss halts. At 1,000 signals/s the agent decides
@@ -432,10 +444,13 @@ class Pacer:
         self.producer = producer
         self.namespace = namespace
 
-    async def send(self, rec: Record, topic: str | None = None) -> Any:
+    async def send(self, rec: Record, topic: str | None = None, timestamp_ms: int | None = None) -> Any:
         name = topic or DEFAULT_TOPIC[type(rec)]
         return await self.producer.send(
-            physical_name(name, self.namespace), codec_for(type(rec)).encode(rec), key=rec.key()
+            physical_name(name, self.namespace),
+            codec_for(type(rec)).encode(rec),
+            key=rec.key(),
+            timestamp_ms=timestamp_ms,
         )
 
     async def run(self, n: int, rate: float, make: Any) -> tuple[dict[str, int], float]:
@@ -599,6 +614,56 @@ async def _order_latency(pacer: Pacer, col: Collector, mode: str, rate: int, n: 
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drain(pacer: Pacer, col: Collector, n: int, worker_pid: int) -> dict[str, Any]:
+    """Capacity: ``n`` signals, each followed by its fill bar, published at once (as a backlog), then the
+    time until the last signal's fill is out.
+
+    Broker timestamps 1 ms apart, signal before its bar, so the agent's arrival-order merge applies them
+    alternately (a fetch that runs ahead on one topic can still shift a few pairs by a bar: the order then
+    fills one bar later, on the other side of the swing). Also the worker's CPU seconds over the run:
+    signals per CPU second is the agent's capacity on one core, whatever the rest of the machine does.
+    """
+    symbol = PHASE_SYMBOLS["drain"]
+    t0_ms = time.time_ns() // 1_000_000
+    sent: dict[str, int] = {}
+    futs = []
+    cpu0, start = _cpu_seconds(worker_pid), time.perf_counter()
+    first_send = time.time_ns()
+    for i in range(n):
+        ts_ms = t0_ms + 2 * i
+        sig = bench_signal(symbol, i, ts_ms * 1_000_000)
+        futs.append(await pacer.send(sig, timestamp_ms=ts_ms))
+        futs.append(await pacer.send(fill_bar(symbol, i, ts_ms * 1_000_000), "market.bars", timestamp_ms=ts_ms + 1))
+        sent[sig.event_id] = first_send
+    await asyncio.gather(*futs)
+    published_s = time.perf_counter() - start
+    matched = await _wait_matched(lambda: sum(1 for sid in sent if sid in col.filled), n, stall_s=15.0)
+    last = max((col.filled[sid] for sid in sent if sid in col.filled), default=first_send)
+    cpu = _cpu_seconds(worker_pid) - cpu0
+    elapsed = (last - first_send) / 1e9
+    verdicts: dict[str, int] = {}
+    for _, _, _, d in col.records["risk.decisions"]:
+        if d["correlation_id"] in sent:
+            verdicts[d["verdict"]] = verdicts.get(d["verdict"], 0) + 1
+    return {
+        "symbol": symbol,
+        "signals": n,
+        "published_in_s": round(published_s, 2),
+        "filled": matched,
+        "seconds_to_last_fill": round(elapsed, 2),
+        "signals_per_s": round(matched / elapsed, 1) if elapsed > 0 else None,
+        "worker_cpu_s": round(cpu, 2),
+        "signals_per_worker_cpu_s": round(matched / cpu, 1) if cpu > 0 else None,
+        "verdicts": verdicts,
+    }
+
+
 async def _wait_matched(count: Any, n: int, stall_s: float) -> int:
     """Wait until ``count()`` reaches ``n`` or stops growing for ``stall_s``; the last count.
 
@@ -704,7 +769,8 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
         "TRADEFLOW_TRADING_ACCOUNT": "bench",
     }
     keyring = load_keyring(env)
-    n = {100: 300, 1000: 1000} if quick else {100: 600, 1000: 3000}
+    n = {100: 300, 1000: 1000, 3000: 3000} if quick else {100: 600, 1000: 3000, 3000: 9000}
+    n_drain = 5_000 if quick else 20_000
     worker = ChildProcess(
         "bench-trading-worker",
         worker_argv(bootstrap, "trading", namespace=ns, dsn=dsn),
@@ -743,12 +809,15 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
         # the latency is the command's, not a backlog's that grows with the run's length
         out["kill"] = await _kill_trials(pacer, col, keyring, 5 if quick else 20, KILL_SIGNAL_RATE)
         print(f"  kill: {json.dumps({k: v for k, v in out['kill'].items() if k != 'latencies_ms'})}", flush=True)
-        for rate in (100, 1000):
+        for rate in PAIRED_RATES:
             out[f"{rate}_per_s"] = {
                 "paired": await _order_latency(pacer, col, "paired", rate, n[rate]),
                 "baseline_broker_only": await _broker_baseline(bootstrap, rate, n[rate]),
             }
             print(f"  @{rate}/s: {json.dumps(out[f'{rate}_per_s'])}", flush=True)
+        assert worker.popen is not None
+        out["drain"] = await _drain(pacer, col, n_drain, worker.popen.pid)
+        print(f"  drain: {json.dumps(out['drain'])}", flush=True)
         for rate in (100, 1000):  # last: their orders never fill and stay in the checkpointed state
             out[f"{rate}_per_s"]["signals_only"] = await _order_latency(pacer, col, "decision", rate, n[rate])
             print(f"  @{rate}/s signals only: {json.dumps(out[f'{rate}_per_s']['signals_only'])}", flush=True)
@@ -784,9 +853,9 @@ def broker_table(broker: dict[str, Any]) -> list[str]:
     """Human-readable lines for (b) and (c)."""
     lines = [
         f"{'rate/s':>6} {'measure':<34} {'achieved/s':>10} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'no rec':>6}"
+        f"{'p99 ms':>8} {'no rec':>6} {'agent/s':>8}"
     ]
-    for rate in (100, 1000):
+    for rate in PAIRED_RATES:
         row = broker.get(f"{rate}_per_s")
         if not isinstance(row, dict):
             continue
@@ -803,8 +872,15 @@ def broker_table(broker: dict[str, Any]) -> list[str]:
             lines.append(
                 f"{rate:>6} {name:<34} {achieved:>10} {r['samples']:>5} "
                 f"{_ms(r['p50_ms']):>8} {_ms(r['p95_ms']):>8} {_ms(r['p99_ms']):>8} "
-                f"{r.get('signals_without_record', '-'):>6}"
+                f"{r.get('signals_without_record', '-'):>6} {r.get('agent_throughput_per_s') or '-':>8}"
             )
+    d = broker.get("drain")
+    if isinstance(d, dict):
+        lines.append(
+            f"backlog of {d['signals']} signals + fill bars: {d['filled']} filled in {d['seconds_to_last_fill']} s = "
+            f"{d['signals_per_s']} signals/s; worker {d['worker_cpu_s']} CPU-s = {d['signals_per_worker_cpu_s']} "
+            f"signals per CPU-s; verdicts {d['verdicts']}"
+        )
     k = broker.get("kill")
     if isinstance(k, dict):
         met = {True: "met", False: "NOT met", None: "unknown"}[k["target_met"]]

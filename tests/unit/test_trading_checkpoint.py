@@ -204,17 +204,12 @@ class _Msg:
     offset: int
 
 
-@dataclass(frozen=True)
-class _Event:
-    message: _Msg
+def _ev(topic: str, partition: int, offset: int) -> _Msg:
+    return _Msg(topic, partition, offset)
 
 
-def _ev(topic: str, partition: int, offset: int) -> _Event:
-    return _Event(_Msg(topic, partition, offset))
-
-
-def _ids(events: list[Any]) -> list[tuple[str, int, int]]:
-    return [(e.message.topic, e.message.partition, e.message.offset) for e in events]
+def _ids(records: list[Any]) -> list[tuple[str, int, int]]:
+    return [(r.topic, r.partition, r.offset) for r in records]
 
 
 def test_journal_order_then_reread_inputs_come_out_in_the_journal_order() -> None:
