@@ -166,3 +166,15 @@ def test_backtest_of_vc_symbols_then_simulates_them_and_a_liquid_one_keeps_the_d
     assert SUI not in vc.strategy.monitor_only_symbols and SUI not in vc.risk.monitor_only_symbols
     liquid = request(SOL).trading_config()
     assert liquid.strategy.monitor_only_symbols == StrategyConfig().monitor_only_symbols
+
+
+def test_collect_without_symbols_then_reads_the_tracks(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ops.cli.main import build_parser
+
+    args = build_parser().parse_args(["collect", "--exchange", "binance"])
+    assert args.symbols is None  # the default is the tracks', resolved when the command runs
+    monkeypatch.setenv("TRADEFLOW_TRACK_VC_SYMBOLS", "SUIUSDT")
+    assert args.fn(args) == 2
+    assert "TRADEFLOW_TRACK_VC_SYMBOLS" in capsys.readouterr().err
