@@ -163,15 +163,15 @@ class GRUCore(nn.Module):
         g = self.gru
         w_ih, w_hh = cast(Tensor, g.weight_ih_l0), cast(Tensor, g.weight_hh_l0)
         b_ih, b_hh = cast(Tensor, g.bias_ih_l0), cast(Tensor, g.bias_hh_l0)
-        size = g.hidden_size
-        gi = nn.functional.linear(z, w_ih, b_ih)  # [B, T, 3H]
-        h = z.new_zeros((z.shape[0], size))
-        for t in range(z.shape[1]):
-            gh = nn.functional.linear(h, w_hh, b_hh)
-            x_t = gi[:, t]
-            r = torch.sigmoid(x_t[:, :size] + gh[:, :size])
-            u = torch.sigmoid(x_t[:, size : 2 * size] + gh[:, size : 2 * size])
-            n = torch.tanh(x_t[:, 2 * size :] + r * gh[:, 2 * size :])
+        h = z.new_zeros((z.shape[0], g.hidden_size))
+        # unbind / chunk rather than slices: their backward is one stack / cat, where each slice's
+        # backward writes a zero tensor of the whole input
+        for x_t in nn.functional.linear(z, w_ih, b_ih).unbind(1):  # [B, 3H] per step
+            x_r, x_u, x_n = x_t.chunk(3, dim=-1)
+            h_r, h_u, h_n = nn.functional.linear(h, w_hh, b_hh).chunk(3, dim=-1)
+            r = torch.sigmoid(x_r + h_r)
+            u = torch.sigmoid(x_u + h_u)
+            n = torch.tanh(x_n + r * h_n)
             h = (1 - u) * n + u * h
         return h
 

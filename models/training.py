@@ -32,7 +32,11 @@ global settings and RNG state are restored afterwards. On CPU two runs with the 
 config and data give bit-identical weights and metrics.
 
 Device: ``config.resolve_device()`` (CUDA when ``auto`` and available), or the
-device of the DDP process (:mod:`gpu_workers.ddp`).
+device of the DDP process (:mod:`gpu_workers.ddp`). The rows go to the device
+once per fit; steps gather theirs there by index. ``precision="bf16"`` runs the
+forward under autocast (metrics within :data:`BF16_TOLERANCE` of fp32, not bit
+for bit); :func:`train_ensemble` trains several trials of one architecture in
+one vmapped loop. Design: docs/models.md#several-trials-at-once.
 """
 
 from __future__ import annotations
