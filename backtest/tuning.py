@@ -13,7 +13,11 @@ ranking is feasible first, score descending, earlier trial on ties. Optuna runs 
 count give the same trials. :func:`persist` writes ``tuning_studies`` / ``tuning_trials``
 idempotently; differing results for a stored study are an error, never an overwrite.
 
-Design: docs/reference_strategy.md#tuning
+Model trials (:func:`train_trials`): a study's training configs grouped by architecture, each
+group trained as vmapped ensembles (:func:`models.training.train_ensemble`), so trials that
+differ only in ``lr``, ``weight_decay`` or ``seed`` share one device; results in trial order.
+
+Design: docs/reference_strategy.md#tuning, docs/models.md#several-trials-at-once
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from backtest.reference import FloatArray, IntArray, PriceSeries, SmaCrossParams
 from runtime.errors import NeedsOperator
 
 if TYPE_CHECKING:
+    from models.config import ModelConfig
+    from models.dataset import Split, WindowDataset
+    from models.training import TrainResult
     from storage.tuning import StoredTrial
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
     "run_optuna",
     "study_config",
     "summary",
+    "train_trials",
 ]
 
 STRATEGY = "sma_cross"
@@ -478,3 +486,32 @@ def summary(trials: Sequence[TrialResult], top: int = 5) -> dict[str, Any]:
         "best": None if winner is None else row(winner),
         "leaderboard": [row(t) for t in ranked[:top]],
     }
+
+
+# ---------------------------------------------------------------------------
+# Model trials: several at once on one device
+# ---------------------------------------------------------------------------
+
+
+def train_trials(
+    configs: Sequence[ModelConfig], dataset: WindowDataset, split: Split, *, max_members: int = 16
+) -> list[TrainResult]:
+    """Train every trial config; those of one architecture (:meth:`ModelConfig.architecture`)
+    together, ``max_members`` at a time, as vmapped ensembles; the linear baseline alone
+    (closed form). Results in the order of ``configs`` whatever the grouping."""
+    from models.training import train, train_ensemble
+
+    if max_members < 1:
+        raise ValueError(f"max_members must be >= 1, got {max_members}")
+    groups: dict[ModelConfig, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault(cfg.architecture(), []).append(i)
+    out: dict[int, TrainResult] = {}
+    for arch, members in groups.items():
+        if arch.family == "linear_baseline":
+            out.update((i, train(configs[i], dataset, split)) for i in members)
+            continue
+        for start in range(0, len(members), max_members):
+            chunk = members[start : start + max_members]
+            out.update(zip(chunk, train_ensemble([configs[i] for i in chunk], dataset, split), strict=True))
+    return [out[i] for i in range(len(configs))]

@@ -33,7 +33,14 @@ from models.metrics import non_overlapping_rows, positions_from_scores, spearman
 from models.training import train
 from topics.records import Bar, FeatureVector
 
-__all__ = ["PolarityMode", "WalkForwardSpec", "WindowLineage", "choose_polarity", "train_walk_forward"]
+__all__ = [
+    "PolarityMode",
+    "WalkForwardSpec",
+    "WindowLineage",
+    "choose_polarity",
+    "train_walk_forward",
+    "window_splits",
+]
 
 _FOREVER = 2**63 - 1
 
@@ -138,6 +145,14 @@ def _inner_split(ds: WindowDataset, fold: Split, fraction: float) -> Split:
     return Split(fold.name, fold.train[inner.train], fold.train[inner.validation], np.zeros(0, dtype=np.int64))
 
 
+def window_splits(ds: WindowDataset, n_windows: int, validation_fraction: float = 0.2) -> list[Split]:
+    """The training splits of the walk-forward windows, in time order: window k trains on
+    everything before test block k, its newest ``validation_fraction`` for early stopping.
+    What :func:`train_walk_forward` trains per symbol (and the GPU check times)."""
+    folds = walk_forward_splits(ds.timestamps, n_windows, purge=ds.horizon_ns, embargo=0)
+    return [_inner_split(ds, fold, validation_fraction) for fold in folds]
+
+
 def train_walk_forward(
     bars: Sequence[Bar],
     closes: Mapping[str, Mapping[int, float]],
@@ -159,8 +174,8 @@ def train_walk_forward(
         )
         folds = walk_forward_splits(ds.timestamps, spec.n_windows, purge=ds.horizon_ns, embargo=0)
         starts = [int(ds.timestamps[f.validation[0]]) for f in folds]
-        for k, fold in enumerate(folds):
-            split = _inner_split(ds, fold, spec.validation_fraction)
+        splits = window_splits(ds, spec.n_windows, spec.validation_fraction)
+        for k, (fold, split) in enumerate(zip(folds, splits, strict=True)):
             result = train(cfg, ds, split)
             meta = result.checkpoint_meta()
             sha = sha256_hex(checkpoint_bytes(result.model, meta))

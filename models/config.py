@@ -21,7 +21,10 @@ so it does not bump the version; the family list is :data:`FAMILIES`.
 Changelog
 ---------
 - 1: initial fields. Families since: ``tcn`` (added without a version bump:
-  existing configs keep their bytes and hashes, tested).
+  existing configs keep their bytes and hashes, tested). ``precision`` added
+  without a bump: its default ``fp32`` is what every earlier config trained
+  with, and :meth:`ModelConfig.to_dict` leaves the field out at that default,
+  so existing configs keep their dict, bytes and hash (tested).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "CONFIG_VERSION",
     "DEVICES",
     "FAMILIES",
+    "PRECISIONS",
     "InvalidConfig",
     "ModelConfig",
 ]
@@ -50,6 +54,9 @@ __all__ = [
 CONFIG_VERSION: Final = 1
 FAMILIES: Final = ("mlp", "gru", "tcn", "linear_baseline")
 DEVICES: Final = ("auto", "cpu", "cuda")
+PRECISIONS: Final = ("fp32", "bf16")
+#: fields :meth:`ModelConfig.to_dict` leaves out while they hold this default (added after version 1)
+_OMITTED_AT_DEFAULT: Final = {"precision": "fp32"}
 
 
 class InvalidConfig(BadInput, ValueError):
@@ -100,6 +107,12 @@ class ModelConfig:
         ``seed`` seeds weights, dropout and shuffling; ``device`` is ``auto``
         (CUDA when available), ``cpu`` or ``cuda``; ``num_threads`` is the
         torch intra-op thread count used for the run on CPU.
+        ``precision``: ``fp32`` (the default; bit-reproducible on CPU) or
+        ``bf16``: the training forward and loss under ``torch.autocast``
+        (bfloat16 matmuls, float32 weights and optimiser state; CUDA, and CPU
+        for testing). Inference and the reported metrics always run in float32.
+        bf16 metrics are compared with fp32 ones with a tolerance
+        (docs/determinism.md), never bit for bit.
     """
 
     family: str = "mlp"
@@ -122,6 +135,7 @@ class ModelConfig:
     seed: int = 0
     device: str = "auto"
     num_threads: int = 1
+    precision: str = "fp32"
     config_version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -137,6 +151,10 @@ class ModelConfig:
             raise InvalidConfig("family", f"unknown family {self.family!r}; expected one of {list(FAMILIES)}")
         if self.device not in DEVICES:
             raise InvalidConfig("device", f"unknown device {self.device!r}; expected one of {list(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise InvalidConfig(
+                "precision", f"unknown precision {self.precision!r}; expected one of {list(PRECISIONS)}"
+            )
         _int_at_least("window", self.window, 1)
         _int_at_least("batch_size", self.batch_size, 1)
         _int_at_least("max_epochs", self.max_epochs, 1)
@@ -163,10 +181,15 @@ class ModelConfig:
 
     # -- dict round trip -----------------------------------------------------
     def to_dict(self) -> dict[str, str | int | float | bool]:
-        """Flat JSON-scalar dict (fits ``TrainJob.hyperparams`` / registry ``config``)."""
+        """Flat JSON-scalar dict (fits ``TrainJob.hyperparams`` / registry ``config``).
+
+        Fields added after version 1 are left out while they hold their default
+        (``precision="fp32"``), so older configs keep their dict and hash."""
         out: dict[str, str | int | float | bool] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name in _OMITTED_AT_DEFAULT and value == _OMITTED_AT_DEFAULT[f.name]:
+                continue
             out[f.name] = ",".join(str(w) for w in value) if f.name == "hidden_sizes" else value
         return out
 
@@ -205,6 +228,12 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    def architecture(self) -> ModelConfig:
+        """This config with the per-trial fields of an ensemble (``lr``, ``weight_decay``,
+        ``seed``) at their defaults: configs with equal architectures train together
+        in :func:`models.training.train_ensemble`."""
+        return self.replace(lr=1e-3, weight_decay=1e-4, seed=0)
 
     # -- derived -------------------------------------------------------------
     @property

@@ -137,6 +137,10 @@ class GRUCore(nn.Module):
     crypto windows are short and noisy, depth buys variance, not signal.
     """
 
+    #: ``forward`` through :meth:`unrolled` instead of ``nn.GRU``'s fused kernel (set on the
+    #: template of a vmapped ensemble: ``aten::gru`` has no batching rule)
+    unrolled: bool = False
+
     def __init__(self, n_features: int, hidden_sizes: tuple[int, ...], dropout: float) -> None:
         super().__init__()
         self.gru = nn.GRU(n_features, hidden_sizes[0], batch_first=True)
@@ -145,9 +149,31 @@ class GRUCore(nn.Module):
         )
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        _, last = self.gru(z)
-        hidden = self.head(last[-1])
+        if self.unrolled:
+            last = self.unrolled_state(z)
+        else:
+            _, state = self.gru(z)
+            last = state[-1]
+        hidden = self.head(last)
         return self.class_head(hidden), self.return_head(hidden).squeeze(-1)
+
+    def unrolled_state(self, z: Tensor) -> Tensor:
+        """The GRU's last state from its equations (:meth:`forward_rows`) with gemm maps: equal to
+        ``nn.GRU`` up to float rounding, and made of ops ``torch.func.vmap`` can batch."""
+        g = self.gru
+        w_ih, w_hh = cast(Tensor, g.weight_ih_l0), cast(Tensor, g.weight_hh_l0)
+        b_ih, b_hh = cast(Tensor, g.bias_ih_l0), cast(Tensor, g.bias_hh_l0)
+        h = z.new_zeros((z.shape[0], g.hidden_size))
+        # unbind / chunk rather than slices: their backward is one stack / cat, where each slice's
+        # backward writes a zero tensor of the whole input
+        for x_t in nn.functional.linear(z, w_ih, b_ih).unbind(1):  # [B, 3H] per step
+            x_r, x_u, x_n = x_t.chunk(3, dim=-1)
+            h_r, h_u, h_n = nn.functional.linear(h, w_hh, b_hh).chunk(3, dim=-1)
+            r = torch.sigmoid(x_r + h_r)
+            u = torch.sigmoid(x_u + h_u)
+            n = torch.tanh(x_n + r * h_n)
+            h = (1 - u) * n + u * h
+        return h
 
     def forward_rows(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """The GRU's own equations (torch's gate order r, z, n) over its own parameters, each linear map

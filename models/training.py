@@ -32,15 +32,20 @@ global settings and RNG state are restored afterwards. On CPU two runs with the 
 config and data give bit-identical weights and metrics.
 
 Device: ``config.resolve_device()`` (CUDA when ``auto`` and available), or the
-device of the DDP process (:mod:`gpu_workers.ddp`).
+device of the DDP process (:mod:`gpu_workers.ddp`). The rows go to the device
+once per fit; steps gather theirs there by index. ``precision="bf16"`` runs the
+forward under autocast (metrics within :data:`BF16_TOLERANCE` of fp32, not bit
+for bit); :func:`train_ensemble` trains several trials of one architecture in
+one vmapped loop. Design: docs/models.md#several-trials-at-once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +54,7 @@ import numpy.typing as npt
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.func import functional_call, grad, stack_module_state, vmap
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
@@ -58,10 +64,12 @@ from models.config import ModelConfig
 from models.dataset import IntArray, Split, SplitError, WindowDataset, fit_standardizer, return_scale
 from models.inference import predict_windows
 from models.metrics import evaluate_predictions
-from models.nets import ForecastModel, build_model
+from models.nets import ForecastModel, GRUCore, build_model
 from runtime.errors import BadInput
 
 __all__ = [
+    "BF16_TOLERANCE",
+    "ENSEMBLE_WEIGHT_TOLERANCE",
     "DistContext",
     "EpochShard",
     "EpochStats",
@@ -70,7 +78,9 @@ __all__ = [
     "TrainingDiverged",
     "epoch_shard",
     "evaluate_model",
+    "precision_gaps",
     "train",
+    "train_ensemble",
 ]
 
 StepObserver = Callable[[int, int, IntArray], None]
@@ -81,6 +91,38 @@ loss for that step (indices into the dataset, not into ``split.train``)."""
 
 class TrainingDiverged(BadInput, RuntimeError):
     """The loss became NaN/inf. Not retriable as is: lower the learning rate."""
+
+
+#: bf16 vs fp32 training of one config: metric -> (``"rel"`` or ``"abs"``, bound). The losses
+#: relative, the rates absolute; the strategy metrics (pnl, Sharpe) are left out: a score near
+#: ``signal_threshold`` flips a position on float rounding alone. docs/determinism.md.
+BF16_TOLERANCE: dict[str, tuple[str, float]] = {
+    "best_val_loss": ("rel", 0.01),
+    "val_log_loss": ("rel", 0.01),
+    "val_accuracy": ("abs", 0.03),
+    "val_balanced_accuracy": ("abs", 0.03),
+    "val_ic": ("abs", 0.03),
+}
+#: a vmapped ensemble member vs the same trial trained alone: largest |difference| of any weight
+#: over that tensor's largest |weight| (docs/determinism.md)
+ENSEMBLE_WEIGHT_TOLERANCE = 1e-4
+
+
+def precision_gaps(reference: dict[str, float], other: dict[str, float]) -> dict[str, dict[str, float | bool]]:
+    """Per :data:`BF16_TOLERANCE` metric: the gap of ``other`` from ``reference``, its bound and
+    whether it is within (a metric present in only one of them is outside, gap NaN)."""
+    out: dict[str, dict[str, float | bool]] = {}
+    for name, (kind, bound) in BF16_TOLERANCE.items():
+        if name not in reference and name not in other:
+            continue
+        if name not in reference or name not in other:
+            out[name] = {"gap": math.nan, "bound": bound, "within": False}
+            continue
+        gap = abs(other[name] - reference[name])
+        if kind == "rel":
+            gap /= abs(reference[name])
+        out[name] = {"gap": gap, "bound": bound, "within": gap <= bound}
+    return out
 
 
 #: with world_size > 1, rank r's dropout stream is seeded with ``seed + DROPOUT_STREAM_STRIDE * (r + 1)``
@@ -235,15 +277,41 @@ def _determinism(num_threads: int, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[3]
 
 
-def _row_losses(model: nn.Module, x: Tensor, y_class: Tensor, y_return: Tensor, scale: float, weight: float) -> Tensor:
-    """Per-row loss; its mean is the loss in the module docstring."""
-    logits, expected = model(x)
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast for ``precision="bf16"``; nothing at all for fp32 (its path stays bit for bit)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _row_losses(
+    model: nn.Module,
+    x: Tensor,
+    y_class: Tensor,
+    y_return: Tensor,
+    scale: float,
+    weight: float,
+    precision: str = "fp32",
+) -> Tensor:
+    """Per-row loss; its mean is the loss in the module docstring. Under bf16 the forward runs
+    in autocast and the loss in float32."""
+    with _autocast(x.device, precision):
+        logits, expected = model(x)
+    if precision != "fp32":
+        logits, expected = logits.float(), expected.float()
     ce = nn.functional.cross_entropy(logits, y_class, reduction="none")
     return ce + weight * torch.square((expected - y_return) / scale)
 
 
 def _validation_loss(
-    model: ForecastModel, x: Tensor, y_class: Tensor, y_return: Tensor, scale: float, weight: float, batch: int
+    model: ForecastModel,
+    x: Tensor,
+    y_class: Tensor,
+    y_return: Tensor,
+    scale: float,
+    weight: float,
+    batch: int,
+    precision: str = "fp32",
 ) -> float:
     """Row-weighted mean loss over the validation set (eval mode, no grad)."""
     model.eval()
@@ -251,7 +319,7 @@ def _validation_loss(
     with torch.no_grad():
         for start in range(0, len(x), batch):
             sl = slice(start, start + batch)
-            total += float(_row_losses(model, x[sl], y_class[sl], y_return[sl], scale, weight).sum())
+            total += float(_row_losses(model, x[sl], y_class[sl], y_return[sl], scale, weight, precision).sum())
     return total / len(x)
 
 
@@ -275,6 +343,9 @@ def _fit_gradient(
 ) -> tuple[tuple[EpochStats, ...], int]:
     scale = float(model.return_scale)
     weight = config.return_loss_weight
+    precision = config.precision
+    # Device-resident data: every training and validation row goes to the device once per fit;
+    # each step gathers its rows by index there (no DataLoader, no host copy per batch).
     x_tr, yc_tr, yr_tr = _tensors(dataset, split.train, torch.float32, device)
     x_va, yc_va, yr_va = _tensors(dataset, split.validation, torch.float32, device)
     distributed = ctx is not None and (ctx.world_size > 1 or ctx.wrap)
@@ -298,7 +369,7 @@ def _fit_gradient(
         for step, step_rows in enumerate(shard.step_rows):
             sl = slice(step * config.batch_size, (step + 1) * config.batch_size)
             idx = order[sl]
-            losses = _row_losses(net, x_tr[idx], yc_tr[idx], yr_tr[idx], scale, weight) * row_weight[sl]
+            losses = _row_losses(net, x_tr[idx], yc_tr[idx], yr_tr[idx], scale, weight, precision) * row_weight[sl]
             # DDP divides the summed gradients by world_size: the step's gradient is the mean over its step_rows rows.
             loss = losses.sum() * (world_size / step_rows)
             optimizer.zero_grad(set_to_none=True)
@@ -307,7 +378,7 @@ def _fit_gradient(
             total += losses.detach().sum().to(torch.float64)  # no host sync per step
             if on_step is not None:
                 on_step(epoch + 1, step, split.train[shard.positions[sl][shard.real[sl]]])
-        val_loss = _validation_loss(model, x_va, yc_va, yr_va, scale, weight, max(config.batch_size, 1024))
+        val_loss = _validation_loss(model, x_va, yc_va, yr_va, scale, weight, _val_batch(config), precision)
         sums = torch.stack([total, torch.tensor(val_loss, dtype=torch.float64, device=device)])
         if world_size > 1:
             # Training loss over all shards; the validation loss is the same on every rank (same weights, all
@@ -327,6 +398,10 @@ def _fit_gradient(
                 break
     model.load_state_dict(best_state)
     return tuple(history), best_epoch
+
+
+def _val_batch(config: ModelConfig) -> int:
+    return max(config.batch_size, 1024)
 
 
 def _fit_baseline(config: ModelConfig, model: ForecastModel, dataset: WindowDataset, split: Split) -> None:
@@ -359,18 +434,7 @@ def evaluate_model(
     )
 
 
-def train(
-    config: ModelConfig,
-    dataset: WindowDataset,
-    split: Split,
-    *,
-    ctx: DistContext | None = None,
-    on_step: StepObserver | None = None,
-) -> TrainResult:
-    """Fit ``config.family`` on ``split.train``, select on ``split.validation``,
-    and score validation (and test) from predictions. ``ctx``: this process's
-    place in a DDP job (None: a single process); ``on_step``: told which rows
-    each optimiser step trains on (gradient families only; for audits)."""
+def _check_inputs(config: ModelConfig, dataset: WindowDataset, split: Split) -> None:
     if dataset.window != config.window or dataset.horizon_bars != config.horizon_bars:
         raise ValueError(
             f"dataset built with window {dataset.window} / horizon {dataset.horizon_bars}, "
@@ -380,28 +444,31 @@ def train(
         raise ValueError(f"dataset flat_band {dataset.flat_band} != config flat_band {config.flat_band}")
     if len(split.train) == 0 or len(split.validation) == 0:
         raise SplitError(f"split {split.name}: empty train or validation rows")
-    device = ctx.device if ctx is not None else config.resolve_device()
-    with _determinism(config.num_threads, device):
-        torch.manual_seed(config.seed)
-        model = build_model(config, dataset.n_features)
-        mean, std = fit_standardizer(dataset, split.train)
-        model.set_normalization(torch.from_numpy(mean), torch.from_numpy(std), return_scale(dataset, split.train))
-        if ctx is not None and ctx.world_size > 1:
-            # the weights are built (the same on every rank); dropout draws from a stream of the rank's
-            # own, so rows at one batch position on two ranks do not share a mask
-            torch.manual_seed(config.seed + DROPOUT_STREAM_STRIDE * (ctx.rank + 1))
-        history: tuple[EpochStats, ...] = ()
-        best_epoch = 0
-        if config.family == "linear_baseline":
-            _fit_baseline(config, model, dataset, split)
-        else:
-            model.to(device)
-            history, best_epoch = _fit_gradient(config, model, dataset, split, device, ctx, on_step)
-            model.to("cpu")
-        model.eval()
-        metrics = evaluate_model(model, config, dataset, split.validation, "val")
-        if len(split.test):
-            metrics.update(evaluate_model(model, config, dataset, split.test, "test"))
+
+
+def _seeded_model(config: ModelConfig, dataset: WindowDataset, split: Split) -> ForecastModel:
+    """``config``'s initial weights (from its seed) with the train-set normalisation installed."""
+    torch.manual_seed(config.seed)
+    model = build_model(config, dataset.n_features)
+    mean, std = fit_standardizer(dataset, split.train)
+    model.set_normalization(torch.from_numpy(mean), torch.from_numpy(std), return_scale(dataset, split.train))
+    return model
+
+
+def _scored(
+    config: ModelConfig,
+    model: ForecastModel,
+    dataset: WindowDataset,
+    split: Split,
+    history: tuple[EpochStats, ...],
+    best_epoch: int,
+    device: torch.device,
+) -> TrainResult:
+    """The trained (CPU, eval-mode) model scored on validation (and test) rows."""
+    model.eval()
+    metrics = evaluate_model(model, config, dataset, split.validation, "val")
+    if len(split.test):
+        metrics.update(evaluate_model(model, config, dataset, split.test, "test"))
     metrics["train_rows"] = float(len(split.train))
     metrics["epochs_run"] = float(len(history))
     metrics["best_epoch"] = float(best_epoch)
@@ -421,3 +488,215 @@ def train(
         data_start=int(timestamps.min()),
         data_end=int(timestamps.max()) + dataset.horizon_ns,
     )
+
+
+def train(
+    config: ModelConfig,
+    dataset: WindowDataset,
+    split: Split,
+    *,
+    ctx: DistContext | None = None,
+    on_step: StepObserver | None = None,
+) -> TrainResult:
+    """Fit ``config.family`` on ``split.train``, select on ``split.validation``,
+    and score validation (and test) from predictions. ``ctx``: this process's
+    place in a DDP job (None: a single process); ``on_step``: told which rows
+    each optimiser step trains on (gradient families only; for audits)."""
+    _check_inputs(config, dataset, split)
+    device = ctx.device if ctx is not None else config.resolve_device()
+    with _determinism(config.num_threads, device):
+        model = _seeded_model(config, dataset, split)
+        if ctx is not None and ctx.world_size > 1:
+            # the weights are built (the same on every rank); dropout draws from a stream of the rank's
+            # own, so rows at one batch position on two ranks do not share a mask
+            torch.manual_seed(config.seed + DROPOUT_STREAM_STRIDE * (ctx.rank + 1))
+        history: tuple[EpochStats, ...] = ()
+        best_epoch = 0
+        if config.family == "linear_baseline":
+            _fit_baseline(config, model, dataset, split)
+        else:
+            model.to(device)
+            history, best_epoch = _fit_gradient(config, model, dataset, split, device, ctx, on_step)
+            model.to("cpu")
+        return _scored(config, model, dataset, split, history, best_epoch, device)
+
+
+# ---------------------------------------------------------------------------
+# Ensembles: K trials of one architecture in one vmapped training loop
+# ---------------------------------------------------------------------------
+
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+
+
+class _StackedAdamW:
+    """``torch.optim.AdamW``'s single-tensor update (default betas and eps, no amsgrad) on stacked
+    ``[K, ...]`` parameters, member k with its own ``lr`` and ``weight_decay``, in AdamW's order of
+    operations. Its per-member factors are float32 tensors on the device (made once, so a step
+    copies nothing from the host), where AdamW multiplies by Python floats."""
+
+    def __init__(self, params: dict[str, Tensor], lrs: list[float], decays: list[float]) -> None:
+        like = next(iter(params.values()))
+        self.params = params
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.lr = torch.tensor(lrs, dtype=torch.float64, device=like.device)
+        shrink = [1 - lr * wd for lr, wd in zip(lrs, decays, strict=True)]
+        self.shrink = torch.tensor(shrink, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
+        self.steps = 0
+
+    @staticmethod
+    def _shaped(v: Tensor, like: Tensor) -> Tensor:
+        return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+    def step(self, grads: dict[str, Tensor]) -> None:
+        self.steps += 1
+        beta1, beta2 = _ADAM_BETAS
+        bias2_sqrt = (1 - beta2**self.steps) ** 0.5
+        neg_step = (-self.lr / (1 - beta1**self.steps)).to(self.shrink.dtype)
+        with torch.no_grad():
+            for name, p in self.params.items():
+                g = grads[name]
+                m, v = self.exp_avg[name], self.exp_avg_sq[name]
+                p.mul_(self._shaped(self.shrink, p))
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v.sqrt() / bias2_sqrt).add_(_ADAM_EPS)
+                p.add_(m / denom * self._shaped(neg_step, p))
+
+
+def train_ensemble(configs: Sequence[ModelConfig], dataset: WindowDataset, split: Split) -> tuple[TrainResult, ...]:
+    """Train ``len(configs)`` trials of one architecture at once: their weights stacked
+    (``torch.func.stack_module_state``) and every step one vmapped forward/backward
+    (``vmap(grad(functional_call))``) plus one stacked AdamW update, on the device of the
+    first config. Per trial: ``lr``, ``weight_decay`` and ``seed`` (initial weights and
+    shuffling); everything else (:meth:`ModelConfig.architecture`) must be equal.
+
+    Each member follows :func:`train` step for step: the same initial weights, the same
+    rows per step, the same loss, AdamW's update, its own early stopping (a stopped member
+    keeps its best state and its history ends where alone it would). Not bit-identical:
+    vmap turns each gemm into a batched matmul whose sums round differently, so a member's
+    weights equal its solo training within a tolerance (tested: 1e-4 relative on the
+    weights, docs/determinism.md). The GRU runs its equations unrolled here
+    (:meth:`models.nets.GRUCore.unrolled_state`), not ``nn.GRU``'s fused kernel: rounding
+    again. With ``dropout > 0`` the masks come from one stream for
+    all members (vmap ``randomness="different"``), so members agree with solo training in
+    distribution only. Results come back in the order of ``configs``.
+    """
+    if not configs:
+        raise ValueError("an ensemble needs at least one config")
+    first = configs[0]
+    for cfg in configs[1:]:
+        if cfg.architecture() != first.architecture():
+            raise ValueError("ensemble members must share everything but lr, weight_decay and seed")
+    if first.family == "linear_baseline":
+        raise ValueError("linear_baseline has no gradient training to ensemble")
+    _check_inputs(first, dataset, split)
+    device = first.resolve_device()
+    with _determinism(first.num_threads, device):
+        models = [_seeded_model(cfg, dataset, split) for cfg in configs]
+        torch.manual_seed(first.seed)  # dropout's stream
+        histories, best_epochs, best_states = _fit_ensemble(list(configs), models, dataset, split, device)
+        results = []
+        for cfg, model, history, best_epoch, state in zip(
+            configs, models, histories, best_epochs, best_states, strict=True
+        ):
+            model.to("cpu")
+            model.load_state_dict(state)
+            results.append(_scored(cfg, model, dataset, split, history, best_epoch, device))
+    return tuple(results)
+
+
+def _fit_ensemble(
+    configs: list[ModelConfig],
+    models: list[ForecastModel],
+    dataset: WindowDataset,
+    split: Split,
+    device: torch.device,
+) -> tuple[list[tuple[EpochStats, ...]], list[int], list[dict[str, Tensor]]]:
+    cfg = configs[0]
+    k_members = len(configs)
+    scale = float(models[0].return_scale)
+    weight = cfg.return_loss_weight
+    precision = cfg.precision
+    params, buffers = stack_module_state([m.to(device) for m in models])
+    params = {name: p.detach().clone() for name, p in params.items()}
+    base = copy.deepcopy(models[0]).to("meta")
+    if isinstance(base.core, GRUCore):
+        base.core.unrolled = True  # aten::gru has no vmap batching rule
+    x_tr, yc_tr, yr_tr = _tensors(dataset, split.train, torch.float32, device)
+    x_va, yc_va, yr_va = _tensors(dataset, split.validation, torch.float32, device)
+    n_train, n_val = len(split.train), len(split.validation)
+
+    def member_loss(
+        p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, yc: Tensor, yr: Tensor, inv_rows: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        with _autocast(device, precision):
+            logits, expected = functional_call(base, (p, b), (x,))
+        if precision != "fp32":
+            logits, expected = logits.float(), expected.float()
+        losses = nn.functional.cross_entropy(logits, yc, reduction="none") + weight * torch.square(
+            (expected - yr) / scale
+        )
+        return losses.sum() * inv_rows, losses.detach().sum()
+
+    def member_val(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, yc: Tensor, yr: Tensor) -> Tensor:
+        with _autocast(device, precision):
+            logits, expected = functional_call(base, (p, b), (x,))
+        if precision != "fp32":
+            logits, expected = logits.float(), expected.float()
+        ce = nn.functional.cross_entropy(logits, yc, reduction="none")
+        return (ce + weight * torch.square((expected - yr) / scale)).sum()
+
+    grad_step = vmap(grad(member_loss, has_aux=True), in_dims=(0, 0, 0, 0, 0, None), randomness="different")
+    val_step = vmap(member_val, in_dims=(0, 0, None, None, None), randomness="different")
+    lrs = [c.lr for c in configs]
+    optimizer = _StackedAdamW(params, lrs, [c.weight_decay for c in configs])
+    inv_rows: dict[int, Tensor] = {}
+    histories: list[list[EpochStats]] = [[] for _ in configs]
+    best_loss = [math.inf] * k_members
+    best_epoch = [0] * k_members
+    best_states: list[dict[str, Tensor]] = [{} for _ in configs]
+    stale = [0] * k_members
+    running = [True] * k_members
+    for epoch in range(cfg.max_epochs):
+        shards = [epoch_shard(n_train, cfg.batch_size, c.seed, epoch, 0, 1) for c in configs]
+        order = torch.from_numpy(np.stack([s.positions for s in shards])).to(device)  # [K, n_train]
+        base.train()
+        total = torch.zeros(k_members, dtype=torch.float64, device=device)
+        for step, step_rows in enumerate(shards[0].step_rows):
+            idx = order[:, step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            if step_rows not in inv_rows:
+                inv_rows[step_rows] = torch.tensor(1.0 / step_rows, dtype=torch.float32, device=device)
+            grads, sums = grad_step(params, buffers, x_tr[idx], yc_tr[idx], yr_tr[idx], inv_rows[step_rows])
+            optimizer.step(grads)
+            total += sums.to(torch.float64)
+        base.eval()
+        val_total = torch.zeros(k_members, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            batch = _val_batch(cfg)
+            for start in range(0, n_val, batch):
+                sl = slice(start, start + batch)
+                val_total += val_step(params, buffers, x_va[sl], yc_va[sl], yr_va[sl]).to(torch.float64)
+        train_losses = (total / n_train).tolist()
+        val_losses = (val_total / n_val).tolist()
+        for k in range(k_members):
+            if not running[k]:
+                continue
+            if not (math.isfinite(train_losses[k]) and math.isfinite(val_losses[k])):
+                raise TrainingDiverged(
+                    f"ensemble member {k} (lr {lrs[k]}), epoch {epoch + 1}: "
+                    f"train loss {train_losses[k]}, validation loss {val_losses[k]}"
+                )
+            histories[k].append(EpochStats(epoch=epoch + 1, train_loss=train_losses[k], val_loss=val_losses[k]))
+            if val_losses[k] < best_loss[k]:
+                best_loss[k], best_epoch[k], stale[k] = val_losses[k], epoch + 1, 0
+                state = {n: p[k].detach().to("cpu", copy=True) for n, p in params.items()}
+                state.update({n: b[k].detach().to("cpu", copy=True) for n, b in buffers.items()})
+                best_states[k] = state
+            else:
+                stale[k] += 1
+                running[k] = stale[k] < cfg.patience
+        if not any(running):
+            break
+    return [tuple(h) for h in histories], best_epoch, best_states

@@ -7,10 +7,12 @@ On a machine with CUDA, in one run: the model and training unit tests with the d
 checkpoint's sha256 against in-process training on the same device); inference through
 :func:`models.inference.predict_windows` on CUDA vs one CPU core (rows/s at batch 512 and 4,096,
 latency p50/p99 at batch 1, the largest |difference| of the outputs against the contract's tolerance);
-training rows/s on CUDA vs this machine's CPU (all cores). Every figure is compared with its target
-from issue #13 and the summary says met / not met. Without CUDA it runs the CPU half (so it is checked
-on any machine first) and every GPU target reads "not met: no CUDA device"; exit 0 either way unless a
-section itself failed (exit 1).
+training rows/s on CUDA vs this machine's CPU (all cores); a walk-forward training run of the
+production sizes (BTC/ETH/SOL-shaped 1h data, several windows, MLP and GRU) fp32 vs bf16 vs K trials
+vmapped at once, CUDA vs CPU fp32 side by side, bf16 metrics against their tolerance. Every figure
+is compared with its target from issue #13 and the summary says met / not met. Without CUDA it runs
+the CPU half (so it is checked on any machine first) and every GPU target reads "not met: no CUDA
+device"; exit 0 either way unless a section itself failed (exit 1).
 
 Method: docs/benchmarks.md#gpu-check
 """
@@ -228,6 +230,115 @@ def _training(rows: int) -> dict[str, Any]:
     return out
 
 
+def _symbol_dataset(symbol: str, rows: int, seed: int) -> Any:
+    """A synthetic hourly dataset of the production shape (``WINDOW`` x ``FEATURES``) for one symbol:
+    timing needs the shape, not the signal (nothing leaves the machine for data)."""
+    from models.dataset import WindowDataset, label_classes
+    from topics.records import Timeframe
+
+    rng = np.random.default_rng(seed)
+    total = rows + WINDOW - 1
+    y_return = rng.standard_normal(rows) * 0.01
+    features = rng.standard_normal((total, FEATURES))
+    features[WINDOW - 1 :, 0] += 30 * y_return  # a little signal, so early stopping and metrics mean something
+    return WindowDataset(
+        features=features,
+        open_times=1_600_000_000_000_000_000 + np.arange(total, dtype=np.int64) * Timeframe.H1.nanos,
+        end_index=np.arange(WINDOW - 1, total, dtype=np.int64),
+        y_class=label_classes(y_return, 0.002),
+        y_return=y_return,
+        feature_names=tuple(f"f{i}" for i in range(FEATURES)),
+        feature_set_version="gpu-check",
+        symbol=symbol,
+        timeframe=Timeframe.H1,
+        window=WINDOW,
+        horizon_bars=1,
+        flat_band=0.002,
+    )
+
+
+def _walk_forward_run(
+    configs: list[Any], data: list[Any], n_windows: int, ensemble: bool
+) -> tuple[float, float, list[dict[str, float]]]:
+    """(seconds, trained row-epochs, metrics of the first config per window) of every symbol's windows."""
+    from backtest.walkforward import window_splits
+    from models.training import train, train_ensemble
+
+    row_epochs = 0.0
+    metrics: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for ds in data:
+        for split in window_splits(ds, n_windows):
+            results = train_ensemble(configs, ds, split) if ensemble else [train(configs[0], ds, split)]
+            row_epochs += sum(len(split.train) * len(r.history) for r in results)
+            metrics.append(results[0].metrics)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, row_epochs, metrics
+
+
+def _walk_forward_training(quick: bool) -> dict[str, Any]:
+    """Walk-forward training of the production model sizes, fp32 vs bf16 vs K trials at once,
+    CPU (all cores) and CUDA side by side."""
+    from models.config import ModelConfig
+    from models.training import precision_gaps
+
+    rows, n_windows, epochs, trials = (1_200, 2, 2, 3) if quick else (26_280, 4, 3, 8)
+    symbols = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+    data = [_symbol_dataset(sym, rows, seed) for seed, sym in enumerate(symbols)]
+    cores = os.cpu_count() or 1
+    out: dict[str, Any] = {
+        "symbols": list(symbols),
+        "rows_per_symbol": rows,
+        "windows": n_windows,
+        "epochs": epochs,
+        "ensemble_trials": trials,
+        "note": "rows/s = trained rows x epochs (x trials) / wall seconds of every symbol's windows, "
+        "validation and scoring included",
+    }
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    for family in ("mlp", "gru"):
+        fam: dict[str, Any] = {}
+        for device in devices:
+            base = ModelConfig(
+                family=family,
+                window=WINDOW,
+                hidden_sizes=HIDDEN,
+                dropout=0.0,
+                batch_size=256 if device == "cpu" else 4_096,
+                max_epochs=epochs,
+                patience=epochs + 1,
+                device=device,
+                num_threads=cores,
+            )
+            tuning = [base.replace(lr=base.lr * (1.0 + 0.25 * k), seed=k) for k in range(trials)]
+            # CPU: the fp32 baseline of the comparison; the other modes only in --quick (the code paths)
+            modes = ("fp32", "bf16", "ensemble") if device == "cuda" or quick else ("fp32",)
+            _walk_forward_run([base], data[:1], 1, ensemble=False)  # warm-up: allocator, kernels, CUDA context
+            per: dict[str, Any] = {"batch_size": base.batch_size}
+            metrics: dict[str, list[dict[str, float]]] = {}
+            for mode in modes:
+                cfgs = [base.replace(precision="bf16")] if mode == "bf16" else tuning if mode == "ensemble" else [base]
+                seconds, row_epochs, metrics[mode] = _walk_forward_run(cfgs, data, n_windows, mode == "ensemble")
+                per[mode] = {"seconds": round(seconds, 2), "rows_per_s": row_epochs / seconds}
+            if "bf16" in metrics:
+                gaps = [precision_gaps(a, b) for a, b in zip(metrics["fp32"], metrics["bf16"], strict=True)]
+                per["bf16_within_tolerance"] = all(g["within"] for w in gaps for g in w.values())
+                per["bf16_worst_gap"] = {
+                    name: max(float(w[name]["gap"]) for w in gaps if name in w) for name in gaps[0]
+                }
+            fam[device] = per
+        if "cuda" in fam:
+            cpu_rate = fam["cpu"]["fp32"]["rows_per_s"]
+            single = max(fam["cuda"][m]["rows_per_s"] for m in ("fp32", "bf16"))
+            fam["speedup_single_trial_cuda_vs_cpu_fp32"] = single / cpu_rate
+            fam["speedup_tuning_cuda_ensemble_vs_cpu_fp32"] = fam["cuda"]["ensemble"]["rows_per_s"] / cpu_rate
+        else:
+            fam["cuda"] = "not measured: no CUDA device"
+        out[family] = fam
+    return out
+
+
 def _targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     cuda = bool(report["environment"]["cuda"])
     rows: list[dict[str, Any]] = []
@@ -264,6 +375,27 @@ def _targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             f">= {TRAINING_SPEEDUP:g}x",
             lambda v: v >= TRAINING_SPEEDUP,
         )
+        wf = report.get("walk_forward_training", {}).get(fam, {})
+        target(
+            f"walk-forward training {fam}: one trial, CUDA fp32/bf16 vs CPU fp32 (all cores)",
+            wf.get("speedup_single_trial_cuda_vs_cpu_fp32"),
+            f">= {TRAINING_SPEEDUP:g}x",
+            lambda v: v >= TRAINING_SPEEDUP,
+        )
+        target(
+            f"walk-forward training {fam}: tuning, CUDA K-trial ensemble vs CPU fp32 trial by trial",
+            wf.get("speedup_tuning_cuda_ensemble_vs_cpu_fp32"),
+            f">= {TRAINING_SPEEDUP:g}x",
+            lambda v: v >= TRAINING_SPEEDUP,
+        )
+        cuda_wf = wf.get("cuda")
+        within = cuda_wf.get("bf16_within_tolerance") if isinstance(cuda_wf, dict) else None
+        target(
+            f"walk-forward training {fam}: CUDA bf16 metrics vs fp32",
+            None if within is None else float(within),
+            "within models.training.BF16_TOLERANCE (1 = yes)",
+            lambda v: v == 1.0,
+        )
     return rows
 
 
@@ -281,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     _section("torchrun", lambda: _torchrun(120.0), report)
     _section("inference", lambda: _inference(seconds), report)
     _section("training", lambda: _training(4_000 if a.quick else 20_000), report)
+    _section("walk_forward_training", lambda: _walk_forward_training(a.quick), report)
     report["targets"] = _targets(report)
     for t in report["targets"]:
         shown = "-" if t["value"] is None else f"{t['value']:.4g}"

@@ -155,3 +155,38 @@ def test_study_id_is_deterministic_and_config_sensitive(prices: PriceSeries) -> 
     assert other.study_id != a.study_id
     assert StudySpec.derive("grid", cfg, fp, study_id="mine").study_id == "mine"
     assert _trial(0, 1.0, True).key == _trial(5, 2.0, True).key  # identity is the params only
+
+
+# ---------------------------------------------------------------------------
+# Model trials: grouped by architecture, trained as vmapped ensembles
+# ---------------------------------------------------------------------------
+
+
+def test_model_trials_then_grouped_by_architecture_and_returned_in_trial_order() -> None:
+    import torch
+
+    from backtest.tuning import train_trials
+    from models.dataset import walk_forward_splits
+    from models.training import ENSEMBLE_WEIGHT_TOLERANCE, train
+    from tests.unit.test_training import SMALL, H, real_dataset
+
+    base = SMALL.replace(max_epochs=2, patience=2, dropout=0.0)
+    ds = real_dataset(base, n_bars=2_000)
+    split = walk_forward_splits(ds.timestamps, 3, purge=ds.horizon_ns, embargo=24 * H)[1]
+    trials = [
+        base.replace(lr=1e-3, seed=1),
+        base.replace(hidden_sizes=(16,), seed=2),  # another architecture, alone in its group
+        base.replace(lr=2e-3, seed=3),
+        base.replace(family="linear_baseline"),
+        base.replace(lr=4e-3, seed=4),
+    ]
+    results = train_trials(trials, ds, split, max_members=2)  # the mlp group of 3 runs as 2 + 1
+    assert [r.config for r in results] == trials
+    first = train(trials[0], ds, split).model.state_dict()["core.class_head.weight"]
+    assert not torch.equal(results[0].model.state_dict()["core.class_head.weight"], first)  # the vmapped path ran
+    for trial, result in zip(trials, results, strict=True):
+        alone = train(trial, ds, split)
+        for (name, a), (_, b) in zip(alone.model.state_dict().items(), result.model.state_dict().items(), strict=True):
+            assert float((a - b).abs().max() / a.abs().max().clamp_min(1e-30)) < ENSEMBLE_WEIGHT_TOLERANCE, name
+    with pytest.raises(ValueError, match="max_members"):
+        train_trials(trials, ds, split, max_members=0)

@@ -135,7 +135,20 @@ def test_existing_configs_after_tcn_added_then_same_bytes_and_hash(fields: dict[
     canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
     assert hashlib.sha256(canonical.encode()).hexdigest() == expected
     assert config.config_hash() == expected
-    assert list(config.to_dict()) == [f.name for f in dataclasses.fields(ModelConfig)]  # no new field
+    # no new field in the dict (precision is left out at its default fp32: see the config's changelog)
+    assert list(config.to_dict()) == [f.name for f in dataclasses.fields(ModelConfig) if f.name != "precision"]
+
+
+def test_precision_bf16_then_in_dict_round_trips_and_hashes_apart_from_fp32() -> None:
+    fp32 = ModelConfig(device="cpu")
+    bf16 = fp32.replace(precision="bf16")
+    assert "precision" not in fp32.to_dict() and bf16.to_dict()["precision"] == "bf16"
+    assert ModelConfig.from_dict(bf16.to_dict()) == bf16
+    assert ModelConfig.from_dict({**fp32.to_dict(), "precision": "fp32"}).config_hash() == fp32.config_hash()
+    assert bf16.config_hash() != fp32.config_hash()
+    with pytest.raises(InvalidConfig) as err:
+        fp32.replace(precision="fp16")
+    assert err.value.field == "precision"
 
 
 def test_tcn_train_job_then_config_round_trips_and_hashes_apart_from_mlp() -> None:

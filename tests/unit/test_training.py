@@ -40,6 +40,7 @@ from models.dataset import (
     CLASS_FLAT,
     CLASS_UP,
     DatasetError,
+    Split,
     SplitError,
     WindowDataset,
     build_dataset,
@@ -50,7 +51,15 @@ from models.dataset import (
 )
 from models.inference import predict_windows
 from models.metrics import evaluate_predictions
-from models.training import TrainResult, epoch_shard, train
+from models.training import (
+    BF16_TOLERANCE,
+    ENSEMBLE_WEIGHT_TOLERANCE,
+    TrainResult,
+    epoch_shard,
+    precision_gaps,
+    train,
+    train_ensemble,
+)
 from tests import builders
 from topics.records import Bar, FeatureVector, Timeframe
 
@@ -648,3 +657,86 @@ def test_cli_train_ddp_bad_request_then_exit_2_before_any_rank_starts(tmp_path: 
     assert "bad request" in proc.stderr and "lr" in proc.stderr
     assert "torch.distributed" not in proc.stderr  # refused before torchrun started
     assert not (tmp_path / "m.ckpt").exists()
+
+
+# ---------------------------------------------------------------------------
+# bf16 autocast and vmapped ensembles (CPU here; the same code on CUDA)
+# ---------------------------------------------------------------------------
+
+ACCEL = SMALL.replace(max_epochs=4, patience=2, dropout=0.0)
+ACCEL_FAMILIES = {"mlp": (32, 16), "gru": (16, 8)}
+
+
+@functools.lru_cache(maxsize=2)
+def _accel_data(family: str) -> tuple[ModelConfig, WindowDataset, Split]:
+    config = ACCEL.replace(family=family, hidden_sizes=ACCEL_FAMILIES[family])
+    ds = real_dataset(config, n_bars=2_000)
+    return config, ds, walk_forward_splits(ds.timestamps, 3, purge=ds.horizon_ns, embargo=24 * H)[1]
+
+
+def _max_relative_gap(a: TrainResult, b: TrainResult) -> float:
+    """Largest |difference| of a weight over the largest |weight| of its tensor, over all tensors."""
+    worst = 0.0
+    for (name, x), (other, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert name == other
+        worst = max(worst, float((x - y).abs().max() / x.abs().max().clamp_min(1e-30)))
+    return worst
+
+
+@pytest.mark.parametrize("family", sorted(ACCEL_FAMILIES))
+def test_bf16_on_cpu_then_trained_in_autocast_and_metrics_within_stated_tolerance(family: str) -> None:
+    config, ds, split = _accel_data(family)
+    fp32 = train(config, ds, split)
+    bf16 = train(config.replace(precision="bf16"), ds, split)
+    assert _max_relative_gap(fp32, bf16) > 1e-4  # autocast really ran: other weights than fp32
+    gaps = precision_gaps(fp32.metrics, bf16.metrics)
+    assert set(gaps) == set(BF16_TOLERANCE)
+    assert all(g["within"] for g in gaps.values()), gaps
+    assert bf16.model.core.class_head.weight.dtype == torch.float32  # master weights stay float32
+
+
+def test_precision_gaps_then_a_metric_off_or_missing_is_outside() -> None:
+    ref = {"best_val_loss": 1.0, "val_log_loss": 1.0, "val_accuracy": 0.5, "val_balanced_accuracy": 0.4}
+    gaps = precision_gaps(ref, {**ref, "val_log_loss": 1.02, "val_accuracy": 0.52, "val_ic": 0.1})
+    assert not gaps["val_log_loss"]["within"] and gaps["val_log_loss"]["gap"] == pytest.approx(0.02)
+    assert gaps["val_accuracy"]["within"] and gaps["best_val_loss"]["within"]
+    assert not gaps["val_ic"]["within"] and math.isnan(float(gaps["val_ic"]["gap"]))
+
+
+@pytest.mark.parametrize("family", sorted(ACCEL_FAMILIES))
+def test_vmapped_ensemble_then_each_member_equals_its_trial_trained_alone(family: str) -> None:
+    config, ds, split = _accel_data(family)
+    trials = [
+        config.replace(lr=1e-3, seed=1),
+        config.replace(lr=3e-3, weight_decay=0.1, seed=2),  # large enough that a lost decay shows
+        config.replace(lr=5e-4, weight_decay=0.0, seed=3),
+    ]
+    ensemble = train_ensemble(trials, ds, split)
+    for trial, member in zip(trials, ensemble, strict=True):
+        alone = train(trial, ds, split)
+        assert member.config == trial
+        assert member.best_epoch == alone.best_epoch
+        assert len(member.history) == len(alone.history)
+        assert _max_relative_gap(alone, member) < ENSEMBLE_WEIGHT_TOLERANCE
+        assert member.metrics["best_val_loss"] == pytest.approx(alone.metrics["best_val_loss"], rel=1e-5)
+    assert _max_relative_gap(ensemble[0], ensemble[1]) > 0.01  # members are different trials
+
+
+def test_ensemble_members_stopping_at_other_epochs_then_histories_as_alone() -> None:
+    config, ds, split = _accel_data("mlp")
+    trials = [config.replace(max_epochs=6, patience=1, lr=lr, seed=s) for s, lr in ((0, 1e-2), (1, 3e-4))]
+    ensemble = train_ensemble(trials, ds, split)
+    alone = [train(t, ds, split) for t in trials]
+    assert len({len(r.history) for r in alone}) == 2  # the case under test: one stops before the other
+    for a, m in zip(alone, ensemble, strict=True):
+        assert [h.epoch for h in m.history] == [h.epoch for h in a.history]
+        assert m.best_epoch == a.best_epoch
+        assert _max_relative_gap(a, m) < ENSEMBLE_WEIGHT_TOLERANCE
+
+
+def test_ensemble_of_other_architectures_then_refused() -> None:
+    config, ds, split = _accel_data("mlp")
+    with pytest.raises(ValueError, match="share everything but"):
+        train_ensemble([config, config.replace(hidden_sizes=(16,))], ds, split)
+    with pytest.raises(ValueError, match="at least one"):
+        train_ensemble([], ds, split)
