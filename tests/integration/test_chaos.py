@@ -584,7 +584,7 @@ async def chaos_exchange() -> AsyncIterator[Any]:
         return venue, adapter
 
     yield make
-    for venue, exchange in built:
+    for _, exchange in built:
         await exchange.close()
     for venue in {id(v): v for v, _ in built}.values():
         await venue.stop()
@@ -706,7 +706,7 @@ async def test_exchange_never_got_an_unknown_order_then_rejected_not_found(chaos
     from tests.unit.test_ccxt_execution import mkt, order
     from topics.records import OrderStatus
 
-    venue, adapter = await chaos_exchange([(0.0, 200, "drop")], max_attempts=2)  # lost before the venue took it
+    _, adapter = await chaos_exchange([(0.0, 200, "drop")], max_attempts=2)  # lost before the venue took it
     it, dec = order(qty=0.01)
     out = await adapter.submit(it, dec, mkt())
     assert out[-1].status.value == "unknown"

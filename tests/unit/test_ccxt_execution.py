@@ -546,9 +546,10 @@ async def test_follow_query_failing_then_nothing_and_counted_order_stays_open() 
     adapter, _, _ = await venue(
         "binance", "spot", "binance_spot_markets.json", reply("GET", BINANCE_ORDER, raise_="RequestTimeout")
     )
-    before = metric("tradeflow_execution_follow_failures_total", adapter=adapter.name, reason="venue_timeout")
+    labels = {"adapter": adapter.name, "reason": "venue_timeout"}
+    before = metric("tradeflow_execution_follow_failures_total", **labels)
     assert await adapter.follow(dataclasses.replace(opened(it, dec), status=OrderStatus.UNKNOWN)) == []
-    assert metric("tradeflow_execution_follow_failures_total", adapter=adapter.name, reason="venue_timeout") == before + 1
+    assert metric("tradeflow_execution_follow_failures_total", **labels) == before + 1
 
 
 async def test_partially_filled_order_followed_then_only_the_new_part_as_one_fill() -> None:

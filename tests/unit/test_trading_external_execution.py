@@ -228,7 +228,8 @@ def test_unknown_fate_then_exposure_kept_until_resolved_and_repeated_answers_cha
     # the venue may hold it: risk still counts it (a rejected order would count 0)
     assert core.risk.exposure("BTC/USDT") == pytest.approx(qty)
     (open_order,) = core.open_orders()
-    assert open_order.status is OrderStatus.UNKNOWN and open_order.client_order_id == client_order_id_for(intent.event_id)
+    assert open_order.status is OrderStatus.UNKNOWN
+    assert open_order.client_order_id == client_order_id_for(intent.event_id)
     # resolved as placed: its fill moves the position; a repeated answer (a follow-up query, a restart's
     # reconciliation) is applied once
     assert core.on_execution(ack).records and core.on_execution(fill).records
