@@ -758,6 +758,87 @@ async def test_restart_after_an_order_was_placed_then_its_fill_is_fetched_back_a
     assert venue.queries == [open_order.client_order_id] * 2 and len(venue.posts) == 1  # queried, never re-sent
 
 
+async def test_trading_worker_restarted_after_an_order_was_placed_then_reconciles_its_fill_before_any_input(
+    broker: EmbeddedBroker, namespace: str, dsn: str, chaos_exchange: Any, tmp_path: Path
+) -> None:
+    """The agent itself (real broker, real PostgreSQL, ccxt over HTTP): the checkpoint holds an order
+    handed out whose answer the crash lost; the restarted worker's reconciliation, before it consumes
+    anything, fetches the order back, publishes its fill once and checkpoints the position."""
+    from agents.execution.interface import client_order_id_for
+    from agents.trading.agent import TradingWorker
+    from agents.trading.checkpoint import seal
+    from agents.trading.checkpointer import LiveState, restore
+    from agents.trading.core import TradingCore
+    from runtime.agent import AgentContext
+    from runtime.batch_agent import batch_producer
+    from runtime.faust_app import WorkerSettings, create_app
+    from storage.trading import load_checkpoint, save_checkpoint
+    from tests.unit.test_trading_determinism import KEYRING, load_bars
+    from tests.unit.test_trading_external_execution import EXTERNAL, _strong
+
+    bars = load_bars()
+    crashed = TradingCore(EXTERNAL, KEYRING)
+    for bar in bars[:30]:
+        crashed.on_bar(bar)
+    ((intent, decision, market),) = crashed.on_signal(_strong(bars, 29)).to_submit
+    conn = await asyncpg.connect(dsn)
+    try:
+        await save_checkpoint(conn, seal(crashed, config_hash="h1", offsets={}, events_applied=0, keyring=KEYRING))
+    finally:
+        await conn.close()
+    venue, before_crash = await chaos_exchange([(0.0, 200, "filled")])
+    await before_crash.submit(intent, decision, market)  # placed and filled; the worker dies before applying it
+
+    live = LiveState(TradingCore(EXTERNAL, KEYRING))
+    await asyncio.to_thread(restore, live, dsn, KEYRING, "h1")  # as at start-up, on its own event loop
+    assert len(live.core.open_orders()) == 1
+    _, adapter = await chaos_exchange([], venue=venue)
+    app = create_app(WorkerSettings(app_id=f"{namespace}-trading", bootstrap=broker.bootstrap, data_dir=str(tmp_path)))
+    ctx = AgentContext(app, wall_clock=time.time_ns, namespace=namespace, bootstrap=broker.bootstrap, dsn=dsn)
+    worker = TradingWorker(app, ctx, live, adapter, keyring=KEYRING, config_hash="h1")
+    worker.producer = batch_producer(broker.bootstrap)
+    await worker.producer.start()
+    try:
+        await worker.reconcile()
+    finally:
+        await worker.producer.stop()
+        if worker.checkpointer.db is not None:
+            await worker.checkpointer.db.close()
+    assert venue.queries == [client_order_id_for(intent.event_id)] and len(venue.posts) == 1
+    assert live.core.open_orders() == ()
+    qty = live.core.portfolio_state().positions["BTC/USDT"].quantity
+    assert qty == pytest.approx(decision.approved_quantity, rel=1e-3)
+    assert await records_on(broker.bootstrap, physical_name("fills", namespace)) == 1
+    statuses = [
+        json.loads(v)["status"] for v in await values_on(broker.bootstrap, physical_name("orders.updates", namespace))
+    ]
+    assert statuses == ["acknowledged", "filled"]
+    conn = await asyncpg.connect(dsn)
+    try:
+        saved = await load_checkpoint(conn, "paper")
+    finally:
+        await conn.close()
+    assert saved is not None and saved.events_applied == 3  # acknowledged, fill, filled: journaled and checkpointed
+
+
+async def values_on(bootstrap: str, topic: str, wait_s: float = 3.0) -> list[bytes]:
+    """The values ``topic`` holds (single-key topics keep their order), read from the start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(spec(topic.split(".", 1)[1]).partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[bytes] = []
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                out += [r.value for r in recs if r.value is not None]
+        return out
+    finally:
+        await consumer.stop()
+
+
 # ---------------------------------------------------------------------------
 # 4. degraded model
 # ---------------------------------------------------------------------------
