@@ -333,6 +333,8 @@ class CcxtExecutionAdapter:
         self.sent_client_order_ids: list[str] = []
         #: Operator alerts raised while parsing answers (bad trades, lost orders); see :meth:`drain_alerts`.
         self._alerts: list[Alert] = []
+        #: acknowledged orders the venue no longer knows (alerted once)
+        self._lost: set[str] = set()
 
     def drain_alerts(self) -> list[Alert]:
         """The alerts raised since the last call (the agent publishes them to ``ops.alerts``)."""
@@ -593,6 +595,9 @@ class CcxtExecutionAdapter:
                     )
                 ]
             FOLLOW_FAILURES.labels(self.name, "not_found").inc()
+            if coid in self._lost:  # alerted once per process; the metric counts every query
+                return []
+            self._lost.add(coid)
             log.error("execution_open_order_lost", adapter=self.name, client_order_id=coid, status=order.status.value)
             self._alert(
                 "execution_order_lost",

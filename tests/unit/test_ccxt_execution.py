@@ -541,6 +541,58 @@ async def test_unknown_order_the_venue_does_not_know_then_rejected_not_found() -
     assert rej.reason == ExecReason.NOT_FOUND_AFTER_UNKNOWN and rej.client_order_id == client_order_id_for(it.event_id)
 
 
+async def test_acknowledged_order_the_venue_no_longer_knows_then_alerted_once_and_kept_open() -> None:
+    it, dec = order()
+    gone = reply("GET", BINANCE_ORDER, {"code": -2013, "msg": "Order does not exist."}, status=400, repeat=True)
+    adapter, _, _ = await venue("binance", "spot", "binance_spot_markets.json", gone)
+    acked = dataclasses.replace(opened(it, dec), status=OrderStatus.ACKNOWLEDGED, quantity=0.01)
+    assert await adapter.follow(acked) == [] and await adapter.follow(acked) == []  # never "rejected": it was live
+    (alert,) = adapter.drain_alerts()
+    assert alert.code == "execution_order_lost" and client_order_id_for(it.event_id) in alert.message
+
+
+async def test_bitget_spot_order_followed_by_client_oid_then_filled_with_estimated_fee() -> None:
+    it, dec = order(qty=0.002)
+    coid = client_order_id_for(it.event_id)
+    info = {
+        "code": "00000",
+        "msg": "success",
+        "requestTime": 1609495201000,
+        "data": [
+            {
+                "userId": "7264631750",
+                "symbol": "BTCUSDT",
+                "orderId": "1001",
+                "clientOid": coid,
+                "price": "0",
+                "size": "58.0000000000000000",
+                "orderType": "market",
+                "side": "buy",
+                "status": "filled",
+                "priceAvg": "29005.0000000000000000",
+                "baseVolume": "0.0020000000000000",
+                "quoteVolume": "58.0100000000000000",
+                "enterPointSource": "API",
+                "feeDetail": "",
+                "orderSource": "market",
+                "cTime": "1609495200100",
+                "uTime": "1609495200200",
+            }
+        ],
+    }
+    path = "/api/v2/spot/trade/orderInfo"
+    adapter, v, _ = await venue("bitget", "spot", None, reply("GET", path, info), credentials={**KEYS, "password": "p"})
+    adapter.exchange.set_markets([BITGET_SPOT_BTC])
+    acked = dataclasses.replace(opened(it, dec), status=OrderStatus.ACKNOWLEDGED, quantity=0.002, venue_order_id="1001")
+    out = await adapter.follow(acked)
+    (query,) = v.transport.requests_to(path)
+    assert query["clientOid"] == coid and "orderId" not in query
+    assert statuses(out) == ["fill", "filled"]
+    fill = out[0]
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(0.002) and fill.price == pytest.approx(29_005.0)
+    assert fill.fee_estimated and fill.fee > 0 and fill.fee_currency == "USDT"
+
+
 async def test_follow_query_failing_then_nothing_and_counted_order_stays_open() -> None:
     it, dec = order()
     adapter, _, _ = await venue(
@@ -734,18 +786,21 @@ async def test_spot_symbol_on_swap_adapter_then_symbol_not_supported() -> None:
 # ---------------------------------------------------------------------------
 
 
+COINBASE_FEES = {
+    "total_volume": 0,
+    "total_fees": 0,
+    "fee_tier": {
+        "pricing_tier": "Advanced 1",
+        "usd_from": "0",
+        "usd_to": "1000",
+        "taker_fee_rate": "0.008",
+        "maker_fee_rate": "0.006",
+    },
+}
+
+
 async def test_coinbase_order_then_our_client_order_id_not_a_random_uuid() -> None:
-    summary = {
-        "total_volume": 0,
-        "total_fees": 0,
-        "fee_tier": {
-            "pricing_tier": "Advanced 1",
-            "usd_from": "0",
-            "usd_to": "1000",
-            "taker_fee_rate": "0.008",
-            "maker_fee_rate": "0.006",
-        },
-    }
+    summary = COINBASE_FEES
     created = {
         "success": True,
         "failure_reason": "UNKNOWN_FAILURE_REASON",
@@ -765,6 +820,58 @@ async def test_coinbase_order_then_our_client_order_id_not_a_random_uuid() -> No
     assert statuses(out) == ["new", "acknowledged"]
     body = json.loads(v.posts("/api/v3/brokerage/orders")[0])
     assert body["client_order_id"] == client_order_id_for(it.event_id)
+
+
+async def test_coinbase_unknown_order_then_found_among_the_symbols_orders_by_client_order_id() -> None:
+    it, dec = order("BTC/USD", Side.SELL, 0.01)
+    coid = client_order_id_for(it.event_id)
+
+    def cb_order(order_id: str, client_id: str) -> dict[str, Any]:
+        return {
+            "order_id": order_id,
+            "product_id": "BTC-USD",
+            "user_id": "1111111-1111-1111-1111-111111111111",
+            "order_configuration": {"market_market_ioc": {"base_size": "0.01"}},
+            "side": "SELL",
+            "client_order_id": client_id,
+            "status": "FILLED",
+            "time_in_force": "IMMEDIATE_OR_CANCEL",
+            "created_time": "2021-01-01T10:00:00.100000Z",
+            "completion_percentage": "100",
+            "filled_size": "0.01",
+            "average_filled_price": "28990",
+            "fee": "",
+            "number_of_fills": "1",
+            "filled_value": "289.9",
+            "pending_cancel": False,
+            "size_in_quote": False,
+            "total_fees": "1.7394",
+            "size_inclusive_of_fees": False,
+            "total_value_after_fees": "288.1606",
+            "trigger_status": "INVALID_ORDER_TYPE",
+            "order_type": "MARKET",
+            "reject_reason": "REJECT_REASON_UNSPECIFIED",
+            "settled": True,
+            "product_type": "SPOT",
+        }
+
+    batch = {"orders": [cb_order("cb-0", "someone-else"), cb_order("cb-7", coid)], "has_next": False, "cursor": ""}
+    path = "/api/v3/brokerage/orders/historical/batch"
+    adapter, v, _ = await venue(
+        "coinbase",
+        "spot",
+        "coinbase_spot_markets.json",
+        reply("GET", "/api/v3/brokerage/transaction_summary", COINBASE_FEES, repeat=True),
+        reply("GET", path, batch),
+    )
+    unknown = OpenOrder(intent=it, decision=dec, market=mkt("BTC/USD", 29_000.0), status=OrderStatus.UNKNOWN)
+    out = await adapter.follow(unknown)
+    (query,) = v.transport.requests_to(path)
+    assert query["product_id"] == "BTC-USD" and "start_date" in query
+    assert statuses(out) == ["acknowledged", "fill", "filled"]
+    assert all(r.venue_order_id == "cb-7" for r in out if isinstance(r, OrderUpdate))
+    fill = out[1]
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(0.01) and fill.price == pytest.approx(28_990.0)
 
 
 async def test_unreachable_venue_at_start_then_execution_unavailable() -> None:
