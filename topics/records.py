@@ -8,6 +8,10 @@ Schema changelog
   signal: ``stop_loss`` / ``take_profit`` on the risk engine's protective exits).
 - ControlAudit v1 (``control.audit``), PortfolioSnapshot v1 (``portfolio.state``): new.
 - RolloutDecision v1 (``governance.audit``): new.
+- OrderUpdate v2: status ``unknown`` (an order whose placement the venue did
+  not confirm or deny; still in flight until a query resolves it).
+- Fill v2: ``fee_estimated`` (true when the venue reported no usable fee and
+  ``fee`` is the adapter's estimate from the market's fee rate).
 
 Units: timestamps are int nanoseconds since the epoch (UTC); prices in quote
 currency; quantities in base currency; basis points are 1e-4.
@@ -96,6 +100,8 @@ class OrderStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    #: Sent, but whether the venue placed it is not known yet (not terminal).
+    UNKNOWN = "unknown"
 
 
 class Liquidity(enum.StrEnum):
@@ -375,9 +381,16 @@ class RiskDecision(Record):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrderUpdate(Record):
-    """One order lifecycle transition; ``client_order_id`` is deterministic."""
+    """One order lifecycle transition; ``client_order_id`` is deterministic.
+
+    ``unknown``: the placement timed out or lost its connection on every try;
+    the order may be live at the venue and counts as in flight until a query
+    by its client order id resolves it (placed: its fills follow; not found:
+    ``rejected``).
+    """
 
     KIND: ClassVar[str] = "order_update"
+    SCHEMA_VERSION: ClassVar[int] = 2
     IDENTITY: ClassVar[tuple[str, ...]] = ("client_order_id", "status", "filled_quantity")
 
     client_order_id: str
@@ -398,7 +411,12 @@ class OrderUpdate(Record):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fill(Record):
+    """One execution. ``fee_estimated``: the venue reported no usable fee, so
+    ``fee`` is an estimate (quantity x price x the market's fee rate), never a
+    silent zero."""
+
     KIND: ClassVar[str] = "fill"
+    SCHEMA_VERSION: ClassVar[int] = 2
     IDENTITY: ClassVar[tuple[str, ...]] = ("adapter", "client_order_id", "fill_id")
 
     client_order_id: str
@@ -413,6 +431,7 @@ class Fill(Record):
     liquidity: Liquidity
     slippage_bps: float
     impact_bps: float
+    fee_estimated: bool = False
 
     def key(self) -> bytes:
         return self.symbol.encode()

@@ -1,7 +1,7 @@
 """Execution adapters behind one interface.
 
 - :mod:`agents.execution.interface`: the adapter protocol, deterministic
-  client order ids, reason codes, in-flight order tracking;
+  client order ids, reason codes, in-flight order tracking, open orders;
 - :mod:`agents.execution.paper`: the pure, seeded paper fill model;
 - :mod:`agents.execution.ccxt_live`: live venues through ccxt (an async I/O
   edge; import it explicitly, it pulls in ccxt).
@@ -13,6 +13,7 @@ from agents.execution.interface import (
     ExecutionRecord,
     InFlightOrders,
     MarketContext,
+    OpenOrder,
     client_order_id_for,
 )
 from agents.execution.paper import PaperConfig, PaperExecutionAdapter, PaperExecutionEngine
@@ -23,6 +24,7 @@ __all__ = [
     "ExecutionRecord",
     "InFlightOrders",
     "MarketContext",
+    "OpenOrder",
     "PaperConfig",
     "PaperExecutionAdapter",
     "PaperExecutionEngine",

@@ -10,8 +10,12 @@ sends, and classifies what came back.
 Invariants: the client order id is derived from the intent and sent in the venue's own
 parameter, so a retry or redelivery can never place a second order (a duplicate-id answer is
 ``acknowledged`` / ``already_placed``); errors are classified into reasons, retriable ones
-retried with the same id. ``dry_run`` (the default) sends nothing: orders are validated
-against the loaded markets, which a markets snapshot can pin for offline, reproducible runs.
+retried with the same id. A timeout or network failure on the last try leaves the order
+``unknown`` (still in flight) until :meth:`CcxtExecutionAdapter.follow` finds it by client
+order id. A missing fee is estimated and flagged (``Fill.fee_estimated``), a trade without a
+usable price or amount is counted, logged and raised as an alert: nothing is dropped silently.
+``dry_run`` (the default) sends nothing: orders are validated against the loaded markets,
+which a markets snapshot can pin for offline, reproducible runs.
 
 Design: docs/trading_engines.md#ccxt-execution
 """
@@ -27,19 +31,33 @@ from dataclasses import dataclass
 from typing import Any
 
 import ccxt
+import structlog
+from prometheus_client import Counter
 
 from agents.clock import Clock
 from agents.execution.interface import (
     ExecReason,
     ExecutionRecord,
     MarketContext,
+    OpenOrder,
     build_update,
     client_order_id_for,
 )
 from agents.venue.ccxt import MarketType, VenueHint, VenueReason, build_exchange, classify, market_types
 from runtime.errors import Retriable
 from runtime.seen import SeenIds
-from topics.records import Fill, Liquidity, OrderIntent, OrderStatus, OrderType, RiskDecision, RiskVerdict, Side
+from topics.records import (
+    Alert,
+    Fill,
+    Liquidity,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    RiskDecision,
+    RiskVerdict,
+    Severity,
+    Side,
+)
 from topics.units import NS_PER_MS
 
 __all__ = [
@@ -50,6 +68,7 @@ __all__ = [
     "LiveExecutionConfig",
     "MarginMode",
     "PositionMode",
+    "TradeProblem",
     "Validation",
     "VenueMarket",
     "classify_execution_error",
@@ -59,8 +78,38 @@ __all__ = [
 ]
 
 
+log = structlog.get_logger("agents.execution")
+
 #: The execution side's name for the one market-type enum.
 VenueMarket = MarketType
+
+FEES_ESTIMATED = Counter(
+    "tradeflow_execution_fee_estimated_total",
+    "Fills whose venue fee was missing or unparseable: the fee is an estimate (Fill.fee_estimated)",
+    ["adapter"],
+)
+TRADES_INVALID = Counter(
+    "tradeflow_execution_trades_invalid_total",
+    "Venue trades not turned into fills (no usable price or amount), by reason",
+    ["adapter", "reason"],
+)
+ORDERS_UNKNOWN = Counter(
+    "tradeflow_execution_orders_unknown_total",
+    "Orders whose placement was neither confirmed nor denied after the last try (status unknown)",
+    ["adapter"],
+)
+FOLLOW_FAILURES = Counter(
+    "tradeflow_execution_follow_failures_total",
+    "Queries of open orders that got no usable answer (the order stays open; asked again later)",
+    ["adapter", "reason"],
+)
+
+
+class TradeProblem(enum.StrEnum):
+    """Why a venue trade did not become a fill (metric label, alert label)."""
+
+    BAD_PRICE = "bad_price"
+    BAD_AMOUNT = "bad_amount"
 
 
 class MarginMode(enum.StrEnum):
@@ -100,6 +149,10 @@ class LiveExecutionConfig:
     retry_base_delay_s: float = 0.5
     max_remembered_orders: int = 100_000
     connect_timeout_s: float = 15.0
+    #: Fee rate assumed for a fill without a usable fee when the market lists no maker/taker rate.
+    fallback_fee_rate: float = 0.001
+    #: Open orders (unknown fate, resting, partially filled) are queried at most this often.
+    follow_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         market_type = VenueMarket(self.market_type)
@@ -117,6 +170,10 @@ class LiveExecutionConfig:
             raise ValueError("binance hedge position mode is not supported; use one_way")
         if self.max_attempts < 1 or self.retry_base_delay_s < 0:
             raise ValueError("max_attempts must be >= 1 and retry_base_delay_s >= 0")
+        if not (math.isfinite(self.fallback_fee_rate) and 0 <= self.fallback_fee_rate < 0.1):
+            raise ValueError("fallback_fee_rate must be within [0, 0.1)")
+        if not (math.isfinite(self.follow_interval_s) and self.follow_interval_s >= 0):
+            raise ValueError("follow_interval_s must be >= 0")
 
     @property
     def adapter(self) -> str:
@@ -239,6 +296,8 @@ _CCXT_STATUS = {
     "expired": OrderStatus.EXPIRED,
     "rejected": OrderStatus.REJECTED,
 }
+#: Failures after which a sent order may or may not be live: the request (or its answer) was lost.
+_FATE_UNKNOWN = frozenset({ExecReason.VENUE_TIMEOUT, ExecReason.NETWORK_ERROR})
 
 
 def _num(value: Any) -> float | None:
@@ -272,6 +331,29 @@ class CcxtExecutionAdapter:
         self._configured: set[str] = set()
         #: Client order ids sent to the venue, in order (what a duplicate-safety check inspects).
         self.sent_client_order_ids: list[str] = []
+        #: Operator alerts raised while parsing answers (bad trades, lost orders); see :meth:`drain_alerts`.
+        self._alerts: list[Alert] = []
+        #: acknowledged orders the venue no longer knows (alerted once)
+        self._lost: set[str] = set()
+
+    def drain_alerts(self) -> list[Alert]:
+        """The alerts raised since the last call (the agent publishes them to ``ops.alerts``)."""
+        out, self._alerts = self._alerts, []
+        return out
+
+    def _alert(self, code: str, message: str, dedupe_key: str, ts: int, **labels: str) -> None:
+        self._alerts.append(
+            Alert.new(
+                ts_init=self.clock.now_ns(),
+                ts_event=ts,
+                severity=Severity.WARNING,
+                source=self.name,
+                code=code,
+                message=message,
+                dedupe_key=dedupe_key,
+                labels={"adapter": self.name, **labels},
+            )
+        )
 
     # ------------------------------------------------------------------
     # Start-up
@@ -427,6 +509,22 @@ class CcxtExecutionAdapter:
                     ]
                 if last.retriable and attempt + 1 < cfg.max_attempts:
                     continue
+                if last.reason in _FATE_UNKNOWN:
+                    # the venue may hold the order: it stays in flight until follow() finds out
+                    ORDERS_UNKNOWN.labels(self.name).inc()
+                    log.warning(
+                        "execution_order_fate_unknown",
+                        adapter=self.name,
+                        client_order_id=coid,
+                        symbol=intent.symbol,
+                        attempts=attempt + 1,
+                        reason=last.reason.value,
+                        error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                    )
+                    return [
+                        update(OrderStatus.NEW, check.base_quantity, None),
+                        update(OrderStatus.UNKNOWN, check.base_quantity, last.reason.value),
+                    ]
                 return [update(OrderStatus.REJECTED, check.base_quantity, last.reason.value)]
             return [
                 update(OrderStatus.NEW, check.base_quantity, None),
@@ -458,6 +556,92 @@ class CcxtExecutionAdapter:
         return None
 
     # ------------------------------------------------------------------
+    # Following open orders
+    # ------------------------------------------------------------------
+
+    async def follow(self, order: OpenOrder) -> list[ExecutionRecord]:
+        """What the venue says now of an open order, found by its client order id: the updates and
+        fills not yet applied (``order`` holds what was), or nothing when the query failed.
+
+        An order of unknown fate (``unknown``, or ``new`` with no answer applied: sent before a
+        crash) that the venue does not know is ``rejected`` (``not_found_after_unknown``); an
+        acknowledged one it does not know raises an alert and stays open. Dry run: nothing.
+        """
+        if self.config.dry_run:
+            return []
+        intent, decision = order.intent, order.decision
+        coid = order.client_order_id
+        now = self.clock.now_ns()
+        quantity = order.quantity if order.quantity is not None else decision.approved_quantity
+        try:
+            found = await self._fetch_order(order)
+        except ccxt.OrderNotFound:
+            if order.status in (OrderStatus.UNKNOWN, OrderStatus.NEW):
+                log.warning("execution_order_not_found", adapter=self.name, client_order_id=coid, resolved="rejected")
+                return [
+                    build_update(
+                        adapter=self.name,
+                        client_order_id=coid,
+                        intent=intent,
+                        status=OrderStatus.REJECTED,
+                        quantity=quantity,
+                        filled_quantity=0.0,
+                        avg_fill_price=None,
+                        reason=ExecReason.NOT_FOUND_AFTER_UNKNOWN.value,
+                        venue_order_id=order.venue_order_id,
+                        ts_event=decision.ts_event,
+                        ts_init=now,
+                        causation_id=decision.event_id,
+                    )
+                ]
+            FOLLOW_FAILURES.labels(self.name, "not_found").inc()
+            if coid in self._lost:  # alerted once per process; the metric counts every query
+                return []
+            self._lost.add(coid)
+            log.error("execution_open_order_lost", adapter=self.name, client_order_id=coid, status=order.status.value)
+            self._alert(
+                "execution_order_lost",
+                f"{intent.symbol} order {coid} ({order.status.value}) is not found at the venue; "
+                "its exposure is still counted: check the account by hand",
+                coid,
+                decision.ts_event,
+                symbol=intent.symbol,
+            )
+            return []
+        except Exception as exc:  # classified and retried at the next follow; the order stays open
+            reason = classify_execution_error(exc).reason.value
+            FOLLOW_FAILURES.labels(self.name, reason).inc()
+            log.warning(
+                "execution_follow_failed",
+                adapter=self.name,
+                client_order_id=coid,
+                reason=reason,
+                error=f"{type(exc).__name__}: {str(exc)[:200]}",
+            )
+            return []
+        records = self.records_from_order(intent, decision, found, quantity, order.market_price, prior=order)
+        if order.status in (OrderStatus.UNKNOWN, OrderStatus.NEW):
+            log.info("execution_order_found", adapter=self.name, client_order_id=coid, status=found.get("status"))
+        return records
+
+    async def _fetch_order(self, order: OpenOrder) -> Mapping[str, Any]:
+        """The venue's order by client order id (ccxt ``fetch_order`` with ``clientOrderId`` on Binance
+        and Bitget; Coinbase looks orders up by its own id only: by that id once known, else among the
+        symbol's orders since the decision). ``ccxt.OrderNotFound`` when the venue has none."""
+        symbol, coid = order.intent.symbol, order.client_order_id
+        if self.config.exchange_id == "coinbase":
+            if order.venue_order_id is not None:
+                found: Mapping[str, Any] = await self.exchange.fetch_order(order.venue_order_id, symbol)
+                return found
+            since_ms = order.decision.ts_event // NS_PER_MS - 60_000
+            for candidate in await self.exchange.fetch_orders(symbol, since_ms):
+                if candidate.get("clientOrderId") == coid:
+                    return dict(candidate)
+            raise ccxt.OrderNotFound(f"coinbase: no order with client_order_id {coid}")
+        found = await self.exchange.fetch_order(order.venue_order_id, symbol, {"clientOrderId": coid})
+        return found
+
+    # ------------------------------------------------------------------
     # Parsing venue answers
     # ------------------------------------------------------------------
 
@@ -472,10 +656,14 @@ class CcxtExecutionAdapter:
         order: Mapping[str, Any],
         quantity: float,
         arrival_price: float | None,
+        *,
+        prior: OpenOrder | None = None,
     ) -> list[ExecutionRecord]:
         """Lifecycle updates and fills from a ccxt order structure (create or fetch).
 
         Venue amounts (contracts on perpetuals) are converted to base units.
+        ``prior``: what was applied of this order already (a follow-up query):
+        its fills are not repeated, ``acknowledged`` only comes once.
         """
         coid = client_order_id_for(intent.event_id)
         size = self._contract_size(intent.symbol)
@@ -504,12 +692,16 @@ class CcxtExecutionAdapter:
                 causation_id=decision.event_id,
             )
 
-        out: list[ExecutionRecord] = [upd(OrderStatus.ACKNOWLEDGED, 0.0, None)]
-        fills = self._fills(intent, decision, order, coid, ts, now, arrival_price, size)
+        out: list[ExecutionRecord] = []
+        if prior is None or prior.status in (OrderStatus.NEW, OrderStatus.UNKNOWN):
+            out.append(upd(OrderStatus.ACKNOWLEDGED, 0.0, None))
+        fills = self._fills(intent, decision, order, coid, ts, now, arrival_price, size, prior)
         out.extend(fills)
         if filled > 0 and average is None:
-            total = sum(f.quantity for f in fills)
-            average = sum(f.price * f.quantity for f in fills) / total if total > 0 else None
+            known = [] if prior is None else [(prior.filled, prior.notional)]
+            total = sum(f.quantity for f in fills) + sum(q for q, _ in known)
+            notional = sum(f.price * f.quantity for f in fills) + sum(n for _, n in known)
+            average = notional / total if total > 0 else None
         if status is OrderStatus.FILLED or (filled > 0 and filled >= quantity):
             out.append(upd(OrderStatus.FILLED, filled, average))
         elif filled > 0:
@@ -530,49 +722,67 @@ class CcxtExecutionAdapter:
         now: int,
         arrival_price: float | None,
         size: float,
+        prior: OpenOrder | None = None,
     ) -> list[Fill]:
-        """Fills from the order's trades; else one aggregate fill of ``filled`` at ``average``.
+        """Fills from the order's trades not applied yet; the rest of the order's ``filled`` (no trades
+        listed, or trades without a usable price or amount) as one aggregate fill at the price that
+        makes the order's ``average`` come out.
 
         ``slippage_bps`` is measured against the arrival price, positive when
         worse for us; ``impact_bps`` is 0: live fills do not separate impact.
         """
         quote = intent.symbol.partition("/")[2].split(":", 1)[0]
-        rows: list[tuple[str, float, float, float, str, int, Liquidity]] = []
+        known_ids = prior.fill_ids if prior is not None else frozenset()
+        covered = prior.filled if prior is not None else 0.0
+        covered_notional = prior.notional if prior is not None else 0.0
+        rows: list[tuple[str, float, float, Any, int, Liquidity]] = []
         trades = order.get("trades") or []
         for i, trade in enumerate(trades):
+            fill_id = str(trade.get("id") or f"{order.get('id')}-{i}")
             price, amount = _num(trade.get("price")), _num(trade.get("amount"))
             if price is None or amount is None or not (price > 0 and amount > 0):
+                problem = TradeProblem.BAD_PRICE if price is None or not price > 0 else TradeProblem.BAD_AMOUNT
+                self._bad_trade(intent, coid, fill_id, problem, trade, ts)
+                continue
+            if fill_id in known_ids:
                 continue
             amount *= size
-            fee = trade.get("fee") or {}
             trade_ts = trade.get("timestamp")
             rows.append(
                 (
-                    str(trade.get("id") or f"{order.get('id')}-{i}"),
+                    fill_id,
                     price,
                     amount,
-                    _num(fee.get("cost")) or 0.0,
-                    str(fee.get("currency") or quote),
+                    trade.get("fee"),
                     int(trade_ts) * NS_PER_MS if isinstance(trade_ts, (int, float)) and trade_ts > 0 else ts,
                     Liquidity.MAKER if trade.get("takerOrMaker") == "maker" else Liquidity.TAKER,
                 )
             )
+            covered += amount
+            covered_notional += price * amount
         filled, average = (_num(order.get("filled")) or 0.0) * size, _num(order.get("average"))
-        if not rows and filled > 0 and average is not None and average > 0:
-            fee = order.get("fee") or {}
-            rows.append(
-                (
-                    f"{order.get('id')}-agg-{filled}",
-                    average,
-                    filled,
-                    _num(fee.get("cost")) or 0.0,
-                    str(fee.get("currency") or quote),
-                    ts,
-                    Liquidity.TAKER,
-                )
-            )
+        rest = filled - covered
+        if rest > filled * 1e-9 and average is not None and average > 0:
+            price = (average * filled - covered_notional) / rest
+            if not (math.isfinite(price) and price > 0):
+                price = average
+            # the order's own fee is for all of it: usable only when this fill is all of it
+            fee = order.get("fee") if covered == 0.0 else None
+            rows.append((f"{order.get('id')}-agg-{filled}", price, rest, fee, ts, Liquidity.TAKER))
         out: list[Fill] = []
-        for fill_id, price, amount, fee_cost, fee_ccy, fill_ts, liquidity in rows:
+        for fill_id, price, amount, fee, fill_ts, liquidity in rows:
+            fee_cost, fee_ccy, estimated = self._fee(fee, price, amount, liquidity, intent.symbol, quote)
+            if estimated:
+                FEES_ESTIMATED.labels(self.name).inc()
+                log.warning(
+                    "execution_fee_missing",
+                    adapter=self.name,
+                    client_order_id=coid,
+                    fill_id=fill_id,
+                    venue_fee=repr(fee)[:200],
+                    estimated_fee=fee_cost,
+                    fee_currency=fee_ccy,
+                )
             slip = 0.0
             if arrival_price is not None and arrival_price > 0:
                 sign = 1.0 if intent.side is Side.BUY else -1.0
@@ -595,6 +805,46 @@ class CcxtExecutionAdapter:
                     liquidity=liquidity,
                     slippage_bps=slip,
                     impact_bps=0.0,
+                    fee_estimated=estimated,
                 )
             )
         return out
+
+    def _fee(
+        self, fee: Any, price: float, amount: float, liquidity: Liquidity, symbol: str, quote: str
+    ) -> tuple[float, str, bool]:
+        """(cost, currency, estimated): the venue's fee when it gives a finite cost, else the market's
+        maker/taker rate (``fallback_fee_rate`` when it lists none) x notional, in quote."""
+        if isinstance(fee, Mapping):
+            cost = _num(fee.get("cost"))
+            if cost is not None:
+                return cost, str(fee.get("currency") or quote), False
+        info = (self.exchange.markets or {}).get(symbol) or {}
+        rate = _num(info.get("maker" if liquidity is Liquidity.MAKER else "taker"))
+        if rate is None or rate < 0:
+            rate = self.config.fallback_fee_rate
+        return price * amount * rate, quote, True
+
+    def _bad_trade(
+        self, intent: OrderIntent, coid: str, fill_id: str, problem: TradeProblem, trade: Mapping[str, Any], ts: int
+    ) -> None:
+        """A venue trade that cannot be a fill: counted, logged and raised as an alert (its quantity is
+        covered by the aggregate fill when the order reports its filled amount and average)."""
+        TRADES_INVALID.labels(self.name, problem.value).inc()
+        detail = f"price={trade.get('price')!r} amount={trade.get('amount')!r}"
+        log.warning(
+            "execution_trade_invalid",
+            adapter=self.name,
+            client_order_id=coid,
+            fill_id=fill_id,
+            reason=problem.value,
+            detail=detail[:200],
+        )
+        self._alert(
+            "execution_trade_invalid",
+            f"{intent.symbol} order {coid}: venue trade {fill_id} has no usable {problem.value[4:]} ({detail[:120]})",
+            f"{coid}|{fill_id}",
+            ts,
+            symbol=intent.symbol,
+            reason=problem.value,
+        )

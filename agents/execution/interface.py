@@ -8,6 +8,12 @@ records. Order lifecycle, as statuses on ``OrderUpdate``::
     new -> acknowledged -> partially_filled* -> filled
                        \\-> cancelled | expired | rejected (terminal)
     new -> rejected (refused before reaching the venue)
+    new -> unknown -> acknowledged ... | rejected (placement neither confirmed
+                      nor denied; resolved by a query by client order id)
+
+An order handed to a venue and not yet terminal is an :class:`OpenOrder`: the
+core keeps them (checkpointed) so an adapter can follow them and a restarted
+agent can fetch back what happened to them while it was down.
 
 Idempotency rests on :func:`client_order_id_for`: the id is a pure function of
 the intent's event id, so a redelivered or retried intent carries the same id
@@ -28,11 +34,13 @@ from topics.records import Fill, OrderIntent, OrderStatus, OrderType, OrderUpdat
 __all__ = [
     "CLIENT_ORDER_ID_LENGTH",
     "CLIENT_ORDER_ID_PREFIX",
+    "TERMINAL_STATUSES",
     "ExecReason",
     "ExecutionAdapter",
     "ExecutionRecord",
     "InFlightOrders",
     "MarketContext",
+    "OpenOrder",
     "build_update",
     "client_order_id_for",
 ]
@@ -79,6 +87,8 @@ class ExecReason(enum.StrEnum):
     ALREADY_PLACED = "already_placed"
     #: Informational: validated in dry-run mode, not sent.
     DRY_RUN = "dry_run"
+    #: An order of unknown fate that a query by client order id did not find at the venue.
+    NOT_FOUND_AFTER_UNKNOWN = "not_found_after_unknown"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,6 +98,43 @@ class MarketContext:
     symbol: str
     last_price: float
     ts_ns: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenOrder:
+    """An order handed to a venue and not terminal yet, as far as its applied answers tell.
+
+    ``fill_ids`` and ``filled`` (base quantity, the sum of the applied fills)
+    let a follow-up query report only what is new: a fill already applied is
+    never applied again, and an aggregate fill (a venue that reports only the
+    cumulative filled amount) covers only the part not yet covered.
+    """
+
+    intent: OrderIntent
+    decision: RiskDecision
+    market: MarketContext | None
+    status: OrderStatus = OrderStatus.NEW
+    venue_order_id: str | None = None
+    #: the order's quantity in its last applied update (None: no update applied yet)
+    quantity: float | None = None
+    filled: float = 0.0
+    #: sum of price x quantity of the applied fills
+    notional: float = 0.0
+    fill_ids: frozenset[str] = frozenset()
+    #: event ids of the order updates applied (a repeated one changes nothing)
+    update_ids: frozenset[str] = frozenset()
+
+    @property
+    def client_order_id(self) -> str:
+        return client_order_id_for(self.intent.event_id)
+
+    @property
+    def market_price(self) -> float | None:
+        """The reference price slippage is measured against: the limit price, else the arrival price."""
+        if self.intent.limit_price is not None:
+            return self.intent.limit_price
+        market = self.market
+        return market.last_price if market is not None and market.symbol == self.intent.symbol else None
 
 
 class ExecutionAdapter(Protocol):
@@ -135,7 +182,8 @@ def build_update(
     )
 
 
-_TERMINAL = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED})
+TERMINAL_STATUSES = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.EXPIRED})
+_TERMINAL = TERMINAL_STATUSES
 
 #: Exact fixed-point scale for signed quantities: every finite double is an
 #: integer multiple of 2**-1074, so ``value * 2**1074`` is an exact Python int.

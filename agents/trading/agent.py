@@ -13,7 +13,9 @@ out. Exact restart recovery: :mod:`agents.trading.checkpointer` (each input
 is sought to the restored state's position on assignment; the group's
 committed offsets only follow the checkpoints). External execution: each approved order is
 awaited through the ccxt adapter (:mod:`agents.trading.venue`) and its
-answers go back through the core and into the input journal. Configuration:
+answers go back through the core and into the input journal; the core's open
+orders are reconciled with the venue at start (before any input) and followed
+every ``follow_interval_s``. Configuration:
 :mod:`agents.trading.settings`. The design in full: ``docs/trading_agent.md``.
 """
 
@@ -32,6 +34,7 @@ from aiokafka.structs import ConsumerRecord
 
 from agents.confighash import stable_config_hash
 from agents.control.signing import Keyring, load_keyring
+from agents.execution.interface import ExecutionRecord
 from agents.trading import metrics as m
 from agents.trading.checkpointer import Checkpointer, JournalOrder, LiveState, restore
 from agents.trading.core import Step, TradingCore
@@ -193,6 +196,8 @@ class TradingWorker:
             [(ctx.topic(r.topic), r.kafka_partition, r.kafka_offset) for r in live.ahead if r.kafka_offset >= 0]
         )
         live.ahead = []
+        #: monotonic time of the last query of the open orders (external execution)
+        self.last_follow = 0.0
 
     # -- partitions ----------------------------------------------------------------------------
 
@@ -244,16 +249,22 @@ class TradingWorker:
         the core, then checkpoint (now or when idle) and gauges."""
         ctx = self.ctx
         self.producer = producer = batch_producer(ctx.bootstrap)
-        self.consumer = consumer = batch_consumer(
-            ctx.bootstrap, self.group_id, fetch_wait_ms=self.app.fetch_wait_ms, max_records=BATCH_MAX
-        )
         await producer.start()
         try:
+            if self.adapter is not None:
+                await self.reconcile()
+            self.consumer = consumer = batch_consumer(
+                ctx.bootstrap, self.group_id, fetch_wait_ms=self.app.fetch_wait_ms, max_records=BATCH_MAX
+            )
             consumer.subscribe(list(self.handlers), listener=_Assignment(self))
             await consumer.start()
             try:
                 while True:
                     batch = await consumer.getmany(timeout_ms=IDLE_POLL_MS)
+                    if self.follow_due():
+                        async with self.checkpointer.gate:
+                            await self.follow_orders()
+                            await self.checkpointer.after_batch()
                     if not batch:
                         continue
                     t0 = time.perf_counter()
@@ -379,26 +390,82 @@ class TradingWorker:
             return
         if self.adapter is None:  # pragma: no cover - a paper core never returns orders to submit
             raise RuntimeError("the core returned orders to submit but no external adapter is configured")
-        live = self.live
         for intent, decision, market in step.to_submit:
             t0 = time.perf_counter()
             answers = await self.adapter.submit(intent, decision, market)
             self.submit_seconds.observe(time.perf_counter() - t0)
-            for answer in answers:
-                self.checkpointer.journal(
-                    JournalRow(
-                        self.account,
-                        live.events,
-                        DEFAULT_TOPIC[type(answer)],
-                        NOT_CONSUMED,
-                        NOT_CONSUMED,
-                        answer.event_id,
-                        None,
-                    )
+            await self.apply_answers(answers)
+
+    async def apply_answers(self, answers: Sequence[ExecutionRecord]) -> int:
+        """Each venue answer through the core, journaled and published, in order (one the core already
+        applied changes nothing and is neither journaled nor sent again); then the adapter's alerts.
+        Returns how many the core applied."""
+        live = self.live
+        applied = 0
+        for answer in answers:
+            step = live.core.on_execution(answer)
+            if not step.records:
+                continue
+            self.checkpointer.journal(
+                JournalRow(
+                    self.account,
+                    live.events,
+                    DEFAULT_TOPIC[type(answer)],
+                    NOT_CONSUMED,
+                    NOT_CONSUMED,
+                    answer.event_id,
+                    None,
                 )
-                live.events += 1
-                self.emit(live.core.on_execution(answer).records)
+            )
+            live.events += 1
+            applied += 1
+            self.emit(step.records)
+            await self.send()
+        if self.adapter is not None:
+            alerts = self.adapter.drain_alerts()
+            if alerts:
+                self.emit(alerts)
                 await self.send()
+        return applied
+
+    def follow_due(self) -> bool:
+        adapter = self.adapter
+        return (
+            adapter is not None
+            and bool(self.live.core.open_orders())
+            and time.monotonic() - self.last_follow >= adapter.config.follow_interval_s
+        )
+
+    async def follow_orders(self) -> int:
+        """Ask the venue about every open order (caller holds the checkpointer's gate); what is new goes
+        through :meth:`apply_answers` and into the next checkpoint. Returns the answers applied."""
+        adapter = self.adapter
+        self.last_follow = time.monotonic()
+        if adapter is None:
+            return 0
+        applied = 0
+        for order in self.live.core.open_orders():
+            n = await self.apply_answers(await adapter.follow(order))
+            if n:
+                self.checkpointer.applied()
+            applied += n
+        return applied
+
+    async def reconcile(self) -> None:
+        """At start, before any input: the orders the restored state holds open (placed before a crash
+        or a stop) get their status and fills fetched back from the venue and applied once."""
+        orders = self.live.core.open_orders()
+        async with self.checkpointer.gate:
+            applied = await self.follow_orders()
+            await self.checkpointer.after_batch()
+        left = self.live.core.open_orders()
+        log.info(
+            "trading_orders_reconciled",
+            account=self.account,
+            open_before=len(orders),
+            answers_applied=applied,
+            open_after=len(left),
+        )
 
     def undecodable_control(self, msg: ConsumerRecord[bytes, bytes]) -> Alert:
         arrival = _arrival_ns(msg)

@@ -36,7 +36,7 @@ from agents.clock import ArrivalClock, StreamClock
 from agents.control.audit import audit_record, rejected_alert
 from agents.control.signing import ControlAudit as EngineAudit
 from agents.control.signing import ControlVerifier, Keyring, VerifierConfig, compute_signature
-from agents.execution.interface import ExecutionRecord, MarketContext, client_order_id_for
+from agents.execution.interface import TERMINAL_STATUSES, ExecutionRecord, MarketContext, OpenOrder, client_order_id_for
 from agents.execution.paper import PaperConfig, PaperExecutionEngine
 from agents.governance.config import GovernanceConfig
 from agents.portfolio.engine import PortfolioConfig, PortfolioEngine, PortfolioState
@@ -53,6 +53,7 @@ from topics.records import (
     ModelRegistryEvent,
     ModelStage,
     OrderIntent,
+    OrderUpdate,
     PortfolioSnapshot,
     RiskDecision,
     RiskVerdict,
@@ -192,6 +193,8 @@ class TradingCore:
         self._versions: dict[tuple[str, str], ModelRegistryEvent] = {}
         #: Signals waiting for their bar, in arrival order, with their arrival bound.
         self._held: list[tuple[Signal, int | None]] = []
+        #: External execution: orders handed out and not terminal yet, by client order id.
+        self._open: dict[str, OpenOrder] = {}
 
     # -- inputs -----------------------------------------------------------------
 
@@ -339,7 +342,10 @@ class TradingCore:
         fills to the portfolio) and returned as the step's output, re-stamped
         with this core's clock. An answer for an order this core never handed
         out is refused (``ValueError``): it would move positions no decision
-        of this account explains.
+        of this account explains. An answer already applied to an open order
+        (a fill id or an update it holds: a follow-up query or a restart's
+        reconciliation repeating the venue's state) changes nothing and
+        returns an empty step.
         """
         if self.config.execution is not ExecutionMode.EXTERNAL:
             raise ValueError("on_execution needs external execution; paper execution fills in-process")
@@ -348,11 +354,51 @@ class TradingCore:
                 f"{type(record).__name__} {record.event_id} is for client order id "
                 f"{record.client_order_id}, which this core never submitted"
             )
+        if self._already_applied(record):
+            return Step()
         now = self.clock.now_ns()
         stamped = record if record.ts_init == now else dataclasses.replace(record, ts_init=now)
         out: list[Record] = []
         self._executed(stamped, out)
+        self._follow(stamped)
         return Step(records=tuple(out))
+
+    def open_orders(self) -> tuple[OpenOrder, ...]:
+        """External orders handed out and not terminal yet, in the order they were handed out."""
+        return tuple(self._open.values())
+
+    def _already_applied(self, record: ExecutionRecord) -> bool:
+        order = self._open.get(record.client_order_id)
+        if order is None:
+            return False
+        if isinstance(record, Fill):
+            return record.fill_id in order.fill_ids
+        return record.event_id in order.update_ids
+
+    def _follow(self, record: ExecutionRecord) -> None:
+        """What an applied answer tells of its open order (removed once terminal)."""
+        coid = record.client_order_id
+        order = self._open.get(coid)
+        if order is None:
+            return
+        if isinstance(record, Fill):
+            self._open[coid] = dataclasses.replace(
+                order,
+                filled=order.filled + record.quantity,
+                notional=order.notional + record.price * record.quantity,
+                fill_ids=order.fill_ids | {record.fill_id},
+            )
+        elif isinstance(record, OrderUpdate):
+            if record.status in TERMINAL_STATUSES:
+                del self._open[coid]
+                return
+            self._open[coid] = dataclasses.replace(
+                order,
+                status=record.status,
+                quantity=record.quantity,
+                venue_order_id=record.venue_order_id or order.venue_order_id,
+                update_ids=order.update_ids | {record.event_id},
+            )
 
     def on_control(self, event: ControlEvent, arrival_ns: int | None = None) -> Step:
         """A signed command, in wall time: it moves the wall clock (when authentic), never market time.
@@ -446,6 +492,7 @@ class TradingCore:
             if not self.paper.seen(coid):  # at most once per client order id, like paper's own dedupe
                 self.paper.remember(coid)
                 submit.append((intent, decision, market))
+                self._open[coid] = OpenOrder(intent=intent, decision=decision, market=market)
             return
         # paper execution; in external mode only the refusals of orders that are never sent
         for rec in self.paper.submit(intent, decision, market):

@@ -7,7 +7,9 @@ EmbeddedBroker), never the session fixtures other tests share.
    and after the restart every record is stored exactly once;
 2. exchange errors and jitter: ccxt against a local HTTP venue that answers with recorded
    Binance error bodies, random latency, timeouts and dropped connections; retries stay
-   within ``max_attempts`` with one client order id, then a classified reject;
+   within ``max_attempts`` with one client order id, then a classified reject, or ``unknown``
+   (still in flight) when the order may have landed, until a query by client order id finds it;
+   a restart fetches back the fill of an order placed before the crash;
 3. broker lost: the broker process is SIGKILLed under a trading worker and a sink and an empty
    one comes back on the same address (also with its topics recreated at once, which only the
    watchdog's committed-offset marker can tell); both exit non-zero with a critical
@@ -451,7 +453,9 @@ class ChaosVenue:
     """A local HTTP server speaking Binance's REST paths: markets from the recorded fixture, and a
     script of order answers (recorded Binance error bodies, latency, answers slower than the client's
     timeout). ccxt talks to it over real HTTP: its own signing, aiohttp session, timeout handling,
-    status/error mapping. Every order POST is recorded with its client order id and arrival time."""
+    status/error mapping. Every order POST is recorded with its client order id and arrival time; an
+    order the script fills is placed (even when its answer comes too late), and ``GET /api/v3/order``
+    by ``origClientOrderId`` answers it as Binance's order query does (or -2013 when none was placed)."""
 
     def __init__(self, script: list[Reply], jitter_s: float, seed: int) -> None:
         from tests.fixtures.ccxt.replay import load_interactions
@@ -461,6 +465,8 @@ class ChaosVenue:
         self.rng = random.Random(seed)
         self.jitter_s = jitter_s
         self.posts: list[tuple[float, str]] = []
+        self.placed: dict[str, dict[str, Any]] = {}  # client order id -> the venue's order (query answer)
+        self.queries: list[str] = []
         self.url = ""
         self._runner: Any = None
 
@@ -499,6 +505,7 @@ class ChaosVenue:
             if body == "filled":
                 from tests.unit.test_ccxt_execution import binance_filled
 
+                self.placed.setdefault(coid, _queried(coid, form))
                 body = binance_filled(coid)
             if body == "drop":  # the connection dies without an answer
                 request.transport.abort()
@@ -506,7 +513,37 @@ class ChaosVenue:
             if isinstance(body, str):
                 return web.Response(text=body, status=status, content_type="text/html")
             return web.json_response(body, status=status)
+        if request.method == "GET" and request.path == "/api/v3/order":
+            coid = request.query.get("origClientOrderId", "")
+            self.queries.append(coid)
+            if coid in self.placed:
+                return web.json_response(self.placed[coid])
+            return web.json_response({"code": -2013, "msg": "Order does not exist."}, status=400)
         return web.json_response({"code": -1, "msg": f"unexpected {request.method} {request.path}"}, status=404)
+
+
+def _queried(coid: str, form: dict[str, str]) -> dict[str, Any]:
+    """Binance's ``GET /api/v3/order`` answer for a market order filled in full at 29,012 (no trades, no fee)."""
+    qty = float(form["quantity"])
+    return {
+        "symbol": form["symbol"],
+        "orderId": 28,
+        "orderListId": -1,
+        "clientOrderId": coid,
+        "price": "0.00000000",
+        "origQty": form["quantity"],
+        "executedQty": form["quantity"],
+        "cummulativeQuoteQty": f"{qty * 29_012.0:.8f}",
+        "status": "FILLED",
+        "timeInForce": "GTC",
+        "type": form["type"],
+        "side": form["side"],
+        "time": 1609495200123,
+        "updateTime": 1609495200123,
+        "isWorking": True,
+        "workingTime": 1609495200123,
+        "selfTradePreventionMode": "NONE",
+    }
 
 
 @pytest.fixture
@@ -519,9 +556,17 @@ async def chaos_exchange() -> AsyncIterator[Any]:
     built: list[tuple[ChaosVenue, Any]] = []
 
     async def make(
-        script: list[Reply], *, max_attempts: int = 3, timeout_ms: int = 400, jitter_s: float = 0.08, seed: int = 7
+        script: list[Reply],
+        *,
+        max_attempts: int = 3,
+        timeout_ms: int = 400,
+        jitter_s: float = 0.08,
+        seed: int = 7,
+        venue: ChaosVenue | None = None,
     ) -> tuple[ChaosVenue, CcxtExecutionAdapter]:
-        venue = await ChaosVenue(script, jitter_s, seed).start()
+        """A new venue with ``script``, or a new client (another process) of ``venue``."""
+        if venue is None:
+            venue = await ChaosVenue(script, jitter_s, seed).start()
         config = LiveExecutionConfig(
             exchange_id="binance",
             dry_run=False,
@@ -539,8 +584,9 @@ async def chaos_exchange() -> AsyncIterator[Any]:
         return venue, adapter
 
     yield make
-    for venue, exchange in built:
+    for _, exchange in built:
         await exchange.close()
+    for venue in {id(v): v for v, _ in built}.values():
         await venue.stop()
 
 
@@ -583,28 +629,37 @@ async def test_exchange_timeout_then_retry_and_duplicate_answer_means_already_pl
 
 
 @pytest.mark.parametrize(
-    ("reply", "reason", "attempts"),
+    ("reply", "status", "reason", "attempts"),
     [
-        (_rate_limited(), "rate_limited", 3),  # retriable: every attempt used, then the classified reject
-        ((0.0, 503, "<html><body><h1>503 Service Unavailable</h1></body></html>"), "network_error", 3),
-        ((0.0, 200, "drop"), "network_error", 3),
+        (_rate_limited(), "rejected", "rate_limited", 3),  # retriable: every attempt used, then the classified reject
+        # the request may have reached the matching engine (Binance: 5xx and -1001 mean "execution status
+        # unknown"; a lost connection or a late answer say nothing): unknown, not rejected
+        ((0.0, 503, "<html><body><h1>503 Service Unavailable</h1></body></html>"), "unknown", "network_error", 3),
+        ((0.0, 200, "drop"), "unknown", "network_error", 3),
         (
             (0.0, 400, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
+            "unknown",
             "network_error",
             3,
         ),  # Binance DISCONNECTED: ccxt OperationFailed, transient
-        ((1.0, 200, {}), "venue_timeout", 3),  # every answer slower than the client timeout
-        ((0.0, 400, {"code": -1022, "msg": "Signature for this request is not valid."}), "auth_failed", 1),
-        ((0.0, 401, {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}), "auth_failed", 1),
+        ((1.0, 200, {}), "unknown", "venue_timeout", 3),  # every answer slower than the client timeout
+        ((0.0, 400, {"code": -1022, "msg": "Signature for this request is not valid."}), "rejected", "auth_failed", 1),
+        (
+            (0.0, 401, {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}),
+            "rejected",
+            "auth_failed",
+            1,
+        ),
         (
             (0.0, 400, {"code": -2010, "msg": "Account has insufficient balance for requested action."}),
+            "rejected",
             "insufficient_funds",
             1,
         ),
     ],
 )
-async def test_exchange_failing_every_attempt_then_retries_within_limit_and_classified_reject(
-    chaos_exchange: Any, reply: Reply, reason: str, attempts: int
+async def test_exchange_failing_every_attempt_then_retries_within_limit_and_classified(
+    chaos_exchange: Any, reply: Reply, status: str, reason: str, attempts: int
 ) -> None:
     from tests.unit.test_ccxt_execution import mkt, order
 
@@ -612,8 +667,176 @@ async def test_exchange_failing_every_attempt_then_retries_within_limit_and_clas
     out = await adapter.submit(*order(), mkt())
     assert len(venue.posts) == attempts, venue.posts  # never more than max_attempts; none for a final error
     assert len({c for _, c in venue.posts}) == 1
-    (rej,) = out
-    assert rej.status.value == "rejected" and rej.reason == reason
+    assert (out[-1].status.value, out[-1].reason) == (status, reason)
+    assert [u.status.value for u in out[:-1]] == (["new"] if status == "unknown" else [])
+
+
+async def test_exchange_timing_out_every_attempt_but_placed_then_unknown_in_flight_until_found_with_its_fill(
+    chaos_exchange: Any,
+) -> None:
+    from agents.execution.interface import InFlightOrders, OpenOrder, client_order_id_for
+    from tests.unit.test_ccxt_execution import NOW, mkt, order
+    from topics.records import Fill, OrderStatus
+
+    venue, adapter = await chaos_exchange([(1.0, 200, "filled")], max_attempts=3)  # lands, answers too late
+    it, dec = order(qty=0.01)
+    coid = client_order_id_for(it.event_id)
+    in_flight = InFlightOrders(ttl_ns=3_600 * 10**9)  # what risk and strategy measure exposure with
+    in_flight.add(coid, it.symbol, it.side, dec.approved_quantity, NOW)
+    out = await adapter.submit(it, dec, mkt())
+    assert [c for _, c in venue.posts] == [coid] * 3 and coid in venue.placed  # it is live at the venue
+    assert [(u.status.value, u.reason) for u in out] == [("new", None), ("unknown", "venue_timeout")]
+    for rec in out:
+        in_flight.on_execution(rec)
+    assert in_flight.net(it.symbol, NOW) == pytest.approx(0.01)  # still counted: it may fill
+    unknown = OpenOrder(intent=it, decision=dec, market=mkt(), status=OrderStatus.UNKNOWN, quantity=0.01)
+    found = await adapter.follow(unknown)
+    assert venue.queries == [coid]
+    assert [r.status.value if not isinstance(r, Fill) else "fill" for r in found] == ["acknowledged", "fill", "filled"]
+    fill = found[1]
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(0.01) and fill.price == pytest.approx(29_012.0)
+    assert fill.fee_estimated and fill.fee > 0  # Binance's order query has no fee: estimated, flagged, not 0.0
+    for rec in found:
+        in_flight.on_execution(rec)
+    assert in_flight.net(it.symbol, NOW) == 0.0 and len(in_flight) == 0
+
+
+async def test_exchange_never_got_an_unknown_order_then_rejected_not_found(chaos_exchange: Any) -> None:
+    from agents.execution.interface import OpenOrder
+    from tests.unit.test_ccxt_execution import mkt, order
+    from topics.records import OrderStatus
+
+    _, adapter = await chaos_exchange([(0.0, 200, "drop")], max_attempts=2)  # lost before the venue took it
+    it, dec = order(qty=0.01)
+    out = await adapter.submit(it, dec, mkt())
+    assert out[-1].status.value == "unknown"
+    (rej,) = await adapter.follow(OpenOrder(intent=it, decision=dec, market=mkt(), status=OrderStatus.UNKNOWN))
+    assert (rej.status.value, rej.reason) == ("rejected", "not_found_after_unknown")
+
+
+async def test_restart_after_an_order_was_placed_then_its_fill_is_fetched_back_and_applied_once(
+    chaos_exchange: Any,
+) -> None:
+    """The crash falls between placing an order and applying the venue's answer: the restored core
+    (its checkpoint) holds the order open; the restarted adapter finds it by client order id and its
+    fill moves the position exactly once."""
+    from agents.trading.checkpoint import dump_core, load_core
+    from agents.trading.core import TradingCore
+    from tests.unit.test_trading_determinism import KEYRING, load_bars
+    from tests.unit.test_trading_external_execution import EXTERNAL, _strong
+    from topics.records import Fill
+
+    bars = load_bars()
+    core = TradingCore(EXTERNAL, KEYRING)
+    for bar in bars[:30]:
+        core.on_bar(bar)
+    ((intent, decision, market),) = core.on_signal(_strong(bars, 29)).to_submit
+    checkpoint = dump_core(core)  # external execution checkpoints after every batch: the order is handed out
+    venue, before_crash = await chaos_exchange([(0.0, 200, "filled")])
+    lost = await before_crash.submit(intent, decision, market)  # placed and filled; the worker dies now
+    assert [r for r in lost if isinstance(r, Fill)] and len(venue.placed) == 1
+
+    restored = load_core(checkpoint, KEYRING)
+    assert restored.portfolio_state().positions.get("BTC/USDT") is None
+    (open_order,) = restored.open_orders()
+    venue.script = [(0.0, 500, {"code": -1, "msg": "no order may be sent again"})]
+    _, after_restart = await chaos_exchange([], venue=venue)  # the restarted worker's own exchange client
+    fetched = await after_restart.follow(open_order)
+    applied = [r for a in fetched for r in restored.on_execution(a).records]
+    fills = [r for r in applied if isinstance(r, Fill)]
+    assert len(fills) == 1 and restored.open_orders() == ()
+    qty = restored.portfolio_state().positions["BTC/USDT"].quantity
+    assert qty == pytest.approx(fills[0].quantity) and qty > 0
+    assert fills[0].quantity == pytest.approx(decision.approved_quantity, rel=1e-3)  # the venue's precision
+    # a second restart from the same checkpoint, with the answers delivered twice: applied once
+    again = load_core(checkpoint, KEYRING)
+    (order_again,) = again.open_orders()
+    twice = await after_restart.follow(order_again)
+    for answer in [*twice[:2], *twice]:
+        again.on_execution(answer)
+    assert again.portfolio_state().positions["BTC/USDT"].quantity == pytest.approx(qty)
+    assert venue.queries == [open_order.client_order_id] * 2 and len(venue.posts) == 1  # queried, never re-sent
+
+
+async def test_trading_worker_restarted_after_an_order_was_placed_then_reconciles_its_fill_before_any_input(
+    broker: EmbeddedBroker, namespace: str, dsn: str, chaos_exchange: Any, tmp_path: Path
+) -> None:
+    """The agent itself (real broker, real PostgreSQL, ccxt over HTTP): the checkpoint holds an order
+    handed out whose answer the crash lost; the restarted worker's reconciliation, before it consumes
+    anything, fetches the order back, publishes its fill once and checkpoints the position."""
+    from agents.execution.interface import client_order_id_for
+    from agents.trading.agent import TradingWorker
+    from agents.trading.checkpoint import seal
+    from agents.trading.checkpointer import LiveState, restore
+    from agents.trading.core import TradingCore
+    from runtime.agent import AgentContext
+    from runtime.batch_agent import batch_producer
+    from runtime.faust_app import WorkerSettings, create_app
+    from storage.trading import load_checkpoint, save_checkpoint
+    from tests.unit.test_trading_determinism import KEYRING, load_bars
+    from tests.unit.test_trading_external_execution import EXTERNAL, _strong
+
+    bars = load_bars()
+    crashed = TradingCore(EXTERNAL, KEYRING)
+    for bar in bars[:30]:
+        crashed.on_bar(bar)
+    ((intent, decision, market),) = crashed.on_signal(_strong(bars, 29)).to_submit
+    conn = await asyncpg.connect(dsn)
+    try:
+        await save_checkpoint(conn, seal(crashed, config_hash="h1", offsets={}, events_applied=0, keyring=KEYRING))
+    finally:
+        await conn.close()
+    venue, before_crash = await chaos_exchange([(0.0, 200, "filled")])
+    await before_crash.submit(intent, decision, market)  # placed and filled; the worker dies before applying it
+
+    live = LiveState(TradingCore(EXTERNAL, KEYRING))
+    await asyncio.to_thread(restore, live, dsn, KEYRING, "h1")  # as at start-up, on its own event loop
+    assert len(live.core.open_orders()) == 1
+    _, adapter = await chaos_exchange([], venue=venue)
+    app = create_app(WorkerSettings(app_id=f"{namespace}-trading", bootstrap=broker.bootstrap, data_dir=str(tmp_path)))
+    ctx = AgentContext(app, wall_clock=time.time_ns, namespace=namespace, bootstrap=broker.bootstrap, dsn=dsn)
+    worker = TradingWorker(app, ctx, live, adapter, keyring=KEYRING, config_hash="h1")
+    worker.producer = batch_producer(broker.bootstrap)
+    await worker.producer.start()
+    try:
+        await worker.reconcile()
+    finally:
+        await worker.producer.stop()
+        if worker.checkpointer.db is not None:
+            await worker.checkpointer.db.close()
+    assert venue.queries == [client_order_id_for(intent.event_id)] and len(venue.posts) == 1
+    assert live.core.open_orders() == ()
+    qty = live.core.portfolio_state().positions["BTC/USDT"].quantity
+    assert qty == pytest.approx(decision.approved_quantity, rel=1e-3)
+    assert await records_on(broker.bootstrap, physical_name("fills", namespace)) == 1
+    statuses = [
+        json.loads(v)["status"] for v in await values_on(broker.bootstrap, physical_name("orders.updates", namespace))
+    ]
+    assert statuses == ["acknowledged", "filled"]
+    conn = await asyncpg.connect(dsn)
+    try:
+        saved = await load_checkpoint(conn, "paper")
+    finally:
+        await conn.close()
+    assert saved is not None and saved.events_applied == 3  # acknowledged, fill, filled: journaled and checkpointed
+
+
+async def values_on(bootstrap: str, topic: str, wait_s: float = 3.0) -> list[bytes]:
+    """The values ``topic`` holds (single-key topics keep their order), read from the start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(spec(topic.split(".", 1)[1]).partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[bytes] = []
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                out += [r.value for r in recs if r.value is not None]
+        return out
+    finally:
+        await consumer.stop()
 
 
 # ---------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def test_rule_metrics_are_the_ones_the_code_exposes() -> None:
     """Every tradeflow_/market_ metric a rule reads is registered by the instrumented modules."""
     from prometheus_client import REGISTRY
 
+    import agents.execution.ccxt_live
     import agents.market.history
     import agents.trading.metrics  # noqa: F401
     import gpu_workers.agents  # noqa: F401

@@ -6,6 +6,7 @@ spot, ``set_markets`` with a realistic market structure."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import ccxt
 import pytest
+from prometheus_client import REGISTRY
 
 from agents.clock import EventClock
 from agents.execution.ccxt_live import (
@@ -23,11 +25,12 @@ from agents.execution.ccxt_live import (
     classify_execution_error,
     make_execution_exchange,
 )
-from agents.execution.interface import ExecReason, MarketContext, client_order_id_for
+from agents.execution.interface import ExecReason, MarketContext, OpenOrder, client_order_id_for
 from tests import builders
 from tests.fixtures.ccxt.replay import Interaction, ReplayTransport
 from topics.records import (
     Fill,
+    Liquidity,
     OrderIntent,
     OrderStatus,
     OrderUpdate,
@@ -453,6 +456,243 @@ async def test_risk_rejected_decision_then_recorded_and_never_sent() -> None:
 
 
 # ---------------------------------------------------------------------------
+# Money paths: unknown fate, follow-up queries, missing fees, bad trades
+# ---------------------------------------------------------------------------
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def binance_queried(coid: str, **changes: Any) -> dict[str, Any]:
+    """``GET /api/v3/order``: Binance's order query answer (no ``fills``, so no fees)."""
+    body = {k: v for k, v in binance_filled(coid).items() if k != "fills"}
+    body.update(time=1609495200123, updateTime=1609495200123, isWorking=True, **changes)
+    return body
+
+
+def opened(it: OrderIntent, dec: RiskDecision, records: list[Any] | None = None) -> OpenOrder:
+    """What the core holds of an order after ``records`` were applied (as :class:`TradingCore` does)."""
+    order = OpenOrder(intent=it, decision=dec, market=mkt())
+    for r in records or []:
+        if isinstance(r, Fill):
+            order = dataclasses.replace(
+                order,
+                filled=order.filled + r.quantity,
+                notional=order.notional + r.price * r.quantity,
+                fill_ids=order.fill_ids | {r.fill_id},
+            )
+        else:
+            order = dataclasses.replace(order, status=r.status, quantity=r.quantity, venue_order_id=r.venue_order_id)
+    return order
+
+
+async def test_timeout_on_every_attempt_then_unknown_not_rejected_and_counted() -> None:
+    timeout = reply("POST", BINANCE_ORDER, raise_="RequestTimeout", repeat=True)
+    adapter, v, delays = await venue("binance", "spot", "binance_spot_markets.json", timeout)
+    before = metric("tradeflow_execution_orders_unknown_total", adapter=adapter.name)
+    out = await adapter.submit(*order(), mkt())
+    assert statuses(out) == ["new", "unknown"]  # may be live at the venue: never "rejected"
+    assert isinstance(out[-1], OrderUpdate) and out[-1].reason == ExecReason.VENUE_TIMEOUT
+    assert out[-1].quantity == 0.01 and len(v.posts(BINANCE_ORDER)) == 3 and delays == [0.5, 1.0]
+    assert metric("tradeflow_execution_orders_unknown_total", adapter=adapter.name) == before + 1
+
+
+async def test_unknown_order_followed_and_found_filled_then_fill_with_estimated_fee_and_filled() -> None:
+    it, dec = order(qty=0.01)
+    coid = client_order_id_for(it.event_id)
+    adapter, v, _ = await venue(
+        "binance",
+        "spot",
+        "binance_spot_markets.json",
+        reply("POST", BINANCE_ORDER, raise_="NetworkError", repeat=True),
+        reply("GET", BINANCE_ORDER, binance_queried(coid)),
+    )
+    submitted = await adapter.submit(it, dec, mkt())
+    assert statuses(submitted) == ["new", "unknown"] and submitted[-1].reason == ExecReason.NETWORK_ERROR  # type: ignore[union-attr]
+    before = metric("tradeflow_execution_fee_estimated_total", adapter=adapter.name)
+    out = await adapter.follow(opened(it, dec, submitted))
+    (query,) = [
+        dict(parse_qsl(urlsplit(u).query))
+        for m, u in v.transport.requests
+        if m == "GET" and urlsplit(u).path == BINANCE_ORDER
+    ]
+    assert query["origClientOrderId"] == coid and "orderId" not in query  # found by our id, not the venue's
+    assert statuses(out) == ["acknowledged", "fill", "filled"]
+    fill = out[1]
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(0.01) and fill.price == pytest.approx(29_012.0)
+    rate = adapter.exchange.markets["BTC/USDT"]["taker"]
+    assert rate > 0 and fill.fee_estimated and fill.fee_currency == "USDT"
+    assert fill.fee == pytest.approx(0.01 * 29_012.0 * rate)
+    assert metric("tradeflow_execution_fee_estimated_total", adapter=adapter.name) == before + 1
+
+
+async def test_unknown_order_the_venue_does_not_know_then_rejected_not_found() -> None:
+    it, dec = order()
+    adapter, _, _ = await venue(
+        "binance",
+        "spot",
+        "binance_spot_markets.json",
+        reply("GET", BINANCE_ORDER, {"code": -2013, "msg": "Order does not exist."}, status=400),
+    )
+    unknown = dataclasses.replace(opened(it, dec), status=OrderStatus.UNKNOWN, quantity=0.01)
+    (rej,) = await adapter.follow(unknown)
+    assert isinstance(rej, OrderUpdate) and rej.status is OrderStatus.REJECTED
+    assert rej.reason == ExecReason.NOT_FOUND_AFTER_UNKNOWN and rej.client_order_id == client_order_id_for(it.event_id)
+
+
+async def test_acknowledged_order_the_venue_no_longer_knows_then_alerted_once_and_kept_open() -> None:
+    it, dec = order()
+    gone = reply("GET", BINANCE_ORDER, {"code": -2013, "msg": "Order does not exist."}, status=400, repeat=True)
+    adapter, _, _ = await venue("binance", "spot", "binance_spot_markets.json", gone)
+    acked = dataclasses.replace(opened(it, dec), status=OrderStatus.ACKNOWLEDGED, quantity=0.01)
+    assert await adapter.follow(acked) == [] and await adapter.follow(acked) == []  # never "rejected": it was live
+    (alert,) = adapter.drain_alerts()
+    assert alert.code == "execution_order_lost" and client_order_id_for(it.event_id) in alert.message
+
+
+async def test_bitget_spot_order_followed_by_client_oid_then_filled_with_estimated_fee() -> None:
+    it, dec = order(qty=0.002)
+    coid = client_order_id_for(it.event_id)
+    info = {
+        "code": "00000",
+        "msg": "success",
+        "requestTime": 1609495201000,
+        "data": [
+            {
+                "userId": "7264631750",
+                "symbol": "BTCUSDT",
+                "orderId": "1001",
+                "clientOid": coid,
+                "price": "0",
+                "size": "58.0000000000000000",
+                "orderType": "market",
+                "side": "buy",
+                "status": "filled",
+                "priceAvg": "29005.0000000000000000",
+                "baseVolume": "0.0020000000000000",
+                "quoteVolume": "58.0100000000000000",
+                "enterPointSource": "API",
+                "feeDetail": "",
+                "orderSource": "market",
+                "cTime": "1609495200100",
+                "uTime": "1609495200200",
+            }
+        ],
+    }
+    path = "/api/v2/spot/trade/orderInfo"
+    adapter, v, _ = await venue("bitget", "spot", None, reply("GET", path, info), credentials={**KEYS, "password": "p"})
+    adapter.exchange.set_markets([BITGET_SPOT_BTC])
+    acked = dataclasses.replace(opened(it, dec), status=OrderStatus.ACKNOWLEDGED, quantity=0.002, venue_order_id="1001")
+    out = await adapter.follow(acked)
+    (query,) = v.transport.requests_to(path)
+    assert query["clientOid"] == coid and "orderId" not in query
+    assert statuses(out) == ["fill", "filled"]
+    fill = out[0]
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(0.002) and fill.price == pytest.approx(29_005.0)
+    assert fill.fee_estimated and fill.fee > 0 and fill.fee_currency == "USDT"
+
+
+async def test_follow_query_failing_then_nothing_and_counted_order_stays_open() -> None:
+    it, dec = order()
+    adapter, _, _ = await venue(
+        "binance", "spot", "binance_spot_markets.json", reply("GET", BINANCE_ORDER, raise_="RequestTimeout")
+    )
+    labels = {"adapter": adapter.name, "reason": "venue_timeout"}
+    before = metric("tradeflow_execution_follow_failures_total", **labels)
+    assert await adapter.follow(dataclasses.replace(opened(it, dec), status=OrderStatus.UNKNOWN)) == []
+    assert metric("tradeflow_execution_follow_failures_total", **labels) == before + 1
+
+
+async def test_partially_filled_order_followed_then_only_the_new_part_as_one_fill() -> None:
+    it, dec = order(qty=0.01, limit=29_000.0)
+    coid = client_order_id_for(it.event_id)
+    partial = {
+        **binance_filled(coid),
+        "type": "LIMIT",
+        "price": "29000.00",
+        "status": "PARTIALLY_FILLED",
+        "executedQty": "0.00400000",
+        "cummulativeQuoteQty": "116.00000000",
+        "fills": [
+            {"price": "29000.00", "qty": "0.00400000", "commission": "0.116", "commissionAsset": "USDT", "tradeId": 21}
+        ],
+    }
+    later = binance_queried(coid, type="LIMIT", price="29000.00", cummulativeQuoteQty="289.94000000")
+    adapter, _, _ = await venue(
+        "binance",
+        "spot",
+        "binance_spot_markets.json",
+        reply("POST", BINANCE_ORDER, partial),
+        reply("GET", BINANCE_ORDER, later, repeat=True),
+    )
+    first = await adapter.submit(it, dec, mkt())
+    assert statuses(first) == ["new", "acknowledged", "fill", "partially_filled"]
+    state = opened(it, dec, first)
+    out = await adapter.follow(state)
+    assert statuses(out) == ["fill", "filled"]  # acknowledged once, the first fill not repeated
+    fill = out[0]
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(0.006)
+    assert fill.price == pytest.approx((289.94 - 116.0) / 0.006)  # the rest of the notional, not the average
+    assert out[-1].filled_quantity == pytest.approx(0.01)  # type: ignore[union-attr]
+    # asked again after both were applied: the same aggregate fill id, nothing new for the core
+    again = await adapter.follow(opened(it, dec, [*first, *out]))
+    assert [r for r in again if isinstance(r, Fill)] == []
+
+
+async def test_trade_without_a_fee_then_estimated_and_flagged_never_zero() -> None:
+    it, dec = order(qty=0.01)
+    coid = client_order_id_for(it.event_id)
+    body = binance_filled(coid)
+    for trade in body["fills"]:
+        del trade["commission"], trade["commissionAsset"]
+    adapter, _, _ = await venue("binance", "spot", "binance_spot_markets.json", reply("POST", BINANCE_ORDER, body))
+    out = await adapter.submit(it, dec, mkt())
+    fills = [r for r in out if isinstance(r, Fill)]
+    rate = adapter.exchange.markets["BTC/USDT"]["taker"]
+    assert [(f.fee_estimated, f.fee_currency) for f in fills] == [(True, "USDT")] * 2
+    assert [f.fee for f in fills] == pytest.approx([0.006 * 29_010 * rate, 0.004 * 29_015 * rate])
+    assert all(f.fee > 0 for f in fills)
+    # a venue fee, even 0, is the venue's: not estimated
+    assert adapter._fee({"cost": 0.0, "currency": "BNB"}, 1.0, 1.0, Liquidity.TAKER, "BTC/USDT", "USDT") == (
+        0.0,
+        "BNB",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("trade", "reason"),
+    [
+        ({"price": "0"}, "bad_price"),
+        ({"price": None}, "bad_price"),
+        ({"price": "-5"}, "bad_price"),
+        ({"qty": "0"}, "bad_amount"),
+        ({"qty": None}, "bad_amount"),
+    ],
+)
+async def test_trade_with_bad_price_or_amount_then_counted_alerted_and_covered_by_the_order_total(
+    trade: dict[str, str | None], reason: str
+) -> None:
+    it, dec = order(qty=0.01)
+    coid = client_order_id_for(it.event_id)
+    body = binance_filled(coid)
+    body["fills"][1].update(trade)
+    adapter, _, _ = await venue("binance", "spot", "binance_spot_markets.json", reply("POST", BINANCE_ORDER, body))
+    before = metric("tradeflow_execution_trades_invalid_total", adapter=adapter.name, reason=reason)
+    out = await adapter.submit(it, dec, mkt())
+    assert metric("tradeflow_execution_trades_invalid_total", adapter=adapter.name, reason=reason) == before + 1
+    (alert,) = adapter.drain_alerts()
+    assert alert.code == "execution_trade_invalid" and alert.labels["reason"] == reason and "13" in alert.message
+    assert adapter.drain_alerts() == []
+    fills = [r for r in out if isinstance(r, Fill)]
+    # the order's own total still holds: the bad trade's part comes as the aggregate rest
+    assert sum(f.quantity for f in fills) == pytest.approx(0.01)
+    assert sum(f.price * f.quantity for f in fills) == pytest.approx(290.12)
+    assert fills[0].fill_id == "12" and fills[1].fill_id.endswith("-agg-0.01")
+
+
+# ---------------------------------------------------------------------------
 # Bitget USDT perpetual: account set-up, reduce-only, position rules
 # ---------------------------------------------------------------------------
 
@@ -546,18 +786,21 @@ async def test_spot_symbol_on_swap_adapter_then_symbol_not_supported() -> None:
 # ---------------------------------------------------------------------------
 
 
+COINBASE_FEES = {
+    "total_volume": 0,
+    "total_fees": 0,
+    "fee_tier": {
+        "pricing_tier": "Advanced 1",
+        "usd_from": "0",
+        "usd_to": "1000",
+        "taker_fee_rate": "0.008",
+        "maker_fee_rate": "0.006",
+    },
+}
+
+
 async def test_coinbase_order_then_our_client_order_id_not_a_random_uuid() -> None:
-    summary = {
-        "total_volume": 0,
-        "total_fees": 0,
-        "fee_tier": {
-            "pricing_tier": "Advanced 1",
-            "usd_from": "0",
-            "usd_to": "1000",
-            "taker_fee_rate": "0.008",
-            "maker_fee_rate": "0.006",
-        },
-    }
+    summary = COINBASE_FEES
     created = {
         "success": True,
         "failure_reason": "UNKNOWN_FAILURE_REASON",
@@ -577,6 +820,58 @@ async def test_coinbase_order_then_our_client_order_id_not_a_random_uuid() -> No
     assert statuses(out) == ["new", "acknowledged"]
     body = json.loads(v.posts("/api/v3/brokerage/orders")[0])
     assert body["client_order_id"] == client_order_id_for(it.event_id)
+
+
+async def test_coinbase_unknown_order_then_found_among_the_symbols_orders_by_client_order_id() -> None:
+    it, dec = order("BTC/USD", Side.SELL, 0.01)
+    coid = client_order_id_for(it.event_id)
+
+    def cb_order(order_id: str, client_id: str) -> dict[str, Any]:
+        return {
+            "order_id": order_id,
+            "product_id": "BTC-USD",
+            "user_id": "1111111-1111-1111-1111-111111111111",
+            "order_configuration": {"market_market_ioc": {"base_size": "0.01"}},
+            "side": "SELL",
+            "client_order_id": client_id,
+            "status": "FILLED",
+            "time_in_force": "IMMEDIATE_OR_CANCEL",
+            "created_time": "2021-01-01T10:00:00.100000Z",
+            "completion_percentage": "100",
+            "filled_size": "0.01",
+            "average_filled_price": "28990",
+            "fee": "",
+            "number_of_fills": "1",
+            "filled_value": "289.9",
+            "pending_cancel": False,
+            "size_in_quote": False,
+            "total_fees": "1.7394",
+            "size_inclusive_of_fees": False,
+            "total_value_after_fees": "288.1606",
+            "trigger_status": "INVALID_ORDER_TYPE",
+            "order_type": "MARKET",
+            "reject_reason": "REJECT_REASON_UNSPECIFIED",
+            "settled": True,
+            "product_type": "SPOT",
+        }
+
+    batch = {"orders": [cb_order("cb-0", "someone-else"), cb_order("cb-7", coid)], "has_next": False, "cursor": ""}
+    path = "/api/v3/brokerage/orders/historical/batch"
+    adapter, v, _ = await venue(
+        "coinbase",
+        "spot",
+        "coinbase_spot_markets.json",
+        reply("GET", "/api/v3/brokerage/transaction_summary", COINBASE_FEES, repeat=True),
+        reply("GET", path, batch),
+    )
+    unknown = OpenOrder(intent=it, decision=dec, market=mkt("BTC/USD", 29_000.0), status=OrderStatus.UNKNOWN)
+    out = await adapter.follow(unknown)
+    (query,) = v.transport.requests_to(path)
+    assert query["product_id"] == "BTC-USD" and "start_date" in query
+    assert statuses(out) == ["acknowledged", "fill", "filled"]
+    assert all(r.venue_order_id == "cb-7" for r in out if isinstance(r, OrderUpdate))
+    fill = out[1]
+    assert isinstance(fill, Fill) and fill.quantity == pytest.approx(0.01) and fill.price == pytest.approx(28_990.0)
 
 
 async def test_unreachable_venue_at_start_then_execution_unavailable() -> None:

@@ -21,11 +21,12 @@ from ops.drills import determinism as drill
 ROOT = Path(__file__).resolve().parents[2]
 
 #: identical on every x86-64 CPU with FMA3 (docs/determinism.md); recorded 2026-12-04 ("decisions" again
-#: 2026-12-05: the risk-v2 volatility breaker trips on the return over its window, 2 halts of 60 s, not 20 of 1 h)
+#: 2026-12-05: the risk-v2 volatility breaker trips on the return over its window, 2 halts of 60 s, not 20 of 1 h;
+#: and again: OrderUpdate v2 and Fill v2 (``fee_estimated``) change the encoded bytes, not a decision)
 RECORDED = {
     "event_ids": "e278c73097f815949b0329ebaf2a9a61df14218e8458ae849369f6332df5844c",
     "features": "371f8706a527d0247be5fae27f09360683626d648874369db19f268f241a68f0",
-    "decisions": "2f0fee3e92832632669b8eee769b607044f309885f17b652da0e766d036b4a2d",
+    "decisions": "bdc3c2fd0ff6c84ee80252f1f64e8395f029a5b909d39d7dd7a66d3a105a9140",
     "predictions.linear_baseline": "89be62ca2475a0f95339210613ce4a0748b855c07025be2f503fed70aecb0065",
     "predictions.mlp": "855cffc4964d87b616a7f7d2a380aa08b88b1dad3eadc90d9f1816d54e051cb8",
 }

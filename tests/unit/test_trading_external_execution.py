@@ -212,6 +212,60 @@ def test_venue_answers_through_on_execution_then_position_moves_and_records_carr
     assert getattr(snap, "quantities", {})["BTC/USDT"] == pytest.approx(decision.approved_quantity)
 
 
+def test_unknown_fate_then_exposure_kept_until_resolved_and_repeated_answers_change_nothing() -> None:
+    bars = load_bars()
+    core = TradingCore(EXTERNAL, KEYRING)
+    for bar in bars[:30]:
+        core.on_bar(bar)
+    ((intent, decision, market),) = core.on_signal(_strong(bars, 29)).to_submit
+    qty = decision.approved_quantity
+    assert qty > 0 and core.risk.exposure("BTC/USDT") == pytest.approx(qty)  # in flight from the decision on
+    new, ack, fill, filled = filling_venue(intent, decision, market)
+    unknown = dataclasses.replace(new, status=OrderStatus.UNKNOWN, reason="venue_timeout")
+    unknown = dataclasses.replace(unknown, event_id=OrderUpdate.new(**_fields(unknown)).event_id)
+    for answer in (new, unknown):
+        assert core.on_execution(answer).records
+    # the venue may hold it: risk still counts it (a rejected order would count 0)
+    assert core.risk.exposure("BTC/USDT") == pytest.approx(qty)
+    (open_order,) = core.open_orders()
+    assert open_order.status is OrderStatus.UNKNOWN
+    assert open_order.client_order_id == client_order_id_for(intent.event_id)
+    # resolved as placed: its fill moves the position; a repeated answer (a follow-up query, a restart's
+    # reconciliation) is applied once
+    assert core.on_execution(ack).records and core.on_execution(fill).records
+    assert core.on_execution(fill).records == () and core.on_execution(ack).records == ()
+    (open_order,) = core.open_orders()
+    assert isinstance(fill, Fill) and open_order.fill_ids == {fill.fill_id}
+    assert open_order.filled == pytest.approx(qty)
+    core.on_execution(filled)
+    assert core.open_orders() == ()
+    assert core.portfolio_state().positions["BTC/USDT"].quantity == pytest.approx(qty)
+    assert core.risk.exposure("BTC/USDT") == 0.0  # not in flight any more; held once the next bar marks it
+    core.on_bar(bars[30])
+    assert core.risk.exposure("BTC/USDT") == pytest.approx(qty)
+
+
+def test_open_external_orders_then_kept_in_the_checkpoint() -> None:
+    from agents.trading.checkpoint import dump_core, load_core
+
+    bars = load_bars()
+    core = TradingCore(EXTERNAL, KEYRING)
+    for bar in bars[:30]:
+        core.on_bar(bar)
+    ((intent, decision, market),) = core.on_signal(_strong(bars, 29)).to_submit
+    new, ack, fill, _ = filling_venue(intent, decision, market)
+    for answer in (new, ack, fill):
+        core.on_execution(answer)
+    restored = load_core(dump_core(core), KEYRING)
+    assert restored.open_orders() == core.open_orders() and len(core.open_orders()) == 1
+    assert restored.on_execution(fill).records == ()  # already applied before the checkpoint
+
+
+def _fields(update: OrderUpdate) -> dict[str, Any]:
+    skip = {"event_id", "schema_version"}
+    return {f.name: getattr(update, f.name) for f in dataclasses.fields(update) if f.name not in skip}
+
+
 def test_on_execution_for_an_order_never_handed_out_or_in_paper_mode_then_refused() -> None:
     bars = load_bars()
     core = TradingCore(EXTERNAL, KEYRING)
