@@ -167,9 +167,17 @@ def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None
     assert restored.portfolio_state() == core.portfolio_state() and restored.clock.now_ns() == core.clock.now_ns()
 
 
-@pytest.mark.parametrize("fmt", [2, 3, 4])
-def test_row_of_an_older_format_then_refused_with_why_before_unpickling(fmt: int) -> None:
-    """Formats before 5 hold no breaker window and the old risk configuration's layout: refused, saying so."""
+@pytest.mark.parametrize(
+    ("fmt", "why"),
+    [
+        (2, "volatility breaker"),
+        (3, "volatility breaker"),
+        (4, "volatility breaker"),
+        (5, "per-strategy consecutive-loss counts"),
+    ],
+)
+def test_row_of_an_older_format_then_refused_with_why_before_unpickling(fmt: int, why: str) -> None:
+    """Formats before 5 hold no breaker window, format 5 no per-strategy loss counts: refused, saying so."""
     from agents.trading import checkpoint as ck
 
     core = TradingCore(CONFIG, KEYRING)
@@ -188,7 +196,7 @@ def test_row_of_an_older_format_then_refused_with_why_before_unpickling(fmt: int
         state=state,
         mac=mac,
     )
-    with pytest.raises(CheckpointError, match=f"format {fmt} is not this code's 5 .*volatility breaker.*row"):
+    with pytest.raises(CheckpointError, match=f"format {fmt} is not this code's 6 .*{why}.*row"):
         open_checkpoint(cp, KEYRING, account="paper", config_hash="h1")
 
 
