@@ -1,6 +1,6 @@
 """Trading agent: ``signals`` + ``market.bars`` + ``control`` + ``models.registry``
 -> intents, risk decisions, order updates, fills, portfolio state, control
-audits, alerts, for one account.
+audits, alerts and the opening status (``risk.opening``), for one account.
 
 Thin: decode (or dead-letter), call :class:`~agents.trading.core.TradingCore`,
 send what it returns, count it. The order of operations lives in the core,
@@ -67,6 +67,7 @@ OUTPUTS = (
     "portfolio.state",
     "control.audit",
     "ops.alerts",
+    "risk.opening",
 )
 #: Journal partition/offset of an execution answer: it came from the adapter, not from the broker.
 NOT_CONSUMED = -1
@@ -312,6 +313,7 @@ class TradingWorker:
                 self.journal(name, r, rec.event_id, arrival, step)
                 live.events += 1
                 self.emit(step.records)
+                self.emit_opening(rec.event_id)
                 self.observe(step)
             live.position[tp] = r.offset + 1
             self.checkpointer.applied()
@@ -332,6 +334,12 @@ class TradingWorker:
                     m.RISK_REASONS.labels(self.account, reason).inc()
             elif isinstance(rec, OrderUpdate):
                 m.ORDER_UPDATES.labels(self.account, rec.adapter, rec.status.value, rec.reason or "").inc()
+
+    def emit_opening(self, cause_event_id: str) -> None:
+        """The account's opening status (every blocker, why, until when) when the input changed it."""
+        status = self.live.core.opening_update(cause_event_id)
+        if status is not None:
+            self.emit([status])
 
     async def send(self) -> None:
         """The journal rows of the inputs that made the outbox written, then the outbox handed to the
@@ -388,6 +396,7 @@ class TradingWorker:
                 )
                 live.events += 1
                 self.emit(live.core.on_execution(answer).records)
+                self.emit_opening(answer.event_id)
                 await self.send()
 
     def undecodable_control(self, msg: ConsumerRecord[bytes, bytes]) -> Alert:
