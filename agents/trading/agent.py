@@ -34,6 +34,7 @@ from agents.confighash import stable_config_hash
 from agents.control.signing import Keyring, load_keyring
 from agents.trading import metrics as m
 from agents.trading.checkpointer import Checkpointer, JournalOrder, LiveState, restore
+from agents.trading.configuration import effective_configuration
 from agents.trading.core import Step, TradingCore
 from agents.trading.settings import TradingSettings
 from agents.trading.venue import start_execution
@@ -80,6 +81,8 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
     env = os.environ if environ is None else environ
     settings, keyring, core = _configure(env)
     config_hash = stable_config_hash(settings.config())
+    assert settings.engines is not None  # from_env loads them
+    log.info("trading_configuration", **effective_configuration(settings.config(), settings.engines))
     live = LiveState(core)
     restore(live, ctx.dsn, keyring, config_hash)
     adapter = start_execution(settings, env, live)

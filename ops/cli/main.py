@@ -529,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_drill_parsers(sub)
 
+    from ops.cli.trading import add_parsers as add_trading_parsers
+
+    add_trading_parsers(sub, infra)
+
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)
     sp.add_argument("--create", action="store_true", help="create every catalogued topic (idempotent)")
