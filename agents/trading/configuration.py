@@ -13,7 +13,7 @@ config`` prints: every value with where it came from, and the hash the checkpoin
 Value syntax (file / environment): numbers and strings as such; booleans ``true`` / ``1``;
 per-key tables as TOML tables / ``KEY=VALUE,KEY=VALUE``; 24-hour tables as a TOML array of 24
 numbers, a table of UTC hour bands (``"00-07" = 1.4``) or the same bands as text.
-Design: docs/configuration.md#trading-configuration-file
+Design: docs/trading_agent.md#configuration-file
 """
 
 from __future__ import annotations
