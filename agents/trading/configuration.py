@@ -2,7 +2,7 @@
 
 Every field of :class:`~agents.strategy.config.StrategyConfig`, :class:`~agents.risk.config.RiskConfig`
 (the volatility breaker's included) and :class:`~agents.execution.paper.PaperConfig` but the
-version tags, the paper adapter's name and the risk symbol list (``TRADEFLOW_TRADING_SYMBOLS``) is
+version tags, the paper adapter's name and the symbol lists (``TRADEFLOW_TRADING_SYMBOLS``, the tracks) is
 set by ``[strategy]`` / ``[risk]`` / ``[paper]`` keys of the file named by
 ``TRADEFLOW_TRADING_CONFIG`` and by ``TRADEFLOW_<SECTION>_<FIELD>`` (:data:`FIELD_VARIABLES`), a
 variable beating the file. An unknown section or key, a value of the wrong type and a config that
@@ -124,10 +124,11 @@ FIELD_VARIABLES: Mapping[str, Mapping[str, str]] = {
 }
 
 #: Fields no file or variable sets: version tags (a new version is a code change), the paper
-#: adapter's name (set by the execution adapter) and the risk symbol list (TRADEFLOW_TRADING_SYMBOLS).
+#: adapter's name (set by the execution adapter) and the symbol lists (TRADEFLOW_TRADING_SYMBOLS and
+#: the tracks, TRADEFLOW_TRACK_*).
 NOT_CONFIGURABLE: Mapping[str, frozenset[str]] = {
-    "strategy": frozenset({"version"}),
-    "risk": frozenset({"version", "allowed_symbols"}),
+    "strategy": frozenset({"version", "monitor_only_symbols"}),
+    "risk": frozenset({"version", "allowed_symbols", "monitor_only_symbols"}),
     "paper": frozenset({"version", "adapter"}),
 }
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from agents.execution.paper import PaperConfig
 from agents.risk.config import RiskConfig
 from agents.strategy.config import StrategyConfig
+from agents.tracks import Tracks
 from agents.trading.configuration import EngineSettings, load_engine_settings
 from agents.trading.core import ExecutionMode, TradingConfig
 from runtime.env import ConfigError, env_float, env_int, env_list, env_str, read_secret
@@ -203,6 +204,8 @@ class TradingSettings:
     strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
     #: The risk limits (the breaker's from ``TRADEFLOW_RISK_*``); ``symbols`` replaces ``allowed_symbols``.
     risk: RiskConfig = dataclasses.field(default_factory=RiskConfig)
+    #: The liquid (may trade) and vc (monitor-only) tracks (``TRADEFLOW_TRACK_*``, :func:`_with_tracks`).
+    tracks: Tracks = dataclasses.field(default_factory=Tracks)
     #: The paper fill model (``adapter`` is replaced by the ccxt adapter's name in external mode).
     paper: PaperConfig = dataclasses.field(default_factory=PaperConfig)
     #: The engines' settings as loaded: the config file and which values file or environment set.
@@ -228,16 +231,17 @@ class TradingSettings:
             signal_bar_wait_s=env_float("TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S", 60.0, env, minimum=0.0),
             strategy=engines.strategy,
             risk=engines.risk,
+            tracks=Tracks.from_env(env),
             paper=engines.paper,
             engines=engines,
         )
 
     def config(self) -> TradingConfig:
-        risk = dataclasses.replace(self.risk, allowed_symbols=self.symbols) if self.symbols else self.risk
+        strategy, risk = _with_tracks(self.strategy, self.risk, self.tracks, self.symbols)
         config = TradingConfig(
             account=self.account,
             timeframes=self.timeframes,
-            strategy=self.strategy,
+            strategy=strategy,
             risk=risk,
             paper=self.paper,
             signal_bar_wait_ns=round(self.signal_bar_wait_s * 1e9),
@@ -250,3 +254,21 @@ class TradingSettings:
             execution=ExecutionMode.EXTERNAL,
             paper=dataclasses.replace(self.paper, adapter=self.execution.adapter),
         )
+
+
+# -- tracks (agents/tracks.py) ------------------------------------------------------------------
+
+
+def _with_tracks(
+    strategy: StrategyConfig, risk: RiskConfig, tracks: Tracks, symbols: tuple[str, ...]
+) -> tuple[StrategyConfig, RiskConfig]:
+    """Sizing and risk configs that trade ``symbols`` (unset: the gated tracks' symbols) and never a
+    monitor-only track's; a traded symbol on a monitor-only track is a ConfigError."""
+    monitor = tracks.monitor_only_symbols
+    try:
+        risk = dataclasses.replace(
+            risk, allowed_symbols=symbols or tracks.tradeable_symbols, monitor_only_symbols=monitor
+        )
+    except ValueError as exc:
+        raise ConfigError(f"TRADEFLOW_TRADING_SYMBOLS / TRADEFLOW_TRACK_*_SYMBOLS: {exc}") from None
+    return dataclasses.replace(strategy, monitor_only_symbols=monitor), risk
