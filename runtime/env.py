@@ -232,6 +232,334 @@ VARIABLES: tuple[Variable, ...] = (
         "how long (market time, ns; default 60 s) the breaker's global kill switch stays on",
         group="trading",
     ),
+    _V(
+        "TRADEFLOW_TRADING_CONFIG",
+        "",
+        "TOML file with `[strategy]`, `[risk]` (the breaker's `vol_*` included) and `[paper]` settings; every "
+        "`TRADEFLOW_STRATEGY_*` / `TRADEFLOW_RISK_*` / `TRADEFLOW_PAPER_*` variable beats its key; an unknown "
+        "key exits 2 (`tradeflow trading config` prints the result)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_STRATEGY_ID",
+        "tanh-sizer",
+        "strategy.strategy_id: strategy id on the intents the sizer emits (per-strategy kill switches and loss "
+        "pauses name it)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_TRACK",
+        "paper",
+        "strategy.track: track the sizer's intents carry (paper, live-bitget, ...)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_CURVE_GAIN",
+        "2",
+        "strategy.curve_gain: gain of the tanh score-to-size curve",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_POSITION_CAP_NOTIONAL",
+        "",
+        "strategy.position_cap_notional: Absolute cap per symbol (quote), exact symbol or base asset, else the "
+        "default.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_DEFAULT_POSITION_CAP_NOTIONAL",
+        "50000",
+        "strategy.default_position_cap_notional: position cap (quote) of a symbol `position_cap_notional` does not "
+        "name",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_SYMBOL_VOL_BUCKET",
+        "BTC=low,ETH=mid",
+        "strategy.symbol_vol_bucket: Asset (or exact symbol) -> bucket; anything else is `default_vol_bucket`.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_DEFAULT_VOL_BUCKET",
+        "high",
+        "strategy.default_vol_bucket: volatility bucket of a symbol `symbol_vol_bucket` does not name",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_BUCKET_SCALE",
+        "low=1,mid=0.8,high=0.5",
+        "strategy.bucket_scale: size multiplier per volatility bucket (`BUCKET=X`, comma list)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_HOUR_SCALE",
+        "00-12=1,13-16=0.8,17-23=1",
+        "strategy.hour_scale: size multiplier per UTC hour (`HH-HH=X`, every hour once, or 24 comma values)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_FEE_BPS",
+        "10",
+        "strategy.fee_bps: expected one-way fee (bps) in the edge a trade must clear",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_SLIPPAGE_BPS",
+        "2",
+        "strategy.slippage_bps: expected one-way slippage (bps) in the edge a trade must clear",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_DRAWDOWN_WARN",
+        "0.08",
+        "strategy.drawdown_warn: drawdown from which the sizer scales new size by `drawdown_warn_scale`",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_DRAWDOWN_WARN_SCALE",
+        "0.5",
+        "strategy.drawdown_warn_scale: size multiplier in the sizer's warn tier",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_DRAWDOWN_REDUCE_ONLY",
+        "0.1",
+        "strategy.drawdown_reduce_only: drawdown from which the sizer only reduces",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_DRAWDOWN_FLAT",
+        "0.12",
+        "strategy.drawdown_flat: drawdown at which the sizer goes flat",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_QUANTITY_DECIMALS",
+        "8",
+        "strategy.quantity_decimals: Order quantities are rounded to this many decimals (exchange precision is the "
+        "execution adapter's job; this only removes float dust).",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_MAX_SEEN_SIGNALS",
+        "100000",
+        "strategy.max_seen_signals: signal ids remembered to drop redeliveries",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_STRATEGY_PENDING_ORDER_TTL_NS",
+        "21600000000000",
+        "strategy.pending_order_ttl_ns: An order of ours no update has ended after this long stops counting as in "
+        "flight.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_TRACK",
+        "paper",
+        "risk.track: The track (paper, live-bitget, ...) this engine guards; protective exits carry it.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_MAX_DRAWDOWN",
+        "0.12",
+        "risk.max_drawdown: drawdown (of peak equity) that blocks opening (the replaced system's 0.12)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_DRAWDOWN_NEAR_LIMIT",
+        "0.1",
+        "risk.drawdown_near_limit: drawdown from which only reducing orders pass (reduce-only tier)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_DRAWDOWN_WARN",
+        "0.08",
+        "risk.drawdown_warn: drawdown from which opening size is scaled by `warn_size_scale`",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_WARN_SIZE_SCALE",
+        "0.5",
+        "risk.warn_size_scale: Opening size multiplier in the warn tier.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_DAILY_LOSS_LIMIT",
+        "0.03",
+        "risk.daily_loss_limit: Daily loss (UTC day, vs the day's starting equity) that stops opening. 3 %: below "
+        "the 5 % intraday halt so it is the first line, not dead code.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_CONSECUTIVE_LOSS_LIMIT",
+        "5",
+        "risk.consecutive_loss_limit: Closed round trips lost in a row that pause opening for the cool-down.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_CONSECUTIVE_LOSS_COOLDOWN_NS",
+        "86400000000000",
+        "risk.consecutive_loss_cooldown_ns: how long (market time, ns; default 24 h) the account's consecutive-loss "
+        "pause lasts",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_STRATEGY_CONSECUTIVE_LOSS_LIMIT",
+        "0",
+        "risk.strategy_consecutive_loss_limit: Round trips one strategy opened and lost in a row that pause that "
+        "strategy's opening for `strategy_consecutive_loss_cooldown_ns` (market time, from the closing fill). 0: "
+        "off (the replaced system counted per account only; with one strategy the account limit covers it).",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_STRATEGY_CONSECUTIVE_LOSS_COOLDOWN_NS",
+        "86400000000000",
+        "risk.strategy_consecutive_loss_cooldown_ns: how long (market time, ns; default 24 h) one strategy's "
+        "consecutive-loss pause lasts",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_INTRADAY_DRAWDOWN_HALT",
+        "0.05",
+        "risk.intraday_drawdown_halt: Intraday (UTC day, peak-to-now) drawdown that halts opening until the next day.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_STOP_LOSS",
+        "0.018",
+        "risk.stop_loss: adverse move from the average entry that triggers a reduce-only exit",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_TAKE_PROFIT",
+        "0.036",
+        "risk.take_profit: favourable move from the average entry that triggers a reduce-only exit",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_MAX_ORDER_NOTIONAL",
+        "25000",
+        "risk.max_order_notional: Largest notional (quote) of one order; larger ones are cut to it.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_MAX_SYMBOL_NOTIONAL",
+        "50000",
+        "risk.max_symbol_notional: Largest absolute position notional per symbol after the order.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_SYMBOL_MAX_NOTIONAL",
+        "",
+        "risk.symbol_max_notional: per-symbol or per-asset position caps (`KEY=QUOTE`, comma list)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_MAX_ORDERS_PER_WINDOW",
+        "30",
+        "risk.max_orders_per_window: Orders approved per rolling window of event time (venue and fat-finger guard).",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_ORDER_RATE_WINDOW_NS",
+        "60000000000",
+        "risk.order_rate_window_ns: rolling window (market time, ns) of `max_orders_per_window`",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_PENDING_ORDER_TTL_NS",
+        "21600000000000",
+        "risk.pending_order_ttl_ns: An approved order that no fill or terminal update has ended after this long "
+        "stops counting as in-flight exposure (a lost update must not block forever).",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_MAX_PRICE_DEVIATION",
+        "0.05",
+        "risk.max_price_deviation: A limit price further than this from the last mark is a fat finger.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_MAX_MARK_AGE_NS",
+        "10800000000000",
+        "risk.max_mark_age_ns: A mark older than this (event time) is not a price to size against.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_KILL_SWITCH_ALLOWS_REDUCE_ONLY",
+        "0",
+        "risk.kill_switch_allows_reduce_only: 1: reduce-only exits pass an engaged kill switch; 0 (default): "
+        "nothing passes",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_RISK_PROTECTIVE_STRATEGY_ID",
+        "risk-protect",
+        "risk.protective_strategy_id: strategy_id of the stop-loss / take-profit exits the engine emits.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_FEE_BPS",
+        "10",
+        "paper.fee_bps: Taker fee (Binance / Bitget spot VIP0 is 10 bps).",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_SLIPPAGE_BPS",
+        "2",
+        "paper.slippage_bps: Fixed half-spread + latency slippage.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_IMPACT_COEFFICIENT_BPS",
+        "100",
+        "paper.impact_coefficient_bps: Impact in bps per unit of participation (100 bps at 100 % of bar volume).",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_MAX_PARTICIPATION",
+        "0.1",
+        "paper.max_participation: Most of a bar's volume one bar's fills may take.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_MAX_RETRIES",
+        "3",
+        "paper.max_retries: Further bars after the first an order may use before it expires.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_MAX_SLIPPAGE_BPS",
+        "100",
+        "paper.max_slippage_bps: Largest distance of the modelled price from the arrival price.",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_TIMEOUT_PROBABILITY",
+        "",
+        "paper.timeout_probability: probability per eligible bar that a paper order times out at the simulated "
+        "venue, per symbol (`SYMBOL=P`, comma list; the replaced system: BTC/USDT=0.07,ETH/USDT=0.08,SOL/USDT=0.10)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_DEFAULT_TIMEOUT_PROBABILITY",
+        "0",
+        "paper.default_timeout_probability: paper venue-timeout probability per eligible bar of a symbol the table "
+        "does not name",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_SEED",
+        "7",
+        "paper.seed: seed of the paper engine's random draws (venue timeouts)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_PAPER_MAX_SEEN_ORDERS",
+        "100000",
+        "paper.max_seen_orders: client order ids remembered to drop redelivered orders",
+        group="trading",
+    ),
     _V("TRADEFLOW_EXECUTION_ADAPTER", "paper", "`paper` (simulated fills) or `ccxt` (a venue)", group="trading"),
     _V(
         "TRADEFLOW_EXECUTION_VENUE",

@@ -6,7 +6,8 @@ Read-only. A view or column that is missing (database not migrated) raises
 
 from __future__ import annotations
 
-from typing import TypedDict, cast
+import json
+from typing import Any, TypedDict, cast
 
 from storage.connection import Conn
 from topics.catalogue import TOPICS
@@ -16,6 +17,8 @@ __all__ = [
     "DeadLetterCount",
     "GateRow",
     "KillSwitchRow",
+    "OpeningBlocker",
+    "OpeningRow",
     "PortfolioRow",
     "ReasonCount",
     "RolloutRow",
@@ -25,6 +28,7 @@ __all__ = [
     "dead_letter_counts",
     "kill_switch_commands",
     "migration_version",
+    "opening",
     "portfolios",
     "rollout",
     "table_counts",
@@ -56,6 +60,29 @@ class KillSwitchRow(TypedDict):
     operator: str | None
     reason: str | None
     ts_event: int
+
+
+class OpeningBlocker(TypedDict):
+    """One rule blocking new exposure (``risk.opening``): ``until_ns`` on the ``domain``'s clock
+    (None: until released or until the limit is back), ``remaining_ns`` as of the status."""
+
+    code: str
+    scope: str
+    target: str
+    detail: str
+    until_ns: int | None
+    domain: str
+    remaining_ns: int | None
+
+
+class OpeningRow(TypedDict):
+    """An account's latest opening status: allowed, or every blocker."""
+
+    account: str
+    allowed: bool
+    market_ns: int
+    wall_ns: int
+    blockers: list[OpeningBlocker]
 
 
 class GateRow(TypedDict):
@@ -137,6 +164,30 @@ async def portfolios(conn: Conn) -> list[PortfolioRow]:
         "as_of_ns FROM portfolio_latest ORDER BY account"
     )
     return [cast(PortfolioRow, dict(r)) for r in rows]
+
+
+async def opening(conn: Conn) -> list[OpeningRow]:
+    """Each account's latest ``risk.opening`` record (one partition: the highest offset is the latest)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (msg_key) payload::text AS p FROM ev_risk_opening ORDER BY msg_key, kafka_offset DESC"
+    )
+    out: list[OpeningRow] = []
+    for r in rows:
+        p: dict[str, Any] = json.loads(r["p"])
+        names = ("codes", "scopes", "targets", "details", "until_ns", "domains", "remaining_ns")
+        keys = ("code", "scope", "target", "detail", "until_ns", "domain", "remaining_ns")
+        columns = [p[f"blocker_{n}"] for n in names]
+        blockers = [cast(OpeningBlocker, dict(zip(keys, values, strict=True))) for values in zip(*columns, strict=True)]
+        out.append(
+            OpeningRow(
+                account=p["account"],
+                allowed=p["allowed"],
+                market_ns=p["market_ns"],
+                wall_ns=p["wall_ns"],
+                blockers=blockers,
+            )
+        )
+    return sorted(out, key=lambda o: o["account"])
 
 
 async def kill_switch_commands(conn: Conn) -> list[KillSwitchRow]:

@@ -71,7 +71,27 @@ def strategy_for(cls: type[Record]) -> st.SearchStrategy[Any]:
             cuts,
             **{k: v for k, v in kwargs.items() if not k.startswith("p_")},
         ).filter(_valid)
+    if cls.KIND == "opening_status":  # parallel blocker arrays: draw the blockers, then split them
+        blocker = st.tuples(
+            _text,
+            _text,
+            _text,
+            _text,
+            st.one_of(st.none(), st.integers(0, 2**62)),
+            st.sampled_from(("market", "wall")),
+            st.one_of(st.none(), st.integers(0, 2**62)),
+        )
+        return st.builds(
+            lambda bs, **kw: cls(allowed=not bs, **_blocker_arrays(bs), **kw),
+            st.lists(blocker, max_size=4),
+            **{k: v for k, v in kwargs.items() if not k.startswith("blocker_") and k != "allowed"},
+        ).filter(_valid)
     return st.builds(cls, **kwargs).filter(_valid)
+
+
+def _blocker_arrays(blockers: list[tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    names = ("codes", "scopes", "targets", "details", "until_ns", "domains", "remaining_ns")
+    return {f"blocker_{n}": tuple(b[i] for b in blockers) for i, n in enumerate(names)}
 
 
 def _valid(r: Record) -> bool:
@@ -96,6 +116,12 @@ def sample(cls: type[Record], rng: random.Random) -> Any:
             a, b = rng.random(), rng.random()
             lo, hi = min(a, b), max(a, b)
             kwargs.update(p_up=lo, p_flat=hi - lo, p_down=1.0 - hi)
+        if cls.KIND == "opening_status":  # parallel blocker arrays
+            blockers = [
+                ("kill_switch_global", "global", "*", "drill", rng.choice([None, 1_700_000_000 * 10**9]), "wall", None)
+                for _ in range(rng.randrange(0, 3))
+            ]
+            kwargs.update(allowed=not blockers, **_blocker_arrays(blockers))
         rec = cls(**kwargs)
         if _valid(rec):
             return rec

@@ -12,6 +12,7 @@ Schema changelog
   not confirm or deny; still in flight until a query resolves it).
 - Fill v2: ``fee_estimated`` (true when the venue reported no usable fee and
   ``fee`` is the adapter's estimate from the market's fee rate).
+- OpeningStatus v1 (``risk.opening``): new.
 
 Units: timestamps are int nanoseconds since the epoch (UTC); prices in quote
 currency; quantities in base currency; basis points are 1e-4.
@@ -754,6 +755,60 @@ class Alert(Record):
         return self.code.encode()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpeningStatus(Record):
+    """Whether one account may open exposure, and every rule that blocks it (latest per account wins).
+
+    One blocker per index of the ``blocker_*`` arrays (equal lengths): its reason ``code`` (the code
+    risk decisions carry), ``scope`` (``global`` / ``track`` / ``strategy`` / ``symbol`` /
+    ``account``) and ``target``, a ``detail``, its exclusive end ``until_ns`` (null: until released,
+    or until the limit is back) on the clock its ``domain`` names (``market``: event time of market
+    data; ``wall``: arrival time, operator kill switches), and the time ``remaining_ns`` from
+    ``market_ns`` / ``wall_ns`` (null when no end). Published when the set of blockers or an end
+    changes, and after each traded bar.
+    """
+
+    KIND: ClassVar[str] = "opening_status"
+    IDENTITY: ClassVar[tuple[str, ...]] = ("account", "market_ns", "wall_ns", "blocker_codes", "blocker_until_ns")
+
+    account: str
+    allowed: bool
+    #: Market time (the account's event time; 0 before its first market input) and wall time of the status.
+    market_ns: Annotated[int, NonNegative()]
+    wall_ns: Annotated[int, NonNegative()]
+    blocker_codes: tuple[str, ...]
+    blocker_scopes: tuple[str, ...]
+    blocker_targets: tuple[str, ...]
+    blocker_details: tuple[str, ...]
+    blocker_until_ns: tuple[int | None, ...]
+    blocker_domains: tuple[str, ...]
+    blocker_remaining_ns: tuple[int | None, ...]
+    #: The risk configuration the status was computed under.
+    config_hash: str
+
+    def key(self) -> bytes:
+        return self.account.encode()
+
+    def validate(self) -> None:
+        n = len(self.blocker_codes)
+        arrays = (
+            self.blocker_scopes,
+            self.blocker_targets,
+            self.blocker_details,
+            self.blocker_until_ns,
+            self.blocker_domains,
+            self.blocker_remaining_ns,
+        )
+        if any(len(a) != n for a in arrays):
+            raise RecordError(ErrorReason.INVALID_VALUE, "blocker_* arrays differ in length")
+        if self.allowed != (n == 0):
+            raise RecordError(ErrorReason.INVALID_VALUE, "allowed must be true exactly when there is no blocker")
+        if any(d not in ("market", "wall") for d in self.blocker_domains):
+            raise RecordError(ErrorReason.INVALID_VALUE, "blocker_domains must be market or wall")
+        if any(r is not None and r < 0 for r in self.blocker_remaining_ns):
+            raise RecordError(ErrorReason.OUT_OF_RANGE, "blocker_remaining_ns must be >= 0")
+
+
 ALL_RECORDS: tuple[type[Record], ...] = (
     Tick,
     Bar,
@@ -775,4 +830,5 @@ ALL_RECORDS: tuple[type[Record], ...] = (
     ControlAudit,
     PortfolioSnapshot,
     RolloutDecision,
+    OpeningStatus,
 )

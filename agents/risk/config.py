@@ -126,6 +126,7 @@ SETTABLE_LIMITS: Mapping[str, LimitSpec] = MappingProxyType(
         "warn_size_scale": LimitSpec(float, 0.0, 1.0),
         "daily_loss_limit": LimitSpec(float, 0.0, 1.0),
         "consecutive_loss_limit": LimitSpec(int, 1, 1000, low_inclusive=True),
+        "strategy_consecutive_loss_limit": LimitSpec(int, 0, 1000, low_inclusive=True),
         "stop_loss": LimitSpec(float, 0.0, 1.0),
         "take_profit": LimitSpec(float, 0.0, 10.0),
         "intraday_drawdown_halt": LimitSpec(float, 0.0, 1.0),
@@ -292,6 +293,11 @@ class RiskConfig:
     #: Closed round trips lost in a row that pause opening for the cool-down.
     consecutive_loss_limit: int = 5
     consecutive_loss_cooldown_ns: int = 24 * NS_PER_HOUR
+    #: Round trips one strategy opened and lost in a row that pause that strategy's opening for
+    #: ``strategy_consecutive_loss_cooldown_ns`` (market time, from the closing fill). 0: off (the
+    #: replaced system counted per account only; with one strategy the account limit covers it).
+    strategy_consecutive_loss_limit: int = 0
+    strategy_consecutive_loss_cooldown_ns: int = 24 * NS_PER_HOUR
     #: Intraday (UTC day, peak-to-now) drawdown that halts opening until the next day.
     intraday_drawdown_halt: float = 0.05
 
@@ -369,6 +375,7 @@ class RiskConfig:
             out.append("drawdown tiers must satisfy warn < near_limit <= max")
         for name in (
             "consecutive_loss_cooldown_ns",
+            "strategy_consecutive_loss_cooldown_ns",
             "order_rate_window_ns",
             "max_mark_age_ns",
             "pending_order_ttl_ns",

@@ -14,7 +14,9 @@ opening part only; the warn tier and the symbol cap shrink it; ``max_order_notio
 the whole order. ``reasons`` lists every rule that acted, in :class:`RiskReason` order. A
 redelivered intent gets its cached decision; exposure counts the orders still in flight.
 ``on_mark`` runs the volatility breaker (:mod:`agents.risk.breaker`: a global kill switch for
-``vol_halt_ns`` of market time) and stop-loss / take-profit exits; ``on_control`` applies
+``vol_halt_ns`` of market time) and stop-loss / take-profit exits; ``on_round_trip`` counts each
+strategy's losses in a row (its own pause, besides the account's); ``opening_report`` lists every
+rule blocking new exposure with its end (:mod:`agents.risk.opening`); ``on_control`` applies
 verified commands only, each audited; a ``set_limit`` that relaxes a limit releases the pause
 it caused and the audit names the pauses still in force.
 
@@ -40,6 +42,7 @@ from agents.portfolio.engine import PortfolioState
 from agents.risk.breaker import VolatilityBreaker
 from agents.risk.config import LimitSpec, RiskConfig, coerce_limit, resolve_limit
 from agents.risk.killswitch import KillScope, KillSwitch, KillSwitchBoard, OpeningStatus
+from agents.risk.opening import ACCOUNT_SCOPE, Blocker, OpeningReport
 from runtime.seen import SeenIds
 from topics.records import (
     Bar,
@@ -53,7 +56,7 @@ from topics.records import (
     RiskVerdict,
     Side,
 )
-from topics.units import NS_PER_SECOND
+from topics.units import NS_PER_DAY, NS_PER_SECOND
 
 __all__ = [
     "COMPONENT",
@@ -98,6 +101,8 @@ class RiskReason(enum.StrEnum):
     INTRADAY_DRAWDOWN_HALT = "intraday_drawdown_halt"
     DAILY_LOSS_LIMIT = "daily_loss_limit"
     CONSECUTIVE_LOSS_LIMIT = "consecutive_loss_limit"
+    #: The intent's strategy lost ``strategy_consecutive_loss_limit`` round trips in a row.
+    STRATEGY_CONSECUTIVE_LOSS_LIMIT = "strategy_consecutive_loss_limit"
     MAX_SYMBOL_NOTIONAL = "max_symbol_notional"
     MAX_ORDER_NOTIONAL = "max_order_notional"
     #: Informational on protective exits the engine emitted.
@@ -184,6 +189,10 @@ class RiskEngine:
         self._exited: SeenIds[tuple[str, int | None, float]] = SeenIds(max_cached_decisions)
         self._loss_streak_served = 0
         self._loss_cooldown_until: int | None = None
+        #: strategy -> round trips it opened lost in a row since its last win or pause (market time).
+        self._strategy_losses: dict[str, int] = {}
+        #: strategy -> end (exclusive, market time) of its consecutive-loss pause.
+        self._strategy_paused_until: dict[str, int] = {}
         self._in_flight = InFlightOrders(ttl_ns=config.pending_order_ttl_ns)
 
     # ------------------------------------------------------------------
@@ -211,6 +220,28 @@ class RiskEngine:
         return self.kill_switches.opening_status(
             strategy_id, track, symbol, self.clock.now_ns(), self.wall_clock.now_ns()
         )
+
+    def on_round_trip(self, strategy_id: str, lost: bool) -> None:
+        """A round trip ``strategy_id`` opened has closed (market time): a loss counts towards its pause.
+
+        At ``strategy_consecutive_loss_limit`` losses in a row (0: off) the strategy may not open for
+        ``strategy_consecutive_loss_cooldown_ns``, starting now; the count then starts afresh.
+        """
+        if not lost:
+            self._strategy_losses.pop(strategy_id, None)
+            return
+        streak = self._strategy_losses.get(strategy_id, 0) + 1
+        limit = self.config.strategy_consecutive_loss_limit
+        if limit > 0 and streak >= limit:
+            self._strategy_paused_until[strategy_id] = (
+                self.clock.now_ns() + self.config.strategy_consecutive_loss_cooldown_ns
+            )
+            streak = 0
+        self._strategy_losses[strategy_id] = streak
+
+    def strategy_losses(self, strategy_id: str) -> int:
+        """Losing round trips in a row of ``strategy_id`` since its last win or pause."""
+        return self._strategy_losses.get(strategy_id, 0)
 
     def on_mark(self, bar: Bar) -> MarkOutcome:
         """Update the mark; run the volatility breaker and stop-loss / take-profit."""
@@ -427,6 +458,8 @@ class RiskEngine:
             out.add(RiskReason.DAILY_LOSS_LIMIT)
         if self._loss_streak_blocks(state, now):
             out.add(RiskReason.CONSECUTIVE_LOSS_LIMIT)
+        if now < self._strategy_paused_until.get(intent.strategy_id, now):
+            out.add(RiskReason.STRATEGY_CONSECUTIVE_LOSS_LIMIT)
         return out
 
     def _loss_streak_blocks(self, state: PortfolioState, now: int) -> bool:
@@ -579,6 +612,7 @@ class RiskEngine:
         """Apply a new risk config; release the pause a relaxed limit started, and say which pauses stay."""
         now = self.clock.now_ns()  # pauses are market time
         before = self.pauses(now)
+        before_limit = self.config.strategy_consecutive_loss_limit
         self.config = new_config
         state = self._portfolio
         if name == RiskReason.CONSECUTIVE_LOSS_LIMIT and name in before and state is not None:
@@ -586,6 +620,10 @@ class RiskEngine:
             if streak < new_config.consecutive_loss_limit:  # this streak is served: it never pauses again
                 self._loss_cooldown_until = None
                 self._loss_streak_served = max(self._loss_streak_served, streak)
+        if name == RiskReason.STRATEGY_CONSECUTIVE_LOSS_LIMIT and name in before:
+            old = before_limit
+            if new_config.strategy_consecutive_loss_limit == 0 or new_config.strategy_consecutive_loss_limit > old:
+                self._strategy_paused_until.clear()  # a relaxed limit: the pauses it started are over
         after = self.pauses(now)
         changes = [change] + [f"released the {k} pause (was: {v})" for k, v in before.items() if k not in after]
         notes = []
@@ -629,7 +667,119 @@ class RiskEngine:
             )
         elif streak >= limit and streak > served:
             out[RiskReason.CONSECUTIVE_LOSS_LIMIT] = f"{streak} consecutive losses >= limit {limit}"
+        paused = {s: u for s, u in sorted(self._strategy_paused_until.items()) if now < u}
+        if paused:
+            out[RiskReason.STRATEGY_CONSECUTIVE_LOSS_LIMIT] = ", ".join(
+                f"strategy {s} paused until {u} (market time)" for s, u in paused.items()
+            )
         return {str(k): v for k, v in out.items()}
+
+    # ------------------------------------------------------------------
+    # Opening status: every blocker, with why and until when
+    # ------------------------------------------------------------------
+
+    def opening_report(self) -> OpeningReport:
+        """Every rule that stops opening exposure now (:mod:`agents.risk.opening`), in :class:`RiskReason`
+        order; kill switches by scope and target. Reads the engine's state without changing it."""
+        now, wall = self.clock.now_ns(), self.wall_clock.now_ns()
+        cfg, state = self.config, self._portfolio
+        found: list[Blocker] = []
+        for s in self.kill_switches.active(now, wall):
+            breaker = s.set_by == VOLATILITY_BREAKER_SETTER
+            code = RiskReason.VOLATILITY_BREAKER if breaker else _KILL_REASON[s.scope]
+            found.append(
+                Blocker(
+                    code=code.value,
+                    scope=s.scope.value,
+                    target=s.target,
+                    detail=f"{s.reason} (set by {s.set_by})",
+                    until_ns=s.expires_at_ns,
+                    domain=s.domain,
+                )
+            )
+        window = [t for t in self._order_times if t > now - cfg.order_rate_window_ns]
+        if len(window) >= cfg.max_orders_per_window:
+            found.append(
+                _account(
+                    RiskReason.ORDER_RATE_LIMIT,
+                    f"{len(window)} orders in {cfg.order_rate_window_ns / NS_PER_SECOND:g} s "
+                    f">= {cfg.max_orders_per_window}",
+                    window[len(window) - cfg.max_orders_per_window] + cfg.order_rate_window_ns,
+                )
+            )
+        if state is None:
+            found.append(_account(RiskReason.NO_PORTFOLIO_STATE, "no portfolio state yet (first bar pending)", None))
+        else:
+            found += self._limit_blockers(state, now)
+        order = _REASON_ORDER
+        found.sort(key=lambda b: order[RiskReason(b.code)])  # stable: switches keep their sorted order
+        return OpeningReport(market_ns=now, wall_ns=wall, blockers=tuple(found))
+
+    def _limit_blockers(self, state: PortfolioState, now: int) -> list[Blocker]:
+        cfg = self.config
+        out: list[Blocker] = []
+        next_day = state.day_start_ns + NS_PER_DAY
+        if state.drawdown >= cfg.max_drawdown:
+            out.append(_account(RiskReason.MAX_DRAWDOWN, f"drawdown {state.drawdown:.4f} >= {cfg.max_drawdown}", None))
+        elif state.drawdown >= cfg.drawdown_near_limit:
+            out.append(
+                _account(
+                    RiskReason.DRAWDOWN_NEAR_LIMIT,
+                    f"drawdown {state.drawdown:.4f} >= {cfg.drawdown_near_limit} (reduce-only)",
+                    None,
+                )
+            )
+        if state.intraday_drawdown >= cfg.intraday_drawdown_halt:
+            out.append(
+                _account(
+                    RiskReason.INTRADAY_DRAWDOWN_HALT,
+                    f"intraday drawdown {state.intraday_drawdown:.4f} >= {cfg.intraday_drawdown_halt}, "
+                    "until the next UTC day",
+                    next_day,
+                )
+            )
+        if state.daily_return <= -cfg.daily_loss_limit:
+            out.append(
+                _account(
+                    RiskReason.DAILY_LOSS_LIMIT,
+                    f"daily return {state.daily_return:.4f} <= -{cfg.daily_loss_limit}, until the next UTC day",
+                    next_day,
+                )
+            )
+        streak, limit = state.consecutive_losses, cfg.consecutive_loss_limit
+        served = 0 if streak < self._loss_streak_served else self._loss_streak_served
+        until = self._loss_cooldown_until
+        if until is not None and now < until:
+            out.append(
+                _account(RiskReason.CONSECUTIVE_LOSS_LIMIT, f"{streak} consecutive losses (limit {limit})", until)
+            )
+        elif streak >= limit and streak > served:
+            cool = cfg.consecutive_loss_cooldown_ns / NS_PER_SECOND
+            out.append(
+                _account(
+                    RiskReason.CONSECUTIVE_LOSS_LIMIT,
+                    f"{streak} consecutive losses >= limit {limit}; a {cool:g} s pause starts at the next "
+                    "opening order",
+                    None,
+                )
+            )
+        for strategy, end in sorted(self._strategy_paused_until.items()):
+            if now < end:
+                out.append(
+                    Blocker(
+                        code=RiskReason.STRATEGY_CONSECUTIVE_LOSS_LIMIT.value,
+                        scope=KillScope.STRATEGY.value,
+                        target=strategy,
+                        detail=f"{cfg.strategy_consecutive_loss_limit} losing round trips in a row",
+                        until_ns=end,
+                    )
+                )
+        return out
+
+
+def _account(reason: RiskReason, detail: str, until_ns: int | None) -> Blocker:
+    """An account-wide blocker in market time."""
+    return Blocker(code=reason.value, scope=ACCOUNT_SCOPE, target="*", detail=detail, until_ns=until_ns)
 
 
 @dataclass(frozen=True, slots=True)

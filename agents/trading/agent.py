@@ -1,6 +1,6 @@
 """Trading agent: ``signals`` + ``market.bars`` + ``control`` + ``models.registry``
 -> intents, risk decisions, order updates, fills, portfolio state, control
-audits, alerts, for one account.
+audits, alerts and the opening status (``risk.opening``), for one account.
 
 Thin: decode (or dead-letter), call :class:`~agents.trading.core.TradingCore`,
 send what it returns, count it. The order of operations lives in the core,
@@ -37,6 +37,7 @@ from agents.control.signing import Keyring, load_keyring
 from agents.execution.interface import ExecutionRecord
 from agents.trading import metrics as m
 from agents.trading.checkpointer import Checkpointer, JournalOrder, LiveState, restore
+from agents.trading.configuration import effective_configuration
 from agents.trading.core import Step, TradingCore
 from agents.trading.settings import TradingSettings
 from agents.trading.venue import start_execution
@@ -70,6 +71,7 @@ OUTPUTS = (
     "portfolio.state",
     "control.audit",
     "ops.alerts",
+    "risk.opening",
 )
 #: Journal partition/offset of an execution answer: it came from the adapter, not from the broker.
 NOT_CONSUMED = -1
@@ -82,6 +84,8 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
     env = os.environ if environ is None else environ
     settings, keyring, core = _configure(env)
     config_hash = stable_config_hash(settings.config())
+    assert settings.engines is not None  # from_env loads them
+    log.info("trading_configuration", **effective_configuration(settings.config(), settings.engines))
     live = LiveState(core)
     restore(live, ctx.dsn, keyring, config_hash)
     adapter = start_execution(settings, env, live)
@@ -324,6 +328,7 @@ class TradingWorker:
                 self.journal(name, r, rec.event_id, arrival, step)
                 live.events += 1
                 self.emit(step.records)
+                self.emit_opening(rec.event_id)
                 self.observe(step)
             live.position[tp] = r.offset + 1
             self.checkpointer.applied()
@@ -353,6 +358,12 @@ class TradingWorker:
         if found is None:
             found = self.children[key] = metric.labels(*labels)
         return found
+
+    def emit_opening(self, cause_event_id: str) -> None:
+        """The account's opening status (every blocker, why, until when) when the input changed it."""
+        status = self.live.core.opening_update(cause_event_id)
+        if status is not None:
+            self.emit([status])
 
     async def send(self) -> None:
         """The journal rows of the inputs that made the outbox written, then the outbox handed to the
@@ -420,6 +431,7 @@ class TradingWorker:
             live.events += 1
             applied += 1
             self.emit(step.records)
+            self.emit_opening(answer.event_id)
             await self.send()
         if self.adapter is not None:
             alerts = self.adapter.drain_alerts()

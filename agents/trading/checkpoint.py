@@ -36,13 +36,15 @@ __all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoi
 
 #: Bumped whenever an engine's attributes change shape: an old pickle is then refused, with the
 #: reason from ``_REFUSED``.
-FORMAT = 6  # 6: TradingCore._open (external orders in flight); 5: RiskEngine.breaker, RiskConfig's breaker fields
+FORMAT = 7  # 7: per-strategy loss counts (RiskEngine, TradingCore), the last opening status; 6: TradingCore._open
+# (external orders in flight); 5: RiskEngine.breaker, RiskConfig's breaker fields
 #: Older formats and why this code cannot read them.
 _REFUSED: dict[int, str] = {
     **dict.fromkeys(
         (2, 3, 4), "it predates the volatility breaker's window state and its runtime-settable configuration"
     ),
     5: "it predates the open external orders a restart reconciles with the venue",
+    6: "it predates the per-strategy consecutive-loss counts and the published opening status",
 }
 _MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
 _KEYRING_REF = "tradeflow:keyring"

@@ -14,6 +14,9 @@ with its output records in publish order:
 - ``on_registry`` / ``on_control``: rollout stage (share of capital) / verified control.
 - ``execution="external"``: approved orders leave in ``Step.to_submit``; the venue's answers
   come back through ``on_execution`` as inputs.
+- ``opening_update``: the account's opening status (every blocker, :mod:`agents.risk.opening`) as a
+  ``risk.opening`` record when it changed; the agent asks after each input. A closed round trip
+  is credited to the strategy whose order opened it (the risk engine's per-strategy loss count).
 
 Two time domains: market time (:class:`StreamClock`, moved by bars and signals only: never
 backwards, never past ``arrival_ns``; it stamps the outputs of market inputs) and wall/arrival
@@ -29,6 +32,7 @@ import dataclasses
 import enum
 import hmac
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +47,7 @@ from agents.portfolio.engine import PortfolioConfig, PortfolioEngine, PortfolioS
 from agents.risk.config import RiskConfig
 from agents.risk.engine import DelegatedLimits, RiskEngine
 from agents.risk.killswitch import KillSwitch
+from agents.risk.opening import OpeningReport
 from agents.strategy.config import LIMIT_PREFIX, SETTABLE_PARAMS, StrategyConfig
 from agents.strategy.engine import SizingDecision, StrategyEngine
 from topics.records import (
@@ -52,6 +57,7 @@ from topics.records import (
     Fill,
     ModelRegistryEvent,
     ModelStage,
+    OpeningStatus,
     OrderIntent,
     OrderUpdate,
     PortfolioSnapshot,
@@ -61,7 +67,7 @@ from topics.records import (
     Signal,
     Timeframe,
 )
-from topics.schema import Record
+from topics.schema import TS_MIN_NS, Record
 from topics.units import NS_PER_SECOND
 
 __all__ = [
@@ -72,6 +78,7 @@ __all__ = [
     "TradingConfig",
     "TradingCore",
     "alert_for_audit",
+    "opening_record",
     "snapshot_record",
 ]
 
@@ -195,6 +202,12 @@ class TradingCore:
         self._held: list[tuple[Signal, int | None]] = []
         #: External execution: orders handed out and not terminal yet, by client order id.
         self._open: dict[str, OpenOrder] = {}
+        #: client order id -> strategy of its intent (bounded), and symbol -> strategy that opened the
+        #: position held now: a closed round trip counts for that strategy (:meth:`RiskEngine.on_round_trip`).
+        self._order_strategy: OrderedDict[str, str] = OrderedDict()
+        self._opened_by: dict[str, str] = {}
+        #: What the last published opening status said (:meth:`opening_update`).
+        self._opening_sent: tuple[object, ...] | None = None
 
     # -- inputs -----------------------------------------------------------------
 
@@ -454,6 +467,27 @@ class TradingCore:
         """Risk limits pausing opening exposure now (limit -> why): :meth:`RiskEngine.pauses`."""
         return self.risk.pauses()
 
+    def opening_report(self) -> OpeningReport:
+        """Every rule blocking new exposure now: :meth:`RiskEngine.opening_report`."""
+        return self.risk.opening_report()
+
+    def opening_update(self, cause_event_id: str | None = None) -> OpeningStatus | None:
+        """The opening status as a ``risk.opening`` record when it differs from the last one returned:
+        another set of blockers or ends, or market time moved (a traded bar: the remaining times
+        changed). None when unchanged, or before any input gave a time."""
+        report = self.risk.opening_report()
+        mark = (report.market_ns, report.signature())
+        if mark == self._opening_sent or report.wall_ns <= 0:
+            return None
+        if self._opening_sent is not None and report.signature() == self._opening_sent[1] and report.allowed:
+            self._opening_sent = mark  # still allowed, only time moved: nothing new to say
+            return None
+        record = opening_record(report, config=self.config, cause_event_id=cause_event_id)
+        if record is None:
+            return None
+        self._opening_sent = mark
+        return record
+
     # -- internals ------------------------------------------------------------------
 
     def _strategy_config(self) -> StrategyConfig:
@@ -473,7 +507,21 @@ class TradingCore:
         self.risk.on_execution(rec)
         self.strategy.on_execution(rec)
         if isinstance(rec, Fill):
-            self.portfolio.on_fill(rec)
+            before = self.portfolio.state()
+            self._credit_round_trip(rec, before, self.portfolio.on_fill(rec))
+
+    def _credit_round_trip(self, fill: Fill, before: PortfolioState, after: PortfolioState) -> None:
+        """A round trip this fill closed counts for the strategy that opened it; one it opened (or the
+        remainder of a flip) is this order's strategy's."""
+        strategy = self._order_strategy.get(fill.client_order_id)
+        closed = after.closed_trades > before.closed_trades
+        if closed:
+            opener = self._opened_by.pop(fill.symbol, strategy)
+            if opener is not None:
+                self.risk.on_round_trip(opener, after.losing_trades > before.losing_trades)
+        opened = after.quantity(fill.symbol) != 0.0 and (closed or before.quantity(fill.symbol) == 0.0)
+        if opened and strategy is not None:
+            self._opened_by[fill.symbol] = strategy
 
     def _decide(self, intent: OrderIntent, out: list[Record], submit: list[Submission] | None = None) -> None:
         """Intent -> decision -> paper execution, or (external mode) -> ``submit``.
@@ -481,6 +529,9 @@ class TradingCore:
         ``submit`` may be omitted in paper mode only (nothing is ever submitted there).
         """
         out.append(intent)
+        self._order_strategy[client_order_id_for(intent.event_id)] = intent.strategy_id
+        while len(self._order_strategy) > _MAX_ORDER_STRATEGIES:
+            self._order_strategy.popitem(last=False)
         decision = self.risk.on_intent(intent)
         out.append(decision)
         bar = self._last_bar.get(intent.symbol)
@@ -499,6 +550,10 @@ class TradingCore:
             out.append(rec)
             self.risk.on_execution(rec)
             self.strategy.on_execution(rec)
+
+
+#: Orders whose strategy is remembered for crediting round trips (far more than are ever open at once).
+_MAX_ORDER_STRATEGIES = 100_000
 
 
 def _sendable(intent: OrderIntent, decision: RiskDecision) -> bool:
@@ -556,6 +611,34 @@ def snapshot_record(state: PortfolioState, *, config: TradingConfig, cause: Bar,
         fees={s: p.fees for s, p in pos.items()},
         opened_at_ns={s: p.opened_at_ns for s, p in pos.items() if p.opened_at_ns is not None},
         config_hash=config.portfolio.config_hash(),
+    )
+
+
+def opening_record(
+    report: OpeningReport, *, config: TradingConfig, cause_event_id: str | None = None
+) -> OpeningStatus | None:
+    """``report`` as a ``risk.opening`` record (None before the wall clock holds a real time)."""
+    market, wall = report.market_ns, report.wall_ns
+    stamp = max(market, wall)
+    if stamp < TS_MIN_NS:
+        return None
+    b = report.blockers
+    return OpeningStatus.new(
+        ts_init=stamp,
+        causation_id=cause_event_id,
+        ts_event=stamp,
+        account=config.account,
+        allowed=report.allowed,
+        market_ns=market,
+        wall_ns=wall,
+        blocker_codes=tuple(x.code for x in b),
+        blocker_scopes=tuple(x.scope for x in b),
+        blocker_targets=tuple(x.target for x in b),
+        blocker_details=tuple(x.detail for x in b),
+        blocker_until_ns=tuple(x.until_ns for x in b),
+        blocker_domains=tuple(x.domain.value for x in b),
+        blocker_remaining_ns=tuple(x.remaining_ns(market, wall) for x in b),
+        config_hash=config.risk.config_hash(),
     )
 
 

@@ -1,8 +1,10 @@
 """The trading agent's configuration (``TRADEFLOW_TRADING_*``, ``TRADEFLOW_STRATEGY_*``,
-``TRADEFLOW_RISK_*``, ``TRADEFLOW_EXECUTION_*``, ``TRADEFLOW_EXCHANGE_*``), parsed once at
-start-up from the mapping passed in. The strategy's parameters of
-:data:`~agents.strategy.config.SETTABLE_PARAMS` and the volatility breaker's
-(:data:`RISK_VARIABLES`) are set here at start and by a signed ``set_limit`` at runtime.
+``TRADEFLOW_RISK_*``, ``TRADEFLOW_PAPER_*``, ``TRADEFLOW_EXECUTION_*``, ``TRADEFLOW_EXCHANGE_*``),
+parsed once at start-up from the mapping passed in. The engines' settings (strategy, risk with the
+volatility breaker, paper) come from :mod:`agents.trading.configuration`: defaults, then the
+``TRADEFLOW_TRADING_CONFIG`` TOML file, then the variables. The strategy's parameters of
+:data:`~agents.strategy.config.SETTABLE_PARAMS` and the risk limits are also set by a signed
+``set_limit`` at runtime.
 
 The audit builds its configuration from the same settings, so it replays in
 the mode that traded. Every error is a :class:`~runtime.env.ConfigError`
@@ -16,17 +18,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agents.execution.paper import PaperConfig
-from agents.risk.config import (
-    SETTABLE_LIMITS,
-    RiskConfig,
-    hour_multipliers_from_text,
-    thresholds_from_text,
-)
-from agents.strategy.config import SETTABLE_PARAMS, StrategyConfig
+from agents.risk.config import RiskConfig
+from agents.strategy.config import StrategyConfig
 from agents.tracks import Tracks
+from agents.trading.configuration import EngineSettings, load_engine_settings
 from agents.trading.core import ExecutionMode, TradingConfig
 from runtime.env import ConfigError, env_float, env_int, env_list, env_str, read_secret
 from topics.records import Timeframe
@@ -71,17 +69,8 @@ STRATEGY_VARIABLES: Mapping[str, str] = {
 
 
 def strategy_from_env(env: Mapping[str, str]) -> StrategyConfig:
-    """The strategy config with the ``TRADEFLOW_STRATEGY_*`` values set (unset: the defaults)."""
-    updates: dict[str, Any] = {
-        name: (env_int if SETTABLE_PARAMS[name].kind is int else env_float)(var, 0, env)
-        for name, var in STRATEGY_VARIABLES.items()
-        if env_str(var, "", env)
-    }
-    try:
-        return StrategyConfig(**updates)
-    except ValueError as exc:
-        names = ", ".join(STRATEGY_VARIABLES[n] for n in sorted(updates))
-        raise ConfigError(f"{names}: {exc}") from None
+    """The strategy config of the config file and the ``TRADEFLOW_STRATEGY_*`` values (unset: the defaults)."""
+    return load_engine_settings(env).strategy
 
 
 #: RiskConfig field -> the variable setting the volatility breaker's default at start (each also
@@ -99,30 +88,8 @@ RISK_VARIABLES: Mapping[str, str] = {
 
 
 def risk_from_env(env: Mapping[str, str]) -> RiskConfig:
-    """The risk config with the ``TRADEFLOW_RISK_*`` values set (unset: the defaults)."""
-    updates: dict[str, Any] = {}
-    for name, var in RISK_VARIABLES.items():
-        text = env_str(var, "", env)
-        if not text:
-            continue
-        try:
-            if name == "vol_thresholds":
-                updates[name] = thresholds_from_text(text)
-            elif name == "vol_hour_multipliers":
-                updates[name] = hour_multipliers_from_text(text)
-            elif name == "vol_breaker_mode":
-                updates[name] = text
-            elif SETTABLE_LIMITS[name].kind is int:
-                updates[name] = env_int(var, 0, env)
-            else:
-                updates[name] = env_float(var, 0.0, env)
-        except ValueError as exc:
-            raise ConfigError(f"{var}: {exc}") from None
-    try:
-        return RiskConfig(**updates)
-    except ValueError as exc:
-        names = ", ".join(RISK_VARIABLES[n] for n in sorted(updates))
-        raise ConfigError(f"{names}: {exc}") from None
+    """The risk config of the config file and the ``TRADEFLOW_RISK_*`` values (unset: the defaults)."""
+    return load_engine_settings(env).risk
 
 
 def load_exchange_credentials(env: Mapping[str, str]) -> dict[str, str]:
@@ -239,6 +206,10 @@ class TradingSettings:
     risk: RiskConfig = dataclasses.field(default_factory=RiskConfig)
     #: The liquid (may trade) and vc (monitor-only) tracks (``TRADEFLOW_TRACK_*``, :func:`_with_tracks`).
     tracks: Tracks = dataclasses.field(default_factory=Tracks)
+    #: The paper fill model (``adapter`` is replaced by the ccxt adapter's name in external mode).
+    paper: PaperConfig = dataclasses.field(default_factory=PaperConfig)
+    #: The engines' settings as loaded: the config file and which values file or environment set.
+    engines: EngineSettings | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TradingSettings:
@@ -250,6 +221,7 @@ class TradingSettings:
             timeframes = tuple(Timeframe(t) for t in env_list("TRADEFLOW_TRADING_TIMEFRAMES", (), env))
         except ValueError as exc:
             raise ConfigError(f"TRADEFLOW_TRADING_TIMEFRAMES: {exc}") from None
+        engines = load_engine_settings(env)  # defaults < TRADEFLOW_TRADING_CONFIG file < variables
         return cls(
             account=env_str("TRADEFLOW_TRADING_ACCOUNT", "paper", env),
             adapter=adapter,
@@ -257,9 +229,11 @@ class TradingSettings:
             timeframes=timeframes or (Timeframe.H1,),
             execution=execution,
             signal_bar_wait_s=env_float("TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S", 60.0, env, minimum=0.0),
-            strategy=strategy_from_env(env),
-            risk=risk_from_env(env),
+            strategy=engines.strategy,
+            risk=engines.risk,
             tracks=Tracks.from_env(env),
+            paper=engines.paper,
+            engines=engines,
         )
 
     def config(self) -> TradingConfig:
@@ -269,13 +243,16 @@ class TradingSettings:
             timeframes=self.timeframes,
             strategy=strategy,
             risk=risk,
+            paper=self.paper,
             signal_bar_wait_ns=round(self.signal_bar_wait_s * 1e9),
         )
         if self.execution is None:
             return config
         # paper.adapter labels the refusals the core emits for orders it never sends
         return dataclasses.replace(
-            config, execution=ExecutionMode.EXTERNAL, paper=PaperConfig(adapter=self.execution.adapter)
+            config,
+            execution=ExecutionMode.EXTERNAL,
+            paper=dataclasses.replace(self.paper, adapter=self.execution.adapter),
         )
 
 

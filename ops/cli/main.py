@@ -118,9 +118,11 @@ AGENT_NEEDS: dict[str, tuple[str, str, str]] = {
     ),
     "trading": (
         "signals, market.bars, control, models.registry",
-        "orders.intents, risk.decisions, orders.updates, fills, portfolio.state, control.audit, ops.alerts",
-        "TRADEFLOW_DSN / --dsn (checkpoint, journal), TRADEFLOW_CONTROL_KEY_<ID>; optional TRADEFLOW_TRADING_*, "
-        "TRADEFLOW_STRATEGY_*, TRADEFLOW_EXECUTION_*; one worker per account",
+        "orders.intents, risk.decisions, orders.updates, fills, portfolio.state, control.audit, ops.alerts, "
+        "risk.opening",
+        "TRADEFLOW_DSN / --dsn (checkpoint, journal), TRADEFLOW_CONTROL_KEY_<ID>; optional TRADEFLOW_TRADING_* "
+        "(TRADEFLOW_TRADING_CONFIG: a TOML file), TRADEFLOW_STRATEGY_*, TRADEFLOW_RISK_*, TRADEFLOW_PAPER_*, "
+        "TRADEFLOW_EXECUTION_*; one worker per account",
     ),
     "governance": (
         "gates.results, control, models.registry",
@@ -134,7 +136,7 @@ AGENT_NEEDS: dict[str, tuple[str, str, str]] = {
     ),
     "dashboard": (
         "market.bars, signals, portfolio.state, risk.decisions, orders.updates, fills, control.audit, "
-        "ops.alerts, gates.results, models.registry, governance.audit, deadletter",
+        "ops.alerts, gates.results, models.registry, governance.audit, deadletter, risk.opening",
         "the page on --web-port (/dashboard)",
         "TRADEFLOW_DASHBOARD_TOKEN(_FILE) (the token every route asks for); optional TRADEFLOW_DSN (database probe, "
         "skip reasons)",
@@ -535,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.cli.drill import add_parsers as add_drill_parsers
 
     add_drill_parsers(sub)
+
+    from ops.cli.trading import add_parsers as add_trading_parsers
+
+    add_trading_parsers(sub, infra)
 
     sp = sub.add_parser("topics", help="print the topic catalogue and schemas, or create the topics")
     infra(sp)

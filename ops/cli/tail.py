@@ -32,6 +32,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from runtime.exits import EXIT_INFRA, EXIT_OK, EXIT_USAGE
@@ -187,6 +188,7 @@ async def _status(dsn: str, bootstrap: str, namespace: str) -> dict[str, Any]:
         out["portfolios"] = await status.portfolios(conn)
         out["trading"] = await status.trading_flow(conn)
         out["kill_switch_commands"] = await status.kill_switch_commands(conn)
+        out["opening"] = await status.opening(conn)
         out["gates"] = await status.current_gates(conn)
         out["rollout"] = await status.rollout(conn)
         out["dead_letters"] = await status.top_dead_letters(conn)
@@ -237,6 +239,8 @@ def _print_status(r: dict[str, Any]) -> None:
         for label, reasons in (("not traded", t["skipped"]), ("denied", t["denied"])):
             if reasons:
                 print(f"          {label}: " + ", ".join(f"{x['reason']} {x['n']}" for x in reasons))
+    for o in r.get("opening", []):
+        _print_opening(o)
     on = [k for k in r.get("kill_switch_commands", []) if k["command"] == "kill_switch_on"]
     print(
         f"kill      {len(on)} scope(s) last switched on by an operator"
@@ -252,6 +256,25 @@ def _print_status(r: dict[str, Any]) -> None:
         print(f"rollout   {m['model_id']} {m['symbol']} v{m['version']}: {m['stage']} ({m['action']}: {m['reason']})")
     for x in r.get("dead_letters", []):
         print(f"deadltr   {x['consumer']} {x['source_topic']} {x['reason']}: {x['n']}")
+
+
+def _ns_text(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _print_opening(o: dict[str, Any]) -> None:
+    """One account's opening status: ALLOWED, or BLOCKED with each blocker, its reason and time left."""
+    as_of = f"as of market {_ns_text(o['market_ns'])}, wall {_ns_text(o['wall_ns'])}" if o["market_ns"] else ""
+    if o["allowed"]:
+        print(f"opening   {o['account']}: ALLOWED ({as_of})")
+        return
+    print(f"opening   {o['account']}: BLOCKED by {len(o['blockers'])} ({as_of})")
+    for b in o["blockers"]:
+        if b["until_ns"] is None:
+            end = "until released" if b["code"].startswith("kill_switch") else "until the limit is back"
+        else:
+            end = f"{b['remaining_ns'] / 1e9:.0f} s left, until {_ns_text(b['until_ns'])} ({b['domain']} time)"
+        print(f"          {b['code']} {b['scope']}:{b['target']} {end}: {b['detail']}")
 
 
 def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
@@ -272,8 +295,8 @@ def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
 
     sp = sub.add_parser(
         "status",
-        help="broker, database, portfolios, signals in / intents out and why not traded, kill switches, gates, "
-        "rollout, dead letters",
+        help="broker, database, portfolios, signals in / intents out and why not traded, opening status (every "
+        "blocker, why, time left), kill switches, gates, rollout, dead letters",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

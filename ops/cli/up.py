@@ -9,6 +9,7 @@ file or starts a process. The one-shot batch job (import history, backtest, gate
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,10 +55,12 @@ def up_options(a: argparse.Namespace) -> UpOptions:
 
 def cmd_up(a: argparse.Namespace) -> int:
     from agents.market.exchanges import ExchangeUnreachable, FailureReason, FatalExchangeError
+    from agents.trading.configuration import load_engine_settings
     from ops.embedded.platform import AlreadyRunning, up
 
     try:
         opts = up_options(a)
+        load_engine_settings(os.environ)  # a refused trading configuration file: exit 2, nothing started
     except ValueError as exc:
         print(f"tradeflow up: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,7 +13,7 @@ counted). Another probes the database every ``DB_PROBE_S`` and reads what became
 signals from the trading agent's journal (:func:`storage.status.trading_flow`, the rows of
 ``tradeflow status``). Read-only: operators use the signed ``tradeflow control`` commands.
 
-The operator's path has a consumer of its own: ``control.audit`` and ``ops.alerts`` (kill switches,
+The operator's path has a consumer of its own: ``control.audit``, ``ops.alerts`` and ``risk.opening`` (kill switches,
 rejected commands, breaker alerts: a few records a day) are read by a plain aiokafka consumer, not by
 the faust agent, because one faust fetch covers every subscribed partition and on the s3-backed broker
 a pass over the busy market partitions took over a second on a loaded machine (the kill switch then
@@ -65,7 +65,7 @@ FLOW_MAX_SHARE = 0.2
 FLOW_TOP = 5
 KEEPALIVE_S = 15.0
 #: read by their own consumer (see above): few records, and the one an operator waits for
-FAST_TOPICS: tuple[str, ...] = ("control.audit", "ops.alerts")
+FAST_TOPICS: tuple[str, ...] = ("control.audit", "ops.alerts", "risk.opening")
 FAST_FETCH_WAIT_MS = 50
 TOKEN_ENV = "TRADEFLOW_DASHBOARD_TOKEN"  # noqa: S105 - the variable's name, not a secret
 STATIC = Path(__file__).resolve().parent / "static"

@@ -38,6 +38,7 @@ from topics.records import (
     GateResult,
     ModelRegistryEvent,
     ModelStage,
+    OpeningStatus,
     OrderStatus,
     OrderUpdate,
     PortfolioSnapshot,
@@ -65,6 +66,7 @@ TOPICS: tuple[str, ...] = (
     "models.registry",
     "governance.audit",
     "deadletter",
+    "risk.opening",
 )
 #: Stages whose signals trade capital: the versions the page calls "serving".
 SERVING_STAGES: tuple[ModelStage, ...] = (ModelStage.ACTIVE, ModelStage.CANARY_30, ModelStage.CANARY_10)
@@ -194,6 +196,8 @@ class DashboardState:
         self._signals: dict[str, Signal] = {}
         self._signals_seen = 0
         self._portfolios: dict[str, PortfolioSnapshot] = {}
+        #: latest opening status per account (every blocker of new exposure)
+        self._opening: dict[str, OpeningStatus] = {}
         self._curves: dict[str, _Curve] = {}
         self._verdicts: Counter[str] = Counter()
         self._risk_recent: deque[dict[str, Any]] = deque(maxlen=self.config.recent)
@@ -260,6 +264,8 @@ class DashboardState:
             return self._on_rollout(r)
         if isinstance(r, DeadLetter):
             return self._on_dead_letter(r)
+        if isinstance(r, OpeningStatus):
+            return _latest(self._opening, r.account, r)
         raise TypeError(f"the dashboard does not fold {type(r).__name__}")
 
     def _advance(self, ts: int) -> None:
@@ -569,6 +575,7 @@ class DashboardState:
                 "verdicts": {v.value: self._verdicts[v.value] for v in RiskVerdict},
                 "recent": list(self._risk_recent),
                 "kill_switches": [s.view() for s in self.active_switches(now_ns)],
+                "opening": [_opening_view(self._opening[a]) for a in sorted(self._opening)],
                 "control": list(self._control),
                 "control_rejected": self._control_rejected,
                 "control_rejected_recent": list(self._control_rejected_recent),
@@ -589,6 +596,28 @@ def _latest(table: dict[Any, Any], key: Any, rec: Any) -> bool:
         return False
     table[key] = rec
     return True
+
+
+def _opening_view(o: OpeningStatus) -> dict[str, Any]:
+    """An account's opening status: allowed, or each blocker with its end and the time left as published."""
+    blockers = zip(
+        o.blocker_codes,
+        o.blocker_scopes,
+        o.blocker_targets,
+        o.blocker_details,
+        o.blocker_until_ns,
+        o.blocker_domains,
+        o.blocker_remaining_ns,
+        strict=True,
+    )
+    keys = ("code", "scope", "target", "detail", "until_ns", "domain", "remaining_ns")
+    return {
+        "account": o.account,
+        "allowed": o.allowed,
+        "market_ns": o.market_ns,
+        "wall_ns": o.wall_ns,
+        "blockers": [dict(zip(keys, b, strict=True)) for b in blockers],
+    }
 
 
 def _price_view(p: _Price) -> dict[str, Any]:

@@ -343,6 +343,18 @@ OUTAGE_GRACE_S = 60.0
 OUTAGES_KEPT = 20
 
 
+def _set_by_config_file(environ: Mapping[str, str]) -> set[str]:
+    """The variables of the settings the ``TRADEFLOW_TRADING_CONFIG`` file sets: the platform's own
+    defaults for them must not beat the operator's file (a variable beats the file)."""
+    from agents.trading.configuration import CONFIG_FILE_VARIABLE, FIELD_VARIABLES, load_engine_settings
+
+    path = environ.get(CONFIG_FILE_VARIABLE, "").strip()
+    if not path:
+        return set()
+    set_keys = load_engine_settings({CONFIG_FILE_VARIABLE: path}).sources
+    return {FIELD_VARIABLES[s][f] for s, _, f in (k.partition(".") for k in set_keys)}
+
+
 def needs(program: str) -> tuple[str, ...]:
     return NEEDS.get(program, INFRA)
 
@@ -433,7 +445,7 @@ class Platform:
         out = dict(PAPER_STRATEGY)
         if self.opts.live is None:
             out["TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS"] = str(RECORDED_FEED_MAX_SIGNAL_AGE_NS)
-        return out
+        return {k: v for k, v in out.items() if k not in _set_by_config_file(os.environ)}
 
     def programs(self) -> list[Any]:
         from agents.strategy.config import StrategyConfig
@@ -693,7 +705,7 @@ class Platform:
             trading_env={
                 k: v
                 for k, v in {**os.environ, **self.env()}.items()
-                if k.startswith(("TRADEFLOW_TRADING_", "TRADEFLOW_STRATEGY_"))
+                if k.startswith(("TRADEFLOW_TRADING_", "TRADEFLOW_STRATEGY_", "TRADEFLOW_RISK_", "TRADEFLOW_PAPER_"))
             },
             outages=list(self.outages),
         ).write(self.layout)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from runtime.publish import RecordPublisher
 from tests import builders
 from tests.conftest import ROOT, Procs, wait_until
 from topics.catalogue import DEFAULT_TOPIC, spec
-from topics.records import Bar, ControlCommand, ControlEvent, Signal, Timeframe
+from topics.records import Bar, ControlCommand, ControlEvent, OpeningStatus, Signal, Timeframe
 from topics.schema import Record, codec_for, event_id_for
 from topics.units import NS_PER_MINUTE as MIN
 
@@ -709,3 +709,105 @@ async def test_control_keys_in_env_and_file_then_no_secret_in_any_log_or_row(
     for secret in (SECRET, FILE_SECRET):
         for form in (secret, secret.encode().hex(), base64.b64encode(secret.encode()).decode(), secret[:16]):
             assert form not in haystack, "a control secret leaked into a log, a row or a command line"
+
+
+async def test_kill_switch_then_opening_status_published_with_its_reason_shown_by_status_then_cleared(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs, trading_env: Keyring
+) -> None:
+    """The worker publishes ``risk.opening``: allowed after the first bar; a signed kill switch shows up as
+    a blocker with its reason, scope and clock (wall time: an operator's switch), in the sink's table and
+    in ``tradeflow status``; released, the status says allowed again. The records are the replay's."""
+    a = anchor_ns()
+    btc = bars(BTC_FILE, 2, a)
+    port = await start(broker, namespace, dsn, procs)
+    conn = await asyncpg.connect(dsn)
+
+    async def latest() -> OpeningStatus | None:
+        payload = await conn.fetchval(
+            "SELECT payload::text FROM ev_risk_opening WHERE msg_key = 'paper' ORDER BY kafka_offset DESC LIMIT 1"
+        )
+        return None if payload is None else codec_for(OpeningStatus).decode(payload)
+
+    async def until(what: str, ok: Callable[[OpeningStatus], bool]) -> OpeningStatus:
+        async def seen() -> bool:
+            rec = await latest()
+            return rec is not None and ok(rec)
+
+        await wait_until(seen, 30, what, watch=procs)
+        rec = await latest()
+        assert rec is not None
+        return rec
+
+    def status() -> subprocess.CompletedProcess[str]:
+        argv = ["--dsn", dsn, "--bootstrap", broker.bootstrap, "--namespace", namespace]
+        return subprocess.run(
+            [sys.executable, "-m", "ops.cli", "status", *argv, "--json"],
+            cwd=ROOT,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        async with RecordPublisher(broker.bootstrap, namespace) as pub:
+            feed = Feed(pub, procs, port)
+            await feed.send(btc[0], timeout=90)
+            first = await until("an allowed opening status after the first bar", lambda r: r.allowed)
+            assert first.account == "paper" and first.market_ns == btc[0].ts_event
+            await feed.cli(dsn, "kill-switch", "on", "--reason", "drill: opening status")
+            halted = await until("the kill switch in the opening status", lambda r: not r.allowed)
+            assert halted.blocker_codes == ("kill_switch_global",) and halted.blocker_scopes == ("global",)
+            assert (
+                "drill: opening status" in halted.blocker_details[0] and "operator:alice" in halted.blocker_details[0]
+            )
+            assert halted.blocker_domains == ("wall",) and halted.blocker_until_ns == (None,)
+            shown = status()
+            assert shown.returncode == 0, shown.stderr[-2000:]
+            (row,) = json.loads(shown.stdout)["opening"]
+            assert row["account"] == "paper" and row["allowed"] is False
+            assert [(b["code"], b["scope"], b["domain"]) for b in row["blockers"]] == [
+                ("kill_switch_global", "global", "wall")
+            ]
+            assert "drill: opening status" in row["blockers"][0]["detail"]
+            await feed.cli(dsn, "kill-switch", "off", "--reason", "drill over")
+            cleared = await until("the opening status allowed again", lambda r: r.allowed)
+            assert cleared.blocker_codes == () and cleared.wall_ns >= halted.wall_ns
+            await feed.send(btc[1])
+        text = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ops.cli",
+                "status",
+                "--dsn",
+                dsn,
+                "--bootstrap",
+                broker.bootstrap,
+                "--namespace",
+                namespace,
+            ],
+            cwd=ROOT,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        assert "opening   paper: ALLOWED" in text
+    finally:
+        await conn.close()
+    # the published statuses are the in-process core's, input by input (live = replay)
+    inputs, arrivals = await journaled(dsn, feed)
+    core = TradingCore(TradingSettings.from_env(os.environ).config(), trading_env)
+    expected = []
+    for rec, arrival in zip(inputs, arrivals, strict=True):
+        if isinstance(rec, Bar):
+            core.on_bar(rec, arrival)
+        else:
+            assert isinstance(rec, ControlEvent)
+            core.on_control(rec, arrival)
+        update = core.opening_update(rec.event_id)
+        if update is not None:
+            expected.append(codec_for(OpeningStatus).encode(update).decode())
+    got = await rows(dsn, "risk.opening")
+    assert sorted(got.values()) == sorted(expected) and len(expected) >= 3

@@ -27,6 +27,7 @@ from topics.records import (
     GateStatus,
     ModelRegistryEvent,
     ModelStage,
+    OpeningStatus,
     OrderStatus,
     PortfolioSnapshot,
     RiskDecision,
@@ -237,9 +238,46 @@ def test_topics_are_catalogued_with_the_record_types_folded() -> None:
             dedupe_key="d",
             labels={},
         ),
+        opening(T0, ("kill_switch_global", "global", "*", "drill (set by operator:alice)", None, "wall", None)),
     ]
     assert {BY_NAME[n].record for n in TOPICS} == {type(r) for r in records}
     assert all(st.apply(r) for r in records)
+
+
+def opening(ts: int, *blockers: tuple[Any, ...]) -> OpeningStatus:
+    names = ("codes", "scopes", "targets", "details", "until_ns", "domains", "remaining_ns")
+    return OpeningStatus.new(
+        ts_init=ts,
+        ts_event=ts,
+        account="paper",
+        allowed=not blockers,
+        market_ns=ts,
+        wall_ns=ts,
+        config_hash="h",
+        **{f"blocker_{n}": tuple(b[i] for b in blockers) for i, n in enumerate(names)},
+    )
+
+
+def test_opening_status_then_latest_per_account_with_every_blocker_in_the_snapshot() -> None:
+    st = DashboardState()
+    halted = opening(T0, ("daily_loss_limit", "account", "*", "daily return -0.04", T0 + H, "market", H))
+    assert st.apply(halted)
+    (view,) = st.view(T0)["risk"]["opening"]
+    assert view["allowed"] is False and view["blockers"] == [
+        {
+            "code": "daily_loss_limit",
+            "scope": "account",
+            "target": "*",
+            "detail": "daily return -0.04",
+            "until_ns": T0 + H,
+            "domain": "market",
+            "remaining_ns": H,
+        }
+    ]
+    assert st.apply(opening(T0 + 1))
+    assert not st.apply(halted)  # redelivered: the later status stands
+    (view,) = st.view(T0 + 1)["risk"]["opening"]
+    assert view["allowed"] is True and view["blockers"] == []
 
 
 def test_latest_signal_per_symbol_by_event_time_and_duplicates_ignored() -> None:

@@ -169,10 +169,17 @@ def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None
 
 @pytest.mark.parametrize(
     ("fmt", "why"),
-    [(2, "volatility breaker"), (3, "volatility breaker"), (4, "volatility breaker"), (5, "open external")],
+    [
+        (2, "volatility breaker"),
+        (3, "volatility breaker"),
+        (4, "volatility breaker"),
+        (5, "open external"),
+        (6, "per-strategy consecutive-loss counts"),
+    ],
 )
 def test_row_of_an_older_format_then_refused_with_why_before_unpickling(fmt: int, why: str) -> None:
-    """Formats before 5 hold no breaker window, 5 no open external orders: refused, saying so."""
+    """Formats before 5 hold no breaker window, 5 no open external orders, 6 no per-strategy loss counts:
+    refused, saying so."""
     from agents.trading import checkpoint as ck
 
     core = TradingCore(CONFIG, KEYRING)

@@ -4,6 +4,7 @@ that fails fast when the exchange cannot be reached (no server of ours is starte
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -258,3 +259,27 @@ def test_recorded_feed_then_one_signal_age_whatever_the_pace_and_live_keeps_the_
     assert at == {4: week, 0.1: week, 10: week}
     live = parse("--data-dir", str(tmp_path / "d"), "--live", "--exchange", "binance", "--symbols", "BTC/USDT")
     assert "TRADEFLOW_STRATEGY_MAX_SIGNAL_AGE_NS" not in Platform(live).strategy_env()
+
+
+def test_trading_config_file_then_its_keys_beat_the_platform_defaults_and_a_bad_file_exits_2_before_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform sets paper-account strategy defaults as variables, and a variable beats the file: so it
+    leaves out the ones the operator's ``TRADEFLOW_TRADING_CONFIG`` file sets."""
+    conf = tmp_path / "trading.toml"
+    conf.write_text("[strategy]\nentry_threshold = 0.3\n", encoding="utf-8")
+    monkeypatch.setenv("TRADEFLOW_TRADING_CONFIG", str(conf))
+    env = Platform(parse("--data-dir", str(tmp_path / "d"))).env()
+    assert "TRADEFLOW_STRATEGY_ENTRY_THRESHOLD" not in env and env["TRADEFLOW_STRATEGY_EXIT_THRESHOLD"] == "0.02"
+    conf.write_text("[strategy]\nentry_treshold = 0.3\n", encoding="utf-8")
+    data = tmp_path / "d2"
+    res = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "up", "--data-dir", str(data), "--for", "1"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "unknown key(s) ['entry_treshold'] in [strategy]" in res.stderr
+    assert not data.exists()

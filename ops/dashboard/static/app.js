@@ -177,6 +177,13 @@
       ...Object.entries(r.verdicts).map(([k, n]) => kv(k, String(n))));
     fill("#kill-switches tbody", r.kill_switches.map(s => row([s.scope, s.target, { text: s.reason, cls: "wrap" }, s.set_by,
       s.expires_at_ns === null ? "until released" : ts(s.expires_at_ns)])), "none engaged", 5);
+    fill("#opening tbody", (r.opening || []).flatMap(o => o.allowed
+      ? [row([o.account, badge("allowed"), "", "", "", "opening new positions is allowed"])]
+      : o.blockers.map(b => row([o.account, { text: b.code, cls: "bad-text" }, b.scope + ":" + b.target,
+        b.until_ns === null ? (b.code.startsWith("kill_switch") ? "until released" : "until the limit is back")
+          : ts(b.until_ns) + " (" + b.domain + " time)",
+        b.remaining_ns === null ? "" : Math.round(b.remaining_ns / 1e9) + " s", { text: b.detail, cls: "wrap" }]))),
+      "no status yet", 6);
     fill("#risk-recent tbody", r.recent.map(d => row([ts(d.ts_ns), d.symbol, badge(d.verdict), { text: d.reasons.join(", "), cls: "wrap" }])), "none", 4);
     document.getElementById("rejected-total").textContent = String(r.control_rejected);
     fill("#control-rejected tbody", r.control_rejected_recent.map(c => row([ts(c.ts_ns), shortId(c.control_event_id), c.component,
