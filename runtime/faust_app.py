@@ -26,7 +26,7 @@ import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from runtime.broker import BrokerLost, BrokerWatchdog
+from runtime.broker import BrokerLost, BrokerWatchdog, client_security
 from runtime.metrics import logical_topic, set_consumer_lag
 from topics.catalogue import TOPICS, physical_name
 
@@ -124,9 +124,19 @@ class WorkerSettings:
 def create_app(s: WorkerSettings) -> Any:
     data_root = os.path.join(s.data_dir, "faust")
     os.makedirs(data_root, exist_ok=True)
+    security = client_security()  # TRADEFLOW_KAFKA_SASL_*: the service's broker user, if any
+    credentials = None
+    if security:
+        credentials = faust.SASLCredentials(
+            username=security["sasl_plain_username"],
+            password=security["sasl_plain_password"],
+            mechanism=security["sasl_mechanism"],
+            ssl_context=security.get("ssl_context"),
+        )
     app = TunedApp(
         s.app_id,
         broker=f"kafka://{s.bootstrap}",
+        broker_credentials=credentials,
         store="memory://",
         autodiscover=False,
         value_serializer="raw",

@@ -53,6 +53,9 @@ class SizingReason(enum.StrEnum):
     #: The signal's model version is registered at a stage that trades no capital
     #: (registered, retired, rolled back): governance took it off the ladder.
     MODEL_NOT_LIVE = "model_not_live"
+    #: The signal failed verification (unsigned where signatures are required, or a signature that
+    #: does not verify): not sized, an alert instead (agents/signals/signing.py).
+    SIGNAL_UNAUTHENTICATED = "signal_unauthenticated"
 
 
 class SizingAdjustment(enum.StrEnum):
