@@ -211,7 +211,7 @@ def test_verifier_from_env_when_configured_then_required_by_default_and_refusals
     assert v is not None and not v.require_signed
     with pytest.raises(ConfigError, match="no signal key"):
         signal_verifier_from_env({"TRADEFLOW_SIGNAL_REQUIRE_SIGNED": "1"})
-    with pytest.raises(ConfigError, match="TRADEFLOW_SIGNAL_KEY_.*'inference'") as exc:
+    with pytest.raises(ConfigError, match=r"TRADEFLOW_SIGNAL_KEY_.*'inference'") as exc:
         signal_verifier_from_env({"TRADEFLOW_SIGNAL_KEY_INFERENCE": "short"})
     assert "short" not in str(exc.value)
 
