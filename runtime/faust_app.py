@@ -119,6 +119,9 @@ class WorkerSettings:
     #: ``TRADEFLOW_FETCH_WAIT_MS`` and ``TRADEFLOW_DATA_DIR`` (faust's table metadata under ``<data_dir>/faust``)
     fetch_wait_ms: int = 20
     data_dir: str = "var"
+    #: Catalogue topics the worker's agents use, inputs first (empty: every catalogue topic). The broker
+    #: watchdog expects these: with per-service ACLs a client sees only the topics it may use.
+    topics: tuple[str, ...] = ()
 
 
 def create_app(s: WorkerSettings) -> Any:
@@ -173,7 +176,7 @@ def create_app(s: WorkerSettings) -> Any:
     async def health(self: Any, request: Any) -> Any:
         return self.json({"app": s.app_id, "ok": not app.should_stop})
 
-    expect = [physical_name(t.name, s.namespace) for t in TOPICS]
+    expect = [physical_name(t, s.namespace) for t in (s.topics or tuple(t.name for t in TOPICS))]
     watchdog = BrokerWatchdog(s.bootstrap, expect, interval_s=s.watchdog_interval_s)
 
     @app.task  # type: ignore[untyped-decorator]

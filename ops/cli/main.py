@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,21 @@ AGENT_NEEDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def agent_topics(names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The catalogue topics agents ``names`` read and write, from :data:`AGENT_NEEDS` (each once, in
+    table order). Dead letters are not listed: every consumer may write ``deadletter``."""
+    from topics.catalogue import TOPICS
+
+    catalogue = {t.name for t in TOPICS}
+    ins: dict[str, None] = {}
+    outs: dict[str, None] = {}
+    for name in names:
+        inputs, outputs, _ = AGENT_NEEDS[name]
+        ins.update((t, None) for t in (x.strip() for x in inputs.split(",")) if t in catalogue)
+        outs.update((t, None) for t in (x.strip() for x in outputs.split(",")) if t in catalogue)
+    return tuple(ins), tuple(outs)
+
+
 def _agents_help() -> str:
     """The agents table for ``worker --help`` (every worker also needs the broker: --bootstrap)."""
     lines = ["agents (every one also needs the broker: --bootstrap / TRADEFLOW_BOOTSTRAP):", ""]
@@ -180,6 +195,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
             web_host=a.web_host,
             data_dir=env_str("TRADEFLOW_DATA_DIR", "var"),
             fetch_wait_ms=env_int("TRADEFLOW_FETCH_WAIT_MS", 20, minimum=0),
+            topics=tuple(dict.fromkeys(sum(agent_topics(a.agents), ()))),
         )
     )
     ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace, bootstrap=a.bootstrap, dsn=a.dsn)
