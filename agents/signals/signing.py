@@ -18,6 +18,7 @@ import dataclasses
 import enum
 import hashlib
 import hmac
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -49,8 +50,10 @@ REQUIRE_SIGNED_VAR = "TRADEFLOW_SIGNAL_REQUIRE_SIGNED"
 _DOMAIN = b"tradeflow.signal.v1\n"
 _KEY_DOMAIN = b"tradeflow.signal.key.v1\n"
 _SIGNED_FIELDS = tuple(f.name for f in dataclasses.fields(Signal) if f.name != "signature")
-_HEX = frozenset("0123456789abcdef")
+_signed_values = operator.attrgetter(*_SIGNED_FIELDS)
 _PREFIX = SIGNATURE_SCHEME + ":"
+_PREFIX_LEN = len(_PREFIX)
+_SIGNATURE_LEN = _PREFIX_LEN + 64
 #: Derived keys kept per verifier/signer (model versions are few; bounded against junk ids).
 _MAX_DERIVED = 4096
 _CODEC = codec_for(Signal)
@@ -63,7 +66,7 @@ def version_key(secret: bytes, model_id: str, model_version: str) -> bytes:
 
 def canonical_payload(signal: Signal) -> bytes:
     """The exact bytes a signature covers (see the module docstring)."""
-    return _DOMAIN + orjson.dumps([getattr(signal, f) for f in _SIGNED_FIELDS])
+    return _DOMAIN + orjson.dumps(_signed_values(signal))
 
 
 class _DerivedKeys:
@@ -108,7 +111,7 @@ class SignalSigner:
         unsigned = _CODEC.decode(_CODEC.encode(dataclasses.replace(signal, key_id=self.key_id, signature=None)))
         key = self._keys.get(self.key_id, unsigned.model_id, unsigned.model_version)
         assert key is not None  # checked in __init__
-        digest = hmac.new(key, canonical_payload(unsigned), hashlib.sha256).hexdigest()
+        digest = hmac.digest(key, canonical_payload(unsigned), "sha256").hex()
         return dataclasses.replace(unsigned, signature=_PREFIX + digest)
 
     def __repr__(self) -> str:
@@ -157,17 +160,19 @@ class SignalVerifier:
         sig = signal.signature
         if sig is None and signal.key_id is None:
             return _UNSIGNED_OK if not self.require_signed else SignalVerdict(False, SignalAuthReason.UNSIGNED)
-        if type(sig) is not str or not sig.startswith(_PREFIX) or len(sig) != len(_PREFIX) + 64:
+        if type(sig) is not str or not sig.startswith(_PREFIX) or len(sig) != _SIGNATURE_LEN:
             return SignalVerdict(False, SignalAuthReason.MALFORMED_SIGNATURE)
-        digest = sig[len(_PREFIX) :]
-        if not set(digest) <= _HEX:
+        try:
+            digest = bytes.fromhex(sig[_PREFIX_LEN:])
+        except ValueError:
+            return SignalVerdict(False, SignalAuthReason.MALFORMED_SIGNATURE)
+        if sig[_PREFIX_LEN:] != digest.hex():  # lower-case hex only: one signature per signal
             return SignalVerdict(False, SignalAuthReason.MALFORMED_SIGNATURE)
         key_id = signal.key_id
         key = self._keys.get(key_id, signal.model_id, signal.model_version) if type(key_id) is str else None
         if key is None:
             return SignalVerdict(False, SignalAuthReason.UNKNOWN_KEY)
-        expected = hmac.new(key, canonical_payload(signal), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, digest):
+        if not hmac.compare_digest(hmac.digest(key, canonical_payload(signal), "sha256"), digest):
             return SignalVerdict(False, SignalAuthReason.BAD_SIGNATURE)
         return _OK
 

@@ -9,8 +9,9 @@ with its output records in publish order:
 
 - ``on_bar``: clock to the close; paper fills at this bar's open; portfolio mark; risk mark
   (volatility breaker, stop-loss / take-profit exits). A bar not after the last one is skipped.
-- ``on_signal``: sized, decided and submitted in the same call. A signal that overtook its own
-  bar is held until that bar arrives (bounded by ``signal_bar_wait_ns`` / ``max_held_signals``).
+- ``on_signal``: verified when a signal verifier is given (a refusal changes nothing), then sized,
+  decided and submitted in the same call. A signal that overtook its own bar is held until that
+  bar arrives (bounded by ``signal_bar_wait_ns`` / ``max_held_signals``).
 - ``on_registry`` / ``on_control``: rollout stage (share of capital) / verified control.
 - ``execution="external"``: approved orders leave in ``Step.to_submit``; the venue's answers
   come back through ``on_execution`` as inputs.
