@@ -114,12 +114,14 @@ AGENT_NEEDS: dict[str, tuple[str, str, str]] = {
     "inference": (
         "features, models.registry",
         "signals, ops.alerts",
-        "a model version in models.registry (shadow, canary or active) whose checkpoint this machine can read",
+        "a model version in models.registry (shadow, canary or active) whose checkpoint this machine can read; "
+        "TRADEFLOW_SIGNAL_KEY_<ID> (signs signals; unset: unsigned)",
     ),
     "trading": (
         "signals, market.bars, control, models.registry",
         "orders.intents, risk.decisions, orders.updates, fills, portfolio.state, control.audit, ops.alerts",
-        "TRADEFLOW_DSN / --dsn (checkpoint, journal), TRADEFLOW_CONTROL_KEY_<ID>; optional TRADEFLOW_TRADING_*, "
+        "TRADEFLOW_DSN / --dsn (checkpoint, journal), TRADEFLOW_CONTROL_KEY_<ID>, TRADEFLOW_SIGNAL_KEY_<ID> "
+        "(refuses unsigned signals; unset: trusts every signal); optional TRADEFLOW_TRADING_*, "
         "TRADEFLOW_STRATEGY_*, TRADEFLOW_EXECUTION_*; one worker per account",
     ),
     "governance": (
