@@ -21,9 +21,11 @@ Design: docs/replay.md#replay-driver
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
+import gc
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -261,8 +263,31 @@ def _infer(vectors: Sequence[FeatureVector | None], model: ReplayModel, trade_fr
     return out
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic collector off for a replay, back on (if it was) after it.
+
+    A replay allocates millions of acyclic objects (records, engine state) and keeps most of them: each
+    generation-2 pass rescanned the growing heap, ~20 % of a replay's time (measured, 10,000 bars with
+    the MLP). Reference counting still frees everything else; cycles made meanwhile wait for the next
+    collection after the replay. Results do not depend on it.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> ReplayResult:
     """Run ``bars`` through features -> inference -> TradingCore (module docstring)."""
+    with _cyclic_gc_paused():
+        return _replay(bars, config, model)
+
+
+def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> ReplayResult:
     ordered = order_bars(bars)
     clock = EventClock()
     pipeline = FeaturePipeline(clock, config.spec)

@@ -208,12 +208,19 @@ class BacktestRequest:
         return out
 
     def trading_config(self) -> TradingConfig:
-        strategy = dataclasses.replace(STRATEGIES[self.strategy], fee_bps=self.fee_bps, slippage_bps=self.slippage_bps)
+        # A backtest simulates every symbol it names, a monitor-only (vc) track's too: that
+        # simulation is the evidence the vc track's gates report (docs/trading.md#tracks).
+        base = STRATEGIES[self.strategy]
+        monitor = tuple(sym for sym in base.monitor_only_symbols if sym not in self.symbols)
+        strategy = dataclasses.replace(
+            base, fee_bps=self.fee_bps, slippage_bps=self.slippage_bps, monitor_only_symbols=monitor
+        )
+        risk_monitor = tuple(sym for sym in RiskConfig().monitor_only_symbols if sym not in self.symbols)
         return TradingConfig(
             account="backtest",
             timeframes=(self.timeframe,),
             strategy=strategy,
-            risk=RiskConfig(allowed_symbols=self.symbols),
+            risk=RiskConfig(allowed_symbols=self.symbols, monitor_only_symbols=risk_monitor),
             paper=PaperConfig(
                 fee_bps=self.fee_bps, slippage_bps=self.slippage_bps, impact_coefficient_bps=self.impact_coefficient_bps
             ),

@@ -232,23 +232,36 @@ class Predictor:
         """Stack vector sequences into ``[N, W, F]``, refusing anything the
         model was not trained on: another feature set, other names or order,
         a wrong window length, or bars that are not consecutive."""
-        out = np.empty((len(sequences), self.window, len(self.feature_names)), dtype=np.float64)
+        # Overlapping windows share vectors: each distinct vector is checked and converted once, then
+        # gathered into the windows by index (the same float64 values as a per-window copy).
+        rows: dict[int, int] = {}  # id(vector) -> its row in ``unique`` (the vectors live in ``sequences``)
+        unique: list[Sequence[float]] = []
+        index: list[list[int]] = []
         for i, seq in enumerate(sequences):
             if len(seq) != self.window:
                 raise FeatureMismatch(f"sequence {i}: {len(seq)} vectors, the model needs {self.window}")
             step = seq[0].timeframe.nanos
+            at: list[int] = []
             for j, v in enumerate(seq):
-                if v.feature_set_version != self.feature_set_version:
-                    raise FeatureMismatch(
-                        f"sequence {i}: feature set {v.feature_set_version!r}, "
-                        f"the model was trained on {self.feature_set_version!r}"
-                    )
-                if v.names != self.feature_names:
-                    raise FeatureMismatch(f"sequence {i}: feature names differ from the model's")
+                r = rows.get(id(v))
+                if r is None:
+                    if v.feature_set_version != self.feature_set_version:
+                        raise FeatureMismatch(
+                            f"sequence {i}: feature set {v.feature_set_version!r}, "
+                            f"the model was trained on {self.feature_set_version!r}"
+                        )
+                    if v.names != self.feature_names:
+                        raise FeatureMismatch(f"sequence {i}: feature names differ from the model's")
+                    r = rows[id(v)] = len(unique)
+                    unique.append(v.values)
                 if j and (v.symbol != seq[0].symbol or v.bar_open_time - seq[j - 1].bar_open_time != step):
                     raise FeatureMismatch(f"sequence {i}: vectors are not consecutive bars of one symbol")
-                out[i, j] = v.values
-        return out
+                at.append(r)
+            index.append(at)
+        if not unique:
+            return np.empty((len(sequences), self.window, len(self.feature_names)), dtype=np.float64)
+        table = np.asarray(unique, dtype=np.float64).reshape(len(unique), len(self.feature_names))
+        return table[np.asarray(index, dtype=np.intp)]
 
 
 def to_signals(

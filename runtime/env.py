@@ -149,9 +149,22 @@ VARIABLES: tuple[Variable, ...] = (
         group="trading",
     ),
     _V(
+        "TRADEFLOW_TRACK_LIQUID_SYMBOLS",
+        "BTC/USDT,ETH/USDT,SOL/USDT,BTC/USDT:USDT,ETH/USDT:USDT,SOL/USDT:USDT",
+        "the gated `liquid` track: symbols collected and traded, gates decide (comma list; docs/trading.md#tracks)",
+        group="trading",
+    ),
+    _V(
+        "TRADEFLOW_TRACK_VC_SYMBOLS",
+        "SUI/USDT,APT/USDT,ARB/USDT",
+        "the monitor-only `vc` track: collected, featured, scored, gates reported (`gates evaluate` exits 0 on "
+        "them), never an order (sizing reason `monitor_only_track`); `none`: no vc symbol",
+        group="trading",
+    ),
+    _V(
         "TRADEFLOW_TRADING_SYMBOLS",
-        "BTC/USDT,ETH/USDT,BTC/USDT:USDT,ETH/USDT:USDT",
-        "symbols the trading agent trades",
+        "BTC/USDT,ETH/USDT,SOL/USDT,BTC/USDT:USDT,ETH/USDT:USDT,SOL/USDT:USDT",
+        "symbols the trading agent may order (unset: the liquid track's); a vc-track symbol is refused",
         group="trading",
     ),
     _V("TRADEFLOW_TRADING_TIMEFRAMES", "1h", "bar timeframes the trading agent trades on", group="trading"),

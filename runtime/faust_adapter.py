@@ -1,7 +1,7 @@
 """The faust internals an agent that owns its input positions needs, in one place.
 
-faust has no public API to choose where a consumer resumes, nor to produce
-below the ``Topic`` buffer, so this module touches (faust-streaming 0.15):
+faust has no public API to choose where a consumer resumes, so this module
+touches (faust-streaming 0.15; the dashboard's view uses it):
 
 - ``Consumer.perform_seek``: faust's recovery calls it after every
   partition assignment to seek to the committed offsets; :func:`after_every_seek`
@@ -9,10 +9,6 @@ below the ``Topic`` buffer, so this module touches (faust-streaming 0.15):
 - ``Consumer._committed_offset`` (private): faust commits a partition only
   contiguously from this bookkeeping; after a seek past it, :func:`seek` moves
   it along, or faust would never commit that partition again.
-- ``app.producer.send(topic, key, value, partition, timestamp, headers)``: the
-  transport producer's positional signature; :func:`send` calls it straight,
-  skipping ``Topic.send_soon``'s per-message path, and returns its delivery
-  future.
 
 A faust upgrade that changes one of these breaks here and nowhere else.
 """
@@ -22,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["after_every_seek", "seek", "send"]
+__all__ = ["after_every_seek", "seek"]
 
 _HOOKS = "_tradeflow_seek_hooks"
 
@@ -52,9 +48,3 @@ async def seek(consumer: Any, tp: Any, offset: int) -> None:
     committed = consumer._committed_offset.get(tp)
     if committed is None or committed < offset:
         consumer._committed_offset[tp] = offset
-
-
-async def send(app: Any, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
-    """Hand one message to faust's producer; the returned future resolves when the broker has it."""
-    delivery: Awaitable[Any] = await app.producer.send(topic, key, value, None, None, None)
-    return delivery

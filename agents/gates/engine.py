@@ -249,6 +249,8 @@ class Evaluation:
     results: tuple[GateResult, ...]
     parity: tuple[ParityOutcome, ...]
     readiness: GateResult
+    #: Every symbol of the track's runs (valid or not): which market track it is on.
+    symbols: tuple[str, ...] = ()
 
     @property
     def ready(self) -> bool:
@@ -945,4 +947,10 @@ def evaluate_track(inputs: TrackInputs, cfg: GateConfig, now_ns: int) -> Evaluat
     known = set(required)
     required += [(r.gate, r.metric) for r in results if (r.gate, r.metric) not in known]
     readiness = evaluate_readiness(inputs.track, latest, required, runs, cfg, now_ns)
-    return Evaluation(track=inputs.track, results=(*results, readiness), parity=tuple(parity), readiness=readiness)
+    return Evaluation(
+        track=inputs.track,
+        results=(*results, readiness),
+        parity=tuple(parity),
+        readiness=readiness,
+        symbols=tuple(sorted({s for r in runs for s in r.symbols})),
+    )

@@ -210,11 +210,21 @@ class _RollingRobust:
         bisect.insort(self._sorted, x)
 
     def median(self) -> float:
-        return median(self._sorted)
+        return _median_of_sorted(self._sorted)
 
     def mad(self, center: float) -> float:
         # |x - center| over a sorted list is a descending then an ascending run: sorted() merges in O(n).
-        return median(sorted([abs(x - center) for x in self._sorted]))
+        return _median_of_sorted(sorted([abs(x - center) for x in self._sorted]))
+
+
+def _median_of_sorted(values: list[float]) -> float:
+    """``statistics.median`` of an already sorted list, without its copy and re-sort (same arithmetic,
+    so the same float)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("median of no values")
+    i = n // 2
+    return values[i] if n % 2 else (values[i - 1] + values[i]) / 2
 
 
 @dataclass(slots=True)

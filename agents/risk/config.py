@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from agents.confighash import stable_config_hash
+from agents.tracks import DEFAULT_LIQUID_SYMBOLS, DEFAULT_VC_SYMBOLS
 from topics.units import NS_PER_DAY, NS_PER_HOUR, NS_PER_SECOND
 
 __all__ = [
@@ -56,7 +57,8 @@ MAX_DRAWDOWN = 0.12
 DRAWDOWN_NEAR_LIMIT = 0.10
 DRAWDOWN_WARN = 0.08
 
-DEFAULT_ALLOWED_SYMBOLS: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "BTC/USDT:USDT", "ETH/USDT:USDT")
+#: The liquid track's symbols (agents/tracks.py): the only ones an order may be for by default.
+DEFAULT_ALLOWED_SYMBOLS: tuple[str, ...] = DEFAULT_LIQUID_SYMBOLS
 
 #: Breaker threshold multiplier per UTC hour (index = hour of the open of the bar that closes the
 #: window): the replaced system's bands 00-07 x1.4 (thin Asian-session books: a move of the same
@@ -332,6 +334,9 @@ class RiskConfig:
 
     # -- input sanity ------------------------------------------------------------------
     allowed_symbols: tuple[str, ...] = DEFAULT_ALLOWED_SYMBOLS
+    #: Symbols of monitor-only tracks (the vc track): every order for one is refused
+    #: (``monitor_only_track``), whatever ``allowed_symbols`` says.
+    monitor_only_symbols: tuple[str, ...] = DEFAULT_VC_SYMBOLS
     #: A limit price further than this from the last mark is a fat finger.
     max_price_deviation: float = 0.05
     #: A mark older than this (event time) is not a price to size against.
@@ -352,6 +357,7 @@ class RiskConfig:
         object.__setattr__(self, "symbol_max_notional", _frozen_map(self.symbol_max_notional))
         object.__setattr__(self, "vol_hour_multipliers", tuple(self.vol_hour_multipliers))
         object.__setattr__(self, "allowed_symbols", tuple(self.allowed_symbols))
+        object.__setattr__(self, "monitor_only_symbols", tuple(self.monitor_only_symbols))
         problems = self.problems()
         if problems:
             raise ValueError("invalid risk config: " + "; ".join(problems))
@@ -387,6 +393,9 @@ class RiskConfig:
             out.append("max_price_deviation must be positive")
         if not self.allowed_symbols:
             out.append("allowed_symbols must not be empty")
+        monitored = sorted(set(self.allowed_symbols) & set(self.monitor_only_symbols))
+        if monitored:
+            out.append(f"allowed_symbols {monitored} are on a monitor-only track: it never trades")
         return out
 
     def config_hash(self) -> str:

@@ -8,8 +8,8 @@ wall/arrival time (control verification, operator kill switches); no I/O, no ran
 A denial is a decision with reason codes, never an exception.
 
 Decision procedure (``on_intent``): the quantity is split into a closing and an opening part;
-hard rejects refuse everything (bad quantity or symbol, no or stale price, no portfolio
-state, far from market, order rate, a kill switch); loss and drawdown limits block the
+hard rejects refuse everything (bad quantity, a symbol not traded or on a monitor-only track,
+no or stale price, no portfolio state, far from market, order rate, a kill switch); loss and drawdown limits block the
 opening part only; the warn tier and the symbol cap shrink it; ``max_order_notional`` cuts
 the whole order. ``reasons`` lists every rule that acted, in :class:`RiskReason` order. A
 redelivered intent gets its cached decision; exposure counts the orders still in flight.
@@ -79,6 +79,8 @@ class RiskReason(enum.StrEnum):
 
     INVALID_QUANTITY = "invalid_quantity"
     UNKNOWN_SYMBOL = "unknown_symbol"
+    #: The symbol is on a monitor-only track (agents/tracks.py): never an order, exits included.
+    MONITOR_ONLY_TRACK = "monitor_only_track"
     NO_MARKET_PRICE = "no_market_price"
     STALE_MARKET_PRICE = "stale_market_price"
     #: No portfolio state yet: drawdown and loss limits cannot be checked, so nothing passes.
@@ -296,7 +298,10 @@ class RiskEngine:
             reasons.add(RiskReason.INVALID_QUANTITY)
             hard = True
             qty = 0.0
-        if intent.symbol not in cfg.allowed_symbols:
+        if intent.symbol in cfg.monitor_only_symbols:
+            reasons.add(RiskReason.MONITOR_ONLY_TRACK)
+            hard = True
+        elif intent.symbol not in cfg.allowed_symbols:
             reasons.add(RiskReason.UNKNOWN_SYMBOL)
             hard = True
         mark = self._marks.get(intent.symbol)

@@ -33,6 +33,7 @@ from agents.risk.config import (
     limit_problems,
     stable_config_hash,
 )
+from agents.tracks import DEFAULT_VC_SYMBOLS
 from topics.units import NS_PER_HOUR
 
 __all__ = ["DEFAULT_HOUR_SCALE", "LIMIT_PREFIX", "SETTABLE_PARAMS", "StrategyConfig"]
@@ -81,6 +82,9 @@ class StrategyConfig:
     version: str = "sizing-v1"
     strategy_id: str = "tanh-sizer"
     track: str = "paper"
+    #: Symbols of monitor-only tracks (the vc track, agents/tracks.py): a signal for one is
+    #: scored and recorded (``monitor_only_track``), never sized into an order.
+    monitor_only_symbols: tuple[str, ...] = DEFAULT_VC_SYMBOLS
 
     # -- score -> size --------------------------------------------------------
     curve_gain: float = 2.0
@@ -136,6 +140,7 @@ class StrategyConfig:
         object.__setattr__(self, "symbol_vol_bucket", _frozen(self.symbol_vol_bucket))
         object.__setattr__(self, "bucket_scale", _frozen(self.bucket_scale))
         object.__setattr__(self, "hour_scale", tuple(self.hour_scale))
+        object.__setattr__(self, "monitor_only_symbols", tuple(self.monitor_only_symbols))
         problems = limit_problems(self, SETTABLE_PARAMS)
         if not 0 <= self.exit_threshold < self.entry_threshold <= 1:
             problems.append("need 0 <= exit_threshold < entry_threshold <= 1 (hysteresis)")

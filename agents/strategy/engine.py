@@ -7,12 +7,13 @@ already handled; no I/O, no randomness. Every signal yields a
 :class:`SizingDecision` saying what was done and why, with the intent (if any).
 
 Procedure (parameters in :class:`~agents.strategy.config.StrategyConfig`): skip duplicates,
-shadow and stale signals; direction with hysteresis (``entry_threshold`` / ``exit_threshold``);
-size ``tanh`` x ``max_position_fraction`` x equity x bucket and hour scales, capped per symbol;
-drawdown tiers 0.08 / 0.10 / 0.12 shrink, reduce-only, flat; added exposure needs an edge of
-at least the round-trip cost; the delta becomes one market intent unless inside the rebalance
-band or below ``min_order_notional``. The current position includes the orders still in
-flight, so a signal arriving before the previous fill never orders the same change twice.
+shadow signals, symbols of a monitor-only track and stale signals; direction with hysteresis
+(``entry_threshold`` / ``exit_threshold``); size ``tanh`` x ``max_position_fraction`` x equity x
+bucket and hour scales, capped per symbol; drawdown tiers 0.08 / 0.10 / 0.12 shrink,
+reduce-only, flat; added exposure needs an edge of at least the round-trip cost; the delta
+becomes one market intent unless inside the rebalance band or below ``min_order_notional``.
+The current position includes the orders still in flight, so a signal arriving before the
+previous fill never orders the same change twice.
 
 Design: docs/trading_engines.md#strategy-engine
 """
@@ -53,6 +54,8 @@ class SizingReason(enum.StrEnum):
     #: The signal's model version is registered at a stage that trades no capital
     #: (registered, retired, rolled back): governance took it off the ladder.
     MODEL_NOT_LIVE = "model_not_live"
+    #: The symbol is on a monitor-only track (the vc track): scored and recorded, never ordered.
+    MONITOR_ONLY_TRACK = "monitor_only_track"
     #: The signal failed verification (unsigned where signatures are required, or a signature that
     #: does not verify): not sized, an alert instead (agents/signals/signing.py).
     SIGNAL_UNAUTHENTICATED = "signal_unauthenticated"
@@ -148,6 +151,8 @@ class StrategyEngine:
             return skip(SizingReason.DUPLICATE_SIGNAL)
         if signal.shadow:
             return skip(SizingReason.SHADOW)
+        if signal.symbol in cfg.monitor_only_symbols:
+            return skip(SizingReason.MONITOR_ONLY_TRACK)
         if not capital_fraction > 0.0:
             return skip(SizingReason.MODEL_NOT_LIVE)
         if now - signal.ts_event > cfg.max_signal_age_ns:

@@ -191,6 +191,7 @@ class TradingWorker:
         self.in_counters = {name: RECORDS_IN.labels(NAME, name) for name in INPUTS}
         self.codecs: dict[str, Codec[Any]] = {name: codec_for(cls) for name, cls, _ in self.handlers.values()}
         self.latency = PROCESS_LATENCY.labels(NAME)
+        self.children: dict[tuple[Any, tuple[str, ...]], Any] = {}  # :meth:`child`'s cache
         self.submit_seconds = m.EXECUTION_SUBMIT_SECONDS.labels(
             self.account, adapter.name if adapter is not None else "paper"
         )
@@ -297,7 +298,7 @@ class TradingWorker:
             tp = (r.topic, r.partition)
             name, _, handle = self.handlers[r.topic]
             if r.offset < live.position.get(tp, 0):  # a redelivery the state already holds
-                m.INPUTS_SKIPPED.labels(self.account, name).inc()
+                self.child(m.INPUTS_SKIPPED, self.account, name).inc()
                 continue
             self.in_counters[name].inc()
             rec = decode_record(
@@ -334,11 +335,20 @@ class TradingWorker:
             self.outbox.append(Output(self.out_names[name], rec.key(), codec_for(type(rec)).encode(rec)))
             self.out_counters[name].inc()
             if isinstance(rec, RiskDecision):
-                m.RISK_VERDICTS.labels(self.account, rec.verdict.value).inc()
+                self.child(m.RISK_VERDICTS, self.account, rec.verdict.value).inc()
                 for reason in rec.reasons:
-                    m.RISK_REASONS.labels(self.account, reason).inc()
+                    self.child(m.RISK_REASONS, self.account, reason).inc()
             elif isinstance(rec, OrderUpdate):
-                m.ORDER_UPDATES.labels(self.account, rec.adapter, rec.status.value, rec.reason or "").inc()
+                self.child(m.ORDER_UPDATES, self.account, rec.adapter, rec.status.value, rec.reason or "").inc()
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once (``labels`` costs microseconds a call, several times
+        per input)."""
+        key = (metric, labels)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*labels)
+        return found
 
     async def send(self) -> None:
         """The journal rows of the inputs that made the outbox written, then the outbox handed to the
@@ -417,9 +427,9 @@ class TradingWorker:
     def observe(self, step: Step) -> None:
         account = self.account
         for sizing in step.sizings:
-            m.SIZING.labels(account, sizing.reason.value).inc()
+            self.child(m.SIZING, account, sizing.reason.value).inc()
         if step.held:
-            m.SIGNALS_ALIGNED.labels(account, "held").inc()
+            self.child(m.SIGNALS_ALIGNED, account, "held").inc()
         if step.released_unaligned:
             m.SIGNALS_ALIGNED.labels(account, "released_without_bar").inc(step.released_unaligned)
             log.warning("signals_released_without_bar", account=account, count=step.released_unaligned)

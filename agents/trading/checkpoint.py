@@ -239,7 +239,7 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
     if cp.config_hash != config_hash:
         raise CheckpointError(
             f"checkpoint was built with trading configuration {cp.config_hash}, this worker runs {config_hash}; "
-            "start with the same TRADEFLOW_TRADING_* / TRADEFLOW_STRATEGY_* / TRADEFLOW_RISK_* settings, or "
+            "start with the same TRADEFLOW_TRADING_* / _STRATEGY_* / _RISK_* / _TRACK_* settings, or "
             "delete the account's trading_checkpoints row to start it flat"
         )
     expected = _mac(

@@ -26,6 +26,7 @@ from agents.risk.config import (
     thresholds_from_text,
 )
 from agents.strategy.config import SETTABLE_PARAMS, StrategyConfig
+from agents.tracks import Tracks
 from agents.trading.core import ExecutionMode, TradingConfig
 from runtime.env import ConfigError, env_float, env_int, env_list, env_str, read_secret
 from topics.records import Timeframe
@@ -236,6 +237,8 @@ class TradingSettings:
     strategy: StrategyConfig = dataclasses.field(default_factory=StrategyConfig)
     #: The risk limits (the breaker's from ``TRADEFLOW_RISK_*``); ``symbols`` replaces ``allowed_symbols``.
     risk: RiskConfig = dataclasses.field(default_factory=RiskConfig)
+    #: The liquid (may trade) and vc (monitor-only) tracks (``TRADEFLOW_TRACK_*``, :func:`_with_tracks`).
+    tracks: Tracks = dataclasses.field(default_factory=Tracks)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TradingSettings:
@@ -256,14 +259,15 @@ class TradingSettings:
             signal_bar_wait_s=env_float("TRADEFLOW_TRADING_SIGNAL_BAR_WAIT_S", 60.0, env, minimum=0.0),
             strategy=strategy_from_env(env),
             risk=risk_from_env(env),
+            tracks=Tracks.from_env(env),
         )
 
     def config(self) -> TradingConfig:
-        risk = dataclasses.replace(self.risk, allowed_symbols=self.symbols) if self.symbols else self.risk
+        strategy, risk = _with_tracks(self.strategy, self.risk, self.tracks, self.symbols)
         config = TradingConfig(
             account=self.account,
             timeframes=self.timeframes,
-            strategy=self.strategy,
+            strategy=strategy,
             risk=risk,
             signal_bar_wait_ns=round(self.signal_bar_wait_s * 1e9),
         )
@@ -273,3 +277,21 @@ class TradingSettings:
         return dataclasses.replace(
             config, execution=ExecutionMode.EXTERNAL, paper=PaperConfig(adapter=self.execution.adapter)
         )
+
+
+# -- tracks (agents/tracks.py) ------------------------------------------------------------------
+
+
+def _with_tracks(
+    strategy: StrategyConfig, risk: RiskConfig, tracks: Tracks, symbols: tuple[str, ...]
+) -> tuple[StrategyConfig, RiskConfig]:
+    """Sizing and risk configs that trade ``symbols`` (unset: the gated tracks' symbols) and never a
+    monitor-only track's; a traded symbol on a monitor-only track is a ConfigError."""
+    monitor = tracks.monitor_only_symbols
+    try:
+        risk = dataclasses.replace(
+            risk, allowed_symbols=symbols or tracks.tradeable_symbols, monitor_only_symbols=monitor
+        )
+    except ValueError as exc:
+        raise ConfigError(f"TRADEFLOW_TRADING_SYMBOLS / TRADEFLOW_TRACK_*_SYMBOLS: {exc}") from None
+    return dataclasses.replace(strategy, monitor_only_symbols=monitor), risk

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import time
 import uuid
@@ -32,6 +33,7 @@ from ops.bench.stats import percentile
 from ops.embedded.broker import EmbeddedBroker
 from ops.embedded.postgres import EmbeddedPostgres
 from ops.embedded.workers import ChildProcess, worker_argv
+from ops.host import cpu_seconds, postmaster_pid, process_tree
 from runtime.broker import ensure_topics
 from runtime.exits import EXIT_OK
 from runtime.publish import RecordPublisher
@@ -124,8 +126,24 @@ async def bench_produce(bootstrap: str, n: int, repeats: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
-async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int, topic: str) -> dict[str, Any]:
+def _cpu_by_process(broker_pid: int | None, pg: EmbeddedPostgres) -> dict[str, float]:
+    """CPU seconds used so far by this process (the sink runs in it), the broker and the PostgreSQL
+    server (postmaster and backends alive now)."""
+    pg_pid = postmaster_pid(pg.data_dir) if pg.data_dir is not None else None
+    return {
+        "sink": cpu_seconds(os.getpid()),
+        "broker": cpu_seconds(broker_pid) if broker_pid else 0.0,
+        "postgres": sum(cpu_seconds(p) for p in process_tree(pg_pid)) if pg_pid else 0.0,
+    }
+
+
+async def bench_sink(
+    bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int, topic: str, broker_pid: int | None = None
+) -> dict[str, Any]:
+    """Sink throughput (median of ``repeats``) beside a bare COPY of the same rows, and where the CPU went
+    while the sink ran: seconds per process and their share of the 2 cores' wall time."""
     rates, copy_rates, batch_sizes = [], [], []
+    cpu_shares: list[dict[str, float]] = []
     bars = _bars(n)
     for r in range(repeats):
         ns = f"bs{uuid.uuid4().hex[:6]}"
@@ -148,12 +166,16 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         while sink.rows_written == 0:
             await asyncio.sleep(0.005)
         t_first = time.perf_counter()  # group join excluded: first committed batch starts the clock
+        cpu0 = _cpu_by_process(broker_pid, pg)
         first = sink.rows_written
         while sink.rows_written < n:
             await asyncio.sleep(0.005)
             if time.perf_counter() - t > 300:
                 raise RuntimeError("sink benchmark did not finish in 300 s")
         elapsed = time.perf_counter() - t_first
+        cpu1 = _cpu_by_process(broker_pid, pg)
+        # backends that ended meanwhile are not counted: the postgres figure is a lower bound
+        cpu_shares.append({k: round((cpu1[k] - cpu0[k]) / elapsed, 3) for k in cpu0})
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
@@ -177,7 +199,7 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         await conn.close()
         print(
             f"  sink run {r + 1}: {rates[-1]:,.0f} records/s (bare COPY {copy_rates[-1]:,.0f}/s), "
-            f"{sink.batches} batches",
+            f"{sink.batches} batches; CPU (cores busy) {cpu_shares[-1]}",
             flush=True,
         )
     m, mc = statistics.median(rates), statistics.median(copy_rates)
@@ -187,6 +209,8 @@ async def bench_sink(bootstrap: str, pg: EmbeddedPostgres, n: int, repeats: int,
         "sink_records_per_s_median": round(m),
         "baseline_bare_copy_records_per_s_median": round(mc),
         "ratio_sink_vs_bare_copy": round(m / mc, 3),
+        # per run: CPU seconds per wall second of the sink's run (1.0 = one core busy), per process
+        "cores_busy_per_run": cpu_shares,
         "topic": topic,
         "mean_batch_size": round(statistics.mean(batch_sizes)),
         "max_batch_setting": SinkConfig.max_batch,
@@ -309,8 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         print("produce ...", flush=True)
         results["produce"] = asyncio.run(bench_produce(b.bootstrap, n_produce, repeats))
         print("sink ...", flush=True)
-        results["sink_event_table"] = asyncio.run(bench_sink(b.bootstrap, pg, n_sink, repeats, "market.bars.raw"))
-        results["sink_with_bars_projection"] = asyncio.run(bench_sink(b.bootstrap, pg, n_sink, repeats, "market.bars"))
+        broker_pid = b.proc.pid if b.proc is not None else None
+        results["sink_event_table"] = asyncio.run(
+            bench_sink(b.bootstrap, pg, n_sink, repeats, "market.bars.raw", broker_pid)
+        )
+        results["sink_with_bars_projection"] = asyncio.run(
+            bench_sink(b.bootstrap, pg, n_sink, repeats, "market.bars", broker_pid)
+        )
         print("latency ...", flush=True)
         results["latency"] = asyncio.run(bench_latency(b.bootstrap, [200, 1000], secs, out.parent))
     out.write_text(json.dumps(results, indent=2))
@@ -319,7 +348,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _machine() -> dict[str, Any]:
-    import os
     import platform
 
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}

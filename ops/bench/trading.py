@@ -40,6 +40,7 @@ from agents.risk.config import RiskConfig
 from agents.risk.engine import RiskEngine
 from ops.bench.stats import percentile
 from ops.embedded.workers import ChildProcess, worker_argv
+from ops.host import cpu_seconds
 from runtime.broker import ensure_topics
 from runtime.exits import EXIT_OK
 from topics.catalogue import DEFAULT_TOPIC, physical_name
@@ -659,12 +660,6 @@ async def _order_latency(pacer: Pacer, col: Collector, mode: str, rate: int, n: 
     return out
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux ``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _drain(pacer: Pacer, col: Collector, n: int, worker_pid: int) -> dict[str, Any]:
     """Capacity: ``n`` signals, each followed by its fill bar, published at once (as a backlog), then the
     time until the last signal's fill is out.
@@ -678,7 +673,7 @@ async def _drain(pacer: Pacer, col: Collector, n: int, worker_pid: int) -> dict[
     t0_ms = time.time_ns() // 1_000_000
     sent: dict[str, int] = {}
     futs = []
-    cpu0, start = _cpu_seconds(worker_pid), time.perf_counter()
+    cpu0, start = cpu_seconds(worker_pid), time.perf_counter()
     first_send = time.time_ns()
     for i in range(n):
         ts_ms = t0_ms + 2 * i
@@ -690,7 +685,7 @@ async def _drain(pacer: Pacer, col: Collector, n: int, worker_pid: int) -> dict[
     published_s = time.perf_counter() - start
     matched = await _wait_matched(lambda: sum(1 for sid in sent if sid in col.filled), n, stall_s=15.0)
     last = max((col.filled[sid] for sid in sent if sid in col.filled), default=first_send)
-    cpu = _cpu_seconds(worker_pid) - cpu0
+    cpu = cpu_seconds(worker_pid) - cpu0
     elapsed = (last - first_send) / 1e9
     verdicts: dict[str, int] = {}
     for _, _, _, d in col.records["risk.decisions"]:

@@ -13,12 +13,16 @@ time is the wall clock or ``--as-of`` (same time and config: same event ids). ``
 repeats it as a service. Without ``--track``: ``TRADEFLOW_GATES_TRACKS``, else every track
 with a run. The config is the default, then ``TRADEFLOW_GATES_LOOKBACK`` /
 ``_MIN_VALID_RUNS`` / ``_REJECT_MIN_ORDERS``, then ``--lookback`` and ``--set``.
-``status`` prints the current result per gate/track/metric (``gate_current``).
+``status`` prints the current result per gate/track/metric (``gate_current``); its exit
+code leaves out the track named ``vc`` (rows carry no symbols).
 
 Exit codes: 0 every gate passed and every track is ready; 1 a gate failed or
 a readiness is not ``passed`` (insufficient evidence is not ready; no track
 at all is not ready either); 2 usage;
-3 database or broker unreachable, or the database not migrated.
+3 database or broker unreachable, or the database not migrated. A monitor-only
+track (the ``vc`` track of :mod:`agents.tracks`: named ``vc``, or every symbol of its
+runs on it) is evaluated, published and printed like any other but never sets exit 1:
+it never trades, so its gates report and do not block.
 
 Design: docs/gates.md#tradeflow-gates
 """
@@ -38,6 +42,7 @@ from aiokafka.errors import KafkaError
 
 from agents.gates.config import VALID_SOURCES, GateConfig, parse_duration_ns
 from agents.gates.engine import Evaluation, TrackInputs, evaluate_track, exclusion_reason, execution_symbols
+from agents.tracks import Tracks
 from ops.cli.usage import UsageError
 from runtime.env import env_list, env_str
 from runtime.errors import Retriable
@@ -184,7 +189,7 @@ def _as_dict(r: GateResult | dict[str, Any]) -> dict[str, Any]:
     return r
 
 
-def _print_evaluation(ev: Evaluation, as_json: bool) -> None:
+def _print_evaluation(ev: Evaluation, as_json: bool, monitor_only: bool = False) -> None:
     attributions = {o.result.event_id: o.attribution for o in ev.parity if o.attribution is not None}
     for r in ev.results:
         d = _as_dict(r)
@@ -197,11 +202,13 @@ def _print_evaluation(ev: Evaluation, as_json: bool) -> None:
                     "paper_cash": att.paper_cash,
                     **att.parts(),
                 }
+            d["monitor_only"] = monitor_only
             print(json.dumps(d))
         else:
             print(format_result(d))
     if not as_json:
-        print(f"track {ev.track}: {'READY' if ev.ready else 'NOT READY'} ({ev.readiness.status.value})")
+        note = " [monitor-only track: reported, never trades, exit code unaffected]" if monitor_only else ""
+        print(f"track {ev.track}: {'READY' if ev.ready else 'NOT READY'} ({ev.readiness.status.value}){note}")
 
 
 def _exit_code(statuses: Sequence[tuple[str, str]]) -> int:
@@ -220,6 +227,7 @@ def _exit_code(statuses: Sequence[tuple[str, str]]) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     try:
         cfg = build_config(a)
+        market_tracks = Tracks.from_env()
         now_ns = parse_when(a.as_of) if a.as_of else None
         every_ns = parse_duration_ns(a.every) if a.every else None
     except ValueError as exc:  # UsageError included
@@ -238,16 +246,22 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         while True:
             when = now_ns if now_ns is not None else time.time_ns()
             statuses: list[tuple[str, str]] = []
+            monitored = 0
             for track in tracks or await _all_tracks(a.dsn, a.timeout_s):
                 ev = await evaluate_once(
                     track, cfg, when, dsn=a.dsn, bootstrap=a.bootstrap, namespace=a.namespace, timeout_s=a.timeout_s
                 )
-                _print_evaluation(ev, a.json)
-                statuses += [(r.gate, r.status.value) for r in ev.results]
-            if not statuses:
+                monitor_only = market_tracks.gate_track_monitor_only(ev.track, ev.symbols)
+                _print_evaluation(ev, a.json, monitor_only)
+                if monitor_only:
+                    monitored += 1
+                else:
+                    statuses += [(r.gate, r.status.value) for r in ev.results]
+            if not statuses and not monitored:
                 print("no track to evaluate (no backtest runs): nothing is ready")
             sys.stdout.flush()
-            rc = _exit_code(statuses)
+            # monitor-only tracks alone: reported, nothing gated failed
+            rc = EXIT_OK if monitored and not statuses else _exit_code(statuses)
             if every_ns is None:
                 return rc
             await asyncio.sleep(every_ns / 1e9)
@@ -260,6 +274,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    try:
+        market_tracks = Tracks.from_env()
+    except ValueError as exc:
+        print(f"tradeflow gates: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
     async def main() -> list[asyncpg.Record]:
         conn = await asyncio.wait_for(asyncpg.connect(a.dsn), a.timeout_s)
         try:
@@ -308,7 +328,9 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(format_result(d))
         if "attribution" in d:
             print("    attribution: " + ", ".join(f"{k} {v:+.2f}" for k, v in d["attribution"].items()))
-    return _exit_code([(r["gate"], r["status"]) for r in rows])
+    # status rows carry no symbols: a monitor-only track is known here by its name (``vc``)
+    gated = [(r["gate"], r["status"]) for r in rows if not market_tracks.gate_track_monitor_only(r["track"])]
+    return EXIT_OK if not gated else _exit_code(gated)
 
 
 # ---------------------------------------------------------------------------
@@ -326,7 +348,10 @@ def add_parsers(sub: Any, infra: Callable[..., None]) -> None:
     )
     gsub = sp.add_subparsers(dest="gates_command", required=True)
 
-    ev = gsub.add_parser("evaluate", help="evaluate a track's gates, publish the results, exit 1 unless ready")
+    ev = gsub.add_parser(
+        "evaluate",
+        help="evaluate a track's gates, publish the results, exit 1 unless ready (monitor-only tracks never exit 1)",
+    )
     infra(ev, dsn=True)
     ev.add_argument(
         "--track",

@@ -329,10 +329,12 @@ def cmd_ingest_history(a: argparse.Namespace) -> int:
 
 def cmd_collect(a: argparse.Namespace) -> int:
     from agents.market.exchanges import CollectorError
+    from agents.tracks import Tracks
     from ops.jobs.collect import live, live_config
 
     try:
-        cfg = live_config(a.exchange, a.market_type, a.symbols, a.timeframes, a.api_url or None)
+        symbols = a.symbols or list(Tracks.from_env().collected_symbols(a.market_type))
+        cfg = live_config(a.exchange, a.market_type, symbols, a.timeframes, a.api_url or None)
     except ValueError as exc:  # the command line: fix it, a restart changes nothing
         print(f"tradeflow collect: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -489,7 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     infra(sp)
     sp.add_argument("--exchange", required=True)
     sp.add_argument("--market-type", default="spot", choices=["spot", "swap"])
-    sp.add_argument("--symbols", nargs="+", required=True)
+    sp.add_argument(
+        "--symbols",
+        nargs="+",
+        default=None,
+        help="ccxt unified symbols (default: both tracks' symbols of --market-type, TRADEFLOW_TRACK_*_SYMBOLS)",
+    )
     sp.add_argument("--timeframes", nargs="*", default=["1m"])
     sp.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on 127.0.0.1:N (0: off)")
     sp.add_argument(

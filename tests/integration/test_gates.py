@@ -462,3 +462,66 @@ async def test_usage_and_infrastructure_errors_have_their_exit_codes(
     assert rc_broker == 3 and "broker unreachable" in e_broker
     assert rc_db == 3 and "database unreachable" in e_db
     assert rc_empty == 1 and "not evaluated is not ready" in e_empty
+
+
+async def test_monitor_only_vc_track_then_failures_reported_and_exit_0_liquid_exits_1(
+    broker: EmbeddedBroker, namespace: str, dsn: str, procs: Procs
+) -> None:
+    """The vc track (agents/tracks.py) is monitor-only: its gates are evaluated, published and printed,
+    failures included, and never set exit 1; the same evidence on a liquid (SOL) track exits 1."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_backtest_tables(conn)
+        bad = {"sharpe_daily": -0.4, "max_drawdown": 0.2, "reject_rate": 0.0}
+        for track, symbol in (("vc", "SUI/USDT"), ("tanh-sizer:vc-model", "ARB/USDT"), ("liquid", "SOL/USDT")):
+            await add_runs(conn, track, track, n=3, symbol=symbol)
+            await add_run(conn, f"{track}-bad", track, age_days=0.5, metrics=bad, symbol=symbol)
+        await add_runs(conn, "sol", "tanh-sizer:sol-model", n=3, symbol="SOL/USDT")
+    finally:
+        await conn.close()
+    procs.sink(broker.bootstrap, namespace, dsn, "--topics", "gates.results")
+    infra = ["--dsn", dsn, "--bootstrap", broker.bootstrap, "--namespace", namespace, "--as-of", AS_OF.isoformat()]
+    (rc_vc, vc, out_vc), (rc_text, _, text), (rc_sui, sui, out_sui), (rc_liq, liq, out_liq) = await asyncio.gather(
+        gates("evaluate", "--track", "vc", "--json", *infra),
+        gates("evaluate", "--track", "vc", *infra),
+        gates("evaluate", "--track", "tanh-sizer:vc-model", "--json", *infra),
+        gates("evaluate", "--track", "liquid", "--json", *infra),
+    )
+
+    # -- vc by name: failures reported (published, printed), exit 0 ------------------------------
+    assert rc_vc == 0, out_vc
+    v = by_metric(vc)
+    assert (v["sharpe_daily"]["status"], v["sharpe_daily"]["value"]) == ("failed", -0.4)
+    assert v["max_drawdown"]["status"] == "failed" and v["valid_runs"]["status"] != "passed"
+    assert all(r["monitor_only"] for r in vc)
+    assert rc_text == 0 and "failed" in text and "track vc: NOT READY" in text and "monitor-only" in text, text
+    # -- any track whose runs are all on vc symbols is monitor-only too ----------------------------
+    assert rc_sui == 0 and by_metric(sui)["sharpe_daily"]["status"] == "failed", out_sui
+    # -- the liquid track: the same failures exit 1 ------------------------------------------------
+    assert rc_liq == 1, out_liq
+    assert by_metric(liq)["sharpe_daily"]["status"] == "failed" and not any(r["monitor_only"] for r in liq)
+    # -- every track at once: the liquid failure decides, the vc failures do not ------------------
+    rc_all, every, out_all = await gates("evaluate", "--json", *infra)
+    assert rc_all == 1 and {r["track"] for r in every} == {
+        "vc",
+        "tanh-sizer:vc-model",
+        "liquid",
+        "tanh-sizer:sol-model",
+    }, out_all
+    rc_vc_env, _, out_env = await gates("evaluate", *infra, env={"TRADEFLOW_GATES_TRACKS": "vc,tanh-sizer:vc-model"})
+    assert rc_vc_env == 0 and "track tanh-sizer:vc-model: NOT READY" in out_env, out_env
+
+    # -- status reads the stored results: the track named vc does not set exit 1 ------------------
+    async def stored() -> bool:
+        c = await asyncpg.connect(dsn)
+        try:
+            n = "SELECT count(DISTINCT track) FROM gate_current WHERE track IN ('vc', 'liquid')"
+            return bool(await c.fetchval(n) == 2)
+        finally:
+            await c.close()
+
+    await wait_until(stored, 60, "gate results of vc and liquid stored", watch=procs)
+    rc_st_vc, _, out_st_vc = await gates("status", "--track", "vc", "--dsn", dsn)
+    assert rc_st_vc == 0 and "failed" in out_st_vc, out_st_vc
+    rc_st_liq, _, out_st_liq = await gates("status", "--track", "liquid", "--dsn", dsn)
+    assert rc_st_liq == 1, out_st_liq
