@@ -36,6 +36,7 @@ import asyncpg
 from agents.control.signing import Keyring
 from agents.execution.interface import client_order_id_for
 from agents.risk.engine import COMPONENT as RISK_COMPONENT
+from agents.signals.signing import SignalVerifier
 from agents.trading.core import ExecutionMode, TradingConfig, TradingCore
 from runtime.errors import Retriable
 from storage import audit as recorded
@@ -192,17 +193,24 @@ def _differing(p: str, q: str) -> tuple[str, ...]:
 
 
 def replay_outputs(
-    config: TradingConfig, keyring: Keyring, inputs: Iterable[tuple[Record, int | None]]
+    config: TradingConfig,
+    keyring: Keyring,
+    inputs: Iterable[tuple[Record, int | None]],
+    signal_verifier: SignalVerifier | None = None,
 ) -> list[Record]:
     """Every output of a fresh core fed ``(input, arrival bound)`` in order (no wall clock)."""
-    return [r for step in replay_steps(config, keyring, inputs) for r in step]
+    return [r for step in replay_steps(config, keyring, inputs, signal_verifier) for r in step]
 
 
 def replay_steps(
-    config: TradingConfig, keyring: Keyring, inputs: Iterable[tuple[Record, int | None]]
+    config: TradingConfig,
+    keyring: Keyring,
+    inputs: Iterable[tuple[Record, int | None]],
+    signal_verifier: SignalVerifier | None = None,
 ) -> list[tuple[Record, ...]]:
-    """The outputs of a fresh core fed ``(input, arrival bound)`` in order (no wall clock), input by input."""
-    core = TradingCore(config, keyring)
+    """The outputs of a fresh core fed ``(input, arrival bound)`` in order (no wall clock), input by input.
+    ``signal_verifier``: the live agent's (the same signals refused, the same alerts)."""
+    core = TradingCore(config, keyring, signal_verifier)
     out: list[tuple[Record, ...]] = []
     for rec, arrival in inputs:
         if isinstance(rec, Bar):
@@ -579,6 +587,7 @@ async def audit(
     overrides: Mapping[str, str] | None = None,
     since_arrival_ns: int | None = None,
     settle_s: float = 30.0,
+    signal_verifier: SignalVerifier | None = None,
 ) -> AuditReport:
     """Replay ``[history_from, end)`` and compare the outputs in ``[start, end)`` with the recorded ones.
 
@@ -605,7 +614,7 @@ async def audit(
                 await asyncio.sleep(0.5)
         if inputs.horizon:  # before the replay: its CPU time must not eat the sink's settle time
             await wait_for_sink(conn, inputs.horizon, max(0.0, deadline - time.monotonic()))
-        steps = replay_steps(replay_config, keyring, inputs.items)
+        steps = replay_steps(replay_config, keyring, inputs.items, signal_verifier)
         if since_arrival_ns is not None:
             start_ns = _window_start(inputs, steps, since_arrival_ns)
         recorded_all, beyond = await load_recorded(conn, start_ns, end_ns, inputs.horizon)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from runtime.broker import client_security
 from runtime.errors import Retriable
 from topics.catalogue import physical_name
 from topics.records import Bar, Timeframe
@@ -71,6 +72,7 @@ async def read_topic_bars(
         fetch_max_wait_ms=50,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
+        **client_security(),
     )
     await consumer.start()
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,12 +29,14 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
+from agents.signals.signing import signal_signer_from_env
 from gpu_workers.training_service import TrainingService
 from models.checkpoint import ModelCheckpointError
 from models.inference import Predictor, to_signals
 from models.serving import InferenceStep, RolloutState, Served
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
 from runtime.batch_agent import BatchLoop, Output, decode_record
+from runtime.broker import client_security
 from runtime.env import env_str
 from runtime.metrics import SIGNAL_LATENCY
 from topics.records import Alert, FeatureVector, ModelRegistryEvent, Severity, Signal, TrainJob
@@ -119,6 +122,10 @@ class _Models:
 
 def register_inference(app: Any, ctx: AgentContext) -> Any:
     signals = ctx.topic("signals")
+    signer = signal_signer_from_env(os.environ)  # TRADEFLOW_SIGNAL_KEY_<ID>: signed per model version
+    if signer is None:
+        log.warning("inference_signals_unsigned", hint="set TRADEFLOW_SIGNAL_KEY_<ID>(_FILE)")
+    sign = signer.sign if signer is not None else _unsigned
     alerts = ctx.topic("ops.alerts")
     deadletter = ctx.topic("deadletter")
     rollout = RolloutState()
@@ -135,6 +142,7 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
+            **client_security(),
         )
         await consumer.start()
         codec = codec_for(ModelRegistryEvent)
@@ -205,7 +213,7 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
                 shadow=served.shadow,
                 ts_init=now,
             ):
-                outputs.append(Output(signals, sig.key(), _SIGNAL.encode(sig)))
+                outputs.append(Output(signals, sig.key(), _SIGNAL.encode(sign(sig))))
         return outputs
 
     # micro-batches across symbols, one predict_batch per model version; scoring starts once the
@@ -220,6 +228,10 @@ def register_inference(app: Any, ctx: AgentContext) -> Any:
         max_records=BATCH_MAX,
         within_ms=BATCH_WAIT_MS,
     )
+
+
+def _unsigned(sig: Signal) -> Signal:
+    return sig
 
 
 def _refusal(ctx: AgentContext, alerts: str, served: Served, err: ModelCheckpointError) -> Output:

@@ -44,7 +44,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from runtime.agent import crash_worker_on_bug, decode_message
-from runtime.broker import ensure_internal_topic
+from runtime.broker import client_security, ensure_internal_topic
 from runtime.metrics import PROCESS_LATENCY, RECORDS_IN, RECORDS_OUT, logical_topic, set_consumer_lag
 from topics.records import DeadLetter
 from topics.schema import Codec, Record, codec_for
@@ -136,7 +136,11 @@ class ChangelogStore:
         t0 = time.perf_counter()
         tps = [TopicPartition(self.topic, p) for p in wanted]
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            **client_security(),
         )
         await reader.start()
         try:
@@ -237,6 +241,7 @@ def batch_producer(bootstrap: str) -> AIOKafkaProducer:
         linger_ms=1,
         max_batch_size=MAX_BATCH_BYTES,
         max_request_size=MAX_REQUEST_BYTES,
+        **client_security(),
     )
 
 
@@ -252,6 +257,7 @@ def batch_consumer(bootstrap: str, group_id: str, *, fetch_wait_ms: int, max_rec
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
         max_poll_records=max_records,
+        **client_security(),
     )
 
 

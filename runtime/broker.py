@@ -15,15 +15,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from runtime.env import ConfigError, env_str, read_secret
 from runtime.errors import NeedsOperator
 from topics.catalogue import TOPICS, TopicSpec, physical_name
+
+_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+
+
+def client_security(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """aiokafka client arguments for this process's broker user (``TRADEFLOW_KAFKA_SASL_*``); ``{}``
+    without one (the embedded broker). Every client a service builds passes them: a broker with
+    ACLs (compose.yaml) refuses a client that does not. Errors name variables, never the password."""
+    user = env_str("TRADEFLOW_KAFKA_SASL_USERNAME", "", environ).strip()
+    if not user:
+        return {}
+    password = read_secret("TRADEFLOW_KAFKA_SASL_PASSWORD", environ)
+    if not password:
+        raise ConfigError("TRADEFLOW_KAFKA_SASL_USERNAME is set but TRADEFLOW_KAFKA_SASL_PASSWORD(_FILE) is not")
+    mechanism = env_str("TRADEFLOW_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256", environ).strip().upper()
+    if mechanism not in _MECHANISMS:
+        raise ConfigError(f"TRADEFLOW_KAFKA_SASL_MECHANISM={mechanism!r}: expected one of {list(_MECHANISMS)}")
+    protocol = env_str("TRADEFLOW_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT", environ).strip().upper()
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(f"TRADEFLOW_KAFKA_SECURITY_PROTOCOL={protocol!r}: expected one of {list(_PROTOCOLS)}")
+    out: dict[str, Any] = {
+        "security_protocol": protocol,
+        "sasl_mechanism": mechanism,
+        "sasl_plain_username": user,
+        "sasl_plain_password": password,
+    }
+    if protocol == "SASL_SSL":
+        from aiokafka.helpers import create_ssl_context
+
+        out["ssl_context"] = create_ssl_context()
+    return out
+
 
 log = structlog.get_logger("runtime.broker")
 
@@ -68,7 +103,9 @@ async def ensure_internal_topic(bootstrap: str, name: str, partitions: int, time
 async def _ensure(
     bootstrap: str, wanted: dict[str, tuple[int, dict[str, str]]], timeout_s: float, replication_factor: int
 ) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **client_security()
+    )
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         existing = set(await admin.list_topics())
@@ -95,7 +132,9 @@ async def probe(bootstrap: str, expect_topics: Iterable[str], timeout_s: float =
 
     Raises :class:`BrokerLost` with the reason.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **client_security()
+    )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         names = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
@@ -169,6 +208,7 @@ class BrokerWatchdog:
         try:
             if self._marker is None:
                 marker = AIOKafkaConsumer(
+                    **client_security(),
                     bootstrap_servers=self.bootstrap,
                     enable_auto_commit=False,
                     group_id=f"tradeflow-watchdog-{uuid.uuid4().hex}",

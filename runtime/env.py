@@ -72,6 +72,18 @@ VARIABLES: tuple[Variable, ...] = (
         "`/metrics` bind address of `sink` (`--metrics-host`) and `gates evaluate --every`",
     ),
     _V("TRADEFLOW_ARTIFACTS", "var/models", "where trained checkpoints are written (path + sha256 go to the registry)"),
+    _V(
+        "TRADEFLOW_KAFKA_SASL_USERNAME",
+        "",
+        "broker user (SASL); unset: no authentication (the embedded broker). compose.yaml: one user per service",
+    ),
+    _V("TRADEFLOW_KAFKA_SASL_PASSWORD", "", "that user's password", secret=True),
+    _V("TRADEFLOW_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256", "SASL mechanism (`SCRAM-SHA-256`, `SCRAM-SHA-512`, `PLAIN`)"),
+    _V(
+        "TRADEFLOW_KAFKA_SECURITY_PROTOCOL",
+        "SASL_PLAINTEXT",
+        "with a SASL user: `SASL_PLAINTEXT` or `SASL_SSL` (system CA bundle)",
+    ),
     # -- operators --------------------------------------------------------------------------
     _V(
         "TRADEFLOW_CONTROL_KEY_",
@@ -85,6 +97,27 @@ VARIABLES: tuple[Variable, ...] = (
         "TRADEFLOW_OPERATOR",
         "",
         "who signs `tradeflow control` commands, audited (`--operator`; unset: the OS login name)",
+        group="control",
+    ),
+    _V(
+        "TRADEFLOW_SIGNAL_KEY_",
+        "",
+        "signal signing key `<ID>` (>= 32 bytes; `hex:` prefix for hex): inference signs with it (a key derived "
+        "per model version), trading verifies; `tradeflow up` generates one per data dir",
+        secret=True,
+        group="control",
+    ),
+    _V(
+        "TRADEFLOW_SIGNAL_SIGNING_KEY_ID",
+        "",
+        "which signal key the `inference` agent signs with (unset: the only one)",
+        group="control",
+    ),
+    _V(
+        "TRADEFLOW_SIGNAL_REQUIRE_SIGNED",
+        "on when a signal key is set",
+        "`trading`: refuse unsigned signals (`signal_unauthenticated`, an alert, no order); `0` during a rollout "
+        "accepts unsigned ones (a bad signature is always refused); `1` without a key: refuses to start",
         group="control",
     ),
     # -- market data and features -----------------------------------------------------------

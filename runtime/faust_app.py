@@ -26,7 +26,7 @@ import structlog
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from runtime.broker import BrokerLost, BrokerWatchdog
+from runtime.broker import BrokerLost, BrokerWatchdog, client_security
 from runtime.metrics import logical_topic, set_consumer_lag
 from topics.catalogue import TOPICS, physical_name
 
@@ -119,14 +119,27 @@ class WorkerSettings:
     #: ``TRADEFLOW_FETCH_WAIT_MS`` and ``TRADEFLOW_DATA_DIR`` (faust's table metadata under ``<data_dir>/faust``)
     fetch_wait_ms: int = 20
     data_dir: str = "var"
+    #: Catalogue topics the worker's agents use, inputs first (empty: every catalogue topic). The broker
+    #: watchdog expects these: with per-service ACLs a client sees only the topics it may use.
+    topics: tuple[str, ...] = ()
 
 
 def create_app(s: WorkerSettings) -> Any:
     data_root = os.path.join(s.data_dir, "faust")
     os.makedirs(data_root, exist_ok=True)
+    security = client_security()  # TRADEFLOW_KAFKA_SASL_*: the service's broker user, if any
+    credentials = None
+    if security:
+        credentials = faust.SASLCredentials(
+            username=security["sasl_plain_username"],
+            password=security["sasl_plain_password"],
+            mechanism=security["sasl_mechanism"],
+            ssl_context=security.get("ssl_context"),
+        )
     app = TunedApp(
         s.app_id,
         broker=f"kafka://{s.bootstrap}",
+        broker_credentials=credentials,
         store="memory://",
         autodiscover=False,
         value_serializer="raw",
@@ -163,7 +176,7 @@ def create_app(s: WorkerSettings) -> Any:
     async def health(self: Any, request: Any) -> Any:
         return self.json({"app": s.app_id, "ok": not app.should_stop})
 
-    expect = [physical_name(t.name, s.namespace) for t in TOPICS]
+    expect = [physical_name(t, s.namespace) for t in (s.topics or tuple(t.name for t in TOPICS))]
     watchdog = BrokerWatchdog(s.bootstrap, expect, interval_s=s.watchdog_interval_s)
 
     @app.task  # type: ignore[untyped-decorator]

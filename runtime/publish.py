@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
+from runtime.broker import client_security
 from runtime.metrics import RECORDS_OUT
 from topics.catalogue import DEFAULT_TOPIC, physical_name
 from topics.schema import Record, codec_for
@@ -40,6 +41,7 @@ class RecordPublisher:
             linger_ms=self.linger_ms,
             max_batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
+            **client_security(),
         )
         try:
             await self._producer.start()

@@ -38,6 +38,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from runtime.agent import decode_message
+from runtime.broker import client_security
 from runtime.errors import Retriable
 from runtime.metrics import (
     RECORDS_IN,
@@ -256,7 +257,11 @@ class TopicSink:
     async def start(self) -> None:
         await self.open_pool()
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.cfg.bootstrap, acks="all", max_request_size=8 * 1024 * 1024, linger_ms=5
+            bootstrap_servers=self.cfg.bootstrap,
+            acks="all",
+            max_request_size=8 * 1024 * 1024,
+            linger_ms=5,
+            **client_security(),
         )
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
@@ -271,6 +276,7 @@ class TopicSink:
             fetch_max_bytes=64 * 1024 * 1024,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
+            **client_security(),
         )
         await self.consumer.start()
         log.info("sink_started", topics=len(self._decoders), group=self.cfg.group_id)

@@ -13,6 +13,8 @@ Schema changelog
 - Fill v2: ``fee_estimated`` (true when the venue reported no usable fee and
   ``fee`` is the adapter's estimate from the market's fee rate).
 - OpeningStatus v1 (``risk.opening``): new.
+- Signal v2: ``key_id`` and ``signature`` (null, or the producer's HMAC over the
+  signal: ``agents/signals/signing.py``). v1 records still decode, as unsigned.
 
 Units: timestamps are int nanoseconds since the epoch (UTC); prices in quote
 currency; quantities in base currency; basis points are 1e-4.
@@ -21,8 +23,10 @@ currency; quantities in base currency; basis points are 1e-4.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, ClassVar
+from types import MappingProxyType
+from typing import Annotated, Any, ClassVar
 
 from topics.schema import (
     ErrorReason,
@@ -299,10 +303,19 @@ class FeatureVector(Record):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Signal(Record):
-    """A model's view of one symbol's next-horizon return. Public contract."""
+    """A model's view of one symbol's next-horizon return. Public contract.
+
+    ``key_id`` / ``signature``: who vouches for it (the inference agent signs with a key
+    derived per model version; the trading agent verifies before sizing). Null: unsigned.
+    Not part of the identity.
+    """
 
     KIND: ClassVar[str] = "signal"
+    SCHEMA_VERSION: ClassVar[int] = 2
     IDENTITY: ClassVar[tuple[str, ...]] = ("model_id", "model_version", "symbol", "feature_event_id")
+    UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = MappingProxyType(
+        {1: lambda obj: _signal_v1_to_v2(obj)}
+    )
 
     symbol: Symbol
     model_id: str
@@ -316,6 +329,8 @@ class Signal(Record):
     shadow: bool
     feature_event_id: str
     lineage_id: str
+    key_id: str | None = None
+    signature: str | None = None
 
     def key(self) -> bytes:
         return self.symbol.encode()
@@ -324,6 +339,14 @@ class Signal(Record):
         total = self.p_up + self.p_flat + self.p_down
         if abs(total - 1.0) > 1e-6:
             raise RecordError(ErrorReason.INVALID_VALUE, f"probabilities sum to {total}, not 1")
+
+
+def _signal_v1_to_v2(obj: dict[str, Any]) -> dict[str, Any]:
+    """A v1 signal as v2: unsigned. A v1 object that already names the new fields is left as is
+    (the codec then refuses its version)."""
+    if "key_id" in obj or "signature" in obj:
+        return obj
+    return {**obj, "schema_version": 2, "key_id": None, "signature": None}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,8 +21,9 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 import orjson
@@ -201,6 +202,9 @@ class Record:
 
     #: Fields whose values identify the event; hashed into ``event_id``.
     IDENTITY: ClassVar[tuple[str, ...]] = ()
+    #: Older schema versions this reader still decodes: version -> a function turning such a
+    #: wire object into the current version's (new fields at their defaults). Empty: only the current.
+    UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = MappingProxyType({})
 
     @classmethod
     def new(
@@ -385,6 +389,7 @@ class Codec(typing.Generic[R]):
         self.fields: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(cls))
         self._field_set = frozenset(self.fields)
         self._from_obj = _compile_decoder(cls, self.fields, hints)
+        self._upgrades = dict(cls.UPGRADES)
 
     # -- encode -------------------------------------------------------------
     def encode(self, record: R) -> bytes:
@@ -409,6 +414,10 @@ class Codec(typing.Generic[R]):
     def from_dict(self, obj: Any) -> R:
         if type(obj) is not dict:
             raise RecordError(ErrorReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        if self._upgrades:
+            old = obj.get("schema_version")
+            if type(old) is int and old in self._upgrades:
+                obj = self._upgrades[old](obj)
         if obj.keys() != self._field_set:
             missing = sorted(self._field_set - obj.keys())
             if missing:

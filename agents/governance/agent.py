@@ -34,6 +34,7 @@ from agents.control.signing import load_keyring
 from agents.governance.config import GovernanceConfig
 from agents.governance.engine import GovernanceEngine, Step
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.broker import client_security
 from runtime.exits import EXIT_CONFIG
 from runtime.metrics import PROCESS_LATENCY, RECORDS_OUT
 from topics.records import (
@@ -203,6 +204,7 @@ async def _read_all(ctx: AgentContext, topic: str, cls: type[R]) -> list[R]:
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=50,
+        **client_security(),
     )
     await consumer.start()
     codec = codec_for(cls)

@@ -56,6 +56,9 @@ class SizingReason(enum.StrEnum):
     MODEL_NOT_LIVE = "model_not_live"
     #: The symbol is on a monitor-only track (the vc track): scored and recorded, never ordered.
     MONITOR_ONLY_TRACK = "monitor_only_track"
+    #: The signal failed verification (unsigned where signatures are required, or a signature that
+    #: does not verify): not sized, an alert instead (agents/signals/signing.py).
+    SIGNAL_UNAUTHENTICATED = "signal_unauthenticated"
 
 
 class SizingAdjustment(enum.StrEnum):

@@ -35,6 +35,7 @@ from aiokafka.structs import ConsumerRecord
 from agents.confighash import stable_config_hash
 from agents.control.signing import Keyring, load_keyring
 from agents.execution.interface import ExecutionRecord
+from agents.signals.signing import signal_verifier_from_env
 from agents.trading import metrics as m
 from agents.trading.checkpointer import Checkpointer, JournalOrder, LiveState, restore
 from agents.trading.configuration import effective_configuration
@@ -96,8 +97,14 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
         timeframes=[t.value for t in settings.timeframes],
         symbols=list(live.core.config.risk.allowed_symbols),
         control_key_ids=list(keyring.key_ids),
+        signal_key_ids=list(verifier.key_ids) if (verifier := live.core.signal_verifier) else [],
+        signals_require_signed=verifier.require_signed if verifier else False,
         config_hash=config_hash,
     )
+    if verifier is None:
+        log.warning(
+            "trading_signals_unverified", hint="set TRADEFLOW_SIGNAL_KEY_<ID>(_FILE): any broker client can trade"
+        )
     worker = TradingWorker(app, ctx, live, adapter, keyring=keyring, config_hash=config_hash)
     app.task(crash_worker_on_bug(app, NAME)(worker.run))
     return worker
@@ -109,7 +116,7 @@ def _configure(env: Mapping[str, str]) -> tuple[TradingSettings, Keyring, Tradin
     try:
         settings = TradingSettings.from_env(env)
         keyring = load_keyring(env)
-        core = TradingCore(settings.config(), keyring)
+        core = TradingCore(settings.config(), keyring, signal_verifier_from_env(env))
     except ValueError as exc:
         hint = (
             "; TRADEFLOW_CONTROL_KEY_ID defines a key named 'id' (the CLI's key id variable is "

@@ -3,7 +3,7 @@
 A checkpoint *is* the state (every engine, the clock), taken between two input messages with
 the next offset of every input partition, so re-feeding the inputs from those offsets gives
 byte-identical outputs. Format: a pickle of the :class:`~agents.trading.core.TradingCore`
-graph without the keyring (re-attached from the environment on load), authenticated by
+graph without the keyrings (re-attached from the environment on load), authenticated by
 HMAC-SHA256 under a key derived from the account's control keys before it is unpickled.
 
 Refusals (:class:`CheckpointError`, the worker exits with code 2): another account's row, an
@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from agents.control.signing import Keyring
+from agents.signals.signing import SignalVerifier
 from agents.trading.core import TradingCore
 from runtime.errors import NeedsOperator
 from storage.trading import Checkpoint, Offsets
@@ -36,7 +37,8 @@ __all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoi
 
 #: Bumped whenever an engine's attributes change shape: an old pickle is then refused, with the
 #: reason from ``_REFUSED``.
-FORMAT = 7  # 7: per-strategy loss counts (RiskEngine, TradingCore), the last opening status; 6: TradingCore._open
+FORMAT = 7  # 7: per-strategy loss counts (RiskEngine, TradingCore), the last opening status, the signal
+# verifier (a reference, re-attached on restore); 6: TradingCore._open
 # (external orders in flight); 5: RiskEngine.breaker, RiskConfig's breaker fields
 #: Older formats and why this code cannot read them.
 _REFUSED: dict[int, str] = {
@@ -77,6 +79,15 @@ def _reduce_keyring(_: Keyring) -> tuple[Any, tuple[()]]:
     return _keyring_ref, ()
 
 
+def _no_signal_verifier() -> None:
+    """Stands for the core's signal verifier (it holds secrets): loads as None, the restore re-attaches it."""
+    return None
+
+
+def _reduce_signal_verifier(_: SignalVerifier) -> tuple[Any, tuple[()]]:
+    return _no_signal_verifier, ()
+
+
 #: class -> its field names when the standard reduction of its instances is the slotted-dataclass one, else ().
 _DATACLASS_FIELDS: dict[type, tuple[str, ...]] = {}
 _STANDARD_GETSTATE = getattr(dataclasses, "_dataclass_getstate", None)
@@ -113,6 +124,7 @@ class _CorePickler(pickle.Pickler):
             **copyreg.dispatch_table,
             MappingProxyType: _reduce_mappingproxy,
             Keyring: _reduce_keyring,
+            SignalVerifier: _reduce_signal_verifier,
         }
 
     def reducer_override(self, obj: Any) -> Any:

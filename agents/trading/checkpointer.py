@@ -127,7 +127,9 @@ def restore(live: LiveState, dsn: str, keyring: Keyring, config_hash: str) -> No
         if cp is None:
             log.info("trading_checkpoint_none", account=account, resume="every input partition from offset 0")
             return
-        live.core = open_checkpoint(cp, keyring, account=account, config_hash=config_hash)
+        restored = open_checkpoint(cp, keyring, account=account, config_hash=config_hash)
+        restored.signal_verifier = live.core.signal_verifier  # never in the checkpoint (it holds secrets)
+        live.core = restored
         live.position = {(t, p): o for t, parts in cp.offsets.items() for p, o in parts.items()}
         live.events = cp.events_applied
         log.info(

@@ -9,8 +9,9 @@ with its output records in publish order:
 
 - ``on_bar``: clock to the close; paper fills at this bar's open; portfolio mark; risk mark
   (volatility breaker, stop-loss / take-profit exits). A bar not after the last one is skipped.
-- ``on_signal``: sized, decided and submitted in the same call. A signal that overtook its own
-  bar is held until that bar arrives (bounded by ``signal_bar_wait_ns`` / ``max_held_signals``).
+- ``on_signal``: verified when a signal verifier is given (a refusal changes nothing), then sized,
+  decided and submitted in the same call. A signal that overtook its own bar is held until that
+  bar arrives (bounded by ``signal_bar_wait_ns`` / ``max_held_signals``).
 - ``on_registry`` / ``on_control``: rollout stage (share of capital) / verified control.
 - ``execution="external"``: approved orders leave in ``Step.to_submit``; the venue's answers
   come back through ``on_execution`` as inputs.
@@ -48,8 +49,10 @@ from agents.risk.config import RiskConfig
 from agents.risk.engine import DelegatedLimits, RiskEngine
 from agents.risk.killswitch import KillSwitch
 from agents.risk.opening import OpeningReport
+from agents.signals.signing import SignalVerdict, SignalVerifier
 from agents.strategy.config import LIMIT_PREFIX, SETTABLE_PARAMS, StrategyConfig
 from agents.strategy.engine import SizingDecision, StrategyEngine
+from agents.trading.signal_gate import refused_signal
 from topics.records import (
     Alert,
     Bar,
@@ -181,8 +184,13 @@ class Step:
 class TradingCore:
     """Strategy, risk, paper execution and portfolio of one account, in one order."""
 
-    def __init__(self, config: TradingConfig, keyring: Keyring) -> None:
+    #: Checks each signal before sizing (None: every signal is trusted). Holds secrets, so it is
+    #: never in a checkpoint: restore re-attaches it (a class default for cores pickled without one).
+    signal_verifier: SignalVerifier | None = None
+
+    def __init__(self, config: TradingConfig, keyring: Keyring, signal_verifier: SignalVerifier | None = None) -> None:
         self.config = config
+        self.signal_verifier = signal_verifier
         #: Market time (bars, signals); see the module docstring.
         self.clock = StreamClock()
         #: Wall/arrival time (arrivals, operator commands); never behind ``clock``.
@@ -264,6 +272,10 @@ class TradingCore:
         )
 
     def on_signal(self, signal: Signal, arrival_ns: int | None = None) -> Step:
+        if self.signal_verifier is not None:  # a refused signal changes no state, not even the clocks
+            verdict = self.signal_verifier.verify(signal)
+            if not verdict.ok:
+                return self._refuse_signal(signal, verdict)
         self.wall_clock.arrived(arrival_ns)
         out: list[Record] = []
         submit: list[Submission] = []
@@ -287,6 +299,18 @@ class TradingCore:
             )
         self._apply_signal(signal, arrival_ns, out, submit, sizings)
         return Step(records=tuple(out), sizings=tuple(sizings), to_submit=tuple(submit), released_unaligned=overdue)
+
+    def _refuse_signal(self, signal: Signal, verdict: SignalVerdict) -> Step:
+        pos = self.portfolio.state().positions.get(signal.symbol)
+        decision, alert = refused_signal(
+            signal,
+            verdict,
+            account=self.config.account,
+            source=self.config.component,
+            position=0.0 if pos is None else pos.quantity,
+            ts_init=self.clock.now_ns(),
+        )
+        return Step(records=(alert,), sizings=(decision,))
 
     def _awaits_bar(self, signal: Signal) -> bool:
         """True when the signal is stamped at a close of its symbol's traded bar series that has not arrived.

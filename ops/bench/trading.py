@@ -154,6 +154,51 @@ def _checkpoint_cost(n_bars: int) -> dict[str, float]:
     }
 
 
+def _signal_cost(n: int) -> dict[str, float]:
+    """The trading core's signal path: ``n`` signals after 10 bars, unverified (no signal key) and verified
+    (signed signals, :class:`~agents.signals.signing.SignalVerifier`), plus ``verify`` alone and the decode."""
+    from agents.signals.signing import SignalSigner, SignalVerifier
+    from agents.trading.core import TradingConfig, TradingCore
+    from tests.unit.test_trading_determinism import KEYRING, load_bars, stub_signal
+
+    bars = load_bars()[:10]
+    keys = Keyring({"bench": b"bench-signal-key-0123456789abcdef"})
+    signer, verifier = SignalSigner(keys, "bench"), SignalVerifier(keys)
+    base = stub_signal(bars, 9)
+    plain = [dataclasses.replace(base, feature_event_id=f"f{i}", event_id=f"bench-{i}") for i in range(n)]
+    signed = [signer.sign(sg) for sg in plain]
+    codec = codec_for(Signal)
+    wire = [codec.encode(sg) for sg in signed]
+
+    def core_us(verify: bool) -> float:
+        core = TradingCore(TradingConfig(), KEYRING, verifier if verify else None)
+        for bar in bars:
+            core.on_bar(bar)
+        inputs = signed if verify else plain
+        t = time.perf_counter()
+        for sg in inputs:
+            core.on_signal(sg)
+        return (time.perf_counter() - t) / n * 1e6
+
+    def loop_us(fn: Any, items: list[Any]) -> float:
+        t = time.perf_counter()
+        for x in items:
+            fn(x)
+        return (time.perf_counter() - t) / n * 1e6
+
+    assert all(verifier.verify(sg).ok for sg in signed)
+    runs = [
+        (core_us(False), core_us(True), loop_us(verifier.verify, signed), loop_us(codec.decode, wire)) for _ in range(5)
+    ]
+    return {
+        "signals": n,
+        "on_signal_us_unverified_median": round(statistics.median(r[0] for r in runs), 2),
+        "on_signal_us_verified_median": round(statistics.median(r[1] for r in runs), 2),
+        "verify_us_median": round(statistics.median(r[2] for r in runs), 2),
+        "signal_decode_us_median": round(statistics.median(r[3] for r in runs), 2),
+    }
+
+
 # ---------------------------------------------------------------------------
 # (b), (c): the trading agent on the embedded broker -- pure helpers first
 # ---------------------------------------------------------------------------
@@ -912,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     result["risk"] = rows
     result["checkpoint"] = _checkpoint_cost(100 if a.quick else 400)
+    result["signal_path"] = _signal_cost(2_000 if a.quick else 10_000)
     out_dir = Path(a.out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     if not a.engine_only:
@@ -928,6 +974,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"checkpoint after {cp['inputs']} inputs: {cp['state_bytes']} bytes, "
         f"seal {cp['seal_ms_median']} ms, restore {cp['restore_ms_median']} ms"
+    )
+    sp: dict[str, Any] = result["signal_path"]  # type: ignore[assignment]
+    print(
+        f"signal path ({sp['signals']} signals): on_signal {sp['on_signal_us_unverified_median']} us unverified, "
+        f"{sp['on_signal_us_verified_median']} us verified; verify {sp['verify_us_median']} us, "
+        f"decode {sp['signal_decode_us_median']} us"
     )
     if "broker" in result:
         print("\n".join(broker_table(result["broker"])))  # type: ignore[arg-type]

@@ -50,6 +50,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
     from agents.control.signing import load_keyring
     from agents.gates.config import parse_duration_ns
+    from agents.signals.signing import signal_verifier_from_env
     from agents.trading.settings import TradingSettings
     from backtest.audit import FAR_FUTURE_NS, SinkBehind, audit
     from topics.units import parse_when
@@ -78,6 +79,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
                 overrides=overrides,
                 since_arrival_ns=since,
                 settle_s=a.settle,
+                signal_verifier=signal_verifier_from_env(os.environ),
             )
         )
     except SinkBehind as exc:

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +114,15 @@ AGENT_NEEDS: dict[str, tuple[str, str, str]] = {
     "inference": (
         "features, models.registry",
         "signals, ops.alerts",
-        "a model version in models.registry (shadow, canary or active) whose checkpoint this machine can read",
+        "a model version in models.registry (shadow, canary or active) whose checkpoint this machine can read; "
+        "TRADEFLOW_SIGNAL_KEY_<ID> (signs signals; unset: unsigned)",
     ),
     "trading": (
         "signals, market.bars, control, models.registry",
         "orders.intents, risk.decisions, orders.updates, fills, portfolio.state, control.audit, ops.alerts, "
         "risk.opening",
-        "TRADEFLOW_DSN / --dsn (checkpoint, journal), TRADEFLOW_CONTROL_KEY_<ID>; optional TRADEFLOW_TRADING_* "
+        "TRADEFLOW_DSN / --dsn (checkpoint, journal), TRADEFLOW_CONTROL_KEY_<ID>, TRADEFLOW_SIGNAL_KEY_<ID> "
+        "(refuses unsigned signals; unset: trusts every signal); optional TRADEFLOW_TRADING_* "
         "(TRADEFLOW_TRADING_CONFIG: a TOML file), TRADEFLOW_STRATEGY_*, TRADEFLOW_RISK_*, TRADEFLOW_PAPER_*, "
         "TRADEFLOW_EXECUTION_*; one worker per account",
     ),
@@ -142,6 +144,21 @@ AGENT_NEEDS: dict[str, tuple[str, str, str]] = {
         "skip reasons)",
     ),
 }
+
+
+def agent_topics(names: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The catalogue topics agents ``names`` read and write, from :data:`AGENT_NEEDS` (each once, in
+    table order). Dead letters are not listed: every consumer may write ``deadletter``."""
+    from topics.catalogue import TOPICS
+
+    catalogue = {t.name for t in TOPICS}
+    ins: dict[str, None] = {}
+    outs: dict[str, None] = {}
+    for name in names:
+        inputs, outputs, _ = AGENT_NEEDS[name]
+        ins.update((t, None) for t in (x.strip() for x in inputs.split(",")) if t in catalogue)
+        outs.update((t, None) for t in (x.strip() for x in outputs.split(",")) if t in catalogue)
+    return tuple(ins), tuple(outs)
 
 
 def _agents_help() -> str:
@@ -182,6 +199,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
             web_host=a.web_host,
             data_dir=env_str("TRADEFLOW_DATA_DIR", "var"),
             fetch_wait_ms=env_int("TRADEFLOW_FETCH_WAIT_MS", 20, minimum=0),
+            topics=tuple(dict.fromkeys(sum(agent_topics(a.agents), ()))),
         )
     )
     ctx = AgentContext(app=app, wall_clock=time.time_ns, namespace=a.namespace, bootstrap=a.bootstrap, dsn=a.dsn)

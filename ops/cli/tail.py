@@ -35,6 +35,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from runtime.broker import client_security
 from runtime.exits import EXIT_INFRA, EXIT_OK, EXIT_USAGE
 
 #: the supervised programs whose loss makes ``tradeflow status`` exit 3 (as broker and database do)
@@ -79,6 +80,7 @@ async def _tail(a: argparse.Namespace) -> int:
         group_id=a.group or None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if a.from_beginning else "latest",
+        **client_security(),
     )
     await consumer.start()
     printed = 0
@@ -167,7 +169,7 @@ async def _status(dsn: str, bootstrap: str, namespace: str) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     try:
-        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5000, **client_security())
         await asyncio.wait_for(probe.start(), 10)
         try:
             present = await asyncio.wait_for(probe.topics(), 10)

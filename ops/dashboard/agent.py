@@ -45,6 +45,7 @@ from ops.dashboard.hub import SseHub, sse_frame
 from ops.dashboard.state import TOPICS, DashboardState
 from runtime import faust_adapter
 from runtime.agent import AgentContext, crash_worker_on_bug, decode_or_dead_letter
+from runtime.broker import client_security
 from runtime.env import ConfigError, env_float, env_int, read_secret
 from runtime.exits import EXIT_CONFIG
 from runtime.metrics import CONSUMER_LAG, PROCESS_LATENCY
@@ -278,6 +279,7 @@ def register(app: Any, ctx: AgentContext, environ: Mapping[str, str] | None = No
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=FAST_FETCH_WAIT_MS,
+                **client_security(),
             )
             try:
                 await consumer.start()

@@ -55,6 +55,8 @@ T = TypeVar("T")
 
 #: key id of the operator's control key generated per data dir
 OPERATOR_KEY_ID = "operator"
+#: The embedded platform's signal key (``TRADEFLOW_SIGNAL_KEY_INFERENCE_FILE``), generated per data dir.
+SIGNAL_KEY_ID = "inference"
 
 
 class AlreadyRunning(BadInput, RuntimeError):
@@ -94,6 +96,11 @@ class Layout:
     @property
     def control_key_file(self) -> Path:
         return self.secrets / f"control-{OPERATOR_KEY_ID}.key"
+
+    @property
+    def signal_key_file(self) -> Path:
+        """The inference agent signs signals with it, the trading agent verifies them."""
+        return self.secrets / f"signal-{SIGNAL_KEY_ID}.key"
 
     @property
     def dashboard_token_file(self) -> Path:
@@ -396,6 +403,7 @@ class Platform:
         self.bootstrap = f"127.0.0.1:{self.ports['broker']}"
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.ports['postgres']}/tradeflow"
         ensure_secret(self.layout.control_key_file)
+        ensure_secret(self.layout.signal_key_file)
         ensure_secret(self.layout.dashboard_token_file)
         from ops.embedded.supervisor import Availability, CrashWatch
 
@@ -422,6 +430,10 @@ class Platform:
             "TRADEFLOW_ARTIFACTS": str(self.layout.data_dir / "models"),
             f"TRADEFLOW_CONTROL_KEY_{OPERATOR_KEY_ID.upper()}_FILE": str(self.layout.control_key_file),
             "TRADEFLOW_CONTROL_SIGNING_KEY_ID": OPERATOR_KEY_ID,
+            # signals: signed by inference per model version, refused unsigned by trading
+            f"TRADEFLOW_SIGNAL_KEY_{SIGNAL_KEY_ID.upper()}_FILE": str(self.layout.signal_key_file),
+            "TRADEFLOW_SIGNAL_SIGNING_KEY_ID": SIGNAL_KEY_ID,
+            "TRADEFLOW_SIGNAL_REQUIRE_SIGNED": "1",
             "TRADEFLOW_DASHBOARD_TOKEN_FILE": str(self.layout.dashboard_token_file),
             "TRADEFLOW_TRADING_ACCOUNT": "paper",
             **{k: v for k, v in self.strategy_env().items() if k not in os.environ},

@@ -37,7 +37,7 @@ from ops.embedded.broker import EmbeddedBroker
 from ops.embedded.postgres import EmbeddedPostgres
 from ops.embedded.workers import ChildProcess, cli_argv, worker_argv
 from ops.jobs.ingest import SAMPLE_DIR, SAMPLE_FILES, ImportReport, SampleFile, import_file
-from runtime.broker import ensure_topics
+from runtime.broker import client_security, ensure_topics
 from runtime.exits import EXIT_OK, EXIT_USAGE
 from runtime.publish import RecordPublisher
 from storage.bars import count_checked
@@ -222,7 +222,9 @@ async def _main(opts: RunOptions, dsn: str, bootstrap: str, children: list[Child
 
 async def _wait_committed(bootstrap: str, want: dict[str, int], children: list[ChildProcess], deadline: float) -> None:
     """Until the sink group's committed offsets cover ``want[topic]`` messages per topic."""
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="tradeflow-sink", enable_auto_commit=False)
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id="tradeflow-sink", enable_auto_commit=False, **client_security()
+    )
     await probe.start()
     try:
         await probe.topics()  # loads partition metadata for every topic

@@ -13,6 +13,9 @@ What is checked instead:
   partition-scaled replicas, GPU reservations, Prometheus/Alertmanager wiring;
 - Prometheus config by ``promtool check config`` (bootstrap installs promtool), with
   the rule file path pointed at this repository's deploy/prometheus/alerts.yml;
+- who may write what: SASL/SCRAM + ACLs on the brokers, one broker user per service, and the grants
+  that ``deploy/redpanda/acl-init.sh`` really makes (run with a recording ``rpk``) equal to each
+  service's agents' declared inputs and outputs (``AGENT_NEEDS``);
 - that ``tradeflow topics --create`` really sets each catalogued topic's cleanup.policy
   and retention.ms on the broker (integration, against the embedded broker).
 """
@@ -24,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ import jsonschema  # type: ignore[import-untyped]  # no stubs; used for one vali
 import pytest
 import yaml
 
-from ops.cli.main import _agent_registry, build_parser
+from ops.cli.main import AGENT_NEEDS, _agent_registry, agent_topics, build_parser
 from ops.embedded.broker import EmbeddedBroker
 from topics.catalogue import TOPICS, physical_name, spec
 
@@ -166,7 +170,8 @@ def test_compose_when_parsed_then_three_broker_nodes_rf3_topics_and_ordered_star
         assert "redpanda.auto_create_topics_enabled=false" in svcs[b]["command"]
     init = svcs["topics-init"]
     assert [str(c) for c in init["command"]] == ["topics", "--create", "--replication-factor", "3"]
-    assert init["depends_on"] == {b: {"condition": "service_healthy"} for b in brokers}
+    assert init["depends_on"] == {"broker-acl-init": {"condition": "service_completed_successfully"}}
+    assert svcs["broker-acl-init"]["depends_on"] == {b: {"condition": "service_healthy"} for b in brokers}
     assert "test" in svcs["postgres"]["healthcheck"]
     assert svcs["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     for name, svc in _tradeflow_services().items():
@@ -215,6 +220,194 @@ def test_dockerfile_when_read_then_every_top_level_package_is_in_the_image() -> 
     copied = set(re.findall(r"^COPY (\S+) \1$", dockerfile, re.M))
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests"}
     assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+
+
+# ---------------------------------------------------------------------------
+# who may write what: broker users and ACLs
+# ---------------------------------------------------------------------------
+
+ACL_INIT = ROOT / "deploy" / "redpanda" / "acl-init.sh"
+#: tradeflow services that never talk to the broker
+NO_BROKER = ("migrate", "alert-receiver")
+ORDER_TOPICS = ("orders.intents", "risk.decisions", "orders.updates", "fills", "portfolio.state")
+MARKET_TOPICS = ("market.ticks", "market.bars.raw", "market.bars")
+
+#: a stand-in for rpk that records its arguments, one JSON array per call
+FAKE_RPK = """#!/usr/bin/env python3
+import json, os, sys
+with open(os.environ["RPK_LOG"], "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+@dataclass
+class Grants:
+    """What the script gave one user: topic -> operations (exact names), prefixed topic grants, groups."""
+
+    topics: dict[str, set[str]] = field(default_factory=dict)
+    prefixed: dict[str, set[str]] = field(default_factory=dict)
+    groups: set[str] = field(default_factory=set)
+    cluster: set[str] = field(default_factory=set)
+
+    def with_op(self, op: str) -> set[str]:
+        return {t for t, ops in self.topics.items() if op in ops}
+
+
+def _run_acl_init(tmp_path: Path, namespace: str = "") -> tuple[dict[str, str], dict[str, Grants]]:
+    """Run the real script with a recording rpk; the users it created (name -> password) and their grants."""
+    bin_dir, secrets = tmp_path / "bin", tmp_path / "secrets"
+    bin_dir.mkdir(parents=True)
+    secrets.mkdir(parents=True)
+    (bin_dir / "rpk").write_text(FAKE_RPK)
+    (bin_dir / "rpk").chmod(0o755)
+    for u in _secret_users():
+        (secrets / f"kafka_{u}").write_text(f"pw-{u}")
+    log = tmp_path / "rpk.log"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "RPK_LOG": str(log),
+        "SECRETS_DIR": str(secrets),
+        "TRADEFLOW_NAMESPACE": namespace,
+    }
+    res = subprocess.run(["bash", str(ACL_INIT)], capture_output=True, text=True, check=False, env=env)
+    assert res.returncode == 0, res.stderr
+    users: dict[str, str] = {}
+    grants: dict[str, Grants] = {}
+    for line in log.read_text().splitlines():
+        argv = json.loads(line)
+        assert argv[-6:] == ["-X", "user=admin", "-X", "pass=pw-admin", "-X", "sasl.mechanism=SCRAM-SHA-256"]
+        argv = argv[:-8]  # -X brokers=... and the admin credentials
+        if argv[:3] == ["security", "user", "create"]:
+            assert _flag(argv, "--mechanism") == ["SCRAM-SHA-256"]
+            users[argv[3]] = _flag(argv, "--password")[0]
+            continue
+        assert argv[:3] == ["security", "acl", "create"], argv
+        who = _flag(argv, "--allow-principal")[0].removeprefix("User:")
+        ops = set(_flag(argv, "--operation")[0].split(","))
+        g = grants.setdefault(who, Grants())
+        prefixed = _flag(argv, "--resource-pattern-type") == ["prefixed"]
+        if "--topic" in argv:
+            (g.prefixed if prefixed else g.topics).setdefault(_flag(argv, "--topic")[0], set()).update(ops)
+        elif "--group" in argv:
+            assert prefixed and ops == {"read", "describe"}
+            g.groups.add(_flag(argv, "--group")[0])
+        else:
+            assert "--cluster" in argv, argv
+            g.cluster |= ops
+    return users, grants
+
+
+def _secret_users() -> list[str]:
+    return [n.removeprefix("kafka_") for n in _doc()["secrets"] if n.startswith("kafka_")]
+
+
+def _broker_services() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in _tradeflow_services().items() if n not in NO_BROKER}
+
+
+def test_brokers_when_parsed_then_sasl_scram_and_authorization_required_with_admin_from_a_secret() -> None:
+    svcs = _services()
+    boot = yaml.safe_load((ROOT / "deploy" / "redpanda" / "bootstrap.yaml").read_text())
+    assert boot["enable_sasl"] is True and boot["kafka_enable_authorization"] is True
+    assert boot["sasl_mechanisms"] == ["SCRAM"] and boot["superusers"] == ["admin"]
+    for b in ("redpanda-0", "redpanda-1", "redpanda-2"):
+        assert "./deploy/redpanda/bootstrap.yaml:/etc/redpanda/.bootstrap.yaml:ro" in svcs[b]["volumes"]
+        assert "kafka_admin" in svcs[b]["secrets"]
+        # compose turns $$ into $: the shell reads the secret file when the node starts
+        assert any(
+            'RP_BOOTSTRAP_USER="admin:$$(cat /run/secrets/kafka_admin)"' in str(e) for e in svcs[b]["entrypoint"]
+        )
+    init = svcs["broker-acl-init"]
+    assert init["volumes"] == ["./deploy/redpanda/acl-init.sh:/acl-init.sh:ro"]
+    assert sorted(init["secrets"]) == sorted(f"kafka_{u}" for u in _secret_users())
+
+
+def test_every_broker_service_when_parsed_then_its_own_user_with_the_password_from_a_secret_file() -> None:
+    text = COMPOSE.read_text()
+    users = set(_secret_users())
+    seen = set()
+    for name, svc in _broker_services().items():
+        env = svc["environment"]
+        user = env.get("TRADEFLOW_KAFKA_SASL_USERNAME")
+        assert user == name, f"{name}: broker user {user!r}"
+        assert "TRADEFLOW_KAFKA_SASL_PASSWORD" not in env, name  # only ever the _FILE form
+        assert env["TRADEFLOW_KAFKA_SASL_PASSWORD_FILE"] == f"/run/secrets/kafka_{user}", name
+        assert f"kafka_{user}" in svc["secrets"], name
+        assert env["TRADEFLOW_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-256", name
+        assert user in users, name
+        seen.add(user)
+        other = [s for s in svc["secrets"] if str(s).startswith("kafka_") and s != f"kafka_{user}"]
+        assert not other, f"{name} mounts another service's broker password: {other}"
+    assert seen == users - {"admin", "operator"}
+    for name, svc in _tradeflow_services().items():
+        if name in NO_BROKER:
+            assert "TRADEFLOW_KAFKA_SASL_USERNAME" not in svc["environment"], name
+    # the only signal key holders: the signer (inference) and the verifier (trading)
+    svcs = _services()
+    holders = {n for n, s in svcs.items() if "signal_key_inference" in s.get("secrets", [])}
+    assert holders == {"inference", "trading"}
+    for n in holders:
+        assert svcs[n]["environment"]["TRADEFLOW_SIGNAL_KEY_INFERENCE_FILE"] == "/run/secrets/signal_key_inference"
+    assert "REQUIRE_SIGNED" not in text  # the default (on with a key) holds
+
+
+def test_acl_init_when_run_then_each_service_reads_and_writes_exactly_its_agents_topics(tmp_path: Path) -> None:
+    users, grants = _run_acl_init(tmp_path)
+    assert users == {u: f"pw-{u}" for u in _secret_users() if u != "admin"}  # passwords only from the secrets
+    every = {t.name for t in TOPICS}
+    for name, svc in _broker_services().items():
+        cmd = [str(c) for c in svc["command"]]
+        g = grants[name]
+        reads, writes = g.with_op("read"), g.with_op("write")
+        assert all("describe" in ops for ops in g.topics.values()), name
+        if cmd[0] == "worker":
+            inputs, outputs = agent_topics(_flag(cmd, "--agents"))
+            assert reads == set(inputs), f"{name} reads {sorted(reads)}, its agents read {sorted(inputs)}"
+            assert writes == set(outputs) | {"deadletter"}, f"{name} writes {sorted(writes)}, declared {outputs}"
+            assert g.groups == {"tradeflow-"}, name
+        elif cmd[0] == "sink":
+            assert reads == every and writes == {"deadletter"} and g.groups == {"tradeflow-"}
+        elif cmd[0] == "gates":
+            assert reads == set() and writes == {"gates.results"} and not g.groups
+        elif cmd[0] == "collect":
+            assert reads == set() and writes == {"market.ticks", "market.bars.raw", "deadletter"}
+        elif cmd[0] == "topics":
+            assert set(g.topics) == {"*"} and not g.prefixed, g
+            assert g.cluster == {"create", "describe"} and "create" in g.topics["*"]
+        else:
+            raise AssertionError(f"{name}: no ACL rule for the command {cmd[0]!r}")
+        assert set(g.prefixed) <= {"tradeflow-features"}, name  # only features keeps a state changelog
+        assert not g.cluster or cmd[0] == "topics", name
+        assert (reads | writes) <= every | {"*"}, name
+    assert grants["operator"].topics == {"control": {"write", "describe"}}
+    assert set(grants) == set(users)
+
+
+def test_acl_init_when_run_then_signals_orders_and_market_topics_have_only_their_writers(tmp_path: Path) -> None:
+    _, grants = _run_acl_init(tmp_path)
+
+    def writers(topic: str) -> set[str]:
+        return {u for u, g in grants.items() if topic in g.with_op("write")}
+
+    assert writers("signals") == {"inference"}
+    for t in ORDER_TOPICS:
+        assert writers(t) == {"trading"}, t
+    assert writers("market.ticks") == {"collector"}
+    assert writers("market.bars.raw") == {"collector", "bar-aggregator"}
+    assert writers("market.bars") == {"bars-checker"}
+    assert writers("control") == {"operator"}
+    # the same grants, namespaced
+    _, spaced = _run_acl_init(tmp_path / "ns", namespace="blue")
+    plain = {t for g in grants.values() for t in g.topics if t != "*"}
+    assert {t for g in spaced.values() for t in g.topics} == {f"blue.{t}" for t in plain}
+    assert spaced["topics-init"].prefixed == {"blue.": {"create", "describe", "describe_configs", "alter_configs"}}
+
+
+def test_agent_needs_when_compared_with_the_trading_agent_then_same_topics() -> None:
+    from agents.trading import agent as trading
+
+    assert agent_topics(["trading"]) == (trading.INPUTS, trading.OUTPUTS)
+    assert set(AGENT_NEEDS) == set(_agent_registry())
 
 
 # ---------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_registry_then_names_unique_and_prefixes_marked() -> None:
     assert len(names) == len(set(names))
     assert all(NAME.fullmatch(n) for n in names)
     prefixes = [v for v in VARIABLES if v.name.endswith("_")]
-    assert [v.name for v in prefixes] == ["TRADEFLOW_CONTROL_KEY_"]
+    assert [v.name for v in prefixes] == ["TRADEFLOW_CONTROL_KEY_", "TRADEFLOW_SIGNAL_KEY_"]
 
 
 def _source_files() -> list[Path]:
