@@ -106,7 +106,7 @@ groups trainer
 
 user trading
 reads trading signals market.bars control models.registry
-writes trading orders.intents risk.decisions orders.updates fills portfolio.state control.audit ops.alerts deadletter
+writes trading orders.intents risk.decisions orders.updates fills portfolio.state control.audit ops.alerts risk.opening deadletter
 groups trading
 
 user governance
@@ -118,12 +118,12 @@ user gates
 writes gates gates.results
 
 user dashboard
-reads dashboard market.bars signals portfolio.state risk.decisions orders.updates fills control.audit ops.alerts gates.results models.registry governance.audit deadletter
+reads dashboard market.bars signals portfolio.state risk.decisions orders.updates fills control.audit ops.alerts gates.results models.registry governance.audit deadletter risk.opening
 writes dashboard deadletter
 groups dashboard
 
 user sink
-reads sink market.ticks market.bars.raw market.bars market.data_quality features signals orders.intents risk.decisions orders.updates fills portfolio.state gates.results control control.audit models.registry governance.audit jobs.train jobs.inference jobs.results ops.alerts deadletter
+reads sink market.ticks market.bars.raw market.bars market.data_quality features signals orders.intents risk.decisions orders.updates fills portfolio.state gates.results control control.audit models.registry governance.audit jobs.train jobs.inference jobs.results ops.alerts deadletter risk.opening
 writes sink deadletter
 groups sink
 

@@ -198,7 +198,7 @@ def test_row_of_an_older_format_then_refused_with_why_before_unpickling(fmt: int
         state=state,
         mac=mac,
     )
-    with pytest.raises(CheckpointError, match=f"format {fmt} is not this code's 6 .*{why}.*row"):
+    with pytest.raises(CheckpointError, match=f"format {fmt} is not this code's {ck.FORMAT} .*{why}.*row"):
         open_checkpoint(cp, KEYRING, account="paper", config_hash="h1")
 
 
