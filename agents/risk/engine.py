@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
@@ -697,14 +698,18 @@ class RiskEngine:
                     domain=s.domain,
                 )
             )
-        window = [t for t in self._order_times if t > now - cfg.order_rate_window_ns]
-        if len(window) >= cfg.max_orders_per_window:
+        # ``_order_times`` is in time order (market time only moves forward): the limit is reached when the
+        # k-th most recent order is still inside the window. Asked after every input, so never a scan of
+        # every order in the window (thousands when the limit is lifted) unless it is reached.
+        times, k = self._order_times, cfg.max_orders_per_window
+        horizon = now - cfg.order_rate_window_ns
+        if len(times) >= k and times[-k] > horizon:
+            in_window = sum(1 for _ in itertools.takewhile(lambda t: t > horizon, reversed(times)))
             found.append(
                 _account(
                     RiskReason.ORDER_RATE_LIMIT,
-                    f"{len(window)} orders in {cfg.order_rate_window_ns / NS_PER_SECOND:g} s "
-                    f">= {cfg.max_orders_per_window}",
-                    window[len(window) - cfg.max_orders_per_window] + cfg.order_rate_window_ns,
+                    f"{in_window} orders in {cfg.order_rate_window_ns / NS_PER_SECOND:g} s >= {k}",
+                    times[-k] + cfg.order_rate_window_ns,
                 )
             )
         if state is None:
