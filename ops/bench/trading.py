@@ -662,30 +662,48 @@ async def _order_latency(pacer: Pacer, col: Collector, mode: str, rate: int, n: 
 
 async def _drain(pacer: Pacer, col: Collector, n: int, worker_pid: int) -> dict[str, Any]:
     """Capacity: ``n`` signals, each followed by its fill bar, published at once (as a backlog), then the
-    time until the last signal's fill is out.
+    time until the agent has applied every one of them (the last bar's ``portfolio.state`` is out).
 
     Broker timestamps 1 ms apart, signal before its bar, so the agent's arrival-order merge applies them
-    alternately (a fetch that runs ahead on one topic can still shift a few pairs by a bar: the order then
-    fills one bar later, on the other side of the swing). Also the worker's CPU seconds over the run:
-    signals per CPU second is the agent's capacity on one core, whatever the rest of the machine does.
+    alternately; a fetch that runs ahead on one topic shifts pairs by a bar, the order then fills on the
+    other side of the swing (a loss), and once the account's drawdown reaches the strategy's flat tier
+    the rest of the signals are held flat (``hold``): fills and verdicts are reported beside the rate,
+    which counts inputs applied, not orders. Also the worker's CPU seconds over the run: signals per CPU
+    second is the agent's capacity on one core, whatever the rest of the machine does. Runs last: a
+    drawdown reached here would make later phases measure held signals.
     """
     symbol = PHASE_SYMBOLS["drain"]
     t0_ms = time.time_ns() // 1_000_000
-    sent: dict[str, int] = {}
+    sent: set[str] = set()
+    bar_ids: set[str] = set()
     futs = []
     cpu0, start = cpu_seconds(worker_pid), time.perf_counter()
     first_send = time.time_ns()
     for i in range(n):
         ts_ms = t0_ms + 2 * i
         sig = bench_signal(symbol, i, ts_ms * 1_000_000)
+        bar = fill_bar(symbol, i, ts_ms * 1_000_000)
         futs.append(await pacer.send(sig, timestamp_ms=ts_ms))
-        futs.append(await pacer.send(fill_bar(symbol, i, ts_ms * 1_000_000), "market.bars", timestamp_ms=ts_ms + 1))
-        sent[sig.event_id] = first_send
+        futs.append(await pacer.send(bar, "market.bars", timestamp_ms=ts_ms + 1))
+        sent.add(sig.event_id)
+        bar_ids.add(bar.event_id)
     await asyncio.gather(*futs)
     published_s = time.perf_counter() - start
-    matched = await _wait_matched(lambda: sum(1 for sid in sent if sid in col.filled), n, stall_s=15.0)
-    last = max((col.filled[sid] for sid in sent if sid in col.filled), default=first_send)
+    applied_at: dict[str, int] = {}
+    seen = 0
+
+    def bars_applied() -> int:
+        nonlocal seen
+        snaps = col.records["portfolio.state"]
+        for r, _, _, d in snaps[seen:]:
+            if d["as_of_event_id"] in bar_ids:
+                applied_at.setdefault(d["as_of_event_id"], r)
+        seen = len(snaps)
+        return len(applied_at)
+
+    applied = await _wait_matched(bars_applied, n, stall_s=15.0)
     cpu = cpu_seconds(worker_pid) - cpu0
+    last = max(applied_at.values(), default=first_send)
     elapsed = (last - first_send) / 1e9
     verdicts: dict[str, int] = {}
     for _, _, _, d in col.records["risk.decisions"]:
@@ -695,11 +713,12 @@ async def _drain(pacer: Pacer, col: Collector, n: int, worker_pid: int) -> dict[
         "symbol": symbol,
         "signals": n,
         "published_in_s": round(published_s, 2),
-        "filled": matched,
-        "seconds_to_last_fill": round(elapsed, 2),
-        "signals_per_s": round(matched / elapsed, 1) if elapsed > 0 else None,
+        "bars_applied": applied,
+        "seconds_to_last_input": round(elapsed, 2),
+        "signals_per_s": round(n / elapsed, 1) if elapsed > 0 and applied == n else None,
         "worker_cpu_s": round(cpu, 2),
-        "signals_per_worker_cpu_s": round(matched / cpu, 1) if cpu > 0 else None,
+        "signals_per_worker_cpu_s": round(n / cpu, 1) if cpu > 0 and applied == n else None,
+        "filled": sum(1 for sid in sent if sid in col.filled),
         "verdicts": verdicts,
     }
 
@@ -855,12 +874,12 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
                 "baseline_broker_only": await _broker_baseline(bootstrap, rate, n[rate]),
             }
             print(f"  @{rate}/s: {json.dumps(out[f'{rate}_per_s'])}", flush=True)
-        assert worker.popen is not None
-        out["drain"] = await _drain(pacer, col, n_drain, worker.popen.pid)
-        print(f"  drain: {json.dumps(out['drain'])}", flush=True)
         for rate in (100, 1000):  # last: their orders never fill and stay in the checkpointed state
             out[f"{rate}_per_s"]["signals_only"] = await _order_latency(pacer, col, "decision", rate, n[rate])
             print(f"  @{rate}/s signals only: {json.dumps(out[f'{rate}_per_s']['signals_only'])}", flush=True)
+        assert worker.popen is not None
+        out["drain"] = await _drain(pacer, col, n_drain, worker.popen.pid)
+        print(f"  drain: {json.dumps(out['drain'])}", flush=True)
         out["risk_reasons_total"] = dict(sorted(col.reasons.items()))  # why decisions were cut or rejected
     finally:
         await prod.stop()
@@ -917,9 +936,9 @@ def broker_table(broker: dict[str, Any]) -> list[str]:
     d = broker.get("drain")
     if isinstance(d, dict):
         lines.append(
-            f"backlog of {d['signals']} signals + fill bars: {d['filled']} filled in {d['seconds_to_last_fill']} s = "
-            f"{d['signals_per_s']} signals/s; worker {d['worker_cpu_s']} CPU-s = {d['signals_per_worker_cpu_s']} "
-            f"signals per CPU-s; verdicts {d['verdicts']}"
+            f"backlog of {d['signals']} signals + fill bars: all applied in {d['seconds_to_last_input']} s = "
+            f"{d['signals_per_s']} signals/s ({d['bars_applied']} bars applied); worker {d['worker_cpu_s']} CPU-s = "
+            f"{d['signals_per_worker_cpu_s']} signals per CPU-s; {d['filled']} filled, verdicts {d['verdicts']}"
         )
     k = broker.get("kill")
     if isinstance(k, dict):
