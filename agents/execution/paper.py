@@ -113,6 +113,25 @@ class PaperExecutionEngine:
         self._rng = random.Random(config.seed)
         self._seen: SeenIds[str] = SeenIds(config.max_seen_orders)
         self._working: OrderedDict[str, _Working] = OrderedDict()
+        #: symbol -> its working orders' ids in ``_working``'s order: a bar visits its own symbol's orders,
+        #: not every order of the account. Derived, never pickled (:meth:`__getstate__`), rebuilt when
+        #: first needed; ids of orders gone since are dropped when their symbol's next bar comes.
+        self._by_symbol: dict[str, dict[str, None]] | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        """The engine's state without the derived per-symbol index (checkpoints stay as they were)."""
+        state = dict(self.__dict__)
+        state.pop("_by_symbol", None)
+        return state
+
+    def _orders_of(self, symbol: str) -> dict[str, None]:
+        index: dict[str, dict[str, None]] | None = getattr(self, "_by_symbol", None)
+        if index is None:
+            index = {}
+            for coid, order in self._working.items():
+                index.setdefault(order.intent.symbol, {})[coid] = None
+            self._by_symbol = index
+        return index.setdefault(symbol, {})
 
     # ------------------------------------------------------------------
     # Submission
@@ -161,6 +180,9 @@ class PaperExecutionEngine:
         if not (math.isfinite(qty) and qty > 0):
             return refuse(ExecReason.INVALID_QUANTITY, _safe_qty(qty))
         arrival = market.last_price if market is not None and market.symbol == intent.symbol else None
+        index: dict[str, dict[str, None]] | None = getattr(self, "_by_symbol", None)
+        if index is not None:
+            index.setdefault(intent.symbol, {})[coid] = None
         self._working[coid] = _Working(
             client_order_id=coid,
             intent=intent,
@@ -196,7 +218,8 @@ class PaperExecutionEngine:
         now = self.clock.now_ns()
         out: list[ExecutionRecord] = []
         capacity = cfg.max_participation * bar.volume
-        for coid in [c for c, o in self._working.items() if o.intent.symbol == bar.symbol]:
+        ids = self._orders_of(bar.symbol)
+        for coid in [c for c in ids if c in self._working]:
             order = self._working[coid]
             if bar.open_time < order.eligible_from:
                 continue
@@ -232,6 +255,8 @@ class PaperExecutionEngine:
                         order, OrderStatus.EXPIRED, ExecReason.NO_FILL_AFTER_RETRIES.value, bar.open_time, now
                     )
                 )
+        for coid in [c for c in ids if c not in self._working]:  # filled, refused, expired or cancelled
+            del ids[coid]
         return out
 
     def _fill(

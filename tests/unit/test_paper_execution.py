@@ -231,3 +231,33 @@ async def test_async_adapter_then_same_records_as_engine() -> None:
     assert adapter.name == "paper"
     records: list[Record] = [*await adapter.submit(it, dec, None), *await adapter.on_bar(bar())]
     assert [type(r).__name__ for r in records] == ["OrderUpdate", "OrderUpdate", "Fill", "OrderUpdate"]
+
+
+def test_orders_of_several_symbols_then_a_bar_fills_its_own_in_order_and_a_checkpoint_carries_no_index() -> None:
+    """A bar visits only its symbol's working orders (a per-symbol index), in submission order; a cancelled
+    order is never filled; the index is derived: not pickled, rebuilt after a restore, same fills."""
+    import io
+    import pickle
+
+    from agents.trading.checkpoint import _CorePickler  # the checkpoint's pickler (config mappings)
+
+    eth = "ETH/USDT"
+    eng = engine(PaperConfig(max_participation=1.0))
+    ids: dict[str, list[str]] = {BTC: [], eth: []}
+    for i in range(6):
+        sym = BTC if i % 2 == 0 else eth
+        it, dec = order(qty=0.1 + i / 100, symbol=sym)
+        eng.submit(it, dec, MarketContext(symbol=sym, last_price=30_000.0 if sym == BTC else 2_000.0, ts_ns=NOW))
+        ids[sym].append(client_order_id_for(it.event_id))
+    assert eng.on_bar(bar(open_time=NOW - H)) == []  # before the decisions: builds the index, fills nothing
+    eng.cancel(ids[BTC][1])
+    buf = io.BytesIO()
+    _CorePickler(buf).dump(eng)
+    restored = pickle.loads(buf.getvalue())
+    assert "_by_symbol" not in eng.__getstate__() and getattr(restored, "_by_symbol", None) is None
+    for e in (eng, restored):
+        btc_fills = fills(e.on_bar(bar(30_000.0, volume=1e6)))
+        assert [f.client_order_id for f in btc_fills] == [ids[BTC][0], ids[BTC][2]]
+        eth_fills = fills(e.on_bar(bar(2_000.0, volume=1e6, symbol=eth)))
+        assert [f.client_order_id for f in eth_fills] == ids[eth]
+        assert e.open_orders() == () and e.on_bar(bar(30_000.0, volume=1e6, open_time=NOW + H)) == []
