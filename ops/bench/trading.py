@@ -241,6 +241,17 @@ BENCH_LIMITS: dict[str, float] = {
     "daily_loss_limit": 0.5,
     "intraday_drawdown_halt": 0.5,
 }
+#: ... and the drawdown tiers, set at start: in the backlog run a fetch that runs ahead on one topic fills orders on
+#: the losing side of the swing, and at the default tiers (flat at 12 %) the account went flat part-way, after
+#: which the run measured held signals, not orders.
+BENCH_DRAWDOWN_TIERS: dict[str, str] = {
+    "TRADEFLOW_STRATEGY_DRAWDOWN_WARN": "0.9",
+    "TRADEFLOW_STRATEGY_DRAWDOWN_REDUCE_ONLY": "0.95",
+    "TRADEFLOW_STRATEGY_DRAWDOWN_FLAT": "0.99",
+    "TRADEFLOW_RISK_DRAWDOWN_WARN": "0.9",
+    "TRADEFLOW_RISK_DRAWDOWN_NEAR_LIMIT": "0.95",
+    "TRADEFLOW_RISK_MAX_DRAWDOWN": "0.99",
+}
 KILL_REASON = "kill_switch_global"
 KILL_SIGNAL_RATE = 100
 
@@ -826,6 +837,7 @@ async def _agent_benchmarks(bootstrap: str, dsn: str, quick: bool, log_dir: Path
         "TRADEFLOW_TRADING_TIMEFRAMES": "1m",
         "TRADEFLOW_TRADING_SYMBOLS": ",".join(PHASE_SYMBOLS.values()),
         "TRADEFLOW_TRADING_ACCOUNT": "bench",
+        **BENCH_DRAWDOWN_TIERS,
     }
     keyring = load_keyring(env)
     n = {100: 300, 1000: 1000, 3000: 3000} if quick else {100: 600, 1000: 3000, 3000: 9000}
