@@ -66,6 +66,10 @@ def test_sigkill_of_postgres_then_loud_no_crash_loop_and_the_sink_catches_up(pla
     """The postmaster SIGKILLed: supervisord restarts it (crash recovery from the WAL); the sink retries
     with backoff, workers that need the database crash and are restarted (or wait) without the platform
     calling it a crash loop; nothing is lost or doubled."""
+    # the drill starts from a sink that is up and writing (a fault drill before this one may have left it
+    # restarting: a sink not writing when the database dies has nothing to retry)
+    stored = rows(platform, "SELECT count(*) FROM ev_signals")
+    wait(lambda: rows(platform, "SELECT count(*) FROM ev_signals") > stored, 240, "the sink writing", platform)
     before = asyncio.run(read_topics(platform.info["bootstrap"]))
     fills = rows(platform, "SELECT count(*) FROM ev_fills")
     signals = rows(platform, "SELECT count(*) FROM ev_signals")
