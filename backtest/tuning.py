@@ -15,7 +15,8 @@ idempotently; differing results for a stored study are an error, never an overwr
 
 Model trials (:func:`train_trials`): a study's training configs grouped by architecture, each
 group trained as vmapped ensembles (:func:`models.training.train_ensemble`), so trials that
-differ only in ``lr``, ``weight_decay`` or ``seed`` share one device; results in trial order.
+differ only in ``lr``, ``weight_decay`` or ``seed`` share one device (with ``dropout`` 0);
+results in trial order.
 
 Design: docs/reference_strategy.md#tuning, docs/models.md#several-trials-at-once
 """
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from storage.tuning import StoredTrial
 
 __all__ = [
+    "TRIAL_METRIC_TOLERANCE",
     "Constraints",
     "StudyConflictError",
     "StudySpec",
@@ -493,12 +495,32 @@ def summary(trials: Sequence[TrialResult], top: int = 5) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+#: a trial trained by :func:`train_trials` in an ensemble vs the same trial trained alone: metric ->
+#: (``"rel"`` or ``"abs"``, bound), the format of ``models.training.BF16_TOLERANCE``. Epochs run and
+#: best epoch are equal; the strategy metrics (pnl, Sharpe) are left out (a score near
+#: ``signal_threshold`` flips a position on rounding alone). Measured on CPU: losses within 2.2e-9
+#: relative, the rates equal. docs/models.md#several-trials-at-once
+TRIAL_METRIC_TOLERANCE: dict[str, tuple[str, float]] = {
+    "best_val_loss": ("rel", 1e-5),
+    "val_log_loss": ("rel", 1e-5),
+    "test_log_loss": ("rel", 1e-5),
+    "val_accuracy": ("abs", 0.01),
+    "val_balanced_accuracy": ("abs", 0.01),
+    "val_ic": ("abs", 0.01),
+}
+
+
 def train_trials(
     configs: Sequence[ModelConfig], dataset: WindowDataset, split: Split, *, max_members: int = 16
 ) -> list[TrainResult]:
     """Train every trial config; those of one architecture (:meth:`ModelConfig.architecture`)
-    together, ``max_members`` at a time, as vmapped ensembles; the linear baseline alone
-    (closed form). Results in the order of ``configs`` whatever the grouping."""
+    together, ``max_members`` at a time, as vmapped ensembles. Alone, through
+    :func:`models.training.train`: the linear baseline (closed form), a config with
+    ``dropout > 0`` (in an ensemble its masks would come from a stream shared with the
+    other members, so its result would depend on the batch it ran in) and a chunk of one
+    (bit for bit its solo training). Results in the order of ``configs`` whatever the
+    grouping. A diverged member raises :class:`models.training.TrainingDiverged` for its
+    whole ensemble."""
     from models.training import train, train_ensemble
 
     if max_members < 1:
@@ -508,10 +530,13 @@ def train_trials(
         groups.setdefault(cfg.architecture(), []).append(i)
     out: dict[int, TrainResult] = {}
     for arch, members in groups.items():
-        if arch.family == "linear_baseline":
+        if arch.family == "linear_baseline" or arch.dropout > 0.0:
             out.update((i, train(configs[i], dataset, split)) for i in members)
             continue
         for start in range(0, len(members), max_members):
             chunk = members[start : start + max_members]
-            out.update(zip(chunk, train_ensemble([configs[i] for i in chunk], dataset, split), strict=True))
+            if len(chunk) == 1:
+                out[chunk[0]] = train(configs[chunk[0]], dataset, split)
+            else:
+                out.update(zip(chunk, train_ensemble([configs[i] for i in chunk], dataset, split), strict=True))
     return [out[i] for i in range(len(configs))]

@@ -4,7 +4,9 @@ Each trial samples hyperparameters, becomes a ``TrainJob`` (job id
 ``<study>-trial-<n>``) and runs through the same :class:`TrainingService` the
 trainer worker uses (same validation, data loading, split, registry event and
 job result), and the results are published to ``jobs.results`` /
-``models.registry`` like any job. The objective is the validation log loss
+``models.registry`` like any job. Trials are asked ``parallel`` at a time and
+trained by ``TrainingService.run_jobs``: those sharing a dataset and an
+architecture train together as one vmapped ensemble (docs/models.md). The objective is the validation log loss
 (lower is better); a trial whose job fails is recorded as failed with its
 reason, never as a good score. The study uses optuna's RDB storage on the
 project's PostgreSQL database, so it survives restarts and can be resumed or
@@ -24,7 +26,7 @@ import structlog
 
 from gpu_workers.training_service import TrainingService
 from runtime.publish import RecordPublisher
-from topics.records import JobStatus, Timeframe, TrainJob
+from topics.records import JobResult, JobStatus, Timeframe, TrainJob
 
 log = structlog.get_logger("gpu_workers.tuning")
 
@@ -36,6 +38,9 @@ DEFAULT_SPACE: dict[str, tuple[Any, ...]] = {
     "window": ("int", 4, 32),
     "hidden_sizes": ("cat", ["32", "64", "64,32", "128,64"]),
 }
+
+#: trials asked of optuna and trained at once (``tradeflow train tune --parallel``); 1 is one at a time
+DEFAULT_PARALLEL = 8
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,11 @@ async def tune(
     namespace: str,
     artifacts: Path,
     space: dict[str, tuple[Any, ...]] | None = None,
+    parallel: int = DEFAULT_PARALLEL,
 ) -> optuna.Study:
+    """Run ``spec.trials`` more trials of the study, asked ``parallel`` at a time."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}")
     space = space or DEFAULT_SPACE
     storage = optuna.storages.RDBStorage(sqlalchemy_url(dsn))
     study = optuna.create_study(
@@ -85,49 +94,59 @@ async def tune(
         storage=storage,
         direction="minimize",
         load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        # constant liar: a batch's later trials see its earlier ones (running) as poor, not absent
+        sampler=optuna.samplers.TPESampler(seed=spec.seed, constant_liar=parallel > 1),
     )
     service = TrainingService(dsn, artifacts)
     async with RecordPublisher(bootstrap, namespace, name="tuner") as pub:
-        for _ in range(spec.trials):
-            trial = study.ask()
-            params = {**_sample(trial, space), **dict(spec.fixed)}
+        remaining = spec.trials
+        while remaining > 0:
             now = time.time_ns()
-            job = TrainJob.new(
-                ts_event=now,
-                ts_init=now,
-                job_id=f"{spec.study}-trial-{trial.number}",
-                model_family=spec.family,
-                symbols=(spec.symbol,),
-                timeframe=spec.timeframe,
-                data_start=spec.data_start,
-                data_end=spec.data_end,
-                feature_set_version=spec.feature_set_version,
-                seed=spec.seed,
-                hyperparams=params,
-            )
-            await pub.publish([job])
-            outcome = await service.run_job(job, now)
-            await pub.publish(list(outcome.registry))
-            await pub.publish([outcome.result])
-            res = outcome.result
-            trial.set_user_attr("job_id", job.job_id)
-            if res.status is JobStatus.SUCCEEDED and "val_log_loss" in res.metrics:
-                trial.set_user_attr("artifact", res.artifacts.get(spec.symbol, ""))
-                for k in ("val_accuracy", "val_ic", "val_pnl_sharpe", "val_pnl_total_return"):
-                    if k in res.metrics:
-                        trial.set_user_attr(k, res.metrics[k])
-                study.tell(trial, res.metrics["val_log_loss"])
-            else:
-                trial.set_user_attr("failure", res.reason or "no val_log_loss")
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            log.info(
-                "trial_done",
-                study=spec.study,
-                trial=trial.number,
-                status=res.status.value,
-                val_log_loss=res.metrics.get("val_log_loss"),
-                reason=res.reason,
-            )
+            batch = [study.ask() for _ in range(min(parallel, remaining))]
+            jobs = [_job(spec, trial, {**_sample(trial, space), **dict(spec.fixed)}, now) for trial in batch]
+            remaining -= len(batch)
+            await pub.publish(jobs)
+            outcomes = await service.run_jobs(jobs, now)
+            for trial, job, outcome in zip(batch, jobs, outcomes, strict=True):
+                await pub.publish(list(outcome.registry))
+                await pub.publish([outcome.result])
+                _tell(study, trial, spec, job, outcome.result)
             await asyncio.sleep(0)
     return study
+
+
+def _job(spec: TuneSpec, trial: optuna.Trial, params: dict[str, str | int | float | bool], now: int) -> TrainJob:
+    return TrainJob.new(
+        ts_event=now,
+        ts_init=now,
+        job_id=f"{spec.study}-trial-{trial.number}",
+        model_family=spec.family,
+        symbols=(spec.symbol,),
+        timeframe=spec.timeframe,
+        data_start=spec.data_start,
+        data_end=spec.data_end,
+        feature_set_version=spec.feature_set_version,
+        seed=spec.seed,
+        hyperparams=params,
+    )
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, spec: TuneSpec, job: TrainJob, res: JobResult) -> None:
+    trial.set_user_attr("job_id", job.job_id)
+    if res.status is JobStatus.SUCCEEDED and "val_log_loss" in res.metrics:
+        trial.set_user_attr("artifact", res.artifacts.get(spec.symbol, ""))
+        for k in ("val_accuracy", "val_ic", "val_pnl_sharpe", "val_pnl_total_return"):
+            if k in res.metrics:
+                trial.set_user_attr(k, res.metrics[k])
+        study.tell(trial, res.metrics["val_log_loss"])
+    else:
+        trial.set_user_attr("failure", res.reason or "no val_log_loss")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    log.info(
+        "trial_done",
+        study=spec.study,
+        trial=trial.number,
+        status=res.status.value,
+        val_log_loss=res.metrics.get("val_log_loss"),
+        reason=res.reason,
+    )

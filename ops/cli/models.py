@@ -139,8 +139,12 @@ def cmd_train_ddp(a: argparse.Namespace) -> int:
 
 def cmd_train_tune(a: argparse.Namespace) -> int:
     from gpu_workers.agents import artifacts_dir
-    from gpu_workers.tuning import TuneSpec, tune
+    from gpu_workers.tuning import DEFAULT_PARALLEL, TuneSpec, tune
 
+    parallel = DEFAULT_PARALLEL if a.parallel is None else a.parallel
+    if parallel < 1:
+        print(f"tradeflow train tune: --parallel must be >= 1, got {parallel}", file=sys.stderr)
+        return EXIT_USAGE
     spec = TuneSpec(
         study=a.study,
         family=a.family,
@@ -153,7 +157,16 @@ def cmd_train_tune(a: argparse.Namespace) -> int:
         seed=a.seed,
         fixed=tuple(_hyperparams(a.hp or []).items()),
     )
-    study = asyncio.run(tune(spec, dsn=a.dsn, bootstrap=a.bootstrap, namespace=a.namespace, artifacts=artifacts_dir()))
+    study = asyncio.run(
+        tune(
+            spec,
+            dsn=a.dsn,
+            bootstrap=a.bootstrap,
+            namespace=a.namespace,
+            artifacts=artifacts_dir(),
+            parallel=parallel,
+        )
+    )
     done = [t for t in study.trials if t.value is not None]
     print(
         json.dumps(
@@ -199,6 +212,12 @@ def add_parsers(sub: Any, infra: Any) -> None:
     tp.add_argument("--seed", type=int, default=7)
     tp.add_argument("--feature-set-version", default=FEATURE_SET_VERSION)
     tp.add_argument("--hp", action="append", help="fixed hyperparameter name=value (not searched)")
+    tp.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="trials asked and trained at once (default gpu_workers.tuning.DEFAULT_PARALLEL, 8; 1: one at a time)",
+    )
     tp.set_defaults(fn=cmd_train_tune)
     tp = tsub.add_parser("ddp", help="multi-GPU training via torchrun (args after -- go to gpu_workers.ddp)")
     tp.add_argument("--nproc", type=int, default=1)

@@ -165,7 +165,7 @@ def test_study_id_is_deterministic_and_config_sensitive(prices: PriceSeries) -> 
 def test_model_trials_then_grouped_by_architecture_and_returned_in_trial_order() -> None:
     import torch
 
-    from backtest.tuning import train_trials
+    from backtest.tuning import TRIAL_METRIC_TOLERANCE, train_trials
     from models.dataset import walk_forward_splits
     from models.training import ENSEMBLE_WEIGHT_TOLERANCE, train
     from tests.unit.test_training import SMALL, H, real_dataset
@@ -179,14 +179,25 @@ def test_model_trials_then_grouped_by_architecture_and_returned_in_trial_order()
         base.replace(lr=2e-3, seed=3),
         base.replace(family="linear_baseline"),
         base.replace(lr=4e-3, seed=4),
+        base.replace(dropout=0.2, lr=1e-3, seed=5),  # dropout: alone, though its twin shares the architecture
+        base.replace(dropout=0.2, lr=2e-3, seed=6),
     ]
     results = train_trials(trials, ds, split, max_members=2)  # the mlp group of 3 runs as 2 + 1
     assert [r.config for r in results] == trials
-    first = train(trials[0], ds, split).model.state_dict()["core.class_head.weight"]
-    assert not torch.equal(results[0].model.state_dict()["core.class_head.weight"], first)  # the vmapped path ran
-    for trial, result in zip(trials, results, strict=True):
+    trained_alone = {1, 3, 4, 5, 6}  # another architecture, the baseline, a chunk of one, dropout > 0
+    for i, (trial, result) in enumerate(zip(trials, results, strict=True)):
         alone = train(trial, ds, split)
-        for (name, a), (_, b) in zip(alone.model.state_dict().items(), result.model.state_dict().items(), strict=True):
+        pairs = list(zip(alone.model.state_dict().items(), result.model.state_dict().items(), strict=True))
+        if i in trained_alone:  # through train itself: bit for bit
+            assert all(torch.equal(a, b) for (_, a), (_, b) in pairs), i
+            continue
+        assert not all(torch.equal(a, b) for (_, a), (_, b) in pairs)  # the vmapped path ran
+        for (name, a), (_, b) in pairs:
             assert float((a - b).abs().max() / a.abs().max().clamp_min(1e-30)) < ENSEMBLE_WEIGHT_TOLERANCE, name
+        assert (result.best_epoch, len(result.history)) == (alone.best_epoch, len(alone.history))
+        for k, (kind, bound) in TRIAL_METRIC_TOLERANCE.items():
+            if k in alone.metrics:  # test_log_loss only where the split has test rows
+                gap = abs(alone.metrics[k] - result.metrics[k])
+                assert gap <= (bound * abs(alone.metrics[k]) if kind == "rel" else bound), (i, k, gap)
     with pytest.raises(ValueError, match="max_members"):
         train_trials(trials, ds, split, max_members=0)
