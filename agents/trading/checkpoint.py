@@ -37,7 +37,8 @@ __all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoi
 
 #: Bumped whenever an engine's attributes change shape: an old pickle is then refused, with the
 #: reason from ``_REFUSED``.
-FORMAT = 7  # 7: per-strategy loss counts (RiskEngine, TradingCore), the last opening status, the signal
+FORMAT = 8  # 8: RiskEngine._decisions holds rows of plain values (7 is upgraded on load)
+# 7: per-strategy loss counts (RiskEngine, TradingCore), the last opening status, the signal
 # verifier (a reference, re-attached on restore); 6: TradingCore._open
 # (external orders in flight); 5: RiskEngine.breaker, RiskConfig's breaker fields
 #: Older formats and why this code cannot read them.
@@ -48,6 +49,20 @@ _REFUSED: dict[int, str] = {
     5: "it predates the open external orders a restart reconciles with the venue",
     6: "it predates the per-strategy consecutive-loss counts and the published opening status",
 }
+
+
+def _upgrade_7(core: TradingCore) -> None:
+    """Format 7 -> 8: the risk engine's cached decisions from records to rows."""
+    from agents.risk.engine import _decision_row
+
+    cache = core.risk._decisions
+    for key, value in cache.items():
+        if not isinstance(value, tuple):
+            cache[key] = _decision_row(value)
+
+
+#: Older formats this code reads, and how each is brought to :data:`FORMAT` after it is unpickled.
+_UPGRADES: dict[int, Any] = {7: _upgrade_7}
 _MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
 _KEYRING_REF = "tradeflow:keyring"
 
@@ -236,7 +251,7 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
     """Verify ``cp`` (account, format, configuration, MAC) and restore its core."""
     if cp.account != account:
         raise CheckpointError(f"checkpoint belongs to account {cp.account!r}, not {account!r}")
-    if cp.format != FORMAT:
+    if cp.format != FORMAT and cp.format not in _UPGRADES:
         why = _REFUSED.get(cp.format, "this code never wrote it")
         raise CheckpointError(
             f"checkpoint format {cp.format} is not this code's {FORMAT} ({why}); delete the account's "
@@ -263,7 +278,11 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
             "trading agent (or was altered); refusing to load it"
         )
     try:
-        return load_core(cp.state, keyring)
+        core = load_core(cp.state, keyring)
+        upgrade = _UPGRADES.get(cp.format)
+        if upgrade is not None:
+            upgrade(core)
+        return core
     except CheckpointError:
         raise
     except Exception as exc:

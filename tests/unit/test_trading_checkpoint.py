@@ -18,6 +18,7 @@ from agents.execution.paper import PaperConfig
 from agents.trading.checkpoint import CheckpointError, dump_core, open_checkpoint, seal
 from agents.trading.checkpointer import JournalGap, JournalOrder
 from agents.trading.core import TradingConfig, TradingCore
+from tests.builders import intent
 from tests.unit.test_trading_determinism import load_bars, stub_signal
 from topics.records import Bar, ControlCommand, ControlEvent, Signal
 from topics.schema import Record, codec_for
@@ -200,6 +201,43 @@ def test_row_of_an_older_format_then_refused_with_why_before_unpickling(fmt: int
     )
     with pytest.raises(CheckpointError, match=f"format {fmt} is not this code's {ck.FORMAT} .*{why}.*row"):
         open_checkpoint(cp, KEYRING, account="paper", config_hash="h1")
+
+
+@pytest.mark.determinism
+def test_row_of_format_7_then_upgraded_and_outputs_byte_identical_to_uninterrupted_run() -> None:
+    """Format 7 kept the risk engine's cached decisions as records; such a row still loads, its cache
+    becomes rows, and a redelivered intent then gets the very decision the first run made."""
+    from agents.risk.engine import _decision_from_row
+    from agents.trading import checkpoint as ck
+
+    events = inputs()
+    whole = feed(TradingCore(CONFIG, KEYRING), events)
+    first = TradingCore(CONFIG, KEYRING)
+    head = feed(first, events[:150])
+    decisions = first.risk._decisions
+    assert decisions  # the scenario decided intents before the split
+    old = {k: _decision_from_row(v) for k, v in decisions.items()}
+    first.risk._decisions = old  # type: ignore[assignment]  # the layout format 7 pickled
+    state = dump_core(first)
+    mac = ck._mac(
+        ck._mac_key(KEYRING, "ops1"), account="paper", fmt=7, config_hash="h1", offsets=OFFSETS, events=150, state=state
+    )
+    cp = ck.Checkpoint(
+        account="paper",
+        format=7,
+        config_hash="h1",
+        key_id="ops1",
+        offsets=OFFSETS,
+        events_applied=150,
+        state=state,
+        mac=mac,
+    )
+    restored = open_checkpoint(cp, KEYRING, account=CONFIG.account, config_hash="h1")
+    assert all(isinstance(v, tuple) for v in restored.risk._decisions.values())
+    assert head + feed(restored, events[150:]) == whole
+    intent_id, decision = next(iter(old.items()))
+    again = dataclasses.replace(intent(symbol=decision.symbol), event_id=intent_id)  # a cache hit reads the id only
+    assert restored.risk.on_intent(again) == decision
 
 
 # ---------------------------------------------------------------------------
