@@ -76,7 +76,8 @@ _PARTITIONER = DefaultPartitioner()
 def _key_index(key: bytes, n: int) -> int:
     """The index ``DefaultPartitioner`` picks for ``key`` among ``n`` partitions (aiokafka's murmur2 is pure
     Python, ~10 us a key; the keys of an agent's outputs are a few symbols and accounts)."""
-    return (murmur2(key) & 0x7FFFFFFF) % n
+    index: int = (murmur2(key) & 0x7FFFFFFF) % n
+    return index
 
 
 class Output(NamedTuple):

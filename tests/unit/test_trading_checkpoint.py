@@ -141,10 +141,7 @@ def test_bad_checkpoint_then_refused_before_unpickling(
 
 
 def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None:
-    import copyreg
     import io
-    import pickle
-    from types import MappingProxyType
 
     from agents.trading import checkpoint as ck
 
@@ -152,17 +149,13 @@ def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None
     feed(core, inputs())
     fast = dump_core(core)
 
-    class Standard(pickle.Pickler):  # the same dispatch table, without the per-class field cache
-        def __init__(self, f: io.BytesIO) -> None:
-            super().__init__(f, protocol=pickle.HIGHEST_PROTOCOL)
-            self.dispatch_table = {
-                **copyreg.dispatch_table,
-                MappingProxyType: ck._reduce_mappingproxy,
-                Keyring: ck._reduce_keyring,
-            }
+    class Standard(ck._CorePickler):  # the same dispatch table and blobs, without the per-class field cache
+        def reducer_override(self, obj: Any) -> Any:
+            blob = self.blob(obj)
+            return NotImplemented if blob is None else blob
 
     buf = io.BytesIO()
-    Standard(buf).dump(core)
+    Standard(buf, plain=(core.risk._decisions, core._order_strategy)).dump(core)
     assert buf.getvalue() == fast
     restored = ck.load_core(fast, KEYRING)  # and it restores to the same state (continuation: tests above)
     assert restored.portfolio_state() == core.portfolio_state() and restored.clock.now_ns() == core.clock.now_ns()
@@ -238,6 +231,37 @@ def test_row_of_format_7_then_upgraded_and_outputs_byte_identical_to_uninterrupt
     intent_id, decision = next(iter(old.items()))
     again = dataclasses.replace(intent(symbol=decision.symbol), event_id=intent_id)  # a cache hit reads the id only
     assert restored.risk.on_intent(again) == decision
+
+
+def test_seen_windows_and_plain_caches_then_blobs_that_restore_equal_and_in_order() -> None:
+    """The seen-id windows, the decision rows and the order -> strategy map round-trip through their
+    marshalled blobs (contents, order, capacity, policy); a window holding what marshal refuses (an enum)
+    is pickled the usual way."""
+    from agents.trading import checkpoint as ck
+    from runtime.seen import SeenIds
+    from topics.records import Side
+
+    core = TradingCore(CONFIG, KEYRING)
+    feed(core, inputs())
+    core.paper._seen = SeenIds(3, ["a", "b", "c", "d"], refresh_on_hit=True)  # "a" already forgotten
+    core.risk._exited.add(("BTC/USDT", None, 0.5))
+    odd: SeenIds[Any] = SeenIds(5, [Side.BUY, Side.SELL])
+    core.strategy._seen = odd
+    assert core.risk._decisions and core._order_strategy
+    blob = dump_core(core)
+    assert b"_seen_ids" in blob and b"_ordered_rows" in blob
+    restored = ck.load_core(blob, KEYRING)
+    for before, after in [
+        (core.paper._seen, restored.paper._seen),
+        (core.portfolio._seen, restored.portfolio._seen),
+        (core.risk._exited, restored.risk._exited),
+        (odd, restored.strategy._seen),
+    ]:
+        assert list(after) == list(before)
+        assert (after.capacity, after.refresh_on_hit) == (before.capacity, before.refresh_on_hit)
+    assert list(restored.strategy._seen) == [Side.BUY, Side.SELL]  # enums stay enums
+    assert list(restored.risk._decisions.items()) == list(core.risk._decisions.items())
+    assert list(restored._order_strategy.items()) == list(core._order_strategy.items())
 
 
 # ---------------------------------------------------------------------------
