@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from typing import Any, NamedTuple, TypeVar
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, RebalanceInProgressError
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import ConsumerRecord
 
 from runtime.agent import crash_worker_on_bug, decode_message
@@ -69,6 +70,14 @@ R = TypeVar("R", bound=Record)
 MAX_BATCH_BYTES = 512 * 1024
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 _PARTITIONER = DefaultPartitioner()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_index(key: bytes, n: int) -> int:
+    """The index ``DefaultPartitioner`` picks for ``key`` among ``n`` partitions (aiokafka's murmur2 is pure
+    Python, ~10 us a key; the keys of an agent's outputs are a few symbols and accounts)."""
+    index: int = (murmur2(key) & 0x7FFFFFFF) % n
+    return index
 
 
 class Output(NamedTuple):
@@ -215,7 +224,10 @@ async def send_batches(
             known = partitions.get(out.topic)
             if known is None:
                 known = partitions[out.topic] = sorted(await producer.partitions_for(out.topic))
-            partition = _PARTITIONER(out.key, known, known)
+            if out.key is None:
+                partition = _PARTITIONER(out.key, known, known)
+            else:
+                partition = known[_key_index(out.key, len(known))]
         by_partition.setdefault((out.topic, partition), []).append(out)
     deliveries: list[Delivery] = []
     for (topic, partition), outs in by_partition.items():

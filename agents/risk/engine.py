@@ -182,7 +182,9 @@ class RiskEngine:
         self._portfolio: PortfolioState | None = None
         self._marks: dict[str, _Mark] = {}
         self._order_times: deque[int] = deque()
-        self._decisions: OrderedDict[str, RiskDecision] = OrderedDict()
+        #: intent event id -> its decision as a row of plain values (:func:`_decision_row`): the
+        #: checkpoint pickles this cache, and plain tuples pickle at C speed where records do not.
+        self._decisions: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._max_cached = max_cached_decisions
         #: intent event id -> trigger, for exits this engine emitted.
         self._protective: OrderedDict[str, RiskReason] = OrderedDict()
@@ -318,7 +320,7 @@ class RiskEngine:
         """Decide one intent (see the module docstring for the rules)."""
         cached = self._decisions.get(intent.event_id)
         if cached is not None:
-            return cached
+            return _decision_from_row(cached)
         now = self.clock.now_ns()
         cfg = self.config
         reasons: set[RiskReason] = set()
@@ -441,7 +443,7 @@ class RiskEngine:
             approved_quantity=approved,
             reasons=tuple(r.value for r in sorted(reasons, key=_REASON_ORDER.__getitem__)),
         )
-        _bounded_put(self._decisions, intent.event_id, decision, self._max_cached)
+        _bounded_put(self._decisions, intent.event_id, _decision_row(decision), self._max_cached)
         return decision
 
     def _opening_blockers(self, intent: OrderIntent, state: PortfolioState, now: int) -> set[RiskReason]:
@@ -836,6 +838,29 @@ def _expiry_from_params(event: ControlEvent, now: int) -> int | str | None:
             return "until_ns must be an integer in the future"
         return u
     return None
+
+
+_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(RiskDecision))
+# the row puts the verdict's value where the record has the enum (the four fields RiskDecision ends with)
+assert _DECISION_FIELDS[-4:] == ("verdict", "requested_quantity", "approved_quantity", "reasons")
+
+
+def _decision_row(decision: RiskDecision) -> tuple[Any, ...]:
+    """``decision``'s field values in declaration order, the verdict as its value."""
+    return (
+        *(getattr(decision, name) for name in _DECISION_FIELDS[:-4]),
+        decision.verdict.value,
+        decision.requested_quantity,
+        decision.approved_quantity,
+        decision.reasons,
+    )
+
+
+def _decision_from_row(row: tuple[Any, ...]) -> RiskDecision:
+    """Inverse of :func:`_decision_row`: the same record, field for field."""
+    values = dict(zip(_DECISION_FIELDS, row, strict=True))
+    values["verdict"] = RiskVerdict(values["verdict"])
+    return RiskDecision(**values)
 
 
 def _bounded_put(cache: OrderedDict[_K, _V], key: _K, value: _V, limit: int) -> None:

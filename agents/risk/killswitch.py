@@ -76,6 +76,10 @@ class OpeningStatus:
     switches: tuple[KillSwitch, ...]
 
 
+#: The status when no switch is active (immutable, shared).
+_OPEN = OpeningStatus(allowed=True, reasons=(), until_ns=None, switches=())
+
+
 class KillSwitchBoard:
     """The set of engaged kill switches. Deterministic: iteration is sorted."""
 
@@ -131,6 +135,8 @@ class KillSwitchBoard:
 
     def active(self, now_ns: int, wall_ns: int | None = None) -> tuple[KillSwitch, ...]:
         """Active switches (expired ones are pruned), sorted by scope, target, setter."""
+        if not self._switches:  # the usual case, asked several times per input
+            return ()
         expired = [k for k, s in self._switches.items() if not s.active_at(now_ns, wall_ns)]
         for k in expired:
             del self._switches[k]
@@ -140,9 +146,12 @@ class KillSwitchBoard:
         self, strategy_id: str, track: str, symbol: str, now_ns: int, wall_ns: int | None = None
     ) -> OpeningStatus:
         """Whether ``strategy_id`` on ``track`` may open exposure in ``symbol`` at ``now_ns`` (and ``wall_ns``)."""
+        active = self.active(now_ns, wall_ns)
+        if not active:
+            return _OPEN
         matching = tuple(
             s
-            for s in self.active(now_ns, wall_ns)
+            for s in active
             if s.scope is KillScope.GLOBAL
             or (s.scope is KillScope.TRACK and s.target == track)
             or (s.scope is KillScope.STRATEGY and s.target == strategy_id)

@@ -21,7 +21,6 @@ every ``follow_interval_s``. Configuration:
 
 from __future__ import annotations
 
-import heapq
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from agents.control.signing import Keyring, load_keyring
 from agents.execution.interface import ExecutionRecord
 from agents.signals.signing import signal_verifier_from_env
 from agents.trading import metrics as m
+from agents.trading.arrival import ArrivalMerge
 from agents.trading.checkpointer import Checkpointer, JournalOrder, LiveState, restore
 from agents.trading.configuration import effective_configuration
 from agents.trading.core import Step, TradingCore
@@ -141,12 +141,6 @@ def _arrival_ns(rec: ConsumerRecord[bytes, bytes]) -> int | None:
     return int(ts) * 1_000_000 + 999_999
 
 
-def _in_arrival_order(batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[Any]:
-    """A fetch's records merged across partitions by broker timestamp (ties: topic, partition), each
-    partition's in offset order: the order the inputs reached the broker, as far as it is known."""
-    return list(heapq.merge(*(batch[tp] for tp in sorted(batch)), key=lambda r: r.timestamp if r.timestamp > 0 else 0))
-
-
 class TradingWorker:
     """One account's agent: the state it carries (``live``, the checkpointer, the adapter) and one
     method per duty. Batches run under the checkpointer's gate, so a snapshot never falls mid-message."""
@@ -209,6 +203,10 @@ class TradingWorker:
         live.ahead = []
         #: monotonic time of the last query of the open orders (external execution)
         self.last_follow = 0.0
+        #: inputs merged by broker timestamp across fetches (:mod:`agents.trading.arrival`)
+        self.arrival = ArrivalMerge()
+        #: input partition -> the offset after the last record fetched from it
+        self.fetched: dict[TopicPartition, int] = {}
 
     # -- partitions ----------------------------------------------------------------------------
 
@@ -219,6 +217,8 @@ class TradingWorker:
         consumer = self.consumer
         assert consumer is not None
         self.replay.reset()  # inputs it held back come again
+        self.arrival.reset()
+        self.fetched.clear()
         for tp in sorted(assigned):
             if tp.topic in self.expected:
                 consumer.seek(tp, self.live.position.get((tp.topic, tp.partition), 0))
@@ -276,11 +276,14 @@ class TradingWorker:
                         async with self.checkpointer.gate:
                             await self.follow_orders()
                             await self.checkpointer.after_batch()
-                    if not batch:
+                    if not batch and not self.arrival.held:
                         continue
                     t0 = time.perf_counter()
+                    for tp, recs in batch.items():
+                        self.fetched[tp] = recs[-1].offset + 1
+                    records = self.arrival.take(batch, consumer.assignment(), self.behind, time.monotonic())
                     async with self.checkpointer.gate:
-                        await self.apply_batch(_in_arrival_order(batch))
+                        await self.apply_batch(records)
                         await self.checkpointer.after_batch()
                     self.set_gauges()
                     self.latency.observe(time.perf_counter() - t0)
@@ -296,6 +299,15 @@ class TradingWorker:
                 await consumer.stop()
         finally:
             await producer.stop()
+
+    def behind(self, tp: TopicPartition) -> bool:
+        """Whether the broker holds records of input ``tp`` past those fetched (as of the last fetch)."""
+        assert self.consumer is not None
+        high: int | None = self.consumer.highwater(tp)
+        if high is None:
+            return False
+        fetched = self.fetched.get(tp, self.live.position.get((tp.topic, tp.partition), 0))
+        return fetched < high
 
     async def apply_batch(self, records: list[Any]) -> None:
         """Each input through the core in order, its journal row written, then its outputs sent.

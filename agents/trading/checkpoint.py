@@ -21,7 +21,10 @@ import dataclasses
 import hashlib
 import hmac
 import io
+import marshal
 import pickle
+from collections import OrderedDict
+from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -31,13 +34,16 @@ from agents.control.signing import Keyring
 from agents.signals.signing import SignalVerifier
 from agents.trading.core import TradingCore
 from runtime.errors import NeedsOperator
+from runtime.seen import SeenIds
 from storage.trading import Checkpoint, Offsets
 
 __all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoint", "seal"]
 
 #: Bumped whenever an engine's attributes change shape: an old pickle is then refused, with the
 #: reason from ``_REFUSED``.
-FORMAT = 7  # 7: per-strategy loss counts (RiskEngine, TradingCore), the last opening status, the signal
+FORMAT = 8  # 8: RiskEngine._decisions holds rows of plain values, seen-id windows and plain caches
+# are marshalled blobs (7 is upgraded on load)
+# 7: per-strategy loss counts (RiskEngine, TradingCore), the last opening status, the signal
 # verifier (a reference, re-attached on restore); 6: TradingCore._open
 # (external orders in flight); 5: RiskEngine.breaker, RiskConfig's breaker fields
 #: Older formats and why this code cannot read them.
@@ -48,6 +54,20 @@ _REFUSED: dict[int, str] = {
     5: "it predates the open external orders a restart reconciles with the venue",
     6: "it predates the per-strategy consecutive-loss counts and the published opening status",
 }
+
+
+def _upgrade_7(core: TradingCore) -> None:
+    """Format 7 -> 8: the risk engine's cached decisions from records to rows."""
+    from agents.risk.engine import _decision_row
+
+    cache = core.risk._decisions
+    for key, value in cache.items():
+        if not isinstance(value, tuple):
+            cache[key] = _decision_row(value)
+
+
+#: Older formats this code reads, and how each is brought to :data:`FORMAT` after it is unpickled.
+_UPGRADES: dict[int, Any] = {7: _upgrade_7}
 _MAC_CONTEXT = b"tradeflow.trading.checkpoint.v1"
 _KEYRING_REF = "tradeflow:keyring"
 
@@ -117,9 +137,28 @@ def _dataclass_fields(cls: type) -> tuple[str, ...]:
     return names
 
 
+def _seen_ids(capacity: int, refresh_on_hit: bool, keys: bytes) -> SeenIds[Any]:
+    """Unpickling helper: a :class:`SeenIds` from its marshalled keys (oldest first)."""
+    return SeenIds(capacity, marshal.loads(keys), refresh_on_hit=refresh_on_hit)  # noqa: S302 - MAC-verified bytes
+
+
+def _ordered_rows(items: bytes) -> OrderedDict[Any, Any]:
+    """Unpickling helper: an ordered cache of plain values from its marshalled items."""
+    return OrderedDict(marshal.loads(items))  # noqa: S302 - MAC-verified bytes
+
+
 class _CorePickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO) -> None:
+    """The core's pickler: secrets as references, slotted dataclasses without ``dataclasses.fields()``
+    per object, and the large caches of plain values (the seen-id windows, the risk engine's decision
+    rows, the order -> strategy map) each as one marshalled blob. Pickle memoizes every object it writes
+    (each id string, each row) for shared references these caches never have; marshal writes them
+    several times faster. A cache holding anything marshal refuses (an enum, a record) is pickled
+    the usual way."""
+
+    def __init__(self, file: io.BytesIO, plain: Sequence[object] = ()) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        #: ids of the ordered caches whose keys and values are plain by construction
+        self.plain = {id(c) for c in plain}
         self.dispatch_table = {
             **copyreg.dispatch_table,
             MappingProxyType: _reduce_mappingproxy,
@@ -128,11 +167,29 @@ class _CorePickler(pickle.Pickler):
         }
 
     def reducer_override(self, obj: Any) -> Any:
-        """Slotted dataclasses without ``dataclasses.fields()`` per object; everything else as usual."""
-        names = _dataclass_fields(type(obj))
+        """Seen-id windows and plain caches as blobs; slotted dataclasses field by field; everything else
+        as usual."""
+        blob = self.blob(obj)
+        if blob is not None:
+            return blob
+        cls = type(obj)
+        names = _dataclass_fields(cls)
         if not names:
             return NotImplemented
-        return copyreg.__newobj__, (type(obj),), [getattr(obj, n) for n in names]  # type: ignore[attr-defined]
+        return copyreg.__newobj__, (cls,), [getattr(obj, n) for n in names]  # type: ignore[attr-defined]
+
+    def blob(self, obj: Any) -> tuple[Any, tuple[Any, ...]] | None:
+        """The reduction of a seen-id window or a plain cache to one marshalled blob (None: not one, or
+        it holds something marshal does not write)."""
+        cls = type(obj)
+        try:
+            if cls is SeenIds:
+                return _seen_ids, (obj.capacity, obj.refresh_on_hit, marshal.dumps(list(obj)))
+            if cls is OrderedDict and id(obj) in self.plain:
+                return _ordered_rows, (marshal.dumps(list(obj.items())),)
+        except ValueError:
+            return None
+        return None
 
 
 class _CoreUnpickler(pickle.Unpickler):
@@ -156,7 +213,7 @@ class _CoreUnpickler(pickle.Unpickler):
 def dump_core(core: TradingCore) -> bytes:
     """The core's whole state as bytes; the keyring is a reference, not its secrets."""
     buf = io.BytesIO()
-    _CorePickler(buf).dump(core)
+    _CorePickler(buf, plain=(core.risk._decisions, core._order_strategy)).dump(core)
     return buf.getvalue()
 
 
@@ -236,7 +293,7 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
     """Verify ``cp`` (account, format, configuration, MAC) and restore its core."""
     if cp.account != account:
         raise CheckpointError(f"checkpoint belongs to account {cp.account!r}, not {account!r}")
-    if cp.format != FORMAT:
+    if cp.format != FORMAT and cp.format not in _UPGRADES:
         why = _REFUSED.get(cp.format, "this code never wrote it")
         raise CheckpointError(
             f"checkpoint format {cp.format} is not this code's {FORMAT} ({why}); delete the account's "
@@ -263,7 +320,11 @@ def open_checkpoint(cp: Checkpoint, keyring: Keyring, *, account: str, config_ha
             "trading agent (or was altered); refusing to load it"
         )
     try:
-        return load_core(cp.state, keyring)
+        core = load_core(cp.state, keyring)
+        upgrade = _UPGRADES.get(cp.format)
+        if upgrade is not None:
+            upgrade(core)
+        return core
     except CheckpointError:
         raise
     except Exception as exc:

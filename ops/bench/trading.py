@@ -243,8 +243,10 @@ BENCH_LIMITS: dict[str, float] = {
 }
 #: ... and the drawdown tiers, set at start: in the backlog run a fetch that runs ahead on one topic fills orders on
 #: the losing side of the swing, and at the default tiers (flat at 12 %) the account went flat part-way, after
-#: which the run measured held signals, not orders.
+#: which the run measured held signals, not orders. For the same reason the account's loss-streak cool-down is
+#: one nanosecond: the streak limit (1,000 at most) was reached in the backlog run and the rest were rejections.
 BENCH_DRAWDOWN_TIERS: dict[str, str] = {
+    "TRADEFLOW_RISK_CONSECUTIVE_LOSS_COOLDOWN_NS": "1",
     "TRADEFLOW_STRATEGY_DRAWDOWN_WARN": "0.9",
     "TRADEFLOW_STRATEGY_DRAWDOWN_REDUCE_ONLY": "0.95",
     "TRADEFLOW_STRATEGY_DRAWDOWN_FLAT": "0.99",

@@ -18,6 +18,7 @@ from agents.execution.paper import PaperConfig
 from agents.trading.checkpoint import CheckpointError, dump_core, open_checkpoint, seal
 from agents.trading.checkpointer import JournalGap, JournalOrder
 from agents.trading.core import TradingConfig, TradingCore
+from tests.builders import intent
 from tests.unit.test_trading_determinism import load_bars, stub_signal
 from topics.records import Bar, ControlCommand, ControlEvent, Signal
 from topics.schema import Record, codec_for
@@ -140,10 +141,7 @@ def test_bad_checkpoint_then_refused_before_unpickling(
 
 
 def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None:
-    import copyreg
     import io
-    import pickle
-    from types import MappingProxyType
 
     from agents.trading import checkpoint as ck
 
@@ -151,17 +149,13 @@ def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None
     feed(core, inputs())
     fast = dump_core(core)
 
-    class Standard(pickle.Pickler):  # the same dispatch table, without the per-class field cache
-        def __init__(self, f: io.BytesIO) -> None:
-            super().__init__(f, protocol=pickle.HIGHEST_PROTOCOL)
-            self.dispatch_table = {
-                **copyreg.dispatch_table,
-                MappingProxyType: ck._reduce_mappingproxy,
-                Keyring: ck._reduce_keyring,
-            }
+    class Standard(ck._CorePickler):  # the same dispatch table and blobs, without the per-class field cache
+        def reducer_override(self, obj: Any) -> Any:
+            blob = self.blob(obj)
+            return NotImplemented if blob is None else blob
 
     buf = io.BytesIO()
-    Standard(buf).dump(core)
+    Standard(buf, plain=(core.risk._decisions, core._order_strategy)).dump(core)
     assert buf.getvalue() == fast
     restored = ck.load_core(fast, KEYRING)  # and it restores to the same state (continuation: tests above)
     assert restored.portfolio_state() == core.portfolio_state() and restored.clock.now_ns() == core.clock.now_ns()
@@ -200,6 +194,74 @@ def test_row_of_an_older_format_then_refused_with_why_before_unpickling(fmt: int
     )
     with pytest.raises(CheckpointError, match=f"format {fmt} is not this code's {ck.FORMAT} .*{why}.*row"):
         open_checkpoint(cp, KEYRING, account="paper", config_hash="h1")
+
+
+@pytest.mark.determinism
+def test_row_of_format_7_then_upgraded_and_outputs_byte_identical_to_uninterrupted_run() -> None:
+    """Format 7 kept the risk engine's cached decisions as records; such a row still loads, its cache
+    becomes rows, and a redelivered intent then gets the very decision the first run made."""
+    from agents.risk.engine import _decision_from_row
+    from agents.trading import checkpoint as ck
+
+    events = inputs()
+    whole = feed(TradingCore(CONFIG, KEYRING), events)
+    first = TradingCore(CONFIG, KEYRING)
+    head = feed(first, events[:150])
+    decisions = first.risk._decisions
+    assert decisions  # the scenario decided intents before the split
+    old = {k: _decision_from_row(v) for k, v in decisions.items()}
+    first.risk._decisions = old  # type: ignore[assignment]  # the layout format 7 pickled
+    state = dump_core(first)
+    mac = ck._mac(
+        ck._mac_key(KEYRING, "ops1"), account="paper", fmt=7, config_hash="h1", offsets=OFFSETS, events=150, state=state
+    )
+    cp = ck.Checkpoint(
+        account="paper",
+        format=7,
+        config_hash="h1",
+        key_id="ops1",
+        offsets=OFFSETS,
+        events_applied=150,
+        state=state,
+        mac=mac,
+    )
+    restored = open_checkpoint(cp, KEYRING, account=CONFIG.account, config_hash="h1")
+    assert all(isinstance(v, tuple) for v in restored.risk._decisions.values())
+    assert head + feed(restored, events[150:]) == whole
+    intent_id, decision = next(iter(old.items()))
+    again = dataclasses.replace(intent(symbol=decision.symbol), event_id=intent_id)  # a cache hit reads the id only
+    assert restored.risk.on_intent(again) == decision
+
+
+def test_seen_windows_and_plain_caches_then_blobs_that_restore_equal_and_in_order() -> None:
+    """The seen-id windows, the decision rows and the order -> strategy map round-trip through their
+    marshalled blobs (contents, order, capacity, policy); a window holding what marshal refuses (an enum)
+    is pickled the usual way."""
+    from agents.trading import checkpoint as ck
+    from runtime.seen import SeenIds
+    from topics.records import Side
+
+    core = TradingCore(CONFIG, KEYRING)
+    feed(core, inputs())
+    core.paper._seen = SeenIds(3, ["a", "b", "c", "d"], refresh_on_hit=True)  # "a" already forgotten
+    core.risk._exited.add(("BTC/USDT", None, 0.5))
+    odd: SeenIds[Any] = SeenIds(5, [Side.BUY, Side.SELL])
+    core.strategy._seen = odd
+    assert core.risk._decisions and core._order_strategy
+    blob = dump_core(core)
+    assert b"_seen_ids" in blob and b"_ordered_rows" in blob
+    restored = ck.load_core(blob, KEYRING)
+    for before, after in [
+        (core.paper._seen, restored.paper._seen),
+        (core.portfolio._seen, restored.portfolio._seen),
+        (core.risk._exited, restored.risk._exited),
+        (odd, restored.strategy._seen),
+    ]:
+        assert list(after) == list(before)
+        assert (after.capacity, after.refresh_on_hit) == (before.capacity, before.refresh_on_hit)
+    assert list(restored.strategy._seen) == [Side.BUY, Side.SELL]  # enums stay enums
+    assert list(restored.risk._decisions.items()) == list(core.risk._decisions.items())
+    assert list(restored._order_strategy.items()) == list(core._order_strategy.items())
 
 
 # ---------------------------------------------------------------------------
