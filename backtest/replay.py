@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import dataclasses
 import gc
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -256,10 +255,10 @@ def _infer(vectors: Sequence[FeatureVector | None], model: ReplayModel, trade_fr
                 model_version=seg.signal_version,
                 horizon=seg.horizon,
                 shadow=False,
-                ts_init=0,
+                ts_init=[fv.ts_event for fv in newest],
             )
-            for pos, sig, fv in zip(rows, sigs, newest, strict=True):
-                out[pos].append(dataclasses.replace(sig, ts_init=fv.ts_event))
+            for pos, sig in zip(rows, sigs, strict=True):
+                out[pos].append(sig)
     return out
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from agents.features.spec import DEFAULT_SPEC, FeatureSpec, format_lineage_id, lineage_element
 from runtime.errors import BadInput
 from topics.records import Bar, FeatureVector, Timeframe
-from topics.schema import event_id_for
+from topics.schema import event_id_for, keyword_constructor
 from topics.units import NS_PER_DAY
 
 __all__ = [
@@ -608,6 +608,9 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
 # Engine
 # ---------------------------------------------------------------------------
 
+#: ``FeatureVector(**fields)`` without the frozen ``__init__``'s per-field cost (one per bar).
+_make_vector = keyword_constructor(FeatureVector)
+
 _StreamKey = tuple[str, str, Timeframe]
 
 
@@ -684,7 +687,7 @@ class FeatureEngine:
         st = self._states[(bar.venue, bar.symbol, bar.timeframe)]
         fsv = self.feature_set_version
         dv = self.data_version
-        return FeatureVector(
+        return _make_vector(
             event_id=event_id_for(FeatureVector.KIND, bar.symbol, bar.timeframe, bar.open_time, fsv, dv),
             schema_version=FeatureVector.SCHEMA_VERSION,
             ts_event=bar.ts_event,

@@ -70,7 +70,7 @@ from topics.records import (
     Signal,
     Timeframe,
 )
-from topics.schema import TS_MIN_NS, Record
+from topics.schema import TS_MIN_NS, Record, event_id_for, keyword_constructor
 from topics.units import NS_PER_SECOND
 
 __all__ = [
@@ -597,16 +597,44 @@ def _sendable(intent: OrderIntent, decision: RiskDecision) -> bool:
 
 
 def snapshot_record(state: PortfolioState, *, config: TradingConfig, cause: Bar, ts_init: int) -> PortfolioSnapshot:
-    """The portfolio state after ``cause`` as a ``portfolio.state`` record."""
-    pos = state.positions
-    return PortfolioSnapshot.new(
+    """The portfolio state after ``cause`` as a ``portfolio.state`` record.
+
+    Built once per traded bar, so built directly: the per-symbol maps in one pass over the
+    positions (same keys, same order as a comprehension per map) and the record through
+    :func:`~topics.schema.keyword_constructor` (the same record as ``PortfolioSnapshot.new``).
+    """
+    quantities: dict[str, float] = {}
+    avg_prices: dict[str, float] = {}
+    mark_prices: dict[str, float] = {}
+    mark_ts_ns: dict[str, int] = {}
+    realized_pnls: dict[str, float] = {}
+    unrealized_pnls: dict[str, float] = {}
+    fees: dict[str, float] = {}
+    opened_at_ns: dict[str, int] = {}
+    for s, p in state.positions.items():
+        quantities[s] = p.quantity
+        avg_prices[s] = p.avg_price
+        mark_prices[s] = p.mark_price
+        mark_ts_ns[s] = p.mark_ts_ns
+        realized_pnls[s] = p.realized_pnl
+        unrealized_pnls[s] = p.unrealized_pnl
+        fees[s] = p.fees
+        if p.opened_at_ns is not None:
+            opened_at_ns[s] = p.opened_at_ns
+    account = config.account
+    as_of_ns = state.as_of_ns
+    cause_id = cause.event_id
+    event_id = event_id_for(PortfolioSnapshot.KIND, account, as_of_ns, cause_id)
+    return _make_snapshot(
+        event_id=event_id,
+        schema_version=PortfolioSnapshot.SCHEMA_VERSION,
         ts_init=ts_init,
         correlation_id=cause.correlation_id,
-        causation_id=cause.event_id,
-        ts_event=state.as_of_ns,
-        account=config.account,
-        as_of_ns=state.as_of_ns,
-        as_of_event_id=cause.event_id,
+        causation_id=cause_id,
+        ts_event=as_of_ns,
+        account=account,
+        as_of_ns=as_of_ns,
+        as_of_event_id=cause_id,
         quote_currency=config.portfolio.quote_currency,
         cash=state.cash,
         equity=state.equity,
@@ -626,16 +654,19 @@ def snapshot_record(state: PortfolioState, *, config: TradingConfig, cause: Bar,
         losing_trades=state.losing_trades,
         fills_applied=state.fills_applied,
         foreign_fee_fills=state.foreign_fee_fills,
-        quantities={s: p.quantity for s, p in pos.items()},
-        avg_prices={s: p.avg_price for s, p in pos.items()},
-        mark_prices={s: p.mark_price for s, p in pos.items()},
-        mark_ts_ns={s: p.mark_ts_ns for s, p in pos.items()},
-        realized_pnls={s: p.realized_pnl for s, p in pos.items()},
-        unrealized_pnls={s: p.unrealized_pnl for s, p in pos.items()},
-        fees={s: p.fees for s, p in pos.items()},
-        opened_at_ns={s: p.opened_at_ns for s, p in pos.items() if p.opened_at_ns is not None},
+        quantities=quantities,
+        avg_prices=avg_prices,
+        mark_prices=mark_prices,
+        mark_ts_ns=mark_ts_ns,
+        realized_pnls=realized_pnls,
+        unrealized_pnls=unrealized_pnls,
+        fees=fees,
+        opened_at_ns=opened_at_ns,
         config_hash=config.portfolio.config_hash(),
     )
+
+
+_make_snapshot = keyword_constructor(PortfolioSnapshot)
 
 
 def opening_record(
