@@ -24,7 +24,7 @@ import bisect
 import contextlib
 import gc
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -212,7 +212,16 @@ def order_bars(bars: Iterable[Bar]) -> list[Bar]:
 
 def decision_hash(records: Iterable[Record]) -> str:
     """sha256 over the framed, codec-encoded records (module docstring)."""
-    return stream_hash((rec.KIND, codec_for(type(rec)).encode(rec)) for rec in records)
+    encoders: dict[type[Record], Callable[[Record], bytes]] = {}
+
+    def frames() -> Iterator[tuple[str, bytes]]:
+        for rec in records:
+            encode = encoders.get(type(rec))
+            if encode is None:
+                encode = encoders[type(rec)] = codec_for(type(rec)).encode
+            yield rec.KIND, encode(rec)
+
+    return stream_hash(frames())
 
 
 def _flip(p: Prediction) -> Prediction:
@@ -270,6 +279,11 @@ def _cyclic_gc_paused() -> Iterator[None]:
     generation-2 pass rescanned the growing heap, ~20 % of a replay's time (measured, 10,000 bars with
     the MLP). Reference counting still frees everything else; cycles made meanwhile wait for the next
     collection after the replay. Results do not depend on it.
+
+    Everything the replay kept is then in the youngest generation, and the first collection after it
+    would traverse it all (~2 % of a replay): it is moved to the oldest generation as it is (``freeze``
+    then ``unfreeze``: two list splices), where full collections see it as they see any old object.
+    Skipped when the process has frozen objects of its own (``unfreeze`` would release them too).
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -277,6 +291,9 @@ def _cyclic_gc_paused() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -300,7 +317,7 @@ def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Re
     core = TradingCore(config.trading, Keyring({}))
     records: list[Record] = []
     fills: list[Fill] = []
-    equity: dict[int, EquityPoint] = {}
+    equity: dict[int, PortfolioSnapshot] = {}
     all_signals: list[Signal] = []
     traded = 0
     days: dict[str, set[int]] = {}
@@ -332,7 +349,9 @@ def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Re
         records=tuple(records),
         hash=decision_hash(records),
         fills=tuple(fills),
-        equity=tuple(equity[t] for t in sorted(equity)),
+        equity=tuple(
+            EquityPoint(ts_ns=t, equity=equity[t].equity, drawdown=equity[t].drawdown) for t in sorted(equity)
+        ),
         n_bars=n,
         n_traded_bars=traded,
         signals=tuple(all_signals),
@@ -341,11 +360,13 @@ def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Re
     )
 
 
-def _collect(out: Sequence[Record], records: list[Record], fills: list[Fill], equity: dict[int, EquityPoint]) -> None:
+def _collect(
+    out: Sequence[Record], records: list[Record], fills: list[Fill], equity: dict[int, PortfolioSnapshot]
+) -> None:
     records.extend(out)
     for rec in out:
         if isinstance(rec, Fill):
             fills.append(rec)
         elif isinstance(rec, PortfolioSnapshot):
             # the last snapshot of a close time is the account after all its bars
-            equity[rec.as_of_ns] = EquityPoint(ts_ns=rec.as_of_ns, equity=rec.equity, drawdown=rec.drawdown)
+            equity[rec.as_of_ns] = rec

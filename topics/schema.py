@@ -520,14 +520,16 @@ def positional_constructor(cls: type[R]) -> Callable[..., R]:
 
 
 _KEYWORD_CONSTRUCTORS: dict[type[Any], Callable[..., Any]] = {}
+D = TypeVar("D")
 
 
-def keyword_constructor(cls: type[R]) -> Callable[..., R]:
-    """``make(**fields) -> record``: the dataclass ``__init__``'s signature and defaults, slots set directly.
+def keyword_constructor(cls: type[D]) -> Callable[..., D]:
+    """``make(**fields) -> object``: a slotted dataclass ``__init__``'s signature and defaults, slots set directly.
 
-    The same record as ``cls(**fields)`` (records have no ``__post_init__``), without the frozen
-    ``__init__``'s ``object.__setattr__`` per field: half the cost of building a record. Compiled once
-    per class (a pure function of the class); keywords, so a reordered field cannot swap values.
+    The same object as ``cls(**fields)`` (for a class without ``__post_init__``: records, engine
+    states), without the frozen ``__init__``'s ``object.__setattr__`` per field: half the cost of
+    building a record. Compiled once per class (a pure function of the class); keywords, so a
+    reordered field cannot swap values.
     """
     make = _KEYWORD_CONSTRUCTORS.get(cls)
     if make is None:
@@ -535,7 +537,9 @@ def keyword_constructor(cls: type[R]) -> Callable[..., R]:
     return make
 
 
-def _compile_keyword_constructor(cls: type[R]) -> Callable[..., R]:
+def _compile_keyword_constructor(cls: type[D]) -> Callable[..., D]:
+    if not dataclasses.is_dataclass(cls) or "__slots__" not in vars(cls):
+        raise TypeError(f"{cls.__name__} is not a slotted dataclass")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has __post_init__: a keyword constructor would skip it")
     env: dict[str, Any] = {"new": object.__new__, "cls": cls, "MISSING": dataclasses.MISSING}
@@ -555,7 +559,7 @@ def _compile_keyword_constructor(cls: type[R]) -> Callable[..., R]:
         body.append(f"    set{i}(obj, {f.name})")
     lines = [f"def make(*, {', '.join(params)}):", *body, "    return obj"]
     exec("\n".join(lines), env)  # noqa: S102 - generated from the dataclass's own fields
-    make: Callable[..., R] = env["make"]
+    make: Callable[..., D] = env["make"]
     return make
 
 

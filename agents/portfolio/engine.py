@@ -25,6 +25,7 @@ from types import MappingProxyType
 from agents.confighash import stable_config_hash
 from runtime.seen import SeenIds
 from topics.records import Bar, Fill, Side
+from topics.schema import keyword_constructor
 from topics.units import NS_PER_DAY
 
 __all__ = ["PortfolioConfig", "PortfolioEngine", "PortfolioState", "Position"]
@@ -323,7 +324,7 @@ class PortfolioEngine:
         self._peak = max(self._peak, equity)
         self._day_peak = max(self._day_peak, equity)
         positions = {
-            symbol: Position(
+            symbol: _make_position(
                 symbol=symbol,
                 quantity=b.qty,
                 avg_price=b.avg,
@@ -338,7 +339,7 @@ class PortfolioEngine:
         }
         unrealized = sum(p.unrealized_pnl for p in positions.values())
         daily_pnl = equity - self._day_start_equity
-        self._state = PortfolioState(
+        self._state = _make_state(
             as_of_ns=self._as_of,
             cash=self._cash,
             equity=equity,
@@ -361,3 +362,8 @@ class PortfolioEngine:
             positions=MappingProxyType(positions),
         )
         return self._state
+
+
+#: ``Position(...)`` / ``PortfolioState(...)`` without the frozen ``__init__``'s per-field cost (a state per bar).
+_make_position = keyword_constructor(Position)
+_make_state = keyword_constructor(PortfolioState)

@@ -176,6 +176,10 @@ class Step:
         return self.sizings[-1] if self.sizings else None
 
 
+#: ``Step(...)`` without the frozen ``__init__``'s per-field cost (one per bar).
+_make_step = keyword_constructor(Step)
+
+
 # ---------------------------------------------------------------------------
 # The core
 # ---------------------------------------------------------------------------
@@ -224,7 +228,7 @@ class TradingCore:
         out: list[Record] = []
         submit: list[Submission] = []
         sizings: list[SizingDecision] = []
-        overdue = self._release_overdue(arrival_ns, out, submit, sizings)
+        overdue = self._release_overdue(arrival_ns, out, submit, sizings) if self._held else 0
         skipped = None
         if not bar.is_closed:
             skipped = BarSkip.NOT_CLOSED
@@ -263,7 +267,7 @@ class TradingCore:
             self._apply_held(
                 lambda sig, _: sig.symbol == bar.symbol and sig.ts_event <= bar.ts_event, out, submit, sizings
             )
-        return Step(
+        return _make_step(
             records=tuple(out),
             sizings=tuple(sizings),
             engaged=marked.engaged,
