@@ -229,24 +229,24 @@ class _RollingRobust:
         if n == 0:
             raise ValueError("median of no values")
         split = bisect.bisect_left(values, center)
-        i = n // 2
-        if n % 2:
-            return _kth_deviation(values, split, center, i)
-        return (_kth_deviation(values, split, center, i - 1) + _kth_deviation(values, split, center, i)) / 2
+        lower, upper = _middle_deviations(values, split, center, n // 2)
+        return upper if n % 2 else (lower + upper) / 2
 
 
-def _kth_deviation(values: list[float], split: int, center: float, k: int) -> float:
-    """The ``k``-th smallest (0-based) of ``abs(x - center)`` over sorted ``values``.
+def _middle_deviations(values: list[float], split: int, center: float, k: int) -> tuple[float, float]:
+    """The ``k - 1``-th and ``k``-th smallest (0-based; the first is meaningful for ``k >= 1``) of
+    ``abs(x - center)`` over sorted ``values``.
 
-    ``values[:split]`` are below ``center``: their deviations ascend going left (``below(j)`` is the
-    ``j``-th smallest of them); the rest ascend going right (``above(j)``). Rounded subtraction is
-    monotonic, so both runs are sorted and the answer is one of their computed floats: the k-th of
-    two sorted runs, found by bisecting how many of the k + 1 smallest come from the lower run.
+    ``values[:split]`` are below ``center``: their deviations ascend going left; the rest ascend going
+    right. Rounded subtraction is monotonic, so both runs are sorted and the answers are among their
+    computed floats: bisect how many of the ``k + 1`` smallest come from the lower run; the largest of
+    those is the ``k``-th, the next largest the ``k - 1``-th.
     """
-    n_below = split
     n_above = len(values) - split
+    # the j-th smallest deviation (0-based) is abs(values[split - 1 - j] - center) below, abs(values[split + j]
+    # - center) above; written out inline (the hot loop of the data-quality engine)
     lo = max(0, k + 1 - n_above)
-    hi = min(k + 1, n_below)
+    hi = min(k + 1, split)
     while True:
         take = (lo + hi) // 2  # from the lower run; k + 1 - take from the upper
         rest = k + 1 - take
@@ -254,14 +254,19 @@ def _kth_deviation(values: list[float], split: int, center: float, k: int) -> fl
             hi = take - 1
         elif (
             rest > 0
-            and take < n_below
-            and abs(values[split + rest - 1] - center) > abs(values[split - take - 1] - center)
+            and take < split
+            and abs(values[split + rest - 1] - center) > abs(values[split - 1 - take] - center)
         ):
             lo = take + 1
         else:
-            below = abs(values[split - take] - center) if take > 0 else -1.0
-            above = abs(values[split + rest - 1] - center) if rest > 0 else -1.0
-            return below if below > above else above
+            break
+    top_below = abs(values[split - take] - center) if take > 0 else -1.0
+    top_above = abs(values[split + rest - 1] - center) if rest > 0 else -1.0
+    if top_below >= top_above:
+        next_below = abs(values[split - take + 1] - center) if take > 1 else -1.0
+        return (next_below if next_below > top_above else top_above), top_below
+    next_above = abs(values[split + rest - 2] - center) if rest > 1 else -1.0
+    return (next_above if next_above > top_below else top_below), top_above
 
 
 def _median_of_sorted(values: list[float]) -> float:
