@@ -37,7 +37,7 @@ from agents.trading.core import TradingConfig, TradingCore
 from models.inference import Prediction, Predictor, to_signals
 from models.serving import InferenceStep
 from topics.records import Bar, FeatureVector, Fill, PortfolioSnapshot, Signal, Timeframe
-from topics.schema import Record, codec_for
+from topics.schema import Record, codec_for, keyword_constructor
 from topics.streamhash import stream_hash
 from topics.units import NS_PER_DAY
 
@@ -173,6 +173,9 @@ class EquityPoint:
     drawdown: float
 
 
+_make_point = keyword_constructor(EquityPoint)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class ReplayResult:
     records: tuple[Record, ...]
@@ -234,21 +237,30 @@ def _infer(vectors: Sequence[FeatureVector | None], model: ReplayModel, trade_fr
     # the worker's window buffer, sized to the longest model window (the default 512 only costs copies here)
     step = InferenceStep(max_window=max((s.predictor.window for s in model.segments), default=1))
     work: dict[int, tuple[ModelSegment, list[int], list[list[FeatureVector]]]] = {}
+    # per segment: its predictor's feature set and window (properties read once), and its work slot
+    served: dict[int, tuple[str, int, list[int], list[list[FeatureVector]]]] = {}
+    push, window_of, segment_for = step.push, step.window_of, model.segment_for
     for i, fv in enumerate(vectors):
         if fv is None:
             continue
-        buf = step.push(fv)
+        buf = push(fv)
         if fv.bar_open_time < trade_from:
             continue
-        seg = model.segment_for(fv.symbol, fv.bar_open_time)
-        if seg is None or seg.predictor.feature_set_version != fv.feature_set_version:
+        seg = segment_for(fv.symbol, fv.bar_open_time)
+        if seg is None:
             continue
-        window = step.window_of(buf, fv, seg.predictor.window)
+        entry = served.get(id(seg))
+        if entry is None:
+            slot = work[id(seg)] = (seg, [], [])
+            entry = served[id(seg)] = (seg.predictor.feature_set_version, seg.predictor.window, slot[1], slot[2])
+        fsv, width, positions, windows = entry
+        if fsv != fv.feature_set_version:
+            continue
+        window = window_of(buf, fv, width)
         if window is None:
             continue
-        slot = work.setdefault(id(seg), (seg, [], []))
-        slot[1].append(i)
-        slot[2].append(window)
+        positions.append(i)
+        windows.append(window)
     for seg, positions, windows in work.values():
         for start in range(0, len(positions), _INFERENCE_BLOCK):
             rows = positions[start : start + _INFERENCE_BLOCK]
@@ -350,7 +362,7 @@ def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Re
         hash=decision_hash(records),
         fills=tuple(fills),
         equity=tuple(
-            EquityPoint(ts_ns=t, equity=equity[t].equity, drawdown=equity[t].drawdown) for t in sorted(equity)
+            _make_point(ts_ns=t, equity=equity[t].equity, drawdown=equity[t].drawdown) for t in sorted(equity)
         ),
         n_bars=n,
         n_traded_bars=traded,

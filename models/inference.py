@@ -128,7 +128,8 @@ def _outputs_cpu(
         chunk = torch.zeros((chunk_rows, model.window, model.n_features), dtype=dtype)
         for start in range(0, n, chunk_rows):
             stop = min(start + chunk_rows, n)
-            chunk.zero_()
+            if stop - start < chunk_rows:  # the last chunk: zero padding (a full one is overwritten whole)
+                chunk.zero_()
             chunk[: stop - start] = torch.from_numpy(x[start:stop]).to(dtype=dtype)
             logits, expected = model.forward_rows(chunk)
             logits_out[start:stop] = logits[: stop - start].to(torch.float64).numpy()
