@@ -320,9 +320,10 @@ def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Re
     clock = EventClock()
     pipeline = FeaturePipeline(clock, config.spec)
     feature_out = []
+    advance, on_bar = clock.advance, pipeline.on_bar
     for bar in ordered:
-        clock.advance(bar.ts_event)
-        feature_out.append(pipeline.on_bar(bar))
+        advance(bar.ts_event)
+        feature_out.append(on_bar(bar))
     trade_from = -1 if config.trade_from_ns is None else config.trade_from_ns
     signals_at = _infer([o.features for o in feature_out], model, trade_from)
 
@@ -349,13 +350,18 @@ def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Re
             step = core.on_bar(bar)
             if step.bar_skipped is None:
                 traded += 1
-                days.setdefault(bar.symbol, set()).add(bar.ts_event // NS_PER_DAY)
+                symbol_days = days.get(bar.symbol)
+                if symbol_days is None:
+                    symbol_days = days[bar.symbol] = set()
+                symbol_days.add(bar.ts_event // NS_PER_DAY)
             _collect(step.records, records, fills, equity)
         for k in range(i, j):
             for sig in signals_at[k]:
                 records.append(sig)
                 all_signals.append(sig)
-                _collect(core.on_signal(sig).records, records, fills, equity)
+                out = core.on_signal(sig).records
+                if out:
+                    _collect(out, records, fills, equity)
         i = j
     return ReplayResult(
         records=tuple(records),

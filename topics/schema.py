@@ -238,7 +238,7 @@ class Record:
             if not cls.IDENTITY:
                 raise TypeError(f"{cls.__name__} has no IDENTITY: pass event_id explicitly")
             event_id = event_id_for(cls.KIND, *[fields[f] for f in cls.IDENTITY])
-        return keyword_constructor(cls)(
+        return _record_constructor(cls)(
             event_id=event_id,
             schema_version=cls.SCHEMA_VERSION,
             ts_init=ts_init,
@@ -545,6 +545,18 @@ def keyword_constructor(cls: type[D]) -> Callable[..., D]:
     make = _KEYWORD_CONSTRUCTORS.get(cls)
     if make is None:
         make = _KEYWORD_CONSTRUCTORS[cls] = _compile_keyword_constructor(cls)
+    return make
+
+
+def _record_constructor(cls: type[R]) -> Callable[..., R]:
+    """What :meth:`Record.new` builds with: the keyword constructor, or the class itself for a record
+    class the compiler refuses (no slots, or a ``__post_init__`` to run)."""
+    make = _KEYWORD_CONSTRUCTORS.get(cls)
+    if make is None:
+        try:
+            make = keyword_constructor(cls)
+        except TypeError:
+            make = _KEYWORD_CONSTRUCTORS[cls] = cls
     return make
 
 

@@ -301,3 +301,17 @@ def test_signals_when_stamped_per_row_then_equal_to_signal_new_with_that_stamp()
     assert [s.ts_init for s in one] == [7, 7, 7] and all(s.shadow for s in one)
     with pytest.raises(ValueError, match="ts_init values"):
         to_signals(prediction, vs, model_id="m", model_version="v", horizon="1x1h", shadow=False, ts_init=[1])
+
+
+@dataclass(frozen=True, kw_only=True)
+class _UnslottedRecord(Record):
+    KIND = "unslotted_test"
+    IDENTITY = ("name",)
+
+    name: str
+
+
+def test_record_new_when_class_not_slotted_then_built_by_its_init() -> None:
+    rec = _UnslottedRecord.new(ts_init=1, ts_event=1, name="x")
+    assert type(rec) is _UnslottedRecord
+    assert rec.event_id == event_id_for("unslotted_test", "x") and rec.correlation_id == rec.event_id
