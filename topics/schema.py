@@ -510,15 +510,20 @@ def _compile_decoder(
     return fn
 
 
-def positional_constructor(cls: type[R]) -> Callable[..., R]:
+def positional_constructor(cls: type[R], order: tuple[str, ...] | None = None) -> Callable[..., R]:
     """``make(*values in field order) -> record`` that sets slots directly (no validation).
 
     For trusted hot paths that have already validated their values (the CSV
     importer): skips the frozen-dataclass ``__init__`` like the compiled decoder.
+    ``order``: the field order the caller passes values in; refused (``TypeError``,
+    at import for a module-level constructor) unless it is the class's, so a field
+    added to or moved in the class cannot shift values silently.
     """
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has __post_init__: a positional constructor would skip it")
     names = [f.name for f in dataclasses.fields(cls)]
+    if order is not None and tuple(names) != order:
+        raise TypeError(f"{cls.__name__} fields are {names}, the caller passes {list(order)}")
     env: dict[str, Any] = {"new": object.__new__, "cls": cls}
     lines = [f"def make({', '.join(names)}):", "    obj = new(cls)"]
     for n in names:

@@ -70,7 +70,7 @@ from topics.records import (
     Signal,
     Timeframe,
 )
-from topics.schema import TS_MIN_NS, Record, event_id_for, keyword_constructor
+from topics.schema import TS_MIN_NS, Record, event_id_for, keyword_constructor, positional_constructor
 from topics.units import NS_PER_SECOND
 
 __all__ = [
@@ -605,7 +605,7 @@ def snapshot_record(state: PortfolioState, *, config: TradingConfig, cause: Bar,
 
     Built once per traded bar, so built directly: the per-symbol maps in one pass over the
     positions (same keys, same order as a comprehension per map) and the record through
-    :func:`~topics.schema.keyword_constructor` (the same record as ``PortfolioSnapshot.new``).
+    :func:`~topics.schema.positional_constructor` (the same record as ``PortfolioSnapshot.new``).
     """
     quantities: dict[str, float] = {}
     avg_prices: dict[str, float] = {}
@@ -628,49 +628,90 @@ def snapshot_record(state: PortfolioState, *, config: TradingConfig, cause: Bar,
     account = config.account
     as_of_ns = state.as_of_ns
     cause_id = cause.event_id
-    event_id = event_id_for(PortfolioSnapshot.KIND, account, as_of_ns, cause_id)
+    # positional, in _SNAPSHOT_FIELDS order (checked at import)
     return _make_snapshot(
-        event_id=event_id,
-        schema_version=PortfolioSnapshot.SCHEMA_VERSION,
-        ts_init=ts_init,
-        correlation_id=cause.correlation_id,
-        causation_id=cause_id,
-        ts_event=as_of_ns,
-        account=account,
-        as_of_ns=as_of_ns,
-        as_of_event_id=cause_id,
-        quote_currency=config.portfolio.quote_currency,
-        cash=state.cash,
-        equity=state.equity,
-        peak_equity=state.peak_equity,
-        drawdown=state.drawdown,
-        day_start_ns=state.day_start_ns,
-        day_start_equity=state.day_start_equity,
-        day_peak_equity=state.day_peak_equity,
-        intraday_drawdown=state.intraday_drawdown,
-        daily_pnl=state.daily_pnl,
-        daily_return=state.daily_return,
-        realized_pnl=state.realized_pnl,
-        unrealized_pnl=state.unrealized_pnl,
-        fees_paid=state.fees_paid,
-        consecutive_losses=state.consecutive_losses,
-        closed_trades=state.closed_trades,
-        losing_trades=state.losing_trades,
-        fills_applied=state.fills_applied,
-        foreign_fee_fills=state.foreign_fee_fills,
-        quantities=quantities,
-        avg_prices=avg_prices,
-        mark_prices=mark_prices,
-        mark_ts_ns=mark_ts_ns,
-        realized_pnls=realized_pnls,
-        unrealized_pnls=unrealized_pnls,
-        fees=fees,
-        opened_at_ns=opened_at_ns,
-        config_hash=config.portfolio.config_hash(),
+        event_id_for(PortfolioSnapshot.KIND, account, as_of_ns, cause_id),
+        PortfolioSnapshot.SCHEMA_VERSION,
+        as_of_ns,  # ts_event
+        ts_init,
+        cause.correlation_id,
+        cause_id,  # causation_id
+        account,
+        as_of_ns,
+        cause_id,  # as_of_event_id
+        config.portfolio.quote_currency,
+        state.cash,
+        state.equity,
+        state.peak_equity,
+        state.drawdown,
+        state.day_start_ns,
+        state.day_start_equity,
+        state.day_peak_equity,
+        state.intraday_drawdown,
+        state.daily_pnl,
+        state.daily_return,
+        state.realized_pnl,
+        state.unrealized_pnl,
+        state.fees_paid,
+        state.consecutive_losses,
+        state.closed_trades,
+        state.losing_trades,
+        state.fills_applied,
+        state.foreign_fee_fills,
+        quantities,
+        avg_prices,
+        mark_prices,
+        mark_ts_ns,
+        realized_pnls,
+        unrealized_pnls,
+        fees,
+        opened_at_ns,
+        config.portfolio.config_hash(),
     )
 
 
-_make_snapshot = keyword_constructor(PortfolioSnapshot)
+#: The order :func:`snapshot_record` passes a snapshot's fields in: a field added to or moved in
+#: ``PortfolioSnapshot`` fails at import (:func:`~topics.schema.positional_constructor`), never shifts values.
+_SNAPSHOT_FIELDS = (
+    "event_id",
+    "schema_version",
+    "ts_event",
+    "ts_init",
+    "correlation_id",
+    "causation_id",
+    "account",
+    "as_of_ns",
+    "as_of_event_id",
+    "quote_currency",
+    "cash",
+    "equity",
+    "peak_equity",
+    "drawdown",
+    "day_start_ns",
+    "day_start_equity",
+    "day_peak_equity",
+    "intraday_drawdown",
+    "daily_pnl",
+    "daily_return",
+    "realized_pnl",
+    "unrealized_pnl",
+    "fees_paid",
+    "consecutive_losses",
+    "closed_trades",
+    "losing_trades",
+    "fills_applied",
+    "foreign_fee_fills",
+    "quantities",
+    "avg_prices",
+    "mark_prices",
+    "mark_ts_ns",
+    "realized_pnls",
+    "unrealized_pnls",
+    "fees",
+    "opened_at_ns",
+    "config_hash",
+)
+_make_snapshot = positional_constructor(PortfolioSnapshot, _SNAPSHOT_FIELDS)
 
 
 def opening_record(

@@ -20,7 +20,7 @@ from agents.market.quality import _RollingRobust
 from models.inference import FeatureMismatch, Prediction, Predictor, to_signals
 from tests.factories import strategy_for
 from topics.records import ALL_RECORDS, FeatureVector, OrderStatus, Side, Signal, Timeframe
-from topics.schema import Record, event_id_for, keyword_constructor
+from topics.schema import Record, event_id_for, keyword_constructor, positional_constructor
 from topics.streamhash import stream_hash
 
 # ---------------------------------------------------------------------------
@@ -315,3 +315,27 @@ def test_record_new_when_class_not_slotted_then_built_by_its_init() -> None:
     rec = _UnslottedRecord.new(ts_init=1, ts_event=1, name="x")
     assert type(rec) is _UnslottedRecord
     assert rec.event_id == event_id_for("unslotted_test", "x") and rec.correlation_id == rec.event_id
+
+
+def test_positional_constructor_when_order_is_not_the_class_fields_then_refused() -> None:
+    names = tuple(f.name for f in dataclasses.fields(Signal))
+    make = positional_constructor(Signal, names)
+    sig = Signal.new(
+        ts_init=1,
+        ts_event=1,
+        symbol="BTC/USDT",
+        model_id="m",
+        model_version="v",
+        horizon="1x1h",
+        p_up=0.5,
+        p_flat=0.25,
+        p_down=0.25,
+        expected_return=0.0,
+        score=0.25,
+        shadow=False,
+        feature_event_id="f",
+        lineage_id="l",
+    )
+    assert make(*(getattr(sig, n) for n in names)) == sig
+    with pytest.raises(TypeError, match="fields are"):
+        positional_constructor(Signal, (names[1], names[0], *names[2:]))
