@@ -328,12 +328,12 @@ def to_signals(
     if len(newest) != len(prediction):
         raise ValueError(f"{len(newest)} vectors for {len(prediction)} predictions")
     stamps: Sequence[int] | repeat[int]
-    if isinstance(ts_init, int):
-        stamps = repeat(ts_init)
-    else:
+    if isinstance(ts_init, Sequence):
         stamps = ts_init
         if len(stamps) != len(newest):
             raise ValueError(f"{len(stamps)} ts_init values for {len(newest)} vectors")
+    else:  # one stamp for every row (an int, or any integer scalar a caller passes)
+        stamps = repeat(ts_init)
     kind = Signal.KIND
     version = Signal.SCHEMA_VERSION
     # tolist(): the same Python floats as float(array[i]), converted in one call
