@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import dataclasses
 import gc
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +37,7 @@ from agents.trading.core import TradingConfig, TradingCore
 from models.inference import Prediction, Predictor, to_signals
 from models.serving import InferenceStep
 from topics.records import Bar, FeatureVector, Fill, PortfolioSnapshot, Signal, Timeframe
-from topics.schema import Record, codec_for
+from topics.schema import Record, codec_for, keyword_constructor
 from topics.streamhash import stream_hash
 from topics.units import NS_PER_DAY
 
@@ -174,6 +173,9 @@ class EquityPoint:
     drawdown: float
 
 
+_make_point = keyword_constructor(EquityPoint)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class ReplayResult:
     records: tuple[Record, ...]
@@ -213,7 +215,16 @@ def order_bars(bars: Iterable[Bar]) -> list[Bar]:
 
 def decision_hash(records: Iterable[Record]) -> str:
     """sha256 over the framed, codec-encoded records (module docstring)."""
-    return stream_hash((rec.KIND, codec_for(type(rec)).encode(rec)) for rec in records)
+    encoders: dict[type[Record], Callable[[Record], bytes]] = {}
+
+    def frames() -> Iterator[tuple[str, bytes]]:
+        for rec in records:
+            encode = encoders.get(type(rec))
+            if encode is None:
+                encode = encoders[type(rec)] = codec_for(type(rec)).encode
+            yield rec.KIND, encode(rec)
+
+    return stream_hash(frames())
 
 
 def _flip(p: Prediction) -> Prediction:
@@ -226,21 +237,30 @@ def _infer(vectors: Sequence[FeatureVector | None], model: ReplayModel, trade_fr
     # the worker's window buffer, sized to the longest model window (the default 512 only costs copies here)
     step = InferenceStep(max_window=max((s.predictor.window for s in model.segments), default=1))
     work: dict[int, tuple[ModelSegment, list[int], list[list[FeatureVector]]]] = {}
+    # per segment: its predictor's feature set and window (properties read once), and its work slot
+    served: dict[int, tuple[str, int, list[int], list[list[FeatureVector]]]] = {}
+    push, window_of, segment_for = step.push, step.window_of, model.segment_for
     for i, fv in enumerate(vectors):
         if fv is None:
             continue
-        buf = step.push(fv)
+        buf = push(fv)
         if fv.bar_open_time < trade_from:
             continue
-        seg = model.segment_for(fv.symbol, fv.bar_open_time)
-        if seg is None or seg.predictor.feature_set_version != fv.feature_set_version:
+        seg = segment_for(fv.symbol, fv.bar_open_time)
+        if seg is None:
             continue
-        window = step.window_of(buf, fv, seg.predictor.window)
+        entry = served.get(id(seg))
+        if entry is None:
+            slot = work[id(seg)] = (seg, [], [])
+            entry = served[id(seg)] = (seg.predictor.feature_set_version, seg.predictor.window, slot[1], slot[2])
+        fsv, width, positions, windows = entry
+        if fsv != fv.feature_set_version:
+            continue
+        window = window_of(buf, fv, width)
         if window is None:
             continue
-        slot = work.setdefault(id(seg), (seg, [], []))
-        slot[1].append(i)
-        slot[2].append(window)
+        positions.append(i)
+        windows.append(window)
     for seg, positions, windows in work.values():
         for start in range(0, len(positions), _INFERENCE_BLOCK):
             rows = positions[start : start + _INFERENCE_BLOCK]
@@ -256,10 +276,10 @@ def _infer(vectors: Sequence[FeatureVector | None], model: ReplayModel, trade_fr
                 model_version=seg.signal_version,
                 horizon=seg.horizon,
                 shadow=False,
-                ts_init=0,
+                ts_init=[fv.ts_event for fv in newest],
             )
-            for pos, sig, fv in zip(rows, sigs, newest, strict=True):
-                out[pos].append(dataclasses.replace(sig, ts_init=fv.ts_event))
+            for pos, sig in zip(rows, sigs, strict=True):
+                out[pos].append(sig)
     return out
 
 
@@ -271,6 +291,11 @@ def _cyclic_gc_paused() -> Iterator[None]:
     generation-2 pass rescanned the growing heap, ~20 % of a replay's time (measured, 10,000 bars with
     the MLP). Reference counting still frees everything else; cycles made meanwhile wait for the next
     collection after the replay. Results do not depend on it.
+
+    Everything the replay kept is then in the youngest generation, and the first collection after it
+    would traverse it all (~2 % of a replay): it is moved to the oldest generation as it is (``freeze``
+    then ``unfreeze``: two list splices), where full collections see it as they see any old object.
+    Skipped when the process has frozen objects of its own (``unfreeze`` would release them too).
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -278,6 +303,9 @@ def _cyclic_gc_paused() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -292,16 +320,17 @@ def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Re
     clock = EventClock()
     pipeline = FeaturePipeline(clock, config.spec)
     feature_out = []
+    advance, on_bar = clock.advance, pipeline.on_bar
     for bar in ordered:
-        clock.advance(bar.ts_event)
-        feature_out.append(pipeline.on_bar(bar))
+        advance(bar.ts_event)
+        feature_out.append(on_bar(bar))
     trade_from = -1 if config.trade_from_ns is None else config.trade_from_ns
     signals_at = _infer([o.features for o in feature_out], model, trade_from)
 
     core = TradingCore(config.trading, Keyring({}))
     records: list[Record] = []
     fills: list[Fill] = []
-    equity: dict[int, EquityPoint] = {}
+    equity: dict[int, PortfolioSnapshot] = {}
     all_signals: list[Signal] = []
     traded = 0
     days: dict[str, set[int]] = {}
@@ -321,19 +350,26 @@ def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Re
             step = core.on_bar(bar)
             if step.bar_skipped is None:
                 traded += 1
-                days.setdefault(bar.symbol, set()).add(bar.ts_event // NS_PER_DAY)
+                symbol_days = days.get(bar.symbol)
+                if symbol_days is None:
+                    symbol_days = days[bar.symbol] = set()
+                symbol_days.add(bar.ts_event // NS_PER_DAY)
             _collect(step.records, records, fills, equity)
         for k in range(i, j):
             for sig in signals_at[k]:
                 records.append(sig)
                 all_signals.append(sig)
-                _collect(core.on_signal(sig).records, records, fills, equity)
+                out = core.on_signal(sig).records
+                if out:
+                    _collect(out, records, fills, equity)
         i = j
     return ReplayResult(
         records=tuple(records),
         hash=decision_hash(records),
         fills=tuple(fills),
-        equity=tuple(equity[t] for t in sorted(equity)),
+        equity=tuple(
+            _make_point(ts_ns=t, equity=equity[t].equity, drawdown=equity[t].drawdown) for t in sorted(equity)
+        ),
         n_bars=n,
         n_traded_bars=traded,
         signals=tuple(all_signals),
@@ -342,11 +378,13 @@ def _replay(bars: Iterable[Bar], config: ReplayConfig, model: ReplayModel) -> Re
     )
 
 
-def _collect(out: Sequence[Record], records: list[Record], fills: list[Fill], equity: dict[int, EquityPoint]) -> None:
+def _collect(
+    out: Sequence[Record], records: list[Record], fills: list[Fill], equity: dict[int, PortfolioSnapshot]
+) -> None:
     records.extend(out)
     for rec in out:
         if isinstance(rec, Fill):
             fills.append(rec)
         elif isinstance(rec, PortfolioSnapshot):
             # the last snapshot of a close time is the account after all its bars
-            equity[rec.as_of_ns] = EquityPoint(ts_ns=rec.as_of_ns, equity=rec.equity, drawdown=rec.drawdown)
+            equity[rec.as_of_ns] = rec

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Final
 
@@ -33,6 +34,7 @@ from models.config import ModelConfig
 from models.nets import ForecastModel
 from runtime.errors import BadInput
 from topics.records import FeatureVector, Signal
+from topics.schema import event_id_for, keyword_constructor
 
 __all__ = [
     "DEFAULT_CHUNK_ROWS",
@@ -126,7 +128,8 @@ def _outputs_cpu(
         chunk = torch.zeros((chunk_rows, model.window, model.n_features), dtype=dtype)
         for start in range(0, n, chunk_rows):
             stop = min(start + chunk_rows, n)
-            chunk.zero_()
+            if stop - start < chunk_rows:  # the last chunk: zero padding (a full one is overwritten whole)
+                chunk.zero_()
             chunk[: stop - start] = torch.from_numpy(x[start:stop]).to(dtype=dtype)
             logits, expected = model.forward_rows(chunk)
             logits_out[start:stop] = logits[: stop - start].to(torch.float64).numpy()
@@ -232,6 +235,34 @@ class Predictor:
         """Stack vector sequences into ``[N, W, F]``, refusing anything the
         model was not trained on: another feature set, other names or order,
         a wrong window length, or bars that are not consecutive."""
+        # Overlapping windows share vectors: each distinct vector (by identity) is checked and converted
+        # once, the windows gathered from that table by index and checked with array operations. Any
+        # failed check goes to the per-vector walk below, which names the first offence.
+        width = self.window
+        if any(len(seq) != width for seq in sequences):
+            return self._windows_walked(sequences)
+        flat = list(chain.from_iterable(sequences))
+        if not flat:
+            return np.empty((len(sequences), width, len(self.feature_names)), dtype=np.float64)
+        ids = np.fromiter(map(id, flat), dtype=np.uintp, count=len(flat))
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        unique = [flat[i] for i in first.tolist()]
+        fsv, names = self.feature_set_version, self.feature_names
+        if any(v.feature_set_version != fsv or v.names != names for v in unique):
+            return self._windows_walked(sequences)
+        index = inverse.reshape(len(sequences), width)
+        if width > 1:
+            try:
+                consecutive = _consecutive(unique, index)
+            except OverflowError:  # times beyond int64: let the walk judge them
+                consecutive = False
+            if not consecutive:
+                return self._windows_walked(sequences)
+        table = np.asarray([v.values for v in unique], dtype=np.float64).reshape(len(unique), len(names))
+        return table[index]
+
+    def _windows_walked(self, sequences: Sequence[Sequence[FeatureVector]]) -> FloatArray:
+        """:meth:`windows_from_vectors` one vector at a time: raises on the first offence, in order."""
         # Overlapping windows share vectors: each distinct vector is checked and converted once, then
         # gathered into the windows by index (the same float64 values as a per-window copy).
         rows: dict[int, int] = {}  # id(vector) -> its row in ``unique`` (the vectors live in ``sequences``)
@@ -264,6 +295,19 @@ class Predictor:
         return table[np.asarray(index, dtype=np.intp)]
 
 
+def _consecutive(vectors: Sequence[FeatureVector], index: npt.NDArray[np.intp]) -> bool:
+    """Whether each row of ``index`` (positions in ``vectors``) names consecutive bars of one symbol,
+    spaced by the timeframe of the row's first vector."""
+    n = len(vectors)
+    symbols = {s: k for k, s in enumerate(dict.fromkeys(v.symbol for v in vectors))}
+    code = np.fromiter((symbols[v.symbol] for v in vectors), dtype=np.intp, count=n)
+    open_time = np.fromiter((v.bar_open_time for v in vectors), dtype=np.int64, count=n)
+    step = np.fromiter((v.timeframe.nanos for v in vectors), dtype=np.int64, count=n)
+    first = index[:, :1]
+    same_symbol = bool((code[index] == code[first]).all())
+    return same_symbol and bool((np.diff(open_time[index], axis=1) == step[first]).all())
+
+
 def to_signals(
     prediction: Prediction,
     newest: Sequence[FeatureVector],
@@ -272,36 +316,61 @@ def to_signals(
     model_version: str,
     horizon: str,
     shadow: bool,
-    ts_init: int,
+    ts_init: int | Sequence[int],
 ) -> list[Signal]:
     """One ``Signal`` per row, caused by the row's newest feature vector.
 
     ``ts_event`` is the vector's event time (the bar close the forecast is
     made at); the id is deterministic (model, version, symbol, vector), so a
-    redelivered vector yields the same signal id.
+    redelivered vector yields the same signal id. ``ts_init``: one for all
+    rows, or one per row. Each signal is the record ``Signal.new`` builds.
     """
     if len(newest) != len(prediction):
         raise ValueError(f"{len(newest)} vectors for {len(prediction)} predictions")
+    stamps: Sequence[int] | repeat[int]
+    if isinstance(ts_init, Sequence):
+        stamps = ts_init
+        if len(stamps) != len(newest):
+            raise ValueError(f"{len(stamps)} ts_init values for {len(newest)} vectors")
+    else:  # one stamp for every row (an int, or any integer scalar a caller passes)
+        stamps = repeat(ts_init)
+    kind = Signal.KIND
+    version = Signal.SCHEMA_VERSION
+    # tolist(): the same Python floats as float(array[i]), converted in one call
+    columns = zip(
+        prediction.p_up.tolist(),
+        prediction.p_flat.tolist(),
+        prediction.p_down.tolist(),
+        prediction.expected_return.tolist(),
+        prediction.score.tolist(),
+        strict=True,
+    )
     signals: list[Signal] = []
-    for i, v in enumerate(newest):
+    for v, stamp, (p_up, p_flat, p_down, expected, score) in zip(newest, stamps, columns, strict=False):
+        event_id = event_id_for(kind, model_id, model_version, v.symbol, v.event_id)
         signals.append(
-            Signal.new(
-                ts_init=ts_init,
-                ts_event=v.ts_event,
-                correlation_id=v.correlation_id,
+            _make_signal(
+                event_id=event_id,
+                schema_version=version,
+                ts_init=stamp,
+                correlation_id=v.correlation_id if v.correlation_id is not None else event_id,
                 causation_id=v.event_id,
+                ts_event=v.ts_event,
                 symbol=v.symbol,
                 model_id=model_id,
                 model_version=model_version,
                 horizon=horizon,
-                p_up=float(prediction.p_up[i]),
-                p_flat=float(prediction.p_flat[i]),
-                p_down=float(prediction.p_down[i]),
-                expected_return=float(prediction.expected_return[i]),
-                score=float(prediction.score[i]),
+                p_up=p_up,
+                p_flat=p_flat,
+                p_down=p_down,
+                expected_return=expected,
+                score=score,
                 shadow=shadow,
                 feature_event_id=v.event_id,
                 lineage_id=v.lineage_id,
             )
         )
     return signals
+
+
+_make_signal = keyword_constructor(Signal)

@@ -17,9 +17,12 @@ __all__ = ["stream_hash"]
 def stream_hash(frames: Iterable[tuple[str, bytes]]) -> str:
     """Hash ``(kind, payload)`` frames in the order given."""
     h = hashlib.sha256()
+    update = h.update
+    heads: dict[str, bytes] = {}  # kind -> its encoding and the 0x00 separator
     for kind, payload in frames:
-        h.update(kind.encode())
-        h.update(b"\x00")
-        h.update(len(payload).to_bytes(8, "big"))
-        h.update(payload)
+        head = heads.get(kind)
+        if head is None:
+            head = heads[kind] = kind.encode() + b"\x00"
+        # one update per frame: the same bytes in the same order as one per part
+        update(head + len(payload).to_bytes(8, "big") + payload)
     return h.hexdigest()

@@ -27,7 +27,7 @@ from typing import Any
 from agents.features.spec import DEFAULT_SPEC, FeatureSpec, format_lineage_id, lineage_element
 from runtime.errors import BadInput
 from topics.records import Bar, FeatureVector, Timeframe
-from topics.schema import event_id_for
+from topics.schema import event_id_for, keyword_constructor
 from topics.units import NS_PER_DAY
 
 __all__ = [
@@ -608,6 +608,9 @@ def _step(st: SymbolState, plan: _Plan, bar: Bar, element: int) -> tuple[float, 
 # Engine
 # ---------------------------------------------------------------------------
 
+#: ``FeatureVector(**fields)`` without the frozen ``__init__``'s per-field cost (one per bar).
+_make_vector = keyword_constructor(FeatureVector)
+
 _StreamKey = tuple[str, str, Timeframe]
 
 
@@ -651,6 +654,10 @@ class FeatureEngine:
         that cannot be applied; the latest bar redelivered returns its values
         again.
         """
+        return self._apply(bar)[1]
+
+    def _apply(self, bar: Bar) -> tuple[SymbolState, tuple[float, ...] | None]:
+        """:meth:`advance`, with the stream's state (one lookup serves :meth:`update` too)."""
         key = (bar.venue, bar.symbol, bar.timeframe)
         st = self._states.get(key)
         if st is None:
@@ -667,9 +674,9 @@ class FeatureEngine:
                 element = int(bar.event_id, 16)
             except ValueError:
                 element = lineage_element(bar.event_id)
-            return _step(st, self._plan, bar, element & _DIGEST_MASK)
+            return st, _step(st, self._plan, bar, element & _DIGEST_MASK)
         if bar.open_time == st.last_open_time and lineage_element(bar.event_id) == st.event_ids[-1]:
-            return st.last_values
+            return st, st.last_values
         raise _reject(st, bar)
 
     def update(self, bar: Bar, ts_init: int) -> FeatureVector | None:
@@ -678,13 +685,12 @@ class FeatureEngine:
         Raises :class:`BarRejected` (state unchanged) for a bar that cannot be
         applied; the latest bar redelivered yields the identical vector again.
         """
-        values = self.advance(bar)
+        st, values = self._apply(bar)
         if values is None:
             return None
-        st = self._states[(bar.venue, bar.symbol, bar.timeframe)]
         fsv = self.feature_set_version
         dv = self.data_version
-        return FeatureVector(
+        return _make_vector(
             event_id=event_id_for(FeatureVector.KIND, bar.symbol, bar.timeframe, bar.open_time, fsv, dv),
             schema_version=FeatureVector.SCHEMA_VERSION,
             ts_event=bar.ts_event,

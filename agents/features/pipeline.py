@@ -26,6 +26,7 @@ from agents.features.engine import BarRejected, FeatureEngine, RejectReason, Sym
 from agents.features.spec import DEFAULT_SPEC, FeatureSpec
 from agents.market.quality import DataQualityEngine, QualityConfig, QualityPolicy
 from topics.records import Bar, DataQualityEvent, FeatureVector
+from topics.schema import keyword_constructor
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,10 @@ class PipelineOutput:
     #: Why the feature engine did not apply the bar, if it did not.
     rejected: RejectReason | None = None
     needs_recompute: bool = False
+
+
+#: ``PipelineOutput(...)`` without the frozen ``__init__``'s per-field cost (one per bar).
+_make_output = keyword_constructor(PipelineOutput)
 
 
 class FeaturePipeline:
@@ -60,7 +65,7 @@ class FeaturePipeline:
 
     # -- the step -----------------------------------------------------------
     def on_bar(self, bar: Bar) -> PipelineOutput:
-        eng = self.engine(bar.source)
+        eng = self._engines.get(bar.source) or self.engine(bar.source)
         st = eng.state(bar.venue, bar.symbol, bar.timeframe)
         is_new = st is None or bar.open_time > st.last_open_time
         findings: tuple[DataQualityEvent, ...] = ()
@@ -74,11 +79,11 @@ class FeaturePipeline:
                 findings = tuple(self.quality.on_bar(bar))
             return PipelineOutput(findings, None, rejected=rej.reason, needs_recompute=rej.needs_recompute)
         if fv is None:
-            return PipelineOutput(findings, None)
+            return _make_output(quality=findings, features=None)
         blocked, reasons = self.quality.is_blocked(bar.symbol, bar.timeframe, bar.venue)
         if blocked:
             return PipelineOutput(findings, None, blocked_by=reasons)
-        return PipelineOutput(findings, fv)
+        return _make_output(quality=findings, features=fv)
 
     # -- state for the agent's table ----------------------------------------------
     def snapshot(self, bar: Bar) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ from statistics import median
 
 from agents.clock import Clock, FunctionClock
 from topics.records import Bar, DataQualityEvent, Severity, Timeframe
+from topics.schema import keyword_constructor
 
 __all__ = [
     "BarsAudit",
@@ -180,6 +181,10 @@ class _Seen:
     values: tuple[float, float, float, float, float, bool]
 
 
+#: ``_Seen(...)`` without the frozen ``__init__``'s per-field cost (one per bar).
+_make_seen = keyword_constructor(_Seen)
+
+
 @dataclass(frozen=True, slots=True)
 class _Finding:
     check: Check
@@ -213,8 +218,55 @@ class _RollingRobust:
         return _median_of_sorted(self._sorted)
 
     def mad(self, center: float) -> float:
-        # |x - center| over a sorted list is a descending then an ascending run: sorted() merges in O(n).
-        return _median_of_sorted(sorted([abs(x - center) for x in self._sorted]))
+        """Median of ``|x - center|``: the same float as the median of the sorted deviations.
+
+        Over the sorted values the deviations are a descending run (below ``center``) then an
+        ascending one; the middle order statistics of their union are selected by bisection
+        (O(log n)) instead of building and merging all ``n`` of them.
+        """
+        values = self._sorted
+        n = len(values)
+        if n == 0:
+            raise ValueError("median of no values")
+        split = bisect.bisect_left(values, center)
+        lower, upper = _middle_deviations(values, split, center, n // 2)
+        return upper if n % 2 else (lower + upper) / 2
+
+
+def _middle_deviations(values: list[float], split: int, center: float, k: int) -> tuple[float, float]:
+    """The ``k - 1``-th and ``k``-th smallest (0-based; the first is meaningful for ``k >= 1``) of
+    ``abs(x - center)`` over sorted ``values``.
+
+    ``values[:split]`` are below ``center``: their deviations ascend going left; the rest ascend going
+    right. Rounded subtraction is monotonic, so both runs are sorted and the answers are among their
+    computed floats: bisect how many of the ``k + 1`` smallest come from the lower run; the largest of
+    those is the ``k``-th, the next largest the ``k - 1``-th.
+    """
+    n_above = len(values) - split
+    # the j-th smallest deviation (0-based) is abs(values[split - 1 - j] - center) below, abs(values[split + j]
+    # - center) above; written out inline (the hot loop of the data-quality engine)
+    lo = max(0, k + 1 - n_above)
+    hi = min(k + 1, split)
+    while True:
+        take = (lo + hi) // 2  # from the lower run; k + 1 - take from the upper
+        rest = k + 1 - take
+        if take > 0 and rest < n_above and abs(values[split - take] - center) > abs(values[split + rest] - center):
+            hi = take - 1
+        elif (
+            rest > 0
+            and take < split
+            and abs(values[split + rest - 1] - center) > abs(values[split - 1 - take] - center)
+        ):
+            lo = take + 1
+        else:
+            break
+    top_below = abs(values[split - take] - center) if take > 0 else -1.0
+    top_above = abs(values[split + rest - 1] - center) if rest > 0 else -1.0
+    if top_below >= top_above:
+        next_below = abs(values[split - take + 1] - center) if take > 1 else -1.0
+        return (next_below if next_below > top_above else top_above), top_below
+    next_above = abs(values[split + rest - 2] - center) if rest > 1 else -1.0
+    return (next_above if next_above > top_below else top_below), top_above
 
 
 def _median_of_sorted(values: list[float]) -> float:
@@ -585,7 +637,7 @@ class DataQualityEngine:
 
     def _remember(self, stream: _Stream, bar: Bar) -> None:
         history = stream.history
-        history[bar.open_time] = _Seen(bar.revision, _values(bar))
+        history[bar.open_time] = _make_seen(revision=bar.revision, values=_values(bar))
         if len(history) > 2 * self.config.history_bars:  # amortised pruning
             horizon = bar.open_time - self.config.history_bars * stream.timeframe.nanos
             stream.history = {t: s for t, s in history.items() if t > horizon}

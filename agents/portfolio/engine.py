@@ -25,6 +25,7 @@ from types import MappingProxyType
 from agents.confighash import stable_config_hash
 from runtime.seen import SeenIds
 from topics.records import Bar, Fill, Side
+from topics.schema import keyword_constructor
 from topics.units import NS_PER_DAY
 
 __all__ = ["PortfolioConfig", "PortfolioEngine", "PortfolioState", "Position"]
@@ -305,7 +306,7 @@ class PortfolioEngine:
     # ------------------------------------------------------------------
 
     def _equity(self) -> float:
-        return self._cash + sum(b.qty * b.mark for b in self._books.values())
+        return self._cash + sum([b.qty * b.mark for b in self._books.values()])
 
     def _advance(self, ts: int) -> None:
         """Move event time forward (never back); roll the UTC day before applying."""
@@ -320,10 +321,12 @@ class PortfolioEngine:
 
     def _snapshot(self) -> PortfolioState:
         equity = self._equity()
-        self._peak = max(self._peak, equity)
-        self._day_peak = max(self._day_peak, equity)
+        if equity > self._peak:  # max(peak, equity), without the call
+            self._peak = equity
+        if equity > self._day_peak:
+            self._day_peak = equity
         positions = {
-            symbol: Position(
+            symbol: _make_position(
                 symbol=symbol,
                 quantity=b.qty,
                 avg_price=b.avg,
@@ -336,18 +339,21 @@ class PortfolioEngine:
             for symbol, b in sorted(self._books.items())
             if b.qty != 0.0 or b.realized != 0.0 or b.fees != 0.0
         }
-        unrealized = sum(p.unrealized_pnl for p in positions.values())
+        unrealized = sum([p.unrealized_pnl for p in positions.values()])
         daily_pnl = equity - self._day_start_equity
-        self._state = PortfolioState(
+        # max(0.0, x) as a conditional: x when x > 0.0, else 0.0 (NaN and -0.0 included)
+        drawdown = (self._peak - equity) / self._peak
+        intraday = (self._day_peak - equity) / self._day_peak if self._day_peak > 0 else 1.0
+        self._state = _make_state(
             as_of_ns=self._as_of,
             cash=self._cash,
             equity=equity,
             peak_equity=self._peak,
-            drawdown=max(0.0, (self._peak - equity) / self._peak),
+            drawdown=drawdown if drawdown > 0.0 else 0.0,
             day_start_ns=self._day * NS_PER_DAY,
             day_start_equity=self._day_start_equity,
             day_peak_equity=self._day_peak,
-            intraday_drawdown=max(0.0, (self._day_peak - equity) / self._day_peak) if self._day_peak > 0 else 1.0,
+            intraday_drawdown=intraday if intraday > 0.0 else 0.0,
             daily_pnl=daily_pnl,
             daily_return=daily_pnl / self._day_start_equity if self._day_start_equity > 0 else -1.0,
             realized_pnl=self._realized,
@@ -361,3 +367,8 @@ class PortfolioEngine:
             positions=MappingProxyType(positions),
         )
         return self._state
+
+
+#: ``Position(...)`` / ``PortfolioState(...)`` without the frozen ``__init__``'s per-field cost (a state per bar).
+_make_position = keyword_constructor(Position)
+_make_state = keyword_constructor(PortfolioState)

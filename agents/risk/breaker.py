@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from agents.risk.config import BreakerMode, RiskConfig
 from topics.records import Bar
+from topics.schema import keyword_constructor
 from topics.units import NS_PER_DAY, NS_PER_HOUR
 
 __all__ = ["Trip", "VolatilityBreaker"]
@@ -59,6 +60,10 @@ class _Point:
     close: float
 
 
+#: ``_Point(...)`` without the frozen ``__init__``'s per-field cost (one per bar).
+_make_point = keyword_constructor(_Point)
+
+
 class VolatilityBreaker:
     """The breaker's state: each bar series' bars still inside the window."""
 
@@ -70,12 +75,14 @@ class VolatilityBreaker:
     def on_bar(self, bar: Bar, config: RiskConfig) -> Trip | None:
         """Keep ``bar`` and measure it (see the module docstring); a :class:`Trip` when abnormal."""
         key = (bar.symbol, bar.timeframe.value)
-        series = self._series.setdefault(key, deque())
-        if series and bar.open_time < series[-1].open_time:
-            return None
-        if series and bar.open_time == series[-1].open_time:
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = deque()
+        if series and bar.open_time <= series[-1].open_time:
+            if bar.open_time < series[-1].open_time:
+                return None
             series.pop()
-        series.append(_Point(bar.open_time, bar.open, bar.close))
+        series.append(_make_point(open_time=bar.open_time, open=bar.open, close=bar.close))
         _prune(series, bar.ts_event, config)
         hour = (bar.open_time % NS_PER_DAY) // NS_PER_HOUR
         threshold = config.vol_threshold_for(bar.symbol, hour)

@@ -30,6 +30,7 @@ from agents.portfolio.engine import PortfolioState
 from agents.strategy.config import StrategyConfig
 from runtime.seen import SeenIds
 from topics.records import Bar, OrderIntent, OrderType, Side, Signal
+from topics.schema import keyword_constructor
 from topics.units import NS_PER_HOUR
 
 __all__ = ["SizingAdjustment", "SizingDecision", "SizingReason", "StrategyEngine"]
@@ -87,6 +88,10 @@ class SizingDecision:
     intent: OrderIntent | None
 
 
+#: ``SizingDecision(...)`` without the frozen ``__init__``'s per-field cost (one per signal).
+_make_decision = keyword_constructor(SizingDecision)
+
+
 class StrategyEngine:
     """Signals -> target positions -> order intents, for one strategy id."""
 
@@ -136,7 +141,7 @@ class StrategyEngine:
         current = self.position(signal.symbol)
 
         def skip(reason: SizingReason, adjustments: tuple[SizingAdjustment, ...] = ()) -> SizingDecision:
-            return SizingDecision(
+            return _make_decision(
                 signal_event_id=signal.event_id,
                 symbol=signal.symbol,
                 reason=reason,

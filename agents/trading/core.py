@@ -70,7 +70,7 @@ from topics.records import (
     Signal,
     Timeframe,
 )
-from topics.schema import TS_MIN_NS, Record
+from topics.schema import TS_MIN_NS, Record, event_id_for, keyword_constructor, positional_constructor
 from topics.units import NS_PER_SECOND
 
 __all__ = [
@@ -176,6 +176,10 @@ class Step:
         return self.sizings[-1] if self.sizings else None
 
 
+#: ``Step(...)`` without the frozen ``__init__``'s per-field cost (one per bar).
+_make_step = keyword_constructor(Step)
+
+
 # ---------------------------------------------------------------------------
 # The core
 # ---------------------------------------------------------------------------
@@ -224,7 +228,7 @@ class TradingCore:
         out: list[Record] = []
         submit: list[Submission] = []
         sizings: list[SizingDecision] = []
-        overdue = self._release_overdue(arrival_ns, out, submit, sizings)
+        overdue = self._release_overdue(arrival_ns, out, submit, sizings) if self._held else 0
         skipped = None
         if not bar.is_closed:
             skipped = BarSkip.NOT_CLOSED
@@ -263,7 +267,7 @@ class TradingCore:
             self._apply_held(
                 lambda sig, _: sig.symbol == bar.symbol and sig.ts_event <= bar.ts_event, out, submit, sizings
             )
-        return Step(
+        return _make_step(
             records=tuple(out),
             sizings=tuple(sizings),
             engaged=marked.engaged,
@@ -597,45 +601,117 @@ def _sendable(intent: OrderIntent, decision: RiskDecision) -> bool:
 
 
 def snapshot_record(state: PortfolioState, *, config: TradingConfig, cause: Bar, ts_init: int) -> PortfolioSnapshot:
-    """The portfolio state after ``cause`` as a ``portfolio.state`` record."""
-    pos = state.positions
-    return PortfolioSnapshot.new(
-        ts_init=ts_init,
-        correlation_id=cause.correlation_id,
-        causation_id=cause.event_id,
-        ts_event=state.as_of_ns,
-        account=config.account,
-        as_of_ns=state.as_of_ns,
-        as_of_event_id=cause.event_id,
-        quote_currency=config.portfolio.quote_currency,
-        cash=state.cash,
-        equity=state.equity,
-        peak_equity=state.peak_equity,
-        drawdown=state.drawdown,
-        day_start_ns=state.day_start_ns,
-        day_start_equity=state.day_start_equity,
-        day_peak_equity=state.day_peak_equity,
-        intraday_drawdown=state.intraday_drawdown,
-        daily_pnl=state.daily_pnl,
-        daily_return=state.daily_return,
-        realized_pnl=state.realized_pnl,
-        unrealized_pnl=state.unrealized_pnl,
-        fees_paid=state.fees_paid,
-        consecutive_losses=state.consecutive_losses,
-        closed_trades=state.closed_trades,
-        losing_trades=state.losing_trades,
-        fills_applied=state.fills_applied,
-        foreign_fee_fills=state.foreign_fee_fills,
-        quantities={s: p.quantity for s, p in pos.items()},
-        avg_prices={s: p.avg_price for s, p in pos.items()},
-        mark_prices={s: p.mark_price for s, p in pos.items()},
-        mark_ts_ns={s: p.mark_ts_ns for s, p in pos.items()},
-        realized_pnls={s: p.realized_pnl for s, p in pos.items()},
-        unrealized_pnls={s: p.unrealized_pnl for s, p in pos.items()},
-        fees={s: p.fees for s, p in pos.items()},
-        opened_at_ns={s: p.opened_at_ns for s, p in pos.items() if p.opened_at_ns is not None},
-        config_hash=config.portfolio.config_hash(),
+    """The portfolio state after ``cause`` as a ``portfolio.state`` record.
+
+    Built once per traded bar, so built directly: the per-symbol maps in one pass over the
+    positions (same keys, same order as a comprehension per map) and the record through
+    :func:`~topics.schema.positional_constructor` (the same record as ``PortfolioSnapshot.new``).
+    """
+    quantities: dict[str, float] = {}
+    avg_prices: dict[str, float] = {}
+    mark_prices: dict[str, float] = {}
+    mark_ts_ns: dict[str, int] = {}
+    realized_pnls: dict[str, float] = {}
+    unrealized_pnls: dict[str, float] = {}
+    fees: dict[str, float] = {}
+    opened_at_ns: dict[str, int] = {}
+    for s, p in state.positions.items():
+        quantities[s] = p.quantity
+        avg_prices[s] = p.avg_price
+        mark_prices[s] = p.mark_price
+        mark_ts_ns[s] = p.mark_ts_ns
+        realized_pnls[s] = p.realized_pnl
+        unrealized_pnls[s] = p.unrealized_pnl
+        fees[s] = p.fees
+        if p.opened_at_ns is not None:
+            opened_at_ns[s] = p.opened_at_ns
+    account = config.account
+    as_of_ns = state.as_of_ns
+    cause_id = cause.event_id
+    # positional, in _SNAPSHOT_FIELDS order (checked at import)
+    return _make_snapshot(
+        event_id_for(PortfolioSnapshot.KIND, account, as_of_ns, cause_id),
+        PortfolioSnapshot.SCHEMA_VERSION,
+        as_of_ns,  # ts_event
+        ts_init,
+        cause.correlation_id,
+        cause_id,  # causation_id
+        account,
+        as_of_ns,
+        cause_id,  # as_of_event_id
+        config.portfolio.quote_currency,
+        state.cash,
+        state.equity,
+        state.peak_equity,
+        state.drawdown,
+        state.day_start_ns,
+        state.day_start_equity,
+        state.day_peak_equity,
+        state.intraday_drawdown,
+        state.daily_pnl,
+        state.daily_return,
+        state.realized_pnl,
+        state.unrealized_pnl,
+        state.fees_paid,
+        state.consecutive_losses,
+        state.closed_trades,
+        state.losing_trades,
+        state.fills_applied,
+        state.foreign_fee_fills,
+        quantities,
+        avg_prices,
+        mark_prices,
+        mark_ts_ns,
+        realized_pnls,
+        unrealized_pnls,
+        fees,
+        opened_at_ns,
+        config.portfolio.config_hash(),
     )
+
+
+#: The order :func:`snapshot_record` passes a snapshot's fields in: a field added to or moved in
+#: ``PortfolioSnapshot`` fails at import (:func:`~topics.schema.positional_constructor`), never shifts values.
+_SNAPSHOT_FIELDS = (
+    "event_id",
+    "schema_version",
+    "ts_event",
+    "ts_init",
+    "correlation_id",
+    "causation_id",
+    "account",
+    "as_of_ns",
+    "as_of_event_id",
+    "quote_currency",
+    "cash",
+    "equity",
+    "peak_equity",
+    "drawdown",
+    "day_start_ns",
+    "day_start_equity",
+    "day_peak_equity",
+    "intraday_drawdown",
+    "daily_pnl",
+    "daily_return",
+    "realized_pnl",
+    "unrealized_pnl",
+    "fees_paid",
+    "consecutive_losses",
+    "closed_trades",
+    "losing_trades",
+    "fills_applied",
+    "foreign_fee_fills",
+    "quantities",
+    "avg_prices",
+    "mark_prices",
+    "mark_ts_ns",
+    "realized_pnls",
+    "unrealized_pnls",
+    "fees",
+    "opened_at_ns",
+    "config_hash",
+)
+_make_snapshot = positional_constructor(PortfolioSnapshot, _SNAPSHOT_FIELDS)
 
 
 def opening_record(
