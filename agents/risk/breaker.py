@@ -19,9 +19,11 @@ Design: docs/risk.md#volatility-breaker
 
 from __future__ import annotations
 
+import marshal
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from agents.risk.config import BreakerMode, RiskConfig
 from topics.records import Bar
@@ -104,9 +106,25 @@ class VolatilityBreaker:
             bars=bars,
         )
 
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        """Pickled as one marshalled blob of ``(open_time, open, close)`` rows per series: the window
+        grows with the bars it covers and is part of every trading checkpoint, where a dataclass per
+        bar cost microseconds each."""
+        rows = {key: [(p.open_time, p.open, p.close) for p in series] for key, series in self._series.items()}
+        return _breaker_from_rows, (marshal.dumps(rows),)
+
     def window(self, symbol: str, timeframe: str) -> tuple[tuple[int, float, float], ...]:
         """The ``(open_time, open, close)`` of the bars kept for one series, oldest first."""
         return tuple((p.open_time, p.open, p.close) for p in self._series.get((symbol, timeframe), ()))
+
+
+def _breaker_from_rows(blob: bytes) -> VolatilityBreaker:
+    """Unpickling helper of :meth:`VolatilityBreaker.__reduce__` (inside an authenticated checkpoint)."""
+    breaker = VolatilityBreaker()
+    rows: dict[tuple[str, str], list[tuple[int, float, float]]] = marshal.loads(blob)  # noqa: S302
+    for key, series in rows.items():
+        breaker._series[key] = deque(_make_point(open_time=t, open=o, close=c) for t, o, c in series)
+    return breaker
 
 
 def _prune(series: deque[_Point], close_ns: int, config: RiskConfig) -> None:

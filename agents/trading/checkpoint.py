@@ -41,8 +41,8 @@ __all__ = ["FORMAT", "CheckpointError", "dump_core", "load_core", "open_checkpoi
 
 #: Bumped whenever an engine's attributes change shape: an old pickle is then refused, with the
 #: reason from ``_REFUSED``.
-FORMAT = 8  # 8: RiskEngine._decisions holds rows of plain values, seen-id windows and plain caches
-# are marshalled blobs (7 is upgraded on load)
+FORMAT = 8  # 8: RiskEngine._decisions holds rows of plain values; seen-id windows, plain caches and
+# the volatility breaker's window are marshalled blobs (7 is upgraded on load)
 # 7: per-strategy loss counts (RiskEngine, TradingCore), the last opening status, the signal
 # verifier (a reference, re-attached on restore); 6: TradingCore._open
 # (external orders in flight); 5: RiskEngine.breaker, RiskConfig's breaker fields

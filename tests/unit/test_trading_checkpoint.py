@@ -7,7 +7,9 @@ is unpickled."""
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
+import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 from agents.control.signing import Keyring, new_control_event
 from agents.execution.paper import PaperConfig
+from agents.risk.breaker import VolatilityBreaker
 from agents.trading.checkpoint import CheckpointError, dump_core, open_checkpoint, seal
 from agents.trading.checkpointer import JournalGap, JournalOrder
 from agents.trading.core import TradingConfig, TradingCore
@@ -211,7 +214,17 @@ def test_row_of_format_7_then_upgraded_and_outputs_byte_identical_to_uninterrupt
     assert decisions  # the scenario decided intents before the split
     old = {k: _decision_from_row(v) for k, v in decisions.items()}
     first.risk._decisions = old  # type: ignore[assignment]  # the layout format 7 pickled
-    state = dump_core(first)
+
+    class Format7(ck._CorePickler):  # ... and the breaker as format 7 pickled it: its slots, a _Point per bar
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, VolatilityBreaker):
+                return copyreg.__newobj__, (VolatilityBreaker,), (None, {"_series": obj._series})  # type: ignore[attr-defined]
+            return super().reducer_override(obj)
+
+    buf = io.BytesIO()
+    Format7(buf).dump(first)
+    state = buf.getvalue()
+    assert b"_breaker_from_rows" not in state and first.risk.breaker._series  # the old layout, a window kept
     mac = ck._mac(
         ck._mac_key(KEYRING, "ops1"), account="paper", fmt=7, config_hash="h1", offsets=OFFSETS, events=150, state=state
     )
@@ -262,6 +275,9 @@ def test_seen_windows_and_plain_caches_then_blobs_that_restore_equal_and_in_orde
     assert list(restored.strategy._seen) == [Side.BUY, Side.SELL]  # enums stay enums
     assert list(restored.risk._decisions.items()) == list(core.risk._decisions.items())
     assert list(restored._order_strategy.items()) == list(core._order_strategy.items())
+    assert b"_breaker_from_rows" in blob
+    series = core.risk.breaker._series
+    assert series and restored.risk.breaker._series == series  # same keys, same points, same order
 
 
 # ---------------------------------------------------------------------------
