@@ -18,9 +18,9 @@ start-up :func:`restore` loads the rows after the checkpoint and
 :class:`JournalOrder` re-applies those inputs in that order, whatever order
 the broker delivers them in, before any other input.
 
-One checkpoint, under :attr:`Checkpointer.gate` (never mid-message): seal
-core + offsets -> flush the producer and check every delivery since the last
-one -> journal rows (with each signal's outcome, and the outcomes of held
+One checkpoint: under :attr:`Checkpointer.gate` (never mid-message) seal core +
+offsets; then, beside the loop on a connection of its own (paper execution; external
+execution before the next batch), check every delivery since the last one -> journal rows (with each signal's outcome, and the outcomes of held
 signals applied since) + row upsert + the output horizon (the last offset
 delivered per output partition: ``tradeflow audit`` compares the recorded
 outputs up to there, the ones the journaled inputs made) in one transaction
@@ -32,6 +32,7 @@ crashes instead of going on with state it could not save. The format is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,6 +49,7 @@ from runtime.batch_agent import Delivery
 from runtime.errors import NeedsOperator
 from runtime.exits import EXIT_CONFIG, EXIT_INFRA
 from storage.trading import (
+    Checkpoint,
     HeldOutcome,
     JournalRow,
     insert_journal,
@@ -257,6 +259,10 @@ class Checkpointer:
         self.last_cost = 0.0  # the last checkpoint's duration (s)
         self.idle_flush: asyncio.Task[None] | None = None
         self.db: asyncpg.Connection | None = None
+        #: the connection checkpoints are saved on beside the loop (paper execution)
+        self.save_db: asyncpg.Connection | None = None
+        #: the checkpoint being saved beside the loop, if any
+        self.saving: asyncio.Future[None] | None = None
         self.seconds = CHECKPOINT_SECONDS.labels(self.account)
 
     def sent(self, topic: str, delivery: Delivery) -> None:
@@ -297,13 +303,46 @@ class Checkpointer:
         elif self.idle_flush is None or self.idle_flush.done():
             self.idle_flush = asyncio.ensure_future(self.flush_when_idle())
 
-    async def checkpoint_pending(self) -> None:
-        """Checkpoint the inputs applied since the last one (caller holds :attr:`gate`)."""
-        self.last_cost = await self.checkpoint(self.pending, self.held_outcomes)
-        self.pending.clear()
-        self.held_outcomes.clear()
+    async def checkpoint_pending(self) -> bool:
+        """Checkpoint the inputs applied since the last one (caller holds :attr:`gate`); False when it
+        was left for later.
+
+        Paper execution: the state is sealed here, between two messages, and saved by a task of its own
+        (deliveries awaited, then the row written on a connection of its own) while the next batches
+        are applied; one save at a time (a checkpoint due while one is saving waits for the next
+        batch). External execution: sealed and saved here, before the next batch."""
+        if self.saving is not None and not self.saving.done():
+            if not self.every_batch:
+                return False
+            await self.saving
+        t0 = time.perf_counter()
+        sealed = self.snapshot()
+        self.pending = []
+        self.held_outcomes = []
         self.unsaved = 0
         self.last_checkpoint = time.monotonic()
+        if self.every_batch:
+            self.last_cost = await self.save(*sealed, t0=t0, db=await self.connection())
+        else:
+            self.saving = asyncio.ensure_future(self.save_beside(*sealed, t0=t0))
+        return True
+
+    async def save_beside(self, *sealed: Any, t0: float) -> None:
+        """:meth:`save` as a task beside the loop, on its own connection; a failure crashes the worker."""
+        try:
+            if self.save_db is None:
+                self.save_db = await asyncpg.connect(self.dsn, command_timeout=CHECKPOINT_DB_TIMEOUT_S)
+            self.last_cost = await self.save(*sealed, t0=t0, db=self.save_db)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.crash(exc)
+
+    async def drain(self) -> None:
+        """Wait for the checkpoint being saved, if any (its failure was already handed to ``crash``)."""
+        if self.saving is not None:
+            with contextlib.suppress(Exception):
+                await self.saving
 
     async def flush_when_idle(self) -> None:
         """Checkpoint what is pending once no batch came for ``CHECKPOINT_IDLE_S`` (debounced)."""
@@ -313,21 +352,21 @@ class Checkpointer:
                 if wait > 0:
                     await asyncio.sleep(wait)
                     continue
+                await self.drain()  # a checkpoint still being saved: this one follows it
                 async with self.gate:
                     if time.monotonic() < self.last_batch + CHECKPOINT_IDLE_S:
                         continue  # a batch ran while this task waited for the gate
-                    if self.unsaved:
-                        await self.checkpoint_pending()
+                    if self.unsaved and not await self.checkpoint_pending():
+                        continue  # another save began meanwhile
                 return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a checkpoint that cannot be written: crash, as in the agent body
             await self.crash(exc)
 
-    async def checkpoint(self, journal: list[JournalRow], held_outcomes: list[HeldOutcome] | None = None) -> float:
-        """Snapshot -> flush outputs -> journal + upsert in one transaction; an exception here crashes
-        the worker. Returns how long it took (s)."""
-        t0 = time.perf_counter()
+    def snapshot(self) -> tuple[Checkpoint, list[tuple[str, Delivery]], list[JournalRow], list[HeldOutcome]]:
+        """The snapshot now (between messages), with the deliveries, journal rows and held outcomes it
+        covers: what :meth:`save` writes."""
         live = self.live
         cp = seal(
             live.core,
@@ -336,8 +375,22 @@ class Checkpointer:
             events_applied=live.events,
             keyring=self.keyring,
         )
-        await self.flush()
         sent, self.deliveries = self.deliveries, []
+        return cp, sent, self.pending, self.held_outcomes
+
+    async def save(
+        self,
+        cp: Checkpoint,
+        sent: list[tuple[str, Delivery]],
+        journal: list[JournalRow],
+        held_outcomes: list[HeldOutcome],
+        *,
+        t0: float,
+        db: asyncpg.Connection,
+    ) -> float:
+        """Deliveries checked -> journal + upsert in one transaction -> positions committed; an exception
+        here crashes the worker. Returns how long the checkpoint took since ``t0`` (s)."""
+        await self.flush()
         delivered: list[tuple[str, int, int]] = []  # (topic, partition, offset of the batch's last record)
         for topic, d in sent:
             # raises the send's error: this checkpoint must not cover an output that was lost
@@ -345,13 +398,12 @@ class Checkpointer:
             offset = getattr(meta, "offset", None)
             if isinstance(offset, int):  # broker metadata: the offset of the batch's first record
                 delivered.append((topic, d.partition, offset + d.records - 1))
-        db = await self.connection()
         if self.outputs is None:
             self.outputs = await load_output_offsets(db, self.account)
         for topic, partition, last in delivered:
             parts = self.outputs.setdefault(topic, {})
             parts[partition] = max(last, parts.get(partition, -1))
-        await save_checkpoint(db, cp, journal, held_outcomes or (), self.outputs)
+        await save_checkpoint(db, cp, journal, held_outcomes, self.outputs)
         if self.saved is not None:
             await self.saved(cp.offsets)
         took = time.perf_counter() - t0
