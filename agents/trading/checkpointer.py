@@ -19,8 +19,9 @@ start-up :func:`restore` loads the rows after the checkpoint and
 the broker delivers them in, before any other input.
 
 One checkpoint: under :attr:`Checkpointer.gate` (never mid-message) seal core +
-offsets; then, beside the loop on a connection of its own (paper execution; external
-execution before the next batch), check every delivery since the last one -> journal rows (with each signal's outcome, and the outcomes of held
+offsets; then, beside the loop on a connection of its own (paper execution;
+external execution before the next batch), check every delivery since the last
+one -> journal rows (with each signal's outcome, and the outcomes of held
 signals applied since) + row upsert + the output horizon (the last offset
 delivered per output partition: ``tradeflow audit`` compares the recorded
 outputs up to there, the ones the journaled inputs made) in one transaction
