@@ -164,6 +164,31 @@ def test_fast_dataclass_reduction_then_same_bytes_as_standard_pickling() -> None
     assert restored.portfolio_state() == core.portfolio_state() and restored.clock.now_ns() == core.clock.now_ns()
 
 
+def _signed_row(fmt: int, state: bytes, *, events: int) -> Any:
+    """A row of format ``fmt`` holding ``state``, signed as the agent signs its own."""
+    from agents.trading import checkpoint as ck
+
+    mac = ck._mac(
+        ck._mac_key(KEYRING, "ops1"),
+        account="paper",
+        fmt=fmt,
+        config_hash="h1",
+        offsets=OFFSETS,
+        events=events,
+        state=state,
+    )
+    return ck.Checkpoint(
+        account="paper",
+        format=fmt,
+        config_hash="h1",
+        key_id="ops1",
+        offsets=OFFSETS,
+        events_applied=events,
+        state=state,
+        mac=mac,
+    )
+
+
 @pytest.mark.parametrize(
     ("fmt", "why"),
     [
@@ -181,20 +206,7 @@ def test_row_of_an_older_format_then_refused_with_why_before_unpickling(fmt: int
 
     core = TradingCore(CONFIG, KEYRING)
     feed(core, inputs()[:20])
-    state = b"\x80\x05N."  # never unpickled: the format is refused first
-    mac = ck._mac(
-        ck._mac_key(KEYRING, "ops1"), account="paper", fmt=fmt, config_hash="h1", offsets=OFFSETS, events=1, state=state
-    )
-    cp = ck.Checkpoint(
-        account="paper",
-        format=fmt,
-        config_hash="h1",
-        key_id="ops1",
-        offsets=OFFSETS,
-        events_applied=1,
-        state=state,
-        mac=mac,
-    )
+    cp = _signed_row(fmt, b"\x80\x05N.", events=1)  # never unpickled: the format is refused first
     with pytest.raises(CheckpointError, match=f"format {fmt} is not this code's {ck.FORMAT} .*{why}.*row"):
         open_checkpoint(cp, KEYRING, account="paper", config_hash="h1")
 
@@ -225,20 +237,7 @@ def test_row_of_format_7_then_upgraded_and_outputs_byte_identical_to_uninterrupt
     Format7(buf).dump(first)
     state = buf.getvalue()
     assert b"_breaker_from_rows" not in state and first.risk.breaker._series  # the old layout, a window kept
-    mac = ck._mac(
-        ck._mac_key(KEYRING, "ops1"), account="paper", fmt=7, config_hash="h1", offsets=OFFSETS, events=150, state=state
-    )
-    cp = ck.Checkpoint(
-        account="paper",
-        format=7,
-        config_hash="h1",
-        key_id="ops1",
-        offsets=OFFSETS,
-        events_applied=150,
-        state=state,
-        mac=mac,
-    )
-    restored = open_checkpoint(cp, KEYRING, account=CONFIG.account, config_hash="h1")
+    restored = open_checkpoint(_signed_row(7, state, events=150), KEYRING, account=CONFIG.account, config_hash="h1")
     assert all(isinstance(v, tuple) for v in restored.risk._decisions.values())
     assert head + feed(restored, events[150:]) == whole
     intent_id, decision = next(iter(old.items()))
