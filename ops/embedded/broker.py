@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -50,10 +51,34 @@ def tansu_binary() -> Path:
 
 
 def free_port() -> int:
+    """A port nothing on 127.0.0.1 holds now, outside the kernel's ephemeral range when it can: a port
+    the kernel hands out as ``bind(0)`` is also one it hands out as a client's source port, and a client
+    that takes it before the server binds it fails the server's start (AddrInUse, seen under load)."""
+    low, high = _ephemeral_range()
+    outside = [(1024, low - 1), (high + 1, 65535)]
+    choices = [(a, b) for a, b in outside if b - a >= 1000]
+    for _ in range(50 if choices else 0):
+        a, b = random.choice(choices)
+        port = random.randint(a, b)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of client source ports (Linux's default where it cannot be read)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 #: tansu's memory engine: fast, and gone when the process ends.
