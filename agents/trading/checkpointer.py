@@ -299,9 +299,9 @@ class Checkpointer:
         if not self.unsaved:
             return
         every = max(CHECKPOINT_EVERY_S, self.last_cost / CHECKPOINT_MAX_SHARE)
-        if self.every_batch or now - self.last_checkpoint >= every:
-            await self.checkpoint_pending()
-        elif self.idle_flush is None or self.idle_flush.done():
+        if (self.every_batch or now - self.last_checkpoint >= every) and await self.checkpoint_pending():
+            return
+        if self.idle_flush is None or self.idle_flush.done():  # also when one was due while another saved
             self.idle_flush = asyncio.ensure_future(self.flush_when_idle())
 
     async def checkpoint_pending(self) -> bool:
