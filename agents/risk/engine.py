@@ -841,19 +841,14 @@ def _expiry_from_params(event: ControlEvent, now: int) -> int | str | None:
 
 
 _DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(RiskDecision))
-# the row puts the verdict's value where the record has the enum (the four fields RiskDecision ends with)
-assert _DECISION_FIELDS[-4:] == ("verdict", "requested_quantity", "approved_quantity", "reasons")
+_VERDICT_AT = _DECISION_FIELDS.index("verdict")
 
 
 def _decision_row(decision: RiskDecision) -> tuple[Any, ...]:
     """``decision``'s field values in declaration order, the verdict as its value."""
-    return (
-        *(getattr(decision, name) for name in _DECISION_FIELDS[:-4]),
-        decision.verdict.value,
-        decision.requested_quantity,
-        decision.approved_quantity,
-        decision.reasons,
-    )
+    row = [getattr(decision, name) for name in _DECISION_FIELDS]
+    row[_VERDICT_AT] = decision.verdict.value
+    return tuple(row)
 
 
 def _decision_from_row(row: tuple[Any, ...]) -> RiskDecision:

@@ -33,7 +33,6 @@ crashes instead of going on with state it could not save. The format is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -340,10 +339,9 @@ class Checkpointer:
             await self.crash(exc)
 
     async def drain(self) -> None:
-        """Wait for the checkpoint being saved, if any (its failure was already handed to ``crash``)."""
+        """Wait for the checkpoint being saved, if any (a failure of it goes to ``crash``, not here)."""
         if self.saving is not None:
-            with contextlib.suppress(Exception):
-                await self.saving
+            await self.saving
 
     async def flush_when_idle(self) -> None:
         """Checkpoint what is pending once no batch came for ``CHECKPOINT_IDLE_S`` (debounced)."""

@@ -5,6 +5,8 @@ behind), one save runs at a time, and a failed save crashes the worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 
@@ -36,8 +38,29 @@ async def _events_saved(dsn: str) -> int | None:
     return None if row is None else row.events_applied
 
 
-async def test_checkpoint_due_while_one_is_saving_then_saved_right_behind_it(dsn: str) -> None:
+@contextlib.asynccontextmanager
+async def _checkpointer(
+    dsn: str, flush: Callable[[], Awaitable[None]]
+) -> AsyncIterator[tuple[Checkpointer, list[Exception]]]:
+    """A paper-execution checkpointer of a fresh core, with the crashes it reports; its connections closed
+    after the save in flight."""
+    crashes: list[Exception] = []
+
+    async def crash(exc: Exception) -> None:
+        crashes.append(exc)
+
     live = LiveState(TradingCore(TradingConfig(), KEYRING))
+    cp = Checkpointer(live, keyring=KEYRING, config_hash="h1", dsn=dsn, every_batch=False, flush=flush, crash=crash)
+    try:
+        yield cp, crashes
+    finally:
+        await cp.drain()
+        for conn in (cp.db, cp.save_db):
+            if conn is not None:
+                await conn.close()
+
+
+async def test_checkpoint_due_while_one_is_saving_then_saved_right_behind_it(dsn: str) -> None:
     release = asyncio.Event()
     flushes = 0
 
@@ -47,20 +70,12 @@ async def test_checkpoint_due_while_one_is_saving_then_saved_right_behind_it(dsn
         if flushes == 1:
             await release.wait()
 
-    crashes: list[Exception] = []
-
-    async def crash(exc: Exception) -> None:
-        crashes.append(exc)
-
-    cp = Checkpointer(
-        live, keyring=KEYRING, config_hash="h1", dsn=dsn, every_batch=False, flush=slow_flush, crash=crash
-    )
-    try:
-        _apply(live, cp, 3)
+    async with _checkpointer(dsn, slow_flush) as (cp, crashes):
+        _apply(cp.live, cp, 3)
         async with cp.gate:
             await cp.after_batch()  # the first checkpoint: sealed at 3 inputs, saving beside the loop
         assert cp.saving is not None and not cp.saving.done()
-        _apply(live, cp, 2)
+        _apply(cp.live, cp, 2)
         cp.last_checkpoint = 0.0  # the next is due at once, while the first still saves
         async with cp.gate:
             await cp.after_batch()
@@ -74,35 +89,16 @@ async def test_checkpoint_due_while_one_is_saving_then_saved_right_behind_it(dsn
             await asyncio.sleep(0.05)
         assert await _events_saved(dsn) == 5 and cp.unsaved == 0 and flushes == 2
         assert not crashes
-    finally:
-        await cp.drain()
-        for conn in (cp.db, cp.save_db):
-            if conn is not None:
-                await conn.close()
 
 
 async def test_failed_save_beside_the_loop_then_the_worker_crashes(dsn: str) -> None:
-    live = LiveState(TradingCore(TradingConfig(), KEYRING))
-
     async def broken_flush() -> None:
         raise RuntimeError("a delivery failed")
 
-    crashes: list[Exception] = []
-
-    async def crash(exc: Exception) -> None:
-        crashes.append(exc)
-
-    cp = Checkpointer(
-        live, keyring=KEYRING, config_hash="h1", dsn=dsn, every_batch=False, flush=broken_flush, crash=crash
-    )
-    try:
-        _apply(live, cp, 1)
+    async with _checkpointer(dsn, broken_flush) as (cp, crashes):
+        _apply(cp.live, cp, 1)
         async with cp.gate:
             await cp.after_batch()
         await cp.drain()
         assert [str(e) for e in crashes] == ["a delivery failed"]
         assert await _events_saved(dsn) is None  # nothing saved that covers an output not delivered
-    finally:
-        for conn in (cp.db, cp.save_db):
-            if conn is not None:
-                await conn.close()
